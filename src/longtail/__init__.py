@@ -1,0 +1,3 @@
+"""Long-tail text classification recipes: data, losses, metrics, reports."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,459 @@
+"""Data: load a source, clean and merge labels, split without leakage, tier and slice.
+
+The pipeline, in order (each step logs what it drops):
+1. load each split from the Hub, local files, or the built-in synthetic demo set;
+2. drop rows with an empty text or label; strip whitespace;
+3. fold old label wordings into new ones (CFPB's April 2017 rewording), then keep only labels of the
+   taxonomy when one is given;
+4. drop from the training pool any row whose normalised text also appears in an evaluation split;
+5. drop classes with fewer than `min_class_count` rows in the training pool;
+6. carve a stratified, duplicate-aware validation split when the source has none;
+7. cap rows (`max_*_samples`) and build the label space from the final training rows; evaluation rows
+   whose label the model never saw are excluded (and counted).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "determined-ai/consumer_complaints_medium"
+SYNTHETIC_DATASET = "synthetic"
+BUILTIN_MERGE_MAPS = {"cfpb_2017": "cfpb_issue_merge_2017.csv"}
+BUILTIN_TAXONOMIES = {"cfpb_issue_113": "cfpb_issue_taxonomy.txt"}
+NONE_VALUES = {None, "", "none", "None", "null"}
+# Other names the same column goes by in CFPB sources, offered as hints when a column is missing.
+COLUMN_HINTS = {
+    "Consumer Complaint": ["Consumer complaint narrative"],
+    "Consumer complaint narrative": ["Consumer Complaint"],
+}
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class DataArguments:
+    """Where the rows come from and how they are cleaned and split."""
+
+    dataset_name: str | None = field(
+        default=DEFAULT_DATASET,
+        metadata={
+            "help": "Hub data set id, a local .csv/.json/.jsonl/.parquet file, or 'synthetic' (the built-in "
+            "offline demo set). Ignored when --train_file is given."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub data set configuration."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Local training file (csv/json/jsonl/parquet)."}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file."})
+    test_file: str | None = field(
+        default=None, metadata={"help": "Local test file (scored with --do_predict)."}
+    )
+    text_column: str = field(default="Consumer Complaint", metadata={"help": "Column holding the text."})
+    label_column: str = field(default="Issue", metadata={"help": "Column holding the label."})
+    label_merge_map: str | None = field(
+        default="cfpb_2017",
+        metadata={
+            "help": "Old->new label map applied before anything else: a built-in name (cfpb_2017), a .csv "
+            "(old,new columns) or .json ({old: new}) file, or 'none'."
+        },
+    )
+    label_taxonomy: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only labels of this taxonomy (after merging): a built-in name (cfpb_issue_113) or a "
+            "text file with one label per line; 'none' keeps every label."
+        },
+    )
+    min_class_count: int = field(default=5, metadata={"help": "Drop classes with fewer training rows."})
+    validation_split_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Share of training rows held out when the source has no validation split."},
+    )
+    split_seed: int = field(default=42, metadata={"help": "Seed of the validation split and of row caps."})
+    split_indices: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON file of row ids per split (a run's splits.json) to reproduce a split exactly."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap training rows (quick runs)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap validation rows."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Cap test rows."})
+    max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
+
+    def __post_init__(self):
+        if not 0 < self.validation_split_fraction < 1:
+            raise ValueError(
+                f"validation_split_fraction must be in (0, 1), got {self.validation_split_fraction}"
+            )
+        if self.min_class_count < 1:
+            raise ValueError(f"min_class_count must be >= 1, got {self.min_class_count}")
+
+
+class DataError(ValueError):
+    """A problem with the user's data or data options, stated in the user's terms."""
+
+
+@dataclass
+class PreparedData:
+    """Clean splits (DataFrames with columns text, label, label_id, row_id) and the label space."""
+
+    splits: dict[str, pd.DataFrame]
+    label_names: list[str]
+    train_counts: dict[int, int]
+    log: dict = field(default_factory=dict)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.label_names)}
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a local csv/json/jsonl/parquet file; a non-UTF-8 or unreadable file is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Data file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            # keep_default_na=False: a narrative that reads "NA" is text, not missing
+            return pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False, na_values=[""])
+        if suffix == ".jsonl":
+            return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
+        if suffix == ".json":
+            try:
+                return pd.read_json(path, encoding="utf-8", dtype=False)
+            except ValueError:
+                return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path} is not valid UTF-8 ({err.reason} at byte {err.start}). Re-save it as UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path.name} > fixed.csv`."
+        ) from None
+    except (pd.errors.ParserError, ValueError) as err:
+        raise DataError(f"Could not parse {path} as {suffix[1:]}: {err}") from None
+    raise DataError(f"Unsupported data file type '{suffix}' for {path}: use .csv, .json, .jsonl or .parquet.")
+
+
+def is_local_file(name: str | None) -> bool:
+    return bool(name) and Path(name).suffix.lower() in {".csv", ".json", ".jsonl", ".parquet"}
+
+
+def load_raw_splits(args: DataArguments) -> dict[str, pd.DataFrame]:
+    """Raw splits by name. Local files win over --dataset_name, as in the HF example scripts."""
+    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+    if args.train_file is None and is_local_file(args.dataset_name):
+        files["train"] = args.dataset_name
+    raw: dict[str, pd.DataFrame] = {}
+    if files["train"] is not None:
+        if args.dataset_name not in NONE_VALUES | {DEFAULT_DATASET} and not is_local_file(args.dataset_name):
+            logger.warning("--train_file given: ignoring --dataset_name %s", args.dataset_name)
+    elif args.dataset_name == SYNTHETIC_DATASET:
+        from longtail.synthetic import make_synthetic_splits
+
+        raw.update(make_synthetic_splits(seed=args.split_seed))
+    elif args.dataset_name not in NONE_VALUES:
+        raw.update(load_hub_splits(args.dataset_name, args.dataset_config_name))
+    else:
+        raise DataError("No data: pass --train_file or --dataset_name.")
+    for split, path in files.items():
+        if path is not None:
+            raw[split] = read_table(path)
+    if "train" not in raw:
+        raise DataError(f"The data source has no 'train' split (found: {sorted(raw)}).")
+    return raw
+
+
+def load_hub_splits(name: str, config_name: str | None) -> dict[str, pd.DataFrame]:
+    import datasets
+
+    ds = datasets.load_dataset(name, config_name)
+    aliases = {"valid": "validation", "val": "validation", "dev": "validation", "eval": "validation"}
+    return {aliases.get(split, split): ds[split].to_pandas() for split in ds}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cleaning and labels
+# ---------------------------------------------------------------------------------------------
+
+
+def load_merge_map(spec: str | None) -> dict[str, str]:
+    if spec in NONE_VALUES:
+        return {}
+    if spec in BUILTIN_MERGE_MAPS:
+        text = resources.files("longtail.resources").joinpath(BUILTIN_MERGE_MAPS[spec]).read_text("utf-8")
+        rows = list(csv.reader(line for line in text.splitlines() if not line.startswith("#")))
+        return {old: new for old, new in rows[1:]}
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(
+            f"label_merge_map '{spec}' is neither a built-in ({sorted(BUILTIN_MERGE_MAPS)}) nor a file."
+        )
+    if path.suffix.lower() == ".json":
+        mapping = json.loads(path.read_text("utf-8"))
+        return {k: v for k, v in mapping.items() if not k.startswith("_")}  # allow "_comment" keys
+    df = pd.read_csv(path, comment="#", dtype=str)
+    if df.shape[1] != 2:
+        raise DataError(
+            f"{path}: a merge map csv needs exactly two columns (old, new), found {list(df.columns)}"
+        )
+    return dict(zip(df.iloc[:, 0], df.iloc[:, 1]))
+
+
+def load_taxonomy(spec: str | None) -> list[str] | None:
+    if spec in NONE_VALUES:
+        return None
+    if spec in BUILTIN_TAXONOMIES:
+        text = resources.files("longtail.resources").joinpath(BUILTIN_TAXONOMIES[spec]).read_text("utf-8")
+    elif Path(spec).is_file():
+        path = Path(spec)
+        text = path.read_text("utf-8")
+        if path.suffix.lower() == ".json":
+            return list(json.loads(text))
+    else:
+        raise DataError(
+            f"label_taxonomy '{spec}' is neither a built-in ({sorted(BUILTIN_TAXONOMIES)}) nor a file."
+        )
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def check_columns(df: pd.DataFrame, split: str, text_column: str, label_column: str) -> None:
+    missing = [c for c in (text_column, label_column) if c not in df.columns]
+    if not missing:
+        return
+    hints = [h for c in missing for h in COLUMN_HINTS.get(c, []) if h in df.columns]
+    hint = f" Did you mean {' / '.join(repr(h) for h in hints)}?" if hints else ""
+    raise DataError(
+        f"Column(s) {missing} not found in the {split} data. Columns that exist: {list(df.columns)}.{hint} "
+        "Set --text_column / --label_column."
+    )
+
+
+def normalise_text(text: str) -> str:
+    """The key under which two narratives count as identical (case and whitespace ignored)."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def clean_split(
+    df: pd.DataFrame, split: str, args: DataArguments, merge_map: dict, taxonomy: set | None, log: dict
+):
+    """Select and clean one split: returns text, label, row_id, norm columns."""
+    check_columns(df, split, args.text_column, args.label_column)
+    out = pd.DataFrame(
+        {
+            "text": df[args.text_column].astype("string").str.strip(),
+            "label": df[args.label_column].astype("string").str.strip(),
+            "row_id": np.arange(len(df)),
+        }
+    )
+    counts = {"rows_read": len(out)}
+    empty_text = out["text"].isna() | (out["text"] == "")
+    empty_label = out["label"].isna() | (out["label"] == "")
+    counts["dropped_empty_text"] = int(empty_text.sum())
+    counts["dropped_missing_label"] = int((empty_label & ~empty_text).sum())
+    out = out[~empty_text & ~empty_label].copy()
+    out["text"] = out["text"].astype(str)
+    out["label"] = out["label"].astype(str)
+    merged = out["label"].isin(merge_map.keys())
+    counts["labels_merged"] = int(merged.sum())
+    out.loc[merged, "label"] = out.loc[merged, "label"].map(merge_map)
+    if taxonomy is not None:
+        outside = ~out["label"].isin(taxonomy)
+        counts["dropped_outside_taxonomy"] = int(outside.sum())
+        if outside.any():
+            top = out.loc[outside, "label"].value_counts().head(5).to_dict()
+            logger.info(
+                "%s: %d rows have labels outside the taxonomy (most common: %s)", split, outside.sum(), top
+            )
+        out = out[~outside]
+    out["norm"] = out["text"].map(normalise_text)
+    counts["rows_kept"] = len(out)
+    log[split] = counts
+    dropped = {k: v for k, v in counts.items() if k.startswith("dropped") and v}
+    logger.info(
+        "%s: read %d rows, kept %d%s",
+        split,
+        counts["rows_read"],
+        len(out),
+        f", dropped {dropped}" if dropped else "",
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting
+# ---------------------------------------------------------------------------------------------
+
+
+def stratified_group_split(labels: pd.Series, groups: pd.Series, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of validation rows: about `fraction` of each class, whole duplicate groups only.
+
+    Hand-rolled because sklearn's stratified splitters either reject classes with one member
+    (train_test_split) or cannot honour both groups and an arbitrary fraction; here a class with
+    a single group simply stays in training.
+    """
+    rng = np.random.default_rng(seed)
+    group_label = labels.groupby(groups, sort=True).first()  # one label per duplicate group
+    val_groups = []
+    for _, members in group_label.groupby(group_label, sort=True):
+        names = members.index.to_numpy()
+        n_val = min(int(np.floor(fraction * len(names) + 0.5)), len(names) - 1)
+        if n_val > 0:
+            val_groups.extend(rng.permutation(names)[:n_val])
+    return groups.isin(set(val_groups)).to_numpy()
+
+
+def cap(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    if n is None or len(df) <= n:
+        return df
+    return df.sample(n=n, random_state=seed).sort_index()
+
+
+def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None) -> PreparedData:
+    """Run the whole pipeline (see the module docstring) and return clean splits + label space."""
+    raw = load_raw_splits(args) if raw is None else raw
+    merge_map = load_merge_map(args.label_merge_map)
+    taxonomy_list = load_taxonomy(args.label_taxonomy)
+    taxonomy = set(taxonomy_list) if taxonomy_list is not None else None
+    log: dict = {"merge_map_pairs": len(merge_map), "taxonomy_size": len(taxonomy) if taxonomy else None}
+    clean = {s: clean_split(df, s, args, merge_map, taxonomy, log) for s, df in raw.items() if s in SPLITS}
+    pool = clean["train"]
+    if pool.empty:
+        raise DataError(f"No training rows left after cleaning: {log['train']}")
+
+    # Leakage guard: a narrative that is also in an evaluation split leaves the training pool.
+    eval_norms = set().union(*(set(clean[s]["norm"]) for s in ("validation", "test") if s in clean))
+    leaked = pool["norm"].isin(eval_norms)
+    log["dropped_train_duplicates_of_eval"] = int(leaked.sum())
+    if leaked.any():
+        logger.info("Dropped %d training rows whose text also appears in validation/test", leaked.sum())
+    pool = pool[~leaked]
+
+    counts = pool["label"].value_counts()
+    rare = sorted(counts[counts < args.min_class_count].index)
+    log["dropped_rare_classes"] = {label: int(counts[label]) for label in rare}
+    log["dropped_rare_class_rows"] = int(counts[rare].sum())
+    if rare:
+        logger.info(
+            "Dropped %d classes with < %d training rows (%d rows)",
+            len(rare),
+            args.min_class_count,
+            counts[rare].sum(),
+        )
+    pool = pool[~pool["label"].isin(rare)]
+
+    splits = dict(clean)
+    if args.split_indices:
+        splits.update(apply_split_indices(args.split_indices, pool, clean))
+    elif "validation" not in clean:
+        is_val = stratified_group_split(
+            pool["label"], pool["norm"], args.validation_split_fraction, args.split_seed
+        )
+        splits["train"], splits["validation"] = pool[~is_val], pool[is_val]
+        log["validation_from_train"] = {"fraction": args.validation_split_fraction, "seed": args.split_seed}
+    else:
+        splits["train"] = pool
+
+    caps = {
+        "train": args.max_train_samples,
+        "validation": args.max_eval_samples,
+        "test": args.max_predict_samples,
+    }
+    splits = {s: cap(df, caps[s], args.split_seed) for s, df in splits.items()}
+
+    label_names = sorted(splits["train"]["label"].unique())
+    label2id = {name: i for i, name in enumerate(label_names)}
+    for s in ("validation", "test"):
+        if s in splits:
+            unseen = ~splits[s]["label"].isin(label2id)
+            log[f"{s}_excluded_unseen_labels"] = int(unseen.sum())
+            if unseen.any():
+                logger.warning(
+                    "%s: %d rows (%d labels) never seen in training are excluded from metrics: %s",
+                    s,
+                    unseen.sum(),
+                    splits[s].loc[unseen, "label"].nunique(),
+                    sorted(splits[s].loc[unseen, "label"].unique())[:10],
+                )
+            splits[s] = splits[s][~unseen]
+    for s, df in splits.items():
+        splits[s] = df.assign(label_id=df["label"].map(label2id).astype(int)).reset_index(drop=True)
+    train_counts = splits["train"]["label_id"].value_counts().to_dict()
+    log["rows"] = {s: len(df) for s, df in splits.items()}
+    log["num_classes"] = len(label_names)
+    logger.info("Final rows per split: %s; %d classes", log["rows"], len(label_names))
+    return PreparedData(splits=splits, label_names=label_names, train_counts=train_counts, log=log)
+
+
+def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str, pd.DataFrame]:
+    """Rebuild the splits from saved row ids (a run's splits.json).
+
+    Train ids (and validation ids when the source has no validation split) index the training
+    source; other splits index their own source. Ids that cleaning removed are reported.
+    """
+    wanted = json.loads(Path(path).read_text("utf-8"))
+    unknown = set(wanted) - set(SPLITS)
+    if unknown or "train" not in wanted:
+        raise DataError(f"{path}: expected keys among {SPLITS} including 'train', found {sorted(wanted)}")
+    out = {}
+    for split, ids in wanted.items():
+        source = pool if split == "train" or split not in clean else clean[split]
+        picked = source[source["row_id"].isin(set(ids))]
+        if len(picked) < len(ids):
+            logger.warning(
+                "%s: %d of %d ids from %s are not among the clean rows",
+                split,
+                len(ids) - len(picked),
+                len(ids),
+                path,
+            )
+        out[split] = picked
+    return out
+
+
+def split_ids(data: PreparedData) -> dict[str, list[int]]:
+    """Row ids per split, for `splits.json` (feed back with --split_indices)."""
+    return {s: sorted(int(i) for i in df["row_id"]) for s, df in data.splits.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Slices
+# ---------------------------------------------------------------------------------------------
+
+DOLLAR_OR_NUMBER = re.compile(r"\$\s?\d|\b\d{4,}\b|\b\d{1,3}(?:,\d{3})+\b")
+
+
+def slice_masks(texts: pd.Series) -> dict[str, np.ndarray]:
+    """Boolean masks for the report's slices: length (words), redaction (XXXX), numbers."""
+    words = texts.str.split().str.len().to_numpy()
+    return {
+        "length<35": words < 35,
+        "length35-65": (words >= 35) & (words <= 65),
+        "length>65": words > 65,
+        "redacted": texts.str.contains("XXXX", regex=False).to_numpy(),
+        "not_redacted": ~texts.str.contains("XXXX", regex=False).to_numpy(),
+        "numeric": texts.str.contains(DOLLAR_OR_NUMBER).to_numpy(),
+        "not_numeric": ~texts.str.contains(DOLLAR_OR_NUMBER).to_numpy(),
+    }

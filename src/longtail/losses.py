@@ -1,0 +1,128 @@
+"""Long-tail losses and the Trainer that uses them.
+
+- ce: plain cross-entropy (optionally class-weighted, optionally label-smoothed).
+- weighted_ce: cross-entropy with per-class weights (`class_weighting` inverse or sqrt_inverse).
+- focal: focal loss (Lin et al. 2017), (1 - p_t)^gamma * CE, with optional class weights as alpha.
+- logit_adjusted: CE on logits + tau * log(prior) (Menon et al. 2021). The shift is applied in training
+  only, so at inference the raw logits act as if classes were balanced: the Bayes-optimal rule for
+  balanced error, which is what macro-F1 rewards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted")
+WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
+
+
+@dataclass
+class LossArguments:
+    loss: str = field(default="ce", metadata={"help": f"Training loss: one of {LOSSES}."})
+    class_weighting: str = field(
+        default="none",
+        metadata={
+            "help": f"Per-class weights from training counts, normalised to mean 1: one of {WEIGHTINGS}."
+        },
+    )
+    focal_gamma: float = field(default=2.0, metadata={"help": "Focusing parameter of the focal loss."})
+    logit_adjustment_tau: float = field(default=1.0, metadata={"help": "Scale of the log-prior shift."})
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "Label smoothing for the CE-family losses."}
+    )
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {LOSSES}, got '{self.loss}'")
+        if self.class_weighting not in WEIGHTINGS:
+            raise ValueError(f"--class_weighting must be one of {WEIGHTINGS}, got '{self.class_weighting}'")
+        if self.loss == "weighted_ce" and self.class_weighting == "none":
+            raise ValueError("--loss weighted_ce needs --class_weighting inverse or sqrt_inverse")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def class_weights(train_counts: Mapping[int, int], num_labels: int, scheme: str) -> torch.Tensor | None:
+    """Weights proportional to 1/n_c (inverse) or 1/sqrt(n_c) (sqrt_inverse), normalised to mean 1."""
+    if scheme == "none":
+        return None
+    counts = torch.tensor([float(train_counts.get(c, 0)) for c in range(num_labels)])
+    if (counts == 0).any():
+        missing = [c for c in range(num_labels) if counts[c] == 0]
+        raise ValueError(f"Class ids {missing} have no training rows: cannot weight by frequency")
+    weights = 1.0 / counts if scheme == "inverse" else counts.rsqrt()
+    return weights / weights.mean()
+
+
+def log_prior(train_counts: Mapping[int, int], num_labels: int) -> torch.Tensor:
+    counts = torch.tensor([float(train_counts.get(c, 0)) for c in range(num_labels)]).clamp(min=1.0)
+    return (counts / counts.sum()).log()
+
+
+def long_tail_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss: str = "ce",
+    weights: torch.Tensor | None = None,
+    focal_gamma: float = 2.0,
+    log_prior: torch.Tensor | None = None,
+    tau: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean loss over the batch (weighted mean when class weights are given, as torch's CE does)."""
+    logits = logits.float()  # losses in fp32 even under mixed precision
+    if weights is not None:
+        weights = weights.to(logits.device, logits.dtype)
+    if loss == "logit_adjusted":
+        if log_prior is None:
+            raise ValueError("logit_adjusted loss needs the class log-prior")
+        logits = logits + tau * log_prior.to(logits.device, logits.dtype)
+    if loss != "focal":
+        return F.cross_entropy(logits, labels, weight=weights, label_smoothing=label_smoothing)
+    ce = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    p_t = F.softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1)
+    focal = (1.0 - p_t).pow(focal_gamma) * ce
+    if weights is None:
+        return focal.mean()
+    w = weights[labels]
+    return (w * focal).sum() / w.sum()
+
+
+class LongTailTrainer(Trainer):
+    """A Trainer whose `compute_loss` applies one of the long-tail losses.
+
+    `labels` are popped from the inputs so the model does not also compute its own loss.
+    The loss is a per-batch mean, so we tell Trainer to scale it for gradient accumulation itself
+    (`model_accepts_loss_kwargs = False`); `num_items_in_batch` is accepted and not needed.
+    """
+
+    def __init__(self, *args, loss_args: LossArguments, train_counts: Mapping[int, int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        num_labels = self.model.config.num_labels
+        self.loss_args = loss_args
+        self.class_weight_tensor = class_weights(train_counts, num_labels, loss_args.class_weighting)
+        self.log_prior = log_prior(train_counts, num_labels)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)  # Trainer reads the labels from its own dict after this call
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        a = self.loss_args
+        loss = long_tail_loss(
+            logits,
+            labels,
+            loss=a.loss,
+            weights=self.class_weight_tensor,
+            focal_gamma=a.focal_gamma,
+            log_prior=self.log_prior,
+            tau=a.logit_adjustment_tau,
+            label_smoothing=a.label_smoothing,
+        )
+        return (loss, outputs) if return_outputs else loss

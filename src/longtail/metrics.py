@@ -1,0 +1,248 @@
+"""Metrics that tell the truth about a long-tail classifier.
+
+Everything is computed from integer labels and class probabilities with sklearn/scipy.
+Macro averages follow sklearn's default: they run over the classes present in the true labels
+or the predictions of the rows scored (a class never seen and never predicted does not count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from scipy.stats import bootstrap
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+TIERS = ("head", "mid", "tail")
+ECE_BINS = 15
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(accuracy_score(y_true, y_pred))
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE with equal-width confidence bins, weighted by bin size."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    # bin i holds confidences in (i/n, (i+1)/n]; a confidence of exactly 0 goes to bin 0
+    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = ECE_BINS) -> list[dict]:
+    """Per-bin mean confidence, accuracy and count, for reliability diagrams."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    out = []
+    for b in range(n_bins):
+        in_bin = bins == b
+        out.append(
+            {
+                "low": b / n_bins,
+                "high": (b + 1) / n_bins,
+                "count": int(in_bin.sum()),
+                "confidence": float(confidence[in_bin].mean()) if in_bin.any() else float("nan"),
+                "accuracy": float(correct[in_bin].mean()) if in_bin.any() else float("nan"),
+            }
+        )
+    return out
+
+
+def negative_log_likelihood(probs: np.ndarray, y_true: np.ndarray, eps: float = 1e-12) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, None)).mean())
+
+
+def assign_tiers(train_counts: Mapping[int, int], head: int = 20, mid: int = 40) -> dict[int, str]:
+    """Tier each class by training frequency: top `head` classes, the next `mid`, then the tail.
+
+    Ties are broken by class id so the assignment is deterministic.
+    """
+    order = sorted(train_counts, key=lambda c: (-train_counts[c], c))
+    return {c: ("head" if i < head else "mid" if i < head + mid else "tail") for i, c in enumerate(order)}
+
+
+def tier_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, tiers: Mapping[int, str]) -> dict[str, float]:
+    """Macro-F1 over the classes of each tier that occur in the true labels (NaN for an empty tier).
+
+    Per-tier scores use the true-label classes only: a head-class prediction for a tail row hurts the
+    tail class's recall, and is not counted again as an extra zero in the head tier.
+    """
+    out = {}
+    present = np.unique(y_true)
+    for tier in TIERS:
+        labels = [c for c in present if tiers.get(int(c)) == tier]
+        out[f"macro_f1_{tier}"] = (
+            float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+            if labels
+            else float("nan")
+        )
+    return out
+
+
+def bootstrap_ci(
+    statistic: Callable[..., float],
+    *arrays: np.ndarray,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence_level: float = 0.95,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of `statistic(*arrays)` resampling rows (paired across arrays)."""
+    res = bootstrap(
+        arrays,
+        statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=n_resamples,
+        confidence_level=confidence_level,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def paired_bootstrap(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float] = macro_f1,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence_level: float = 0.95,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, float]:
+    """Compare two systems scored on the same rows: delta = metric(a) - metric(b).
+
+    Returns the observed delta, its percentile CI, and the one-sided bootstrap p-value that
+    a is not better than b (share of resamples with delta <= 0).
+    """
+
+    def delta(y, a, b):
+        return metric(y, a) - metric(y, b)
+
+    res = bootstrap(
+        (y_true, pred_a, pred_b),
+        delta,
+        paired=True,
+        vectorized=False,
+        n_resamples=n_resamples,
+        confidence_level=confidence_level,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    dist = res.bootstrap_distribution
+    return {
+        "delta": float(delta(y_true, pred_a, pred_b)),
+        "ci_low": float(res.confidence_interval.low),
+        "ci_high": float(res.confidence_interval.high),
+        "p_value": float((dist <= 0).mean()),
+        "n_resamples": n_resamples,
+    }
+
+
+def per_class_table(
+    y_true: np.ndarray, y_pred: np.ndarray, label_names: Sequence[str], tiers: Mapping[int, str]
+):
+    """Precision/recall/F1/support for every class of the label space, as a DataFrame."""
+    import pandas as pd
+
+    labels = list(range(len(label_names)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    predicted = np.bincount(y_pred, minlength=len(labels))
+    return pd.DataFrame(
+        {
+            "label_id": labels,
+            "label": list(label_names),
+            "tier": [tiers.get(c, "") for c in labels],
+            "precision": p,
+            "recall": r,
+            "f1": f,
+            "support": s,
+            "predicted": predicted[: len(labels)],
+        }
+    )
+
+
+def classification_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    tiers: Mapping[int, str],
+    *,
+    with_ci: bool = True,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, float]:
+    """The full metric set written to `<split>_results.json`."""
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    y_pred = probs.argmax(axis=1)
+    present = np.union1d(y_true, y_pred)
+    f1_per_class = f1_score(y_true, y_pred, labels=present, average=None, zero_division=0)
+    out = {
+        "accuracy": accuracy(y_true, y_pred),
+        "macro_f1": macro_f1(y_true, y_pred),
+        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "zero_f1_classes": int((f1_per_class == 0).sum()),
+        "classes_scored": len(present),
+        **tier_macro_f1(y_true, y_pred, tiers),
+        "ece": expected_calibration_error(probs, y_true),
+        "nll": negative_log_likelihood(probs, y_true),
+        "num_examples": len(y_true),
+        "num_classes": probs.shape[1],
+    }
+    if with_ci and len(y_true) > 1:
+        out["accuracy_ci_low"], out["accuracy_ci_high"] = bootstrap_ci(
+            accuracy, y_true, y_pred, n_resamples=n_resamples, seed=seed
+        )
+        out["macro_f1_ci_low"], out["macro_f1_ci_high"] = bootstrap_ci(
+            macro_f1, y_true, y_pred, n_resamples=n_resamples, seed=seed
+        )
+    return out
+
+
+def slice_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, slices: Mapping[str, np.ndarray]
+) -> dict[str, dict]:
+    """Accuracy and macro-F1 on boolean row masks (length, redaction, numeric slices)."""
+    out = {}
+    for name, mask in slices.items():
+        mask = np.asarray(mask, dtype=bool)
+        n = int(mask.sum())
+        out[name] = {
+            "num_examples": n,
+            "accuracy": accuracy(y_true[mask], y_pred[mask]) if n else float("nan"),
+            "macro_f1": macro_f1(y_true[mask], y_pred[mask]) if n else float("nan"),
+        }
+    return out
+
+
+def trainer_compute_metrics(tiers: Mapping[int, str]) -> Callable:
+    """`compute_metrics` for Trainer: cheap metrics every evaluation (no bootstrap), keyed for
+    `metric_for_best_model: macro_f1`."""
+
+    def compute(eval_pred) -> dict[str, float]:
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        return classification_metrics(
+            labels, softmax(np.asarray(logits, dtype=np.float64)), tiers, with_ci=False
+        )
+
+    return compute

@@ -1,0 +1,130 @@
+"""Run bookkeeping shared by every recipe: the output-folder guard, the exact command, run files,
+and pushing to the Hub. Nothing here prints or saves a Hub token."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from longtail.report import jsonable, redact_secrets
+
+logger = logging.getLogger(__name__)
+
+SECRET_FLAGS = ("--hub_token",)
+# Files a run writes; removed when a run is asked to overwrite a folder, so no stale result survives.
+RUN_FILES = (
+    "eval_results.json",
+    "test_results.json",
+    "train_results.json",
+    "all_results.json",
+    "per_class.csv",
+    "report.md",
+    "confusion.png",
+    "reliability.png",
+    "README.md",
+    "labels.json",
+    "splits.json",
+    "run_config.json",
+)
+
+
+class OutputDirError(ValueError):
+    pass
+
+
+def prepare_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False) -> Path:
+    """Refuse to write into a non-empty folder unless asked; when overwriting, clear our own result files."""
+    path = Path(output_dir)
+    if path.is_dir() and any(path.iterdir()) and not resuming:
+        if not overwrite:
+            raise OutputDirError(
+                f"output_dir '{path}' exists and is not empty. Pass --overwrite_output_dir to replace its results, "
+                "or choose another --output_dir."
+            )
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+        logger.warning("Overwriting the results in %s", path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The exact command that ran, shell-quoted, with secrets removed."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        if arg in SECRET_FLAGS and i + 1 < len(args):
+            args[i + 1] = "<redacted>"
+        elif arg.split("=", 1)[0] in SECRET_FLAGS:
+            args[i] = arg.split("=", 1)[0] + "=<redacted>"
+    return redact_secrets(" ".join(["python", shlex.quote(script), *map(shlex.quote, args)]))
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Valid JSON (NaN -> null), secrets scrubbed."""
+    path = Path(path)
+    path.write_text(
+        redact_secrets(json.dumps(jsonable(obj), indent=2, ensure_ascii=False, default=str)) + "\n", "utf-8"
+    )
+    return path
+
+
+def source_description(data_args) -> str:
+    """Where the data came from, without local absolute paths."""
+    files = [f for f in (data_args.train_file, data_args.validation_file, data_args.test_file) if f]
+    if files:
+        return "local files " + ", ".join(f"`{Path(f).name}`" for f in files)
+    if data_args.dataset_name == "synthetic":
+        return "the built-in synthetic CFPB-shaped demo set (not real complaints)"
+    return f"`{data_args.dataset_name}`"
+
+
+def public_model_name(name_or_path: str) -> str:
+    """A Hub id stays as is; a local folder is named by its last component only."""
+    path = Path(name_or_path)
+    return path.name if path.exists() else name_or_path
+
+
+def push_folder(
+    output_dir: str | Path, repo_id: str | None, token: str | None = None, private: bool | None = None
+):
+    """Push the run folder (model, tokenizer, card, reports) once; checkpoints stay local.
+
+    The token comes from --hub_token, HF_TOKEN or a stored login; it is passed through, never logged.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = repo_id or Path(output_dir).name
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(
+        folder_path=str(output_dir),
+        repo_id=url.repo_id,
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "*.pth"],
+        commit_message="Upload long-tail classifier",
+    )
+    logger.info("Pushed %s to https://huggingface.co/%s", output_dir, url.repo_id)
+    return url.repo_id
+
+
+def write_run_files(output_dir: str | Path, data, command: str, config: dict) -> None:
+    """labels.json (taxonomy, counts, tiers, data log), splits.json (row ids), run_config.json."""
+    from longtail.data import split_ids
+    from longtail.metrics import assign_tiers
+
+    output_dir = Path(output_dir)
+    tiers = assign_tiers(data.train_counts)
+    names = data.label_names
+    write_json(
+        output_dir / "labels.json",
+        {
+            "id2label": data.id2label,
+            "train_counts": {names[i]: n for i, n in sorted(data.train_counts.items())},
+            "tiers": {names[i]: t for i, t in sorted(tiers.items())},
+            "data_log": data.log,
+        },
+    )
+    write_json(output_dir / "splits.json", split_ids(data))
+    write_json(output_dir / "run_config.json", {"command": command, **config})

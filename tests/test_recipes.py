@@ -1,0 +1,167 @@
+"""End-to-end runs of the recipes through their main(), on tiny models and the synthetic data set."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import CFPB_CSV, REPO, needs_shared
+
+REQUIRED_KEYS = {
+    "accuracy", "macro_f1", "weighted_f1", "zero_f1_classes", "macro_f1_head", "macro_f1_mid", "macro_f1_tail",
+    "ece", "nll", "macro_f1_ci_low", "macro_f1_ci_high", "num_examples", "num_classes",
+}
+RUN_FILES = ["per_class.csv", "report.md", "confusion.png", "reliability.png", "README.md", "labels.json",
+             "splits.json", "run_config.json"]
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic_files(tmp_path: Path) -> tuple[str, str]:
+    from longtail.synthetic import make_synthetic_splits
+
+    splits = make_synthetic_splits(n_train=500, n_test=200, seed=7)
+    paths = []
+    for name, df in splits.items():
+        path = tmp_path / f"{name}.csv"
+        df.to_csv(path, index=False)
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def encoder_args(model: str, train: str, test: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "--config", str(REPO / "recipes/configs/full_ft_encoder.yaml"),
+        "--model_name_or_path", model, "--train_file", train, "--test_file", test,
+        "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
+        "--output_dir", str(out), "--do_predict",
+        "--num_train_epochs", "2", "--learning_rate", "5e-3", "--per_device_train_batch_size", "16",
+        "--max_length", "64", "--logging_steps", "5", "--save_total_limit", "1", *extra,
+    ]
+
+
+def test_every_yaml_config_parses():
+    """Every YAML under recipes/configs maps onto the recipe's dataclasses (unknown keys raise)."""
+    from trl import TrlParser
+
+    recipes = {p.stem: p for p in (REPO / "recipes").glob("*.py")}
+    configs = sorted((REPO / "recipes/configs").glob("*.yaml"))
+    assert configs
+    for config in configs:
+        # configs are named <recipe>[_variant].yaml
+        matches = [r for r in recipes if config.stem == r or config.stem.startswith(r + "_")]
+        assert matches, f"{config.name} names no recipe"
+        recipe = max(matches, key=len)
+        module = load_recipe(recipe)
+        types = module.PARSER_TYPES
+        parsed = TrlParser(types).parse_args_and_config(["--config", str(config)])
+        assert len(parsed) == len(types)
+        assert yaml.safe_load(config.read_text())
+
+
+def test_cli_overrides_yaml(tmp_path):
+    from trl import TrlParser
+
+    module = load_recipe("full_ft_encoder")
+    parser = TrlParser(module.PARSER_TYPES)
+    config = str(REPO / "recipes/configs/full_ft_encoder.yaml")
+    data_args, model_args, loss_args, training_args = parser.parse_args_and_config(
+        ["--config", config, "--learning_rate", "3e-4", "--loss", "focal", "--output_dir", str(tmp_path)]
+    )
+    assert training_args.learning_rate == 3e-4 and loss_args.loss == "focal"
+    assert training_args.per_device_train_batch_size == 32  # from the YAML
+    assert training_args.metric_for_best_model == "macro_f1"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rte: 1e-4\n")
+    with pytest.raises(ValueError, match="learning_rte"):
+        TrlParser(module.PARSER_TYPES).parse_args_and_config(["--config", str(bad)])
+
+
+@pytest.mark.slow
+def test_full_ft_encoder_end_to_end(tiny_modernbert, tmp_path):
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "run"
+    recipe = load_recipe("full_ft_encoder")
+    metrics = recipe.main(encoder_args(tiny_modernbert, train, test, out, "--loss", "logit_adjusted"))
+
+    for name in ["eval_results.json", "test_results.json", *RUN_FILES]:
+        assert (out / name).is_file(), name
+    assert (out / "model.safetensors").is_file() and not list(out.glob("pytorch_model*.bin"))
+    for split in ("eval", "test"):
+        results = json.loads((out / f"{split}_results.json").read_text())
+        assert REQUIRED_KEYS <= results.keys()
+        assert results["macro_f1_ci_low"] <= results["macro_f1"] <= results["macro_f1_ci_high"]
+    assert metrics["test"]["num_examples"] == json.loads((out / "test_results.json").read_text())["num_examples"]
+    # the tiny model learns something: better than always predicting the majority class
+    labels = json.loads((out / "labels.json").read_text())
+    majority = max(labels["train_counts"].values()) / sum(labels["train_counts"].values())
+    assert metrics["validation"]["accuracy"] > majority
+    # the label maps travel with the model
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(out)
+    assert config.id2label[0] == labels["id2label"]["0"] and config.problem_type == "single_label_classification"
+    report = (out / "report.md").read_text()
+    assert "best validation macro_f1" in report and "test scored once" in report
+    card = (out / "README.md").read_text()
+    assert "recipes/full_ft_encoder.py" in card and "--do_predict" in card
+
+    # the saved model reloads and reproduces the validation predictions
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(out), tokenizer=str(out), device="cpu")
+    assert clf("I was charged a late fee twice on my statement")[0]["label"] in labels["id2label"].values()
+
+    # a second run into the same folder is refused unless asked
+    from longtail.runs import OutputDirError
+
+    with pytest.raises(OutputDirError, match="overwrite_output_dir"):
+        recipe.main(encoder_args(tiny_modernbert, train, test, out))
+
+
+@pytest.mark.slow
+def test_baseline_tfidf_end_to_end(tmp_path):
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "baseline"
+    recipe = load_recipe("baseline_tfidf")
+    metrics = recipe.main([
+        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", train, "--test_file", test,
+        "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none", "--output_dir", str(out),
+        "--do_predict", "--grid_C", "1.0", "10.0",
+    ])
+    for name in ["eval_results.json", "test_results.json", "model.joblib", *RUN_FILES]:
+        assert (out / name).is_file(), name
+    config = json.loads((out / "run_config.json").read_text())
+    grid = config["grid"]
+    assert len(grid) == 2 * 2 * 2
+    best = max(grid, key=lambda r: r["val_macro_f1"])
+    assert metrics["validation"]["macro_f1"] == pytest.approx(best["val_macro_f1"])
+    assert "Validation grid" in (out / "report.md").read_text()
+    assert metrics["test"]["accuracy"] > 0.5
+
+
+@pytest.mark.slow
+@needs_shared
+def test_baseline_on_real_cfpb(tmp_path):
+    """The course floor on the real CFPB sample (fixed settings, capped rows for speed)."""
+    recipe = load_recipe("baseline_tfidf")
+    metrics = recipe.main([
+        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", str(CFPB_CSV),
+        "--text_column", "Consumer complaint narrative", "--output_dir", str(tmp_path / "b"),
+        "--select_on_validation", "false", "--max_features", "20000",
+    ])
+    val = metrics["validation"]
+    assert val["num_classes"] == 64
+    assert 0.3 < val["accuracy"] < 0.7 and np.isfinite(val["nll"])
