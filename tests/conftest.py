@@ -38,7 +38,9 @@ def train_wordpiece(texts: list[str], vocab_size: int = 600):
     tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -77,3 +79,95 @@ def tiny_modernbert(tmp_path_factory) -> str:
     ModernBertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def train_byte_bpe(
+    texts: list[str], vocab_size: int = 512, bos: str | None = None, eos: str = "<|endoftext|>"
+):
+    """A byte-level BPE tokenizer (GPT-2/Qwen/Llama-3 style) with an eos and NO pad token, like most
+    decoders; with `bos`, every text is prefixed with it (Llama style)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [eos] + ([bos] if bos else [])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, bos_token=bos or eos, model_max_length=512
+    )
+
+
+def save_tiny_decoder(path: Path, kind: str) -> str:
+    """A 2-layer decoder LM (random weights; hidden 32, 4 heads, 2 kv heads, intermediate 64) saved as its
+    *ForCausalLM, as Base checkpoints ship; loading it for classification adds a fresh `score` head."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    qwen = kind == "qwen2"
+    tokenizer = train_byte_bpe(corpus(), bos=None if qwen else "<s>", eos="<|endoftext|>" if qwen else "</s>")
+    tokenizer.padding_side = "right" if qwen else "left"  # both sides go through the recipes
+    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if qwen else (LlamaConfig, LlamaForCausalLM)
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=qwen,  # Qwen2.5-0.5B ties its embeddings; Llama does not
+    )
+    model_cls(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> str:
+    """A 2-layer Qwen2 (random weights) + byte-level BPE tokenizer without a pad token."""
+    return save_tiny_decoder(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """A 2-layer Llama (random weights) + byte-level BPE tokenizer (bos-prefixed, left padding) without a
+    pad token."""
+    return save_tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+def decoder_args(recipe: str, model: str, train: str, test: str, out: Path, *extra: str) -> list[str]:
+    """Command line of a quick run of a decoder recipe on the synthetic CSVs (see test_recipes)."""
+    return [
+        "--config", str(REPO / f"recipes/configs/{recipe}.yaml"),
+        "--model_name_or_path", model, "--train_file", train, "--test_file", test,
+        "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
+        "--output_dir", str(out), "--do_predict", "--warmup_steps", "0",
+        "--num_train_epochs", "2", "--learning_rate", "5e-3", "--per_device_train_batch_size", "16",
+        "--max_length", "64", "--logging_steps", "5", "--save_total_limit", "1", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def fast_bootstrap(monkeypatch):
+    """Reports with 100 bootstrap resamples instead of 1,000 (the CIs of quick runs are not under test)."""
+    import functools
+
+    import longtail.report
+
+    monkeypatch.setattr(
+        longtail.report, "score_split", functools.partial(longtail.report.score_split, n_resamples=100)
+    )

@@ -10,15 +10,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import CFPB_CSV, REPO, needs_shared
 
 REQUIRED_KEYS = {
-    "accuracy", "macro_f1", "weighted_f1", "zero_f1_classes", "macro_f1_head", "macro_f1_mid", "macro_f1_tail",
-    "ece", "nll", "macro_f1_ci_low", "macro_f1_ci_high", "num_examples", "num_classes",
+    "accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "zero_f1_classes",
+    "macro_f1_head",
+    "macro_f1_mid",
+    "macro_f1_tail",
+    "ece",
+    "nll",
+    "macro_f1_ci_low",
+    "macro_f1_ci_high",
+    "num_examples",
+    "num_classes",
 }
-RUN_FILES = ["per_class.csv", "report.md", "confusion.png", "reliability.png", "README.md", "labels.json",
-             "splits.json", "run_config.json"]
+RUN_FILES = [
+    "per_class.csv",
+    "report.md",
+    "confusion.png",
+    "reliability.png",
+    "README.md",
+    "labels.json",
+    "splits.json",
+    "run_config.json",
+]
 
 
 def load_recipe(name: str):
@@ -43,12 +61,34 @@ def synthetic_files(tmp_path: Path) -> tuple[str, str]:
 
 def encoder_args(model: str, train: str, test: str, out: Path, *extra: str) -> list[str]:
     return [
-        "--config", str(REPO / "recipes/configs/full_ft_encoder.yaml"),
-        "--model_name_or_path", model, "--train_file", train, "--test_file", test,
-        "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
-        "--output_dir", str(out), "--do_predict",
-        "--num_train_epochs", "2", "--learning_rate", "5e-3", "--per_device_train_batch_size", "16",
-        "--max_length", "64", "--logging_steps", "5", "--save_total_limit", "1", *extra,
+        "--config",
+        str(REPO / "recipes/configs/full_ft_encoder.yaml"),
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        train,
+        "--test_file",
+        test,
+        "--text_column",
+        "Consumer complaint narrative",
+        "--label_taxonomy",
+        "none",
+        "--output_dir",
+        str(out),
+        "--do_predict",
+        "--num_train_epochs",
+        "2",
+        "--learning_rate",
+        "5e-3",
+        "--per_device_train_batch_size",
+        "16",
+        "--max_length",
+        "64",
+        "--logging_steps",
+        "5",
+        "--save_total_limit",
+        "1",
+        *extra,
     ]
 
 
@@ -103,7 +143,9 @@ def test_full_ft_encoder_end_to_end(tiny_modernbert, tmp_path):
         results = json.loads((out / f"{split}_results.json").read_text())
         assert REQUIRED_KEYS <= results.keys()
         assert results["macro_f1_ci_low"] <= results["macro_f1"] <= results["macro_f1_ci_high"]
-    assert metrics["test"]["num_examples"] == json.loads((out / "test_results.json").read_text())["num_examples"]
+    assert (
+        metrics["test"]["num_examples"] == json.loads((out / "test_results.json").read_text())["num_examples"]
+    )
     # the tiny model learns something: better than always predicting the majority class
     labels = json.loads((out / "labels.json").read_text())
     majority = max(labels["train_counts"].values()) / sum(labels["train_counts"].values())
@@ -112,7 +154,9 @@ def test_full_ft_encoder_end_to_end(tiny_modernbert, tmp_path):
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(out)
-    assert config.id2label[0] == labels["id2label"]["0"] and config.problem_type == "single_label_classification"
+    assert (
+        config.id2label[0] == labels["id2label"]["0"] and config.problem_type == "single_label_classification"
+    )
     report = (out / "report.md").read_text()
     assert "best validation macro_f1" in report and "test scored once" in report
     card = (out / "README.md").read_text()
@@ -136,11 +180,26 @@ def test_baseline_tfidf_end_to_end(tmp_path):
     train, test = synthetic_files(tmp_path)
     out = tmp_path / "baseline"
     recipe = load_recipe("baseline_tfidf")
-    metrics = recipe.main([
-        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", train, "--test_file", test,
-        "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none", "--output_dir", str(out),
-        "--do_predict", "--grid_C", "1.0", "10.0",
-    ])
+    metrics = recipe.main(
+        [
+            "--config",
+            str(REPO / "recipes/configs/baseline_tfidf.yaml"),
+            "--train_file",
+            train,
+            "--test_file",
+            test,
+            "--text_column",
+            "Consumer complaint narrative",
+            "--label_taxonomy",
+            "none",
+            "--output_dir",
+            str(out),
+            "--do_predict",
+            "--grid_C",
+            "1.0",
+            "10.0",
+        ]
+    )
     for name in ["eval_results.json", "test_results.json", "model.joblib", *RUN_FILES]:
         assert (out / name).is_file(), name
     config = json.loads((out / "run_config.json").read_text())
@@ -157,11 +216,106 @@ def test_baseline_tfidf_end_to_end(tmp_path):
 def test_baseline_on_real_cfpb(tmp_path):
     """The course floor on the real CFPB sample (fixed settings, capped rows for speed)."""
     recipe = load_recipe("baseline_tfidf")
-    metrics = recipe.main([
-        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", str(CFPB_CSV),
-        "--text_column", "Consumer complaint narrative", "--output_dir", str(tmp_path / "b"),
-        "--select_on_validation", "false", "--max_features", "20000",
-    ])
+    metrics = recipe.main(
+        [
+            "--config",
+            str(REPO / "recipes/configs/baseline_tfidf.yaml"),
+            "--train_file",
+            str(CFPB_CSV),
+            "--text_column",
+            "Consumer complaint narrative",
+            "--output_dir",
+            str(tmp_path / "b"),
+            "--select_on_validation",
+            "false",
+            "--max_features",
+            "20000",
+        ]
+    )
     val = metrics["validation"]
     assert val["num_classes"] == 64
     assert 0.3 < val["accuracy"] < 0.7 and np.isfinite(val["nll"])
+
+
+def test_push_to_hub_once_without_leaking_the_token(tiny_modernbert, tmp_path, monkeypatch, capsys, caplog):
+    """--push_to_hub uploads the run folder once at the end; the token never reaches a file or the log."""
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create_repo", repo_id))
+            return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def upload_folder(self, folder_path, repo_id, **kwargs):
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    token = "hf_" + "S3cr3t" * 6
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "pushed"
+    load_recipe("full_ft_encoder").main(
+        encoder_args(
+            tiny_modernbert,
+            train,
+            test,
+            out,
+            "--max_steps",
+            "2",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--push_to_hub",
+            "--hub_model_id",
+            "me/cfpb-test",
+            "--hub_token",
+            token,
+        )
+    )
+    assert [c[0] for c in calls] == ["init", "create_repo", "upload_folder"]
+    assert calls[0][1] == token and calls[1][1] == "me/cfpb-test"
+    assert {"README.md", "model.safetensors", "report.md", "eval_results.json"} <= set(calls[2][2])
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".md", ".csv", ".txt", ".yaml"}:
+            assert token not in path.read_text(errors="ignore"), path
+    captured = capsys.readouterr()
+    assert token not in captured.out + captured.err + caplog.text
+    assert "<redacted>" in (out / "README.md").read_text()  # the command is shown, the token is not
+
+
+def test_hub_dataset_path(monkeypatch):
+    """A Hub data set (train/test splits, no validation) goes through the same pipeline; offline we
+    stand in for `datasets.load_dataset` with the synthetic rows in the Hub data set's column names."""
+    import datasets
+
+    from longtail.data import DataArguments, prepare_data
+    from longtail.synthetic import make_synthetic_splits
+
+    splits = make_synthetic_splits(n_train=400, n_test=100, seed=3)
+    hub = datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_pandas(
+                df.rename(columns={"Consumer complaint narrative": "Consumer Complaint"}),
+                preserve_index=False,
+            )
+            for name, df in splits.items()
+        }
+    )
+    seen = {}
+
+    def fake_load_dataset(name, config_name=None):
+        seen["name"] = name
+        return hub
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    data = prepare_data(DataArguments())
+    assert seen["name"] == "determined-ai/consumer_complaints_medium"
+    assert set(data.splits) == {"train", "validation", "test"}
+    assert data.log["validation_from_train"]["fraction"] == 0.1

@@ -158,7 +158,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def is_local_file(name: str | None) -> bool:
-    return bool(name) and Path(name).suffix.lower() in {".csv", ".json", ".jsonl", ".parquet"}
+    """A local data file (read_table names unsupported types) rather than a Hub id."""
+    return bool(name) and (
+        Path(name).is_file() or Path(name).suffix.lower() in {".csv", ".json", ".jsonl", ".parquet"}
+    )
 
 
 def load_raw_splits(args: DataArguments) -> dict[str, pd.DataFrame]:
@@ -199,13 +202,22 @@ def load_hub_splits(name: str, config_name: str | None) -> dict[str, pd.DataFram
 # ---------------------------------------------------------------------------------------------
 
 
+def _parse_merge_csv(text: str, source: str) -> dict[str, str]:
+    """Rows of (old, new) after a header; lines starting with '#' are comments."""
+    rows = [r for r in csv.reader(line for line in text.splitlines() if not line.startswith("#")) if r]
+    if rows and any(len(r) != 2 for r in rows):
+        raise DataError(
+            f"{source}: a merge map csv needs exactly two columns (old, new), found header {rows[0]}"
+        )
+    return {old: new for old, new in rows[1:]}
+
+
 def load_merge_map(spec: str | None) -> dict[str, str]:
     if spec in NONE_VALUES:
         return {}
     if spec in BUILTIN_MERGE_MAPS:
         text = resources.files("longtail.resources").joinpath(BUILTIN_MERGE_MAPS[spec]).read_text("utf-8")
-        rows = list(csv.reader(line for line in text.splitlines() if not line.startswith("#")))
-        return {old: new for old, new in rows[1:]}
+        return _parse_merge_csv(text, spec)
     path = Path(spec)
     if not path.is_file():
         raise DataError(
@@ -213,13 +225,12 @@ def load_merge_map(spec: str | None) -> dict[str, str]:
         )
     if path.suffix.lower() == ".json":
         mapping = json.loads(path.read_text("utf-8"))
+        if not isinstance(mapping, dict):
+            raise DataError(
+                f"{path}: a .json merge map must be an object {{old: new}}, got {type(mapping).__name__}"
+            )
         return {k: v for k, v in mapping.items() if not k.startswith("_")}  # allow "_comment" keys
-    df = pd.read_csv(path, comment="#", dtype=str)
-    if df.shape[1] != 2:
-        raise DataError(
-            f"{path}: a merge map csv needs exactly two columns (old, new), found {list(df.columns)}"
-        )
-    return dict(zip(df.iloc[:, 0], df.iloc[:, 1]))
+    return _parse_merge_csv(path.read_text("utf-8"), str(path))
 
 
 def load_taxonomy(spec: str | None) -> list[str] | None:
@@ -343,7 +354,14 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
     if pool.empty:
         raise DataError(f"No training rows left after cleaning: {log['train']}")
 
-    # Leakage guard: a narrative that is also in an evaluation split leaves the training pool.
+    # Leakage guard: a narrative that is also in an evaluation split leaves the training pool, and a
+    # validation narrative that is also in test leaves validation (test is the final measure).
+    if "validation" in clean and "test" in clean:
+        overlap = clean["validation"]["norm"].isin(set(clean["test"]["norm"]))
+        log["dropped_validation_duplicates_of_test"] = int(overlap.sum())
+        if overlap.any():
+            logger.info("Dropped %d validation rows whose text also appears in test", overlap.sum())
+        clean["validation"] = clean["validation"][~overlap]
     eval_norms = set().union(*(set(clean[s]["norm"]) for s in ("validation", "test") if s in clean))
     leaked = pool["norm"].isin(eval_norms)
     log["dropped_train_duplicates_of_eval"] = int(leaked.sum())

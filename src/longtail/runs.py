@@ -84,7 +84,10 @@ def source_description(data_args) -> str:
 def public_model_name(name_or_path: str) -> str:
     """A Hub id stays as is; a local folder is named by its last component only."""
     path = Path(name_or_path)
-    return path.name if path.exists() else name_or_path
+    if not path.exists():
+        return name_or_path
+    # packaged models often live in a folder literally called "model": keep the parent for context
+    return f"{path.parent.name}/{path.name}" if path.name in {"model", "models", "weights"} else path.name
 
 
 def push_folder(

@@ -90,8 +90,8 @@ def load_tokenizer(model_args: ModelArguments):
     return tokenizer
 
 
-def load_classifier(model_args: ModelArguments, label_names: list[str], tokenizer, **from_pretrained_kwargs):
-    """A sequence classifier with the label maps and problem type written into its config."""
+def classifier_config(model_args: ModelArguments, label_names: list[str], tokenizer):
+    """The model's config with the label maps, problem type and the tokenizer's pad token id."""
     config = AutoConfig.from_pretrained(
         model_args.model_name_or_path,
         num_labels=len(label_names),
@@ -103,6 +103,12 @@ def load_classifier(model_args: ModelArguments, label_names: list[str], tokenize
     config.pad_token_id = tokenizer.pad_token_id
     if config.model_type == "modernbert" and not torch.cuda.is_available():
         config.reference_compile = False  # its auto-compile breaks on CPU when triton is installed
+    return config
+
+
+def load_classifier(model_args: ModelArguments, label_names: list[str], tokenizer, **from_pretrained_kwargs):
+    """A sequence classifier with the label maps and problem type written into its config."""
+    config = classifier_config(model_args, label_names, tokenizer)
     return AutoModelForSequenceClassification.from_pretrained(
         model_args.model_name_or_path,
         config=config,
@@ -147,3 +153,176 @@ def predict_probs(trainer, dataset) -> np.ndarray:
     if isinstance(logits, tuple):
         logits = logits[0]
     return softmax(np.asarray(logits, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Run stages shared by the Trainer recipes (parse -> data -> model -> train -> evaluate -> report)
+# ---------------------------------------------------------------------------------------------
+
+
+def start_run(training_args: TrainingArguments, mixed_precision: str) -> tuple[TrainingArguments, bool]:
+    """Logging, hardware precision, the output-folder guard and the seed; returns (args, push).
+
+    The Hub push is taken out of the Trainer's hands (it would push every checkpoint): recipes push
+    once at the end when `push` is true.
+    """
+    import transformers
+
+    from longtail.runs import prepare_output_dir
+
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
+    )
+    transformers.utils.logging.set_verbosity_warning()
+    push = training_args.push_to_hub
+    training_args = apply_precision(training_args, mixed_precision)
+    training_args.push_to_hub = False
+    if training_args.process_index == 0:
+        prepare_output_dir(
+            training_args.output_dir,
+            training_args.overwrite_output_dir,
+            bool(training_args.resume_from_checkpoint),
+        )
+    transformers.set_seed(training_args.seed)
+    return training_args, push
+
+
+def long_tail_trainer(
+    model, training_args, data: PreparedData, datasets: dict, tokenizer, loss_args, model_args
+):
+    """A LongTailTrainer on the train/validation splits with macro-F1 metrics and dynamic padding."""
+    from longtail.losses import LongTailTrainer
+    from longtail.metrics import assign_tiers, trainer_compute_metrics
+
+    return LongTailTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["validation"],
+        processing_class=tokenizer,
+        data_collator=padding_collator(tokenizer),
+        compute_metrics=trainer_compute_metrics(assign_tiers(data.train_counts)),
+        callbacks=callbacks(model_args),
+        loss_args=loss_args,
+        train_counts=data.train_counts,
+    )
+
+
+def evaluate_splits(trainer, data: PreparedData, datasets: dict, do_predict: bool) -> list:
+    """Validation always; test only when asked (once, at the end). Returns report.SplitResult rows."""
+    from longtail.report import SplitResult
+
+    if do_predict and "test" not in data.splits:
+        raise ValueError(
+            "--do_predict needs a test split: pass --test_file or use a data set with a test split"
+        )
+    return [
+        SplitResult(
+            split,
+            data.splits[split]["label_id"].to_numpy(),
+            predict_probs(trainer, datasets[split]),
+            data.splits[split]["text"],
+        )
+        for split in ("validation", "test")
+        if split == "validation" or do_predict
+    ]
+
+
+def run_info(recipe: str, trainer, train_result, model_args, data_args, loss_args, started: float) -> dict:
+    """The 'Run' table of the report and model card: model, loss, schedule, runtime, what chose what."""
+    import time
+
+    from longtail.runs import public_model_name
+
+    args = trainer.args
+    best = trainer.state.best_model_checkpoint
+    return {
+        "recipe": recipe,
+        "model": public_model_name(model_args.model_name_or_path),
+        "loss": loss_args.loss,
+        "class_weighting": loss_args.class_weighting,
+        "learning_rate": args.learning_rate,
+        "epochs": args.num_train_epochs,
+        "batch_size": args.per_device_train_batch_size * args.world_size,
+        "max_length": data_args.max_length,
+        "seed": args.seed,
+        "train_runtime_s": round(train_result.metrics.get("train_runtime", 0.0), 1),
+        "total_runtime_s": round(time.time() - started, 1),
+        "selection": (
+            f"checkpoint: best validation {args.metric_for_best_model} ({best.rsplit('/', 1)[-1]})"
+            if best and args.load_best_model_at_end
+            else "checkpoint: last epoch (no model selection)"
+        )
+        + "; test scored once at the end" * args.do_predict,
+    }
+
+
+# Two texts of clearly different length: the short one is scored alone and inside a padded batch.
+PADDING_PROBE = (
+    "I was charged a late fee twice.",
+    "The bank closed my checking account without any notice, kept the remaining balance for six "
+    "weeks and never answered my letters or my calls about the overdraft fees.",
+)
+
+
+def padding_side_works(model, tokenizer, side: str) -> bool:
+    """Does the model score PADDING_PROBE[0] the same alone and inside a batch padded on `side`?"""
+    saved_side, was_training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = side
+    model.eval()
+    try:
+        with torch.no_grad():
+            alone = model(**tokenizer(PADDING_PROBE[:1], return_tensors="pt").to(model.device)).logits
+            batch = tokenizer(list(PADDING_PROBE), return_tensors="pt", padding=True).to(model.device)
+            padded = model(**batch).logits[:1]
+    finally:
+        tokenizer.padding_side = saved_side
+        model.train(was_training)
+    alone, padded = alone.float(), padded.float()
+    # fp32 agrees to rounding; half precision (or a 4-bit model computing in half) only to ~1e-2
+    quant = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    half = {torch.float16, torch.bfloat16}
+    low = (
+        any(p.dtype in half for p in model.parameters())
+        or getattr(quant, "bnb_4bit_compute_dtype", None) in half
+    )
+    tol = 2e-2 if low else 1e-4
+    return bool(torch.allclose(alone, padded, rtol=tol, atol=tol * (1.0 + alone.abs().max().item())))
+
+
+def check_padding(model, tokenizer) -> str:
+    """Make sure the classifier pools the same token whether or not a text is padded (decoder heads pool the
+    last non-pad token, found through `config.pad_token_id`).
+
+    Keeps the tokenizer's padding side when it works, switches to the other side (with a warning) when only
+    that one works, and raises a clear error when neither does. Returns the padding side in use.
+    """
+    config_pad, tok_pad = model.config.pad_token_id, tokenizer.pad_token_id
+    if tok_pad is None or config_pad != tok_pad:
+        raise ValueError(
+            f"config.pad_token_id ({config_pad}) must equal the tokenizer's pad token id ({tok_pad}): "
+            "decoder heads find the last real token through it. Load with training.load_tokenizer and "
+            "training.load_classifier, which set both."
+        )
+    side = tokenizer.padding_side
+    if padding_side_works(model, tokenizer, side):
+        logger.info(
+            "Padding check passed: %s padding, pad token %r (id %s)", side, tokenizer.pad_token, tok_pad
+        )
+        return side
+    other = "left" if side == "right" else "right"
+    if padding_side_works(model, tokenizer, other):
+        logger.warning(
+            "%s pools the wrong token with %s padding: switching the tokenizer to %s padding",
+            type(model).__name__,
+            side,
+            other,
+        )
+        tokenizer.padding_side = other
+        return other
+    raise ValueError(
+        f"{type(model).__name__} scores a text differently alone and inside a padded batch, with left and with "
+        f"right padding (pad token {tokenizer.pad_token!r}, id {tok_pad}): its head does not pool the last "
+        "non-pad token. Use a tokenizer whose pad token the model's head recognises, or a model whose "
+        "sequence-classification head pools by position."
+    )

@@ -1,0 +1,89 @@
+"""LoRA on a decoder classifier (default: Qwen2.5-0.5B with a classification head) on long-tail text.
+
+    python recipes/lora_decoder.py --config recipes/configs/lora_decoder.yaml [--key value ...]
+    accelerate launch recipes/lora_decoder.py --config recipes/configs/lora_decoder.yaml
+
+The head (`score`) pools the last non-pad token; decoders without a pad token pad with eos, and
+`config.pad_token_id` is set to match. LoRA adapts the attention projections (--lora_target_modules auto;
+also ModernBERT/BERT encoders); the head is trained in full and saved with the adapter.
+`--merge_adapter true` also writes output_dir/merged, a plain model for pipeline() and export.
+Config precedence: dataclass defaults < YAML (--config) < command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from transformers import TrainingArguments
+from trl import TrlParser
+
+from longtail.adapters import AdapterArguments, add_lora, adapter_info, finish_adapter_run, peft_training_args, save_adapter
+from longtail.data import DataArguments, prepare_data
+from longtail.losses import LossArguments
+from longtail.report import summary_text
+from longtail.runs import command_line
+from longtail.training import (
+    ModelArguments,
+    check_padding,
+    evaluate_splits,
+    load_classifier,
+    load_tokenizer,
+    long_tail_trainer,
+    run_info,
+    start_run,
+    tokenize_splits,
+)
+
+logger = logging.getLogger("lora_decoder")
+PARSER_TYPES = (DataArguments, ModelArguments, AdapterArguments, LossArguments, TrainingArguments)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # ---- Parse config ------------------------------------------------------------------------
+    parser = TrlParser(PARSER_TYPES)
+    data_args, model_args, adapter_args, loss_args, training_args = parser.parse_args_and_config(argv)
+    training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision)
+    command = command_line("recipes/lora_decoder.py", argv)
+    started = time.time()
+
+    # ---- Load data ---------------------------------------------------------------------------
+    with training_args.main_process_first(desc="data"):
+        data = prepare_data(data_args)
+
+    # ---- Build model: classifier (pad token = eos if none), padding check, LoRA ---------------
+    tokenizer = load_tokenizer(model_args)
+    model = load_classifier(model_args, data.label_names, tokenizer)
+    check_padding(model, tokenizer)  # a text scores the same alone and inside a padded batch
+    model = add_lora(model, adapter_args)  # logs the trainable parameters and their share
+    datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
+
+    # ---- Train -------------------------------------------------------------------------------
+    trainer = long_tail_trainer(model, training_args, data, datasets, tokenizer, loss_args, model_args)
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    save_adapter(trainer)  # adapter + head + config.json (labels, pad token id) + tokenizer
+    trainer.save_metrics("train", train_result.metrics)
+
+    # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
+    results = evaluate_splits(trainer, data, datasets, training_args.do_predict)
+
+    # ---- Save, report, merge, push (main process only) ---------------------------------------
+    if trainer.is_world_process_zero():
+        info = run_info("lora_decoder", trainer, train_result, model_args, data_args, loss_args, started)
+        paths = finish_adapter_run(
+            trainer,
+            title=f"LoRA: {info['model']}",
+            run_info={**info, **adapter_info(trainer.model)},
+            data=data,
+            results=results,
+            command=command,
+            arguments=(data_args, model_args, adapter_args, loss_args),
+            push=push,
+        )
+        print(summary_text(results, paths))
+    return {r.split: r.metrics for r in results}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,100 @@
+"""QLoRA on a decoder classifier (default: Qwen2.5-0.5B with a classification head) on long-tail text.
+
+    python recipes/qlora_decoder.py --config recipes/configs/qlora_decoder.yaml [--key value ...]
+
+The base is loaded in 4-bit NF4 with double quantisation (bitsandbytes; it also runs on CPU), compute
+dtype by hardware (bf16 on GPUs with compute capability >= 8, fp16 on older GPUs, fp32 on CPU), then
+`prepare_model_for_kbit_training` with non-reentrant gradient checkpointing. The head is never quantized:
+it stays in float32, is trained in full and saved with the adapter. `--merge_adapter true` merges the
+adapter into the full-precision base (output_dir/merged). Otherwise as recipes/lora_decoder.py.
+Config precedence: dataclass defaults < YAML (--config) < command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from transformers import TrainingArguments
+from trl import TrlParser
+
+from longtail.adapters import (
+    AdapterArguments,
+    QuantizationArguments,
+    add_lora,
+    adapter_info,
+    finish_adapter_run,
+    load_quantized_classifier,
+    peft_training_args,
+    require_bitsandbytes,
+    save_adapter,
+)
+from longtail.data import DataArguments, prepare_data
+from longtail.losses import LossArguments
+from longtail.report import summary_text
+from longtail.runs import command_line
+from longtail.training import (
+    ModelArguments,
+    check_padding,
+    evaluate_splits,
+    load_tokenizer,
+    long_tail_trainer,
+    run_info,
+    start_run,
+    tokenize_splits,
+)
+
+logger = logging.getLogger("qlora_decoder")
+PARSER_TYPES = (DataArguments, ModelArguments, AdapterArguments, QuantizationArguments, LossArguments, TrainingArguments)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # ---- Parse config (and fail before loading data when bitsandbytes is missing) -------------
+    parser = TrlParser(PARSER_TYPES)
+    data_args, model_args, adapter_args, quant_args, loss_args, training_args = parser.parse_args_and_config(argv)
+    require_bitsandbytes()
+    training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision)
+    command = command_line("recipes/qlora_decoder.py", argv)
+    started = time.time()
+
+    # ---- Load data ---------------------------------------------------------------------------
+    with training_args.main_process_first(desc="data"):
+        data = prepare_data(data_args)
+
+    # ---- Build model: 4-bit classifier (head in fp32), padding check, LoRA -------------------
+    tokenizer = load_tokenizer(model_args)
+    model = load_quantized_classifier(model_args, quant_args, data.label_names, tokenizer, training_args)
+    check_padding(model, tokenizer)  # a text scores the same alone and inside a padded batch
+    model = add_lora(model, adapter_args)  # logs the trainable parameters and their share
+    datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
+
+    # ---- Train -------------------------------------------------------------------------------
+    trainer = long_tail_trainer(model, training_args, data, datasets, tokenizer, loss_args, model_args)
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    save_adapter(trainer)  # adapter + fp32 head + config.json (labels, pad token id) + tokenizer
+    trainer.save_metrics("train", train_result.metrics)
+
+    # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
+    results = evaluate_splits(trainer, data, datasets, training_args.do_predict)
+
+    # ---- Save, report, merge, push (main process only) ---------------------------------------
+    if trainer.is_world_process_zero():
+        info = run_info("qlora_decoder", trainer, train_result, model_args, data_args, loss_args, started)
+        paths = finish_adapter_run(
+            trainer,
+            title=f"QLoRA (4-bit {quant_args.bnb_4bit_quant_type.upper()}): {info['model']}",
+            run_info={**info, **adapter_info(trainer.model, quant_args)},
+            data=data,
+            results=results,
+            command=command,
+            arguments=(data_args, model_args, adapter_args, quant_args, loss_args),
+            push=push,
+            tags=("peft", "lora", "qlora"),
+        )
+        print(summary_text(results, paths))
+    return {r.split: r.metrics for r in results}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,534 @@
+"""Tests for longtail.data: loading, label merging, cleaning, leakage-free splitting, slices."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CFPB_CSV, needs_shared
+
+from longtail.data import (
+    DataArguments,
+    DataError,
+    load_merge_map,
+    load_taxonomy,
+    normalise_text,
+    prepare_data,
+    read_table,
+    slice_masks,
+    split_ids,
+)
+
+OLD, NEW = "Incorrect information on credit report", "Incorrect information on your report"
+IN_TAXONOMY = ["Incorrect information on your report", "Improper use of your report", "Fraud or scam"]
+
+
+def args(**kw) -> DataArguments:
+    """Arguments for crafted frames with columns text/label; no merging, no rare-class filter."""
+    defaults = dict(text_column="text", label_column="label", label_merge_map="none", min_class_count=1)
+    return DataArguments(**{**defaults, **kw})
+
+
+def frame(counts: dict[str, int], prefix: str = "") -> pd.DataFrame:
+    """Distinct texts, `counts[label]` rows per label."""
+    rows = [(f"{prefix}{label} complaint number {i}", label) for label, n in counts.items() for i in range(n)]
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def norms(df: pd.DataFrame) -> set[str]:
+    return {normalise_text(t) for t in df["text"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Label merging and taxonomy
+# ---------------------------------------------------------------------------------------------
+
+
+def test_builtin_merge_map_and_taxonomy_sizes():
+    merge_map = load_merge_map("cfpb_2017")
+    taxonomy = load_taxonomy("cfpb_issue_113")
+    assert len(merge_map) == 35
+    assert len(taxonomy) == len(set(taxonomy)) == 113
+    assert merge_map[OLD] == NEW
+    assert set(merge_map.values()) <= set(taxonomy)  # every new wording is canonical
+    assert not set(merge_map) & set(taxonomy)  # no old wording is
+
+
+def test_builtin_merge_map_folds_old_wordings():
+    df = pd.DataFrame({"text": [f"text {i}" for i in range(6)], "label": [OLD] * 3 + [NEW] * 3})
+    data = prepare_data(args(label_merge_map="cfpb_2017", validation_split_fraction=0.3), raw={"train": df})
+    assert data.label_names == [NEW]
+    assert data.log["merge_map_pairs"] == 35
+    assert data.log["train"]["labels_merged"] == 3
+
+
+def test_merge_map_none_keeps_old_wordings():
+    df = pd.DataFrame({"text": [f"text {i}" for i in range(6)], "label": [OLD] * 3 + [NEW] * 3})
+    data = prepare_data(args(label_merge_map="none"), raw={"train": df})
+    assert data.label_names == sorted([OLD, NEW])
+    assert data.log["merge_map_pairs"] == 0
+    assert data.log["train"]["labels_merged"] == 0
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_custom_merge_map_file(tmp_path, kind):
+    path = tmp_path / f"map.{kind}"
+    if kind == "csv":
+        path.write_text("# comment line\nold,new\nA,B\nC,B\n", "utf-8")
+    else:
+        path.write_text(json.dumps({"_comment": "ignored", "A": "B", "C": "B"}), "utf-8")
+    assert load_merge_map(str(path)) == {"A": "B", "C": "B"}
+    df = frame({"A": 3, "B": 3, "C": 2, "D": 3})
+    data = prepare_data(args(label_merge_map=str(path)), raw={"train": df})
+    assert data.label_names == ["B", "D"]
+    assert data.log["train"]["labels_merged"] == 5
+    pool = pd.concat([data.splits["train"], data.splits["validation"]])
+    assert pool["label"].value_counts().to_dict() == {"B": 8, "D": 3}
+
+
+def test_merge_map_errors(tmp_path):
+    with pytest.raises(DataError, match="neither a built-in .*cfpb_2017.* nor a file"):
+        load_merge_map("no_such_map")
+    bad = tmp_path / "three.csv"
+    bad.write_text("old,new,extra\nA,B,C\n", "utf-8")
+    with pytest.raises(DataError, match=r"exactly two columns .*\['old', 'new', 'extra'\]"):
+        load_merge_map(str(bad))
+    not_object = tmp_path / "list.json"
+    not_object.write_text('["A", "B"]', "utf-8")
+    with pytest.raises(DataError, match="must be an object"):
+        load_merge_map(str(not_object))
+    hashed = tmp_path / "hash.csv"
+    hashed.write_text("# comment line\nold,new\nIssue #1,Issue #2\n", "utf-8")
+    assert load_merge_map(str(hashed)) == {"Issue #1": "Issue #2"}
+
+
+def test_taxonomy_filter_keeps_only_taxonomy_labels(caplog):
+    df = pd.DataFrame(
+        {
+            "text": [f"text {i}" for i in range(10)],
+            "label": [NEW] * 4 + [OLD] * 2 + ["Made-up issue"] * 3 + ["Another made-up issue"],
+        }
+    )
+    with caplog.at_level(logging.INFO, logger="longtail.data"):
+        data = prepare_data(
+            args(label_merge_map="cfpb_2017", label_taxonomy="cfpb_issue_113"), raw={"train": df}
+        )
+    assert data.log["taxonomy_size"] == 113
+    # merging runs first, so the two old wordings are kept under the new one
+    assert data.log["train"]["labels_merged"] == 2
+    assert data.log["train"]["dropped_outside_taxonomy"] == 4
+    assert data.log["train"]["rows_kept"] == 6
+    assert data.label_names == [NEW]
+    assert any("4 rows have labels outside the taxonomy" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", ["txt", "json"])
+def test_custom_taxonomy_file(tmp_path, kind):
+    path = tmp_path / f"taxonomy.{kind}"
+    if kind == "txt":
+        path.write_text("# the labels\nA\n\nB\n", "utf-8")
+    else:
+        path.write_text(json.dumps(["A", "B"]), "utf-8")
+    assert load_taxonomy(str(path)) == ["A", "B"]
+    data = prepare_data(args(label_taxonomy=str(path)), raw={"train": frame({"A": 3, "B": 3, "C": 4})})
+    assert data.label_names == ["A", "B"]
+    assert data.log["train"]["dropped_outside_taxonomy"] == 4
+
+
+def test_taxonomy_none_keeps_everything():
+    assert load_taxonomy("none") is None
+    with pytest.raises(DataError, match="label_taxonomy 'nope' is neither a built-in"):
+        load_taxonomy("nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rare classes and the validation split
+# ---------------------------------------------------------------------------------------------
+
+
+def test_min_class_count_drops_rare_classes_in_the_pool_before_the_split(caplog):
+    df = frame({"big": 20, "edge": 5, "rare": 4, "single": 1})
+    with caplog.at_level(logging.INFO, logger="longtail.data"):
+        data = prepare_data(args(min_class_count=5, validation_split_fraction=0.2), raw={"train": df})
+    assert data.log["dropped_rare_classes"] == {"rare": 4, "single": 1}
+    assert data.log["dropped_rare_class_rows"] == 5
+    assert any("Dropped 2 classes with < 5 training rows (5 rows)" in r.getMessage() for r in caplog.records)
+    # 'edge' has exactly 5 rows in the pool: kept, although only 4 remain in train after the split
+    assert data.label_names == ["big", "edge"]
+    assert (data.splits["train"]["label"] == "edge").sum() == 4
+    assert (data.splits["validation"]["label"] == "edge").sum() == 1
+
+
+def stratified_source() -> pd.DataFrame:
+    return frame({"a": 100, "b": 50, "c": 20, "d": 2, "e": 1})
+
+
+def test_validation_split_is_stratified():
+    data = prepare_data(args(validation_split_fraction=0.1), raw={"train": stratified_source()})
+    val = data.splits["validation"]["label"].value_counts().to_dict()
+    train = data.splits["train"]["label"].value_counts().to_dict()
+    # round(0.1 * n) per class; a class with 1 or 2 rows stays in training
+    assert val == {"a": 10, "b": 5, "c": 2}
+    assert train == {"a": 90, "b": 45, "c": 18, "d": 2, "e": 1}
+    assert data.log["validation_from_train"] == {"fraction": 0.1, "seed": 42}
+    assert data.log["rows"] == {"train": 156, "validation": 17}
+    assert not set(data.splits["train"]["row_id"]) & set(data.splits["validation"]["row_id"])
+
+
+def test_validation_split_depends_on_the_seed_only():
+    def val_ids(seed):
+        data = prepare_data(args(split_seed=seed), raw={"train": stratified_source()})
+        return split_ids(data)["validation"]
+
+    assert val_ids(1) == val_ids(1)
+    assert val_ids(1) != val_ids(2)
+
+
+def test_single_row_class_stays_in_train():
+    df = frame({"a": 10, "solo": 1})
+    data = prepare_data(args(validation_split_fraction=0.5), raw={"train": df})
+    assert "solo" in data.label_names
+    assert (data.splits["train"]["label"] == "solo").sum() == 1
+    assert (data.splits["validation"]["label"] == "solo").sum() == 0
+    assert (data.splits["validation"]["label"] == "a").sum() == 5
+
+
+def duplicated_source() -> pd.DataFrame:
+    """40 narratives, each written three ways that differ only in case and whitespace."""
+    rows = []
+    for i in range(40):
+        base = f"my card number {i} was charged twice by the bank"
+        label = "ab"[i % 2]
+        rows += [
+            (base, label),
+            ("  " + base.upper().replace(" ", "   ") + " ", label),
+            (base.title().replace(" ", "\t", 3) + "\n", label),
+        ]
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def test_duplicates_never_straddle_train_and_validation():
+    df = duplicated_source()
+    assert df["text"].nunique() == 120 and df["text"].map(normalise_text).nunique() == 40
+    for seed in range(5):
+        data = prepare_data(args(split_seed=seed, validation_split_fraction=0.25), raw={"train": df})
+        train, val = data.splits["train"], data.splits["validation"]
+        assert not norms(train) & norms(val)
+        # duplicate groups move whole: 5 of 20 narratives per class, three copies each
+        assert len(val) == 2 * 5 * 3 and len(train) == 2 * 15 * 3
+
+
+def test_train_rows_duplicating_test_texts_are_dropped_and_counted(caplog):
+    train = duplicated_source()
+    test = pd.DataFrame(
+        {
+            "text": [
+                "MY CARD NUMBER 0 WAS CHARGED TWICE BY THE BANK",
+                "my card number 7 was  charged twice by the bank",
+            ],
+            "label": ["a", "b"],
+        }
+    )
+    with caplog.at_level(logging.INFO, logger="longtail.data"):
+        data = prepare_data(args(validation_split_fraction=0.2), raw={"train": train, "test": test})
+    assert data.log["dropped_train_duplicates_of_eval"] == 6  # three copies of each of 2 narratives
+    assert any("Dropped 6 training rows" in r.getMessage() for r in caplog.records)
+    assert len(data.splits["test"]) == 2
+    test_norms = norms(data.splits["test"])
+    assert not norms(data.splits["train"]) & test_norms
+    assert not norms(data.splits["validation"]) & test_norms
+    assert not norms(data.splits["train"]) & norms(data.splits["validation"])
+
+
+def test_train_rows_duplicating_validation_file_are_dropped():
+    train = frame({"a": 6, "b": 6})
+    # same narratives as train rows 'a ... 3' and 'b ... 5', up to case and whitespace
+    validation = pd.DataFrame(
+        {"text": ["A  complaint NUMBER 3", " b complaint\nnumber 5 "], "label": ["a", "b"]}
+    )
+    data = prepare_data(args(), raw={"train": train, "validation": validation})
+    assert data.log["dropped_train_duplicates_of_eval"] == 2
+    assert "validation_from_train" not in data.log
+    assert len(data.splits["train"]) == 10 and len(data.splits["validation"]) == 2
+    assert not norms(data.splits["train"]) & norms(data.splits["validation"])
+
+
+def test_validation_rows_duplicating_test_are_dropped(caplog):
+    train = frame({"a": 6, "b": 6})
+    validation = frame({"a": 2, "b": 2}, prefix="val ")
+    test = pd.DataFrame({"text": ["VAL a complaint   number 1", "fresh b text"], "label": ["a", "b"]})
+    with caplog.at_level(logging.INFO, logger="longtail.data"):
+        data = prepare_data(args(), raw={"train": train, "validation": validation, "test": test})
+    assert data.log["dropped_validation_duplicates_of_test"] == 1
+    assert len(data.splits["validation"]) == 3
+    assert not norms(data.splits["validation"]) & norms(data.splits["test"])
+    assert "1 validation rows whose text also appears in test" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def export_shaped() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Date received": ["2017-05-01"] * 4,
+            "Product": ["Credit reporting"] * 4,
+            "Issue": [NEW, NEW, "Fraud or scam", "Fraud or scam"],
+            "Consumer complaint narrative": [f"narrative {i}" for i in range(4)],
+        }
+    )
+
+
+def test_missing_text_column_lists_columns_and_hints_the_export_name():
+    with pytest.raises(DataError) as err:
+        prepare_data(DataArguments(text_column="Consumer Complaint"), raw={"train": export_shaped()})
+    message = str(err.value)
+    assert "['Consumer Complaint']" in message
+    assert "the train data" in message
+    assert "['Date received', 'Product', 'Issue', 'Consumer complaint narrative']" in message
+    assert "Did you mean 'Consumer complaint narrative'?" in message
+
+
+def test_missing_label_column_lists_columns():
+    df = frame({"a": 3})
+    with pytest.raises(DataError, match=r"\['Issue'\] not found in the train data.*\['text', 'label'\]"):
+        prepare_data(args(label_column="Issue"), raw={"train": df})
+    # no hint when nothing similar exists
+    with pytest.raises(DataError) as err:
+        prepare_data(args(text_column="body"), raw={"train": df})
+    assert "Did you mean" not in str(err.value)
+
+
+def test_missing_column_in_an_evaluation_split_names_the_split():
+    test = pd.DataFrame({"narrative": ["x"], "label": ["a"]})
+    with pytest.raises(DataError, match=r"\['text'\] not found in the test data.*\['narrative', 'label'\]"):
+        prepare_data(args(), raw={"train": frame({"a": 3}), "test": test})
+
+
+def test_empty_texts_and_missing_labels_are_dropped_and_counted(caplog):
+    df = pd.DataFrame(
+        {
+            "text": [
+                "good one",
+                "",
+                "   ",
+                None,
+                np.nan,
+                "good two",
+                "no label",
+                "also no label",
+                "good three",
+            ],
+            "label": ["a", "a", "b", "a", "b", "b", np.nan, "  ", "a"],
+        }
+    )
+    with caplog.at_level(logging.INFO, logger="longtail.data"):
+        data = prepare_data(args(), raw={"train": df})
+    assert data.log["train"] == {
+        "rows_read": 9,
+        "dropped_empty_text": 4,
+        "dropped_missing_label": 2,
+        "labels_merged": 0,
+        "rows_kept": 3,
+    }
+    pool = pd.concat([data.splits["train"], data.splits["validation"]])
+    assert sorted(pool["text"]) == ["good one", "good three", "good two"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        "train: read 9 rows, kept 3, dropped {'dropped_empty_text': 4, 'dropped_missing_label': 2}" in m
+        for m in messages
+    )
+
+
+def test_text_is_stripped_and_na_string_is_text(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text('text,label\nNA,a\n"  padded text  ",a\n,a\nnull,a\n', "utf-8")
+    data = prepare_data(args(train_file=str(path)))
+    pool = pd.concat([data.splits["train"], data.splits["validation"]])
+    assert sorted(pool["text"]) == ["NA", "null", "padded text"]
+    assert data.log["train"]["dropped_empty_text"] == 1
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_unseen_evaluation_labels_are_excluded_and_counted(caplog, split):
+    ev = pd.DataFrame({"text": ["eval 1", "eval 2", "eval 3", "eval 4"], "label": ["a", "zzz", "zzz", "yyy"]})
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        data = prepare_data(args(), raw={"train": frame({"a": 5, "b": 5}), split: ev})
+    assert data.log[f"{split}_excluded_unseen_labels"] == 3
+    assert data.splits[split]["text"].tolist() == ["eval 1"]
+    assert data.splits[split]["label_id"].tolist() == [data.label2id["a"]]
+    assert any(
+        f"{split}: 3 rows (2 labels) never seen in training" in r.getMessage() and "yyy" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_non_utf8_csv_is_a_clear_error(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"text,label\ncaf\xe9 latte was cold,a\n")
+    with pytest.raises(DataError, match="not valid UTF-8") as err:
+        prepare_data(args(train_file=str(path)))
+    assert "latin1.csv" in str(err.value)
+
+
+def test_unsupported_extension_and_missing_file(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("text,label\nx,a\n", "utf-8")
+    with pytest.raises(
+        DataError, match=r"Unsupported data file type '\.txt'.*\.csv, \.json, \.jsonl or \.parquet"
+    ):
+        prepare_data(args(train_file=str(path)))
+    with pytest.raises(DataError, match="Data file not found"):
+        read_table(tmp_path / "missing.csv")
+
+
+def test_no_training_rows_left_is_an_error():
+    df = pd.DataFrame({"text": ["", None], "label": ["a", "b"]})
+    with pytest.raises(DataError, match="No training rows left after cleaning"):
+        prepare_data(args(), raw={"train": df})
+
+
+@pytest.mark.parametrize("kind", ["json", "jsonl", "parquet"])
+def test_json_jsonl_parquet_files_load(tmp_path, kind):
+    files = {}
+    for split, df in {
+        "train": frame({"a": 6, "b": 6}, prefix="tr "),
+        "validation": frame({"a": 2, "b": 1}, prefix="va "),
+        "test": frame({"a": 1, "b": 2}, prefix="te "),
+    }.items():
+        path = tmp_path / f"{split}.{kind}"
+        if kind == "json":
+            df.to_json(path, orient="records")
+        elif kind == "jsonl":
+            df.to_json(path, orient="records", lines=True)
+        else:
+            df.to_parquet(path)
+        files[f"{split}_file"] = str(path)
+    data = prepare_data(args(**files))
+    assert data.log["rows"] == {"train": 12, "validation": 3, "test": 3}
+    assert data.label_names == ["a", "b"]
+    assert data.splits["test"]["text"].tolist() == [
+        f"te {lab} complaint number {i}" for lab, i in ("a0", "b0", "b1")
+    ]
+    assert list(data.splits["train"].columns) == ["text", "label", "row_id", "norm", "label_id"]
+
+
+def test_json_lines_file_with_json_extension_loads(tmp_path):
+    path = tmp_path / "train.json"
+    frame({"a": 3, "b": 3}).to_json(path, orient="records", lines=True)
+    assert len(read_table(path)) == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproducible splits and caps
+# ---------------------------------------------------------------------------------------------
+
+
+def test_split_indices_reproduce_a_split_under_another_seed(tmp_path):
+    raw = {"train": stratified_source(), "test": frame({"a": 3, "b": 3}, prefix="test ")}
+    first = prepare_data(args(split_seed=1), raw=raw)
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(split_ids(first)), "utf-8")
+    other_seed = prepare_data(args(split_seed=2), raw=raw)
+    assert split_ids(other_seed) != split_ids(first)  # the seed alone would change the split
+    again = prepare_data(args(split_seed=2, split_indices=str(path)), raw=raw)
+    assert split_ids(again) == split_ids(first)
+    for split in first.splits:
+        pd.testing.assert_frame_equal(again.splits[split], first.splits[split])
+    assert again.label_names == first.label_names
+
+
+def test_split_indices_with_unknown_split_is_an_error(tmp_path):
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps({"train": [0], "dev": [1]}), "utf-8")
+    with pytest.raises(DataError, match=r"expected keys among .* found \['dev', 'train'\]"):
+        prepare_data(args(split_indices=str(path)), raw={"train": frame({"a": 3})})
+
+
+def test_max_samples_cap_rows():
+    raw = {"train": stratified_source(), "test": frame({"a": 10, "b": 10}, prefix="test ")}
+    data = prepare_data(
+        args(max_train_samples=30, max_eval_samples=7, max_predict_samples=4, validation_split_fraction=0.2),
+        raw=raw,
+    )
+    assert len(data.splits["train"]) == 30
+    # eval rows whose class the capped train split lost would be excluded, so count before that
+    assert len(data.splits["validation"]) + data.log["validation_excluded_unseen_labels"] == 7
+    assert len(data.splits["test"]) + data.log["test_excluded_unseen_labels"] == 4
+    assert sum(data.train_counts.values()) == 30
+    uncapped = prepare_data(args(max_train_samples=10_000), raw=raw)
+    assert len(uncapped.splits["train"]) == 156 and len(uncapped.splits["test"]) == 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Slices
+# ---------------------------------------------------------------------------------------------
+
+
+def test_slice_masks_length_boundaries_redaction_and_numbers():
+    texts = pd.Series(
+        [
+            " ".join(["word"] * 34),
+            " ".join(["word"] * 35),
+            " ".join(["word"] * 65),
+            " ".join(["word"] * 66),
+            "On XXXX XXXX I called",
+            "They charged me $12 twice",
+            "Since 2019 nothing changed",
+            "I owe 1,250 dollars",
+            "I called 12 times about 123 issues in 1,25 weeks",
+        ]
+    )
+    masks = slice_masks(texts)
+    assert set(masks) == {
+        "length<35",
+        "length35-65",
+        "length>65",
+        "redacted",
+        "not_redacted",
+        "numeric",
+        "not_numeric",
+    }
+    assert masks["length<35"].tolist() == [True, False, False, False, True, True, True, True, True]
+    assert masks["length35-65"].tolist() == [False, True, True, False, False, False, False, False, False]
+    assert masks["length>65"].tolist() == [False, False, False, True, False, False, False, False, False]
+    assert masks["redacted"].tolist() == [False, False, False, False, True, False, False, False, False]
+    assert masks["numeric"].tolist() == [False, False, False, False, False, True, True, True, False]
+    np.testing.assert_array_equal(masks["not_redacted"], ~masks["redacted"])
+    np.testing.assert_array_equal(masks["not_numeric"], ~masks["numeric"])
+    for mask in masks.values():
+        assert mask.dtype == bool
+
+
+# ---------------------------------------------------------------------------------------------
+# The real CFPB development file
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.shared
+@needs_shared
+def test_real_cfpb_file_with_taxonomy():
+    data = prepare_data(
+        DataArguments(
+            train_file=str(CFPB_CSV),
+            text_column="Consumer complaint narrative",
+            label_taxonomy="cfpb_issue_113",
+        )
+    )
+    train, val = data.splits["train"], data.splits["validation"]
+    assert len(data.label_names) == data.log["num_classes"] == 64
+    assert len(train) + len(val) == 7911
+    pool_counts = pd.concat([train, val])["label"].value_counts()
+    assert pool_counts.min() >= 5
+    assert set(pool_counts.index) == set(data.label_names)
+    assert set(data.label_names) <= set(load_taxonomy("cfpb_issue_113"))
+    old_wordings = set(load_merge_map("cfpb_2017"))
+    assert not old_wordings & set(train["label"]) and not old_wordings & set(val["label"])
+    assert data.log["train"]["labels_merged"] > 0
+    assert not norms(train) & norms(val)
+    assert data.log["validation_excluded_unseen_labels"] == 0
