@@ -63,6 +63,7 @@ class BaselineArguments:
     seed: int = field(default=42, metadata={"help": "Solver seed."})
 
     def __post_init__(self):
+        self.grid_sublinear_tf = str(self.grid_sublinear_tf).lower()  # YAML may hand us a bool
         if self.grid_sublinear_tf not in ("both", "true", "false"):
             raise ValueError(f"grid_sublinear_tf must be both, true or false, got '{self.grid_sublinear_tf}'")
         bad = {w for w in [self.class_weight, *self.grid_class_weight] if w not in ("none", "balanced")}

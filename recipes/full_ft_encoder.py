@@ -12,30 +12,23 @@ import logging
 import sys
 import time
 
-import transformers
-from transformers import TrainingArguments, set_seed
+from transformers import TrainingArguments
 from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data
-from longtail.losses import LongTailTrainer, LossArguments
-from longtail.metrics import assign_tiers, trainer_compute_metrics
-from longtail.report import SplitResult, summary_text, write_run_outputs
-from longtail.runs import (
-    command_line,
-    prepare_output_dir,
-    public_model_name,
-    push_folder,
-    source_description,
-    write_run_files,
-)
+from longtail.losses import LossArguments
+from longtail.posthoc import adjust_on_validation
+from longtail.report import summary_text
+from longtail.runs import command_line
 from longtail.training import (
     ModelArguments,
-    apply_precision,
-    callbacks,
+    evaluate_splits,
+    finish_run,
     load_classifier,
     load_tokenizer,
-    padding_collator,
-    predict_probs,
+    long_tail_trainer,
+    run_info,
+    start_run,
     tokenize_splits,
 )
 
@@ -47,123 +40,43 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     parser = TrlParser(PARSER_TYPES)
     data_args, model_args, loss_args, training_args = parser.parse_args_and_config(argv)
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
-    )
-    transformers.utils.logging.set_verbosity_warning()
-    push = training_args.push_to_hub  # we push once at the end, not on every checkpoint
-    training_args = apply_precision(training_args, model_args.mixed_precision)
-    training_args.push_to_hub = False
-    if training_args.process_index == 0:
-        prepare_output_dir(
-            training_args.output_dir,
-            training_args.overwrite_output_dir,
-            bool(training_args.resume_from_checkpoint),
-        )
-    set_seed(training_args.seed)
+    training_args, push = start_run(training_args, model_args.mixed_precision)
     command = command_line("recipes/full_ft_encoder.py", argv)
     started = time.time()
 
     # ---- Load data ---------------------------------------------------------------------------
     with training_args.main_process_first(desc="data"):
         data = prepare_data(data_args)
-    tiers = assign_tiers(data.train_counts)
 
     # ---- Build model -------------------------------------------------------------------------
     tokenizer = load_tokenizer(model_args)
     model = load_classifier(model_args, data.label_names, tokenizer)
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
 
-    # ---- Train -------------------------------------------------------------------------------
-    trainer = LongTailTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets["validation"],
-        processing_class=tokenizer,
-        data_collator=padding_collator(tokenizer),
-        compute_metrics=trainer_compute_metrics(tiers),
-        callbacks=callbacks(model_args),
-        loss_args=loss_args,
-        train_counts=data.train_counts,
-    )
+    # ---- Train, then pick the post-hoc logit adjustment on validation --------------------------
+    trainer = long_tail_trainer(model, training_args, data, datasets, tokenizer, loss_args, model_args)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", train_result.metrics)
+    tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
-    results = [
-        SplitResult(
-            "validation",
-            data.splits["validation"]["label_id"].to_numpy(),
-            predict_probs(trainer, datasets["validation"]),
-            data.splits["validation"]["text"],
-        )
-    ]
-    if training_args.do_predict:
-        if "test" not in data.splits:
-            raise ValueError(
-                "--do_predict needs a test split: pass --test_file or use a data set with a test split"
-            )
-        results.append(
-            SplitResult(
-                "test",
-                data.splits["test"]["label_id"].to_numpy(),
-                predict_probs(trainer, datasets["test"]),
-                data.splits["test"]["text"],
-            )
-        )
+    results = evaluate_splits(trainer, data, datasets, training_args.do_predict)
 
     # ---- Save, report, push (main process only) ----------------------------------------------
     if trainer.is_world_process_zero():
-        best = trainer.state.best_model_checkpoint
-        run_info = {
-            "recipe": "full_ft_encoder",
-            "model": public_model_name(model_args.model_name_or_path),
-            "loss": loss_args.loss,
-            "class_weighting": loss_args.class_weighting,
-            "learning_rate": training_args.learning_rate,
-            "epochs": training_args.num_train_epochs,
-            "batch_size": training_args.per_device_train_batch_size * training_args.world_size,
-            "max_length": data_args.max_length,
-            "seed": training_args.seed,
-            "train_runtime_s": round(train_result.metrics.get("train_runtime", 0.0), 1),
-            "total_runtime_s": round(time.time() - started, 1),
-            "selection": (
-                f"checkpoint: best validation {training_args.metric_for_best_model} ({best.rsplit('/', 1)[-1]})"
-                if best and training_args.load_best_model_at_end
-                else "checkpoint: last epoch (no model selection)"
-            )
-            + "; test scored once at the end" * training_args.do_predict,
-        }
-        paths = write_run_outputs(
-            training_args.output_dir,
-            title=f"Full fine-tuning: {run_info['model']}",
-            base_model=run_info["model"],
-            run_info=run_info,
+        info = run_info("full_ft_encoder", trainer, train_result, model_args, data_args, loss_args, started)
+        paths = finish_run(
+            trainer,
+            title=f"Full fine-tuning: {info['model']}",
+            run_info={**info, "posthoc_tau": tau},
             data=data,
             results=results,
             command=command,
-            data_description=source_description(data_args),
+            config={"data": data_args, "model": model_args, "loss": loss_args},
+            push=push,
+            sections=[tau_section] if tau_section else None,
         )
-        write_run_files(
-            training_args.output_dir,
-            data,
-            command,
-            {
-                "data": vars(data_args),
-                "model": vars(model_args),
-                "loss": vars(loss_args),
-                "training": training_args.to_dict(),
-            },
-        )
-        if push:
-            push_folder(
-                training_args.output_dir,
-                training_args.hub_model_id,
-                training_args.hub_token,
-                training_args.hub_private_repo,
-            )
         print(summary_text(results, paths))
     return {r.split: r.metrics for r in results}
 

@@ -167,6 +167,25 @@ def test_full_ft_encoder_end_to_end(tiny_modernbert, tmp_path):
 
     clf = pipeline("text-classification", model=str(out), tokenizer=str(out), device="cpu")
     assert clf("I was charged a late fee twice on my statement")[0]["label"] in labels["id2label"].values()
+    # the saved model (post-hoc shift folded into its head) reproduces the reported test accuracy
+    from longtail.data import DataArguments, prepare_data
+
+    data = prepare_data(
+        DataArguments(
+            train_file=train,
+            test_file=test,
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+            max_length=64,
+        )
+    )
+    test_rows = data.splits["test"]
+    predicted = [
+        p["label"] for p in clf(test_rows["text"].tolist(), truncation=True, max_length=64, batch_size=32)
+    ]
+    reproduced = float(np.mean(np.array(predicted) == test_rows["label"].to_numpy()))
+    assert reproduced == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
+    assert "Post-hoc logit adjustment" in report
 
     # a second run into the same folder is refused unless asked
     from longtail.runs import OutputDirError

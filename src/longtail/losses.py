@@ -35,6 +35,13 @@ class LossArguments:
     label_smoothing: float = field(
         default=0.0, metadata={"help": "Label smoothing for the CE-family losses."}
     )
+    posthoc_logit_adjustment: str = field(
+        default="auto",
+        metadata={
+            "help": "After training, shift logits by -tau*log(prior): 'auto' picks tau in {0, .25, .5, .75, 1} "
+            "by validation macro-F1 and folds it into the head's bias; 'none'; or a fixed tau."
+        },
+    )
 
     def __post_init__(self):
         if self.loss not in LOSSES:

@@ -326,3 +326,42 @@ def check_padding(model, tokenizer) -> str:
         "non-pad token. Use a tokenizer whose pad token the model's head recognises, or a model whose "
         "sequence-classification head pools by position."
     )
+
+
+def finish_run(
+    trainer,
+    *,
+    title: str,
+    run_info: dict,
+    data: PreparedData,
+    results: list,
+    command: str,
+    config: dict,
+    push: bool,
+    sections: list[str] | None = None,
+) -> dict:
+    """Main process only: metrics, report, plots, card and run files; then the Hub push if asked.
+
+    `config` maps a name to each argument dataclass; they are recorded in run_config.json
+    (TrainingArguments.to_dict masks tokens).
+    """
+    from longtail.report import write_run_outputs
+    from longtail.runs import push_folder, source_description, write_run_files
+
+    args = trainer.args
+    paths = write_run_outputs(
+        args.output_dir,
+        title=title,
+        base_model=run_info["model"],
+        run_info=run_info,
+        data=data,
+        results=results,
+        command=command,
+        data_description=source_description(config["data"]),
+        sections=sections,
+    )
+    record = {name: dataclasses.asdict(value) for name, value in config.items()}
+    write_run_files(args.output_dir, data, command, {**record, "training": args.to_dict()})
+    if push:
+        push_folder(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
+    return paths
