@@ -98,15 +98,9 @@ def tier_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, tiers: Mapping[int, st
     return out
 
 
-def bootstrap_ci(
-    statistic: Callable[..., float],
-    *arrays: np.ndarray,
-    n_resamples: int = BOOTSTRAP_RESAMPLES,
-    confidence_level: float = 0.95,
-    seed: int = BOOTSTRAP_SEED,
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of `statistic(*arrays)` resampling rows (paired across arrays)."""
-    res = bootstrap(
+def _bootstrap(statistic, arrays, n_resamples, confidence_level, seed):
+    """scipy's percentile bootstrap, resampling rows jointly across `arrays`."""
+    return bootstrap(
         arrays,
         statistic,
         paired=True,
@@ -116,6 +110,17 @@ def bootstrap_ci(
         method="percentile",
         random_state=np.random.default_rng(seed),
     )
+
+
+def bootstrap_ci(
+    statistic: Callable[..., float],
+    *arrays: np.ndarray,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence_level: float = 0.95,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of `statistic(*arrays)` resampling rows (paired across arrays)."""
+    res = _bootstrap(statistic, arrays, n_resamples, confidence_level, seed)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -137,22 +142,12 @@ def paired_bootstrap(
     def delta(y, a, b):
         return metric(y, a) - metric(y, b)
 
-    res = bootstrap(
-        (y_true, pred_a, pred_b),
-        delta,
-        paired=True,
-        vectorized=False,
-        n_resamples=n_resamples,
-        confidence_level=confidence_level,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    dist = res.bootstrap_distribution
+    res = _bootstrap(delta, (y_true, pred_a, pred_b), n_resamples, confidence_level, seed)
     return {
         "delta": float(delta(y_true, pred_a, pred_b)),
         "ci_low": float(res.confidence_interval.low),
         "ci_high": float(res.confidence_interval.high),
-        "p_value": float((dist <= 0).mean()),
+        "p_value": float((res.bootstrap_distribution <= 0).mean()),
         "n_resamples": n_resamples,
     }
 
