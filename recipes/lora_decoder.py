@@ -19,9 +19,17 @@ import time
 from transformers import TrainingArguments
 from trl import TrlParser
 
-from longtail.adapters import AdapterArguments, add_lora, adapter_info, finish_adapter_run, peft_training_args, save_adapter
+from longtail.adapters import (
+    AdapterArguments,
+    adapter_info,
+    add_lora,
+    finish_adapter_run,
+    peft_training_args,
+    save_adapter,
+)
 from longtail.data import DataArguments, prepare_data
 from longtail.losses import LossArguments
+from longtail.posthoc import adjust_on_validation
 from longtail.report import summary_text
 from longtail.runs import command_line
 from longtail.training import (
@@ -63,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = long_tail_trainer(model, training_args, data, datasets, tokenizer, loss_args, model_args)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     save_adapter(trainer)  # adapter + head + config.json (labels, pad token id) + tokenizer
+    # post-hoc logit adjustment, chosen on validation (folded only into a head with a bias)
+    tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
     trainer.save_metrics("train", train_result.metrics)
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
@@ -74,12 +84,13 @@ def main(argv: list[str] | None = None) -> dict:
         paths = finish_adapter_run(
             trainer,
             title=f"LoRA: {info['model']}",
-            run_info={**info, **adapter_info(trainer.model)},
+            run_info={**info, **adapter_info(trainer.model), "posthoc_tau": tau},
             data=data,
             results=results,
             command=command,
             arguments=(data_args, model_args, adapter_args, loss_args),
             push=push,
+            sections=[tau_section] if tau_section else None,
         )
         print(summary_text(results, paths))
     return {r.split: r.metrics for r in results}

@@ -22,8 +22,8 @@ from trl import TrlParser
 from longtail.adapters import (
     AdapterArguments,
     QuantizationArguments,
-    add_lora,
     adapter_info,
+    add_lora,
     finish_adapter_run,
     load_quantized_classifier,
     peft_training_args,
@@ -32,6 +32,7 @@ from longtail.adapters import (
 )
 from longtail.data import DataArguments, prepare_data
 from longtail.losses import LossArguments
+from longtail.posthoc import adjust_on_validation
 from longtail.report import summary_text
 from longtail.runs import command_line
 from longtail.training import (
@@ -46,13 +47,20 @@ from longtail.training import (
 )
 
 logger = logging.getLogger("qlora_decoder")
-PARSER_TYPES = (DataArguments, ModelArguments, AdapterArguments, QuantizationArguments, LossArguments, TrainingArguments)
+PARSER_TYPES = (
+    DataArguments,
+    ModelArguments,
+    AdapterArguments,
+    QuantizationArguments,
+    LossArguments,
+    TrainingArguments,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config (and fail before loading data when bitsandbytes is missing) -------------
-    parser = TrlParser(PARSER_TYPES)
-    data_args, model_args, adapter_args, quant_args, loss_args, training_args = parser.parse_args_and_config(argv)
+    parsed = TrlParser(PARSER_TYPES).parse_args_and_config(argv)
+    data_args, model_args, adapter_args, quant_args, loss_args, training_args = parsed
     require_bitsandbytes()
     training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision)
     command = command_line("recipes/qlora_decoder.py", argv)
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = long_tail_trainer(model, training_args, data, datasets, tokenizer, loss_args, model_args)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     save_adapter(trainer)  # adapter + fp32 head + config.json (labels, pad token id) + tokenizer
+    # post-hoc logit adjustment, chosen on validation (folded only into a head with a bias)
+    tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
     trainer.save_metrics("train", train_result.metrics)
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
@@ -84,13 +94,14 @@ def main(argv: list[str] | None = None) -> dict:
         paths = finish_adapter_run(
             trainer,
             title=f"QLoRA (4-bit {quant_args.bnb_4bit_quant_type.upper()}): {info['model']}",
-            run_info={**info, **adapter_info(trainer.model, quant_args)},
+            run_info={**info, **adapter_info(trainer.model, quant_args), "posthoc_tau": tau},
             data=data,
             results=results,
             command=command,
             arguments=(data_args, model_args, adapter_args, quant_args, loss_args),
             push=push,
             tags=("peft", "lora", "qlora"),
+            sections=[tau_section] if tau_section else None,
         )
         print(summary_text(results, paths))
     return {r.split: r.metrics for r in results}

@@ -82,7 +82,11 @@ def tiny_modernbert(tmp_path_factory) -> str:
 
 
 def train_byte_bpe(
-    texts: list[str], vocab_size: int = 512, bos: str | None = None, eos: str = "<|endoftext|>"
+    texts: list[str],
+    vocab_size: int = 512,
+    bos: str | None = None,
+    eos: str = "<|endoftext|>",
+    padding_side: str = "right",
 ):
     """A byte-level BPE tokenizer (GPT-2/Qwen/Llama-3 style) with an eos and NO pad token, like most
     decoders; with `bos`, every text is prefixed with it (Llama style)."""
@@ -106,7 +110,12 @@ def train_byte_bpe(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
         )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=eos, bos_token=bos or eos, model_max_length=512
+        tokenizer_object=tok,
+        eos_token=eos,
+        bos_token=bos or eos,
+        model_max_length=512,
+        padding_side=padding_side,
+        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids, as decoder tokenizers
     )
 
 
@@ -116,8 +125,12 @@ def save_tiny_decoder(path: Path, kind: str) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     qwen = kind == "qwen2"
-    tokenizer = train_byte_bpe(corpus(), bos=None if qwen else "<s>", eos="<|endoftext|>" if qwen else "</s>")
-    tokenizer.padding_side = "right" if qwen else "left"  # both sides go through the recipes
+    tokenizer = train_byte_bpe(
+        corpus(),
+        bos=None if qwen else "<s>",
+        eos="<|endoftext|>" if qwen else "</s>",
+        padding_side="right" if qwen else "left",  # both sides go through the recipes
+    )
     config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if qwen else (LlamaConfig, LlamaForCausalLM)
     config = config_cls(
         vocab_size=len(tokenizer),
@@ -171,3 +184,15 @@ def fast_bootstrap(monkeypatch):
     monkeypatch.setattr(
         longtail.report, "score_split", functools.partial(longtail.report.score_split, n_resamples=100)
     )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for tiny models: they gain nothing from more, and on a shared, busy machine
+    OpenMP threads waiting for each other made each forward pass ~100x slower (0.2 s instead of 2 ms)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

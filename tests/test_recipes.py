@@ -130,7 +130,7 @@ def test_cli_overrides_yaml(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_ft_encoder_end_to_end(tiny_modernbert, tmp_path):
+def test_full_ft_encoder_end_to_end(tiny_modernbert, tmp_path, one_torch_thread):
     train, test = synthetic_files(tmp_path)
     out = tmp_path / "run"
     recipe = load_recipe("full_ft_encoder")
@@ -146,10 +146,12 @@ def test_full_ft_encoder_end_to_end(tiny_modernbert, tmp_path):
     assert (
         metrics["test"]["num_examples"] == json.loads((out / "test_results.json").read_text())["num_examples"]
     )
-    # the tiny model learns something: better than always predicting the majority class
+    # the tiny model learns something: macro-F1 well above always predicting the majority class
+    # (whose macro-F1 is at most 2p/(1+p) over the classes scored); accuracy is not the yardstick,
+    # since the post-hoc shift trades head accuracy for tail recall
     labels = json.loads((out / "labels.json").read_text())
-    majority = max(labels["train_counts"].values()) / sum(labels["train_counts"].values())
-    assert metrics["validation"]["accuracy"] > majority
+    p = max(labels["train_counts"].values()) / sum(labels["train_counts"].values())
+    assert metrics["validation"]["macro_f1"] > 2 * (2 * p / (1 + p)) / metrics["validation"]["classes_scored"]
     # the label maps travel with the model
     from transformers import AutoConfig
 
@@ -256,7 +258,9 @@ def test_baseline_on_real_cfpb(tmp_path):
     assert 0.3 < val["accuracy"] < 0.7 and np.isfinite(val["nll"])
 
 
-def test_push_to_hub_once_without_leaking_the_token(tiny_modernbert, tmp_path, monkeypatch, capsys, caplog):
+def test_push_to_hub_once_without_leaking_the_token(
+    tiny_modernbert, tmp_path, monkeypatch, capsys, caplog, one_torch_thread
+):
     """--push_to_hub uploads the run folder once at the end; the token never reaches a file or the log."""
     import huggingface_hub
 

@@ -500,6 +500,13 @@ def _add_card_section(card: Path, section: str) -> None:
     card.write_text(text, "utf-8")
 
 
+def hub_repo_ids(output_dir, training_args, adapter_args: AdapterArguments) -> tuple[str, str]:
+    """(adapter repo, merged-model repo): --hub_model_id (default: the output folder's name) and
+    --hub_merged_model_id (default: <adapter repo>-merged)."""
+    repo_id = training_args.hub_model_id or Path(output_dir).name
+    return repo_id, adapter_args.hub_merged_model_id or f"{repo_id}-merged"
+
+
 def push_adapter_run(
     output_dir, training_args, adapter_args: AdapterArguments, merged_dir: Path | None
 ) -> None:
@@ -507,19 +514,14 @@ def push_adapter_run(
     checkpoints or merged/; push merged/ to its own repo only when asked (--push_merged)."""
     from longtail.runs import push_folder
 
-    repo_id = training_args.hub_model_id or Path(output_dir).name
+    repo_id, merged_repo_id = hub_repo_ids(output_dir, training_args, adapter_args)
     with tempfile.TemporaryDirectory() as stage:
         for path in Path(output_dir).iterdir():
             if path.is_file():
                 shutil.copy2(path, Path(stage) / path.name)
         push_folder(stage, repo_id, training_args.hub_token, training_args.hub_private_repo)
     if adapter_args.push_merged and merged_dir is not None:
-        push_folder(
-            merged_dir,
-            adapter_args.hub_merged_model_id or f"{repo_id}-merged",
-            training_args.hub_token,
-            training_args.hub_private_repo,
-        )
+        push_folder(merged_dir, merged_repo_id, training_args.hub_token, training_args.hub_private_repo)
 
 
 def config_record(*arguments) -> dict:
@@ -542,6 +544,7 @@ def finish_adapter_run(
     arguments: tuple,
     push: bool,
     tags: tuple[str, ...] = ("peft", "lora"),
+    sections: list[str] | None = None,
 ) -> dict[str, Path]:
     """Main process only: metrics, report, plots, card (with a peft quick start) and run files; then the
     merged model when asked (--merge_adapter), then the Hub push (--push_to_hub)."""
@@ -565,17 +568,26 @@ def finish_adapter_run(
         data_description=description,
         tags=list(tags),
         pipeline_example=False,
+        sections=sections,
     )
-    ref = training_args.hub_model_id if push and training_args.hub_model_id else str(out)
+    repo_id, merged_repo_id = hub_repo_ids(out, training_args, adapter_args)
+    ref = repo_id if push else str(out)
     _add_card_section(paths["card"], usage_section(run_info["model"], ref, adapter_args.merge_adapter))
     write_run_files(out, data, command, config_record(*arguments, training_args))
     merged = None
+    if (out / "merged").is_dir():  # from an earlier run into this (overwritten) folder: never leave it stale
+        logger.warning("Removing %s, left by an earlier run", out / "merged")
+        shutil.rmtree(out / "merged")
     if adapter_args.merge_adapter:
         merged = paths["merged"] = merge_adapter(out, out / "merged", model_args.model_name_or_path)
         write_model_card(
             merged,
             base_model=run_info["model"],
-            run_info={**run_info, "adapter": f"{run_info.get('adapter', 'LoRA')} (merged into the base)"},
+            run_info={
+                **run_info,
+                "adapter": f"{run_info.get('adapter', 'LoRA')} (merged into the base)",
+                **({"hub_model_id": merged_repo_id} if push and adapter_args.push_merged else {}),
+            },
             label_names=data.label_names,
             results=results,
             data_description=f"Source: {description}. See the adapter run's `report.md` for the data log.",

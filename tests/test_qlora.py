@@ -1,0 +1,127 @@
+"""QLoRA: the base in 4-bit NF4 (bitsandbytes runs it on CPU), the head unquantized in float32 and saved,
+compute dtype by hardware, and recipes/qlora_decoder.py end to end on a tiny Qwen2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import decoder_args
+from test_lora import TEXTS, logits, spy_on_trainer
+from test_recipes import RUN_FILES, load_recipe, synthetic_files
+
+import longtail.adapters
+from longtail.adapters import (
+    ADAPTER_FILES,
+    AdapterArguments,
+    QuantizationArguments,
+    add_lora,
+    compute_dtype,
+    load_adapter_classifier,
+    load_quantized_classifier,
+)
+from longtail.training import ModelArguments, check_padding, load_tokenizer
+
+bnb = pytest.importorskip("bitsandbytes")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_compute_dtype_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compute_dtype("auto") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    assert compute_dtype("auto") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))  # T4: bf16 is emulated
+    assert compute_dtype("auto") == torch.float16
+    assert compute_dtype("bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="bnb_4bit_compute_dtype"):
+        QuantizationArguments(bnb_4bit_compute_dtype="int8")
+
+
+def test_head_stays_unquantized_in_float32(tiny_llama):
+    """Even with a bf16 compute dtype: the backbone's linears are 4-bit, the head a float32 nn.Linear."""
+    from peft.utils import ModulesToSaveWrapper
+    from transformers import TrainingArguments
+
+    model_args = ModelArguments(model_name_or_path=tiny_llama)
+    tokenizer = load_tokenizer(model_args)
+    args = TrainingArguments(output_dir="unused", gradient_checkpointing=True, report_to="none")
+    model = load_quantized_classifier(
+        model_args, QuantizationArguments(bnb_4bit_compute_dtype="bfloat16"), ["a", "b", "c"], tokenizer, args
+    )
+    attention = model.model.layers[0].self_attn
+    assert isinstance(attention.q_proj, bnb.nn.Linear4bit) and attention.q_proj.weight.quant_type == "nf4"
+    assert attention.q_proj.weight.quant_state.nested  # double quantisation
+    assert type(model.score) is torch.nn.Linear and model.score.weight.dtype == torch.float32
+    assert model.is_gradient_checkpointing
+    lora = add_lora(model, AdapterArguments())
+    head = lora.base_model.model.score
+    assert isinstance(head, ModulesToSaveWrapper)
+    assert (
+        head.modules_to_save["default"].weight.dtype == torch.float32
+        and head.modules_to_save["default"].weight.requires_grad
+    )
+    assert check_padding(lora, tokenizer) == "left"  # within bf16 tolerance
+
+
+def test_qlora_without_bitsandbytes_is_a_clear_error(tiny_qwen2, tmp_path, monkeypatch):
+    monkeypatch.setattr(longtail.adapters, "bitsandbytes_available", lambda: False)
+    with pytest.raises(
+        ImportError, match=r"QLoRA loads the base model in 4-bit with bitsandbytes.*lora_decoder\.py"
+    ):
+        load_recipe("qlora_decoder").main(
+            decoder_args("qlora_decoder", tiny_qwen2, "a.csv", "b.csv", tmp_path / "x")
+        )
+    assert not (tmp_path / "x").exists()  # failed before touching anything
+
+
+@pytest.mark.slow
+def test_qlora_decoder_end_to_end(tiny_qwen2, tmp_path, monkeypatch, fast_bootstrap):
+    from safetensors import safe_open
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
+
+    recipe = load_recipe("qlora_decoder")
+    seen = spy_on_trainer(recipe, monkeypatch)
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "qlora"
+    metrics = recipe.main(decoder_args(
+        "qlora_decoder", tiny_qwen2, train, test, out, "--merge_adapter", "true", "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "32",
+    ))  # fmt: skip
+
+    for name in ["eval_results.json", "test_results.json", "config.json", *ADAPTER_FILES, *RUN_FILES]:
+        assert (out / name).is_file(), name
+    assert metrics["validation"]["num_examples"] > 0
+    trainer = seen["trainer"]
+    assert "eval_macro_f1" in trainer.evaluate()
+    assert trainer.args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert trainer.model.get_base_model().is_gradient_checkpointing
+    assert isinstance(trainer.model.get_base_model().model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
+    # the head: saved with the adapter, in float32; config.json carries no quantization settings
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        head = {k: f.get_tensor(k) for k in f.keys() if ".score." in k}
+    assert head and all(t.dtype == torch.float32 for t in head.values())
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config and config["pad_token_id"] == config["eos_token_id"]
+    assert (
+        "4-bit NF4, double quantisation, compute float32; head in float32" in (out / "report.md").read_text()
+    )
+
+    # reload in 4-bit onto a fresh base: identical logits
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    trained = logits(trainer.model.eval(), tokenizer)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=["score"],
+    )  # fmt: skip
+    reloaded = load_adapter_classifier(out, quantization_config=quant, dtype=torch.float32)
+    assert torch.equal(logits(reloaded, tokenizer), trained)
+    # merged into the full-precision base: equal to the adapter on that base within 1e-5
+    full = load_adapter_classifier(out)
+    merged = AutoModelForSequenceClassification.from_pretrained(out / "merged")
+    torch.testing.assert_close(
+        logits(merged, tokenizer, TEXTS), logits(full, tokenizer, TEXTS), rtol=0, atol=1e-5
+    )
+    assert merged.config.pad_token_id == tokenizer.pad_token_id
