@@ -177,6 +177,8 @@ def start_run(training_args: TrainingArguments, mixed_precision: str) -> tuple[T
     push = training_args.push_to_hub
     training_args = apply_precision(training_args, mixed_precision)
     training_args.push_to_hub = False
+    if not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per epoch
     if training_args.process_index == 0:
         prepare_output_dir(
             training_args.output_dir,
