@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from trl import TrlParser
 
-from longtail.data import DataArguments, prepare_data
+from longtail.data import DataArguments, prepare_data, require_test_split
 from longtail.metrics import macro_f1
 from longtail.report import SplitResult, summary_text, write_run_outputs
 from longtail.runs import command_line, prepare_output_dir, source_description, write_run_files
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Load data ---------------------------------------------------------------------------
     data = prepare_data(data_args)
+    require_test_split(data, args.do_predict)
     train, validation = data.splits["train"], data.splits["validation"]
 
     # ---- Fit (and select on validation) ------------------------------------------------------
@@ -171,10 +172,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = [result("validation")]
     if args.do_predict:
-        if "test" not in data.splits:
-            raise ValueError(
-                "--do_predict needs a test split: pass --test_file or use a data set with a test split"
-            )
         results.append(result("test"))
 
     # ---- Save and report ---------------------------------------------------------------------

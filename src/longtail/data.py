@@ -451,6 +451,14 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
     return out
 
 
+def require_test_split(data: PreparedData, do_predict: bool) -> None:
+    """Fail before any training when --do_predict has no test split to score."""
+    if do_predict and "test" not in data.splits:
+        raise DataError(
+            "--do_predict needs a test split: pass --test_file or use a data set with a test split"
+        )
+
+
 def split_ids(data: PreparedData) -> dict[str, list[int]]:
     """Row ids per split, for `splits.json` (feed back with --split_indices)."""
     return {s: sorted(int(i) for i in df["row_id"]) for s, df in data.splits.items()}

@@ -44,7 +44,7 @@ DPI = 120
 RESULTS_PREFIX = {"validation": "eval", "test": "test"}  # Trainer's naming: eval_results.json
 TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 # A token passed as an option value may not look like hf_...; hide the value of these options too.
-TOKEN_OPTION_PATTERN = re.compile(r"(--(?:hub_)?token[= ]+|(?:HF_TOKEN|HUGGING_FACE_HUB_TOKEN)=)\S+")
+TOKEN_OPTION_PATTERN = re.compile(r"""(--(?:hub_)?token[= ]+|(?:HF_TOKEN|HUGGING_FACE_HUB_TOKEN)=)[^\s'"]+""")
 OUTPUT_FILES = {
     "eval_results.json": "validation metrics (with 95% bootstrap CIs) and slices",
     "test_results.json": "test metrics (with 95% bootstrap CIs) and slices",

@@ -122,6 +122,10 @@ def tokenize_splits(data: PreparedData, tokenizer, max_length: int, training_arg
     """HF datasets with input_ids/attention_mask/labels per split (padding is left to the collator)."""
     import datasets
 
+    from longtail.data import require_test_split
+
+    require_test_split(data, training_args.do_predict)  # before training, not after
+
     def encode(batch):
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
@@ -214,10 +218,6 @@ def evaluate_splits(trainer, data: PreparedData, datasets: dict, do_predict: boo
     """Validation always; test only when asked (once, at the end). Returns report.SplitResult rows."""
     from longtail.report import SplitResult
 
-    if do_predict and "test" not in data.splits:
-        raise ValueError(
-            "--do_predict needs a test split: pass --test_file or use a data set with a test split"
-        )
     return [
         SplitResult(
             split,

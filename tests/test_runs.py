@@ -1,0 +1,58 @@
+"""Run bookkeeping: the output-folder guard, overwriting, the recorded command, early --do_predict errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from longtail.data import DataArguments, DataError, prepare_data, require_test_split
+from longtail.runs import OutputDirError, command_line, prepare_output_dir, public_model_name, write_json
+
+
+def test_non_empty_output_dir_is_refused_unless_asked(tmp_path):
+    (tmp_path / "eval_results.json").write_text("{}")
+    with pytest.raises(OutputDirError, match="overwrite_output_dir"):
+        prepare_output_dir(tmp_path, overwrite=False)
+    assert prepare_output_dir(tmp_path, overwrite=False, resuming=True) == tmp_path  # resuming is allowed
+    assert prepare_output_dir(tmp_path / "new", overwrite=False).is_dir()
+
+
+def test_overwrite_removes_stale_results_only(tmp_path):
+    for name in ("test_results.json", "report.md", "notes.txt"):
+        (tmp_path / name).write_text("old")
+    prepare_output_dir(tmp_path, overwrite=True)
+    assert not (tmp_path / "test_results.json").exists() and not (tmp_path / "report.md").exists()
+    assert (tmp_path / "notes.txt").read_text() == "old"  # not ours: left alone
+
+
+def test_command_line_redacts_tokens():
+    token = "hf_" + "x" * 30
+    cmd = command_line("recipes/r.py", ["--hub_token", token, "--x", "a b", f"--hub_token={token}", token])
+    # exact: every value hidden, shell quoting intact (a redaction once swallowed a closing quote)
+    assert (
+        cmd == "python recipes/r.py --hub_token '<redacted>' --x 'a b' '--hub_token=<redacted>' hf_<redacted>"
+    )
+
+
+def test_write_json_is_valid_and_scrubbed(tmp_path):
+    import json
+
+    path = write_json(tmp_path / "x.json", {"nan": float("nan"), "secret": "hf_" + "y" * 25})
+    data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
+    assert data["nan"] is None and "y" * 25 not in path.read_text()
+
+
+def test_public_model_name(tmp_path):
+    assert public_model_name("answerdotai/ModernBERT-base") == "answerdotai/ModernBERT-base"
+    (tmp_path / "pkg" / "model").mkdir(parents=True)
+    assert public_model_name(str(tmp_path / "pkg" / "model")) == "pkg/model"  # no absolute local path
+
+
+def test_do_predict_without_test_split_fails_before_training():
+    train = pd.DataFrame({"text": [f"text {i}" for i in range(20)], "label": ["a", "b"] * 10})
+    data = prepare_data(
+        DataArguments(text_column="text", label_column="label", label_merge_map="none"), raw={"train": train}
+    )
+    require_test_split(data, do_predict=False)
+    with pytest.raises(DataError, match="--do_predict needs a test split"):
+        require_test_split(data, do_predict=True)
