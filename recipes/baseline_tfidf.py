@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
     def result(split):
         df = data.splits[split]
-        return SplitResult(split, df["label_id"].to_numpy(), model.predict_proba(df["text"]), df["text"])
+        probs = model.predict_proba(df["text"])
+        return SplitResult(
+            split, df["label_id"].to_numpy(), probs, df["text"], row_ids=df["row_id"].to_numpy()
+        )
 
     results = [result("validation")]
     if args.do_predict:

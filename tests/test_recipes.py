@@ -36,6 +36,7 @@ RUN_FILES = [
     "labels.json",
     "splits.json",
     "run_config.json",
+    "predictions_validation.npz",
 ]
 
 

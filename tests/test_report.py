@@ -15,9 +15,11 @@ from longtail.data import PreparedData
 from longtail.metrics import assign_tiers, classification_metrics
 from longtail.report import (
     SplitResult,
+    load_predictions,
     plot_confusions,
     plot_reliability,
     redact_secrets,
+    save_predictions,
     save_results_json,
     score_split,
     write_per_class_csv,
@@ -213,3 +215,17 @@ def test_redact_secrets():
     assert redact_secrets(f"x {TOKEN} y") == "x hf_<redacted> y"
     assert "secret123" not in redact_secrets("--hub_token secret123 --push_to_hub")
     assert redact_secrets("hf_short stays") == "hf_short stays"
+
+
+def test_predictions_round_trip(tmp_path):
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]])
+    result = SplitResult(
+        "test", np.array([0, 1, 1]), probs, pd.Series(["a", "b", "c"]), row_ids=np.array([9, 4, 7])
+    )
+    path = save_predictions(tmp_path, result, ["x", "y"])
+    assert path.name == "predictions_test.npz"
+    loaded = load_predictions(path)
+    assert loaded["row_id"].tolist() == [9, 4, 7]
+    assert loaded["y_true"].tolist() == [0, 1, 1]
+    assert loaded["label_names"].tolist() == ["x", "y"]
+    np.testing.assert_allclose(loaded["probs"], probs, atol=1e-7)

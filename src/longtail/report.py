@@ -64,6 +64,7 @@ class SplitResult:
     probs: np.ndarray  # (n, num_classes) probabilities
     texts: pd.Series  # the texts (for slices)
     metrics: dict = field(default_factory=dict)  # filled by score_split
+    row_ids: np.ndarray | None = None  # the data's row_id per row (for compare / ensembles)
 
     @property
     def y_pred(self) -> np.ndarray:
@@ -166,6 +167,28 @@ def score_split(
     metrics["slices"] = slice_metrics(y_true, result.y_pred, slice_masks(texts))
     result.metrics = metrics
     return metrics
+
+
+def save_predictions(output_dir, result: SplitResult, label_names: Sequence[str]) -> Path:
+    """Per-example probabilities of one split, `predictions_<split>.npz` (row_id, y_true, probs,
+    label_names): what `compare` and ensembles read to score several runs on the same rows."""
+    n = len(result.y_true)
+    row_ids = np.arange(n) if result.row_ids is None else np.asarray(result.row_ids)
+    path = Path(output_dir) / f"predictions_{result.split}.npz"
+    np.savez_compressed(
+        path,
+        row_id=row_ids.astype(np.int64),
+        y_true=np.asarray(result.y_true, dtype=np.int64),
+        probs=np.asarray(result.probs, dtype=np.float32),
+        label_names=np.asarray(list(label_names), dtype=str),
+    )
+    return path
+
+
+def load_predictions(path) -> dict[str, np.ndarray]:
+    """Inverse of `save_predictions`: a dict with row_id, y_true, probs, label_names."""
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
 
 
 def save_results_json(output_dir, result: SplitResult) -> Path:
@@ -572,6 +595,7 @@ def write_run_outputs(
         if not r.metrics:
             score_split(r, tiers)
         paths[f"{RESULTS_PREFIX.get(r.split, r.split)}_results"] = save_results_json(out, r)
+        paths[f"predictions_{r.split}"] = save_predictions(out, r, data.label_names)
     paths["per_class"] = write_per_class_csv(out, results, data.label_names, tiers, data.train_counts)
     primary = _primary(results)
     if primary is not None:

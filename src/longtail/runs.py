@@ -28,6 +28,8 @@ RUN_FILES = (
     "labels.json",
     "splits.json",
     "run_config.json",
+    "predictions_validation.npz",
+    "predictions_test.npz",
 )
 
 

@@ -224,6 +224,7 @@ def evaluate_splits(trainer, data: PreparedData, datasets: dict, do_predict: boo
             data.splits[split]["label_id"].to_numpy(),
             predict_probs(trainer, datasets[split]),
             data.splits[split]["text"],
+            row_ids=data.splits[split]["row_id"].to_numpy(),
         )
         for split in ("validation", "test")
         if split == "validation" or do_predict
