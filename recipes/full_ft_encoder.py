@@ -17,6 +17,8 @@ from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data
 from longtail.losses import LossArguments
+from longtail.lpft import LPFTArguments, load_model, selection_note
+from longtail.lpft import train as lpft_train
 from longtail.posthoc import adjust_on_validation
 from longtail.report import summary_text
 from longtail.runs import command_line
@@ -24,7 +26,6 @@ from longtail.training import (
     ModelArguments,
     evaluate_splits,
     finish_run,
-    load_classifier,
     load_tokenizer,
     long_tail_trainer,
     run_info,
@@ -33,13 +34,13 @@ from longtail.training import (
 )
 
 logger = logging.getLogger("full_ft_encoder")
-PARSER_TYPES = (DataArguments, ModelArguments, LossArguments, TrainingArguments)
+PARSER_TYPES = (DataArguments, ModelArguments, LossArguments, LPFTArguments, TrainingArguments)
 
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     parser = TrlParser(PARSER_TYPES)
-    data_args, model_args, loss_args, training_args = parser.parse_args_and_config(argv)
+    data_args, model_args, loss_args, lpft_args, training_args = parser.parse_args_and_config(argv)
     training_args, push = start_run(training_args, model_args.mixed_precision)
     command = command_line("recipes/full_ft_encoder.py", argv)
     started = time.time()
@@ -50,12 +51,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Build model -------------------------------------------------------------------------
     tokenizer = load_tokenizer(model_args)
-    model = load_classifier(model_args, data.label_names, tokenizer)
+    model = load_model(
+        model_args, lpft_args, data.label_names, tokenizer
+    )  # probe's model with --head_init_from
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
 
     # ---- Train, then pick the post-hoc logit adjustment on validation --------------------------
     trainer = long_tail_trainer(model, training_args, data, datasets, tokenizer, loss_args, model_args)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # LP-FT: with --head_warmup_epochs, the head is trained alone first (body frozen)
+    train_result, _ = lpft_train(trainer, lpft_args, training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", train_result.metrics)
     tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Save, report, push (main process only) ----------------------------------------------
     if trainer.is_world_process_zero():
         info = run_info("full_ft_encoder", trainer, train_result, model_args, data_args, loss_args, started)
+        info["selection"] = selection_note(info["selection"], lpft_args, tau, tau_section is not None)
         paths = finish_run(
             trainer,
             title=f"Full fine-tuning: {info['model']}",

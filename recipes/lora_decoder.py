@@ -29,6 +29,8 @@ from longtail.adapters import (
 )
 from longtail.data import DataArguments, prepare_data
 from longtail.losses import LossArguments
+from longtail.lpft import LPFTArguments, load_model, selection_note
+from longtail.lpft import train as lpft_train
 from longtail.posthoc import adjust_on_validation
 from longtail.report import summary_text
 from longtail.runs import command_line
@@ -36,7 +38,6 @@ from longtail.training import (
     ModelArguments,
     check_padding,
     evaluate_splits,
-    load_classifier,
     load_tokenizer,
     long_tail_trainer,
     run_info,
@@ -45,13 +46,22 @@ from longtail.training import (
 )
 
 logger = logging.getLogger("lora_decoder")
-PARSER_TYPES = (DataArguments, ModelArguments, AdapterArguments, LossArguments, TrainingArguments)
+PARSER_TYPES = (
+    DataArguments,
+    ModelArguments,
+    AdapterArguments,
+    LossArguments,
+    LPFTArguments,
+    TrainingArguments,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     parser = TrlParser(PARSER_TYPES)
-    data_args, model_args, adapter_args, loss_args, training_args = parser.parse_args_and_config(argv)
+    data_args, model_args, adapter_args, loss_args, lpft_args, training_args = parser.parse_args_and_config(
+        argv
+    )
     training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision)
     command = command_line("recipes/lora_decoder.py", argv)
     started = time.time()
@@ -62,14 +72,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Build model: classifier (pad token = eos if none), padding check, LoRA ---------------
     tokenizer = load_tokenizer(model_args)
-    model = load_classifier(model_args, data.label_names, tokenizer)
+    model = load_model(
+        model_args, lpft_args, data.label_names, tokenizer
+    )  # probe's model with --head_init_from
     check_padding(model, tokenizer)  # a text scores the same alone and inside a padded batch
     model = add_lora(model, adapter_args)  # logs the trainable parameters and their share
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
 
     # ---- Train -------------------------------------------------------------------------------
     trainer = long_tail_trainer(model, training_args, data, datasets, tokenizer, loss_args, model_args)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    # LP-FT: with --head_warmup_epochs, the head is trained alone first (body frozen)
+    train_result, _ = lpft_train(trainer, lpft_args, training_args.resume_from_checkpoint)
     save_adapter(trainer)  # adapter + head + config.json (labels, pad token id) + tokenizer
     # post-hoc logit adjustment, chosen on validation (folded only into a head with a bias)
     tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
@@ -81,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Save, report, merge, push (main process only) ---------------------------------------
     if trainer.is_world_process_zero():
         info = run_info("lora_decoder", trainer, train_result, model_args, data_args, loss_args, started)
+        info["selection"] = selection_note(info["selection"], lpft_args, tau, tau_section is not None)
         paths = finish_adapter_run(
             trainer,
             title=f"LoRA: {info['model']}",

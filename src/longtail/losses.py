@@ -113,6 +113,7 @@ class LongTailTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         num_labels = self.model.config.num_labels
         self.loss_args = loss_args
+        self.train_counts = train_counts  # kept for a second phase (lpft.warm_up_head)
         self.class_weight_tensor = class_weights(train_counts, num_labels, loss_args.class_weighting)
         self.log_prior = log_prior(train_counts, num_labels)
 

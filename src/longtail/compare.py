@@ -1,0 +1,175 @@
+"""Finished runs side by side on the same rows, with paired-bootstrap deltas against a reference.
+
+    python -m longtail.compare outputs/probe_encoder outputs/full_ft_encoder --reference outputs/baseline_tfidf \
+        [--split test] [--output_dir outputs/compare]
+
+Reads each run's `predictions_<split>.npz` (row ids, true labels, probabilities, label names). The runs must
+have scored the same rows with the same label list, otherwise the comparison would be meaningless: a clear
+error says which run differs and how. For every run: accuracy and macro-F1 with 95% bootstrap CIs, zero-F1
+classes, tier macro-F1 (tiers from the reference's labels.json), ECE, NLL; and against the reference, paired
+bootstrap deltas (same resampled rows for both systems) with CI and one-sided p-value. Writes compare.md and
+compare.json (with --output_dir) and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from longtail.metrics import BOOTSTRAP_RESAMPLES, accuracy, classification_metrics, macro_f1, paired_bootstrap
+from longtail.report import load_predictions
+
+
+class CompareError(ValueError):
+    pass
+
+
+def read_run(run_dir, split: str) -> dict:
+    path = Path(run_dir) / f"predictions_{split}.npz"
+    if not path.is_file():
+        have = (
+            sorted(p.name for p in Path(run_dir).glob("predictions_*.npz")) if Path(run_dir).is_dir() else []
+        )
+        raise CompareError(
+            f"{run_dir}: no {path.name} (found: {have or 'nothing'}). "
+            + ("Rerun it with --do_predict to score the test split." if split == "test" else "")
+        )
+    pred = load_predictions(path)
+    order = np.argsort(pred["row_id"], kind="stable")  # align runs by row id, whatever their order
+    return {
+        "name": Path(run_dir).name,
+        "dir": str(run_dir),
+        "row_id": pred["row_id"][order],
+        "y_true": pred["y_true"][order],
+        "probs": pred["probs"][order].astype(np.float64),
+        "label_names": [str(x) for x in pred["label_names"]],
+    }
+
+
+def check_same_rows(runs: list[dict], reference: dict) -> None:
+    """Same label list, same row ids, same true labels as the reference; otherwise a CompareError."""
+    ref = reference
+    for run in runs:
+        if run["label_names"] != ref["label_names"]:
+            missing = sorted(set(ref["label_names"]) - set(run["label_names"]))
+            extra = sorted(set(run["label_names"]) - set(ref["label_names"]))
+            raise CompareError(
+                f"{run['dir']} and the reference {ref['dir']} have different label lists "
+                f"({len(run['label_names'])} vs {len(ref['label_names'])} classes; missing: {missing[:5]}; "
+                f"extra: {extra[:5]}{'; same labels in another order' if not missing and not extra else ''}). "
+                "Train the runs on the same data options (reuse splits.json with --split_indices)."
+            )
+        if len(run["row_id"]) != len(ref["row_id"]) or (run["row_id"] != ref["row_id"]).any():
+            only_run = np.setdiff1d(run["row_id"], ref["row_id"]).size
+            only_ref = np.setdiff1d(ref["row_id"], run["row_id"]).size
+            raise CompareError(
+                f"{run['dir']} scored different rows than the reference {ref['dir']} ({len(run['row_id'])} vs "
+                f"{len(ref['row_id'])} rows; {only_run} only in the run, {only_ref} only in the reference)."
+            )
+        if (run["y_true"] != ref["y_true"]).any():
+            raise CompareError(
+                f"{run['dir']}: true labels differ from the reference's on "
+                f"{int((run['y_true'] != ref['y_true']).sum())} rows with the same row ids (different data files?)."
+            )
+
+
+def load_tiers(run_dir, label_names: list[str]) -> dict[int, str]:
+    path = Path(run_dir) / "labels.json"
+    if not path.is_file():
+        return {}
+    tiers = json.loads(path.read_text("utf-8")).get("tiers", {})
+    return {i: tiers[name] for i, name in enumerate(label_names) if name in tiers}
+
+
+def compare_runs(
+    run_dirs, reference_dir, split: str = "test", n_resamples: int = BOOTSTRAP_RESAMPLES
+) -> dict:
+    reference = read_run(reference_dir, split)
+    runs = [reference] + [read_run(d, split) for d in run_dirs if Path(d) != Path(reference_dir)]
+    check_same_rows(runs, reference)
+    tiers = load_tiers(reference_dir, reference["label_names"])
+    y = reference["y_true"]
+    ref_pred = reference["probs"].argmax(1)
+    rows = []
+    for run in runs:
+        pred = run["probs"].argmax(1)
+        row = {
+            "run": run["name"],
+            "dir": run["dir"],
+            "reference": run is reference,
+            **classification_metrics(y, run["probs"], tiers, n_resamples=n_resamples),
+        }
+        if run is not reference:
+            for key, metric in (("macro_f1", macro_f1), ("accuracy", accuracy)):
+                row[f"delta_{key}"] = paired_bootstrap(
+                    y, pred, ref_pred, metric=metric, n_resamples=n_resamples
+                )
+        rows.append(row)
+    return {"split": split, "num_rows": int(len(y)), "reference": reference["name"], "runs": rows}
+
+
+def to_markdown(result: dict) -> str:
+    def f(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    lines = [
+        f"# Comparison on {result['split']} ({result['num_rows']:,} rows, reference: {result['reference']})",
+        "",
+        "Every run scored the same rows with the same labels. CIs: 95% percentile bootstrap over rows. "
+        "Deltas vs the reference: paired bootstrap (both systems on the same resampled rows); p = share of "
+        "resamples where the run is not better.",
+        "",
+        "| run | accuracy [95% CI] | macro-F1 [95% CI] | zero-F1 classes | head / mid / tail macro-F1 | ECE | "
+        "Δ macro-F1 vs ref [95% CI], p | Δ accuracy vs ref [95% CI], p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+
+        def delta(key, r=r):
+            d = r.get(f"delta_{key}")
+            if d is None:
+                return "(reference)"
+            return f"{d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], p={d['p_value']:.3f}"
+
+        tiers = " / ".join(f(r.get(f"macro_f1_{t}")) for t in ("head", "mid", "tail"))
+        lines.append(
+            f"| {r['run']}{' **(ref)**' if r['reference'] else ''} "
+            f"| {f(r['accuracy'])} [{f(r.get('accuracy_ci_low'))}, {f(r.get('accuracy_ci_high'))}] "
+            f"| **{f(r['macro_f1'])}** [{f(r.get('macro_f1_ci_low'))}, {f(r.get('macro_f1_ci_high'))}] "
+            f"| {r['zero_f1_classes']} / {r['classes_scored']} | {tiers} | {f(r['ece'])} "
+            f"| {delta('macro_f1')} | {delta('accuracy')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m longtail.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders (each with predictions_<split>.npz)")
+    parser.add_argument("--reference", required=True, help="the run the others are compared with")
+    parser.add_argument("--split", default="test", choices=["test", "validation"])
+    parser.add_argument("--output_dir", default=None, help="write compare.md and compare.json here")
+    parser.add_argument("--overwrite_output_dir", action="store_true")
+    parser.add_argument("--n_resamples", type=int, default=BOOTSTRAP_RESAMPLES)
+    args = parser.parse_args(argv)
+    try:
+        result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
+    except CompareError as err:
+        parser.exit(2, f"compare: error: {err}\n")
+    markdown = to_markdown(result)
+    if args.output_dir:
+        from longtail.runs import prepare_output_dir, write_json
+
+        out = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+        (out / "compare.md").unlink(missing_ok=True)
+        (out / "compare.md").write_text(markdown, "utf-8")
+        write_json(out / "compare.json", result)
+    print(markdown)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,163 @@
+"""LP-FT (Kumar et al. 2022): fit the head first, then fine-tune everything.
+
+Fine-tuning a pretrained body under a random head sends large, noisy gradients into the body and wrecks
+the features the rare classes depend on. Two ways to give the body a fitted head first:
+
+- `--head_warmup_epochs N`: a first Trainer run of N epochs trains only the head (the modules outside the
+  backbone, `adapters.head_modules`: BERT/ModernBERT `classifier` (+ ModernBERT's pretrained `head`), Qwen/Llama
+  `score`) at `--head_warmup_learning_rate`, with the body frozen; then the configured run trains everything
+  (or, with LoRA, the adapter + head) at the configured learning rate and schedule.
+- `--head_init_from <probe run>`: start from a `probe_encoder` run folder, i.e. fine-tune the probe model itself
+  (body + the probe's pooling + its sklearn-fitted head). The head was fit on *mean-pooled* features; BERT's own
+  head reads the tanh pooler of [CLS] and a decoder's reads the last token, so copying the weights into them
+  would feed the head features it never saw. Fine-tuning the probe architecture keeps head and features
+  consistent. The probe's labels must equal this run's (same data options); a mismatch is a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LPFTArguments:
+    head_warmup_epochs: float = field(
+        default=0.0, metadata={"help": "LP-FT: first train only the head for this many epochs, body frozen."}
+    )
+    head_warmup_learning_rate: float = field(
+        default=1e-3,
+        metadata={"help": "Learning rate of the head-only warm-up (a fresh head needs a large one)."},
+    )
+    head_init_from: str | None = field(
+        default=None,
+        metadata={"help": "A probe_encoder run folder: fine-tune its model (body + pooling + fitted head)."},
+    )
+
+    def __post_init__(self):
+        if self.head_warmup_epochs < 0:
+            raise ValueError(f"--head_warmup_epochs must be >= 0, got {self.head_warmup_epochs}")
+        if self.head_warmup_learning_rate <= 0:
+            raise ValueError(f"--head_warmup_learning_rate must be > 0, got {self.head_warmup_learning_rate}")
+
+
+def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tokenizer):
+    """The classifier to fine-tune: the probe run's model with --head_init_from, else `training.load_classifier`."""
+    from longtail.training import load_classifier
+
+    if not lpft_args.head_init_from:
+        return load_classifier(model_args, label_names, tokenizer)
+    from longtail.probe import ProbeForSequenceClassification, load_probe_head
+
+    load_probe_head(lpft_args.head_init_from, label_names)  # checks folder, model type and labels first
+    model = ProbeForSequenceClassification.from_pretrained(lpft_args.head_init_from, use_safetensors=True)
+    probe_body = getattr(model.config.encoder_config, "_name_or_path", "")
+    if Path(str(probe_body)).name != Path(model_args.model_name_or_path).name:
+        logger.warning(
+            "--head_init_from %s was fit on '%s'; fine-tuning that body (not --model_name_or_path %s)",
+            lpft_args.head_init_from,
+            probe_body,
+            model_args.model_name_or_path,
+        )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    logger.info(
+        "LP-FT: fine-tuning the probe in %s (fitted head, %s pooling)",
+        lpft_args.head_init_from,
+        model.config.pooling,
+    )
+    return model
+
+
+def head_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """Trainable parameters of the head (modules outside the backbone), also inside a PEFT wrapper."""
+    from longtail.adapters import head_modules
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    heads = head_modules(base)
+    return {
+        name: p
+        for name, p in base.named_parameters()
+        if p.requires_grad and any(name == h or name.startswith(h + ".") for h in heads)
+    }
+
+
+def warm_up_head(trainer, epochs: float, learning_rate: float) -> dict:
+    """Train only the head for `epochs` (body frozen), then restore what was trainable. Returns the
+    warm-up's train metrics. The main run's optimizer is created afterwards, over every trainable parameter."""
+    model = trainer.model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head = head_parameters(model)
+    if not head:
+        raise ValueError(f"{type(model).__name__}: found no trainable head parameters to warm up")
+    head_ids = {id(p) for p in head.values()}
+    for p in trainable:
+        p.requires_grad_(id(p) in head_ids)
+    logger.info(
+        "LP-FT warm-up: %s epoch(s) of the head only (%s; %d of %d trainable tensors) at lr %s",
+        epochs,
+        ", ".join(sorted({n.split(".")[0] for n in head})),
+        len(head),
+        len(trainable),
+        learning_rate,
+    )
+    args = dataclasses.replace(
+        trainer.args,
+        output_dir=str(Path(trainer.args.output_dir) / "head_warmup"),
+        num_train_epochs=epochs,
+        max_steps=-1,
+        learning_rate=learning_rate,
+        warmup_ratio=0.0,
+        warmup_steps=0,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        report_to=[],
+    )
+    warm = type(trainer)(
+        model=model,
+        args=args,
+        train_dataset=trainer.train_dataset,
+        processing_class=trainer.processing_class,
+        data_collator=trainer.data_collator,
+        loss_args=trainer.loss_args,
+        train_counts=trainer.train_counts,
+    )
+    try:
+        metrics = warm.train().metrics
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    return {f"head_warmup_{k.removeprefix('train_')}": v for k, v in metrics.items()}
+
+
+def train(trainer, lpft_args: LPFTArguments, resume_from_checkpoint=None):
+    """trainer.train(), preceded by the head-only warm-up when asked (not when resuming: the checkpoint
+    already holds a warmed-up head). Returns (train_result, warm-up metrics)."""
+    warm = {}
+    if lpft_args.head_warmup_epochs > 0 and not resume_from_checkpoint:
+        warm = warm_up_head(trainer, lpft_args.head_warmup_epochs, lpft_args.head_warmup_learning_rate)
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    result.metrics.update(warm)
+    return result, warm
+
+
+def selection_note(selection: str, lpft_args: LPFTArguments, tau: float | None, tau_selected: bool) -> str:
+    """run_info's selection line with what else chose what: the head (LP-FT), the post-hoc tau, temperature."""
+    test = "; test scored once at the end"
+    parts = [selection.replace(test, "")]
+    if lpft_args.head_init_from:
+        parts.append(
+            f"head: the probe's ({Path(lpft_args.head_init_from).name}; its C and weighting chosen on validation)"
+        )
+    if lpft_args.head_warmup_epochs:
+        parts.append(f"head warm-up: {lpft_args.head_warmup_epochs:g} fixed epoch(s), body frozen")
+    if tau_selected:
+        parts.append(f"post-hoc tau {tau}: best validation macro-F1")
+    parts.append("temperature: none fitted")
+    return "; ".join(parts) + (test if test in selection else "")

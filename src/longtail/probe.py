@@ -1,0 +1,267 @@
+"""A frozen encoder + a linear head as ONE Transformers model (`model_type: longtail_probe`).
+
+Why a custom class: the probe recipe fits its head with scikit-learn on pooled features, but serving
+(`predict`, `make bench`, ONNX export) expects a folder that `AutoModelForSequenceClassification.from_pretrained`
+loads. `ProbeForSequenceClassification` wraps any `AutoModel` body (encoder or decoder; its config is nested
+in ours), the pooling, and a `Linear` head whose logits equal the sklearn head's `decision_function`.
+Importing this module registers the classes with the Auto* factories, so no `trust_remote_code` is needed:
+
+    import longtail.probe  # noqa: F401
+    model = AutoModelForSequenceClassification.from_pretrained("outputs/probe_encoder")
+
+Pooling: `mean` (mask-weighted mean of the last hidden states; what sentence-transformers uses), `cls` (first
+token: BERT-style encoders), `last` (last non-pad token: decoders, whose causal attention only lets the last
+token see the whole text). The probe pads on the right, where every pooling is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls", "last")
+MODEL_TYPE = "longtail_probe"
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(batch, seq, hidden) -> (batch, hidden), ignoring padded positions."""
+    mask = attention_mask.to(hidden.dtype)
+    if pooling == "mean":
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        # position of the last real token, whichever side the padding is on
+        positions = torch.arange(mask.shape[1], device=hidden.device)
+        last = (attention_mask.long() * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"pooling must be one of {POOLINGS}, got '{pooling}'")
+
+
+def default_pooling(config: PretrainedConfig) -> str:
+    """`last` for decoder-only models, `mean` otherwise."""
+    causal = {
+        "qwen2",
+        "qwen3",
+        "llama",
+        "mistral",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "gpt2",
+        "smollm3",
+    }
+    return "last" if config.model_type in causal or getattr(config, "is_decoder", False) else "mean"
+
+
+class ProbeConfig(PretrainedConfig):
+    model_type = MODEL_TYPE
+    sub_configs = {"encoder_config": AutoConfig}
+
+    def __init__(self, encoder_config=None, pooling: str = "mean", **kwargs):
+        if isinstance(encoder_config, dict):
+            encoder_config = dict(encoder_config)
+            encoder_config = AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got '{pooling}'")
+        self.encoder_config = encoder_config
+        self.pooling = pooling
+        super().__init__(**kwargs)
+        if encoder_config is not None:
+            self.hidden_size = encoder_config.hidden_size
+
+
+class ProbeForSequenceClassification(PreTrainedModel):
+    """`encoder` (the body, any AutoModel) -> pooling -> `classifier` (Linear hidden -> num_labels)."""
+
+    config_class = ProbeConfig
+    base_model_prefix = "encoder"
+    _supports_sdpa = True
+
+    def __init__(self, config: ProbeConfig):
+        super().__init__(config)
+        enc = config.encoder_config
+        if enc.model_type == "modernbert" and not torch.cuda.is_available():
+            enc.reference_compile = False  # its auto-compile breaks on CPU when triton is installed
+        self.encoder = AutoModel.from_config(enc)
+        self.classifier = nn.Linear(enc.hidden_size, config.num_labels)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if module is self.classifier:
+            module.weight.data.normal_(0.0, 0.02)
+            module.bias.data.zero_()
+
+    def features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs = {}
+        if token_type_ids is not None and "token_type_ids" in inspect.signature(self.encoder.forward).parameters:
+            kwargs["token_type_ids"] = token_type_ids  # BERT uses them; ModernBERT and decoders take none
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return pool(hidden, attention_mask, self.config.pooling)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        logits = self.classifier(self.features(input_ids, attention_mask, token_type_ids))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder: PreTrainedModel,
+        pooling: str,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        label_names: list[str],
+    ) -> ProbeForSequenceClassification:
+        """Wrap a loaded body and a fitted linear head (weight: (num_labels, hidden), bias: (num_labels,))."""
+        config = ProbeConfig(
+            encoder_config=encoder.config,
+            pooling=pooling,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            problem_type="single_label_classification",
+            pad_token_id=encoder.config.pad_token_id,
+        )
+        model = cls(config)
+        model.encoder.load_state_dict(encoder.state_dict())
+        with torch.no_grad():
+            model.classifier.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            model.classifier.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        return model.eval()
+
+
+AutoConfig.register(MODEL_TYPE, ProbeConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(ProbeConfig, ProbeForSequenceClassification, exist_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding with a frozen body, cached on disk
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def embed_texts(
+    encoder, tokenizer, texts, max_length: int, pooling: str, batch_size: int = 64, desc: str = "Embedding"
+) -> np.ndarray:
+    """Pooled features (float32, one row per text, in order). Texts are sorted by length so each batch pads
+    little (dynamic padding to the batch's longest text), then put back in their original order."""
+    from tqdm.auto import tqdm
+
+    texts = [str(t) for t in texts]
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    order = np.argsort([len(ids) for ids in encoded], kind="stable")[::-1]  # longest first: OOM shows early
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    saved_side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+            idx = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
+            hidden = encoder(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
+            out[idx] = pool(hidden, batch["attention_mask"], pooling).float().cpu().numpy()
+    finally:
+        tokenizer.padding_side = saved_side
+    return out
+
+
+def model_signature(name_or_path: str) -> dict:
+    """What identifies a checkpoint: its Hub id, or for a local folder its config and weight files
+    (name, size, content hash of the first MiB), so a retrained model in the same folder is not mistaken."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return {"model": name_or_path}
+    files = {}
+    for f in sorted(path.glob("*")):
+        if f.suffix in {".safetensors", ".json", ".bin", ".gguf"} and f.is_file():
+            with f.open("rb") as fh:
+                head = hashlib.sha256(fh.read(1 << 20)).hexdigest()
+            files[f.name] = [f.stat().st_size, head]
+    return {"model": str(path.resolve()), "files": files}
+
+
+def embedding_fingerprint(model_name_or_path: str, texts, max_length: int, pooling: str) -> str:
+    digest = hashlib.sha256()
+    for t in texts:
+        digest.update(str(t).encode("utf-8") + b"\0")
+    key = {
+        "signature": model_signature(model_name_or_path),
+        "texts": digest.hexdigest(),
+        "n": len(texts),
+        "max_length": max_length,
+        "pooling": pooling,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_embeddings(
+    cache_dir, model_name_or_path: str, encoder, tokenizer, texts, max_length, pooling, **kw
+):
+    """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model, texts, max_length and pooling
+    match. Returns (features, fingerprint, reused)."""
+    fingerprint = embedding_fingerprint(model_name_or_path, texts, max_length, pooling)
+    path = Path(cache_dir) / f"{fingerprint}.npy"
+    if path.is_file():
+        features = np.load(path, allow_pickle=False)
+        if features.shape[0] == len(texts):
+            logger.info("Reusing cached embeddings %s (%d rows)", path, len(texts))
+            return features, fingerprint, True
+    features = embed_texts(encoder, tokenizer, texts, max_length, pooling, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, features)
+    tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
+    return features, fingerprint, False
+
+
+def load_probe_head(run_dir, label_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(weight, bias, pooling) of a saved probe run, checked against the labels of the run that reuses it."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"--head_init_from {run_dir}: no config.json (expected a probe_encoder run folder)"
+        )
+    config = json.loads(config_path.read_text("utf-8"))
+    if config.get("model_type") != MODEL_TYPE:
+        raise ValueError(
+            f"--head_init_from {run_dir}: model_type is '{config.get('model_type')}', expected '{MODEL_TYPE}' "
+            "(a probe_encoder run folder)"
+        )
+    probe_labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    if probe_labels != list(label_names):
+        missing = sorted(set(label_names) - set(probe_labels))
+        extra = sorted(set(probe_labels) - set(label_names))
+        raise ValueError(
+            f"--head_init_from {run_dir}: the probe's labels differ from this run's ({len(probe_labels)} vs "
+            f"{len(label_names)}; missing from the probe: {missing[:5]}; only in the probe: {extra[:5]}"
+            f"{'; same labels in another order' if not missing and not extra else ''}). Train both on the same "
+            "data options (--split_indices with the probe's splits.json reproduces its split)."
+        )
+    state = load_file(str(run_dir / "model.safetensors"))
+    return state["classifier.weight"], state["classifier.bias"], config.get("pooling", "mean")

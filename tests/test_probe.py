@@ -1,0 +1,292 @@
+"""The linear probe (one Transformers model whose logits equal sklearn's), its recipe, and LP-FT."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from test_recipes import REQUIRED_KEYS, RUN_FILES, encoder_args, load_recipe, synthetic_files
+
+TEXTS = [
+    "I was charged a late fee twice.",
+    "The bank closed my checking account without notice and kept the balance for weeks.",
+    "A debt collector keeps calling me about a debt I do not owe, even at work.",
+    "My credit report shows an account that is not mine.",
+    "The mortgage servicer lost my payment and reported me late.",
+    "Fees.",
+]
+
+
+def fit_head(features: np.ndarray, n_classes: int = 3):
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.arange(len(features)) % n_classes
+    return LogisticRegression(C=10.0, max_iter=2000).fit(features, y)
+
+
+@pytest.mark.parametrize(
+    "fixture,pooling", [("tiny_modernbert", "mean"), ("tiny_modernbert", "cls"), ("tiny_qwen2", "last")]
+)
+def test_probe_model_logits_equal_sklearn_decision_function(
+    fixture, pooling, request, tmp_path, one_torch_thread
+):
+    """Saved as one folder, reloaded through AutoModelForSequenceClassification, on a padded batch."""
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    import longtail.probe as probe
+    from longtail.training import ModelArguments, load_tokenizer
+
+    path = request.getfixturevalue(fixture)
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=path))
+    torch.manual_seed(0)
+    encoder = AutoModel.from_pretrained(path)
+    encoder.config.pad_token_id = tokenizer.pad_token_id
+    features = probe.embed_texts(encoder, tokenizer, TEXTS, max_length=32, pooling=pooling, batch_size=4)
+    logreg = fit_head(features)
+    labels = ["a", "b", "c"]
+    model = probe.ProbeForSequenceClassification.from_encoder(
+        encoder, pooling, logreg.coef_, logreg.intercept_, labels
+    )
+    model.save_pretrained(tmp_path)
+    tokenizer.padding_side = "right"
+    tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is probe.ProbeForSequenceClassification
+    assert reloaded.config.id2label == {0: "a", 1: "b", 2: "c"} and reloaded.config.pooling == pooling
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    batch = tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        logits = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    np.testing.assert_allclose(logits.numpy(), logreg.decision_function(features), atol=1e-4)
+    # a text alone scores as inside the padded batch (the pooling ignores padding)
+    alone = tok(TEXTS[-1:], return_tensors="pt")
+    with torch.no_grad():
+        single = reloaded(**{k: alone[k] for k in ("input_ids", "attention_mask")}).logits
+    np.testing.assert_allclose(single.numpy(), logits[-1:].numpy(), atol=1e-4)
+
+
+def test_pooling_ignores_padding_on_either_side():
+    from longtail.probe import pool
+
+    hidden = torch.arange(2 * 4 * 2, dtype=torch.float32).reshape(2, 4, 2)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool(hidden, right, "mean")[0].tolist() == [1.0, 2.0]  # mean of rows (0,1) and (2,3)
+    assert pool(hidden, right, "last")[0].tolist() == [2.0, 3.0]
+    assert pool(hidden, left, "last")[0].tolist() == [6.0, 7.0]
+    assert pool(hidden, right, "cls")[1].tolist() == [8.0, 9.0]
+    with pytest.raises(ValueError, match="pooling"):
+        pool(hidden, right, "max")
+
+
+def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_thread):
+    from transformers import AutoModel
+
+    from longtail.probe import cached_embeddings
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    encoder = AutoModel.from_pretrained(tiny_modernbert)
+    args = (tmp_path, tiny_modernbert, encoder, tokenizer)
+    first, key, reused = cached_embeddings(*args, TEXTS, 32, "mean")
+    again, key2, reused2 = cached_embeddings(*args, TEXTS, 32, "mean")
+    assert not reused and reused2 and key == key2
+    np.testing.assert_array_equal(first, again)
+    # order of rows follows the texts, even though batches are length-sorted
+    np.testing.assert_allclose(cached_embeddings(*args, TEXTS[::-1], 32, "mean")[0], first[::-1], atol=1e-5)
+    keys = {cached_embeddings(*args, TEXTS, n, p)[1] for n, p in [(32, "mean"), (16, "mean"), (32, "cls")]}
+    assert len(keys) == 3 and len(list(tmp_path.glob("*.npy"))) == 4
+
+
+@pytest.fixture(scope="module")
+def probe_run(tiny_modernbert, tmp_path_factory):
+    """One probe_encoder run on the synthetic CSVs (shared by the tests below)."""
+    tmp = tmp_path_factory.mktemp("probe")
+    train, test = synthetic_files(tmp)
+    out = tmp / "probe"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = load_recipe("probe_encoder").main(
+            probe_args(tiny_modernbert, train, test, out, tmp / "cache")
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return {"out": out, "metrics": metrics, "train": train, "test": test, "tmp": tmp}
+
+
+def probe_args(model, train, test, out, cache, *extra):
+    return [
+        "--config", str(REPO / "recipes/configs/probe_encoder.yaml"),
+        "--model_name_or_path", model, "--train_file", train, "--test_file", test,
+        "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
+        "--output_dir", str(out), "--do_predict", "--max_length", "64",
+        "--embedding_cache_dir", str(cache), "--grid_C", "0.1", "10", *extra,
+    ]  # fmt: skip
+
+
+def test_probe_recipe_end_to_end(probe_run, fast_bootstrap, one_torch_thread):
+    out, metrics = probe_run["out"], probe_run["metrics"]
+    for name in ["eval_results.json", "test_results.json", "predictions_test.npz", "config.json", *RUN_FILES]:
+        assert (out / name).is_file(), name
+    for split in ("eval", "test"):
+        assert REQUIRED_KEYS <= json.loads((out / f"{split}_results.json").read_text()).keys()
+    # the chosen setting is the grid's best on validation, and the report says so
+    config = json.loads((out / "run_config.json").read_text())
+    grid = config["grid"]
+    assert len(grid) == 2 * 3
+    best = max(grid, key=lambda r: r["val_macro_f1"])
+    assert metrics["validation"]["macro_f1"] == pytest.approx(best["val_macro_f1"], abs=1e-12)
+    report = (out / "report.md").read_text()
+    assert "Validation grid" in report and "test scored once" in report and "sqrt_inverse" in report
+    assert f"| {best['C']} | {best['class_weight']} | {best['val_macro_f1']:.4f} **(chosen)**" in report
+
+    # the saved folder is one model whose softmax reproduces the reported validation probabilities
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import longtail.probe  # noqa: F401
+    from longtail.data import DataArguments, prepare_data
+    from longtail.report import load_predictions
+
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    data = prepare_data(
+        DataArguments(
+            train_file=probe_run["train"],
+            test_file=probe_run["test"],
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+        )
+    )
+    texts = data.splits["validation"]["text"].tolist()[:40]
+    batch = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**batch).logits.softmax(-1).numpy()
+    saved = load_predictions(out / "predictions_validation.npz")
+    np.testing.assert_allclose(probs, saved["probs"][:40], atol=1e-4)
+    assert model.config.id2label[0] == data.label_names[0]
+
+
+def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_bootstrap, one_torch_thread):
+    out2 = probe_run["tmp"] / "probe2"
+    metrics = load_recipe("probe_encoder").main(
+        probe_args(tiny_modernbert, probe_run["train"], probe_run["test"], out2, probe_run["tmp"] / "cache")
+    )
+    assert "train reused, validation reused, test reused" in (out2 / "report.md").read_text()
+    assert metrics["test"]["macro_f1"] == pytest.approx(probe_run["metrics"]["test"]["macro_f1"], abs=1e-12)
+
+
+def test_probe_rejects_bad_options(tiny_modernbert, tmp_path):
+    recipe = load_recipe("probe_encoder")
+    train, test = synthetic_files(tmp_path)
+    with pytest.raises(ValueError, match="grid_class_weight.*inverse"):
+        recipe.main(
+            probe_args(
+                tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--grid_class_weight", "inverse"
+            )
+        )
+    with pytest.raises(ValueError, match="pooling"):
+        recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--pooling", "max"))
+
+
+# ---------------------------------------------------------------------------------------------
+# LP-FT
+# ---------------------------------------------------------------------------------------------
+
+
+def test_head_warmup_freezes_the_body_then_trains_everything(tiny_modernbert, tmp_path, one_torch_thread):
+    from transformers import TrainingArguments
+
+    from longtail.data import DataArguments, prepare_data
+    from longtail.losses import LossArguments
+    from longtail.lpft import head_parameters, warm_up_head
+    from longtail.training import (
+        ModelArguments,
+        load_classifier,
+        load_tokenizer,
+        long_tail_trainer,
+        tokenize_splits,
+    )
+
+    train, test = synthetic_files(tmp_path)
+    data = prepare_data(
+        DataArguments(
+            train_file=train,
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+            max_train_samples=96,
+        )
+    )
+    model_args = ModelArguments(model_name_or_path=tiny_modernbert)
+    tokenizer = load_tokenizer(model_args)
+    model = load_classifier(model_args, data.label_names, tokenizer)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), num_train_epochs=1, learning_rate=5e-3, per_device_train_batch_size=16,
+        report_to=[], save_strategy="no", eval_strategy="no", logging_steps=50, seed=0,
+    )  # fmt: skip
+    datasets = tokenize_splits(data, tokenizer, 32, args)
+    trainer = long_tail_trainer(model, args, data, datasets, tokenizer, LossArguments(), model_args)
+    head = head_parameters(model)
+    assert set(head) == {"head.dense.weight", "head.norm.weight", "classifier.weight", "classifier.bias"}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    metrics = warm_up_head(trainer, epochs=1, learning_rate=1e-2)
+    assert metrics["head_warmup_loss"] > 0
+    after = dict(model.named_parameters())
+    body = [n for n in before if n not in head]
+    assert body and all(torch.equal(before[n], after[n]) for n in body)  # frozen during the warm-up
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])  # the head learned
+    assert all(p.requires_grad for p in model.parameters())  # everything trainable again
+
+    warmed = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    moved = [n for n in body if not torch.equal(warmed[n], dict(model.named_parameters())[n])]
+    assert len(moved) == len(body)  # then the whole body fine-tunes
+
+
+def test_full_ft_from_probe_with_warmup_end_to_end(
+    probe_run, tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """LP-FT through the recipe: the probe's model (its fitted head) + one warm-up epoch + fine-tuning."""
+    out = tmp_path / "lpft"
+    recipe = load_recipe("full_ft_encoder")
+    args = encoder_args(
+        tiny_modernbert, probe_run["train"], probe_run["test"], out, "--head_init_from", str(probe_run["out"])
+    )
+    metrics = recipe.main([*args, "--head_warmup_epochs", "1", "--num_train_epochs", "1"])
+    assert REQUIRED_KEYS <= metrics["test"].keys()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "longtail_probe" and config["pooling"] == "mean"
+    report = (out / "report.md").read_text()
+    assert (
+        "head: the probe's" in report and "head warm-up: 1 fixed epoch" in report and "temperature" in report
+    )
+    train_results = json.loads((out / "train_results.json").read_text())
+    assert train_results["head_warmup_loss"] > 0
+
+
+def test_head_init_from_rejects_other_labels(probe_run, tiny_modernbert, tmp_path):
+    recipe = load_recipe("full_ft_encoder")
+    args = encoder_args(
+        tiny_modernbert,
+        probe_run["train"],
+        probe_run["test"],
+        tmp_path / "x",
+        "--head_init_from",
+        str(probe_run["out"]),
+    )
+    with pytest.raises(ValueError, match="probe's labels differ"):
+        recipe.main([*args, "--min_class_count", "40"])
+    with pytest.raises(ValueError, match="expected 'longtail_probe'"):
+        recipe.main(
+            [
+                *encoder_args(tiny_modernbert, probe_run["train"], probe_run["test"], tmp_path / "y"),
+                "--head_init_from",
+                tiny_modernbert,
+            ]
+        )
