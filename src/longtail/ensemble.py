@@ -21,7 +21,13 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from longtail.compare import CompareError, check_same_rows, load_tiers, read_run
-from longtail.metrics import classification_metrics, macro_f1, negative_log_likelihood, softmax
+from longtail.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    classification_metrics,
+    macro_f1,
+    negative_log_likelihood,
+    softmax,
+)
 
 
 def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -86,7 +92,9 @@ def build_ensemble(run_dirs: list[str], step: float = 0.1, do_test: bool = True)
     return out
 
 
-def write_outputs(result: dict, output_dir: Path, tiers: dict) -> dict:
+def write_outputs(
+    result: dict, output_dir: Path, tiers: dict, n_resamples: int = BOOTSTRAP_RESAMPLES
+) -> dict:
     from longtail.report import jsonable
     from longtail.runs import write_json
 
@@ -99,7 +107,7 @@ def write_outputs(result: dict, output_dir: Path, tiers: dict) -> dict:
             probs=probs.astype(np.float32),
             label_names=np.asarray(result["label_names"], dtype=str),
         )
-        metrics[split] = classification_metrics(y, probs, tiers)
+        metrics[split] = classification_metrics(y, probs, tiers, n_resamples=n_resamples)
     names = [Path(m).name for m in result["members"]]
     record = {
         "members": result["members"],
@@ -154,6 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--overwrite_output_dir", action="store_true")
     parser.add_argument("--weight_step", type=float, default=0.1, help="grid step of the member weights")
     parser.add_argument(
+        "--n_resamples", type=int, default=BOOTSTRAP_RESAMPLES, help="bootstrap resamples (CIs)"
+    )
+    parser.add_argument(
         "--no_test", action="store_true", help="validation only (members without a test split)"
     )
     args = parser.parse_args(argv)
@@ -168,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     except CompareError as err:
         parser.exit(2, f"ensemble: error: {err}\n")
     out = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
-    record = write_outputs(result, out, load_tiers(args.runs[0], result["label_names"]))
+    record = write_outputs(result, out, load_tiers(args.runs[0], result["label_names"]), args.n_resamples)
     print((out / "report.md").read_text("utf-8"))
     return record
 

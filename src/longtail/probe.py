@@ -114,7 +114,10 @@ class ProbeForSequenceClassification(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs = {}
-        if token_type_ids is not None and "token_type_ids" in inspect.signature(self.encoder.forward).parameters:
+        if (
+            token_type_ids is not None
+            and "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+        ):
             kwargs["token_type_ids"] = token_type_ids  # BERT uses them; ModernBERT and decoders take none
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         return pool(hidden, attention_mask, self.config.pooling)

@@ -1,0 +1,130 @@
+"""`python -m longtail.compare` and `python -m longtail.ensemble` on hand-made prediction files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from longtail.report import SplitResult, save_predictions
+
+LABELS = ["a", "b", "c"]
+
+
+def one_hot_probs(pred, sharp=0.8):
+    probs = np.full((len(pred), 3), (1 - sharp) / 2)
+    probs[np.arange(len(pred)), pred] = sharp
+    return probs
+
+
+def make_run(path, split_preds: dict, y: dict, labels=LABELS, row_ids=None):
+    path.mkdir(parents=True, exist_ok=True)
+    for split, pred in split_preds.items():
+        rows = np.arange(len(pred)) if row_ids is None else row_ids
+        probs = pred if np.ndim(pred) == 2 else one_hot_probs(np.asarray(pred))
+        save_predictions(path, SplitResult(split, np.asarray(y[split]), probs, None, row_ids=rows), labels)
+    return str(path)
+
+
+Y = {"test": [0, 0, 1, 1, 2, 2, 0, 1], "validation": [0, 1, 2, 0, 1, 2]}
+
+
+def test_compare_table_and_paired_deltas(tmp_path, capsys):
+    from longtail.compare import main
+    from longtail.metrics import macro_f1
+
+    ref = make_run(tmp_path / "tfidf", {"test": [0, 0, 0, 0, 0, 0, 0, 0]}, Y)
+    good = make_run(tmp_path / "probe", {"test": [0, 0, 1, 1, 2, 2, 0, 0]}, Y)
+    result = main([good, "--reference", ref, "--output_dir", str(tmp_path / "cmp"), "--n_resamples", "200"])
+    rows = {r["run"]: r for r in result["runs"]}
+    assert rows["tfidf"]["reference"] and rows["tfidf"]["macro_f1"] == pytest.approx(
+        macro_f1(Y["test"], [0] * 8)
+    )
+    expected = macro_f1(Y["test"], [0, 0, 1, 1, 2, 2, 0, 0]) - macro_f1(Y["test"], [0] * 8)
+    assert rows["probe"]["delta_macro_f1"]["delta"] == pytest.approx(expected)
+    assert rows["probe"]["delta_accuracy"]["delta"] == pytest.approx(7 / 8 - 3 / 8)
+    assert rows["probe"]["zero_f1_classes"] == 0 and rows["tfidf"]["zero_f1_classes"] == 2
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "tfidf **(ref)**" in md and "+0.500 [" in md  # accuracy delta
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["num_rows"] == 8
+    assert "Comparison on test" in capsys.readouterr().out
+
+
+def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):
+    from longtail.compare import CompareError, compare_runs
+
+    ref = make_run(tmp_path / "ref", {"test": [0, 1, 2, 0, 1, 2, 0, 1]}, Y)
+    order = np.array([7, 6, 5, 4, 3, 2, 1, 0])  # same rows, stored in reverse
+    y_rev = {"test": np.asarray(Y["test"])[order]}
+    shuffled = make_run(
+        tmp_path / "rev", {"test": np.array([0, 1, 2, 0, 1, 2, 0, 1])[order]}, y_rev, row_ids=order
+    )
+    rows = compare_runs([shuffled], ref, n_resamples=50)["runs"]
+    assert rows[1]["delta_macro_f1"]["delta"] == 0.0
+
+    other_labels = make_run(tmp_path / "lab", {"test": [0] * 8}, Y, labels=["a", "c", "b"])
+    with pytest.raises(CompareError, match="different label lists.*another order"):
+        compare_runs([other_labels], ref)
+    fewer = make_run(tmp_path / "few", {"test": [0] * 6}, {"test": Y["test"][:6]})
+    with pytest.raises(CompareError, match="different rows.*8 vs 6|6 vs 8"):
+        compare_runs([fewer], ref)
+    with pytest.raises(CompareError, match="no predictions_test.npz.*--do_predict"):
+        compare_runs([str(tmp_path / "missing")], ref)
+
+
+def test_compare_cli_error_is_one_line(tmp_path, capsys):
+    from longtail.compare import main
+
+    ref = make_run(tmp_path / "ref", {"test": [0] * 8}, Y)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "nothing"), "--reference", ref])
+    assert exit_info.value.code == 2
+    assert "compare: error:" in capsys.readouterr().err
+
+
+def test_temperature_and_weights_chosen_on_validation(tmp_path):
+    from longtail.ensemble import fit_temperature, main, simplex_grid, temper
+    from longtail.metrics import negative_log_likelihood
+
+    # over-confident probabilities: the fitted temperature is > 1 and lowers validation NLL
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3)) + 1.0 * np.eye(3)[y]
+    probs = np.exp(4 * logits) / np.exp(4 * logits).sum(1, keepdims=True)
+    t = fit_temperature(probs, y)
+    assert t > 1.5
+    assert negative_log_likelihood(temper(probs, t), y) < negative_log_likelihood(probs, y)
+    assert len(simplex_grid(3, 0.1)) == 66 and all(abs(sum(w) - 1) < 1e-9 for w in simplex_grid(3, 0.25))
+
+    # A is sure and right on validation rows 0-2 and unsure and wrong on rows 3-5; B the other way round. Alone
+    # each gets half the rows; mixed, the sure member wins every row, so an even mix scores 1.0
+    def member(right_rows, y_split):
+        probs = np.full((len(y_split), 3), 0.1)
+        for i, label in enumerate(y_split):
+            if i in right_rows:
+                probs[i, label] = 0.8
+            else:
+                probs[i] = [0.15] * 3
+                probs[i, label], probs[i, (label + 1) % 3] = 0.40, 0.45
+        return probs / probs.sum(1, keepdims=True)
+
+    y = {"validation": [0, 1, 2, 0, 1, 2], "test": [0, 1, 2, 0]}
+    a = make_run(tmp_path / "a", {s: member({0, 1, 2}, y[s]) for s in y}, y)
+    b = make_run(tmp_path / "b", {s: member({3, 4, 5}, y[s]) for s in y}, y)
+    record = main(
+        [a, b, "--output_dir", str(tmp_path / "ens"), "--weight_step", "0.25", "--n_resamples", "50"]
+    )
+    assert record["weights"] == {"a": 0.5, "b": 0.5}
+    assert record["temperatures"]["a"] == pytest.approx(record["temperatures"]["b"], rel=1e-6)
+    assert record["metrics"]["validation"]["macro_f1"] == 1.0
+    # on test, B is unsure and wrong on rows 0-2 and A sure and right: the mix follows A (1.0); B alone: 0.25
+    assert record["metrics"]["test"]["accuracy"] == 1.0
+    out = tmp_path / "ens"
+    for name in ("predictions_validation.npz", "predictions_test.npz", "ensemble.json", "report.md"):
+        assert (out / name).is_file(), name
+    assert "test scored once" in (out / "report.md").read_text()
+    # the ensemble's predictions go through compare next to a member
+    from longtail.compare import compare_runs
+
+    assert compare_runs([str(out)], a, n_resamples=20)["num_rows"] == 4
