@@ -295,3 +295,50 @@ def test_head_init_from_rejects_other_labels(probe_run, tiny_modernbert, tmp_pat
                 tiny_modernbert,
             ]
         )
+
+
+def test_head_warmup_with_lora_on_a_decoder_probe(tiny_qwen2, tmp_path, one_torch_thread):
+    """LP-FT with LoRA: a probe on a decoder (last-token pooling) wrapped in LoRA; the warm-up trains only
+    the saved head copy, not the adapter."""
+    from transformers import AutoModel, TrainingArguments
+
+    from longtail.adapters import AdapterArguments, add_lora
+    from longtail.data import DataArguments, prepare_data
+    from longtail.losses import LossArguments
+    from longtail.lpft import head_parameters, warm_up_head
+    from longtail.probe import ProbeForSequenceClassification
+    from longtail.training import ModelArguments, load_tokenizer, long_tail_trainer, tokenize_splits
+
+    train, _ = synthetic_files(tmp_path)
+    data = prepare_data(
+        DataArguments(
+            train_file=train,
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+            max_train_samples=64,
+        )
+    )
+    model_args = ModelArguments(model_name_or_path=tiny_qwen2)
+    tokenizer = load_tokenizer(model_args)
+    encoder = AutoModel.from_pretrained(tiny_qwen2)
+    encoder.config.pad_token_id = tokenizer.pad_token_id
+    n, hidden = len(data.label_names), encoder.config.hidden_size
+    probe = ProbeForSequenceClassification.from_encoder(
+        encoder, "last", np.zeros((n, hidden)), np.zeros(n), data.label_names
+    )
+    model = add_lora(probe, AdapterArguments())
+    head = head_parameters(model)
+    assert head and all("modules_to_save" in name for name in head)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), num_train_epochs=1, per_device_train_batch_size=16, report_to=[],
+        save_strategy="no", eval_strategy="no", label_names=["labels"],
+    )  # fmt: skip
+    datasets = tokenize_splits(data, tokenizer, 32, args)
+    trainer = long_tail_trainer(model, args, data, datasets, tokenizer, LossArguments(), model_args)
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    assert lora
+    warm_up_head(trainer, epochs=1, learning_rate=1e-2)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(lora[n], params[n]) for n in lora)  # adapter frozen during the warm-up
+    assert any(p.abs().sum() > 0 for p in head.values())  # the zero-initialised head learned
+    assert all(params[n].requires_grad for n in lora)

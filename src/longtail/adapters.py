@@ -425,6 +425,8 @@ def load_adapter_classifier(adapter_dir: str | Path, base_model: str | None = No
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    import longtail.probe  # noqa: F401  (registers longtail_probe: an LP-FT run's base may be a probe)
+
     base = base_model or base_model_of(adapter_dir)
     ensure_base_available(base, adapter_dir)
     if not (Path(adapter_dir) / "config.json").is_file():
