@@ -29,7 +29,13 @@ from trl import TrlParser
 from longtail.data import DataArguments, prepare_data, require_test_split
 from longtail.losses import class_weights
 from longtail.metrics import macro_f1, softmax
-from longtail.probe import POOLINGS, ProbeForSequenceClassification, cached_embeddings, default_pooling
+from longtail.probe import (
+    POOLINGS,
+    ProbeForSequenceClassification,
+    add_usage_to_card,
+    cached_embeddings,
+    default_pooling,
+)
 from longtail.report import SplitResult, summary_text, write_run_outputs
 from longtail.runs import (
     command_line,
@@ -260,7 +266,9 @@ def main(argv: list[str] | None = None) -> dict:
         command=command,
         data_description=source_description(data_args),
         sections=[grid_section(grid, chosen, pooling, reused)],
+        pipeline_example=False,  # the card's quick start below imports longtail.probe first
     )
+    add_usage_to_card(paths["card"], output_dir)
     write_run_files(
         output_dir,
         data,

@@ -175,6 +175,7 @@ def test_probe_recipe_end_to_end(probe_run, fast_bootstrap, one_torch_thread):
     saved = load_predictions(out / "predictions_validation.npz")
     np.testing.assert_allclose(probs, saved["probs"][:40], atol=1e-4)
     assert model.config.id2label[0] == data.label_names[0]
+    assert "import longtail.probe" in (out / "README.md").read_text()
 
 
 def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_bootstrap, one_torch_thread):

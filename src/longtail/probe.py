@@ -268,3 +268,26 @@ def load_probe_head(run_dir, label_names: list[str]) -> tuple[torch.Tensor, torc
         )
     state = load_file(str(run_dir / "model.safetensors"))
     return state["classifier.weight"], state["classifier.bias"], config.get("pooling", "mean")
+
+
+def add_usage_to_card(card: Path, model_dir) -> None:
+    """A quick start in the model card: the probe loads through the Auto classes once longtail.probe is imported."""
+    section = "\n".join(
+        [
+            "## Quick start",
+            "",
+            "```python",
+            "import longtail.probe  # registers model_type longtail_probe (no trust_remote_code needed)",
+            "from transformers import pipeline",
+            "",
+            f'clf = pipeline("text-classification", model="{model_dir}")',
+            'print(clf("I was charged a late fee although I paid on time.", top_k=3))',
+            "```",
+            "",
+        ]
+    )
+    text = Path(card).read_text("utf-8")
+    marker = "\n## Versions"
+    Path(card).write_text(
+        text.replace(marker, "\n" + section + marker, 1) if marker in text else text + section, "utf-8"
+    )
