@@ -78,6 +78,14 @@ def run_child(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.Compl
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
@@ -111,15 +119,17 @@ def reference(request, files, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"ref-{name}") / "run"
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(
-                    longtail.report,
-                    "score_split",
-                    functools.partial(longtail.report.score_split, n_resamples=100),
-                )
-                argv = recipe_argv(request, name, files, out, "--per_device_train_batch_size", "16")
-                load_recipe(name).main(argv)
-            torch.set_num_threads(threads)
+            try:
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(
+                        longtail.report,
+                        "score_split",
+                        functools.partial(longtail.report.score_split, n_resamples=100),
+                    )
+                    argv = recipe_argv(request, name, files, out, "--per_device_train_batch_size", "16")
+                    load_recipe(name).main(argv)
+            finally:
+                torch.set_num_threads(threads)
             runs[name] = out
         return runs[name]
 
@@ -184,11 +194,21 @@ def test_two_processes_match_one(name, request, files, reference, tmp_path):
     out, log = tmp_path / "ddp", tmp_path / "events.jsonl"
     argv = recipe_argv(request, name, files, out, "--per_device_train_batch_size", str(GLOBAL_BATCH // 2))
     argv += [*recipe.ddp_extra, "--push_to_hub", "--hub_model_id", "me/ddp-test"]
+    port = str(free_port())  # not the default 29500: other runs on this machine may hold it
     if recipe.launcher == "accelerate":
         config = str(ACCELERATE_CONFIGS / "cpu_multi_process.yaml")
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
+        launch += ["--main_process_port", port]
     else:
-        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+        ]
     done = run_child([*launch, str(LAUNCHER), name, *argv], child_env(LONGTAIL_TEST_EVENTS=str(log)))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
@@ -198,6 +218,11 @@ def test_two_processes_match_one(name, request, files, reference, tmp_path):
     state = json.loads((out / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
     ref_state = json.loads((ref / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
     assert state["epoch"] == pytest.approx(ref_state["epoch"], abs=1e-9)
+    if "--gradient_checkpointing" in recipe.ddp_extra:
+        training = json.loads((out / "run_config.json").read_text())["training"]
+        assert training["gradient_checkpointing"] and training["gradient_checkpointing_kwargs"] == {
+            "use_reentrant": False
+        }
     # results, reports and the Hub push happen once, on the main process
     assert sorted(e["event"] for e in seen) == sorted(
         ["write_run_outputs", "write_run_files", "hub_login", "hub_create_repo", "hub_upload_folder"]
