@@ -39,6 +39,7 @@ class Recipe:
     model_fixture: str
     args: object  # (model, train, test, out, *extra) -> argv
     launcher: str  # how the two-process test starts it: "accelerate" (cpu_multi_process.yaml) or "torchrun"
+    extra: tuple = ()  # options every run of this recipe adds
     ddp_extra: tuple = ()  # options only the two-process run adds
 
 
@@ -48,6 +49,7 @@ RECIPES = {
         "tiny_qwen2",
         functools.partial(decoder_args, "lora_decoder"),
         "torchrun",
+        extra=("--lora_dropout", "0"),  # dropout draws differ per process; the comparisons need none
         ddp_extra=("--gradient_checkpointing", "true"),  # + LoRA + DDP: needs use_reentrant=False
     ),
     # "distill": Recipe("tiny_modernbert", distill_args, "torchrun"),  # when recipes/distill.py lands
@@ -57,10 +59,7 @@ RECIPES = {
 def recipe_argv(request, name: str, files, out: Path, *extra: str) -> list[str]:
     recipe = RECIPES[name]
     model = request.getfixturevalue(recipe.model_fixture)
-    argv = recipe.args(model, *files, out, *QUICK, *extra)
-    if name != "full_ft_encoder":
-        argv += ["--lora_dropout", "0"]  # dropout draws differ per process; the comparisons need none
-    return argv
+    return recipe.args(model, *files, out, *QUICK, *recipe.extra, *extra)
 
 
 def child_env(**extra) -> dict:
