@@ -26,6 +26,15 @@ demo: install demo-assets
 	$(OFFLINE) $(PYTHON) recipes/full_ft_encoder.py --config recipes/configs/full_ft_encoder_demo.yaml \
 		--model_name_or_path "$(MINILM_DIR)" --output_dir $(DEMO_OUT)/full_ft_encoder --overwrite_output_dir
 
+# The demo's fine-tuning again as 2 CPU processes over gloo (DDP), launched by accelerate with the same
+# global batch (2 x 16); its own folder, replaced on each run.
+.PHONY: demo-ddp
+demo-ddp: install demo-assets
+	$(OFFLINE) $(PYTHON) -m accelerate.commands.launch --config_file accelerate_configs/cpu_multi_process.yaml \
+		recipes/full_ft_encoder.py --config recipes/configs/full_ft_encoder_demo.yaml \
+		--model_name_or_path "$(MINILM_DIR)" --per_device_train_batch_size 16 \
+		--output_dir $(DEMO_OUT)/full_ft_encoder_ddp --overwrite_output_dir
+
 test: install-dev
 	$(OFFLINE) $(PYTHON) -m pytest -q -p no:cacheprovider
 

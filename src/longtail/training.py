@@ -172,6 +172,8 @@ def start_run(training_args: TrainingArguments, mixed_precision: str) -> tuple[T
     """
     import transformers
 
+    from longtail.checkpoints import resolve_resume
+    from longtail.distributed import check_distributed
     from longtail.runs import prepare_output_dir
 
     logging.basicConfig(
@@ -183,11 +185,16 @@ def start_run(training_args: TrainingArguments, mixed_precision: str) -> tuple[T
     training_args.push_to_hub = False
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per epoch
+    check_distributed(training_args)
+    # "true" -> the newest complete checkpoint in output_dir (a half-written one is skipped, with a warning)
+    training_args.resume_from_checkpoint = resolve_resume(
+        training_args.resume_from_checkpoint, training_args.output_dir
+    )
     if training_args.process_index == 0:
         prepare_output_dir(
             training_args.output_dir,
             training_args.overwrite_output_dir,
-            bool(training_args.resume_from_checkpoint),
+            training_args.resume_from_checkpoint is not None,
         )
     transformers.set_seed(training_args.seed)
     return training_args, push
