@@ -89,7 +89,9 @@ def train_vanilla(training_args, data, datasets, model_args, loss_args) -> np.nd
     val = data.splits["validation"]
     probs = predict_probs(trainer, datasets["validation"])
     if trainer.is_world_process_zero():  # reusable later as --vanilla_run <output_dir>/vanilla
-        result = SplitResult("validation", val["label_id"].to_numpy(), probs, val["text"], row_ids=val["row_id"])
+        result = SplitResult(
+            "validation", val["label_id"].to_numpy(), probs, val["text"], row_ids=val["row_id"]
+        )
         save_predictions(args.output_dir, result, data.label_names)
     return probs
 
@@ -184,11 +186,14 @@ def main(argv: list[str] | None = None) -> dict:
                 reference={"teacher": softmax(logits["validation"].astype(np.float64))},
             )
             plot_reliability(
-                out / "reliability_comparison.png", {k: (v, comparison.y_true) for k, v in comparison.arms.items()}
+                out / "reliability_comparison.png",
+                {k: (v, comparison.y_true) for k, v in comparison.arms.items()},
             )
             text = comparison_markdown(comparison, teacher_info, vanilla_source, distill_args)
             (out / "comparison.md").write_text(text, "utf-8")
-            sections.append("## Distillation comparison\n\nSee `comparison.md` and `reliability_comparison.png`.\n")
+            sections.append(
+                "## Distillation comparison\n\nSee `comparison.md` and `reliability_comparison.png`.\n"
+            )
         info = run_info("distill", trainer, train_result, model_args, data_args, loss_args, started)
         info.update(
             {

@@ -46,7 +46,9 @@ def _p(z, temp):
 
 def test_hand_values_are_what_the_comment_says():
     ps, pt = _p(S, T), _p(TCH, T)
-    assert sum(a * math.log(a / b) for a, b in zip(pt, ps, strict=True)) == pytest.approx(KL_BY_HAND, abs=1e-15)
+    assert sum(a * math.log(a / b) for a, b in zip(pt, ps, strict=True)) == pytest.approx(
+        KL_BY_HAND, abs=1e-15
+    )
     assert math.log(math.e + math.e**2 + 1) - 2 == pytest.approx(CE_BY_HAND, abs=1e-15)
     assert ALPHA * T**2 * KL_BY_HAND + (1 - ALPHA) * CE_BY_HAND == pytest.approx(LOSS_BY_HAND, abs=1e-15)
 
@@ -63,11 +65,15 @@ def test_distillation_loss_hand_computed():
     s2, t2 = torch.tensor([S, [3.0, 0.0, 0.0]]), torch.tensor([TCH, [3.0, 0.0, 0.0]])
     ce2 = math.log(1 + 2 * math.exp(-3))
     expected = ALPHA * T**2 * KL_BY_HAND / 2 + (1 - ALPHA) * (CE_BY_HAND + ce2) / 2
-    assert distillation_loss(s2, t2, torch.tensor([Y, 0]), T, ALPHA).item() == pytest.approx(expected, abs=1e-6)
+    assert distillation_loss(s2, t2, torch.tensor([Y, 0]), T, ALPHA).item() == pytest.approx(
+        expected, abs=1e-6
+    )
 
 
 def _missing_t2(s, t, temp):
-    return F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), reduction="batchmean", log_target=True)
+    return F.kl_div(
+        F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), reduction="batchmean", log_target=True
+    )
 
 
 def _reversed_kl(s, t, temp):
@@ -199,7 +205,9 @@ def test_precomputed_logits_file_and_run_folder(tmp_path):
     train, test = synthetic_files(tmp_path)
     data = _data(train, test)
     rng = np.random.default_rng(0)
-    logits = {s: rng.normal(size=(len(data.splits[s]), len(data.label_names))) for s in ("train", "validation")}
+    logits = {
+        s: rng.normal(size=(len(data.splits[s]), len(data.label_names))) for s in ("train", "validation")
+    }
     path = write_logits_file(tmp_path / "t.parquet", logits, data, {"teacher": "x"})
     loaded = load_precomputed(path, data)
     np.testing.assert_allclose(loaded["validation"], logits["validation"], rtol=1e-6)
@@ -222,7 +230,9 @@ def test_precomputed_logits_file_and_run_folder(tmp_path):
         df = data.splits[split]
         probs = np.exp(logits[split]) / np.exp(logits[split]).sum(1, keepdims=True)
         save_predictions(
-            run, SplitResult(split, df["label_id"].to_numpy(), probs, df["text"], row_ids=df["row_id"]), data.label_names
+            run,
+            SplitResult(split, df["label_id"].to_numpy(), probs, df["text"], row_ids=df["row_id"]),
+            data.label_names,
         )
     from_run = load_precomputed(run, data)
     gap = from_run["validation"] - logits["validation"]  # log-probabilities: logits up to a per-row shift
@@ -310,7 +320,14 @@ def test_distill_recipe_end_to_end(
     calls.clear()
     again = recipe.main(
         distill_args(
-            tiny_modernbert, teacher, train, test, out, "--overwrite_output_dir", "--vanilla_run", str(out / "vanilla")
+            tiny_modernbert,
+            teacher,
+            train,
+            test,
+            out,
+            "--overwrite_output_dir",
+            "--vanilla_run",
+            str(out / "vanilla"),
         )
     )
     assert again["teacher"]["cache_status"] == "reused" and calls

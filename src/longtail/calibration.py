@@ -231,7 +231,11 @@ def calibration_section(cal: Calibration, test: tuple[np.ndarray, np.ndarray] | 
         f"One temperature **T = {t:.3f}** (saved as `{TEMPERATURE_FILE}`; probabilities = softmax(logits / T)) "
         f"was fitted by LBFGS on the NLL of a fixed random half of validation ({len(cal.fit_rows)} rows) and "
         f"is scored on the other half ({len(cal.score_rows)} rows). "
-        + ("T > 1: the raw model was over-confident." if t > 1 else "T < 1: the raw model was under-confident.")
+        + (
+            "T > 1: the raw model was over-confident."
+            if t > 1
+            else "T < 1: the raw model was under-confident."
+        )
         + " Scaling never changes the predicted class, so macro-F1 and accuracy do not move.",
         "",
         "| rows | ECE | NLL | macro-F1 |",

@@ -221,7 +221,11 @@ def label_columns(
             f"({len(student_labels)} labels) differ: "
             + "; ".join(parts)
             + ". Train both on the same data and label options"
-            + ("" if missing else ", or pass --teacher_drop_extra_labels true to ignore the teacher's extra ones")
+            + (
+                ""
+                if missing
+                else ", or pass --teacher_drop_extra_labels true to ignore the teacher's extra ones"
+            )
             + "."
         )
     if extra:
@@ -369,7 +373,9 @@ def load_precomputed(path, data: PreparedData, drop_extra: bool = False) -> dict
     return {s: v[:, cols] for s, v in align_rows(by_split, data, str(path)).items()}
 
 
-def load_run_predictions(run_dir: Path, data: PreparedData, drop_extra: bool = False) -> dict[str, np.ndarray]:
+def load_run_predictions(
+    run_dir: Path, data: PreparedData, drop_extra: bool = False
+) -> dict[str, np.ndarray]:
     """A finished run (e.g. the TF-IDF baseline with --predict_train true) as the teacher: its saved
     probabilities per row; its gold labels must match the student's rows (same data, same split)."""
     from longtail.calibration import log_probs
@@ -457,7 +463,10 @@ def teacher_logits(
     max_length = args.teacher_max_length or max_length
     # check the label maps from the config before loading any weights
     cols = label_columns(
-        config_labels(AutoConfig.from_pretrained(teacher)), data.label_names, teacher, args.teacher_drop_extra_labels
+        config_labels(AutoConfig.from_pretrained(teacher)),
+        data.label_names,
+        teacher,
+        args.teacher_drop_extra_labels,
     )
     fingerprint = _digest(
         teacher_fingerprint(teacher, args.teacher_base_model),
@@ -481,7 +490,10 @@ def teacher_logits(
         logits[split] = teacher_forward(model, tokenizer, texts, max_length, args.teacher_batch_size)[:, cols]
     del model
     write_logits_file(
-        cache, logits, data, {"fingerprint": fingerprint, "teacher": info["teacher"], "max_length": max_length}
+        cache,
+        logits,
+        data,
+        {"fingerprint": fingerprint, "teacher": info["teacher"], "max_length": max_length},
     )
     logger.info("Teacher logits cached in %s", cache)
     return logits, {**info, "cache_status": "computed"}
