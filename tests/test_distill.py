@@ -271,10 +271,10 @@ def distill_args(student, teacher, train, test, out, *extra):
 def test_distill_recipe_end_to_end(
     tiny_qwen2, tiny_modernbert, tmp_path, one_torch_thread, fast_bootstrap, monkeypatch
 ):
-    import longtail.calibration
     import longtail.distill
+    import longtail.metrics
 
-    monkeypatch.setattr(longtail.calibration, "BOOTSTRAP_RESAMPLES", 100)
+    monkeypatch.setattr(longtail.metrics, "BOOTSTRAP_RESAMPLES", 100)
     calls = []
     real_loss = longtail.distill.distillation_loss
 

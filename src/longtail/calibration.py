@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from longtail import metrics
 from longtail.metrics import (
-    BOOTSTRAP_RESAMPLES,
     expected_calibration_error,
     macro_f1,
     negative_log_likelihood,
@@ -198,7 +198,7 @@ def paired_delta(
         np.arange(n),
         np.arange(n) + n,
         metric=by_index,
-        n_resamples=n_resamples or BOOTSTRAP_RESAMPLES,
+        n_resamples=n_resamples or metrics.BOOTSTRAP_RESAMPLES,
     )
 
 
@@ -330,11 +330,20 @@ def compare_arms(
     scores = {name: score_probs(p, y) for name, p in arms.items()}
     for name, p in (reference or {}).items():
         scores[name] = score_probs(np.asarray(p)[score_rows], y)
-    rows = [
-        (a, b, metric, paired_delta(y, arms[a], arms[b], fn))
-        for a, b in deltas
-        for metric, fn in DELTA_METRICS.items()
-    ]
+    rows, memo = [], {}
+    for a, b in deltas:
+        for metric, fn in DELTA_METRICS.items():
+            pred_a, pred_b = arms[a].argmax(axis=1), arms[b].argmax(axis=1)
+            if metric == "macro-F1":
+                # depends on the predictions only: +T arms share their raw arm's, so most pairs repeat
+                key = (pred_a.tobytes(), pred_b.tobytes())
+                if (pred_a == pred_b).all():
+                    memo[key] = {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0}
+                if key not in memo:
+                    memo[key] = paired_bootstrap(y, pred_a, pred_b, n_resamples=metrics.BOOTSTRAP_RESAMPLES)
+                rows.append((a, b, metric, memo[key]))
+            else:
+                rows.append((a, b, metric, paired_delta(y, arms[a], arms[b], fn)))
     lines = [
         "| arm | T | ECE | NLL | macro-F1 | accuracy |",
         "|---|---|---|---|---|---|",
