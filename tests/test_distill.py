@@ -335,3 +335,20 @@ def test_distill_recipe_end_to_end(
     assert again["validation"]["macro_f1"] == pytest.approx(metrics["validation"]["macro_f1"], abs=1e-9)
     # the vanilla arm read back (probabilities stored as float32) scores as when it was trained
     assert again["comparison"]["vanilla"] == pytest.approx(metrics["comparison"]["vanilla"], rel=1e-6)
+
+
+def test_kd_step_bench_smoke(tiny_modernbert, tmp_path, one_torch_thread):
+    """bench/kd_step.py runs and writes its ratio (a smoke test: the timing itself is not asserted)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kd_step", REPO / "bench" / "kd_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--model_dir", tiny_modernbert, "--batch_size", "2", "--seq_len", "16", "--num_labels", "5"]
+    assert bench.main([*argv, "--warmup", "1", "--rounds", "2", "--output_dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "kd_step.json").read_text())
+    assert (
+        report["kd_over_ce"] > 0
+        and report["rounds"] == 2
+        and "KD / CE" in (tmp_path / "kd_step.md").read_text()
+    )

@@ -4,7 +4,7 @@ Contract shared by the recipes, `predict` and the benchmarks: a model folder may
 `temperature.json` = {"temperature": T, ...}; probabilities are softmax(logits / T). No file means T = 1.
 
 How T is fitted (`calibrate`): validation is cut in two fixed random halves; one T minimises the NLL
-(LBFGS on log T) on the calibration half, and every before/after number is measured on the other,
+(L-BFGS on log T) on the calibration half, and every before/after number is measured on the other,
 scoring half, so the gain is not measured on the rows it was fitted to. Temperature scaling never
 changes the argmax: accuracy and macro-F1 stay put, only the confidences move.
 Works from probabilities as well as logits: softmax(log p / T) is the same family, which lets the
@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from longtail import metrics
 from longtail.metrics import (
@@ -74,23 +72,30 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=np.float64) / temperature)
 
 
-def fit_temperature(logits: np.ndarray, y_true: np.ndarray, max_iter: int = 200) -> float:
-    """The T > 0 minimising the mean NLL of softmax(logits / T), by LBFGS on log T (so T stays positive)."""
-    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
-    y = torch.as_tensor(np.asarray(y_true, dtype=np.int64))
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """The T > 0 minimising the mean NLL of softmax(logits / T): L-BFGS (scipy) on u = log T, so T stays
+    positive, with the exact gradient d NLL / du = mean(z_y - E_p[z]) / T."""
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
     if len(y) == 0:
         raise ValueError("fit_temperature needs at least one row")
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+    z_true = z[np.arange(len(y)), y]
 
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
+    def nll_and_grad(u):
+        t = float(np.exp(u[0]))
+        lse = logsumexp(z / t, axis=1)
+        p = np.exp(z / t - lse[:, None])
+        nll = float(np.mean(lse - z_true / t))
+        return nll, np.array([np.mean(z_true - (p * z).sum(axis=1)) / t])
 
-    optimizer.step(closure)
-    return float(log_t.detach().exp())
+    # T in [e^-6, e^6]: beyond that the model is constant or one-hot and T carries no information
+    res = minimize(
+        nll_and_grad, x0=[0.0], jac=True, method="L-BFGS-B", bounds=[(-6.0, 6.0)], options={"gtol": 1e-10}
+    )
+    return float(np.exp(res.x[0]))
 
 
 def calibration_halves(n: int, seed: int = CALIBRATION_SEED) -> tuple[np.ndarray, np.ndarray]:

@@ -100,6 +100,9 @@ class DistillArguments:
     )
 
     def __post_init__(self):
+        for name in ("teacher_model_name_or_path", "teacher_logits", "vanilla_run"):
+            if getattr(self, name) in ("", "none", "None"):  # lets the command line unset a YAML value
+                setattr(self, name, None)
         if bool(self.teacher_model_name_or_path) == bool(self.teacher_logits):
             raise ValueError("Pass exactly one of --teacher_model_name_or_path and --teacher_logits")
         if not self.kd_temperature > 0:
