@@ -352,3 +352,39 @@ def test_kd_step_bench_smoke(tiny_modernbert, tmp_path, one_torch_thread):
         and report["rounds"] == 2
         and "KD / CE" in (tmp_path / "kd_step.md").read_text()
     )
+
+
+def test_lora_teacher_run_folder(tiny_qwen2, tmp_path, one_torch_thread):
+    """A LoRA run folder (adapter + head + config.json with the labels) serves as the teacher: its logits are
+    those of the adapter on its base, and its label map is checked like a full model's."""
+    from transformers import AutoModelForSequenceClassification
+
+    from longtail.adapters import AdapterArguments, add_lora
+    from longtail.distill import load_teacher, teacher_forward
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    base = save_teacher(tiny_qwen2, tmp_path / "base", data.label_names)
+    lora = add_lora(AutoModelForSequenceClassification.from_pretrained(base), AdapterArguments())
+    with torch.no_grad():  # a trained-looking adapter: B != 0, so it changes the logits
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    run = tmp_path / "lora_run"
+    lora.save_pretrained(run)
+    lora.get_base_model().config.save_pretrained(run)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(base).save_pretrained(run)
+    texts = data.splits["validation"]["text"].tolist()[:8]
+    model, tok, labels = load_teacher(str(run))
+    assert labels == data.label_names
+    lora.eval()
+    expected = teacher_forward(lora, tok, texts, 32, 4)
+    np.testing.assert_allclose(teacher_forward(model, tok, texts, 32, 4), expected, atol=1e-5)
+    plain = teacher_forward(*load_teacher(base)[:2], texts, 32, 4)
+    assert np.abs(plain - expected).max() > 1e-3  # the adapter was applied
+    logits, info = teacher_logits(
+        DistillArguments(teacher_model_name_or_path=str(run)), data, tmp_path / "o", 32
+    )
+    np.testing.assert_allclose(logits["validation"][:8], expected, atol=1e-5)
