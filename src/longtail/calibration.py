@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 TEMPERATURE_FILE = "temperature.json"
 CALIBRATION_SEED = 0
-GATING_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+GATING_THRESHOLDS = (0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 MIN_ROWS = 20  # below this a fitted T says nothing: skip calibration
 
 
