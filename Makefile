@@ -26,15 +26,6 @@ demo: install demo-assets
 	$(OFFLINE) $(PYTHON) recipes/full_ft_encoder.py --config recipes/configs/full_ft_encoder_demo.yaml \
 		--model_name_or_path "$(MINILM_DIR)" --output_dir $(DEMO_OUT)/full_ft_encoder --overwrite_output_dir
 
-# Distil the TF-IDF demo run (teacher, given as its saved train/validation predictions) into MiniLM on the
-# synthetic demo set, with the vanilla / +T comparison (comparison.md).
-demo-distill: install demo-assets
-	$(OFFLINE) $(PYTHON) recipes/baseline_tfidf.py --config recipes/configs/baseline_tfidf_demo.yaml \
-		--output_dir $(DEMO_OUT)/baseline_tfidf --overwrite_output_dir --predict_train true
-	$(OFFLINE) $(PYTHON) recipes/distill.py --config recipes/configs/distill_demo.yaml \
-		--model_name_or_path "$(MINILM_DIR)" --teacher_logits $(DEMO_OUT)/baseline_tfidf \
-		--output_dir $(DEMO_OUT)/distill --overwrite_output_dir
-
 test: install-dev
 	$(OFFLINE) $(PYTHON) -m pytest -q -p no:cacheprovider
 
@@ -51,6 +42,15 @@ bench-train-memory: install
 # bench_results/kd_step.{md,json} (target ratio <= 1.1). About 2 min on 2 CPU cores.
 bench-kd: install demo-assets
 	$(OFFLINE) $(PYTHON) bench/kd_step.py --model_dir "$(MINILM_DIR)"
+
+# Distil the TF-IDF demo run (teacher, given as its saved train/validation predictions) into MiniLM on the
+# synthetic demo set, with the vanilla / +T comparison (comparison.md).
+demo-distill: install demo-assets
+	$(OFFLINE) $(PYTHON) recipes/baseline_tfidf.py --config recipes/configs/baseline_tfidf_demo.yaml \
+		--output_dir $(DEMO_OUT)/baseline_tfidf --overwrite_output_dir --predict_train true
+	$(OFFLINE) $(PYTHON) recipes/distill.py --config recipes/configs/distill_demo.yaml \
+		--model_name_or_path "$(MINILM_DIR)" --teacher_logits $(DEMO_OUT)/baseline_tfidf \
+		--output_dir $(DEMO_OUT)/distill --overwrite_output_dir
 
 lint:
 	ruff check . && ruff format --check .
