@@ -39,7 +39,7 @@ bench-train-memory: install
 	$(OFFLINE) $(PYTHON) bench/train_memory.py --shared_dir ../shared --repeats 3
 
 # A distillation step vs a plain CE step of the same student (MiniLM) with cached teacher logits; writes
-# bench_results/kd_step.{md,json} (target ratio <= 1.1). About 2 min on 2 CPU cores.
+# bench_results/kd_step.{md,json} (target ratio <= 1.1). A few minutes on 2 CPU cores.
 bench-kd: install demo-assets
 	$(OFFLINE) $(PYTHON) bench/kd_step.py --model_dir "$(MINILM_DIR)"
 
