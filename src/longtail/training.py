@@ -201,23 +201,34 @@ def start_run(training_args: TrainingArguments, mixed_precision: str) -> tuple[T
 
 
 def long_tail_trainer(
-    model, training_args, data: PreparedData, datasets: dict, tokenizer, loss_args, model_args
+    model,
+    training_args,
+    data: PreparedData,
+    datasets: dict,
+    tokenizer,
+    loss_args,
+    model_args,
+    trainer_class=None,
+    data_collator=None,
+    **trainer_kwargs,
 ):
-    """A LongTailTrainer on the train/validation splits with macro-F1 metrics and dynamic padding."""
+    """A LongTailTrainer (or a subclass, e.g. DistillationTrainer) on the train/validation splits with
+    macro-F1 metrics and dynamic padding."""
     from longtail.losses import LongTailTrainer
     from longtail.metrics import assign_tiers, trainer_compute_metrics
 
-    return LongTailTrainer(
+    return (trainer_class or LongTailTrainer)(
         model=model,
         args=training_args,
         train_dataset=datasets["train"],
         eval_dataset=datasets["validation"],
         processing_class=tokenizer,
-        data_collator=padding_collator(tokenizer),
+        data_collator=data_collator or padding_collator(tokenizer),
         compute_metrics=trainer_compute_metrics(assign_tiers(data.train_counts)),
         callbacks=callbacks(model_args),
         loss_args=loss_args,
         train_counts=data.train_counts,
+        **trainer_kwargs,
     )
 
 
