@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import transformers
 from transformers import TrainingArguments
-from trl import TrlParser
 
 from longtail.calibration import compare_arms
 from longtail.data import DataArguments, DataError, prepare_data
@@ -37,6 +36,7 @@ from longtail.distill import (
     label_columns,
     teacher_logits,
 )
+from longtail.distributed import parse_recipe_args
 from longtail.losses import LossArguments
 from longtail.metrics import softmax
 from longtail.posthoc import adjust_on_validation
@@ -117,8 +117,7 @@ def comparison_markdown(comparison, info: dict, vanilla_source: str, distill_arg
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
-    parser = TrlParser(PARSER_TYPES)
-    data_args, model_args, distill_args, loss_args, training_args = parser.parse_args_and_config(argv)
+    data_args, model_args, distill_args, loss_args, training_args = parse_recipe_args(PARSER_TYPES, argv)
     training_args, push = start_run(training_args, model_args.mixed_precision)
     command = command_line("recipes/distill.py", argv)
     started = time.time()
