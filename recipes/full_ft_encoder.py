@@ -13,9 +13,9 @@ import sys
 import time
 
 from transformers import TrainingArguments
-from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data
+from longtail.distributed import parse_recipe_args
 from longtail.losses import LossArguments
 from longtail.lpft import LPFTArguments, load_model, selection_note
 from longtail.lpft import train as lpft_train
@@ -39,8 +39,7 @@ PARSER_TYPES = (DataArguments, ModelArguments, LossArguments, LPFTArguments, Tra
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
-    parser = TrlParser(PARSER_TYPES)
-    data_args, model_args, loss_args, lpft_args, training_args = parser.parse_args_and_config(argv)
+    data_args, model_args, loss_args, lpft_args, training_args = parse_recipe_args(PARSER_TYPES, argv)
     training_args, push = start_run(training_args, model_args.mixed_precision)
     command = command_line("recipes/full_ft_encoder.py", argv)
     started = time.time()

@@ -17,7 +17,6 @@ import sys
 import time
 
 from transformers import TrainingArguments
-from trl import TrlParser
 
 from longtail.adapters import (
     AdapterArguments,
@@ -28,6 +27,7 @@ from longtail.adapters import (
     save_adapter,
 )
 from longtail.data import DataArguments, prepare_data
+from longtail.distributed import parse_recipe_args
 from longtail.losses import LossArguments
 from longtail.lpft import LPFTArguments, load_model, selection_note
 from longtail.lpft import train as lpft_train
@@ -58,9 +58,8 @@ PARSER_TYPES = (
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
-    parser = TrlParser(PARSER_TYPES)
-    data_args, model_args, adapter_args, loss_args, lpft_args, training_args = parser.parse_args_and_config(
-        argv
+    data_args, model_args, adapter_args, loss_args, lpft_args, training_args = parse_recipe_args(
+        PARSER_TYPES, argv
     )
     training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision)
     command = command_line("recipes/lora_decoder.py", argv)

@@ -17,7 +17,6 @@ import sys
 import time
 
 from transformers import TrainingArguments
-from trl import TrlParser
 
 from longtail.adapters import (
     AdapterArguments,
@@ -31,6 +30,7 @@ from longtail.adapters import (
     save_adapter,
 )
 from longtail.data import DataArguments, prepare_data
+from longtail.distributed import parse_recipe_args
 from longtail.losses import LossArguments
 from longtail.posthoc import adjust_on_validation
 from longtail.report import summary_text
@@ -59,7 +59,7 @@ PARSER_TYPES = (
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config (and fail before loading data when bitsandbytes is missing) -------------
-    parsed = TrlParser(PARSER_TYPES).parse_args_and_config(argv)
+    parsed = parse_recipe_args(PARSER_TYPES, argv)
     data_args, model_args, adapter_args, quant_args, loss_args, training_args = parsed
     require_bitsandbytes()
     training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision)

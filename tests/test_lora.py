@@ -318,6 +318,7 @@ def test_lora_decoder_end_to_end(tiny_qwen2, tmp_path, monkeypatch, fast_bootstr
     )
     torch.testing.assert_close(logits(merged, tokenizer), trained, rtol=0, atol=1e-5)
     assert 'model="me/lora-test-merged"' in (out / "merged" / "README.md").read_text()
+    assert (out / "merged" / "temperature.json").read_text() == (out / "temperature.json").read_text()
     clf = pipeline("text-classification", model=str(out / "merged"), device="cpu")
     assert clf(TEXTS)[0]["label"] in merged.config.id2label.values()
 

@@ -125,3 +125,24 @@ def test_qlora_decoder_end_to_end(tiny_qwen2, tmp_path, monkeypatch, fast_bootst
         logits(merged, tokenizer, TEXTS), logits(full, tokenizer, TEXTS), rtol=0, atol=1e-5
     )
     assert merged.config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_bf16_checkpoint_loads_without_an_fp32_copy_and_keeps_its_embedding_table(tiny_qwen2, tmp_path):
+    """A bf16 checkpoint (like the real Qwen2.5) loads in bf16 (no fp32 copy before quantizing); the frozen
+    embedding table stays bf16 and changes no value: the same model with the table upcast gives equal logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    bf16_dir = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.bfloat16).save_pretrained(bf16_dir)
+    AutoTokenizer.from_pretrained(tiny_qwen2).save_pretrained(bf16_dir)
+    model_args = ModelArguments(model_name_or_path=str(bf16_dir))
+    tokenizer = load_tokenizer(model_args)
+    args = TrainingArguments(output_dir="unused", gradient_checkpointing=True, report_to="none")
+    torch.manual_seed(0)
+    model = load_quantized_classifier(model_args, QuantizationArguments(), ["a", "b", "c"], tokenizer, args)
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.model.norm.weight.dtype == torch.float32 and model.score.weight.dtype == torch.float32
+    model.eval()
+    kept = logits(model, tokenizer, TEXTS)
+    model.get_input_embeddings().to(torch.float32)
+    torch.testing.assert_close(kept, logits(model, tokenizer, TEXTS), rtol=0, atol=0)

@@ -37,6 +37,7 @@ RUN_FILES = [
     "splits.json",
     "run_config.json",
     "predictions_validation.npz",
+    "temperature.json",
 ]
 
 

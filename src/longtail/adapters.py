@@ -329,6 +329,10 @@ def compute_dtype(choice: str = "auto") -> torch.dtype:
     return COMPUTE_DTYPES[choice]
 
 
+def _upcast_output(module, inputs, output):
+    return output.to(torch.float32)
+
+
 def load_quantized_classifier(
     model_args, quant_args: QuantizationArguments, label_names, tokenizer, training_args
 ):
@@ -356,15 +360,25 @@ def load_quantized_classifier(
         label_names,
         tokenizer,
         quantization_config=bnb_config,
-        dtype=dtype,
+        # the unquantized modules in the checkpoint's own dtype (bf16 for Qwen2.5): a float32 load would
+        # materialise the whole model in fp32 before quantizing it, doubling the load peak for nothing
+        dtype="auto",
         device_map={"": training_args.local_process_index} if torch.cuda.is_available() else None,
     )
+    embedding_dtype = model.get_input_embeddings().weight.dtype
     # freezes the base, casts every non-4-bit parameter (norms, embeddings, the head) to float32
     model = prepare_model_for_kbit_training(
         model,
         use_gradient_checkpointing=training_args.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
+    # The frozen embedding table is the largest unquantized tensor (136M of Qwen2.5-0.5B's 494M
+    # parameters). Kept in the checkpoint's dtype it holds the same values at half the memory; its output
+    # is upcast, so the network sees exactly what the float32 table would give (bf16 -> fp32 is exact).
+    embeddings = model.get_input_embeddings()
+    if embedding_dtype != embeddings.weight.dtype:
+        embeddings.to(embedding_dtype)
+        embeddings.register_forward_hook(_upcast_output)
     logger.info(
         "Base in 4-bit %s (double quantisation %s), compute dtype %s; head %s unquantized in float32",
         quant_args.bnb_4bit_quant_type,
@@ -582,6 +596,8 @@ def finish_adapter_run(
         shutil.rmtree(out / "merged")
     if adapter_args.merge_adapter:
         merged = paths["merged"] = merge_adapter(out, out / "merged", model_args.model_name_or_path)
+        if (out / "temperature.json").is_file():  # the merged model predicts with the same temperature
+            shutil.copy2(out / "temperature.json", merged / "temperature.json")
         write_model_card(
             merged,
             base_model=run_info["model"],

@@ -122,8 +122,13 @@ class LongTailTrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        loss = self.hard_loss(logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+    def hard_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The configured long-tail loss against the gold labels."""
         a = self.loss_args
-        loss = long_tail_loss(
+        return long_tail_loss(
             logits,
             labels,
             loss=a.loss,
@@ -133,4 +138,3 @@ class LongTailTrainer(Trainer):
             tau=a.logit_adjustment_tau,
             label_smoothing=a.label_smoothing,
         )
-        return (loss, outputs) if return_outputs else loss

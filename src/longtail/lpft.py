@@ -159,5 +159,5 @@ def selection_note(selection: str, lpft_args: LPFTArguments, tau: float | None, 
         parts.append(f"head warm-up: {lpft_args.head_warmup_epochs:g} fixed epoch(s), body frozen")
     if tau_selected:
         parts.append(f"post-hoc tau {tau}: best validation macro-F1")
-    parts.append("temperature: none fitted")
+    parts.append("temperature: fitted on validation (temperature.json, see Calibration)")
     return "; ".join(parts) + (test if test in selection else "")

@@ -76,6 +76,13 @@ def fold_into_head(model: torch.nn.Module, log_prior: np.ndarray, tau: float) ->
             "The classification head has no bias: post-hoc logit adjustment (tau=%s) not folded in", tau
         )
         return False
+    if head.bias.numel() != len(log_prior):  # FSDP / DeepSpeed ZeRO-3 leave each process a shard of it
+        logger.warning(
+            "The head's bias is sharded (FSDP or ZeRO-3): post-hoc logit adjustment (tau=%s) not folded in; "
+            "pass --posthoc_logit_adjustment none with sharded training",
+            tau,
+        )
+        return False
     with torch.no_grad():
         head.bias -= torch.as_tensor(tau * log_prior, dtype=head.bias.dtype, device=head.bias.device)
     return True

@@ -52,6 +52,7 @@ OUTPUT_FILES = {
     "confusion.png": "most confused (true → predicted) pairs",
     "reliability.png": "reliability diagram (confidence vs accuracy) with bin counts",
     "splits.json": "row ids per split (reproduce the split with --split_indices)",
+    "temperature.json": "softmax temperature fitted on validation (used by prediction)",
     "report.md": "this report",
     "README.md": "model card",
 }
@@ -603,6 +604,10 @@ def write_run_outputs(
         paths["reliability"] = plot_reliability(
             out / "reliability.png", {r.split: (r.probs, np.asarray(r.y_true)) for r in results}
         )
+    from longtail.calibration import calibrate_run
+
+    calibration = calibrate_run(out, results)  # temperature.json next to the model, for every recipe
+    sections = [*(sections or []), *([calibration] if calibration else [])]
     rows = data.log.get("rows", {})
     data_description = (
         f"Source: {data_description or 'see run info'}. Rows: "

@@ -30,6 +30,10 @@ RUN_FILES = (
     "run_config.json",
     "predictions_validation.npz",
     "predictions_test.npz",
+    "predictions_train.npz",
+    "temperature.json",
+    "comparison.md",
+    "reliability_comparison.png",
 )
 
 

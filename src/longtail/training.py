@@ -172,6 +172,8 @@ def start_run(training_args: TrainingArguments, mixed_precision: str) -> tuple[T
     """
     import transformers
 
+    from longtail.checkpoints import resolve_resume
+    from longtail.distributed import check_distributed
     from longtail.runs import prepare_output_dir
 
     logging.basicConfig(
@@ -183,34 +185,50 @@ def start_run(training_args: TrainingArguments, mixed_precision: str) -> tuple[T
     training_args.push_to_hub = False
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per epoch
+    check_distributed(training_args)
+    # "true" -> the newest complete checkpoint in output_dir (a half-written one is skipped, with a warning)
+    training_args.resume_from_checkpoint = resolve_resume(
+        training_args.resume_from_checkpoint, training_args.output_dir
+    )
     if training_args.process_index == 0:
         prepare_output_dir(
             training_args.output_dir,
             training_args.overwrite_output_dir,
-            bool(training_args.resume_from_checkpoint),
+            training_args.resume_from_checkpoint is not None,
         )
     transformers.set_seed(training_args.seed)
     return training_args, push
 
 
 def long_tail_trainer(
-    model, training_args, data: PreparedData, datasets: dict, tokenizer, loss_args, model_args
+    model,
+    training_args,
+    data: PreparedData,
+    datasets: dict,
+    tokenizer,
+    loss_args,
+    model_args,
+    trainer_class=None,
+    data_collator=None,
+    **trainer_kwargs,
 ):
-    """A LongTailTrainer on the train/validation splits with macro-F1 metrics and dynamic padding."""
+    """A LongTailTrainer (or a subclass, e.g. DistillationTrainer) on the train/validation splits with
+    macro-F1 metrics and dynamic padding."""
     from longtail.losses import LongTailTrainer
     from longtail.metrics import assign_tiers, trainer_compute_metrics
 
-    return LongTailTrainer(
+    return (trainer_class or LongTailTrainer)(
         model=model,
         args=training_args,
         train_dataset=datasets["train"],
         eval_dataset=datasets["validation"],
         processing_class=tokenizer,
-        data_collator=padding_collator(tokenizer),
+        data_collator=data_collator or padding_collator(tokenizer),
         compute_metrics=trainer_compute_metrics(assign_tiers(data.train_counts)),
         callbacks=callbacks(model_args),
         loss_args=loss_args,
         train_counts=data.train_counts,
+        **trainer_kwargs,
     )
 
 

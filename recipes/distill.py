@@ -1,0 +1,229 @@
+"""Knowledge distillation of a trained teacher into an encoder student, with the calibration comparison.
+
+    python recipes/distill.py --config recipes/configs/distill.yaml --teacher_model_name_or_path RUN_DIR
+    python recipes/distill.py --config recipes/configs/distill.yaml --teacher_logits FILE_OR_RUN_DIR
+
+1. Teacher logits for the train and validation rows: computed by the teacher (its own tokenizer) and
+   cached in <output_dir>/teacher_logits.parquet, or read from --teacher_logits.
+2. The student trains on alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * CE (DistillationTrainer).
+3. The vanilla arm, the same student trained with CE alone, comes from --vanilla_run (a finished run's
+   predictions_validation.npz) or is trained here, same seed and schedule, into <output_dir>/vanilla.
+4. comparison.md: vanilla, vanilla+T, distilled, distilled+T (T fitted on half of validation, all scored
+   on the other half) with paired-bootstrap CIs, a confidence-gating table and reliability_comparison.png.
+Config precedence: dataclass defaults < YAML (--config) < command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import transformers
+from transformers import TrainingArguments
+
+from longtail.calibration import compare_arms
+from longtail.data import DataArguments, DataError, prepare_data
+from longtail.distill import (
+    DistillArguments,
+    DistillationCollator,
+    DistillationTrainer,
+    add_teacher_column,
+    align_rows,
+    label_columns,
+    teacher_logits,
+)
+from longtail.distributed import parse_recipe_args
+from longtail.losses import LossArguments
+from longtail.metrics import softmax
+from longtail.posthoc import adjust_on_validation
+from longtail.report import SplitResult, load_predictions, plot_reliability, save_predictions, summary_text
+from longtail.runs import command_line
+from longtail.training import (
+    ModelArguments,
+    evaluate_splits,
+    finish_run,
+    load_classifier,
+    load_tokenizer,
+    long_tail_trainer,
+    predict_probs,
+    run_info,
+    start_run,
+    tokenize_splits,
+)
+
+logger = logging.getLogger("distill")
+PARSER_TYPES = (DataArguments, ModelArguments, DistillArguments, LossArguments, TrainingArguments)
+
+
+def vanilla_probs(run_dir: str, data) -> np.ndarray:
+    """Validation probabilities of a finished run of the plain student, in the order of our rows."""
+    path = Path(run_dir) / "predictions_validation.npz"
+    if not path.is_file():
+        raise DataError(f"--vanilla_run {run_dir} has no predictions_validation.npz")
+    pred = load_predictions(path)
+    names = np.asarray([str(x) for x in pred["label_names"]])
+    cols = label_columns(names, data.label_names, run_dir)
+    probs, gold = (
+        align_rows({"validation": (pred["row_id"], v)}, data, str(path), splits=("validation",))["validation"]
+        for v in (pred["probs"], pred["y_true"])
+    )
+    if (names[gold.astype(int)] != data.splits["validation"]["label"].to_numpy()).any():
+        raise DataError(f"--vanilla_run {run_dir}: its validation rows carry other gold labels (other data?)")
+    return probs[:, cols]
+
+
+def train_vanilla(training_args, data, datasets, model_args, loss_args) -> np.ndarray:
+    """The same student, seed and schedule with the hard loss alone; returns its validation probabilities."""
+    args = dataclasses.replace(training_args, output_dir=str(Path(training_args.output_dir) / "vanilla"))
+    transformers.set_seed(args.seed)
+    tokenizer = load_tokenizer(model_args)
+    model = load_classifier(model_args, data.label_names, tokenizer)
+    trainer = long_tail_trainer(model, args, data, datasets, tokenizer, loss_args, model_args)
+    trainer.train()
+    trainer.save_model()
+    adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
+    val = data.splits["validation"]
+    probs = predict_probs(trainer, datasets["validation"])
+    if trainer.is_world_process_zero():  # reusable later as --vanilla_run <output_dir>/vanilla
+        result = SplitResult(
+            "validation", val["label_id"].to_numpy(), probs, val["text"], row_ids=val["row_id"]
+        )
+        save_predictions(args.output_dir, result, data.label_names)
+    return probs
+
+
+def comparison_markdown(comparison, info: dict, vanilla_source: str, distill_args) -> str:
+    return "\n".join(
+        [
+            "# Distillation and temperature scaling: comparison",
+            "",
+            f"Teacher: {info['teacher']}. Student trained with alpha={distill_args.kd_alpha}, "
+            f"T={distill_args.kd_temperature} (KD) vs the same student with the hard loss alone ({vanilla_source}).",
+            "",
+            f"All rows: the validation scoring half ({len(comparison.y_true)} rows). Each '+T' arm uses one "
+            "temperature fitted by LBFGS on the NLL of the other half of validation; temperature scaling does not "
+            "change predictions, so its macro-F1 delta is 0 by construction.",
+            "",
+            comparison.markdown,
+            "![Reliability, all arms](reliability_comparison.png)",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # ---- Parse config ------------------------------------------------------------------------
+    data_args, model_args, distill_args, loss_args, training_args = parse_recipe_args(PARSER_TYPES, argv)
+    training_args, push = start_run(training_args, model_args.mixed_precision)
+    command = command_line("recipes/distill.py", argv)
+    started = time.time()
+    out = Path(training_args.output_dir)
+
+    # ---- Load data and the teacher's logits (cached) -----------------------------------------
+    with training_args.main_process_first(desc="data and teacher logits"):
+        data = prepare_data(data_args)
+        logits, teacher_info = teacher_logits(distill_args, data, out, data_args.max_length)
+
+    # ---- Build the student (its own tokenizer) -----------------------------------------------
+    tokenizer = load_tokenizer(model_args)
+    datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
+    kd_datasets = add_teacher_column(datasets, logits)
+
+    # ---- Vanilla arm: a finished run, or the same student trained with the hard loss ----------
+    if distill_args.vanilla_run:
+        vanilla, vanilla_source = vanilla_probs(distill_args.vanilla_run, data), "from --vanilla_run"
+    elif distill_args.train_vanilla:
+        vanilla = train_vanilla(training_args, data, datasets, model_args, loss_args)
+        vanilla_source = "trained in this run, `vanilla/`"
+    else:
+        vanilla, vanilla_source = None, None
+
+    # ---- Train the student on the teacher's logits -------------------------------------------
+    transformers.set_seed(training_args.seed)  # same initial head as the vanilla arm
+    model = load_classifier(model_args, data.label_names, tokenizer)
+    trainer = long_tail_trainer(
+        model,
+        training_args,
+        data,
+        kd_datasets,
+        tokenizer,
+        loss_args,
+        model_args,
+        trainer_class=DistillationTrainer,
+        data_collator=DistillationCollator(tokenizer),
+        temperature=distill_args.kd_temperature,
+        alpha=distill_args.kd_alpha,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.save_metrics("train", train_result.metrics)
+    tau, tau_section = adjust_on_validation(trainer, data, kd_datasets, loss_args.posthoc_logit_adjustment)
+
+    # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
+    results = evaluate_splits(trainer, data, kd_datasets, training_args.do_predict)
+
+    # ---- Compare, save, report, push (main process only) -------------------------------------
+    if trainer.is_world_process_zero():
+        sections = [tau_section] if tau_section else []
+        distilled = next(r for r in results if r.split == "validation").probs
+        y_val = data.splits["validation"]["label_id"].to_numpy()
+        comparison = None
+        if vanilla is not None:
+            comparison = compare_arms(
+                {"vanilla": vanilla, "distilled": distilled},
+                y_val,
+                deltas=[
+                    ("distilled", "vanilla"),
+                    ("vanilla+T", "vanilla"),
+                    ("distilled+T", "vanilla"),
+                    ("distilled+T", "vanilla+T"),
+                ],
+                reference={"teacher": softmax(logits["validation"].astype(np.float64))},
+            )
+            plot_reliability(
+                out / "reliability_comparison.png",
+                {k: (v, comparison.y_true) for k, v in comparison.arms.items()},
+            )
+            text = comparison_markdown(comparison, teacher_info, vanilla_source, distill_args)
+            (out / "comparison.md").write_text(text, "utf-8")
+            sections.append(
+                "## Distillation comparison\n\nSee `comparison.md` and `reliability_comparison.png`.\n"
+            )
+        info = run_info("distill", trainer, train_result, model_args, data_args, loss_args, started)
+        info.update(
+            {
+                "teacher": teacher_info["teacher"],
+                "teacher_logits": teacher_info.get("cache_status", "precomputed"),
+                "kd": f"alpha={distill_args.kd_alpha}, T={distill_args.kd_temperature}",
+                "vanilla_arm": vanilla_source or "none",
+                "posthoc_tau": tau,
+            }
+        )
+        paths = finish_run(
+            trainer,
+            title=f"Distillation: {info['teacher']} → {info['model']}",
+            run_info=info,
+            data=data,
+            results=results,
+            command=command,
+            config={"data": data_args, "model": model_args, "distill": distill_args, "loss": loss_args},
+            push=push,
+            sections=sections,
+        )
+        print(summary_text(results, paths))
+        if comparison is not None:
+            print("\n" + comparison.markdown.split("\n\n### Confidence gating")[0])
+        return {
+            **{r.split: r.metrics for r in results},
+            "teacher": teacher_info,
+            "comparison": None if comparison is None else comparison.scores,
+        }
+    return {r.split: r.metrics for r in results}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,112 @@
+"""Resuming a run: find the last complete checkpoint in output_dir, and tell a complete checkpoint from
+one a killed run left half-written.
+
+`--resume_from_checkpoint true` picks the newest checkpoint that passes `checkpoint_problem`; a corrupt or
+partial newer one is skipped with a warning. An explicit path must be complete, or the run stops with the
+reason. Trainer writes `trainer_state.json` last, after the weights, optimizer, scheduler and RNG states, so
+a checkpoint without it (or with a truncated one) was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import zipfile
+from pathlib import Path
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+TRUE = {"true", "yes", "1", "last", "auto"}
+FALSE = {"", "false", "no", "0", "none"}
+WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
+TORCH_STATES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # Trainer loads these with weights_only=True
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """output_dir's checkpoint-N folders, oldest first (by step number, not by mtime)."""
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    path = Path(output_dir)
+    if not path.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in path.iterdir() if p.is_dir() and (m := pattern.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:  # reads the header and checks that the data it announces is all there
+        with safe_open(str(path), "pt") as f:
+            f.keys()
+    except Exception as err:  # noqa: BLE001 (any failure here means an unreadable file)
+        return f"{path.name} is unreadable ({err})"
+    return None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be resumed from (None when it is complete)."""
+    path = Path(path)
+    if not path.is_dir():
+        return "it is not a folder"
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return "trainer_state.json is missing (the run stopped while saving it)"
+    try:
+        json.loads(state.read_text("utf-8"))["global_step"]
+    except (ValueError, KeyError) as err:
+        return f"trainer_state.json is unreadable ({err!r})"
+    sharded = any(path.glob("pytorch_model_fsdp_*")) or any(path.glob("global_step*"))
+    if not sharded:  # FSDP and DeepSpeed write their own layouts, which their loaders check
+        present = [name for name in WEIGHTS if (path / name).is_file()]
+        if not present:
+            return f"no safetensors weights ({' or '.join(WEIGHTS)})"
+        names = [p for p in present if p.endswith(".safetensors")]
+        if "model.safetensors.index.json" in present:
+            index = json.loads((path / "model.safetensors.index.json").read_text("utf-8"))
+            names += sorted(set(index["weight_map"].values()))
+        for name in names:
+            if not (path / name).is_file():
+                return f"{name} is missing"
+            if problem := _safetensors_problem(path / name):
+                return problem
+    for name in TORCH_STATES:  # torch.save writes a zip whose directory sits at the end: a cut file has none
+        if (path / name).is_file() and not zipfile.is_zipfile(path / name):
+            return f"{name} is truncated or corrupt"
+    return None
+
+
+def resolve_resume(value, output_dir: str | Path) -> str | None:
+    """The checkpoint folder to resume from, or None to start from scratch.
+
+    `value` is --resume_from_checkpoint: unset/false -> None; true -> the newest complete checkpoint in
+    `output_dir` (None, with a warning, when there is none); anything else -> that folder, which must be
+    complete.
+    """
+    if value is None or isinstance(value, bool) and not value:
+        return None
+    text = str(value).strip()
+    if value is True or text.lower() in TRUE:
+        candidates = checkpoints(output_dir)
+        for candidate in reversed(candidates):
+            problem = checkpoint_problem(candidate)
+            if problem is None:
+                logger.info("Resuming from %s", candidate)
+                return str(candidate)
+            logger.warning("Skipping checkpoint %s: %s; trying the one before", candidate, problem)
+        logger.warning(
+            "--resume_from_checkpoint true: no complete checkpoint in %s%s; starting from scratch",
+            output_dir,
+            f" (skipped {len(candidates)} incomplete)" if candidates else "",
+        )
+        return None
+    if text.lower() in FALSE:
+        return None
+    if problem := checkpoint_problem(text):
+        raise ValueError(
+            f"Cannot resume from --resume_from_checkpoint '{text}': {problem}. Pass "
+            "--resume_from_checkpoint true to pick the newest complete checkpoint in output_dir."
+        )
+    return text

@@ -1,0 +1,502 @@
+"""Knowledge distillation (Hinton et al. 2015): the loss, the Trainer, and cached teacher logits.
+
+loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * hard loss(s, y)
+
+T^2 keeps the soft term's gradients on the scale of the hard term's as T grows; the KL runs from the
+teacher's distribution to the student's (the student is pulled towards the teacher), computed from
+log-probabilities on both sides. The hard loss is the recipe's long-tail loss (plain CE by default).
+
+Teacher logits are computed once per (teacher, data rows, max_length) and cached in a Parquet file
+keyed by (split, row_id), with a fingerprint of all three in the file's metadata: a rerun reuses the
+file, any change rebuilds it. They reach `compute_loss` through the batch, as the column
+`teacher_logits`, which `remove_unused_columns` would otherwise drop (transformers#19599).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from longtail.data import DataError, PreparedData
+from longtail.losses import LongTailTrainer
+
+logger = logging.getLogger(__name__)
+
+TEACHER_COLUMN = "teacher_logits"
+CACHE_FILE = "teacher_logits.parquet"
+METADATA_KEY = b"longtail"
+DISTILL_SPLITS = ("train", "validation")
+# files that decide a teacher's logits (weights, config, tokenizer); reports and checkpoints do not
+TEACHER_FILE_PATTERNS = (
+    "*.safetensors",
+    "config.json",
+    "adapter_config.json",
+    "tokenizer*",
+    "vocab*",
+    "merges.txt",
+    "special_tokens_map.json",
+    "*.model",
+)
+
+
+@dataclass
+class DistillArguments:
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Trained classifier folder (full model, or a LoRA/QLoRA run folder with adapter_config.json) "
+            "whose logits the student learns from; it uses its own tokenizer."
+        },
+    )
+    teacher_base_model: str | None = field(
+        default=None, metadata={"help": "Base model of a LoRA teacher, if not the one its adapter names."}
+    )
+    teacher_logits: str | None = field(
+        default=None,
+        metadata={
+            "help": "Precomputed teacher logits instead of a teacher model: a Parquet/Arrow file (columns split, "
+            "row_id, logits; label_names in its metadata) or a run folder with predictions_train.npz and "
+            "predictions_validation.npz (log-probabilities are used as logits)."
+        },
+    )
+    teacher_max_length: int | None = field(
+        default=None, metadata={"help": "Teacher's truncation length (default: --max_length)."}
+    )
+    teacher_batch_size: int = field(default=32, metadata={"help": "Batch size of the teacher's pass."})
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={"help": f"Teacher-logits cache file (default: <output_dir>/{CACHE_FILE})."},
+    )
+    teacher_drop_extra_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop teacher classes the student does not have (e.g. a student trained on capped rows) "
+            "instead of failing."
+        },
+    )
+    kd_temperature: float = field(default=4.0, metadata={"help": "Softening temperature T of the KD term."})
+    kd_alpha: float = field(default=0.7, metadata={"help": "Weight of the KD term (1 - alpha: hard loss)."})
+    vanilla_run: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of a finished run of the same student without distillation (its "
+            "predictions_validation.npz): the comparison's vanilla arm. Default: train it here."
+        },
+    )
+    train_vanilla: bool = field(
+        default=True,
+        metadata={
+            "help": "Without --vanilla_run, train the same student with the hard loss alone (same seed and "
+            "schedule) into <output_dir>/vanilla for the comparison."
+        },
+    )
+
+    def __post_init__(self):
+        for name in ("teacher_model_name_or_path", "teacher_logits", "vanilla_run"):
+            if getattr(self, name) in ("", "none", "None"):  # lets the command line unset a YAML value
+                setattr(self, name, None)
+        if bool(self.teacher_model_name_or_path) == bool(self.teacher_logits):
+            raise ValueError("Pass exactly one of --teacher_model_name_or_path and --teacher_logits")
+        if not self.kd_temperature > 0:
+            raise ValueError(f"--kd_temperature must be > 0, got {self.kd_temperature}")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise ValueError(f"--kd_alpha must be in [0, 1], got {self.kd_alpha}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and Trainer
+# ---------------------------------------------------------------------------------------------
+
+
+def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch."""
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.to(student_logits.device).float() / temperature, dim=-1)
+    # kl_div(input, target) = sum target * (log target - input): target is the teacher
+    return temperature**2 * F.kl_div(s, t, reduction="batchmean", log_target=True)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    hard_loss: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * hard loss (CE unless given)."""
+    hard = F.cross_entropy(student_logits.float(), labels) if hard_loss is None else hard_loss
+    return alpha * kd_term(student_logits, teacher_logits, temperature) + (1.0 - alpha) * hard
+
+
+class DistillationTrainer(LongTailTrainer):
+    """LongTailTrainer whose loss adds the KD term when the batch carries `teacher_logits`.
+
+    Batches without them (test rows) get the hard loss alone. `num_items_in_batch` is accepted and not
+    needed: both terms are per-batch means, and Trainer scales them for gradient accumulation.
+    """
+
+    def __init__(self, *args, temperature: float = 4.0, alpha: float = 0.7, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.temperature, self.alpha = temperature, alpha
+
+    def _set_signature_columns_if_needed(self):
+        # keep the teacher's logits although the model's forward() has no such argument
+        super()._set_signature_columns_if_needed()
+        if TEACHER_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, TEACHER_COLUMN]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        teacher = inputs.pop(TEACHER_COLUMN, None)
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        hard = self.hard_loss(logits, labels)
+        loss = (
+            hard
+            if teacher is None
+            else distillation_loss(logits, teacher, labels, self.temperature, self.alpha, hard_loss=hard)
+        )
+        return (loss, outputs) if return_outputs else loss
+
+
+class DistillationCollator:
+    """Dynamic padding for the tokens, plus the teacher's logits stacked as a float32 tensor."""
+
+    def __init__(self, tokenizer):
+        from longtail.training import padding_collator
+
+        self.pad = padding_collator(tokenizer)
+
+    def __call__(self, features: list[dict]) -> dict:
+        teacher = [f[TEACHER_COLUMN] for f in features] if TEACHER_COLUMN in features[0] else None
+        batch = self.pad([{k: v for k, v in f.items() if k != TEACHER_COLUMN} for f in features])
+        if teacher is not None:
+            batch[TEACHER_COLUMN] = torch.tensor(np.asarray(teacher, dtype=np.float32))
+        return batch
+
+
+def add_teacher_column(datasets: dict, logits: Mapping[str, np.ndarray]) -> dict:
+    """The tokenised splits with `teacher_logits` added where the teacher scored the rows (train, validation)."""
+    out = dict(datasets)
+    for split, values in logits.items():
+        out[split] = datasets[split].add_column(TEACHER_COLUMN, [row for row in values.astype(np.float32)])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Label maps
+# ---------------------------------------------------------------------------------------------
+
+
+class LabelMapError(ValueError):
+    pass
+
+
+def label_columns(
+    teacher_labels: Sequence[str], student_labels: Sequence[str], source: str, drop_extra: bool = False
+) -> np.ndarray:
+    """Column index in the teacher's logits of each student label, in the student's order.
+
+    A student label the teacher lacks is always an error; a teacher label the student lacks is one
+    unless `drop_extra` (those columns are then left out, and the softmax renormalises over the rest).
+    """
+    teacher_labels, student_labels = [str(x) for x in teacher_labels], [str(x) for x in student_labels]
+    missing = sorted(set(student_labels) - set(teacher_labels))
+    extra = sorted(set(teacher_labels) - set(student_labels))
+    if missing or (extra and not drop_extra):
+        parts = []
+        if missing:
+            parts.append(f"labels of the student's data missing from the teacher: {missing}")
+        if extra:
+            parts.append(f"teacher labels absent from the student's training data: {extra}")
+        raise LabelMapError(
+            f"The label maps of the teacher ({source}, {len(teacher_labels)} labels) and the student "
+            f"({len(student_labels)} labels) differ: "
+            + "; ".join(parts)
+            + ". Train both on the same data and label options"
+            + (
+                ""
+                if missing
+                else ", or pass --teacher_drop_extra_labels true to ignore the teacher's extra ones"
+            )
+            + "."
+        )
+    if extra:
+        logger.warning("Dropping %d teacher labels the student does not have: %s", len(extra), extra[:10])
+    position = {name: i for i, name in enumerate(teacher_labels)}
+    return np.array([position[name] for name in student_labels], dtype=np.int64)
+
+
+def config_labels(config) -> list[str]:
+    return [config.id2label[i] for i in sorted(int(k) for k in config.id2label)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints and the cache file
+# ---------------------------------------------------------------------------------------------
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
+    """Hash of the files that decide the teacher's outputs (a local folder), or of its Hub id."""
+    path = Path(teacher)
+    if not path.is_dir():
+        return _digest("hub", teacher, base_model)
+    h = hashlib.sha256()
+    files = sorted({f for pattern in TEACHER_FILE_PATTERNS for f in path.glob(pattern) if f.is_file()})
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return _digest(h.hexdigest(), base_model)
+
+
+def data_fingerprint(data: PreparedData, splits: Sequence[str] = DISTILL_SPLITS) -> str:
+    """Hash of the rows the teacher scores (split, row id, text) and of the label order."""
+    h = hashlib.sha256(json.dumps(list(data.label_names)).encode())
+    for split in splits:
+        df = data.splits[split]
+        h.update(split.encode())
+        h.update(df["row_id"].to_numpy(np.int64).tobytes())
+        for text in df["text"]:
+            h.update(text.encode("utf-8", "surrogatepass"))
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def write_logits_file(path, logits: Mapping[str, np.ndarray], data: PreparedData, metadata: dict) -> Path:
+    """Parquet: one row per (split, row_id) with the logits in the student's label order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    splits = list(logits)
+    num_labels = len(data.label_names)
+    flat = np.concatenate([logits[s].astype(np.float32).reshape(-1) for s in splits])
+    table = pa.table(
+        {
+            "split": pa.array([s for s in splits for _ in range(len(logits[s]))], pa.string()),
+            "row_id": pa.array(np.concatenate([data.splits[s]["row_id"].to_numpy(np.int64) for s in splits])),
+            "logits": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), num_labels),
+        }
+    )
+    meta = {"label_names": list(data.label_names), **metadata}
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def read_logits_table(path) -> tuple[dict, dict[str, dict[int, np.ndarray]]]:
+    """(metadata, {split: (row_ids, logits)}) of a Parquet or Arrow (IPC/Feather) logits file."""
+    import pyarrow as pa
+    import pyarrow.feather
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Teacher logits file not found: {path}")
+    try:
+        table = pq.read_table(path) if path.suffix == ".parquet" else pyarrow.feather.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"Could not read {path} as Parquet/Arrow teacher logits: {err}") from None
+    missing = [c for c in ("split", "row_id", "logits") if c not in table.column_names]
+    if missing:
+        raise DataError(
+            f"{path} lacks the column(s) {missing}; a teacher-logits file needs split, row_id and logits "
+            f"(found {table.column_names})"
+        )
+    meta = json.loads((table.schema.metadata or {}).get(METADATA_KEY, b"{}"))
+    logits = table.column("logits").combine_chunks()
+    values = np.asarray(
+        [np.asarray(v, dtype=np.float32) for v in logits.to_pylist()]
+        if not isinstance(logits.type, pa.FixedSizeListType)
+        else logits.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1),
+        dtype=np.float32,
+    )
+    split = np.asarray(table.column("split").to_pylist())
+    row_id = table.column("row_id").to_numpy().astype(np.int64)
+    return meta, {s: (row_id[split == s], values[split == s]) for s in np.unique(split)}
+
+
+def align_rows(
+    by_split: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    data: PreparedData,
+    source: str,
+    splits: Sequence[str] = DISTILL_SPLITS,
+) -> dict[str, np.ndarray]:
+    """Values in the order of data.splits[split] rows, looked up by row id; missing rows are an error."""
+    out = {}
+    for split in splits:
+        if split not in by_split:
+            raise DataError(f"{source} has no logits for the {split} split (found: {sorted(by_split)})")
+        ids, values = by_split[split]
+        index = {int(i): k for k, i in enumerate(ids)}
+        wanted = data.splits[split]["row_id"].to_numpy(np.int64)
+        absent = [int(i) for i in wanted if int(i) not in index]
+        if absent:
+            raise DataError(
+                f"{source}: {len(absent)} of {len(wanted)} {split} rows have no teacher logits (row ids "
+                f"{absent[:10]}...). The teacher was scored on other rows: use the same data, split and "
+                "cleaning options."
+            )
+        out[split] = values[[index[int(i)] for i in wanted]]
+    return out
+
+
+def load_precomputed(path, data: PreparedData, drop_extra: bool = False) -> dict[str, np.ndarray]:
+    """Teacher logits from a Parquet/Arrow file or a run folder's predictions_{train,validation}.npz."""
+    path = Path(path)
+    if path.is_dir():
+        return load_run_predictions(path, data, drop_extra)
+    meta, by_split = read_logits_table(path)
+    if "label_names" not in meta:
+        raise DataError(
+            f"{path} has no label_names in its metadata (key 'longtail'): the column order of its logits is "
+            "unknown. Write it with longtail.distill.write_logits_file."
+        )
+    cols = label_columns(meta["label_names"], data.label_names, str(path), drop_extra)
+    return {s: v[:, cols] for s, v in align_rows(by_split, data, str(path)).items()}
+
+
+def load_run_predictions(
+    run_dir: Path, data: PreparedData, drop_extra: bool = False
+) -> dict[str, np.ndarray]:
+    """A finished run (e.g. the TF-IDF baseline with --predict_train true) as the teacher: its saved
+    probabilities per row; its gold labels must match the student's rows (same data, same split)."""
+    from longtail.calibration import log_probs
+    from longtail.report import load_predictions
+
+    by_split, names = {}, None
+    for split in DISTILL_SPLITS:
+        file = run_dir / f"predictions_{split}.npz"
+        if not file.is_file():
+            hint = " (baseline_tfidf writes it with --predict_train true)" if split == "train" else ""
+            raise DataError(f"{run_dir} has no {file.name}{hint}: it cannot serve as a teacher")
+        pred = load_predictions(file)
+        names = [str(x) for x in pred["label_names"]]
+        by_split[split] = (pred["row_id"], log_probs(pred["probs"]), pred["y_true"])
+    cols = label_columns(names, data.label_names, str(run_dir), drop_extra)
+    logits = align_rows({s: v[:2] for s, v in by_split.items()}, data, str(run_dir))
+    for split in DISTILL_SPLITS:  # the same rows must carry the same gold labels
+        ids, _, y = by_split[split]
+        gold = dict(zip(ids.tolist(), np.asarray(names)[y].tolist(), strict=True))
+        df = data.splits[split]
+        wrong = int(sum(gold[int(i)] != label for i, label in zip(df["row_id"], df["label"], strict=True)))
+        if wrong:
+            raise DataError(
+                f"{run_dir}: {wrong} of {len(df)} {split} rows have another gold label in the teacher run: it "
+                "was trained on different data or label options."
+            )
+    return {s: v[:, cols] for s, v in logits.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the teacher
+# ---------------------------------------------------------------------------------------------
+
+
+def load_teacher(teacher: str, base_model: str | None = None):
+    """(model in eval mode, tokenizer, label names) of a trained classifier folder: a full model, or a
+    LoRA/QLoRA run folder (adapter + head on its base, reloaded in float32)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=teacher))
+    if (Path(teacher) / "adapter_config.json").is_file():
+        from longtail.adapters import load_adapter_classifier
+
+        model = load_adapter_classifier(teacher, base_model, dtype=torch.float32)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(teacher, use_safetensors=True).eval()
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, config_labels(model.config)
+
+
+@torch.no_grad()
+def teacher_forward(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int) -> np.ndarray:
+    """Logits (float32) for `texts`, in order; batches of similar length for less padding."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    lengths = [len(t) for t in texts]
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer(
+            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        ).to(device)
+        out[idx] = model(**batch).logits.float().cpu().numpy()
+    return out
+
+
+def teacher_logits(
+    args: DistillArguments, data: PreparedData, output_dir, max_length: int
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Teacher logits for the train and validation rows (student label order) and a description of
+    where they came from: precomputed, reused from the cache, or computed now (and cached)."""
+    if args.teacher_logits:
+        logits = load_precomputed(args.teacher_logits, data, args.teacher_drop_extra_labels)
+        return logits, {"teacher": f"precomputed logits `{Path(args.teacher_logits).name}`", "cache": "none"}
+
+    from transformers import AutoConfig
+
+    from longtail.runs import public_model_name
+
+    teacher = args.teacher_model_name_or_path
+    max_length = args.teacher_max_length or max_length
+    # check the label maps from the config before loading any weights
+    cols = label_columns(
+        config_labels(AutoConfig.from_pretrained(teacher)),
+        data.label_names,
+        teacher,
+        args.teacher_drop_extra_labels,
+    )
+    fingerprint = _digest(
+        teacher_fingerprint(teacher, args.teacher_base_model),
+        data_fingerprint(data),
+        max_length,
+        cols.tolist(),
+    )
+    cache = Path(args.teacher_cache or Path(output_dir) / CACHE_FILE)
+    info = {"teacher": public_model_name(teacher), "teacher_max_length": max_length, "cache": str(cache)}
+    if cache.is_file():
+        meta, by_split = read_logits_table(cache)
+        if meta.get("fingerprint") == fingerprint:
+            logger.info("Reusing the teacher logits cached in %s (fingerprint %s)", cache, fingerprint[:12])
+            return align_rows(by_split, data, str(cache)), {**info, "cache_status": "reused"}
+        logger.info("Teacher, data or max_length changed since %s was written: recomputing the logits", cache)
+    model, tokenizer, _ = load_teacher(teacher, args.teacher_base_model)
+    logits = {}
+    for split in DISTILL_SPLITS:
+        texts = data.splits[split]["text"].tolist()
+        logger.info("Teacher %s: scoring %d %s rows", info["teacher"], len(texts), split)
+        logits[split] = teacher_forward(model, tokenizer, texts, max_length, args.teacher_batch_size)[:, cols]
+    del model
+    write_logits_file(
+        cache,
+        logits,
+        data,
+        {"fingerprint": fingerprint, "teacher": info["teacher"], "max_length": max_length},
+    )
+    logger.info("Teacher logits cached in %s", cache)
+    return logits, {**info, "cache_status": "computed"}

@@ -1,0 +1,96 @@
+"""Run a recipe's main() as its own process (under torchrun / accelerate launch, or alone), for the
+multi-process and kill/resume tests in test_scaleout.py:
+
+    python tests/launch_recipe.py <recipe> [recipe arguments ...]
+
+Test hooks, set through the environment:
+- LONGTAIL_TEST_EVENTS=<file>: each results write (report.write_run_outputs, runs.write_run_files) and
+  each Hub call (a fake HfApi: nothing leaves the machine) appends a JSON line {"event", "rank"}.
+- LONGTAIL_TEST_KILL_AFTER_SAVES=<n>: the process SIGKILLs itself right after its n-th checkpoint
+  (no cleanup, no flush: what an OOM killer or a preempted node does).
+Reports use 100 bootstrap resamples instead of 1,000 (their CIs are not under test) and one torch thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_recipes import load_recipe  # noqa: E402
+
+import longtail.report  # noqa: E402
+import longtail.runs  # noqa: E402
+
+RANK = int(os.environ.get("RANK", "0"))
+EVENTS = os.environ.get("LONGTAIL_TEST_EVENTS")
+
+
+def record(event: str) -> None:
+    if EVENTS:
+        with open(EVENTS, "a", encoding="utf-8") as f:  # appends of one short line do not interleave
+            f.write(json.dumps({"event": event, "rank": RANK}) + "\n")
+
+
+def recorded(event: str, fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        record(event)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class FakeHfApi:
+    def __init__(self, token=None):
+        record("hub_login")
+
+    def create_repo(self, repo_id, private=None, exist_ok=False):
+        import huggingface_hub
+
+        record("hub_create_repo")
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        record("hub_upload_folder")
+
+
+class KillAfterSaves(transformers.TrainerCallback):
+    def __init__(self, saves: int):
+        self.saves, self.seen = saves, 0
+
+    def on_save(self, args, state, control, **kwargs):  # called once the checkpoint folder is complete
+        self.seen += 1
+        if self.seen == self.saves:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install_hooks() -> None:
+    import huggingface_hub
+
+    huggingface_hub.HfApi = FakeHfApi
+    longtail.report.write_run_outputs = recorded("write_run_outputs", longtail.report.write_run_outputs)
+    longtail.runs.write_run_files = recorded("write_run_files", longtail.runs.write_run_files)
+    longtail.report.score_split = functools.partial(longtail.report.score_split, n_resamples=100)
+    saves = int(os.environ.get("LONGTAIL_TEST_KILL_AFTER_SAVES", "0"))
+    if saves:
+        init = transformers.Trainer.__init__
+
+        def init_with_kill(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.add_callback(KillAfterSaves(saves))
+
+        transformers.Trainer.__init__ = init_with_kill
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    install_hooks()
+    load_recipe(sys.argv[1]).main(sys.argv[2:])

@@ -1,0 +1,390 @@
+"""Distillation: the loss against hand-computed values and its three classic silent bugs, the teacher-logits
+cache, label-map checks, precomputed logits, and the recipe end to end (tiny decoder teacher -> tiny
+encoder student, different tokenizers)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO
+from test_recipes import load_recipe, synthetic_files
+
+from longtail.data import DataArguments, DataError, prepare_data
+from longtail.distill import (
+    DistillArguments,
+    LabelMapError,
+    distillation_loss,
+    kd_term,
+    label_columns,
+    load_precomputed,
+    teacher_logits,
+    write_logits_file,
+)
+
+# One row by hand: student s = (1, 2, 0), teacher t = (2, 0, 1), gold label 1, T = 2, alpha = 0.7.
+#   softmax(s/T) = e^(0.5, 1, 0) / (e^0.5 + e + 1) = (0.3072, 0.5065, 0.1863)
+#   softmax(t/T) = e^(1, 0, 0.5) / (e + 1 + e^0.5) = (0.5065, 0.1863, 0.3072)
+#   KL(teacher || student) = sum p_t log(p_t / p_s) = 0.2205144151612286
+#   CE = -log softmax(s)[1] = log(e + e^2 + 1) - 2 = 0.4076059644443803
+#   loss = 0.7 * 4 * 0.2205144151612286 + 0.3 * 0.4076059644443803 = 0.7397221517847542
+S, TCH, Y, T, ALPHA = [1.0, 2.0, 0.0], [2.0, 0.0, 1.0], 1, 2.0, 0.7
+KL_BY_HAND = 0.2205144151612286
+CE_BY_HAND = 0.4076059644443803
+LOSS_BY_HAND = 0.7397221517847542
+
+
+def _p(z, temp):
+    e = [math.exp(v / temp) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def test_hand_values_are_what_the_comment_says():
+    ps, pt = _p(S, T), _p(TCH, T)
+    assert sum(a * math.log(a / b) for a, b in zip(pt, ps, strict=True)) == pytest.approx(
+        KL_BY_HAND, abs=1e-15
+    )
+    assert math.log(math.e + math.e**2 + 1) - 2 == pytest.approx(CE_BY_HAND, abs=1e-15)
+    assert ALPHA * T**2 * KL_BY_HAND + (1 - ALPHA) * CE_BY_HAND == pytest.approx(LOSS_BY_HAND, abs=1e-15)
+
+
+def test_distillation_loss_hand_computed():
+    s, t, y = torch.tensor([S]), torch.tensor([TCH]), torch.tensor([Y])
+    assert distillation_loss(s, t, y, T, ALPHA).item() == pytest.approx(LOSS_BY_HAND, abs=1e-6)
+    assert kd_term(s, t, T).item() == pytest.approx(T**2 * KL_BY_HAND, abs=1e-6)
+    # the ends of alpha: CE alone, KD alone
+    assert distillation_loss(s, t, y, T, 0.0).item() == pytest.approx(CE_BY_HAND, abs=1e-6)
+    assert distillation_loss(s, t, y, T, 1.0).item() == pytest.approx(T**2 * KL_BY_HAND, abs=1e-6)
+    # a batch: the KD term is the mean over rows (batchmean), not over rows x classes; a second row whose
+    # student equals its teacher adds 0 to the KL and its own CE = log(1 + 2 e^-3) to the hard part
+    s2, t2 = torch.tensor([S, [3.0, 0.0, 0.0]]), torch.tensor([TCH, [3.0, 0.0, 0.0]])
+    ce2 = math.log(1 + 2 * math.exp(-3))
+    expected = ALPHA * T**2 * KL_BY_HAND / 2 + (1 - ALPHA) * (CE_BY_HAND + ce2) / 2
+    assert distillation_loss(s2, t2, torch.tensor([Y, 0]), T, ALPHA).item() == pytest.approx(
+        expected, abs=1e-6
+    )
+
+
+def _missing_t2(s, t, temp):
+    return F.kl_div(
+        F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), reduction="batchmean", log_target=True
+    )
+
+
+def _reversed_kl(s, t, temp):
+    return temp**2 * F.kl_div(
+        F.log_softmax(t / temp, -1), F.log_softmax(s / temp, -1), reduction="batchmean", log_target=True
+    )
+
+
+def _softmax_not_log_softmax(s, t, temp):
+    return temp**2 * F.kl_div(F.softmax(s / temp, -1), F.softmax(t / temp, -1), reduction="batchmean")
+
+
+@pytest.mark.parametrize("buggy", [_missing_t2, _reversed_kl, _softmax_not_log_softmax])
+def test_each_classic_bug_breaks_the_hand_value(buggy, monkeypatch):
+    """Swap each bug into the KD term: the hand-computed loss no longer comes out."""
+    import longtail.distill
+
+    s, t, y = torch.tensor([S]), torch.tensor([TCH]), torch.tensor([Y])
+    monkeypatch.setattr(longtail.distill, "kd_term", buggy)
+    assert abs(longtail.distill.distillation_loss(s, t, y, T, ALPHA).item() - LOSS_BY_HAND) > 0.05
+
+
+def test_kd_gradient_is_t_times_probability_gap():
+    """d/ds T^2 KL(p_t || softmax(s/T)) = T (p_s - p_t) / batch: exact, and different under each bug
+    (no T^2: divided by T^2; reversed KL: another vector; softmax inputs: not a KL gradient at all)."""
+    torch.manual_seed(0)
+    s = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(4, 5, dtype=torch.float64) * 3
+    for temp in (1.0, 4.0):
+        (grad,) = torch.autograd.grad(kd_term(s, t, temp), s)
+        expected = temp * (torch.softmax(s / temp, -1) - torch.softmax(t / temp, -1)) / 4
+        torch.testing.assert_close(grad, expected.detach())
+        for buggy in (_missing_t2, _reversed_kl, _softmax_not_log_softmax):
+            (bad,) = torch.autograd.grad(buggy(s, t, temp), s)
+            if buggy is _missing_t2 and temp == 1.0:
+                continue  # T^2 = 1: the same
+            assert not torch.allclose(bad, expected.detach(), atol=1e-4), buggy.__name__
+    # and the KD term is 0 when the student matches the teacher (not so with softmax inputs)
+    assert kd_term(t, t, 4.0).item() == pytest.approx(0.0, abs=1e-12)
+    assert abs(_softmax_not_log_softmax(t, t, 4.0).item()) > 1e-3
+
+
+def test_label_maps_must_agree():
+    assert label_columns(["b", "a", "c"], ["a", "b", "c"], "x").tolist() == [1, 0, 2]
+    with pytest.raises(LabelMapError, match=r"missing from the teacher: \['d'\]"):
+        label_columns(["a", "b"], ["a", "b", "d"], "teacher-dir")
+    with pytest.raises(LabelMapError, match=r"absent from the student's training data: \['z'\].*drop_extra"):
+        label_columns(["a", "z", "b"], ["a", "b"], "teacher-dir")
+    assert label_columns(["a", "z", "b"], ["a", "b"], "t", drop_extra=True).tolist() == [0, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher logits: cache, precomputed files
+# ---------------------------------------------------------------------------------------------
+
+
+def _data(train, test, **kw):
+    return prepare_data(
+        DataArguments(
+            train_file=train,
+            test_file=test,
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+            max_length=32,
+            **kw,
+        )
+    )
+
+
+def save_teacher(decoder_dir: str, out: Path, label_names, seed: int = 0) -> str:
+    """A decoder classifier with the run's label maps (random head: a stand-in for a trained run)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(decoder_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(
+        decoder_dir,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def test_teacher_logits_cache_reuse_and_invalidation(tiny_qwen2, tmp_path, one_torch_thread, caplog):
+    caplog.set_level("INFO", logger="longtail.distill")
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    teacher = save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names)
+    args = DistillArguments(teacher_model_name_or_path=teacher, teacher_batch_size=64)
+    first, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info["cache_status"] == "computed" and (tmp_path / "out/teacher_logits.parquet").is_file()
+    assert first["train"].shape == (len(data.splits["train"]), len(data.label_names))
+    # the teacher scores a text the same alone as inside its batch (pad token and pooling are right)
+    from longtail.distill import load_teacher, teacher_forward
+
+    model, tok, _ = load_teacher(teacher)
+    alone = teacher_forward(model, tok, data.splits["validation"]["text"].tolist()[:1], 32, 1)
+    np.testing.assert_allclose(alone[0], first["validation"][0], atol=1e-5)
+
+    again, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info["cache_status"] == "reused"
+    for split in first:
+        np.testing.assert_array_equal(again[split], first[split])
+    assert "Reusing the teacher logits" in caplog.text
+
+    # a changed max_length, changed data, a changed teacher: each rebuilds
+    assert teacher_logits(args, data, tmp_path / "out", max_length=16)[1]["cache_status"] == "computed"
+    fewer = _data(train, test, max_train_samples=200)
+    assert teacher_logits(args, fewer, tmp_path / "out", max_length=16)[1]["cache_status"] == "computed"
+    save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names, seed=1)  # retrained in place
+    logits, info = teacher_logits(args, fewer, tmp_path / "out", max_length=16)
+    assert info["cache_status"] == "computed"
+    assert teacher_logits(args, fewer, tmp_path / "out", max_length=16)[1]["cache_status"] == "reused"
+
+    # a teacher with another label map: a clear error naming the labels, before any weights load
+    other = save_teacher(tiny_qwen2, tmp_path / "other", [*data.label_names[:-1], "Not a CFPB issue"])
+    with pytest.raises(LabelMapError, match="Not a CFPB issue"):
+        teacher_logits(DistillArguments(teacher_model_name_or_path=other), data, tmp_path / "o2", 32)
+
+
+def test_precomputed_logits_file_and_run_folder(tmp_path):
+    from longtail.report import SplitResult, save_predictions
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    rng = np.random.default_rng(0)
+    logits = {
+        s: rng.normal(size=(len(data.splits[s]), len(data.label_names))) for s in ("train", "validation")
+    }
+    path = write_logits_file(tmp_path / "t.parquet", logits, data, {"teacher": "x"})
+    loaded = load_precomputed(path, data)
+    np.testing.assert_allclose(loaded["validation"], logits["validation"], rtol=1e-6)
+    # rows are matched by row id, not position: a student on a subset of the rows gets its own rows
+    fewer = _data(train, test, max_train_samples=100)
+    sub = load_precomputed(path, fewer, drop_extra=True)
+    position = {int(r): i for i, r in enumerate(data.splits["train"]["row_id"])}
+    cols = label_columns(data.label_names, fewer.label_names, "t", drop_extra=True)
+    expected = logits["train"][[position[int(r)] for r in fewer.splits["train"]["row_id"]]][:, cols]
+    np.testing.assert_allclose(sub["train"], expected, rtol=1e-6)
+    # rows the file lacks: an error with the count
+    write_logits_file(tmp_path / "few.parquet", {"train": logits["train"][:5]}, fewer_rows(data, 5), {})
+    with pytest.raises(DataError, match=r"rows have no teacher logits|no logits for the validation"):
+        load_precomputed(tmp_path / "few.parquet", data)
+
+    # a run folder (e.g. baseline_tfidf --predict_train true): predictions_{train,validation}.npz
+    run = tmp_path / "run"
+    run.mkdir()
+    for split in ("train", "validation"):
+        df = data.splits[split]
+        probs = np.exp(logits[split]) / np.exp(logits[split]).sum(1, keepdims=True)
+        save_predictions(
+            run,
+            SplitResult(split, df["label_id"].to_numpy(), probs, df["text"], row_ids=df["row_id"]),
+            data.label_names,
+        )
+    from_run = load_precomputed(run, data)
+    gap = from_run["validation"] - logits["validation"]  # log-probabilities: logits up to a per-row shift
+    np.testing.assert_allclose(gap - gap[:, :1], 0, atol=1e-4)
+    (run / "predictions_train.npz").unlink()
+    with pytest.raises(DataError, match="predict_train"):
+        load_precomputed(run, data)
+
+
+def fewer_rows(data, n):
+    """A PreparedData with the first n train rows only (to write an incomplete logits file)."""
+    import dataclasses
+
+    return dataclasses.replace(data, splits={"train": data.splits["train"].head(n)})
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe end to end
+# ---------------------------------------------------------------------------------------------
+
+
+def distill_args(student, teacher, train, test, out, *extra):
+    return [
+        "--config", str(REPO / "recipes/configs/distill.yaml"),
+        "--model_name_or_path", student, "--teacher_model_name_or_path", teacher,
+        "--train_file", train, "--test_file", test,
+        "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
+        "--output_dir", str(out), "--do_predict", "--max_train_samples", "240",
+        "--num_train_epochs", "2", "--learning_rate", "5e-3", "--warmup_ratio", "0",
+        "--per_device_train_batch_size", "16", "--max_length", "48", "--logging_steps", "5",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_distill_recipe_end_to_end(
+    tiny_qwen2, tiny_modernbert, tmp_path, one_torch_thread, fast_bootstrap, monkeypatch
+):
+    import longtail.distill
+    import longtail.metrics
+
+    monkeypatch.setattr(longtail.metrics, "BOOTSTRAP_RESAMPLES", 100)
+    calls = []
+    real_loss = longtail.distill.distillation_loss
+
+    def spy(student, teacher, labels, *args, **kwargs):
+        calls.append(teacher.shape)
+        return real_loss(student, teacher, labels, *args, **kwargs)
+
+    monkeypatch.setattr(longtail.distill, "distillation_loss", spy)
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test, max_train_samples=240)
+    teacher = save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names)
+    out = tmp_path / "run"
+    recipe = load_recipe("distill")
+    metrics = recipe.main(distill_args(tiny_modernbert, teacher, train, test, out))
+
+    # the teacher's logits reached compute_loss through the batch (remove_unused_columns kept them)
+    assert calls and all(shape[1] == len(data.label_names) for shape in calls)
+    assert metrics["teacher"]["cache_status"] == "computed"
+    for name in ["model.safetensors", "temperature.json", "comparison.md", "reliability_comparison.png",
+                 "teacher_logits.parquet", "eval_results.json", "test_results.json", "report.md",
+                 "vanilla/model.safetensors", "vanilla/predictions_validation.npz"]:  # fmt: skip
+        assert (out / name).is_file(), name
+    comparison = (out / "comparison.md").read_text()
+    for arm in ("| vanilla |", "| vanilla+T |", "| distilled |", "| distilled+T |", "| teacher |"):
+        assert arm in comparison, arm
+    assert "distilled − vanilla | NLL" in comparison and "Confidence gating" in comparison
+    # temperature scaling never changes predictions: its macro-F1 delta is exactly 0
+    assert "| vanilla+T − vanilla | macro-F1 | +0.0000 | [+0.0000, +0.0000]" in comparison
+    # the temperature saved with the model is the distilled arm's, fitted on the calibration half
+    from longtail.calibration import load_temperature
+
+    saved = load_temperature(out)
+    assert f"| distilled+T | {saved:.3f} |" in comparison
+    assert json.loads((out / "temperature.json").read_text())["fitted_on"].startswith("validation")
+    report = (out / "report.md").read_text()
+    assert "## Temperature scaling" in report and "Confidence gating" in report
+    assert "alpha=0.7, T=4.0" in report
+    scores = metrics["comparison"]
+    assert scores["distilled+T"]["macro_f1"] == scores["distilled"]["macro_f1"]
+
+    # rerun into the same folder: the cached logits are reused; the vanilla arm read from the first run
+    calls.clear()
+    again = recipe.main(
+        distill_args(
+            tiny_modernbert,
+            teacher,
+            train,
+            test,
+            out,
+            "--overwrite_output_dir",
+            "--vanilla_run",
+            str(out / "vanilla"),
+        )
+    )
+    assert again["teacher"]["cache_status"] == "reused" and calls
+    # same seed, same rows, same teacher: the distilled student comes out the same
+    assert again["validation"]["macro_f1"] == pytest.approx(metrics["validation"]["macro_f1"], abs=1e-9)
+    # the vanilla arm read back (probabilities stored as float32) scores as when it was trained
+    assert again["comparison"]["vanilla"] == pytest.approx(metrics["comparison"]["vanilla"], rel=1e-6)
+
+
+def test_kd_step_bench_smoke(tiny_modernbert, tmp_path, one_torch_thread):
+    """bench/kd_step.py runs and writes its ratio (a smoke test: the timing itself is not asserted)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kd_step", REPO / "bench" / "kd_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--model_dir", tiny_modernbert, "--batch_size", "2", "--seq_len", "16", "--num_labels", "5"]
+    assert bench.main([*argv, "--warmup", "1", "--rounds", "2", "--output_dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "kd_step.json").read_text())
+    assert (
+        report["kd_over_ce"] > 0
+        and report["rounds"] == 2
+        and "KD / CE" in (tmp_path / "kd_step.md").read_text()
+    )
+
+
+def test_lora_teacher_run_folder(tiny_qwen2, tmp_path, one_torch_thread):
+    """A LoRA run folder (adapter + head + config.json with the labels) serves as the teacher: its logits are
+    those of the adapter on its base, and its label map is checked like a full model's."""
+    from transformers import AutoModelForSequenceClassification
+
+    from longtail.adapters import AdapterArguments, add_lora
+    from longtail.distill import load_teacher, teacher_forward
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    base = save_teacher(tiny_qwen2, tmp_path / "base", data.label_names)
+    lora = add_lora(AutoModelForSequenceClassification.from_pretrained(base), AdapterArguments())
+    with torch.no_grad():  # a trained-looking adapter: B != 0, so it changes the logits
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    run = tmp_path / "lora_run"
+    lora.save_pretrained(run)
+    lora.get_base_model().config.save_pretrained(run)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(base).save_pretrained(run)
+    texts = data.splits["validation"]["text"].tolist()[:8]
+    model, tok, labels = load_teacher(str(run))
+    assert labels == data.label_names
+    lora.eval()
+    expected = teacher_forward(lora, tok, texts, 32, 4)
+    np.testing.assert_allclose(teacher_forward(model, tok, texts, 32, 4), expected, atol=1e-5)
+    plain = teacher_forward(*load_teacher(base)[:2], texts, 32, 4)
+    assert np.abs(plain - expected).max() > 1e-3  # the adapter was applied
+    logits, info = teacher_logits(
+        DistillArguments(teacher_model_name_or_path=str(run)), data, tmp_path / "o", 32
+    )
+    np.testing.assert_allclose(logits["validation"][:8], expected, atol=1e-5)

@@ -1,0 +1,522 @@
+"""Scale-out and fault tolerance: accelerate configs, real two-process runs over gloo, resume after SIGKILL,
+half-written checkpoints, seeds, safetensors and trust_remote_code.
+
+One uninterrupted single-process run per recipe (module-scoped) is the reference for the two-process run
+(same global batch), the killed-and-resumed run and the repeated run. To add a recipe (e.g. distill), add
+one line to RECIPES.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, decoder_args
+from test_distill import _data as distill_data
+from test_distill import distill_args, save_teacher
+from test_recipes import encoder_args, load_recipe, synthetic_files
+
+ACCELERATE_CONFIGS = REPO / "accelerate_configs"
+LAUNCHER = REPO / "tests" / "launch_recipe.py"
+STEPS, SAVE_STEPS, GLOBAL_BATCH = 6, 2, 16
+# every run: 6 optimizer steps of 16 rows, a checkpoint every 2 steps, no evaluation until the recipe's own
+QUICK = [
+    "--max_steps", str(STEPS), "--save_strategy", "steps", "--save_steps", str(SAVE_STEPS),
+    "--eval_strategy", "no", "--load_best_model_at_end", "false", "--save_total_limit", "3",
+    "--logging_steps", "2", "--seed", "7", "--data_seed", "11",
+]  # fmt: skip
+
+
+def distill_scaleout_args(models, train, test, out, *extra):
+    student, teacher = models
+    return distill_args(student, teacher, train, test, out, *extra)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model_fixture: str
+    args: object  # (model, train, test, out, *extra) -> argv
+    launcher: str  # how the two-process test starts it: "accelerate" (cpu_multi_process.yaml) or "torchrun"
+    extra: tuple = ()  # options every run of this recipe adds
+    ddp_extra: tuple = ()  # options only the two-process run adds
+
+
+RECIPES = {
+    "full_ft_encoder": Recipe("tiny_modernbert", encoder_args, "accelerate"),
+    "lora_decoder": Recipe(
+        "tiny_qwen2",
+        functools.partial(decoder_args, "lora_decoder"),
+        "torchrun",
+        extra=("--lora_dropout", "0"),  # dropout draws differ per process; the comparisons need none
+        ddp_extra=("--gradient_checkpointing", "true"),  # + LoRA + DDP: needs use_reentrant=False
+    ),
+    # a tiny Qwen2 teacher into a tiny ModernBERT student; the vanilla arm is not needed here
+    "distill": Recipe(
+        "distill_models", distill_scaleout_args, "torchrun", extra=("--train_vanilla", "false")
+    ),
+}
+RESUMED = ("full_ft_encoder", "lora_decoder")  # the issue asks resume for full fine-tuning and LoRA adapters
+
+
+@pytest.fixture(scope="module")
+def distill_models(tiny_modernbert, tiny_qwen2, files, tmp_path_factory):
+    """(student, teacher): a teacher classifier with the synthetic data's label maps."""
+    data = distill_data(*files, max_train_samples=240)
+    return tiny_modernbert, save_teacher(
+        tiny_qwen2, tmp_path_factory.mktemp("teacher") / "t", data.label_names
+    )
+
+
+def recipe_argv(request, name: str, files, out: Path, *extra: str) -> list[str]:
+    recipe = RECIPES[name]
+    model = request.getfixturevalue(recipe.model_fixture)
+    return recipe.args(model, *files, out, *QUICK, *recipe.extra, *extra)
+
+
+def child_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    src = str(REPO / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else src
+    env.update(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"
+    )
+    env.update(extra)
+    return env
+
+
+def run_child(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def predictions(out: Path, split: str = "validation") -> np.ndarray:
+    with np.load(out / f"predictions_{split}.npz") as npz:
+        return npz["probs"]
+
+
+def losses(out: Path) -> list[float]:
+    state = json.loads((out / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    return [row["loss"] for row in state["log_history"] if "loss" in row]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return synthetic_files(tmp_path_factory.mktemp("scaleout-data"))
+
+
+@pytest.fixture(scope="module")
+def reference(request, files, tmp_path_factory):
+    """name -> output folder of one uninterrupted, single-process run (global batch 16), made once."""
+    import torch
+
+    import longtail.report
+
+    runs = {}
+
+    def get(name: str) -> Path:
+        if name not in runs:
+            out = tmp_path_factory.mktemp(f"ref-{name}") / "run"
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(
+                        longtail.report,
+                        "score_split",
+                        functools.partial(longtail.report.score_split, n_resamples=100),
+                    )
+                    argv = recipe_argv(request, name, files, out, "--per_device_train_batch_size", "16")
+                    load_recipe(name).main(argv)
+            finally:
+                torch.set_num_threads(threads)
+            runs[name] = out
+        return runs[name]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------
+# accelerate configs
+# ---------------------------------------------------------------------------------------------
+
+
+def launch_args(config: Path):
+    """What `accelerate launch --config_file config` resolves to (accelerate's own parsing and checks)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    args = launch_command_parser().parse_args(["--config_file", str(config), "recipes/full_ft_encoder.py"])
+    return _validate_launch_command(args)[0]
+
+
+def test_accelerate_configs_parse():
+    """Every config loads with accelerate's own config classes (unknown keys raise) and resolves to the
+    launcher and settings its name promises; the README documents each."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    configs = {p.stem: p for p in ACCELERATE_CONFIGS.glob("*.yaml")}
+    expected = {"single_gpu", "multi_gpu", "cpu_multi_process", "fsdp", "deepspeed_zero2", "deepspeed_zero3"}
+    assert expected <= configs.keys() and any("node" in name for name in configs)
+    readme = (REPO / "README.md").read_text()
+    for name, path in configs.items():
+        config = load_config_from_file(str(path))
+        assert config.compute_environment.value == "LOCAL_MACHINE"
+        assert f"accelerate_configs/{path.name}" in readme, f"README does not document {path.name}"
+        args = launch_args(path)
+        if name == "fsdp":
+            assert config.distributed_type == DistributedType.FSDP and args.use_fsdp
+            fsdp = config.fsdp_config
+            assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
+            assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+            assert fsdp["fsdp_use_orig_params"] is True  # LoRA mixes frozen and trainable parameters
+        elif name.startswith("deepspeed_zero"):
+            assert config.distributed_type == DistributedType.DEEPSPEED and args.use_deepspeed
+            assert config.deepspeed_config["zero_stage"] == int(name[-1]) == args.zero_stage
+        elif name == "cpu_multi_process":
+            # torchrun with 2 processes (accelerate's MULTI_CPU type would start only one without mpirun)
+            assert args.multi_gpu and not args.cpu and args.num_processes == 2
+        elif "node" in name:
+            assert config.num_machines > 1 and config.num_processes > config.num_machines
+        else:
+            assert config.num_processes == (1 if name == "single_gpu" else 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes over gloo == one process with the same global batch
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_two_processes_match_one(name, request, files, reference, tmp_path):
+    recipe = RECIPES[name]
+    out, log = tmp_path / "ddp", tmp_path / "events.jsonl"
+    argv = recipe_argv(request, name, files, out, "--per_device_train_batch_size", str(GLOBAL_BATCH // 2))
+    argv += [*recipe.ddp_extra, "--push_to_hub", "--hub_model_id", "me/ddp-test"]
+    port = str(free_port())  # not the default 29500: other runs on this machine may hold it
+    if recipe.launcher == "accelerate":
+        config = str(ACCELERATE_CONFIGS / "cpu_multi_process.yaml")
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
+        launch += ["--main_process_port", port]
+    else:
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+        ]
+    done = run_child([*launch, str(LAUNCHER), name, *argv], child_env(LONGTAIL_TEST_EVENTS=str(log)))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    # both processes trained together: 6 steps of 16 rows, as the single process
+    seen = events(log)
+    ref = reference(name)
+    state = json.loads((out / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    ref_state = json.loads((ref / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    assert state["epoch"] == pytest.approx(ref_state["epoch"], abs=1e-9)
+    if "--gradient_checkpointing" in recipe.ddp_extra:
+        training = json.loads((out / "run_config.json").read_text())["training"]
+        assert training["gradient_checkpointing"] and training["gradient_checkpointing_kwargs"] == {
+            "use_reentrant": False
+        }
+    # results, reports and the Hub push happen once, on the main process
+    assert sorted(e["event"] for e in seen) == sorted(
+        ["write_run_outputs", "write_run_files", "hub_login", "hub_create_repo", "hub_upload_folder"]
+    ), seen
+    assert {e["rank"] for e in seen} == {0}
+    # the same training and the same final evaluation as one process with the same global batch
+    assert losses(out) == pytest.approx(losses(ref), abs=1e-4)
+    np.testing.assert_allclose(predictions(out), predictions(ref), atol=1e-4)
+    for split in ("eval", "test"):
+        got = json.loads((out / f"{split}_results.json").read_text())
+        want = json.loads((ref / f"{split}_results.json").read_text())
+        for key in ("accuracy", "macro_f1", "nll"):
+            assert got[key] == pytest.approx(want[key], abs=1e-4), (split, key)
+
+
+def test_multi_process_launch_without_gloo_is_refused(monkeypatch, tmp_path):
+    """N launched processes that the Trainer would run as N independent runs (each writing and pushing
+    the same outputs) stop with the fix in the message."""
+    from transformers import TrainingArguments
+
+    from longtail.distributed import check_distributed, launched_world_size
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    assert args.world_size == 1
+    check_distributed(args)  # not launched: fine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launched_world_size() == 2
+    with pytest.raises(RuntimeError, match="WORLD_SIZE=2.*--use_cpu true"):
+        check_distributed(args)
+
+
+def test_parse_recipe_args_selects_gloo_on_cpu(monkeypatch):
+    import torch
+
+    from longtail.data import DataArguments
+    from longtail.distributed import parse_recipe_args
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    (data_args,) = parse_recipe_args((DataArguments,), ["--max_length", "32"])
+    assert data_args.max_length == 32 and "ACCELERATE_USE_CPU" not in os.environ  # one process: untouched
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    parse_recipe_args((DataArguments,), [])
+    assert os.environ["ACCELERATE_USE_CPU"] == "true"
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume after SIGKILL; half-written checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RESUMED)
+def test_resume_after_sigkill_matches_uninterrupted(
+    name, request, files, reference, tmp_path, fast_bootstrap, one_torch_thread
+):
+    out = tmp_path / "run"
+    argv = recipe_argv(request, name, files, out, "--per_device_train_batch_size", str(GLOBAL_BATCH))
+    killed = run_child(
+        [sys.executable, str(LAUNCHER), name, *argv], child_env(LONGTAIL_TEST_KILL_AFTER_SAVES="2")
+    )
+    assert killed.returncode == -9, killed.stderr[-5000:]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / "eval_results.json").exists()
+    # a later checkpoint the kill cut short: weights half-written, no trainer_state.json
+    partial = out / "checkpoint-5"
+    partial.mkdir()
+    weights = (out / "checkpoint-4" / next(iter(weights_files(out / "checkpoint-4")))).read_bytes()
+    (partial / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+
+    # the same command again, with --resume_from_checkpoint true (the recipe resets the root log handlers,
+    # so listen on the module's own logger)
+    logged = RecordingHandler()
+    logger = logging.getLogger("longtail.checkpoints")
+    logger.addHandler(logged)
+    try:
+        load_recipe(name).main([*argv, "--resume_from_checkpoint", "true"])
+    finally:
+        logger.removeHandler(logged)
+    assert any("Skipping checkpoint" in m and "checkpoint-5" in m for m in logged.messages), logged.messages
+    assert f"Resuming from {out / 'checkpoint-4'}" in logged.messages
+
+    ref = reference(name)
+    assert losses(out) == losses(ref)  # steps 1-4 before the kill, 5-6 after it
+    np.testing.assert_allclose(predictions(out), predictions(ref), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(predictions(out, "test"), predictions(ref, "test"), rtol=0, atol=1e-6)
+    got, want = (json.loads((d / "eval_results.json").read_text()) for d in (out, ref))
+    for key in ("accuracy", "macro_f1", "nll", "ece"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+
+
+class RecordingHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def weights_files(folder: Path) -> list[str]:
+    return [n for n in ("model.safetensors", "adapter_model.safetensors") if (folder / n).is_file()]
+
+
+def fake_checkpoint(folder: Path, step: int, weights: str = "model.safetensors") -> Path:
+    """A checkpoint folder shaped like Trainer's: weights, optimizer/scheduler states, trainer_state.json."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if weights.endswith(".safetensors"):
+        save_file({"w": torch.arange(64, dtype=torch.float32)}, path / weights)
+    else:
+        torch.save({"w": torch.arange(64, dtype=torch.float32)}, path / weights)
+    torch.save({"state": {}, "param_groups": []}, path / "optimizer.pt")
+    torch.save({"last_epoch": step}, path / "scheduler.pt")
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return path
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resolve_resume_skips_incomplete_checkpoints(tmp_path, caplog):
+    from longtail.checkpoints import checkpoint_problem, resolve_resume
+
+    out = tmp_path / "run"
+    assert resolve_resume(None, out) is None and resolve_resume("false", out) is None
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume("true", out) is None  # nothing to resume: start from scratch, say so
+    assert "no complete checkpoint" in caplog.text
+
+    good = fake_checkpoint(out, 10)
+    fake_checkpoint(out, 9)  # older, complete
+    assert resolve_resume("true", out) == str(good) == resolve_resume(True, out)
+    assert resolve_resume(str(good), out) == str(good)
+
+    # each way a kill or a full disk leaves a newer checkpoint incomplete
+    no_state = fake_checkpoint(out, 20)
+    (no_state / "trainer_state.json").unlink()
+    cut_state = fake_checkpoint(out, 30)
+    (cut_state / "trainer_state.json").write_text('{"global_st')
+    cut_weights = fake_checkpoint(out, 40, "adapter_model.safetensors")
+    truncate(cut_weights / "adapter_model.safetensors")
+    cut_optimizer = fake_checkpoint(out, 50)
+    truncate(cut_optimizer / "optimizer.pt")
+    pickled = fake_checkpoint(out, 60, "pytorch_model.bin")  # safetensors only
+    (out / "checkpoint-70").mkdir()  # created, nothing written yet
+    (out / "checkpoint-notes").mkdir()  # not a checkpoint name: ignored
+    problems = {
+        no_state: "trainer_state.json is missing",
+        cut_state: "trainer_state.json is unreadable",
+        cut_weights: "adapter_model.safetensors is unreadable",
+        cut_optimizer: "optimizer.pt is truncated",
+        pickled: "no safetensors weights",
+    }
+    for path, reason in problems.items():
+        assert reason in checkpoint_problem(path), path
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume("true", out) == str(good)
+    skipped = [r.getMessage() for r in caplog.records if "Skipping checkpoint" in r.getMessage()]
+    assert len(skipped) == 6 and "checkpoint-70" in skipped[0] and "checkpoint-20" in skipped[-1]
+
+    # an explicit path must be complete: stop with the reason, never train from a half-written state
+    with pytest.raises(ValueError, match="optimizer.pt is truncated.*--resume_from_checkpoint true"):
+        resolve_resume(str(cut_optimizer), out)
+    with pytest.raises(ValueError, match="not a folder"):
+        resolve_resume(str(out / "checkpoint-999"), out)
+
+
+def test_resume_true_without_checkpoint_keeps_the_output_guard(tmp_path):
+    """`--resume_from_checkpoint true` with no checkpoint must not let a fresh run overwrite old results."""
+    from longtail.checkpoints import resolve_resume
+    from longtail.runs import OutputDirError, prepare_output_dir
+
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "eval_results.json").write_text("{}")
+    resume = resolve_resume("true", out)
+    assert resume is None
+    with pytest.raises(OutputDirError):
+        prepare_output_dir(out, overwrite=False, resuming=resume is not None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_seeds_make_cpu_runs_repeatable(
+    request, files, reference, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """The same --seed/--data_seed: identical metrics and probabilities; another --data_seed (another data
+    order) changes them, so the comparison can fail."""
+    name = "full_ft_encoder"
+    ref = reference(name)
+    again = tmp_path / "again"
+    load_recipe(name).main(recipe_argv(request, name, files, again, "--per_device_train_batch_size", "16"))
+    assert json.loads((again / "eval_results.json").read_text()) == json.loads(
+        (ref / "eval_results.json").read_text()
+    )
+    np.testing.assert_array_equal(predictions(again), predictions(ref))
+
+    other = tmp_path / "other-order"
+    argv = recipe_argv(
+        request, name, files, other, "--per_device_train_batch_size", "16", "--data_seed", "12"
+    )
+    load_recipe(name).main(argv)
+    assert losses(other) != losses(ref)
+    assert not np.allclose(predictions(other), predictions(ref), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Safety: safetensors only, no remote code unless asked
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pickled_weights_are_refused(tiny_modernbert, tmp_path):
+    """A model folder with only pytorch_model.bin (a pickle, which can run code when loaded) is refused."""
+    from transformers import AutoModel
+
+    from longtail.training import ModelArguments, load_classifier, load_tokenizer
+
+    pickled = tmp_path / "pickled"
+    AutoModel.from_pretrained(tiny_modernbert).save_pretrained(pickled, safe_serialization=False)
+    for f in Path(tiny_modernbert).glob("*token*"):
+        shutil.copy(f, pickled / f.name)
+    assert (pickled / "pytorch_model.bin").is_file() and not list(pickled.glob("*.safetensors"))
+    args = ModelArguments(model_name_or_path=str(pickled))
+    tokenizer = load_tokenizer(args)
+    with pytest.raises(OSError, match="safetensors"):
+        load_classifier(args, ["a", "b"], tokenizer)
+
+
+def test_remote_code_is_not_run_unless_asked(tiny_modernbert, tmp_path):
+    """A model folder that ships its own code (config auto_map) is refused by default, and its code never
+    runs; ModelArguments.trust_remote_code defaults to False."""
+    from longtail.training import ModelArguments, classifier_config, load_tokenizer
+
+    assert ModelArguments().trust_remote_code is False
+    remote = tmp_path / "remote"
+    shutil.copytree(tiny_modernbert, remote)
+    marker = tmp_path / "code-ran"
+    (remote / "custom_config.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import ModernBertConfig\n\n"
+        "class CustomConfig(ModernBertConfig):\n    model_type = 'custom-longtail'\n"
+    )
+    config = json.loads((remote / "config.json").read_text())
+    config.update(model_type="custom-longtail", auto_map={"AutoConfig": "custom_config.CustomConfig"})
+    (remote / "config.json").write_text(json.dumps(config))
+    args = ModelArguments(model_name_or_path=str(remote))
+    tokenizer = load_tokenizer(args)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        classifier_config(args, ["a", "b"], tokenizer)
+    assert not marker.exists()
+
+
+def test_posthoc_shift_is_not_folded_into_a_sharded_bias():
+    """Under FSDP / ZeRO-3 a process holds a shard of the head's bias: folding the shift into it would
+    fail or corrupt the head, so it is skipped (with a warning) and the report says it is not in the model."""
+    import torch
+
+    from longtail.posthoc import fold_into_head
+
+    log_prior = np.log(np.array([0.7, 0.2, 0.1]))
+    head = torch.nn.Linear(4, 3)
+    bias = head.bias.detach().clone()
+    assert fold_into_head(head, log_prior, 0.5)
+    torch.testing.assert_close(head.bias.detach(), bias - 0.5 * torch.tensor(log_prior, dtype=torch.float32))
+    head.bias = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves outside a forward pass
+    assert fold_into_head(head, log_prior, 0.5) is False
