@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> dict:
         "head_grid_s": fit_s,
         "total_runtime_s": round(time.time() - started, 1),
         "selection": f"C and class weighting: best validation macro-F1 over {len(grid)} settings; "
-        "no epochs, no post-hoc shift; temperature: fitted on validation (temperature.json)" + "; test scored once at the end" * args.do_predict,
+        "no epochs, no post-hoc shift; temperature: fitted on validation (temperature.json)"
+        + "; test scored once at the end"
+        * args.do_predict,
     }
     paths = write_run_outputs(
         output_dir,

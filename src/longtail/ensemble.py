@@ -3,7 +3,7 @@
     python -m longtail.ensemble outputs/probe_encoder outputs/baseline_tfidf --output_dir outputs/ensemble
 
 Runs whose errors differ (a frozen-encoder probe and TF-IDF) help each other most. Each member is first
-temperature-scaled on validation (T minimising validation NLL; softmax(log p / T) equals scaling its logits, so
+temperature-scaled on validation (`calibration.fit_temperature`, T minimising validation NLL; softmax(log p / T) equals scaling its logits, so
 the saved probabilities suffice), then the weights (a grid on the simplex, step --weight_step) are chosen by
 validation macro-F1, ties broken by validation NLL. The test split is scored once with the chosen setting.
 Writes predictions_validation.npz / predictions_test.npz (so `longtail.compare` can put the ensemble next to
@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from longtail.compare import CompareError, check_same_rows, load_tiers, read_run
 from longtail.metrics import (
@@ -35,13 +34,10 @@ def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
-    """The T in [0.05, 20] minimising NLL of softmax(log p / T) (searched on log T)."""
-    res = minimize_scalar(
-        lambda log_t: negative_log_likelihood(temper(probs, float(np.exp(log_t))), y),
-        bounds=(np.log(0.05), np.log(20.0)),
-        method="bounded",
-    )
-    return float(np.exp(res.x))
+    """calibration.fit_temperature on log-probabilities (they differ from the logits by a per-row constant)."""
+    from longtail.calibration import fit_temperature as fit_on_logits
+
+    return fit_on_logits(np.log(np.clip(probs, 1e-12, None)), y)
 
 
 def simplex_grid(k: int, step: float) -> list[tuple[float, ...]]:
