@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace the results in --output_dir")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--max_rows", type=int, default=512, help="evaluation rows (a fixed random sample)")
+    p.add_argument("--max_rows", type=int, default=256, help="evaluation rows (a fixed random sample)")
     p.add_argument("--max_length", type=int, default=None, help="default: the run's max_length, else 128")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--latency_rows", type=int, default=32, help="rows timed one at a time (batch 1)")

@@ -68,6 +68,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--onnx_model", default="modernbert-base", help="also exported and timed in ONNX ('' = skip)"
     )
+    p.add_argument("--onnx_batch_size", type=int, default=None, help="default: --mfu_batch_size")
     p.add_argument("--output_dir", default=str(REPO / "bench_results" / "scaling"))
     p.add_argument("--model_dirs", nargs="*", default=None, help=argparse.SUPPRESS)  # tests: name=folder
     return p.parse_args(argv)
@@ -209,7 +210,8 @@ def main(argv=None) -> dict:
             mfu = {"model": name, "batch": args.mfu_batch_size, "seq_len": args.seq_len, "median_s": s,
                    "gflops_per_s": f / s / 1e9, "gemm_peak_share": f / s / 1e9 / gemm["gflops"]}  # fmt: skip
         if name == args.onnx_model:
-            big = real_inputs(tokenizer, texts, args.mfu_batch_size or args.batch_size, args.seq_len)
+            size = args.onnx_batch_size or args.mfu_batch_size or args.batch_size
+            big = real_inputs(tokenizer, texts, size, args.seq_len)
             onnx = onnx_check(name, folder, model, tokenizer, big, args, device, gemm)
         del model
     claims = test_claims(rows)
