@@ -5,7 +5,7 @@
   compared with;
 - `forward_flops`: model FLOPs of a forward pass, 2 x non-embedding parameters x real tokens plus attention
   (QK^T and AV: 4 x layers x hidden x length^2 per sequence), so padding counts as waste, not work;
-- `peak_memory`: process peak RSS on CPU (ru_maxrss), CUDA max allocated on GPU.
+- `peak_memory_bytes`: process peak RSS on CPU (VmHWM), CUDA max allocated on GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -82,5 +83,11 @@ def peak_memory_bytes(device: str = "cpu") -> int:
     """CUDA max allocated since the last reset on GPU; the process's peak RSS on CPU."""
     if str(device).startswith("cuda"):
         return int(torch.cuda.max_memory_allocated())
+    # VmHWM is this process's own high-water mark; ru_maxrss can carry the parent's peak across fork + exec
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
