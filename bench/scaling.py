@@ -87,7 +87,8 @@ def build(name: str, folder: Path, num_labels: int, device: str):
     tokenizer = load_tokenizer_dir(folder)
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32).to(device).eval()
+    # .float(): from_config keeps the config's dtype (Qwen2.5 ships bf16); every model is timed in fp32
+    model = AutoModelForSequenceClassification.from_config(config).float().to(device).eval()
     return model, tokenizer, config.model_type
 
 
