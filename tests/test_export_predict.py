@@ -320,10 +320,11 @@ def test_padding_study_on_real_cfpb_lengths(tiny_classifier, one_torch_thread):
     assert pad["max_length"] == 512 and pad["rows"] == 64
     # real complaints are far shorter than 512 tokens on average: fixed padding computes mostly pad tokens
     assert pad["fixed_max_length"]["padded_to_real_tokens"] > 1.5
+    # (this tiny tokenizer splits real text finely: unsorted batches may all reach 512, as fixed padding does)
     assert (
         pad["dynamic_sorted"]["padded_to_real_tokens"]
         < pad["dynamic_unsorted"]["padded_to_real_tokens"]
-        < pad["fixed_max_length"]["padded_to_real_tokens"]
+        <= pad["fixed_max_length"]["padded_to_real_tokens"]
     )
 
 
