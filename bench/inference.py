@@ -1,0 +1,560 @@
+"""Inference benchmark (`make bench`): every variant of a trained classifier on the same rows, quality and cost.
+
+    python bench/inference.py                                   # the demo model (make demo), its test split
+    python bench/inference.py --model_dir RUN --data test.csv   # any classifier folder, any labelled file
+
+Variants: PyTorch fp32; PyTorch fp16 / bf16 and bitsandbytes int8 / int4 (GPU only); ONNX fp32, ONNX
+ORT-optimised and ONNX dynamic int8 (exported here with recipes/export_onnx.py's code). Each variant runs in
+its own process (so its peak memory is its own) on the same rows, tokenised before any timing:
+- batch 32: rows sorted by length, dynamic padding; median of >= 5 timed passes -> ms/example, rows/s;
+- batch 1: p50 / p95 latency over `--latency_rows` rows (median of the timed repeats per row);
+- peak memory (process RSS on CPU; CUDA max allocated after a reset on GPU), size on disk;
+- model FLOP/s as a share of the machine's measured fp32 GEMM peak (forward FLOPs ~ 2 x non-embedding
+  parameters x real tokens + attention);
+- quality from longtail.metrics: accuracy, macro-F1 with its bootstrap CI, tail macro-F1, ECE (with the
+  model's temperature), argmax agreement with PyTorch fp32.
+A variant is "recommended" only within 0.5 point macro-F1 of fp32: the fastest such one at batch 32.
+With the real CFPB data (../shared), it also measures what padding costs at max_length 512.
+Writes results.json, results.md and pareto_latency.png / pareto_memory.png to --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "outputs" / "demo" / "full_ft_encoder"
+CFPB = REPO.parent / "shared" / "data" / "cfpb" / "complaints_dev.csv"
+TORCH_VARIANTS = ("pytorch_fp32", "pytorch_fp16", "pytorch_bf16", "bnb_int8", "bnb_int4")
+ONNX_VARIANTS = {"onnx_fp32": "fp32", "onnx_optimized": "optimized", "onnx_int8": "int8"}
+VARIANTS = (*TORCH_VARIANTS, *ONNX_VARIANTS)
+GPU_ONLY = ("pytorch_fp16", "pytorch_bf16", "bnb_int8", "bnb_int4")
+RECOMMEND_WITHIN = 0.005  # macro-F1 (0.5 point) of PyTorch fp32
+MIB = 1024**2
+logger = logging.getLogger("bench.inference")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_dir", default=str(DEFAULT_MODEL), help="trained classifier folder")
+    p.add_argument("--data", default=None, help="labelled .csv/.jsonl (default: the run's own test split)")
+    p.add_argument("--text_column", default="Consumer complaint narrative")
+    p.add_argument("--label_column", default="Issue")
+    p.add_argument("--output_dir", default=str(REPO / "bench_results" / "inference"))
+    p.add_argument("--overwrite", action="store_true", help="replace the results in --output_dir")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--max_rows", type=int, default=256, help="evaluation rows (a fixed random sample)")
+    p.add_argument("--max_length", type=int, default=None, help="default: the run's max_length, else 128")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--latency_rows", type=int, default=32, help="rows timed one at a time (batch 1)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs (>= 5 for the reported numbers)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--gemm_size", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=None, help="torch/ORT intra-op threads (default: torch's)")
+    p.add_argument("--bootstrap_resamples", type=int, default=1000, help="for the macro-F1 CI")
+    p.add_argument("--padding_data", default=str(CFPB), help="real texts for the padding study ('' = skip)")
+    p.add_argument("--padding_rows", type=int, default=96)
+    p.add_argument("--padding_max_length", type=int, default=512)
+    p.add_argument(
+        "--in_process", action="store_true", help="no subprocess per variant (smoke runs; no memory)"
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny settings for tests: few rows, 2 repeats, small GEMM"
+    )
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.max_rows, args.latency_rows, args.repeats, args.warmup = min(args.max_rows, 48), 4, 2, 1
+        args.gemm_size, args.padding_rows, args.bootstrap_resamples = 256, 16, 100
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
+    """(texts, label ids, log) of the evaluation rows; every drop is counted."""
+    import pandas as pd
+
+    from longtail.data import DataArguments, prepare_data, read_table
+
+    log: dict = {}
+    if args.data:
+        df = read_table(args.data)
+        missing = [c for c in (args.text_column, args.label_column) if c not in df.columns]
+        if missing:
+            raise SystemExit(f"error: {args.data} has no column {missing}; columns: {list(df.columns)}")
+        df = pd.DataFrame({"text": df[args.text_column], "label": df[args.label_column]})
+        log["source"] = Path(args.data).name
+    else:
+        config = Path(args.model_dir) / "run_config.json"
+        if not config.is_file():
+            raise SystemExit(
+                f"error: {args.model_dir} has no run_config.json: pass --data with labelled rows"
+            )
+        data_args = json.loads(config.read_text("utf-8"))["data"]
+        fields = DataArguments.__dataclass_fields__
+        data = prepare_data(DataArguments(**{k: v for k, v in data_args.items() if k in fields}))
+        split = "test" if "test" in data.splits else "validation"
+        df = data.splits[split][["text", "label"]]
+        log["source"] = f"the run's {split} split ({data_args.get('dataset_name')})"
+        args.max_length = args.max_length or data_args.get("max_length")
+    empty = ~df["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))
+    unknown = ~empty & ~df["label"].astype(str).isin(label2id)
+    log.update(rows=len(df), dropped_empty_text=int(empty.sum()), dropped_unknown_label=int(unknown.sum()))
+    if empty.any() or unknown.any():
+        logger.warning(
+            "Evaluation rows: %d without text and %d with a label the model never saw are not scored",
+            int(empty.sum()),
+            int(unknown.sum()),
+        )
+    df = df[~empty & ~unknown]
+    if len(df) > args.max_rows:
+        df = df.sample(args.max_rows, random_state=0)
+    log["scored"] = len(df)
+    return df["text"].astype(str).tolist(), df["label"].astype(str).map(label2id).to_numpy(), log
+
+
+# ---------------------------------------------------------------------------------------------
+# One variant (runs in a worker process)
+# ---------------------------------------------------------------------------------------------
+
+
+def variant_available(variant: str, device: str) -> str | None:
+    """None when the variant can run here, else why not."""
+    if variant in GPU_ONLY and not device.startswith("cuda"):
+        return "needs a GPU"
+    if variant == "pytorch_bf16" and device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.get_device_capability()[0] < 8:
+            return "bf16 is emulated below compute capability 8"
+    if variant.startswith("bnb_"):
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return "bitsandbytes is not installed"
+    return None
+
+
+def load_variant(variant: str, model_dir: str, onnx_dir: Path, device: str):
+    """(backend, tokenizer, size on disk or in memory in bytes)."""
+    import torch
+
+    from longtail.inference import OrtBackend, TorchBackend, load_model_dir, load_tokenizer_dir, onnx_files
+
+    if variant in ONNX_VARIANTS:
+        folder = onnx_dir / ONNX_VARIANTS[variant]
+        backend = OrtBackend(folder, device=device)
+        return backend, load_tokenizer_dir(folder), sum(f.stat().st_size for f in onnx_files(folder))
+    kwargs: dict = {}
+    if variant == "pytorch_fp16":
+        kwargs["dtype"] = torch.float16
+    elif variant == "pytorch_bf16":
+        kwargs["dtype"] = torch.bfloat16
+    elif variant.startswith("bnb_"):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_8bit=True)
+            if variant == "bnb_int8"
+            else BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+            )
+        )
+        kwargs["device_map"] = {"": device}
+    model, tokenizer, _ = load_model_dir(model_dir, device=device, **kwargs)
+    return TorchBackend(model, device), tokenizer, int(model.get_memory_footprint())
+
+
+def measure_variant(variant: str, spec: dict) -> tuple[dict, np.ndarray]:
+    """Timings, memory and size of one variant, plus its logits over the evaluation rows (input order)."""
+    import torch
+
+    from longtail.benchmark import gemm_peak_gflops, peak_memory_bytes, reset_peak_memory, timed
+    from longtail.inference import encode_batches, run_batches
+
+    device = spec["device"]
+    torch.set_num_threads(spec["threads"])
+    base_rss = peak_memory_bytes("cpu")
+    reset_peak_memory(device)
+    started = time.perf_counter()
+    backend, tokenizer, size = load_variant(variant, spec["model_dir"], Path(spec["onnx_dir"]), device)
+    load_s = time.perf_counter() - started
+    texts = spec["texts"]
+    # tokenisation happens here, outside every timed region
+    batches = encode_batches(tokenizer, texts, spec["batch_size"], spec["max_length"])
+    singles = encode_batches(tokenizer, texts[: spec["latency_rows"]], 1, spec["max_length"])
+    num_labels = spec["num_labels"]
+    holder = {}
+
+    def full_pass():
+        holder["logits"] = run_batches(backend, batches, len(texts), num_labels)
+
+    # on a shared machine the peak drifts: measure it right before this variant, compare with that
+    peak = gemm_peak_gflops(spec["gemm_size"], spec["repeats"], device)["gflops"]
+    t32 = timed(full_pass, repeats=spec["repeats"], warmup=spec["warmup"], device=device)
+    per_row = []
+    for batch in singles:
+        t = timed(
+            lambda b=batch: backend.logits(b), repeats=spec["repeats"], warmup=spec["warmup"], device=device
+        )
+        per_row.append(t["median_s"])
+    n = len(texts)
+    result = {
+        "variant": variant,
+        "load_s": load_s,
+        "batch32_pass_s": t32["median_s"],
+        "batch32_runs_s": t32["runs_s"],
+        "ms_per_example_b32": 1000 * t32["median_s"] / n,
+        "throughput_rows_s": n / t32["median_s"],
+        "latency_b1_p50_ms": 1000 * float(np.percentile(per_row, 50)),
+        "latency_b1_p95_ms": 1000 * float(np.percentile(per_row, 95)),
+        "padded_to_real_tokens": batches.padding_ratio,
+        "real_tokens": batches.real_tokens,
+        "size_bytes": size,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "baseline_rss_bytes": base_rss,
+        "memory_kind": "CUDA max allocated" if device.startswith("cuda") else "process peak RSS",
+        "threads": torch.get_num_threads(),
+        "gemm_gflops_at_run": peak,
+    }
+    return result, holder["logits"]
+
+
+def run_worker(args) -> None:
+    spec = json.loads(Path(args.worker).read_text("utf-8"))
+    result, logits = measure_variant(spec["variant"], spec)
+    np.save(spec["logits_path"], logits)
+    Path(spec["result_path"]).write_text(json.dumps(result), "utf-8")
+
+
+def run_variant(variant: str, spec: dict, workdir: Path, in_process: bool) -> tuple[dict, np.ndarray]:
+    if in_process:
+        result, logits = measure_variant(variant, spec)
+        result["peak_memory_bytes"] = None  # one process for all variants: not attributable
+        return result, logits
+    spec = {**spec, "variant": variant, "logits_path": str(workdir / f"{variant}.npy"),
+            "result_path": str(workdir / f"{variant}.json")}  # fmt: skip
+    spec_path = workdir / f"{variant}_spec.json"
+    spec_path.write_text(json.dumps(spec), "utf-8")
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", str(spec_path)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant} failed:\n{done.stderr[-3000:]}")
+    return json.loads(Path(spec["result_path"]).read_text("utf-8")), np.load(spec["logits_path"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding study: fixed max_length padding vs dynamic padding (unsorted, sorted by length)
+# ---------------------------------------------------------------------------------------------
+
+
+def padding_study(args, model, tokenizer, device: str) -> dict | None:
+    from longtail.benchmark import timed
+    from longtail.data import read_table
+    from longtail.inference import TorchBackend, encode_batches
+
+    path = Path(args.padding_data) if args.padding_data else None
+    if path is None or not path.is_file():
+        return None
+    df = read_table(path)
+    if args.text_column not in df.columns:
+        logger.warning("Padding study skipped: %s has no column %r", path, args.text_column)
+        return None
+    texts = df[args.text_column].dropna().astype(str)
+    texts = texts[texts.str.strip() != ""].sample(args.padding_rows, random_state=0).tolist()
+    max_length = min(
+        args.padding_max_length, tokenizer.model_max_length, model.config.max_position_embeddings
+    )
+    backend = TorchBackend(model, device)
+    out = {"source": path.name, "rows": len(texts), "max_length": max_length, "batch_size": args.batch_size}
+    settings = {
+        "fixed_max_length": dict(sort_by_length=False, pad_to_max_length=True),
+        "dynamic_unsorted": dict(sort_by_length=False),
+        "dynamic_sorted": dict(sort_by_length=True),
+    }
+    for name, kw in settings.items():
+        batches = encode_batches(tokenizer, texts, args.batch_size, max_length, **kw)
+        t = timed(lambda b=batches: [backend.logits(x) for x in b], args.repeats, args.warmup, device)
+        out[name] = {
+            "padded_to_real_tokens": batches.padding_ratio,
+            "pass_s": t["median_s"],
+            "throughput_rows_s": len(texts) / t["median_s"],
+        }
+    lengths = batches.lengths
+    out["real_length_mean"], out["real_length_p50"] = float(lengths.mean()), float(np.median(lengths))
+    out["truncated_share"] = float((lengths >= max_length).mean())
+    out["speedup_sorted_vs_fixed"] = out["fixed_max_length"]["pass_s"] / out["dynamic_sorted"]["pass_s"]
+    out["speedup_sorted_vs_unsorted"] = out["dynamic_unsorted"]["pass_s"] / out["dynamic_sorted"]["pass_s"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+COLUMNS = [
+    ("variant", "variant", "{}"),
+    ("ms_per_example_b32", "ms/example (b32)", "{:.2f}"),
+    ("throughput_rows_s", "rows/s (b32)", "{:.1f}"),
+    ("latency_b1_p50_ms", "p50 ms (b1)", "{:.1f}"),
+    ("latency_b1_p95_ms", "p95 ms (b1)", "{:.1f}"),
+    ("speedup_vs_fp32", "speed-up vs fp32 (b32)", "{:.2f}x"),
+    ("gemm_peak_share", "share of GEMM peak", "{:.0%}"),
+    ("peak_memory_mib", "peak memory MiB", "{:.0f}"),
+    ("size_mib", "size MiB", "{:.1f}"),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("macro_f1_ci", "macro-F1 [95% CI]", "{}"),
+    ("macro_f1_tail", "tail macro-F1", "{:.4f}"),
+    ("ece", "ECE", "{:.4f}"),
+    ("agreement_with_fp32", "argmax agreement", "{:.4f}"),
+    ("verdict", "verdict", "{}"),
+]
+
+
+def fmt(value, pattern: str) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    return pattern.format(value)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Inference benchmark: {report['model']}",
+        "",
+        f"Machine: {report['machine_text']}.",
+        f"Rows: {report['rows']['scored']} from {report['rows']['source']}, max_length {report['max_length']}, "
+        f"batch 32 sorted by length with dynamic padding (padded/real tokens "
+        f"{report['padded_to_real_tokens']:.2f}); median of {report['repeats']} timed passes after "
+        f"{report['warmup']} warm-up; tokenisation outside the timed region. Measured fp32 GEMM peak: "
+        f"{report['gemm']['gflops']:.1f} GFLOP/s ({report['gemm']['size']}^3, {report['gemm']['threads']} threads); "
+        "each variant's share is against the GEMM peak measured again right before it (a shared machine drifts).",
+        "",
+        "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for row in report["results"]:
+        lines.append("| " + " | ".join(fmt(row.get(k), f) for k, _, f in COLUMNS) + " |")
+    if report["skipped"]:
+        lines += ["", "Not run here: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
+    lines += ["", report["recommendation"]]
+    pad = report.get("padding")
+    if pad:
+        lines += [
+            "",
+            f"## Padding at max_length {pad['max_length']} ({pad['rows']} real texts from {pad['source']}, "
+            f"mean length {pad['real_length_mean']:.0f} tokens, {pad['truncated_share']:.0%} truncated)",
+            "",
+            "| batching | padded/real tokens | s per pass | rows/s |",
+            "|---|---|---|---|",
+        ]
+        for name in ("fixed_max_length", "dynamic_unsorted", "dynamic_sorted"):
+            r = pad[name]
+            lines.append(
+                f"| {name} | {r['padded_to_real_tokens']:.2f} | {r['pass_s']:.2f} | {r['throughput_rows_s']:.1f} |"
+            )
+        lines += [
+            "",
+            f"Sorted dynamic padding vs fixed max_length: {pad['speedup_sorted_vs_fixed']:.2f}x throughput "
+            f"(target >= 1.5x: {'met' if pad['speedup_sorted_vs_fixed'] >= 1.5 else 'NOT met'}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plots(report: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, label, name in (
+        ("ms_per_example_b32", "ms per example (batch 32)", "pareto_latency.png"),
+        ("peak_memory_mib", "peak memory (MiB)", "pareto_memory.png"),
+    ):
+        rows = [r for r in report["results"] if r.get(key) is not None]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            ax.scatter(r[key], r["macro_f1"], s=40)
+            ax.annotate(
+                r["variant"], (r[key], r["macro_f1"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+            )
+        ax.set_xlabel(label)
+        ax.set_ylabel("macro-F1")
+        ax.set_title(f"{report['model']}: macro-F1 vs {label.split(' (')[0]}", fontsize=9)
+        fig.text(0.01, 0.01, report["machine_text"][:150], fontsize=5)
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        paths.append(name)
+    return paths
+
+
+def verdicts(results: list[dict]) -> str:
+    fp32 = next((r for r in results if r["variant"] == "pytorch_fp32"), None)
+    if fp32 is None:
+        return "No PyTorch fp32 reference: nothing recommended."
+    ok = [r for r in results if fp32["macro_f1"] - r["macro_f1"] <= RECOMMEND_WITHIN]
+    for r in results:
+        r["verdict"] = "within 0.5 pt" if r in ok else "quality loss"
+    best = min(ok, key=lambda r: r["ms_per_example_b32"])
+    best["verdict"] = "recommended"
+    return (
+        f"Recommended: **{best['variant']}** — the fastest at batch 32 among the variants within 0.5 point "
+        f"macro-F1 of PyTorch fp32 ({best['speedup_vs_fp32']:.2f}x fp32's speed on this machine)."
+    )
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(args)
+        return {}
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING, force=True
+    )
+    logging.getLogger("longtail").setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from longtail.benchmark import forward_flops, gemm_peak_gflops, non_embedding_parameters
+    from longtail.calibration import load_temperature
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import describe_machine, load_model_dir, machine_description
+    from longtail.metrics import assign_tiers, classification_metrics, softmax
+    from longtail.runs import write_json
+
+    out = Path(args.output_dir)
+    if (out / "results.json").exists() and not args.overwrite:
+        raise SystemExit(
+            f"error: {out} holds earlier results; pass --overwrite or choose another --output_dir"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    machine = machine_description()
+    gemm = gemm_peak_gflops(args.gemm_size, max(args.repeats, 5), device)
+    logger.info("fp32 GEMM peak: %.1f GFLOP/s", gemm["gflops"])
+
+    model, tokenizer, resolved = load_model_dir(args.model_dir, device=device)
+    texts, labels, rows_log = evaluation_rows(args, model.config.label2id)
+    args.max_length = args.max_length or 128
+    temperature = load_temperature(args.model_dir)
+    labels_json = Path(args.model_dir) / "labels.json"
+    if labels_json.is_file():  # the run's training-frequency tiers
+        tiers_by_name = json.loads(labels_json.read_text("utf-8"))["tiers"]
+        tiers = {model.config.label2id[n]: t for n, t in tiers_by_name.items() if n in model.config.label2id}
+    else:
+        tiers = assign_tiers(dict(zip(*np.unique(labels, return_counts=True), strict=True)))
+    params_ne = non_embedding_parameters(model)
+    padding = padding_study(args, model, tokenizer, device) if args.padding_data else None
+    config = model.config
+    del model
+
+    skipped = {v: why for v in args.variants if (why := variant_available(v, device))}
+    variants = [v for v in args.variants if v not in skipped]
+    onnx_dir = out / "onnx"
+    if any(v in ONNX_VARIANTS for v in variants):
+        export = export_onnx(ExportArguments(
+            model_dir=args.model_dir, output_dir=str(onnx_dir), overwrite_output_dir=True, device=device,
+            optimize="onnx_optimized" in variants, quantize="onnx_int8" in variants,
+            min_int8_agreement=0.0, max_length=args.max_length,  # quality is measured below, on labelled rows
+        ))  # fmt: skip
+        for v, sub in ONNX_VARIANTS.items():
+            if v in variants and export["variants"].get(sub, {}).get("status") == "skipped":
+                skipped[v] = export["variants"][sub]["reason"]
+                variants.remove(v)
+    spec = {
+        "model_dir": str(resolved), "onnx_dir": str(onnx_dir), "device": device, "texts": texts,
+        "max_length": args.max_length, "batch_size": args.batch_size, "latency_rows": args.latency_rows,
+        "repeats": args.repeats, "warmup": args.warmup, "num_labels": config.num_labels,
+        "threads": torch.get_num_threads(), "gemm_size": args.gemm_size,
+    }  # fmt: skip
+    results, logits = [], {}
+    with tempfile.TemporaryDirectory() as work:
+        for variant in variants:
+            logger.info("Measuring %s", variant)
+            result, logits[variant] = run_variant(variant, spec, Path(work), args.in_process)
+            results.append(result)
+
+    flops = forward_flops(
+        params_ne,
+        config,
+        [len(x) for x in tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]],
+    )
+    reference = logits.get("pytorch_fp32")
+    fp32_ms = next((r["ms_per_example_b32"] for r in results if r["variant"] == "pytorch_fp32"), None)
+    for r in results:
+        probs = softmax(logits[r["variant"]].astype(np.float64) / temperature)
+        m = classification_metrics(labels, probs, tiers, n_resamples=args.bootstrap_resamples)
+        r.update(
+            {
+                k: m[k]
+                for k in (
+                    "accuracy",
+                    "macro_f1",
+                    "macro_f1_ci_low",
+                    "macro_f1_ci_high",
+                    "macro_f1_tail",
+                    "ece",
+                )
+            }
+        )
+        r["macro_f1_ci"] = f"{m['macro_f1']:.4f} [{m['macro_f1_ci_low']:.4f}, {m['macro_f1_ci_high']:.4f}]"
+        r["agreement_with_fp32"] = (
+            float((reference.argmax(1) == logits[r["variant"]].argmax(1)).mean())
+            if reference is not None
+            else None
+        )
+        r["speedup_vs_fp32"] = fp32_ms / r["ms_per_example_b32"] if fp32_ms else None
+        r["model_gflops_per_s"] = flops / r["batch32_pass_s"] / 1e9
+        r["gemm_peak_share"] = r["model_gflops_per_s"] / r["gemm_gflops_at_run"]
+        r["peak_memory_mib"] = r["peak_memory_bytes"] / MIB if r["peak_memory_bytes"] else None
+        r["size_mib"] = r["size_bytes"] / MIB
+    report = {
+        "model": Path(args.model_dir).name if Path(args.model_dir).name != "model" else str(args.model_dir),
+        "machine": machine,
+        "machine_text": describe_machine(machine),
+        "gemm": gemm,
+        "rows": rows_log,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "temperature": temperature,
+        "non_embedding_parameters": params_ne,
+        "forward_gflops_all_rows": flops / 1e9,
+        "padded_to_real_tokens": results[0]["padded_to_real_tokens"] if results else float("nan"),
+        "skipped": skipped,
+        "results": results,
+        "padding": padding,
+        "in_process": args.in_process,
+        "smoke": args.smoke,
+    }
+    report["recommendation"] = verdicts(results) if results else "Nothing measured."
+    report["plots"] = pareto_plots(report, out)
+    write_json(out / "results.json", report)
+    (out / "results.md").write_text(markdown(report), "utf-8")
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,329 @@
+"""Scaling study (`make bench-scaling`): classification latency vs parameter count, encoders vs decoders.
+
+    python bench/scaling.py                       # ModernBERT family + Qwen2.5-0.5B, CPU, a few minutes
+    python bench/scaling.py --models qwen2.5-1.5b --batch_size 32
+
+Every model is the published architecture with RANDOM weights (speed does not depend on the values): the
+ModernBERT family from <shared>/models/ModernBERT-base's config with the sizes of the published members
+(Ettin 17M/32M/68M, ModernBERT-base, ModernBERT-large), the Qwen2.5 family from
+<shared>/models/Qwen2.5-0.5B's config (0.5B, 1.5B, 3B), each with a 113-label classification head. Inputs
+are real CFPB complaints tokenised by the family's real tokenizer, cut to exactly `seq_len` tokens (no
+padding). It tests two claims: at equal parameter count an encoder and a decoder classify at about the same
+speed, and the decoder/encoder cost ratio follows the non-embedding parameter ratio. It also reports each
+model's achieved FLOP/s as a share of the measured fp32 GEMM peak, and (--onnx_model) whether ONNX Runtime
+matches PyTorch on ModernBERT-base at batch 32 x 128. Writes scaling.{json,md,png} to --output_dir; skips
+cleanly (exit 0) without the shared folder. Runs on a GPU too (--device cuda).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("bench.scaling")
+
+# name -> (family, base folder in <shared>/models, config overrides with the published sizes)
+MODELS = {
+    "ettin-17m": ("encoder", "ModernBERT-base", dict(hidden_size=256, intermediate_size=384, num_hidden_layers=7, num_attention_heads=4)),
+    "ettin-32m": ("encoder", "ModernBERT-base", dict(hidden_size=384, intermediate_size=576, num_hidden_layers=10, num_attention_heads=6)),
+    "ettin-68m": ("encoder", "ModernBERT-base", dict(hidden_size=512, intermediate_size=768, num_hidden_layers=19, num_attention_heads=8)),
+    "modernbert-base": ("encoder", "ModernBERT-base", {}),
+    "modernbert-large": ("encoder", "ModernBERT-base", dict(hidden_size=1024, intermediate_size=2624, num_hidden_layers=28, num_attention_heads=16)),
+    "qwen2.5-0.5b": ("decoder", "Qwen2.5-0.5B", {}),
+    "qwen2.5-1.5b": ("decoder", "Qwen2.5-0.5B", dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2)),
+    "qwen2.5-3b": ("decoder", "Qwen2.5-0.5B", dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2)),
+}  # fmt: skip
+DEFAULT_MODELS = [
+    "ettin-17m",
+    "ettin-32m",
+    "ettin-68m",
+    "modernbert-base",
+    "modernbert-large",
+    "qwen2.5-0.5b",
+]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared_dir", default=str(REPO.parent / "shared"))
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--num_labels", type=int, default=113)
+    p.add_argument("--device", default=None)
+    p.add_argument("--gemm_size", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=None, help="torch/ORT intra-op threads (default: torch's)")
+    p.add_argument(
+        "--mfu_model", default="modernbert-base", help="also timed at --mfu_batch_size ('' = skip)"
+    )
+    p.add_argument("--mfu_batch_size", type=int, default=32)
+    p.add_argument(
+        "--onnx_model", default="modernbert-base", help="also exported and timed in ONNX ('' = skip)"
+    )
+    p.add_argument("--onnx_batch_size", type=int, default=None, help="default: --mfu_batch_size")
+    p.add_argument("--output_dir", default=str(REPO / "bench_results" / "scaling"))
+    p.add_argument("--model_dirs", nargs="*", default=None, help=argparse.SUPPRESS)  # tests: name=folder
+    return p.parse_args(argv)
+
+
+def build(name: str, folder: Path, num_labels: int, device: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from longtail.inference import load_tokenizer_dir
+
+    family, _, overrides = MODELS.get(name, ("encoder", None, {}))
+    config = AutoConfig.from_pretrained(folder, num_labels=num_labels, **overrides)
+    if config.model_type == "modernbert":
+        config.reference_compile = False
+    tokenizer = load_tokenizer_dir(folder)
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    # .float(): from_config keeps the config's dtype (Qwen2.5 ships bf16); every model is timed in fp32
+    model = AutoModelForSequenceClassification.from_config(config).float().to(device).eval()
+    return model, tokenizer, config.model_type
+
+
+def real_inputs(tokenizer, texts: list[str], batch_size: int, seq_len: int):
+    """A Batch of `batch_size` real texts, each exactly `seq_len` tokens long (no padding)."""
+    from longtail.inference import Batch
+
+    ids = [x for x in tokenizer(texts, truncation=True, max_length=seq_len)["input_ids"] if len(x) == seq_len]
+    if len(ids) < batch_size:
+        raise SystemExit(f"error: only {len(ids)} texts reach {seq_len} tokens; lower --seq_len")
+    input_ids = np.array(ids[:batch_size], dtype=np.int64)
+    return Batch(np.arange(batch_size), {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)})
+
+
+def texts_for(shared: Path) -> list[str]:
+    csv = shared / "data" / "cfpb" / "complaints_dev.csv"
+    if csv.is_file():
+        import pandas as pd
+
+        col = pd.read_csv(csv, usecols=["Consumer complaint narrative"], dtype=str)[
+            "Consumer complaint narrative"
+        ]
+        return col.dropna().sample(400, random_state=0).tolist()
+    from longtail.synthetic import make_synthetic_complaints
+
+    return [
+        " ".join([t] * 20)
+        for t in make_synthetic_complaints(200, seed=1)["Consumer complaint narrative"].dropna()
+    ]
+
+
+def measure(model, batch, device, repeats, warmup) -> float:
+    from longtail.benchmark import timed
+    from longtail.inference import TorchBackend
+
+    backend = TorchBackend(model, device)
+    return timed(lambda: backend.logits(batch), repeats, warmup, device)["median_s"]
+
+
+def onnx_check(name, folder, model, tokenizer, batch, args, device, gemm) -> dict:
+    """PyTorch vs ONNX fp32 / optimised / int8 on one model at the same batch."""
+    from longtail.benchmark import timed
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import OrtBackend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(Path(tmp) / "model")
+        tokenizer.save_pretrained(Path(tmp) / "model")
+        record = export_onnx(ExportArguments(model_dir=str(Path(tmp) / "model"), output_dir=str(Path(tmp) / "onnx"),
+                                             device=device, min_int8_agreement=0.0, parity_rows=8))  # fmt: skip
+        out = {
+            "model": name,
+            "batch": list(batch.inputs["input_ids"].shape),
+            "pytorch_s": measure(model, batch, device, args.repeats, args.warmup),
+        }
+        for variant, entry in record["variants"].items():
+            if entry.get("status") in ("skipped", "rejected"):
+                continue
+            backend = OrtBackend(Path(tmp) / "onnx" / variant, device=device)
+            out[f"onnx_{variant}_s"] = timed(
+                lambda b=backend: b.logits(batch), args.repeats, args.warmup, device
+            )["median_s"]
+            out[f"onnx_{variant}_max_abs_logit_diff"] = entry["max_abs_logit_diff"]
+    best = min((k for k in out if k.startswith("onnx_") and k.endswith("_s")), key=out.get)
+    out["best_onnx"], out["best_onnx_vs_pytorch"] = best[:-2], out["pytorch_s"] / out[best]
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    shared = Path(args.shared_dir)
+    dirs = dict(x.split("=", 1) for x in args.model_dirs) if args.model_dirs else {}
+    if not dirs and not (shared / "models").is_dir():
+        print(
+            f"skip: {shared / 'models'} is absent (the scaling study needs the real configs and tokenizers)"
+        )
+        return {}
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING, force=True
+    )
+    logger.setLevel(logging.INFO)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from longtail.benchmark import forward_flops, gemm_peak_gflops, non_embedding_parameters
+    from longtail.inference import describe_machine, machine_description
+    from longtail.runs import write_json
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_description()
+    gemm = gemm_peak_gflops(args.gemm_size, max(args.repeats, 5), device)
+    logger.info("fp32 GEMM peak: %.1f GFLOP/s", gemm["gflops"])
+    texts = texts_for(shared)
+    names = list(dirs) or args.models
+    rows, mfu, onnx = [], None, None
+    for name in names:
+        folder = Path(dirs.get(name) or shared / "models" / MODELS[name][1])
+        model, tokenizer, model_type = build(name, folder, args.num_labels, device)
+        params = sum(p.numel() for p in model.parameters())
+        ne = non_embedding_parameters(model)
+        batch = real_inputs(tokenizer, texts, args.batch_size, args.seq_len)
+        # on a shared machine the peak drifts: measure it again right before each model, compare with that
+        peak = gemm_peak_gflops(args.gemm_size, args.repeats, device)["gflops"]
+        seconds = measure(model, batch, device, args.repeats, args.warmup)
+        flops = forward_flops(ne, model.config, [args.seq_len] * args.batch_size)
+        row = {
+            "model": name, "family": MODELS.get(name, ("encoder",))[0], "model_type": model_type,
+            "parameters": params, "non_embedding_parameters": ne, "batch": args.batch_size, "seq_len": args.seq_len,
+            "median_s": seconds, "ms_per_sequence": 1000 * seconds / args.batch_size,
+            "gflops_per_s": flops / seconds / 1e9, "gemm_gflops_at_run": peak,
+            "gemm_peak_share": flops / seconds / 1e9 / peak,
+        }  # fmt: skip
+        rows.append(row)
+        logger.info("%s: %.1fM params (%.1fM non-embedding), %.1f ms/sequence, %.0f%% of GEMM peak", name,
+                    params / 1e6, ne / 1e6, row["ms_per_sequence"], 100 * row["gemm_peak_share"])  # fmt: skip
+        if name == args.mfu_model and args.mfu_batch_size:
+            big = real_inputs(tokenizer, texts, args.mfu_batch_size, args.seq_len)
+            peak = gemm_peak_gflops(args.gemm_size, args.repeats, device)["gflops"]
+            s = measure(model, big, device, args.repeats, args.warmup)
+            f = forward_flops(ne, model.config, [args.seq_len] * args.mfu_batch_size)
+            mfu = {"model": name, "batch": args.mfu_batch_size, "seq_len": args.seq_len, "median_s": s,
+                   "gflops_per_s": f / s / 1e9, "gemm_gflops_at_run": peak, "gemm_peak_share": f / s / 1e9 / peak}  # fmt: skip
+        if name == args.onnx_model:
+            size = args.onnx_batch_size or args.mfu_batch_size or args.batch_size
+            big = real_inputs(tokenizer, texts, size, args.seq_len)
+            onnx = onnx_check(name, folder, model, tokenizer, big, args, device, gemm)
+        del model
+    claims = test_claims(rows)
+    report = {"machine": machine, "machine_text": describe_machine(machine), "device": device, "gemm": gemm,
+              "repeats": args.repeats, "warmup": args.warmup, "results": rows, "claims": claims, "mfu": mfu, "onnx": onnx}  # fmt: skip
+    write_json(out / "scaling.json", report)
+    (out / "scaling.md").write_text(markdown(report), "utf-8")
+    plot(report, out / "scaling.png")
+    print(markdown(report))
+    return report
+
+
+def test_claims(rows: list[dict]) -> dict:
+    """Per family, seconds per non-embedding GFLOP; the closest encoder/decoder pair by non-embedding
+    parameters: their latency ratio vs their non-embedding and total parameter ratios."""
+    enc = [r for r in rows if r["family"] == "encoder"]
+    dec = [r for r in rows if r["family"] == "decoder"]
+    out: dict = {}
+    for fam, rs in (("encoder", enc), ("decoder", dec)):
+        if rs:
+            out[f"{fam}_ms_per_sequence_per_100m_non_embedding"] = [
+                round(r["ms_per_sequence"] / (r["non_embedding_parameters"] / 1e8), 2) for r in rs
+            ]
+    pairs = []
+    for d in dec:
+        if enc:
+            e = min(
+                enc, key=lambda r: abs(np.log(r["non_embedding_parameters"] / d["non_embedding_parameters"]))
+            )
+            pairs.append({
+                "decoder": d["model"], "encoder": e["model"],
+                "latency_ratio": d["median_s"] / e["median_s"],
+                "non_embedding_ratio": d["non_embedding_parameters"] / e["non_embedding_parameters"],
+                "total_parameter_ratio": d["parameters"] / e["parameters"],
+            })  # fmt: skip
+    out["pairs"] = pairs
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Scaling: classification latency vs parameters (random weights, real tokenizers)",
+        "",
+        f"Machine: {report['machine_text']}. Measured fp32 GEMM peak {report['gemm']['gflops']:.1f} GFLOP/s. "
+        f"Median of {report['repeats']} timed forward passes after {report['warmup']} warm-up, real CFPB texts "
+        "cut to the exact length (no padding). Shares are against the GEMM peak measured right before each model.",
+        "",
+        "| model | family | params (M) | non-embedding (M) | batch x length | ms/sequence | GFLOP/s | share of GEMM peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['model']} | {r['family']} | {r['parameters'] / 1e6:.1f} | {r['non_embedding_parameters'] / 1e6:.1f} | "
+            f"{r['batch']} x {r['seq_len']} | {r['ms_per_sequence']:.1f} | {r['gflops_per_s']:.1f} | {r['gemm_peak_share']:.0%} |"
+        )
+    for p in report["claims"].get("pairs", []):
+        lines += [
+            "",
+            f"{p['decoder']} vs {p['encoder']}: latency ratio {p['latency_ratio']:.2f}, non-embedding "
+            f"parameter ratio {p['non_embedding_ratio']:.2f}, total parameter ratio {p['total_parameter_ratio']:.2f}.",
+        ]
+    if report.get("mfu"):
+        m = report["mfu"]
+        lines += [
+            "",
+            f"{m['model']} at batch {m['batch']} x {m['seq_len']}: {m['gflops_per_s']:.1f} GFLOP/s = "
+            f"{m['gemm_peak_share']:.0%} of the GEMM peak (target >= 80%: {'met' if m['gemm_peak_share'] >= 0.8 else 'NOT met'}).",
+        ]
+    if report.get("onnx"):
+        o = report["onnx"]
+        times = ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in o.items() if k.endswith("_s"))
+        lines += [
+            "",
+            f"ONNX on {o['model']} at batch {o['batch'][0]} x {o['batch'][1]}: {times}; best ONNX "
+            f"({o['best_onnx']}) = {o['best_onnx_vs_pytorch']:.2f}x PyTorch's speed (target >= 1.0: "
+            f"{'met' if o['best_onnx_vs_pytorch'] >= 1.0 else 'NOT met'}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for fam, marker in (("encoder", "o"), ("decoder", "s")):
+        rs = [r for r in report["results"] if r["family"] == fam]
+        if rs:
+            ax.plot([r["non_embedding_parameters"] / 1e6 for r in rs], [r["ms_per_sequence"] for r in rs],
+                    marker=marker, label=fam)  # fmt: skip
+            for r in rs:
+                ax.annotate(
+                    r["model"], (r["non_embedding_parameters"] / 1e6, r["ms_per_sequence"]), fontsize=7
+                )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("non-embedding parameters (M)")
+    ax.set_ylabel("ms per sequence")
+    ax.legend()
+    ax.set_title("Latency vs size (random weights)", fontsize=9)
+    fig.text(0.01, 0.01, report["machine_text"][:150], fontsize=5)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,277 @@
+"""ONNX export of a trained classifier folder, ORT graph optimisation, dynamic int8, and a parity check.
+
+    out/fp32/model.onnx                 Optimum export (opset chosen by Optimum), + config, tokenizer, temperature
+    out/optimized/model_optimized.onnx  ORT graph fusions (architectures ORTOptimizer supports)
+    out/int8/model_quantized.onnx       dynamic int8 (ORTQuantizer; config from the CPU's features)
+    out/parity.json                     max |delta logit| and argmax agreement of each variant vs PyTorch
+
+The fp32 export must match PyTorch to `atol` (1e-3) on the parity sample or the export fails. Dynamic int8
+can collapse a classifier (optimum#151), so the int8 model is kept only when its argmax agreement with
+PyTorch (and, with labels, its macro-F1) holds up; otherwise it is removed and parity.json says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from longtail.inference import (
+    OrtBackend,
+    TorchBackend,
+    cpu_features,
+    encode_batches,
+    load_model_dir,
+    onnx_files,
+    run_batches,
+)
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("fp32", "optimized", "int8")
+EXTRA_FILES = ("temperature.json", "labels.json")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class ExportArguments:
+    model_dir: str = field(
+        default="outputs/demo/full_ft_encoder", metadata={"help": "Trained classifier folder."}
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Export folder (default <model_dir>/onnx)."}
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing export."})
+    optimize: bool = field(
+        default=True, metadata={"help": "Also write ORT graph-optimised model (level O2)."}
+    )
+    quantize: bool = field(default=True, metadata={"help": "Also write a dynamic int8 model."})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda: the execution provider checked."})
+    merge_adapter: bool = field(
+        default=True, metadata={"help": "Merge an unmerged LoRA adapter folder first (else refuse it)."}
+    )
+    parity_file: str | None = field(
+        default=None,
+        metadata={"help": "csv/jsonl of texts for the parity check (default: 64 synthetic complaints)."},
+    )
+    text_column: str = field(default="Consumer complaint narrative", metadata={"help": "Text column."})
+    label_column: str | None = field(
+        default=None, metadata={"help": "Label column of --parity_file: gates int8 on macro-F1 too."}
+    )
+    parity_rows: int = field(default=64, metadata={"help": "Rows of the parity sample."})
+    max_length: int = field(default=128, metadata={"help": "Truncation length of the parity sample."})
+    atol: float = field(default=1e-3, metadata={"help": "Max |delta logit| the fp32 export may show."})
+    min_int8_agreement: float = field(
+        default=0.97, metadata={"help": "Min argmax agreement of int8 with PyTorch to keep it."}
+    )
+    max_int8_macro_f1_drop: float = field(
+        default=0.005, metadata={"help": "Max macro-F1 drop of int8 vs PyTorch (with labels) to keep it."}
+    )
+
+
+def quantization_config(features: dict | None = None):
+    """Dynamic int8 config for this CPU: arm64 / avx512_vnni / avx512 / avx2 (Optimum's presets)."""
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    f = features or cpu_features()
+    if f["arm64"]:
+        return "arm64", AutoQuantizationConfig.arm64(is_static=False, per_channel=False)
+    if f["avx512_vnni"]:
+        return "avx512_vnni", AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    if f["avx512"]:
+        return "avx512", AutoQuantizationConfig.avx512(is_static=False, per_channel=False)
+    return "avx2", AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
+
+
+def check_exportable(model) -> None:
+    """Fail with a clear message when Optimum has no ONNX config for this architecture (e.g. a probe)."""
+    from optimum.exporters.tasks import TasksManager
+
+    model_type = model.config.model_type
+    try:
+        tasks = TasksManager.get_supported_tasks_for_model_type(
+            model_type.replace("_", "-"), exporter="onnx", library_name="transformers"
+        )
+    except (KeyError, ValueError) as e:
+        raise ExportError(
+            f"Optimum cannot export the architecture '{model_type}' ({type(model).__name__}) to ONNX: it has no "
+            "ONNX config for it. Serve it with the PyTorch backend (python -m longtail.predict --backend torch)."
+        ) from e
+    if "text-classification" not in tasks:
+        raise ExportError(
+            f"Optimum exports '{model_type}' but not for text-classification (supported: {sorted(tasks)})."
+        )
+
+
+def parity_texts(args: ExportArguments) -> tuple[list[str], np.ndarray | None, list[str] | None]:
+    """(texts, labels or None, label names or None) of the parity sample."""
+    if args.parity_file:
+        from longtail.data import read_table
+
+        df = read_table(args.parity_file)
+        missing = [c for c in (args.text_column, args.label_column) if c and c not in df.columns]
+        if missing:
+            raise ValueError(f"{args.parity_file} has no column {missing}; columns: {list(df.columns)}")
+        df = df[df[args.text_column].fillna("").astype(str).str.strip() != ""].head(args.parity_rows)
+        labels = df[args.label_column].astype(str).tolist() if args.label_column else None
+        return df[args.text_column].astype(str).tolist(), labels, None
+    from longtail.synthetic import make_synthetic_complaints
+
+    df = make_synthetic_complaints(args.parity_rows * 2, seed=11)
+    texts = [t for t in df["Consumer complaint narrative"].fillna("") if t.strip()][: args.parity_rows]
+    return texts, None, None
+
+
+def compare(reference: np.ndarray, logits: np.ndarray) -> dict:
+    return {
+        "max_abs_logit_diff": float(np.abs(reference - logits).max()),
+        "argmax_agreement": float((reference.argmax(1) == logits.argmax(1)).mean()),
+    }
+
+
+def _copy_extras(model_dir: Path, tokenizer, target: Path) -> None:
+    tokenizer.save_pretrained(target)
+    for name in EXTRA_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, target / name)
+
+
+def export_onnx(args: ExportArguments) -> dict:
+    """Export, optimise, quantise, check parity; returns the parity record (also written to parity.json)."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    from longtail.inference import ort_provider
+    from longtail.metrics import macro_f1
+    from longtail.runs import prepare_output_dir, write_json
+
+    ort_provider(args.device)  # CUDA asked but ORT would run on CPU: fail before any work
+    model, tokenizer, resolved = load_model_dir(args.model_dir, merge_adapter=args.merge_adapter)
+    check_exportable(model)
+    out = Path(args.output_dir or Path(args.model_dir) / "onnx")
+    if out.is_dir() and any(out.iterdir()):
+        if not args.overwrite_output_dir:
+            raise FileExistsError(
+                f"{out} exists and is not empty: pass --overwrite_output_dir to replace the export"
+            )
+        for name in VARIANTS:
+            shutil.rmtree(out / name, ignore_errors=True)
+    prepare_output_dir(out, overwrite=True)
+
+    texts, label_names_rows, _ = parity_texts(args)
+    batches = encode_batches(tokenizer, texts, 16, args.max_length)
+    num_labels = model.config.num_labels
+    reference = run_batches(TorchBackend(model), batches, len(texts), num_labels)
+    labels = None
+    if label_names_rows is not None:
+        label2id = model.config.label2id
+        known = [i for i, name in enumerate(label_names_rows) if name in label2id]
+        if len(known) < len(label_names_rows):
+            logger.warning(
+                "Parity sample: %d rows with labels the model does not know are not scored",
+                len(label_names_rows) - len(known),
+            )
+        labels = (np.array(known), np.array([label2id[label_names_rows[i]] for i in known]))
+
+    record: dict = {
+        "model_dir": str(resolved),
+        "model_type": model.config.model_type,
+        "parity_rows": len(texts),
+        "parity_source": args.parity_file or "synthetic complaints",
+        "atol": args.atol,
+        "device": args.device,
+        "cpu": cpu_features(),
+        "variants": {},
+    }
+
+    # ---- fp32 ----------------------------------------------------------------------------------
+    fp32 = out / "fp32"
+    onnx_export_from_model(model, fp32, task="text-classification", do_validation=False, device=args.device)
+    _copy_extras(Path(resolved), tokenizer, fp32)
+    variants = {"fp32": fp32}
+
+    # ---- ORT graph optimisation (where the architecture is supported) ----------------------------
+    if args.optimize:
+        from optimum.onnxruntime import ORTOptimizer
+        from optimum.onnxruntime.configuration import OptimizationConfig
+
+        try:
+            optimizer = ORTOptimizer.from_pretrained(fp32, file_names=["model.onnx"])
+            optimizer.optimize(
+                OptimizationConfig(optimization_level=2, optimize_for_gpu=args.device != "cpu"),
+                out / "optimized",
+            )
+            _copy_extras(Path(resolved), tokenizer, out / "optimized")
+            variants["optimized"] = out / "optimized"
+        except (NotImplementedError, KeyError, ValueError) as e:
+            reason = f"not supported for {model.config.model_type}: {str(e).splitlines()[0][:200]}"
+            logger.warning("ORT optimisation skipped (%s)", reason)
+            shutil.rmtree(out / "optimized", ignore_errors=True)
+            record["variants"]["optimized"] = {"status": "skipped", "reason": reason}
+
+    # ---- dynamic int8 ------------------------------------------------------------------------------
+    if args.quantize:
+        from optimum.onnxruntime import ORTQuantizer
+
+        isa, qconfig = quantization_config()
+        ORTQuantizer.from_pretrained(fp32, file_name="model.onnx").quantize(qconfig, out / "int8")
+        _copy_extras(Path(resolved), tokenizer, out / "int8")
+        variants["int8"] = out / "int8"
+        record["int8_config"] = isa
+
+    # ---- parity --------------------------------------------------------------------------------
+    for name, path in variants.items():
+        backend = OrtBackend(path, device=args.device)
+        logits = run_batches(backend, batches, len(texts), num_labels)
+        entry = {
+            "file": str(path / backend.file_name),
+            "size_bytes": sum(f.stat().st_size for f in onnx_files(path)),
+            **compare(reference, logits),
+            "status": "ok",
+        }
+        if labels is not None:
+            rows, y = labels
+            entry["macro_f1"] = macro_f1(y, logits[rows].argmax(1))
+            entry["pytorch_macro_f1"] = macro_f1(y, reference[rows].argmax(1))
+        if name == "fp32" and entry["max_abs_logit_diff"] > args.atol:
+            entry["status"] = "failed"
+        elif name == "optimized" and entry["max_abs_logit_diff"] > args.atol:
+            entry["status"] = "drift"  # fused kernels may round differently; reported, not fatal
+        if name == "int8":
+            reasons = []
+            if entry["argmax_agreement"] < args.min_int8_agreement:
+                reasons.append(
+                    f"argmax agreement {entry['argmax_agreement']:.3f} < {args.min_int8_agreement}"
+                )
+            if (
+                labels is not None
+                and entry["pytorch_macro_f1"] - entry["macro_f1"] > args.max_int8_macro_f1_drop
+            ):
+                reasons.append(
+                    f"macro-F1 drop {entry['pytorch_macro_f1'] - entry['macro_f1']:.4f} > {args.max_int8_macro_f1_drop}"
+                )
+            if reasons:
+                entry.update(status="rejected", reason="; ".join(reasons))
+                shutil.rmtree(path)
+                logger.warning("int8 model rejected and removed: %s", entry["reason"])
+        record["variants"][name] = entry
+        logger.info(
+            "%s: max |dlogit| %.2e, argmax agreement %.3f (%s)",
+            name,
+            entry["max_abs_logit_diff"],
+            entry["argmax_agreement"],
+            entry["status"],
+        )
+    write_json(out / "parity.json", record)
+    failed = {n: v for n, v in record["variants"].items() if v.get("status") == "failed"}
+    if failed:
+        detail = ", ".join(f"{n}: max |dlogit| {v['max_abs_logit_diff']:.2e}" for n, v in failed.items())
+        raise ExportError(
+            f"ONNX export does not match PyTorch within atol {args.atol} ({detail}); see {out / 'parity.json'}"
+        )
+    return record

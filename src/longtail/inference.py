@@ -1,0 +1,350 @@
+"""Inference shared by `export`, `predict` and the benchmarks: load a trained classifier folder, batch
+texts by length with dynamic padding, and run them through PyTorch or ONNX Runtime.
+
+- `load_model_dir`: a plain classifier folder, a probe folder (`longtail.probe` registers its Auto class
+  when present) or a merged adapter; an unmerged adapter folder is merged first or refused clearly.
+- `encode_batches`: tokenise once (outside any timed region), sort rows by length and pad each batch to
+  its own longest row (or to a fixed length, to measure what padding costs); counts real vs padded tokens.
+- `TorchBackend` / `OrtBackend`: the same `logits(batch)` call on both; the ORT backend verifies its
+  execution provider (CUDA requested but ORT would run on CPU is an error, never a silent fallback).
+- `cpu_features`: the CPU flags that decide what int8 can gain (avx2 / avx512 / VNNI / AMX / arm64).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+ONNX_SUFFIX = ".onnx"
+
+
+class ExecutionProviderError(RuntimeError):
+    """ONNX Runtime would not run on the device that was asked for."""
+
+
+def register_custom_models() -> None:
+    """Import `longtail.probe` when it exists: it registers the probe classifier with the Auto classes."""
+    if importlib.util.find_spec("longtail.probe") is not None:
+        importlib.import_module("longtail.probe")
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def onnx_files(path: str | Path) -> list[Path]:
+    return sorted(Path(path).glob(f"*{ONNX_SUFFIX}")) if Path(path).is_dir() else []
+
+
+def resolve_model_dir(
+    model_dir: str | Path, merge_adapter: bool = True, base_model: str | None = None
+) -> Path:
+    """A folder that `from_pretrained` reads as a plain classifier.
+
+    An adapter run folder is served through its merged model (peft#901, transformers PR#36480): the run's
+    `merged/` when it has one, otherwise the adapter is merged now into `<model_dir>/merged` when
+    `merge_adapter`, or refused with a message saying how to merge it.
+    """
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Model folder not found: {path}")
+    if not is_adapter_dir(path):
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not a trained classifier folder")
+        return path
+    merged = path / "merged"
+    if (merged / "config.json").is_file():
+        logger.info("%s is an adapter run: using its merged model %s", path, merged)
+        return merged
+    if not merge_adapter:
+        raise ValueError(
+            f"{path} holds an unmerged LoRA adapter: merge it first (rerun with --merge_adapter, or "
+            "longtail.adapters.merge_adapter), or allow merging here (--merge_adapter true)."
+        )
+    from longtail.adapters import merge_adapter as merge
+
+    logger.info("%s is an unmerged adapter: merging it into %s", path, merged)
+    return merge(path, merged, base_model)
+
+
+def _is_modernbert(path: Path) -> bool:
+    import json
+
+    return json.loads((path / "config.json").read_text("utf-8")).get("model_type") == "modernbert"
+
+
+def load_tokenizer_dir(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # as training.load_tokenizer did
+    return tokenizer
+
+
+def load_model_dir(
+    model_dir: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    merge_adapter: bool = True,
+    **from_pretrained_kwargs,
+):
+    """(model in eval mode, tokenizer, resolved folder) of a trained classifier folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    register_custom_models()
+    path = resolve_model_dir(model_dir, merge_adapter)
+    if _is_modernbert(path) and not str(device).startswith("cuda"):
+        # its auto-compile breaks on CPU when triton is installed (transformers#35388)
+        from_pretrained_kwargs.setdefault("reference_compile", False)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=False, **from_pretrained_kwargs
+    )
+    if "device_map" not in from_pretrained_kwargs and "quantization_config" not in from_pretrained_kwargs:
+        model.to(device)
+    return model.eval(), load_tokenizer_dir(path), path
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching by length
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    rows: np.ndarray  # positions of the batch's rows in the input
+    inputs: dict[str, np.ndarray]  # input_ids, attention_mask (+ token_type_ids), int64
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.inputs["attention_mask"].sum())
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.inputs["attention_mask"].size)
+
+
+@dataclass
+class Batches:
+    batches: list[Batch]
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(b.real_tokens for b in self.batches)
+
+    @property
+    def padded_tokens(self) -> int:
+        return sum(b.padded_tokens for b in self.batches)
+
+    @property
+    def padding_ratio(self) -> float:
+        """Tokens computed / real tokens (1.0 = no padding at all)."""
+        return self.padded_tokens / max(self.real_tokens, 1)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def encode_batches(
+    tokenizer,
+    texts: list[str],
+    batch_size: int,
+    max_length: int,
+    *,
+    sort_by_length: bool = True,
+    pad_to_max_length: bool = False,
+    input_names: tuple[str, ...] | None = None,
+) -> Batches:
+    """Tokenise every text once, then group rows into batches padded to their own longest row.
+
+    Sorting by length (longest first, so a memory problem shows on the first batch) puts rows of similar
+    length together and leaves little padding; `pad_to_max_length` pads every batch to `max_length`
+    instead, which is what fixed-shape serving does. Row order is restored by the caller from `Batch.rows`.
+    """
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    # padding pre-tokenised rows is what we want here (tokenise once, pad per batch): silence the hint
+    getattr(tokenizer, "deprecation_warnings", {})["Asking-to-pad-a-fast-tokenizer"] = True
+    names = input_names or tuple(k for k in tokenizer.model_input_names if k in encoded)
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]], dtype=int)
+    order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(lengths))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        features = [{k: encoded[k][i] for k in names} for i in rows]
+        padded = tokenizer.pad(
+            features,
+            padding="max_length" if pad_to_max_length else "longest",
+            max_length=max_length if pad_to_max_length else None,
+            return_tensors="np",
+        )
+        batches.append(Batch(rows, {k: np.asarray(v, dtype=np.int64) for k, v in padded.items()}))
+    return Batches(batches, lengths)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends
+# ---------------------------------------------------------------------------------------------
+
+
+def synchronize(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class TorchBackend:
+    name = "pytorch"
+
+    def __init__(self, model, device: str = "cpu"):
+        self.model, self.device = model, device
+
+    def logits(self, batch: Batch) -> np.ndarray:
+        with torch.inference_mode():
+            inputs = {k: torch.from_numpy(v).to(self.device) for k, v in batch.inputs.items()}
+            out = self.model(**inputs).logits.float()
+            synchronize(self.device)  # the timer must see the work done, not just queued
+            return out.cpu().numpy()
+
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def ort_provider(device: str) -> str:
+    """The execution provider for `device`; CUDA requested but not available in this onnxruntime is an error."""
+    import onnxruntime as ort
+
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    provider = PROVIDERS[kind]
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ExecutionProviderError(
+            f"device '{device}' asks for ONNX Runtime's {provider}, but this onnxruntime offers only "
+            f"{available}: it would run on CPU. Install onnxruntime-gpu (matching your CUDA) or use --device cpu."
+        )
+    return provider
+
+
+def check_session_provider(session, requested: str) -> None:
+    """ORT falls back to CPU silently when a provider fails to initialise: refuse that."""
+    used = session.get_providers()
+    if not used or used[0] != requested:
+        raise ExecutionProviderError(
+            f"ONNX Runtime was asked for {requested} but the session runs on {used}: refusing to fall back "
+            "silently (CPU fallback ran 12.7x slower in the course's measurements)."
+        )
+
+
+class OrtBackend:
+    name = "onnxruntime"
+
+    def __init__(self, onnx_dir: str | Path, file_name: str | None = None, device: str = "cpu", threads=None):
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForSequenceClassification
+
+        register_custom_models()
+        files = onnx_files(onnx_dir)
+        if not files:
+            raise FileNotFoundError(
+                f"{onnx_dir} holds no .onnx file: export the model first (recipes/export_onnx.py)"
+            )
+        file_name = file_name or files[0].name
+        provider = ort_provider(device)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.model = ORTModelForSequenceClassification.from_pretrained(
+            onnx_dir, file_name=file_name, provider=provider, session_options=options
+        )
+        check_session_provider(self.model.model, provider)
+        self.input_names = tuple(i.name for i in self.model.model.get_inputs())
+        self.device, self.file_name = device, file_name
+        self.config = self.model.config
+
+    def logits(self, batch: Batch) -> np.ndarray:
+        inputs = {k: v for k, v in batch.inputs.items() if k in self.input_names}
+        if "token_type_ids" in self.input_names and "token_type_ids" not in inputs:
+            inputs["token_type_ids"] = np.zeros_like(batch.inputs["input_ids"])
+        return np.asarray(self.model(**inputs).logits, dtype=np.float32)
+
+
+def run_batches(backend, batches: Batches, num_rows: int, num_labels: int) -> np.ndarray:
+    """Logits for every row, in input order."""
+    out = np.zeros((num_rows, num_labels), dtype=np.float32)
+    for batch in batches:
+        out[batch.rows] = backend.logits(batch)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine
+# ---------------------------------------------------------------------------------------------
+
+
+def cpu_features() -> dict:
+    """CPU model and the instruction sets that matter for int8 (VNNI/AMX make int8 GEMMs fast)."""
+    flags: set[str] = set()
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags" and not flags:
+                flags = set(value.split())
+            elif key.strip() == "model name":
+                model = value.strip()
+    machine = platform.machine().lower()
+    return {
+        "cpu": model,
+        "machine": machine,
+        "arm64": machine in ("arm64", "aarch64"),
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx_vnni": "avx_vnni" in flags,
+        "amx": "amx_tile" in flags,
+    }
+
+
+def machine_description() -> dict:
+    import os
+
+    import onnxruntime
+    import transformers
+
+    info = {
+        **cpu_features(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def describe_machine(info: dict) -> str:
+    isa = [k for k in ("avx2", "avx512", "avx512_vnni", "avx_vnni", "amx", "arm64") if info.get(k)]
+    load = info.get("load_average")
+    return (
+        f"{info['cpu']} ({info['cpu_count']} cores; {', '.join(isa) or 'no AVX2'}; "
+        f"{'no VNNI/AMX' if not (info.get('avx512_vnni') or info.get('avx_vnni') or info.get('amx')) else 'int8 dot-product units'}), "
+        f"{info['torch_threads']} torch threads"
+        + (f", load average {load[0]:.1f}" if load else "")
+        + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU")
+        + f"; torch {info['torch']}, onnxruntime {info['onnxruntime']}"
+    )

@@ -1,0 +1,364 @@
+"""ONNX export (parity, int8 gate, execution-provider guard), predict CLI, length batching and the benchmarks'
+smoke modes, on tiny models built from configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, corpus, needs_shared, train_wordpiece
+
+from longtail.inference import Batch, ExecutionProviderError
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"bench_{name}"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def eval_csv(tmp_path_factory) -> Path:
+    from longtail.synthetic import make_synthetic_complaints
+
+    df = make_synthetic_complaints(160, seed=3)
+    df = df[df["Consumer complaint narrative"].fillna("").str.strip() != ""].dropna(subset=["Issue"])
+    path = tmp_path_factory.mktemp("eval") / "eval.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory, eval_csv) -> str:
+    """A 2-layer BERT classifier (random weights) over the eval file's labels, with a temperature of 2."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from longtail.calibration import save_temperature
+
+    labels = sorted(pd.read_csv(eval_csv)["Issue"].unique())
+    tokenizer = train_wordpiece(corpus())
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-classifier")
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    save_temperature(path, 2.0)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_classifier, tmp_path_factory) -> tuple[Path, dict]:
+    from longtail.export import ExportArguments, export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    return out, export_onnx(ExportArguments(model_dir=tiny_classifier, output_dir=str(out), parity_rows=24))
+
+
+# ---- length batching --------------------------------------------------------------------------------
+
+
+def test_length_batches_pad_little_and_keep_input_order(tiny_classifier, one_torch_thread):
+    import torch
+
+    from longtail.inference import TorchBackend, encode_batches, load_model_dir, run_batches
+
+    model, tokenizer, _ = load_model_dir(tiny_classifier)
+    texts = [
+        "late fee",
+        "the bank closed my account without notice and kept my money",
+        "fee",
+        "a b c d e f g h",
+    ]
+    lengths = [len(x) for x in tokenizer(texts)["input_ids"]]
+    batches = encode_batches(tokenizer, texts, batch_size=2, max_length=64)
+    # sorted longest first: batches [longest, 2nd] and [3rd, shortest], each padded to its own longest row
+    by_length = sorted(lengths, reverse=True)
+    assert batches.real_tokens == sum(lengths)
+    assert batches.padded_tokens == 2 * by_length[0] + 2 * by_length[2]
+    fixed = encode_batches(tokenizer, texts, 2, 64, sort_by_length=False, pad_to_max_length=True)
+    assert fixed.padded_tokens == 4 * 64 and fixed.padding_ratio == pytest.approx(256 / sum(lengths))
+    logits = run_batches(TorchBackend(model), batches, len(texts), model.config.num_labels)
+    with torch.no_grad():
+        alone = np.concatenate([model(**tokenizer([t], return_tensors="pt")).logits.numpy() for t in texts])
+    np.testing.assert_allclose(logits, alone, atol=1e-5)  # order restored, padding changes nothing
+
+
+# ---- export --------------------------------------------------------------------------------------------
+
+
+def test_export_writes_every_variant_with_parity(exported):
+    out, record = exported
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity == json.loads(json.dumps(record))
+    fp32 = parity["variants"]["fp32"]
+    assert fp32["status"] == "ok" and fp32["max_abs_logit_diff"] < 1e-3 and fp32["argmax_agreement"] == 1.0
+    assert parity["variants"]["optimized"]["status"] == "ok"
+    assert parity["variants"]["int8"]["status"] == "ok" and parity["int8_config"] == "avx2"
+    assert parity["variants"]["int8"]["argmax_agreement"] >= 0.97
+    assert parity["variants"]["int8"]["size_bytes"] < parity["variants"]["fp32"]["size_bytes"]
+    for sub in ("fp32", "optimized", "int8"):
+        assert list((out / sub).glob("*.onnx")) and (out / sub / "temperature.json").is_file()
+    assert parity["parity_rows"] == 24
+
+
+def test_export_fails_when_fp32_parity_fails(tiny_classifier, tmp_path):
+    from longtail.export import ExportArguments, ExportError, export_onnx
+
+    args = ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / "x"), optimize=False,
+                           quantize=False, parity_rows=8, atol=0.0)  # fmt: skip
+    with pytest.raises(ExportError, match="does not match PyTorch within atol 0.0"):
+        export_onnx(args)
+    assert json.loads((tmp_path / "x" / "parity.json").read_text())["variants"]["fp32"]["status"] == "failed"
+    with pytest.raises(FileExistsError, match="overwrite_output_dir"):
+        export_onnx(args)  # never replaces an earlier export unless asked
+
+
+def test_int8_rejected_when_quality_collapses(tiny_classifier, tmp_path):
+    from longtail.export import ExportArguments, export_onnx
+
+    # an agreement floor above 1 can never be met: the gate must remove the int8 model and say why
+    record = export_onnx(ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / "x"),
+                                         optimize=False, parity_rows=8, min_int8_agreement=1.01))  # fmt: skip
+    assert record["variants"]["int8"]["status"] == "rejected"
+    assert "argmax agreement" in record["variants"]["int8"]["reason"]
+    assert not (tmp_path / "x" / "int8").exists()
+
+
+def test_cuda_requested_but_ort_on_cpu_fails_clearly(tiny_classifier, exported, tmp_path):
+    import onnxruntime as ort
+
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import OrtBackend, check_session_provider
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(ExecutionProviderError, match="it would run on CPU"):
+        export_onnx(ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / "x"), device="cuda"))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ExecutionProviderError, match="CUDAExecutionProvider"):
+        OrtBackend(exported[0] / "fp32", device="cuda")
+
+    class FallenBack:  # a session ORT silently put on CPU after CUDA failed to initialise
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    with pytest.raises(ExecutionProviderError, match="refusing to fall back"):
+        check_session_provider(FallenBack(), "CUDAExecutionProvider")
+
+
+def test_unmerged_adapter_refused_and_unexportable_architecture(tmp_path, tiny_classifier):
+    from types import SimpleNamespace
+
+    from longtail.export import ExportError, check_exportable
+    from longtail.inference import resolve_model_dir
+
+    adapter = tmp_path / "run"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="unmerged LoRA adapter"):
+        resolve_model_dir(adapter, merge_adapter=False)
+    (adapter / "merged").mkdir()
+    (adapter / "merged" / "config.json").write_text("{}")
+    assert resolve_model_dir(adapter, merge_adapter=False) == adapter / "merged"
+    probe = SimpleNamespace(config=SimpleNamespace(model_type="longtail_probe"))
+    with pytest.raises(ExportError, match="cannot export the architecture 'longtail_probe'"):
+        check_exportable(probe)
+
+
+def test_quantization_config_follows_cpu_features():
+    from longtail.export import quantization_config
+
+    base = {"arm64": False, "avx2": True, "avx512": False, "avx512_vnni": False}
+    assert quantization_config(base)[0] == "avx2"
+    assert quantization_config({**base, "avx512": True})[0] == "avx512"
+    assert quantization_config({**base, "avx512": True, "avx512_vnni": True})[0] == "avx512_vnni"
+    assert quantization_config({**base, "arm64": True, "avx2": False})[0] == "arm64"
+
+
+# ---- predict ---------------------------------------------------------------------------------------------
+
+
+def test_predict_calibrated_topk_in_input_order_with_bad_rows(tiny_classifier, exported, tmp_path, caplog):
+    import torch
+
+    from longtail.inference import load_model_dir
+    from longtail.metrics import softmax
+    from longtail.predict import main
+
+    texts = ["a long complaint about a mortgage payment that was lost and reported late to the bureau",
+             "", "late fee", None, "   ", "my card was charged twice"]  # fmt: skip
+    src = tmp_path / "in.jsonl"
+    pd.DataFrame({"text": texts, "id": range(6)}).to_json(src, orient="records", lines=True)
+    out = tmp_path / "out.csv"
+    summary = main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(out), "--top_k", "2",
+                    "--min_confidence", "0.05", "--no_progress", "--device", "cpu"])  # fmt: skip
+    assert summary["bad_rows"] == 3 and summary["bad_row_numbers"] == [1, 3, 4]
+    assert summary["temperature"] == 2.0 and summary["backend"] == "pytorch"
+    assert "3 of 6 rows have an empty or missing 'text'" in caplog.text and "rows 1, 3, 4" in caplog.text
+    pred = pd.read_csv(out, keep_default_na=False)
+    assert pred["row"].tolist() == list(range(6))
+    assert pred["error"].tolist() == [
+        "",
+        "empty or missing text",
+        "",
+        "empty or missing text",
+        "empty or missing text",
+        "",
+    ]
+    model, tokenizer, _ = load_model_dir(tiny_classifier)
+    good = [0, 2, 5]
+    with torch.no_grad():
+        logits = np.concatenate(
+            [model(**tokenizer([texts[i]], return_tensors="pt")).logits.numpy() for i in good]
+        )
+    probs = softmax(logits.astype(np.float64) / 2.0)  # the folder's temperature
+    top = np.argsort(-probs, axis=1)
+    for j, i in enumerate(good):
+        row = pred.iloc[i]
+        assert row["label_1"] == model.config.id2label[int(top[j, 0])] == row["label"]
+        assert row["label_2"] == model.config.id2label[int(top[j, 1])]
+        assert float(row["prob_1"]) == pytest.approx(probs[j, top[j, 0]], abs=1e-6)
+        assert row["route"] == ("auto" if probs[j].max() >= 0.05 else "review")
+    assert (pred.loc[[1, 3, 4], "route"] == "review").all()
+    with pytest.raises(SystemExit, match="exists"):
+        main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(out), "--no_progress"])
+
+    # the ONNX export predicts the same labels with the same calibrated probabilities
+    onnx_out = tmp_path / "onnx.jsonl"
+    summary = main(["--model_dir", str(exported[0] / "fp32"), "--input", str(src), "--output", str(onnx_out),
+                    "--top_k", "2", "--no_progress", "--device", "cpu"])  # fmt: skip
+    assert summary["backend"] == "onnxruntime" and summary["temperature"] == 2.0
+    onnx_pred = pd.read_json(onnx_out, lines=True)
+    assert onnx_pred["label"].tolist()[0] == pred["label"].tolist()[0]
+    np.testing.assert_allclose(
+        onnx_pred.loc[good, "prob_1"], pred.loc[good, "prob_1"].astype(float), atol=1e-5
+    )
+
+
+def test_predict_names_a_missing_text_column(tiny_classifier, tmp_path):
+    from longtail.predict import main
+
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"body": ["x"]}).to_csv(src, index=False)
+    with pytest.raises(ValueError, match=r"no text column found.*\['body'\]"):
+        main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "o.csv")])
+
+
+# ---- benchmarks ------------------------------------------------------------------------------------------
+
+
+def test_forward_flops_and_verdicts_exact():
+    from types import SimpleNamespace
+
+    from longtail.benchmark import forward_flops
+
+    config = SimpleNamespace(num_hidden_layers=2, hidden_size=8)
+    # 2 x 100 params x (3 + 5) tokens + 4 x 2 layers x 8 hidden x (9 + 25)
+    assert forward_flops(100, config, [3, 5]) == 2 * 100 * 8 + 4 * 2 * 8 * 34
+    bench = load_bench("inference")
+    rows = [
+        {"variant": "pytorch_fp32", "macro_f1": 0.500, "ms_per_example_b32": 10.0, "speedup_vs_fp32": 1.0},
+        {"variant": "onnx_int8", "macro_f1": 0.494, "ms_per_example_b32": 4.0, "speedup_vs_fp32": 2.5},
+        {"variant": "onnx_fp32", "macro_f1": 0.496, "ms_per_example_b32": 8.0, "speedup_vs_fp32": 1.25},
+    ]
+    text = bench.verdicts(rows)
+    # int8 is fastest but 0.6 point below fp32: not recommended
+    assert [r["verdict"] for r in rows] == ["within 0.5 pt", "quality loss", "recommended"]
+    assert "**onnx_fp32**" in text and "1.25x" in text
+
+
+def test_bench_smoke(tiny_classifier, eval_csv, tmp_path, one_torch_thread):
+    bench = load_bench("inference")
+    out = tmp_path / "bench"
+    argv = ["--model_dir", tiny_classifier, "--data", str(eval_csv), "--output_dir", str(out), "--smoke",
+            "--in_process", "--padding_data", "", "--variants", "pytorch_fp32", "pytorch_bf16", "onnx_fp32", "onnx_int8"]  # fmt: skip
+    report = bench.main(argv)
+    assert [r["variant"] for r in report["results"]] == ["pytorch_fp32", "onnx_fp32", "onnx_int8"]
+    assert report["skipped"] == {"pytorch_bf16": "needs a GPU"}
+    assert report["rows"]["scored"] == 48 and report["repeats"] == 2
+    by = {r["variant"]: r for r in report["results"]}
+    assert by["pytorch_fp32"]["agreement_with_fp32"] == 1.0 and by["onnx_fp32"]["agreement_with_fp32"] == 1.0
+    assert by["onnx_fp32"]["macro_f1"] == by["pytorch_fp32"]["macro_f1"]
+    for r in by.values():
+        assert r["latency_b1_p95_ms"] >= r["latency_b1_p50_ms"] > 0 and r["throughput_rows_s"] > 0
+        assert 0 < r["gemm_peak_share"] and r["macro_f1_ci_low"] <= r["macro_f1"] <= r["macro_f1_ci_high"]
+        assert r["padded_to_real_tokens"] >= 1.0 and len(r["batch32_runs_s"]) == 2
+    assert sum(r["verdict"] == "recommended" for r in by.values()) == 1
+    assert by["onnx_int8"]["size_bytes"] < by["onnx_fp32"]["size_bytes"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["machine"]["cpu_count"] and saved["gemm"]["gflops"] > 0
+    md = (out / "results.md").read_text()
+    assert md.count("| pytorch_fp32 |") == 1 and "Machine:" in md and "pytorch_bf16 (needs a GPU)" in md
+    assert (out / "pareto_latency.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="earlier results"):
+        bench.main(argv)
+
+
+@needs_shared
+def test_padding_study_on_real_cfpb_lengths(tiny_classifier, one_torch_thread):
+    from conftest import CFPB_CSV
+
+    from longtail.inference import load_model_dir
+
+    bench = load_bench("inference")
+    args = bench.parse_args(["--padding_data", str(CFPB_CSV), "--padding_rows", "64", "--repeats", "1"])
+    model, tokenizer, _ = load_model_dir(tiny_classifier)
+    pad = bench.padding_study(args, model, tokenizer, "cpu")
+    assert pad["max_length"] == 512 and pad["rows"] == 64
+    # real complaints are far shorter than 512 tokens on average: fixed padding computes mostly pad tokens
+    assert pad["fixed_max_length"]["padded_to_real_tokens"] > 1.5
+    # (this tiny tokenizer splits real text finely: unsorted batches may all reach 512, as fixed padding does)
+    assert (
+        pad["dynamic_sorted"]["padded_to_real_tokens"]
+        < pad["dynamic_unsorted"]["padded_to_real_tokens"]
+        <= pad["fixed_max_length"]["padded_to_real_tokens"]
+    )
+
+
+def test_scaling_claims_and_skip(tmp_path, capsys):
+    scaling = load_bench("scaling")
+    rows = [
+        {"model": "e1", "family": "encoder", "parameters": 150e6, "non_embedding_parameters": 100e6, "median_s": 1.0, "ms_per_sequence": 10.0},
+        {"model": "e2", "family": "encoder", "parameters": 400e6, "non_embedding_parameters": 300e6, "median_s": 3.0, "ms_per_sequence": 30.0},
+        {"model": "d1", "family": "decoder", "parameters": 500e6, "non_embedding_parameters": 360e6, "median_s": 4.5, "ms_per_sequence": 45.0},
+    ]  # fmt: skip
+    claims = scaling.test_claims(rows)
+    assert claims["pairs"] == [{"decoder": "d1", "encoder": "e2", "latency_ratio": 1.5,
+                                "non_embedding_ratio": pytest.approx(1.2), "total_parameter_ratio": 1.25}]  # fmt: skip
+    assert claims["encoder_ms_per_sequence_per_100m_non_embedding"] == [10.0, 10.0]
+    assert scaling.main(["--shared_dir", str(tmp_path / "absent"), "--output_dir", str(tmp_path / "o")]) == {}
+    assert capsys.readouterr().out.startswith("skip:") and not (tmp_path / "o").exists()
+
+
+def test_scaling_runs_on_a_tiny_model(tiny_modernbert, tmp_path, one_torch_thread):
+    scaling = load_bench("scaling")
+    report = scaling.main(["--model_dirs", f"tiny={tiny_modernbert}", "--batch_size", "2", "--seq_len", "16",
+                           "--repeats", "1", "--gemm_size", "64", "--mfu_model", "tiny", "--mfu_batch_size", "4",
+                           "--onnx_model", "", "--output_dir", str(tmp_path)])  # fmt: skip
+    row = report["results"][0]
+    assert row["batch"] == 2 and row["seq_len"] == 16 and row["median_s"] > 0 and row["gemm_peak_share"] > 0
+    assert report["mfu"]["batch"] == 4
+    assert (tmp_path / "scaling.png").is_file() and "| tiny | encoder |" in (
+        tmp_path / "scaling.md"
+    ).read_text()
+
+
+def test_batch_tokens():
+    b = Batch(
+        np.arange(2),
+        {"input_ids": np.ones((2, 4), int), "attention_mask": np.array([[1, 1, 1, 0], [1, 1, 1, 1]])},
+    )
+    assert (b.real_tokens, b.padded_tokens) == (7, 8)
