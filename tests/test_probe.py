@@ -343,3 +343,37 @@ def test_head_warmup_with_lora_on_a_decoder_probe(tiny_qwen2, tmp_path, one_torc
     assert all(torch.equal(lora[n], params[n]) for n in lora)  # adapter frozen during the warm-up
     assert any(p.abs().sum() > 0 for p in head.values())  # the zero-initialised head learned
     assert all(params[n].requires_grad for n in lora)
+
+
+def test_predict_serves_the_probe_folder(probe_run, tmp_path):
+    """The cross-module contract: `predict` loads a probe run folder through the Auto classes and returns
+    the run's own validation probabilities, calibrated with the folder's temperature.json."""
+    import pandas as pd
+
+    from longtail.calibration import load_temperature
+    from longtail.data import DataArguments, prepare_data
+    from longtail.predict import main as predict
+    from longtail.report import load_predictions
+
+    out = probe_run["out"]
+    data = prepare_data(
+        DataArguments(
+            train_file=probe_run["train"],
+            test_file=probe_run["test"],
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+        )
+    )
+    texts = data.splits["validation"]["text"].tolist()[:12]
+    src, dst = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    summary = predict(["--model_dir", str(out), "--input", str(src), "--output", str(dst), "--top_k", "1",
+                       "--max_length", "64", "--no_progress", "--device", "cpu"])  # fmt: skip
+    temperature = load_temperature(out)
+    assert summary["backend"] == "pytorch" and summary["temperature"] == pytest.approx(temperature)
+    rows = pd.read_json(dst, lines=True)
+    saved = load_predictions(out / "predictions_validation.npz")["probs"][:12]
+    logits = np.log(saved)  # softmax(log p / T) is what temperature scaling gives
+    calibrated = np.exp(logits / temperature) / np.exp(logits / temperature).sum(1, keepdims=True)
+    assert rows["label"].tolist() == [data.label_names[i] for i in saved.argmax(1)]
+    np.testing.assert_allclose(rows["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
