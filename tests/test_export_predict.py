@@ -362,3 +362,17 @@ def test_batch_tokens():
         {"input_ids": np.ones((2, 4), int), "attention_mask": np.array([[1, 1, 1, 0], [1, 1, 1, 1]])},
     )
     assert (b.real_tokens, b.padded_tokens) == (7, 8)
+
+
+def test_predict_reports_a_blank_csv_line_instead_of_dropping_it(tiny_classifier, tmp_path):
+    """pandas skips blank CSV lines by default: the row would vanish from the output without a word."""
+    from longtail.predict import main
+
+    src = tmp_path / "in.csv"
+    src.write_text("text\nlate fee charged twice\n\nsomeone opened an account in my name\n", "utf-8")
+    out = tmp_path / "out.csv"
+    summary = main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(out), "--no_progress",
+                    "--device", "cpu"])  # fmt: skip
+    assert summary["rows"] == 3 and summary["bad_rows"] == 1 and summary["bad_row_numbers"] == [1]
+    pred = pd.read_csv(out, keep_default_na=False)
+    assert pred["row"].tolist() == [0, 1, 2] and pred["error"].tolist() == ["", "empty or missing text", ""]

@@ -136,8 +136,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            # keep_default_na=False: a narrative that reads "NA" is text, not missing
-            return pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False, na_values=[""])
+            # keep_default_na=False: a narrative that reads "NA" is text, not missing; skip_blank_lines=False:
+            # a blank line is a row with no text, counted and reported downstream rather than vanishing here
+            return pd.read_csv(
+                path,
+                encoding="utf-8",
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                skip_blank_lines=False,
+            )
         if suffix == ".jsonl":
             return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
         if suffix == ".json":
