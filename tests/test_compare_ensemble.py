@@ -128,3 +128,30 @@ def test_temperature_and_weights_chosen_on_validation(tmp_path):
     from longtail.compare import compare_runs
 
     assert compare_runs([str(out)], a, n_resamples=20)["num_rows"] == 4
+
+
+def test_a_finished_output_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """A rerun into a used folder stops at once with one line (no traceback, no minutes of bootstrap first)."""
+    import longtail.compare
+    import longtail.ensemble
+
+    y = {"validation": [0, 1, 2, 0, 1, 2], "test": Y["test"]}
+    a = make_run(tmp_path / "a", {"validation": [0, 1, 2, 0, 1, 1], "test": [0] * 8}, y)
+    b = make_run(tmp_path / "b", {"validation": [0, 1, 1, 0, 1, 2], "test": [1] * 8}, y)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "report.md").write_text("an earlier result")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the output folder was checked")
+
+    monkeypatch.setattr(longtail.compare, "compare_runs", no_work)
+    monkeypatch.setattr(longtail.ensemble, "build_ensemble", no_work)
+    for main, name in ((longtail.compare.main, "compare"), (longtail.ensemble.main, "ensemble")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([a, b if name == "ensemble" else "--reference", *([] if name == "ensemble" else [b]),
+                  "--output_dir", str(used)])  # fmt: skip
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{name}: error: output_dir '{used}' exists and is not empty" in err and "Traceback" not in err
+    assert (used / "report.md").read_text() == "an earlier result"

@@ -155,15 +155,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--overwrite_output_dir", action="store_true")
     parser.add_argument("--n_resamples", type=int, default=BOOTSTRAP_RESAMPLES)
     args = parser.parse_args(argv)
-    try:
+    from longtail.runs import OutputDirError, prepare_output_dir, write_json
+
+    try:  # the output folder is checked before minutes of bootstrap, not after
+        out = prepare_output_dir(args.output_dir, args.overwrite_output_dir) if args.output_dir else None
         result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
-    except CompareError as err:
+    except (CompareError, OutputDirError) as err:
         parser.exit(2, f"compare: error: {err}\n")
     markdown = to_markdown(result)
-    if args.output_dir:
-        from longtail.runs import prepare_output_dir, write_json
-
-        out = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+    if out is not None:
         (out / "compare.md").unlink(missing_ok=True)
         (out / "compare.md").write_text(markdown, "utf-8")
         write_json(out / "compare.json", result)

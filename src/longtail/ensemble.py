@@ -19,25 +19,25 @@ from pathlib import Path
 
 import numpy as np
 
+from longtail.calibration import apply_temperature, log_probs
+from longtail.calibration import fit_temperature as fit_on_logits
 from longtail.compare import CompareError, check_same_rows, load_tiers, read_run
 from longtail.metrics import (
     BOOTSTRAP_RESAMPLES,
     classification_metrics,
     macro_f1,
     negative_log_likelihood,
-    softmax,
 )
 
 
 def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
-    return softmax(np.log(np.clip(probs, 1e-12, None)) / temperature)
+    """Probabilities at temperature T (calibration's softmax(logits / T), on log-probabilities)."""
+    return apply_temperature(log_probs(probs), temperature)
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     """calibration.fit_temperature on log-probabilities (they differ from the logits by a per-row constant)."""
-    from longtail.calibration import fit_temperature as fit_on_logits
-
-    return fit_on_logits(np.log(np.clip(probs, 1e-12, None)), y)
+    return fit_on_logits(log_probs(probs), y)
 
 
 def simplex_grid(k: int, step: float) -> list[tuple[float, ...]]:
@@ -168,13 +168,13 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("an ensemble needs at least two runs")
     if not 0 < args.weight_step <= 0.5 or abs(round(1 / args.weight_step) * args.weight_step - 1) > 1e-9:
         parser.error(f"--weight_step must divide 1 (0.05, 0.1, 0.25, ...), got {args.weight_step}")
-    from longtail.runs import prepare_output_dir
+    from longtail.runs import OutputDirError, prepare_output_dir
 
-    try:
+    try:  # the output folder is checked before the work, not after
+        out = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
         result = build_ensemble(args.runs, args.weight_step, not args.no_test)
-    except CompareError as err:
+    except (CompareError, OutputDirError) as err:
         parser.exit(2, f"ensemble: error: {err}\n")
-    out = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
     record = write_outputs(result, out, load_tiers(args.runs[0], result["label_names"]), args.n_resamples)
     print((out / "report.md").read_text("utf-8"))
     return record
