@@ -1,0 +1,74 @@
+"""Set aside a held-out test file that no recipe ever reads while choosing anything.
+
+    python -m longtail.holdout ../shared/data/cfpb/complaints_dev.csv --output_dir outputs/cfpb_study/data \
+        [--fraction 0.15] [--seed 7] [--overwrite]
+
+Writes `train.csv` (the rest; recipes carve their validation split from it) and `heldout.csv` (a seeded
+uniform sample of the rows, `DataFrame.sample(frac, random_state)`), with the input's columns unchanged, and
+`holdout.json` (source, sizes, seed). The recipes take them as `--train_file` / `--test_file`; their data
+pipeline then drops any training row whose normalised text also appears in the held-out file, and says how
+many. Rows are sampled before any cleaning so that the held-out file looks like new data: rows that
+the recipes will drop (no narrative, label outside the taxonomy) are dropped and counted there too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from longtail.data import DataError, read_table
+
+OUTPUT_FILES = ("train.csv", "heldout.csv", "holdout.json")
+
+
+def split_holdout(path: str, fraction: float, seed: int):
+    frame = read_table(path)
+    if len(frame) < 2:
+        raise DataError(f"{path} has {len(frame)} row(s): nothing to hold out.")
+    heldout = frame.sample(frac=fraction, random_state=seed)
+    if len(heldout) in (0, len(frame)):
+        raise DataError(f"--fraction {fraction} of {len(frame)} rows leaves an empty train or held-out file.")
+    return frame.drop(index=heldout.index), heldout
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m longtail.holdout", description=__doc__.split("\n\n")[0])
+    parser.add_argument("data_file", help="csv / json / jsonl / parquet with every column of the source")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--fraction", type=float, default=0.15, help="share of rows held out")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier split in output_dir")
+    args = parser.parse_args(argv)
+    if not 0 < args.fraction < 1:
+        parser.error(f"--fraction must be in (0, 1), got {args.fraction}")
+    out = Path(args.output_dir)
+    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if existing and not args.overwrite:
+        # runs trained on the old split would silently be compared with test rows they trained on
+        parser.exit(
+            2, f"holdout: error: {out} already holds {', '.join(existing)}; pass --overwrite to replace.\n"
+        )
+    try:
+        train, heldout = split_holdout(args.data_file, args.fraction, args.seed)
+    except DataError as err:
+        parser.exit(2, f"holdout: error: {err}\n")
+    out.mkdir(parents=True, exist_ok=True)
+    train.to_csv(out / "train.csv", index=False)
+    heldout.to_csv(out / "heldout.csv", index=False)
+    record = {
+        "source": str(args.data_file),
+        "fraction": args.fraction,
+        "seed": args.seed,
+        "rows": {"train": len(train), "heldout": len(heldout)},
+    }
+    (out / "holdout.json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
+    print(
+        f"holdout: {len(train)} train rows -> {out / 'train.csv'}, {len(heldout)} held out -> {out / 'heldout.csv'}"
+    )
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

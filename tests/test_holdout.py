@@ -1,0 +1,64 @@
+"""`python -m longtail.holdout`: a seeded held-out file, never overwritten by accident."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from longtail.holdout import main
+
+
+def write_source(path, n=40):
+    frame = pd.DataFrame(
+        {
+            "Consumer complaint narrative": [f"complaint number {i}" if i % 7 else "" for i in range(n)],
+            "Issue": [f"issue {i % 3}" for i in range(n)],
+        }
+    )
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def test_split_is_the_seeded_sample_and_loses_no_row(tmp_path):
+    source = write_source(tmp_path / "all.csv")
+    record = main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "d"), "--fraction", "0.25"])
+    train = pd.read_csv(tmp_path / "d" / "train.csv", dtype=str, keep_default_na=False)
+    heldout = pd.read_csv(tmp_path / "d" / "heldout.csv", dtype=str, keep_default_na=False)
+    expected = source.astype(str).sample(frac=0.25, random_state=7)
+    assert (
+        heldout["Consumer complaint narrative"].tolist() == expected["Consumer complaint narrative"].tolist()
+    )
+    assert len(heldout) == 10 and len(train) == 30  # rows with no narrative are kept: recipes count them
+    assert sorted(
+        train["Consumer complaint narrative"].tolist() + heldout["Consumer complaint narrative"].tolist()
+    ) == sorted(source["Consumer complaint narrative"].fillna("").tolist())
+    assert list(train.columns) == list(source.columns)
+    assert record["rows"] == {"train": 30, "heldout": 10}
+    assert json.loads((tmp_path / "d" / "holdout.json").read_text())["seed"] == 7
+
+
+def test_an_existing_split_is_not_replaced_unless_asked(tmp_path, capsys):
+    write_source(tmp_path / "all.csv")
+    out = str(tmp_path / "d")
+    main([str(tmp_path / "all.csv"), "--output_dir", out])
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "all.csv"), "--output_dir", out, "--seed", "8"])
+    assert exc.value.code == 2
+    assert "already holds train.csv" in capsys.readouterr().err
+    main([str(tmp_path / "all.csv"), "--output_dir", out, "--seed", "8", "--overwrite"])
+    assert json.loads((tmp_path / "d" / "holdout.json").read_text())["seed"] == 8
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "missing.csv"), "--output_dir", str(tmp_path / "d")])
+    assert exc.value.code == 2 and "Data file not found" in capsys.readouterr().err
+    write_source(tmp_path / "all.csv", n=3)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "d"), "--fraction", "1.5"])
+    assert "--fraction must be in (0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "d"), "--fraction", "0.01"])
+    assert "empty train or held-out" in capsys.readouterr().err
