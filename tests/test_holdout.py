@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import CFPB_CSV, needs_shared
 
 from longtail.holdout import main
 
@@ -62,3 +63,23 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "d"), "--fraction", "0.01"])
     assert "empty train or held-out" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+@needs_shared
+def test_real_cfpb_holdout_gives_the_readme_study_rows(tmp_path):
+    """The README's real-data study: the held-out split and the recipes' data options give its row counts."""
+    from longtail.data import DataArguments, prepare_data
+
+    main([str(CFPB_CSV), "--output_dir", str(tmp_path)])
+    data = prepare_data(
+        DataArguments(
+            train_file=str(tmp_path / "train.csv"),
+            test_file=str(tmp_path / "heldout.csv"),
+            text_column="Consumer complaint narrative",
+            label_taxonomy="cfpb_issue_113",
+        )
+    )
+    sizes = {split: len(frame) for split, frame in data.splits.items()}
+    assert sizes == {"train": 6046, "validation": 679, "test": 1180}
+    assert len(data.label_names) == 63
