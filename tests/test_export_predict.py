@@ -173,8 +173,12 @@ def test_unmerged_adapter_refused_and_unexportable_architecture(tmp_path, tiny_c
     (adapter / "merged").mkdir()
     (adapter / "merged" / "config.json").write_text("{}")
     assert resolve_model_dir(adapter, merge_adapter=False) == adapter / "merged"
-    probe = SimpleNamespace(config=SimpleNamespace(model_type="longtail_probe"))
-    with pytest.raises(ExportError, match="cannot export the architecture 'longtail_probe'"):
+    custom = SimpleNamespace(config=SimpleNamespace(model_type="my_custom_classifier"))
+    with pytest.raises(ExportError, match="cannot export the architecture 'my_custom_classifier'"):
+        check_exportable(custom)
+    body = SimpleNamespace(model_type="no_such_body")
+    probe = SimpleNamespace(config=SimpleNamespace(model_type="longtail_probe", encoder_config=body))
+    with pytest.raises(ExportError, match="cannot export this probe's body 'no_such_body'"):
         check_exportable(probe)
 
 

@@ -89,11 +89,40 @@ def quantization_config(features: dict | None = None):
     return "avx2", AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
 
 
+PROBE_TYPE = "longtail_probe"
+
+
+def probe_onnx_config(model):
+    """Optimum's text-classification ONNX config of a probe's *body* architecture: the probe takes the same
+    inputs (input_ids, attention_mask[, token_type_ids]) and returns `logits`, like the body's own classifier."""
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs with TasksManager)
+    from optimum.exporters.tasks import TasksManager
+
+    body = model.config.encoder_config
+    try:
+        constructor = TasksManager.get_exporter_config_constructor(
+            exporter="onnx",
+            model_type=body.model_type.replace("_", "-"),
+            task="text-classification",
+            library_name="transformers",
+        )
+    except (KeyError, ValueError) as e:
+        raise ExportError(
+            f"Optimum cannot export this probe's body '{body.model_type}' to ONNX for text-classification. "
+            "Serve it with the PyTorch backend (python -m longtail.predict --backend torch)."
+        ) from e
+    return constructor(body, task="text-classification")
+
+
 def check_exportable(model) -> None:
-    """Fail with a clear message when Optimum has no ONNX config for this architecture (e.g. a probe)."""
+    """Fail with a clear message when Optimum has no ONNX config for this architecture."""
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs with TasksManager)
     from optimum.exporters.tasks import TasksManager
 
     model_type = model.config.model_type
+    if model_type == PROBE_TYPE:
+        probe_onnx_config(model)
+        return
     try:
         tasks = TasksManager.get_supported_tasks_for_model_type(
             model_type.replace("_", "-"), exporter="onnx", library_name="transformers"
@@ -107,6 +136,20 @@ def check_exportable(model) -> None:
         raise ExportError(
             f"Optimum exports '{model_type}' but not for text-classification (supported: {sorted(tasks)})."
         )
+
+
+def export_fp32(model, target: Path, device: str) -> None:
+    """fp32 ONNX export: Optimum's model-level export, or for a probe (whose class lives outside
+    transformers, so Optimum cannot infer its library and task) the graph-level export with its body's config."""
+    from optimum.exporters.onnx import export, onnx_export_from_model
+
+    if model.config.model_type != PROBE_TYPE:
+        onnx_export_from_model(model, target, task="text-classification", do_validation=False, device=device)
+        return
+    onnx_config = probe_onnx_config(model)
+    target.mkdir(parents=True, exist_ok=True)
+    export(model, onnx_config, target / "model.onnx", opset=onnx_config.DEFAULT_ONNX_OPSET, device=device)
+    model.config.save_pretrained(target)
 
 
 def parity_texts(args: ExportArguments) -> tuple[list[str], np.ndarray | None, list[str] | None]:
@@ -144,8 +187,6 @@ def _copy_extras(model_dir: Path, tokenizer, target: Path) -> None:
 
 def export_onnx(args: ExportArguments) -> dict:
     """Export, optimise, quantise, check parity; returns the parity record (also written to parity.json)."""
-    from optimum.exporters.onnx import onnx_export_from_model
-
     from longtail.inference import ort_provider
     from longtail.metrics import macro_f1
     from longtail.runs import prepare_output_dir, write_json
@@ -191,7 +232,7 @@ def export_onnx(args: ExportArguments) -> dict:
 
     # ---- fp32 ----------------------------------------------------------------------------------
     fp32 = out / "fp32"
-    onnx_export_from_model(model, fp32, task="text-classification", do_validation=False, device=args.device)
+    export_fp32(model, fp32, args.device)
     _copy_extras(Path(resolved), tokenizer, fp32)
     variants = {"fp32": fp32}
 
