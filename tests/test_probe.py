@@ -411,3 +411,14 @@ def test_probe_exports_to_onnx_and_predict_serves_the_export(probe_run, tmp_path
         results[name] = pd.read_json(dst, lines=True)
     assert results["onnx"]["label"].tolist() == results["torch"]["label"].tolist()
     np.testing.assert_allclose(results["onnx"]["confidence"], results["torch"]["confidence"], atol=1e-4)
+
+
+def test_probe_config_carries_the_body_input_limit(probe_run):
+    """Tools that size inputs from a classifier's config (`make bench`'s padding study, truncation) read the
+    probe's like any other: its body's max_position_embeddings and hidden size."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(probe_run["out"])
+    assert config.model_type == "longtail_probe"
+    assert config.max_position_embeddings == config.encoder_config.max_position_embeddings
+    assert config.hidden_size == config.encoder_config.hidden_size

@@ -85,8 +85,10 @@ class ProbeConfig(PretrainedConfig):
         self.encoder_config = encoder_config
         self.pooling = pooling
         super().__init__(**kwargs)
-        if encoder_config is not None:
+        if encoder_config is not None:  # what tools read off a classifier's config (sizes, input limit)
             self.hidden_size = encoder_config.hidden_size
+            if hasattr(encoder_config, "max_position_embeddings"):
+                self.max_position_embeddings = encoder_config.max_position_embeddings
 
 
 class ProbeForSequenceClassification(PreTrainedModel):
