@@ -28,6 +28,7 @@ from longtail.inference import (
     onnx_files,
     run_batches,
 )
+from longtail.probe import MODEL_TYPE as PROBE_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +88,6 @@ def quantization_config(features: dict | None = None):
     if f["avx512"]:
         return "avx512", AutoQuantizationConfig.avx512(is_static=False, per_channel=False)
     return "avx2", AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
-
-
-PROBE_TYPE = "longtail_probe"
 
 
 def probe_onnx_config(model):
