@@ -25,7 +25,7 @@ from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
 from longtail.metrics import macro_f1
-from longtail.report import SplitResult, save_predictions, summary_text, write_run_outputs
+from longtail.report import SplitResult, grid_table, save_predictions, summary_text, write_run_outputs
 from longtail.runs import command_line, prepare_output_dir, source_description, write_run_files
 
 logger = logging.getLogger("baseline_tfidf")
@@ -137,15 +137,10 @@ def grid_section(rows: list[dict], chosen: dict) -> str:
         "Every setting was fit on train and scored on validation; the best "
         "validation macro-F1 was kept. The test split played no part in the choice.",
         "",
-        "| C | class_weight | sublinear_tf | validation macro-F1 | fit (s) |",
-        "|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: -r["val_macro_f1"]):
-        mark = " **(chosen)**" if r is chosen else ""
-        lines.append(
-            f"| {r['C']} | {r['class_weight']} | {r['sublinear_tf']} | {r['val_macro_f1']:.4f}{mark} | "
-            f"{r['fit_s']} |"
-        )
+    columns = {"C": "C", "class_weight": "class_weight", "sublinear_tf": "sublinear_tf",
+               "validation macro-F1": "val_macro_f1", "fit (s)": "fit_s"}  # fmt: skip
+    lines.append(grid_table(rows, columns, chosen))
     return "\n".join(lines)
 
 

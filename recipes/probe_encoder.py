@@ -36,7 +36,7 @@ from longtail.probe import (
     cached_embeddings,
     default_pooling,
 )
-from longtail.report import SplitResult, summary_text, write_run_outputs
+from longtail.report import SplitResult, grid_table, summary_text, write_run_outputs
 from longtail.runs import (
     command_line,
     prepare_output_dir,
@@ -139,15 +139,10 @@ def grid_section(rows: list[dict], chosen: dict, pooling: str, reused: dict) -> 
         "setting was fit on train and scored on validation; the best validation macro-F1 was kept (the chosen "
         "row's validation score is therefore optimistic). The test split played no part in any choice.",
         "",
-        "| C | class weighting | validation macro-F1 | validation accuracy | fit (s) |",
-        "|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: -r["val_macro_f1"]):
-        mark = " **(chosen)**" if r is chosen else ""
-        lines.append(
-            f"| {r['C']} | {r['class_weight']} | {r['val_macro_f1']:.4f}{mark} | {r['val_accuracy']:.4f} | "
-            f"{r['fit_s']} |"
-        )
+    columns = {"C": "C", "class weighting": "class_weight", "validation macro-F1": "val_macro_f1",
+               "validation accuracy": "val_accuracy", "fit (s)": "fit_s"}  # fmt: skip
+    lines.append(grid_table(rows, columns, chosen))
     lines += [
         "",
         "Embedding cache: " + ", ".join(f"{s} {'reused' if v else 'computed'}" for s, v in reused.items()),

@@ -49,6 +49,11 @@ def test_compare_table_and_paired_deltas(tmp_path, capsys):
     assert "tfidf **(ref)**" in md and "+0.500 [" in md  # accuracy delta
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["num_rows"] == 8
     assert "Comparison on test" in capsys.readouterr().out
+    # a tier with no class among these rows scores NaN: shown as a dash, not "nan"
+    from longtail.compare import to_markdown
+
+    result["runs"][0]["macro_f1_tail"] = float("nan")
+    assert "nan" not in to_markdown(result) and " / —" in to_markdown(result)
 
 
 def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):

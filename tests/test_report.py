@@ -229,3 +229,21 @@ def test_predictions_round_trip(tmp_path):
     assert loaded["y_true"].tolist() == [0, 1, 1]
     assert loaded["label_names"].tolist() == ["x", "y"]
     np.testing.assert_allclose(loaded["probs"], probs, atol=1e-7)
+
+
+def test_grid_table_best_first_chosen_marked():
+    from longtail.report import grid_table
+
+    rows = [
+        {"C": 1.0, "weighting": "none", "val_macro_f1": 0.1, "fit_s": 2.5},
+        {"C": 10.0, "weighting": "balanced", "val_macro_f1": 0.25, "fit_s": 3.0},
+    ]
+    table = grid_table(
+        rows, {"C": "C", "class weighting": "weighting", "validation macro-F1": "val_macro_f1"}, rows[1]
+    )
+    assert table.splitlines() == [
+        "| C | class weighting | validation macro-F1 |",
+        "|---|---|---|",
+        "| 10.0 | balanced | 0.2500 **(chosen)** |",
+        "| 1.0 | none | 0.1000 |",
+    ]

@@ -114,7 +114,7 @@ def compare_runs(
 
 def to_markdown(result: dict) -> str:
     def f(x):
-        return "—" if x is None else f"{x:.3f}"
+        return "—" if x is None or np.isnan(x) else f"{x:.3f}"  # NaN: e.g. no tail class in these rows
 
     lines = [
         f"# Comparison on {result['split']} ({result['num_rows']:,} rows, reference: {result['reference']})",

@@ -118,6 +118,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
+def grid_table(rows: Sequence[Mapping], columns: Mapping[str, str], chosen: Mapping) -> str:
+    """A validation grid as a markdown table (`columns`: header -> row key), best validation macro-F1 first,
+    the chosen row marked; `val_*` scores with 4 decimals."""
+    body = []
+    for r in sorted(rows, key=lambda r: -r["val_macro_f1"]):
+        cells = []
+        for key in columns.values():
+            cell = f"{r[key]:.4f}" if key.startswith("val_") else r[key]
+            cells.append(f"{cell} **(chosen)**" if key == "val_macro_f1" and r is chosen else cell)
+        body.append(cells)
+    return _table(list(columns), body)
+
+
 def _short(name: str, n: int = 38) -> str:
     name = redact_secrets(str(name))
     return name if len(name) <= n else name[: n - 1] + "…"
