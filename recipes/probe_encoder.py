@@ -27,6 +27,7 @@ from transformers import AutoModel
 from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
+from longtail.inference import LONG_TEXT
 from longtail.losses import class_weights
 from longtail.metrics import macro_f1, softmax
 from longtail.probe import (
@@ -61,6 +62,13 @@ class ProbeArguments:
         default="auto",
         metadata={"help": "mean, cls or last (last non-pad token); auto: last for decoders, else mean."},
     )
+    long_text: str = field(
+        default="truncate",
+        metadata={
+            "help": "truncate: embed the first max_length tokens; windows: embed the whole text in consecutive "
+            "max_length windows and average their features (token-weighted). predict serves it the same way."
+        },
+    )
     embedding_batch_size: int = field(default=64, metadata={"help": "Texts per forward pass when embedding."})
     embedding_cache_dir: str = field(
         default="outputs/cache/embeddings",
@@ -73,6 +81,8 @@ class ProbeArguments:
     seed: int = field(default=42, metadata={"help": "Solver seed."})
 
     def __post_init__(self):
+        if self.long_text not in LONG_TEXT:
+            raise ValueError(f"--long_text must be one of {LONG_TEXT}, got '{self.long_text}'")
         if self.pooling not in ("auto", *POOLINGS):
             raise ValueError(f"--pooling must be auto or one of {POOLINGS}, got '{self.pooling}'")
         bad = sorted({w for w in self.grid_class_weight if w not in WEIGHTINGS})
@@ -131,11 +141,19 @@ def full_head(logreg, classes: np.ndarray, num_labels: int, mean: np.ndarray, sc
     return weight.astype(np.float32), bias.astype(np.float32)
 
 
-def grid_section(rows: list[dict], chosen: dict, pooling: str, reused: dict) -> str:
+def grid_section(
+    rows: list[dict], chosen: dict, pooling: str, reused: dict, long_text: str, max_length: int
+) -> str:
+    read = (
+        f"the whole text, as consecutive {max_length}-token windows whose features are averaged (token-weighted)"
+        if long_text == "windows"
+        else f"the first {max_length} tokens of each text"
+    )
     lines = [
         "## Validation grid (linear head on frozen features)",
         "",
-        f"Features: `{pooling}`-pooled last hidden states of the frozen encoder, standardised on train. Every "
+        f"Features: `{pooling}`-pooled last hidden states of the frozen encoder over {read}, standardised on "
+        "train. Every "
         "setting was fit on train and scored on validation; the best validation macro-F1 was kept (the chosen "
         "row's validation score is therefore optimistic). The test split played no part in any choice.",
         "",
@@ -196,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
             data.splits[split]["text"].tolist(),
             data_args.max_length,
             pooling,
+            long_text=args.long_text,
             batch_size=args.embedding_batch_size,
             desc=f"Embedding {split}",
         )
@@ -243,6 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": public_model_name(model_args.model_name_or_path),
         "pooling": pooling,
         "max_length": data_args.max_length,
+        "long_text": args.long_text,
         "C": chosen["C"],
         "class_weight": chosen["class_weight"],
         "embedding_s": embed_s,
@@ -262,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
         results=results,
         command=command,
         data_description=source_description(data_args),
-        sections=[grid_section(grid, chosen, pooling, reused)],
+        sections=[grid_section(grid, chosen, pooling, reused, args.long_text, data_args.max_length)],
         pipeline_example=False,  # the card's quick start below imports longtail.probe first
     )
     add_usage_to_card(paths["card"], output_dir)

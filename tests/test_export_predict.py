@@ -380,3 +380,27 @@ def test_predict_reports_a_blank_csv_line_instead_of_dropping_it(tiny_classifier
     assert summary["rows"] == 3 and summary["bad_rows"] == 1 and summary["bad_row_numbers"] == [1]
     pred = pd.read_csv(out, keep_default_na=False)
     assert pred["row"].tolist() == [0, 1, 2] and pred["error"].tolist() == ["", "empty or missing text", ""]
+
+
+def test_serving_defaults_follow_the_run(tmp_path):
+    """predict reads texts as the run was trained: its max_length (and a probe's long_text) from
+    run_config.json in the folder, or in the parent of an adapter's merged/; else 512 / truncate."""
+    from longtail.inference import serving_defaults
+
+    run = tmp_path / "run"
+    (run / "merged").mkdir(parents=True)
+    (run / "run_config.json").write_text(
+        json.dumps({"data": {"max_length": 96}, "probe": {"long_text": "windows"}})
+    )
+    for folder in (run, run / "merged"):
+        got = serving_defaults(folder)
+        assert (got["max_length"], got["long_text"]) == (96, "windows")
+        assert got["source"] == str(run / "run_config.json")
+    (tmp_path / "bare").mkdir()
+    assert serving_defaults(tmp_path / "bare") == {
+        "max_length": 512,
+        "long_text": "truncate",
+        "source": "default",
+    }
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 128}, "training": {}}))
+    assert serving_defaults(run)["long_text"] == "truncate" and serving_defaults(run)["max_length"] == 128

@@ -99,8 +99,66 @@ def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_t
     np.testing.assert_array_equal(first, again)
     # order of rows follows the texts, even though batches are length-sorted
     np.testing.assert_allclose(cached_embeddings(*args, TEXTS[::-1], 32, "mean")[0], first[::-1], atol=1e-5)
-    keys = {cached_embeddings(*args, TEXTS, n, p)[1] for n, p in [(32, "mean"), (16, "mean"), (32, "cls")]}
-    assert len(keys) == 3 and len(list(tmp_path.glob("*.npy"))) == 4
+    settings = [
+        (32, "mean", "truncate"),
+        (16, "mean", "truncate"),
+        (32, "cls", "truncate"),
+        (32, "mean", "windows"),
+    ]
+    keys = {cached_embeddings(*args, TEXTS, n, p, long_text)[1] for n, p, long_text in settings}
+    assert len(keys) == 4 and len(list(tmp_path.glob("*.npy"))) == 5
+
+
+def test_text_windows_cover_the_whole_text(tiny_modernbert):
+    from longtail.inference import text_windows
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tok = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    long, short = TEXTS[2], TEXTS[-1]
+    windows = text_windows(tok, [long, short], max_length=8)
+    content = tok(long, add_special_tokens=False)["input_ids"]
+    n_long = -(-len(content) // 6)  # 8 tokens = [CLS] + 6 + [SEP]
+    assert n_long >= 3 and windows.owner.tolist() == [0] * n_long + [1]
+    assert all(
+        w[0] == tok.cls_token_id and w[-1] == tok.sep_token_id and len(w) <= 8 for w in windows.input_ids
+    )
+    assert sum((w[1:-1] for w in windows.input_ids[:n_long]), []) == content  # every token, once, in order
+    # a text that fits is one window: exactly its truncated encoding
+    assert windows.input_ids[-1] == tok(short, truncation=True, max_length=8)["input_ids"]
+    # per_row: the token-weighted mean of the windows' values
+    values = np.arange(len(windows.owner), dtype=float)[:, None]
+    weights = windows.tokens
+    expected = (values[:n_long, 0] * weights[:n_long]).sum() / weights[:n_long].sum()
+    np.testing.assert_allclose(windows.per_row(values)[:, 0], [expected, n_long], rtol=1e-12)
+    with pytest.raises(ValueError, match="max_length 2 leaves no room"):
+        text_windows(tok, [long], max_length=2)
+
+
+def test_windowed_embedding_is_the_token_weighted_mean_of_window_embeddings(
+    tiny_modernbert, one_torch_thread
+):
+    from transformers import AutoModel
+
+    from longtail.probe import embed_texts
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tok = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    encoder = AutoModel.from_pretrained(tiny_modernbert)
+    long = TEXTS[2]
+    features = embed_texts(encoder, tok, [long, TEXTS[-1]], 8, "mean", batch_size=2, long_text="windows")
+    ids = tok(long, add_special_tokens=False)["input_ids"]
+    parts, sizes = [], []
+    for start in range(0, len(ids), 6):  # each window embedded on its own, unpadded
+        window = torch.tensor([[tok.cls_token_id, *ids[start : start + 6], tok.sep_token_id]])
+        with torch.no_grad():
+            parts.append(encoder(input_ids=window).last_hidden_state.mean(1)[0].numpy())
+        sizes.append(window.shape[1])
+    np.testing.assert_allclose(features[0], np.average(parts, axis=0, weights=sizes), atol=1e-5)
+    truncated = embed_texts(encoder, tok, [long, TEXTS[-1]], 8, "mean", batch_size=2)
+    np.testing.assert_allclose(features[1], truncated[1], atol=1e-6)  # a text that fits: the same either way
+    assert np.abs(features[0] - truncated[0]).max() > 1e-3  # and a long one reads more than its first window
+    with pytest.raises(ValueError, match="long_text"):
+        embed_texts(encoder, tok, [long], 8, "mean", long_text="chunks")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +176,8 @@ def probe_run(tiny_modernbert, tmp_path_factory):
     try:
         with pytest.MonkeyPatch.context() as patch:  # the module-scoped twin of the fast_bootstrap fixture
             patch.setattr(report, "score_split", functools.partial(report.score_split, n_resamples=100))
-            args = probe_args(tiny_modernbert, train, test, out, tmp / "cache")
+            # truncate: the tests below feed the saved model truncated batches (windows have their own test)
+            args = probe_args(tiny_modernbert, train, test, out, tmp / "cache", "--long_text", "truncate")
             metrics = load_recipe("probe_encoder").main(args)
     finally:
         torch.set_num_threads(threads)
@@ -181,8 +240,9 @@ def test_probe_recipe_end_to_end(probe_run, fast_bootstrap, one_torch_thread):
 def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_bootstrap, one_torch_thread):
     out2 = probe_run["tmp"] / "probe2"
     metrics = load_recipe("probe_encoder").main(
-        probe_args(tiny_modernbert, probe_run["train"], probe_run["test"], out2, probe_run["tmp"] / "cache")
-    )
+        probe_args(tiny_modernbert, probe_run["train"], probe_run["test"], out2, probe_run["tmp"] / "cache",
+                   "--long_text", "truncate")
+    )  # fmt: skip
     assert "train reused, validation reused, test reused" in (out2 / "report.md").read_text()
     assert metrics["test"]["macro_f1"] == pytest.approx(probe_run["metrics"]["test"]["macro_f1"], abs=1e-12)
 
@@ -198,6 +258,8 @@ def test_probe_rejects_bad_options(tiny_modernbert, tmp_path):
         )
     with pytest.raises(ValueError, match="pooling"):
         recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--pooling", "max"))
+    with pytest.raises(ValueError, match="long_text.*windows"):
+        recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--long_text", "all"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,6 +473,53 @@ def test_probe_exports_to_onnx_and_predict_serves_the_export(probe_run, tmp_path
         results[name] = pd.read_json(dst, lines=True)
     assert results["onnx"]["label"].tolist() == results["torch"]["label"].tolist()
     np.testing.assert_allclose(results["onnx"]["confidence"], results["torch"]["confidence"], atol=1e-4)
+
+
+def test_windowed_probe_is_served_the_way_it_was_trained(
+    probe_run, tiny_modernbert, tmp_path, one_torch_thread
+):
+    """`--long_text windows`: the run records it, and `predict` (on the run folder and on its ONNX export,
+    with no serving flags) reads whole texts in the same windows and returns the run's own probabilities."""
+    import pandas as pd
+
+    from longtail.calibration import load_temperature
+    from longtail.data import DataArguments, prepare_data
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.predict import main as predict
+    from longtail.report import load_predictions
+
+    train, test = probe_run["train"], probe_run["test"]
+    out = tmp_path / "windows"
+    args = probe_args(tiny_modernbert, train, test, out, tmp_path / "cache", "--long_text", "windows")
+    args[args.index("--max_length") + 1] = "12"  # most synthetic texts span several windows
+    load_recipe("probe_encoder").main(args)
+    assert "consecutive 12-token windows" in (out / "report.md").read_text()
+    data = prepare_data(
+        DataArguments(train_file=train, test_file=test, text_column="Consumer complaint narrative",
+                      label_taxonomy="none", max_length=12)
+    )  # fmt: skip
+    texts = data.splits["validation"]["text"].tolist()[:12]
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    export_onnx(ExportArguments(model_dir=str(out), output_dir=str(tmp_path / "onnx"), parity_rows=8))
+    saved = load_predictions(out / "predictions_validation.npz")["probs"][:12]
+    temperature = load_temperature(out)
+    calibrated = np.exp(np.log(saved) / temperature)
+    calibrated /= calibrated.sum(1, keepdims=True)
+    for name, model_dir in {"torch": out, "onnx": tmp_path / "onnx" / "fp32"}.items():
+        dst = tmp_path / f"{name}.jsonl"
+        summary = predict(["--model_dir", str(model_dir), "--input", str(src), "--output", str(dst),
+                           "--top_k", "1", "--no_progress", "--device", "cpu"])  # fmt: skip
+        assert summary["long_text"] == "windows" and summary["max_length"] == 12, name
+        assert summary["windows"] > 2 * len(texts), name
+        rows = pd.read_json(dst, lines=True)
+        assert rows["label"].tolist() == [data.label_names[i] for i in saved.argmax(1)], name
+        np.testing.assert_allclose(rows["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
+    # truncating instead (an explicit override) reads less of each text and scores differently
+    dst = tmp_path / "truncated.jsonl"
+    predict(["--model_dir", str(out), "--input", str(src), "--output", str(dst), "--top_k", "1",
+             "--long_text", "truncate", "--no_progress", "--device", "cpu"])  # fmt: skip
+    assert np.abs(pd.read_json(dst, lines=True)["confidence"].to_numpy() - calibrated.max(1)).max() > 1e-3
 
 
 def test_probe_config_carries_the_body_input_limit(probe_run):

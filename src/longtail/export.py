@@ -33,7 +33,11 @@ from longtail.probe import MODEL_TYPE as PROBE_TYPE
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("fp32", "optimized", "int8")
-EXTRA_FILES = ("temperature.json", "labels.json")
+EXTRA_FILES = (
+    "temperature.json",
+    "labels.json",
+    "run_config.json",
+)  # run_config: how to serve (max_length, long_text)
 
 
 class ExportError(RuntimeError):

@@ -5,6 +5,8 @@ texts by length with dynamic padding, and run them through PyTorch or ONNX Runti
   when present) or a merged adapter; an unmerged adapter folder is merged first or refused clearly.
 - `encode_batches`: tokenise once (outside any timed region), sort rows by length and pad each batch to
   its own longest row (or to a fixed length, to measure what padding costs); counts real vs padded tokens.
+- `text_windows`: whole texts as consecutive max_length windows (`--long_text windows`), and the
+  token-weighted mean that puts window outputs back together per text.
 - `TorchBackend` / `OrtBackend`: the same `logits(batch)` call on both; the ORT backend verifies its
   execution provider (CUDA requested but ORT would run on CPU is an error, never a silent fallback).
 - `cpu_features`: the CPU flags that decide what int8 can gain (avx2 / avx512 / VNNI / AMX / arm64).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -176,6 +179,23 @@ def encode_batches(
     instead, which is what fixed-shape serving does. Row order is restored by the caller from `Batch.rows`.
     """
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return batch_encoded(
+        tokenizer, encoded, batch_size, max_length, sort_by_length=sort_by_length,
+        pad_to_max_length=pad_to_max_length, input_names=input_names,
+    )  # fmt: skip
+
+
+def batch_encoded(
+    tokenizer,
+    encoded,
+    batch_size: int,
+    max_length: int,
+    *,
+    sort_by_length: bool = True,
+    pad_to_max_length: bool = False,
+    input_names: tuple[str, ...] | None = None,
+) -> Batches:
+    """`encode_batches` on rows tokenised already (a dict with `input_ids`, or a BatchEncoding)."""
     # padding pre-tokenised rows is what we want here (tokenise once, pad per batch): silence the hint
     getattr(tokenizer, "deprecation_warnings", {})["Asking-to-pad-a-fast-tokenizer"] = True
     names = input_names or tuple(k for k in tokenizer.model_input_names if k in encoded)
@@ -277,6 +297,71 @@ class OrtBackend:
         if "token_type_ids" in self.input_names and "token_type_ids" not in inputs:
             inputs["token_type_ids"] = np.zeros_like(batch.inputs["input_ids"])
         return np.asarray(self.model(**inputs).logits, dtype=np.float32)
+
+
+LONG_TEXT = ("truncate", "windows")
+SERVING_FALLBACK = {"max_length": 512, "long_text": "truncate"}
+
+
+def serving_defaults(model_dir: str | Path) -> dict:
+    """How the run read its texts: `max_length` (data options) and `long_text` (probe runs), from the
+    `run_config.json` in the folder (copied into ONNX exports) or its parent (an adapter's `merged/`).
+    Serving the way the model was trained is the default; a folder without a record gets 512 / truncate."""
+    out = dict(SERVING_FALLBACK, source="default")
+    folder = Path(model_dir)
+    for candidate in (folder / "run_config.json", folder.parent / "run_config.json"):
+        if candidate.is_file():
+            config = json.loads(candidate.read_text("utf-8"))
+            out["max_length"] = config.get("data", {}).get("max_length") or out["max_length"]
+            out["long_text"] = config.get("probe", {}).get("long_text") or out["long_text"]
+            out["source"] = str(candidate)
+            break
+    return out
+
+
+@dataclass
+class Windows:
+    """Every text cut into consecutive windows of at most `max_length` tokens (special tokens included)."""
+
+    input_ids: list[list[int]]  # one entry per window, with the model's special tokens
+    owner: np.ndarray  # row (text position) of each window
+    num_rows: int
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.array([len(ids) for ids in self.input_ids], dtype=np.float64)
+
+    def per_row(self, values: np.ndarray) -> np.ndarray:
+        """Token-weighted mean of per-window `values` (windows, d) for each row -> (rows, d). For a linear
+        head this is exact both ways: averaging window logits = the head applied to averaged features."""
+        weights = self.tokens
+        out = np.zeros((self.num_rows, values.shape[1]), dtype=np.float64)
+        np.add.at(out, self.owner, values.astype(np.float64) * weights[:, None])
+        total = np.bincount(self.owner, weights=weights, minlength=self.num_rows)
+        return out / total[:, None]
+
+
+def text_windows(tokenizer, texts: list[str], max_length: int) -> Windows:
+    """Whole texts as non-overlapping windows of at most `max_length` tokens, each with the model's special
+    tokens (the fast tokenizer's overflow, as Transformers' QA pipelines use it). A text that fits is one
+    window, identical to truncating it at `max_length`."""
+    if max_length - tokenizer.num_special_tokens_to_add(pair=False) < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for text next to the special tokens")
+    if not tokenizer.is_fast:
+        raise ValueError("long_text windows needs a fast tokenizer (it cuts texts with their overflow)")
+    encoded = tokenizer(
+        list(texts), truncation=True, max_length=max_length, return_overflowing_tokens=True, stride=0
+    )
+    owner = np.asarray(encoded["overflow_to_sample_mapping"], dtype=int)
+    return Windows(list(encoded["input_ids"]), owner, len(texts))
+
+
+def window_batches(tokenizer, windows: Windows, batch_size: int, max_length: int) -> Batches:
+    """Batches over windows (Batch.rows index windows, not texts), sorted by length, dynamic padding."""
+    encoded = {"input_ids": windows.input_ids, "attention_mask": [[1] * len(w) for w in windows.input_ids]}
+    if "token_type_ids" in tokenizer.model_input_names:  # one segment per window (BERT-style inputs)
+        encoded["token_type_ids"] = [[0] * len(w) for w in windows.input_ids]
+    return batch_encoded(tokenizer, encoded, batch_size, max_length)
 
 
 def run_batches(backend, batches: Batches, num_rows: int, num_labels: int) -> np.ndarray:

@@ -5,7 +5,9 @@
         --output preds.jsonl --top_k 3 --min_confidence 0.6
 
 Probabilities are softmax(logits / T) with the model folder's `temperature.json` (T = 1 without one).
-Rows are batched by length (dynamic padding) and written back in input order. A row with an empty or
+Rows are batched by length (dynamic padding) and written back in input order. Texts are read the way the
+run was trained (its max_length, and for a probe trained with `--long_text windows` the whole text in
+windows whose logits are averaged), unless --max_length / --long_text say otherwise. A row with an empty or
 missing text gets no prediction: it stays in the output with `error` set, and is counted and listed.
 The backend follows the folder (an .onnx file -> ONNX Runtime, else PyTorch) unless --backend says.
 """
@@ -23,12 +25,16 @@ import pandas as pd
 
 from longtail.calibration import load_temperature
 from longtail.inference import (
+    LONG_TEXT,
     OrtBackend,
     TorchBackend,
     encode_batches,
     load_model_dir,
     load_tokenizer_dir,
     onnx_files,
+    serving_defaults,
+    text_windows,
+    window_batches,
 )
 from longtail.metrics import softmax
 
@@ -51,7 +57,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_length", type=int, default=512, help="truncate texts to this many tokens")
+    p.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="tokens per text (or per window); default: the run's max_length (run_config.json), else 512",
+    )
+    p.add_argument(
+        "--long_text",
+        choices=LONG_TEXT,
+        default=None,
+        help="truncate, or windows: score the whole text in max_length windows and average their logits "
+        "(token-weighted; exact for a probe trained with --long_text windows); default: the run's setting",
+    )
     p.add_argument("--top_k", type=int, default=3)
     p.add_argument(
         "--min_confidence",
@@ -122,11 +140,21 @@ def predict_frame(args, df: pd.DataFrame, text_column: str) -> tuple[pd.DataFram
     bad = bad_rows(texts)
     good = np.setdiff1d(np.arange(len(df)), bad)
     good_texts = texts.iloc[good].astype(str).tolist()
-    batches = encode_batches(tokenizer, good_texts, args.batch_size, args.max_length)
-    k = min(args.top_k, len(id2label))
-    probs = np.zeros((len(good), len(id2label)))
+    serving = serving_defaults(args.model_dir)
+    max_length = args.max_length or serving["max_length"]
+    long_text = args.long_text or serving["long_text"]
+    if long_text == "windows":
+        windows = text_windows(tokenizer, good_texts, max_length)
+        batches = window_batches(tokenizer, windows, args.batch_size, max_length)
+    else:
+        batches = encode_batches(tokenizer, good_texts, args.batch_size, max_length)
+    logits = np.zeros((sum(len(b.rows) for b in batches), len(id2label)))
     for batch in tqdm(batches, desc="Predicting", unit="batch", disable=args.no_progress):
-        probs[batch.rows] = softmax(backend.logits(batch).astype(np.float64) / temperature)
+        logits[batch.rows] = backend.logits(batch)
+    if long_text == "windows":
+        logits = windows.per_row(logits)
+    probs = softmax(logits / temperature)
+    k = min(args.top_k, len(id2label))
 
     out = pd.DataFrame({"row": np.arange(len(df))})
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -154,6 +182,9 @@ def predict_frame(args, df: pd.DataFrame, text_column: str) -> tuple[pd.DataFram
         "bad_row_numbers": bad.tolist(),
         "temperature": temperature,
         "backend": backend.name,
+        "max_length": max_length,
+        "long_text": long_text,
+        "windows": len(windows.input_ids) if long_text == "windows" else None,
         "padded_to_real_tokens": round(batches.padding_ratio, 3) if len(good) else None,
     }
     return out, summary

@@ -34,6 +34,8 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from longtail.inference import LONG_TEXT, text_windows
+
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls", "last")
@@ -165,18 +167,40 @@ AutoModelForSequenceClassification.register(ProbeConfig, ProbeForSequenceClassif
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
 def embed_texts(
-    encoder, tokenizer, texts, max_length: int, pooling: str, batch_size: int = 64, desc: str = "Embedding"
+    encoder,
+    tokenizer,
+    texts,
+    max_length: int,
+    pooling: str,
+    batch_size: int = 64,
+    desc: str = "Embedding",
+    long_text: str = "truncate",
 ) -> np.ndarray:
-    """Pooled features (float32, one row per text, in order). Texts are sorted by length so each batch pads
-    little (dynamic padding to the batch's longest text), then put back in their original order."""
+    """Pooled features (float32, one row per text, in order).
+
+    long_text `truncate`: the first `max_length` tokens of each text. `windows`: the whole text, cut into
+    consecutive `max_length` windows (`longtail.inference.text_windows`), each embedded, then averaged
+    weighted by tokens; a text that fits is one window, identical to truncating it."""
+    texts = [str(t) for t in texts]
+    if long_text == "windows":
+        windows = text_windows(tokenizer, texts, max_length)
+        window_features = embed_token_ids(encoder, tokenizer, windows.input_ids, pooling, batch_size, desc)
+        return windows.per_row(window_features).astype(np.float32)
+    if long_text != "truncate":
+        raise ValueError(f"long_text must be one of {LONG_TEXT}, got '{long_text}'")
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return embed_token_ids(encoder, tokenizer, encoded, pooling, batch_size, desc)
+
+
+@torch.inference_mode()
+def embed_token_ids(encoder, tokenizer, encoded: list[list[int]], pooling: str, batch_size: int, desc: str):
+    """Pooled features of tokenised rows. Rows are sorted by length so each batch pads little (dynamic
+    padding to the batch's longest row), then put back in their original order."""
     from tqdm.auto import tqdm
 
-    texts = [str(t) for t in texts]
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")[::-1]  # longest first: OOM shows early
-    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    out = np.zeros((len(encoded), encoder.config.hidden_size), dtype=np.float32)
     encoder.eval()
     device = next(encoder.parameters()).device
     saved_side, tokenizer.padding_side = tokenizer.padding_side, "right"
@@ -208,7 +232,9 @@ def model_signature(name_or_path: str) -> dict:
     return {"model": str(path.resolve()), "files": files}
 
 
-def embedding_fingerprint(model_name_or_path: str, texts, max_length: int, pooling: str) -> str:
+def embedding_fingerprint(
+    model_name_or_path: str, texts, max_length: int, pooling: str, long_text: str = "truncate"
+) -> str:
     digest = hashlib.sha256()
     for t in texts:
         digest.update(str(t).encode("utf-8") + b"\0")
@@ -219,22 +245,32 @@ def embedding_fingerprint(model_name_or_path: str, texts, max_length: int, pooli
         "max_length": max_length,
         "pooling": pooling,
     }
+    if long_text != "truncate":  # keyed only when set, so caches made before the option stay valid
+        key["long_text"] = long_text
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def cached_embeddings(
-    cache_dir, model_name_or_path: str, encoder, tokenizer, texts, max_length, pooling, **kw
+    cache_dir,
+    model_name_or_path: str,
+    encoder,
+    tokenizer,
+    texts,
+    max_length,
+    pooling,
+    long_text: str = "truncate",
+    **kw,
 ):
-    """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model, texts, max_length and pooling
-    match. Returns (features, fingerprint, reused)."""
-    fingerprint = embedding_fingerprint(model_name_or_path, texts, max_length, pooling)
+    """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model, texts, max_length, pooling and
+    long_text match. Returns (features, fingerprint, reused)."""
+    fingerprint = embedding_fingerprint(model_name_or_path, texts, max_length, pooling, long_text)
     path = Path(cache_dir) / f"{fingerprint}.npy"
     if path.is_file():
         features = np.load(path, allow_pickle=False)
         if features.shape[0] == len(texts):
             logger.info("Reusing cached embeddings %s (%d rows)", path, len(texts))
             return features, fingerprint, True
-    features = embed_texts(encoder, tokenizer, texts, max_length, pooling, **kw)
+    features = embed_texts(encoder, tokenizer, texts, max_length, pooling, long_text=long_text, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, features)
