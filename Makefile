@@ -95,10 +95,11 @@ bench-scaling: install
 	$(OFFLINE) $(PYTHON) bench/scaling.py --shared_dir ../shared
 
 # The README's real-CFPB study (#7): hold out 15 % of the complaints (seed 7), then, on the same rows, the
-# validation-tuned TF-IDF, the MiniLM probe, LP-FT from the probe, plain FT at the same settings, the ensemble
-# of all three, and `compare` against TF-IDF. Everything chooses on validation; the held-out file is scored
-# once per run. Replaces its own folder ($(STUDY_OUT)) on each run. About 90 min on 2 idle CPU cores
-# (two 2-epoch fine-tunings are most of it); STUDY_PLAIN=0 skips the plain-FT arm.
+# validation-tuned TF-IDF, the MiniLM probe over whole narratives (256-token windows), LP-FT from the probe,
+# plain FT at the same settings, the ensemble of probe + LP-FT + TF-IDF, and `compare` against TF-IDF.
+# Everything chooses on validation; the held-out file is scored once per run. Replaces its own folder
+# ($(STUDY_OUT)) on each run. About 100 min on 2 idle CPU cores (two 2-epoch fine-tunings are most of it);
+# STUDY_PLAIN=0 skips the plain-FT arm.
 CFPB_CSV ?= ../shared/data/cfpb/complaints_dev.csv
 STUDY_OUT ?= outputs/cfpb_study
 STUDY_PLAIN ?= 1

@@ -332,6 +332,22 @@ def fmt(value, pattern: str) -> str:
     return pattern.format(value)
 
 
+def windows_note(model_dir, tokenizer, texts, max_length: int) -> str | None:
+    """A probe trained with --long_text windows is served in windows (predict); the bench times and scores
+    one truncated window per text. Say so, with what a whole text costs in windows on these rows."""
+    from longtail.inference import serving_defaults, text_windows
+
+    if serving_defaults(model_dir)["long_text"] != "windows":
+        return None
+    per_text = len(text_windows(tokenizer, texts, max_length).owner) / max(len(texts), 1)
+    return (
+        f"This probe was trained on whole texts in {max_length}-token windows, which `predict` serves too; the "
+        f"rows above time and score one truncated window per text. On these rows a text is {per_text:.2f} "
+        f"windows, so serving it whole costs about {per_text:.2f}x the ms/example above, and its quality is "
+        "the run's own test report, not the truncated column here."
+    )
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# Inference benchmark: {report['model']}",
@@ -352,6 +368,8 @@ def markdown(report: dict) -> str:
     if report["skipped"]:
         lines += ["", "Not run here: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
     lines += ["", report["recommendation"]]
+    if report.get("windows_note"):
+        lines += ["", report["windows_note"]]
     pad = report.get("padding")
     if pad:
         lines += [
@@ -548,6 +566,7 @@ def main(argv=None) -> dict:
         "in_process": args.in_process,
         "smoke": args.smoke,
     }
+    report["windows_note"] = windows_note(args.model_dir, tokenizer, texts, args.max_length)
     report["recommendation"] = verdicts(results) if results else "Nothing measured."
     report["plots"] = pareto_plots(report, out)
     write_json(out / "results.json", report)

@@ -404,3 +404,26 @@ def test_serving_defaults_follow_the_run(tmp_path):
     }
     (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 128}, "training": {}}))
     assert serving_defaults(run)["long_text"] == "truncate" and serving_defaults(run)["max_length"] == 128
+
+
+def test_bench_says_when_a_probe_reads_whole_texts_in_windows(tiny_classifier, tmp_path):
+    """The bench times one truncated window per text; for a windowed probe its report says what a whole text
+    costs (windows per text on the bench rows). Other models get no note."""
+    from transformers import AutoTokenizer
+
+    bench = load_bench("inference")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    short, long = "late fee", " ".join(["the bank charged me a late fee"] * 10)
+    assert bench.windows_note(tiny_classifier, tokenizer, [short, long], 16) is None
+    run = tmp_path / "probe"
+    run.mkdir()
+    (run / "run_config.json").write_text(
+        json.dumps({"data": {"max_length": 16}, "probe": {"long_text": "windows"}})
+    )
+    content = len(tokenizer(long, add_special_tokens=False)["input_ids"])
+    windows = (
+        -(-content // 14) + 1
+    )  # 14 content tokens per window ([CLS] + 14 + [SEP]), + the short text's one
+    assert windows > 3
+    note = bench.windows_note(run, tokenizer, [short, long], 16)
+    assert f"a text is {windows / 2:.2f} windows" in note and "16-token windows" in note
