@@ -427,3 +427,17 @@ def test_bench_says_when_a_probe_reads_whole_texts_in_windows(tiny_classifier, t
     assert windows > 3
     note = bench.windows_note(run, tokenizer, [short, long], 16)
     assert f"a text is {windows / 2:.2f} windows" in note and "16-token windows" in note
+
+
+def test_predict_in_windows_with_only_bad_rows(tiny_classifier, tmp_path):
+    """Nothing to score is not a crash, in windows as when truncating: every row is kept with its error."""
+    from longtail.predict import main
+
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["", "   "]}).to_csv(src, index=False)
+    for long_text in ("windows", "truncate"):
+        out = tmp_path / f"{long_text}.csv"
+        summary = main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(out),
+                        "--long_text", long_text, "--no_progress", "--device", "cpu"])  # fmt: skip
+        assert summary["predicted"] == 0 and summary["bad_rows"] == 2
+        assert pd.read_csv(out)["error"].tolist() == ["empty or missing text"] * 2

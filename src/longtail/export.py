@@ -33,11 +33,8 @@ from longtail.probe import MODEL_TYPE as PROBE_TYPE
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("fp32", "optimized", "int8")
-EXTRA_FILES = (
-    "temperature.json",
-    "labels.json",
-    "run_config.json",
-)  # run_config: how to serve (max_length, long_text)
+# run_config.json tells `predict` how the run read its texts (max_length, long_text)
+EXTRA_FILES = ("temperature.json", "labels.json", "run_config.json")
 
 
 class ExportError(RuntimeError):

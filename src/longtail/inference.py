@@ -178,6 +178,8 @@ def encode_batches(
     length together and leaves little padding; `pad_to_max_length` pads every batch to `max_length`
     instead, which is what fixed-shape serving does. Row order is restored by the caller from `Batch.rows`.
     """
+    if not len(texts):  # the tokenizer fails on an empty batch; nothing to run is no batches
+        return Batches([], np.zeros(0, dtype=int))
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
     return batch_encoded(
         tokenizer, encoded, batch_size, max_length, sort_by_length=sort_by_length,
@@ -349,6 +351,8 @@ def text_windows(tokenizer, texts: list[str], max_length: int) -> Windows:
         raise ValueError(f"max_length {max_length} leaves no room for text next to the special tokens")
     if not tokenizer.is_fast:
         raise ValueError("long_text windows needs a fast tokenizer (it cuts texts with their overflow)")
+    if not texts:  # the tokenizer's overflow path fails on an empty batch
+        return Windows([], np.zeros(0, dtype=int), 0)
     encoded = tokenizer(
         list(texts), truncation=True, max_length=max_length, return_overflowing_tokens=True, stride=0
     )

@@ -220,10 +220,12 @@ def main(argv: list[str] | None = None) -> dict:
             more,
         )
     logger.info(
-        "%d rows predicted (%s, temperature %.3f, padded/real tokens %s) -> %s",
+        "%d rows predicted (%s, temperature %.3f, max_length %d, %s, padded/real tokens %s) -> %s",
         summary["predicted"],
         summary["backend"],
         summary["temperature"],
+        summary["max_length"],
+        summary["long_text"] if summary["long_text"] == "truncate" else f"{summary['windows']} windows",
         summary["padded_to_real_tokens"],
         args.output,
     )
