@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, needs_shared
 from test_recipes import REQUIRED_KEYS, RUN_FILES, encoder_args, load_recipe, synthetic_files
 
 TEXTS = [
@@ -531,3 +531,30 @@ def test_probe_config_carries_the_body_input_limit(probe_run):
     assert config.model_type == "longtail_probe"
     assert config.max_position_embeddings == config.encoder_config.max_position_embeddings
     assert config.hidden_size == config.encoder_config.hidden_size
+
+
+@needs_shared
+@pytest.mark.parametrize("model", ["ModernBERT-base", "Qwen2.5-0.5B"])
+def test_windows_cover_real_cfpb_narratives(model):
+    """Real narratives with the real tokenizers: every token of every narrative lands in exactly one window,
+    in order, windows never exceed max_length, and long narratives really span several windows."""
+    import pandas as pd
+    from conftest import CFPB_CSV, SHARED
+    from transformers import AutoTokenizer
+
+    from longtail.inference import text_windows
+
+    texts = pd.read_csv(CFPB_CSV, usecols=["Consumer complaint narrative"]).dropna().iloc[:300, 0].tolist()
+    tok = AutoTokenizer.from_pretrained(SHARED / "models" / model)
+    windows = text_windows(tok, texts, 256)
+    specials = tok.num_special_tokens_to_add(pair=False)
+    content = tok(texts, add_special_tokens=False)["input_ids"]
+    assert max(len(w) for w in windows.input_ids) <= 256
+    for row in (0, *np.flatnonzero(np.bincount(windows.owner) > 2)[:5]):
+        parts = [windows.input_ids[i] for i in np.flatnonzero(windows.owner == row)]
+        inner = [p[1:-1] if specials == 2 else p[specials:] for p in parts]
+        assert sum(inner, []) == content[row]
+    lengths = np.array([len(c) for c in content])
+    expected = np.maximum(1, -(-lengths // (256 - specials)))
+    np.testing.assert_array_equal(np.bincount(windows.owner, minlength=len(texts)), expected)
+    assert (expected > 1).sum() > 30  # a real share of narratives is longer than one window
