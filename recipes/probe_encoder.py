@@ -200,6 +200,12 @@ def main(argv: list[str] | None = None) -> dict:
     encoder.requires_grad_(False)
     if torch.cuda.is_available():
         encoder.cuda()
+    limit = getattr(encoder.config, "max_position_embeddings", None)
+    if limit and data_args.max_length > limit:  # else an index error deep inside the model, mid-embedding
+        raise ValueError(
+            f"--max_length {data_args.max_length} exceeds the {limit} positions of {model_args.model_name_or_path}; "
+            "use at most that (with --long_text windows, longer texts are still read whole, in windows)"
+        )
     pooling = default_pooling(encoder.config) if args.pooling == "auto" else args.pooling
 
     # ---- Embed each split once (cached) ------------------------------------------------------

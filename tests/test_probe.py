@@ -258,6 +258,10 @@ def test_probe_rejects_bad_options(tiny_modernbert, tmp_path):
         )
     with pytest.raises(ValueError, match="pooling"):
         recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--pooling", "max"))
+    with pytest.raises(ValueError, match="max_length 4096 exceeds the 512 positions"):
+        recipe.main(
+            probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--max_length", "4096")
+        )
     with pytest.raises(ValueError, match="long_text.*windows"):
         recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--long_text", "all"))
 

@@ -5,6 +5,7 @@ texts by length with dynamic padding, and run them through PyTorch or ONNX Runti
   when present) or a merged adapter; an unmerged adapter folder is merged first or refused clearly.
 - `encode_batches`: tokenise once (outside any timed region), sort rows by length and pad each batch to
   its own longest row (or to a fixed length, to measure what padding costs); counts real vs padded tokens.
+  `pad_in_batches` does the batching for rows tokenised already (windows, the probe's embedding).
 - `text_windows`: whole texts as consecutive max_length windows (`--long_text windows`), and the
   token-weighted mean that puts window outputs back together per text.
 - `TorchBackend` / `OrtBackend`: the same `logits(batch)` call on both; the ORT backend verifies its
@@ -181,37 +182,28 @@ def encode_batches(
     if not len(texts):  # the tokenizer fails on an empty batch; nothing to run is no batches
         return Batches([], np.zeros(0, dtype=int))
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-    return batch_encoded(
-        tokenizer, encoded, batch_size, max_length, sort_by_length=sort_by_length,
-        pad_to_max_length=pad_to_max_length, input_names=input_names,
+    names = input_names or tuple(k for k in tokenizer.model_input_names if k in encoded)
+    return pad_in_batches(
+        tokenizer, {k: encoded[k] for k in names}, batch_size, sort_by_length=sort_by_length,
+        pad_to=max_length if pad_to_max_length else None,
     )  # fmt: skip
 
 
-def batch_encoded(
-    tokenizer,
-    encoded,
-    batch_size: int,
-    max_length: int,
-    *,
-    sort_by_length: bool = True,
-    pad_to_max_length: bool = False,
-    input_names: tuple[str, ...] | None = None,
+def pad_in_batches(
+    tokenizer, encoded: dict, batch_size: int, *, sort_by_length: bool = True, pad_to: int | None = None
 ) -> Batches:
-    """`encode_batches` on rows tokenised already (a dict with `input_ids`, or a BatchEncoding)."""
+    """Rows tokenised already (`encoded`: input name -> one id list per row) grouped into batches, each
+    padded to its longest row (or to `pad_to`); longest rows first unless `sort_by_length` is off."""
     # padding pre-tokenised rows is what we want here (tokenise once, pad per batch): silence the hint
     getattr(tokenizer, "deprecation_warnings", {})["Asking-to-pad-a-fast-tokenizer"] = True
-    names = input_names or tuple(k for k in tokenizer.model_input_names if k in encoded)
     lengths = np.array([len(ids) for ids in encoded["input_ids"]], dtype=int)
     order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(lengths))
     batches = []
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        features = [{k: encoded[k][i] for k in names} for i in rows]
+        features = [{k: v[i] for k, v in encoded.items()} for i in rows]
         padded = tokenizer.pad(
-            features,
-            padding="max_length" if pad_to_max_length else "longest",
-            max_length=max_length if pad_to_max_length else None,
-            return_tensors="np",
+            features, padding="max_length" if pad_to else "longest", max_length=pad_to, return_tensors="np"
         )
         batches.append(Batch(rows, {k: np.asarray(v, dtype=np.int64) for k, v in padded.items()}))
     return Batches(batches, lengths)
@@ -325,9 +317,13 @@ def serving_defaults(model_dir: str | Path) -> dict:
 class Windows:
     """Every text cut into consecutive windows of at most `max_length` tokens (special tokens included)."""
 
-    input_ids: list[list[int]]  # one entry per window, with the model's special tokens
+    inputs: dict  # the tokenizer's inputs per window (input_ids, attention_mask, token_type_ids if any)
     owner: np.ndarray  # row (text position) of each window
     num_rows: int
+
+    @property
+    def input_ids(self) -> list[list[int]]:
+        return self.inputs["input_ids"]
 
     @property
     def tokens(self) -> np.ndarray:
@@ -342,6 +338,10 @@ class Windows:
         total = np.bincount(self.owner, weights=weights, minlength=self.num_rows)
         return out / total[:, None]
 
+    def batches(self, tokenizer, batch_size: int) -> Batches:
+        """Batches over windows (Batch.rows index windows, not texts), sorted by length, dynamic padding."""
+        return pad_in_batches(tokenizer, self.inputs, batch_size)
+
 
 def text_windows(tokenizer, texts: list[str], max_length: int) -> Windows:
     """Whole texts as non-overlapping windows of at most `max_length` tokens, each with the model's special
@@ -352,20 +352,13 @@ def text_windows(tokenizer, texts: list[str], max_length: int) -> Windows:
     if not tokenizer.is_fast:
         raise ValueError("long_text windows needs a fast tokenizer (it cuts texts with their overflow)")
     if not texts:  # the tokenizer's overflow path fails on an empty batch
-        return Windows([], np.zeros(0, dtype=int), 0)
+        return Windows({"input_ids": []}, np.zeros(0, dtype=int), 0)
     encoded = tokenizer(
         list(texts), truncation=True, max_length=max_length, return_overflowing_tokens=True, stride=0
     )
     owner = np.asarray(encoded["overflow_to_sample_mapping"], dtype=int)
-    return Windows(list(encoded["input_ids"]), owner, len(texts))
-
-
-def window_batches(tokenizer, windows: Windows, batch_size: int, max_length: int) -> Batches:
-    """Batches over windows (Batch.rows index windows, not texts), sorted by length, dynamic padding."""
-    encoded = {"input_ids": windows.input_ids, "attention_mask": [[1] * len(w) for w in windows.input_ids]}
-    if "token_type_ids" in tokenizer.model_input_names:  # one segment per window (BERT-style inputs)
-        encoded["token_type_ids"] = [[0] * len(w) for w in windows.input_ids]
-    return batch_encoded(tokenizer, encoded, batch_size, max_length)
+    inputs = {k: list(encoded[k]) for k in tokenizer.model_input_names if k in encoded}
+    return Windows(inputs, owner, len(texts))
 
 
 def run_batches(backend, batches: Batches, num_rows: int, num_labels: int) -> np.ndarray:

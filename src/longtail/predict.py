@@ -34,7 +34,6 @@ from longtail.inference import (
     onnx_files,
     serving_defaults,
     text_windows,
-    window_batches,
 )
 from longtail.metrics import softmax
 
@@ -145,7 +144,7 @@ def predict_frame(args, df: pd.DataFrame, text_column: str) -> tuple[pd.DataFram
     long_text = args.long_text or serving["long_text"]
     if long_text == "windows":
         windows = text_windows(tokenizer, good_texts, max_length)
-        batches = window_batches(tokenizer, windows, args.batch_size, max_length)
+        batches = windows.batches(tokenizer, args.batch_size)
     else:
         batches = encode_batches(tokenizer, good_texts, args.batch_size, max_length)
     logits = np.zeros((sum(len(b.rows) for b in batches), len(id2label)))

@@ -34,7 +34,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from longtail.inference import LONG_TEXT, text_windows
+from longtail.inference import LONG_TEXT, encode_batches, text_windows
 
 logger = logging.getLogger(__name__)
 
@@ -182,38 +182,38 @@ def embed_texts(
     long_text `truncate`: the first `max_length` tokens of each text. `windows`: the whole text, cut into
     consecutive `max_length` windows (`longtail.inference.text_windows`), each embedded, then averaged
     weighted by tokens; a text that fits is one window, identical to truncating it."""
-    texts = [str(t) for t in texts]
-    if long_text == "windows":
-        windows = text_windows(tokenizer, texts, max_length)
-        window_features = embed_token_ids(encoder, tokenizer, windows.input_ids, pooling, batch_size, desc)
-        return windows.per_row(window_features).astype(np.float32)
-    if long_text != "truncate":
+    if long_text not in LONG_TEXT:
         raise ValueError(f"long_text must be one of {LONG_TEXT}, got '{long_text}'")
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    return embed_token_ids(encoder, tokenizer, encoded, pooling, batch_size, desc)
+    texts = [str(t) for t in texts]
+    saved_side, tokenizer.padding_side = (
+        tokenizer.padding_side,
+        "right",
+    )  # every pooling is exact on the right
+    try:
+        if long_text == "windows":
+            windows = text_windows(tokenizer, texts, max_length)
+            features = embed_batches(
+                encoder, windows.batches(tokenizer, batch_size), len(windows.owner), pooling, desc
+            )
+            return windows.per_row(features).astype(np.float32)
+        batches = encode_batches(tokenizer, texts, batch_size, max_length)  # longest first: OOM shows early
+        return embed_batches(encoder, batches, len(texts), pooling, desc)
+    finally:
+        tokenizer.padding_side = saved_side
 
 
 @torch.inference_mode()
-def embed_token_ids(encoder, tokenizer, encoded: list[list[int]], pooling: str, batch_size: int, desc: str):
-    """Pooled features of tokenised rows. Rows are sorted by length so each batch pads little (dynamic
-    padding to the batch's longest row), then put back in their original order."""
+def embed_batches(encoder, batches, num_rows: int, pooling: str, desc: str) -> np.ndarray:
+    """Pooled features of `longtail.inference` batches (length-sorted, dynamic padding), in row order."""
     from tqdm.auto import tqdm
 
-    order = np.argsort([len(ids) for ids in encoded], kind="stable")[::-1]  # longest first: OOM shows early
-    out = np.zeros((len(encoded), encoder.config.hidden_size), dtype=np.float32)
+    out = np.zeros((num_rows, encoder.config.hidden_size), dtype=np.float32)
     encoder.eval()
     device = next(encoder.parameters()).device
-    saved_side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-            idx = order[start : start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
-            hidden = encoder(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).last_hidden_state
-            out[idx] = pool(hidden, batch["attention_mask"], pooling).float().cpu().numpy()
-    finally:
-        tokenizer.padding_side = saved_side
+    for batch in tqdm(batches, desc=desc, unit="batch"):
+        ids, mask = (torch.from_numpy(batch.inputs[k]).to(device) for k in ("input_ids", "attention_mask"))
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        out[batch.rows] = pool(hidden, mask, pooling).float().cpu().numpy()
     return out
 
 
