@@ -96,8 +96,10 @@ bench-scaling: install
 
 # The README's real-CFPB study (#7): hold out 15 % of the complaints (seed 7), then, on the same rows, the
 # validation-tuned TF-IDF, the MiniLM probe over whole narratives (256-token windows), LP-FT from the probe,
-# plain FT at the same settings, the ensemble of probe + LP-FT + TF-IDF, and `compare` against TF-IDF.
-# Everything chooses on validation; the held-out file is scored once per run. Replaces its own folder
+# plain FT at the same settings, the ensemble of probe + LP-FT + TF-IDF (weights and post-hoc tau), and
+# `compare` against TF-IDF. Everything chooses on validation (TF-IDF and the probe then refit the chosen
+# setting on train + validation; LP-FT starts from the probe's train-only head); the held-out file is
+# scored once per run. Replaces its own folder
 # ($(STUDY_OUT)) on each run. About 100 min on 2 idle CPU cores (two 2-epoch fine-tunings are most of it);
 # STUDY_PLAIN=0 skips the plain-FT arm.
 CFPB_CSV ?= ../shared/data/cfpb/complaints_dev.csv

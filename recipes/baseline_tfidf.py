@@ -4,8 +4,9 @@
 
 Defaults are the course baseline (C=1, no class weighting, raw tf). `--select_on_validation` fits a
 grid over C x class weighting x sublinear tf and keeps the setting with the best validation
-macro-F1, because an untuned floor flatters everything above it. Same data pipeline, splits,
-metrics and report as the Trainer recipes.
+macro-F1, because an untuned floor flatters everything above it; `--refit_with_validation` then fits the
+chosen setting again on train + validation (`longtail.refit`). Same data pipeline, splits, metrics and
+report as the Trainer recipes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import joblib
 import numpy as np
+from sklearn.base import clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -25,6 +27,7 @@ from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
 from longtail.metrics import macro_f1
+from longtail.refit import RefitArguments, refit_note, train_and_validation
 from longtail.report import SplitResult, grid_table, save_predictions, summary_text, write_run_outputs
 from longtail.runs import command_line, prepare_output_dir, source_description, write_run_files
 
@@ -75,7 +78,7 @@ class BaselineArguments:
             raise ValueError(f"class weighting must be 'none' or 'balanced', got {sorted(bad)}")
 
 
-PARSER_TYPES = (DataArguments, BaselineArguments)
+PARSER_TYPES = (DataArguments, BaselineArguments, RefitArguments)
 
 
 def fit_grid(args: BaselineArguments, train, validation) -> tuple[Pipeline, list[dict]]:
@@ -130,7 +133,7 @@ def fit_grid(args: BaselineArguments, train, validation) -> tuple[Pipeline, list
     return best, rows
 
 
-def grid_section(rows: list[dict], chosen: dict) -> str:
+def grid_section(rows: list[dict], chosen: dict, refit: str = "") -> str:
     lines = [
         "## Validation grid",
         "",
@@ -141,13 +144,15 @@ def grid_section(rows: list[dict], chosen: dict) -> str:
     columns = {"C": "C", "class_weight": "class_weight", "sublinear_tf": "sublinear_tf",
                "validation macro-F1": "val_macro_f1", "fit (s)": "fit_s"}  # fmt: skip
     lines.append(grid_table(rows, columns, chosen))
+    if refit:
+        lines += ["", f"**Refit**: {refit}."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     parser = TrlParser(PARSER_TYPES)
-    data_args, args = parser.parse_args_and_config(argv)
+    data_args, args, refit_args = parser.parse_args_and_config(argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )
@@ -161,13 +166,17 @@ def main(argv: list[str] | None = None) -> dict:
     train, validation = data.splits["train"], data.splits["validation"]
 
     # ---- Fit (and select on validation) ------------------------------------------------------
-    model, grid = fit_grid(args, train, validation)
+    selected, grid = fit_grid(args, train, validation)
     chosen = max(grid, key=lambda r: r["val_macro_f1"])
+    model = selected  # what is saved and scores test
+    if refit_args.refit_with_validation:  # the chosen setting again (vocabulary too) on train + validation
+        both = train_and_validation(data)
+        model = clone(selected).fit(both["text"], both["label_id"])
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
     def result(split):
         df = data.splits[split]
-        probs = model.predict_proba(df["text"])
+        probs = (selected if split == "validation" else model).predict_proba(df["text"])
         return SplitResult(
             split, df["label_id"].to_numpy(), probs, df["text"], row_ids=df["row_id"].to_numpy()
         )
@@ -186,12 +195,14 @@ def main(argv: list[str] | None = None) -> dict:
         "C": chosen["C"],
         "class_weight": chosen["class_weight"],
         "sublinear_tf": chosen["sublinear_tf"],
+        "refit_with_validation": refit_args.refit_with_validation,
         "total_runtime_s": round(time.time() - started, 1),
         "selection": (
             f"C, class weighting and sublinear tf: best validation macro-F1 over {len(grid)} settings"
             if args.select_on_validation
             else "fixed settings (no selection)"
         )
+        + f"; {refit_note(data)}" * refit_args.refit_with_validation
         + "; test scored once at the end" * args.do_predict,
     }
     paths = write_run_outputs(
@@ -203,11 +214,14 @@ def main(argv: list[str] | None = None) -> dict:
         results=results,
         command=command,
         data_description=source_description(data_args),
-        sections=[grid_section(grid, chosen)],
+        sections=[grid_section(grid, chosen, refit_note(data) if refit_args.refit_with_validation else "")],
         pipeline_example=False,
     )
     write_run_files(
-        output_dir, data, command, {"data": asdict(data_args), "baseline": asdict(args), "grid": grid}
+        output_dir,
+        data,
+        command,
+        {"data": asdict(data_args), "baseline": asdict(args), "refit": asdict(refit_args), "grid": grid},
     )
     print(summary_text(results, paths))
     return {r.split: r.metrics for r in results}

@@ -5,7 +5,8 @@
 Each split is embedded once (length-sorted batches, dynamic padding) and cached on disk under a fingerprint of
 model + texts + max_length + pooling, so reruns (another grid, another seed) skip the encoder. The head is
 fit with scikit-learn over a grid of C x class weighting (none / balanced / sqrt_inverse) on standardised
-features and chosen by validation macro-F1 only; test is scored once at the end. The saved folder is ONE
+features and chosen by validation macro-F1 only; with `--refit_with_validation` the chosen setting is then fit
+again on train + validation (`longtail.refit`). Test is scored once at the end. The saved folder is ONE
 Transformers model (`longtail.probe.ProbeForSequenceClassification`: body + pooling + head, the
 standardisation folded into the head), loadable with AutoModelForSequenceClassification after
 `import longtail.probe`. A frozen body keeps the pretrained representation the rare classes depend on
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModel
 from trl import TrlParser
@@ -37,6 +39,7 @@ from longtail.probe import (
     cached_embeddings,
     default_pooling,
 )
+from longtail.refit import SELECTION_HEAD, RefitArguments, label_counts, refit_note, train_and_validation
 from longtail.report import SplitResult, grid_table, summary_text, write_run_outputs
 from longtail.runs import (
     command_line,
@@ -92,7 +95,7 @@ class ProbeArguments:
             raise ValueError(f"grid_C must be positive numbers, got {self.grid_C}")
 
 
-PARSER_TYPES = (DataArguments, ModelArguments, ProbeArguments)
+PARSER_TYPES = (DataArguments, ModelArguments, ProbeArguments, RefitArguments)
 
 
 def sklearn_weights(scheme: str, train_counts: dict, num_labels: int):
@@ -130,6 +133,20 @@ def fit_grid(args: ProbeArguments, x_train, y_train, x_val, y_val, train_counts,
     return best, rows, best_row
 
 
+def fit_head(args: ProbeArguments, setting: dict, features: np.ndarray, y: np.ndarray, num_labels: int):
+    """One setting (C, class weighting) fit on raw features: standardised on these rows, folded back into
+    (weight, bias) over all `num_labels` classes (`full_head`)."""
+    mean, scale = features.mean(0), features.std(0) + 1e-6
+    logreg = LogisticRegression(
+        C=setting["C"],
+        class_weight=sklearn_weights(setting["class_weight"], label_counts(y), num_labels),
+        max_iter=args.max_iter,
+        tol=args.tol,
+        random_state=args.seed,
+    ).fit((features - mean) / scale, y)
+    return full_head(logreg, logreg.classes_, num_labels, mean, scale)
+
+
 def full_head(logreg, classes: np.ndarray, num_labels: int, mean: np.ndarray, scale: np.ndarray):
     """(weight, bias) on RAW features for all `num_labels` classes: the standardisation folded in
     (w/s, b - w.m/s). Classes the solver never saw (none here: every label has training rows) get -inf-ish bias."""
@@ -142,7 +159,13 @@ def full_head(logreg, classes: np.ndarray, num_labels: int, mean: np.ndarray, sc
 
 
 def grid_section(
-    rows: list[dict], chosen: dict, pooling: str, reused: dict, long_text: str, max_length: int
+    rows: list[dict],
+    chosen: dict,
+    pooling: str,
+    reused: dict,
+    long_text: str,
+    max_length: int,
+    refit: str = "",
 ) -> str:
     read = (
         f"the whole text, as consecutive {max_length}-token windows whose features are averaged (token-weighted)"
@@ -161,6 +184,8 @@ def grid_section(
     columns = {"C": "C", "class weighting": "class_weight", "validation macro-F1": "val_macro_f1",
                "validation accuracy": "val_accuracy", "fit (s)": "fit_s"}  # fmt: skip
     lines.append(grid_table(rows, columns, chosen))
+    if refit:
+        lines += ["", f"**Refit**: {refit}."]
     lines += [
         "",
         "Embedding cache: " + ", ".join(f"{s} {'reused' if v else 'computed'}" for s, v in reused.items()),
@@ -171,7 +196,7 @@ def grid_section(
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     parser = TrlParser(PARSER_TYPES)
-    data_args, model_args, args = parser.parse_args_and_config(argv)
+    data_args, model_args, args, refit_args = parser.parse_args_and_config(argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )
@@ -240,7 +265,14 @@ def main(argv: list[str] | None = None) -> dict:
         data.train_counts,
         num_labels,
     )
-    weight, bias = full_head(logreg, logreg.classes_, num_labels, mean, scale)
+    heads = {"validation": full_head(logreg, logreg.classes_, num_labels, mean, scale)}
+    heads["test"] = heads["validation"]
+    if refit_args.refit_with_validation:  # the chosen setting again, on every labelled row that is not test
+        both = train_and_validation(data)["label_id"].to_numpy()
+        heads["test"] = fit_head(
+            args, chosen, np.concatenate([features["train"], features["validation"]]), both, num_labels
+        )
+    weight, bias = heads["test"]  # the saved model
     fit_s = round(time.time() - t0, 1)
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
@@ -248,7 +280,9 @@ def main(argv: list[str] | None = None) -> dict:
         SplitResult(
             split,
             y[split],
-            softmax(features[split].astype(np.float64) @ weight.T.astype(np.float64) + bias),
+            softmax(
+                features[split].astype(np.float64) @ heads[split][0].T.astype(np.float64) + heads[split][1]
+            ),
             data.splits[split]["text"],
             row_ids=data.splits[split]["row_id"].to_numpy(),
         )
@@ -261,6 +295,14 @@ def main(argv: list[str] | None = None) -> dict:
         encoder.cpu(), pooling, weight, bias, data.label_names
     )
     model.save_pretrained(output_dir)  # safetensors
+    if refit_args.refit_with_validation:  # LP-FT starts from this one, so its validation stays held out
+        save_file(
+            {
+                "classifier.weight": torch.as_tensor(heads["validation"][0]).contiguous(),
+                "classifier.bias": torch.as_tensor(heads["validation"][1]).contiguous(),
+            },
+            str(output_dir / SELECTION_HEAD),
+        )
     tokenizer.padding_side = "right"  # every pooling is exact with right padding
     tokenizer.save_pretrained(output_dir)
     run_info = {
@@ -271,13 +313,14 @@ def main(argv: list[str] | None = None) -> dict:
         "long_text": args.long_text,
         "C": chosen["C"],
         "class_weight": chosen["class_weight"],
+        "refit_with_validation": refit_args.refit_with_validation,
         "embedding_s": embed_s,
         "head_grid_s": fit_s,
         "total_runtime_s": round(time.time() - started, 1),
         "selection": f"C and class weighting: best validation macro-F1 over {len(grid)} settings; "
         "no epochs, no post-hoc shift; temperature: fitted on validation (temperature.json)"
-        + "; test scored once at the end"
-        * args.do_predict,
+        + f"; {refit_note(data)}" * refit_args.refit_with_validation
+        + "; test scored once at the end" * args.do_predict,
     }
     paths = write_run_outputs(
         output_dir,
@@ -288,7 +331,17 @@ def main(argv: list[str] | None = None) -> dict:
         results=results,
         command=command,
         data_description=source_description(data_args),
-        sections=[grid_section(grid, chosen, pooling, reused, args.long_text, data_args.max_length)],
+        sections=[
+            grid_section(
+                grid,
+                chosen,
+                pooling,
+                reused,
+                args.long_text,
+                data_args.max_length,
+                refit_note(data) if refit_args.refit_with_validation else "",
+            )
+        ],
         pipeline_example=False,  # the card's quick start below imports longtail.probe first
     )
     add_usage_to_card(paths["card"], output_dir)
@@ -296,7 +349,13 @@ def main(argv: list[str] | None = None) -> dict:
         output_dir,
         data,
         command,
-        {"data": asdict(data_args), "model": asdict(model_args), "probe": asdict(args), "grid": grid},
+        {
+            "data": asdict(data_args),
+            "model": asdict(model_args),
+            "probe": asdict(args),
+            "refit": asdict(refit_args),
+            "grid": grid,
+        },
     )
     print(summary_text(results, paths))
     return {r.split: r.metrics for r in results}

@@ -160,3 +160,41 @@ def test_a_finished_output_folder_is_refused_before_any_work(tmp_path, capsys, m
         err = capsys.readouterr().err
         assert f"{name}: error: output_dir '{used}' exists and is not empty" in err and "Traceback" not in err
     assert (used / "report.md").read_text() == "an earlier result"
+
+
+def test_ensemble_logit_adjustment_chosen_on_validation(tmp_path, capsys):
+    """Members that lean to the head class: a small post-hoc shift (tau) recovers the tail rows on validation;
+    a large one breaks the head rows; ties go to the smaller tau. `none` keeps the unshifted mix."""
+    from longtail.ensemble import main
+    from longtail.metrics import macro_f1
+
+    head_row, tail_row = [0.55, 0.15, 0.30], [0.45, 0.15, 0.40]  # true label a / true label c
+    y = {"validation": [0, 0, 0, 2, 2, 2], "test": [0, 2, 2, 0]}
+    probs = {s: np.array([head_row if label == 0 else tail_row for label in y[s]]) for s in y}
+    runs = [make_run(tmp_path / name, probs, y) for name in ("m1", "m2")]
+    for run in runs:  # the prior comes from the first member's training counts
+        (tmp_path / run / "labels.json").write_text(json.dumps({"train_counts": {"a": 80, "b": 15, "c": 5}}))
+
+    def ens(name, *extra):
+        return main([*runs, "--output_dir", str(tmp_path / name), "--n_resamples", "20", *extra])
+
+    shifted, plain = ens("shifted"), ens("plain", "--posthoc_logit_adjustment", "none")
+    assert shifted["posthoc_tau"] == 0.25 and plain["posthoc_tau"] == 0.0
+    assert shifted["metrics"]["validation"]["macro_f1"] == 1.0
+    assert plain["metrics"]["validation"]["macro_f1"] == pytest.approx(macro_f1(y["validation"], [0] * 6))
+    assert shifted["metrics"]["test"]["accuracy"] == 1.0 and plain["metrics"]["test"]["accuracy"] == 0.5
+    assert "tau = 0.25" in (tmp_path / "shifted" / "report.md").read_text()
+    # tau 1 moves the head rows to c as well: every row is predicted c
+    one = ens("one", "--posthoc_logit_adjustment", "1")
+    assert one["metrics"]["validation"]["macro_f1"] == pytest.approx(macro_f1(y["validation"], [2] * 6))
+
+    # without training counts: auto says it does no shift; a fixed tau is a one-line error
+    capsys.readouterr()
+    bare = [make_run(tmp_path / name, probs, y) for name in ("b1", "b2")]
+    assert main([*bare, "--output_dir", str(tmp_path / "bare"), "--n_resamples", "20"])["posthoc_tau"] == 0.0
+    assert "no training counts" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*bare, "--output_dir", str(tmp_path / "bare2"), "--posthoc_logit_adjustment", "0.5"])
+    assert exit_info.value.code == 2 and "--posthoc_logit_adjustment none" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*bare, "--output_dir", str(tmp_path / "bare3"), "--posthoc_logit_adjustment", "lots"])

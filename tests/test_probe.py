@@ -227,24 +227,77 @@ def test_probe_recipe_end_to_end(probe_run, fast_bootstrap, one_torch_thread):
             label_taxonomy="none",
         )
     )
-    texts = data.splits["validation"]["text"].tolist()[:40]
-    batch = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
-    with torch.no_grad():
-        probs = model(**batch).logits.softmax(-1).numpy()
+
+    def probs_of(split):
+        texts = data.splits[split]["text"].tolist()[:40]
+        batch = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        with torch.no_grad():
+            return model(**batch).logits.softmax(-1).numpy()
+
+    # the config refits the chosen head on train + validation: the saved model is the one that scored test;
+    # validation was scored by the train-only head, kept beside it for LP-FT
+    np.testing.assert_allclose(
+        probs_of("test"), load_predictions(out / "predictions_test.npz")["probs"][:40], atol=1e-4
+    )
+    assert "Refit" in report and config["refit"]["refit_with_validation"]
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(out / "selection_head.safetensors")), strict=False)
     saved = load_predictions(out / "predictions_validation.npz")
-    np.testing.assert_allclose(probs, saved["probs"][:40], atol=1e-4)
+    np.testing.assert_allclose(probs_of("validation"), saved["probs"][:40], atol=1e-4)
     assert model.config.id2label[0] == data.label_names[0]
     assert "import longtail.probe" in (out / "README.md").read_text()
 
 
 def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_bootstrap, one_torch_thread):
-    out2 = probe_run["tmp"] / "probe2"
+    """A rerun without the refit: cached features; same validation; its saved head is the first run's
+    train-only head; and the first run's saved head is that setting fit again on train + validation."""
+    from safetensors.torch import load_file
+    from sklearn.linear_model import LogisticRegression
+
+    from longtail.data import DataArguments, prepare_data
+    from longtail.losses import class_weights
+    from longtail.report import load_predictions
+
+    out, out2 = probe_run["out"], probe_run["tmp"] / "probe2"
     metrics = load_recipe("probe_encoder").main(
         probe_args(tiny_modernbert, probe_run["train"], probe_run["test"], out2, probe_run["tmp"] / "cache",
-                   "--long_text", "truncate")
+                   "--long_text", "truncate", "--refit_with_validation", "false")
     )  # fmt: skip
     assert "train reused, validation reused, test reused" in (out2 / "report.md").read_text()
-    assert metrics["test"]["macro_f1"] == pytest.approx(probe_run["metrics"]["test"]["macro_f1"], abs=1e-12)
+    for key in ("macro_f1", "accuracy", "nll"):
+        assert metrics["validation"][key] == probe_run["metrics"]["validation"][key]
+    head = load_file(str(out / "selection_head.safetensors"))
+    plain, refit = load_file(str(out2 / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert not (out2 / "selection_head.safetensors").exists()
+    for name in ("classifier.weight", "classifier.bias"):
+        torch.testing.assert_close(plain[name], head[name])
+        assert not torch.allclose(refit[name], head[name], atol=1e-3)
+
+    # the refit, by hand: sklearn on the train + validation features with the chosen C and weighting
+    config = json.loads((out / "run_config.json").read_text())
+    chosen = max(config["grid"], key=lambda r: r["val_macro_f1"])
+    data = prepare_data(
+        DataArguments(train_file=probe_run["train"], test_file=probe_run["test"],
+                      text_column="Consumer complaint narrative", label_taxonomy="none")
+    )  # fmt: skip
+    cache = {p.stat().st_size: np.load(p) for p in (probe_run["tmp"] / "cache").glob("*.npy")}
+    feats = {s: next(f for f in cache.values() if len(f) == len(data.splits[s])) for s in data.splits}
+    assert len({len(d) for d in data.splits.values()}) == 3  # the split sizes tell the cache files apart
+    x = np.concatenate([feats["train"], feats["validation"]])
+    y = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
+    ids, counts = np.unique(y, return_counts=True)
+    weight = {"none": None, "balanced": "balanced"}.get(
+        chosen["class_weight"],
+        dict(enumerate(class_weights(dict(zip(ids.tolist(), counts.tolist())), len(data.label_names),
+                                     chosen["class_weight"]).tolist())),
+    )  # fmt: skip
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    logreg = LogisticRegression(C=chosen["C"], class_weight=weight, max_iter=1000, tol=1e-4, random_state=42)
+    logreg.fit((x - mean) / scale, y)
+    expected = logreg.predict_proba((feats["test"] - mean) / scale)
+    saved = load_predictions(out / "predictions_test.npz")["probs"]
+    np.testing.assert_allclose(saved, expected, atol=1e-5)
 
 
 def test_probe_rejects_bad_options(tiny_modernbert, tmp_path):
@@ -413,7 +466,8 @@ def test_head_warmup_with_lora_on_a_decoder_probe(tiny_qwen2, tmp_path, one_torc
 
 def test_predict_serves_the_probe_folder(probe_run, tmp_path):
     """The cross-module contract: `predict` loads a probe run folder through the Auto classes and returns
-    the run's own validation probabilities, calibrated with the folder's temperature.json."""
+    the run's own test probabilities (the saved model is the refit one that scored test), calibrated
+    with the folder's temperature.json."""
     import pandas as pd
 
     from longtail.calibration import load_temperature
@@ -430,7 +484,7 @@ def test_predict_serves_the_probe_folder(probe_run, tmp_path):
             label_taxonomy="none",
         )
     )
-    texts = data.splits["validation"]["text"].tolist()[:12]
+    texts = data.splits["test"]["text"].tolist()[:12]
     src, dst = tmp_path / "in.csv", tmp_path / "out.jsonl"
     pd.DataFrame({"text": texts}).to_csv(src, index=False)
     summary = predict(["--model_dir", str(out), "--input", str(src), "--output", str(dst), "--top_k", "1",
@@ -438,7 +492,7 @@ def test_predict_serves_the_probe_folder(probe_run, tmp_path):
     temperature = load_temperature(out)
     assert summary["backend"] == "pytorch" and summary["temperature"] == pytest.approx(temperature)
     rows = pd.read_json(dst, lines=True)
-    saved = load_predictions(out / "predictions_validation.npz")["probs"][:12]
+    saved = load_predictions(out / "predictions_test.npz")["probs"][:12]
     logits = np.log(saved)  # softmax(log p / T) is what temperature scaling gives
     calibrated = np.exp(logits / temperature) / np.exp(logits / temperature).sum(1, keepdims=True)
     assert rows["label"].tolist() == [data.label_names[i] for i in saved.argmax(1)]
@@ -502,11 +556,11 @@ def test_windowed_probe_is_served_the_way_it_was_trained(
         DataArguments(train_file=train, test_file=test, text_column="Consumer complaint narrative",
                       label_taxonomy="none", max_length=12)
     )  # fmt: skip
-    texts = data.splits["validation"]["text"].tolist()[:12]
+    texts = data.splits["test"]["text"].tolist()[:12]
     src = tmp_path / "in.csv"
     pd.DataFrame({"text": texts}).to_csv(src, index=False)
     export_onnx(ExportArguments(model_dir=str(out), output_dir=str(tmp_path / "onnx"), parity_rows=8))
-    saved = load_predictions(out / "predictions_validation.npz")["probs"][:12]
+    saved = load_predictions(out / "predictions_test.npz")["probs"][:12]
     temperature = load_temperature(out)
     calibrated = np.exp(np.log(saved) / temperature)
     calibrated /= calibrated.sum(1, keepdims=True)
@@ -562,3 +616,36 @@ def test_windows_cover_real_cfpb_narratives(model):
     expected = np.maximum(1, -(-lengths // (256 - specials)))
     np.testing.assert_array_equal(np.bincount(windows.owner, minlength=len(texts)), expected)
     assert (expected > 1).sum() > 30  # a real share of narratives is longer than one window
+
+
+def test_lpft_starts_from_the_train_only_head_of_a_refit_probe(probe_run, tiny_modernbert, tmp_path, caplog):
+    """The probe's saved head saw validation (refit); LP-FT is selected on validation, so it starts from the
+    train-only head instead, and says so. A probe without a refit is loaded as saved."""
+    from safetensors.torch import load_file
+
+    from longtail.lpft import LPFTArguments, load_model
+    from longtail.training import ModelArguments, load_tokenizer
+
+    out = probe_run["out"]
+    id2label = json.loads((out / "config.json").read_text())["id2label"]
+    labels = [id2label[str(i)] for i in range(len(id2label))]
+    model_args = ModelArguments(model_name_or_path=tiny_modernbert)
+    tokenizer = load_tokenizer(model_args)
+    with caplog.at_level("INFO", logger="longtail.lpft"):
+        model = load_model(model_args, LPFTArguments(head_init_from=str(out)), labels, tokenizer)
+    head, saved = (
+        load_file(str(out / "selection_head.safetensors")),
+        load_file(str(out / "model.safetensors")),
+    )
+    torch.testing.assert_close(model.classifier.weight.data, head["classifier.weight"])
+    torch.testing.assert_close(model.classifier.bias.data, head["classifier.bias"])
+    assert "train-only head" in caplog.text
+    body = "encoder.embeddings.tok_embeddings.weight"
+    torch.testing.assert_close(model.state_dict()[body], saved[body])  # the body is the probe's
+
+    import shutil
+
+    shutil.copytree(out, tmp_path / "plain")
+    (tmp_path / "plain" / "selection_head.safetensors").unlink()
+    plain = load_model(model_args, LPFTArguments(head_init_from=str(tmp_path / "plain")), labels, tokenizer)
+    torch.testing.assert_close(plain.classifier.weight.data, saved["classifier.weight"])

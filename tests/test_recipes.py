@@ -203,26 +203,12 @@ def test_baseline_tfidf_end_to_end(tmp_path):
     train, test = synthetic_files(tmp_path)
     out = tmp_path / "baseline"
     recipe = load_recipe("baseline_tfidf")
-    metrics = recipe.main(
-        [
-            "--config",
-            str(REPO / "recipes/configs/baseline_tfidf.yaml"),
-            "--train_file",
-            train,
-            "--test_file",
-            test,
-            "--text_column",
-            "Consumer complaint narrative",
-            "--label_taxonomy",
-            "none",
-            "--output_dir",
-            str(out),
-            "--do_predict",
-            "--grid_C",
-            "1.0",
-            "10.0",
-        ]
-    )
+    args = [
+        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", train,
+        "--test_file", test, "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
+        "--output_dir", str(out), "--do_predict", "--grid_C", "1.0", "10.0",
+    ]  # fmt: skip
+    metrics = recipe.main(args)
     for name in ["eval_results.json", "test_results.json", "model.joblib", *RUN_FILES]:
         assert (out / name).is_file(), name
     config = json.loads((out / "run_config.json").read_text())
@@ -232,6 +218,22 @@ def test_baseline_tfidf_end_to_end(tmp_path):
     assert metrics["validation"]["macro_f1"] == pytest.approx(best["val_macro_f1"])
     assert "Validation grid" in (out / "report.md").read_text()
     assert metrics["test"]["accuracy"] > 0.5
+
+    # the config refits the chosen setting on train + validation: the saved vectoriser counted every one of
+    # those documents (smooth idf of a term in one document: ln((1 + n) / 2) + 1) ...
+    import joblib
+
+    splits = json.loads((out / "splits.json").read_text())
+    n_fit = len(splits["train"]) + len(splits["validation"])
+    model = joblib.load(out / "model.joblib")
+    assert model.named_steps["tfidf"].idf_.max() == pytest.approx(np.log((1 + n_fit) / 2) + 1)
+    assert model.named_steps["logreg"].C == best["C"] and "Refit" in (out / "report.md").read_text()
+    # ... while validation was scored by the train-only fit: a run without the refit has the same validation
+    plain = recipe.main([*args, "--output_dir", str(tmp_path / "plain"), "--refit_with_validation", "false"])
+    assert plain["validation"]["macro_f1"] == metrics["validation"]["macro_f1"]
+    plain_model = joblib.load(tmp_path / "plain" / "model.joblib")
+    n_train = len(splits["train"])
+    assert plain_model.named_steps["tfidf"].idf_.max() == pytest.approx(np.log((1 + n_train) / 2) + 1)
 
 
 @pytest.mark.slow

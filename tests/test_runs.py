@@ -18,10 +18,11 @@ def test_non_empty_output_dir_is_refused_unless_asked(tmp_path):
 
 
 def test_overwrite_removes_stale_results_only(tmp_path):
-    for name in ("test_results.json", "report.md", "notes.txt"):
+    for name in ("test_results.json", "report.md", "selection_head.safetensors", "notes.txt"):
         (tmp_path / name).write_text("old")
     prepare_output_dir(tmp_path, overwrite=True)
     assert not (tmp_path / "test_results.json").exists() and not (tmp_path / "report.md").exists()
+    assert not (tmp_path / "selection_head.safetensors").exists()  # else LP-FT would start from a stale head
     assert (tmp_path / "notes.txt").read_text() == "old"  # not ours: left alone
 
 

@@ -4,8 +4,13 @@
 
 Runs whose errors differ (a frozen-encoder probe and TF-IDF) help each other most. Each member is first
 temperature-scaled on validation (`calibration.fit_temperature`, T minimising validation NLL; softmax(log p / T) equals scaling its logits, so
-the saved probabilities suffice), then the weights (a grid on the simplex, step --weight_step) are chosen by
-validation macro-F1, ties broken by validation NLL. The test split is scored once with the chosen setting.
+the saved probabilities suffice), then the weights (a grid on the simplex, step --weight_step) and a post-hoc
+logit adjustment tau (`longtail.posthoc`: p * prior^-tau, renormalised) are chosen together by validation
+macro-F1, ties broken by the smaller tau, then validation NLL. Calibrated members carry the training prior
+again (temperature scaling undoes part of what class weighting did), and their average leans to the head
+classes; on the CFPB study split the chosen tau (0.25) raised every ensemble's test macro-F1 or left it
+unchanged. The prior is the first member's training counts (labels.json). The test split is scored once
+with the chosen setting.
 Writes predictions_validation.npz / predictions_test.npz (so `longtail.compare` can put the ensemble next to
 its members), ensemble.json and report.md.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -28,6 +34,7 @@ from longtail.metrics import (
     macro_f1,
     negative_log_likelihood,
 )
+from longtail.posthoc import log_prior_array, parse_tau_option
 
 
 def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -47,44 +54,98 @@ def simplex_grid(k: int, step: float) -> list[tuple[float, ...]]:
     ]
 
 
+def adjust(probs: np.ndarray, log_prior: np.ndarray, tau: float) -> np.ndarray:
+    """Post-hoc logit adjustment on probabilities: softmax(log p - tau * log prior)."""
+    if tau == 0:
+        return probs
+    return apply_temperature(log_probs(probs) - tau * log_prior, 1.0)
+
+
 def choose_weights(
-    members: list[np.ndarray], y: np.ndarray, step: float
-) -> tuple[tuple[float, ...], list[dict]]:
-    """Weights on the simplex with the best validation macro-F1 (ties: lower NLL)."""
+    members: list[np.ndarray],
+    y: np.ndarray,
+    step: float,
+    log_prior: np.ndarray | None = None,
+    taus: tuple[float, ...] = (0.0,),
+) -> tuple[tuple[float, ...], float, list[dict]]:
+    """Weights on the simplex and tau with the best validation macro-F1 (ties: smaller tau, then lower NLL)."""
     rows = []
     for w in simplex_grid(len(members), step):
         mix = sum(wi * p for wi, p in zip(w, members))
-        rows.append(
-            {
-                "weights": w,
-                "val_macro_f1": macro_f1(y, mix.argmax(1)),
-                "val_nll": negative_log_likelihood(mix, y),
-            }
+        for tau in taus:
+            adjusted = adjust(mix, log_prior, tau)
+            rows.append(
+                {
+                    "weights": w,
+                    "tau": tau,
+                    "val_macro_f1": macro_f1(y, adjusted.argmax(1)),
+                    "val_nll": negative_log_likelihood(adjusted, y),
+                }
+            )
+    best = max(rows, key=lambda r: (round(r["val_macro_f1"], 12), -r["tau"], -r["val_nll"]))
+    return best["weights"], best["tau"], rows
+
+
+def training_log_prior(run_dir, label_names: list[str]) -> np.ndarray | None:
+    """log class prior from a run's labels.json training counts (by label name); None without them."""
+    path = Path(run_dir) / "labels.json"
+    counts = json.loads(path.read_text("utf-8")).get("train_counts") if path.is_file() else None
+    if not counts:
+        return None
+    return log_prior_array({i: counts.get(name, 0) for i, name in enumerate(label_names)}, len(label_names))
+
+
+def prior_and_taus(run_dir, label_names: list[str], tau_option: str):
+    """(log prior, tau grid). `auto` without training counts falls back to no shift, saying so; a fixed tau
+    without them is an error."""
+    taus = parse_tau_option(tau_option)
+    if taus == (0.0,):
+        return None, taus
+    log_prior = training_log_prior(run_dir, label_names)
+    if log_prior is not None:
+        return log_prior, taus
+    if tau_option == "auto":
+        print(
+            f"ensemble: {run_dir} has no training counts (labels.json): no post-hoc logit adjustment",
+            file=sys.stderr,
         )
-    best = max(rows, key=lambda r: (round(r["val_macro_f1"], 12), -r["val_nll"]))
-    return best["weights"], rows
+        return None, (0.0,)
+    raise CompareError(
+        f"{run_dir}: no training counts in labels.json, so no class prior for the post-hoc logit adjustment; "
+        "pass --posthoc_logit_adjustment none"
+    )
 
 
-def build_ensemble(run_dirs: list[str], step: float = 0.1, do_test: bool = True) -> dict:
+def build_ensemble(
+    run_dirs: list[str], step: float = 0.1, do_test: bool = True, tau_option: str = "auto"
+) -> dict:
     val = [read_run(d, "validation") for d in run_dirs]
     check_same_rows(val[1:], val[0])
     y_val = val[0]["y_true"]
+    log_prior, taus = prior_and_taus(run_dirs[0], val[0]["label_names"], tau_option)
     temps = [fit_temperature(r["probs"], y_val) for r in val]
     calibrated = [temper(r["probs"], t) for r, t in zip(val, temps)]
-    weights, grid = choose_weights(calibrated, y_val, step)
+    weights, tau, grid = choose_weights(calibrated, y_val, step, log_prior, taus)
     out = {
         "members": [r["dir"] for r in val],
         "temperatures": temps,
         "weights": list(weights),
+        "tau": tau,
         "grid": grid,
         "label_names": val[0]["label_names"],
-        "splits": {"validation": (val[0]["row_id"], y_val, sum(w * p for w, p in zip(weights, calibrated)))},
+        "splits": {
+            "validation": (
+                val[0]["row_id"],
+                y_val,
+                adjust(sum(w * p for w, p in zip(weights, calibrated)), log_prior, tau),
+            )
+        },
     }
     if do_test:
         test = [read_run(d, "test") for d in run_dirs]
         check_same_rows(test[1:], test[0])
         mix = sum(w * temper(r["probs"], t) for w, r, t in zip(weights, test, temps))
-        out["splits"]["test"] = (test[0]["row_id"], test[0]["y_true"], mix)
+        out["splits"]["test"] = (test[0]["row_id"], test[0]["y_true"], adjust(mix, log_prior, tau))
     return out
 
 
@@ -109,8 +170,10 @@ def write_outputs(
         "members": result["members"],
         "temperatures": dict(zip(names, result["temperatures"])),
         "weights": dict(zip(names, result["weights"])),
-        "selection": "temperatures: validation NLL per member; weights: best validation macro-F1 on the simplex "
-        "grid (ties: lower NLL)" + ("; test scored once at the end" if "test" in metrics else ""),
+        "posthoc_tau": result["tau"],
+        "selection": "temperatures: validation NLL per member; weights and post-hoc tau: best validation "
+        "macro-F1 over the simplex grid x tau (ties: smaller tau, then lower NLL)"
+        + ("; test scored once at the end" if "test" in metrics else ""),
         "metrics": metrics,
     }
     write_json(output_dir / "ensemble.json", record)
@@ -126,6 +189,9 @@ def write_outputs(
             for n, t, w in zip(names, result["temperatures"], result["weights"])
         ),
         "",
+        f"Post-hoc logit adjustment of the mix (validation macro-F1): tau = {result['tau']}"
+        + (" (no shift)" if result["tau"] == 0 else " (probabilities x prior^-tau, renormalised)"),
+        "",
         "| split | accuracy [95% CI] | macro-F1 [95% CI] | zero-F1 classes | ECE | NLL |",
         "|---|---|---|---|---|---|",
     ]
@@ -135,16 +201,17 @@ def write_outputs(
             f"**{m['macro_f1']:.3f}** [{m['macro_f1_ci_low']:.3f}, {m['macro_f1_ci_high']:.3f}] | "
             f"{m['zero_f1_classes']} / {m['classes_scored']} | {m['ece']:.3f} | {m['nll']:.3f} |"
         )
-    top = sorted(result["grid"], key=lambda r: (-r["val_macro_f1"], r["val_nll"]))[:10]
+    top = sorted(result["grid"], key=lambda r: (-r["val_macro_f1"], r["tau"], r["val_nll"]))[:10]
     md += [
         "",
         "## Validation grid (top 10)",
         "",
-        "| weights | validation macro-F1 | validation NLL |",
-        "|---|---|---|",
+        "| weights | tau | validation macro-F1 | validation NLL |",
+        "|---|---|---|---|",
     ]
     md += [
-        f"| {', '.join(f'{w:.2f}' for w in r['weights'])} | {r['val_macro_f1']:.4f} | {r['val_nll']:.4f} |"
+        f"| {', '.join(f'{w:.2f}' for w in r['weights'])} | {r['tau']} | {r['val_macro_f1']:.4f} | "
+        f"{r['val_nll']:.4f} |"
         for r in top
     ]
     (output_dir / "report.md").write_text("\n".join(md) + "\n", "utf-8")
@@ -163,7 +230,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--no_test", action="store_true", help="validation only (members without a test split)"
     )
+    parser.add_argument(
+        "--posthoc_logit_adjustment",
+        default="auto",
+        help="shift the mix by -tau * log(training prior): auto chooses tau in {0, .25, .5, .75, 1} with the "
+        "weights on validation macro-F1; none; or a fixed tau",
+    )
     args = parser.parse_args(argv)
+    try:
+        parse_tau_option(args.posthoc_logit_adjustment)
+    except ValueError as err:
+        parser.error(str(err))
     if len(args.runs) < 2:
         parser.error("an ensemble needs at least two runs")
     if not 0 < args.weight_step <= 0.5 or abs(round(1 / args.weight_step) * args.weight_step - 1) > 1e-9:
@@ -172,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:  # the output folder is checked before the work, not after
         out = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
-        result = build_ensemble(args.runs, args.weight_step, not args.no_test)
+        result = build_ensemble(args.runs, args.weight_step, not args.no_test, args.posthoc_logit_adjustment)
     except (CompareError, OutputDirError) as err:
         parser.exit(2, f"ensemble: error: {err}\n")
     record = write_outputs(result, out, load_tiers(args.runs[0], result["label_names"]), args.n_resamples)

@@ -12,6 +12,8 @@ the features the rare classes depend on. Two ways to give the body a fitted head
   head reads the tanh pooler of [CLS] and a decoder's reads the last token, so copying the weights into them
   would feed the head features it never saw. Fine-tuning the probe architecture keeps head and features
   consistent. The probe's labels must equal this run's (same data options); a mismatch is a clear error.
+  A probe refit on train + validation (`--refit_with_validation`) also keeps its train-only head
+  (`refit.SELECTION_HEAD`); LP-FT starts from that one, so the rows it is selected on were never fit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from longtail.refit import SELECTION_HEAD
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,20 @@ def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tok
             model_args.model_name_or_path,
         )
     model.config.pad_token_id = tokenizer.pad_token_id
+    selection_head = Path(lpft_args.head_init_from) / SELECTION_HEAD
+    if selection_head.is_file():  # the probe was refit on train + validation: start from its train-only head
+        from safetensors.torch import load_file
+
+        loaded = model.load_state_dict(load_file(str(selection_head)), strict=False)
+        if loaded.unexpected_keys:
+            raise ValueError(
+                f"{selection_head}: unexpected tensors {loaded.unexpected_keys} (expected the head's)"
+            )
+        logger.info(
+            "LP-FT: the probe's saved head was refit on train + validation; starting from its train-only head "
+            "(%s) so this run's validation scores stay held out",
+            SELECTION_HEAD,
+        )
     logger.info(
         "LP-FT: fine-tuning the probe in %s (fitted head, %s pooling)",
         lpft_args.head_init_from,

@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from longtail.refit import SELECTION_HEAD
 from longtail.report import jsonable, redact_secrets
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ RUN_FILES = (
     "temperature.json",
     "comparison.md",
     "reliability_comparison.png",
+    SELECTION_HEAD,  # a stale one would give LP-FT a head from another run
 )
 
 
