@@ -82,6 +82,16 @@ def build(name: str, folder: Path, num_labels: int, device: str):
 
     family, _, overrides = MODELS.get(name, ("encoder", None, {}))
     config = AutoConfig.from_pretrained(folder, num_labels=num_labels, **overrides)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and len(layer_types) != config.num_hidden_layers:
+        # Qwen2's config lists a type per layer when it is built, before the override of num_hidden_layers
+        # lands: rebuild the list the way Qwen2Config does, else the model indexes past its end
+        config.layer_types = [
+            "sliding_attention"
+            if getattr(config, "use_sliding_window", False) and i >= getattr(config, "max_window_layers", 0)
+            else "full_attention"
+            for i in range(config.num_hidden_layers)
+        ]
     if config.model_type == "modernbert":
         config.reference_compile = False
     tokenizer = load_tokenizer_dir(folder)

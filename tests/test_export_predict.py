@@ -441,3 +441,20 @@ def test_predict_in_windows_with_only_bad_rows(tiny_classifier, tmp_path):
                         "--long_text", long_text, "--no_progress", "--device", "cpu"])  # fmt: skip
         assert summary["predicted"] == 0 and summary["bad_rows"] == 2
         assert pd.read_csv(out)["error"].tolist() == ["empty or missing text"] * 2
+
+
+def test_scaling_builds_a_deeper_qwen2_than_its_base_config(tiny_qwen2, monkeypatch):
+    """The Qwen2.5-1.5B/3B rows override num_hidden_layers of the 0.5B config; Qwen2's config lists one
+    attention type per layer, so the list must grow with the override (it raised IndexError before)."""
+    import torch
+
+    scaling = load_bench("scaling")
+    from transformers import AutoConfig
+
+    base_layers = AutoConfig.from_pretrained(tiny_qwen2).num_hidden_layers
+    monkeypatch.setitem(scaling.MODELS, "deeper", ("decoder", None, {"num_hidden_layers": base_layers + 2}))
+    model, tokenizer, _ = scaling.build("deeper", Path(tiny_qwen2), 5, "cpu")
+    assert model.config.num_hidden_layers == len(model.config.layer_types) == base_layers + 2
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[5, 6, 7]])).logits
+    assert logits.shape == (1, 5)
