@@ -98,26 +98,23 @@ class ProbeArguments:
 PARSER_TYPES = (DataArguments, ModelArguments, ProbeArguments, RefitArguments)
 
 
-def sklearn_weights(scheme: str, train_counts: dict, num_labels: int):
-    if scheme == "none":
-        return None
-    if scheme == "balanced":
-        return "balanced"
-    return dict(enumerate(class_weights(train_counts, num_labels, scheme).tolist()))
+def fit_logreg(args: ProbeArguments, C: float, weighting: str, x: np.ndarray, y: np.ndarray, num_labels: int):
+    """One multinomial logistic regression; class weights (none / balanced / sqrt_inverse) from these rows."""
+    if weighting in ("none", "balanced"):
+        class_weight = None if weighting == "none" else "balanced"
+    else:
+        class_weight = dict(enumerate(class_weights(label_counts(y), num_labels, weighting).tolist()))
+    return LogisticRegression(
+        C=C, class_weight=class_weight, max_iter=args.max_iter, tol=args.tol, random_state=args.seed
+    ).fit(x, y)
 
 
-def fit_grid(args: ProbeArguments, x_train, y_train, x_val, y_val, train_counts, num_labels):
+def fit_grid(args: ProbeArguments, x_train, y_train, x_val, y_val, num_labels):
     """Every C x weighting fit on train and scored on validation; returns (best model, grid rows, best row)."""
     rows, best, best_row = [], None, None
     for C, weight in itertools.product(args.grid_C, args.grid_class_weight):
         started = time.time()
-        logreg = LogisticRegression(
-            C=C,
-            class_weight=sklearn_weights(weight, train_counts, num_labels),
-            max_iter=args.max_iter,
-            tol=args.tol,
-            random_state=args.seed,
-        ).fit(x_train, y_train)
+        logreg = fit_logreg(args, C, weight, x_train, y_train, num_labels)
         pred = logreg.predict(x_val)
         row = {
             "C": C,
@@ -137,13 +134,7 @@ def fit_head(args: ProbeArguments, setting: dict, features: np.ndarray, y: np.nd
     """One setting (C, class weighting) fit on raw features: standardised on these rows, folded back into
     (weight, bias) over all `num_labels` classes (`full_head`)."""
     mean, scale = features.mean(0), features.std(0) + 1e-6
-    logreg = LogisticRegression(
-        C=setting["C"],
-        class_weight=sklearn_weights(setting["class_weight"], label_counts(y), num_labels),
-        max_iter=args.max_iter,
-        tol=args.tol,
-        random_state=args.seed,
-    ).fit((features - mean) / scale, y)
+    logreg = fit_logreg(args, setting["C"], setting["class_weight"], (features - mean) / scale, y, num_labels)
     return full_head(logreg, logreg.classes_, num_labels, mean, scale)
 
 
@@ -262,7 +253,6 @@ def main(argv: list[str] | None = None) -> dict:
         y["train"],
         standard["validation"],
         y["validation"],
-        data.train_counts,
         num_labels,
     )
     heads = {"validation": full_head(logreg, logreg.classes_, num_labels, mean, scale)}

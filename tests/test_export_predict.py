@@ -252,13 +252,27 @@ def test_predict_calibrated_topk_in_input_order_with_bad_rows(tiny_classifier, e
     )
 
 
-def test_predict_names_a_missing_text_column(tiny_classifier, tmp_path):
+def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path):
     from longtail.predict import main
 
     src = tmp_path / "in.csv"
     pd.DataFrame({"body": ["x"]}).to_csv(src, index=False)
-    with pytest.raises(ValueError, match=r"no text column found.*\['body'\]"):
+    with pytest.raises(SystemExit, match=r"predict: error: .*no text column found.*\['body'\]"):
         main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "o.csv")])
+    # other mistakes: a malformed file, windows with no room for text, lengths and batch sizes below 1
+    broken = tmp_path / "broken.csv"
+    broken.write_text('text\n"never closed\n')
+    with pytest.raises(SystemExit, match=r"predict: error: Could not parse .*broken.csv"):
+        main(["--model_dir", tiny_classifier, "--input", str(broken), "--output", str(tmp_path / "b.csv")])
+    src.write_text("text\nI was charged twice.\n")
+    with pytest.raises(SystemExit, match="predict: error: max_length 2 leaves no room"):
+        main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "w.csv"),
+              "--long_text", "windows", "--max_length", "2"])  # fmt: skip
+    for flag in ("--max_length", "--batch_size"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "x.csv"),
+                  flag, "0"])  # fmt: skip
+        assert exit_info.value.code == 2
 
 
 # ---- benchmarks ------------------------------------------------------------------------------------------

@@ -79,8 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.top_k < 1:
-        p.error(f"--top_k must be >= 1, got {args.top_k}")
+    for name in ("top_k", "batch_size", "max_length"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
         p.error(f"--min_confidence must be in [0, 1], got {args.min_confidence}")
     for name in ("input", "output"):
@@ -202,8 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if Path(args.output).exists() and not args.overwrite:
         raise SystemExit(f"error: {args.output} exists; pass --overwrite to replace it")
-    df, text_column = read_texts(args.input, args.text_column)
-    out, summary = predict_frame(args, df, text_column)
+    try:  # a user's mistake (input file, column, model folder, window length) is one line, not a traceback
+        df, text_column = read_texts(args.input, args.text_column)
+        out, summary = predict_frame(args, df, text_column)
+    except ValueError as err:  # DataError included
+        raise SystemExit(f"predict: error: {err}") from None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_frame(out, args.output)
     if summary["bad_rows"]:

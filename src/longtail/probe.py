@@ -185,10 +185,8 @@ def embed_texts(
     if long_text not in LONG_TEXT:
         raise ValueError(f"long_text must be one of {LONG_TEXT}, got '{long_text}'")
     texts = [str(t) for t in texts]
-    saved_side, tokenizer.padding_side = (
-        tokenizer.padding_side,
-        "right",
-    )  # every pooling is exact on the right
+    # every pooling is exact with right padding
+    saved_side, tokenizer.padding_side = tokenizer.padding_side, "right"
     try:
         if long_text == "windows":
             windows = text_windows(tokenizer, texts, max_length)
