@@ -118,8 +118,9 @@ def test_temperature_and_weights_chosen_on_validation(tmp_path):
     a = make_run(tmp_path / "a", {s: member({0, 1, 2}, y[s]) for s in y}, y)
     b = make_run(tmp_path / "b", {s: member({3, 4, 5}, y[s]) for s in y}, y)
     record = main(
-        [a, b, "--output_dir", str(tmp_path / "ens"), "--weight_step", "0.25", "--n_resamples", "50"]
-    )
+        [a, b, "--output_dir", str(tmp_path / "ens"), "--weights", "search", "--weight_step", "0.25",
+         "--n_resamples", "50"]
+    )  # fmt: skip
     assert record["weights"] == {"a": 0.5, "b": 0.5}
     assert record["temperatures"]["a"] == pytest.approx(record["temperatures"]["b"], rel=1e-6)
     assert record["metrics"]["validation"]["macro_f1"] == 1.0
@@ -133,6 +134,84 @@ def test_temperature_and_weights_chosen_on_validation(tmp_path):
     from longtail.compare import compare_runs
 
     assert compare_runs([str(out)], a, n_resamples=20)["num_rows"] == 4
+
+
+def test_equal_weights_by_default_searched_on_request(tmp_path):
+    """The default is the plain average of the calibrated members; `--weights search` moves the weight to the
+    member that is right on validation, and the record and report say which rule chose them."""
+    from longtail.ensemble import main, weight_candidates
+
+    assert (
+        weight_candidates(3, "equal", 0.1) == [(1 / 3, 1 / 3, 1 / 3)]
+        and len(weight_candidates(3, "search", 0.1)) == 66
+    )
+    with pytest.raises(ValueError, match="weights must be one of"):
+        weight_candidates(2, "best", 0.1)
+    # A is right on 5 of 6 validation rows, B on 3, each sure on some (found by a small search, kept by hand):
+    # after calibration the even mix still follows B on rows where A is right, so searching moves to A alone
+    y = {"validation": [0, 1, 2, 0, 1, 2], "test": [0, 1, 2, 0, 1, 2]}
+
+    def member(spec):  # (right?, confidence) per row
+        probs = []
+        for label, (right, conf) in zip(y["validation"], spec):
+            row = np.full(3, (1 - conf) / 2)
+            row[label if right else (label + 1) % 3] = conf
+            probs.append(row)
+        return {s: np.array(probs) for s in y}
+
+    a = make_run(tmp_path / "a", member([(1, 0.9), (0, 0.9), (1, 0.9), (1, 0.6), (1, 0.6), (1, 0.6)]), y)
+    b = make_run(tmp_path / "b", member([(0, 0.4), (0, 0.4), (1, 0.6), (0, 0.9), (1, 0.9), (1, 0.9)]), y)
+    args = [a, b, "--n_resamples", "20", "--posthoc_logit_adjustment", "none"]
+    equal = main([*args, "--output_dir", str(tmp_path / "equal")])
+    search = main(
+        [*args, "--output_dir", str(tmp_path / "search"), "--weights", "search", "--weight_step", "0.5"]
+    )
+    assert equal["weights"] == {"a": 0.5, "b": 0.5} and equal["weights_mode"] == "equal"
+    assert search["weights"] == {"a": 1.0, "b": 0.0} and search["weights_mode"] == "search"
+    assert search["metrics"]["validation"]["macro_f1"] == pytest.approx(0.8222, abs=1e-4)
+    assert equal["metrics"]["validation"]["macro_f1"] == pytest.approx(0.6556, abs=1e-4)
+    assert "weights: equal" in equal["selection"] and "simplex grid" in search["selection"]
+    assert "| weight (equal) |" in (tmp_path / "equal" / "report.md").read_text()
+
+
+def test_geometric_mix_by_default_arithmetic_on_request(tmp_path):
+    """Log-linear pooling keeps a class that one member rules out unlikely; the arithmetic mean lets one confident
+    member carry it. Rows of class a: both members give a 0.3, A bets on b and B on c (each nearly ruling out the
+    other's bet): the geometric mix says a, the arithmetic one c. The mix's own temperature changes no label."""
+    from longtail.ensemble import combine, main
+    from longtail.report import load_predictions
+
+    p, q = np.array([[0.3, 0.65, 0.05]]), np.array([[0.3, 0.04, 0.66]])
+    geo = np.sqrt(p * q) / np.sqrt(p * q).sum()
+    np.testing.assert_allclose(combine([p, q], (0.5, 0.5), "geometric"), geo, rtol=1e-12)
+    np.testing.assert_allclose(combine([p, q], (0.5, 0.5), "arithmetic"), [[0.3, 0.345, 0.355]], rtol=1e-12)
+    with pytest.raises(ValueError, match="combine must be one of"):
+        combine([p, q], (0.5, 0.5), "median")
+
+    y = {"validation": [0, 0, 0, 1, 2, 1, 2], "test": [0, 0, 1, 2]}
+
+    def member(disputed):  # the disputed row for class a, a sure and right row for b and c
+        easy = {1: [0.1, 0.8, 0.1], 2: [0.1, 0.1, 0.8]}
+        return {s: np.array([disputed if label == 0 else easy[label] for label in y[s]]) for s in y}
+
+    a = make_run(tmp_path / "a", member([0.3, 0.65, 0.05]), y)
+    b = make_run(tmp_path / "b", member([0.3, 0.04, 0.66]), y)
+    args = [a, b, "--n_resamples", "20", "--posthoc_logit_adjustment", "none"]
+    records = {
+        "geometric": main([*args, "--output_dir", str(tmp_path / "geometric")]),
+        "arithmetic": main([*args, "--output_dir", str(tmp_path / "arithmetic"), "--combine", "arithmetic"]),
+    }
+    predicted = {
+        k: load_predictions(tmp_path / k / "predictions_test.npz")["probs"].argmax(1).tolist()
+        for k in records
+    }
+    assert predicted == {"geometric": [0, 0, 1, 2], "arithmetic": [2, 2, 1, 2]}
+    assert records["geometric"]["combine"] == "geometric" and records["arithmetic"]["combine"] == "arithmetic"
+    assert records["geometric"]["metrics"]["validation"]["accuracy"] == 1.0
+    assert records["arithmetic"]["metrics"]["validation"]["accuracy"] == pytest.approx(4 / 7)
+    # the arithmetic mix is under-confident on its right rows: its own temperature (< 1) sharpens it
+    assert records["arithmetic"]["mix_temperature"] < 1
+    assert "geometric mean of the calibrated members" in (tmp_path / "geometric" / "report.md").read_text()
 
 
 def test_a_finished_output_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
