@@ -56,6 +56,7 @@ def train_wordpiece(texts: list[str], vocab_size: int = 600):
 @pytest.fixture(scope="session")
 def tiny_modernbert(tmp_path_factory) -> str:
     """A 2-layer ModernBERT (random weights) + WordPiece tokenizer, saved as a local model folder."""
+    import torch
     from transformers import ModernBertConfig, ModernBertModel
 
     path = tmp_path_factory.mktemp("tiny-modernbert")
@@ -76,7 +77,9 @@ def tiny_modernbert(tmp_path_factory) -> str:
         eos_token_id=tokenizer.sep_token_id,
         reference_compile=False,
     )
-    ModernBertModel(config).save_pretrained(path)
+    with torch.random.fork_rng():  # the same random weights in every session, whatever ran before
+        torch.manual_seed(0)
+        ModernBertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 
@@ -122,6 +125,7 @@ def train_byte_bpe(
 def save_tiny_decoder(path: Path, kind: str) -> str:
     """A 2-layer decoder LM (random weights; hidden 32, 4 heads, 2 kv heads, intermediate 64) saved as its
     *ForCausalLM, as Base checkpoints ship; loading it for classification adds a fresh `score` head."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     qwen = kind == "qwen2"
@@ -144,7 +148,9 @@ def save_tiny_decoder(path: Path, kind: str) -> str:
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=qwen,  # Qwen2.5-0.5B ties its embeddings; Llama does not
     )
-    model_cls(config).save_pretrained(path)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model_cls(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 

@@ -287,11 +287,12 @@ def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_b
     x = np.concatenate([feats["train"], feats["validation"]])
     y = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
     ids, counts = np.unique(y, return_counts=True)
-    weight = {"none": None, "balanced": "balanced"}.get(
-        chosen["class_weight"],
-        dict(enumerate(class_weights(dict(zip(ids.tolist(), counts.tolist())), len(data.label_names),
-                                     chosen["class_weight"]).tolist())),
-    )  # fmt: skip
+    scheme = chosen["class_weight"]  # whichever the grid chose: the tiny encoder's weights are random
+    if scheme in ("none", "balanced"):
+        weight = None if scheme == "none" else "balanced"
+    else:
+        counts_by_id = dict(zip(ids.tolist(), counts.tolist()))
+        weight = dict(enumerate(class_weights(counts_by_id, len(data.label_names), scheme).tolist()))
     mean, scale = x.mean(0), x.std(0) + 1e-6
     logreg = LogisticRegression(C=chosen["C"], class_weight=weight, max_iter=1000, tol=1e-4, random_state=42)
     logreg.fit((x - mean) / scale, y)
