@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import FeatureUnion, Pipeline
 from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
@@ -49,6 +49,14 @@ class BaselineArguments:
     max_features: int = field(default=50_000, metadata={"help": "TF-IDF vocabulary size."})
     ngram_max: int = field(default=2, metadata={"help": "Use 1..ngram_max word n-grams."})
     sublinear_tf: bool = field(default=False, metadata={"help": "1 + log(tf) instead of raw counts."})
+    char_ngram_max: int = field(
+        default=0,
+        metadata={
+            "help": "Also use character 2..N-grams inside word boundaries (char_wb), a second TF-IDF block "
+            "beside the words: spelling variants, redactions (XXXX) and rare words share features. 0 = off."
+        },
+    )
+    char_max_features: int = field(default=100_000, metadata={"help": "Character n-gram vocabulary size."})
     C: float = field(
         default=1.0, metadata={"help": "Inverse regularisation strength of the logistic regression."}
     )
@@ -73,12 +81,34 @@ class BaselineArguments:
         self.grid_sublinear_tf = str(self.grid_sublinear_tf).lower()  # YAML may hand us a bool
         if self.grid_sublinear_tf not in ("both", "true", "false"):
             raise ValueError(f"grid_sublinear_tf must be both, true or false, got '{self.grid_sublinear_tf}'")
+        if self.char_ngram_max == 1 or self.char_ngram_max < 0:
+            raise ValueError(f"char_ngram_max must be 0 (off) or at least 2, got {self.char_ngram_max}")
         bad = {w for w in [self.class_weight, *self.grid_class_weight] if w not in ("none", "balanced")}
         if bad:
             raise ValueError(f"class weighting must be 'none' or 'balanced', got {sorted(bad)}")
 
 
 PARSER_TYPES = (DataArguments, BaselineArguments, RefitArguments)
+
+
+def build_vectorizer(args: BaselineArguments, sublinear: bool):
+    """Word 1..ngram_max-grams; with char_ngram_max, a character n-gram block beside them (FeatureUnion)."""
+    words = TfidfVectorizer(
+        max_features=args.max_features,
+        ngram_range=(1, args.ngram_max),
+        sublinear_tf=sublinear,
+        dtype=np.float32,
+    )
+    if not args.char_ngram_max:
+        return words
+    chars = TfidfVectorizer(
+        analyzer="char_wb",
+        ngram_range=(2, args.char_ngram_max),
+        max_features=args.char_max_features,
+        sublinear_tf=sublinear,
+        dtype=np.float32,
+    )
+    return FeatureUnion([("words", words), ("chars", chars)])
 
 
 def fit_grid(args: BaselineArguments, train, validation) -> tuple[Pipeline, list[dict]]:
@@ -98,12 +128,7 @@ def fit_grid(args: BaselineArguments, train, validation) -> tuple[Pipeline, list
     y_val = validation["label_id"].to_numpy()
     rows, best, best_score = [], None, -1.0
     for sublinear in settings["sublinear_tf"]:
-        tfidf = TfidfVectorizer(
-            max_features=args.max_features,
-            ngram_range=(1, args.ngram_max),
-            sublinear_tf=sublinear,
-            dtype=np.float32,
-        )
+        tfidf = build_vectorizer(args, sublinear)
         x_train = tfidf.fit_transform(train["text"])
         x_val = tfidf.transform(validation["text"])
         for C, weight in itertools.product(settings["C"], settings["class_weight"]):
@@ -191,7 +216,13 @@ def main(argv: list[str] | None = None) -> dict:
         save_predictions(output_dir, result("train"), data.label_names)
     run_info = {
         "recipe": "baseline_tfidf",
-        "model": f"TF-IDF ({args.max_features // 1000}k, 1-{args.ngram_max}-grams) + LogReg",
+        "model": f"TF-IDF ({args.max_features // 1000}k, 1-{args.ngram_max}-grams"
+        + (
+            f"; {args.char_max_features // 1000}k char 2-{args.char_ngram_max}-grams"
+            if args.char_ngram_max
+            else ""
+        )
+        + ") + LogReg",
         "C": chosen["C"],
         "class_weight": chosen["class_weight"],
         "sublinear_tf": chosen["sublinear_tf"],

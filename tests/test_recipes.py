@@ -236,6 +236,37 @@ def test_baseline_tfidf_end_to_end(tmp_path):
     assert plain_model.named_steps["tfidf"].idf_.max() == pytest.approx(np.log((1 + n_train) / 2) + 1)
 
 
+def test_baseline_tfidf_character_ngrams(tmp_path):
+    """--char_ngram_max adds a char_wb TF-IDF block beside the words: one pipeline, saved and refit like the
+    word-only one; a word never seen in training still lights up its character n-grams."""
+    import joblib
+    from sklearn.pipeline import FeatureUnion
+
+    train, test = synthetic_files(tmp_path)
+    recipe = load_recipe("baseline_tfidf")
+    args = [
+        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", train,
+        "--test_file", test, "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
+        "--do_predict", "--grid_C", "1.0", "--grid_class_weight", "balanced", "--grid_sublinear_tf", "true",
+    ]  # fmt: skip
+    metrics = recipe.main([*args, "--output_dir", str(tmp_path / "chars"), "--char_ngram_max", "4"])
+    model = joblib.load(tmp_path / "chars" / "model.joblib")
+    union = model.named_steps["tfidf"]
+    assert isinstance(union, FeatureUnion) and [name for name, _ in union.transformer_list] == [
+        "words",
+        "chars",
+    ]
+    words, chars = (step for _, step in union.transformer_list)
+    assert chars.analyzer == "char_wb" and chars.ngram_range == (2, 4) and chars.sublinear_tf
+    assert model.named_steps["logreg"].coef_.shape[1] == len(words.vocabulary_) + len(chars.vocabulary_)
+    unseen = "zzzmortgagezzz"  # not a training word: no word feature, but its character n-grams are known
+    assert words.transform([unseen]).nnz == 0 and chars.transform([unseen]).nnz > 0
+    assert "char 2-4-grams" in (tmp_path / "chars" / "report.md").read_text()
+    assert metrics["test"]["accuracy"] > 0.5
+    with pytest.raises(ValueError, match=r"char_ngram_max must be 0 \(off\) or at least 2, got 1"):
+        recipe.main([*args, "--output_dir", str(tmp_path / "bad"), "--char_ngram_max", "1"])
+
+
 @pytest.mark.slow
 @needs_shared
 def test_baseline_on_real_cfpb(tmp_path):
