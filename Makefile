@@ -96,7 +96,8 @@ bench-scaling: install
 
 # The README's real-CFPB study (#7): hold out 15 % of the complaints (seed 7), then, on the same rows, the
 # validation-tuned TF-IDF, the MiniLM probe over whole narratives (256-token windows), LP-FT from the probe,
-# plain FT at the same settings, the ensemble of probe + LP-FT + TF-IDF (weights and post-hoc tau), and
+# plain FT at the same settings, the ensemble of probe + LP-FT + TF-IDF (equal weights, geometric mean,
+# post-hoc tau on validation), and
 # `compare` against TF-IDF. Everything chooses on validation (TF-IDF and the probe then refit the chosen
 # setting on train + validation; LP-FT starts from the probe's train-only head); the held-out file is
 # scored once per run. Replaces its own folder

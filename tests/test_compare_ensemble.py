@@ -209,8 +209,17 @@ def test_geometric_mix_by_default_arithmetic_on_request(tmp_path):
     assert records["geometric"]["combine"] == "geometric" and records["arithmetic"]["combine"] == "arithmetic"
     assert records["geometric"]["metrics"]["validation"]["accuracy"] == 1.0
     assert records["arithmetic"]["metrics"]["validation"]["accuracy"] == pytest.approx(4 / 7)
-    # the arithmetic mix is under-confident on its right rows: its own temperature (< 1) sharpens it
-    assert records["arithmetic"]["mix_temperature"] < 1
+    # the arithmetic mix is under-confident on its right rows: its own temperature (< 1) sharpens it, and the
+    # saved probabilities are exactly: members at their temperatures, mixed, then the mix at its temperature
+    from longtail.ensemble import temper
+
+    record = records["arithmetic"]
+    assert record["mix_temperature"] < 1
+    members = [temper(member(spec)["validation"], record["temperatures"][name]) for name, spec in
+               (("a", [0.3, 0.65, 0.05]), ("b", [0.3, 0.04, 0.66]))]  # fmt: skip
+    expected = temper(combine(members, (0.5, 0.5), "arithmetic"), record["mix_temperature"])
+    saved = load_predictions(tmp_path / "arithmetic" / "predictions_validation.npz")["probs"]
+    np.testing.assert_allclose(saved, expected, atol=1e-6)
     assert "geometric mean of the calibrated members" in (tmp_path / "geometric" / "report.md").read_text()
 
 

@@ -303,8 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--posthoc_logit_adjustment",
         default="auto",
-        help="shift the mix by -tau * log(training prior): auto chooses tau in {0, .25, .5, .75, 1} with the "
-        "weights on validation macro-F1; none; or a fixed tau",
+        help="shift the mix by -tau * log(training prior): auto chooses tau in {0, .25, .5, .75, 1} on "
+        "validation macro-F1 (with the weights, when searched); none; or a fixed tau",
     )
     args = parser.parse_args(argv)
     try:

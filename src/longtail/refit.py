@@ -4,8 +4,8 @@ Validation chooses the setting; then that one setting is fit again on every labe
 On a long tail the 10 % validation rows are one more example for many rare classes (on the CFPB study
 split the effect was inside the noise: probe test macro-F1 +0.010, TF-IDF -0.004; README). What was
 measured or chosen on validation stays honest:
-the validation predictions, metrics, temperature, and what later tools choose on them (ensemble weights,
-LP-FT's starting head: `SELECTION_HEAD`) come from the train-only fit, which never saw those rows. The
+the validation predictions, metrics, temperature, and what later tools choose on them (the ensemble's
+temperatures and tau, LP-FT's starting head: `SELECTION_HEAD`) come from the train-only fit, which never saw those rows. The
 saved model and the test split use the refit (scikit-learn's `GridSearchCV(refit=True)` does the same).
 """
 
