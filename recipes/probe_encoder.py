@@ -29,6 +29,7 @@ from transformers import AutoModel
 from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
+from longtail.grid import fit_settings
 from longtail.inference import LONG_TEXT
 from longtail.losses import class_weights
 from longtail.metrics import macro_f1, softmax
@@ -98,30 +99,33 @@ class ProbeArguments:
 PARSER_TYPES = (DataArguments, ModelArguments, ProbeArguments, RefitArguments)
 
 
-def fit_logreg(args: ProbeArguments, C: float, weighting: str, x: np.ndarray, y: np.ndarray, num_labels: int):
-    """One multinomial logistic regression; class weights (none / balanced / sqrt_inverse) from these rows."""
+def head_classifier(args: ProbeArguments, C: float, weighting: str, y: np.ndarray, num_labels: int):
+    """One (unfitted) multinomial logistic regression; class weights (none / balanced / sqrt_inverse) from `y`."""
     if weighting in ("none", "balanced"):
         class_weight = None if weighting == "none" else "balanced"
     else:
         class_weight = dict(enumerate(class_weights(label_counts(y), num_labels, weighting).tolist()))
     return LogisticRegression(
         C=C, class_weight=class_weight, max_iter=args.max_iter, tol=args.tol, random_state=args.seed
-    ).fit(x, y)
+    )
 
 
 def fit_grid(args: ProbeArguments, x_train, y_train, x_val, y_val, num_labels):
-    """Every C x weighting fit on train and scored on validation; returns (best model, grid rows, best row)."""
+    """Every C x weighting fit on train and scored on validation; returns (best model, grid rows, best row).
+
+    One at a time: the solver's dense matrix products already use every core."""
+    combos = list(itertools.product(args.grid_C, args.grid_class_weight))
+    heads = [head_classifier(args, C, weight, y_train, num_labels) for C, weight in combos]
     rows, best, best_row = [], None, None
-    for C, weight in itertools.product(args.grid_C, args.grid_class_weight):
-        started = time.time()
-        logreg = fit_logreg(args, C, weight, x_train, y_train, num_labels)
-        pred = logreg.predict(x_val)
+    for (C, weight), (logreg, pred, seconds) in zip(
+        combos, fit_settings(heads, x_train, y_train, x_val), strict=True
+    ):
         row = {
             "C": C,
             "class_weight": weight,
             "val_macro_f1": macro_f1(y_val, pred),
             "val_accuracy": float((pred == y_val).mean()),
-            "fit_s": round(time.time() - started, 1),
+            "fit_s": seconds,
         }
         rows.append(row)
         logger.info("C=%s class_weight=%s: validation macro-F1 %.4f", C, weight, row["val_macro_f1"])
@@ -134,7 +138,9 @@ def fit_head(args: ProbeArguments, setting: dict, features: np.ndarray, y: np.nd
     """One setting (C, class weighting) fit on raw features: standardised on these rows, folded back into
     (weight, bias) over all `num_labels` classes (`full_head`)."""
     mean, scale = features.mean(0), features.std(0) + 1e-6
-    logreg = fit_logreg(args, setting["C"], setting["class_weight"], (features - mean) / scale, y, num_labels)
+    logreg = head_classifier(args, setting["C"], setting["class_weight"], y, num_labels).fit(
+        (features - mean) / scale, y
+    )
     return full_head(logreg, logreg.classes_, num_labels, mean, scale)
 
 

@@ -213,7 +213,8 @@ def test_baseline_tfidf_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     config = json.loads((out / "run_config.json").read_text())
     grid = config["grid"]
-    assert len(grid) == 2 * 2 * 2
+    assert len(grid) == 2 * 1 * 2  # C x balanced x raw/sublinear tf, from the YAML
+    assert {r["class_weight"] for r in grid} == {"balanced"} and config["baseline"]["char_ngram_max"] == 5
     best = max(grid, key=lambda r: r["val_macro_f1"])
     assert metrics["validation"]["macro_f1"] == pytest.approx(best["val_macro_f1"])
     assert "Validation grid" in (out / "report.md").read_text()
@@ -226,14 +227,44 @@ def test_baseline_tfidf_end_to_end(tmp_path):
     splits = json.loads((out / "splits.json").read_text())
     n_fit = len(splits["train"]) + len(splits["validation"])
     model = joblib.load(out / "model.joblib")
-    assert model.named_steps["tfidf"].idf_.max() == pytest.approx(np.log((1 + n_fit) / 2) + 1)
+    words, chars = (
+        step for _, step in model.named_steps["tfidf"].transformer_list
+    )  # the YAML's words + chars
+    assert words.idf_.max() == pytest.approx(np.log((1 + n_fit) / 2) + 1)
+    assert chars.idf_.max() <= np.log((1 + n_fit) / 2) + 1 + 1e-6
     assert model.named_steps["logreg"].C == best["C"] and "Refit" in (out / "report.md").read_text()
     # ... while validation was scored by the train-only fit: a run without the refit has the same validation
     plain = recipe.main([*args, "--output_dir", str(tmp_path / "plain"), "--refit_with_validation", "false"])
     assert plain["validation"]["macro_f1"] == metrics["validation"]["macro_f1"]
     plain_model = joblib.load(tmp_path / "plain" / "model.joblib")
     n_train = len(splits["train"])
-    assert plain_model.named_steps["tfidf"].idf_.max() == pytest.approx(np.log((1 + n_train) / 2) + 1)
+    plain_words = plain_model.named_steps["tfidf"].transformer_list[0][1]
+    assert plain_words.idf_.max() == pytest.approx(np.log((1 + n_train) / 2) + 1)
+
+
+def test_baseline_grid_in_parallel_equals_serial(tmp_path):
+    """n_jobs fits the grid's settings in worker processes: the same scores, models and choice as one by one."""
+    import dataclasses
+
+    import pandas as pd
+
+    recipe = load_recipe("baseline_tfidf")
+    df = pd.read_csv(synthetic_files(tmp_path)[0]).dropna(subset=["Consumer complaint narrative"])
+    df = pd.DataFrame({"text": df["Consumer complaint narrative"], "label_id": pd.factorize(df["Issue"])[0]})
+    train, validation = df.iloc[:350], df.iloc[350:]
+    serial = recipe.BaselineArguments(
+        select_on_validation=True, grid_C=[0.3, 10.0], char_ngram_max=3, n_jobs=1
+    )
+    best_serial, rows_serial = recipe.fit_grid(serial, train, validation)
+    best_parallel, rows_parallel = recipe.fit_grid(dataclasses.replace(serial, n_jobs=2), train, validation)
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k != "fit_s"} for r in rows]  # noqa: E731
+    assert len(rows_serial) == 2 * 2 * 2 and drop_time(rows_parallel) == drop_time(rows_serial)
+    assert len({r["val_macro_f1"] for r in rows_serial}) > 1  # the grid has something to choose
+    np.testing.assert_array_equal(
+        best_parallel.named_steps["logreg"].coef_, best_serial.named_steps["logreg"].coef_
+    )
+    with pytest.raises(ValueError, match="n_jobs must be .* got 0"):
+        recipe.BaselineArguments(n_jobs=0)
 
 
 def test_baseline_tfidf_character_ngrams(tmp_path):
@@ -286,6 +317,8 @@ def test_baseline_on_real_cfpb(tmp_path):
             "false",
             "--max_features",
             "20000",
+            "--char_ngram_max",
+            "0",  # the course's features: words only
         ]
     )
     val = metrics["validation"]
