@@ -25,6 +25,6 @@ def fit_settings(estimators: list, x_train, y_train, x_val, n_jobs: int = 1) -> 
     if n_jobs == 0:
         raise ValueError("n_jobs must be a number of processes (1, 2, ...) or -1 for one per core, got 0")
     jobs = min(n_jobs, len(estimators)) if n_jobs > 0 else n_jobs
-    if jobs == 1:  # no worker processes: nothing to pickle
+    if jobs == 1 or len(estimators) < 2:  # no worker processes: nothing to pickle
         return [fit_and_predict(e, x_train, y_train, x_val) for e in estimators]
     return Parallel(n_jobs=jobs)(delayed(fit_and_predict)(e, x_train, y_train, x_val) for e in estimators)
