@@ -91,6 +91,8 @@ class BaselineArguments:
             raise ValueError(f"grid_sublinear_tf must be both, true or false, got '{self.grid_sublinear_tf}'")
         if self.char_ngram_max == 1 or self.char_ngram_max < 0:
             raise ValueError(f"char_ngram_max must be 0 (off) or at least 2, got {self.char_ngram_max}")
+        if self.C <= 0 or not self.grid_C or any(c <= 0 for c in self.grid_C):  # before any vectorising
+            raise ValueError(f"C and grid_C must be positive numbers, got C={self.C}, grid_C={self.grid_C}")
         if self.n_jobs == 0:  # fail at parse time, not after the vectoriser has run
             raise ValueError("n_jobs must be a number of processes (1, 2, ...) or -1 for one per core, got 0")
         bad = {w for w in [self.class_weight, *self.grid_class_weight] if w not in ("none", "balanced")}

@@ -172,6 +172,10 @@ def test_equal_weights_by_default_searched_on_request(tmp_path):
     assert equal["metrics"]["validation"]["macro_f1"] == pytest.approx(0.6556, abs=1e-4)
     assert "weights: equal" in equal["selection"] and "simplex grid" in search["selection"]
     assert "| weight (equal) |" in (tmp_path / "equal" / "report.md").read_text()
+    # a grid step without the search (the previous default's command line) is refused, not silently ignored
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--output_dir", str(tmp_path / "step"), "--weight_step", "0.25"])
+    assert exit_info.value.code == 2 and not (tmp_path / "step").exists()
 
 
 def test_geometric_mix_by_default_arithmetic_on_request(tmp_path):

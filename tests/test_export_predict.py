@@ -359,6 +359,34 @@ def test_bench_reports_a_failing_variant_and_keeps_the_others(
     )
 
 
+def test_bench_loads_bitsandbytes_variants_as_users_do(monkeypatch):
+    """int8: LLM.int8 layers, the rest fp16; int4: NF4 computing in bf16, the rest bf16 (placed by device_map)."""
+    import torch
+
+    import longtail.inference
+
+    bench = load_bench("inference")
+    calls = []
+
+    class Model:
+        def get_memory_footprint(self):
+            return 1
+
+    def load_model_dir(model_dir, device="cpu", **kwargs):
+        calls.append(kwargs)
+        return Model(), None, model_dir
+
+    monkeypatch.setattr(longtail.inference, "load_model_dir", load_model_dir)
+    for variant in ("bnb_int8", "bnb_int4"):
+        bench.load_variant(variant, "run", Path("onnx"), "cuda")
+    int8, int4 = calls
+    assert int8["dtype"] == torch.float16 and int8["quantization_config"].load_in_8bit
+    assert int4["dtype"] == torch.bfloat16 and int4["quantization_config"].load_in_4bit
+    assert int4["quantization_config"].bnb_4bit_quant_type == "nf4"
+    assert int4["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16
+    assert int8["device_map"] == int4["device_map"] == {"": "cuda"}
+
+
 def test_bench_skips_onnx_on_a_gpu_without_cuda_provider(monkeypatch):
     """A CPU-only onnxruntime on a GPU machine would time the CPU (the course's 12.7x trap): skipped, said why."""
     import onnxruntime as ort

@@ -265,6 +265,10 @@ def test_baseline_grid_in_parallel_equals_serial(tmp_path):
     )
     with pytest.raises(ValueError, match="n_jobs must be .* got 0"):
         recipe.BaselineArguments(n_jobs=0)
+    with pytest.raises(
+        ValueError, match=r"C and grid_C must be positive numbers, got C=1.0, grid_C=\[3.0, 0.0\]"
+    ):
+        recipe.BaselineArguments(grid_C=[3.0, 0.0])
 
 
 def test_baseline_tfidf_character_ngrams(tmp_path):

@@ -285,7 +285,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--weight_step) chosen with tau on validation macro-F1",
     )
     parser.add_argument(
-        "--weight_step", type=float, default=0.1, help="grid step of the member weights (--weights search)"
+        "--weight_step",
+        type=float,
+        default=None,
+        help="grid step of the member weights (--weights search; 0.1)",
     )
     parser.add_argument(
         "--combine",
@@ -313,6 +316,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(err))
     if len(args.runs) < 2:
         parser.error("an ensemble needs at least two runs")
+    if args.weight_step is not None and args.weights != "search":
+        # the step used to mean a search (the previous default): asking for one and getting equal weights is a surprise
+        parser.error("--weight_step sets the grid of --weights search; add --weights search, or drop it")
+    args.weight_step = 0.1 if args.weight_step is None else args.weight_step
     if not 0 < args.weight_step <= 0.5 or abs(round(1 / args.weight_step) * args.weight_step - 1) > 1e-9:
         parser.error(f"--weight_step must divide 1 (0.05, 0.1, 0.25, ...), got {args.weight_step}")
     from longtail.runs import OutputDirError, prepare_output_dir
