@@ -56,6 +56,34 @@ def test_compare_table_and_paired_deltas(tmp_path, capsys):
     assert "nan" not in to_markdown(result) and " / —" in to_markdown(result)
 
 
+def test_compare_names_the_run_validation_picks(tmp_path):
+    """On test, compare adds each run's validation macro-F1 and the run with the best one: the honest "best
+    of them". Here validation picks the run that is worse on test, and the table says so."""
+    from longtail.compare import compare_runs, to_markdown
+    from longtail.metrics import macro_f1
+
+    ref = make_run(tmp_path / "tfidf", {"test": [0] * 8, "validation": [0, 1, 2, 0, 0, 0]}, Y)
+    a = make_run(tmp_path / "probe", {"test": [0, 0, 1, 1, 2, 2, 0, 0], "validation": [0, 1, 0, 0, 0, 0]}, Y)
+    b = make_run(tmp_path / "lpft", {"test": [0, 0, 1, 0, 2, 0, 0, 1], "validation": [0, 1, 2, 0, 1, 2]}, Y)
+    result = compare_runs([a, b], ref, n_resamples=50)
+    rows = {r["run"]: r for r in result["runs"]}
+    assert rows["lpft"]["val_macro_f1"] == 1.0
+    assert rows["probe"]["val_macro_f1"] == pytest.approx(macro_f1(Y["validation"], [0, 1, 0, 0, 0, 0]))
+    pick = result["validation_pick"]
+    assert pick["run"] == "lpft" and pick["dir"] == b and pick["validation_rows"] == 6
+    assert pick["test_macro_f1"] == pytest.approx(macro_f1(Y["test"], [0, 0, 1, 0, 2, 0, 0, 1]))
+    assert pick["test_macro_f1"] < rows["probe"]["macro_f1"]
+    md = to_markdown(result)
+    assert f"**Chosen on validation**: lpft, the best validation macro-F1 (1.000 on the same 6 validation rows" in md
+    assert f"which scores **{pick['test_macro_f1']:.3f}** on test" in md and "| validation macro-F1 |" in md
+    # a run without validation predictions (or other validation rows): no pick, and the reason
+    c = make_run(tmp_path / "old", {"test": [0] * 8}, Y)
+    none = compare_runs([a, c], ref, n_resamples=50)
+    assert none["validation_pick"]["run"] is None and "old: no predictions_validation.npz" in to_markdown(none)
+    assert "validation macro-F1 |" not in to_markdown(none)
+    assert "validation_pick" not in compare_runs([a], ref, split="validation", n_resamples=50)
+
+
 def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):
     from longtail.compare import CompareError, compare_runs
 

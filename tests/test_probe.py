@@ -500,6 +500,77 @@ def test_predict_serves_the_probe_folder(probe_run, tmp_path):
     np.testing.assert_allclose(rows["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
 
 
+def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, tmp_path, fast_bootstrap):
+    """`predict` on a TF-IDF run folder and on an ensemble folder (probe + TF-IDF) reads the raw test CSV (empty
+    narratives included) and returns, row for row, the probabilities the runs saved for their test split:
+    so a model chosen on validation, ensemble or not, can be scored on complaints nobody has seen yet."""
+    import pandas as pd
+
+    from longtail.calibration import load_temperature
+    from longtail.ensemble import main as ensemble
+    from longtail.predict import main as predict
+    from longtail.predict import describe, parse_args, score_texts
+    from longtail.report import load_predictions
+
+    tfidf = tmp_path / "tfidf"
+    load_recipe("baseline_tfidf").main([
+        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", probe_run["train"],
+        "--test_file", probe_run["test"], "--text_column", "Consumer complaint narrative",
+        "--label_taxonomy", "none", "--output_dir", str(tfidf), "--do_predict", "--grid_C", "10",
+        "--grid_sublinear_tf", "false", "--char_ngram_max", "3", "--n_jobs", "1",
+    ])  # fmt: skip
+    ens = tmp_path / "ensemble"
+    record = ensemble([str(probe_run["out"]), str(tfidf), "--output_dir", str(ens), "--n_resamples", "50"])
+    assert record["serving"]["members"] == [str(probe_run["out"].resolve()), str(tfidf.resolve())]
+
+    raw = pd.read_csv(probe_run["test"])
+    assert raw["Consumer complaint narrative"].isna().any()  # the file has rows no model can score
+    summaries = []
+    for run, temperature in ((ens, 1.0), (tfidf, load_temperature(tfidf))):
+        saved = load_predictions(run / "predictions_test.npz")
+        dst = tmp_path / f"{run.name}.csv"
+        summary = predict(["--model_dir", str(run), "--input", probe_run["test"], "--output", str(dst),
+                           "--text_column", "Consumer complaint narrative", "--top_k", "2", "--no_progress"])  # fmt: skip
+        rows = pd.read_csv(dst).set_index("row").loc[saved["row_id"]]
+        expected = saved["probs"].astype(np.float64)
+        if temperature != 1.0:  # a single run is served calibrated; the ensemble saved its calibrated mix
+            expected = np.exp(np.log(expected) / temperature)
+            expected /= expected.sum(1, keepdims=True)
+        names = [str(x) for x in saved["label_names"]]
+        assert rows["label"].tolist() == [names[i] for i in expected.argmax(1)]
+        np.testing.assert_allclose(rows["prob_1"], expected.max(1), atol=1e-5)
+        np.testing.assert_allclose(rows["prob_2"], np.sort(expected, 1)[:, -2], atol=1e-5)
+        assert summary["bad_rows"] == raw["Consumer complaint narrative"].isna().sum()
+        summaries.append(summary)
+    assert summaries[1]["backend"] == "scikit-learn"
+    # the log line says how each member read the texts
+    assert describe(summaries[0]).startswith("ensemble of 2: probe: pytorch, temperature 1.000, max_length 64")
+    texts = raw["Consumer complaint narrative"].dropna().str.strip().tolist()[:20]
+    args = parse_args(["--model_dir", str(ens), "--input", "x.csv", "--output", "y.csv", "--no_progress"])
+    mix = score_texts(args, ens, texts)
+    assert mix.info["backend"] == "ensemble (pytorch, scikit-learn)" and len(mix.info["members"]) == 2
+    np.testing.assert_allclose(mix.probs.sum(1), 1.0, atol=1e-9)
+
+    # mistakes are one line: reading options an ensemble fixes, a member that moved, an ensemble.json
+    # written before serving existed
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    base = ["--input", str(src), "--output", str(tmp_path / "o.csv"), "--no_progress"]
+    with pytest.raises(SystemExit, match="--max_length set how a Transformers model reads text; .* an ensemble"):
+        predict(["--model_dir", str(ens), "--max_length", "32", *base])
+    with pytest.raises(SystemExit, match="--long_text set how .* a scikit-learn run"):
+        predict(["--model_dir", str(tfidf), "--long_text", "windows", *base])
+    spec = json.loads((ens / "ensemble.json").read_text())
+    spec["serving"]["members"][1] = str(tmp_path / "moved")
+    (ens / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(SystemExit, match=r"ensemble member .*moved \(listed in .*ensemble.json\) is not a folder"):
+        predict(["--model_dir", str(ens), *base])
+    del spec["serving"]
+    (ens / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(SystemExit, match="predates serving .* rerun `python -m longtail.ensemble`"):
+        predict(["--model_dir", str(ens), *base])
+
+
 def test_probe_exports_to_onnx_and_predict_serves_the_export(probe_run, tmp_path):
     """The probe (body + pooling + head) exports as one ONNX graph through its body's Optimum config; the
     export's logits match PyTorch's, and `predict` on the export returns what it returns on the run folder."""

@@ -16,7 +16,9 @@ validation rows overfit a weight grid, and log-linear pooling beat the arithmeti
 tried. Why the shift: calibrated members carry the training prior again (temperature scaling undoes part of
 what class weighting did), so their mix leans to the head classes. The test split is scored once with the
 chosen setting. Writes predictions_validation.npz / predictions_test.npz (so `longtail.compare` can put the
-ensemble next to its members), ensemble.json and report.md.
+ensemble next to its members), ensemble.json and report.md. The folder serves new texts like any run:
+`python -m longtail.predict --model_dir <it>` scores every member (found through ensemble.json) and mixes them
+with the chosen setting.
 """
 
 from __future__ import annotations
@@ -115,6 +117,32 @@ def choose_weights(
     return best["weights"], best["tau"], rows
 
 
+def apply_mix(member_probs: list[np.ndarray], spec: dict) -> np.ndarray:
+    """The ensemble's output for its members' probabilities as they save them (`predictions_<split>.npz`, the
+    same rows in the same order): each tempered by its validation temperature, mixed, shifted by tau, and
+    tempered once more. One function for the test split and for `longtail.predict`, so both agree."""
+    calibrated = [temper(p, t) for p, t in zip(member_probs, spec["temperatures"], strict=True)]
+    mixed = combine(calibrated, spec["weights"], spec["combine"])
+    if spec["tau"]:
+        mixed = adjust(mixed, np.asarray(spec["log_prior"], dtype=np.float64), spec["tau"])
+    return temper(mixed, spec["mix_temperature"])
+
+
+def serving_spec(result: dict) -> dict:
+    """What `apply_mix` and `longtail.predict` need, saved in ensemble.json: members as absolute paths, and
+    lists (not dicts keyed by folder name: two members may share one)."""
+    return {
+        "members": [str(Path(m).resolve()) for m in result["members"]],
+        "temperatures": [float(t) for t in result["temperatures"]],
+        "weights": [float(w) for w in result["weights"]],
+        "combine": result["combine"],
+        "tau": float(result["tau"]),
+        "log_prior": None if result["log_prior"] is None else [float(x) for x in result["log_prior"]],
+        "mix_temperature": float(result["mix_temperature"]),
+        "label_names": list(result["label_names"]),
+    }
+
+
 def training_log_prior(run_dir, label_names: list[str]) -> np.ndarray | None:
     """log class prior from a run's labels.json training counts (by label name); None without them."""
     path = Path(run_dir) / "labels.json"
@@ -175,16 +203,17 @@ def build_ensemble(
         "mix_temperature": mix_temperature,
         "grid": grid,
         "label_names": val[0]["label_names"],
+        "log_prior": log_prior,
         "splits": {"validation": (val[0]["row_id"], y_val, temper(mixed, mix_temperature))},
     }
+    out["serving"] = serving_spec(out)
     if do_test:
         test = [read_run(d, "test") for d in run_dirs]
         check_same_rows(test[1:], test[0])
-        mix = combine([temper(r["probs"], t) for r, t in zip(test, temps)], weights, how)
         out["splits"]["test"] = (
             test[0]["row_id"],
             test[0]["y_true"],
-            temper(adjust(mix, log_prior, tau), mix_temperature),
+            apply_mix([r["probs"] for r in test], out["serving"]),
         )
     return out
 
@@ -214,6 +243,7 @@ def write_outputs(
         "weights_mode": result["weights_mode"],
         "combine": result["combine"],
         "mix_temperature": result["mix_temperature"],
+        "serving": result["serving"],  # read by `python -m longtail.predict --model_dir <this folder>`
         "selection": "temperatures: validation NLL per member and for the mix; "
         + (
             "weights: equal; post-hoc tau: best validation macro-F1 (ties: smaller tau)"

@@ -1,10 +1,15 @@
-"""Predict labels for a CSV/JSONL of texts with a trained classifier folder or its ONNX export.
+"""Predict labels for a CSV/JSONL of texts with any finished run: a Transformers classifier folder (fine-tuned,
+LoRA, probe) or its ONNX export, a TF-IDF run (`model.joblib`) or an ensemble folder (`ensemble.json`).
 
     python -m longtail.predict --model_dir outputs/demo/full_ft_encoder --input texts.csv --output preds.csv
     python -m longtail.predict --model_dir outputs/demo/full_ft_encoder/onnx/int8 --input texts.jsonl \
         --output preds.jsonl --top_k 3 --min_confidence 0.6
+    python -m longtail.predict --model_dir outputs/ensemble --input new_complaints.csv --output preds.csv
 
-Probabilities are softmax(logits / T) with the model folder's `temperature.json` (T = 1 without one).
+Probabilities are softmax(logits / T) with the model folder's `temperature.json` (T = 1 without one). An
+ensemble scores each member as that member's run saved its predictions and mixes them with the setting chosen
+on validation (`longtail.ensemble.apply_mix`), so on the run's own test rows it returns the run's test
+predictions.
 Rows are batched by length (dynamic padding) and written back in input order. Texts are read the way the
 run was trained (its max_length, and for a probe trained with `--long_text windows` the whole text in
 windows whose logits are averaged), unless --max_length / --long_text say otherwise. A row with an empty or
@@ -18,12 +23,13 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from longtail.calibration import load_temperature
+from longtail.calibration import apply_temperature, load_temperature, log_probs
 from longtail.inference import (
     LONG_TEXT,
     OrtBackend,
@@ -40,11 +46,13 @@ from longtail.metrics import softmax
 logger = logging.getLogger("longtail.predict")
 TEXT_COLUMN_GUESSES = ("text", "Consumer complaint narrative", "Consumer Complaint", "narrative")
 SHOW_ROWS = 20  # bad row numbers listed in the log
+ENSEMBLE_FILE = "ensemble.json"  # longtail.ensemble's folder
+SKLEARN_FILE = "model.joblib"  # baseline_tfidf's folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", required=True, help="trained classifier folder, or an ONNX export folder")
+    p.add_argument("--model_dir", required=True, help="a finished run folder (Transformers classifier, ONNX export, TF-IDF run or ensemble)")
     p.add_argument("--input", required=True, help=".csv or .jsonl file of texts")
     p.add_argument("--output", required=True, help=".csv or .jsonl file to write")
     p.add_argument(
@@ -117,9 +125,8 @@ def bad_rows(texts: pd.Series) -> np.ndarray:
     return np.flatnonzero(~ok.to_numpy(dtype=bool))
 
 
-def load_backend(args):
-    """(backend, tokenizer, id2label, temperature)."""
-    folder = Path(args.model_dir)
+def load_backend(args, folder: Path):
+    """(backend, tokenizer, id2label, temperature) of a Transformers folder or its ONNX export."""
     use_onnx = args.backend == "onnx" or (args.backend == "auto" and onnx_files(folder))
     if use_onnx:
         backend = OrtBackend(folder, file_name=args.onnx_file, device=args.device)
@@ -132,41 +139,141 @@ def load_backend(args):
     return TorchBackend(model, args.device), tokenizer, model.config.id2label, temperature
 
 
-def predict_frame(args, df: pd.DataFrame, text_column: str) -> tuple[pd.DataFrame, dict]:
+def run_kind(folder: Path) -> str:
+    """`ensemble` (longtail.ensemble's folder), `sklearn` (baseline_tfidf's model.joblib) or `transformers`."""
+    if (folder / ENSEMBLE_FILE).is_file():
+        return "ensemble"
+    if (folder / SKLEARN_FILE).is_file():
+        return "sklearn"
+    return "transformers"
+
+
+@dataclass
+class Scores:
+    probs: np.ndarray  # one row per text, columns in label_names order
+    label_names: list[str]
+    info: dict  # how they were computed (backend, temperature, reading of long texts, members)
+
+
+def score_texts(args, folder: Path, texts: list[str], calibrated: bool = True) -> Scores:
+    """Class probabilities of `texts` from a run folder of any kind. calibrated: softmax(logits / T) with the
+    run's temperature.json; otherwise T = 1, the probabilities the run saved in predictions_<split>.npz (what an
+    ensemble mixed). An ensemble's output is its calibrated mix either way."""
+    kind = run_kind(folder)
+    if kind != "transformers":
+        asked = [f"--{k}" for k in ("max_length", "long_text", "onnx_file") if getattr(args, k) is not None]
+        asked += ["--backend onnx"] * (args.backend == "onnx")
+        if asked:
+            raise ValueError(
+                f"{' and '.join(asked)} set how a Transformers model reads text; {folder} is "
+                + ("an ensemble, whose members are served as they were trained" if kind == "ensemble"
+                   else "a scikit-learn run (TF-IDF), which reads the whole text")
+            )  # fmt: skip
+    if kind == "ensemble":
+        return ensemble_scores(args, folder, texts)
+    if kind == "sklearn":
+        return sklearn_scores(folder, texts, calibrated)
+    return transformer_scores(args, folder, texts, calibrated)
+
+
+def transformer_scores(args, folder: Path, texts: list[str], calibrated: bool) -> Scores:
     from tqdm.auto import tqdm
 
-    backend, tokenizer, id2label, temperature = load_backend(args)
-    texts = df[text_column]
-    bad = bad_rows(texts)
-    good = np.setdiff1d(np.arange(len(df)), bad)
-    good_texts = texts.iloc[good].astype(str).tolist()
-    serving = serving_defaults(args.model_dir)
+    backend, tokenizer, id2label, temperature = load_backend(args, folder)
+    serving = serving_defaults(folder)
     max_length = args.max_length or serving["max_length"]
     long_text = args.long_text or serving["long_text"]
     if long_text == "windows":
-        windows = text_windows(tokenizer, good_texts, max_length)
+        windows = text_windows(tokenizer, texts, max_length)
         batches = windows.batches(tokenizer, args.batch_size)
     else:
-        batches = encode_batches(tokenizer, good_texts, args.batch_size, max_length)
+        batches = encode_batches(tokenizer, texts, args.batch_size, max_length)
     logits = np.zeros((sum(len(b.rows) for b in batches), len(id2label)))
-    for batch in tqdm(batches, desc="Predicting", unit="batch", disable=args.no_progress):
+    for batch in tqdm(batches, desc=f"Predicting ({folder.name})", unit="batch", disable=args.no_progress):
         logits[batch.rows] = backend.logits(batch)
     if long_text == "windows":
         logits = windows.per_row(logits)
-    probs = softmax(logits / temperature)
-    k = min(args.top_k, len(id2label))
+    temperature = temperature if calibrated else 1.0
+    info = {
+        "backend": backend.name,
+        "temperature": temperature,
+        "max_length": max_length,
+        "long_text": long_text,
+        "windows": len(windows.input_ids) if long_text == "windows" else None,
+        "padded_to_real_tokens": round(batches.padding_ratio, 3) if texts else None,
+    }
+    label_names = [id2label[i] for i in range(len(id2label))]
+    return Scores(softmax(logits / temperature), label_names, info)
+
+
+def sklearn_scores(folder: Path, texts: list[str], calibrated: bool) -> Scores:
+    """A scikit-learn pipeline saved with joblib (a pickle: load only folders you trust, like any checkpoint
+    that is not safetensors)."""
+    import joblib
+
+    labels = folder / "labels.json"
+    if not labels.is_file():
+        raise ValueError(f"{folder} has {SKLEARN_FILE} but no labels.json: not a finished longtail run")
+    id2label = json.loads(labels.read_text("utf-8"))["id2label"]
+    label_names = [id2label[str(i)] for i in range(len(id2label))]
+    pipeline = joblib.load(folder / SKLEARN_FILE)
+    probs = np.zeros((len(texts), len(label_names)))
+    if texts:  # columns follow the classes the pipeline saw; a class it never saw keeps probability 0
+        probs[:, np.asarray(pipeline.classes_, dtype=int)] = pipeline.predict_proba(texts)
+    temperature = load_temperature(folder) if calibrated else 1.0
+    if temperature != 1.0:
+        probs = apply_temperature(log_probs(probs), temperature)
+    return Scores(probs, label_names, {"backend": "scikit-learn", "temperature": temperature})
+
+
+def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
+    from longtail.ensemble import apply_mix
+
+    record = json.loads((folder / ENSEMBLE_FILE).read_text("utf-8"))
+    spec = record.get("serving")
+    if spec is None:
+        raise ValueError(
+            f"{folder / ENSEMBLE_FILE} predates serving (no 'serving' entry): rerun `python -m longtail.ensemble` "
+            "on the same member runs (seconds) to serve it"
+        )
+    member_probs, members = [], []
+    for member in map(Path, spec["members"]):
+        if not member.is_dir():
+            raise ValueError(f"ensemble member {member} (listed in {folder / ENSEMBLE_FILE}) is not a folder")
+        scores = score_texts(args, member, texts, calibrated=False)
+        if scores.label_names != spec["label_names"]:
+            raise ValueError(f"ensemble member {member} now has other labels than when the ensemble was built")
+        member_probs.append(scores.probs)
+        members.append({"run": str(member), **scores.info})
+    probs = apply_mix(member_probs, spec) if texts else np.zeros((0, len(spec["label_names"])))
+    info = {
+        "backend": "ensemble (" + ", ".join(m["backend"] for m in members) + ")",
+        "temperature": spec["mix_temperature"],
+        "members": members,
+    }
+    return Scores(probs, list(spec["label_names"]), info)
+
+
+def predict_frame(args, df: pd.DataFrame, text_column: str) -> tuple[pd.DataFrame, dict]:
+    texts = df[text_column]
+    bad = bad_rows(texts)
+    good = np.setdiff1d(np.arange(len(df)), bad)
+    good_texts = texts.iloc[good].astype(str).str.strip().tolist()  # as the recipes read them
+    scores = score_texts(args, Path(args.model_dir), good_texts)
+    probs, label_names = scores.probs, scores.label_names
+    k = min(args.top_k, len(label_names))
 
     out = pd.DataFrame({"row": np.arange(len(df))})
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     label = pd.Series([None] * len(df), dtype=object)
     confidence = pd.Series([np.nan] * len(df))
-    label.iloc[good] = [id2label[int(i)] for i in top[:, 0]]
+    label.iloc[good] = [label_names[int(i)] for i in top[:, 0]]
     confidence.iloc[good] = probs[np.arange(len(good)), top[:, 0]]
     out["label"], out["confidence"] = label, confidence
     for j in range(k):
         lab = pd.Series([None] * len(df), dtype=object)
         prob = pd.Series([np.nan] * len(df))
-        lab.iloc[good] = [id2label[int(i)] for i in top[:, j]]
+        lab.iloc[good] = [label_names[int(i)] for i in top[:, j]]
         prob.iloc[good] = probs[np.arange(len(good)), top[:, j]]
         out[f"label_{j + 1}"], out[f"prob_{j + 1}"] = lab, prob
     if args.min_confidence is not None:
@@ -180,14 +287,22 @@ def predict_frame(args, df: pd.DataFrame, text_column: str) -> tuple[pd.DataFram
         "predicted": len(good),
         "bad_rows": len(bad),
         "bad_row_numbers": bad.tolist(),
-        "temperature": temperature,
-        "backend": backend.name,
-        "max_length": max_length,
-        "long_text": long_text,
-        "windows": len(windows.input_ids) if long_text == "windows" else None,
-        "padded_to_real_tokens": round(batches.padding_ratio, 3) if len(good) else None,
+        **scores.info,
     }
     return out, summary
+
+
+def describe(info: dict) -> str:
+    """One line on how a run scored the texts, for the log."""
+    if "members" in info:
+        return f"ensemble of {len(info['members'])}: " + "; ".join(
+            f"{Path(m['run']).name}: {describe(m)}" for m in info["members"]
+        )
+    text = f"{info['backend']}, temperature {info['temperature']:.3f}"
+    if "max_length" in info:
+        reading = "truncate" if info["long_text"] == "truncate" else f"{info['windows']} windows"
+        text += f", max_length {info['max_length']}, {reading}, padded/real tokens {info['padded_to_real_tokens']}"
+    return text
 
 
 def write_frame(df: pd.DataFrame, path: str) -> None:
@@ -222,16 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
             shown,
             more,
         )
-    logger.info(
-        "%d rows predicted (%s, temperature %.3f, max_length %d, %s, padded/real tokens %s) -> %s",
-        summary["predicted"],
-        summary["backend"],
-        summary["temperature"],
-        summary["max_length"],
-        summary["long_text"] if summary["long_text"] == "truncate" else f"{summary['windows']} windows",
-        summary["padded_to_real_tokens"],
-        args.output,
-    )
+    logger.info("%d rows predicted (%s) -> %s", summary["predicted"], describe(summary), args.output)
     print(json.dumps({k: v for k, v in summary.items() if k != "bad_row_numbers"}))
     return summary
 
