@@ -74,12 +74,17 @@ def test_compare_names_the_run_validation_picks(tmp_path):
     assert pick["test_macro_f1"] == pytest.approx(macro_f1(Y["test"], [0, 0, 1, 0, 2, 0, 0, 1]))
     assert pick["test_macro_f1"] < rows["probe"]["macro_f1"]
     md = to_markdown(result)
-    assert f"**Chosen on validation**: lpft, the best validation macro-F1 (1.000 on the same 6 validation rows" in md
+    assert (
+        "**Chosen on validation**: lpft, the best validation macro-F1 (1.000 on the same 6 validation rows"
+        in md
+    )
     assert f"which scores **{pick['test_macro_f1']:.3f}** on test" in md and "| validation macro-F1 |" in md
     # a run without validation predictions (or other validation rows): no pick, and the reason
     c = make_run(tmp_path / "old", {"test": [0] * 8}, Y)
     none = compare_runs([a, c], ref, n_resamples=50)
-    assert none["validation_pick"]["run"] is None and "old: no predictions_validation.npz" in to_markdown(none)
+    assert none["validation_pick"]["run"] is None and "old: no predictions_validation.npz" in to_markdown(
+        none
+    )
     assert "validation macro-F1 |" not in to_markdown(none)
     assert "validation_pick" not in compare_runs([a], ref, split="validation", n_resamples=50)
 

@@ -508,8 +508,8 @@ def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, t
 
     from longtail.calibration import load_temperature
     from longtail.ensemble import main as ensemble
-    from longtail.predict import main as predict
     from longtail.predict import describe, parse_args, score_texts
+    from longtail.predict import main as predict
     from longtail.report import load_predictions
 
     tfidf = tmp_path / "tfidf"
@@ -544,7 +544,9 @@ def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, t
         summaries.append(summary)
     assert summaries[1]["backend"] == "scikit-learn"
     # the log line says how each member read the texts
-    assert describe(summaries[0]).startswith("ensemble of 2: probe: pytorch, temperature 1.000, max_length 64")
+    assert describe(summaries[0]).startswith(
+        "ensemble of 2: probe: pytorch, temperature 1.000, max_length 64"
+    )
     texts = raw["Consumer complaint narrative"].dropna().str.strip().tolist()[:20]
     args = parse_args(["--model_dir", str(ens), "--input", "x.csv", "--output", "y.csv", "--no_progress"])
     mix = score_texts(args, ens, texts)
@@ -556,14 +558,18 @@ def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, t
     src = tmp_path / "in.csv"
     pd.DataFrame({"text": texts}).to_csv(src, index=False)
     base = ["--input", str(src), "--output", str(tmp_path / "o.csv"), "--no_progress"]
-    with pytest.raises(SystemExit, match="--max_length set how a Transformers model reads text; .* an ensemble"):
+    with pytest.raises(
+        SystemExit, match="--max_length set how a Transformers model reads text; .* an ensemble"
+    ):
         predict(["--model_dir", str(ens), "--max_length", "32", *base])
     with pytest.raises(SystemExit, match="--long_text set how .* a scikit-learn run"):
         predict(["--model_dir", str(tfidf), "--long_text", "windows", *base])
     spec = json.loads((ens / "ensemble.json").read_text())
     spec["serving"]["members"][1] = str(tmp_path / "moved")
     (ens / "ensemble.json").write_text(json.dumps(spec))
-    with pytest.raises(SystemExit, match=r"ensemble member .*moved \(listed in .*ensemble.json\) is not a folder"):
+    with pytest.raises(
+        SystemExit, match=r"ensemble member .*moved \(listed in .*ensemble.json\) is not a folder"
+    ):
         predict(["--model_dir", str(ens), *base])
     del spec["serving"]
     (ens / "ensemble.json").write_text(json.dumps(spec))

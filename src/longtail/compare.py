@@ -162,7 +162,9 @@ def to_markdown(result: dict) -> str:
     val_column = bool(pick.get("run"))
     lines += [
         "| run | accuracy [95% CI] | macro-F1 [95% CI] | zero-F1 classes | head / mid / tail macro-F1 | ECE | "
-        "Δ macro-F1 vs ref [95% CI], p | Δ accuracy vs ref [95% CI], p |" + " validation macro-F1 |" * val_column,
+        "Δ macro-F1 vs ref [95% CI], p | Δ accuracy vs ref [95% CI], p |"
+        + " validation macro-F1 |"
+        * val_column,
         "|---|---|---|---|---|---|---|---|" + "---|" * val_column,
     ]
     for r in result["runs"]:

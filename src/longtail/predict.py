@@ -52,7 +52,11 @@ SKLEARN_FILE = "model.joblib"  # baseline_tfidf's folder
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", required=True, help="a finished run folder (Transformers classifier, ONNX export, TF-IDF run or ensemble)")
+    p.add_argument(
+        "--model_dir",
+        required=True,
+        help="a finished run folder (Transformers classifier, ONNX export, TF-IDF run or ensemble)",
+    )
     p.add_argument("--input", required=True, help=".csv or .jsonl file of texts")
     p.add_argument("--output", required=True, help=".csv or .jsonl file to write")
     p.add_argument(
@@ -242,7 +246,9 @@ def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
             raise ValueError(f"ensemble member {member} (listed in {folder / ENSEMBLE_FILE}) is not a folder")
         scores = score_texts(args, member, texts, calibrated=False)
         if scores.label_names != spec["label_names"]:
-            raise ValueError(f"ensemble member {member} now has other labels than when the ensemble was built")
+            raise ValueError(
+                f"ensemble member {member} now has other labels than when the ensemble was built"
+            )
         member_probs.append(scores.probs)
         members.append({"run": str(member), **scores.info})
     probs = apply_mix(member_probs, spec) if texts else np.zeros((0, len(spec["label_names"])))
