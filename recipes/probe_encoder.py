@@ -73,10 +73,18 @@ class ProbeArguments:
             "max_length windows and average their features (token-weighted). predict serves it the same way."
         },
     )
+    normalize: bool = field(
+        default=False,
+        metadata={
+            "help": "L2-normalise each pooled feature (each window's, before they are averaged) ahead of the "
+            "head, as sentence-transformers models (all-MiniLM-L6-v2) are trained to be compared (cosine). "
+            "Saved in the model's config, so predict, export and LP-FT (--head_init_from) do the same."
+        },
+    )
     embedding_batch_size: int = field(default=64, metadata={"help": "Texts per forward pass when embedding."})
     embedding_cache_dir: str = field(
         default="outputs/cache/embeddings",
-        metadata={"help": "Cached features, keyed by model+data+length+pooling."},
+        metadata={"help": "Cached features, keyed by model+data+length+pooling+long_text+normalize."},
     )
     grid_C: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])
     grid_class_weight: list[str] = field(default_factory=lambda: list(WEIGHTINGS))
@@ -162,13 +170,15 @@ def grid_section(
     reused: dict,
     long_text: str,
     max_length: int,
+    normalize: bool = False,
     refit: str = "",
 ) -> str:
+    unit = "each window's feature" if long_text == "windows" else "each feature"
     read = (
         f"the whole text, as consecutive {max_length}-token windows whose features are averaged (token-weighted)"
         if long_text == "windows"
         else f"the first {max_length} tokens of each text"
-    )
+    ) + (f" ({unit} L2-normalised first)" if normalize else "")
     lines = [
         "## Validation grid (linear head on frozen features)",
         "",
@@ -243,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
             data_args.max_length,
             pooling,
             long_text=args.long_text,
+            normalize=args.normalize,
             batch_size=args.embedding_batch_size,
             desc=f"Embedding {split}",
         )
@@ -288,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Save (one Transformers model folder), report ----------------------------------------
     model = ProbeForSequenceClassification.from_encoder(
-        encoder.cpu(), pooling, weight, bias, data.label_names
+        encoder.cpu(), pooling, weight, bias, data.label_names, normalize=args.normalize
     )
     model.save_pretrained(output_dir)  # safetensors
     if refit_args.refit_with_validation:  # LP-FT starts from this one, so its validation stays held out
@@ -307,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pooling": pooling,
         "max_length": data_args.max_length,
         "long_text": args.long_text,
+        "normalize": args.normalize,
         "C": chosen["C"],
         "class_weight": chosen["class_weight"],
         "refit_with_validation": refit_args.refit_with_validation,
@@ -335,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
                 reused,
                 args.long_text,
                 data_args.max_length,
+                args.normalize,
                 refit_note(data) if refit_args.refit_with_validation else "",
             )
         ],

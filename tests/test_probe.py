@@ -28,10 +28,16 @@ def fit_head(features: np.ndarray, n_classes: int = 3):
 
 
 @pytest.mark.parametrize(
-    "fixture,pooling", [("tiny_modernbert", "mean"), ("tiny_modernbert", "cls"), ("tiny_qwen2", "last")]
+    "fixture,pooling,normalize",
+    [
+        ("tiny_modernbert", "mean", False),
+        ("tiny_modernbert", "cls", False),
+        ("tiny_qwen2", "last", False),
+        ("tiny_modernbert", "mean", True),
+    ],
 )
 def test_probe_model_logits_equal_sklearn_decision_function(
-    fixture, pooling, request, tmp_path, one_torch_thread
+    fixture, pooling, normalize, request, tmp_path, one_torch_thread
 ):
     """Saved as one folder, reloaded through AutoModelForSequenceClassification, on a padded batch."""
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
@@ -44,11 +50,17 @@ def test_probe_model_logits_equal_sklearn_decision_function(
     torch.manual_seed(0)
     encoder = AutoModel.from_pretrained(path)
     encoder.config.pad_token_id = tokenizer.pad_token_id
-    features = probe.embed_texts(encoder, tokenizer, TEXTS, max_length=32, pooling=pooling, batch_size=4)
+    features = probe.embed_texts(
+        encoder, tokenizer, TEXTS, max_length=32, pooling=pooling, batch_size=4, normalize=normalize
+    )
+    if normalize:  # unit rows, and the same directions as the raw features
+        raw = probe.embed_texts(encoder, tokenizer, TEXTS, max_length=32, pooling=pooling, batch_size=4)
+        np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(features, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
     logreg = fit_head(features)
     labels = ["a", "b", "c"]
     model = probe.ProbeForSequenceClassification.from_encoder(
-        encoder, pooling, logreg.coef_, logreg.intercept_, labels
+        encoder, pooling, logreg.coef_, logreg.intercept_, labels, normalize=normalize
     )
     model.save_pretrained(tmp_path)
     tokenizer.padding_side = "right"
@@ -58,6 +70,7 @@ def test_probe_model_logits_equal_sklearn_decision_function(
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert type(reloaded) is probe.ProbeForSequenceClassification
     assert reloaded.config.id2label == {0: "a", 1: "b", 2: "c"} and reloaded.config.pooling == pooling
+    assert reloaded.config.normalize is normalize
     tok = AutoTokenizer.from_pretrained(tmp_path)
     batch = tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.no_grad():
@@ -107,6 +120,9 @@ def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_t
     ]
     keys = {cached_embeddings(*args, TEXTS, n, p, long_text)[1] for n, p, long_text in settings}
     assert len(keys) == 4 and len(list(tmp_path.glob("*.npy"))) == 5
+    unit, key_unit, _ = cached_embeddings(*args, TEXTS, 32, "mean", normalize=True)  # its own cache entry
+    assert key_unit not in keys and len(list(tmp_path.glob("*.npy"))) == 6
+    np.testing.assert_allclose(unit, first / np.linalg.norm(first, axis=1, keepdims=True), atol=1e-6)
 
 
 def test_text_windows_cover_the_whole_text(tiny_modernbert):
@@ -154,6 +170,12 @@ def test_windowed_embedding_is_the_token_weighted_mean_of_window_embeddings(
             parts.append(encoder(input_ids=window).last_hidden_state.mean(1)[0].numpy())
         sizes.append(window.shape[1])
     np.testing.assert_allclose(features[0], np.average(parts, axis=0, weights=sizes), atol=1e-5)
+    # normalize: each window's feature is made unit-length before the average (so a linear head's logits
+    # are still the average of the windows' logits: what predict computes)
+    unit = embed_texts(encoder, tok, [long], 8, "mean", batch_size=2, long_text="windows", normalize=True)
+    units = [x / np.linalg.norm(x) for x in parts]
+    np.testing.assert_allclose(unit[0], np.average(units, axis=0, weights=sizes), atol=1e-5)
+    assert np.linalg.norm(unit[0]) < 1 - 1e-3  # the average of unit windows is not itself renormalised
     truncated = embed_texts(encoder, tok, [long, TEXTS[-1]], 8, "mean", batch_size=2)
     np.testing.assert_allclose(features[1], truncated[1], atol=1e-6)  # a text that fits: the same either way
     assert np.abs(features[0] - truncated[0]).max() > 1e-3  # and a long one reads more than its first window
@@ -629,7 +651,11 @@ def test_windowed_probe_is_served_the_way_it_was_trained(
     args = probe_args(tiny_modernbert, train, test, out, tmp_path / "cache", "--long_text", "windows")
     args[args.index("--max_length") + 1] = "12"  # most synthetic texts span several windows
     load_recipe("probe_encoder").main(args)
-    assert "consecutive 12-token windows" in (out / "report.md").read_text()
+    # the YAML normalises each window's feature: recorded in the report and in the saved model's config, so
+    # predict and the ONNX export below do the same
+    read = "consecutive 12-token windows whose features are averaged (token-weighted) (each window's feature"
+    assert f"{read} L2-normalised first)" in (out / "report.md").read_text()
+    assert json.loads((out / "config.json").read_text())["normalize"] is True
     data = prepare_data(
         DataArguments(train_file=train, test_file=test, text_column="Consumer complaint narrative",
                       label_taxonomy="none", max_length=12)

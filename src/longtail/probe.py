@@ -57,6 +57,15 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     raise ValueError(f"pooling must be one of {POOLINGS}, got '{pooling}'")
 
 
+def pooled_features(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, normalize: bool = False
+) -> torch.Tensor:
+    """`pool`, then optionally L2-normalised per row (per window, when a text is read in windows: the head
+    stays linear in the averaged features, so averaging window logits is still exact)."""
+    features = pool(hidden, attention_mask, pooling)
+    return nn.functional.normalize(features, dim=-1) if normalize else features
+
+
 def default_pooling(config: PretrainedConfig) -> str:
     """`last` for decoder-only models, `mean` otherwise."""
     causal = {
@@ -78,7 +87,7 @@ class ProbeConfig(PretrainedConfig):
     model_type = MODEL_TYPE
     sub_configs = {"encoder_config": AutoConfig}
 
-    def __init__(self, encoder_config=None, pooling: str = "mean", **kwargs):
+    def __init__(self, encoder_config=None, pooling: str = "mean", normalize: bool = False, **kwargs):
         if isinstance(encoder_config, dict):
             encoder_config = dict(encoder_config)
             encoder_config = AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config)
@@ -86,6 +95,7 @@ class ProbeConfig(PretrainedConfig):
             raise ValueError(f"pooling must be one of {POOLINGS}, got '{pooling}'")
         self.encoder_config = encoder_config
         self.pooling = pooling
+        self.normalize = bool(normalize)  # L2-normalise pooled features (per window) before the head
         super().__init__(**kwargs)
         if encoder_config is not None:  # what tools read off a classifier's config (sizes, input limit)
             self.hidden_size = encoder_config.hidden_size
@@ -124,7 +134,7 @@ class ProbeForSequenceClassification(PreTrainedModel):
         ):
             kwargs["token_type_ids"] = token_type_ids  # BERT uses them; ModernBERT and decoders take none
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        return pool(hidden, attention_mask, self.config.pooling)
+        return pooled_features(hidden, attention_mask, self.config.pooling, self.config.normalize)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
         logits = self.classifier(self.features(input_ids, attention_mask, token_type_ids))
@@ -139,11 +149,13 @@ class ProbeForSequenceClassification(PreTrainedModel):
         weight: np.ndarray,
         bias: np.ndarray,
         label_names: list[str],
+        normalize: bool = False,
     ) -> ProbeForSequenceClassification:
         """Wrap a loaded body and a fitted linear head (weight: (num_labels, hidden), bias: (num_labels,))."""
         config = ProbeConfig(
             encoder_config=encoder.config,
             pooling=pooling,
+            normalize=normalize,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
@@ -176,12 +188,14 @@ def embed_texts(
     batch_size: int = 64,
     desc: str = "Embedding",
     long_text: str = "truncate",
+    normalize: bool = False,
 ) -> np.ndarray:
     """Pooled features (float32, one row per text, in order).
 
     long_text `truncate`: the first `max_length` tokens of each text. `windows`: the whole text, cut into
     consecutive `max_length` windows (`longtail.inference.text_windows`), each embedded, then averaged
-    weighted by tokens; a text that fits is one window, identical to truncating it."""
+    weighted by tokens; a text that fits is one window, identical to truncating it. normalize: each pooled
+    feature (each window's) L2-normalised before that average, as `ProbeForSequenceClassification` does."""
     if long_text not in LONG_TEXT:
         raise ValueError(f"long_text must be one of {LONG_TEXT}, got '{long_text}'")
     texts = [str(t) for t in texts]
@@ -191,17 +205,19 @@ def embed_texts(
         if long_text == "windows":
             windows = text_windows(tokenizer, texts, max_length)
             features = embed_batches(
-                encoder, windows.batches(tokenizer, batch_size), len(windows.owner), pooling, desc
+                encoder, windows.batches(tokenizer, batch_size), len(windows.owner), pooling, desc, normalize
             )
             return windows.per_row(features).astype(np.float32)
         batches = encode_batches(tokenizer, texts, batch_size, max_length)  # longest first: OOM shows early
-        return embed_batches(encoder, batches, len(texts), pooling, desc)
+        return embed_batches(encoder, batches, len(texts), pooling, desc, normalize)
     finally:
         tokenizer.padding_side = saved_side
 
 
 @torch.inference_mode()
-def embed_batches(encoder, batches, num_rows: int, pooling: str, desc: str) -> np.ndarray:
+def embed_batches(
+    encoder, batches, num_rows: int, pooling: str, desc: str, normalize: bool = False
+) -> np.ndarray:
     """Pooled features of `longtail.inference` batches (length-sorted, dynamic padding), in row order."""
     from tqdm.auto import tqdm
 
@@ -211,7 +227,7 @@ def embed_batches(encoder, batches, num_rows: int, pooling: str, desc: str) -> n
     for batch in tqdm(batches, desc=desc, unit="batch"):
         ids, mask = (torch.from_numpy(batch.inputs[k]).to(device) for k in ("input_ids", "attention_mask"))
         hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        out[batch.rows] = pool(hidden, mask, pooling).float().cpu().numpy()
+        out[batch.rows] = pooled_features(hidden, mask, pooling, normalize).float().cpu().numpy()
     return out
 
 
@@ -231,7 +247,12 @@ def model_signature(name_or_path: str) -> dict:
 
 
 def embedding_fingerprint(
-    model_name_or_path: str, texts, max_length: int, pooling: str, long_text: str = "truncate"
+    model_name_or_path: str,
+    texts,
+    max_length: int,
+    pooling: str,
+    long_text: str = "truncate",
+    normalize: bool = False,
 ) -> str:
     digest = hashlib.sha256()
     for t in texts:
@@ -245,6 +266,8 @@ def embedding_fingerprint(
     }
     if long_text != "truncate":  # keyed only when set, so caches made before the option stay valid
         key["long_text"] = long_text
+    if normalize:
+        key["normalize"] = True
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -257,18 +280,21 @@ def cached_embeddings(
     max_length,
     pooling,
     long_text: str = "truncate",
+    normalize: bool = False,
     **kw,
 ):
-    """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model, texts, max_length, pooling and
-    long_text match. Returns (features, fingerprint, reused)."""
-    fingerprint = embedding_fingerprint(model_name_or_path, texts, max_length, pooling, long_text)
+    """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model, texts, max_length, pooling,
+    long_text and normalize match. Returns (features, fingerprint, reused)."""
+    fingerprint = embedding_fingerprint(model_name_or_path, texts, max_length, pooling, long_text, normalize)
     path = Path(cache_dir) / f"{fingerprint}.npy"
     if path.is_file():
         features = np.load(path, allow_pickle=False)
         if features.shape[0] == len(texts):
             logger.info("Reusing cached embeddings %s (%d rows)", path, len(texts))
             return features, fingerprint, True
-    features = embed_texts(encoder, tokenizer, texts, max_length, pooling, long_text=long_text, **kw)
+    features = embed_texts(
+        encoder, tokenizer, texts, max_length, pooling, long_text=long_text, normalize=normalize, **kw
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, features)
