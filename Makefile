@@ -95,7 +95,7 @@ bench-scaling: install
 	$(OFFLINE) $(PYTHON) bench/scaling.py --shared_dir ../shared
 
 # The README's real-CFPB study (#7): hold out 15 % of the complaints (seed 7), then, on the same rows, the
-# validation-tuned TF-IDF, the MiniLM probe over whole narratives (256-token windows), LP-FT from the probe,
+# validation-tuned TF-IDF, the MiniLM probe over whole narratives (256-token windows, normalised features), LP-FT from the probe,
 # plain FT at the same settings, the ensemble of probe + LP-FT + TF-IDF (equal weights, geometric mean,
 # post-hoc tau on validation), and
 # `compare` against TF-IDF. Everything chooses on validation (TF-IDF and the probe then refit the chosen
