@@ -160,13 +160,13 @@ def to_markdown(result: dict) -> str:
     elif pick:
         lines += [f"No validation pick: {pick['why_none']}", ""]
     val_column = bool(pick.get("run"))
-    lines += [
+    header = (
         "| run | accuracy [95% CI] | macro-F1 [95% CI] | zero-F1 classes | head / mid / tail macro-F1 | ECE | "
         "Δ macro-F1 vs ref [95% CI], p | Δ accuracy vs ref [95% CI], p |"
-        + " validation macro-F1 |"
-        * val_column,
-        "|---|---|---|---|---|---|---|---|" + "---|" * val_column,
-    ]
+    )
+    if val_column:
+        header += " validation macro-F1 |"
+    lines += [header, "|---|---|---|---|---|---|---|---|" + "---|" * val_column]
     for r in result["runs"]:
 
         def delta(key, r=r):
