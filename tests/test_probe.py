@@ -587,6 +587,14 @@ def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, t
     with pytest.raises(SystemExit, match="--long_text set how .* a scikit-learn run"):
         predict(["--model_dir", str(tfidf), "--long_text", "windows", *base])
     spec = json.loads((ens / "ensemble.json").read_text())
+    relabelled = json.loads(json.dumps(spec))
+    relabelled["serving"]["label_names"][0] = "renamed"
+    (ens / "ensemble.json").write_text(json.dumps(relabelled))
+    with pytest.raises(SystemExit, match=r"ensemble member .*probe now has other labels"):
+        predict(["--model_dir", str(ens), *base])
+    (ens / "ensemble.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"ensemble.json is not valid JSON"):
+        predict(["--model_dir", str(ens), *base])
     spec["serving"]["members"][1] = str(tmp_path / "moved")
     (ens / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises(

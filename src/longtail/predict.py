@@ -233,7 +233,10 @@ def sklearn_scores(folder: Path, texts: list[str], calibrated: bool) -> Scores:
 def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
     from longtail.ensemble import apply_mix
 
-    record = json.loads((folder / ENSEMBLE_FILE).read_text("utf-8"))
+    try:
+        record = json.loads((folder / ENSEMBLE_FILE).read_text("utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{folder / ENSEMBLE_FILE} is not valid JSON ({err})") from None
     spec = record.get("serving")
     if spec is None:
         raise ValueError(
