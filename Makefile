@@ -95,7 +95,8 @@ bench-scaling: install
 	$(OFFLINE) $(PYTHON) bench/scaling.py --shared_dir ../shared
 
 # The README's real-CFPB study (#7): hold out 15 % of the complaints (seed 7), then, on the same rows, the
-# validation-tuned TF-IDF, the MiniLM probe over whole narratives (256-token windows, normalised features), LP-FT from the probe,
+# validation-tuned TF-IDF, the MiniLM probe over whole narratives (256-token windows, normalised features), LP-FT from the probe
+# (then WiSE-FT: interpolated with the probe, alpha on validation),
 # plain FT at the same settings, the ensemble of probe + LP-FT + TF-IDF (equal weights, geometric mean,
 # post-hoc tau on validation), and
 # `compare` against TF-IDF. Everything chooses on validation (TF-IDF and the probe then refit the chosen
@@ -120,7 +121,7 @@ cfpb-study: install demo-assets
 		--output_dir $(STUDY_OUT)/lpft --overwrite_output_dir
 	if [ "$(STUDY_PLAIN)" = 1 ]; then $(OFFLINE) $(PYTHON) recipes/full_ft_encoder.py \
 		--config recipes/configs/full_ft_encoder_minilm.yaml $(STUDY_DATA) --model_name_or_path "$(MINILM_DIR)" \
-		--output_dir $(STUDY_OUT)/plain_ft --overwrite_output_dir; fi
+		--wise_ft_alphas 1 --output_dir $(STUDY_OUT)/plain_ft --overwrite_output_dir; fi
 	$(PYTHON) -m longtail.ensemble $(STUDY_OUT)/probe $(STUDY_OUT)/lpft $(STUDY_OUT)/tfidf \
 		--output_dir $(STUDY_OUT)/ensemble --overwrite_output_dir
 	$(PYTHON) -m longtail.compare $(STUDY_OUT)/probe $(STUDY_OUT)/lpft $(if $(filter 1,$(STUDY_PLAIN)),$(STUDY_OUT)/plain_ft) \

@@ -32,14 +32,26 @@ from longtail.training import (
     start_run,
     tokenize_splits,
 )
+from longtail.wise_ft import WiseFTArguments, check_start, choose_alpha, report_section, snapshot_start
+from longtail.wise_ft import finish as wise_finish
 
 logger = logging.getLogger("full_ft_encoder")
-PARSER_TYPES = (DataArguments, ModelArguments, LossArguments, LPFTArguments, TrainingArguments)
+PARSER_TYPES = (
+    DataArguments,
+    ModelArguments,
+    LossArguments,
+    LPFTArguments,
+    WiseFTArguments,
+    TrainingArguments,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
-    data_args, model_args, loss_args, lpft_args, training_args = parse_recipe_args(PARSER_TYPES, argv)
+    data_args, model_args, loss_args, lpft_args, wise_args, training_args = parse_recipe_args(
+        PARSER_TYPES, argv
+    )
+    check_start(wise_args, lpft_args)
     training_args, push = start_run(training_args, model_args.mixed_precision)
     command = command_line("recipes/full_ft_encoder.py", argv)
     started = time.time()
@@ -55,13 +67,28 @@ def main(argv: list[str] | None = None) -> dict:
     )  # probe's model with --head_init_from
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
 
-    # ---- Train, then pick the post-hoc logit adjustment on validation --------------------------
+    # ---- Train, then pick WiSE-FT's alpha and the post-hoc logit adjustment on validation -------
     trainer = long_tail_trainer(model, training_args, data, datasets, tokenizer, loss_args, model_args)
+    resuming = bool(training_args.resume_from_checkpoint)
+    start = {}
+
+    def keep_start(m):  # WiSE-FT: the weights the main run starts from (after any head warm-up)
+        start.update(snapshot_start(m, training_args.output_dir, resuming, trainer.is_world_process_zero()))
+
     # LP-FT: with --head_warmup_epochs, the head is trained alone first (body frozen)
-    train_result, _ = lpft_train(trainer, lpft_args, training_args.resume_from_checkpoint)
+    train_result, _ = lpft_train(
+        trainer, lpft_args, training_args.resume_from_checkpoint, keep_start if wise_args.enabled else None
+    )
     trainer.save_model()
     trainer.save_metrics("train", train_result.metrics)
+    sections, alpha = [], None
+    if wise_args.enabled:
+        y_val = data.splits["validation"]["label_id"].to_numpy()
+        alpha, rows = choose_alpha(trainer, datasets, y_val, start, wise_args.grid())
+        sections.append(report_section(rows, alpha))
+        wise_finish(training_args.output_dir, trainer.is_world_process_zero())
     tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
+    sections += [tau_section] if tau_section else []
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
     results = evaluate_splits(trainer, data, datasets, training_args.do_predict)
@@ -69,17 +96,17 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Save, report, push (main process only) ----------------------------------------------
     if trainer.is_world_process_zero():
         info = run_info("full_ft_encoder", trainer, train_result, model_args, data_args, loss_args, started)
-        info["selection"] = selection_note(info["selection"], lpft_args, tau, tau_section is not None)
+        info["selection"] = selection_note(info["selection"], lpft_args, tau, tau_section is not None, alpha)
         paths = finish_run(
             trainer,
             title=f"Full fine-tuning: {info['model']}",
-            run_info={**info, "posthoc_tau": tau},
+            run_info={**info, "posthoc_tau": tau, "wise_ft_alpha": alpha},
             data=data,
             results=results,
             command=command,
-            config={"data": data_args, "model": model_args, "loss": loss_args},
+            config={"data": data_args, "model": model_args, "loss": loss_args, "wise_ft": wise_args},
             push=push,
-            sections=[tau_section] if tau_section else None,
+            sections=sections or None,
         )
         print(summary_text(results, paths))
     return {r.split: r.metrics for r in results}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -416,6 +417,110 @@ def test_full_ft_from_probe_with_warmup_end_to_end(
     )
     train_results = json.loads((out / "train_results.json").read_text())
     assert train_results["head_warmup_loss"] > 0
+
+
+def test_wise_ft_interpolates_start_and_fine_tuned_weights():
+    from longtail.wise_ft import WiseFTArguments, interpolate
+
+    start = {"w": torch.tensor([0.0, 2.0]), "b": torch.tensor([4.0])}
+    end = {"w": torch.tensor([1.0, 0.0]), "b": torch.tensor([8.0])}
+    mid = interpolate(start, end, 0.25)
+    assert torch.equal(mid["w"], torch.tensor([0.25, 1.5])) and torch.equal(mid["b"], torch.tensor([5.0]))
+    assert torch.equal(interpolate(start, end, 1.0)["w"], end["w"])
+    with pytest.raises(ValueError, match="lack"):
+        interpolate({"w": start["w"]}, end, 0.5)
+    assert WiseFTArguments(wise_ft_alphas=[0.5, 0.25, 0.5]).grid() == (0.25, 0.5, 1.0)  # 1 always tried
+    assert not WiseFTArguments().enabled and not WiseFTArguments(wise_ft_alphas=[1.0]).enabled  # 1 = off
+    with pytest.raises(ValueError, match=r"\[0, 1\], got \[1.5\]"):
+        WiseFTArguments(wise_ft_alphas=[0.5, 1.5])
+
+
+def test_wise_ft_chooses_alpha_on_validation_and_loads_those_weights():
+    """A start that errs on x > 0 and an end that errs on x = -3: only the midpoint (a bias-only rule,
+    class 1 everywhere) gets every validation row right, so alpha 0.5 is chosen and loaded."""
+    from types import SimpleNamespace
+
+    from longtail.wise_ft import choose_alpha
+
+    model = torch.nn.Linear(1, 2)
+    x = torch.tensor([[-3.0], [1.0], [2.0]])
+    y = np.array([1, 1, 1])
+    saved = []
+
+    class Trainer:
+        def predict(self, dataset, metric_key_prefix):
+            assert dataset == "val-rows" and metric_key_prefix == "wise_ft"
+            return SimpleNamespace(predictions=self.model(x).detach().numpy())
+
+        def save_model(self):
+            saved.append({k: v.clone() for k, v in self.model.state_dict().items()})
+
+    trainer = Trainer()
+    trainer.model = model
+    start = {"weight": torch.tensor([[1.0], [-1.0]]), "bias": torch.tensor([0.0, 0.0])}
+    with torch.no_grad():
+        model.weight.copy_(-start["weight"])
+        model.bias.copy_(torch.tensor([0.0, 2.0]))
+    alpha, rows = choose_alpha(trainer, {"validation": "val-rows"}, y, start, (0.0, 0.25, 0.5, 0.75, 1.0))
+    assert alpha == 0.5
+    assert [r["val_accuracy"] for r in rows] == pytest.approx([1 / 3, 1 / 3, 1.0, 2 / 3, 2 / 3])
+    assert torch.equal(model.weight, torch.zeros(2, 1)) and torch.equal(model.bias, torch.tensor([0.0, 1.0]))
+    assert len(saved) == 1 and torch.equal(saved[0]["bias"], torch.tensor([0.0, 1.0]))
+
+
+def test_wise_ft_after_lpft_end_to_end(
+    probe_run, tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """LP-FT from the probe, then WiSE-FT: the saved model is exactly (1-alpha)*probe + alpha*fine-tuned for the
+    alpha with the best validation macro-F1, the report lists the grid, and the start copy is gone."""
+    from safetensors.torch import load_file
+
+    from longtail.refit import SELECTION_HEAD
+
+    out = tmp_path / "wise"
+    recipe = load_recipe("full_ft_encoder")
+    args = encoder_args(
+        tiny_modernbert, probe_run["train"], probe_run["test"], out, "--head_init_from", str(probe_run["out"])
+    )
+    # no post-hoc shift, so the saved head is the interpolation itself
+    recipe.main([*args, "--wise_ft_alphas", "0", "0.5", "--posthoc_logit_adjustment", "none"])
+    report = (out / "report.md").read_text()
+    assert "## WiSE-FT weight interpolation" in report and "(chosen)" in report
+    section = report.split("## WiSE-FT")[1].split("\n## ")[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith(("| 0", "| 1"))]
+    scores = {float(r[1]): float(r[2].replace("**(chosen)**", "")) for r in rows}
+    assert set(scores) == {0.0, 0.5, 1.0}
+    chosen = next(float(r[1]) for r in rows if "(chosen)" in r[2])
+    assert scores[chosen] == max(scores.values())
+    assert chosen == max(a for a, f in scores.items() if f == max(scores.values()))  # ties: larger alpha
+    assert f"WiSE-FT alpha {chosen:g}: best validation macro-F1" in report
+    # validation is scored with the saved (interpolated) model: the chosen row's score
+    assert json.loads((out / "eval_results.json").read_text())["macro_f1"] == pytest.approx(
+        scores[chosen], abs=5e-5
+    )
+    assert json.loads((out / "run_config.json").read_text())["wise_ft"]["wise_ft_alphas"] == [0.0, 0.5]
+    assert not (out / "wise_ft_start.safetensors").exists()
+
+    start = load_file(str(probe_run["out"] / "model.safetensors"))
+    start.update(load_file(str(probe_run["out"] / SELECTION_HEAD)))  # LP-FT starts from the train-only head
+    last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    best = json.loads((last / "trainer_state.json").read_text())["best_model_checkpoint"]
+    end = load_file(str(Path(best) / "model.safetensors"))  # the fine-tuned end point (best epoch)
+    saved = load_file(str(out / "model.safetensors"))
+    float_keys = [k for k in end if end[k].is_floating_point()]
+    assert float_keys and set(float_keys) <= set(start)
+    for k in float_keys:
+        torch.testing.assert_close(saved[k], torch.lerp(start[k], end[k], chosen), rtol=1e-6, atol=1e-6)
+    if chosen not in (0.0, 1.0):
+        assert any(not torch.equal(saved[k], end[k]) for k in float_keys)
+
+
+def test_wise_ft_needs_a_classifying_start(tiny_modernbert, tmp_path):
+    train, test = synthetic_files(tmp_path)
+    recipe = load_recipe("full_ft_encoder")
+    with pytest.raises(ValueError, match="--head_init_from <probe run> or --head_warmup_epochs"):
+        recipe.main([*encoder_args(tiny_modernbert, train, test, tmp_path / "o"), "--wise_ft_alphas", "0.5"])
+    assert not (tmp_path / "o").exists()
 
 
 def test_head_init_from_rejects_other_labels(probe_run, tiny_modernbert, tmp_path):

@@ -119,7 +119,7 @@ def test_cli_overrides_yaml(tmp_path):
     module = load_recipe("full_ft_encoder")
     parser = TrlParser(module.PARSER_TYPES)
     config = str(REPO / "recipes/configs/full_ft_encoder.yaml")
-    data_args, model_args, loss_args, _, training_args = parser.parse_args_and_config(
+    data_args, model_args, loss_args, *_, training_args = parser.parse_args_and_config(
         ["--config", config, "--learning_rate", "3e-4", "--loss", "focal", "--output_dir", str(tmp_path)]
     )
     assert training_args.learning_rate == 3e-4 and loss_args.loss == "focal"

@@ -154,18 +154,27 @@ def warm_up_head(trainer, epochs: float, learning_rate: float) -> dict:
     return {f"head_warmup_{k.removeprefix('train_')}": v for k, v in metrics.items()}
 
 
-def train(trainer, lpft_args: LPFTArguments, resume_from_checkpoint=None):
+def train(trainer, lpft_args: LPFTArguments, resume_from_checkpoint=None, on_start=None):
     """trainer.train(), preceded by the head-only warm-up when asked (not when resuming: the checkpoint
-    already holds a warmed-up head). Returns (train_result, warm-up metrics)."""
+    already holds a warmed-up head). `on_start(model)` runs just before the main run (WiSE-FT keeps the
+    starting weights). Returns (train_result, warm-up metrics)."""
     warm = {}
     if lpft_args.head_warmup_epochs > 0 and not resume_from_checkpoint:
         warm = warm_up_head(trainer, lpft_args.head_warmup_epochs, lpft_args.head_warmup_learning_rate)
+    if on_start is not None:
+        on_start(trainer.model)
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     result.metrics.update(warm)
     return result, warm
 
 
-def selection_note(selection: str, lpft_args: LPFTArguments, tau: float | None, tau_selected: bool) -> str:
+def selection_note(
+    selection: str,
+    lpft_args: LPFTArguments,
+    tau: float | None,
+    tau_selected: bool,
+    wise_alpha: float | None = None,
+) -> str:
     """run_info's selection line with what else chose what: the head (LP-FT), the post-hoc tau, temperature."""
     test = "; test scored once at the end"
     parts = [selection.replace(test, "")]
@@ -175,6 +184,8 @@ def selection_note(selection: str, lpft_args: LPFTArguments, tau: float | None, 
         )
     if lpft_args.head_warmup_epochs:
         parts.append(f"head warm-up: {lpft_args.head_warmup_epochs:g} fixed epoch(s), body frozen")
+    if wise_alpha is not None:
+        parts.append(f"WiSE-FT alpha {wise_alpha:g}: best validation macro-F1")
     if tau_selected:
         parts.append(f"post-hoc tau {tau}: best validation macro-F1")
     parts.append("temperature: fitted on validation (temperature.json, see Calibration)")
