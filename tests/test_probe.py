@@ -515,6 +515,50 @@ def test_wise_ft_after_lpft_end_to_end(
         assert any(not torch.equal(saved[k], end[k]) for k in float_keys)
 
 
+def test_wise_ft_start_weights_survive_a_resume(tmp_path):
+    """The start is saved beside the checkpoints; a resumed run reads it back (the live model is then the
+    checkpoint's, not the start), and a resume without it is a clear error."""
+    from longtail.wise_ft import START_WEIGHTS, finish, snapshot_start
+
+    model = torch.nn.Linear(2, 3)
+    start = snapshot_start(model, str(tmp_path), resuming=False, is_main=True)
+    assert (tmp_path / START_WEIGHTS).is_file()
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training moved the model
+    again = snapshot_start(model, str(tmp_path), resuming=True, is_main=True)
+    assert torch.equal(again["weight"], start["weight"]) and not torch.equal(again["weight"], model.weight)
+    finish(str(tmp_path), is_main=True)
+    assert not (tmp_path / START_WEIGHTS).exists()
+    with pytest.raises(FileNotFoundError, match="wise_ft_start.safetensors.*missing"):
+        snapshot_start(model, str(tmp_path), resuming=True, is_main=True)
+
+
+def test_minilm_yaml_runs_wise_ft_with_lpft_and_plain_ft_with_alpha_1(tmp_path):
+    """The study's YAML turns WiSE-FT on; its plain-FT arm (Makefile: --wise_ft_alphas 1) passes the start
+    check, the same YAML without a start does not."""
+    from trl import TrlParser
+
+    from longtail.wise_ft import check_start
+
+    module = load_recipe("full_ft_encoder")
+    base = [
+        "--config",
+        str(REPO / "recipes/configs/full_ft_encoder_minilm.yaml"),
+        "--output_dir",
+        str(tmp_path),
+    ]
+    *_, lpft_args, wise_args, _ = TrlParser(module.PARSER_TYPES).parse_args_and_config(base)
+    assert wise_args.grid() == (0.25, 0.5, 0.75, 1.0)
+    with pytest.raises(ValueError, match="--wise_ft_alphas 1"):
+        check_start(wise_args, lpft_args)
+    *_, lpft_args, wise_args, _ = TrlParser(module.PARSER_TYPES).parse_args_and_config(
+        [*base, "--wise_ft_alphas", "1"]
+    )
+    assert not wise_args.enabled
+    check_start(wise_args, lpft_args)
+    assert "--wise_ft_alphas 1" in (REPO / "Makefile").read_text()
+
+
 def test_wise_ft_needs_a_classifying_start(tiny_modernbert, tmp_path):
     train, test = synthetic_files(tmp_path)
     recipe = load_recipe("full_ft_encoder")
