@@ -200,7 +200,11 @@ def probe_run(tiny_modernbert, tmp_path_factory):
         with pytest.MonkeyPatch.context() as patch:  # the module-scoped twin of the fast_bootstrap fixture
             patch.setattr(report, "score_split", functools.partial(report.score_split, n_resamples=100))
             # truncate: the tests below feed the saved model truncated batches (windows have their own test)
-            args = probe_args(tiny_modernbert, train, test, out, tmp / "cache", "--long_text", "truncate")
+            # a fixed post-hoc tau (the YAML has none): the saved heads and the refit below carry a real shift
+            args = probe_args(
+                tiny_modernbert, train, test, out, tmp / "cache", "--long_text", "truncate",
+                "--posthoc_logit_adjustment", "0.5",
+            )  # fmt: skip
             metrics = load_recipe("probe_encoder").main(args)
     finally:
         torch.set_num_threads(threads)
@@ -231,7 +235,10 @@ def test_probe_recipe_end_to_end(probe_run, fast_bootstrap, one_torch_thread):
     assert metrics["validation"]["macro_f1"] == pytest.approx(best["val_macro_f1"], abs=1e-12)
     report = (out / "report.md").read_text()
     assert "Validation grid" in report and "test scored once" in report and "sqrt_inverse" in report
-    assert f"| {best['C']} | {best['class_weight']} | {best['val_macro_f1']:.4f} **(chosen)**" in report
+    assert "each with the fixed post-hoc tau 0.5" in report
+    row = f"| {best['C']} | {best['class_weight']} | 0.5 | {best['val_macro_f1']:.4f} **(chosen)**"
+    assert row in report and "validation macro-F1 at tau 0" not in report  # no tau 0 in a fixed-tau grid
+    assert {r["tau"] for r in grid} == {0.5} and config["probe"]["posthoc_logit_adjustment"] == "0.5"
 
     # the saved folder is one model whose softmax reproduces the reported validation probabilities
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -285,7 +292,7 @@ def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_b
     out, out2 = probe_run["out"], probe_run["tmp"] / "probe2"
     metrics = load_recipe("probe_encoder").main(
         probe_args(tiny_modernbert, probe_run["train"], probe_run["test"], out2, probe_run["tmp"] / "cache",
-                   "--long_text", "truncate", "--refit_with_validation", "false")
+                   "--long_text", "truncate", "--refit_with_validation", "false", "--posthoc_logit_adjustment", "0.5")
     )  # fmt: skip
     assert "train reused, validation reused, test reused" in (out2 / "report.md").read_text()
     for key in ("macro_f1", "accuracy", "nll"):
@@ -319,7 +326,12 @@ def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_b
     mean, scale = x.mean(0), x.std(0) + 1e-6
     logreg = LogisticRegression(C=chosen["C"], class_weight=weight, max_iter=1000, tol=1e-4, random_state=42)
     logreg.fit((x - mean) / scale, y)
-    expected = logreg.predict_proba((feats["test"] - mean) / scale)
+    # the chosen post-hoc tau, with the prior of the rows the refit saw (every label has some: no gaps)
+    assert list(logreg.classes_) == list(range(len(data.label_names)))
+    prior = np.log(counts / counts.sum())
+    logits = logreg.decision_function((feats["test"] - mean) / scale) - chosen["tau"] * prior
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
     saved = load_predictions(out / "predictions_test.npz")["probs"]
     np.testing.assert_allclose(saved, expected, atol=1e-5)
 
@@ -341,6 +353,61 @@ def test_probe_rejects_bad_options(tiny_modernbert, tmp_path):
         )
     with pytest.raises(ValueError, match="long_text.*windows"):
         recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--long_text", "all"))
+    with pytest.raises(ValueError, match="posthoc_logit_adjustment.*'some'"):
+        recipe.main(
+            probe_args(
+                tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--posthoc_logit_adjustment", "some"
+            )
+        )
+
+
+def imbalanced_blobs(seed: int = 0):
+    """Three 2-D classes: 300 / 300 / 12 training rows, the rare one overlapping class 0; a balanced validation."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [4.0, 0.0], [1.2, 0.0]])
+
+    def draw(sizes):
+        y = np.repeat(np.arange(3), sizes)
+        return centres[y] + rng.normal(size=(len(y), 2)), y
+
+    return draw([300, 300, 12]), draw([60, 60, 60])
+
+
+def test_probe_grid_chooses_tau_with_each_setting_and_folds_it_into_the_head():
+    """Each C x weighting row is scored at its best tau (recomputed here by hand from sklearn's logits); with
+    no weighting the rare class needs the shift (tau > 0 wins), and the folded head gives exactly those logits.
+    'none' keeps tau at 0."""
+    from longtail.metrics import macro_f1
+
+    recipe = load_recipe("probe_encoder")
+    (x_train, y_train), (x_val, y_val) = imbalanced_blobs()
+    args = recipe.ProbeArguments(grid_C=[1.0], grid_class_weight=["none"], posthoc_logit_adjustment="auto")
+    logreg, rows, chosen = recipe.fit_grid(args, x_train, y_train, x_val, y_val, 3)
+    prior = np.log(np.array([300, 300, 12]) / 612)
+    by_tau = {
+        t: macro_f1(y_val, (logreg.decision_function(x_val) - t * prior).argmax(1))
+        for t in (0, 0.25, 0.5, 0.75, 1)
+    }
+    assert by_tau[0] < max(by_tau.values())  # the case needs a shift
+    best_tau = min(t for t, f in by_tau.items() if f == max(by_tau.values()))
+    assert chosen["tau"] == best_tau > 0 and chosen["val_macro_f1"] == pytest.approx(
+        by_tau[best_tau], abs=1e-12
+    )
+    assert chosen["val_macro_f1_unshifted"] == pytest.approx(by_tau[0], abs=1e-12)
+    section = recipe.grid_section(rows, chosen, "mean", {}, "truncate", 64, posthoc=True)
+    header = "| C | class weighting | tau | validation macro-F1 | validation accuracy | validation macro-F1 at tau 0 |"
+    assert header in section
+    assert f"| 1.0 | none | {chosen['tau']} | {by_tau[best_tau]:.4f} **(chosen)** |" in section
+
+    weight, bias = recipe.fit_head(args, {**chosen}, x_train, y_train, 3)  # raw features, shift folded in
+    mean, scale = x_train.mean(0), x_train.std(0) + 1e-6
+    refit = recipe.head_classifier(args, 1.0, "none", y_train, 3).fit((x_train - mean) / scale, y_train)
+    expected = refit.decision_function((x_val - mean) / scale) - best_tau * prior
+    np.testing.assert_allclose(x_val @ weight.T + bias, expected, atol=1e-4)
+
+    args = recipe.ProbeArguments(grid_C=[1.0], grid_class_weight=["none"], posthoc_logit_adjustment="none")
+    _, rows, chosen = recipe.fit_grid(args, x_train, y_train, x_val, y_val, 3)
+    assert chosen["tau"] == 0 and chosen["val_macro_f1"] == pytest.approx(by_tau[0], abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ def selection_note(
     parts = [selection.replace(test, "")]
     if lpft_args.head_init_from:
         parts.append(
-            f"head: the probe's ({Path(lpft_args.head_init_from).name}; its C and weighting chosen on validation)"
+            f"head: the probe's ({Path(lpft_args.head_init_from).name}; its settings chosen on validation)"
         )
     if lpft_args.head_warmup_epochs:
         parts.append(f"head warm-up: {lpft_args.head_warmup_epochs:g} fixed epoch(s), body frozen")
