@@ -5,9 +5,9 @@
 Each split is embedded once (length-sorted batches, dynamic padding) and cached on disk under a fingerprint of
 model + texts + max_length + pooling, so reruns (another grid, another seed) skip the encoder. The head is
 fit with scikit-learn over a grid of C x class weighting (none / balanced / sqrt_inverse) on standardised
-features, each setting scored at its best post-hoc logit adjustment tau, and chosen by validation macro-F1
-only; with `--refit_with_validation` the chosen setting is then fit again on train + validation
-(`longtail.refit`). Test is scored once at the end. The saved folder is ONE
+features (with `--posthoc_logit_adjustment auto`, each setting at its best post-hoc logit adjustment tau too)
+and chosen by validation macro-F1 only; with `--refit_with_validation` the chosen setting is then fit again on
+train + validation (`longtail.refit`). Test is scored once at the end. The saved folder is ONE
 Transformers model (`longtail.probe.ProbeForSequenceClassification`: body + pooling + head, the
 standardisation folded into the head), loadable with AutoModelForSequenceClassification after
 `import longtail.probe`. A frozen body keeps the pretrained representation the rare classes depend on
@@ -232,14 +232,12 @@ def grid_section(
         "row's validation score is therefore optimistic). The test split played no part in any choice.",
         "",
     ]
-    columns = {"C": "C", "class weighting": "class_weight", "validation macro-F1": "val_macro_f1",
-               "validation accuracy": "val_accuracy", "fit (s)": "fit_s"}  # fmt: skip
+    columns = {"C": "C", "class weighting": "class_weight"} | ({"tau": "tau"} if posthoc else {})
+    columns |= {"validation macro-F1": "val_macro_f1", "validation accuracy": "val_accuracy"}
+    if posthoc and all(r.get("val_macro_f1_unshifted") is not None for r in rows):  # tau 0 was in the grid
+        columns["validation macro-F1 at tau 0"] = "val_macro_f1_unshifted"
+    columns["fit (s)"] = "fit_s"
     if posthoc:  # a post-hoc shift was chosen with each setting
-        columns = {"C": "C", "class weighting": "class_weight", "tau": "tau", **{
-            k: v for k, v in columns.items() if k not in ("C", "class weighting")}}  # fmt: skip
-        if all(r.get("val_macro_f1_unshifted") is not None for r in rows):  # before the fit time
-            fit = columns.pop("fit (s)")
-            columns = {**columns, "validation macro-F1 at tau 0": "val_macro_f1_unshifted", "fit (s)": fit}
         lines += [
             "Each setting's validation logits were also shifted by -tau * log(train class prior) (post-hoc logit "
             "adjustment, Menon et al. 2021) and scored at its best tau (of the grid given); the chosen tau is "
