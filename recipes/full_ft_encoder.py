@@ -20,6 +20,8 @@ from longtail.losses import LossArguments
 from longtail.lpft import LPFTArguments, load_model, selection_note
 from longtail.lpft import train as lpft_train
 from longtail.posthoc import adjust_on_validation
+from longtail.refit import RefitArguments, refit_note
+from longtail.refit_ft import refit, refit_section
 from longtail.report import summary_text
 from longtail.runs import command_line
 from longtail.training import (
@@ -42,13 +44,14 @@ PARSER_TYPES = (
     LossArguments,
     LPFTArguments,
     WiseFTArguments,
+    RefitArguments,
     TrainingArguments,
 )
 
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
-    data_args, model_args, loss_args, lpft_args, wise_args, training_args = parse_recipe_args(
+    data_args, model_args, loss_args, lpft_args, wise_args, refit_args, training_args = parse_recipe_args(
         PARSER_TYPES, argv
     )
     check_start(wise_args, lpft_args)
@@ -90,13 +93,31 @@ def main(argv: list[str] | None = None) -> dict:
     tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
     sections += [tau_section] if tau_section else []
 
+    # ---- Optionally train the chosen run again on train + validation (2x cost) -----------------
+    test_trainer = None
+    if refit_args.refit_with_validation:
+        test_trainer, refit_metrics = refit(
+            trainer,
+            lambda: load_model(model_args, lpft_args, data.label_names, tokenizer, train_only_head=False),
+            data,
+            datasets,
+            lpft_args,
+            alpha,
+            tau,
+        )
+        trainer.save_metrics("train", {**train_result.metrics, **refit_metrics})
+        sections.append(refit_section(data, refit_metrics, alpha, tau))
+
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
-    results = evaluate_splits(trainer, data, datasets, training_args.do_predict)
+    # validation by the selection model; test by the refit when there is one
+    results = evaluate_splits(trainer, data, datasets, training_args.do_predict, test_trainer)
 
     # ---- Save, report, push (main process only) ----------------------------------------------
     if trainer.is_world_process_zero():
         info = run_info("full_ft_encoder", trainer, train_result, model_args, data_args, loss_args, started)
         info["selection"] = selection_note(info["selection"], lpft_args, tau, tau_section is not None, alpha)
+        if refit_args.refit_with_validation:
+            info["selection"] += f"; {refit_note(data)}"
         paths = finish_run(
             trainer,
             title=f"Full fine-tuning: {info['model']}",
@@ -104,7 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
             data=data,
             results=results,
             command=command,
-            config={"data": data_args, "model": model_args, "loss": loss_args, "wise_ft": wise_args},
+            config={
+                "data": data_args,
+                "model": model_args,
+                "loss": loss_args,
+                "wise_ft": wise_args,
+                "refit": refit_args,
+            },
             push=push,
             sections=sections or None,
         )

@@ -582,6 +582,108 @@ def test_wise_ft_after_lpft_end_to_end(
         assert any(not torch.equal(saved[k], end[k]) for k in float_keys)
 
 
+def test_refit_trains_the_chosen_epochs_again_on_train_and_validation(
+    probe_run, tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """--refit_with_validation after LP-FT + WiSE-FT + a fixed tau: validation is still the selection model's
+    (identical to the same run without the refit); the saved model equals, by hand, the probe's saved (refit)
+    model trained on train + validation for the best checkpoint's epochs, interpolated with that start at the
+    chosen alpha, its bias shifted by tau * log(train + validation prior); test is scored with it."""
+    import dataclasses
+
+    from datasets import concatenate_datasets
+    from safetensors.torch import load_file
+    from transformers import set_seed
+    from trl import TrlParser
+
+    from longtail.data import prepare_data
+    from longtail.losses import LongTailTrainer
+    from longtail.posthoc import log_prior_array
+    from longtail.probe import ProbeForSequenceClassification
+    from longtail.training import load_tokenizer, padding_collator, tokenize_splits
+
+    recipe = load_recipe("full_ft_encoder")
+    extra = [
+        "--head_init_from", str(probe_run["out"]), "--wise_ft_alphas", "0.5", "--posthoc_logit_adjustment", "0.5",
+        "--loss", "weighted_ce", "--class_weighting", "sqrt_inverse",  # the refit's weights: train + validation
+    ]  # fmt: skip
+    selection, refitted = tmp_path / "selection", tmp_path / "refit"
+    args = encoder_args(tiny_modernbert, probe_run["train"], probe_run["test"], refitted, *extra)
+    recipe.main(encoder_args(tiny_modernbert, probe_run["train"], probe_run["test"], selection, *extra))
+    metrics = recipe.main([*args, "--refit_with_validation", "true"])
+    assert REQUIRED_KEYS <= metrics["test"].keys()
+
+    val = [np.load(d / "predictions_validation.npz") for d in (selection, refitted)]
+    np.testing.assert_array_equal(val[0]["probs"], val[1]["probs"])  # validation: the selection model
+    tests = [np.load(d / "predictions_test.npz") for d in (selection, refitted)]
+    assert not np.allclose(tests[0]["probs"], tests[1]["probs"])  # test: the refit
+    report = (refitted / "report.md").read_text()
+    alpha = float(report.split("WiSE-FT alpha ")[1].split(":")[0])
+    assert "## Refit on train + validation" in report and "refit on train + validation" in report
+
+    last = max(refitted.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((last / "trainer_state.json").read_text())
+    best_step = int(state["best_model_checkpoint"].rsplit("-", 1)[1])
+    epochs = next(e["epoch"] for e in state["log_history"] if e["step"] == best_step and "eval_macro_f1" in e)
+    train_results = json.loads((refitted / "train_results.json").read_text())
+    splits = json.loads((refitted / "splits.json").read_text())
+    assert train_results["refit_epochs"] == epochs
+    assert train_results["refit_rows"] == len(splits["train"]) + len(splits["validation"])
+
+    # the refit by hand, from the library's public pieces
+    data_args, model_args, loss_args, *_, training_args = TrlParser(
+        recipe.PARSER_TYPES
+    ).parse_args_and_config([*args, "--refit_with_validation", "true"])
+    data = prepare_data(data_args)
+    tokenizer = load_tokenizer(model_args)
+    tokenised = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
+    rows = concatenate_datasets([tokenised["train"], tokenised["validation"]])
+    labels = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
+    counts = dict(zip(*(v.tolist() for v in np.unique(labels, return_counts=True))))
+    set_seed(training_args.seed)
+    model = ProbeForSequenceClassification.from_pretrained(probe_run["out"])  # its saved head: the refit one
+    model.config.pad_token_id = tokenizer.pad_token_id
+    start = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    hand_args = dataclasses.replace(
+        training_args, output_dir=str(tmp_path / "hand"), num_train_epochs=epochs, eval_strategy="no",
+        save_strategy="no", load_best_model_at_end=False,
+    )  # fmt: skip
+    LongTailTrainer(
+        model=model, args=hand_args, train_dataset=rows, processing_class=tokenizer,
+        data_collator=padding_collator(tokenizer), loss_args=loss_args, train_counts=counts,
+    ).train()  # fmt: skip
+    end = model.state_dict()
+    saved = load_file(str(refitted / "model.safetensors"))
+    assert set(start) <= set(saved)
+    for k in start:
+        expected = torch.lerp(start[k], end[k], alpha)
+        if k == "classifier.bias":
+            expected = (
+                expected - 0.5 * torch.as_tensor(log_prior_array(counts, len(data.label_names))).float()
+            )
+        torch.testing.assert_close(saved[k], expected, rtol=1e-5, atol=1e-5)
+    selected = load_file(str(selection / "model.safetensors"))
+    assert not torch.equal(saved["classifier.weight"], selected["classifier.weight"])
+
+
+def test_chosen_epochs_reads_the_best_checkpoint():
+    from types import SimpleNamespace
+
+    from longtail.refit_ft import chosen_epochs
+
+    log = [{"loss": 1.0, "step": 5, "epoch": 0.5}, {"eval_macro_f1": 0.4, "step": 10, "epoch": 1.0}]
+    log += [{"eval_macro_f1": 0.3, "step": 20, "epoch": 2.0}]
+    state = SimpleNamespace(best_model_checkpoint="out/checkpoint-10", log_history=log, epoch=2.0)
+    best = SimpleNamespace(state=state, args=SimpleNamespace(load_best_model_at_end=True))
+    assert chosen_epochs(best) == 1.0
+    assert (
+        chosen_epochs(SimpleNamespace(state=state, args=SimpleNamespace(load_best_model_at_end=False))) == 2.0
+    )
+    state.best_model_checkpoint = "out/checkpoint-7"
+    with pytest.raises(ValueError, match="checkpoint-7"):
+        chosen_epochs(best)
+
+
 def test_wise_ft_start_weights_survive_a_resume(tmp_path):
     """The start is saved beside the checkpoints; a resumed run reads it back (the live model is then the
     checkpoint's, not the start), and a resume without it is a clear error."""
@@ -614,11 +716,11 @@ def test_minilm_yaml_runs_wise_ft_with_lpft_and_plain_ft_with_alpha_1(tmp_path):
         "--output_dir",
         str(tmp_path),
     ]
-    *_, lpft_args, wise_args, _ = TrlParser(module.PARSER_TYPES).parse_args_and_config(base)
+    *_, lpft_args, wise_args, _, _ = TrlParser(module.PARSER_TYPES).parse_args_and_config(base)
     assert wise_args.grid() == (0.25, 0.5, 0.75, 1.0)
     with pytest.raises(ValueError, match="--wise_ft_alphas 1"):
         check_start(wise_args, lpft_args)
-    *_, lpft_args, wise_args, _ = TrlParser(module.PARSER_TYPES).parse_args_and_config(
+    *_, lpft_args, wise_args, _, _ = TrlParser(module.PARSER_TYPES).parse_args_and_config(
         [*base, "--wise_ft_alphas", "1"]
     )
     assert not wise_args.enabled

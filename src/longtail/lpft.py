@@ -51,8 +51,11 @@ class LPFTArguments:
             raise ValueError(f"--head_warmup_learning_rate must be > 0, got {self.head_warmup_learning_rate}")
 
 
-def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tokenizer):
-    """The classifier to fine-tune: the probe run's model with --head_init_from, else `training.load_classifier`."""
+def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tokenizer, train_only_head=True):
+    """The classifier to fine-tune: the probe run's model with --head_init_from, else `training.load_classifier`.
+
+    A refit probe's train-only head is used unless `train_only_head` is false (the refit on train + validation,
+    `refit_ft`, starts from the probe's saved, refit model)."""
     from longtail.training import load_classifier
 
     if not lpft_args.head_init_from:
@@ -71,7 +74,9 @@ def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tok
         )
     model.config.pad_token_id = tokenizer.pad_token_id
     selection_head = Path(lpft_args.head_init_from) / SELECTION_HEAD
-    if selection_head.is_file():  # the probe was refit on train + validation: start from its train-only head
+    if (
+        train_only_head and selection_head.is_file()
+    ):  # the probe was refit on train + validation: start from its train-only head
         from safetensors.torch import load_file
 
         loaded = model.load_state_dict(load_file(str(selection_head)), strict=False)

@@ -232,15 +232,16 @@ def long_tail_trainer(
     )
 
 
-def evaluate_splits(trainer, data: PreparedData, datasets: dict, do_predict: bool) -> list:
-    """Validation always; test only when asked (once, at the end). Returns report.SplitResult rows."""
+def evaluate_splits(trainer, data: PreparedData, datasets: dict, do_predict: bool, test_trainer=None) -> list:
+    """Validation always; test only when asked (once, at the end), by `test_trainer` when given (a refit
+    model: validation stays the selection model's). Returns report.SplitResult rows."""
     from longtail.report import SplitResult
 
     return [
         SplitResult(
             split,
             data.splits[split]["label_id"].to_numpy(),
-            predict_probs(trainer, datasets[split]),
+            predict_probs(test_trainer if split == "test" and test_trainer else trainer, datasets[split]),
             data.splits[split]["text"],
             row_ids=data.splits[split]["row_id"].to_numpy(),
         )

@@ -67,7 +67,7 @@ def check_start(wise_args: WiseFTArguments, lpft_args) -> None:
         )
 
 
-def _float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     # contiguous CPU copies of the floating tensors (integer buffers such as position ids are not averaged)
     return {
         k: v.detach().to("cpu", copy=True).contiguous()
@@ -88,7 +88,7 @@ def snapshot_start(
                 "it is missing (rerun without resuming, or without --wise_ft_alphas)"
             )
         return load_file(str(path))
-    state = _float_state(model)
+    state = float_state(model)
     if is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(path))
@@ -103,12 +103,17 @@ def interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], al
     return {k: torch.lerp(start[k].to(v.dtype), v, alpha) for k, v in end.items()}
 
 
+def apply_alpha(model: torch.nn.Module, start: dict[str, torch.Tensor], alpha: float) -> None:
+    """Load (1 - alpha) * start + alpha * (the model's current weights) into the model."""
+    model.load_state_dict(interpolate(start, float_state(model), alpha), strict=False)
+
+
 def choose_alpha(trainer, datasets: dict, y_val: np.ndarray, start: dict, grid: tuple[float, ...]):
     """Score every alpha on validation, load the best into trainer.model and re-save it.
 
     Returns (alpha, rows); rows hold alpha, validation macro-F1 and accuracy."""
     model = trainer.model
-    end = _float_state(model)
+    end = float_state(model)
     rows = []
     for alpha in grid:
         model.load_state_dict(interpolate(start, end, alpha), strict=False)
