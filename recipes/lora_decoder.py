@@ -32,6 +32,8 @@ from longtail.losses import LossArguments
 from longtail.lpft import LPFTArguments, load_model, selection_note
 from longtail.lpft import train as lpft_train
 from longtail.posthoc import adjust_on_validation
+from longtail.refit import RefitArguments, refit_note
+from longtail.refit_ft import refit, refit_section
 from longtail.report import summary_text
 from longtail.runs import command_line
 from longtail.training import (
@@ -52,13 +54,14 @@ PARSER_TYPES = (
     AdapterArguments,
     LossArguments,
     LPFTArguments,
+    RefitArguments,
     TrainingArguments,
 )
 
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
-    data_args, model_args, adapter_args, loss_args, lpft_args, training_args = parse_recipe_args(
+    data_args, model_args, adapter_args, loss_args, lpft_args, refit_args, training_args = parse_recipe_args(
         PARSER_TYPES, argv
     )
     training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision)
@@ -87,13 +90,35 @@ def main(argv: list[str] | None = None) -> dict:
     tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
     trainer.save_metrics("train", train_result.metrics)
 
+    # ---- Optionally train the chosen run again on train + validation (2x cost) -----------------
+    test_trainer, sections = None, [tau_section] if tau_section else []
+    if refit_args.refit_with_validation:
+        test_trainer, refit_metrics = refit(
+            trainer,
+            lambda: add_lora(
+                load_model(model_args, lpft_args, data.label_names, tokenizer, train_only_head=False),
+                adapter_args,
+            ),
+            data,
+            datasets,
+            lpft_args,
+            None,
+            tau,
+            save=save_adapter,
+        )
+        trainer.save_metrics("train", {**train_result.metrics, **refit_metrics})
+        sections.append(refit_section(data, refit_metrics, None, tau))
+
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
-    results = evaluate_splits(trainer, data, datasets, training_args.do_predict)
+    # validation by the selection model; test by the refit when there is one
+    results = evaluate_splits(trainer, data, datasets, training_args.do_predict, test_trainer)
 
     # ---- Save, report, merge, push (main process only) ---------------------------------------
     if trainer.is_world_process_zero():
         info = run_info("lora_decoder", trainer, train_result, model_args, data_args, loss_args, started)
         info["selection"] = selection_note(info["selection"], lpft_args, tau, tau_section is not None)
+        if refit_args.refit_with_validation:
+            info["selection"] += f"; {refit_note(data)}"
         paths = finish_adapter_run(
             trainer,
             title=f"LoRA: {info['model']}",
@@ -101,9 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
             data=data,
             results=results,
             command=command,
-            arguments=(data_args, model_args, adapter_args, loss_args),
+            arguments=(data_args, model_args, adapter_args, loss_args, refit_args),
             push=push,
-            sections=[tau_section] if tau_section else None,
+            sections=sections or None,
         )
         print(summary_text(results, paths))
     return {r.split: r.metrics for r in results}

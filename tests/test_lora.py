@@ -330,6 +330,50 @@ def test_lora_decoder_end_to_end(tiny_qwen2, tmp_path, monkeypatch, fast_bootstr
     assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= merged_files
 
 
+def test_lora_refit_on_train_and_validation(tiny_qwen2, tmp_path, fast_bootstrap):
+    """--refit_with_validation with LoRA: validation predictions are the selection run's (identical to the same
+    run without the refit); the saved adapter is a new one, trained on train + validation, and it is the model
+    that scored test (reloaded, its probabilities equal predictions_test.npz)."""
+    import numpy as np
+    from safetensors.torch import load_file
+    from trl import TrlParser
+
+    from longtail.data import prepare_data
+
+    recipe = load_recipe("lora_decoder")
+    train, test = synthetic_files(tmp_path)
+    runs = {name: tmp_path / name for name in ("selection", "refit")}
+    extra = ["--num_train_epochs", "1", "--posthoc_logit_adjustment", "none"]
+    recipe.main(decoder_args("lora_decoder", tiny_qwen2, train, test, runs["selection"], *extra))
+    args = decoder_args("lora_decoder", tiny_qwen2, train, test, runs["refit"], *extra)
+    recipe.main([*args, "--refit_with_validation", "true"])
+
+    val, test_probs = (
+        {n: np.load(d / f"predictions_{s}.npz") for n, d in runs.items()} for s in ("validation", "test")
+    )
+    np.testing.assert_array_equal(val["selection"]["probs"], val["refit"]["probs"])
+    assert not np.allclose(test_probs["selection"]["probs"], test_probs["refit"]["probs"])
+    splits = json.loads((runs["refit"] / "splits.json").read_text())
+    train_results = json.loads((runs["refit"] / "train_results.json").read_text())
+    assert train_results["refit_rows"] == len(splits["train"]) + len(splits["validation"])
+    assert train_results["refit_epochs"] == 1.0
+    assert "## Refit on train + validation" in (runs["refit"] / "report.md").read_text()
+    adapters = {n: load_file(d / "adapter_model.safetensors") for n, d in runs.items()}
+    assert any(not torch.equal(v, adapters["selection"][k]) for k, v in adapters["refit"].items())
+
+    # the saved adapter scored test
+    data_args, *_ = TrlParser(recipe.PARSER_TYPES).parse_args_and_config(args)
+    texts = prepare_data(data_args).splits["test"]["text"].tolist()
+    model = load_adapter_classifier(runs["refit"]).eval()
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=str(runs["refit"])))
+    with torch.no_grad():
+        probs = [
+            model(**tokenizer([t], truncation=True, max_length=64, return_tensors="pt")).logits.softmax(-1)[0]
+            for t in texts
+        ]
+    np.testing.assert_allclose(torch.stack(probs).numpy(), test_probs["refit"]["probs"], atol=1e-5)
+
+
 @pytest.mark.slow
 def test_lora_on_llama_with_left_padding_and_gradient_checkpointing(tiny_llama, tmp_path, fast_bootstrap):
     train, test = synthetic_files(tmp_path)

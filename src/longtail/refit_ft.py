@@ -57,9 +57,12 @@ def train_and_validation_data(data: PreparedData, datasets: dict) -> tuple[Prepa
     return merged, hf_datasets.concatenate_datasets([datasets["train"], datasets["validation"]])
 
 
-def refit(selection, build_model, data: PreparedData, datasets: dict, lpft_args, alpha, tau: float):
+def refit(
+    selection, build_model, data: PreparedData, datasets: dict, lpft_args, alpha, tau: float, save=None
+):
     """Train `build_model()` on train + validation as the selection trainer's run was trained, then apply its
-    alpha and tau; save it to the run folder. Returns (refit trainer, its train metrics)."""
+    alpha (None: no WiSE-FT) and tau; save it to the run folder with `save(trainer)` (default
+    `trainer.save_model()`; LoRA runs pass `adapters.save_adapter`). Returns (refit trainer, its train metrics)."""
     from longtail.lpft import train as lpft_train
     from longtail.wise_ft import apply_alpha, float_state
 
@@ -99,7 +102,7 @@ def refit(selection, build_model, data: PreparedData, datasets: dict, lpft_args,
         apply_alpha(trainer.model, start, alpha)
     if tau:
         fold_into_head(trainer.model, log_prior_array(merged.train_counts, len(data.label_names)), tau)
-    trainer.save_model()
+    (save or type(trainer).save_model)(trainer)
     metrics = {f"refit_{k.removeprefix('train_')}": v for k, v in result.metrics.items()}
     metrics.update(
         refit_rows=len(rows), refit_epochs=epochs, refit_total_runtime=round(time.time() - started, 1)
@@ -110,7 +113,7 @@ def refit(selection, build_model, data: PreparedData, datasets: dict, lpft_args,
 def refit_section(data: PreparedData, metrics: dict, alpha, tau: float) -> str:
     n_train, n_val = len(data.splits["train"]), len(data.splits["validation"])
     chosen = ", ".join(
-        [f"{metrics['refit_epochs']:g} epoch(s) (the chosen checkpoint's)"]
+        [f"{metrics['refit_epochs']:g} epoch(s) (as many as the kept model had trained)"]
         + ([f"WiSE-FT alpha {alpha:g}"] if alpha is not None else [])
         + ([f"post-hoc tau {tau:g} (with the train + validation prior)"] if tau else [])
     )
