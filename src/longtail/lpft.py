@@ -74,9 +74,8 @@ def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tok
         )
     model.config.pad_token_id = tokenizer.pad_token_id
     selection_head = Path(lpft_args.head_init_from) / SELECTION_HEAD
-    if (
-        train_only_head and selection_head.is_file()
-    ):  # the probe was refit on train + validation: start from its train-only head
+    # the probe was refit on train + validation: start from its train-only head (a refit of this run does not)
+    if train_only_head and selection_head.is_file():
         from safetensors.torch import load_file
 
         loaded = model.load_state_dict(load_file(str(selection_head)), strict=False)

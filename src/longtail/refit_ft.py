@@ -1,11 +1,11 @@
 """Refit a fine-tuning run on train + validation, after validation has chosen everything.
 
 The scikit-learn recipes refit their chosen setting (`longtail.refit`); this is the same step for a Trainer
-run (`full_ft_encoder.py --refit_with_validation`). The selection run has chosen, on validation, the
+run (`--refit_with_validation` in `full_ft_encoder.py` and `lora_decoder.py`). The selection run has chosen, on validation, the
 checkpoint (hence a number of epochs), WiSE-FT's alpha and the post-hoc tau. The refit trains the model again
 from the same start on train + validation for that many epochs (same seed, hyperparameters and schedule
 length in epochs; any LP-FT head warm-up included), then applies the same alpha (against its own start) and
-tau (with the train + validation prior). It is what `GridSearchCV(refit=True)` does, at twice the training
+tau (with the train + validation prior); a LoRA run gets a new adapter the same way. It is what `GridSearchCV(refit=True)` does, at twice the training
 cost, and it gives the rare classes the validation rows too.
 
 What was measured on validation stays held out: the validation predictions, metrics and temperature are the
