@@ -44,19 +44,6 @@ def chosen_epochs(trainer) -> float:
     return float(state.epoch)
 
 
-def train_and_validation_data(data: PreparedData, datasets: dict) -> tuple[PreparedData, object]:
-    """The train + validation rows as one training split (PreparedData for the counts, and the tokenised
-    rows in the same order)."""
-    rows = train_and_validation(data)
-    merged = PreparedData(
-        splits={"train": rows},
-        label_names=data.label_names,
-        train_counts=label_counts(rows["label_id"].to_numpy()),
-        log=data.log,
-    )
-    return merged, hf_datasets.concatenate_datasets([datasets["train"], datasets["validation"]])
-
-
 def refit(
     selection, build_model, data: PreparedData, datasets: dict, lpft_args, alpha, tau: float, save=None
 ):
@@ -67,7 +54,10 @@ def refit(
     from longtail.wise_ft import apply_alpha, float_state
 
     epochs = chosen_epochs(selection)
-    merged, rows = train_and_validation_data(data, datasets)
+    rows = hf_datasets.concatenate_datasets(
+        [datasets["train"], datasets["validation"]]
+    )  # tokenised, in order
+    counts = label_counts(train_and_validation(data)["label_id"].to_numpy())
     args = dataclasses.replace(
         selection.args,
         num_train_epochs=epochs,
@@ -91,7 +81,7 @@ def refit(
         processing_class=selection.processing_class,
         data_collator=selection.data_collator,
         loss_args=selection.loss_args,
-        train_counts=merged.train_counts,  # class weights and the logit-adjusted loss from every fitted row
+        train_counts=counts,  # class weights and the logit-adjusted loss from every fitted row
     )
     start = {}
     started = time.time()
@@ -101,7 +91,7 @@ def refit(
     if alpha is not None:
         apply_alpha(trainer.model, start, alpha)
     if tau:
-        fold_into_head(trainer.model, log_prior_array(merged.train_counts, len(data.label_names)), tau)
+        fold_into_head(trainer.model, log_prior_array(counts, len(data.label_names)), tau)
     (save or type(trainer).save_model)(trainer)
     metrics = {f"refit_{k.removeprefix('train_')}": v for k, v in result.metrics.items()}
     metrics.update(
