@@ -40,6 +40,7 @@ from longtail.probe import (
     ProbeForSequenceClassification,
     add_usage_to_card,
     cached_embeddings,
+    check_layers,
     default_pooling,
 )
 from longtail.refit import SELECTION_HEAD, RefitArguments, label_counts, refit_note, train_and_validation
@@ -83,10 +84,18 @@ class ProbeArguments:
             "Saved in the model's config, so predict, export and LP-FT (--head_init_from) do the same."
         },
     )
+    feature_layers: list[int] = field(
+        default_factory=lambda: [-1],
+        metadata={
+            "help": "Hidden states whose pooled features the head reads, concatenated: -1 the body's output (the "
+            "default), 0 its embedding output (a bag of the text's token embeddings), 1..L the layers between. "
+            "Each is pooled and normalised on its own. Saved in the model's config (predict, export, LP-FT)."
+        },
+    )
     embedding_batch_size: int = field(default=64, metadata={"help": "Texts per forward pass when embedding."})
     embedding_cache_dir: str = field(
         default="outputs/cache/embeddings",
-        metadata={"help": "Cached features, keyed by model+data+length+pooling+long_text+normalize."},
+        metadata={"help": "Cached features, keyed by model+data+length+pooling+long_text+normalize+layers."},
     )
     grid_C: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])
     grid_class_weight: list[str] = field(default_factory=lambda: list(WEIGHTINGS))
@@ -216,6 +225,7 @@ def grid_section(
     normalize: bool = False,
     refit: str = "",
     posthoc: bool = False,
+    layers=(-1,),
 ) -> str:
     unit = "each window's feature" if long_text == "windows" else "each feature"
     read = (
@@ -223,10 +233,16 @@ def grid_section(
         if long_text == "windows"
         else f"the first {max_length} tokens of each text"
     ) + (f" ({unit} L2-normalised first)" if normalize else "")
+    states = (
+        "last hidden states"
+        if tuple(layers) == (-1,)
+        else f"hidden states {', '.join(map(str, layers))} (0: embedding output, -1: last; each pooled and "
+        "normalised on its own, concatenated)"
+    )
     lines = [
         "## Validation grid (linear head on frozen features)",
         "",
-        f"Features: `{pooling}`-pooled last hidden states of the frozen encoder over {read}, standardised on "
+        f"Features: `{pooling}`-pooled {states} of the frozen encoder over {read}, standardised on "
         "train. Every "
         "setting was fit on train and scored on validation; the best validation macro-F1 was kept (the chosen "
         "row's validation score is therefore optimistic). The test split played no part in any choice.",
@@ -293,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
             "use at most that (with --long_text windows, longer texts are still read whole, in windows)"
         )
     pooling = default_pooling(encoder.config) if args.pooling == "auto" else args.pooling
+    layers = check_layers(args.feature_layers, encoder.config.num_hidden_layers)
 
     # ---- Embed each split once (cached) ------------------------------------------------------
     features, reused, embed_s = {}, {}, {}
@@ -308,6 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
             pooling,
             long_text=args.long_text,
             normalize=args.normalize,
+            layers=layers,
             batch_size=args.embedding_batch_size,
             desc=f"Embedding {split}",
         )
@@ -357,7 +375,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Save (one Transformers model folder), report ----------------------------------------
     model = ProbeForSequenceClassification.from_encoder(
-        encoder.cpu(), pooling, weight, bias, data.label_names, normalize=args.normalize
+        encoder.cpu(),
+        pooling,
+        weight,
+        bias,
+        data.label_names,
+        normalize=args.normalize,
+        feature_layers=layers,
     )
     model.save_pretrained(output_dir)  # safetensors
     if refit_args.refit_with_validation:  # LP-FT starts from this one, so its validation stays held out
@@ -377,6 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_length": data_args.max_length,
         "long_text": args.long_text,
         "normalize": args.normalize,
+        "feature_layers": list(layers),
         "C": chosen["C"],
         "class_weight": chosen["class_weight"],
         "posthoc_tau": chosen["tau"],
@@ -410,6 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
                 args.normalize,
                 refit_note(data) if refit_args.refit_with_validation else "",
                 posthoc=parse_tau_option(args.posthoc_logit_adjustment) != (0.0,),
+                layers=layers,
             )
         ],
         pipeline_example=False,  # the card's quick start below imports longtail.probe first

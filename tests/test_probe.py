@@ -29,16 +29,18 @@ def fit_head(features: np.ndarray, n_classes: int = 3):
 
 
 @pytest.mark.parametrize(
-    "fixture,pooling,normalize",
+    "fixture,pooling,normalize,layers",
     [
-        ("tiny_modernbert", "mean", False),
-        ("tiny_modernbert", "cls", False),
-        ("tiny_qwen2", "last", False),
-        ("tiny_modernbert", "mean", True),
+        ("tiny_modernbert", "mean", False, (-1,)),
+        ("tiny_modernbert", "cls", False, (-1,)),
+        ("tiny_qwen2", "last", False, (-1,)),
+        ("tiny_modernbert", "mean", True, (-1,)),
+        ("tiny_modernbert", "mean", True, (0, -1)),
+        ("tiny_qwen2", "last", False, (1, -1)),
     ],
 )
 def test_probe_model_logits_equal_sklearn_decision_function(
-    fixture, pooling, normalize, request, tmp_path, one_torch_thread
+    fixture, pooling, normalize, layers, request, tmp_path, one_torch_thread
 ):
     """Saved as one folder, reloaded through AutoModelForSequenceClassification, on a padded batch."""
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
@@ -52,16 +54,32 @@ def test_probe_model_logits_equal_sklearn_decision_function(
     encoder = AutoModel.from_pretrained(path)
     encoder.config.pad_token_id = tokenizer.pad_token_id
     features = probe.embed_texts(
-        encoder, tokenizer, TEXTS, max_length=32, pooling=pooling, batch_size=4, normalize=normalize
-    )
-    if normalize:  # unit rows, and the same directions as the raw features
+        encoder, tokenizer, TEXTS, max_length=32, pooling=pooling, batch_size=4, normalize=normalize,
+        layers=layers,
+    )  # fmt: skip
+    if layers != (-1,):  # each hidden state's features side by side, the body's output (-1) as the default's
+        size = encoder.config.hidden_size
+        assert features.shape == (len(TEXTS), size * len(layers))
+        last = probe.embed_texts(encoder, tokenizer, TEXTS, 32, pooling, batch_size=4, normalize=normalize)
+        np.testing.assert_allclose(features[:, -size:], last, atol=1e-6)
+        if layers[0] == 0:  # the embedding output, by hand: ModernBERT's embeddings module, mean over tokens
+            with torch.no_grad():
+                rows = [
+                    encoder.embeddings(tokenizer(t, return_tensors="pt")["input_ids"])[0].mean(0)
+                    for t in TEXTS
+                ]
+            by_hand = torch.nn.functional.normalize(torch.stack(rows), dim=-1).numpy()
+            np.testing.assert_allclose(features[:, :size], by_hand, atol=1e-5)
+        else:  # an inner layer: not the output's features
+            assert np.abs(features[:, :size] - last).max() > 1e-3
+    elif normalize:  # unit rows, and the same directions as the raw features
         raw = probe.embed_texts(encoder, tokenizer, TEXTS, max_length=32, pooling=pooling, batch_size=4)
         np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-6)
         np.testing.assert_allclose(features, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
     logreg = fit_head(features)
     labels = ["a", "b", "c"]
     model = probe.ProbeForSequenceClassification.from_encoder(
-        encoder, pooling, logreg.coef_, logreg.intercept_, labels, normalize=normalize
+        encoder, pooling, logreg.coef_, logreg.intercept_, labels, normalize=normalize, feature_layers=layers
     )
     model.save_pretrained(tmp_path)
     tokenizer.padding_side = "right"
@@ -71,7 +89,7 @@ def test_probe_model_logits_equal_sklearn_decision_function(
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert type(reloaded) is probe.ProbeForSequenceClassification
     assert reloaded.config.id2label == {0: "a", 1: "b", 2: "c"} and reloaded.config.pooling == pooling
-    assert reloaded.config.normalize is normalize
+    assert reloaded.config.normalize is normalize and reloaded.config.feature_layers == list(layers)
     tok = AutoTokenizer.from_pretrained(tmp_path)
     batch = tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
     with torch.no_grad():
@@ -123,6 +141,11 @@ def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_t
     assert len(keys) == 4 and len(list(tmp_path.glob("*.npy"))) == 5
     unit, key_unit, _ = cached_embeddings(*args, TEXTS, 32, "mean", normalize=True)  # its own cache entry
     assert key_unit not in keys and len(list(tmp_path.glob("*.npy"))) == 6
+    both, key_layers, _ = cached_embeddings(*args, TEXTS, 32, "mean", layers=(0, -1))  # and the layers
+    assert key_layers not in keys | {key_unit} and len(list(tmp_path.glob("*.npy"))) == 7
+    np.testing.assert_allclose(both[:, -first.shape[1] :], first, atol=1e-6)
+    # the default layers leave the key as it was before the option (caches made then stay valid)
+    assert cached_embeddings(*args, TEXTS, 32, "mean", layers=[-1])[1:] == (key, True)
     np.testing.assert_allclose(unit, first / np.linalg.norm(first, axis=1, keepdims=True), atol=1e-6)
 
 
@@ -353,6 +376,16 @@ def test_probe_rejects_bad_options(tiny_modernbert, tmp_path):
         )
     with pytest.raises(ValueError, match="long_text.*windows"):
         recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--long_text", "all"))
+    # the tiny body has 2 layers: hidden states 0..2, or -3..-1; -1 and 2 are the same one
+    for layers in (["0", "3"], ["-1", "2"], ["-4"]):
+        with pytest.raises(
+            ValueError, match=r"feature_layers must be distinct hidden-state indices in \[-3, 2\]"
+        ):
+            recipe.main(
+                probe_args(
+                    tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--feature_layers", *layers
+                )
+            )
     with pytest.raises(ValueError, match="posthoc_logit_adjustment.*'some'"):
         recipe.main(
             probe_args(
@@ -666,6 +699,65 @@ def test_refit_trains_the_chosen_epochs_again_on_train_and_validation(
     assert not torch.equal(saved["classifier.weight"], selected["classifier.weight"])
 
 
+def test_refit_of_a_fresh_head_repeats_the_seeded_init_and_the_head_warmup(
+    tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """--refit_with_validation without a probe: a fresh head + --head_warmup_epochs. The refit draws the
+    selection run's seeded head again, warms it up and trains the chosen epochs on train + validation: equal,
+    by hand, to the library's pieces in that order."""
+    import dataclasses
+
+    from datasets import concatenate_datasets
+    from safetensors.torch import load_file
+    from transformers import set_seed
+    from trl import TrlParser
+
+    from longtail.data import prepare_data
+    from longtail.losses import LongTailTrainer
+    from longtail.lpft import warm_up_head
+    from longtail.training import load_classifier, load_tokenizer, padding_collator, tokenize_splits
+    from longtail.wise_ft import float_state
+
+    train, test = synthetic_files(tmp_path)
+    recipe = load_recipe("full_ft_encoder")
+    out = tmp_path / "refit"
+    args = encoder_args(
+        tiny_modernbert, train, test, out, "--head_warmup_epochs", "1", "--refit_with_validation", "true"
+    )
+    args += ["--posthoc_logit_adjustment", "none"]  # tau and WiSE-FT's alpha: the test above
+    recipe.main(args)
+    train_results = json.loads((out / "train_results.json").read_text())
+    assert train_results["refit_head_warmup_loss"] > 0  # the refit warmed its head up too
+    epochs = train_results["refit_epochs"]
+
+    data_args, model_args, loss_args, lpft_args, *_, training_args = TrlParser(
+        recipe.PARSER_TYPES
+    ).parse_args_and_config(args)
+    data = prepare_data(data_args)
+    tokenizer = load_tokenizer(model_args)
+    tokenised = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
+    rows = concatenate_datasets([tokenised["train"], tokenised["validation"]])
+    labels = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
+    counts = dict(zip(*(v.tolist() for v in np.unique(labels, return_counts=True))))
+    set_seed(training_args.seed)
+    model = load_classifier(model_args, data.label_names, tokenizer)  # the seeded fresh head
+    hand_args = dataclasses.replace(
+        training_args, output_dir=str(tmp_path / "hand"), num_train_epochs=epochs, eval_strategy="no",
+        save_strategy="no", load_best_model_at_end=False,
+    )  # fmt: skip
+    trainer = LongTailTrainer(
+        model=model, args=hand_args, train_dataset=rows, processing_class=tokenizer,
+        data_collator=padding_collator(tokenizer), loss_args=loss_args, train_counts=counts,
+    )  # fmt: skip
+    warm_up_head(trainer, lpft_args.head_warmup_epochs, lpft_args.head_warmup_learning_rate)
+    trainer.train()
+    saved = load_file(str(out / "model.safetensors"))
+    expected = float_state(model)
+    assert set(expected) <= set(saved) and "classifier.weight" in expected
+    for k in expected:
+        torch.testing.assert_close(saved[k], expected[k], rtol=1e-5, atol=1e-5)
+
+
 def test_chosen_epochs_reads_the_best_checkpoint():
     from types import SimpleNamespace
 
@@ -959,11 +1051,14 @@ def test_probe_exports_to_onnx_and_predict_serves_the_export(probe_run, tmp_path
     np.testing.assert_allclose(results["onnx"]["confidence"], results["torch"]["confidence"], atol=1e-4)
 
 
+@pytest.mark.parametrize("layers", [None, ["0", "-1"]], ids=["last", "embeddings+last"])
 def test_windowed_probe_is_served_the_way_it_was_trained(
-    probe_run, tiny_modernbert, tmp_path, one_torch_thread
+    probe_run, tiny_modernbert, tmp_path, one_torch_thread, layers
 ):
     """`--long_text windows`: the run records it, and `predict` (on the run folder and on its ONNX export,
-    with no serving flags) reads whole texts in the same windows and returns the run's own probabilities."""
+    with no serving flags) reads whole texts in the same windows and returns the run's own probabilities.
+    With `--feature_layers 0 -1` too (the embedding output's features beside the output's), and LP-FT
+    fine-tunes that model."""
     import pandas as pd
 
     from longtail.calibration import load_temperature
@@ -976,7 +1071,14 @@ def test_windowed_probe_is_served_the_way_it_was_trained(
     out = tmp_path / "windows"
     args = probe_args(tiny_modernbert, train, test, out, tmp_path / "cache", "--long_text", "windows")
     args[args.index("--max_length") + 1] = "12"  # most synthetic texts span several windows
-    load_recipe("probe_encoder").main(args)
+    load_recipe("probe_encoder").main(args + (["--feature_layers", *layers] if layers else []))
+    config = json.loads((out / "config.json").read_text())
+    assert config["feature_layers"] == [int(i) for i in layers or ["-1"]]
+    head = 32 * len(layers or ["-1"])  # the tiny body's hidden size, per hidden state read
+    assert (
+        json.loads((out / "run_config.json").read_text())["probe"]["feature_layers"]
+        == config["feature_layers"]
+    )
     # the YAML normalises each window's feature: recorded in the report and in the saved model's config, so
     # predict and the ONNX export below do the same
     read = "consecutive 12-token windows whose features are averaged (token-weighted) (each window's feature"
@@ -1008,6 +1110,19 @@ def test_windowed_probe_is_served_the_way_it_was_trained(
     predict(["--model_dir", str(out), "--input", str(src), "--output", str(dst), "--top_k", "1",
              "--long_text", "truncate", "--no_progress", "--device", "cpu"])  # fmt: skip
     assert np.abs(pd.read_json(dst, lines=True)["confidence"].to_numpy() - calibrated.max(1)).max() > 1e-3
+    if layers:  # the report says which hidden states; LP-FT fine-tunes this model, reading the same ones
+        assert "hidden states 0, -1 (0: embedding output" in (out / "report.md").read_text()
+        lpft = tmp_path / "lpft"
+        args = encoder_args(
+            tiny_modernbert, train, test, lpft, "--head_init_from", str(out), "--max_length", "12"
+        )
+        load_recipe("full_ft_encoder").main([*args, "--num_train_epochs", "1"])
+        from safetensors.torch import load_file
+
+        weights = {d: load_file(str(d / "model.safetensors"))["classifier.weight"] for d in (out, lpft)}
+        assert weights[out].shape == weights[lpft].shape == (len(data.label_names), head)
+        assert json.loads((lpft / "config.json").read_text())["feature_layers"] == [0, -1]
+        assert not torch.allclose(weights[out], weights[lpft])  # trained
 
 
 def test_probe_config_carries_the_body_input_limit(probe_run):

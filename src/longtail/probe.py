@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls", "last")
 MODEL_TYPE = "longtail_probe"
+LAST = (-1,)  # feature_layers default: the body's final output only
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -66,6 +67,35 @@ def pooled_features(
     return nn.functional.normalize(features, dim=-1) if normalize else features
 
 
+def check_layers(layers, num_hidden_layers: int) -> tuple[int, ...]:
+    """`feature_layers` as a tuple of hidden-state indices, each in [-(L+1), L] for a body of L layers."""
+    layers = tuple(int(i) for i in layers)
+    bad = [i for i in layers if not -(num_hidden_layers + 1) <= i <= num_hidden_layers]
+    distinct = {i % (num_hidden_layers + 1) for i in layers}  # -1 and L are the same layer
+    if not layers or bad or len(distinct) != len(layers):
+        raise ValueError(
+            f"feature_layers must be distinct hidden-state indices in [-{num_hidden_layers + 1}, "
+            f"{num_hidden_layers}] (0: the embedding output, -1: the last layer), got {list(layers)}"
+        )
+    return layers
+
+
+def encoder_features(
+    encoder, input_ids, attention_mask, pooling: str, normalize: bool, layers=LAST, **kwargs
+) -> torch.Tensor:
+    """The body's pooled features: of its final output (`last_hidden_state`, after any final norm) when
+    `layers` is (-1,); else each listed hidden state (0: the embedding output; -1: the final output)
+    pooled and normalised on its own, concatenated in the order given."""
+    if tuple(layers) == LAST:
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return pooled_features(hidden, attention_mask, pooling, normalize)
+    out = encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
+    states = out.hidden_states
+    # -1 is the model's output: some bodies (ModernBERT) record their last hidden state before the final norm
+    pick = [out.last_hidden_state if i in (-1, len(states) - 1) else states[i] for i in layers]
+    return torch.cat([pooled_features(h, attention_mask, pooling, normalize) for h in pick], dim=-1)
+
+
 def default_pooling(config: PretrainedConfig) -> str:
     """`last` for decoder-only models, `mean` otherwise."""
     causal = {
@@ -87,7 +117,14 @@ class ProbeConfig(PretrainedConfig):
     model_type = MODEL_TYPE
     sub_configs = {"encoder_config": AutoConfig}
 
-    def __init__(self, encoder_config=None, pooling: str = "mean", normalize: bool = False, **kwargs):
+    def __init__(
+        self,
+        encoder_config=None,
+        pooling: str = "mean",
+        normalize: bool = False,
+        feature_layers=LAST,
+        **kwargs,
+    ):
         if isinstance(encoder_config, dict):
             encoder_config = dict(encoder_config)
             encoder_config = AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config)
@@ -96,9 +133,11 @@ class ProbeConfig(PretrainedConfig):
         self.encoder_config = encoder_config
         self.pooling = pooling
         self.normalize = bool(normalize)  # L2-normalise pooled features (per window) before the head
+        self.feature_layers = list(feature_layers)  # hidden states pooled and concatenated for the head
         super().__init__(**kwargs)
         if encoder_config is not None:  # what tools read off a classifier's config (sizes, input limit)
             self.hidden_size = encoder_config.hidden_size
+            check_layers(self.feature_layers, encoder_config.num_hidden_layers)
             if hasattr(encoder_config, "max_position_embeddings"):
                 self.max_position_embeddings = encoder_config.max_position_embeddings
 
@@ -116,7 +155,7 @@ class ProbeForSequenceClassification(PreTrainedModel):
         if enc.model_type == "modernbert" and not torch.cuda.is_available():
             enc.reference_compile = False  # its auto-compile breaks on CPU when triton is installed
         self.encoder = AutoModel.from_config(enc)
-        self.classifier = nn.Linear(enc.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(enc.hidden_size * len(config.feature_layers), config.num_labels)
         self.post_init()
 
     def _init_weights(self, module):
@@ -133,8 +172,16 @@ class ProbeForSequenceClassification(PreTrainedModel):
             and "token_type_ids" in inspect.signature(self.encoder.forward).parameters
         ):
             kwargs["token_type_ids"] = token_type_ids  # BERT uses them; ModernBERT and decoders take none
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        return pooled_features(hidden, attention_mask, self.config.pooling, self.config.normalize)
+        config = self.config
+        return encoder_features(
+            self.encoder,
+            input_ids,
+            attention_mask,
+            config.pooling,
+            config.normalize,
+            config.feature_layers,
+            **kwargs,
+        )
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
         logits = self.classifier(self.features(input_ids, attention_mask, token_type_ids))
@@ -150,12 +197,15 @@ class ProbeForSequenceClassification(PreTrainedModel):
         bias: np.ndarray,
         label_names: list[str],
         normalize: bool = False,
+        feature_layers=LAST,
     ) -> ProbeForSequenceClassification:
-        """Wrap a loaded body and a fitted linear head (weight: (num_labels, hidden), bias: (num_labels,))."""
+        """Wrap a loaded body and a fitted linear head (weight: (num_labels, hidden * len(feature_layers)),
+        bias: (num_labels,))."""
         config = ProbeConfig(
             encoder_config=encoder.config,
             pooling=pooling,
             normalize=normalize,
+            feature_layers=feature_layers,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
@@ -189,8 +239,9 @@ def embed_texts(
     desc: str = "Embedding",
     long_text: str = "truncate",
     normalize: bool = False,
+    layers=LAST,
 ) -> np.ndarray:
-    """Pooled features (float32, one row per text, in order).
+    """Pooled features (float32, one row per text, in order; `encoder_features` of `layers`).
 
     long_text `truncate`: the first `max_length` tokens of each text. `windows`: the whole text, cut into
     consecutive `max_length` windows (`longtail.inference.text_windows`), each embedded, then averaged
@@ -205,29 +256,35 @@ def embed_texts(
         if long_text == "windows":
             windows = text_windows(tokenizer, texts, max_length)
             features = embed_batches(
-                encoder, windows.batches(tokenizer, batch_size), len(windows.owner), pooling, desc, normalize
+                encoder,
+                windows.batches(tokenizer, batch_size),
+                len(windows.owner),
+                pooling,
+                desc,
+                normalize,
+                layers,
             )
             return windows.per_row(features).astype(np.float32)
         batches = encode_batches(tokenizer, texts, batch_size, max_length)  # longest first: OOM shows early
-        return embed_batches(encoder, batches, len(texts), pooling, desc, normalize)
+        return embed_batches(encoder, batches, len(texts), pooling, desc, normalize, layers)
     finally:
         tokenizer.padding_side = saved_side
 
 
 @torch.inference_mode()
 def embed_batches(
-    encoder, batches, num_rows: int, pooling: str, desc: str, normalize: bool = False
+    encoder, batches, num_rows: int, pooling: str, desc: str, normalize: bool = False, layers=LAST
 ) -> np.ndarray:
     """Pooled features of `longtail.inference` batches (length-sorted, dynamic padding), in row order."""
     from tqdm.auto import tqdm
 
-    out = np.zeros((num_rows, encoder.config.hidden_size), dtype=np.float32)
+    out = np.zeros((num_rows, encoder.config.hidden_size * len(layers)), dtype=np.float32)
     encoder.eval()
     device = next(encoder.parameters()).device
     for batch in tqdm(batches, desc=desc, unit="batch"):
         ids, mask = (torch.from_numpy(batch.inputs[k]).to(device) for k in ("input_ids", "attention_mask"))
-        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        out[batch.rows] = pooled_features(hidden, mask, pooling, normalize).float().cpu().numpy()
+        features = encoder_features(encoder, ids, mask, pooling, normalize, layers)
+        out[batch.rows] = features.float().cpu().numpy()
     return out
 
 
@@ -253,6 +310,7 @@ def embedding_fingerprint(
     pooling: str,
     long_text: str = "truncate",
     normalize: bool = False,
+    layers=LAST,
 ) -> str:
     digest = hashlib.sha256()
     for t in texts:
@@ -268,6 +326,8 @@ def embedding_fingerprint(
         key["long_text"] = long_text
     if normalize:
         key["normalize"] = True
+    if tuple(layers) != LAST:
+        key["layers"] = list(layers)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -281,11 +341,14 @@ def cached_embeddings(
     pooling,
     long_text: str = "truncate",
     normalize: bool = False,
+    layers=LAST,
     **kw,
 ):
     """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model, texts, max_length, pooling,
-    long_text and normalize match. Returns (features, fingerprint, reused)."""
-    fingerprint = embedding_fingerprint(model_name_or_path, texts, max_length, pooling, long_text, normalize)
+    long_text, normalize and layers match. Returns (features, fingerprint, reused)."""
+    fingerprint = embedding_fingerprint(
+        model_name_or_path, texts, max_length, pooling, long_text, normalize, layers
+    )
     path = Path(cache_dir) / f"{fingerprint}.npy"
     if path.is_file():
         features = np.load(path, allow_pickle=False)
@@ -293,7 +356,15 @@ def cached_embeddings(
             logger.info("Reusing cached embeddings %s (%d rows)", path, len(texts))
             return features, fingerprint, True
     features = embed_texts(
-        encoder, tokenizer, texts, max_length, pooling, long_text=long_text, normalize=normalize, **kw
+        encoder,
+        tokenizer,
+        texts,
+        max_length,
+        pooling,
+        long_text=long_text,
+        normalize=normalize,
+        layers=layers,
+        **kw,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
