@@ -257,6 +257,32 @@ def test_two_processes_match_one(name, request, files, reference, tmp_path):
             assert got[key] == pytest.approx(want[key], abs=1e-4), (split, key)
 
 
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_refit(request, files, tmp_path, fast_bootstrap, one_torch_thread):
+    """--refit_with_validation under DDP: the second training (train + validation, the selection run's
+    epochs) runs in both processes and saves once; validation (the selection model) and test (the refit)
+    match one process with the same global batch."""
+    name, extra = "full_ft_encoder", ("--refit_with_validation", "true", "--posthoc_logit_adjustment", "none")
+    one, two, log = tmp_path / "one", tmp_path / "two", tmp_path / "events.jsonl"
+    load_recipe(name).main(
+        recipe_argv(request, name, files, one, "--per_device_train_batch_size", str(GLOBAL_BATCH), *extra)
+    )
+    argv = recipe_argv(
+        request, name, files, two, "--per_device_train_batch_size", str(GLOBAL_BATCH // 2), *extra
+    )
+    config = str(ACCELERATE_CONFIGS / "cpu_multi_process.yaml")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
+    launch += ["--main_process_port", str(free_port())]
+    done = run_child([*launch, str(LAUNCHER), name, *argv], child_env(LONGTAIL_TEST_EVENTS=str(log)))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert {e["rank"] for e in events(log)} == {0}  # results written once
+    results = {d: json.loads((d / "train_results.json").read_text()) for d in (one, two)}
+    assert results[two]["refit_rows"] == results[one]["refit_rows"] > 0
+    assert results[two]["refit_epochs"] == pytest.approx(results[one]["refit_epochs"], abs=1e-9)
+    for split in ("validation", "test"):
+        np.testing.assert_allclose(predictions(two, split), predictions(one, split), atol=1e-4)
+
+
 def test_multi_process_launch_without_gloo_is_refused(monkeypatch, tmp_path):
     """N launched processes that the Trainer would run as N independent runs (each writing and pushing
     the same outputs) stop with the fix in the message."""
