@@ -258,10 +258,12 @@ def test_two_processes_match_one(name, request, files, reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_with_the_refit(request, files, tmp_path, fast_bootstrap, one_torch_thread):
+def test_refit_under_two_processes_and_after_a_resume_matches_one_run(
+    request, files, tmp_path, fast_bootstrap, one_torch_thread
+):
     """--refit_with_validation under DDP: the second training (train + validation, the selection run's
     epochs) runs in both processes and saves once; validation (the selection model) and test (the refit)
-    match one process with the same global batch."""
+    match one process with the same global batch. Killed mid-run and resumed, it matches too."""
     name, extra = "full_ft_encoder", ("--refit_with_validation", "true", "--posthoc_logit_adjustment", "none")
     one, two, log = tmp_path / "one", tmp_path / "two", tmp_path / "events.jsonl"
     load_recipe(name).main(
@@ -281,6 +283,19 @@ def test_two_processes_match_one_with_the_refit(request, files, tmp_path, fast_b
     assert results[two]["refit_epochs"] == pytest.approx(results[one]["refit_epochs"], abs=1e-9)
     for split in ("validation", "test"):
         np.testing.assert_allclose(predictions(two, split), predictions(one, split), atol=1e-4)
+
+    # killed after two checkpoints and resumed: the selection run resumes, the refit then runs whole
+    resumed = tmp_path / "resumed"
+    argv = recipe_argv(
+        request, name, files, resumed, "--per_device_train_batch_size", str(GLOBAL_BATCH), *extra
+    )
+    killed = run_child(
+        [sys.executable, str(LAUNCHER), name, *argv], child_env(LONGTAIL_TEST_KILL_AFTER_SAVES="2")
+    )
+    assert killed.returncode == -9, killed.stderr[-5000:]
+    load_recipe(name).main([*argv, "--resume_from_checkpoint", "true"])
+    for split in ("validation", "test"):
+        np.testing.assert_allclose(predictions(resumed, split), predictions(one, split), rtol=0, atol=1e-6)
 
 
 def test_multi_process_launch_without_gloo_is_refused(monkeypatch, tmp_path):
