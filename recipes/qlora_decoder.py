@@ -32,7 +32,10 @@ from longtail.adapters import (
 from longtail.data import DataArguments, prepare_data
 from longtail.distributed import parse_recipe_args
 from longtail.losses import LossArguments
+from longtail.lpft import LPFTArguments
 from longtail.posthoc import adjust_on_validation
+from longtail.refit import RefitArguments, refit_note
+from longtail.refit_ft import refit, refit_section
 from longtail.report import summary_text
 from longtail.runs import command_line
 from longtail.training import (
@@ -53,6 +56,7 @@ PARSER_TYPES = (
     AdapterArguments,
     QuantizationArguments,
     LossArguments,
+    RefitArguments,
     TrainingArguments,
 )
 
@@ -60,7 +64,7 @@ PARSER_TYPES = (
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config (and fail before loading data when bitsandbytes is missing) -------------
     parsed = parse_recipe_args(PARSER_TYPES, argv)
-    data_args, model_args, adapter_args, quant_args, loss_args, training_args = parsed
+    data_args, model_args, adapter_args, quant_args, loss_args, refit_args, training_args = parsed
     require_bitsandbytes()
     training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision)
     command = command_line("recipes/qlora_decoder.py", argv)
@@ -85,12 +89,34 @@ def main(argv: list[str] | None = None) -> dict:
     tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
     trainer.save_metrics("train", train_result.metrics)
 
+    # ---- Optionally train the chosen run again on train + validation (2x cost) -----------------
+    test_trainer, sections = None, [tau_section] if tau_section else []
+    if refit_args.refit_with_validation:
+        test_trainer, refit_metrics = refit(
+            trainer,
+            lambda: add_lora(
+                load_quantized_classifier(model_args, quant_args, data.label_names, tokenizer, training_args),
+                adapter_args,
+            ),
+            data,
+            datasets,
+            LPFTArguments(),  # no head warm-up in this recipe
+            None,
+            tau,
+            save=save_adapter,
+        )
+        trainer.save_metrics("train", {**train_result.metrics, **refit_metrics})
+        sections.append(refit_section(data, refit_metrics, None, tau))
+
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
-    results = evaluate_splits(trainer, data, datasets, training_args.do_predict)
+    # validation by the selection model; test by the refit when there is one
+    results = evaluate_splits(trainer, data, datasets, training_args.do_predict, test_trainer)
 
     # ---- Save, report, merge, push (main process only) ---------------------------------------
     if trainer.is_world_process_zero():
         info = run_info("qlora_decoder", trainer, train_result, model_args, data_args, loss_args, started)
+        if refit_args.refit_with_validation:
+            info["selection"] += f"; {refit_note(data)}"
         paths = finish_adapter_run(
             trainer,
             title=f"QLoRA (4-bit {quant_args.bnb_4bit_quant_type.upper()}): {info['model']}",
@@ -98,10 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
             data=data,
             results=results,
             command=command,
-            arguments=(data_args, model_args, adapter_args, quant_args, loss_args),
+            arguments=(data_args, model_args, adapter_args, quant_args, loss_args, refit_args),
             push=push,
             tags=("peft", "lora", "qlora"),
-            sections=[tau_section] if tau_section else None,
+            sections=sections or None,
         )
         print(summary_text(results, paths))
     return {r.split: r.metrics for r in results}

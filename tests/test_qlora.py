@@ -146,3 +146,50 @@ def test_bf16_checkpoint_loads_without_an_fp32_copy_and_keeps_its_embedding_tabl
     kept = logits(model, tokenizer, TEXTS)
     model.get_input_embeddings().to(torch.float32)
     torch.testing.assert_close(kept, logits(model, tokenizer, TEXTS), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_qlora_refit_on_train_and_validation(tiny_qwen2, tmp_path, monkeypatch, fast_bootstrap):
+    """--refit_with_validation with QLoRA: validation is scored by the selection run's model (the one the
+    recipe trained first), test by a second 4-bit model + adapter trained on train + validation, which is the
+    adapter saved (reloaded in 4-bit onto a fresh base, it reproduces predictions_test.npz)."""
+    import numpy as np
+    from transformers import AutoTokenizer, BitsAndBytesConfig
+
+    from longtail.data import DataArguments, prepare_data
+
+    recipe = load_recipe("qlora_decoder")
+    seen = spy_on_trainer(recipe, monkeypatch)  # the first trainer built: the selection run's
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "refit"
+    recipe.main(decoder_args(
+        "qlora_decoder", tiny_qwen2, train, test, out, "--num_train_epochs", "1", "--posthoc_logit_adjustment",
+        "none", "--per_device_train_batch_size", "32", "--refit_with_validation", "true",
+    ))  # fmt: skip
+    splits = json.loads((out / "splits.json").read_text())
+    train_results = json.loads((out / "train_results.json").read_text())
+    assert train_results["refit_rows"] == len(splits["train"]) + len(splits["validation"])
+    assert train_results["refit_epochs"] == 1.0
+    assert "## Refit on train + validation" in (out / "report.md").read_text()
+
+    data = prepare_data(
+        DataArguments(train_file=train, test_file=test, text_column="Consumer complaint narrative",
+                      label_taxonomy="none", max_length=64)
+    )  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=["score"],
+    )  # fmt: skip
+    reloaded = load_adapter_classifier(out, quantization_config=quant, dtype=torch.float32).eval()
+    saved = {s: np.load(out / f"predictions_{s}.npz")["probs"] for s in ("validation", "test")}
+    for split, model in {"test": reloaded, "validation": seen["trainer"].model.eval()}.items():
+        with torch.no_grad():
+            probs = [
+                model(**tokenizer([t], truncation=True, max_length=64, return_tensors="pt")).logits.softmax(
+                    -1
+                )[0]
+                for t in data.splits[split]["text"].tolist()[:8]
+            ]
+        np.testing.assert_allclose(torch.stack(probs).numpy(), saved[split][:8], atol=1e-5, err_msg=split)
+    assert not np.allclose(logits(reloaded, tokenizer), logits(seen["trainer"].model, tokenizer))
