@@ -1,7 +1,7 @@
 """Refit a fine-tuning run on train + validation, after validation has chosen everything.
 
 The scikit-learn recipes refit their chosen setting (`longtail.refit`); this is the same step for a Trainer
-run (`--refit_with_validation` in `full_ft_encoder.py` and `lora_decoder.py`). The selection run has chosen, on validation, the
+run (`--refit_with_validation` in `full_ft_encoder.py`, `lora_decoder.py` and `qlora_decoder.py`). The selection run has chosen, on validation, the
 checkpoint (hence a number of epochs), WiSE-FT's alpha and the post-hoc tau. The refit trains the model again
 from the same start on train + validation for that many epochs (same seed, hyperparameters and schedule
 length in epochs; any LP-FT head warm-up included), then applies the same alpha (against its own start) and
