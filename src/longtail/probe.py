@@ -11,7 +11,8 @@ Importing this module registers the classes with the Auto* factories, so no `tru
 
 Pooling: `mean` (mask-weighted mean of the last hidden states; what sentence-transformers uses), `cls` (first
 token: BERT-style encoders), `last` (last non-pad token: decoders, whose causal attention only lets the last
-token see the whole text). The probe pads on the right, where every pooling is exact.
+token see the whole text). The probe pads on the right, where every pooling is exact. `feature_layers` picks
+which hidden states are pooled (default: the body's output); several are concatenated, each normalised alone.
 """
 
 from __future__ import annotations
