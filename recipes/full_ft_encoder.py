@@ -21,7 +21,7 @@ from longtail.lpft import LPFTArguments, load_model, selection_note
 from longtail.lpft import train as lpft_train
 from longtail.posthoc import adjust_on_validation
 from longtail.refit import RefitArguments, refit_note
-from longtail.refit_ft import refit, refit_section
+from longtail.refit_ft import refit
 from longtail.report import summary_text
 from longtail.runs import command_line
 from longtail.training import (
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Optionally train the chosen run again on train + validation (2x cost) -----------------
     test_trainer = None
     if refit_args.refit_with_validation:
-        test_trainer, refit_metrics = refit(
+        test_trainer, refit_report = refit(
             trainer,
             lambda: load_model(model_args, lpft_args, data.label_names, tokenizer, train_only_head=False),
             data,
@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
             lpft_args,
             alpha,
             tau,
+            train_result.metrics,
         )
-        trainer.save_metrics("train", {**train_result.metrics, **refit_metrics})
-        sections.append(refit_section(data, refit_metrics, alpha, tau))
+        sections.append(refit_report)
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
     # validation by the selection model; test by the refit when there is one

@@ -35,7 +35,7 @@ from longtail.losses import LossArguments
 from longtail.lpft import LPFTArguments
 from longtail.posthoc import adjust_on_validation
 from longtail.refit import RefitArguments, refit_note
-from longtail.refit_ft import refit, refit_section
+from longtail.refit_ft import refit_adapter
 from longtail.report import summary_text
 from longtail.runs import command_line
 from longtail.training import (
@@ -92,21 +92,19 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Optionally train the chosen run again on train + validation (2x cost) -----------------
     test_trainer, sections = None, [tau_section] if tau_section else []
     if refit_args.refit_with_validation:
-        test_trainer, refit_metrics = refit(
+        test_trainer, refit_report = refit_adapter(
             trainer,
-            lambda: add_lora(
-                load_quantized_classifier(model_args, quant_args, data.label_names, tokenizer, training_args),
-                adapter_args,
+            lambda: load_quantized_classifier(
+                model_args, quant_args, data.label_names, tokenizer, training_args
             ),
+            adapter_args,
             data,
             datasets,
             LPFTArguments(),  # no head warm-up in this recipe
-            None,
             tau,
-            save=save_adapter,
+            train_result.metrics,
         )
-        trainer.save_metrics("train", {**train_result.metrics, **refit_metrics})
-        sections.append(refit_section(data, refit_metrics, None, tau))
+        sections.append(refit_report)
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
     # validation by the selection model; test by the refit when there is one

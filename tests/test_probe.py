@@ -615,6 +615,45 @@ def test_wise_ft_after_lpft_end_to_end(
         assert any(not torch.equal(saved[k], end[k]) for k in float_keys)
 
 
+def refit_by_hand(recipe, argv, model_for, output_dir):
+    """The refit rebuilt from the recipe's own parser and the library's public pieces. Returns (parsed options,
+    data, label counts of train + validation, the model `model_for(model_args, data, tokenizer)` gives once the
+    seed is set, and `trainer(epochs)`: a LongTailTrainer of that model on train + validation, weighted by
+    those counts)."""
+    import dataclasses
+
+    from datasets import concatenate_datasets
+    from transformers import set_seed
+    from trl import TrlParser
+
+    from longtail.data import prepare_data
+    from longtail.losses import LongTailTrainer
+    from longtail.training import load_tokenizer, padding_collator, tokenize_splits
+
+    parsed = TrlParser(recipe.PARSER_TYPES).parse_args_and_config(argv)
+    data_args, model_args, loss_args, training_args = parsed[0], parsed[1], parsed[2], parsed[-1]
+    data = prepare_data(data_args)
+    tokenizer = load_tokenizer(model_args)
+    tokenised = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
+    rows = concatenate_datasets([tokenised["train"], tokenised["validation"]])
+    labels = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
+    counts = dict(zip(*(v.tolist() for v in np.unique(labels, return_counts=True))))
+    set_seed(training_args.seed)
+    model = model_for(model_args, data, tokenizer)
+
+    def trainer(epochs):
+        args = dataclasses.replace(
+            training_args, output_dir=str(output_dir), num_train_epochs=epochs, eval_strategy="no",
+            save_strategy="no", load_best_model_at_end=False,
+        )  # fmt: skip
+        return LongTailTrainer(
+            model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+            data_collator=padding_collator(tokenizer), loss_args=loss_args, train_counts=counts,
+        )  # fmt: skip
+
+    return parsed, data, counts, model, trainer
+
+
 def test_refit_trains_the_chosen_epochs_again_on_train_and_validation(
     probe_run, tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
 ):
@@ -622,18 +661,10 @@ def test_refit_trains_the_chosen_epochs_again_on_train_and_validation(
     (identical to the same run without the refit); the saved model equals, by hand, the probe's saved (refit)
     model trained on train + validation for the best checkpoint's epochs, interpolated with that start at the
     chosen alpha, its bias shifted by tau * log(train + validation prior); test is scored with it."""
-    import dataclasses
-
-    from datasets import concatenate_datasets
     from safetensors.torch import load_file
-    from transformers import set_seed
-    from trl import TrlParser
 
-    from longtail.data import prepare_data
-    from longtail.losses import LongTailTrainer
     from longtail.posthoc import log_prior_array
     from longtail.probe import ProbeForSequenceClassification
-    from longtail.training import load_tokenizer, padding_collator, tokenize_splits
 
     recipe = load_recipe("full_ft_encoder")
     extra = [
@@ -664,27 +695,16 @@ def test_refit_trains_the_chosen_epochs_again_on_train_and_validation(
     assert train_results["refit_rows"] == len(splits["train"]) + len(splits["validation"])
 
     # the refit by hand, from the library's public pieces
-    data_args, model_args, loss_args, *_, training_args = TrlParser(
-        recipe.PARSER_TYPES
-    ).parse_args_and_config([*args, "--refit_with_validation", "true"])
-    data = prepare_data(data_args)
-    tokenizer = load_tokenizer(model_args)
-    tokenised = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
-    rows = concatenate_datasets([tokenised["train"], tokenised["validation"]])
-    labels = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
-    counts = dict(zip(*(v.tolist() for v in np.unique(labels, return_counts=True))))
-    set_seed(training_args.seed)
-    model = ProbeForSequenceClassification.from_pretrained(probe_run["out"])  # its saved head: the refit one
-    model.config.pad_token_id = tokenizer.pad_token_id
+    def probe_model(model_args, data, tokenizer):  # the probe's saved model: its head is the refit one
+        model = ProbeForSequenceClassification.from_pretrained(probe_run["out"])
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return model
+
+    _, data, counts, model, trainer = refit_by_hand(
+        recipe, [*args, "--refit_with_validation", "true"], probe_model, tmp_path / "hand"
+    )
     start = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
-    hand_args = dataclasses.replace(
-        training_args, output_dir=str(tmp_path / "hand"), num_train_epochs=epochs, eval_strategy="no",
-        save_strategy="no", load_best_model_at_end=False,
-    )  # fmt: skip
-    LongTailTrainer(
-        model=model, args=hand_args, train_dataset=rows, processing_class=tokenizer,
-        data_collator=padding_collator(tokenizer), loss_args=loss_args, train_counts=counts,
-    ).train()  # fmt: skip
+    trainer(epochs).train()
     end = model.state_dict()
     saved = load_file(str(refitted / "model.safetensors"))
     assert set(start) <= set(saved)
@@ -705,17 +725,10 @@ def test_refit_of_a_fresh_head_repeats_the_seeded_init_and_the_head_warmup(
     """--refit_with_validation without a probe: a fresh head + --head_warmup_epochs. The refit draws the
     selection run's seeded head again, warms it up and trains the chosen epochs on train + validation: equal,
     by hand, to the library's pieces in that order."""
-    import dataclasses
-
-    from datasets import concatenate_datasets
     from safetensors.torch import load_file
-    from transformers import set_seed
-    from trl import TrlParser
 
-    from longtail.data import prepare_data
-    from longtail.losses import LongTailTrainer
     from longtail.lpft import warm_up_head
-    from longtail.training import load_classifier, load_tokenizer, padding_collator, tokenize_splits
+    from longtail.training import load_classifier
     from longtail.wise_ft import float_state
 
     train, test = synthetic_files(tmp_path)
@@ -730,25 +743,11 @@ def test_refit_of_a_fresh_head_repeats_the_seeded_init_and_the_head_warmup(
     assert train_results["refit_head_warmup_loss"] > 0  # the refit warmed its head up too
     epochs = train_results["refit_epochs"]
 
-    data_args, model_args, loss_args, lpft_args, *_, training_args = TrlParser(
-        recipe.PARSER_TYPES
-    ).parse_args_and_config(args)
-    data = prepare_data(data_args)
-    tokenizer = load_tokenizer(model_args)
-    tokenised = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
-    rows = concatenate_datasets([tokenised["train"], tokenised["validation"]])
-    labels = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
-    counts = dict(zip(*(v.tolist() for v in np.unique(labels, return_counts=True))))
-    set_seed(training_args.seed)
-    model = load_classifier(model_args, data.label_names, tokenizer)  # the seeded fresh head
-    hand_args = dataclasses.replace(
-        training_args, output_dir=str(tmp_path / "hand"), num_train_epochs=epochs, eval_strategy="no",
-        save_strategy="no", load_best_model_at_end=False,
-    )  # fmt: skip
-    trainer = LongTailTrainer(
-        model=model, args=hand_args, train_dataset=rows, processing_class=tokenizer,
-        data_collator=padding_collator(tokenizer), loss_args=loss_args, train_counts=counts,
-    )  # fmt: skip
+    parsed, data, _, model, make_trainer = refit_by_hand(
+        recipe, args, lambda m, d, t: load_classifier(m, d.label_names, t), tmp_path / "hand"
+    )  # the seeded fresh head
+    lpft_args = parsed[3]
+    trainer = make_trainer(epochs)
     warm_up_head(trainer, lpft_args.head_warmup_epochs, lpft_args.head_warmup_learning_rate)
     trainer.train()
     saved = load_file(str(out / "model.safetensors"))

@@ -45,11 +45,20 @@ def chosen_epochs(trainer) -> float:
 
 
 def refit(
-    selection, build_model, data: PreparedData, datasets: dict, lpft_args, alpha, tau: float, save=None
+    selection,
+    build_model,
+    data: PreparedData,
+    datasets: dict,
+    lpft_args,
+    alpha,
+    tau: float,
+    train_metrics: dict,
+    save=None,
 ):
     """Train `build_model()` on train + validation as the selection trainer's run was trained, then apply its
     alpha (None: no WiSE-FT) and tau; save it to the run folder with `save(trainer)` (default
-    `trainer.save_model()`; LoRA runs pass `adapters.save_adapter`). Returns (refit trainer, its train metrics)."""
+    `trainer.save_model()`; adapter runs pass `adapters.save_adapter`). Its metrics are written beside the
+    selection run's `train_metrics` (train_results.json). Returns (refit trainer, the report's section)."""
     from longtail.lpft import train as lpft_train
     from longtail.wise_ft import apply_alpha, float_state
 
@@ -97,7 +106,21 @@ def refit(
     metrics.update(
         refit_rows=len(rows), refit_epochs=epochs, refit_total_runtime=round(time.time() - started, 1)
     )
-    return trainer, metrics
+    selection.save_metrics("train", {**train_metrics, **metrics})
+    return trainer, refit_section(data, metrics, alpha, tau)
+
+
+def refit_adapter(
+    selection, build_base, adapter_args, data: PreparedData, datasets: dict, lpft_args, tau, train_metrics
+):
+    """`refit` for a LoRA or QLoRA run: a new adapter (`add_lora(build_base(), adapter_args)`), saved with
+    `save_adapter` as the recipe saves its own; no WiSE-FT."""
+    from longtail.adapters import add_lora, save_adapter
+
+    def build():
+        return add_lora(build_base(), adapter_args)
+
+    return refit(selection, build, data, datasets, lpft_args, None, tau, train_metrics, save=save_adapter)
 
 
 def refit_section(data: PreparedData, metrics: dict, alpha, tau: float) -> str:
