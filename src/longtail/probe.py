@@ -138,7 +138,8 @@ class ProbeConfig(PretrainedConfig):
         super().__init__(**kwargs)
         if encoder_config is not None:  # what tools read off a classifier's config (sizes, input limit)
             self.hidden_size = encoder_config.hidden_size
-            check_layers(self.feature_layers, encoder_config.num_hidden_layers)
+            if getattr(encoder_config, "num_hidden_layers", None) is not None:
+                check_layers(self.feature_layers, encoder_config.num_hidden_layers)
             if hasattr(encoder_config, "max_position_embeddings"):
                 self.max_position_embeddings = encoder_config.max_position_embeddings
 
