@@ -100,6 +100,16 @@ def test_probe_model_logits_equal_sklearn_decision_function(
     with torch.no_grad():
         single = reloaded(**{k: alone[k] for k in ("input_ids", "attention_mask")}).logits
     np.testing.assert_allclose(single.numpy(), logits[-1:].numpy(), atol=1e-4)
+    if fixture == "tiny_qwen2" and layers != (
+        -1,
+    ):  # a decoder-bodied probe reading an inner layer exports too
+        from longtail.export import ExportArguments, export_onnx
+
+        record = export_onnx(
+            ExportArguments(model_dir=str(tmp_path), output_dir=str(tmp_path / "onnx"), parity_rows=8)
+        )
+        fp32 = record["variants"]["fp32"]
+        assert fp32["status"] == "ok" and fp32["max_abs_logit_diff"] < 1e-4, fp32
 
 
 def test_pooling_ignores_padding_on_either_side():
