@@ -124,6 +124,8 @@ class ProbeArguments:
         if not self.grid_C or any(c <= 0 for c in self.grid_C):
             raise ValueError(f"grid_C must be positive numbers, got {self.grid_C}")
         parse_tau_option(self.posthoc_logit_adjustment)  # a clear error now, not after the embedding
+        if not self.feature_layers:  # the range needs the loaded body; emptiness is known now
+            raise ValueError("--feature_layers needs at least one hidden-state index (-1: the body's output)")
 
 
 PARSER_TYPES = (DataArguments, ModelArguments, ProbeArguments, RefitArguments)

@@ -387,6 +387,8 @@ def test_probe_rejects_bad_options(tiny_modernbert, tmp_path):
     with pytest.raises(ValueError, match="long_text.*windows"):
         recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--long_text", "all"))
     # the tiny body has 2 layers: hidden states 0..2, or -3..-1; -1 and 2 are the same one
+    with pytest.raises(ValueError, match="feature_layers needs at least one"):  # e.g. `feature_layers: []`
+        recipe.ProbeArguments(feature_layers=[])
     for layers in (["0", "3"], ["-1", "2"], ["-4"]):
         with pytest.raises(
             ValueError, match=r"feature_layers must be distinct hidden-state indices in \[-3, 2\]"
@@ -1131,7 +1133,8 @@ def test_windowed_probe_is_served_the_way_it_was_trained(
         weights = {d: load_file(str(d / "model.safetensors"))["classifier.weight"] for d in (out, lpft)}
         assert weights[out].shape == weights[lpft].shape == (len(data.label_names), head)
         assert json.loads((lpft / "config.json").read_text())["feature_layers"] == [0, -1]
-        assert not torch.allclose(weights[out], weights[lpft])  # trained
+        start = load_file(str(out / "selection_head.safetensors"))["classifier.weight"]  # LP-FT's start
+        assert start.shape == weights[lpft].shape and not torch.allclose(start, weights[lpft])  # trained
 
 
 def test_probe_config_carries_the_body_input_limit(probe_run):
