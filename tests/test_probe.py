@@ -1139,13 +1139,14 @@ def test_windowed_probe_is_served_the_way_it_was_trained(
 
 def test_probe_config_carries_the_body_input_limit(probe_run):
     """Tools that size inputs from a classifier's config (`make bench`'s padding study, truncation) read the
-    probe's like any other: its body's max_position_embeddings and hidden size."""
+    probe's like any other: its body's max_position_embeddings, hidden size and layer count."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(probe_run["out"])
     assert config.model_type == "longtail_probe"
     assert config.max_position_embeddings == config.encoder_config.max_position_embeddings
     assert config.hidden_size == config.encoder_config.hidden_size
+    assert config.num_hidden_layers == config.encoder_config.num_hidden_layers == 2  # FLOPs' attention term
 
 
 @needs_shared

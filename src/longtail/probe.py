@@ -139,6 +139,8 @@ class ProbeConfig(PretrainedConfig):
         if encoder_config is not None:  # what tools read off a classifier's config (sizes, input limit)
             self.hidden_size = encoder_config.hidden_size
             if getattr(encoder_config, "num_hidden_layers", None) is not None:
+                # the bench's FLOPs estimate (attention term) reads it, as off any classifier's config
+                self.num_hidden_layers = encoder_config.num_hidden_layers
                 check_layers(self.feature_layers, encoder_config.num_hidden_layers)
             if hasattr(encoder_config, "max_position_embeddings"):
                 self.max_position_embeddings = encoder_config.max_position_embeddings
