@@ -943,6 +943,47 @@ def test_predict_serves_the_probe_folder(probe_run, tmp_path):
     np.testing.assert_allclose(rows["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
 
 
+@pytest.mark.parametrize("fixture,layers", [("tiny_qwen2", ["1", "-1"]), ("tiny_llama", [])])
+def test_probe_recipe_on_a_decoder_body(fixture, layers, request, tmp_path, fast_bootstrap, one_torch_thread):
+    """The recipe on a decoder checkpoint without a pad token (Llama's tokenizer pads on the left): `auto`
+    pools the last non-pad token, the chosen hidden states are recorded, and `predict` on the folder returns
+    the run's own test predictions."""
+    import pandas as pd
+
+    from longtail.calibration import load_temperature
+    from longtail.data import DataArguments, prepare_data
+    from longtail.predict import main as predict
+    from longtail.report import load_predictions
+
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "probe"
+    args = probe_args(request.getfixturevalue(fixture), train, test, out, tmp_path / "cache")
+    load_recipe("probe_encoder").main(args + (["--feature_layers", *layers] if layers else []))
+    config = json.loads((out / "config.json").read_text())
+    assert config["pooling"] == "last" and config["feature_layers"] == [int(i) for i in layers or ["-1"]]
+    assert config["encoder_config"]["model_type"] == fixture.removeprefix("tiny_")
+    assert (
+        json.loads((out / "run_config.json").read_text())["probe"]["feature_layers"]
+        == config["feature_layers"]
+    )
+    assert "`last`-pooled" in (out / "report.md").read_text()
+    data = prepare_data(
+        DataArguments(train_file=train, test_file=test, text_column="Consumer complaint narrative",
+                      label_taxonomy="none")
+    )  # fmt: skip
+    texts = data.splits["test"]["text"].tolist()[:12]
+    src, dst = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    predict(["--model_dir", str(out), "--input", str(src), "--output", str(dst), "--top_k", "1",
+             "--batch_size", "5", "--no_progress", "--device", "cpu"])  # fmt: skip
+    saved = load_predictions(out / "predictions_test.npz")["probs"][:12]
+    calibrated = np.exp(np.log(saved) / load_temperature(out))
+    calibrated /= calibrated.sum(1, keepdims=True)
+    rows = pd.read_json(dst, lines=True)
+    assert rows["label"].tolist() == [data.label_names[i] for i in saved.argmax(1)]
+    np.testing.assert_allclose(rows["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
+
+
 def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, tmp_path, fast_bootstrap):
     """`predict` on a TF-IDF run folder and on an ensemble folder (probe + TF-IDF) reads the raw test CSV (empty
     narratives included) and returns, row for row, the probabilities the runs saved for their test split:
