@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
-from transformers import AutoModel
 from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
@@ -42,6 +41,7 @@ from longtail.probe import (
     cached_embeddings,
     check_layers,
     default_pooling,
+    load_frozen_body,
 )
 from longtail.refit import SELECTION_HEAD, RefitArguments, label_counts, refit_note, train_and_validation
 from longtail.report import SplitResult, grid_table, summary_text, write_run_outputs
@@ -292,12 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Build the frozen encoder ------------------------------------------------------------
     tokenizer = load_tokenizer(model_args)
-    encoder = AutoModel.from_pretrained(
-        model_args.model_name_or_path,
-        trust_remote_code=model_args.trust_remote_code,
-        use_safetensors=True,  # never unpickle weights
-        dtype=torch.float32,
-    )
+    encoder = load_frozen_body(model_args.model_name_or_path, model_args.trust_remote_code)
     if encoder.config.model_type == "modernbert" and not torch.cuda.is_available():
         encoder.config.reference_compile = False  # its auto-compile breaks on CPU when triton is installed
     encoder.config.pad_token_id = tokenizer.pad_token_id

@@ -530,6 +530,20 @@ def test_full_ft_from_probe_with_warmup_end_to_end(
     train_results = json.loads((out / "train_results.json").read_text())
     assert train_results["head_warmup_loss"] > 0
 
+    # a new probe on the fine-tuned body (classifier re-training): the recipe embeds with LP-FT's body
+    from safetensors.torch import load_file
+
+    again = tmp_path / "reprobe"
+    args = probe_args(
+        str(out), probe_run["train"], probe_run["test"], again, tmp_path / "cache", "--long_text", "truncate"
+    )
+    load_recipe("probe_encoder").main([*args, "--refit_with_validation", "false"])
+    weights = {d: load_file(str(d / "model.safetensors")) for d in (probe_run["out"], out, again)}
+    body = [n for n in weights[out] if n.startswith("encoder.")]
+    assert body and all(torch.equal(weights[again][n], weights[out][n]) for n in body)
+    assert not all(torch.equal(weights[again][n], weights[probe_run["out"]][n]) for n in body)
+    assert json.loads((again / "config.json").read_text())["encoder_config"]["model_type"] == "modernbert"
+
 
 def test_wise_ft_interpolates_start_and_fine_tuned_weights():
     from longtail.wise_ft import WiseFTArguments, interpolate

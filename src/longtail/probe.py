@@ -228,6 +228,18 @@ AutoConfig.register(MODEL_TYPE, ProbeConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(ProbeConfig, ProbeForSequenceClassification, exist_ok=True)
 
 
+def load_frozen_body(name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """The body to embed with: `AutoModel` of a checkpoint (a classifier's folder gives its body), or the body of
+    a probe-architecture run, e.g. LP-FT's output, whose fine-tuned body a new probe can read ("classifier
+    re-training", Kang et al. 2020). `longtail_probe` has no `AutoModel` class; its head is not wanted here."""
+    kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=True, dtype=torch.float32)
+    if AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).model_type == MODEL_TYPE:
+        body = ProbeForSequenceClassification.from_pretrained(name, **kwargs).encoder
+        logger.info("%s is a probe-architecture model: embedding with its body, not its head", name)
+        return body
+    return AutoModel.from_pretrained(name, **kwargs)  # use_safetensors: never unpickle weights
+
+
 # ---------------------------------------------------------------------------------------------
 # Embedding with a frozen body, cached on disk
 # ---------------------------------------------------------------------------------------------
