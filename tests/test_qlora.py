@@ -66,6 +66,28 @@ def test_head_stays_unquantized_in_float32(tiny_llama):
     assert check_padding(lora, tokenizer) == "left"  # within bf16 tolerance
 
 
+def force_avx512_bf16(monkeypatch) -> None:
+    """Make bitsandbytes believe this CPU has AVX512-BF16, where it repacks a 4-bit layer for its CPU inference
+    kernel at a no-grad eval forward (kept afterwards: training after an evaluation then fails, and a 32-wide
+    layer cannot be repacked at all). The recipes turn that off; forcing it on tests them on any CPU."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+
+
+def test_4bit_layers_keep_their_training_layout(tiny_qwen2, tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    force_avx512_bf16(monkeypatch)
+    model_args = ModelArguments(model_name_or_path=tiny_qwen2)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    model = load_quantized_classifier(
+        model_args, QuantizationArguments(), ["a", "b"], load_tokenizer(model_args), args
+    )
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+
+
 def test_qlora_without_bitsandbytes_is_a_clear_error(tiny_qwen2, tmp_path, monkeypatch):
     monkeypatch.setattr(longtail.adapters, "bitsandbytes_available", lambda: False)
     with pytest.raises(
@@ -79,6 +101,7 @@ def test_qlora_without_bitsandbytes_is_a_clear_error(tiny_qwen2, tmp_path, monke
 
 @pytest.mark.slow
 def test_qlora_decoder_end_to_end(tiny_qwen2, tmp_path, monkeypatch, fast_bootstrap):
+    force_avx512_bf16(monkeypatch)  # trains, evaluates and reloads in 4-bit as on such a CPU
     from safetensors import safe_open
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 

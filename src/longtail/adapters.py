@@ -333,6 +333,17 @@ def _upcast_output(module, inputs, output):
     return output.to(torch.float32)
 
 
+def keep_4bit_training_layout(model) -> None:
+    """bitsandbytes (0.50) on a CPU with AVX512-BF16 repacks each 4-bit layer in place for its inference kernel at
+    the layer's first no-grad eval forward, and keeps it so. Training evaluates every epoch, and the steps after an
+    evaluation then run that kernel: Qwen2's biased projections fail ("a view of a leaf Variable ... in-place"),
+    and layers narrower than its 64-value block cannot be repacked at all. Turn the repacking off for training,
+    and for a reload that must score as the run did (the repacked layout keeps the block scales in bf16)."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_quantized_classifier(
     model_args, quant_args: QuantizationArguments, label_names, tokenizer, training_args
 ):
@@ -365,6 +376,7 @@ def load_quantized_classifier(
         dtype="auto",
         device_map={"": training_args.local_process_index} if torch.cuda.is_available() else None,
     )
+    keep_4bit_training_layout(model)
     embedding_dtype = model.get_input_embeddings().weight.dtype
     # freezes the base, casts every non-4-bit parameter (norms, embeddings, the head) to float32
     model = prepare_model_for_kbit_training(
@@ -451,6 +463,9 @@ def load_adapter_classifier(adapter_dir: str | Path, base_model: str | None = No
     model = AutoModelForSequenceClassification.from_pretrained(
         base, config=config, use_safetensors=True, **from_pretrained_kwargs
     )
+    keep_4bit_training_layout(
+        model
+    )  # a 4-bit reload scores as the run did (the CPU repack rounds scales to bf16)
     return PeftModel.from_pretrained(model, str(adapter_dir)).eval()
 
 
