@@ -463,9 +463,8 @@ def load_adapter_classifier(adapter_dir: str | Path, base_model: str | None = No
     model = AutoModelForSequenceClassification.from_pretrained(
         base, config=config, use_safetensors=True, **from_pretrained_kwargs
     )
-    keep_4bit_training_layout(
-        model
-    )  # a 4-bit reload scores as the run did (the CPU repack rounds scales to bf16)
+    # a 4-bit reload scores as the run did (the CPU repack would round its block scales to bf16)
+    keep_4bit_training_layout(model)
     return PeftModel.from_pretrained(model, str(adapter_dir)).eval()
 
 
