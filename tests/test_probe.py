@@ -112,6 +112,37 @@ def test_probe_model_logits_equal_sklearn_decision_function(
         assert fp32["status"] == "ok" and fp32["max_abs_logit_diff"] < 1e-4, fp32
 
 
+def test_frozen_body_of_a_checkpoint_a_classifier_and_a_probe_run(tiny_modernbert, tmp_path):
+    """What the probe embeds with: a checkpoint's body; a fine-tuned classifier folder's body (not the pretrained
+    one); a probe-architecture folder's (LP-FT's output) body; an adapter folder is refused, naming merged/."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    import longtail.probe as probe
+
+    def assert_body(body, reference):
+        ref = reference.state_dict()
+        assert body.state_dict().keys() == ref.keys()
+        assert all(torch.equal(t, ref[k]) for k, t in body.state_dict().items())
+
+    pretrained = AutoModel.from_pretrained(tiny_modernbert)
+    assert_body(probe.load_frozen_body(tiny_modernbert), pretrained)
+    torch.manual_seed(0)
+    classifier = AutoModelForSequenceClassification.from_pretrained(tiny_modernbert, num_labels=3)
+    with torch.no_grad():
+        for p in classifier.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # "fine-tuned": its body is not the pretrained one
+    classifier.save_pretrained(tmp_path / "ft")
+    assert_body(probe.load_frozen_body(str(tmp_path / "ft")), classifier.model)
+    prober = probe.ProbeForSequenceClassification.from_encoder(
+        classifier.model, "mean", np.zeros((3, 32)), np.zeros(3), ["a", "b", "c"]
+    )
+    prober.save_pretrained(tmp_path / "lpft")
+    assert_body(probe.load_frozen_body(str(tmp_path / "lpft")), classifier.model)
+    (tmp_path / "ft" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="LoRA/QLoRA adapter run.*merged"):
+        probe.load_frozen_body(str(tmp_path / "ft"))
+
+
 def test_pooling_ignores_padding_on_either_side():
     from longtail.probe import pool
 
@@ -959,8 +990,8 @@ def test_predict_serves_the_probe_folder(probe_run, tmp_path):
 
 @pytest.mark.parametrize("fixture,layers", [("tiny_qwen2", ["1", "-1"]), ("tiny_llama", [])])
 def test_probe_recipe_on_a_decoder_body(fixture, layers, request, tmp_path, fast_bootstrap, one_torch_thread):
-    """The recipe on a decoder checkpoint without a pad token (Llama's tokenizer pads on the left): `auto`
-    pools the last non-pad token, the chosen hidden states are recorded, and `predict` on the folder returns
+    """The recipe on a decoder checkpoint without a pad token (Llama's tokenizer pads on the left; the recipe
+    embeds with right padding, as the saved tokenizer serves): `auto` pools the last non-pad token, the chosen hidden states are recorded, and `predict` on the folder returns
     the run's own test predictions."""
     import pandas as pd
 

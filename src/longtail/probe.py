@@ -232,6 +232,11 @@ def load_frozen_body(name: str, trust_remote_code: bool = False) -> PreTrainedMo
     """The body to embed with: `AutoModel` of a checkpoint (a classifier's folder gives its body), or the body of
     a probe-architecture run, e.g. LP-FT's output, whose fine-tuned body a new probe can read ("classifier
     re-training", Kang et al. 2020). `longtail_probe` has no `AutoModel` class; its head is not wanted here."""
+    if (Path(name) / "adapter_config.json").is_file():  # its folder holds no body weights: a deep load error
+        raise ValueError(
+            f"{name} is a LoRA/QLoRA adapter run (adapter_config.json): pass its merged model instead "
+            f"({Path(name) / 'merged'}, written by --merge_adapter true or longtail.adapters.merge_adapter)"
+        )
     kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=True, dtype=torch.float32)
     if AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).model_type == MODEL_TYPE:
         body = ProbeForSequenceClassification.from_pretrained(name, **kwargs).encoder
