@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
-from longtail.grid import fit_settings
+from longtail.grid import fit_settings, solver_iterations, warn_unconverged
 from longtail.inference import LONG_TEXT
 from longtail.losses import class_weights
 from longtail.metrics import softmax
@@ -167,6 +167,7 @@ def fit_grid(args: ProbeArguments, x_train, y_train, x_val, y_val, num_labels):
             "val_macro_f1": shifted["val_macro_f1"],
             "val_accuracy": shifted["val_accuracy"],
             "val_macro_f1_unshifted": next((r["val_macro_f1"] for r in by_tau if r["tau"] == 0), None),
+            "iterations": solver_iterations(logreg),
             "fit_s": seconds,
         }
         rows.append(row)
@@ -175,6 +176,7 @@ def fit_grid(args: ProbeArguments, x_train, y_train, x_val, y_val, num_labels):
         )
         if best_row is None or row["val_macro_f1"] > best_row["val_macro_f1"]:
             best, best_row = logreg, row
+    warn_unconverged([{k: r[k] for k in ("C", "class_weight", "iterations")} for r in rows], args.max_iter)
     return best, rows, best_row
 
 
@@ -184,6 +186,17 @@ def fit_head(args: ProbeArguments, setting: dict, features: np.ndarray, y: np.nd
     mean, scale = features.mean(0), features.std(0) + 1e-6
     logreg = head_classifier(args, setting["C"], setting["class_weight"], y, num_labels).fit(
         (features - mean) / scale, y
+    )
+    warn_unconverged(
+        [
+            {
+                "refit": True,
+                "C": setting["C"],
+                "class_weight": setting["class_weight"],
+                "iterations": solver_iterations(logreg),
+            }
+        ],
+        args.max_iter,
     )
     return shifted_head(
         full_head(logreg, logreg.classes_, num_labels, mean, scale), y, setting.get("tau", 0.0)
@@ -254,6 +267,7 @@ def grid_section(
     columns |= {"validation macro-F1": "val_macro_f1", "validation accuracy": "val_accuracy"}
     if posthoc and all(r.get("val_macro_f1_unshifted") is not None for r in rows):  # tau 0 was in the grid
         columns["validation macro-F1 at tau 0"] = "val_macro_f1_unshifted"
+    columns["solver iterations"] = "iterations"
     columns["fit (s)"] = "fit_s"
     if posthoc:  # a post-hoc shift was chosen with each setting
         lines += [

@@ -219,6 +219,12 @@ def test_baseline_tfidf_end_to_end(tmp_path):
     assert metrics["validation"]["macro_f1"] == pytest.approx(best["val_macro_f1"])
     assert "Validation grid" in (out / "report.md").read_text()
     assert metrics["test"]["accuracy"] > 0.5
+    # the YAML runs lbfgs to convergence: every fit stops on its tolerance, well before max_iter
+    assert config["baseline"]["tol"] == 1e-6 and all(0 < r["iterations"] < 1000 for r in grid)
+    assert (
+        "Solver: lbfgs, tol 1e-06, at most 1000 iterations; every fit met the tolerance."
+        in (out / "report.md").read_text()
+    )
 
     # the config refits the chosen setting on train + validation: the saved vectoriser counted every one of
     # those documents (smooth idf of a term in one document: ln((1 + n) / 2) + 1) ...
@@ -240,6 +246,28 @@ def test_baseline_tfidf_end_to_end(tmp_path):
     n_train = len(splits["train"])
     plain_words = plain_model.named_steps["tfidf"].transformer_list[0][1]
     assert plain_words.idf_.max() == pytest.approx(np.log((1 + n_train) / 2) + 1)
+
+
+def test_baseline_logs_fits_that_stop_at_max_iter(tmp_path, capsys):
+    """A fit that runs out of iterations is named in the log and the report (the grid's and the refit's),
+    and its iterations are in the grid: scikit-learn's ConvergenceWarning alone is lost in grid workers."""
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "short"
+    args = [
+        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", train,
+        "--test_file", test, "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
+        "--output_dir", str(out), "--grid_C", "10.0", "--grid_sublinear_tf", "true", "--char_ngram_max", "0",
+        "--max_iter", "3",
+    ]  # fmt: skip
+    load_recipe("baseline_tfidf").main(args)  # the recipe logs to stderr (its own basicConfig)
+    log = capsys.readouterr().err
+    grid = json.loads((out / "run_config.json").read_text())["grid"]
+    assert [r["iterations"] for r in grid] == [3]
+    assert (
+        "2 of 2 fits stopped at max_iter 3 before the solver's tolerance was met (C=10.0, class_weight=balanced, "
+        "sublinear_tf=True; refit=True, C=10.0, class_weight=balanced, sublinear_tf=True)" in log
+    )
+    assert "**2 fit(s) stopped at max_iter** before meeting it" in (out / "report.md").read_text()
 
 
 def test_baseline_grid_in_parallel_equals_serial(tmp_path):

@@ -6,10 +6,14 @@ processes can import what they run.
 
 from __future__ import annotations
 
+import logging
 import time
 
+import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import clone
+
+logger = logging.getLogger(__name__)
 
 
 def fit_and_predict(estimator, x_train, y_train, x_val):
@@ -28,3 +32,29 @@ def fit_settings(estimators: list, x_train, y_train, x_val, n_jobs: int = 1) -> 
     if jobs == 1 or len(estimators) < 2:  # no worker processes: nothing to pickle
         return [fit_and_predict(e, x_train, y_train, x_val) for e in estimators]
     return Parallel(n_jobs=jobs)(delayed(fit_and_predict)(e, x_train, y_train, x_val) for e in estimators)
+
+
+def solver_iterations(estimator) -> int:
+    """Iterations the fitted model's solver ran (a Pipeline: its last step's; the most over sub-problems)."""
+    if hasattr(estimator, "steps"):
+        estimator = estimator.steps[-1][1]
+    return int(np.max(estimator.n_iter_))
+
+
+def warn_unconverged(settings: list[dict], max_iter: int) -> list[dict]:
+    """Log the fits that stopped at `max_iter` (each a dict with its `iterations` and the values that name it)
+    before meeting the solver's tolerance; returns them. Their scores depend on where the solver stopped, so
+    the same run differs between library versions. scikit-learn's own ConvergenceWarning is not enough: in
+    the grid's worker processes it is easy to miss."""
+    stopped = [s for s in settings if s["iterations"] >= max_iter]
+    if stopped:
+        names = "; ".join(", ".join(f"{k}={v}" for k, v in s.items() if k != "iterations") for s in stopped)
+        logger.warning(
+            "%d of %d fits stopped at max_iter %d before the solver's tolerance was met (%s): their scores "
+            "depend on where the solver stopped; raise --max_iter",
+            len(stopped),
+            len(settings),
+            max_iter,
+            names,
+        )
+    return stopped
