@@ -102,7 +102,7 @@ bench-scaling: install
 # `compare` against TF-IDF. Everything chooses on validation (TF-IDF and the probe then refit the chosen
 # setting on train + validation; LP-FT starts from the probe's train-only head); the held-out file is
 # scored once per run. Replaces its own folder
-# ($(STUDY_OUT)) on each run. About 100 min on 2 idle CPU cores (two 2-epoch fine-tunings are most of it);
+# ($(STUDY_OUT)) on each run. About 107 min on 2 idle CPU cores (two 2-epoch fine-tunings are most of it);
 # STUDY_PLAIN=0 skips the plain-FT arm.
 CFPB_CSV ?= ../shared/data/cfpb/complaints_dev.csv
 STUDY_OUT ?= outputs/cfpb_study
