@@ -26,7 +26,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
-from longtail.grid import fit_settings, solver_iterations, warn_unconverged
+from longtail.grid import fit_settings, solver_iterations, solver_note, warn_unconverged
 from longtail.metrics import macro_f1
 from longtail.refit import RefitArguments, refit_note, train_and_validation
 from longtail.report import SplitResult, grid_table, save_predictions, summary_text, write_run_outputs
@@ -200,17 +200,6 @@ def grid_section(rows: list[dict], chosen: dict, refit: str = "", solver: str = 
     return "\n".join(lines)
 
 
-def solver_note(args: BaselineArguments, unconverged: list[dict]) -> str:
-    """The report's line on the solver: its stopping rule, and the fits that ran out of iterations."""
-    note = f"Solver: lbfgs, tol {args.tol:g}, at most {args.max_iter} iterations"
-    if not unconverged:
-        return note + "; every fit met the tolerance."
-    return note + (
-        f"; **{len(unconverged)} fit(s) stopped at max_iter** before meeting it (their scores depend on where "
-        "the solver stopped: raise --max_iter)."
-    )
-
-
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     parser = TrlParser(PARSER_TYPES)
@@ -296,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
                 grid,
                 chosen,
                 refit_note(data) if refit_args.refit_with_validation else "",
-                solver_note(args, unconverged),
+                solver_note(args.tol, args.max_iter, unconverged),
             )
         ],
         pipeline_example=False,

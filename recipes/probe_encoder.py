@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
-from longtail.grid import fit_settings, solver_iterations, warn_unconverged
+from longtail.grid import fit_settings, solver_iterations, solver_note, warn_unconverged
 from longtail.inference import LONG_TEXT
 from longtail.losses import class_weights
 from longtail.metrics import softmax
@@ -176,31 +176,19 @@ def fit_grid(args: ProbeArguments, x_train, y_train, x_val, y_val, num_labels):
         )
         if best_row is None or row["val_macro_f1"] > best_row["val_macro_f1"]:
             best, best_row = logreg, row
-    warn_unconverged([{k: r[k] for k in ("C", "class_weight", "iterations")} for r in rows], args.max_iter)
     return best, rows, best_row
 
 
 def fit_head(args: ProbeArguments, setting: dict, features: np.ndarray, y: np.ndarray, num_labels: int):
     """One setting (C, class weighting, post-hoc tau) fit on raw features: standardised on these rows, folded
-    back into (weight, bias) over all `num_labels` classes (`full_head`), minus tau * log(prior of `y`)."""
+    back into (weight, bias) over all `num_labels` classes (`full_head`), minus tau * log(prior of `y`).
+    Returns ((weight, bias), the solver's iterations)."""
     mean, scale = features.mean(0), features.std(0) + 1e-6
     logreg = head_classifier(args, setting["C"], setting["class_weight"], y, num_labels).fit(
         (features - mean) / scale, y
     )
-    warn_unconverged(
-        [
-            {
-                "refit": True,
-                "C": setting["C"],
-                "class_weight": setting["class_weight"],
-                "iterations": solver_iterations(logreg),
-            }
-        ],
-        args.max_iter,
-    )
-    return shifted_head(
-        full_head(logreg, logreg.classes_, num_labels, mean, scale), y, setting.get("tau", 0.0)
-    )
+    head = full_head(logreg, logreg.classes_, num_labels, mean, scale)
+    return shifted_head(head, y, setting.get("tau", 0.0)), solver_iterations(logreg)
 
 
 def shifted_head(head: tuple[np.ndarray, np.ndarray], y: np.ndarray, tau: float):
@@ -241,6 +229,7 @@ def grid_section(
     refit: str = "",
     posthoc: bool = False,
     layers=(-1,),
+    solver: str = "",
 ) -> str:
     unit = "each window's feature" if long_text == "windows" else "each feature"
     read = (
@@ -260,7 +249,8 @@ def grid_section(
         f"Features: `{pooling}`-pooled {states} of the frozen encoder over {read}, standardised on "
         "train. Every "
         "setting was fit on train and scored on validation; the best validation macro-F1 was kept (the chosen "
-        "row's validation score is therefore optimistic). The test split played no part in any choice.",
+        "row's validation score is therefore optimistic). The test split played no part in any choice."
+        + (f" {solver}" if solver else ""),
         "",
     ]
     columns = {"C": "C", "class weighting": "class_weight"} | ({"tau": "tau"} if posthoc else {})
@@ -361,11 +351,21 @@ def main(argv: list[str] | None = None) -> dict:
         )
     }
     heads["test"] = heads["validation"]
+    fits = [{k: r[k] for k in ("C", "class_weight", "iterations")} for r in grid]
     if refit_args.refit_with_validation:  # the chosen setting again, on every labelled row that is not test
         both = train_and_validation(data)["label_id"].to_numpy()
-        heads["test"] = fit_head(
+        heads["test"], iterations = fit_head(
             args, chosen, np.concatenate([features["train"], features["validation"]]), both, num_labels
         )
+        fits.append(
+            {
+                "refit": True,
+                "C": chosen["C"],
+                "class_weight": chosen["class_weight"],
+                "iterations": iterations,
+            }
+        )
+    unconverged = warn_unconverged(fits, args.max_iter)
     weight, bias = heads["test"]  # the saved model
     fit_s = round(time.time() - t0, 1)
 
@@ -447,6 +447,7 @@ def main(argv: list[str] | None = None) -> dict:
                 refit_note(data) if refit_args.refit_with_validation else "",
                 posthoc=parse_tau_option(args.posthoc_logit_adjustment) != (0.0,),
                 layers=layers,
+                solver=solver_note(args.tol, args.max_iter, unconverged),
             )
         ],
         pipeline_example=False,  # the card's quick start below imports longtail.probe first

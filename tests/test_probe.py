@@ -475,7 +475,9 @@ def test_probe_grid_chooses_tau_with_each_setting_and_folds_it_into_the_head():
     assert header in section
     assert f"| 1.0 | none | {chosen['tau']} | {by_tau[best_tau]:.4f} **(chosen)** |" in section
 
-    weight, bias = recipe.fit_head(args, {**chosen}, x_train, y_train, 3)  # raw features, shift folded in
+    (weight, bias), _ = recipe.fit_head(
+        args, {**chosen}, x_train, y_train, 3
+    )  # raw features, shift folded in
     mean, scale = x_train.mean(0), x_train.std(0) + 1e-6
     refit = recipe.head_classifier(args, 1.0, "none", y_train, 3).fit((x_train - mean) / scale, y_train)
     expected = refit.decision_function((x_val - mean) / scale) - best_tau * prior
@@ -486,32 +488,41 @@ def test_probe_grid_chooses_tau_with_each_setting_and_folds_it_into_the_head():
     assert chosen["tau"] == 0 and chosen["val_macro_f1"] == pytest.approx(by_tau[0], abs=1e-12)
 
 
-def test_probe_grid_records_solver_iterations_and_warns_when_a_fit_stops_at_max_iter(caplog):
-    """Each grid row (and the report's table) carries the solver's iterations; a fit that ran out of them is
-    logged by name, the grid's and the refit's, since its scores depend on where lbfgs stopped."""
+def test_probe_grid_records_solver_iterations_and_reports_fits_that_stop_at_max_iter(
+    tiny_modernbert, tmp_path, capsys, fast_bootstrap, one_torch_thread
+):
+    """Each grid row (and the report's table) carries the solver's iterations, equal to scikit-learn's own count;
+    a fit that ran out of them, the grid's or the refit's, is named in the log and the report, since its scores
+    depend on where lbfgs stopped."""
     recipe = load_recipe("probe_encoder")
     (x_train, y_train), (x_val, y_val) = imbalanced_blobs()
     args = recipe.ProbeArguments(grid_C=[0.1, 1.0], grid_class_weight=["balanced"])
-    with caplog.at_level("WARNING", logger="longtail.grid"):
-        logreg, rows, chosen = recipe.fit_grid(args, x_train, y_train, x_val, y_val, 3)
+    _, rows, chosen = recipe.fit_grid(args, x_train, y_train, x_val, y_val, 3)
     assert [r["iterations"] for r in rows] == [  # the solver's own count, fit again by hand
         recipe.head_classifier(args, C, "balanced", y_train, 3).fit(x_train, y_train).n_iter_[0]
         for C in (0.1, 1.0)
     ]
-    assert all(0 < r["iterations"] < args.max_iter for r in rows) and "stopped at max_iter" not in caplog.text
+    assert all(0 < r["iterations"] < args.max_iter for r in rows)
     section = recipe.grid_section(rows, chosen, "mean", {}, "truncate", 64)
     assert "| solver iterations |" in section and f"| {chosen['iterations']} |" in section
 
-    short = recipe.ProbeArguments(grid_C=[0.1, 1.0], grid_class_weight=["balanced"], max_iter=2)
-    with caplog.at_level("WARNING", logger="longtail.grid"):
-        _, rows, chosen = recipe.fit_grid(short, x_train, y_train, x_val, y_val, 3)
-        recipe.fit_head(short, chosen, x_train, y_train, 3)
-    assert [r["iterations"] for r in rows] == [2, 2]
-    assert "2 of 2 fits stopped at max_iter 2" in caplog.text
-    assert "C=0.1, class_weight=balanced; C=1.0, class_weight=balanced" in caplog.text
+    out = tmp_path / "short"
+    train, test = synthetic_files(tmp_path)
+    run = probe_args(
+        tiny_modernbert, train, test, out, tmp_path / "cache", "--long_text", "truncate",
+        "--grid_class_weight", "balanced", "--max_iter", "2",
+    )  # fmt: skip
+    recipe.main(run)
+    log, report = capsys.readouterr().err, (out / "report.md").read_text()
+    stopped = "C=0.1, class_weight=balanced; C=10.0, class_weight=balanced; refit=True, C="
+    assert "3 of 3 fits stopped at max_iter 2 before the solver's tolerance was met (" + stopped in log
+    assert "**3 fit(s) stopped at max_iter** before meeting it (" + stopped in report
+    assert [r["iterations"] for r in json.loads((out / "run_config.json").read_text())["grid"]] == [2, 2]
+    recipe.main([*run, "--output_dir", str(tmp_path / "long"), "--max_iter", "1000"])
+    assert "stopped at max_iter" not in capsys.readouterr().err
     assert (
-        f"1 of 1 fits stopped at max_iter 2 before the solver's tolerance was met (refit=True, C={chosen['C']}"
-        in caplog.text
+        "at most 1000 iterations; every fit met the tolerance."
+        in (tmp_path / "long" / "report.md").read_text()
     )
 
 

@@ -48,13 +48,28 @@ def warn_unconverged(settings: list[dict], max_iter: int) -> list[dict]:
     the grid's worker processes it is easy to miss."""
     stopped = [s for s in settings if s["iterations"] >= max_iter]
     if stopped:
-        names = "; ".join(", ".join(f"{k}={v}" for k, v in s.items() if k != "iterations") for s in stopped)
         logger.warning(
             "%d of %d fits stopped at max_iter %d before the solver's tolerance was met (%s): their scores "
             "depend on where the solver stopped; raise --max_iter",
             len(stopped),
             len(settings),
             max_iter,
-            names,
+            fit_names(stopped),
         )
     return stopped
+
+
+def fit_names(fits: list[dict]) -> str:
+    """'C=10.0, class_weight=balanced; refit=True, C=10.0, ...': each fit by the values that name it."""
+    return "; ".join(", ".join(f"{k}={v}" for k, v in f.items() if k != "iterations") for f in fits)
+
+
+def solver_note(tol: float, max_iter: int, stopped: list[dict]) -> str:
+    """The report's line on lbfgs: its stopping rule, and the fits (from `warn_unconverged`) that ran out."""
+    note = f"Solver: lbfgs, tol {tol:g}, at most {max_iter} iterations"
+    if not stopped:
+        return note + "; every fit met the tolerance."
+    return note + (
+        f"; **{len(stopped)} fit(s) stopped at max_iter** before meeting it ({fit_names(stopped)}): their scores "
+        "depend on where the solver stopped; raise --max_iter."
+    )
