@@ -26,7 +26,13 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
-from longtail.grid import fit_settings, solver_iterations, solver_note, warn_unconverged
+from longtail.grid import (
+    check_solver_options,
+    fit_settings,
+    solver_iterations,
+    solver_note,
+    warn_unconverged,
+)
 from longtail.metrics import macro_f1
 from longtail.refit import RefitArguments, refit_note, train_and_validation
 from longtail.report import SplitResult, grid_table, save_predictions, summary_text, write_run_outputs
@@ -99,6 +105,7 @@ class BaselineArguments:
             raise ValueError(f"char_ngram_max must be 0 (off) or at least 2, got {self.char_ngram_max}")
         if self.C <= 0 or not self.grid_C or any(c <= 0 for c in self.grid_C):  # before any vectorising
             raise ValueError(f"C and grid_C must be positive numbers, got C={self.C}, grid_C={self.grid_C}")
+        check_solver_options(self.tol, self.max_iter)
         if self.n_jobs == 0:  # fail at parse time, not after the vectoriser has run
             raise ValueError("n_jobs must be a number of processes (1, 2, ...) or -1 for one per core, got 0")
         bad = {w for w in [self.class_weight, *self.grid_class_weight] if w not in ("none", "balanced")}
@@ -223,12 +230,11 @@ def main(argv: list[str] | None = None) -> dict:
     if refit_args.refit_with_validation:  # the chosen setting again (vocabulary too) on train + validation
         both = train_and_validation(data)
         model = clone(selected).fit(both["text"], both["label_id"])
+    model_iterations = solver_iterations(model)
     setting_keys = ("C", "class_weight", "sublinear_tf")
     fits = [{k: r[k] for k in (*setting_keys, "iterations")} for r in grid]
     if refit_args.refit_with_validation:
-        fits.append(
-            {"refit": True, **{k: chosen[k] for k in setting_keys}, "iterations": solver_iterations(model)}
-        )
+        fits.append({"refit": True, **{k: chosen[k] for k in setting_keys}, "iterations": model_iterations})
     unconverged = warn_unconverged(fits, args.max_iter)
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         "class_weight": chosen["class_weight"],
         "sublinear_tf": chosen["sublinear_tf"],
         "refit_with_validation": refit_args.refit_with_validation,
-        "solver_iterations": solver_iterations(model),
+        "solver_iterations": model_iterations,
         "unconverged_fits": len(unconverged),
         "total_runtime_s": round(time.time() - started, 1),
         "selection": (

@@ -29,7 +29,13 @@ from sklearn.linear_model import LogisticRegression
 from trl import TrlParser
 
 from longtail.data import DataArguments, prepare_data, require_test_split
-from longtail.grid import fit_settings, solver_iterations, solver_note, warn_unconverged
+from longtail.grid import (
+    check_solver_options,
+    fit_settings,
+    solver_iterations,
+    solver_note,
+    warn_unconverged,
+)
 from longtail.inference import LONG_TEXT
 from longtail.losses import class_weights
 from longtail.metrics import softmax
@@ -124,6 +130,7 @@ class ProbeArguments:
         if not self.grid_C or any(c <= 0 for c in self.grid_C):
             raise ValueError(f"grid_C must be positive numbers, got {self.grid_C}")
         parse_tau_option(self.posthoc_logit_adjustment)  # a clear error now, not after the embedding
+        check_solver_options(self.tol, self.max_iter)
         if not self.feature_layers:  # the range needs the loaded body; emptiness is known now
             raise ValueError("--feature_layers needs at least one hidden-state index (-1: the body's output)")
 

@@ -420,6 +420,9 @@ def test_probe_rejects_bad_options(tiny_modernbert, tmp_path):
     # the tiny body has 2 layers: hidden states 0..2, or -3..-1; -1 and 2 are the same one
     with pytest.raises(ValueError, match="feature_layers needs at least one"):  # e.g. `feature_layers: []`
         recipe.ProbeArguments(feature_layers=[])
+    for bad in ({"tol": -1e-4}, {"max_iter": 0}):  # before any embedding; max_iter 0 would fit nothing
+        with pytest.raises(ValueError, match="--tol must be >= 0 and --max_iter >= 1, got tol="):
+            recipe.ProbeArguments(**bad)
     for layers in (["0", "3"], ["-1", "2"], ["-4"]):
         with pytest.raises(
             ValueError, match=r"feature_layers must be distinct hidden-state indices in \[-3, 2\]"

@@ -294,6 +294,12 @@ def test_baseline_grid_in_parallel_equals_serial(tmp_path):
     with pytest.raises(ValueError, match="n_jobs must be .* got 0"):
         recipe.BaselineArguments(n_jobs=0)
     with pytest.raises(
+        ValueError, match=r"--tol must be >= 0 and --max_iter >= 1, got tol=-0.001, max_iter=1000"
+    ):
+        recipe.BaselineArguments(tol=-1e-3)
+    with pytest.raises(ValueError, match=r"got tol=0.0001, max_iter=0"):  # zero iterations: an unfit model
+        recipe.BaselineArguments(max_iter=0)
+    with pytest.raises(
         ValueError, match=r"C and grid_C must be positive numbers, got C=1.0, grid_C=\[3.0, 0.0\]"
     ):
         recipe.BaselineArguments(grid_C=[3.0, 0.0])

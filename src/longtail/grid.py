@@ -34,6 +34,13 @@ def fit_settings(estimators: list, x_train, y_train, x_val, n_jobs: int = 1) -> 
     return Parallel(n_jobs=jobs)(delayed(fit_and_predict)(e, x_train, y_train, x_val) for e in estimators)
 
 
+def check_solver_options(tol: float, max_iter: int) -> None:
+    """A clear error at parse time, not scikit-learn's after minutes of vectorising or embedding (a negative tol),
+    and not a silently unfit model (max_iter 0 runs no iteration at all)."""
+    if tol < 0 or max_iter < 1:
+        raise ValueError(f"--tol must be >= 0 and --max_iter >= 1, got tol={tol}, max_iter={max_iter}")
+
+
 def solver_iterations(estimator) -> int:
     """Iterations the fitted model's solver ran (a Pipeline: its last step's; the most over sub-problems)."""
     if hasattr(estimator, "steps"):
