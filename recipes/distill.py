@@ -36,7 +36,7 @@ from longtail.distill import (
     label_columns,
     teacher_logits,
 )
-from longtail.distributed import parse_recipe_args
+from longtail.distributed import end_training, parse_recipe_args
 from longtail.losses import LossArguments
 from longtail.metrics import softmax
 from longtail.posthoc import adjust_on_validation
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = evaluate_splits(trainer, data, kd_datasets, training_args.do_predict)
 
     # ---- Compare, save, report, push (main process only) -------------------------------------
+    scores = {r.split: r.metrics for r in results}
     if trainer.is_world_process_zero():
         sections = [tau_section] if tau_section else []
         distilled = next(r for r in results if r.split == "validation").probs
@@ -217,12 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(summary_text(results, paths))
         if comparison is not None:
             print("\n" + comparison.markdown.split("\n\n### Confidence gating")[0])
-        return {
-            **{r.split: r.metrics for r in results},
-            "teacher": teacher_info,
-            "comparison": None if comparison is None else comparison.scores,
-        }
-    return {r.split: r.metrics for r in results}
+        scores.update(teacher=teacher_info, comparison=None if comparison is None else comparison.scores)
+    end_training(trainer)  # every process leaves the launch's process group
+    return scores
 
 
 if __name__ == "__main__":

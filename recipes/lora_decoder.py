@@ -27,7 +27,7 @@ from longtail.adapters import (
     save_adapter,
 )
 from longtail.data import DataArguments, prepare_data
-from longtail.distributed import parse_recipe_args
+from longtail.distributed import end_training, parse_recipe_args
 from longtail.losses import LossArguments
 from longtail.lpft import LPFTArguments, load_model, selection_note
 from longtail.lpft import train as lpft_train
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             sections=sections or None,
         )
         print(summary_text(results, paths))
+    end_training(trainer)  # every process leaves the launch's process group
     return {r.split: r.metrics for r in results}
 
 

@@ -109,6 +109,12 @@ def events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def assert_left_process_group(exits: Path) -> None:
+    """Both processes returned from main() out of their gloo group: one still in it when the interpreter exits can
+    abort ("terminate called without an active exception") after the run's results are written."""
+    assert sorted((e["rank"], e["in_process_group"]) for e in events(exits)) == [(0, False), (1, False)]
+
+
 def predictions(out: Path, split: str = "validation") -> np.ndarray:
     with np.load(out / f"predictions_{split}.npz") as npz:
         return npz["probs"]
@@ -228,8 +234,11 @@ def test_two_processes_match_one(name, request, files, reference, tmp_path):
             "--master_port",
             port,
         ]
-    done = run_child([*launch, str(LAUNCHER), name, *argv], child_env(LONGTAIL_TEST_EVENTS=str(log)))
+    exits = tmp_path / "exits.jsonl"
+    env = child_env(LONGTAIL_TEST_EVENTS=str(log), LONGTAIL_TEST_EXITS=str(exits))
+    done = run_child([*launch, str(LAUNCHER), name, *argv], env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert_left_process_group(exits)
 
     # both processes trained together: 6 steps of 16 rows, as the single process
     seen = events(log)
@@ -275,8 +284,11 @@ def test_refit_under_two_processes_and_after_a_resume_matches_one_run(
     config = str(ACCELERATE_CONFIGS / "cpu_multi_process.yaml")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
     launch += ["--main_process_port", str(free_port())]
-    done = run_child([*launch, str(LAUNCHER), name, *argv], child_env(LONGTAIL_TEST_EVENTS=str(log)))
+    exits = tmp_path / "exits.jsonl"
+    env = child_env(LONGTAIL_TEST_EVENTS=str(log), LONGTAIL_TEST_EXITS=str(exits))
+    done = run_child([*launch, str(LAUNCHER), name, *argv], env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert_left_process_group(exits)
     assert {e["rank"] for e in events(log)} == {0}  # results written once
     results = {d: json.loads((d / "train_results.json").read_text()) for d in (one, two)}
     assert results[two]["refit_rows"] == results[one]["refit_rows"] > 0

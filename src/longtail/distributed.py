@@ -38,3 +38,11 @@ def check_distributed(training_args) -> None:
             "the data and write the same outputs. Parse arguments with longtail.distributed.parse_recipe_args, "
             "or pass --use_cpu true on a machine without GPUs."
         )
+
+
+def end_training(trainer) -> None:
+    """Leave the process group a multi-process launch set up, once the run's results are written (Accelerate's
+    `end_training`, which every Accelerate script ends with; nothing to do for one process). A process that exits
+    still in a gloo group can abort as the interpreter shuts down, its gloo threads outliving it ("terminate called
+    without an active exception", pytorch/pytorch#190489): a failed exit code for a run that finished."""
+    trainer.accelerator.end_training()
