@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = evaluate_splits(trainer, data, kd_datasets, training_args.do_predict)
 
     # ---- Compare, save, report, push (main process only) -------------------------------------
-    scores = {r.split: r.metrics for r in results}
+    extras = {}
     if trainer.is_world_process_zero():
         sections = [tau_section] if tau_section else []
         distilled = next(r for r in results if r.split == "validation").probs
@@ -218,9 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(summary_text(results, paths))
         if comparison is not None:
             print("\n" + comparison.markdown.split("\n\n### Confidence gating")[0])
-        scores.update(teacher=teacher_info, comparison=None if comparison is None else comparison.scores)
+        extras = {"teacher": teacher_info, "comparison": None if comparison is None else comparison.scores}
     end_training(trainer)  # every process leaves the launch's process group
-    return scores
+    # after finish_run: it scores each split into r.metrics (main process only)
+    return {**{r.split: r.metrics for r in results}, **extras}
 
 
 if __name__ == "__main__":
