@@ -6,8 +6,9 @@ multi-process and kill/resume tests in test_scaleout.py:
 Test hooks, set through the environment:
 - LONGTAIL_TEST_EVENTS=<file>: each results write (report.write_run_outputs, runs.write_run_files) and
   each Hub call (a fake HfApi: nothing leaves the machine) appends a JSON line {"event", "rank"}.
-- LONGTAIL_TEST_EXITS=<file>: once the recipe's main() returns, each process appends {"rank", "in_process_group"}
-  (whether it is still in a torch.distributed group, which it should have left: longtail.distributed.end_training).
+- LONGTAIL_TEST_EXITS=<file>: once the recipe's main() returns, each process appends {"rank", "in_process_group",
+  "scored"}: whether it is still in a torch.distributed group, which it should have left
+  (longtail.distributed.end_training), and whether main() returned the validation metrics (the main process scores).
 - LONGTAIL_TEST_KILL_AFTER_SAVES=<n>: the process SIGKILLs itself right after its n-th checkpoint
   (no cleanup, no flush: what an OOM killer or a preempted node does).
 Reports use 100 bootstrap resamples instead of 1,000 (their CIs are not under test) and one torch thread.
@@ -96,7 +97,12 @@ def install_hooks() -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     install_hooks()
-    load_recipe(sys.argv[1]).main(sys.argv[2:])
+    returned = load_recipe(sys.argv[1]).main(sys.argv[2:])
     if EXITS:
+        exit_state = {
+            "rank": RANK,
+            "in_process_group": torch.distributed.is_initialized(),
+            "scored": "macro_f1" in returned.get("validation", {}),
+        }
         with open(EXITS, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"rank": RANK, "in_process_group": torch.distributed.is_initialized()}) + "\n")
+            f.write(json.dumps(exit_state) + "\n")
