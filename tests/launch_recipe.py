@@ -7,8 +7,9 @@ Test hooks, set through the environment:
 - LONGTAIL_TEST_EVENTS=<file>: each results write (report.write_run_outputs, runs.write_run_files) and
   each Hub call (a fake HfApi: nothing leaves the machine) appends a JSON line {"event", "rank"}.
 - LONGTAIL_TEST_EXITS=<file>: once the recipe's main() returns, each process appends {"rank", "in_process_group",
-  "scored"}: whether it is still in a torch.distributed group, which it should have left
-  (longtail.distributed.end_training), and whether main() returned the validation metrics (the main process scores).
+  "gloo_threads", "scored", "results_written"}: whether it is still in a torch.distributed group, which it should
+  have left (longtail.distributed.end_training), how many gloo worker threads it still runs (Linux), whether main() returned the validation metrics (the main process scores),
+  and whether the events file already holds the main process's results write (end_training waits for it).
 - LONGTAIL_TEST_KILL_AFTER_SAVES=<n>: the process SIGKILLs itself right after its n-th checkpoint
   (no cleanup, no flush: what an OOM killer or a preempted node does).
 Reports use 100 bootstrap resamples instead of 1,000 (their CIs are not under test) and one torch thread.
@@ -103,6 +104,14 @@ if __name__ == "__main__":
             "rank": RANK,
             "in_process_group": torch.distributed.is_initialized(),
             "scored": "macro_f1" in returned.get("validation", {}),
+            "gloo_threads": sum(
+                Path(f"/proc/self/task/{t}/comm").read_text().startswith("pt_gloo")
+                for t in (os.listdir("/proc/self/task") if Path("/proc/self/task").is_dir() else [])
+            ),
+            "results_written": any(
+                json.loads(line)["event"] == "write_run_files"
+                for line in (Path(EVENTS).read_text().splitlines() if EVENTS else [])
+            ),
         }
         with open(EXITS, "a", encoding="utf-8") as f:
             f.write(json.dumps(exit_state) + "\n")

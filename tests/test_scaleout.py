@@ -110,11 +110,14 @@ def events(path: Path) -> list[dict]:
 
 
 def assert_left_process_group(exits: Path) -> None:
-    """Both processes returned from main() out of their gloo group: one still in it when the interpreter exits can
-    abort ("terminate called without an active exception") after the run's results are written. The main process
-    returned the scored validation metrics; the other scores nothing."""
-    seen = sorted((e["rank"], e["in_process_group"], e["scored"]) for e in events(exits))
-    assert seen == [(0, False, True), (1, False, False)]
+    """Both processes returned from main() out of their gloo group, its worker threads gone: one still in it when the
+    interpreter exits can abort ("terminate called without an active exception") after the run's results are
+    written. The main process returned the scored validation metrics; the other scores nothing. Neither returned
+    before the main process wrote the results: the other rank waits for it, gloo-idle, rather than tear its group
+    down while the group's threads still free tensors (a deadlock seen once in CI)."""
+    keys = ("rank", "in_process_group", "gloo_threads", "scored", "results_written")
+    seen = sorted(tuple(e[k] for k in keys) for e in events(exits))
+    assert seen == [(0, False, 0, True, True), (1, False, 0, False, True)]
 
 
 def predictions(out: Path, split: str = "validation") -> np.ndarray:

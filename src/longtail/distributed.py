@@ -44,5 +44,12 @@ def end_training(trainer) -> None:
     """Leave the process group a multi-process launch set up, once the run's results are written (Accelerate's
     `end_training`, which every Accelerate script ends with; nothing to do for one process). A process that exits
     still in a gloo group can abort as the interpreter shuts down, its gloo threads outliving it ("terminate called
-    without an active exception", pytorch/pytorch#190489): a failed exit code for a run that finished."""
+    without an active exception", pytorch/pytorch#190489): a failed exit code for a run that finished.
+
+    The barrier first: a gloo worker thread frees each finished collective's tensors, which takes the GIL. A rank
+    with nothing left to write (every rank but the main one) would otherwise return straight after its last gather
+    and free the DDP wrapper, whose process group joins those threads while holding the GIL: a deadlock (seen
+    once in CI, the non-main rank stuck in ~ProcessGroupGloo). Waiting here releases the GIL until the main rank
+    has written the results, so the workers are idle when the group goes."""
+    trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
