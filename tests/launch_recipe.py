@@ -8,8 +8,9 @@ Test hooks, set through the environment:
   each Hub call (a fake HfApi: nothing leaves the machine) appends a JSON line {"event", "rank"}.
 - LONGTAIL_TEST_EXITS=<file>: once the recipe's main() returns, each process appends {"rank", "in_process_group",
   "gloo_threads", "scored", "results_written"}: whether it is still in a torch.distributed group, which it should
-  have left (longtail.distributed.end_training), how many gloo worker threads it still runs (Linux), whether main() returned the validation metrics (the main process scores),
-  and whether the events file already holds the main process's results write (end_training waits for it).
+  have left (longtail.distributed.end_training), how many gloo worker threads it still runs (read from /proc:
+  Linux only), whether main() returned the validation metrics (the main process scores), and whether the events
+  file already holds the main process's results write (end_training waits for it).
 - LONGTAIL_TEST_KILL_AFTER_SAVES=<n>: the process SIGKILLs itself right after its n-th checkpoint
   (no cleanup, no flush: what an OOM killer or a preempted node does).
 Reports use 100 bootstrap resamples instead of 1,000 (their CIs are not under test) and one torch thread.

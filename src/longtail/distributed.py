@@ -44,7 +44,8 @@ def end_training(trainer) -> None:
     """Leave the process group a multi-process launch set up, once the run's results are written (Accelerate's
     `end_training`, which every Accelerate script ends with; nothing to do for one process). A process that exits
     still in a gloo group can abort as the interpreter shuts down, its gloo threads outliving it ("terminate called
-    without an active exception", pytorch/pytorch#190489): a failed exit code for a run that finished.
+    without an active exception"; gloo workers freeing Python-held tensors as the interpreter finalises,
+    pytorch/pytorch#179291): a failed exit code for a run that finished.
 
     The barrier first: a gloo worker thread frees each finished collective's tensors, which takes the GIL. A rank
     with nothing left to write (every rank but the main one) would otherwise return straight after its last gather
