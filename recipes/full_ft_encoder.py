@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
             sections=sections or None,
         )
         print(summary_text(results, paths))
-    end_training(trainer)  # every process leaves the launch's process group
+    end_training(trainer, test_trainer)  # every process leaves the launch's process group
     return {r.split: r.metrics for r in results}
 
 

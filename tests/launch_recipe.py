@@ -7,17 +7,23 @@ Test hooks, set through the environment:
 - LONGTAIL_TEST_EVENTS=<file>: each results write (report.write_run_outputs, runs.write_run_files) and
   each Hub call (a fake HfApi: nothing leaves the machine) appends a JSON line {"event", "rank"}.
 - LONGTAIL_TEST_EXITS=<file>: once the recipe's main() returns, each process appends {"rank", "in_process_group",
-  "gloo_threads", "scored", "results_written"}: whether it is still in a torch.distributed group, which it should
-  have left (longtail.distributed.end_training), how many gloo worker threads it still runs (read from /proc:
-  Linux only), whether main() returned the validation metrics (the main process scores), and whether the events
-  file already holds the main process's results write (end_training waits for it).
+  "gloo_threads", "gloo_threads_after_end_training", "scored", "results_written"}: whether it is still in a
+  torch.distributed group, which it should have left (longtail.distributed.end_training), how many gloo worker
+  threads it still runs (read from /proc: Linux only) and ran right after end_training returned (the recipe still
+  holding its trainers: 0 when the group went inside end_training, as its last Python reference, not with a
+  trainer's DDP wrapper), whether main() returned the validation metrics (the main process scores), and whether
+  the events file already holds the main process's results write (end_training waits for it).
 - LONGTAIL_TEST_KILL_AFTER_SAVES=<n>: the process SIGKILLs itself right after its n-th checkpoint
   (no cleanup, no flush: what an OOM killer or a preempted node does).
+- LONGTAIL_TEST_STACKS_AFTER=<seconds>: a process still running then (a hang, e.g. a gloo deadlock) prints every
+  thread's Python stack to stderr and exits 1, before the test's own timeout kills it without a word; one the
+  launcher stops with SIGTERM (another rank failed) prints its stacks too.
 Reports use 100 bootstrap resamples instead of 1,000 (their CIs are not under test) and one torch thread.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import json
 import os
@@ -31,12 +37,24 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_recipes import load_recipe  # noqa: E402
 
+import longtail.distributed  # noqa: E402
 import longtail.report  # noqa: E402
 import longtail.runs  # noqa: E402
 
 RANK = int(os.environ.get("RANK", "0"))
 EVENTS = os.environ.get("LONGTAIL_TEST_EVENTS")
 EXITS = os.environ.get("LONGTAIL_TEST_EXITS")
+
+
+AFTER_END_TRAINING = {}
+
+
+def gloo_threads() -> int:
+    tasks = Path("/proc/self/task")
+    return sum(
+        (tasks / t / "comm").read_text().startswith("pt_gloo")
+        for t in (os.listdir(tasks) if tasks.is_dir() else [])
+    )
 
 
 def record(event: str) -> None:
@@ -85,6 +103,13 @@ def install_hooks() -> None:
     longtail.report.write_run_outputs = recorded("write_run_outputs", longtail.report.write_run_outputs)
     longtail.runs.write_run_files = recorded("write_run_files", longtail.runs.write_run_files)
     longtail.report.score_split = functools.partial(longtail.report.score_split, n_resamples=100)
+    end_training = longtail.distributed.end_training
+
+    def end_training_and_count(*trainers):  # recipes import it after this hook is installed
+        end_training(*trainers)
+        AFTER_END_TRAINING["gloo_threads"] = gloo_threads()
+
+    longtail.distributed.end_training = end_training_and_count
     saves = int(os.environ.get("LONGTAIL_TEST_KILL_AFTER_SAVES", "0"))
     if saves:
         init = transformers.Trainer.__init__
@@ -97,6 +122,10 @@ def install_hooks() -> None:
 
 
 if __name__ == "__main__":
+    stacks_after = float(os.environ.get("LONGTAIL_TEST_STACKS_AFTER", "0"))
+    if stacks_after:  # armed until the interpreter exits: a hang in its teardown (gloo threads) is caught too
+        faulthandler.dump_traceback_later(stacks_after, exit=True)
+        faulthandler.register(signal.SIGTERM, chain=True)
     torch.set_num_threads(1)
     install_hooks()
     returned = load_recipe(sys.argv[1]).main(sys.argv[2:])
@@ -105,10 +134,8 @@ if __name__ == "__main__":
             "rank": RANK,
             "in_process_group": torch.distributed.is_initialized(),
             "scored": "macro_f1" in returned.get("validation", {}),
-            "gloo_threads": sum(
-                Path(f"/proc/self/task/{t}/comm").read_text().startswith("pt_gloo")
-                for t in (os.listdir("/proc/self/task") if Path("/proc/self/task").is_dir() else [])
-            ),
+            "gloo_threads": gloo_threads(),
+            "gloo_threads_after_end_training": AFTER_END_TRAINING.get("gloo_threads"),
             "results_written": any(
                 json.loads(line)["event"] == "write_run_files"
                 for line in (Path(EVENTS).read_text().splitlines() if EVENTS else [])

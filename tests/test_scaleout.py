@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,8 +94,17 @@ def child_env(**extra) -> dict:
     return env
 
 
-def run_child(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_child(cmd: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a launch; a process of it still running a minute before `timeout` prints its threads' stacks and exits
+    (launch_recipe.py), so that a hang fails with where it hung instead of a bare TimeoutExpired."""
+    env = {**env, "LONGTAIL_TEST_STACKS_AFTER": str(timeout - 60)}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def failure(done: subprocess.CompletedProcess) -> str:
+    """A failed launch's output for the assertion message: the stack dumps of a hang come before the launcher's
+    own error report, so keep more than the last lines."""
+    return done.stdout[-3000:] + done.stderr[-30000:]
 
 
 def free_port() -> int:
@@ -112,12 +122,14 @@ def events(path: Path) -> list[dict]:
 def assert_left_process_group(exits: Path) -> None:
     """Both processes returned from main() out of their gloo group, its worker threads gone: one still in it when the
     interpreter exits can abort ("terminate called without an active exception") after the run's results are
-    written. The main process returned the scored validation metrics; the other scores nothing. Neither returned
-    before the main process wrote the results: the other rank waits for it, gloo-idle, rather than tear its group
-    down while the group's threads still free tensors (a deadlock seen once in CI)."""
-    keys = ("rank", "in_process_group", "gloo_threads", "scored", "results_written")
-    seen = sorted(tuple(e[k] for k in keys) for e in events(exits))
-    assert seen == [(0, False, 0, True, True), (1, False, 0, False, True)]
+    written. The group went inside end_training, while the recipe still held its trainers: its last owner was
+    end_training's Python reference, which joins the gloo threads with the GIL released, not a trainer's DDP
+    wrapper, which joins them holding it (a deadlock seen in CI: a worker releasing a gather's tensors waits for
+    the GIL). The main process returned the scored validation metrics; the other scores nothing. Neither returned
+    before the main process wrote the results: the other rank waits for it, gloo-idle."""
+    keys = ("rank", "in_process_group", "gloo_threads", "gloo_threads_after_end_training", "scored")
+    seen = sorted(tuple(e[k] for k in (*keys, "results_written")) for e in events(exits))
+    assert seen == [(0, False, 0, 0, True, True), (1, False, 0, 0, False, True)]
 
 
 def predictions(out: Path, split: str = "validation") -> np.ndarray:
@@ -242,7 +254,7 @@ def test_two_processes_match_one(name, request, files, reference, tmp_path):
     exits = tmp_path / "exits.jsonl"
     env = child_env(LONGTAIL_TEST_EVENTS=str(log), LONGTAIL_TEST_EXITS=str(exits))
     done = run_child([*launch, str(LAUNCHER), name, *argv], env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert done.returncode == 0, failure(done)
     assert_left_process_group(exits)
 
     # both processes trained together: 6 steps of 16 rows, as the single process
@@ -292,7 +304,7 @@ def test_refit_under_two_processes_and_after_a_resume_matches_one_run(
     exits = tmp_path / "exits.jsonl"
     env = child_env(LONGTAIL_TEST_EVENTS=str(log), LONGTAIL_TEST_EXITS=str(exits))
     done = run_child([*launch, str(LAUNCHER), name, *argv], env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert done.returncode == 0, failure(done)
     assert_left_process_group(exits)
     assert {e["rank"] for e in events(log)} == {0}  # results written once
     results = {d: json.loads((d / "train_results.json").read_text()) for d in (one, two)}
@@ -313,6 +325,20 @@ def test_refit_under_two_processes_and_after_a_resume_matches_one_run(
     load_recipe(name).main([*argv, "--resume_from_checkpoint", "true"])
     for split in ("validation", "test"):
         np.testing.assert_allclose(predictions(resumed, split), predictions(one, split), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_dropping_the_last_python_group_reference_joins_gloo_workers_without_the_gil():
+    """end_training relies on it: a Python ProcessGroup's destructor releases the GIL before it joins the gloo
+    workers, so a worker still releasing a gather's Python-held tensors (which takes the GIL) finishes instead of
+    deadlocking. Rank 1 drops its group while its worker still waits for rank 0's half of a gather."""
+    script = REPO / "tests" / "gloo_group_teardown.py"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    done = run_child([*launch, "--master_port", str(free_port()), str(script)], child_env(), timeout=120)
+    assert done.returncode == 0, failure(done)
+    waited = dict(re.findall(r"rank (\d) done in ([\d.]+) s", done.stdout))
+    assert sorted(waited) == ["0", "1"], done.stdout
+    assert float(waited["1"]) >= 1.0  # the drop did wait for the busy worker: the race was exercised
 
 
 def test_multi_process_launch_without_gloo_is_refused(monkeypatch, tmp_path):

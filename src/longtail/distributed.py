@@ -40,17 +40,33 @@ def check_distributed(training_args) -> None:
         )
 
 
-def end_training(trainer) -> None:
+def end_training(*trainers) -> None:
     """Leave the process group a multi-process launch set up, once the run's results are written (Accelerate's
-    `end_training`, which every Accelerate script ends with; nothing to do for one process). A process that exits
-    still in a gloo group can abort as the interpreter shuts down, its gloo threads outliving it ("terminate called
-    without an active exception"; gloo workers freeing Python-held tensors as the interpreter finalises,
-    pytorch/pytorch#179291): a failed exit code for a run that finished.
+    `end_training`, which every Accelerate script ends with; nothing to do for one process). Pass every trainer
+    that trained in this process (the selection run and its refit): the first one's accelerator ends the run. A
+    process that exits still in a gloo group can abort as the interpreter shuts down, its gloo threads outliving it
+    ("terminate called without an active exception"; gloo workers freeing Python-held tensors as the interpreter
+    finalises, pytorch/pytorch#179291): a failed exit code for a run that finished.
 
-    The barrier first: a gloo worker thread frees each finished collective's tensors, which takes the GIL. A rank
-    with nothing left to write (every rank but the main one) would otherwise return straight after its last gather
-    and free the DDP wrapper, whose process group joins those threads while holding the GIL: a deadlock (seen
-    once in CI, the non-main rank stuck in ~ProcessGroupGloo). Waiting here releases the GIL until the main rank
-    has written the results, so the workers are idle when the group goes."""
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    How the group goes matters as much (a deadlock seen twice in CI, the non-main rank stuck in
+    ~ProcessGroupGloo joining its worker threads). A gloo worker releases each finished collective, and with it
+    the Python-held tensors of that gather (a barrier keeps the collectives before it), which takes the GIL. The
+    group's last owner joins those threads: when that owner is a DDP wrapper's Reducer, freed as a trainer goes,
+    it joins them holding the GIL, and a worker still releasing its last gather waits for the GIL forever. A
+    Python ProcessGroup object releases the GIL before it joins (pytorch/pytorch#56297). So: wait for every
+    process (the non-main ranks idle in the barrier while the main rank writes the results), leave the group,
+    free the trainers' DDP wrappers while a Python reference still owns the group, and drop that reference last.
+    """
+    import gc
+
+    trainers = [t for t in trainers if t is not None]
+    trainers[0].accelerator.wait_for_everyone()
+    group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
+    trainers[0].accelerator.end_training()
+    if group is None:  # one process: no group to leave
+        return
+    for trainer in trainers:
+        trainer.accelerator.free_memory()  # the accelerator's reference to the DDP wrapper
+        trainer.model_wrapped = trainer.model  # the trainer's
+    gc.collect()  # wrappers of trainings already gone (a head warm-up, a vanilla arm) held in reference cycles
+    del group  # the group's last owner: its threads are joined here, with the GIL released
