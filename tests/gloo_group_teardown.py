@@ -4,11 +4,14 @@ Rank 1 starts an all_gather on Python tensors that rank 0 joins only DELAY secon
 reference and leaves the group, then drops its last Python reference to the group while its gloo worker is
 still inside that gather. Releasing the gather's tensors takes the GIL; a destructor that joined the worker
 while holding the GIL would deadlock here. Each rank prints "rank R done in S s" (rank 1: how long the drop
-waited for the worker, about DELAY when the race was exercised).
+waited for the worker, about DELAY when the race was exercised). A deadlock prints the stacks and exits, as
+launch_recipe.py does (LONGTAIL_TEST_STACKS_AFTER).
 """
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import time
 
 import torch
@@ -17,6 +20,7 @@ import torch.distributed as dist
 DELAY = 5.0
 
 if __name__ == "__main__":
+    faulthandler.dump_traceback_later(float(os.environ.get("LONGTAIL_TEST_STACKS_AFTER", "60")), exit=True)
     dist.init_process_group("gloo")
     rank, group = dist.get_rank(), dist.group.WORLD
     dist.barrier()
