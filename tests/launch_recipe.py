@@ -105,8 +105,8 @@ def install_hooks() -> None:
     longtail.report.score_split = functools.partial(longtail.report.score_split, n_resamples=100)
     end_training = longtail.distributed.end_training
 
-    def end_training_and_count(*trainers):  # recipes import it after this hook is installed
-        end_training(*trainers)
+    def end_training_and_count(*args):  # recipes import it after this hook is installed
+        end_training(*args)
         AFTER_END_TRAINING["gloo_threads"] = gloo_threads()
 
     longtail.distributed.end_training = end_training_and_count

@@ -284,13 +284,14 @@ def test_two_processes_match_one(name, request, files, reference, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", RESUMED)
 def test_refit_under_two_processes_and_after_a_resume_matches_one_run(
-    request, files, tmp_path, fast_bootstrap, one_torch_thread
+    name, request, files, tmp_path, fast_bootstrap, one_torch_thread
 ):
     """--refit_with_validation under DDP: the second training (train + validation, the selection run's
     epochs) runs in both processes, results are written once; validation (the selection model) and test (the refit)
     match one process with the same global batch. Killed mid-run and resumed, it matches too."""
-    name, extra = "full_ft_encoder", ("--refit_with_validation", "true", "--posthoc_logit_adjustment", "none")
+    extra = ("--refit_with_validation", "true", "--posthoc_logit_adjustment", "none")
     one, two, log = tmp_path / "one", tmp_path / "two", tmp_path / "events.jsonl"
     load_recipe(name).main(
         recipe_argv(request, name, files, one, "--per_device_train_batch_size", str(GLOBAL_BATCH), *extra)

@@ -40,13 +40,13 @@ def check_distributed(training_args) -> None:
         )
 
 
-def end_training(*trainers) -> None:
+def end_training(trainer, *more_trainers) -> None:
     """Leave the process group a multi-process launch set up, once the run's results are written (Accelerate's
     `end_training`, which every Accelerate script ends with; nothing to do for one process). Pass every trainer
-    that trained in this process (the selection run and its refit): the first one's accelerator ends the run. A
-    process that exits still in a gloo group can abort as the interpreter shuts down, its gloo threads outliving it
-    ("terminate called without an active exception"; gloo workers freeing Python-held tensors as the interpreter
-    finalises, pytorch/pytorch#179291): a failed exit code for a run that finished.
+    that trained in this process (the selection run, then its refit or None): the first one's accelerator ends the
+    run. A process that exits still in a gloo group can abort as the interpreter shuts down, its gloo threads
+    outliving it ("terminate called without an active exception"; gloo workers freeing Python-held tensors as the
+    interpreter finalises, pytorch/pytorch#179291): a failed exit code for a run that finished.
 
     How the group goes matters as much (a deadlock seen twice in CI, the non-main rank stuck in
     ~ProcessGroupGloo joining its worker threads). A gloo worker releases each finished collective, and with it
@@ -59,14 +59,14 @@ def end_training(*trainers) -> None:
     """
     import gc
 
-    trainers = [t for t in trainers if t is not None]
-    trainers[0].accelerator.wait_for_everyone()
+    trainers = [trainer, *(t for t in more_trainers if t is not None)]
+    trainer.accelerator.wait_for_everyone()
     group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
-    trainers[0].accelerator.end_training()
+    trainer.accelerator.end_training()
     if group is None:  # one process: no group to leave
         return
-    for trainer in trainers:
-        trainer.accelerator.free_memory()  # the accelerator's reference to the DDP wrapper
-        trainer.model_wrapped = trainer.model  # the trainer's
+    for t in trainers:
+        t.accelerator.free_memory()  # the accelerator's reference to the DDP wrapper
+        t.model_wrapped = t.model  # the trainer's
     gc.collect()  # wrappers of trainings already gone (a head warm-up, a vanilla arm) held in reference cycles
     del group  # the group's last owner: its threads are joined here, with the GIL released
