@@ -8,6 +8,7 @@ and writes (and pushes) the results, each over the others'.
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -57,8 +58,6 @@ def end_training(trainer, *more_trainers) -> None:
     process (the non-main ranks idle in the barrier while the main rank writes the results), leave the group,
     free the trainers' DDP wrappers while a Python reference still owns the group, and drop that reference last.
     """
-    import gc
-
     trainers = [trainer, *(t for t in more_trainers if t is not None)]
     trainer.accelerator.wait_for_everyone()
     group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
