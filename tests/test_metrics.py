@@ -229,6 +229,52 @@ def test_paired_bootstrap_clearly_better_system():
     assert paired_bootstrap(y, strong, weak, metric=accuracy, n_resamples=100, seed=0) == by_accuracy
 
 
+def test_batched_metrics_equal_sklearn_on_every_resample():
+    """The bootstrap's batched macro-F1 and accuracy score each row of a (resamples, n) array as sklearn
+    scores it alone: labels that are not 0..k-1, classes absent from a resample, predicted but never true."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from longtail.metrics import _accuracy_batched, _macro_f1_batched
+
+    assert _macro_f1_batched(Y_TRUE, Y_PRED) == pytest.approx(MACRO_F1, abs=1e-15)  # the hand-worked case
+    rng = np.random.default_rng(0)
+    y, pred = noisy_predictions(40, 0.5, seed=6, num_classes=9)
+    y, pred = y * 7 - 3, np.where(pred == 8, 100, pred * 7 - 3)  # 100: a label that is never true
+    idx = rng.integers(0, len(y), size=(300, len(y)))
+    want_f1 = [f1_score(y[i], pred[i], average="macro", zero_division=0) for i in idx]
+    want_acc = [accuracy_score(y[i], pred[i]) for i in idx]
+    np.testing.assert_allclose(_macro_f1_batched(y[idx], pred[idx]), want_f1, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(_accuracy_batched(y[idx], pred[idx]), want_acc, rtol=0, atol=1e-15)
+    assert len(set(np.round(want_f1, 12))) > 50  # the resamples differ, so the check compares something
+    # the resample axis may come last, as scipy's `axis` allows
+    np.testing.assert_allclose(_macro_f1_batched(y[idx].T, pred[idx].T, axis=0), want_f1, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("metric", [macro_f1, accuracy])
+def test_bootstrap_gives_the_cis_of_scipy_with_sklearn_per_resample(metric):
+    """bootstrap_ci and paired_bootstrap use the batched statistics: the same resamples, the same CIs and
+    p-value as scipy calling the sklearn metric once per resample."""
+    from longtail.metrics import _bootstrap
+
+    y, a = noisy_predictions(120, 0.5, seed=7, num_classes=12)
+    b = np.where(np.random.default_rng(8).random(len(y)) < 0.3, y, a)
+    old = _bootstrap(metric, (y, a), 200, 0.95, 3).confidence_interval
+    assert bootstrap_ci(metric, y, a, n_resamples=200, seed=3) == pytest.approx(
+        (old.low, old.high), abs=1e-15
+    )
+
+    def delta(yy, aa, bb):
+        return metric(yy, aa) - metric(yy, bb)
+
+    old = _bootstrap(delta, (y, a, b), 200, 0.95, 3)
+    got = paired_bootstrap(y, a, b, metric=metric, n_resamples=200, seed=3)
+    assert got["delta"] == delta(y, a, b)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx(
+        (old.confidence_interval.low, old.confidence_interval.high), abs=1e-15
+    )
+    assert got["p_value"] == (old.bootstrap_distribution <= 0).mean()
+
+
 def test_trainer_compute_metrics_on_eval_prediction():
     from transformers.trainer_utils import EvalPrediction
 
