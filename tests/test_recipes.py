@@ -239,8 +239,13 @@ def test_baseline_tfidf_end_to_end(tmp_path):
     assert words.idf_.max() == pytest.approx(np.log((1 + n_fit) / 2) + 1)
     assert chars.idf_.max() <= np.log((1 + n_fit) / 2) + 1 + 1e-6
     assert model.named_steps["logreg"].C == best["C"] and "Refit" in (out / "report.md").read_text()
-    # ... while validation was scored by the train-only fit: a run without the refit has the same validation
-    plain = recipe.main([*args, "--output_dir", str(tmp_path / "plain"), "--refit_with_validation", "false"])
+    # ... while validation was scored by the train-only fit: a run without the refit (grid: the chosen cell
+    # alone) has the same validation
+    chosen = ["--grid_C", str(best["C"]), "--grid_sublinear_tf", str(best["sublinear_tf"]).lower()]
+    plain = recipe.main(
+        [*args, *chosen, "--output_dir", str(tmp_path / "plain"), "--refit_with_validation", "false"]
+    )
+    assert len(json.loads((tmp_path / "plain" / "run_config.json").read_text())["grid"]) == 1
     assert plain["validation"]["macro_f1"] == metrics["validation"]["macro_f1"]
     plain_model = joblib.load(tmp_path / "plain" / "model.joblib")
     n_train = len(splits["train"])
@@ -339,29 +344,24 @@ def test_baseline_tfidf_character_ngrams(tmp_path):
 @pytest.mark.slow
 @needs_shared
 def test_baseline_on_real_cfpb(tmp_path):
-    """The course floor on the real CFPB sample (fixed settings, capped rows for speed)."""
+    """The course floor on the real CFPB sample: its fixed settings (words only, C=1, no class weighting) read
+    the head and miss the tail. For speed, one fit (no refit on train + validation) to tol 1e-4, which scores
+    validation as the YAML's 1e-6 does here (macro-F1 0.0990 either way) in a third of the time."""
     recipe = load_recipe("baseline_tfidf")
     metrics = recipe.main(
         [
-            "--config",
-            str(REPO / "recipes/configs/baseline_tfidf.yaml"),
-            "--train_file",
-            str(CFPB_CSV),
-            "--text_column",
-            "Consumer complaint narrative",
-            "--output_dir",
-            str(tmp_path / "b"),
-            "--select_on_validation",
-            "false",
-            "--max_features",
-            "20000",
-            "--char_ngram_max",
-            "0",  # the course's features: words only
+            "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", str(CFPB_CSV),
+            "--text_column", "Consumer complaint narrative", "--output_dir", str(tmp_path / "b"),
+            "--select_on_validation", "false", "--max_features", "20000",
+            "--char_ngram_max", "0",  # the course's features: words only
+            "--refit_with_validation", "false", "--tol", "1e-4",
         ]
-    )
+    )  # fmt: skip
     val = metrics["validation"]
-    assert val["num_classes"] == 64
-    assert 0.3 < val["accuracy"] < 0.7 and np.isfinite(val["nll"])
+    assert val["num_classes"] == 64 and np.isfinite(val["nll"])
+    # measured: accuracy 0.426, macro-F1 0.099, tail macro-F1 0 on these 793 validation rows
+    assert 0.38 < val["accuracy"] < 0.47 and 0.07 < val["macro_f1"] < 0.13
+    assert val["macro_f1_tail"] < 0.02 < val["macro_f1_head"]
 
 
 def test_push_to_hub_once_without_leaking_the_token(
