@@ -229,9 +229,11 @@ def test_paired_bootstrap_clearly_better_system():
     assert paired_bootstrap(y, strong, weak, metric=accuracy, n_resamples=100, seed=0) == by_accuracy
 
 
-def test_batched_metrics_equal_sklearn_on_every_resample():
+@pytest.mark.parametrize("shift", [-3, 5], ids=["negative-labels", "class-ids"])
+def test_batched_metrics_equal_sklearn_on_every_resample(shift):
     """The bootstrap's batched macro-F1 and accuracy score each row of a (resamples, n) array as sklearn
-    scores it alone: labels that are not 0..k-1, classes absent from a resample, predicted but never true."""
+    scores it alone: labels that are not 0..k-1 (negative ones are mapped first, class ids counted as they
+    are), classes absent from a resample, predicted but never true."""
     from sklearn.metrics import accuracy_score, f1_score
 
     from longtail.metrics import _accuracy_batched, _macro_f1_batched
@@ -239,7 +241,7 @@ def test_batched_metrics_equal_sklearn_on_every_resample():
     assert _macro_f1_batched(Y_TRUE, Y_PRED) == pytest.approx(MACRO_F1, abs=1e-15)  # the hand-worked case
     rng = np.random.default_rng(0)
     y, pred = noisy_predictions(40, 0.5, seed=6, num_classes=9)
-    y, pred = y * 7 - 3, np.where(pred == 8, 100, pred * 7 - 3)  # 100: a label that is never true
+    y, pred = y * 7 + shift, np.where(pred == 8, 100, pred * 7 + shift)  # 100: a label that is never true
     idx = rng.integers(0, len(y), size=(300, len(y)))
     want_f1 = [f1_score(y[i], pred[i], average="macro", zero_division=0) for i in idx]
     want_acc = [accuracy_score(y[i], pred[i]) for i in idx]

@@ -17,6 +17,7 @@ TIERS = ("head", "mid", "tail")
 ECE_BINS = 15
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+BOOTSTRAP_BATCH_CELLS = 10_000_000  # resamples x rows per batch: 80 MB of int64 indices per array
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -42,7 +43,9 @@ def _macro_f1_batched(y_true: np.ndarray, y_pred: np.ndarray, axis: int = -1) ->
     the resample's true labels or predictions."""
     y_true, y_pred = np.moveaxis(y_true, axis, -1), np.moveaxis(y_pred, axis, -1)
     batch, n = y_true.shape[:-1], y_true.shape[-1]
-    _, codes = np.unique(np.stack([y_true, y_pred]), return_inverse=True)  # labels -> 0..k-1
+    codes = np.stack([y_true, y_pred])
+    if not (np.issubdtype(codes.dtype, np.integer) and 0 <= codes.min() and codes.max() < 2**20):
+        _, codes = np.unique(codes, return_inverse=True)  # other labels -> 0..k-1 (a sort: slower)
     true_codes, pred_codes = codes.reshape(2, -1, n)
     resamples, k = true_codes.shape[0], int(codes.max()) + 1
     slots = true_codes + np.arange(resamples)[:, None] * k  # class c of resample r counts at r * k + c
@@ -132,13 +135,15 @@ def tier_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, tiers: Mapping[int, st
 
 def _bootstrap(statistic, arrays, n_resamples, confidence_level, seed, vectorized=False):
     """scipy's percentile bootstrap, resampling rows jointly across `arrays` (the same resamples whether
-    or not `statistic` is vectorised)."""
+    or not `statistic` is vectorised). Resamples are drawn in batches of at most BOOTSTRAP_BATCH_CELLS
+    row indices, so a large split does not hold every resample in memory at once."""
     return bootstrap(
         arrays,
         statistic,
         paired=True,
         vectorized=vectorized,
         n_resamples=n_resamples,
+        batch=max(1, BOOTSTRAP_BATCH_CELLS // max(1, len(arrays[0]))),
         confidence_level=confidence_level,
         method="percentile",
         random_state=np.random.default_rng(seed),
