@@ -277,6 +277,34 @@ def test_bootstrap_gives_the_cis_of_scipy_with_sklearn_per_resample(metric):
     assert got["p_value"] == (old.bootstrap_distribution <= 0).mean()
 
 
+def test_bootstrap_in_batches_draws_the_resamples_of_one_draw(monkeypatch):
+    """A large split's resamples are drawn a batch at a time (bounded memory): the CIs equal scipy's with
+    every resample drawn at once."""
+    from scipy.stats import bootstrap
+
+    import longtail.metrics
+
+    y, a = noisy_predictions(90, 0.5, seed=9, num_classes=7)
+    monkeypatch.setattr(longtail.metrics, "BOOTSTRAP_BATCH_CELLS", 90 * 7)  # batches of 7 resamples
+    batches = []
+
+    def spy(*args, **kwargs):
+        batches.append(kwargs["batch"])
+        return bootstrap(*args, **kwargs)
+
+    monkeypatch.setattr(longtail.metrics, "bootstrap", spy)
+    got = bootstrap_ci(macro_f1, y, a, n_resamples=100, seed=4)
+    assert batches == [7]
+    whole = bootstrap(
+        (y, a), macro_f1, paired=True, vectorized=False, n_resamples=100, method="percentile",
+        random_state=np.random.default_rng(4),
+    ).confidence_interval  # fmt: skip
+    assert got == pytest.approx((whole.low, whole.high), abs=1e-15)
+    assert (
+        bootstrap_ci(macro_f1, y, a, n_resamples=100, seed=5) != got
+    )  # the seed matters: the check has teeth
+
+
 def test_trainer_compute_metrics_on_eval_prediction():
     from transformers.trainer_utils import EvalPrediction
 
