@@ -346,7 +346,7 @@ def test_baseline_tfidf_character_ngrams(tmp_path):
 def test_baseline_on_real_cfpb(tmp_path):
     """The course floor on the real CFPB sample: its fixed settings (words only, C=1, no class weighting) read
     the head and miss the tail. For speed, one fit (no refit on train + validation) to tol 1e-4, which scores
-    validation as the YAML's 1e-6 does here (macro-F1 0.0990 either way) in a third of the time."""
+    validation as the YAML's 1e-6 does here (macro-F1 0.0990 either way) in under half the time."""
     recipe = load_recipe("baseline_tfidf")
     metrics = recipe.main(
         [
