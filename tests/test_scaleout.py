@@ -2,8 +2,8 @@
 half-written checkpoints, seeds, safetensors and trust_remote_code.
 
 One uninterrupted single-process run per recipe (module-scoped) is the reference for the two-process run
-(same global batch), the killed-and-resumed run and the repeated run. To add a recipe (e.g. distill), add
-one line to RECIPES.
+(same global batch), the killed-and-resumed run and the repeated run; the encoder and LoRA runs refit on
+train + validation, so each of those checks covers the refit too. To add a recipe, add one line to RECIPES.
 """
 
 from __future__ import annotations
@@ -51,13 +51,17 @@ class Recipe:
     ddp_extra: tuple = ()  # options only the two-process run adds
 
 
+# The encoder and LoRA runs refit on train + validation, so every test below covers the refit as well: under two
+# processes (a second DDP wrapper, the refit's trainer passed to end_training), after a resume (the selection run
+# resumes, the refit runs whole) and from the same seeds.
+REFIT = ("--refit_with_validation", "true")
 RECIPES = {
-    "full_ft_encoder": Recipe("tiny_modernbert", encoder_args, "accelerate"),
+    "full_ft_encoder": Recipe("tiny_modernbert", encoder_args, "accelerate", extra=REFIT),
     "lora_decoder": Recipe(
         "tiny_qwen2",
         functools.partial(decoder_args, "lora_decoder"),
         "torchrun",
-        extra=("--lora_dropout", "0"),  # dropout draws differ per process; the comparisons need none
+        extra=("--lora_dropout", "0", *REFIT),  # dropout draws differ per process; the comparisons need none
         ddp_extra=("--gradient_checkpointing", "true"),  # + LoRA + DDP: needs use_reentrant=False
     ),
     # a tiny Qwen2 teacher into a tiny ModernBERT student; the vanilla arm is not needed here
@@ -276,56 +280,16 @@ def test_two_processes_match_one(name, request, files, reference, tmp_path):
     # the same training and the same final evaluation as one process with the same global batch
     assert losses(out) == pytest.approx(losses(ref), abs=1e-4)
     np.testing.assert_allclose(predictions(out), predictions(ref), atol=1e-4)
+    np.testing.assert_allclose(predictions(out, "test"), predictions(ref, "test"), atol=1e-4)
     for split in ("eval", "test"):
         got = json.loads((out / f"{split}_results.json").read_text())
         want = json.loads((ref / f"{split}_results.json").read_text())
         for key in ("accuracy", "macro_f1", "nll"):
             assert got[key] == pytest.approx(want[key], abs=1e-4), (split, key)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", RESUMED)
-def test_refit_under_two_processes_and_after_a_resume_matches_one_run(
-    name, request, files, tmp_path, fast_bootstrap, one_torch_thread
-):
-    """--refit_with_validation under DDP: the second training (train + validation, the selection run's
-    epochs) runs in both processes, results are written once; validation (the selection model) and test (the refit)
-    match one process with the same global batch. Killed mid-run and resumed, it matches too."""
-    extra = ("--refit_with_validation", "true", "--posthoc_logit_adjustment", "none")
-    one, two, log = tmp_path / "one", tmp_path / "two", tmp_path / "events.jsonl"
-    load_recipe(name).main(
-        recipe_argv(request, name, files, one, "--per_device_train_batch_size", str(GLOBAL_BATCH), *extra)
-    )
-    argv = recipe_argv(
-        request, name, files, two, "--per_device_train_batch_size", str(GLOBAL_BATCH // 2), *extra
-    )
-    config = str(ACCELERATE_CONFIGS / "cpu_multi_process.yaml")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
-    launch += ["--main_process_port", str(free_port())]
-    exits = tmp_path / "exits.jsonl"
-    env = child_env(LONGTAIL_TEST_EVENTS=str(log), LONGTAIL_TEST_EXITS=str(exits))
-    done = run_child([*launch, str(LAUNCHER), name, *argv], env)
-    assert done.returncode == 0, failure(done)
-    assert_left_process_group(exits)
-    assert {e["rank"] for e in events(log)} == {0}  # results written once
-    results = {d: json.loads((d / "train_results.json").read_text()) for d in (one, two)}
-    assert results[two]["refit_rows"] == results[one]["refit_rows"] > 0
-    assert results[two]["refit_epochs"] == pytest.approx(results[one]["refit_epochs"], abs=1e-9)
-    for split in ("validation", "test"):
-        np.testing.assert_allclose(predictions(two, split), predictions(one, split), atol=1e-4)
-
-    # killed after two checkpoints and resumed: the selection run resumes, the refit then runs whole
-    resumed = tmp_path / "resumed"
-    argv = recipe_argv(
-        request, name, files, resumed, "--per_device_train_batch_size", str(GLOBAL_BATCH), *extra
-    )
-    killed = run_child(
-        [sys.executable, str(LAUNCHER), name, *argv], child_env(LONGTAIL_TEST_KILL_AFTER_SAVES="2")
-    )
-    assert killed.returncode == -9, killed.stderr[-5000:]
-    load_recipe(name).main([*argv, "--resume_from_checkpoint", "true"])
-    for split in ("validation", "test"):
-        np.testing.assert_allclose(predictions(resumed, split), predictions(one, split), rtol=0, atol=1e-6)
+    if REFIT[0] in recipe.extra:  # validation is the selection run's, test the refit's, in both processes
+        got, want = (json.loads((d / "train_results.json").read_text()) for d in (out, ref))
+        assert got["refit_rows"] == want["refit_rows"] > 0
+        assert got["refit_epochs"] == pytest.approx(want["refit_epochs"], abs=1e-9)
 
 
 @pytest.mark.slow
@@ -416,6 +380,9 @@ def test_resume_after_sigkill_matches_uninterrupted(
     got, want = (json.loads((d / "eval_results.json").read_text()) for d in (out, ref))
     for key in ("accuracy", "macro_f1", "nll", "ece"):
         assert got[key] == pytest.approx(want[key], abs=1e-6), key
+    # the refit ran whole after the resume, for as many epochs as the uninterrupted run's
+    got, want = (json.loads((d / "train_results.json").read_text()) for d in (out, ref))
+    assert got["refit_rows"] == want["refit_rows"] > 0 and got["refit_epochs"] == want["refit_epochs"]
 
 
 class RecordingHandler(logging.Handler):
