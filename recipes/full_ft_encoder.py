@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "data": data_args,
                 "model": model_args,
                 "loss": loss_args,
+                "lpft": lpft_args,
                 "wise_ft": wise_args,
                 "refit": refit_args,
             },

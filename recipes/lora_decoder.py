@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
             data=data,
             results=results,
             command=command,
-            arguments=(data_args, model_args, adapter_args, loss_args, refit_args),
+            arguments=(data_args, model_args, adapter_args, loss_args, lpft_args, refit_args),
             push=push,
             sections=sections or None,
         )

@@ -106,7 +106,11 @@ class LongTailTrainer(Trainer):
     `labels` are popped from the inputs so the model does not also compute its own loss.
     The loss is a per-batch mean, so we tell Trainer to scale it for gradient accumulation itself
     (`model_accepts_loss_kwargs = False`); `num_items_in_batch` is accepted and not needed.
+    `layer_lr_decay` < 1 gives the optimizer one learning rate per layer (`longtail.layer_decay`); `lpft.train`
+    sets it from `--layer_lr_decay` before each training it runs (the selection run, its refit).
     """
+
+    layer_lr_decay = 1.0
 
     def __init__(self, *args, loss_args: LossArguments, train_counts: Mapping[int, int], **kwargs):
         super().__init__(*args, **kwargs)
@@ -116,6 +120,30 @@ class LongTailTrainer(Trainer):
         self.train_counts = train_counts  # kept for a second phase (lpft.warm_up_head)
         self.class_weight_tensor = class_weights(train_counts, num_labels, loss_args.class_weighting)
         self.log_prior = log_prior(train_counts, num_labels)
+
+    def create_optimizer(self):
+        if self.optimizer is not None or self.layer_lr_decay == 1.0:
+            return super().create_optimizer()
+        from longtail.layer_decay import layerwise_param_groups
+
+        # Trainer's own path with our groups as `params` (its documented override), so the optimizer class,
+        # its kwargs and bitsandbytes' 8-bit embedding overrides stay Trainer's
+        optimizer_cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+            self.args, self.model
+        )
+        groups = layerwise_param_groups(
+            self.model,
+            self.args.learning_rate,
+            self.layer_lr_decay,
+            self.args.weight_decay,
+            self.get_decay_parameter_names(self.model),
+        )
+        own = self.optimizer_cls_and_kwargs
+        self.optimizer_cls_and_kwargs = (optimizer_cls, {**kwargs, "params": groups})
+        try:
+            return super().create_optimizer()
+        finally:
+            self.optimizer_cls_and_kwargs = own
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)  # Trainer reads the labels from its own dict after this call

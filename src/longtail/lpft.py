@@ -43,12 +43,21 @@ class LPFTArguments:
         default=None,
         metadata={"help": "A probe_encoder run folder: fine-tune its model (body + pooling + fitted head)."},
     )
+    layer_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning-rate decay: layer i of L trains at lr * d^(L - i), the embeddings at "
+            "lr * d^(L + 1), the head at lr (longtail.layer_decay); 1 = one rate for all."
+        },
+    )
 
     def __post_init__(self):
         if self.head_warmup_epochs < 0:
             raise ValueError(f"--head_warmup_epochs must be >= 0, got {self.head_warmup_epochs}")
         if self.head_warmup_learning_rate <= 0:
             raise ValueError(f"--head_warmup_learning_rate must be > 0, got {self.head_warmup_learning_rate}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ValueError(f"--layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
 
 
 def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tokenizer, train_only_head=True):
@@ -161,7 +170,9 @@ def warm_up_head(trainer, epochs: float, learning_rate: float) -> dict:
 def train(trainer, lpft_args: LPFTArguments, resume_from_checkpoint=None, on_start=None):
     """trainer.train(), preceded by the head-only warm-up when asked (not when resuming: the checkpoint
     already holds a warmed-up head). `on_start(model)` runs just before the main run (WiSE-FT keeps the
-    starting weights). Returns (train_result, warm-up metrics)."""
+    starting weights). The main run's optimizer decays the rate layer by layer with `--layer_lr_decay` (the
+    warm-up trains the head alone, at one rate). Returns (train_result, warm-up metrics)."""
+    trainer.layer_lr_decay = lpft_args.layer_lr_decay
     warm = {}
     if lpft_args.head_warmup_epochs > 0 and not resume_from_checkpoint:
         warm = warm_up_head(trainer, lpft_args.head_warmup_epochs, lpft_args.head_warmup_learning_rate)
@@ -188,6 +199,8 @@ def selection_note(
         )
     if lpft_args.head_warmup_epochs:
         parts.append(f"head warm-up: {lpft_args.head_warmup_epochs:g} fixed epoch(s), body frozen")
+    if lpft_args.layer_lr_decay != 1:
+        parts.append(f"layer-wise lr decay {lpft_args.layer_lr_decay:g}: fixed")
     if wise_alpha is not None:
         parts.append(f"WiSE-FT alpha {wise_alpha:g}: best validation macro-F1")
     if tau_selected:
