@@ -10,8 +10,10 @@ GPT-2 and a PEFT wrapper around any of them; a model with none is a clear error,
 
 from __future__ import annotations
 
+import logging
 import re
 
+logger = logging.getLogger(__name__)
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 
@@ -60,4 +62,12 @@ def layerwise_param_groups(
             },
         )
         group["params"].append(p)
-    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], not k[1]))]
+    ordered = [groups[k] for k in sorted(groups, key=lambda k: (-k[0], not k[1]))]
+    layers = {int(m.group(1)) for n in depths if (m := LAYER_INDEX.search(n))}
+    logger.info(
+        "Layer-wise lr decay %g over %d layers: trainable parameters at %s (the head's first)",
+        decay,
+        len(layers),
+        ", ".join(f"{r:.3g}" for r in sorted({g["lr"] for g in ordered}, reverse=True)),
+    )
+    return ordered
