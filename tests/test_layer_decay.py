@@ -83,22 +83,21 @@ def test_depths_follow_registration_and_a_model_without_layers_is_refused():
             LPFTArguments(layer_lr_decay=bad)
 
 
-def test_one_adamw_step_moves_each_layer_by_its_rate(tiny_modernbert, tmp_path):
-    """AdamW's first step moves a weight by lr * g / (|g| + eps), i.e. by its group's rate wherever the gradient
-    is not tiny: the largest move in each tensor is the rate Trainer's optimizer and scheduler really used."""
+def bare_trainer(model_dir: str, out, **overrides):
+    """A LongTailTrainer with the decay on 8 rows in one batch: AdamW at a constant 1e-3, no weight decay."""
     from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
     from longtail.losses import LongTailTrainer, LossArguments
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_modernbert)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_modernbert, num_labels=3)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3)
     rows = Dataset.from_dict(
         {**tokenizer([f"complaint {i} about a loan" for i in range(8)]), "labels": [0, 1, 2, 0, 1, 2, 0, 1]}
     )
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
+    settings = dict(
+        output_dir=str(out),
         max_steps=1,
         per_device_train_batch_size=8,
         learning_rate=1e-3,
@@ -114,18 +113,40 @@ def test_one_adamw_step_moves_each_layer_by_its_rate(tiny_modernbert, tmp_path):
     )
     trainer = LongTailTrainer(
         model=model,
-        args=args,
+        args=TrainingArguments(**{**settings, **overrides}),
         train_dataset=rows,
         data_collator=DataCollatorWithPadding(tokenizer),
         loss_args=LossArguments(),
         train_counts={0: 3, 1: 3, 2: 2},
     )
     trainer.layer_lr_decay = DECAY
+    return trainer
+
+
+def test_one_adamw_step_moves_each_layer_by_its_rate(tiny_modernbert, tmp_path):
+    """AdamW's first step moves a weight by lr * g / (|g| + eps), i.e. by its group's rate wherever the gradient
+    is not tiny: the largest move in each tensor is the rate Trainer's optimizer and scheduler really used."""
+    trainer = bare_trainer(tiny_modernbert, tmp_path)
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer.train()
     moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
     for name, step in moved.items():
         assert step == pytest.approx(1e-3 * expected_scale(name, 2), rel=1e-3), name
     assert trainer.state.log_history[0]["learning_rate"] == 1e-3  # the head's rate is the one logged
+
+
+def test_a_resumed_run_gets_its_layered_optimizer_back(tiny_modernbert, tmp_path):
+    """Resumed from its first checkpoint (the same options), a run ends with the uninterrupted run's weights: the
+    checkpoint's per-layer groups load into the optimizer the decay builds again."""
+    steps = {"max_steps": 3, "save_strategy": "steps", "save_steps": 1}
+    whole = bare_trainer(tiny_modernbert, tmp_path / "whole", **steps)
+    whole.train()
+    resumed = bare_trainer(tiny_modernbert, tmp_path / "whole", **steps)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-1"))
+    assert len(resumed.optimizer.param_groups) == len(whole.optimizer.param_groups) > 2
+    for (name, p), q in zip(whole.model.named_parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6, msg=name)
 
 
 def test_recipes_train_and_refit_with_the_decay(
