@@ -149,6 +149,32 @@ def test_a_resumed_run_gets_its_layered_optimizer_back(tiny_modernbert, tmp_path
         torch.testing.assert_close(q, p, rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_resume_with_another_decay_is_refused(tiny_modernbert, tmp_path):
+    """The checkpoint records its decay; a resume that asks for another one stops before training, naming both.
+    torch alone would load a same-shaped optimizer state (0.5 -> 0.8) silently, with the old rates. A checkpoint
+    without the record (another trainer's) falls back to torch's group check, reworded."""
+    first = bare_trainer(tiny_modernbert, tmp_path, save_strategy="steps", save_steps=1)
+    first.train()
+    checkpoint = tmp_path / "checkpoint-1"
+    assert json.loads((checkpoint / "layer_lr_decay.json").read_text()) == {"layer_lr_decay": DECAY}
+    for other in (0.8, 1.0):
+        resumed = bare_trainer(tiny_modernbert, tmp_path, max_steps=2)
+        resumed.layer_lr_decay = other
+        with pytest.raises(
+            ValueError,
+            match=rf"written with --layer_lr_decay {DECAY}, this run asks for --layer_lr_decay {other}",
+        ):
+            resumed.train(resume_from_checkpoint=str(checkpoint))
+        assert resumed.state.global_step == 0
+    (checkpoint / "layer_lr_decay.json").unlink()
+    resumed = bare_trainer(tiny_modernbert, tmp_path, max_steps=2)
+    resumed.layer_lr_decay = 1.0
+    with pytest.raises(
+        ValueError, match="has another optimizer layout, this run asks for --layer_lr_decay 1.0"
+    ):
+        resumed.train(resume_from_checkpoint=True)  # Trainer's own "the last checkpoint"
+
+
 def test_recipes_train_and_refit_with_the_decay(
     tiny_modernbert, tiny_qwen2, tmp_path, monkeypatch, one_torch_thread
 ):

@@ -10,8 +10,13 @@ GPT-2 and a PEFT wrapper around any of them; a model with none is a clear error,
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
@@ -71,3 +76,44 @@ def layerwise_param_groups(
         ", ".join(f"{r:.3g}" for r in sorted({g["lr"] for g in ordered}, reverse=True)),
     )
     return ordered
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming: the checkpoint's optimizer holds its own per-layer rates
+# ---------------------------------------------------------------------------------------------
+
+DECAY_FILE = "layer_lr_decay.json"
+
+
+class RecordLayerDecay(TrainerCallback):
+    """Writes the trainer's `layer_lr_decay` into each checkpoint it saves, for `check_resume`."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            (checkpoint / DECAY_FILE).write_text(json.dumps({"layer_lr_decay": self.trainer.layer_lr_decay}))
+
+
+def resume_error(checkpoint, decay: float, saved=None) -> ValueError:
+    was = (
+        f"was written with --layer_lr_decay {saved}" if saved is not None else "has another optimizer layout"
+    )
+    return ValueError(
+        f"--resume_from_checkpoint {checkpoint}: the checkpoint {was}, this run asks for --layer_lr_decay {decay}. "
+        "Its optimizer state holds one parameter group per layer rate (and loading it would keep the old rates), "
+        "so resume with the options it was written with (the layer decay and the parameters that train), or start "
+        "a new run without --resume_from_checkpoint."
+    )
+
+
+def check_resume(checkpoint, decay: float) -> None:
+    """Refuse a resume whose checkpoint was trained with another decay. torch would load a same-shaped optimizer
+    state silently, with the checkpoint's rates, and fail on any other with its own parameter-group error."""
+    path = Path(checkpoint) / DECAY_FILE
+    if path.is_file():  # absent from checkpoints written by other trainers: Trainer's own load then decides
+        saved = json.loads(path.read_text("utf-8"))["layer_lr_decay"]
+        if saved != decay:
+            raise resume_error(checkpoint, decay, saved)

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+from longtail.layer_decay import RecordLayerDecay, check_resume, layerwise_param_groups, resume_error
 
 LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted")
 WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
@@ -107,7 +110,8 @@ class LongTailTrainer(Trainer):
     The loss is a per-batch mean, so we tell Trainer to scale it for gradient accumulation itself
     (`model_accepts_loss_kwargs = False`); `num_items_in_batch` is accepted and not needed.
     `layer_lr_decay` < 1 gives the optimizer one learning rate per layer (`longtail.layer_decay`); `lpft.train`
-    sets it from `--layer_lr_decay` before each training it runs (the selection run, its refit).
+    sets it from `--layer_lr_decay` before each training it runs (the selection run, its refit). Each checkpoint
+    records it, and a resume with another decay is refused (`layer_decay.check_resume`).
     """
 
     layer_lr_decay = 1.0
@@ -120,12 +124,27 @@ class LongTailTrainer(Trainer):
         self.train_counts = train_counts  # kept for a second phase (lpft.warm_up_head)
         self.class_weight_tensor = class_weights(train_counts, num_labels, loss_args.class_weighting)
         self.log_prior = log_prior(train_counts, num_labels)
+        self.add_callback(RecordLayerDecay(self))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        checkpoint = (
+            get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is True
+            else resume_from_checkpoint
+        )
+        if checkpoint:
+            check_resume(checkpoint, self.layer_lr_decay)
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        # torch's Optimizer.load_state_dict: the checkpoint's groups do not fit this optimizer
+        except ValueError as err:
+            if checkpoint and "parameter group" in str(err):
+                raise resume_error(checkpoint, self.layer_lr_decay) from err
+            raise
 
     def create_optimizer(self):
         if self.optimizer is not None or self.layer_lr_decay == 1.0:
             return super().create_optimizer()
-        from longtail.layer_decay import layerwise_param_groups
-
         # Trainer's own path with our groups as `params` (its documented override), so the optimizer class,
         # its kwargs and bitsandbytes' 8-bit embedding overrides stay Trainer's
         optimizer_cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
