@@ -22,10 +22,10 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion, Pipeline
 from trl import TrlParser
 
+from longtail.crossfit import FOLDS_HELP, check_folds, cross_fitted_probs, train_prediction_note
 from longtail.data import DataArguments, prepare_data, require_test_split
 from longtail.grid import (
     check_solver_options,
@@ -54,14 +54,7 @@ class BaselineArguments:
         default=False,
         metadata={"help": "Also save predictions_train.npz (e.g. to serve as a distillation teacher)."},
     )
-    predict_train_folds: int = field(
-        default=5,
-        metadata={
-            "help": "With --predict_train: each training row is scored by the chosen setting fit on the other "
-            "folds (K stratified folds, vocabulary included), so the teacher says what it would of unseen text; "
-            "the saved model is near-certain on its own training rows. 0: that model's in-sample probabilities."
-        },
-    )
+    predict_train_folds: int = field(default=5, metadata={"help": FOLDS_HELP})
     max_features: int = field(default=50_000, metadata={"help": "TF-IDF vocabulary size."})
     ngram_max: int = field(default=2, metadata={"help": "Use 1..ngram_max word n-grams."})
     sublinear_tf: bool = field(default=False, metadata={"help": "1 + log(tf) instead of raw counts."})
@@ -115,10 +108,7 @@ class BaselineArguments:
         if self.C <= 0 or not self.grid_C or any(c <= 0 for c in self.grid_C):  # before any vectorising
             raise ValueError(f"C and grid_C must be positive numbers, got C={self.C}, grid_C={self.grid_C}")
         check_solver_options(self.tol, self.max_iter)
-        if self.predict_train_folds == 1 or self.predict_train_folds < 0:
-            raise ValueError(
-                f"predict_train_folds must be 0 (in-sample) or at least 2, got {self.predict_train_folds}"
-            )
+        check_folds(self.predict_train_folds)
         if self.n_jobs == 0:  # fail at parse time, not after the vectoriser has run
             raise ValueError("n_jobs must be a number of processes (1, 2, ...) or -1 for one per core, got 0")
         bad = {w for w in [self.class_weight, *self.grid_class_weight] if w not in ("none", "balanced")}
@@ -202,44 +192,6 @@ def fit_grid(args: BaselineArguments, train, validation) -> tuple[Pipeline, list
     return best, rows
 
 
-def cross_fitted_probs(pipeline: Pipeline, train, num_labels: int, folds: int, seed: int) -> np.ndarray:
-    """Out-of-fold probabilities of every training row: a clone of `pipeline` (vectoriser and classifier) fit
-    on the other folds. A class missing from a fold's fitting rows gets probability 0 on its scored rows."""
-    y = train["label_id"].to_numpy()
-    probs = np.zeros((len(y), num_labels))
-    counts = np.bincount(y, minlength=num_labels)[np.unique(y)]
-    if counts.max() < folds:  # else scikit-learn's error from inside the splitter
-        raise ValueError(
-            f"--predict_train_folds {folds}: no class has {folds} training rows (at most {counts.max()}); "
-            "use fewer folds, or 0 for in-sample predictions"
-        )
-    few = int((counts < folds).sum())
-    if few:  # StratifiedKFold warns too; say what it means here
-        logger.warning(
-            "%d classes have fewer than %d training rows: some of their rows are scored by a fold that never saw the "
-            "class",
-            few,
-            folds,
-        )
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    for k, (fit_rows, scored) in enumerate(splitter.split(np.zeros(len(y)), y)):
-        fold = clone(pipeline).fit(train["text"].iloc[fit_rows], y[fit_rows])
-        probs[np.ix_(scored, fold.classes_)] = fold.predict_proba(train["text"].iloc[scored])
-        logger.info("Train predictions: fold %d of %d scored (%d rows)", k + 1, folds, len(scored))
-    return probs
-
-
-def train_prediction_note(args: BaselineArguments, refit: bool) -> str:
-    if args.predict_train_folds:
-        return (
-            f"cross-fitted: each row scored by the chosen setting fit on the other {args.predict_train_folds - 1} "
-            f"of {args.predict_train_folds} stratified folds of train"
-        )
-    return (
-        "in-sample: the saved model" + (" (fit on train + validation)" if refit else "") + " on its own rows"
-    )
-
-
 def grid_section(rows: list[dict], chosen: dict, refit: str = "", solver: str = "") -> str:
     lines = [
         "## Validation grid",
@@ -304,10 +256,16 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Save and report ---------------------------------------------------------------------
     joblib.dump(model, output_dir / "model.joblib")
     if args.predict_train:  # a teacher for recipes/distill.py --teacher_logits <this folder>
+        num_labels, texts, labels = len(data.label_names), train["text"], train["label_id"].to_numpy()
+
+        def fit_predict(fit_rows, scored):  # the chosen setting, vocabulary included, fit on the other folds
+            fold = clone(selected).fit(texts.iloc[fit_rows], labels[fit_rows])
+            probs = np.zeros((len(scored), num_labels))  # a class the fold never saw: probability 0
+            probs[:, fold.classes_] = fold.predict_proba(texts.iloc[scored])
+            return probs
+
         folds = args.predict_train_folds
-        probs = (
-            cross_fitted_probs(selected, train, len(data.label_names), folds, args.seed) if folds else None
-        )
+        probs = cross_fitted_probs(fit_predict, labels, num_labels, folds, args.seed) if folds else None
         save_predictions(output_dir, result("train", probs), data.label_names)
     run_info = {
         "recipe": "baseline_tfidf",
@@ -326,7 +284,11 @@ def main(argv: list[str] | None = None) -> dict:
         "unconverged_fits": len(unconverged),
         "total_runtime_s": round(time.time() - started, 1),
         **(
-            {"train_predictions": train_prediction_note(args, refit_args.refit_with_validation)}
+            {
+                "train_predictions": train_prediction_note(
+                    args.predict_train_folds, refit_args.refit_with_validation
+                )
+            }
             if args.predict_train
             else {}
         ),

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from trl import TrlParser
 
+from longtail.crossfit import FOLDS_HELP, check_folds, cross_fitted_probs, train_prediction_note
 from longtail.data import DataArguments, prepare_data, require_test_split
 from longtail.grid import (
     check_solver_options,
@@ -50,7 +51,7 @@ from longtail.probe import (
     load_frozen_body,
 )
 from longtail.refit import SELECTION_HEAD, RefitArguments, label_counts, refit_note, train_and_validation
-from longtail.report import SplitResult, grid_table, summary_text, write_run_outputs
+from longtail.report import SplitResult, grid_table, save_predictions, summary_text, write_run_outputs
 from longtail.runs import (
     command_line,
     prepare_output_dir,
@@ -103,6 +104,13 @@ class ProbeArguments:
         default="outputs/cache/embeddings",
         metadata={"help": "Cached features, keyed by model+data+length+pooling+long_text+normalize+layers."},
     )
+    predict_train: bool = field(
+        default=False,
+        metadata={
+            "help": "Also save predictions_train.npz (a teacher for recipes/distill.py --teacher_logits)."
+        },
+    )
+    predict_train_folds: int = field(default=5, metadata={"help": FOLDS_HELP})
     grid_C: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])
     grid_class_weight: list[str] = field(default_factory=lambda: list(WEIGHTINGS))
     posthoc_logit_adjustment: str = field(
@@ -131,6 +139,7 @@ class ProbeArguments:
             raise ValueError(f"grid_C must be positive numbers, got {self.grid_C}")
         parse_tau_option(self.posthoc_logit_adjustment)  # a clear error now, not after the embedding
         check_solver_options(self.tol, self.max_iter)
+        check_folds(self.predict_train_folds)
         if not self.feature_layers:  # the range needs the loaded body; emptiness is known now
             raise ValueError("--feature_layers needs at least one hidden-state index (-1: the body's output)")
 
@@ -391,6 +400,26 @@ def main(argv: list[str] | None = None) -> dict:
         if split != "train"
     ]
 
+    if args.predict_train:  # a teacher for recipes/distill.py --teacher_logits <this folder>
+        x, y_train, folds = features["train"].astype(np.float64), y["train"], args.predict_train_folds
+
+        def fit_predict(fit_rows, scored):  # the chosen C, weighting and tau, fit on the other folds
+            (w, b), _ = fit_head(args, chosen, features["train"][fit_rows], y_train[fit_rows], num_labels)
+            return softmax(x[scored] @ w.T.astype(np.float64) + b)
+
+        w, b = heads["test"]  # in-sample: the saved model's
+        probs = (
+            cross_fitted_probs(fit_predict, y_train, num_labels, folds, args.seed)
+            if folds
+            else softmax(x @ w.T.astype(np.float64) + b)
+        )
+        train_rows = data.splits["train"]
+        save_predictions(
+            output_dir,
+            SplitResult("train", y_train, probs, train_rows["text"], row_ids=train_rows["row_id"].to_numpy()),
+            data.label_names,
+        )
+
     # ---- Save (one Transformers model folder), report ----------------------------------------
     model = ProbeForSequenceClassification.from_encoder(
         encoder.cpu(),
@@ -427,6 +456,15 @@ def main(argv: list[str] | None = None) -> dict:
         "embedding_s": embed_s,
         "head_grid_s": fit_s,
         "total_runtime_s": round(time.time() - started, 1),
+        **(
+            {
+                "train_predictions": train_prediction_note(
+                    args.predict_train_folds, refit_args.refit_with_validation
+                )
+            }
+            if args.predict_train
+            else {}
+        ),
         "selection": f"C and class weighting: best validation macro-F1 over {len(grid)} settings"
         + tau_note(parse_tau_option(args.posthoc_logit_adjustment))
         + "; no epochs; temperature: fitted on validation (temperature.json)"

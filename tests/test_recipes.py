@@ -253,58 +253,6 @@ def test_baseline_tfidf_end_to_end(tmp_path):
     assert plain_words.idf_.max() == pytest.approx(np.log((1 + n_train) / 2) + 1)
 
 
-def memorisable_files(tmp_path: Path) -> tuple[str, str]:
-    """Rows whose words occur in no other row, under random labels: a model can memorise its training rows and
-    learn nothing that carries to another row."""
-    import pandas as pd
-
-    rng = np.random.default_rng(0)
-    labels = ["Late fee", "Wrong balance", "Lost card"]
-    paths = []
-    for name, n, start in (("train", 150, 0), ("test", 30, 1000)):
-        texts = [" ".join(f"tok{start + i}x{j}" for j in range(6)) for i in range(n)]
-        path = tmp_path / f"{name}.csv"
-        pd.DataFrame({"Consumer complaint narrative": texts, "Issue": rng.choice(labels, n)}).to_csv(
-            path, index=False
-        )
-        paths.append(str(path))
-    return paths[0], paths[1]
-
-
-def test_baseline_train_predictions_for_a_teacher_are_cross_fitted(tmp_path):
-    """`--predict_train` (a distillation teacher) scores each training row with a fit that never saw it: on rows a
-    model can only memorise, in-sample predictions are right (near) everywhere and cross-fitted ones at chance."""
-    from longtail.report import load_predictions
-
-    train, test = memorisable_files(tmp_path)
-    recipe = load_recipe("baseline_tfidf")
-    args = [
-        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", train, "--test_file", test,
-        "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none", "--char_ngram_max", "0",
-        "--grid_C", "10.0", "--grid_sublinear_tf", "false", "--predict_train", "true",
-    ]  # fmt: skip
-    accuracy = {}
-    for folds in (0, 3):
-        out = tmp_path / f"folds{folds}"
-        recipe.main([*args, "--predict_train_folds", str(folds), "--output_dir", str(out)])
-        pred = load_predictions(out / "predictions_train.npz")
-        assert sorted(pred["row_id"].tolist()) == sorted(
-            json.loads((out / "splits.json").read_text())["train"]
-        )
-        np.testing.assert_allclose(pred["probs"].sum(1), 1.0, atol=1e-6)
-        accuracy[folds] = float((pred["probs"].argmax(1) == pred["y_true"]).mean())
-        note = (
-            "cross-fitted: each row scored by the chosen setting fit on the other 2 of 3"
-            if folds
-            else "in-sample"
-        )
-        assert note in (out / "report.md").read_text()
-    assert accuracy[0] > 0.95 and accuracy[3] < 0.6, accuracy
-    for bad in ("1", "200"):  # one fold is no cross-fit; more folds than any class has rows
-        with pytest.raises(ValueError, match="predict_train_folds"):
-            recipe.main([*args, "--predict_train_folds", bad, "--output_dir", str(tmp_path / f"bad{bad}")])
-
-
 def test_baseline_logs_fits_that_stop_at_max_iter(tmp_path, capsys):
     """A fit that runs out of iterations is named in the log and the report (the grid's and the refit's),
     and its iterations are in the grid: scikit-learn's ConvergenceWarning alone is lost in grid workers."""

@@ -1,0 +1,138 @@
+"""Cross-fitted train predictions (`longtail.crossfit`, `--predict_train` of the TF-IDF and probe recipes): each
+training row is scored by a fit that never saw it, so a distillation teacher's targets are honest."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from conftest import REPO
+from test_probe import probe_args
+from test_recipes import load_recipe
+
+from longtail.crossfit import check_folds, cross_fitted_probs
+
+
+def memorisable_files(tmp_path, n_train: int = 150) -> tuple[str, str]:
+    """Rows whose words occur in no other row, under random labels: a model can memorise its training rows and
+    learn nothing that carries to another row."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    labels = ["Late fee", "Wrong balance", "Lost card"]
+    paths = []
+    for name, n, start in (("train", n_train, 0), ("test", 30, 1000)):
+        texts = [" ".join(f"tok{start + i}x{j}" for j in range(6)) for i in range(n)]
+        path = tmp_path / f"{name}.csv"
+        pd.DataFrame({"Consumer complaint narrative": texts, "Issue": rng.choice(labels, n)}).to_csv(
+            path, index=False
+        )
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def test_each_row_is_scored_once_by_a_fit_on_every_other_row(caplog):
+    y = np.repeat([0, 1, 2, 3], [30, 12, 6, 3])  # class 3 has fewer rows than folds
+    fits = []
+
+    def fit_predict(fit_rows, scored):
+        fits.append((set(fit_rows.tolist()), scored.copy()))
+        out = np.zeros((len(scored), 5))
+        out[np.arange(len(scored)), len(fits) % 5] = 1.0  # which fold scored the row
+        return out
+
+    with caplog.at_level(logging.WARNING, logger="longtail.crossfit"):
+        probs = cross_fitted_probs(fit_predict, y, num_labels=5, folds=5, seed=0)
+    assert "1 classes have fewer than 5 training rows" in caplog.text
+    assert len(fits) == 5 and probs.shape == (len(y), 5)
+    scored = np.concatenate([s for _, s in fits])
+    assert sorted(scored.tolist()) == list(range(len(y)))  # every row scored exactly once
+    for fit_rows, rows in fits:
+        assert fit_rows.isdisjoint(rows.tolist()) and len(fit_rows) + len(rows) == len(y)  # the others, all
+        assert abs((y[rows] == 0).sum() - 6) <= 1  # stratified: a fifth of class 0 in each fold
+    np.testing.assert_array_equal(probs.argmax(1)[fits[0][1]], 1)  # rows keep the fold that scored them
+    with pytest.raises(ValueError, match="no class has 40 training rows"):
+        cross_fitted_probs(fit_predict, y, 5, 40, 0)
+    for bad in (1, -1):
+        with pytest.raises(ValueError, match="0 \\(in-sample\\) or at least 2"):
+            check_folds(bad)
+
+
+def test_baseline_train_predictions_for_a_teacher_are_cross_fitted(tmp_path):
+    """`--predict_train` (a distillation teacher) scores each training row with a fit that never saw it: on rows a
+    model can only memorise, in-sample predictions are right (near) everywhere and cross-fitted ones at chance."""
+    from longtail.report import load_predictions
+
+    train, test = memorisable_files(tmp_path)
+    recipe = load_recipe("baseline_tfidf")
+    args = [
+        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", train, "--test_file", test,
+        "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none", "--char_ngram_max", "0",
+        "--grid_C", "10.0", "--grid_sublinear_tf", "false", "--predict_train", "true",
+    ]  # fmt: skip
+    accuracy = {}
+    for folds in (0, 3):
+        out = tmp_path / f"folds{folds}"
+        recipe.main([*args, "--predict_train_folds", str(folds), "--output_dir", str(out)])
+        pred = load_predictions(out / "predictions_train.npz")
+        assert sorted(pred["row_id"].tolist()) == sorted(
+            json.loads((out / "splits.json").read_text())["train"]
+        )
+        np.testing.assert_allclose(pred["probs"].sum(1), 1.0, atol=1e-6)
+        accuracy[folds] = float((pred["probs"].argmax(1) == pred["y_true"]).mean())
+        note = (
+            "cross-fitted: each row scored by the chosen setting fit on the other 2 of 3"
+            if folds
+            else "in-sample"
+        )
+        assert note in (out / "report.md").read_text()
+    assert accuracy[0] > 0.95 and accuracy[3] < 0.6, accuracy
+    for bad in ("1", "200"):  # one fold is no cross-fit; more folds than any class has rows
+        with pytest.raises(ValueError, match="predict_train_folds"):
+            recipe.main([*args, "--predict_train_folds", bad, "--output_dir", str(tmp_path / f"bad{bad}")])
+
+
+def test_probe_train_predictions_are_cross_fitted(
+    tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """On rows a head can only memorise (words in no other row, random labels), the probe's in-sample train
+    predictions beat chance by far and the cross-fitted ones do not; `--predict_train_folds 0` is the saved
+    model's own, and the report says which."""
+    from longtail.report import load_predictions
+
+    train, test = memorisable_files(tmp_path, n_train=45)
+    recipe = load_recipe("probe_encoder")
+    accuracy = {}
+    for folds in (0, 3):
+        out = tmp_path / f"folds{folds}"
+        args = probe_args(tiny_modernbert, train, test, out, tmp_path / "cache", "--long_text", "truncate")
+        recipe.main(
+            [
+                *args,
+                "--grid_C",
+                "100",
+                "--feature_layers",
+                "0",
+                "1",
+                "2",
+                "--predict_train",
+                "true",
+                "--predict_train_folds",
+                str(folds),
+            ]
+        )
+        pred = load_predictions(out / "predictions_train.npz")
+        assert sorted(pred["row_id"].tolist()) == sorted(
+            json.loads((out / "splits.json").read_text())["train"]
+        )
+        np.testing.assert_allclose(pred["probs"].sum(1), 1.0, atol=1e-6)
+        accuracy[folds] = float((pred["probs"].argmax(1) == pred["y_true"]).mean())
+        note = (
+            "cross-fitted: each row scored by the chosen setting fit on the other 2 of 3"
+            if folds
+            else "in-sample"
+        )
+        assert note in (out / "report.md").read_text()
+    assert accuracy[0] > 0.55 and accuracy[3] < 0.45, accuracy  # measured: 0.68 and 0.27 of 41 rows
