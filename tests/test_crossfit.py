@@ -92,7 +92,7 @@ def test_baseline_train_predictions_for_a_teacher_are_cross_fitted(tmp_path):
         out = tmp_path / f"folds{folds}"
         recipe.main([*args, "--predict_train_folds", str(folds), "--output_dir", str(out)])
         accuracy[folds] = train_accuracy(out, folds)
-    assert accuracy[0] > 0.95 and accuracy[3] < 0.6, accuracy
+    assert accuracy[0] > 0.95 and accuracy[3] < 0.6, accuracy  # measured: 1.0 and 0.35 of 135 rows
     for bad in ("1", "200"):  # one fold is no cross-fit; more folds than any class has rows
         with pytest.raises(ValueError, match="predict_train_folds"):
             recipe.main([*args, "--predict_train_folds", bad, "--output_dir", str(tmp_path / f"bad{bad}")])

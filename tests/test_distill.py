@@ -199,7 +199,7 @@ def test_teacher_logits_cache_reuse_and_invalidation(tiny_qwen2, tmp_path, one_t
         teacher_logits(DistillArguments(teacher_model_name_or_path=other), data, tmp_path / "o2", 32)
 
 
-def test_precomputed_logits_file_and_run_folder(tmp_path):
+def test_precomputed_logits_file_and_run_folder(tmp_path, caplog):
     from longtail.report import SplitResult, save_predictions
 
     train, test = synthetic_files(tmp_path)
@@ -234,9 +234,20 @@ def test_precomputed_logits_file_and_run_folder(tmp_path):
             SplitResult(split, df["label_id"].to_numpy(), probs, df["text"], row_ids=df["row_id"]),
             data.label_names,
         )
-    from_run = load_precomputed(run, data)
+    with caplog.at_level("WARNING", logger="longtail.distill"):
+        from_run = load_precomputed(run, data)
     gap = from_run["validation"] - logits["validation"]  # log-probabilities: logits up to a per-row shift
     np.testing.assert_allclose(gap - gap[:, :1], 0, atol=1e-4)
+    # how its train predictions were made: unrecorded or in-sample is warned about, cross-fitted is not
+    assert "does not record how it was made" in caplog.text
+    for folds, warned in ((0, "is in-sample (--predict_train_folds 0)"), (5, None)):
+        caplog.clear()
+        (run / "run_config.json").write_text(
+            json.dumps({"data": {}, "baseline": {"predict_train_folds": folds}})
+        )
+        with caplog.at_level("WARNING", logger="longtail.distill"):
+            load_precomputed(run, data)
+        assert (warned in caplog.text) if warned else "predictions_train.npz" not in caplog.text
     (run / "predictions_train.npz").unlink()
     with pytest.raises(DataError, match="predict_train"):
         load_precomputed(run, data)

@@ -376,6 +376,17 @@ def load_precomputed(path, data: PreparedData, drop_extra: bool = False) -> dict
     return {s: v[:, cols] for s, v in align_rows(by_split, data, str(path)).items()}
 
 
+def train_prediction_folds(run_dir: Path) -> int | None:
+    """How a run folder's predictions_train.npz was made: its recipe's `predict_train_folds` (0: in-sample,
+    `longtail.crossfit`), or None when run_config.json does not record it."""
+    path = run_dir / "run_config.json"
+    if not path.is_file():
+        return None
+    sections = json.loads(path.read_text("utf-8")).values()
+    found = [s["predict_train_folds"] for s in sections if isinstance(s, dict) and "predict_train_folds" in s]
+    return int(found[0]) if found else None
+
+
 def load_run_predictions(
     run_dir: Path, data: PreparedData, drop_extra: bool = False
 ) -> dict[str, np.ndarray]:
@@ -393,6 +404,18 @@ def load_run_predictions(
         pred = load_predictions(file)
         names = [str(x) for x in pred["label_names"]]
         by_split[split] = (pred["row_id"], log_probs(pred["probs"]), pred["y_true"])
+    folds = train_prediction_folds(run_dir)
+    if not folds:  # legal (the course's KD does it), but the targets then mostly repeat the labels: say so
+        logger.warning(
+            "%s: its predictions_train.npz %s. A teacher scoring the rows it was fit on is near-certain there "
+            "(TF-IDF on CFPB: train macro-F1 0.95 against 0.27 on validation), so the KD targets add little beyond "
+            "the labels; rerun it with --predict_train true, which cross-fits them by default",
+            run_dir,
+            "is in-sample (--predict_train_folds 0)"
+            if folds == 0
+            else "does not record how it was made (no predict_train_folds in run_config.json: a run from before "
+            "cross-fitting, or another tool's)",
+        )
     cols = label_columns(names, data.label_names, str(run_dir), drop_extra)
     logits = align_rows({s: v[:2] for s, v in by_split.items()}, data, str(run_dir))
     for split in DISTILL_SPLITS:  # the same rows must carry the same gold labels
