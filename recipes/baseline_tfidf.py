@@ -25,7 +25,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 from trl import TrlParser
 
-from longtail.crossfit import FOLDS_HELP, check_folds, cross_fitted_probs, train_prediction_note
+from longtail.crossfit import (
+    FOLDS_HELP,
+    check_class_counts,
+    check_folds,
+    cross_fitted_probs,
+    train_prediction_note,
+)
 from longtail.data import DataArguments, prepare_data, require_test_split
 from longtail.grid import (
     check_solver_options,
@@ -225,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = prepare_data(data_args)
     require_test_split(data, args.do_predict)
     train, validation = data.splits["train"], data.splits["validation"]
+    if args.predict_train:  # before any fitting
+        check_class_counts(data.splits["train"]["label_id"].to_numpy(), args.predict_train_folds)
 
     # ---- Fit (and select on validation) ------------------------------------------------------
     selected, grid = fit_grid(args, train, validation)

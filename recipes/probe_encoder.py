@@ -28,7 +28,13 @@ from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from trl import TrlParser
 
-from longtail.crossfit import FOLDS_HELP, check_folds, cross_fitted_probs, train_prediction_note
+from longtail.crossfit import (
+    FOLDS_HELP,
+    check_class_counts,
+    check_folds,
+    cross_fitted_probs,
+    train_prediction_note,
+)
 from longtail.data import DataArguments, prepare_data, require_test_split
 from longtail.grid import (
     check_solver_options,
@@ -308,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = prepare_data(data_args)
     require_test_split(data, args.do_predict)
     splits = ["train", "validation"] + ["test"] * args.do_predict
+    if args.predict_train:  # before any fitting
+        check_class_counts(data.splits["train"]["label_id"].to_numpy(), args.predict_train_folds)
     num_labels = len(data.label_names)
 
     # ---- Build the frozen encoder ------------------------------------------------------------

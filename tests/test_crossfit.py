@@ -96,6 +96,7 @@ def test_baseline_train_predictions_for_a_teacher_are_cross_fitted(tmp_path):
     for bad in ("1", "200"):  # one fold is no cross-fit; more folds than any class has rows
         with pytest.raises(ValueError, match="predict_train_folds"):
             recipe.main([*args, "--predict_train_folds", bad, "--output_dir", str(tmp_path / f"bad{bad}")])
+        assert not list((tmp_path / f"bad{bad}").glob("*")), "refused before anything was fit or written"
 
 
 def test_probe_train_predictions_are_cross_fitted(
@@ -114,3 +115,9 @@ def test_probe_train_predictions_are_cross_fitted(
         recipe.main([*args, *extra, "--predict_train_folds", str(folds)])
         accuracy[folds] = train_accuracy(out, folds)
     assert accuracy[0] > 0.55 and accuracy[3] < 0.45, accuracy  # measured: 0.68 and 0.27 of 41 rows
+    bad = probe_args(
+        tiny_modernbert, train, test, tmp_path / "bad", tmp_path / "other_cache", "--long_text", "truncate"
+    )
+    with pytest.raises(ValueError, match="no class has 200 training rows"):
+        recipe.main([*bad, "--predict_train", "true", "--predict_train_folds", "200"])
+    assert not (tmp_path / "other_cache").exists(), "refused before embedding"

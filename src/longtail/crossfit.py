@@ -27,6 +27,17 @@ def check_folds(folds: int) -> None:
         raise ValueError(f"predict_train_folds must be 0 (in-sample) or at least 2, got {folds}")
 
 
+def check_class_counts(y: np.ndarray, folds: int) -> None:
+    """Fail before any fitting when no class can fill `folds` folds (else scikit-learn's error from inside the
+    splitter, after the recipe's fits); 0 folds (in-sample) needs nothing."""
+    counts = np.bincount(y)
+    if folds and counts.max() < folds:
+        raise ValueError(
+            f"--predict_train_folds {folds}: no class has {folds} training rows (at most {counts.max()}); "
+            "use fewer folds, or 0 for in-sample predictions"
+        )
+
+
 def cross_fitted_probs(
     fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
     y: np.ndarray,
@@ -36,13 +47,9 @@ def cross_fitted_probs(
 ) -> np.ndarray:
     """(rows, num_labels) probabilities: `fit_predict(fit_rows, scored_rows)` fits on the first row indices and
     returns probabilities over every label for the second, once per stratified fold."""
-    counts = np.bincount(y, minlength=num_labels)[np.unique(y)]
-    if counts.max() < folds:  # else scikit-learn's error from inside the splitter
-        raise ValueError(
-            f"--predict_train_folds {folds}: no class has {folds} training rows (at most {counts.max()}); "
-            "use fewer folds, or 0 for in-sample predictions"
-        )
-    few = int((counts < folds).sum())
+    check_class_counts(y, folds)
+    counts = np.bincount(y)
+    few = int(((counts > 0) & (counts < folds)).sum())
     if few:  # StratifiedKFold warns too; say what it means here
         logger.warning(
             "%d classes have fewer than %d training rows: some of their rows are scored by a fold that never saw "
