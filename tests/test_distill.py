@@ -253,6 +253,75 @@ def test_precomputed_logits_file_and_run_folder(tmp_path, caplog):
         load_precomputed(run, data)
 
 
+def test_an_ensemble_of_cross_fitted_runs_teaches(tmp_path, caplog, capsys):
+    """`longtail.ensemble` over runs with train predictions (`--predict_train`) mixes them by the setting it chose on
+    validation, row by row id, and its folder loads as a teacher; it records how held out they are (the fewest
+    folds, 0 if any member is in-sample), and writes none when a member lacks them, saying which."""
+    from longtail.ensemble import main as ensemble
+    from longtail.report import SplitResult, load_predictions, save_predictions
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    splits, k = ("train", "validation", "test"), len(data.splits["test"])
+    rng = np.random.default_rng(1)
+    members = []
+    for m, folds in enumerate((5, 3)):
+        run = tmp_path / f"member{m}"
+        run.mkdir()
+        probs = {s: rng.dirichlet(np.ones(len(data.label_names)) * 0.3, len(data.splits[s])) for s in splits}
+        probs["train"][:k] = probs["test"]  # the first train rows look like the test rows to this member
+        order = rng.permutation(len(data.splits["train"])) if m else slice(None)  # member 1: rows shuffled
+        for split in splits:
+            df = data.splits[split]
+            rows = order if split == "train" else slice(None)
+            save_predictions(
+                run,
+                SplitResult(
+                    split,
+                    df["label_id"].to_numpy()[rows],
+                    probs[split][rows],
+                    None,
+                    row_ids=df["row_id"].to_numpy()[rows],
+                ),
+                data.label_names,
+            )
+        (run / "run_config.json").write_text(json.dumps({"baseline": {"predict_train_folds": folds}}))
+        members.append(str(run))
+    ensemble([*members, "--output_dir", str(tmp_path / "ens"), "--n_resamples", "20"])
+    mixed = {s: load_predictions(tmp_path / "ens" / f"predictions_{s}.npz") for s in ("train", "test")}
+    by_id = dict(zip(mixed["train"]["row_id"].tolist(), mixed["train"]["probs"], strict=True))
+    lookalikes = np.array([by_id[int(r)] for r in data.splits["train"]["row_id"][:k]])
+    test_by_id = dict(zip(mixed["test"]["row_id"].tolist(), mixed["test"]["probs"], strict=True))
+    np.testing.assert_allclose(
+        lookalikes, [test_by_id[int(r)] for r in data.splits["test"]["row_id"]], atol=1e-6
+    )
+    record = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert record["train_predictions"] == {"predict_train_folds": 3, "members": {"member0": 5, "member1": 3}}
+    assert "cross-fitted in every member (fewest folds: 3)" in (tmp_path / "ens" / "report.md").read_text()
+    with caplog.at_level("WARNING", logger="longtail.distill"):
+        teacher = load_precomputed(tmp_path / "ens", data)
+    assert "predictions_train.npz" not in caplog.text
+    expected = np.log([by_id[int(r)] for r in data.splits["train"]["row_id"]])
+    np.testing.assert_allclose(teacher["train"], expected, atol=1e-5)
+
+    (tmp_path / "member1" / "run_config.json").write_text(
+        json.dumps({"baseline": {"predict_train_folds": 0}})
+    )
+    ensemble([*members, "--output_dir", str(tmp_path / "ens0"), "--n_resamples", "20"])
+    assert "not held out in member1 (in-sample)" in (tmp_path / "ens0" / "report.md").read_text()
+    with caplog.at_level("WARNING", logger="longtail.distill"):
+        load_precomputed(tmp_path / "ens0", data)
+    assert "is in-sample (--predict_train_folds 0)" in caplog.text
+
+    (tmp_path / "member1" / "predictions_train.npz").unlink()
+    capsys.readouterr()
+    ensemble([*members, "--output_dir", str(tmp_path / "ens_no_train"), "--n_resamples", "20"])
+    assert f"no predictions_train.npz in {members[1]}" in capsys.readouterr().err
+    assert not (tmp_path / "ens_no_train" / "predictions_train.npz").exists()
+    with pytest.raises(DataError, match="predict_train"):
+        load_precomputed(tmp_path / "ens_no_train", data)
+
+
 def fewer_rows(data, n):
     """A PreparedData with the first n train rows only (to write an incomplete logits file)."""
     import dataclasses

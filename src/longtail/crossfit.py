@@ -8,8 +8,10 @@ the same setting fit on the other folds: what the teacher says of text it has no
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
@@ -72,3 +74,29 @@ def train_prediction_note(folds: int, refit: bool) -> str:
     return (
         "in-sample: the saved model" + (" (fit on train + validation)" if refit else "") + " on its own rows"
     )
+
+
+def train_prediction_folds(run_dir: Path) -> int | None:
+    """How a folder's predictions_train.npz was made: the recipe's `predict_train_folds` (0: in-sample) from its
+    run_config.json, or an ensemble's from its ensemble.json (`combined_folds` of its members); None when
+    neither records it."""
+    for name in ("run_config.json", "ensemble.json"):
+        path = Path(run_dir) / name
+        if path.is_file():
+            sections = json.loads(path.read_text("utf-8")).values()
+            found = [
+                s["predict_train_folds"]
+                for s in sections
+                if isinstance(s, dict) and "predict_train_folds" in s
+            ]
+            if found:
+                return None if found[0] is None else int(found[0])
+    return None
+
+
+def combined_folds(member_folds: list[int | None]) -> int | None:
+    """An ensemble's train predictions are only as unseen as its least held-out member's: None if any member
+    does not record how it made them, 0 if any is in-sample, else the fewest folds."""
+    if any(f is None for f in member_folds):
+        return None
+    return min(member_folds)

@@ -376,23 +376,13 @@ def load_precomputed(path, data: PreparedData, drop_extra: bool = False) -> dict
     return {s: v[:, cols] for s, v in align_rows(by_split, data, str(path)).items()}
 
 
-def train_prediction_folds(run_dir: Path) -> int | None:
-    """How a run folder's predictions_train.npz was made: its recipe's `predict_train_folds` (0: in-sample,
-    `longtail.crossfit`), or None when run_config.json does not record it."""
-    path = run_dir / "run_config.json"
-    if not path.is_file():
-        return None
-    sections = json.loads(path.read_text("utf-8")).values()
-    found = [s["predict_train_folds"] for s in sections if isinstance(s, dict) and "predict_train_folds" in s]
-    return int(found[0]) if found else None
-
-
 def load_run_predictions(
     run_dir: Path, data: PreparedData, drop_extra: bool = False
 ) -> dict[str, np.ndarray]:
     """A finished run (e.g. the TF-IDF baseline with --predict_train true) as the teacher: its saved
     probabilities per row; its gold labels must match the student's rows (same data, same split)."""
     from longtail.calibration import log_probs
+    from longtail.crossfit import train_prediction_folds
     from longtail.report import load_predictions
 
     by_split, names = {}, None
@@ -409,7 +399,7 @@ def load_run_predictions(
         logger.warning(
             "%s: its predictions_train.npz %s. A teacher scoring the rows it was fit on is near-certain there "
             "(TF-IDF on CFPB: train macro-F1 0.95 against 0.27 on validation), so the KD targets add little beyond "
-            "the labels; rerun it with --predict_train true, which cross-fits them by default",
+            "the labels; rerun it (an ensemble: its members) with --predict_train true, which cross-fits them by default",
             run_dir,
             "is in-sample (--predict_train_folds 0)"
             if folds == 0

@@ -16,7 +16,8 @@ validation rows overfit a weight grid, and log-linear pooling beat the arithmeti
 tried. Why the shift: calibrated members carry the training prior again (temperature scaling undoes part of
 what class weighting did), so their mix leans to the head classes. The test split is scored once with the
 chosen setting. Writes predictions_validation.npz / predictions_test.npz (so `longtail.compare` can put the
-ensemble next to its members), ensemble.json and report.md. The folder serves new texts like any run:
+ensemble next to its members), ensemble.json and report.md; and predictions_train.npz, the members' own (cross-
+fitted by `--predict_train true`) mixed by the same setting, when every member has them: a distillation teacher. The folder serves new texts like any run:
 `python -m longtail.predict --model_dir <it>` scores every member (found through ensemble.json) and mixes them
 with the chosen setting.
 """
@@ -34,6 +35,7 @@ import numpy as np
 from longtail.calibration import apply_temperature, log_probs
 from longtail.calibration import fit_temperature as fit_on_logits
 from longtail.compare import CompareError, check_same_rows, load_tiers, read_run
+from longtail.crossfit import combined_folds, train_prediction_folds
 from longtail.metrics import (
     BOOTSTRAP_RESAMPLES,
     classification_metrics,
@@ -215,7 +217,30 @@ def build_ensemble(
             test[0]["y_true"],
             apply_mix([r["probs"] for r in test], out["serving"]),
         )
+    train = train_split(run_dirs, out["serving"])
+    if train is not None:
+        out["splits"]["train"], out["train_folds"] = train
     return out
+
+
+def train_split(run_dirs: list[str], spec: dict):
+    """The members' training-row predictions (`--predict_train`) mixed by the setting chosen on validation, so the
+    ensemble folder can teach a distillation student (`distill.py --teacher_logits <folder>`), plus each member's
+    folds; None unless every member saved them (a note names the members that did not)."""
+    missing = [d for d in run_dirs if not (Path(d) / "predictions_train.npz").is_file()]
+    if missing:
+        if len(missing) < len(run_dirs):
+            print(
+                f"ensemble: no predictions_train.npz in {', '.join(missing)}, so no train predictions for the "
+                "ensemble (a distillation teacher needs them from every member: rerun those with --predict_train true)",
+                file=sys.stderr,
+            )
+        return None
+    train = [read_run(d, "train") for d in run_dirs]
+    check_same_rows(train[1:], train[0])
+    folds = [train_prediction_folds(Path(d)) for d in run_dirs]
+    mixed = apply_mix([r["probs"] for r in train], spec)
+    return (train[0]["row_id"], train[0]["y_true"], mixed), folds
 
 
 def write_outputs(
@@ -254,6 +279,11 @@ def write_outputs(
         + ("; test scored once at the end" if "test" in metrics else ""),
         "metrics": metrics,
     }
+    if "train_folds" in result:  # read back by crossfit.train_prediction_folds (distill.py's warning)
+        record["train_predictions"] = {
+            "predict_train_folds": combined_folds(result["train_folds"]),
+            "members": dict(zip(names, result["train_folds"])),
+        }
     write_json(output_dir / "ensemble.json", record)
     md = [
         "# Ensemble of " + ", ".join(names),
@@ -284,6 +314,8 @@ def write_outputs(
             f"**{m['macro_f1']:.3f}** [{m['macro_f1_ci_low']:.3f}, {m['macro_f1_ci_high']:.3f}] | "
             f"{m['zero_f1_classes']} / {m['classes_scored']} | {m['ece']:.3f} | {m['nll']:.3f} |"
         )
+    if "train_predictions" in record:
+        md += ["", train_note(record["train_predictions"])]
     top = sorted(result["grid"], key=lambda r: (-r["val_macro_f1"], r["tau"], r["val_nll"]))[:10]
     md += [
         "",
@@ -299,6 +331,25 @@ def write_outputs(
     ]
     (output_dir / "report.md").write_text("\n".join(md) + "\n", "utf-8")
     return jsonable(record)
+
+
+def train_note(train: dict) -> str:
+    """The report's words on the ensemble's train predictions."""
+    if train["predict_train_folds"]:
+        how = f"cross-fitted in every member (fewest folds: {train['predict_train_folds']})"
+    else:
+        seen = [
+            f"{n} ({'not recorded' if f is None else 'in-sample'})"
+            for n, f in train["members"].items()
+            if not f
+        ]
+        how = (
+            "not held out in " + ", ".join(seen) + ": such a member is near-certain on the rows it was fit on"
+        )
+    return (
+        "Train: the members' `predictions_train.npz` mixed by the same setting, for a distillation teacher "
+        f"(`recipes/distill.py --teacher_logits <this folder>`); {how}."
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
