@@ -77,6 +77,30 @@ def train_accuracy(out, folds: int) -> float:
     return float((pred["probs"].argmax(1) == pred["y_true"]).mean())
 
 
+def assert_served_as_saved(out, train_csv: str, tmp_path) -> None:
+    """In-sample train predictions are the saved model's own: `predict` on the run folder, over the training
+    rows' texts, returns them (calibrated by the folder's temperature; predictions_*.npz stay raw)."""
+    import pandas as pd
+
+    from longtail.calibration import load_temperature
+    from longtail.predict import main as predict
+    from longtail.report import load_predictions
+
+    saved = load_predictions(out / "predictions_train.npz")
+    texts = pd.read_csv(train_csv)["Consumer complaint narrative"].to_numpy()[
+        saved["row_id"]
+    ]  # row_id: CSV row
+    src, dst = tmp_path / "train_texts.csv", tmp_path / "served.jsonl"
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    predict(["--model_dir", str(out), "--input", str(src), "--output", str(dst), "--top_k", "1",
+             "--no_progress", "--device", "cpu"])  # fmt: skip
+    served = pd.read_json(dst, lines=True)
+    t = load_temperature(out)
+    calibrated = saved["probs"] ** (1 / t) / (saved["probs"] ** (1 / t)).sum(1, keepdims=True)
+    assert served["label"].tolist() == [str(saved["label_names"][i]) for i in saved["probs"].argmax(1)]
+    np.testing.assert_allclose(served["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
+
+
 def test_baseline_train_predictions_for_a_teacher_are_cross_fitted(tmp_path):
     """`--predict_train` (a distillation teacher) scores each training row with a fit that never saw it: on rows a
     model can only memorise, in-sample predictions are right (near) everywhere and cross-fitted ones at chance."""
@@ -114,6 +138,7 @@ def test_probe_train_predictions_are_cross_fitted(
         extra = ["--grid_C", "100", "--feature_layers", "0", "1", "2", "--predict_train", "true"]
         recipe.main([*args, *extra, "--predict_train_folds", str(folds)])
         accuracy[folds] = train_accuracy(out, folds)
+    assert_served_as_saved(tmp_path / "folds0", train, tmp_path)
     assert accuracy[0] > 0.55 and accuracy[3] < 0.45, accuracy  # measured: 0.68 and 0.27 of 41 rows
     bad = probe_args(
         tiny_modernbert, train, test, tmp_path / "bad", tmp_path / "other_cache", "--long_text", "truncate"
