@@ -33,7 +33,9 @@ from longtail.distill import (
     DistillationTrainer,
     add_teacher_column,
     align_rows,
+    fit_text,
     label_columns,
+    teacher_fit,
     teacher_logits,
 )
 from longtail.distributed import end_training, parse_recipe_args
@@ -104,6 +106,13 @@ def comparison_markdown(comparison, info: dict, vanilla_source: str, distill_arg
             f"Teacher: {info['teacher']}. Student trained with alpha={distill_args.kd_alpha}, "
             f"T={distill_args.kd_temperature} (KD) vs the same student with the hard loss alone ({vanilla_source}).",
             "",
+            f"Teacher's arg-max on the student's rows: {fit_text(info['fit'])}"
+            + (
+                ". Far higher on train: it was fit on those rows, so its soft targets there mostly repeat the labels."
+                if info["fit"]["in_sample"]
+                else "."
+            ),
+            "",
             f"All rows: the validation scoring half ({len(comparison.y_true)} rows). Each '+T' arm uses one "
             "temperature fitted by LBFGS on the NLL of the other half of validation; temperature scaling does not "
             "change predictions, so its macro-F1 delta is 0 by construction.",
@@ -127,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="data and teacher logits"):
         data = prepare_data(data_args)
         logits, teacher_info = teacher_logits(distill_args, data, out, data_args.max_length)
+    teacher_info["fit"] = teacher_fit(logits, data)  # warns when the teacher was fit on the student's rows
 
     # ---- Build the student (its own tokenizer) -----------------------------------------------
     tokenizer = load_tokenizer(model_args)
@@ -199,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
             {
                 "teacher": teacher_info["teacher"],
                 "teacher_logits": teacher_info.get("cache_status", "precomputed"),
+                "teacher_on_student_rows": fit_text(teacher_info["fit"]),
                 "kd": f"alpha={distill_args.kd_alpha}, T={distill_args.kd_temperature}",
                 "vanilla_arm": vanilla_source or "none",
                 "posthoc_tau": tau,

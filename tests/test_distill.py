@@ -20,9 +20,11 @@ from longtail.distill import (
     DistillArguments,
     LabelMapError,
     distillation_loss,
+    fit_text,
     kd_term,
     label_columns,
     load_precomputed,
+    teacher_fit,
     teacher_logits,
     write_logits_file,
 )
@@ -322,6 +324,43 @@ def test_an_ensemble_of_cross_fitted_runs_teaches(tmp_path, caplog, capsys):
         load_precomputed(tmp_path / "ens_no_train", data)
 
 
+def test_teacher_fit_on_the_student_rows_warns_when_in_sample(tmp_path, caplog):
+    """The teacher's arg-max scored on the student's rows (sklearn's macro-F1 and accuracy); train macro-F1 above
+    validation's by more than IN_SAMPLE_GAP is warned about, with the cross-fitted way out; otherwise logged."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from longtail.distill import IN_SAMPLE_GAP
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    y = {s: data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")}
+    k = len(data.label_names)
+    wrong = {s: (y[s] + (np.arange(len(y[s])) % 3 == 0)) % k for s in y}  # every third row shifted by one
+    for train_pred, warned in ((y["train"], True), (wrong["train"], False)):
+        logits = {"train": np.eye(k)[train_pred], "validation": np.eye(k)[wrong["validation"]]}
+        caplog.clear()
+        with caplog.at_level("INFO", logger="longtail.distill"):
+            fit = teacher_fit(logits, data)
+        for split, pred in (("train", train_pred), ("validation", wrong["validation"])):
+            assert fit[split]["macro_f1"] == pytest.approx(
+                f1_score(y[split], pred, average="macro"), abs=1e-12
+            )
+            assert fit[split]["accuracy"] == pytest.approx(accuracy_score(y[split], pred), abs=1e-12)
+        gap = fit["train"]["macro_f1"] - fit["validation"]["macro_f1"]
+        assert fit["in_sample"] is warned and (gap > IN_SAMPLE_GAP) is warned, gap
+        record = next(r for r in caplog.records if "Teacher on the student's rows" in r.message)
+        assert record.levelname == ("WARNING" if warned else "INFO")
+        assert ("--predict_train true" in record.message) is warned
+
+
+def teacher_argmax(cache, data) -> np.ndarray:
+    """The cached teacher logits' arg-max for the train rows, in the data's row order."""
+    from longtail.distill import align_rows, read_logits_table
+
+    _, by_split = read_logits_table(cache)
+    return align_rows(by_split, data, str(cache))["train"].argmax(1)
+
+
 def fewer_rows(data, n):
     """A PreparedData with the first n train rows only (to write an incomplete logits file)."""
     import dataclasses
@@ -393,6 +432,13 @@ def test_distill_recipe_end_to_end(
     report = (out / "report.md").read_text()
     assert "## Temperature scaling" in report and "Confidence gating" in report
     assert "alpha=0.7, T=4.0" in report
+    fit = metrics["teacher"]["fit"]  # the teacher's own scores on the student's rows, in both reports
+    assert f"Teacher's arg-max on the student's rows: {fit_text(fit)}" in comparison
+    assert fit_text(fit) in report and fit["train"]["accuracy"] == pytest.approx(
+        float(
+            (teacher_argmax(out / "teacher_logits.parquet", data) == data.splits["train"]["label_id"]).mean()
+        )
+    )
     scores = metrics["comparison"]
     assert scores["distilled+T"]["macro_f1"] == scores["distilled"]["macro_f1"]
 

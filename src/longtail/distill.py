@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from longtail.data import DataError, PreparedData
 from longtail.losses import LongTailTrainer
+from longtail.metrics import accuracy, macro_f1
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ TEACHER_COLUMN = "teacher_logits"
 CACHE_FILE = "teacher_logits.parquet"
 METADATA_KEY = b"longtail"
 DISTILL_SPLITS = ("train", "validation")
+# train macro-F1 above validation's by more than this: the teacher was fit on the student's training rows
+IN_SAMPLE_GAP = 0.1
 # files that decide a teacher's logits (weights, config, tokenizer); reports and checkpoints do not
 TEACHER_FILE_PATTERNS = (
     "*.safetensors",
@@ -513,3 +516,33 @@ def teacher_logits(
     )
     logger.info("Teacher logits cached in %s", cache)
     return logits, {**info, "cache_status": "computed"}
+
+
+def teacher_fit(logits: dict[str, np.ndarray], data: PreparedData) -> dict:
+    """The teacher's arg-max scored on the student's train and validation rows (macro-F1, accuracy), logged. A
+    teacher far surer of the training rows than of validation was fit on them (a fine-tuned run, or in-sample
+    predictions), so its soft targets there mostly repeat the labels: that is a warning, with the way out."""
+    scores = {}
+    for split in DISTILL_SPLITS:
+        y, pred = data.splits[split]["label_id"].to_numpy(), logits[split].argmax(axis=1)
+        scores[split] = {"macro_f1": macro_f1(y, pred), "accuracy": accuracy(y, pred)}
+    scores["in_sample"] = scores["train"]["macro_f1"] - scores["validation"]["macro_f1"] > IN_SAMPLE_GAP
+    (logger.warning if scores["in_sample"] else logger.info)(
+        "Teacher on the student's rows: %s%s",
+        fit_text(scores),
+        ". Far higher on train: the teacher was fit on those rows, so its soft targets there mostly repeat the "
+        "labels; a teacher that has not seen them: --teacher_logits <a run made with --predict_train true>, "
+        "which cross-fits them (baseline_tfidf, probe_encoder, or an ensemble of such runs)"
+        if scores["in_sample"]
+        else "",
+    )
+    return scores
+
+
+def fit_text(scores: dict) -> str:
+    return "train macro-F1 {:.3f} (accuracy {:.3f}), validation {:.3f} ({:.3f})".format(
+        scores["train"]["macro_f1"],
+        scores["train"]["accuracy"],
+        scores["validation"]["macro_f1"],
+        scores["validation"]["accuracy"],
+    )
