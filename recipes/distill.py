@@ -108,7 +108,8 @@ def comparison_markdown(comparison, info: dict, vanilla_source: str, distill_arg
             "",
             f"Teacher's arg-max on the student's rows: {fit_text(info['fit'])}"
             + (
-                ". Far higher on train: it was fit on those rows, so its soft targets there mostly repeat the labels."
+                ". Far higher on train: it was fit on those rows, so its soft targets there sit closer to the labels "
+                "than on unseen text."
                 if info["fit"]["in_sample"]
                 else "."
             ),

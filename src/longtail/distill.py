@@ -521,7 +521,7 @@ def teacher_logits(
 def teacher_fit(logits: dict[str, np.ndarray], data: PreparedData) -> dict:
     """The teacher's arg-max scored on the student's train and validation rows (macro-F1, accuracy), logged. A
     teacher far surer of the training rows than of validation was fit on them (a fine-tuned run, or in-sample
-    predictions), so its soft targets there mostly repeat the labels: that is a warning, with the way out."""
+    predictions), so its soft targets there sit closer to the labels than on unseen text: a warning, with the way out."""
     scores = {}
     for split in DISTILL_SPLITS:
         y, pred = data.splits[split]["label_id"].to_numpy(), logits[split].argmax(axis=1)
@@ -530,8 +530,9 @@ def teacher_fit(logits: dict[str, np.ndarray], data: PreparedData) -> dict:
     (logger.warning if scores["in_sample"] else logger.info)(
         "Teacher on the student's rows: %s%s",
         fit_text(scores),
-        ". Far higher on train: the teacher was fit on those rows, so its soft targets there mostly repeat the "
-        "labels; a teacher that has not seen them: --teacher_logits <a run made with --predict_train true>, "
+        ". Far higher on train: the teacher was fit on those rows, so its soft targets there sit closer to the labels "
+        "than what it says of unseen text; a teacher that has not seen them: --teacher_logits <a run made with "
+        "--predict_train true>, "
         "which cross-fits them (baseline_tfidf, probe_encoder, or an ensemble of such runs)"
         if scores["in_sample"]
         else "",
