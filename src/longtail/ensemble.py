@@ -232,7 +232,8 @@ def train_split(run_dirs: list[str], spec: dict):
         if len(missing) < len(run_dirs):
             print(
                 f"ensemble: no predictions_train.npz in {', '.join(missing)}, so no train predictions for the "
-                "ensemble (a distillation teacher needs them from every member: rerun those with --predict_train true)",
+                "ensemble (a distillation teacher needs them from every member: baseline_tfidf and probe_encoder "
+                "write them with --predict_train true; a fine-tuning run writes none, its own rows being in-sample)",
                 file=sys.stderr,
             )
         return None
