@@ -315,6 +315,19 @@ def test_an_ensemble_of_cross_fitted_runs_teaches(tmp_path, caplog, capsys):
         load_precomputed(tmp_path / "ens0", data)
     assert "is in-sample (--predict_train_folds 0)" in caplog.text
 
+    # members fit on different training rows: the ensemble is built, without train predictions, saying why
+    fewer = load_predictions(tmp_path / "member1" / "predictions_train.npz")
+    np.savez_compressed(
+        tmp_path / "member1" / "predictions_train.npz",
+        **{k: v[:-1] for k, v in fewer.items() if k != "label_names"},
+        label_names=fewer["label_names"],
+    )
+    capsys.readouterr()
+    ensemble([*members, "--output_dir", str(tmp_path / "ens_other_rows"), "--n_resamples", "20"])
+    assert "the members' do not match" in capsys.readouterr().err
+    assert (tmp_path / "ens_other_rows" / "predictions_test.npz").is_file()
+    assert not (tmp_path / "ens_other_rows" / "predictions_train.npz").exists()
+
     (tmp_path / "member1" / "predictions_train.npz").unlink()
     capsys.readouterr()
     ensemble([*members, "--output_dir", str(tmp_path / "ens_no_train"), "--n_resamples", "20"])
