@@ -1,10 +1,12 @@
 """Knowledge distillation of a trained teacher into an encoder student, with the calibration comparison.
 
     python recipes/distill.py --config recipes/configs/distill.yaml --teacher_model_name_or_path RUN_DIR
-    python recipes/distill.py --config recipes/configs/distill.yaml --teacher_logits FILE_OR_RUN_DIR
+    python recipes/distill.py --config recipes/configs/distill.yaml --teacher_logits FILE_RUN_OR_ENSEMBLE_DIR
 
 1. Teacher logits for the train and validation rows: computed by the teacher (its own tokenizer) and
-   cached in <output_dir>/teacher_logits.parquet, or read from --teacher_logits.
+   cached in <output_dir>/teacher_logits.parquet, or read from --teacher_logits (a file, or a run or ensemble
+   folder with cross-fitted train predictions). Its arg-max is scored on both splits: a teacher far surer of
+   the training rows than of validation was fit on them, and is warned about.
 2. The student trains on alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * CE (DistillationTrainer).
 3. The vanilla arm, the same student trained with CE alone, comes from --vanilla_run (a finished run's
    predictions_validation.npz) or is trained here, same seed and schedule, into <output_dir>/vanilla.
