@@ -298,7 +298,13 @@ def test_an_ensemble_of_cross_fitted_runs_teaches(tmp_path, caplog, capsys):
         lookalikes, [test_by_id[int(r)] for r in data.splits["test"]["row_id"]], atol=1e-6
     )
     record = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
-    assert record["train_predictions"] == {"predict_train_folds": 3, "members": {"member0": 5, "member1": 3}}
+    assert record["train_predictions"] == {
+        "predict_train_folds": 3,
+        "members": [
+            {"run": members[0], "predict_train_folds": 5},
+            {"run": members[1], "predict_train_folds": 3},
+        ],
+    }
     assert "cross-fitted in every member (fewest folds: 3)" in (tmp_path / "ens" / "report.md").read_text()
     with caplog.at_level("WARNING", logger="longtail.distill"):
         teacher = load_precomputed(tmp_path / "ens", data)
@@ -310,7 +316,7 @@ def test_an_ensemble_of_cross_fitted_runs_teaches(tmp_path, caplog, capsys):
         json.dumps({"baseline": {"predict_train_folds": 0}})
     )
     ensemble([*members, "--output_dir", str(tmp_path / "ens0"), "--n_resamples", "20"])
-    assert "not held out in member1 (in-sample)" in (tmp_path / "ens0" / "report.md").read_text()
+    assert f"not held out in {members[1]} (in-sample)" in (tmp_path / "ens0" / "report.md").read_text()
     with caplog.at_level("WARNING", logger="longtail.distill"):
         load_precomputed(tmp_path / "ens0", data)
     assert "is in-sample (--predict_train_folds 0)" in caplog.text

@@ -290,7 +290,11 @@ def write_outputs(
     if "train_folds" in result:  # read back by crossfit.train_prediction_folds (distill.py's warning)
         record["train_predictions"] = {
             "predict_train_folds": combined_folds(result["train_folds"]),
-            "members": dict(zip(names, result["train_folds"])),
+            # a list by path, not a dict by folder name: two members may share a name (seed0/probe, seed1/probe)
+            "members": [
+                {"run": m, "predict_train_folds": f}
+                for m, f in zip(result["members"], result["train_folds"], strict=True)
+            ],
         }
     write_json(output_dir / "ensemble.json", record)
     md = [
@@ -347,9 +351,9 @@ def train_note(train: dict) -> str:
         how = f"cross-fitted in every member (fewest folds: {train['predict_train_folds']})"
     else:
         seen = [
-            f"{n} ({'not recorded' if f is None else 'in-sample'})"
-            for n, f in train["members"].items()
-            if not f
+            f"{m['run']} ({'not recorded' if m['predict_train_folds'] is None else 'in-sample'})"
+            for m in train["members"]
+            if not m["predict_train_folds"]
         ]
         how = (
             "not held out in " + ", ".join(seen) + ": such a member is near-certain on the rows it was fit on"
