@@ -89,6 +89,29 @@ def test_compare_names_the_run_validation_picks(tmp_path):
     assert "validation_pick" not in compare_runs([a], ref, split="validation", n_resamples=50)
 
 
+def test_same_named_runs_keep_distinct_labels(tmp_path):
+    """Two seeds' `probe` folders: compare's rows, the validation pick and ensemble.json's per-member temperatures
+    and weights name each by its parent folder; keyed by the folder name alone, one would overwrite the other."""
+    from longtail.compare import main as compare
+    from longtail.compare import run_labels
+    from longtail.ensemble import main as ensemble
+
+    assert run_labels(["r/s0/probe", "r/s1/probe", "r/tfidf"]) == ["s0/probe", "s1/probe", "tfidf"]
+    assert run_labels(["r/a/probe", "r/b/a/probe"]) == ["r/a/probe", "b/a/probe"]
+    assert run_labels(["r/probe", "r/probe", "r/x"]) == ["probe #1", "probe #2", "x"]
+    both = {"validation": Y["validation"], "test": Y["test"]}
+    # seed 1 is right everywhere and sure, seed 0 right on test only and unsure: different temperatures
+    s0 = make_run(tmp_path / "s0" / "probe", {"validation": [1, 2, 0, 1, 2, 0], "test": Y["test"]}, both)
+    s1 = make_run(tmp_path / "s1" / "probe", {s: np.eye(3)[y] * 0.9 + 0.1 / 3 for s, y in both.items()}, both)
+    result = compare([s1, "--reference", s0, "--n_resamples", "20"])
+    assert [r["run"] for r in result["runs"]] == ["s0/probe", "s1/probe"]
+    assert result["validation_pick"]["run"] == "s1/probe"
+    record = ensemble([s0, s1, "--output_dir", str(tmp_path / "ens"), "--n_resamples", "20"])
+    assert list(record["temperatures"]) == ["s0/probe", "s1/probe"] == list(record["weights"])
+    assert record["temperatures"]["s0/probe"] != pytest.approx(record["temperatures"]["s1/probe"])
+    assert "| s0/probe |" in (tmp_path / "ens" / "report.md").read_text()
+
+
 def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):
     from longtail.compare import CompareError, compare_runs
 

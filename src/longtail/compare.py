@@ -29,6 +29,21 @@ class CompareError(ValueError):
     pass
 
 
+def run_labels(run_dirs) -> list[str]:
+    """A short, distinct label per run folder: its name, with as many parent folders as it takes to tell it from
+    the others (`seed0/probe`, `seed1/probe`); the same folder given twice is numbered."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    labels = []
+    for i, p in enumerate(parts):
+        others = [q for j, q in enumerate(parts) if j != i and q != p]
+        k = 1
+        while k < len(p) and any(q[-k:] == p[-k:] for q in others):
+            k += 1
+        labels.append("/".join(p[-k:]))
+    # only repeats of one folder are left equal
+    return [f"{x} #{labels[:i].count(x) + 1}" if labels.count(x) > 1 else x for i, x in enumerate(labels)]
+
+
 def read_run(run_dir, split: str) -> dict:
     path = Path(run_dir) / f"predictions_{split}.npz"
     if not path.is_file():
@@ -92,6 +107,8 @@ def compare_runs(
     reference = read_run(reference_dir, split)
     runs = [reference] + [read_run(d, split) for d in run_dirs if Path(d) != Path(reference_dir)]
     check_same_rows(runs, reference)
+    for run, label in zip(runs, run_labels([r["dir"] for r in runs])):
+        run["name"] = label
     tiers = load_tiers(reference_dir, reference["label_names"])
     y = reference["y_true"]
     ref_pred = reference["probs"].argmax(1)

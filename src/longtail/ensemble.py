@@ -34,7 +34,7 @@ import numpy as np
 
 from longtail.calibration import apply_temperature, log_probs
 from longtail.calibration import fit_temperature as fit_on_logits
-from longtail.compare import CompareError, check_same_rows, load_tiers, read_run
+from longtail.compare import CompareError, check_same_rows, load_tiers, read_run, run_labels
 from longtail.crossfit import combined_folds, train_prediction_folds
 from longtail.metrics import (
     BOOTSTRAP_RESAMPLES,
@@ -267,7 +267,7 @@ def write_outputs(
             label_names=np.asarray(result["label_names"], dtype=str),
         )
         metrics[split] = classification_metrics(y, probs, tiers, n_resamples=n_resamples)
-    names = [Path(m).name for m in result["members"]]
+    names = run_labels(result["members"])  # distinct keys, even for two members named `probe`
     record = {
         "members": result["members"],
         "temperatures": dict(zip(names, result["temperatures"])),
