@@ -87,6 +87,7 @@ bench: install demo-assets
 		$(OFFLINE) $(PYTHON) recipes/full_ft_encoder.py --config recipes/configs/full_ft_encoder_demo.yaml \
 			--model_name_or_path "$(MINILM_DIR)" --output_dir $(MODEL) --overwrite_output_dir; fi
 	$(OFFLINE) $(PYTHON) bench/inference.py --model_dir $(MODEL) $(if $(DATA),--data $(DATA)) \
+		$(if $(TEXT_COLUMN),--text_column "$(TEXT_COLUMN)") $(if $(LABEL_COLUMN),--label_column "$(LABEL_COLUMN)") \
 		--output_dir $(BENCH_OUT) --overwrite
 
 # Latency vs parameters, ModernBERT family vs Qwen2.5 family (random weights, ../shared configs and

@@ -302,6 +302,14 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     parser = TrlParser(PARSER_TYPES)
     data_args, model_args, args, refit_args = parser.parse_args_and_config(argv)
+    # ModelArguments is shared with the Trainer recipes: two of its options mean nothing here, so say so
+    ignored = [f"--{name}" for name, default in (("mixed_precision", "auto"), ("early_stopping_patience", None))
+               if getattr(model_args, name) != default]  # fmt: skip
+    if ignored:
+        parser.error(
+            f"{' and '.join(ignored)}: for the Trainer recipes only; the probe embeds in float32 and picks its "
+            "head by a validation grid, with no epochs to stop early"
+        )
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )

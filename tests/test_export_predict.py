@@ -276,6 +276,26 @@ def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path):
             main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "x.csv"),
                   flag, "0"])  # fmt: skip
         assert exit_info.value.code == 2
+    # a model folder that is not there; an adapter folder whose base model cannot be had offline, or unnamed
+    with pytest.raises(SystemExit, match="predict: error: Model folder not found: .*nowhere"):
+        main(
+            [
+                "--model_dir",
+                str(tmp_path / "nowhere"),
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "n.csv"),
+            ]
+        )
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "someone/absent-base"}')
+    with pytest.raises(SystemExit, match="predict: error: .*base model 'someone/absent-base'.*not available"):
+        main(["--model_dir", str(adapter), "--input", str(src), "--output", str(tmp_path / "a.csv")])
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="predict: error: .*adapter_config.json names no base model"):
+        main(["--model_dir", str(adapter), "--input", str(src), "--output", str(tmp_path / "a.csv")])
 
 
 # ---- benchmarks ------------------------------------------------------------------------------------------

@@ -183,6 +183,12 @@ def test_loss_arguments_unknown_weighting_and_bad_smoothing():
         LossArguments(class_weighting="log")
     with pytest.raises(ValueError, match="label_smoothing must be in"):
         LossArguments(label_smoothing=1.0)
+    # checked with the options, not after training (where adjust_on_validation would first read it)
+    with pytest.raises(
+        ValueError, match="posthoc_logit_adjustment must be auto, none or a number, got 'bogus'"
+    ):
+        LossArguments(posthoc_logit_adjustment="bogus")
+    assert LossArguments(posthoc_logit_adjustment="0.5").posthoc_logit_adjustment == "0.5"
 
 
 # ---------------------------------------------------------------------------------------------

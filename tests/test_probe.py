@@ -400,7 +400,7 @@ def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_b
     np.testing.assert_allclose(saved, expected, atol=1e-5)
 
 
-def test_probe_rejects_bad_options(tiny_modernbert, tmp_path):
+def test_probe_rejects_bad_options(tiny_modernbert, tmp_path, capsys):
     recipe = load_recipe("probe_encoder")
     train, test = synthetic_files(tmp_path)
     with pytest.raises(ValueError, match="grid_class_weight.*inverse"):
@@ -438,6 +438,12 @@ def test_probe_rejects_bad_options(tiny_modernbert, tmp_path):
                 tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--posthoc_logit_adjustment", "some"
             )
         )
+    # Trainer options the probe shares through ModelArguments but has no use for: refused, not ignored
+    for extra in (["--early_stopping_patience", "2"], ["--mixed_precision", "no"]):
+        with pytest.raises(SystemExit):
+            recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "refused", tmp_path, *extra))
+        assert f"{extra[0]}: for the Trainer recipes only" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()  # refused before the output folder is made
 
 
 def imbalanced_blobs(seed: int = 0):

@@ -424,7 +424,10 @@ def base_model_of(adapter_dir: str | Path) -> str:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json: not a LoRA/QLoRA run folder")
-    return json.loads(path.read_text("utf-8"))["base_model_name_or_path"]
+    base = json.loads(path.read_text("utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path} names no base model (base_model_name_or_path): not a complete adapter save")
+    return base
 
 
 def ensure_base_available(base: str, adapter_dir: str | Path) -> None:

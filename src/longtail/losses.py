@@ -19,6 +19,7 @@ from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 from longtail.layer_decay import RecordLayerDecay, check_resume, layerwise_param_groups, resume_error
+from longtail.posthoc import parse_tau_option
 
 LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted")
 WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
@@ -55,6 +56,7 @@ class LossArguments:
             raise ValueError("--loss weighted_ce needs --class_weighting inverse or sqrt_inverse")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        parse_tau_option(self.posthoc_logit_adjustment)  # now, not after training
 
 
 def class_weights(train_counts: Mapping[int, int], num_labels: int, scheme: str) -> torch.Tensor | None:

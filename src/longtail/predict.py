@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:  # a user's mistake (input file, column, model folder, window length) is one line, not a traceback
         df, text_column = read_texts(args.input, args.text_column)
         out, summary = predict_frame(args, df, text_column)
-    except ValueError as err:  # DataError included
+    except (ValueError, FileNotFoundError) as err:  # DataError included; a missing folder or adapter base
         raise SystemExit(f"predict: error: {err}") from None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_frame(out, args.output)
