@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 from trl import TrlParser
 
+from longtail.cli import parse_config
 from longtail.crossfit import (
     FOLDS_HELP,
     check_class_counts,
@@ -32,7 +33,7 @@ from longtail.crossfit import (
     cross_fitted_probs,
     train_prediction_note,
 )
-from longtail.data import DataArguments, prepare_data, require_test_split
+from longtail.data import DataArguments, prepare_data, require_usable_splits
 from longtail.grid import (
     check_solver_options,
     fit_settings,
@@ -219,7 +220,7 @@ def grid_section(rows: list[dict], chosen: dict, refit: str = "", solver: str = 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     parser = TrlParser(PARSER_TYPES)
-    data_args, args, refit_args = parser.parse_args_and_config(argv)
+    data_args, args, refit_args = parse_config(parser, argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Load data ---------------------------------------------------------------------------
     data = prepare_data(data_args)
-    require_test_split(data, args.do_predict)
+    require_usable_splits(data, args.do_predict)
     train, validation = data.splits["train"], data.splits["validation"]
     if args.predict_train:  # before any fitting
         check_class_counts(data.splits["train"]["label_id"].to_numpy(), args.predict_train_folds)

@@ -28,7 +28,7 @@ import transformers
 from transformers import TrainingArguments
 
 from longtail.calibration import compare_arms
-from longtail.data import DataArguments, DataError, prepare_data
+from longtail.data import DataArguments, DataError, prepare_data, require_usable_splits
 from longtail.distill import (
     DistillArguments,
     DistillationCollator,
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Load data and the teacher's logits (cached) -----------------------------------------
     with training_args.main_process_first(desc="data and teacher logits"):
         data = prepare_data(data_args)
+        require_usable_splits(data, training_args.do_predict)  # before the teacher's pass
         logits, teacher_info = teacher_logits(distill_args, data, out, data_args.max_length)
     teacher_info["fit"] = teacher_fit(logits, data)  # warns when the teacher was fit on the student's rows
 

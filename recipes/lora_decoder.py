@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Save, report, merge, push (main process only) ---------------------------------------
     if trainer.is_world_process_zero():
         info = run_info("lora_decoder", trainer, train_result, model_args, data_args, loss_args, started)
-        info["selection"] = selection_note(info["selection"], lpft_args, tau, tau_section is not None)
+        info["selection"] = selection_note(
+            info["selection"], lpft_args, tau, tau_section is not None, len(data.splits["validation"])
+        )
         if refit_args.refit_with_validation:
             info["selection"] += f"; {refit_note(data)}"
         paths = finish_adapter_run(

@@ -28,6 +28,8 @@ from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 from trl import TrlParser
 
+from longtail.calibration import temperature_note
+from longtail.cli import parse_config
 from longtail.crossfit import (
     FOLDS_HELP,
     check_class_counts,
@@ -35,7 +37,7 @@ from longtail.crossfit import (
     cross_fitted_probs,
     train_prediction_note,
 )
-from longtail.data import DataArguments, prepare_data, require_test_split
+from longtail.data import DataArguments, prepare_data, require_usable_splits
 from longtail.grid import (
     check_solver_options,
     fit_settings,
@@ -301,7 +303,7 @@ def grid_section(
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     parser = TrlParser(PARSER_TYPES)
-    data_args, model_args, args, refit_args = parser.parse_args_and_config(argv)
+    data_args, model_args, args, refit_args = parse_config(parser, argv)
     # ModelArguments is shared with the Trainer recipes: two of its options mean nothing here, so say so
     ignored = [f"--{name}" for name, default in (("mixed_precision", "auto"), ("early_stopping_patience", None))
                if getattr(model_args, name) != default]  # fmt: skip
@@ -320,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Load data ---------------------------------------------------------------------------
     data = prepare_data(data_args)
-    require_test_split(data, args.do_predict)
+    require_usable_splits(data, args.do_predict)
     splits = ["train", "validation"] + ["test"] * args.do_predict
     if args.predict_train:  # before any fitting
         check_class_counts(data.splits["train"]["label_id"].to_numpy(), args.predict_train_folds)
@@ -483,7 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "selection": f"C and class weighting: best validation macro-F1 over {len(grid)} settings"
         + tau_note(parse_tau_option(args.posthoc_logit_adjustment))
-        + "; no epochs; temperature: fitted on validation (temperature.json)"
+        + f"; no epochs; {temperature_note(len(data.splits['validation']))}"
         + f"; {refit_note(data)}" * refit_args.refit_with_validation
         + "; test scored once at the end" * args.do_predict,
     }

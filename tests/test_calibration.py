@@ -22,6 +22,7 @@ from longtail.calibration import (
     load_temperature,
     log_probs,
     paired_delta,
+    temperature_note,
 )
 from longtail.metrics import negative_log_likelihood, softmax
 
@@ -152,3 +153,15 @@ def test_temperature_scaling_on_real_cfpb(one_torch_thread):
     t = cal.temperature
     assert fit_nll(t) <= min(fit_nll(1.0), fit_nll(t * 1.05), fit_nll(t / 1.05))
     assert cal.calibrated["nll"] <= cal.raw["nll"] + 0.01
+
+
+def test_the_report_says_whether_a_temperature_was_fitted():
+    """The run's selection line once said "fitted" when too few validation rows meant none was (and no
+    temperature.json existed): the note and `calibrate` decide from the same row count."""
+    rng = np.random.default_rng(0)
+    for n in (19, 20):
+        probs = rng.dirichlet(np.ones(3), size=n)
+        fitted = calibrate(probs, rng.integers(0, 3, n)) is not None
+        note = temperature_note(n)
+        assert fitted == (n == 20) and fitted == note.startswith("temperature: fitted on validation")
+    assert temperature_note(19) == "temperature: none fitted (19 validation rows, 20 needed)"

@@ -18,6 +18,7 @@ from longtail.data import (
     normalise_text,
     prepare_data,
     read_table,
+    require_usable_splits,
     slice_masks,
     split_ids,
 )
@@ -391,6 +392,55 @@ def test_no_training_rows_left_is_an_error():
     df = pd.DataFrame({"text": ["", None], "label": ["a", "b"]})
     with pytest.raises(DataError, match="No training rows left after cleaning"):
         prepare_data(args(), raw={"train": df})
+
+
+def test_splits_with_nothing_to_learn_or_score_are_refused_before_any_model():
+    """Each case used to reach a library: sklearn's "at least 2 classes" or "empty vocabulary", torch's
+    "num_samples=0", or an AxisError scoring an empty split after training; one class even 'scored' 1.0."""
+    ok = prepare_data(args(), raw={"train": frame({"a": 5, "b": 5}), "validation": frame({"a": 1}, "v ")})
+    require_usable_splits(ok, do_predict=False)
+    one = prepare_data(args(), raw={"train": frame({"a": 5}), "validation": frame({"a": 2}, "v ")})
+    with pytest.raises(
+        DataError, match=r"training rows hold 1 class \(\['a'\]\): a classifier needs at least two"
+    ):
+        require_usable_splits(one, do_predict=False)
+    rare = prepare_data(args(min_class_count=6), raw={"train": frame({"a": 5, "b": 5})})
+    with pytest.raises(
+        DataError, match=r"No training rows left .*2 classes \(10 rows\) have fewer than --min_class_count 6"
+    ):
+        require_usable_splits(rare, do_predict=False)
+    unseen = prepare_data(
+        args(),
+        raw={"train": frame({"a": 5, "b": 5}), "validation": frame({"a": 1}, "v "), "test": frame({"z": 3})},
+    )
+    require_usable_splits(unseen, do_predict=False)  # a test split is read only to be scored
+    with pytest.raises(
+        DataError, match="test split has no rows left to score: all 3 of its rows carry labels never"
+    ):
+        require_usable_splits(unseen, do_predict=True)
+    # one row per class: the stratified carve keeps every class in training and validation gets nothing
+    empty_val = prepare_data(args(), raw={"train": frame({"a": 1, "b": 1})})
+    with pytest.raises(
+        DataError, match="validation split has no rows left to score .*--validation_split_fraction"
+    ):
+        require_usable_splits(empty_val, do_predict=False)
+    for bad in ({"max_length": 0}, {"max_length": -3}, {"max_train_samples": 0}, {"max_eval_samples": -5}):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            args(**bad)
+
+
+def test_option_files_that_are_missing_or_not_json_name_the_option(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", "utf-8")
+    raw = {"train": frame({"a": 3, "b": 3})}
+    for option in ("split_indices", "label_merge_map", "label_taxonomy"):
+        with pytest.raises(DataError, match=f"--{option} .*bad.json is not valid JSON"):
+            prepare_data(args(**{option: str(bad)}), raw=raw)
+    with pytest.raises(DataError, match="--split_indices .*absent.json: no such file"):
+        prepare_data(args(split_indices=str(tmp_path / "absent.json")), raw=raw)
+    bad.write_text("[1, 2]", "utf-8")
+    with pytest.raises(DataError, match="expected an object of row ids per split, got list"):
+        prepare_data(args(split_indices=str(bad)), raw=raw)
 
 
 @pytest.mark.parametrize("kind", ["json", "jsonl", "parquet"])

@@ -26,6 +26,25 @@ def test_overwrite_removes_stale_results_only(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "old"  # not ours: left alone
 
 
+def test_overwrite_leaves_no_previous_model_to_serve(tmp_path):
+    """A TF-IDF run written over a fine-tuning run's folder, and the other way round: `predict` decides what a
+    folder serves by model.joblib / ensemble.json / config.json, so the old run's must go, with its merged
+    adapter, exports and checkpoints; a folder that is this run's --vanilla_run and files not ours stay."""
+    from longtail.predict import run_kind
+
+    for name in ("model.joblib", "ensemble.json", "config.json", "model.safetensors", "tokenizer.json",
+                 "adapter_config.json", "notes.txt"):  # fmt: skip
+        (tmp_path / name).write_text("old")
+    for folder in ("merged", "onnx/fp32", "checkpoint-10", "head_warmup", "vanilla", "mine"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text("old")
+    assert run_kind(tmp_path) == "ensemble"
+    prepare_output_dir(tmp_path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.txt", "vanilla"]
+    with pytest.raises(OutputDirError, match="is a file, not a folder"):
+        prepare_output_dir(tmp_path / "notes.txt", overwrite=True)
+
+
 def test_command_line_redacts_tokens():
     token = "hf_" + "x" * 30
     cmd = command_line("recipes/r.py", ["--hub_token", token, "--x", "a b", f"--hub_token={token}", token])

@@ -572,3 +572,26 @@ def test_posthoc_shift_is_not_folded_into_a_sharded_bias():
     torch.testing.assert_close(head.bias.detach(), bias - 0.5 * torch.tensor(log_prior, dtype=torch.float32))
     head.bias = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves outside a forward pass
     assert fold_into_head(head, log_prior, 0.5) is False
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num_train_epochs", "-1"], "--num_train_epochs -1.0 trains nothing"),
+        (["--num_train_epochs", "0"], "--num_train_epochs 0.0 trains nothing"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be at least 1"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0: must be at least 1"),
+    ],
+)
+def test_schedules_that_train_nothing_are_usage_errors(extra, message, tmp_path, capsys):
+    """Once: -1 epochs saved the untrained model with a full report, a batch size of 0 failed in torch's sampler
+    after the model loaded. Now the options' parse stops it, before any folder exists."""
+    from longtail.distributed import parse_recipe_args
+
+    types = load_recipe("full_ft_encoder").PARSER_TYPES
+    with pytest.raises(SystemExit):
+        parse_recipe_args(types, ["--output_dir", str(tmp_path / "out"), *extra])
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+    parsed = parse_recipe_args(types, ["--output_dir", str(tmp_path / "out"), "--num_train_epochs", "0",
+                                       "--max_steps", "3"])  # fmt: skip
+    assert parsed[-1].max_steps == 3  # steps instead of epochs is fine

@@ -160,6 +160,13 @@ class Calibration:
         }
 
 
+def temperature_note(validation_rows: int) -> str:
+    """The report's word on the temperature, as `calibrate` will decide it."""
+    if validation_rows < MIN_ROWS:
+        return f"temperature: none fitted ({validation_rows} validation rows, {MIN_ROWS} needed)"
+    return "temperature: fitted on validation (temperature.json, see Calibration)"
+
+
 def calibrate(probs: np.ndarray, y_true: np.ndarray, seed: int = CALIBRATION_SEED) -> Calibration | None:
     """Fit T on one half of validation, score raw and calibrated on the other. None when too few rows."""
     y_true = np.asarray(y_true)

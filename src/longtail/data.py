@@ -99,6 +99,15 @@ class DataArguments:
             )
         if self.min_class_count < 1:
             raise ValueError(f"min_class_count must be >= 1, got {self.min_class_count}")
+        if self.max_length < 1:  # the tokenizers read 0 as "no truncation" and fail on a negative length
+            raise ValueError(f"max_length must be >= 1 (tokens), got {self.max_length}")
+        capped = {
+            name: getattr(self, name)
+            for name in ("max_train_samples", "max_eval_samples", "max_predict_samples")
+            if getattr(self, name) is not None and getattr(self, name) < 1
+        }
+        if capped:
+            raise ValueError(f"row caps must be >= 1 (or unset), got {capped}")
 
 
 class DataError(ValueError):
@@ -220,6 +229,16 @@ def _parse_merge_csv(text: str, source: str) -> dict[str, str]:
     return {old: new for old, new in rows[1:]}
 
 
+def read_json_file(path, option: str):
+    """A JSON file named by an option, or a DataError naming the option and the file."""
+    if not Path(path).is_file():
+        raise DataError(f"{option} {path}: no such file")
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{option} {path} is not valid JSON: {err}") from None
+
+
 def load_merge_map(spec: str | None) -> dict[str, str]:
     if spec in NONE_VALUES:
         return {}
@@ -232,7 +251,7 @@ def load_merge_map(spec: str | None) -> dict[str, str]:
             f"label_merge_map '{spec}' is neither a built-in ({sorted(BUILTIN_MERGE_MAPS)}) nor a file."
         )
     if path.suffix.lower() == ".json":
-        mapping = json.loads(path.read_text("utf-8"))
+        mapping = read_json_file(path, "--label_merge_map")
         if not isinstance(mapping, dict):
             raise DataError(
                 f"{path}: a .json merge map must be an object {{old: new}}, got {type(mapping).__name__}"
@@ -250,7 +269,7 @@ def load_taxonomy(spec: str | None) -> list[str] | None:
         path = Path(spec)
         text = path.read_text("utf-8")
         if path.suffix.lower() == ".json":
-            return list(json.loads(text))
+            return list(read_json_file(path, "--label_taxonomy"))
     else:
         raise DataError(
             f"label_taxonomy '{spec}' is neither a built-in ({sorted(BUILTIN_TAXONOMIES)}) nor a file."
@@ -381,6 +400,7 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
     rare = sorted(counts[counts < args.min_class_count].index)
     log["dropped_rare_classes"] = {label: int(counts[label]) for label in rare}
     log["dropped_rare_class_rows"] = int(counts[rare].sum())
+    log["min_class_count"] = args.min_class_count
     if rare:
         logger.info(
             "Dropped %d classes with < %d training rows (%d rows)",
@@ -439,7 +459,11 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
     Train ids (and validation ids when the source has no validation split) index the training
     source; other splits index their own source. Ids that cleaning removed are reported.
     """
-    wanted = json.loads(Path(path).read_text("utf-8"))
+    wanted = read_json_file(path, "--split_indices")
+    if not isinstance(wanted, dict):
+        raise DataError(
+            f"{path} (--split_indices): expected an object of row ids per split, got {type(wanted).__name__}"
+        )
     unknown = set(wanted) - set(SPLITS)
     if unknown or "train" not in wanted:
         raise DataError(f"{path}: expected keys among {SPLITS} including 'train', found {sorted(wanted)}")
@@ -457,6 +481,38 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
             )
         out[split] = picked
     return out
+
+
+def require_usable_splits(data: PreparedData, do_predict: bool) -> None:
+    """Stop before any model is built or trained when cleaning left nothing to learn from or to score (a
+    library would fail later, after training, about empty arrays), or --do_predict has no test split."""
+    require_test_split(data, do_predict)
+    log = data.log
+    steps = [f"{s}: {log[s]}" for s in SPLITS if s in log]
+    if log.get("dropped_train_duplicates_of_eval"):
+        steps.append(f"{log['dropped_train_duplicates_of_eval']} training rows repeat a validation/test text")
+    if log.get("dropped_rare_classes"):
+        steps.append(
+            f"{len(log['dropped_rare_classes'])} classes ({log['dropped_rare_class_rows']} rows) have fewer than "
+            f"--min_class_count {log['min_class_count']} training rows"
+        )
+    dropped = "; ".join(steps)
+    if data.splits["train"].empty:
+        raise DataError(f"No training rows left ({dropped})")
+    if len(data.label_names) < 2:
+        raise DataError(
+            f"The training rows hold {len(data.label_names)} class ({data.label_names}): a classifier needs at "
+            f"least two ({dropped})"
+        )
+    for s in ("validation", "test") if do_predict else ("validation",):  # test is read only to be scored
+        if s in data.splits and data.splits[s].empty:
+            unseen = log.get(f"{s}_excluded_unseen_labels", 0)
+            raise DataError(
+                f"The {s} split has no rows left to score"
+                + (f": all {unseen} of its rows carry labels never seen in training" if unseen else "")
+                + f" ({dropped}). Check --label_column and the {s} data"
+                + (", or --validation_split_fraction" if s == "validation" else "")
+            )
 
 
 def require_test_split(data: PreparedData, do_predict: bool) -> None:

@@ -12,6 +12,9 @@ import gc
 import os
 
 import torch
+from transformers import TrainingArguments
+
+from longtail.cli import parse_config
 
 
 def launched_world_size() -> int:
@@ -26,7 +29,35 @@ def parse_recipe_args(parser_types, argv: list[str] | None):
     if launched_world_size() > 1 and not torch.cuda.is_available():
         # what `--use_cpu true` does; it has to be set before TrainingArguments is built
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    return TrlParser(parser_types).parse_args_and_config(argv)
+    parser = TrlParser(parser_types)
+    parsed = parse_config(parser, argv)
+    for args in parsed:
+        if isinstance(args, TrainingArguments):
+            problem = schedule_problem(args)
+            if problem:
+                parser.error(problem)
+    return parsed
+
+
+def schedule_problem(args) -> str | None:
+    """What in the schedule options would train nothing or fail inside torch, in the options' own terms."""
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        return (
+            f"--num_train_epochs {args.num_train_epochs} trains nothing (and --max_steps is unset): the run would "
+            "save its untrained model and report it"
+        )
+    small = {
+        name: getattr(args, name)
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+        )
+        if getattr(args, name) < 1
+    }
+    if small:
+        return f"{', '.join(f'--{k} {v}' for k, v in small.items())}: must be at least 1"
+    return None
 
 
 def check_distributed(training_args) -> None:

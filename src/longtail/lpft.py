@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from longtail.calibration import temperature_note
 from longtail.refit import SELECTION_HEAD
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def selection_note(
     lpft_args: LPFTArguments,
     tau: float | None,
     tau_selected: bool,
+    validation_rows: int,
     wise_alpha: float | None = None,
 ) -> str:
     """run_info's selection line with what else chose what: the head (LP-FT), the post-hoc tau, temperature."""
@@ -205,5 +207,5 @@ def selection_note(
         parts.append(f"WiSE-FT alpha {wise_alpha:g}: best validation macro-F1")
     if tau_selected:
         parts.append(f"post-hoc tau {tau}: best validation macro-F1")
-    parts.append("temperature: fitted on validation (temperature.json, see Calibration)")
+    parts.append(temperature_note(validation_rows))
     return "; ".join(parts) + (test if test in selection else "")

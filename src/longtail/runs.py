@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,6 +40,35 @@ RUN_FILES = (
 )
 
 
+# What a run's model is made of. On overwrite these go too: a stale model.joblib or ensemble.json would make
+# `predict` serve the old run (they decide the folder's kind), stale weights or an old export the old model.
+MODEL_FILES = (
+    "model.joblib",
+    "ensemble.json",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "training_args.bin",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "compare.md",
+    "compare.json",
+)
+# Folders a run writes inside its output_dir: the merged adapter (served in place of a new adapter), ONNX
+# exports, LP-FT's head warm-up, Trainer checkpoints (an old one would be "the newest" to a later
+# --resume_from_checkpoint true). Distill's `vanilla/` stays: it may be this run's --vanilla_run.
+RUN_DIRS = ("merged", "onnx", "head_warmup", "checkpoint-*")
+
+
 class OutputDirError(ValueError):
     pass
 
@@ -46,15 +76,27 @@ class OutputDirError(ValueError):
 def prepare_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False) -> Path:
     """Refuse to write into a non-empty folder unless asked; when overwriting, clear our own result files."""
     path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"output_dir '{path}' is a file, not a folder: choose another --output_dir.")
     if path.is_dir() and any(path.iterdir()) and not resuming:
         if not overwrite:
             raise OutputDirError(
                 f"output_dir '{path}' exists and is not empty. Pass --overwrite_output_dir to replace its results, "
                 "or choose another --output_dir."
             )
-        for name in RUN_FILES:
-            (path / name).unlink(missing_ok=True)
-        logger.warning("Overwriting the results in %s", path)
+        removed = [name for name in RUN_FILES + MODEL_FILES if (path / name).is_file()]
+        for name in removed:
+            (path / name).unlink()
+        folders = sorted({d for pattern in RUN_DIRS for d in path.glob(pattern) if d.is_dir()})
+        for folder in folders:
+            shutil.rmtree(folder)
+        logger.warning(
+            "Overwriting %s: removed %d files and %d folders of the previous run%s",
+            path,
+            len(removed),
+            len(folders),
+            f" ({', '.join(d.name for d in folders)})" if folders else "",
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -122,9 +122,9 @@ def tokenize_splits(data: PreparedData, tokenizer, max_length: int, training_arg
     """HF datasets with input_ids/attention_mask/labels per split (padding is left to the collator)."""
     import datasets
 
-    from longtail.data import require_test_split
+    from longtail.data import require_usable_splits
 
-    require_test_split(data, training_args.do_predict)  # before training, not after
+    require_usable_splits(data, training_args.do_predict)  # before training, not after
 
     def encode(batch):
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
