@@ -14,6 +14,7 @@ import sys
 
 from trl import TrlParser
 
+from longtail.cli import parse_config
 from longtail.export import ExportArguments, export_onnx
 
 PARSER_TYPES = (ExportArguments,)
@@ -21,7 +22,7 @@ PARSER_TYPES = (ExportArguments,)
 
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
-    (args,) = TrlParser(PARSER_TYPES).parse_args_and_config(argv)
+    (args,) = parse_config(TrlParser(PARSER_TYPES), argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING, force=True
     )

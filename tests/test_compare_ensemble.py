@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,7 +131,11 @@ def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):
     fewer = make_run(tmp_path / "few", {"test": [0] * 6}, {"test": Y["test"][:6]})
     with pytest.raises(CompareError, match="different rows.*8 vs 6|6 vs 8"):
         compare_runs([fewer], ref)
+    (tmp_path / "unscored").mkdir()
     with pytest.raises(CompareError, match="no predictions_test.npz.*--do_predict"):
+        compare_runs([str(tmp_path / "unscored")], ref)
+    # a folder that is not there is named as such, not as one that lacks its test predictions
+    with pytest.raises(CompareError, match=r"missing: no such run folder$"):
         compare_runs([str(tmp_path / "missing")], ref)
 
 
@@ -142,6 +147,45 @@ def test_compare_cli_error_is_one_line(tmp_path, capsys):
         main([str(tmp_path / "nothing"), "--reference", ref])
     assert exit_info.value.code == 2
     assert "compare: error:" in capsys.readouterr().err
+
+
+def test_repeated_runs_and_too_few_resamples_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    """A run folder listed twice (however spelt) and --n_resamples below 2 stop both tools before any output
+    is written; compare still shows a reference that is also among its runs once."""
+    import longtail.compare
+    import longtail.ensemble
+    from longtail.compare import compare_runs
+
+    y = {"validation": [0, 1, 2, 0, 1, 2], "test": Y["test"]}
+    a = make_run(tmp_path / "a", {"validation": [0, 1, 2, 0, 1, 1], "test": [0] * 8}, y)
+    b = make_run(tmp_path / "b", {"validation": [0, 1, 1, 0, 1, 2], "test": [1] * 8}, y)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    cases = {
+        "ensemble": [
+            (["a", "./a/"], f"{Path(a).resolve()} is given twice (as a and ./a/): list each run once"),
+            ([a, b, a], f"{Path(a).resolve()} is given twice: list each run once"),
+            ([a, b, "--n_resamples", "0"], "--n_resamples must be >= 2 (a bootstrap CI needs at least two"),
+            ([a, b, "--n_resamples", "1"], "--n_resamples must be >= 2"),
+        ],
+        "compare": [
+            (
+                ["b", b, "--reference", a],
+                f"{Path(b).resolve()} is given twice (as b and {b}): list each run once",
+            ),
+            ([b, "--reference", a, "--n_resamples", "-1"], "--n_resamples must be >= 2"),
+        ],
+    }
+    for name, tried in cases.items():
+        main = getattr(longtail, name).main
+        for argv, message in tried:
+            with pytest.raises(SystemExit) as exit_info:
+                main([*argv, "--output_dir", str(out)])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and message in err and "Traceback" not in err, (name, argv, err)
+            assert not out.exists(), (name, argv)
+    rows = compare_runs(["./a", b], str(tmp_path / "a"), n_resamples=20)["runs"]
+    assert [r["run"] for r in rows] == ["a", "b"]
 
 
 def test_temperature_and_weights_chosen_on_validation(tmp_path):

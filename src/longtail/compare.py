@@ -29,6 +29,11 @@ class CompareError(ValueError):
     pass
 
 
+# scipy's bootstrap runs with 1 resample, but warns computing its standard error (ddof=1) and the CI is a point
+MIN_RESAMPLES = 2
+RESAMPLES_ERROR = "--n_resamples must be >= 2 (a bootstrap CI needs at least two resamples), got {}"
+
+
 def run_labels(run_dirs) -> list[str]:
     """A short, distinct label per run folder: its name, with as many parent folders as it takes to tell it from
     the others (`seed0/probe`, `seed1/probe`); the same folder given twice is numbered."""
@@ -44,12 +49,23 @@ def run_labels(run_dirs) -> list[str]:
     return [f"{x} #{labels[:i].count(x) + 1}" if labels.count(x) > 1 else x for i, x in enumerate(labels)]
 
 
+def check_distinct(run_dirs) -> None:
+    """A CompareError naming a run folder listed twice, however spelt (`a`, `./a/`, its absolute path)."""
+    seen = {}
+    for d in run_dirs:
+        path = Path(d).resolve()
+        if path in seen:
+            also = "" if str(seen[path]) == str(d) else f" (as {seen[path]} and {d})"
+            raise CompareError(f"{path} is given twice{also}: list each run once")
+        seen[path] = d
+
+
 def read_run(run_dir, split: str) -> dict:
     path = Path(run_dir) / f"predictions_{split}.npz"
+    if not Path(run_dir).is_dir():
+        raise CompareError(f"{run_dir}: no such run folder")
     if not path.is_file():
-        have = (
-            sorted(p.name for p in Path(run_dir).glob("predictions_*.npz")) if Path(run_dir).is_dir() else []
-        )
+        have = sorted(p.name for p in Path(run_dir).glob("predictions_*.npz"))
         raise CompareError(
             f"{run_dir}: no {path.name} (found: {have or 'nothing'}). "
             + ("Rerun it with --do_predict to score the test split." if split == "test" else "")
@@ -105,7 +121,8 @@ def compare_runs(
     run_dirs, reference_dir, split: str = "test", n_resamples: int = BOOTSTRAP_RESAMPLES
 ) -> dict:
     reference = read_run(reference_dir, split)
-    runs = [reference] + [read_run(d, split) for d in run_dirs if Path(d) != Path(reference_dir)]
+    ref = Path(reference_dir).resolve()  # the reference listed among the runs too (a glob) is shown once
+    runs = [reference] + [read_run(d, split) for d in run_dirs if Path(d).resolve() != ref]
     check_same_rows(runs, reference)
     for run, label in zip(runs, run_labels([r["dir"] for r in runs])):
         run["name"] = label
@@ -206,16 +223,23 @@ def to_markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m longtail.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run folders (each with predictions_<split>.npz)")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        help="run folders (each with predictions_<split>.npz; each listed once, the reference may be among them)",
+    )
     parser.add_argument("--reference", required=True, help="the run the others are compared with")
     parser.add_argument("--split", default="test", choices=["test", "validation"])
     parser.add_argument("--output_dir", default=None, help="write compare.md and compare.json here")
     parser.add_argument("--overwrite_output_dir", action="store_true")
     parser.add_argument("--n_resamples", type=int, default=BOOTSTRAP_RESAMPLES)
     args = parser.parse_args(argv)
+    if args.n_resamples < MIN_RESAMPLES:
+        parser.error(RESAMPLES_ERROR.format(args.n_resamples))
     from longtail.runs import OutputDirError, prepare_output_dir, write_json
 
     try:  # the output folder is checked before minutes of bootstrap, not after
+        check_distinct(args.runs)
         out = prepare_output_dir(args.output_dir, args.overwrite_output_dir) if args.output_dir else None
         result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
     except (CompareError, OutputDirError) as err:

@@ -34,7 +34,16 @@ import numpy as np
 
 from longtail.calibration import apply_temperature, log_probs
 from longtail.calibration import fit_temperature as fit_on_logits
-from longtail.compare import CompareError, check_same_rows, load_tiers, read_run, run_labels
+from longtail.compare import (
+    MIN_RESAMPLES,
+    RESAMPLES_ERROR,
+    CompareError,
+    check_distinct,
+    check_same_rows,
+    load_tiers,
+    read_run,
+    run_labels,
+)
 from longtail.crossfit import combined_folds, train_prediction_folds
 from longtail.metrics import (
     BOOTSTRAP_RESAMPLES,
@@ -409,6 +418,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(err))
     if len(args.runs) < 2:
         parser.error("an ensemble needs at least two runs")
+    if args.n_resamples < MIN_RESAMPLES:
+        parser.error(RESAMPLES_ERROR.format(args.n_resamples))
     if args.weight_step is not None and args.weights != "search":
         # the step used to mean a search (the previous default): asking for one and getting equal weights is a surprise
         parser.error("--weight_step sets the grid of --weights search; add --weights search, or drop it")
@@ -418,6 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
     from longtail.runs import OutputDirError, prepare_output_dir
 
     try:  # the output folder is checked before the work, not after
+        check_distinct(args.runs)
         out = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
         result = build_ensemble(
             args.runs,

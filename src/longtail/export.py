@@ -28,6 +28,7 @@ from longtail.inference import (
     onnx_files,
     run_batches,
 )
+from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
 from longtail.probe import MODEL_TYPE as PROBE_TYPE
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,22 @@ class ExportArguments:
     max_int8_macro_f1_drop: float = field(
         default=0.005, metadata={"help": "Max macro-F1 drop of int8 vs PyTorch (with labels) to keep it."}
     )
+
+    def __post_init__(self):
+        if self.parity_rows < 1:
+            raise ValueError(f"--parity_rows must be >= 1, got {self.parity_rows}")
+        kind = run_kind(Path(self.model_dir))
+        if kind == "sklearn":
+            raise ValueError(
+                f"{self.model_dir} is a scikit-learn TF-IDF run ({SKLEARN_FILE}), which has no ONNX export here: "
+                f"serve it with python -m longtail.predict --model_dir {self.model_dir}"
+            )
+        if kind == "ensemble":
+            raise ValueError(
+                f"{self.model_dir} is an ensemble folder ({ENSEMBLE_FILE}), which has no ONNX export of its own: "
+                f"export its member runs (listed in {ENSEMBLE_FILE}) instead, or serve it with "
+                f"python -m longtail.predict --model_dir {self.model_dir}"
+            )
 
 
 def quantization_config(features: dict | None = None):
@@ -161,6 +178,10 @@ def parity_texts(args: ExportArguments) -> tuple[list[str], np.ndarray | None, l
         if missing:
             raise ValueError(f"{args.parity_file} has no column {missing}; columns: {list(df.columns)}")
         df = df[df[args.text_column].fillna("").astype(str).str.strip() != ""].head(args.parity_rows)
+        if df.empty:
+            raise ValueError(
+                f"{args.parity_file}: no row has a non-empty '{args.text_column}' for the parity check"
+            )
         labels = df[args.label_column].astype(str).tolist() if args.label_column else None
         return df[args.text_column].astype(str).tolist(), labels, None
     from longtail.synthetic import make_synthetic_complaints
@@ -168,6 +189,27 @@ def parity_texts(args: ExportArguments) -> tuple[list[str], np.ndarray | None, l
     df = make_synthetic_complaints(args.parity_rows * 2, seed=11)
     texts = [t for t in df["Consumer complaint narrative"].fillna("") if t.strip()][: args.parity_rows]
     return texts, None, None
+
+
+def parity_sample(args: ExportArguments, label2id: dict) -> tuple[list[str], tuple | None]:
+    """(texts, (scored rows, label ids) or None) of the parity sample. Rows whose label the model does not know
+    are not scored (logged); none known is an error, the macro-F1 gate asked for could not be applied."""
+    texts, names, _ = parity_texts(args)
+    if names is None:
+        return texts, None
+    known = [i for i, name in enumerate(names) if name in label2id]
+    if not known:
+        raise ValueError(
+            f"{args.parity_file}: no value of --label_column '{args.label_column}' is a label the model knows, so "
+            f"the int8 macro-F1 gate cannot be scored (file: {sorted(set(names))[:5]}; model: {sorted(label2id)[:5]}). "
+            "Pass the column of the labels the model was trained on, or drop --label_column."
+        )
+    if len(known) < len(names):
+        logger.warning(
+            "Parity sample: %d rows with labels the model does not know are not scored",
+            len(names) - len(known),
+        )
+    return texts, (np.array(known), np.array([label2id[names[i]] for i in known]))
 
 
 def compare(reference: np.ndarray, logits: np.ndarray) -> dict:
@@ -188,12 +230,19 @@ def export_onnx(args: ExportArguments) -> dict:
     """Export, optimise, quantise, check parity; returns the parity record (also written to parity.json)."""
     from longtail.inference import ort_provider
     from longtail.metrics import macro_f1
-    from longtail.runs import prepare_output_dir, write_json
+    from longtail.runs import write_json
 
     ort_provider(args.device)  # CUDA asked but ORT would run on CPU: fail before any work
     model, tokenizer, resolved = load_model_dir(args.model_dir, merge_adapter=args.merge_adapter)
     check_exportable(model)
+    texts, labels = parity_sample(args, model.config.label2id)  # a bad parity file fails before any output
     out = Path(args.output_dir or Path(args.model_dir) / "onnx")
+    if out.resolve() in (Path(args.model_dir).resolve(), Path(resolved).resolve()):
+        # its overwrite would clear the variants' folders beside the model, and a run's files are not ours here
+        raise ValueError(
+            f"--output_dir {out} is the model's own folder: the export needs a folder of its own "
+            "(default: <model_dir>/onnx)"
+        )
     if out.is_dir() and any(out.iterdir()):
         if not args.overwrite_output_dir:
             raise FileExistsError(
@@ -201,22 +250,11 @@ def export_onnx(args: ExportArguments) -> dict:
             )
         for name in VARIANTS:
             shutil.rmtree(out / name, ignore_errors=True)
-    prepare_output_dir(out, overwrite=True)
+    out.mkdir(parents=True, exist_ok=True)
 
-    texts, label_names_rows, _ = parity_texts(args)
     batches = encode_batches(tokenizer, texts, 16, args.max_length)
     num_labels = model.config.num_labels
     reference = run_batches(TorchBackend(model), batches, len(texts), num_labels)
-    labels = None
-    if label_names_rows is not None:
-        label2id = model.config.label2id
-        known = [i for i, name in enumerate(label_names_rows) if name in label2id]
-        if len(known) < len(label_names_rows):
-            logger.warning(
-                "Parity sample: %d rows with labels the model does not know are not scored",
-                len(label_names_rows) - len(known),
-            )
-        labels = (np.array(known), np.array([label2id[label_names_rows[i]] for i in known]))
 
     record: dict = {
         "model_dir": str(resolved),

@@ -1,0 +1,72 @@
+"""recipes/export_onnx.py on bad input: a clear error while the options are parsed or before any output is
+written, never a library's traceback after an export (so a rerun is not refused by the output-folder guard)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from test_export_predict import eval_csv, tiny_classifier  # noqa: F401  (fixtures)
+from test_recipes import load_recipe
+
+
+def test_export_refuses_tfidf_and_ensemble_folders(tmp_path):
+    """Neither has a config.json: each is named for what it is, with how to serve it, not 'no config.json'."""
+    export = load_recipe("export_onnx")
+    tfidf, ensemble = tmp_path / "baseline_tfidf", tmp_path / "ensemble"
+    for folder, name in ((tfidf, "model.joblib"), (ensemble, "ensemble.json")):
+        folder.mkdir()
+        (folder / name).write_text("{}")
+    with pytest.raises(ValueError, match=r"baseline_tfidf is a scikit-learn TF-IDF run \(model.joblib\), which "
+                       r"has no ONNX export here: serve it with python -m longtail.predict"):  # fmt: skip
+        export.main(["--model_dir", str(tfidf)])
+    with pytest.raises(
+        ValueError, match=r"ensemble is an ensemble folder \(ensemble.json\).*export its member runs"
+    ):
+        export.main(["--model_dir", str(ensemble)])
+    assert not (tfidf / "onnx").exists() and not (ensemble / "onnx").exists()
+
+
+def test_export_parity_rows_below_one_is_refused_at_parse_time(tiny_classifier, tmp_path):  # noqa: F811
+    export = load_recipe("export_onnx")
+    for rows in ("0", "-3"):
+        with pytest.raises(ValueError, match=f"--parity_rows must be >= 1, got {rows}"):
+            export.main(
+                ["--model_dir", tiny_classifier, "--output_dir", str(tmp_path / "x"), "--parity_rows", rows]
+            )
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_parity_file_without_known_labels_fails_before_exporting(
+    tiny_classifier,  # noqa: F811
+    eval_csv,  # noqa: F811
+    tmp_path,
+):
+    """A quality gate asked for (--label_column) that no row could score is an error naming the file, the column
+    and labels on both sides, before any export; so is a parity file with no text to read."""
+    export = load_recipe("export_onnx")
+    df = pd.read_csv(eval_csv)
+    other = tmp_path / "other.csv"
+    df.assign(Issue="Renamed " + df["Issue"]).to_csv(other, index=False)
+    args = ["--model_dir", tiny_classifier, "--output_dir", str(tmp_path / "x"), "--parity_rows", "8",
+            "--optimize", "false", "--quantize", "false", "--parity_file"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"other.csv: no value of --label_column 'Issue' is a label the model "
+                       r"knows.*file: \['Renamed .*model: \['"):  # fmt: skip
+        export.main([*args, str(other), "--label_column", "Issue"])
+    empty = tmp_path / "empty.csv"
+    df.assign(**{"Consumer complaint narrative": " "}).to_csv(empty, index=False)
+    with pytest.raises(ValueError, match="empty.csv: no row has a non-empty 'Consumer complaint narrative'"):
+        export.main([*args, str(empty)])
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_into_the_model_folder_itself_is_refused(tiny_classifier):  # noqa: F811
+    """With --overwrite_output_dir the export would clear its variants' folders, and (through the run folders'
+    overwrite) once the model's own files, beside the model it is reading."""
+    from pathlib import Path
+
+    export = load_recipe("export_onnx")
+    before = sorted(p.name for p in Path(tiny_classifier).iterdir())
+    with pytest.raises(ValueError, match="is the model's own folder: the export needs a folder of its own"):
+        export.main(["--model_dir", tiny_classifier, "--output_dir", tiny_classifier, "--overwrite_output_dir",
+                     "true"])  # fmt: skip
+    assert sorted(p.name for p in Path(tiny_classifier).iterdir()) == before
