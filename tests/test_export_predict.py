@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -255,7 +256,7 @@ def test_predict_calibrated_topk_in_input_order_with_bad_rows(tiny_classifier, e
     )
 
 
-def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path):
+def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 
     src = tmp_path / "in.csv"
@@ -276,6 +277,36 @@ def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path):
             main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "x.csv"),
                   flag, "0"])  # fmt: skip
         assert exit_info.value.code == 2
+    # more label columns asked for than the model has classes: all of them, and a note saying so
+    with caplog.at_level(logging.INFO, logger="longtail.predict"):
+        main(
+            [
+                "--model_dir",
+                tiny_classifier,
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "k.csv"),
+                "--top_k",
+                "99",
+            ]
+        )
+    k = pd.read_csv(tmp_path / "k.csv").filter(like="label_").shape[1]
+    assert f"--top_k 99: the model has {k} classes, so {k} label columns" in caplog.text
+    # a base model (here: a classifier saved without its head): its head would be random, its labels LABEL_i
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_classifier, base)
+    weights = load_file(str(base / "model.safetensors"))
+    head = [k for k in weights if k.startswith(("classifier.", "score."))]
+    save_file({k: v for k, v in weights.items() if k not in head}, str(base / "model.safetensors"))
+    with pytest.raises(
+        SystemExit, match=rf"predict: error: .*base has no saved weights for {head[0]}.*not a trained"
+    ):
+        main(["--model_dir", str(base), "--input", str(src), "--output", str(tmp_path / "base.csv")])
     # a model folder that is not there; an adapter folder whose base model cannot be had offline, or unnamed
     with pytest.raises(SystemExit, match="predict: error: Model folder not found: .*nowhere"):
         main(

@@ -63,6 +63,16 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "d"), "--fraction", "0.01"])
     assert "empty train or held-out" in capsys.readouterr().err
+    # an output "folder" that is a file; the input inside the output folder, which --overwrite would replace
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "all.csv")])
+    assert "all.csv is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "data").mkdir()
+    write_source(tmp_path / "data" / "train.csv")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "data" / "train.csv"), "--output_dir", str(tmp_path / "data"), "--overwrite"])
+    assert "is the input and one of the files written to" in capsys.readouterr().err
+    assert len(pd.read_csv(tmp_path / "data" / "train.csv")) == 40
 
 
 @pytest.mark.shared

@@ -189,6 +189,18 @@ def test_unknown_target_modules_list_the_linear_layers(tiny_qwen2):
         resolve_target_modules(model, "score")
 
 
+def test_adapter_options_out_of_range_are_refused():
+    """alpha 0 made the adapter's scale alpha / r zero: it never learnt while its report said "LoRA r=16"."""
+    for bad, message in (
+        ({"lora_r": 0}, "--lora_r must be >= 1, got 0"),
+        ({"lora_alpha": 0}, "--lora_alpha must be > 0, got 0"),
+        ({"lora_alpha": -8}, "--lora_alpha must be > 0, got -8"),
+        ({"lora_dropout": 1.0}, r"--lora_dropout must be in \[0, 1\), got 1.0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            AdapterArguments(**bad)
+
+
 def test_head_is_trained_in_full_and_share_is_logged(tiny_qwen2, caplog):
     from peft.utils import ModulesToSaveWrapper
 

@@ -595,3 +595,90 @@ def test_schedules_that_train_nothing_are_usage_errors(extra, message, tmp_path,
     parsed = parse_recipe_args(types, ["--output_dir", str(tmp_path / "out"), "--num_train_epochs", "0",
                                        "--max_steps", "3"])  # fmt: skip
     assert parsed[-1].max_steps == 3  # steps instead of epochs is fine
+
+
+def resume_trainer(base: str, out, labels=("a", "b", "c"), lora_r: int | None = None):
+    """A LongTailTrainer on tiny Qwen2 (whole, or LoRA of rank `lora_r`) that saves a checkpoint every step."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import TrainingArguments as Args
+
+    from longtail.adapters import AdapterArguments, add_lora
+    from longtail.losses import LongTailTrainer, LossArguments
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={x: i for i, x in enumerate(labels)},
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if lora_r:
+        model = add_lora(model, AdapterArguments(lora_r=lora_r, lora_target_modules="q_proj,v_proj"))
+    rows = Dataset.from_dict({**tokenizer([f"complaint {i}" for i in range(6)]), "labels": [0, 1, 2] * 2})
+    args = Args(output_dir=str(out), max_steps=2, save_strategy="steps", save_steps=1, report_to=[], use_cpu=True,
+                per_device_train_batch_size=6, label_names=["labels"])  # fmt: skip
+    return LongTailTrainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer),
+                           loss_args=LossArguments(), train_counts={0: 2, 1: 2, 2: 2})  # fmt: skip
+
+
+def test_a_checkpoint_that_does_not_fit_the_run_is_refused_before_training(tiny_qwen2, tmp_path):
+    """Resuming from another run's checkpoint failed deep in PEFT or torch ("size mismatch", "can't find a
+    checkpoint index", or a layer-decay error naming an option neither run used), or, with renamed labels, went
+    on silently with the old head. Each checkpoint now records its labels; the kind, the adapter's shape and the
+    labels are compared first."""
+    resume_trainer(tiny_qwen2, tmp_path / "whole").train()
+    resume_trainer(tiny_qwen2, tmp_path / "lora", lora_r=4).train()
+    whole, lora = tmp_path / "whole" / "checkpoint-1", tmp_path / "lora" / "checkpoint-1"
+    assert json.loads((lora / "checkpoint_labels.json").read_text()) == {"label_names": ["a", "b", "c"]}
+    cases = [
+        (dict(lora_r=4), whole, "holds a whole model's weights and this run trains a LoRA adapter"),
+        ({}, lora, r"holds a LoRA adapter \(adapter_config.json\) and this run trains the whole model"),
+        (dict(lora_r=8), lora, r"written with --lora_r 4 \(this run: 8\)"),
+        (dict(labels=("a", "b", "d")), whole, r"only in the checkpoint: \['c'\]; only in this run: \['d'\]"),
+        (dict(labels=("a", "b", "d"), lora_r=4), lora, r"only in the checkpoint: \['c'\]"),
+        (dict(labels=("c", "b", "a")), whole, "the same labels in another order"),
+        (dict(labels=("a", "b")), whole, r"3 vs 2 classes"),
+    ]
+    for options, checkpoint, message in cases:
+        trainer = resume_trainer(tiny_qwen2, tmp_path / "again", **options)
+        with pytest.raises(ValueError, match=rf"--resume_from_checkpoint .*checkpoint-1: it.*{message}"):
+            trainer.train(resume_from_checkpoint=str(checkpoint))
+        assert trainer.state.global_step == 0, options
+    for options, checkpoint in ((dict(lora_r=4), lora), ({}, whole)):  # the same options resume
+        trainer = resume_trainer(tiny_qwen2, tmp_path / "again", **options)
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+        assert trainer.state.global_step == 2
+
+
+def test_resuming_from_another_folders_checkpoint_keeps_the_output_guard(tmp_path):
+    """A checkpoint from elsewhere starts a new run in output_dir: a finished run there is not written over
+    unasked (resuming once skipped the guard whatever the checkpoint's folder)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import TrainingArguments
+
+    from longtail.runs import OutputDirError
+    from longtail.training import start_run
+
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "eval_results.json").write_text("{}")
+    checkpoint = tmp_path / "elsewhere" / "checkpoint-1"
+    checkpoint.mkdir(parents=True)
+    checkpoint.joinpath("trainer_state.json").write_text('{"global_step": 1}')
+    save_file({"w": torch.zeros(1)}, str(checkpoint / "model.safetensors"))
+    args = TrainingArguments(
+        output_dir=str(done), resume_from_checkpoint=str(checkpoint), use_cpu=True, report_to=[]
+    )
+    with pytest.raises(OutputDirError, match="exists and is not empty"):
+        start_run(args, "no")
+    inside = done / "checkpoint-1"
+    shutil.copytree(checkpoint, inside)
+    args = TrainingArguments(
+        output_dir=str(done), resume_from_checkpoint=str(inside), use_cpu=True, report_to=[]
+    )
+    start_run(args, "no")  # its own checkpoint: the run continues
+    assert (done / "eval_results.json").exists()

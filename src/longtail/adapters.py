@@ -98,6 +98,10 @@ class AdapterArguments:
             self.lora_target_modules = ",".join(map(str, self.lora_target_modules))
         if self.lora_r < 1:
             raise ValueError(f"--lora_r must be >= 1, got {self.lora_r}")
+        if (
+            self.lora_alpha <= 0
+        ):  # the adapter's scale alpha / r would be 0 (it never learns) or flip its sign
+            raise ValueError(f"--lora_alpha must be > 0, got {self.lora_alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not target_list(self.lora_target_modules):

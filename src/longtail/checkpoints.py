@@ -15,6 +15,7 @@ import re
 import zipfile
 from pathlib import Path
 
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ TRUE = {"true", "yes", "1", "last", "auto"}
 FALSE = {"", "false", "no", "0", "none"}
 WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 TORCH_STATES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # Trainer loads these with weights_only=True
+LABELS_FILE = (
+    "checkpoint_labels.json"  # an adapter checkpoint has no config.json to say which labels it learnt
+)
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
@@ -110,3 +114,70 @@ def resolve_resume(value, output_dir: str | Path) -> str | None:
             "--resume_from_checkpoint true to pick the newest complete checkpoint in output_dir."
         )
     return text
+
+
+class RecordLabels(TrainerCallback):
+    """Writes the run's label names into each checkpoint it saves, for `fit_problem`."""
+
+    def __init__(self, label_names: list[str]):
+        self.label_names = list(label_names)
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            (checkpoint / LABELS_FILE).write_text(json.dumps({"label_names": self.label_names}))
+
+
+def label_names_of(model) -> list[str]:
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
+def saved_label_names(checkpoint: Path) -> list[str] | None:
+    if (checkpoint / LABELS_FILE).is_file():
+        return json.loads((checkpoint / LABELS_FILE).read_text("utf-8"))["label_names"]
+    if (checkpoint / "config.json").is_file():  # a whole model's checkpoint (from before the record existed)
+        id2label = json.loads((checkpoint / "config.json").read_text("utf-8")).get("id2label") or {}
+        return [id2label[k] for k in sorted(id2label, key=int)] or None
+    return None
+
+
+def fit_problem(checkpoint, model) -> str | None:
+    """Why this run's model cannot continue from `checkpoint` (None when it can): a LoRA adapter against whole
+    weights, another rank, alpha or target modules, other labels. Trainer would fail on some of these deep in
+    torch or PEFT ("size mismatch", "can't find a checkpoint index") and resume others silently (renamed labels)."""
+    path = Path(checkpoint)
+    adapter = (path / "adapter_config.json").is_file()
+    peft_config = getattr(model, "peft_config", None)
+    if adapter and not peft_config:
+        return "it holds a LoRA adapter (adapter_config.json) and this run trains the whole model"
+    if peft_config and not adapter:
+        return "it holds a whole model's weights and this run trains a LoRA adapter"
+    if adapter:
+        saved = json.loads((path / "adapter_config.json").read_text("utf-8"))
+        current = peft_config["default"]
+
+        def norm(targets):
+            return sorted(targets) if isinstance(targets, list | set | tuple) else targets
+
+        changed = [
+            f"--{option} {norm(saved.get(key))} (this run: {norm(getattr(current, key))})"
+            for key, option in (
+                ("r", "lora_r"),
+                ("lora_alpha", "lora_alpha"),
+                ("target_modules", "lora_target_modules"),
+            )
+            if norm(saved.get(key)) != norm(getattr(current, key))
+        ]
+        if changed:
+            return "it was written with " + ", ".join(changed)
+    saved_names, names = saved_label_names(path), label_names_of(model)
+    if saved_names is not None and saved_names != names:
+        only_saved = sorted(set(saved_names) - set(names))
+        only_run = sorted(set(names) - set(saved_names))
+        return (
+            f"its labels are not this run's ({len(saved_names)} vs {len(names)} classes; only in the checkpoint: "
+            f"{only_saved[:5]}; only in this run: {only_run[:5]}"
+            + ("; the same labels in another order" if not only_saved and not only_run else "")
+            + ")"
+        )
+    return None

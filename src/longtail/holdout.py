@@ -44,6 +44,13 @@ def main(argv: list[str] | None = None) -> dict:
     if not 0 < args.fraction < 1:
         parser.error(f"--fraction must be in (0, 1), got {args.fraction}")
     out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--output_dir {out} is a file, not a folder")
+    if Path(args.data_file).resolve() in {(out / name).resolve() for name in OUTPUT_FILES}:
+        # --overwrite would replace the source with its own training share, the held-out rows gone from it
+        parser.error(
+            f"{args.data_file} is the input and one of the files written to {out}: choose another --output_dir"
+        )
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if existing and not args.overwrite:
         # runs trained on the old split would silently be compared with test rows they trained on

@@ -111,9 +111,22 @@ def load_model_dir(
     if _is_modernbert(path) and not str(device).startswith("cuda"):
         # its auto-compile breaks on CPU when triton is installed (transformers#35388)
         from_pretrained_kwargs.setdefault("reference_compile", False)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, trust_remote_code=False, **from_pretrained_kwargs
+    model, loading = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=False,
+        output_loading_info=True,
+        **from_pretrained_kwargs,
     )
+    # initialised at random: e.g. a base model's head, which would serve noise (a quantizer, GPU-only here, keeps
+    # its own account of the keys it builds)
+    if loading["missing_keys"] and "quantization_config" not in from_pretrained_kwargs:
+        missing = sorted(loading["missing_keys"])
+        raise ValueError(
+            f"{path} has no saved weights for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}: "
+            "a base model or a partial save, not a trained classifier. Pass a run folder of the recipes."
+        )
     if "device_map" not in from_pretrained_kwargs and "quantization_config" not in from_pretrained_kwargs:
         model.to(device)
     return model.eval(), load_tokenizer_dir(path), path

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
+from longtail.checkpoints import RecordLabels, fit_problem, label_names_of
 from longtail.layer_decay import RecordLayerDecay, check_resume, layerwise_param_groups, resume_error
 from longtail.posthoc import parse_tau_option
 
@@ -127,6 +128,7 @@ class LongTailTrainer(Trainer):
         self.class_weight_tensor = class_weights(train_counts, num_labels, loss_args.class_weighting)
         self.log_prior = log_prior(train_counts, num_labels)
         self.add_callback(RecordLayerDecay(self))
+        self.add_callback(RecordLabels(label_names_of(self.model)))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         checkpoint = (
@@ -135,6 +137,11 @@ class LongTailTrainer(Trainer):
             else resume_from_checkpoint
         )
         if checkpoint:
+            if problem := fit_problem(checkpoint, self.model):
+                raise ValueError(
+                    f"--resume_from_checkpoint {checkpoint}: {problem}. Resume with the data and options it was "
+                    "written with, or start a new run without --resume_from_checkpoint."
+                )
             check_resume(checkpoint, self.layer_lr_decay)
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)

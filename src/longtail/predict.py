@@ -271,6 +271,8 @@ def predict_frame(args, df: pd.DataFrame, text_column: str) -> tuple[pd.DataFram
     scores = score_texts(args, Path(args.model_dir), good_texts)
     probs, label_names = scores.probs, scores.label_names
     k = min(args.top_k, len(label_names))
+    if k < args.top_k:
+        logger.info("--top_k %d: the model has %d classes, so %d label columns", args.top_k, k, k)
 
     out = pd.DataFrame({"row": np.arange(len(df))})
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]

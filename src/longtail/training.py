@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -190,11 +191,14 @@ def start_run(training_args: TrainingArguments, mixed_precision: str) -> tuple[T
     training_args.resume_from_checkpoint = resolve_resume(
         training_args.resume_from_checkpoint, training_args.output_dir
     )
+    resume = training_args.resume_from_checkpoint
     if training_args.process_index == 0:
+        # resuming continues the run in output_dir; a checkpoint from elsewhere starts a new run there, which must
+        # not write over another run's results unasked
         prepare_output_dir(
             training_args.output_dir,
             training_args.overwrite_output_dir,
-            training_args.resume_from_checkpoint is not None,
+            resume is not None and Path(resume).resolve().parent == Path(training_args.output_dir).resolve(),
         )
     transformers.set_seed(training_args.seed)
     return training_args, push
