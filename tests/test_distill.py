@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +254,147 @@ def test_precomputed_logits_file_and_run_folder(tmp_path, caplog):
     (run / "predictions_train.npz").unlink()
     with pytest.raises(DataError, match="predict_train"):
         load_precomputed(run, data)
+
+
+def _logits_table(path, data, rows=None, width=None, **columns):
+    """A hand-made teacher-logits Parquet file: one row per (split, row_id) of `data` (or `rows`), with the
+    data's label_names in its metadata and `width` random logits per row; any column can be replaced."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longtail.distill import METADATA_KEY
+
+    rows = rows or [(s, int(r)) for s in ("train", "validation") for r in data.splits[s]["row_id"]]
+    logits = np.random.default_rng(0).normal(size=(len(rows), width or len(data.label_names)))
+    columns = {
+        "split": [s for s, _ in rows],
+        "row_id": [r for _, r in rows],
+        "logits": logits.tolist(),
+        **columns,
+    }
+    meta = {"label_names": list(data.label_names)}
+    pq.write_table(pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()}), path)
+    return path
+
+
+def test_non_finite_teacher_logits_are_refused(
+    tmp_path, tiny_qwen2, tiny_modernbert, one_torch_thread, monkeypatch
+):
+    """NaN or inf teacher logits (a file, a run folder's probabilities, the teacher's own pass) would make the
+    student's weights NaN with a normal-looking train loss: refused before training, naming the source, split,
+    count and row ids; nothing is cached."""
+    import longtail.distill
+    from longtail.report import SplitResult, save_predictions
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    k, ids = len(data.label_names), data.splits["train"]["row_id"].to_numpy()
+    logits = {s: np.zeros((len(data.splits[s]), k)) for s in ("train", "validation")}
+    logits["train"][[1, 4], 0], logits["train"][6, 2] = np.nan, np.inf
+    path = write_logits_file(tmp_path / "nan.parquet", logits, data, {})
+    expected = f"nan.parquet: 3 of {len(ids)} train rows have NaN or infinite teacher logits (row ids {ids[[1, 4, 6]].tolist()})"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        teacher_logits(DistillArguments(teacher_logits=str(path)), data, tmp_path / "o", 32)
+    # the recipe stops before training (all train rows: the NaN ones among them)
+    argv = distill_args(tiny_modernbert, "none", train, test, tmp_path / "run", "--teacher_logits", str(path))
+    with pytest.raises(DataError, match="NaN or infinite"):
+        load_recipe("distill").main([*argv, "--max_train_samples", "100000"])
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+    run = tmp_path / "tfidf_run"  # a run folder: NaN probabilities (zeros are fine: clipped before the log)
+    run.mkdir()
+    for split in ("train", "validation"):
+        df = data.splits[split]
+        probs = np.full((len(df), k), 1.0 / k)
+        probs[0] = 0.0
+        probs[2] = np.nan if split == "validation" else probs[2]
+        save_predictions(
+            run,
+            SplitResult(split, df["label_id"].to_numpy(), probs, None, row_ids=df["row_id"]),
+            data.label_names,
+        )
+    val_id = data.splits["validation"]["row_id"].iloc[2]
+    with pytest.raises(DataError, match=rf"tfidf_run: 1 of \d+ validation rows .*\[{val_id}\]"):
+        teacher_logits(DistillArguments(teacher_logits=str(run)), data, tmp_path / "o", 32)
+
+    # a teacher whose own pass overflows: refused before anything is cached
+    teacher = save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names)
+    real = longtail.distill.teacher_forward
+    monkeypatch.setattr(longtail.distill, "teacher_forward", lambda *a: real(*a) * np.nan)
+    with pytest.raises(DataError, match=rf"teacher .*: {len(ids)} of {len(ids)} train rows have NaN"):
+        teacher_logits(DistillArguments(teacher_model_name_or_path=teacher), data, tmp_path / "o", 32)
+    assert not (tmp_path / "o" / "teacher_logits.parquet").exists()
+
+
+@pytest.mark.parametrize("case", ["narrow", "wide", "ragged", "duplicate", "other_split", "null", "scalar"])
+def test_malformed_logits_files_are_refused(tmp_path, case):
+    """A logits file whose rows are narrower or wider than its label_names, of different lengths, repeated,
+    empty, or in other splits: a DataError naming the file and the rows, not numpy's IndexError, a silently
+    dropped column or a last-row-wins lookup."""
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    k = len(data.label_names)
+    rows = [(s, int(r)) for s in ("train", "validation") for r in data.splits[s]["row_id"]]
+    n, ids = len(rows), [r for _, r in rows[:3]]
+    change, expected = {
+        "narrow": (
+            {"width": k - 1},
+            f"{n} of {n} rows have {k - 1} logits, but its metadata lists {k} label_names",
+        ),
+        "wide": (
+            {"width": k + 1},
+            f"{n} of {n} rows have {k + 1} logits, but its metadata lists {k} label_names",
+        ),
+        "ragged": (
+            {"logits": [[0.0] * (k - (i == 1)) for i in range(n)]},
+            f"1 of {n} rows have {k - 1} logits, but its metadata lists {k} label_names (rows train {ids[1]})",
+        ),
+        "duplicate": ({"rows": rows[:3] + rows}, f"3 train row ids appear more than once (row ids {ids})"),
+        "other_split": (
+            {"rows": [("val" if s == "validation" else s, r) for s, r in rows]},
+            "has no logits for the validation split (found: ['train', 'val'])",
+        ),
+        "null": ({"row_id": [None] + [r for _, r in rows[1:]]}, "has empty (null) cells in: row_id (1 rows)"),
+        "scalar": ({"logits": [0.0] * n}, "its logits column holds double, not a list of numbers per row"),
+    }[case]
+    path = _logits_table(tmp_path / f"{case}.parquet", data, **change)
+    with pytest.raises(DataError, match=re.escape(expected)) as err:
+        load_precomputed(path, data)
+    assert str(err.value).startswith(str(path))
+
+
+def test_teacher_that_is_not_a_transformers_model(tmp_path):
+    """A TF-IDF or ensemble run folder given as --teacher_model_name_or_path points to --teacher_logits; a path
+    that is neither a local folder nor in the Hugging Face cache (offline) is named, not a Hub connection error."""
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    for name, marker, expected in (
+        ("tfidf", "model.joblib", "a scikit-learn TF-IDF run"),
+        ("ens", "ensemble.json", "an ensemble"),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / marker).write_text("{}")
+        with pytest.raises(
+            ValueError, match=rf"{expected} .*pass --teacher_logits {tmp_path / name} instead"
+        ):
+            teacher_logits(
+                DistillArguments(teacher_model_name_or_path=str(tmp_path / name)), data, tmp_path / "o", 32
+            )
+    (tmp_path / "empty").mkdir()
+    for teacher, expected in (
+        (tmp_path / "empty", "has no config.json"),
+        (
+            tmp_path / "absent",
+            "is neither a local folder nor available in the Hugging Face cache, and the Hub is offline",
+        ),
+        ("nobody/no-such-model", "is neither a local folder nor available"),
+    ):
+        with pytest.raises(
+            (ValueError, FileNotFoundError), match=rf"--teacher_model_name_or_path {teacher} {expected}"
+        ):
+            teacher_logits(
+                DistillArguments(teacher_model_name_or_path=str(teacher)), data, tmp_path / "o", 32
+            )
 
 
 def test_an_ensemble_of_cross_fitted_runs_teaches(tmp_path, caplog, capsys):

@@ -310,6 +310,7 @@ def write_logits_file(path, logits: Mapping[str, np.ndarray], data: PreparedData
 def read_logits_table(path) -> tuple[dict, dict[str, dict[int, np.ndarray]]]:
     """(metadata, {split: (row_ids, logits)}) of a Parquet or Arrow (IPC/Feather) logits file."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.feather
     import pyarrow.parquet as pq
 
@@ -327,16 +328,39 @@ def read_logits_table(path) -> tuple[dict, dict[str, dict[int, np.ndarray]]]:
             f"(found {table.column_names})"
         )
     meta = json.loads((table.schema.metadata or {}).get(METADATA_KEY, b"{}"))
-    logits = table.column("logits").combine_chunks()
-    values = np.asarray(
-        [np.asarray(v, dtype=np.float32) for v in logits.to_pylist()]
-        if not isinstance(logits.type, pa.FixedSizeListType)
-        else logits.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1),
-        dtype=np.float32,
-    )
-    split = np.asarray(table.column("split").to_pylist())
+    nulls = [f"{c} ({n} rows)" for c in ("split", "row_id", "logits") if (n := table.column(c).null_count)]
+    if nulls:
+        raise DataError(f"{path} has empty (null) cells in: {', '.join(nulls)}")
+    logits, kind = table.column("logits").combine_chunks(), table.column("logits").type
+    if not (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    ) or not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        raise DataError(f"{path}: its logits column holds {kind}, not a list of numbers per row")
+    split = np.asarray(table.column("split").to_pylist(), dtype=str)
     row_id = table.column("row_id").to_numpy().astype(np.int64)
-    return meta, {s: (row_id[split == s], values[split == s]) for s in np.unique(split)}
+    widths = pc.list_value_length(logits).to_numpy(zero_copy_only=False)
+    expected = len(meta["label_names"]) if "label_names" in meta else widths[0] if len(widths) else 0
+    wrong = np.flatnonzero(widths != expected)
+    if len(wrong):
+        raise DataError(
+            f"{path}: {len(wrong)} of {len(widths)} rows have "
+            + " or ".join(str(w) for w in sorted(set(widths[wrong].tolist())))
+            + " logits, but "
+            + (
+                f"its metadata lists {expected} label_names"
+                if "label_names" in meta
+                else f"the first has {expected}"
+            )
+            + f" (rows {_rows(split[wrong], row_id[wrong])})"
+        )
+    values = logits.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), expected)
+    return meta, {str(s): (row_id[split == s], values[split == s]) for s in np.unique(split)}
+
+
+def _rows(splits, row_ids, n: int = 5) -> str:
+    """A few (split, row id) pairs for an error message."""
+    pairs = ", ".join(f"{s} {i}" for s, i in list(zip(splits, row_ids, strict=True))[:n])
+    return pairs + ("..." if len(row_ids) > n else "")
 
 
 def align_rows(
@@ -351,6 +375,13 @@ def align_rows(
         if split not in by_split:
             raise DataError(f"{source} has no logits for the {split} split (found: {sorted(by_split)})")
         ids, values = by_split[split]
+        unique, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
+        if (counts > 1).any():
+            repeated = unique[counts > 1].tolist()
+            raise DataError(
+                f"{source}: {len(repeated)} {split} row ids appear more than once (row ids {repeated[:10]}"
+                f"{'...' if len(repeated) > 10 else ''}); each (split, row_id) needs exactly one row of logits."
+            )
         index = {int(i): k for k, i in enumerate(ids)}
         wanted = data.splits[split]["row_id"].to_numpy(np.int64)
         absent = [int(i) for i in wanted if int(i) not in index]
@@ -362,6 +393,23 @@ def align_rows(
             )
         out[split] = values[[index[int(i)] for i in wanted]]
     return out
+
+
+def require_finite(
+    logits: Mapping[str, np.ndarray], data: PreparedData, source: str
+) -> dict[str, np.ndarray]:
+    """`logits` unchanged, or an error naming the rows with NaN or infinite teacher logits (they would turn
+    the KD loss, then the student's weights, into NaN)."""
+    for split, values in logits.items():
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if len(bad):
+            ids = data.splits[split]["row_id"].to_numpy()[bad].tolist()
+            raise DataError(
+                f"{source}: {len(bad)} of {len(values)} {split} rows have NaN or infinite teacher logits (row ids "
+                f"{ids[:10]}{'...' if len(ids) > 10 else ''}). Fix or rescore the teacher (log-probabilities of "
+                "0 are -inf: clip the probabilities first)."
+            )
+    return dict(logits)
 
 
 def load_precomputed(path, data: PreparedData, drop_extra: bool = False) -> dict[str, np.ndarray]:
@@ -429,6 +477,45 @@ def load_run_predictions(
 # ---------------------------------------------------------------------------------------------
 
 
+def teacher_config(teacher: str):
+    """The config of --teacher_model_name_or_path, or an error saying what the path is instead."""
+    from huggingface_hub import constants
+    from transformers import AutoConfig
+
+    from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
+
+    path = Path(teacher)
+    kind = run_kind(path) if path.is_dir() else None
+    if kind in ("sklearn", "ensemble"):
+        what = (
+            f"a scikit-learn TF-IDF run ({SKLEARN_FILE})"
+            if kind == "sklearn"
+            else f"an ensemble ({ENSEMBLE_FILE})"
+        )
+        raise ValueError(
+            f"--teacher_model_name_or_path {teacher} is {what}, not a Transformers model: pass --teacher_logits "
+            f"{teacher} instead (its train predictions come from --predict_train true)"
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(
+            f"--teacher_model_name_or_path {teacher} has no config.json: not a trained classifier folder"
+        )
+    try:
+        return AutoConfig.from_pretrained(teacher)
+    except OSError as err:
+        if path.is_dir():
+            raise
+        where = (
+            "in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE)"
+            if constants.HF_HUB_OFFLINE
+            else "on the Hugging Face Hub or in its cache"
+        )
+        raise FileNotFoundError(
+            f"--teacher_model_name_or_path {teacher} is neither a local folder nor available {where}: pass a "
+            "trained run folder"
+        ) from err
+
+
 def load_teacher(teacher: str, base_model: str | None = None):
     """(model in eval mode, tokenizer, label names) of a trained classifier folder: a full model, or a
     LoRA/QLoRA run folder (adapter + head on its base, reloaded in float32)."""
@@ -472,9 +559,8 @@ def teacher_logits(
     where they came from: precomputed, reused from the cache, or computed now (and cached)."""
     if args.teacher_logits:
         logits = load_precomputed(args.teacher_logits, data, args.teacher_drop_extra_labels)
+        logits = require_finite(logits, data, f"--teacher_logits {args.teacher_logits}")
         return logits, {"teacher": f"precomputed logits `{Path(args.teacher_logits).name}`", "cache": "none"}
-
-    from transformers import AutoConfig
 
     from longtail.runs import public_model_name
 
@@ -482,7 +568,7 @@ def teacher_logits(
     max_length = args.teacher_max_length or max_length
     # check the label maps from the config before loading any weights
     cols = label_columns(
-        config_labels(AutoConfig.from_pretrained(teacher)),
+        config_labels(teacher_config(teacher)),
         data.label_names,
         teacher,
         args.teacher_drop_extra_labels,
@@ -499,7 +585,8 @@ def teacher_logits(
         meta, by_split = read_logits_table(cache)
         if meta.get("fingerprint") == fingerprint:
             logger.info("Reusing the teacher logits cached in %s (fingerprint %s)", cache, fingerprint[:12])
-            return align_rows(by_split, data, str(cache)), {**info, "cache_status": "reused"}
+            logits = require_finite(align_rows(by_split, data, str(cache)), data, f"the cache {cache}")
+            return logits, {**info, "cache_status": "reused"}
         logger.info("Teacher, data or max_length changed since %s was written: recomputing the logits", cache)
     model, tokenizer, _ = load_teacher(teacher, args.teacher_base_model)
     logits = {}
@@ -508,6 +595,7 @@ def teacher_logits(
         logger.info("Teacher %s: scoring %d %s rows", info["teacher"], len(texts), split)
         logits[split] = teacher_forward(model, tokenizer, texts, max_length, args.teacher_batch_size)[:, cols]
     del model
+    require_finite(logits, data, f"teacher {info['teacher']}")
     write_logits_file(
         cache,
         logits,
