@@ -44,7 +44,7 @@ from longtail.grid import (
 from longtail.metrics import macro_f1
 from longtail.refit import RefitArguments, refit_note, train_and_validation
 from longtail.report import SplitResult, grid_table, save_predictions, summary_text, write_run_outputs
-from longtail.runs import command_line, prepare_output_dir, source_description, write_run_files
+from longtail.runs import command_line, input_paths, prepare_output_dir, source_description, write_run_files
 
 logger = logging.getLogger("baseline_tfidf")
 SUBLINEAR = {"both": [False, True], "true": [True], "false": [False]}
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=input_paths(data_args))
     command = command_line("recipes/baseline_tfidf.py", argv)
     started = time.time()
 

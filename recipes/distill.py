@@ -45,7 +45,7 @@ from longtail.losses import LossArguments
 from longtail.metrics import softmax
 from longtail.posthoc import adjust_on_validation
 from longtail.report import SplitResult, load_predictions, plot_reliability, save_predictions, summary_text
-from longtail.runs import command_line
+from longtail.runs import command_line, input_paths
 from longtail.training import (
     ModelArguments,
     evaluate_splits,
@@ -130,7 +130,8 @@ def comparison_markdown(comparison, info: dict, vanilla_source: str, distill_arg
 def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     data_args, model_args, distill_args, loss_args, training_args = parse_recipe_args(PARSER_TYPES, argv)
-    training_args, push = start_run(training_args, model_args.mixed_precision)
+    inputs = input_paths(data_args, model_args, distill_args)  # none may be cleared by an overwrite
+    training_args, push = start_run(training_args, model_args.mixed_precision, inputs)
     command = command_line("recipes/distill.py", argv)
     started = time.time()
     out = Path(training_args.output_dir)

@@ -23,7 +23,7 @@ from longtail.posthoc import adjust_on_validation
 from longtail.refit import RefitArguments, refit_note
 from longtail.refit_ft import refit
 from longtail.report import summary_text
-from longtail.runs import command_line
+from longtail.runs import command_line, input_paths
 from longtail.training import (
     ModelArguments,
     evaluate_splits,
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
         PARSER_TYPES, argv
     )
     check_start(wise_args, lpft_args)
-    training_args, push = start_run(training_args, model_args.mixed_precision)
+    inputs = input_paths(data_args, model_args, lpft_args)  # none may be cleared by an overwrite
+    training_args, push = start_run(training_args, model_args.mixed_precision, inputs)
     command = command_line("recipes/full_ft_encoder.py", argv)
     started = time.time()
 

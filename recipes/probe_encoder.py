@@ -62,6 +62,7 @@ from longtail.refit import SELECTION_HEAD, RefitArguments, label_counts, refit_n
 from longtail.report import SplitResult, grid_table, save_predictions, summary_text, write_run_outputs
 from longtail.runs import (
     command_line,
+    input_paths,
     prepare_output_dir,
     public_model_name,
     source_description,
@@ -315,7 +316,9 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+    output_dir = prepare_output_dir(
+        args.output_dir, args.overwrite_output_dir, inputs=input_paths(data_args, model_args)
+    )
     command = command_line("recipes/probe_encoder.py", argv)
     started = time.time()
     torch.manual_seed(args.seed)

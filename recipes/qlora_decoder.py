@@ -37,7 +37,7 @@ from longtail.posthoc import adjust_on_validation
 from longtail.refit import RefitArguments, refit_note
 from longtail.refit_ft import refit_adapter
 from longtail.report import summary_text
-from longtail.runs import command_line
+from longtail.runs import command_line, input_paths
 from longtail.training import (
     ModelArguments,
     check_padding,
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     parsed = parse_recipe_args(PARSER_TYPES, argv)
     data_args, model_args, adapter_args, quant_args, loss_args, refit_args, training_args = parsed
     require_bitsandbytes()
-    training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision)
+    inputs = input_paths(data_args, model_args)  # none may be cleared by an overwrite
+    training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision, inputs)
     command = command_line("recipes/qlora_decoder.py", argv)
     started = time.time()
 

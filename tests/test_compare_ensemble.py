@@ -100,6 +100,7 @@ def test_same_named_runs_keep_distinct_labels(tmp_path):
     assert run_labels(["r/s0/probe", "r/s1/probe", "r/tfidf"]) == ["s0/probe", "s1/probe", "tfidf"]
     assert run_labels(["r/a/probe", "r/b/a/probe"]) == ["r/a/probe", "b/a/probe"]
     assert run_labels(["r/probe", "r/probe", "r/x"]) == ["probe #1", "probe #2", "x"]
+    assert run_labels(["/a/probe", "/b/a/probe"]) == ["/a/probe", "b/a/probe"]  # from the root: one slash
     both = {"validation": Y["validation"], "test": Y["test"]}
     # seed 1 is right everywhere and sure, seed 0 right on test only and unsure: different temperatures
     s0 = make_run(tmp_path / "s0" / "probe", {"validation": [1, 2, 0, 1, 2, 0], "test": Y["test"]}, both)

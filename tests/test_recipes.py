@@ -118,7 +118,7 @@ def test_mistakes_in_the_options_are_one_line_usage_errors(recipe, tmp_path, cap
     """A missing config, a YAML key or an option the recipe does not take, a YAML that does not parse or is
     not a mapping: each once a traceback from TRL or Transformers (one naming TRL's `fail_with_unknown_args`)."""
     module = load_recipe(recipe)
-    (tmp_path / "extra.yaml").write_text("seed: 1\nbogus_key: 1\n")
+    (tmp_path / "extra.yaml").write_text("seed: 1\nbogus_key: -1\n")
     (tmp_path / "broken.yaml").write_text("seed: [1\n")
     (tmp_path / "list.yaml").write_text("- 1\n")
     cases = {
@@ -127,13 +127,15 @@ def test_mistakes_in_the_options_are_one_line_usage_errors(recipe, tmp_path, cap
             "--config",
             str(tmp_path / "extra.yaml"),
         ],
-        "options this recipe does not take: bogus, other (`--help`": ["--bogus", "3", "--other"],
+        "options this recipe does not take: bogus, other (`--help`": ["--bogus", "-3", "--other"],
+        f"--config {tmp_path} cannot be read": ["--config", str(tmp_path)],
+        "--config needs a YAML file": ["--config"],
         "broken.yaml is not valid YAML": ["--config", str(tmp_path / "broken.yaml")],
         "list.yaml must contain a YAML mapping": ["--config", str(tmp_path / "list.yaml")],
     }
     for message, argv in cases.items():
         with pytest.raises(SystemExit) as exit_info:
-            module.main([*argv, "--output_dir", str(tmp_path / "out")])
+            module.main(argv if argv == ["--config"] else [*argv, "--output_dir", str(tmp_path / "out")])
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]  # usage lines, then this one; no traceback ends the output
         assert exit_info.value.code == 2 and message in last and "error:" in last, (message, err[-300:])

@@ -76,3 +76,35 @@ def test_do_predict_without_test_split_fails_before_training():
     require_test_split(data, do_predict=False)
     with pytest.raises(DataError, match="--do_predict needs a test split"):
         require_test_split(data, do_predict=True)
+
+
+def test_overwrite_never_clears_what_the_new_run_reads(tmp_path):
+    """LP-FT from the probe in the same folder, a rerun reusing its own splits.json: the overwrite would delete the
+    model or file first and the run would fail on a folder it had just emptied. Refused, nothing removed; inputs
+    the overwrite leaves alone (distill's vanilla/, a file not ours) are fine."""
+    from types import SimpleNamespace
+
+    from longtail.runs import input_paths
+
+    for name in ("config.json", "model.safetensors", "splits.json", "notes.csv"):
+        (tmp_path / name).write_text("old")
+    (tmp_path / "vanilla").mkdir()
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "model.safetensors").write_text("old")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for option, value in (
+        ("head_init_from", tmp_path),
+        ("split_indices", tmp_path / "splits.json"),
+        ("model_name_or_path", tmp_path / "checkpoint-2"),
+    ):
+        with pytest.raises(
+            OutputDirError, match=rf"--{option} .* is read from .*, which --overwrite_output_dir"
+        ):
+            prepare_output_dir(tmp_path, overwrite=True, inputs={option: str(value)})
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    args = SimpleNamespace(vanilla_run=str(tmp_path / "vanilla"), train_file=str(tmp_path / "notes.csv"),
+                           model_name_or_path="org/hub-model", head_init_from=None)  # fmt: skip
+    inputs = input_paths(args)
+    assert inputs == {"vanilla_run": str(tmp_path / "vanilla"), "train_file": str(tmp_path / "notes.csv")}
+    prepare_output_dir(tmp_path, overwrite=True, inputs=inputs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv", "vanilla"]

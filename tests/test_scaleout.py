@@ -647,6 +647,9 @@ def test_a_checkpoint_that_does_not_fit_the_run_is_refused_before_training(tiny_
         with pytest.raises(ValueError, match=rf"--resume_from_checkpoint .*checkpoint-1: it.*{message}"):
             trainer.train(resume_from_checkpoint=str(checkpoint))
         assert trainer.state.global_step == 0, options
+    trainer = resume_trainer(tiny_qwen2, tmp_path / "again", lora_r=4)
+    with pytest.raises(ValueError, match="checkpoint-9: it is not a folder"):  # not "holds a whole model"
+        trainer.train(resume_from_checkpoint=str(tmp_path / "lora" / "checkpoint-9"))
     for options, checkpoint in ((dict(lora_r=4), lora), ({}, whole)):  # the same options resume
         trainer = resume_trainer(tiny_qwen2, tmp_path / "again", **options)
         trainer.train(resume_from_checkpoint=str(checkpoint))

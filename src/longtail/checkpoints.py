@@ -146,6 +146,8 @@ def fit_problem(checkpoint, model) -> str | None:
     weights, another rank, alpha or target modules, other labels. Trainer would fail on some of these deep in
     torch or PEFT ("size mismatch", "can't find a checkpoint index") and resume others silently (renamed labels)."""
     path = Path(checkpoint)
+    if problem := checkpoint_problem(path):
+        return problem
     adapter = (path / "adapter_config.json").is_file()
     peft_config = getattr(model, "peft_config", None)
     if adapter and not peft_config:

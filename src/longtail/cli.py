@@ -21,6 +21,8 @@ def parse_config(parser, argv: list[str] | None):
     import yaml
 
     argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[-1:] == ["--config"]:
+        parser.error("--config needs a YAML file")
     config = config_path(argv)
     try:
         return parser.parse_args_and_config(argv)
@@ -28,6 +30,12 @@ def parse_config(parser, argv: list[str] | None):
         if config is None or err.filename != config:
             raise
         parser.error(f"--config {config}: no such file")
+    except OSError as err:  # a folder, a file we may not read
+        if config is None or err.filename != config:
+            raise
+        parser.error(f"--config {config} cannot be read: {err.strerror}")
+    except UnicodeDecodeError:
+        parser.error(f"--config {config} is not UTF-8 text")
     except yaml.YAMLError as err:
         parser.error(f"--config {config} is not valid YAML: {' '.join(str(err).split())}")
     except ValueError as err:
@@ -35,7 +43,8 @@ def parse_config(parser, argv: list[str] | None):
         for pattern, where in ((UNKNOWN_YAML, f"keys in {config}"), (UNKNOWN_CLI, "options")):
             found = pattern.search(message)
             if found:
-                names = [n for n in re.findall(r"'(--?[\w.-]+)'", found.group(1))]
+                # keys and options start with "--"; a value such as -1 does not
+                names = re.findall(r"'(--[\w.-]+)'", found.group(1))
                 parser.error(
                     f"{where} this recipe does not take: {', '.join(n.lstrip('-') for n in names) or found.group(1)}"
                     " (`--help` lists its options)"

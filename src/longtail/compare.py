@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def run_labels(run_dirs) -> list[str]:
         k = 1
         while k < len(p) and any(q[-k:] == p[-k:] for q in others):
             k += 1
-        labels.append("/".join(p[-k:]))
+        labels.append(str(PurePath(*p[-k:])))  # from the root: "/a/probe", not "//a/probe"
     # only repeats of one folder are left equal
     return [f"{x} #{labels[:i].count(x) + 1}" if labels.count(x) > 1 else x for i, x in enumerate(labels)]
 

@@ -60,6 +60,10 @@ MODEL_FILES = (
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
+    "spm.model",
+    "sentencepiece.bpe.model",
+    "model.safetensors.index.json",
+    "model-*-of-*.safetensors",  # the shards of a large model
     "compare.md",
     "compare.json",
 )
@@ -73,8 +77,44 @@ class OutputDirError(ValueError):
     pass
 
 
-def prepare_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False) -> Path:
-    """Refuse to write into a non-empty folder unless asked; when overwriting, clear our own result files."""
+# Options through which a run reads files or folders: none may sit where an overwrite is about to delete.
+INPUT_OPTIONS = (
+    "model_name_or_path",
+    "tokenizer_name",
+    "head_init_from",
+    "split_indices",
+    "teacher_model_name_or_path",
+    "teacher_logits",
+    "vanilla_run",
+    "train_file",
+    "validation_file",
+    "test_file",
+)
+
+
+def input_paths(*arg_groups) -> dict[str, str]:
+    """{option: value} of a run's local inputs (INPUT_OPTIONS set in any of its argument dataclasses)."""
+    found = {}
+    for group in arg_groups:
+        for name in INPUT_OPTIONS:
+            value = getattr(group, name, None)
+            if isinstance(value, str) and value and Path(value).exists():
+                found[name] = value
+    return found
+
+
+def previous_run(path: Path) -> tuple[list[Path], list[Path]]:
+    """(files, folders) an overwrite of `path` removes: our result and model files, and our run folders."""
+    files = sorted({f for pattern in RUN_FILES + MODEL_FILES for f in path.glob(pattern) if f.is_file()})
+    folders = sorted({d for pattern in RUN_DIRS for d in path.glob(pattern) if d.is_dir()})
+    return files, folders
+
+
+def prepare_output_dir(
+    output_dir: str | Path, overwrite: bool, resuming: bool = False, inputs: dict[str, str] | None = None
+) -> Path:
+    """Refuse to write into a non-empty folder unless asked; when overwriting, clear the previous run's files,
+    unless the new run reads one of them (`inputs`: option -> path), which is refused instead."""
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"output_dir '{path}' is a file, not a folder: choose another --output_dir.")
@@ -84,16 +124,24 @@ def prepare_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool =
                 f"output_dir '{path}' exists and is not empty. Pass --overwrite_output_dir to replace its results, "
                 "or choose another --output_dir."
             )
-        removed = [name for name in RUN_FILES + MODEL_FILES if (path / name).is_file()]
-        for name in removed:
-            (path / name).unlink()
-        folders = sorted({d for pattern in RUN_DIRS for d in path.glob(pattern) if d.is_dir()})
+        files, folders = previous_run(path)
+        doomed = [p.resolve() for p in files + folders]
+        for option, value in (inputs or {}).items():
+            read = Path(value).resolve()
+            # the folder itself (a model or run folder), a file that goes, or anything inside a folder that goes
+            if read == path.resolve() or any(read == d or d in read.parents for d in doomed):
+                raise OutputDirError(
+                    f"--{option} {value} is read from {path}, which --overwrite_output_dir would clear first: "
+                    "write this run to another --output_dir."
+                )
+        for file in files:
+            file.unlink()
         for folder in folders:
             shutil.rmtree(folder)
         logger.warning(
             "Overwriting %s: removed %d files and %d folders of the previous run%s",
             path,
-            len(removed),
+            len(files),
             len(folders),
             f" ({', '.join(d.name for d in folders)})" if folders else "",
         )

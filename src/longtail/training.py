@@ -165,7 +165,9 @@ def predict_probs(trainer, dataset) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def start_run(training_args: TrainingArguments, mixed_precision: str) -> tuple[TrainingArguments, bool]:
+def start_run(
+    training_args: TrainingArguments, mixed_precision: str, inputs: dict[str, str] | None = None
+) -> tuple[TrainingArguments, bool]:
     """Logging, hardware precision, the output-folder guard and the seed; returns (args, push).
 
     The Hub push is taken out of the Trainer's hands (it would push every checkpoint): recipes push
@@ -199,6 +201,7 @@ def start_run(training_args: TrainingArguments, mixed_precision: str) -> tuple[T
             training_args.output_dir,
             training_args.overwrite_output_dir,
             resume is not None and Path(resume).resolve().parent == Path(training_args.output_dir).resolve(),
+            inputs,
         )
     transformers.set_seed(training_args.seed)
     return training_args, push
