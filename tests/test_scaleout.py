@@ -606,15 +606,9 @@ def resume_trainer(base: str, out, labels=("a", "b", "c"), lora_r: int | None = 
     from longtail.adapters import AdapterArguments, add_lora
     from longtail.losses import LongTailTrainer, LossArguments
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={x: i for i, x in enumerate(labels)},
-    )
-    model.config.pad_token_id = tokenizer.pad_token_id
+    folder = save_teacher(base, Path(out).parent / f"base-{'-'.join(labels)}", labels)  # labels and pad token
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
     if lora_r:
         model = add_lora(model, AdapterArguments(lora_r=lora_r, lora_target_modules="q_proj,v_proj"))
     rows = Dataset.from_dict({**tokenizer([f"complaint {i}" for i in range(6)]), "labels": [0, 1, 2] * 2})
