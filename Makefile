@@ -54,12 +54,14 @@ bench-train-memory: install
 
 # Finished runs side by side on the same test rows, with paired-bootstrap deltas vs a reference:
 #   make compare RUNS="outputs/probe_encoder outputs/full_ft_encoder" REFERENCE=outputs/baseline_tfidf
+# Replaces the previous comparison in $(COMPARE_OUT) (never a compared run: that is refused).
 COMPARE_OUT ?= outputs/compare
 compare:
 	$(PYTHON) -m longtail.compare $(RUNS) --reference $(REFERENCE) --output_dir $(COMPARE_OUT) --overwrite_output_dir
 
 # Average the temperature-scaled probabilities of finished runs, weights chosen on validation:
 #   make ensemble RUNS="outputs/probe_encoder outputs/baseline_tfidf"
+# Replaces the previous ensemble in $(ENSEMBLE_OUT) (never a member: that is refused).
 ENSEMBLE_OUT ?= outputs/ensemble
 ensemble:
 	$(PYTHON) -m longtail.ensemble $(RUNS) --output_dir $(ENSEMBLE_OUT) --overwrite_output_dir
@@ -78,7 +80,8 @@ demo-distill: install demo-assets
 		--model_name_or_path "$(MINILM_DIR)" --teacher_logits $(DEMO_OUT)/baseline_tfidf \
 		--output_dir $(DEMO_OUT)/distill --overwrite_output_dir
 # Every inference variant of MODEL (default: the demo model, trained first when absent) on the same rows of
-# DATA (default: the run's own test split): results.{json,md} + Pareto plots in $(BENCH_OUT). CPU: a few minutes.
+# DATA (default: the run's own test split): results.{json,md} + Pareto plots in $(BENCH_OUT), replacing the
+# previous benchmark there. CPU: a few minutes.
 MODEL ?= $(DEMO_OUT)/full_ft_encoder
 DATA ?=
 BENCH_OUT ?= bench_results/inference

@@ -114,6 +114,30 @@ def test_same_named_runs_keep_distinct_labels(tmp_path):
     assert "| s0/probe |" in (tmp_path / "ens" / "report.md").read_text()
 
 
+def test_an_output_folder_that_is_one_of_the_runs_is_refused_before_anything_goes(tmp_path, capsys):
+    """`make ensemble RUNS="a b" ENSEMBLE_OUT=b` passes --overwrite_output_dir: the overwrite once cleared run b's
+    predictions, then failed reading them. Nothing is removed now."""
+    from longtail.compare import main as compare
+    from longtail.ensemble import main as ensemble
+
+    both = {"validation": Y["validation"], "test": Y["test"]}
+    a = make_run(tmp_path / "a", {s: y for s, y in both.items()}, both)
+    b = make_run(tmp_path / "b", {s: y for s, y in both.items()}, both)
+    before = sorted(p.name for p in (tmp_path / "b").iterdir())
+    for tool, argv, what in (
+        (ensemble, [a, b, "--output_dir", b, "--overwrite_output_dir"], "the member"),
+        (compare, [a, "--reference", b, "--output_dir", b, "--overwrite_output_dir"], "--reference"),
+        (compare, [b, "--reference", a, "--output_dir", b, "--overwrite_output_dir"], "the run"),
+    ):
+        with pytest.raises(SystemExit):
+            tool([*argv, "--n_resamples", "20"])
+        assert (
+            f"{what} {b} is read from {b}, which --overwrite_output_dir would clear first"
+            in capsys.readouterr().err
+        )
+        assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
+
+
 def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):
     from longtail.compare import CompareError, compare_runs
 

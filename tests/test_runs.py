@@ -100,11 +100,11 @@ def test_overwrite_never_clears_what_the_new_run_reads(tmp_path):
         with pytest.raises(
             OutputDirError, match=rf"--{option} .* is read from .*, which --overwrite_output_dir"
         ):
-            prepare_output_dir(tmp_path, overwrite=True, inputs={option: str(value)})
+            prepare_output_dir(tmp_path, overwrite=True, inputs={f"--{option}": str(value)})
         assert sorted(p.name for p in tmp_path.iterdir()) == before
     args = SimpleNamespace(vanilla_run=str(tmp_path / "vanilla"), train_file=str(tmp_path / "notes.csv"),
                            model_name_or_path="org/hub-model", head_init_from=None)  # fmt: skip
     inputs = input_paths(args)
-    assert inputs == {"vanilla_run": str(tmp_path / "vanilla"), "train_file": str(tmp_path / "notes.csv")}
+    assert inputs == {"--vanilla_run": str(tmp_path / "vanilla"), "--train_file": str(tmp_path / "notes.csv")}
     prepare_output_dir(tmp_path, overwrite=True, inputs=inputs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv", "vanilla"]

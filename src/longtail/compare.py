@@ -240,7 +240,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:  # the output folder is checked before minutes of bootstrap, not after
         check_distinct(args.runs)
-        out = prepare_output_dir(args.output_dir, args.overwrite_output_dir) if args.output_dir else None
+        # never clear a run being compared (--output_dir one of them, as `make compare COMPARE_OUT=...` could say)
+        reads = [("the run", d) for d in args.runs] + [("--reference", args.reference)]
+        out = (
+            prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads)
+            if args.output_dir
+            else None
+        )
         result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
     except (CompareError, OutputDirError) as err:
         parser.exit(2, f"compare: error: {err}\n")

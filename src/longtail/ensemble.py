@@ -430,7 +430,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:  # the output folder is checked before the work, not after
         check_distinct(args.runs)
-        out = prepare_output_dir(args.output_dir, args.overwrite_output_dir)
+        # never clear a member (--output_dir one of them, as `make ensemble ENSEMBLE_OUT=...` could say)
+        out = prepare_output_dir(
+            args.output_dir, args.overwrite_output_dir, inputs=[("the member", d) for d in args.runs]
+        )
         result = build_ensemble(
             args.runs,
             args.weight_step,

@@ -93,13 +93,13 @@ INPUT_OPTIONS = (
 
 
 def input_paths(*arg_groups) -> dict[str, str]:
-    """{option: value} of a run's local inputs (INPUT_OPTIONS set in any of its argument dataclasses)."""
+    """{"--option": value} of a run's local inputs (INPUT_OPTIONS set in any of its argument dataclasses)."""
     found = {}
     for group in arg_groups:
         for name in INPUT_OPTIONS:
             value = getattr(group, name, None)
             if isinstance(value, str) and value and Path(value).exists():
-                found[name] = value
+                found[f"--{name}"] = value
     return found
 
 
@@ -110,11 +110,9 @@ def previous_run(path: Path) -> tuple[list[Path], list[Path]]:
     return files, folders
 
 
-def prepare_output_dir(
-    output_dir: str | Path, overwrite: bool, resuming: bool = False, inputs: dict[str, str] | None = None
-) -> Path:
+def prepare_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False, inputs=None) -> Path:
     """Refuse to write into a non-empty folder unless asked; when overwriting, clear the previous run's files,
-    unless the new run reads one of them (`inputs`: option -> path), which is refused instead."""
+    unless the new run reads one of them (`inputs`: {option: path}, or (what, path) pairs), refused instead."""
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"output_dir '{path}' is a file, not a folder: choose another --output_dir.")
@@ -126,12 +124,12 @@ def prepare_output_dir(
             )
         files, folders = previous_run(path)
         doomed = [p.resolve() for p in files + folders]
-        for option, value in (inputs or {}).items():
+        for option, value in inputs.items() if isinstance(inputs, dict) else inputs or ():
             read = Path(value).resolve()
             # the folder itself (a model or run folder), a file that goes, or anything inside a folder that goes
             if read == path.resolve() or any(read == d or d in read.parents for d in doomed):
                 raise OutputDirError(
-                    f"--{option} {value} is read from {path}, which --overwrite_output_dir would clear first: "
+                    f"{option} {value} is read from {path}, which --overwrite_output_dir would clear first: "
                     "write this run to another --output_dir."
                 )
         for file in files:
