@@ -6,14 +6,15 @@
 Variants: PyTorch fp32; PyTorch fp16 / bf16 and bitsandbytes int8 / int4 (GPU only); ONNX fp32, ONNX
 ORT-optimised and ONNX dynamic int8 (exported here with recipes/export_onnx.py's code). Each variant runs in
 its own process (so its peak memory is its own) on the same rows, tokenised before any timing:
-- batch 32: rows sorted by length, dynamic padding; median of >= 5 timed passes -> ms/example, rows/s;
+- batch --batch_size (32): rows sorted by length, dynamic padding; median of --repeats (5) timed passes
+  -> ms/example, rows/s (the JSON keys say b32 / batch32 whatever the batch size; results.md says which);
 - batch 1: p50 / p95 latency over `--latency_rows` rows (median of the timed repeats per row);
 - peak memory (process RSS on CPU; CUDA max allocated after a reset on GPU), size on disk;
 - model FLOP/s as a share of the machine's measured fp32 GEMM peak (forward FLOPs ~ 2 x non-embedding
   parameters x real tokens + attention);
 - quality from longtail.metrics: accuracy, macro-F1 with its bootstrap CI, tail macro-F1, ECE (with the
   model's temperature), argmax agreement with PyTorch fp32.
-A variant is "recommended" only within 0.5 point macro-F1 of fp32: the fastest such one at batch 32.
+A variant is "recommended" only within 0.5 point macro-F1 of fp32: the fastest such one at that batch size.
 With the real CFPB data (../shared), it also measures what padding costs at max_length 512.
 Writes results.json, results.md and pareto_latency.png / pareto_memory.png to --output_dir.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,7 +48,8 @@ MIB = 1024**2
 logger = logging.getLogger("bench.inference")
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, check_paths: bool = False):
+    """The options; main also checks the paths (model folder, data, output folder) before any work."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", default=str(DEFAULT_MODEL), help="trained classifier folder")
     p.add_argument("--data", default=None, help="labelled .csv/.jsonl (default: the run's own test split)")
@@ -76,10 +79,66 @@ def parse_args(argv=None):
     )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if not args.worker:  # a worker reads its settings from the spec the parent checked
+        check_values(p, args)
+        if check_paths:
+            check_folders(p, args)
     if args.smoke:
         args.max_rows, args.latency_rows, args.repeats, args.warmup = min(args.max_rows, 48), 4, 2, 1
         args.gemm_size, args.padding_rows, args.bootstrap_resamples = 256, 16, 100
     return args
+
+
+AT_LEAST = {"max_rows": 1, "max_length": 1, "batch_size": 1, "latency_rows": 1, "repeats": 1, "warmup": 0,
+            "gemm_size": 1, "threads": 1, "bootstrap_resamples": 2, "padding_rows": 1, "padding_max_length": 1}  # fmt: skip
+
+
+def check_values(parser: argparse.ArgumentParser, args) -> None:
+    """Option values a run cannot use: one `parser.error` line (exit 2), before any work or folder."""
+    for name, least in AT_LEAST.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            parser.error(f"--{name} must be >= {least} (got {value})")
+    twice = sorted({v for v in args.variants if args.variants.count(v) > 1})
+    if twice:
+        parser.error(f"--variants lists {', '.join(twice)} more than once")
+    if args.device is not None:
+        if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
+            parser.error(f"--device must be cpu or cuda (got {args.device!r})")
+        if args.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                parser.error(f"--device {args.device}: CUDA is not available here (use --device cpu)")
+
+
+def check_folders(parser: argparse.ArgumentParser, args) -> None:
+    """Paths a run cannot use (what main runs on): one `parser.error` line (exit 2), before any work or folder."""
+    if args.data and not Path(args.data).is_file():
+        parser.error(f"--data {args.data}: file not found")
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        parser.error(f"--model_dir {model_dir}: folder not found")
+    from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
+
+    kind = run_kind(model_dir)
+    if kind != "transformers":
+        what = f"an ensemble ({ENSEMBLE_FILE})" if kind == "ensemble" else f"a TF-IDF run ({SKLEARN_FILE})"
+        parser.error(
+            f"--model_dir {model_dir} is {what}: it has no PyTorch/ONNX variants to benchmark; "
+            "pass a Transformers classifier folder"
+        )
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--output_dir {out} is a file, not a folder")
+    # the bench exports ONNX into <output_dir>/onnx with no quality gate: never into the model's own folder,
+    # whose onnx/ (the gated export) is what `predict` serves
+    model, target = model_dir.resolve(), out.resolve()
+    if target in (model, model / "merged") or target.is_relative_to(model / "onnx"):
+        parser.error(
+            f"--output_dir {out} would write the bench's ungated ONNX export into the model folder {model_dir} "
+            "(replacing its onnx/ export, which `predict` serves): choose a folder outside it"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +154,10 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
 
     log: dict = {}
     if args.data:
-        df = read_table(args.data)
+        try:
+            df = read_table(args.data)
+        except ValueError as error:  # longtail.data.DataError: missing, empty or unreadable file
+            raise SystemExit(f"bench: error: --data {args.data}: {error}") from None
         missing = [c for c in (args.text_column, args.label_column) if c not in df.columns]
         if missing:
             raise SystemExit(f"error: {args.data} has no column {missing}; columns: {list(df.columns)}")
@@ -113,7 +175,6 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
         split = "test" if "test" in data.splits else "validation"
         df = data.splits[split][["text", "label"]]
         log["source"] = f"the run's {split} split ({data_args.get('dataset_name')})"
-        args.max_length = args.max_length or data_args.get("max_length")
     empty = ~df["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))
     unknown = ~empty & ~df["label"].astype(str).isin(label2id)
     log.update(rows=len(df), dropped_empty_text=int(empty.sum()), dropped_unknown_label=int(unknown.sum()))
@@ -124,6 +185,12 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
             int(unknown.sum()),
         )
     df = df[~empty & ~unknown]
+    if df.empty:
+        raise SystemExit(
+            f"bench: error: no row left to score in {log['source']}: {log['rows']} rows, "
+            f"{log['dropped_empty_text']} without text, {log['dropped_unknown_label']} with a label the model "
+            f"never saw (its labels: {', '.join(sorted(label2id)[:5])}{' ...' if len(label2id) > 5 else ''})"
+        )
     if len(df) > args.max_rows:
         df = df.sample(args.max_rows, random_state=0)
     log["scored"] = len(df)
@@ -290,7 +357,14 @@ def padding_study(args, model, tokenizer, device: str) -> dict | None:
         logger.warning("Padding study skipped: %s has no column %r", path, args.text_column)
         return None
     texts = df[args.text_column].dropna().astype(str)
-    texts = texts[texts.str.strip() != ""].sample(args.padding_rows, random_state=0).tolist()
+    texts = texts[texts.str.strip() != ""]
+    if texts.empty:
+        logger.warning("Padding study skipped: %s has no text in column %r", path, args.text_column)
+        return None
+    if len(texts) < args.padding_rows:
+        logger.warning("Padding study: %s has %d texts, fewer than --padding_rows %d: using them all",
+                       path, len(texts), args.padding_rows)  # fmt: skip
+    texts = texts.sample(min(args.padding_rows, len(texts)), random_state=0).tolist()
     max_length = min(
         args.padding_max_length, tokenizer.model_max_length, model.config.max_position_embeddings
     )
@@ -363,18 +437,20 @@ def windows_note(model_dir, tokenizer, texts, max_length: int) -> str | None:
 
 
 def markdown(report: dict) -> str:
+    bs = report.get("batch_size", 32)
     lines = [
         f"# Inference benchmark: {report['model']}",
         "",
         f"Machine: {report['machine_text']}.",
         f"Rows: {report['rows']['scored']} from {report['rows']['source']}, max_length {report['max_length']}, "
-        f"batch 32 sorted by length with dynamic padding (padded/real tokens "
-        f"{report['padded_to_real_tokens']:.2f}); median of {report['repeats']} timed passes after "
+        f"batch {bs} sorted by length with dynamic padding (padded/real tokens "
+        f"{report['padded_to_real_tokens']:.2f}); median of {report['repeats']} timed "
+        f"pass{'es' if report['repeats'] != 1 else ''} after "
         f"{report['warmup']} warm-up; tokenisation outside the timed region. Measured fp32 GEMM peak: "
         f"{report['gemm']['gflops']:.1f} GFLOP/s ({report['gemm']['size']}^3, {report['gemm']['threads']} threads); "
         "each variant's share is against the GEMM peak measured again right before it (a shared machine drifts).",
         "",
-        "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+        "| " + " | ".join(h.replace("(b32)", f"(b{bs})") for _, h, _ in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
     ]
     for row in report["results"]:
@@ -415,7 +491,11 @@ def pareto_plots(report: dict, out: Path) -> list[str]:
 
     paths = []
     for key, label, name in (
-        ("ms_per_example_b32", "ms per example (batch 32)", "pareto_latency.png"),
+        (
+            "ms_per_example_b32",
+            f"ms per example (batch {report.get('batch_size', 32)})",
+            "pareto_latency.png",
+        ),
         ("peak_memory_mib", "peak memory (MiB)", "pareto_memory.png"),
     ):
         rows = [r for r in report["results"] if r.get(key) is not None]
@@ -438,7 +518,7 @@ def pareto_plots(report: dict, out: Path) -> list[str]:
     return paths
 
 
-def verdicts(results: list[dict]) -> str:
+def verdicts(results: list[dict], batch_size: int = 32) -> str:
     fp32 = next((r for r in results if r["variant"] == "pytorch_fp32"), None)
     if fp32 is None:
         return "No PyTorch fp32 reference: nothing recommended."
@@ -453,14 +533,14 @@ def verdicts(results: list[dict]) -> str:
     best = min((r for r in results if r["verdict"] == "within 0.5 pt"), key=lambda r: r["ms_per_example_b32"])
     best["verdict"] = "recommended"
     return (
-        f"Recommended: **{best['variant']}** — the fastest at batch 32 among the variants within 0.5 point "
+        f"Recommended: **{best['variant']}** — the fastest at batch {batch_size} among the variants within 0.5 point "
         f"macro-F1 of PyTorch fp32 and agreeing with its predicted class on at least {RECOMMEND_MIN_AGREEMENT:.0%} "
         f"of the rows ({best['speedup_vs_fp32']:.2f}x fp32's speed on this machine)."
     )
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    args = parse_args(argv, check_paths=True)
     if args.worker:
         run_worker(args)
         return {}
@@ -476,7 +556,7 @@ def main(argv=None) -> dict:
     from longtail.benchmark import forward_flops, gemm_peak_gflops, non_embedding_parameters
     from longtail.calibration import load_temperature
     from longtail.export import ExportArguments, export_onnx
-    from longtail.inference import describe_machine, load_model_dir, machine_description
+    from longtail.inference import describe_machine, load_model_dir, machine_description, serving_defaults
     from longtail.metrics import assign_tiers, classification_metrics, softmax
     from longtail.runs import write_json
 
@@ -485,15 +565,21 @@ def main(argv=None) -> dict:
         raise SystemExit(
             f"error: {out} holds earlier results; pass --overwrite or choose another --output_dir"
         )
-    out.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # the model and the rows first: a folder or data problem is one line, before any timing or output folder
+    try:
+        model, tokenizer, resolved = load_model_dir(args.model_dir, device=device)
+    except (OSError, ValueError) as error:
+        first = next((x for x in str(error).splitlines() if x.strip()), type(error).__name__)
+        raise SystemExit(f"bench: error: cannot load --model_dir {args.model_dir}: {first}") from None
+    texts, labels, rows_log = evaluation_rows(args, model.config.label2id)
+    # as `predict` serves it: the run's max_length (run_config.json), else the bench's 128
+    serving = serving_defaults(args.model_dir)
+    args.max_length = args.max_length or (serving["max_length"] if serving["source"] != "default" else 128)
+    out.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
     gemm = gemm_peak_gflops(args.gemm_size, max(args.repeats, 5), device)
     logger.info("fp32 GEMM peak: %.1f GFLOP/s", gemm["gflops"])
-
-    model, tokenizer, resolved = load_model_dir(args.model_dir, device=device)
-    texts, labels, rows_log = evaluation_rows(args, model.config.label2id)
-    args.max_length = args.max_length or 128
     temperature = load_temperature(args.model_dir)
     labels_json = Path(args.model_dir) / "labels.json"
     if labels_json.is_file():  # the run's training-frequency tiers
@@ -594,11 +680,15 @@ def main(argv=None) -> dict:
         "smoke": args.smoke,
     }
     report["windows_note"] = windows_note(args.model_dir, tokenizer, texts, args.max_length)
-    report["recommendation"] = verdicts(results) if results else "Nothing measured."
+    report["recommendation"] = verdicts(results, args.batch_size) if results else "Nothing measured."
     report["plots"] = pareto_plots(report, out)
     write_json(out / "results.json", report)
     (out / "results.md").write_text(markdown(report), "utf-8")
     print(markdown(report))
+    if not results:  # the report stays for its reasons; a script or CI must not read this as a benchmark
+        raise SystemExit(
+            f"bench: error: no variant was measured ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})"
+        )
     return report
 
 

@@ -1,0 +1,205 @@
+"""bench/inference.py on user mistakes: one-line errors before any timing or output folder, never the model
+folder's own ONNX export replaced, and a report that states the batch size, repeats and max_length it used."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, corpus, train_wordpiece
+
+RUN_MAX_LENGTH = 24  # the tiny run's run_config.json max_length (not the bench's fallback 128)
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_inference_input", REPO / "bench" / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_inference_input"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_bench()
+
+
+@pytest.fixture(scope="module")
+def eval_csv(tmp_path_factory) -> Path:
+    from longtail.synthetic import make_synthetic_complaints
+
+    df = make_synthetic_complaints(80, seed=5)
+    df = df[df["Consumer complaint narrative"].fillna("").str.strip() != ""].dropna(subset=["Issue"])
+    path = tmp_path_factory.mktemp("eval") / "eval.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, eval_csv) -> Path:
+    """A 1-layer BERT classifier folder (random weights) with a run_config.json saying max_length 24."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    labels = sorted(pd.read_csv(eval_csv)["Issue"].unique())
+    tokenizer = train_wordpiece(corpus(200), vocab_size=300)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("run") / "run"
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "run_config.json").write_text(json.dumps({"data": {"max_length": RUN_MAX_LENGTH}}), "utf-8")
+    return path
+
+
+def argv(run_dir, eval_csv, out, *extra) -> list[str]:
+    return ["--model_dir", str(run_dir), "--data", str(eval_csv), "--output_dir", str(out), "--smoke",
+            "--in_process", "--padding_data", "", "--variants", "pytorch_fp32", *extra]  # fmt: skip
+
+
+def refused(bench, args: list[str], capsys) -> str:
+    """The stderr line of a parse-time refusal (argparse: exit 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("where", ["", "onnx", "onnx/deeper"])
+def test_output_dir_in_the_model_folder_is_refused(bench, run_dir, eval_csv, capsys, where):
+    export = run_dir / "onnx"
+    export.mkdir(exist_ok=True)
+    (export / "parity.json").write_text('{"gated": true}', "utf-8")
+    out = run_dir / where if where else run_dir
+    line = refused(bench, argv(run_dir, eval_csv, out, "--overwrite"), capsys)
+    assert f"--output_dir {out} would write" in line and f"model folder {run_dir}" in line
+    assert (export / "parity.json").read_text("utf-8") == '{"gated": true}'
+    assert sorted(p.name for p in export.iterdir()) == ["parity.json"]
+    assert not (run_dir / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--repeats", "0"], "--repeats must be >= 1 (got 0)"),
+        (["--batch_size", "0"], "--batch_size must be >= 1 (got 0)"),
+        (["--max_rows", "0"], "--max_rows must be >= 1 (got 0)"),
+        (["--latency_rows", "0"], "--latency_rows must be >= 1 (got 0)"),
+        (["--threads", "-2"], "--threads must be >= 1 (got -2)"),
+        (["--bootstrap_resamples", "1"], "--bootstrap_resamples must be >= 2 (got 1)"),
+        (["--max_length", "0"], "--max_length must be >= 1 (got 0)"),
+        (["--padding_rows", "0"], "--padding_rows must be >= 1 (got 0)"),
+        (
+            ["--variants", "pytorch_fp32", "onnx_fp32", "pytorch_fp32"],
+            "--variants lists pytorch_fp32 more than once",
+        ),
+        (["--device", "gpu"], "--device must be cpu or cuda"),
+    ],
+)
+def test_bad_option_values_are_one_line_errors(bench, run_dir, eval_csv, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert message in refused(bench, argv(run_dir, eval_csv, out, *extra), capsys)
+    assert not out.exists()
+
+
+def test_cuda_asked_without_cuda(bench, run_dir, eval_csv, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = refused(bench, argv(run_dir, eval_csv, tmp_path / "out", "--device", "cuda"), capsys)
+    assert "--device cuda: CUDA is not available here" in line and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("marker, what", [("model.joblib", "a TF-IDF run"), ("ensemble.json", "an ensemble")])
+def test_tfidf_and_ensemble_folders_are_refused(bench, eval_csv, tmp_path, capsys, marker, what):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / marker).write_text("{}", "utf-8")
+    line = refused(bench, argv(folder, eval_csv, tmp_path / "out"), capsys)
+    assert (
+        f"is {what} ({marker}): it has no PyTorch/ONNX variants" in line and not (tmp_path / "out").exists()
+    )
+
+
+def test_missing_data_and_file_as_output_dir(bench, run_dir, eval_csv, tmp_path, capsys):
+    missing = tmp_path / "missing.csv"
+    assert f"--data {missing}: file not found" in refused(
+        bench, argv(run_dir, missing, tmp_path / "o"), capsys
+    )
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x", "utf-8")
+    assert f"--output_dir {a_file} is a file" in refused(bench, argv(run_dir, eval_csv, a_file), capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_folder_without_weights_is_one_line_before_any_output(bench, run_dir, eval_csv, tmp_path):
+    folder = tmp_path / "noweights"
+    shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("*.safetensors", "onnx"))
+    out = tmp_path / "out"
+    with pytest.raises(
+        SystemExit, match=r"^bench: error: cannot load --model_dir .*noweights: "
+    ) as exit_info:
+        bench.main(argv(folder, eval_csv, out))
+    assert "\n" not in str(exit_info.value) and not out.exists()
+
+
+def test_no_row_left_to_score(bench, run_dir, eval_csv, tmp_path):
+    unseen = tmp_path / "unseen.csv"
+    df = pd.read_csv(eval_csv).head(6)
+    df["Issue"] = "a label the model never saw"
+    df.to_csv(unseen, index=False)
+    out = tmp_path / "out"
+    with pytest.raises(
+        SystemExit, match=r"^bench: error: no row left to score in unseen.csv: 6 rows, 0 without"
+    ):
+        bench.main(argv(run_dir, unseen, out))
+    assert not out.exists()
+
+
+def test_padding_rows_above_the_data_are_capped(bench, run_dir, eval_csv, tmp_path, caplog, one_torch_thread):
+    from longtail.inference import load_model_dir
+
+    few = tmp_path / "few.csv"
+    pd.read_csv(eval_csv).head(5).to_csv(few, index=False)
+    args = bench.parse_args(["--model_dir", str(run_dir), "--padding_data", str(few), "--padding_rows", "96",
+                             "--padding_max_length", "64", "--repeats", "1", "--warmup", "0", "--batch_size", "4"])  # fmt: skip
+    model, tokenizer, _ = load_model_dir(run_dir)
+    pad = bench.padding_study(args, model, tokenizer, "cpu")
+    assert pad["rows"] == 5 and "fewer than --padding_rows 96" in caplog.text
+
+
+def test_report_states_batch_size_repeats_and_the_runs_max_length(
+    bench, run_dir, eval_csv, tmp_path, one_torch_thread
+):
+    out = tmp_path / "bench"
+    report = bench.main(argv(run_dir, eval_csv, out, "--batch_size", "8", "--max_rows", "12"))
+    assert report["batch_size"] == 8 and report["repeats"] == 2 and report["rows"]["scored"] == 12
+    assert report["max_length"] == RUN_MAX_LENGTH  # with --data, still the run's max_length, as --help says
+    md = (out / "results.md").read_text("utf-8")
+    assert "batch 8 sorted by length" in md and "ms/example (b8)" in md and "rows/s (b8)" in md
+    assert "median of 2 timed passes" in md and "the fastest at batch 8" in md
+    assert "b32" not in md and "batch 32" not in md
+    assert f"max_length {RUN_MAX_LENGTH}," in md
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 runs on a GPU")
+def test_nothing_measured_is_an_error_after_the_report(bench, run_dir, eval_csv, tmp_path, one_torch_thread):
+    """Only GPU variants on a CPU (or every variant failing) once exited 0 with "Nothing measured": a script or
+    CI read it as a finished benchmark. The report with each reason is still written."""
+    out = tmp_path / "bench"
+    args = argv(run_dir, eval_csv, out)
+    args[args.index("pytorch_fp32")] = "pytorch_fp16"
+    with pytest.raises(
+        SystemExit, match="bench: error: no variant was measured \\(pytorch_fp16: needs a GPU\\)"
+    ):
+        bench.main(args)
+    assert "Nothing measured." in (out / "results.md").read_text("utf-8")
