@@ -50,7 +50,7 @@ test-fast: install-dev
 # ../shared (random weights); writes bench_results/train_memory.{md,json}; skips when ../shared is absent.
 # About 30 min on 2 CPU cores.
 bench-train-memory: install
-	$(OFFLINE) $(PYTHON) bench/train_memory.py --shared_dir ../shared --repeats 3
+	$(OFFLINE) $(PYTHON) bench/train_memory.py --shared_dir ../shared --repeats 3 --overwrite
 
 # Finished runs side by side on the same test rows, with paired-bootstrap deltas vs a reference:
 #   make compare RUNS="outputs/probe_encoder outputs/full_ft_encoder" REFERENCE=outputs/baseline_tfidf
@@ -69,7 +69,7 @@ ensemble:
 # A distillation step vs a plain CE step of the same student (MiniLM) with cached teacher logits; writes
 # bench_results/kd_step.{md,json} (target ratio <= 1.1). A few minutes on 2 CPU cores.
 bench-kd: install demo-assets
-	$(OFFLINE) $(PYTHON) bench/kd_step.py --model_dir "$(MINILM_DIR)"
+	$(OFFLINE) $(PYTHON) bench/kd_step.py --model_dir "$(MINILM_DIR)" --overwrite
 
 # Distil the TF-IDF demo run (teacher, given as its saved train/validation predictions) into MiniLM on the
 # synthetic demo set, with the vanilla / +T comparison (comparison.md).
@@ -96,7 +96,7 @@ bench: install demo-assets
 # Latency vs parameters, ModernBERT family vs Qwen2.5 family (random weights, ../shared configs and
 # tokenizers); bench_results/scaling/scaling.{json,md,png}. Skips when ../shared is absent.
 bench-scaling: install
-	$(OFFLINE) $(PYTHON) bench/scaling.py --shared_dir ../shared
+	$(OFFLINE) $(PYTHON) bench/scaling.py --shared_dir ../shared --overwrite
 
 # The README's real-CFPB study (#7): hold out 15 % of the complaints (seed 7), then, on the same rows, the
 # validation-tuned TF-IDF, the MiniLM probe over whole narratives (256-token windows, normalised features), LP-FT from the probe

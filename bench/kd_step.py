@@ -8,13 +8,15 @@ Trainer.training_step (forward, loss, backward) + optimizer step, through the re
 LongTailTrainer (CE) and DistillationTrainer (the teacher's logits come cached in the batch, so the KD
 step adds only the soft loss, never a teacher forward pass). CE and KD steps alternate, after warm-up,
 so drift in a shared machine's load hits both alike; the ratio of the medians is the result
-(target <= 1.1). Writes bench_results/kd_step.{md,json}.
+(target <= 1.1). Writes bench_results/kd_step.{md,json} (--overwrite to replace an earlier run's).
+The number of labels is the model's own when --model_dir is a fine-tuned classifier, else 113.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -26,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 TARGET = 1.1
+DEFAULT_NUM_LABELS = 113
+OUTPUTS = ("kd_step.json", "kd_step.md")
 
 
 def default_model_dir() -> str | None:
@@ -41,13 +45,77 @@ def parse_args(argv=None):
     p.add_argument("--model_dir", default=None, help="student model folder (default: installed MiniLM)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seq_len", type=int, default=128)
-    p.add_argument("--num_labels", type=int, default=113)
+    p.add_argument(
+        "--num_labels",
+        type=int,
+        default=None,
+        help=f"default: the model's own labels when it is a fine-tuned classifier, else {DEFAULT_NUM_LABELS}",
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first")
     p.add_argument("--rounds", type=int, default=20, help="timed CE + KD step pairs")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.7)
     p.add_argument("--output_dir", default=str(REPO / "bench_results"))
-    return p.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true", help="replace kd_step.{md,json} in --output_dir")
+    args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """Refuse bad input before any work (parser.error: exit 2, one line naming the problem)."""
+    if not (math.isfinite(args.temperature) and args.temperature > 0):  # T <= 0 makes the KD loss NaN
+        p.error(f"--temperature must be > 0, got {args.temperature}")
+    if not 0.0 <= args.alpha <= 1.0:
+        p.error(f"--alpha must be in [0, 1], got {args.alpha}")
+    for name, low in (("batch_size", 1), ("seq_len", 1), ("rounds", 1), ("warmup", 0)):
+        if getattr(args, name) < low:
+            p.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if args.num_labels is not None and args.num_labels < 2:
+        p.error(f"--num_labels must be >= 2, got {args.num_labels}")
+    explicit = args.model_dir is not None
+    args.model_dir = args.model_dir or default_model_dir()
+    if args.model_dir is None:
+        return  # main() skips: nothing to measure, nothing written
+    folder = Path(args.model_dir)
+    if explicit:
+        from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
+
+        if not folder.is_dir():
+            p.error(f"--model_dir {folder} is not a folder")
+        kind = run_kind(folder)
+        if kind != "transformers":
+            what = f"a TF-IDF run ({SKLEARN_FILE})" if kind == "sklearn" else f"an ensemble ({ENSEMBLE_FILE})"
+            p.error(
+                f"--model_dir {folder} is {what}; kd_step times a transformer student (a folder with config.json)"
+            )
+        if not (folder / "config.json").is_file():
+            p.error(f"--model_dir {folder} has no config.json: not a transformers model folder")
+    own = classifier_labels(folder)
+    if own is not None and args.num_labels not in (None, own):
+        p.error(
+            f"--num_labels {args.num_labels} does not match the {own} labels of the classifier in {folder}; "
+            f"pass --num_labels {own} or leave it out"
+        )
+    args.num_labels = args.num_labels or own or DEFAULT_NUM_LABELS
+    out = Path(args.output_dir)
+    earlier = [name for name in OUTPUTS if (out / name).exists()]
+    if earlier and not args.overwrite:
+        p.error(
+            f"{out} holds earlier results ({', '.join(earlier)}); pass --overwrite or choose another --output_dir"
+        )
+
+
+def classifier_labels(folder: Path) -> int | None:
+    """The number of labels of a saved sequence classifier (its head's size), None for a base model."""
+    try:
+        config = json.loads((folder / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    heads = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
+    if not heads or not isinstance(config.get("id2label"), dict):
+        return None
+    return len(config["id2label"])
 
 
 def build(args):
@@ -110,7 +178,6 @@ def environment() -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.model_dir = args.model_dir or default_model_dir()
     if args.model_dir is None:
         print("skip: no --model_dir and all-MiniLM-L6-v2 is not installed (make demo-assets)")
         return 0

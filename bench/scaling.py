@@ -11,8 +11,10 @@ are real CFPB complaints tokenised by the family's real tokenizer, cut to exactl
 padding). It tests two claims: at equal parameter count an encoder and a decoder classify at about the same
 speed, and the decoder/encoder cost ratio follows the non-embedding parameter ratio. It also reports each
 model's achieved FLOP/s as a share of the measured fp32 GEMM peak, and (--onnx_model) whether ONNX Runtime
-matches PyTorch on ModernBERT-base at batch 32 x 128. Writes scaling.{json,md,png} to --output_dir; skips
-cleanly (exit 0) without the shared folder. Runs on a GPU too (--device cuda).
+matches PyTorch on ModernBERT-base at batch 32 x 128 (when --mfu_model / --onnx_model keep their default,
+modernbert-base, and it is not among --models, the report says that section was not run). Writes
+scaling.{json,md,png} to --output_dir (--overwrite to replace an earlier run's); skips cleanly (exit 0)
+without the shared folder. Runs on a GPU too (--device cuda).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ DEFAULT_MODELS = [
     "modernbert-large",
     "qwen2.5-0.5b",
 ]
+# the model of the MFU and ONNX sections unless --mfu_model / --onnx_model say otherwise
+SECTION_DEFAULT = "modernbert-base"
+OUTPUTS = ("scaling.json", "scaling.md", "scaling.png")
 
 
 def parse_args(argv=None):
@@ -62,16 +67,62 @@ def parse_args(argv=None):
     p.add_argument("--gemm_size", type=int, default=2048)
     p.add_argument("--threads", type=int, default=None, help="torch/ORT intra-op threads (default: torch's)")
     p.add_argument(
-        "--mfu_model", default="modernbert-base", help="also timed at --mfu_batch_size ('' = skip)"
+        "--mfu_model",
+        default=None,
+        help=f"also timed at --mfu_batch_size ('' = skip; default {SECTION_DEFAULT})",
     )
     p.add_argument("--mfu_batch_size", type=int, default=32)
     p.add_argument(
-        "--onnx_model", default="modernbert-base", help="also exported and timed in ONNX ('' = skip)"
+        "--onnx_model",
+        default=None,
+        help=f"also exported and timed in ONNX ('' = skip; default {SECTION_DEFAULT})",
     )
     p.add_argument("--onnx_batch_size", type=int, default=None, help="default: --mfu_batch_size")
     p.add_argument("--output_dir", default=str(REPO / "bench_results" / "scaling"))
+    p.add_argument("--overwrite", action="store_true", help="replace scaling.{json,md,png} in --output_dir")
     p.add_argument("--model_dirs", nargs="*", default=None, help=argparse.SUPPRESS)  # tests: name=folder
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """Refuse bad input before any work (parser.error: exit 2, one line naming the problem). Sets
+    args.names (the models to run) and args.not_run (section -> why it will not be in the report)."""
+    for name, low in (("batch_size", 1), ("seq_len", 1), ("repeats", 1), ("warmup", 0), ("num_labels", 2),
+                      ("gemm_size", 1), ("mfu_batch_size", 0), ("onnx_batch_size", 1), ("threads", 1)):  # fmt: skip
+        value = getattr(args, name)
+        if value is not None and value < low:
+            p.error(f"--{name} must be >= {low}, got {value}")
+    if args.model_dirs and any("=" not in x for x in args.model_dirs):
+        p.error("--model_dirs takes name=folder pairs")
+    dirs = dict(x.split("=", 1) for x in args.model_dirs) if args.model_dirs else {}
+    args.names = list(dirs) or list(args.models)
+    args.not_run = {}
+    for option, section in (("mfu_model", "mfu"), ("onnx_model", "onnx")):
+        chosen = getattr(args, option)
+        if chosen is None:  # the default: a note in the report when the run leaves it out
+            setattr(args, option, SECTION_DEFAULT)
+            if SECTION_DEFAULT not in args.names:
+                args.not_run[section] = (
+                    f"not run: --{option} defaults to {SECTION_DEFAULT}, which is not among the models run "
+                    f"({', '.join(args.names)})"
+                )
+        elif chosen and chosen not in args.names:
+            p.error(
+                f"--{option} {chosen} is not among the models run ({', '.join(args.names)}); "
+                f"add it to --models or pass --{option} '' to skip that section"
+            )
+    if args.mfu_model and not args.mfu_batch_size:
+        args.not_run.setdefault("mfu", "not run: --mfu_batch_size 0")
+    if not dirs and not (Path(args.shared_dir) / "models").is_dir():
+        return  # main() skips: nothing measured, nothing written
+    out = Path(args.output_dir)
+    earlier = [name for name in OUTPUTS if (out / name).exists()]
+    if earlier and not args.overwrite:
+        p.error(
+            f"{out} holds earlier results ({', '.join(earlier)}); pass --overwrite or choose another --output_dir"
+        )
 
 
 def build(name: str, folder: Path, num_labels: int, device: str):
@@ -108,7 +159,10 @@ def real_inputs(tokenizer, texts: list[str], batch_size: int, seq_len: int):
 
     ids = [x for x in tokenizer(texts, truncation=True, max_length=seq_len)["input_ids"] if len(x) == seq_len]
     if len(ids) < batch_size:
-        raise SystemExit(f"error: only {len(ids)} texts reach {seq_len} tokens; lower --seq_len")
+        raise SystemExit(
+            f"error: only {len(ids)} of {len(texts)} texts reach {seq_len} tokens, fewer than the batch of "
+            f"{batch_size}; lower --seq_len or the batch size"
+        )
     input_ids = np.array(ids[:batch_size], dtype=np.int64)
     return Batch(np.arange(batch_size), {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)})
 
@@ -195,7 +249,7 @@ def main(argv=None) -> dict:
     gemm = gemm_peak_gflops(args.gemm_size, max(args.repeats, 5), device)
     logger.info("fp32 GEMM peak: %.1f GFLOP/s", gemm["gflops"])
     texts = texts_for(shared)
-    names = list(dirs) or args.models
+    names = args.names
     rows, mfu, onnx = [], None, None
     for name in names:
         folder = Path(dirs.get(name) or shared / "models" / MODELS[name][1])
@@ -231,7 +285,8 @@ def main(argv=None) -> dict:
         del model
     claims = test_claims(rows)
     report = {"machine": machine, "machine_text": describe_machine(machine), "device": device, "gemm": gemm,
-              "repeats": args.repeats, "warmup": args.warmup, "results": rows, "claims": claims, "mfu": mfu, "onnx": onnx}  # fmt: skip
+              "repeats": args.repeats, "warmup": args.warmup, "results": rows, "claims": claims, "mfu": mfu, "onnx": onnx,
+              "not_run": args.not_run}  # fmt: skip
     write_json(out / "scaling.json", report)
     (out / "scaling.md").write_text(markdown(report), "utf-8")
     plot(report, out / "scaling.png")
@@ -304,6 +359,11 @@ def markdown(report: dict) -> str:
             f"({o['best_onnx']}) = {o['best_onnx_vs_pytorch']:.2f}x PyTorch's speed (target >= 1.0: "
             f"{'met' if o['best_onnx_vs_pytorch'] >= 1.0 else 'NOT met'}).",
         ]
+    for section, why in (report.get("not_run") or {}).items():
+        title = {"mfu": "Share of the GEMM peak at a large batch", "onnx": "ONNX vs PyTorch"}.get(
+            section, section
+        )
+        lines += ["", f"{title}: {why}."]
     return "\n".join(lines) + "\n"
 
 

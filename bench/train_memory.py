@@ -17,8 +17,9 @@ The optimizer is the one Trainer builds by default (AdamW, torch fused). Memory:
 resident set size (ru_maxrss over the whole process; also "baseline", the process before loading the model,
 "load", the peak while loading, and "step", the peak of the training step alone: memory freed by the load is
 handed back with malloc_trim and the high-water mark reset through /proc/self/clear_refs first); on GPU
-torch.cuda.max_memory_allocated (load, and step after a reset). Writes bench_results/train_memory.{md,json}.
-Skips cleanly (exit 0) when the shared folder is absent.
+torch.cuda.max_memory_allocated (load, and step after a reset). Writes bench_results/train_memory.{md,json}
+(--overwrite to replace an earlier run's; nothing is written, exit 1, when every variant fails).
+Skips cleanly (exit 0) when the shared folder is absent and no --model_dir is given.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ DESCRIPTIONS = {
     "qlora": "QLoRA: 4-bit NF4 base + LoRA + fp32 head, gradient checkpointing",
 }
 RESULT_PREFIX = "RESULT "
+OUTPUTS = ("train_memory.json", "train_memory.md")
 GIB = 1024**3
 
 
@@ -65,6 +67,7 @@ def parse_args(argv=None):
         "--repeats", type=int, default=1, help="fresh processes per variant; the median is reported"
     )
     p.add_argument("--output_dir", default=str(REPO / "bench_results"))
+    p.add_argument("--overwrite", action="store_true", help="replace train_memory.{md,json} in --output_dir")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per variant")
     p.add_argument(
         "--malloc_mmap_threshold",
@@ -78,7 +81,35 @@ def parse_args(argv=None):
     )  # internal: write the random checkpoint
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)  # internal: run one variant
     p.add_argument("--_checkpoint", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not (args._prepare or args._worker):
+        check_args(p, args)
+    return args
+
+
+def model_folder(args) -> Path:
+    return Path(args.model_dir or Path(args.shared_dir) / "models" / "Qwen2.5-0.5B")
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """Refuse bad input before any work (parser.error: exit 2, one line naming the problem)."""
+    for name, low in (("batch_size", 1), ("seq_len", 1), ("num_labels", 2), ("steps", 1), ("repeats", 1),
+                      ("timeout", 1), ("malloc_mmap_threshold", 0)):  # fmt: skip
+        if getattr(args, name) < low:
+            p.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    model_dir = model_folder(args)
+    if args.model_dir is not None and not model_dir.is_dir():
+        p.error(f"--model_dir {model_dir} does not exist")
+    if args.model_dir is not None and not (model_dir / "config.json").is_file():
+        p.error(f"--model_dir {model_dir} has no config.json: not a transformers model folder")
+    if not (model_dir / "config.json").is_file():
+        return  # main() skips: no shared folder, nothing measured, nothing written
+    out = Path(args.output_dir)
+    earlier = [name for name in OUTPUTS if (out / name).exists()]
+    if earlier and not args.overwrite:
+        p.error(
+            f"{out} holds earlier results ({', '.join(earlier)}); pass --overwrite or choose another --output_dir"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +430,7 @@ def main(argv=None) -> int:
         print(RESULT_PREFIX + json.dumps(result))
         return 0
 
-    model_dir = Path(args.model_dir or Path(args.shared_dir) / "models" / "Qwen2.5-0.5B")
+    model_dir = model_folder(args)
     if not (model_dir / "config.json").is_file():
         print(
             f"skip: {model_dir / 'config.json'} is absent (no shared folder at {args.shared_dir}); nothing measured"
@@ -408,7 +439,6 @@ def main(argv=None) -> int:
     architecture = json.loads((model_dir / "config.json").read_text()).get("model_type", "?")
     name = model_dir.name
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     common = ["--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len),
               "--num_labels", str(args.num_labels), "--steps", str(args.steps)]  # fmt: skip
     results = []
@@ -455,6 +485,11 @@ def main(argv=None) -> int:
         "command": "python bench/train_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     report["ratios"] = summarise(results)
+    if not any("peak_bytes" in r for r in results):  # nothing measured: keep any earlier report
+        print(markdown(report))
+        print(f"error: every variant failed, nothing measured; {out} left unchanged", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
     (out / "train_memory.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "train_memory.md").write_text(markdown(report))
     print(markdown(report))

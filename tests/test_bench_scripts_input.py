@@ -1,0 +1,256 @@
+"""Bad input to bench/kd_step.py, bench/train_memory.py and bench/scaling.py: one clear line (argparse exit 2)
+before any work, no stack trace, and no earlier results overwritten unless --overwrite."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_input_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def kd_step():
+    return load("kd_step")
+
+
+@pytest.fixture(scope="module")
+def train_memory():
+    return load("train_memory")
+
+
+@pytest.fixture(scope="module")
+def scaling():
+    return load("scaling")
+
+
+def refused(main, argv, capsys) -> str:
+    """main(argv) exits 2 with an argparse error; its message."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def model_folder(path, num_labels: int | None = None):
+    """A folder with a config.json: a base model, or a saved classifier with `num_labels` labels."""
+    path.mkdir(parents=True, exist_ok=True)
+    config = {"model_type": "bert", "architectures": ["BertModel"]}
+    if num_labels:
+        config = {"model_type": "bert", "architectures": ["BertForSequenceClassification"],
+                  "id2label": {str(i): f"issue {i}" for i in range(num_labels)}}  # fmt: skip
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- kd_step
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--temperature", "0"], "--temperature must be > 0, got 0.0"),
+        (["--temperature", "-2"], "--temperature must be > 0, got -2.0"),
+        (["--temperature", "nan"], "--temperature must be > 0, got nan"),
+        (["--alpha", "1.5"], "--alpha must be in [0, 1], got 1.5"),
+        (["--alpha", "-0.1"], "--alpha must be in [0, 1], got -0.1"),
+        (["--rounds", "0"], "--rounds must be >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+        (["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+        (["--seq_len", "0"], "--seq_len must be >= 1, got 0"),
+        (["--num_labels", "1"], "--num_labels must be >= 2, got 1"),
+    ],
+)
+def test_kd_step_refuses_bad_numbers(kd_step, capsys, tmp_path, argv, message):
+    line = refused(kd_step.main, [*argv, "--output_dir", str(tmp_path / "out")], capsys)
+    assert line.endswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_kd_step_refuses_folders_that_are_not_a_transformer_student(kd_step, capsys, tmp_path):
+    tfidf = tmp_path / "tfidf"
+    tfidf.mkdir()
+    (tfidf / "model.joblib").write_bytes(b"")
+    assert "is a TF-IDF run (model.joblib)" in refused(kd_step.main, ["--model_dir", str(tfidf)], capsys)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert refused(kd_step.main, ["--model_dir", str(bare)], capsys).endswith(
+        f"--model_dir {bare} has no config.json: not a transformers model folder"
+    )
+    assert refused(kd_step.main, ["--model_dir", str(tmp_path / "typo")], capsys).endswith(
+        f"--model_dir {tmp_path / 'typo'} is not a folder"
+    )
+
+
+def test_kd_step_num_labels_follow_a_saved_classifier(kd_step, capsys, tmp_path):
+    run = model_folder(tmp_path / "run", num_labels=5)
+    out = ["--output_dir", str(tmp_path / "out")]
+    assert kd_step.parse_args(["--model_dir", str(run), *out]).num_labels == 5  # read from its config
+    line = refused(kd_step.main, ["--model_dir", str(run), "--num_labels", "113", *out], capsys)
+    assert line.endswith(
+        f"--num_labels 113 does not match the 5 labels of the classifier in {run}; "
+        "pass --num_labels 5 or leave it out"
+    )
+    base = model_folder(tmp_path / "base")  # no classification head: the default, or what is asked
+    assert kd_step.parse_args(["--model_dir", str(base), *out]).num_labels == 113
+    assert kd_step.parse_args(["--model_dir", str(base), "--num_labels", "7", *out]).num_labels == 7
+
+
+def test_kd_step_keeps_earlier_results_unless_overwrite(kd_step, capsys, tmp_path):
+    base = model_folder(tmp_path / "base")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "kd_step.json").write_text("{}")
+    argv = ["--model_dir", str(base), "--output_dir", str(out)]
+    assert refused(kd_step.main, argv, capsys).endswith(
+        f"{out} holds earlier results (kd_step.json); pass --overwrite or choose another --output_dir"
+    )
+    assert kd_step.parse_args([*argv, "--overwrite"]).overwrite
+    assert (out / "kd_step.json").read_text() == "{}"
+
+
+# ------------------------------------------------------------------------------------------ train_memory
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seq_len", "0"], "--seq_len must be >= 1, got 0"),
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+    ],
+)
+def test_train_memory_refuses_bad_numbers(train_memory, capsys, tmp_path, argv, message):
+    model = model_folder(tmp_path / "model")
+    line = refused(
+        train_memory.main, [*argv, "--model_dir", str(model), "--output_dir", str(tmp_path / "out")], capsys
+    )
+    assert line.endswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_memory_explicit_model_dir_typo_is_an_error_not_a_skip(train_memory, capsys, tmp_path):
+    typo = tmp_path / "Qwen2.5-0.5b"
+    line = refused(train_memory.main, ["--model_dir", str(typo)], capsys)
+    assert line.endswith(f"--model_dir {typo} does not exist") and "shared folder" not in line
+    typo.mkdir()
+    assert refused(train_memory.main, ["--model_dir", str(typo)], capsys).endswith(
+        f"--model_dir {typo} has no config.json: not a transformers model folder"
+    )
+    # without --model_dir, an absent shared folder stays a clean skip
+    out = tmp_path / "out"
+    assert train_memory.main(["--shared_dir", str(tmp_path / "absent"), "--output_dir", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("skip:") and not out.exists()
+
+
+def test_train_memory_keeps_earlier_results_unless_overwrite(train_memory, capsys, tmp_path):
+    model = model_folder(tmp_path / "model")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_memory.md").write_text("good")
+    argv = ["--model_dir", str(model), "--output_dir", str(out)]
+    assert refused(train_memory.main, argv, capsys).endswith(
+        f"{out} holds earlier results (train_memory.md); pass --overwrite or choose another --output_dir"
+    )
+    assert train_memory.parse_args([*argv, "--overwrite"]).overwrite
+
+
+def test_train_memory_fails_and_keeps_the_old_report_when_every_variant_fails(
+    train_memory, capsys, tmp_path, monkeypatch
+):
+    model = model_folder(tmp_path / "model")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_memory.json").write_text("good")
+    monkeypatch.setattr(
+        train_memory, "_subprocess", lambda argv, timeout, *a: subprocess.CompletedProcess(argv, 0, "", "")
+    )
+    monkeypatch.setattr(
+        train_memory, "run_worker", lambda variant, *a: {"variant": variant, "error": "failed (exit 1): boom"}
+    )
+    argv = ["--model_dir", str(model), "--output_dir", str(out), "--variants", "lora", "full", "--overwrite"]
+    assert train_memory.main(argv) == 1
+    assert "every variant failed, nothing measured" in capsys.readouterr().err
+    assert (out / "train_memory.json").read_text() == "good" and not (out / "train_memory.md").exists()
+
+
+# ----------------------------------------------------------------------------------------------- scaling
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+        (["--seq_len", "0"], "--seq_len must be >= 1, got 0"),
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--models", "ettin-17m", "--onnx_model", "modernbert-base"],
+         "--onnx_model modernbert-base is not among the models run (ettin-17m); add it to --models or pass "
+         "--onnx_model '' to skip that section"),
+        (["--models", "ettin-17m", "ettin-32m", "--mfu_model", "qwen2.5-0.5b"],
+         "--mfu_model qwen2.5-0.5b is not among the models run (ettin-17m, ettin-32m); add it to --models or "
+         "pass --mfu_model '' to skip that section"),
+    ],
+)  # fmt: skip
+def test_scaling_refuses_bad_input(scaling, capsys, tmp_path, argv, message):
+    line = refused(scaling.main, [*argv, "--output_dir", str(tmp_path / "out")], capsys)
+    assert line.endswith(message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_scaling_report_says_which_default_sections_were_not_run(scaling):
+    args = scaling.parse_args(["--models", "ettin-17m", "--shared_dir", "/nonexistent"])
+    assert set(args.not_run) == {"mfu", "onnx"}
+    report = {"machine_text": "m", "gemm": {"gflops": 1.0}, "repeats": 1, "warmup": 0, "results": [],
+              "claims": {}, "mfu": None, "onnx": None, "not_run": args.not_run}  # fmt: skip
+    md = scaling.markdown(report)
+    assert (
+        "ONNX vs PyTorch: not run: --onnx_model defaults to modernbert-base, which is not among the models run "
+        "(ettin-17m)." in md
+    )
+    assert "Share of the GEMM peak at a large batch: not run: --mfu_model defaults to modernbert-base" in md
+    assert scaling.parse_args(["--shared_dir", "/nonexistent"]).not_run == {}  # the defaults run both
+
+
+def test_scaling_keeps_earlier_results_unless_overwrite(scaling, capsys, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scaling.png").write_bytes(b"png")
+    argv = [
+        "--model_dirs",
+        f"tiny={tmp_path}",
+        "--mfu_model",
+        "tiny",
+        "--onnx_model",
+        "",
+        "--output_dir",
+        str(out),
+    ]
+    assert refused(scaling.main, argv, capsys).endswith(
+        f"{out} holds earlier results (scaling.png); pass --overwrite or choose another --output_dir"
+    )
+    assert scaling.parse_args([*argv, "--overwrite"]).overwrite
+
+
+def test_scaling_too_few_long_texts_names_both_remedies(scaling):
+    def tokenizer(texts, truncation, max_length):
+        return {"input_ids": [[1] * min(len(t), max_length) for t in texts]}
+
+    with pytest.raises(SystemExit) as exc:
+        scaling.real_inputs(tokenizer, ["a" * 20, "a" * 20, "a" * 3], batch_size=3, seq_len=16)
+    assert str(exc.value) == (
+        "error: only 2 of 3 texts reach 16 tokens, fewer than the batch of 3; lower --seq_len or the batch size"
+    )
