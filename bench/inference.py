@@ -119,11 +119,9 @@ def check_folders(parser: argparse.ArgumentParser, args) -> None:
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():
         parser.error(f"--model_dir {model_dir}: folder not found")
-    from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
+    from longtail.predict import not_transformers
 
-    kind = run_kind(model_dir)
-    if kind != "transformers":
-        what = f"an ensemble ({ENSEMBLE_FILE})" if kind == "ensemble" else f"a TF-IDF run ({SKLEARN_FILE})"
+    if what := not_transformers(model_dir):
         parser.error(
             f"--model_dir {model_dir} is {what}: it has no PyTorch/ONNX variants to benchmark; "
             "pass a Transformers classifier folder"

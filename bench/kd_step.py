@@ -79,13 +79,11 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         return  # main() skips: nothing to measure, nothing written
     folder = Path(args.model_dir)
     if explicit:
-        from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
+        from longtail.predict import not_transformers
 
         if not folder.is_dir():
             p.error(f"--model_dir {folder} is not a folder")
-        kind = run_kind(folder)
-        if kind != "transformers":
-            what = f"a TF-IDF run ({SKLEARN_FILE})" if kind == "sklearn" else f"an ensemble ({ENSEMBLE_FILE})"
+        if what := not_transformers(folder):
             p.error(
                 f"--model_dir {folder} is {what}; kd_step times a transformer student (a folder with config.json)"
             )

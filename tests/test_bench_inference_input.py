@@ -119,7 +119,9 @@ def test_cuda_asked_without_cuda(bench, run_dir, eval_csv, tmp_path, capsys, mon
     assert "--device cuda: CUDA is not available here" in line and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("marker, what", [("model.joblib", "a TF-IDF run"), ("ensemble.json", "an ensemble")])
+@pytest.mark.parametrize(
+    "marker, what", [("model.joblib", "a scikit-learn TF-IDF run"), ("ensemble.json", "an ensemble")]
+)
 def test_tfidf_and_ensemble_folders_are_refused(bench, eval_csv, tmp_path, capsys, marker, what):
     folder = tmp_path / "run"
     folder.mkdir()

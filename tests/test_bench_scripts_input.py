@@ -84,7 +84,9 @@ def test_kd_step_refuses_folders_that_are_not_a_transformer_student(kd_step, cap
     tfidf = tmp_path / "tfidf"
     tfidf.mkdir()
     (tfidf / "model.joblib").write_bytes(b"")
-    assert "is a TF-IDF run (model.joblib)" in refused(kd_step.main, ["--model_dir", str(tfidf)], capsys)
+    assert "is a scikit-learn TF-IDF run (model.joblib)" in refused(
+        kd_step.main, ["--model_dir", str(tfidf)], capsys
+    )
     bare = tmp_path / "bare"
     bare.mkdir()
     assert refused(kd_step.main, ["--model_dir", str(bare)], capsys).endswith(

@@ -482,16 +482,10 @@ def teacher_config(teacher: str):
     from huggingface_hub import constants
     from transformers import AutoConfig
 
-    from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
+    from longtail.predict import not_transformers
 
     path = Path(teacher)
-    kind = run_kind(path) if path.is_dir() else None
-    if kind in ("sklearn", "ensemble"):
-        what = (
-            f"a scikit-learn TF-IDF run ({SKLEARN_FILE})"
-            if kind == "sklearn"
-            else f"an ensemble ({ENSEMBLE_FILE})"
-        )
+    if path.is_dir() and (what := not_transformers(path)):
         raise ValueError(
             f"--teacher_model_name_or_path {teacher} is {what}, not a Transformers model: pass --teacher_logits "
             f"{teacher} instead (its train predictions come from --predict_train true)"

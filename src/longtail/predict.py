@@ -152,6 +152,15 @@ def run_kind(folder: Path) -> str:
     return "transformers"
 
 
+def not_transformers(folder: Path) -> str | None:
+    """What a run folder is when it holds no Transformers model ("a scikit-learn TF-IDF run (model.joblib)",
+    "an ensemble (ensemble.json)"), for the errors of the tools that need one; None otherwise."""
+    return {
+        "sklearn": f"a scikit-learn TF-IDF run ({SKLEARN_FILE})",
+        "ensemble": f"an ensemble ({ENSEMBLE_FILE})",
+    }.get(run_kind(Path(folder)))
+
+
 @dataclass
 class Scores:
     probs: np.ndarray  # one row per text, columns in label_names order
