@@ -559,10 +559,10 @@ def main(argv=None) -> dict:
     from longtail.runs import write_json
 
     out = Path(args.output_dir)
-    if (out / "results.json").exists() and not args.overwrite:
-        raise SystemExit(
-            f"error: {out} holds earlier results; pass --overwrite or choose another --output_dir"
-        )
+    from longtail.benchmark import earlier_results
+
+    if problem := earlier_results(out, ("results.json",), args.overwrite):
+        raise SystemExit(f"bench: error: {problem}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # the model and the rows first: a folder or data problem is one line, before any timing or output folder
     try:

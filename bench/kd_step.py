@@ -97,11 +97,10 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         )
     args.num_labels = args.num_labels or own or DEFAULT_NUM_LABELS
     out = Path(args.output_dir)
-    earlier = [name for name in OUTPUTS if (out / name).exists()]
-    if earlier and not args.overwrite:
-        p.error(
-            f"{out} holds earlier results ({', '.join(earlier)}); pass --overwrite or choose another --output_dir"
-        )
+    from longtail.benchmark import earlier_results
+
+    if problem := earlier_results(out, OUTPUTS, args.overwrite):
+        p.error(problem)
 
 
 def classifier_labels(folder: Path) -> int | None:

@@ -118,11 +118,10 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
     if not dirs and not (Path(args.shared_dir) / "models").is_dir():
         return  # main() skips: nothing measured, nothing written
     out = Path(args.output_dir)
-    earlier = [name for name in OUTPUTS if (out / name).exists()]
-    if earlier and not args.overwrite:
-        p.error(
-            f"{out} holds earlier results ({', '.join(earlier)}); pass --overwrite or choose another --output_dir"
-        )
+    from longtail.benchmark import earlier_results
+
+    if problem := earlier_results(out, OUTPUTS, args.overwrite):
+        p.error(problem)
 
 
 def build(name: str, folder: Path, num_labels: int, device: str):

@@ -105,11 +105,10 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
     if not (model_dir / "config.json").is_file():
         return  # main() skips: no shared folder, nothing measured, nothing written
     out = Path(args.output_dir)
-    earlier = [name for name in OUTPUTS if (out / name).exists()]
-    if earlier and not args.overwrite:
-        p.error(
-            f"{out} holds earlier results ({', '.join(earlier)}); pass --overwrite or choose another --output_dir"
-        )
+    from longtail.benchmark import earlier_results
+
+    if problem := earlier_results(out, OUTPUTS, args.overwrite):
+        p.error(problem)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -202,3 +202,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def eval_csv(tmp_path_factory) -> Path:
+    """Labelled synthetic complaints (every row with a text and an issue) for export, predict and bench tests."""
+    from longtail.synthetic import make_synthetic_complaints
+
+    df = make_synthetic_complaints(160, seed=3)
+    df = df[df["Consumer complaint narrative"].fillna("").str.strip() != ""].dropna(subset=["Issue"])
+    path = tmp_path_factory.mktemp("eval") / "eval.csv"
+    df.to_csv(path, index=False)
+    return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_export_predict import eval_csv, tiny_classifier  # noqa: F401  (fixtures)
+from test_export_predict import tiny_classifier  # noqa: F401  (a fixture)
 from test_recipes import load_recipe
 
 
@@ -38,7 +38,7 @@ def test_export_parity_rows_below_one_is_refused_at_parse_time(tiny_classifier, 
 
 def test_export_parity_file_without_known_labels_fails_before_exporting(
     tiny_classifier,  # noqa: F811
-    eval_csv,  # noqa: F811
+    eval_csv,
     tmp_path,
 ):
     """A quality gate asked for (--label_column) that no row could score is an error naming the file, the column

@@ -30,17 +30,6 @@ def bench():
 
 
 @pytest.fixture(scope="module")
-def eval_csv(tmp_path_factory) -> Path:
-    from longtail.synthetic import make_synthetic_complaints
-
-    df = make_synthetic_complaints(80, seed=5)
-    df = df[df["Consumer complaint narrative"].fillna("").str.strip() != ""].dropna(subset=["Issue"])
-    path = tmp_path_factory.mktemp("eval") / "eval.csv"
-    df.to_csv(path, index=False)
-    return path
-
-
-@pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, eval_csv) -> Path:
     """A 1-layer BERT classifier folder (random weights) with a run_config.json saying max_length 24."""
     import torch

@@ -111,19 +111,6 @@ def test_kd_step_num_labels_follow_a_saved_classifier(kd_step, capsys, tmp_path)
     assert kd_step.parse_args(["--model_dir", str(base), "--num_labels", "7", *out]).num_labels == 7
 
 
-def test_kd_step_keeps_earlier_results_unless_overwrite(kd_step, capsys, tmp_path):
-    base = model_folder(tmp_path / "base")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "kd_step.json").write_text("{}")
-    argv = ["--model_dir", str(base), "--output_dir", str(out)]
-    assert refused(kd_step.main, argv, capsys).endswith(
-        f"{out} holds earlier results (kd_step.json); pass --overwrite or choose another --output_dir"
-    )
-    assert kd_step.parse_args([*argv, "--overwrite"]).overwrite
-    assert (out / "kd_step.json").read_text() == "{}"
-
-
 # ------------------------------------------------------------------------------------------ train_memory
 
 
@@ -157,18 +144,6 @@ def test_train_memory_explicit_model_dir_typo_is_an_error_not_a_skip(train_memor
     out = tmp_path / "out"
     assert train_memory.main(["--shared_dir", str(tmp_path / "absent"), "--output_dir", str(out)]) == 0
     assert capsys.readouterr().out.startswith("skip:") and not out.exists()
-
-
-def test_train_memory_keeps_earlier_results_unless_overwrite(train_memory, capsys, tmp_path):
-    model = model_folder(tmp_path / "model")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "train_memory.md").write_text("good")
-    argv = ["--model_dir", str(model), "--output_dir", str(out)]
-    assert refused(train_memory.main, argv, capsys).endswith(
-        f"{out} holds earlier results (train_memory.md); pass --overwrite or choose another --output_dir"
-    )
-    assert train_memory.parse_args([*argv, "--overwrite"]).overwrite
 
 
 def test_train_memory_fails_and_keeps_the_old_report_when_every_variant_fails(
@@ -227,26 +202,6 @@ def test_scaling_report_says_which_default_sections_were_not_run(scaling):
     assert scaling.parse_args(["--shared_dir", "/nonexistent"]).not_run == {}  # the defaults run both
 
 
-def test_scaling_keeps_earlier_results_unless_overwrite(scaling, capsys, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "scaling.png").write_bytes(b"png")
-    argv = [
-        "--model_dirs",
-        f"tiny={tmp_path}",
-        "--mfu_model",
-        "tiny",
-        "--onnx_model",
-        "",
-        "--output_dir",
-        str(out),
-    ]
-    assert refused(scaling.main, argv, capsys).endswith(
-        f"{out} holds earlier results (scaling.png); pass --overwrite or choose another --output_dir"
-    )
-    assert scaling.parse_args([*argv, "--overwrite"]).overwrite
-
-
 def test_scaling_too_few_long_texts_names_both_remedies(scaling):
     def tokenizer(texts, truncation, max_length):
         return {"input_ids": [[1] * min(len(t), max_length) for t in texts]}
@@ -256,3 +211,28 @@ def test_scaling_too_few_long_texts_names_both_remedies(scaling):
     assert str(exc.value) == (
         "error: only 2 of 3 texts reach 16 tokens, fewer than the batch of 3; lower --seq_len or the batch size"
     )
+
+
+@pytest.mark.parametrize(
+    "script, earlier, extra",
+    [
+        ("kd_step", "kd_step.json", []),
+        ("train_memory", "train_memory.md", []),
+        ("scaling", "scaling.png", ["--mfu_model", "tiny", "--onnx_model", ""]),
+    ],
+)
+def test_each_script_keeps_earlier_results_unless_overwrite(script, earlier, extra, capsys, tmp_path):
+    """A second run into the same folder once replaced the first's results silently (longtail.benchmark's
+    earlier_results is the one guard of every bench script)."""
+    module = load(script)
+    model = model_folder(tmp_path / "model")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / earlier).write_text("earlier")
+    where = ["--model_dirs", f"tiny={model}"] if script == "scaling" else ["--model_dir", str(model)]
+    argv = [*where, *extra, "--output_dir", str(out)]
+    assert refused(module.main, argv, capsys).endswith(
+        f"{out} holds earlier results ({earlier}); pass --overwrite or choose another --output_dir"
+    )
+    assert module.parse_args([*argv, "--overwrite"]).overwrite
+    assert (out / earlier).read_text() == "earlier"

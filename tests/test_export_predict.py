@@ -26,17 +26,6 @@ def load_bench(name: str):
 
 
 @pytest.fixture(scope="module")
-def eval_csv(tmp_path_factory) -> Path:
-    from longtail.synthetic import make_synthetic_complaints
-
-    df = make_synthetic_complaints(160, seed=3)
-    df = df[df["Consumer complaint narrative"].fillna("").str.strip() != ""].dropna(subset=["Issue"])
-    path = tmp_path_factory.mktemp("eval") / "eval.csv"
-    df.to_csv(path, index=False)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory, eval_csv) -> str:
     """A 2-layer BERT classifier (random weights) over the eval file's labels, with a temperature of 2."""
     from transformers import BertConfig, BertForSequenceClassification

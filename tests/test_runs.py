@@ -86,7 +86,7 @@ def test_overwrite_never_clears_what_the_new_run_reads(tmp_path):
 
     from longtail.runs import input_paths
 
-    for name in ("config.json", "model.safetensors", "splits.json", "notes.csv"):
+    for name in ("config.json", "model.safetensors", "splits.json", "report.md", "notes.csv"):
         (tmp_path / name).write_text("old")
     (tmp_path / "vanilla").mkdir()
     (tmp_path / "checkpoint-2").mkdir()
@@ -108,3 +108,17 @@ def test_overwrite_never_clears_what_the_new_run_reads(tmp_path):
     assert inputs == {"--vanilla_run": str(tmp_path / "vanilla"), "--train_file": str(tmp_path / "notes.csv")}
     prepare_output_dir(tmp_path, overwrite=True, inputs=inputs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv", "vanilla"]
+
+
+def test_overwrite_never_deletes_a_model_that_is_not_one_of_our_runs(tmp_path):
+    """--output_dir pointed at a downloaded model's folder with --overwrite_output_dir: our results may go, its
+    weights may not (nothing says they are a run of ours: no run_config.json, report.md, ...)."""
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "eval_results.json"):
+        (tmp_path / name).write_text("theirs")
+    with pytest.raises(OutputDirError, match=r"holds model files \(config.json, model.safetensors, tokenizer.json\) "
+                       "but no run of these recipes"):  # fmt: skip
+        prepare_output_dir(tmp_path, overwrite=True)
+    assert len(list(tmp_path.iterdir())) == 4
+    (tmp_path / "run_config.json").write_text("{}")  # one of ours: replaced as a whole
+    prepare_output_dir(tmp_path, overwrite=True)
+    assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,8 @@
   compared with;
 - `forward_flops`: model FLOPs of a forward pass, 2 x non-embedding parameters x real tokens plus attention
   (QK^T and AV: 4 x layers x hidden x length^2 per sequence), so padding counts as waste, not work;
-- `peak_memory_bytes`: process peak RSS on CPU (VmHWM), CUDA max allocated on GPU.
+- `peak_memory_bytes`: process peak RSS on CPU (VmHWM), CUDA max allocated on GPU;
+- `earlier_results`: the refusal of a rerun into a folder holding a benchmark's earlier results.
 """
 
 from __future__ import annotations
@@ -91,3 +92,14 @@ def peak_memory_bytes(device: str = "cpu") -> int:
                 return int(line.split()[1]) * 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+def earlier_results(output_dir, names, overwrite: bool) -> str | None:
+    """Why a benchmark may not write into `output_dir` (its earlier `names` there, no --overwrite), or None."""
+    earlier = [name for name in names if (Path(output_dir) / name).exists()]
+    if earlier and not overwrite:
+        return (
+            f"{output_dir} holds earlier results ({', '.join(earlier)}); pass --overwrite or choose another "
+            "--output_dir"
+        )
+    return None

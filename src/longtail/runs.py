@@ -103,6 +103,10 @@ def input_paths(*arg_groups) -> dict[str, str]:
     return found
 
 
+# Files only our tools write: a folder with none of them that holds model files holds someone else's model
+RUN_MARKERS = ("run_config.json", "ensemble.json", "compare.json", "parity.json", "labels.json", "report.md")
+
+
 def previous_run(path: Path) -> tuple[list[Path], list[Path]]:
     """(files, folders) an overwrite of `path` removes: our result and model files, and our run folders."""
     files = sorted({f for pattern in RUN_FILES + MODEL_FILES for f in path.glob(pattern) if f.is_file()})
@@ -123,6 +127,14 @@ def prepare_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool =
                 "or choose another --output_dir."
             )
         files, folders = previous_run(path)
+        models = [f.name for f in files if f.name not in RUN_FILES]
+        if models and not any((path / m).is_file() for m in RUN_MARKERS):
+            # e.g. --output_dir a downloaded model's folder: overwriting our results must not delete its weights
+            raise OutputDirError(
+                f"output_dir '{path}' holds model files ({', '.join(sorted(models)[:4])}) but no run of these "
+                "recipes (no run_config.json or report.md): --overwrite_output_dir only replaces our own runs. "
+                "Choose another --output_dir."
+            )
         doomed = [p.resolve() for p in files + folders]
         for option, value in inputs.items() if isinstance(inputs, dict) else inputs or ():
             read = Path(value).resolve()
