@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -25,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 from trl import TrlParser
 
-from longtail.cli import parse_config
+from longtail.cli import parse_config, run
 from longtail.crossfit import (
     FOLDS_HELP,
     check_class_counts,
@@ -339,4 +338,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)  # a mistake in the input: one line, status 2

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import transformers
 from transformers import TrainingArguments
 
 from longtail.calibration import compare_arms
+from longtail.cli import run
 from longtail.data import DataArguments, DataError, prepare_data, require_usable_splits
 from longtail.distill import (
     DistillArguments,
@@ -241,4 +241,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)  # a mistake in the input: one line, status 2

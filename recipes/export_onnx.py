@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 from trl import TrlParser
 
-from longtail.cli import parse_config
+from longtail.cli import parse_config, run
 from longtail.export import ExportArguments, export_onnx
 
 PARSER_TYPES = (ExportArguments,)
@@ -43,4 +42,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)  # a mistake in the input: one line, status 2

@@ -9,11 +9,11 @@ Config precedence: dataclass defaults < YAML (--config) < command line.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 from transformers import TrainingArguments
 
+from longtail.cli import run
 from longtail.data import DataArguments, prepare_data
 from longtail.distributed import end_training, parse_recipe_args
 from longtail.losses import LossArguments
@@ -145,4 +145,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)  # a mistake in the input: one line, status 2

@@ -13,7 +13,6 @@ Config precedence: dataclass defaults < YAML (--config) < command line.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 from transformers import TrainingArguments
@@ -26,6 +25,7 @@ from longtail.adapters import (
     peft_training_args,
     save_adapter,
 )
+from longtail.cli import run
 from longtail.data import DataArguments, prepare_data
 from longtail.distributed import end_training, parse_recipe_args
 from longtail.losses import LossArguments
@@ -135,4 +135,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)  # a mistake in the input: one line, status 2

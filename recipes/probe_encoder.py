@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -29,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from trl import TrlParser
 
 from longtail.calibration import temperature_note
-from longtail.cli import parse_config
+from longtail.cli import UsageError, parse_config, run
 from longtail.crossfit import (
     FOLDS_HELP,
     check_class_counts,
@@ -342,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
         encoder.cuda()
     limit = getattr(encoder.config, "max_position_embeddings", None)
     if limit and data_args.max_length > limit:  # else an index error deep inside the model, mid-embedding
-        raise ValueError(
+        raise UsageError(
             f"--max_length {data_args.max_length} exceeds the {limit} positions of {model_args.model_name_or_path}; "
             "use at most that (with --long_text windows, longer texts are still read whole, in windows)"
         )
@@ -536,4 +535,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)  # a mistake in the input: one line, status 2

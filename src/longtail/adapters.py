@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from longtail.cli import MissingInputError, UsageError
 from longtail.training import auto_precision, classifier_config, load_classifier
 
 logger = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ def resolve_target_modules(model, spec: str = "auto") -> list[str]:
         for candidate in [AUTO_TARGETS.get(model_type), *AUTO_TARGET_FALLBACKS]:
             if candidate and present(candidate):
                 return list(candidate)
-        raise ValueError(
+        raise UsageError(
             f"--lora_target_modules auto: no known attention projections in {type(model).__name__} "
             f"(model_type {model_type}). Name them with --lora_target_modules; its linear layers: "
             + ", ".join(linear_layer_names(model))
@@ -216,7 +217,7 @@ def resolve_target_modules(model, spec: str = "auto") -> list[str]:
         return linear_layer_names(model)
     missing = [t for t in targets if not any(_matches(n, t) for n in linears)]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"--lora_target_modules {', '.join(missing)}: no such linear layer in {type(model).__name__} "
             f"(model_type {model_type}; the head is trained in full, not adapted). Its linear layers: "
             + ", ".join(linear_layer_names(model))
@@ -254,11 +255,11 @@ def add_lora(model, adapter_args: AdapterArguments):
     targets = resolve_target_modules(model, adapter_args.lora_target_modules)
     heads = head_modules(model)
     if not heads:
-        raise ValueError(f"{type(model).__name__} has no module outside its backbone: no classification head")
+        raise UsageError(f"{type(model).__name__} has no module outside its backbone: no classification head")
     # peft matches modules_to_save by plain suffix: a head name must not also end a backbone module's name
     clashes = [n for n, _ in model.named_modules() if not _in_head(n, heads) and n.endswith(tuple(heads))]
     if clashes:
-        raise ValueError(f"Head modules {heads} would also match backbone modules {clashes[:5]} in peft")
+        raise UsageError(f"Head modules {heads} would also match backbone modules {clashes[:5]} in peft")
     model = get_peft_model(model, lora_config(adapter_args, targets, heads))
     inner = model.get_base_model()
     for head in heads:
@@ -427,10 +428,10 @@ def save_adapter(trainer) -> Path:
 def base_model_of(adapter_dir: str | Path) -> str:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{adapter_dir} holds no adapter_config.json: not a LoRA/QLoRA run folder")
+        raise MissingInputError(f"{adapter_dir} holds no adapter_config.json: not a LoRA/QLoRA run folder")
     base = json.loads(path.read_text("utf-8")).get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{path} names no base model (base_model_name_or_path): not a complete adapter save")
+        raise UsageError(f"{path} names no base model (base_model_name_or_path): not a complete adapter save")
     return base
 
 
@@ -445,7 +446,7 @@ def ensure_base_available(base: str, adapter_dir: str | Path) -> None:
         AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as e:
         offline = ", and the Hub is offline (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else ""
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"The adapter in {adapter_dir} was trained on the base model '{base}', which is not available "
             f"here (not a local folder, not in the Hugging Face cache{offline}). Download it "
             f"(huggingface-cli download {base}) or pass the base model's local folder as base_model."
@@ -463,7 +464,7 @@ def load_adapter_classifier(adapter_dir: str | Path, base_model: str | None = No
     base = base_model or base_model_of(adapter_dir)
     ensure_base_available(base, adapter_dir)
     if not (Path(adapter_dir) / "config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{adapter_dir} has no config.json: the label maps are missing (see save_adapter)"
         )
     config = AutoConfig.from_pretrained(adapter_dir)

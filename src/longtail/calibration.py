@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from longtail import metrics
+from longtail.cli import UsageError
 from longtail.metrics import (
     expected_calibration_error,
     macro_f1,
@@ -53,7 +54,7 @@ def load_temperature(model_dir) -> float:
         return 1.0
     value = float(json.loads(path.read_text("utf-8"))["temperature"])
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{path}: temperature must be a positive finite number, got {value}")
+        raise UsageError(f"{path}: temperature must be a positive finite number, got {value}")
     return value
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from longtail.cli import UsageError
+
 logger = logging.getLogger(__name__)
 
 TRUE = {"true", "yes", "1", "last", "auto"}
@@ -109,7 +111,7 @@ def resolve_resume(value, output_dir: str | Path) -> str | None:
     if text.lower() in FALSE:
         return None
     if problem := checkpoint_problem(text):
-        raise ValueError(
+        raise UsageError(
             f"Cannot resume from --resume_from_checkpoint '{text}': {problem}. Pass "
             "--resume_from_checkpoint true to pick the newest complete checkpoint in output_dir."
         )

@@ -1,10 +1,74 @@
 """Parse a recipe's options (dataclass defaults < YAML `--config` < command line, by TRL's `TrlParser`), with the
 user's mistakes in the options themselves as one-line usage errors instead of tracebacks from TRL or
-Transformers: a missing or unreadable config file, a YAML key or a command-line option the recipe does not take."""
+Transformers: a missing or unreadable config file, a YAML key or a command-line option the recipe does not take.
+
+`UsageError` marks a mistake in what the user gave (options, data, folders, models); `run` is a recipe's command-line
+entry and prints such an error as one line (status 2), while anything else, a bug, keeps its traceback."""
 
 from __future__ import annotations
 
 import re
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """A mistake in a recipe's input, worded for the user. A ValueError, so library callers catch it as one."""
+
+
+class MissingInputError(UsageError, FileNotFoundError):
+    """A file or folder the user named is not there (also a FileNotFoundError, for callers that catch those)."""
+
+
+def run(main, argv: list[str] | None = None) -> None:
+    """`main(argv)` from the command line: a UsageError ends the process with `<script>: error: <message>` on
+    stderr and status 2, as argparse does for a bad option; any other exception keeps its traceback."""
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except UsageError as err:
+        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def model_source_error(option: str, name: str, err: Exception | None, needs=("config.json",)) -> UsageError:
+    """Why `name` (a local model folder or a Hub repo id) could not be read, in one line naming the option."""
+    from huggingface_hub import constants
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        return UsageError(f"{option} {name} is a file: pass a model folder or a Hugging Face Hub repo id")
+    if path.is_dir() and not any((path / f).is_file() for f in needs):
+        return UsageError(f"{option} {name} has no {' or '.join(needs)}: not a model folder")
+    if path.is_dir():
+        return UsageError(f"{option} {name} cannot be read as a model folder: {' '.join(str(err).split())}")
+    where = (
+        "in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE)"
+        if constants.HF_HUB_OFFLINE
+        else "on the Hugging Face Hub or in its cache"
+    )
+    return MissingInputError(f"{option} {name} is neither a local folder nor available {where}")
+
+
+@contextmanager
+def reading_model(option: str, name: str, needs=("config.json",)):
+    """Turn Transformers' and huggingface_hub's load failures for a model the user named (no such folder, a bad
+    repo id, not cached offline, a folder without any of the files in `needs`) into a UsageError naming
+    `option`. Wrap only the `from_pretrained` calls: any ValueError inside is read as the model's."""
+    path = Path(name).expanduser()
+    if path.is_file() or (path.is_dir() and not any((path / f).is_file() for f in needs)):
+        # checked first: Transformers reads an empty folder as a tokenizer to convert, and fails inside that
+        raise model_source_error(option, name, None, needs)
+    try:
+        yield
+    except UsageError:
+        raise
+    except (
+        OSError,
+        ValueError,
+    ) as err:  # ValueError: huggingface_hub's HFValidationError, "Unrecognized model"
+        raise model_source_error(option, name, err, needs) from err
+
 
 UNKNOWN_YAML = re.compile(r"Unknown arguments from config file: (.*)\. Please remove them")
 UNKNOWN_CLI = re.compile(r"Some specified arguments are not used by the HfArgumentParser: (.*)")
@@ -16,8 +80,6 @@ def config_path(argv: list[str]) -> str | None:
 
 def parse_config(parser, argv: list[str] | None):
     """`parser.parse_args_and_config(argv)`; mistakes in the options exit with `parser.error` (status 2)."""
-    import sys
-
     import yaml
 
     argv = list(argv) if argv is not None else sys.argv[1:]
@@ -51,4 +113,7 @@ def parse_config(parser, argv: list[str] | None):
                 )
         if config is not None and message.startswith(f"Config file {config} must contain a YAML mapping"):
             parser.error(message)
-        raise
+        # the dataclasses' own checks (ours and TrainingArguments'): the options are wrong, not the code
+        if isinstance(err, UsageError):
+            raise
+        raise UsageError(message) from err

@@ -21,11 +21,12 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from longtail.cli import UsageError
 from longtail.metrics import BOOTSTRAP_RESAMPLES, accuracy, classification_metrics, macro_f1, paired_bootstrap
 from longtail.report import load_predictions
 
 
-class CompareError(ValueError):
+class CompareError(UsageError):
     pass
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from longtail.cli import UsageError
+
 logger = logging.getLogger(__name__)
 FOLDS_HELP = (
     "With --predict_train: each training row is scored by the chosen setting fit on the other folds (K stratified "
@@ -34,7 +36,7 @@ def check_class_counts(y: np.ndarray, folds: int) -> None:
     splitter, after the recipe's fits); 0 folds (in-sample) needs nothing."""
     counts = np.bincount(y)
     if folds and counts.max() < folds:
-        raise ValueError(
+        raise UsageError(
             f"--predict_train_folds {folds}: no class has {folds} training rows (at most {counts.max()}); "
             "use fewer folds, or 0 for in-sample predictions"
         )

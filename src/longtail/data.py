@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from longtail.cli import UsageError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "determined-ai/consumer_complaints_medium"
@@ -110,7 +112,7 @@ class DataArguments:
             raise ValueError(f"row caps must be >= 1 (or unset), got {capped}")
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A problem with the user's data or data options, stated in the user's terms."""
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from longtail.cli import UsageError, reading_model
 from longtail.data import DataError, PreparedData
 from longtail.losses import LongTailTrainer
 from longtail.metrics import accuracy, macro_f1
@@ -201,7 +202,7 @@ def add_teacher_column(datasets: dict, logits: Mapping[str, np.ndarray]) -> dict
 # ---------------------------------------------------------------------------------------------
 
 
-class LabelMapError(ValueError):
+class LabelMapError(UsageError):
     pass
 
 
@@ -479,35 +480,22 @@ def load_run_predictions(
 
 def teacher_config(teacher: str):
     """The config of --teacher_model_name_or_path, or an error saying what the path is instead."""
-    from huggingface_hub import constants
     from transformers import AutoConfig
 
     from longtail.predict import not_transformers
 
     path = Path(teacher)
     if path.is_dir() and (what := not_transformers(path)):
-        raise ValueError(
+        raise UsageError(
             f"--teacher_model_name_or_path {teacher} is {what}, not a Transformers model: pass --teacher_logits "
             f"{teacher} instead (its train predictions come from --predict_train true)"
         )
     if path.is_dir() and not (path / "config.json").is_file():
-        raise ValueError(
+        raise UsageError(
             f"--teacher_model_name_or_path {teacher} has no config.json: not a trained classifier folder"
         )
-    try:
+    with reading_model("--teacher_model_name_or_path", teacher):
         return AutoConfig.from_pretrained(teacher)
-    except OSError as err:
-        if path.is_dir():
-            raise
-        where = (
-            "in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE)"
-            if constants.HF_HUB_OFFLINE
-            else "on the Hugging Face Hub or in its cache"
-        )
-        raise FileNotFoundError(
-            f"--teacher_model_name_or_path {teacher} is neither a local folder nor available {where}: pass a "
-            "trained run folder"
-        ) from err
 
 
 def load_teacher(teacher: str, base_model: str | None = None):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from longtail.cli import UsageError
 from longtail.inference import (
     OrtBackend,
     TorchBackend,
@@ -176,10 +177,10 @@ def parity_texts(args: ExportArguments) -> tuple[list[str], np.ndarray | None, l
         df = read_table(args.parity_file)
         missing = [c for c in (args.text_column, args.label_column) if c and c not in df.columns]
         if missing:
-            raise ValueError(f"{args.parity_file} has no column {missing}; columns: {list(df.columns)}")
+            raise UsageError(f"{args.parity_file} has no column {missing}; columns: {list(df.columns)}")
         df = df[df[args.text_column].fillna("").astype(str).str.strip() != ""].head(args.parity_rows)
         if df.empty:
-            raise ValueError(
+            raise UsageError(
                 f"{args.parity_file}: no row has a non-empty '{args.text_column}' for the parity check"
             )
         labels = df[args.label_column].astype(str).tolist() if args.label_column else None
@@ -199,7 +200,7 @@ def parity_sample(args: ExportArguments, label2id: dict) -> tuple[list[str], tup
         return texts, None
     known = [i for i, name in enumerate(names) if name in label2id]
     if not known:
-        raise ValueError(
+        raise UsageError(
             f"{args.parity_file}: no value of --label_column '{args.label_column}' is a label the model knows, so "
             f"the int8 macro-F1 gate cannot be scored (file: {sorted(set(names))[:5]}; model: {sorted(label2id)[:5]}). "
             "Pass the column of the labels the model was trained on, or drop --label_column."
@@ -239,7 +240,7 @@ def export_onnx(args: ExportArguments) -> dict:
     out = Path(args.output_dir or Path(args.model_dir) / "onnx")
     if out.resolve() in (Path(args.model_dir).resolve(), Path(resolved).resolve()):
         # its overwrite would clear the variants' folders beside the model, and a run's files are not ours here
-        raise ValueError(
+        raise UsageError(
             f"--output_dir {out} is the model's own folder: the export needs a folder of its own "
             "(default: <model_dir>/onnx)"
         )

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longtail.cli import MissingInputError, UsageError
+
 logger = logging.getLogger(__name__)
 
 ONNX_SUFFIX = ".onnx"
@@ -60,17 +62,17 @@ def resolve_model_dir(
     """
     path = Path(model_dir)
     if not path.is_dir():
-        raise FileNotFoundError(f"Model folder not found: {path}")
+        raise MissingInputError(f"Model folder not found: {path}")
     if not is_adapter_dir(path):
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json: not a trained classifier folder")
+            raise MissingInputError(f"{path} has no config.json: not a trained classifier folder")
         return path
     merged = path / "merged"
     if (merged / "config.json").is_file():
         logger.info("%s is an adapter run: using its merged model %s", path, merged)
         return merged
     if not merge_adapter:
-        raise ValueError(
+        raise UsageError(
             f"{path} holds an unmerged LoRA adapter: merge it first (rerun with --merge_adapter, or "
             "longtail.adapters.merge_adapter), or allow merging here (--merge_adapter true)."
         )
@@ -123,7 +125,7 @@ def load_model_dir(
     # its own account of the keys it builds)
     if loading["missing_keys"] and "quantization_config" not in from_pretrained_kwargs:
         missing = sorted(loading["missing_keys"])
-        raise ValueError(
+        raise UsageError(
             f"{path} has no saved weights for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}: "
             "a base model or a partial save, not a trained classifier. Pass a run folder of the recipes."
         )
@@ -284,7 +286,7 @@ class OrtBackend:
         register_custom_models()
         files = onnx_files(onnx_dir)
         if not files:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{onnx_dir} holds no .onnx file: export the model first (recipes/export_onnx.py)"
             )
         file_name = file_name or files[0].name
@@ -361,9 +363,9 @@ def text_windows(tokenizer, texts: list[str], max_length: int) -> Windows:
     tokens (the fast tokenizer's overflow, as Transformers' QA pipelines use it). A text that fits is one
     window, identical to truncating it at `max_length`."""
     if max_length - tokenizer.num_special_tokens_to_add(pair=False) < 1:
-        raise ValueError(f"max_length {max_length} leaves no room for text next to the special tokens")
+        raise UsageError(f"max_length {max_length} leaves no room for text next to the special tokens")
     if not tokenizer.is_fast:
-        raise ValueError("long_text windows needs a fast tokenizer (it cuts texts with their overflow)")
+        raise UsageError("long_text windows needs a fast tokenizer (it cuts texts with their overflow)")
     if not texts:  # the tokenizer's overflow path fails on an empty batch
         return Windows({"input_ids": []}, np.zeros(0, dtype=int), 0)
     encoded = tokenizer(

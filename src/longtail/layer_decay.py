@@ -18,6 +18,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from longtail.cli import UsageError
+
 logger = logging.getLogger(__name__)
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
@@ -29,7 +31,7 @@ def parameter_depths(model) -> dict[str, int]:
     layers = [int(m.group(1)) if (m := LAYER_INDEX.search(n)) else None for n in names]
     found = [i for i in layers if i is not None]
     if not found:
-        raise ValueError(
+        raise UsageError(
             f"--layer_lr_decay: no numbered layers (layer.N / layers.N / h.N / blocks.N) in the parameter names "
             f"of {type(model).__name__} (e.g. {names[:3]}); use --layer_lr_decay 1 for this model"
         )

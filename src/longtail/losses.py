@@ -19,6 +19,7 @@ from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 from longtail.checkpoints import RecordLabels, fit_problem, label_names_of
+from longtail.cli import UsageError
 from longtail.layer_decay import RecordLayerDecay, check_resume, layerwise_param_groups, resume_error
 from longtail.posthoc import parse_tau_option
 
@@ -138,7 +139,7 @@ class LongTailTrainer(Trainer):
         )
         if checkpoint:
             if problem := fit_problem(checkpoint, self.model):
-                raise ValueError(
+                raise UsageError(
                     f"--resume_from_checkpoint {checkpoint}: {problem}. Resume with the data and options it was "
                     "written with, or start a new run without --resume_from_checkpoint."
                 )

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from longtail.calibration import temperature_note
+from longtail.cli import UsageError
 from longtail.refit import SELECTION_HEAD
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tok
 
         loaded = model.load_state_dict(load_file(str(selection_head)), strict=False)
         if loaded.unexpected_keys:
-            raise ValueError(
+            raise UsageError(
                 f"{selection_head}: unexpected tensors {loaded.unexpected_keys} (expected the head's)"
             )
         logger.info(

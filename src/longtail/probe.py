@@ -35,6 +35,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from longtail.cli import MissingInputError, UsageError, reading_model
 from longtail.inference import LONG_TEXT, encode_batches, text_windows
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def check_layers(layers, num_hidden_layers: int) -> tuple[int, ...]:
     bad = [i for i in layers if not -(num_hidden_layers + 1) <= i <= num_hidden_layers]
     distinct = {i % (num_hidden_layers + 1) for i in layers}  # -1 and L are the same layer
     if not layers or bad or len(distinct) != len(layers):
-        raise ValueError(
+        raise UsageError(
             f"feature_layers must be distinct hidden-state indices in [-{num_hidden_layers + 1}, "
             f"{num_hidden_layers}] (0: the embedding output, -1: the last layer), got {list(layers)}"
         )
@@ -233,12 +234,14 @@ def load_frozen_body(name: str, trust_remote_code: bool = False) -> PreTrainedMo
     a probe-architecture run, e.g. LP-FT's output, whose fine-tuned body a new probe can read ("classifier
     re-training", Kang et al. 2020). `longtail_probe` has no `AutoModel` class; its head is not wanted here."""
     if (Path(name) / "adapter_config.json").is_file():  # its folder holds no body weights: a deep load error
-        raise ValueError(
+        raise UsageError(
             f"{name} is a LoRA/QLoRA adapter run (adapter_config.json): pass its merged model instead "
             f"({Path(name) / 'merged'}, written by --merge_adapter true or longtail.adapters.merge_adapter)"
         )
     kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=True, dtype=torch.float32)
-    if AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).model_type == MODEL_TYPE:
+    with reading_model("--model_name_or_path", name):
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if config.model_type == MODEL_TYPE:
         body = ProbeForSequenceClassification.from_pretrained(name, **kwargs).encoder
         logger.info("%s is a probe-architecture model: embedding with its body, not its head", name)
         return body
@@ -401,12 +404,12 @@ def load_probe_head(run_dir, label_names: list[str]) -> tuple[torch.Tensor, torc
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"--head_init_from {run_dir}: no config.json (expected a probe_encoder run folder)"
         )
     config = json.loads(config_path.read_text("utf-8"))
     if config.get("model_type") != MODEL_TYPE:
-        raise ValueError(
+        raise UsageError(
             f"--head_init_from {run_dir}: model_type is '{config.get('model_type')}', expected '{MODEL_TYPE}' "
             "(a probe_encoder run folder)"
         )
@@ -414,7 +417,7 @@ def load_probe_head(run_dir, label_names: list[str]) -> tuple[torch.Tensor, torc
     if probe_labels != list(label_names):
         missing = sorted(set(label_names) - set(probe_labels))
         extra = sorted(set(probe_labels) - set(label_names))
-        raise ValueError(
+        raise UsageError(
             f"--head_init_from {run_dir}: the probe's labels differ from this run's ({len(probe_labels)} vs "
             f"{len(label_names)}; missing from the probe: {missing[:5]}; only in the probe: {extra[:5]}"
             f"{'; same labels in another order' if not missing and not extra else ''}). Train both on the same "

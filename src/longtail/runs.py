@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from longtail.cli import UsageError
 from longtail.refit import SELECTION_HEAD
 from longtail.report import jsonable, redact_secrets
 
@@ -73,7 +74,7 @@ MODEL_FILES = (
 RUN_DIRS = ("merged", "onnx", "head_warmup", "checkpoint-*")
 
 
-class OutputDirError(ValueError):
+class OutputDirError(UsageError):
     pass
 
 

@@ -19,6 +19,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from longtail.cli import UsageError, reading_model
 from longtail.data import PreparedData
 from longtail.metrics import softmax
 
@@ -76,14 +77,15 @@ def apply_precision(training_args: TrainingArguments, choice: str) -> TrainingAr
 
 
 def load_tokenizer(model_args: ModelArguments):
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    option = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+    name = model_args.tokenizer_name or model_args.model_name_or_path
+    # a wrong path or an uncached repo id: one line, not a Hub traceback. A tokenizer folder may hold no config.json
+    with reading_model(option, name, needs=("config.json", "tokenizer_config.json", "tokenizer.json")):
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.pad_token is None:
         # Decoders ship without a pad token; eos is the usual stand-in (the head pools the last non-pad token).
         if tokenizer.eos_token is None:
-            raise ValueError(
+            raise UsageError(
                 f"Tokenizer of {model_args.model_name_or_path} has neither a pad nor an eos token"
             )
         tokenizer.pad_token = tokenizer.eos_token
@@ -93,14 +95,15 @@ def load_tokenizer(model_args: ModelArguments):
 
 def classifier_config(model_args: ModelArguments, label_names: list[str], tokenizer):
     """The model's config with the label maps, problem type and the tokenizer's pad token id."""
-    config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path,
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
-        problem_type="single_label_classification",
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    with reading_model("--model_name_or_path", model_args.model_name_or_path):
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            problem_type="single_label_classification",
+            trust_remote_code=model_args.trust_remote_code,
+        )
     config.pad_token_id = tokenizer.pad_token_id
     if config.model_type == "modernbert" and not torch.cuda.is_available():
         config.reference_compile = False  # its auto-compile breaks on CPU when triton is installed
@@ -349,7 +352,7 @@ def check_padding(model, tokenizer) -> str:
         )
         tokenizer.padding_side = other
         return other
-    raise ValueError(
+    raise UsageError(
         f"{type(model).__name__} scores a text differently alone and inside a padded batch, with left and with "
         f"right padding (pad token {tokenizer.pad_token!r}, id {tok_pad}): its head does not pool the last "
         "non-pad token. Use a tokenizer whose pad token the model's head recognises, or a model whose "

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from longtail.cli import MissingInputError, UsageError
 from longtail.metrics import macro_f1
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class WiseFTArguments:
 def check_start(wise_args: WiseFTArguments, lpft_args) -> None:
     """A clear error when WiSE-FT has no classifying start to interpolate with."""
     if wise_args.enabled and not (lpft_args.head_init_from or lpft_args.head_warmup_epochs > 0):
-        raise ValueError(
+        raise UsageError(
             "--wise_ft_alphas interpolates with the model fine-tuning started from, which must already "
             "classify: pass --head_init_from <probe run> or --head_warmup_epochs N (LP-FT), or --wise_ft_alphas 1 "
             "to turn WiSE-FT off (plain fine-tuning)"
@@ -83,7 +84,7 @@ def snapshot_start(
     path = Path(output_dir) / START_WEIGHTS
     if resuming:
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"--wise_ft_alphas with --resume_from_checkpoint needs {path}, saved when the run started; "
                 "it is missing (rerun without resuming, or without --wise_ft_alphas)"
             )

@@ -1,0 +1,105 @@
+"""A mistake in what the user gave a recipe (options, data, folders, a model) ends the script with one line and
+status 2, as argparse does; a bug keeps its traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from longtail.cli import MissingInputError, UsageError, run
+
+
+def test_run_prints_a_usage_error_as_one_line_and_keeps_tracebacks_for_bugs(monkeypatch, capsys):
+    from longtail.data import DataError
+    from longtail.runs import OutputDirError
+
+    monkeypatch.setattr(sys, "argv", ["recipes/some_recipe.py", "--seed", "3"])
+    seen = []
+
+    def refuses(argv, error=DataError):
+        seen.append(argv)
+        raise error("Column(s) ['body'] not found")
+
+    for error in (DataError, OutputDirError, MissingInputError, UsageError):
+        with pytest.raises(SystemExit) as exit_info:
+            run(lambda argv, error=error: refuses(argv, error))
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == "some_recipe.py: error: Column(s) ['body'] not found\n"
+    assert seen == [["--seed", "3"]] * 4  # the command line, without the script
+
+    def bug(argv):
+        raise ValueError("an index went wrong")  # not a UsageError: a bug in our code, shown whole
+
+    with pytest.raises(ValueError, match="an index went wrong"):
+        run(bug)
+    assert capsys.readouterr().err == ""
+    assert issubclass(MissingInputError, FileNotFoundError)  # callers that catch a missing file still do
+
+
+def recipe_script(tmp_path, script: str, *argv: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cmd = [sys.executable, str(REPO / "recipes" / script), *argv, "--output_dir", str(tmp_path / "out")]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [
+        # a dataclass's own check, raised while TRL parses the options
+        (
+            "full_ft_encoder.py",
+            ["--config", "recipes/configs/full_ft_encoder_demo.yaml", "--max_length", "0"],
+            "max_length must be >= 1 (tokens), got 0",
+        ),
+        # after the data is read: a model path that is not there (was huggingface_hub's HFValidationError)
+        (
+            "probe_encoder.py",
+            ["--config", "recipes/configs/probe_encoder_demo.yaml", "--model_name_or_path", "{tmp}/no_model"],
+            "--model_name_or_path {tmp}/no_model is neither a local folder nor available in the Hugging Face "
+            "cache, and the Hub is offline (HF_HUB_OFFLINE)",
+        ),
+    ],
+)
+def test_recipe_scripts_end_an_input_mistake_with_one_line(script, argv, message, tmp_path):
+    argv = [str(REPO / a) if a.startswith("recipes/") else a.replace("{tmp}", str(tmp_path)) for a in argv]
+    done = recipe_script(tmp_path, script, *argv)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == f"{script}: error: {message.replace('{tmp}', str(tmp_path))}"
+    assert not any((tmp_path / "out").glob("*"))  # nothing written (the probe has made its folder by then)
+
+
+def test_model_options_that_name_nothing_loadable_are_usage_errors(tiny_modernbert, tmp_path):
+    """Each was a traceback from inside huggingface_hub or Transformers (HFValidationError for a path that is
+    not there, OSError for an uncached repo id, "Unrecognized model" for a folder without config.json)."""
+    from longtail.training import ModelArguments, load_tokenizer
+
+    (tmp_path / "weights.bin").write_text("x")
+    (tmp_path / "empty").mkdir()
+    offline = "is neither a local folder nor available in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE)"
+    cases = {
+        str(tmp_path / "absent"): offline,
+        "nobody/no-such-model": offline,
+        str(tmp_path / "weights.bin"): "is a file: pass a model folder or a Hugging Face Hub repo id",
+        str(
+            tmp_path / "empty"
+        ): "has no config.json or tokenizer_config.json or tokenizer.json: not a model folder",
+    }
+    for name, expected in cases.items():
+        with pytest.raises(UsageError) as info:
+            load_tokenizer(ModelArguments(model_name_or_path=name))
+        assert str(info.value) == f"--model_name_or_path {name} {expected}"
+    with pytest.raises(UsageError, match=f"^--tokenizer_name {tmp_path / 'empty'} has no config.json or"):
+        load_tokenizer(
+            ModelArguments(model_name_or_path=tiny_modernbert, tokenizer_name=str(tmp_path / "empty"))
+        )
+    assert load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert)).pad_token is not None
