@@ -48,19 +48,23 @@ MIB = 1024**2
 logger = logging.getLogger("bench.inference")
 
 
-def parse_args(argv=None, check_paths: bool = False):
-    """The options; main also checks the paths (model folder, data, output folder) before any work."""
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", default=str(DEFAULT_MODEL), help="trained classifier folder")
     p.add_argument("--data", default=None, help="labelled .csv/.jsonl (default: the run's own test split)")
     p.add_argument("--text_column", default="Consumer complaint narrative")
     p.add_argument("--label_column", default="Issue")
     p.add_argument("--output_dir", default=str(REPO / "bench_results" / "inference"))
-    p.add_argument("--overwrite", action="store_true", help="replace the results in --output_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace the results (and onnx/) in --output_dir")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max_rows", type=int, default=256, help="evaluation rows (a fixed random sample)")
-    p.add_argument("--max_length", type=int, default=None, help="default: the run's max_length, else 128")
+    p.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="default: the run's max_length, else 128; at most the model's max_position_embeddings",
+    )
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--latency_rows", type=int, default=32, help="rows timed one at a time (batch 1)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs (>= 5 for the reported numbers)")
@@ -78,6 +82,12 @@ def parse_args(argv=None, check_paths: bool = False):
         "--smoke", action="store_true", help="tiny settings for tests: few rows, 2 repeats, small GEMM"
     )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv=None, check_paths: bool = False):
+    """The options; main also checks the paths (model folder, data, output folder) before any work."""
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.worker:  # a worker reads its settings from the spec the parent checked
         check_values(p, args)
@@ -136,6 +146,25 @@ def check_folders(parser: argparse.ArgumentParser, args) -> None:
         parser.error(
             f"--output_dir {out} would write the bench's ungated ONNX export into the model folder {model_dir} "
             "(replacing its onnx/ export, which `predict` serves): choose a folder outside it"
+        )
+    from longtail.benchmark import earlier_results
+
+    # onnx/ without results.json: a run that stopped after its export (or a folder not ours); the export
+    # replaces it as it would a finished run's results, so both need --overwrite
+    if problem := earlier_results(out, ("results.json", "onnx"), args.overwrite):
+        parser.error(problem)
+
+
+def check_max_length(parser: argparse.ArgumentParser, args, config) -> None:
+    """An explicit --max_length beyond the position table of the model loaded (the resolved folder: an adapter's
+    merged model, a probe's encoder); the ONNX variants are exported from that model, so it bounds them too.
+    Unchecked, a row past the table made every variant fail once timed, or the run passed silently when
+    no row was that long. Configs without max_position_embeddings are not checked."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if args.max_length is not None and positions and args.max_length > positions:
+        parser.error(
+            f"--max_length {args.max_length} is above the model's {positions} positions "
+            f"(max_position_embeddings of {args.model_dir}): pass --max_length {positions} or less"
         )
 
 
@@ -559,10 +588,6 @@ def main(argv=None) -> dict:
     from longtail.runs import write_json
 
     out = Path(args.output_dir)
-    from longtail.benchmark import earlier_results
-
-    if problem := earlier_results(out, ("results.json",), args.overwrite):
-        raise SystemExit(f"bench: error: {problem}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # the model and the rows first: a folder or data problem is one line, before any timing or output folder
     try:
@@ -570,6 +595,7 @@ def main(argv=None) -> dict:
     except (OSError, ValueError) as error:
         first = next((x for x in str(error).splitlines() if x.strip()), type(error).__name__)
         raise SystemExit(f"bench: error: cannot load --model_dir {args.model_dir}: {first}") from None
+    check_max_length(build_parser(), args, model.config)  # its config is read here, with the model
     texts, labels, rows_log = evaluation_rows(args, model.config.label2id)
     # as `predict` serves it: the run's max_length (run_config.json), else the bench's 128
     serving = serving_defaults(args.model_dir)

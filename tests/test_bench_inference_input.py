@@ -194,3 +194,55 @@ def test_nothing_measured_is_an_error_after_the_report(bench, run_dir, eval_csv,
     ):
         bench.main(args)
     assert "Nothing measured." in (out / "results.md").read_text("utf-8")
+
+
+def test_an_earlier_runs_onnx_folder_without_results_needs_overwrite(
+    bench, run_dir, eval_csv, tmp_path, capsys, monkeypatch, one_torch_thread
+):
+    """A run that stopped after its ONNX export leaves <output_dir>/onnx and no results.json: a rerun once
+    replaced that folder silently (the guard looked for results.json only)."""
+    import longtail.export
+
+    out = tmp_path / "bench"
+    earlier = out / "onnx" / "fp32" / "model.onnx"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("earlier", "utf-8")
+    args = argv(run_dir, eval_csv, out, "--variants", "onnx_fp32")
+    assert refused(bench, args, capsys).endswith(
+        f"{out} holds earlier results (onnx); pass --overwrite or choose another --output_dir"
+    )
+    assert earlier.read_text("utf-8") == "earlier" and sorted(p.name for p in out.iterdir()) == ["onnx"]
+
+    # with --overwrite the run goes on to export into that folder, replacing it (stopped there: the export
+    # itself is tested in test_export_predict)
+    class Exported(Exception):
+        pass
+
+    def export_onnx(export_args):
+        raise Exported(export_args)
+
+    monkeypatch.setattr(longtail.export, "export_onnx", export_onnx)
+    with pytest.raises(Exported) as exported:
+        bench.main([*args, "--overwrite"])
+    export_args = exported.value.args[0]
+    assert export_args.output_dir == str(out / "onnx") and export_args.overwrite_output_dir
+
+
+def test_max_length_above_the_models_positions(bench, run_dir, eval_csv, tmp_path, capsys):
+    """The tiny model has 128 positions: --max_length 129 once ran on, then every variant failed on the rows
+    past 128 tokens ("no variant was measured", after the timing), or it passed silently had no row been that long."""
+    from types import SimpleNamespace
+
+    out = tmp_path / "out"
+    assert refused(bench, argv(run_dir, eval_csv, out, "--max_length", "129"), capsys).endswith(
+        f"--max_length 129 is above the model's 128 positions (max_position_embeddings of {run_dir}): "
+        "pass --max_length 128 or less"
+    )
+    assert not out.exists()
+    parser = bench.build_parser()
+    at_limit = bench.parse_args(argv(run_dir, eval_csv, out, "--max_length", "128"))
+    bench.check_max_length(parser, at_limit, SimpleNamespace(max_position_embeddings=128))  # allowed
+    # a config without max_position_embeddings is not checked; nor is the default max_length (None here)
+    longer = bench.parse_args(argv(run_dir, eval_csv, out, "--max_length", "100000"))
+    bench.check_max_length(parser, longer, SimpleNamespace())
+    bench.check_max_length(parser, bench.parse_args([]), SimpleNamespace(max_position_embeddings=8))

@@ -219,6 +219,7 @@ def test_scaling_too_few_long_texts_names_both_remedies(scaling):
         ("kd_step", "kd_step.json", []),
         ("train_memory", "train_memory.md", []),
         ("scaling", "scaling.png", ["--mfu_model", "tiny", "--onnx_model", ""]),
+        ("inference", "results.json", []),  # its onnx/ without results: test_bench_inference_input
     ],
 )
 def test_each_script_keeps_earlier_results_unless_overwrite(script, earlier, extra, capsys, tmp_path):

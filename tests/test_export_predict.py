@@ -351,7 +351,7 @@ def test_forward_flops_and_verdicts_exact():
     assert "**onnx_fp32**" in text and "1.25x" in text and "at least 97%" in text
 
 
-def test_bench_smoke(tiny_classifier, eval_csv, tmp_path, one_torch_thread):
+def test_bench_smoke(tiny_classifier, eval_csv, tmp_path, one_torch_thread, capsys):
     bench = load_bench("inference")
     out = tmp_path / "bench"
     argv = ["--model_dir", tiny_classifier, "--data", str(eval_csv), "--output_dir", str(out), "--smoke",
@@ -374,8 +374,11 @@ def test_bench_smoke(tiny_classifier, eval_csv, tmp_path, one_torch_thread):
     md = (out / "results.md").read_text()
     assert md.count("| pytorch_fp32 |") == 1 and "Machine:" in md and "pytorch_bf16 (needs a GPU)" in md
     assert (out / "pareto_latency.png").stat().st_size > 0
-    with pytest.raises(SystemExit, match="earlier results"):
+    with pytest.raises(SystemExit) as exc:  # a usage error (exit 2), as in the other bench scripts
         bench.main(argv)
+    assert (
+        exc.value.code == 2 and f"{out} holds earlier results (results.json, onnx)" in capsys.readouterr().err
+    )
 
 
 def test_bench_reports_a_failing_variant_and_keeps_the_others(
