@@ -160,12 +160,14 @@ def check_max_length(parser: argparse.ArgumentParser, args, config) -> None:
     merged model, a probe's encoder); the ONNX variants are exported from that model, so it bounds them too.
     Unchecked, a row past the table made every variant fail once timed, or the run passed silently when
     no row was that long. Configs without max_position_embeddings are not checked."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if args.max_length is not None and positions and args.max_length > positions:
-        parser.error(
-            f"--max_length {args.max_length} is above the model's {positions} positions "
-            f"(max_position_embeddings of {args.model_dir}): pass --max_length {positions} or less"
-        )
+    from longtail.cli import UsageError
+    from longtail.inference import check_max_length as within_positions
+
+    if args.max_length is not None:
+        try:
+            within_positions(config, args.max_length, args.model_dir)
+        except UsageError as err:
+            parser.error(str(err))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from longtail.distill import (
     teacher_logits,
 )
 from longtail.distributed import end_training, parse_recipe_args
+from longtail.inference import check_max_length
 from longtail.losses import LossArguments
 from longtail.metrics import softmax
 from longtail.posthoc import adjust_on_validation
@@ -48,6 +49,7 @@ from longtail.report import SplitResult, load_predictions, plot_reliability, sav
 from longtail.runs import command_line, input_paths
 from longtail.training import (
     ModelArguments,
+    classifier_config,
     evaluate_splits,
     finish_run,
     load_classifier,
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Build the student (its own tokenizer) -----------------------------------------------
     tokenizer = load_tokenizer(model_args)
+    student = classifier_config(model_args, data.label_names, tokenizer)
+    check_max_length(student, data_args.max_length, model_args.model_name_or_path)
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
     kd_datasets = add_teacher_column(datasets, logits)
 

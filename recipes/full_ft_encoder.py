@@ -16,6 +16,7 @@ from transformers import TrainingArguments
 from longtail.cli import run
 from longtail.data import DataArguments, prepare_data
 from longtail.distributed import end_training, parse_recipe_args
+from longtail.inference import check_max_length
 from longtail.losses import LossArguments
 from longtail.lpft import LPFTArguments, load_model, selection_note
 from longtail.lpft import train as lpft_train
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(
         model_args, lpft_args, data.label_names, tokenizer
     )  # probe's model with --head_init_from
+    check_max_length(model, data_args.max_length, model_args.model_name_or_path)
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
 
     # ---- Train, then pick WiSE-FT's alpha and the post-hoc logit adjustment on validation -------

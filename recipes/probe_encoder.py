@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from trl import TrlParser
 
 from longtail.calibration import temperature_note
-from longtail.cli import UsageError, parse_config, run
+from longtail.cli import parse_config, run
 from longtail.crossfit import (
     FOLDS_HELP,
     check_class_counts,
@@ -44,7 +44,7 @@ from longtail.grid import (
     solver_note,
     warn_unconverged,
 )
-from longtail.inference import LONG_TEXT
+from longtail.inference import LONG_TEXT, check_max_length
 from longtail.losses import class_weights
 from longtail.metrics import softmax
 from longtail.posthoc import log_prior_array, parse_tau_option, select_tau
@@ -339,12 +339,12 @@ def main(argv: list[str] | None = None) -> dict:
     encoder.requires_grad_(False)
     if torch.cuda.is_available():
         encoder.cuda()
-    limit = getattr(encoder.config, "max_position_embeddings", None)
-    if limit and data_args.max_length > limit:  # else an index error deep inside the model, mid-embedding
-        raise UsageError(
-            f"--max_length {data_args.max_length} exceeds the {limit} positions of {model_args.model_name_or_path}; "
-            "use at most that (with --long_text windows, longer texts are still read whole, in windows)"
-        )
+    check_max_length(
+        encoder,
+        data_args.max_length,
+        model_args.model_name_or_path,
+        " (with --long_text windows, longer texts are still read whole, in windows)",
+    )
     pooling = default_pooling(encoder.config) if args.pooling == "auto" else args.pooling
     layers = check_layers(args.feature_layers, encoder.config.num_hidden_layers)
 

@@ -31,6 +31,7 @@ from longtail.adapters import (
 from longtail.cli import run
 from longtail.data import DataArguments, prepare_data
 from longtail.distributed import end_training, parse_recipe_args
+from longtail.inference import check_max_length
 from longtail.losses import LossArguments
 from longtail.lpft import LPFTArguments
 from longtail.posthoc import adjust_on_validation
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_quantized_classifier(model_args, quant_args, data.label_names, tokenizer, training_args)
     check_padding(model, tokenizer)  # a text scores the same alone and inside a padded batch
     model = add_lora(model, adapter_args)  # logs the trainable parameters and their share
+    check_max_length(model, data_args.max_length, model_args.model_name_or_path)
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
 
     # ---- Train -------------------------------------------------------------------------------

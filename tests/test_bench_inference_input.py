@@ -235,8 +235,7 @@ def test_max_length_above_the_models_positions(bench, run_dir, eval_csv, tmp_pat
 
     out = tmp_path / "out"
     assert refused(bench, argv(run_dir, eval_csv, out, "--max_length", "129"), capsys).endswith(
-        f"--max_length 129 is above the model's 128 positions (max_position_embeddings of {run_dir}): "
-        "pass --max_length 128 or less"
+        f"--max_length 129 exceeds the 128 positions of {run_dir}; use at most that"
     )
     assert not out.exists()
     parser = bench.build_parser()

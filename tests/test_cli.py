@@ -103,3 +103,33 @@ def test_model_options_that_name_nothing_loadable_are_usage_errors(tiny_modernbe
             ModelArguments(model_name_or_path=tiny_modernbert, tokenizer_name=str(tmp_path / "empty"))
         )
     assert load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert)).pad_token is not None
+
+
+def test_max_length_beyond_the_models_positions_is_refused_before_training(tiny_modernbert, tmp_path):
+    """Unchecked, the first text longer than the position table failed inside the model, mid-training."""
+    from test_recipes import encoder_args, load_recipe, synthetic_files
+    from transformers import AutoConfig
+
+    from longtail.inference import check_max_length
+    from longtail.probe import ProbeConfig
+
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "run"
+    with pytest.raises(UsageError) as info:
+        load_recipe("full_ft_encoder").main(
+            encoder_args(tiny_modernbert, train, test, out, "--max_length", "513")
+        )
+    assert (
+        str(info.value)
+        == f"--max_length 513 exceeds the 512 positions of {tiny_modernbert}; use at most that"
+    )
+    assert not list(out.glob("*.safetensors")) and not list(out.glob("checkpoint-*"))
+    body = AutoConfig.from_pretrained(tiny_modernbert)
+    check_max_length(body, 512, "m")  # the limit itself is allowed
+    with pytest.raises(
+        UsageError, match="^--teacher_max_length 600 exceeds the 512 positions of t; use at most that$"
+    ):
+        check_max_length(body, 600, "t", option="--teacher_max_length")
+    with pytest.raises(UsageError, match="exceeds the 512 positions of p"):  # a probe: its body's table
+        check_max_length(ProbeConfig(encoder_config=body.to_dict(), num_labels=3), 513, "p")
+    check_max_length(ProbeConfig(num_labels=3), 10**6, "no table")  # nothing to check against

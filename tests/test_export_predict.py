@@ -261,6 +261,14 @@ def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, c
     with pytest.raises(SystemExit, match="predict: error: max_length 2 leaves no room"):
         main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "w.csv"),
               "--long_text", "windows", "--max_length", "2"])  # fmt: skip
+    # past the model's 512 positions: once a shape error from inside BERT's embeddings (a text > 512 tokens)
+    long_text = tmp_path / "long.csv"
+    long_text.write_text("text\n" + "charged twice " * 400 + "\n")
+    with pytest.raises(
+        SystemExit, match=rf"predict: error: --max_length 513 exceeds the 512 positions of {tiny_classifier}"
+    ):
+        main(["--model_dir", tiny_classifier, "--input", str(long_text), "--output", str(tmp_path / "l.csv"),
+              "--max_length", "513"])  # fmt: skip
     for flag in ("--max_length", "--batch_size"):
         with pytest.raises(SystemExit) as exit_info:
             main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "x.csv"),

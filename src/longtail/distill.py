@@ -544,16 +544,17 @@ def teacher_logits(
         logits = require_finite(logits, data, f"--teacher_logits {args.teacher_logits}")
         return logits, {"teacher": f"precomputed logits `{Path(args.teacher_logits).name}`", "cache": "none"}
 
+    from longtail.inference import check_max_length
     from longtail.runs import public_model_name
 
     teacher = args.teacher_model_name_or_path
     max_length = args.teacher_max_length or max_length
-    # check the label maps from the config before loading any weights
-    cols = label_columns(
-        config_labels(teacher_config(teacher)),
-        data.label_names,
-        teacher,
-        args.teacher_drop_extra_labels,
+    # check the label maps and the length from the config before loading any weights
+    config = teacher_config(teacher)
+    cols = label_columns(config_labels(config), data.label_names, teacher, args.teacher_drop_extra_labels)
+    option = "--teacher_max_length" if args.teacher_max_length else "--max_length"
+    check_max_length(
+        config, max_length, teacher, " for the teacher (--teacher_max_length sets its own)", option
     )
     fingerprint = _digest(
         teacher_fingerprint(teacher, args.teacher_base_model),

@@ -234,6 +234,19 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def check_max_length(model, max_length: int, name: str, note: str = "", option: str = "--max_length") -> None:
+    """`option` within the position table (`max_position_embeddings`) of `model` (a model or its config; a
+    probe-architecture model's body). Past it, the first text that long fails deep inside the model, mid-training
+    or mid-scoring."""
+    config = getattr(model, "config", model)
+    config = getattr(config, "encoder_config", None) or config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and max_length > limit:
+        raise UsageError(
+            f"{option} {max_length} exceeds the {limit} positions of {name}; use at most that{note}"
+        )
+
+
 class TorchBackend:
     name = "pytorch"
 

@@ -34,6 +34,7 @@ from longtail.inference import (
     LONG_TEXT,
     OrtBackend,
     TorchBackend,
+    check_max_length,
     encode_batches,
     load_model_dir,
     load_tokenizer_dir,
@@ -195,6 +196,8 @@ def transformer_scores(args, folder: Path, texts: list[str], calibrated: bool) -
     backend, tokenizer, id2label, temperature = load_backend(args, folder)
     serving = serving_defaults(folder)
     max_length = args.max_length or serving["max_length"]
+    config = backend.config if isinstance(backend, OrtBackend) else backend.model.config
+    check_max_length(config, max_length, str(folder))  # else a shape error from inside the model
     long_text = args.long_text or serving["long_text"]
     if long_text == "windows":
         windows = text_windows(tokenizer, texts, max_length)
