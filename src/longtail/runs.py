@@ -134,7 +134,8 @@ def prepare_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool =
             raise OutputDirError(
                 f"output_dir '{path}' holds model files ({', '.join(sorted(models)[:4])}) but no run of these "
                 "recipes (no run_config.json or report.md): --overwrite_output_dir only replaces our own runs. "
-                "Choose another --output_dir."
+                "Choose another --output_dir (or, if it is a run of ours stopped before it wrote its results, "
+                "delete the folder yourself)."
             )
         doomed = [p.resolve() for p in files + folders]
         for option, value in inputs.items() if isinstance(inputs, dict) else inputs or ():
