@@ -369,6 +369,53 @@ def test_unseen_evaluation_labels_are_excluded_and_counted(caplog, split):
     )
 
 
+def test_labels_written_differently_in_training_are_named(tmp_path, caplog):
+    """A numeric label column with a gap is written by pandas as floats ('3.0') in one file and ints ('3') in
+    another; every evaluation row was then 'never seen in training', with nothing saying why."""
+    (tmp_path / "train.csv").write_text(
+        "text,label\n" + "".join(f"train {i},{i % 2 + 3}.0\n" for i in range(6))
+    )
+    pd.DataFrame({"text": ["t1", "t2", "t3", "t4"], "label": [3, 4, 5, 4]}).to_csv(
+        tmp_path / "test.csv", index=False
+    )
+    files = dict(train_file=str(tmp_path / "train.csv"), test_file=str(tmp_path / "test.csv"))
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        data = prepare_data(args(**files, validation_split_fraction=0.34))
+    expected = (
+        "2 of them match a training label written differently ('3' vs '3.0', '4' vs '4.0'): write each label"
+    )
+    assert data.log["test_unseen_label_hint"].startswith(expected)  # '5' matches nothing
+    assert any(expected in r.getMessage() for r in caplog.records)
+    with pytest.raises(
+        DataError, match=r"all 4 of its rows carry labels never seen in training\. 2 of them match"
+    ):
+        require_usable_splits(data, do_predict=True)
+    # another case ('Fees ' is stripped on reading)
+    train = pd.DataFrame({"text": ["a1", "a2", "b1", "b2"], "label": ["Fees", "Fees", "Other", "Other"]})
+    val = pd.DataFrame({"text": ["v1", "v2"], "label": ["fees", "Other"]})
+    data = prepare_data(args(), raw={"train": train, "validation": val})
+    assert data.log["validation_unseen_label_hint"] == (
+        "1 of them match a training label written differently ('fees' vs 'Fees'): write each label the same way in "
+        "every file"
+    )
+    data = prepare_data(args(), raw={"train": train, "validation": val.assign(label="Other")})
+    assert "validation_unseen_label_hint" not in data.log  # nothing unseen, no hint
+
+
+def test_a_semicolon_separated_csv_is_named(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("text;label\nfirst;a\nI paid, twice, a fee;b\n", "utf-8")
+    with pytest.raises(
+        DataError, match=r"Could not parse .*semi.csv as csv: .* \(its header is split by ';', not"
+    ):
+        prepare_data(args(train_file=str(path)))
+    path.write_text("text;label\nfirst;a\nsecond;b\n", "utf-8")  # parses, as one column
+    with pytest.raises(
+        DataError, match=r"\['text;label'\]\. The file was read as one column: is it ';'- or tab"
+    ):
+        prepare_data(args(train_file=str(path)))
+
+
 def test_non_utf8_csv_is_a_clear_error(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes(b"text,label\ncaf\xe9 latte was cold,a\n")

@@ -172,8 +172,24 @@ def read_table(path: str | Path) -> pd.DataFrame:
             f"`iconv -f latin1 -t utf-8 {path.name} > fixed.csv`."
         ) from None
     except (pd.errors.ParserError, ValueError) as err:
-        raise DataError(f"Could not parse {path} as {suffix[1:]}: {err}") from None
+        raise DataError(
+            f"Could not parse {path} as {suffix[1:]}: {str(err).strip()}{separator_hint(path)}"
+        ) from None
     raise DataError(f"Unsupported data file type '{suffix}' for {path}: use .csv, .json, .jsonl or .parquet.")
+
+
+def separator_hint(path: Path) -> str:
+    """For a .csv that fails to parse: a note when its header is split by ';' or tabs rather than commas."""
+    if path.suffix.lower() != ".csv":
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
+    sep = max(counts, key=counts.get)
+    if sep == "," or not counts[sep]:
+        return ""
+    name = "tab" if sep == "\t" else repr(sep)
+    return f" (its header is split by {name}, not commas: save it comma-separated)"
 
 
 def is_local_file(name: str | None) -> bool:
@@ -285,6 +301,8 @@ def check_columns(df: pd.DataFrame, split: str, text_column: str, label_column: 
         return
     hints = [h for c in missing for h in COLUMN_HINTS.get(c, []) if h in df.columns]
     hint = f" Did you mean {' / '.join(repr(h) for h in hints)}?" if hints else ""
+    if len(df.columns) == 1 and any(sep in str(df.columns[0]) for sep in (";", "\t")):
+        hint += " The file was read as one column: is it ';'- or tab-separated? Save it comma-separated."
     raise DataError(
         f"Column(s) {missing} not found in the {split} data. Columns that exist: {list(df.columns)}.{hint} "
         "Set --text_column / --label_column."
@@ -438,12 +456,16 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
             unseen = ~splits[s]["label"].isin(label2id)
             log[f"{s}_excluded_unseen_labels"] = int(unseen.sum())
             if unseen.any():
+                missed = sorted(splits[s].loc[unseen, "label"].unique())
+                hint = spelling_hint(missed, label_names)
+                log[f"{s}_unseen_label_hint"] = hint or None
                 logger.warning(
-                    "%s: %d rows (%d labels) never seen in training are excluded from metrics: %s",
+                    "%s: %d rows (%d labels) never seen in training are excluded from metrics: %s%s",
                     s,
                     unseen.sum(),
-                    splits[s].loc[unseen, "label"].nunique(),
-                    sorted(splits[s].loc[unseen, "label"].unique())[:10],
+                    len(missed),
+                    missed[:10],
+                    f". {hint}" if hint else "",
                 )
             splits[s] = splits[s][~unseen]
     for s, df in splits.items():
@@ -485,6 +507,29 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
     return out
 
 
+def spelling_hint(unseen: list[str], known: list[str]) -> str:
+    """A note when labels unseen in training are training labels written another way: another case or
+    spacing, or a number written as a float ('3.0', as pandas writes an integer column with a gap) or not."""
+
+    def key(label: str) -> str:
+        text = " ".join(label.split()).casefold()
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return str(int(number)) if number.is_integer() else str(number)
+
+    by_key = {key(k): k for k in known}
+    pairs = [(u, by_key[key(u)]) for u in unseen if key(u) in by_key]
+    if not pairs:
+        return ""
+    examples = ", ".join(f"{u!r} vs {k!r}" for u, k in pairs[:3])
+    return (
+        f"{len(pairs)} of them match a training label written differently ({examples}): write each label the "
+        "same way in every file"
+    )
+
+
 def require_usable_splits(data: PreparedData, do_predict: bool) -> None:
     """Stop before any model is built or trained when cleaning left nothing to learn from or to score (a
     library would fail later, after training, about empty arrays), or --do_predict has no test split."""
@@ -512,6 +557,7 @@ def require_usable_splits(data: PreparedData, do_predict: bool) -> None:
             raise DataError(
                 f"The {s} split has no rows left to score"
                 + (f": all {unseen} of its rows carry labels never seen in training" if unseen else "")
+                + (f". {hint}" if (hint := log.get(f"{s}_unseen_label_hint")) else "")
                 + f" ({dropped}). Check --label_column and the {s} data"
                 + (", or --validation_split_fraction" if s == "validation" else "")
             )
