@@ -133,3 +133,21 @@ def test_max_length_beyond_the_models_positions_is_refused_before_training(tiny_
     with pytest.raises(UsageError, match="exceeds the 512 positions of p"):  # a probe: its body's table
         check_max_length(ProbeConfig(encoder_config=body.to_dict(), num_labels=3), 513, "p")
     check_max_length(ProbeConfig(num_labels=3), 10**6, "no table")  # nothing to check against
+
+
+def test_online_load_failures_keep_the_hubs_reason(monkeypatch):
+    """With the Hub reachable, "not available" would misreport a gated repo or one that needs remote code."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+
+    from longtail.cli import model_source_error
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert str(
+        model_source_error("--model_name_or_path", "/no/such/dir", HFValidationError("Repo id must"))
+    ) == ("--model_name_or_path /no/such/dir is neither a local folder nor a valid Hugging Face Hub repo id")
+    gated = OSError("You are trying to access a gated repo.\nMake sure to have access to it.")
+    assert str(model_source_error("--model_name_or_path", "org/gated", gated)) == (
+        "--model_name_or_path org/gated cannot be loaded: You are trying to access a gated repo. Make sure to have "
+        "access to it."
+    )

@@ -42,12 +42,17 @@ def model_source_error(option: str, name: str, err: Exception | None, needs=("co
         return UsageError(f"{option} {name} has no {' or '.join(needs)}: not a model folder")
     if path.is_dir():
         return UsageError(f"{option} {name} cannot be read as a model folder: {' '.join(str(err).split())}")
-    where = (
-        "in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE)"
-        if constants.HF_HUB_OFFLINE
-        else "on the Hugging Face Hub or in its cache"
-    )
-    return MissingInputError(f"{option} {name} is neither a local folder nor available {where}")
+    from huggingface_hub.errors import HFValidationError
+
+    if isinstance(err, HFValidationError) or (isinstance(err, OSError) and constants.HF_HUB_OFFLINE):
+        where = (
+            "available in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE)"
+            if constants.HF_HUB_OFFLINE
+            else "a valid Hugging Face Hub repo id"  # a name that cannot be one: a mistyped path
+        )
+        return MissingInputError(f"{option} {name} is neither a local folder nor {where}")
+    # a Hub repo id, online: gated, missing, remote code not allowed...; Transformers' own words say which
+    return UsageError(f"{option} {name} cannot be loaded: {' '.join(str(err).split())}")
 
 
 @contextmanager
