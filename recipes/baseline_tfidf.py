@@ -24,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 from trl import TrlParser
 
+from longtail.calibration import temperature_note
 from longtail.cli import parse_config, run
 from longtail.crossfit import (
     FOLDS_HELP,
@@ -305,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
             if args.select_on_validation
             else "fixed settings (no selection)"
         )
+        + f"; {temperature_note(len(data.splits['validation']))}"
         + f"; {refit_note(data)}" * refit_args.refit_with_validation
         + "; test scored once at the end" * args.do_predict,
     }

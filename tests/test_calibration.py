@@ -11,6 +11,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from longtail.calibration import (
+    CALIBRATION_SEED,
     TEMPERATURE_FILE,
     apply_temperature,
     calibrate,
@@ -95,6 +96,32 @@ def test_calibrate_scores_on_the_other_half(tmp_path, one_torch_thread):
     assert saved["ece_after"] < saved["ece_before"]
     assert f"T = {cal.temperature:.3f}" in section and "| test, +T |" in section and "τ" in section
     assert calibrate_run(tmp_path / "none", [Result("test", softmax(z), y)]) is None
+    assert cal.applied and saved["applied"] and saved["fitted_temperature"] == saved["temperature"]
+
+
+def test_a_temperature_that_does_not_carry_over_is_not_served(tmp_path, one_torch_thread):
+    """Fitted on one half of validation, T is kept only if it lowers NLL on the other: here the fitting half is
+    over-confident and the scoring half under-confident, so T > 1 would make served probabilities worse."""
+    z, y = overconfident()
+    fit_rows, score_rows = calibration_halves(len(y), CALIBRATION_SEED)
+    z = z.copy()
+    z[score_rows] /= 4  # under-confident there: the fitted T > 1 flattens them further
+    cal = calibrate(softmax(z), y)
+    assert cal.fitted > 1.5 and cal.calibrated["nll"] > cal.raw["nll"]
+    assert not cal.applied and cal.temperature == 1.0
+
+    class Result:
+        def __init__(self, split, probs, y_true):
+            self.split, self.probs, self.y_true = split, probs, y_true
+
+    section = calibrate_run(tmp_path, [Result("validation", softmax(z), y)])
+    saved = json.loads((tmp_path / TEMPERATURE_FILE).read_text())
+    assert load_temperature(tmp_path) == 1.0 and saved["applied"] is False
+    assert saved["fitted_temperature"] == pytest.approx(cal.fitted)
+    assert (
+        f"T = {cal.fitted:.3f}" in section and "did **not** lower NLL" in section and "holds T = 1" in section
+    )
+    assert "over-confident" not in section  # T alone no longer speaks for the raw model
 
 
 def test_paired_delta_and_compare_arms(monkeypatch):
@@ -144,13 +171,13 @@ def test_temperature_scaling_on_real_cfpb(one_torch_thread):
     probs[:, model.classes_] = model.predict_proba(val["text"])
     y = val["label_id"].to_numpy()
     cal = calibrate(probs, y)
-    assert len(cal.score_rows) > 350 and 0.3 < cal.temperature < 3
+    assert len(cal.score_rows) > 350 and 0.3 < cal.fitted < 3
 
     def fit_nll(t):
         rows = cal.fit_rows
         return negative_log_likelihood(apply_temperature(log_probs(probs[rows]), t), y[rows])
 
-    t = cal.temperature
+    t = cal.fitted
     assert fit_nll(t) <= min(fit_nll(1.0), fit_nll(t * 1.05), fit_nll(t / 1.05))
     assert cal.calibrated["nll"] <= cal.raw["nll"] + 0.01
 
@@ -163,5 +190,7 @@ def test_the_report_says_whether_a_temperature_was_fitted():
         probs = rng.dirichlet(np.ones(3), size=n)
         fitted = calibrate(probs, rng.integers(0, 3, n)) is not None
         note = temperature_note(n)
-        assert fitted == (n == 20) and fitted == note.startswith("temperature: fitted on validation")
+        assert fitted == (n == 20) and fitted == note.startswith(
+            "temperature: fitted on half of validation, kept"
+        )
     assert temperature_note(19) == "temperature: none fitted (19 validation rows, 20 needed)"

@@ -57,6 +57,33 @@ def test_compare_table_and_paired_deltas(tmp_path, capsys):
     assert "nan" not in to_markdown(result) and " / —" in to_markdown(result)
 
 
+def test_compare_shows_the_calibration_each_run_serves(tmp_path):
+    """ECE in compare.md is that of the probabilities `predict` serves: the saved raw ones at the run's own
+    temperature.json. It showed the raw ones, beside an ensemble's calibrated mix."""
+    from longtail.calibration import save_temperature
+    from longtail.compare import main
+    from longtail.metrics import expected_calibration_error, softmax
+
+    ref = make_run(tmp_path / "tfidf", {"test": [0, 0, 1, 1, 2, 2, 0, 0]}, Y)
+    probe = make_run(tmp_path / "probe", {"test": [0, 0, 1, 1, 2, 2, 0, 0]}, Y)
+    save_temperature(probe, 2.0)
+    result = main([probe, "--reference", ref, "--output_dir", str(tmp_path / "cmp"), "--n_resamples", "50"])
+    rows = {r["run"]: r for r in result["runs"]}
+    y, raw = np.array(Y["test"]), one_hot_probs(np.array([0, 0, 1, 1, 2, 2, 0, 0]))
+    served = softmax(np.log(raw) / 2.0)
+    assert rows["probe"]["ece_served"] == pytest.approx(expected_calibration_error(served, y))
+    assert (
+        rows["probe"]["ece"]
+        == pytest.approx(expected_calibration_error(raw, y))
+        != rows["probe"]["ece_served"]
+    )
+    assert rows["tfidf"]["temperature"] == 1.0 and rows["tfidf"]["ece_served"] == pytest.approx(
+        rows["tfidf"]["ece"]
+    )
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| ECE, served |" in md and f"| {rows['probe']['ece_served']:.3f} |" in md
+
+
 def test_compare_names_the_run_validation_picks(tmp_path):
     """On test, compare adds each run's validation macro-F1 and the run with the best one: the honest "best
     of them". Here validation picks the run that is worse on test, and the table says so."""

@@ -247,6 +247,7 @@ def test_baseline_tfidf_end_to_end(tmp_path):
     best = max(grid, key=lambda r: r["val_macro_f1"])
     assert metrics["validation"]["macro_f1"] == pytest.approx(best["val_macro_f1"])
     assert "Validation grid" in (out / "report.md").read_text()
+    assert "temperature: fitted on half of validation, kept only if" in (out / "report.md").read_text()
     assert metrics["test"]["accuracy"] > 0.5
     # the YAML runs lbfgs to convergence: every fit stops on its tolerance, well before max_iter
     assert config["baseline"]["tol"] == 1e-6 and all(0 < r["iterations"] < 1000 for r in grid)

@@ -200,7 +200,21 @@ def test_run_outputs_report_and_card(tmp_path, monkeypatch):
     assert "planted section text" in report and "![Most confused pairs](confusion.png)" in report
     assert "best validation macro_f1" in report and "rare classes dropped: 1" in report
 
+    # the served calibration beside the raw one: softmax(logits / T) at the saved temperature
+    from longtail.calibration import apply_temperature, load_temperature, log_probs
+    from longtail.metrics import expected_calibration_error, negative_log_likelihood
+
+    t = load_temperature(out)
+    saved = json.loads((out / "test_results.json").read_text())
+    served = apply_temperature(log_probs(results[1].probs), t)
+    assert saved["temperature"] == t != 1.0
+    assert saved["ece_served"] == pytest.approx(expected_calibration_error(served, results[1].y_true))
+    assert saved["nll_served"] == pytest.approx(negative_log_likelihood(served, results[1].y_true))
+    assert saved["ece"] == pytest.approx(expected_calibration_error(results[1].probs, results[1].y_true))
+    assert f"| ECE, served (T = {t:.3f}) | " in report and "| ECE (15 bins), raw | " in report
+
     card = (out / "README.md").read_text()
+    assert f"ECE of the served probabilities (T = {t:.3f}) {saved['ece_served']:.3f}" in card
     front = yaml.safe_load(card.split("---")[1])
     assert front["base_model"] == "distilbert-base-uncased"
     assert front["pipeline_tag"] == "text-classification" and "long-tail" in front["tags"]

@@ -136,17 +136,41 @@ def score_probs(probs: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
     }
 
 
+def served_scores(probs: np.ndarray, y_true: np.ndarray, temperature: float) -> dict[str, float]:
+    """ECE and NLL of the probabilities a run serves, softmax(logits / T) with its saved T (`predict` serves
+    those), beside the raw ones every metrics file also holds as `ece` / `nll`."""
+    if len(y_true) == 0:
+        return {"temperature": temperature, "ece_served": float("nan"), "nll_served": float("nan")}
+    served = apply_temperature(log_probs(np.asarray(probs)), temperature)
+    return {
+        "temperature": float(temperature),
+        "ece_served": expected_calibration_error(served, np.asarray(y_true)),
+        "nll_served": negative_log_likelihood(served, np.asarray(y_true)),
+    }
+
+
 @dataclass
 class Calibration:
     """T fitted on the calibration half of validation, and before/after scores on the scoring half."""
 
-    temperature: float
+    fitted: float  # T minimising NLL on the calibration half
     fit_rows: np.ndarray
     score_rows: np.ndarray
     raw: dict  # metrics of the raw probabilities on the scoring half
-    calibrated: dict  # the same with T applied
+    calibrated: dict  # the same with the fitted T applied
     gating_raw: list = field(default_factory=list)
     gating_calibrated: list = field(default_factory=list)
+
+    @property
+    def applied(self) -> bool:
+        """T is kept only when it lowers NLL on the scoring half: a T fitted on a few rows can make held-out
+        probabilities worse, and serving it would then be a loss, not a calibration."""
+        return self.calibrated["nll"] <= self.raw["nll"]
+
+    @property
+    def temperature(self) -> float:
+        """The temperature saved and served: the fitted one, or 1 (the raw probabilities) when it did not help."""
+        return self.fitted if self.applied else 1.0
 
     def info(self) -> dict:
         """What temperature.json records next to T."""
@@ -154,6 +178,9 @@ class Calibration:
             "fitted_on": f"validation, calibration half ({len(self.fit_rows)} rows, seed {CALIBRATION_SEED})",
             "method": "one temperature, NLL minimised by LBFGS",
             "scored_on": f"validation, other half ({len(self.score_rows)} rows)",
+            "fitted_temperature": self.fitted,
+            "applied": self.applied,
+            "rule": "kept only if it lowers NLL on the scoring half; else T = 1",
             "ece_before": self.raw["ece"],
             "ece_after": self.calibrated["ece"],
             "nll_before": self.raw["nll"],
@@ -165,7 +192,10 @@ def temperature_note(validation_rows: int) -> str:
     """The report's word on the temperature, as `calibrate` will decide it."""
     if validation_rows < MIN_ROWS:
         return f"temperature: none fitted ({validation_rows} validation rows, {MIN_ROWS} needed)"
-    return "temperature: fitted on validation (temperature.json, see Calibration)"
+    return (
+        "temperature: fitted on half of validation, kept only if it lowers NLL on the other half "
+        "(temperature.json, see Temperature scaling)"
+    )
 
 
 def calibrate(probs: np.ndarray, y_true: np.ndarray, seed: int = CALIBRATION_SEED) -> Calibration | None:
@@ -181,7 +211,7 @@ def calibrate(probs: np.ndarray, y_true: np.ndarray, seed: int = CALIBRATION_SEE
     scaled = apply_temperature(logits[score_rows], temperature)
     y = y_true[score_rows]
     return Calibration(
-        temperature=temperature,
+        fitted=temperature,
         fit_rows=fit_rows,
         score_rows=score_rows,
         raw=score_probs(raw, y),
@@ -237,19 +267,29 @@ def gating_markdown(arms: dict[str, list[dict]]) -> str:
 
 def calibration_section(cal: Calibration, test: tuple[np.ndarray, np.ndarray] | None = None) -> str:
     """The report's temperature-scaling section; `test` = (probs, y_true) adds test before/after."""
-    t = cal.temperature
+    t = cal.fitted
+    if cal.applied:
+        verdict = (
+            f"It lowered NLL on the scoring half ({_f(cal.raw['nll'])} → {_f(cal.calibrated['nll'])}), so it is "
+            f"saved as `{TEMPERATURE_FILE}` and served: probabilities = softmax(logits / T). "
+            + (
+                "T > 1: the raw model was over-confident."
+                if t > 1
+                else "T < 1: the raw model was under-confident."
+            )
+        )
+    else:
+        verdict = (
+            f"It did **not** lower NLL on the scoring half ({_f(cal.raw['nll'])} → {_f(cal.calibrated['nll'])}): "
+            f"fitted on {len(cal.fit_rows)} rows, it does not carry over, so `{TEMPERATURE_FILE}` holds T = 1 and "
+            "the raw probabilities are served. The +T rows below show what it would have done."
+        )
     lines = [
         "## Temperature scaling",
         "",
-        f"One temperature **T = {t:.3f}** (saved as `{TEMPERATURE_FILE}`; probabilities = softmax(logits / T)) "
-        f"was fitted by LBFGS on the NLL of a fixed random half of validation ({len(cal.fit_rows)} rows) and "
-        f"is scored on the other half ({len(cal.score_rows)} rows). "
-        + (
-            "T > 1: the raw model was over-confident."
-            if t > 1
-            else "T < 1: the raw model was under-confident."
-        )
-        + " Scaling never changes the predicted class, so macro-F1 and accuracy do not move.",
+        f"One temperature **T = {t:.3f}** was fitted by LBFGS on the NLL of a fixed random half of validation "
+        f"({len(cal.fit_rows)} rows) and is scored on the other half ({len(cal.score_rows)} rows). {verdict} "
+        "Scaling never changes the predicted class, so macro-F1 and accuracy do not move.",
         "",
         "| rows | ECE | NLL | macro-F1 |",
         "|---|---|---|---|",
@@ -269,8 +309,8 @@ def calibration_section(cal: Calibration, test: tuple[np.ndarray, np.ndarray] | 
         "### Confidence gating (validation scoring half)",
         "",
         "Auto-route a prediction when its top probability is at least τ, escalate the rest to a person. "
-        "Coverage = share auto-routed; accuracy = accuracy of the auto-routed rows. With calibrated "
-        "probabilities a threshold means what it says.",
+        "Coverage = share auto-routed; accuracy = accuracy of the auto-routed rows, with the raw and the +T "
+        "probabilities (a threshold means what it says only where the probabilities are calibrated).",
         "",
         gating_markdown({"raw": cal.gating_raw, "+T": cal.gating_calibrated}),
     ]
@@ -289,8 +329,9 @@ def calibrate_run(output_dir, results) -> str | None:
         return None
     save_temperature(output_dir, cal.temperature, **cal.info())
     logger.info(
-        "Temperature scaling: T=%.3f; validation scoring half ECE %.4f -> %.4f, NLL %.4f -> %.4f",
-        cal.temperature,
+        "Temperature scaling: T=%.3f fitted, %s; validation scoring half ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+        cal.fitted,
+        "kept" if cal.applied else "not kept (NLL rose on the scoring half: T = 1 saved)",
         cal.raw["ece"],
         cal.calibrated["ece"],
         cal.raw["nll"],

@@ -21,6 +21,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from longtail.calibration import load_temperature, served_scores
 from longtail.cli import UsageError
 from longtail.metrics import BOOTSTRAP_RESAMPLES, accuracy, classification_metrics, macro_f1, paired_bootstrap
 from longtail.report import load_predictions
@@ -138,6 +139,9 @@ def compare_runs(
             "dir": run["dir"],
             "reference": run is reference,
             **classification_metrics(y, run["probs"], tiers, n_resamples=n_resamples),
+            # as `predict` serves it: the saved (raw) probabilities at the run's own temperature; an ensemble's
+            # are already its calibrated mix (it saves no temperature.json)
+            **served_scores(run["probs"], y, load_temperature(run["dir"])),
         }
         if run is not reference:
             for key, metric in (("macro_f1", macro_f1), ("accuracy", accuracy)):
@@ -180,7 +184,10 @@ def to_markdown(result: dict) -> str:
         "",
         "Every run scored the same rows with the same labels. CIs: 95% percentile bootstrap over rows. "
         "Deltas vs the reference: paired bootstrap (both systems on the same resampled rows); p = share of "
-        "resamples where the run is not better.",
+        "resamples where the run is not better. Macro-F1 averages over the classes in the true labels or in a "
+        "run's predictions (scikit-learn's rule), so two runs may average over different classes: the zero-F1 "
+        "column's second number says how many. ECE is that of the probabilities each run serves (at its own "
+        "temperature, `temperature.json`).",
         "",
     ]
     pick = result.get("validation_pick") or {}
@@ -196,7 +203,7 @@ def to_markdown(result: dict) -> str:
         lines += [f"No validation pick: {pick['why_none']}", ""]
     val_column = bool(pick.get("run"))
     header = (
-        "| run | accuracy [95% CI] | macro-F1 [95% CI] | zero-F1 classes | head / mid / tail macro-F1 | ECE | "
+        "| run | accuracy [95% CI] | macro-F1 [95% CI] | zero-F1 / classes scored | head / mid / tail macro-F1 | ECE, served | "
         "Δ macro-F1 vs ref [95% CI], p | Δ accuracy vs ref [95% CI], p |"
     )
     if val_column:
@@ -215,7 +222,7 @@ def to_markdown(result: dict) -> str:
             f"| {r['run']}{' **(ref)**' if r['reference'] else ''} "
             f"| {f(r['accuracy'])} [{f(r.get('accuracy_ci_low'))}, {f(r.get('accuracy_ci_high'))}] "
             f"| **{f(r['macro_f1'])}** [{f(r.get('macro_f1_ci_low'))}, {f(r.get('macro_f1_ci_high'))}] "
-            f"| {r['zero_f1_classes']} / {r['classes_scored']} | {tiers} | {f(r['ece'])} "
+            f"| {r['zero_f1_classes']} / {r['classes_scored']} | {tiers} | {f(r['ece_served'])} "
             f"| {delta('macro_f1')} | {delta('accuracy')} |"
             + (f" {f(r['val_macro_f1'])} |" if val_column else "")
         )

@@ -309,7 +309,9 @@ def write_outputs(
     md = [
         "# Ensemble of " + ", ".join(names),
         "",
-        f"**Selection**: {record['selection']}. Validation scores of the chosen setting are therefore optimistic.",
+        f"**Selection**: {record['selection']}. Validation scores of the chosen setting are therefore optimistic, "
+        "its validation ECE and NLL most of all: every temperature (each member's, refitted on all the validation "
+        "rows, and the mix's) is fitted on the rows they are scored on. Test's are not.",
         "",
         "| member | temperature (validation NLL) | weight ("
         + ("equal" if result["weights_mode"] == "equal" else "validation macro-F1")
@@ -326,7 +328,7 @@ def write_outputs(
         + (" (no shift)" if result["tau"] == 0 else " (probabilities x prior^-tau, renormalised)")
         + f"; then temperature {result['mix_temperature']:.3f} (validation NLL; no prediction changes).",
         "",
-        "| split | accuracy [95% CI] | macro-F1 [95% CI] | zero-F1 classes | ECE | NLL |",
+        "| split | accuracy [95% CI] | macro-F1 [95% CI] | zero-F1 / classes scored | ECE, served | NLL, served |",
         "|---|---|---|---|---|---|",
     ]
     for split, m in metrics.items():

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from longtail.calibration import apply_temperature, calibrate_run, load_temperature, log_probs, served_scores
 from longtail.data import slice_masks
 from longtail.metrics import (
     BOOTSTRAP_RESAMPLES,
@@ -322,7 +323,7 @@ def plot_reliability(path, arms: Mapping[str, tuple[np.ndarray, np.ndarray]]) ->
 
 def _metrics_table(results: Sequence[SplitResult], tier_sizes: Mapping[str, int] | None = None) -> str:
     def tier_row(tier):
-        size = f" ({tier_sizes.get(tier, 0)} classes)" if tier_sizes else ""
+        size = f" ({tier_sizes.get(tier, 0)} classes in training)" if tier_sizes else ""
         return f"macro-F1 {tier}{size}", lambda m: _fmt(m.get(f"macro_f1_{tier}"))
 
     rows = [
@@ -334,10 +335,16 @@ def _metrics_table(results: Sequence[SplitResult], tier_sizes: Mapping[str, int]
             lambda m: f"{m.get('zero_f1_classes')} / {m.get('classes_scored')}",
         ),
         *(tier_row(t) for t in TIERS),
-        ("ECE (15 bins)", lambda m: _fmt(m.get("ece"))),
-        ("NLL", lambda m: _fmt(m.get("nll"))),
-        ("n", lambda m: _fmt(m.get("num_examples"))),
+        ("ECE (15 bins), raw", lambda m: _fmt(m.get("ece"))),
+        ("NLL, raw", lambda m: _fmt(m.get("nll"))),
     ]
+    temperature = next((r.metrics["temperature"] for r in results if "temperature" in r.metrics), 1.0)
+    if temperature != 1.0:  # what `predict` serves: softmax(logits / T)
+        rows += [
+            (f"ECE, served (T = {temperature:.3f})", lambda m: _fmt(m.get("ece_served"))),
+            ("NLL, served", lambda m: _fmt(m.get("nll_served"))),
+        ]
+    rows.append(("n", lambda m: _fmt(m.get("num_examples"))))
     return _table(
         ["metric", *(r.split for r in results)], [[n, *(f(r.metrics) for r in results)] for n, f in rows]
     )
@@ -569,11 +576,15 @@ def write_model_card(
     md += ["", "## Limitations", ""]
     for r in results:
         m = r.metrics
-        conf = float(np.asarray(r.probs).max(axis=1).mean()) if len(r.y_true) else float("nan")
+        t = m.get("temperature", 1.0)
+        served = apply_temperature(log_probs(np.asarray(r.probs)), t) if len(r.y_true) else np.zeros((0, 1))
+        conf = float(served.max(axis=1).mean()) if len(r.y_true) else float("nan")
         md.append(
             f"- {r.split}: {m.get('zero_f1_classes')} of {m.get('classes_scored')} scored classes have F1 = 0; "
             f"tail-tier macro-F1 {_fmt(m.get('macro_f1_tail'))} vs head {_fmt(m.get('macro_f1_head'))}. "
-            f"ECE {_fmt(m.get('ece'))}: mean confidence {_fmt(conf)} vs accuracy {_fmt(m.get('accuracy'))}."
+            f"ECE of the served probabilities{f' (T = {t:.3f})' if t != 1 else ''} "
+            f"{_fmt(m.get('ece_served', m.get('ece')))}: mean confidence {_fmt(conf)} vs accuracy "
+            f"{_fmt(m.get('accuracy'))}."
         )
     md += [
         "- Tail classes have few training and evaluation rows: their per-class scores are noisy, and the "
@@ -604,10 +615,13 @@ def write_run_outputs(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tiers = assign_tiers(data.train_counts)
+    calibration = calibrate_run(out, results)  # temperature.json next to the model, for every recipe
+    temperature = load_temperature(out)  # 1 when none was fitted or kept
     paths: dict[str, Path] = {}
     for r in results:
         if not r.metrics:
             score_split(r, tiers)
+        r.metrics.update(served_scores(r.probs, np.asarray(r.y_true), temperature))
         paths[f"{RESULTS_PREFIX.get(r.split, r.split)}_results"] = save_results_json(out, r)
         paths[f"predictions_{r.split}"] = save_predictions(out, r, data.label_names)
     paths["per_class"] = write_per_class_csv(out, results, data.label_names, tiers, data.train_counts)
@@ -617,9 +631,6 @@ def write_run_outputs(
         paths["reliability"] = plot_reliability(
             out / "reliability.png", {r.split: (r.probs, np.asarray(r.y_true)) for r in results}
         )
-    from longtail.calibration import calibrate_run
-
-    calibration = calibrate_run(out, results)  # temperature.json next to the model, for every recipe
     sections = [*(sections or []), *([calibration] if calibration else [])]
     rows = data.log.get("rows", {})
     data_description = (
