@@ -402,17 +402,24 @@ def test_labels_written_differently_in_training_are_named(tmp_path, caplog):
     assert "validation_unseen_label_hint" not in data.log  # nothing unseen, no hint
 
 
-def test_a_semicolon_separated_csv_is_named(tmp_path):
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (
+            "text;label\nfirst;a\nI paid, twice, a fee;b\n",
+            r"Could not parse .*: .* \(its header is split by ';', not",
+        ),
+        (
+            "text;label\nfirst;a\nsecond;b\n",
+            r"\['text;label'\]\. The file was read as one column: is it ';'- or tab",
+        ),
+    ],
+)
+def test_a_semicolon_separated_csv_is_named(tmp_path, content, match):
+    """Whether it fails to parse (a comma inside a field) or parses as one column."""
     path = tmp_path / "semi.csv"
-    path.write_text("text;label\nfirst;a\nI paid, twice, a fee;b\n", "utf-8")
-    with pytest.raises(
-        DataError, match=r"Could not parse .*semi.csv as csv: .* \(its header is split by ';', not"
-    ):
-        prepare_data(args(train_file=str(path)))
-    path.write_text("text;label\nfirst;a\nsecond;b\n", "utf-8")  # parses, as one column
-    with pytest.raises(
-        DataError, match=r"\['text;label'\]\. The file was read as one column: is it ';'- or tab"
-    ):
+    path.write_text(content, "utf-8")
+    with pytest.raises(DataError, match=match):
         prepare_data(args(train_file=str(path)))
 
 
