@@ -15,6 +15,7 @@ from longtail.cli import MissingInputError, UsageError, run
 
 def test_run_prints_a_usage_error_as_one_line_and_keeps_tracebacks_for_bugs(monkeypatch, capsys):
     from longtail.data import DataError
+    from longtail.export import ExportError
     from longtail.runs import OutputDirError
 
     monkeypatch.setattr(sys, "argv", ["recipes/some_recipe.py", "--seed", "3"])
@@ -24,12 +25,12 @@ def test_run_prints_a_usage_error_as_one_line_and_keeps_tracebacks_for_bugs(monk
         seen.append(argv)
         raise error("Column(s) ['body'] not found")
 
-    for error in (DataError, OutputDirError, MissingInputError, UsageError):
+    for error in (DataError, OutputDirError, ExportError, MissingInputError, UsageError):
         with pytest.raises(SystemExit) as exit_info:
             run(lambda argv, error=error: refuses(argv, error))
         assert exit_info.value.code == 2
         assert capsys.readouterr().err == "some_recipe.py: error: Column(s) ['body'] not found\n"
-    assert seen == [["--seed", "3"]] * 4  # the command line, without the script
+    assert seen == [["--seed", "3"]] * 5  # the command line, without the script
 
     def bug(argv):
         raise ValueError("an index went wrong")  # not a UsageError: a bug in our code, shown whole

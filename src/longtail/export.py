@@ -39,8 +39,9 @@ VARIANTS = ("fp32", "optimized", "int8")
 EXTRA_FILES = ("temperature.json", "labels.json", "run_config.json")
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(UsageError, RuntimeError):
+    """What the export cannot do for this model (an architecture Optimum does not export, logits that do not match
+    PyTorch): one line from the recipe, as a UsageError; still a RuntimeError for callers that catch those."""
 
 
 @dataclass
