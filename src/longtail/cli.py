@@ -68,10 +68,8 @@ def reading_model(option: str, name: str, needs=("config.json",)):
         yield
     except UsageError:
         raise
-    except (
-        OSError,
-        ValueError,
-    ) as err:  # ValueError: huggingface_hub's HFValidationError, "Unrecognized model"
+    # ValueError: huggingface_hub's HFValidationError, Transformers' "Unrecognized model"
+    except (OSError, ValueError) as err:
         raise model_source_error(option, name, err, needs) from err
 
 
