@@ -14,7 +14,11 @@ its own process (so its peak memory is its own) on the same rows, tokenised befo
   parameters x real tokens + attention);
 - quality from longtail.metrics: accuracy, macro-F1 with its bootstrap CI, tail macro-F1, ECE (with the
   model's temperature), argmax agreement with PyTorch fp32.
-A variant is "recommended" only within 0.5 point macro-F1 of fp32: the fastest such one at that batch size.
+A variant is "recommended" only within 0.5 point macro-F1 of fp32 and agreeing with fp32's predicted class on
+at least 97 % of the rows: the fastest such one at that batch size.
+Stability: each variant's batch pass also reports the spread of its timed repeats ((max - min) / median);
+when a spread, or the drift of the GEMM peak remeasured across variants, exceeds 10 %, results.md warns
+that the machine was unstable and that speed ratios within that spread are noise.
 With the real CFPB data (../shared), it also measures what padding costs at max_length 512.
 Writes results.json, results.md and pareto_latency.png / pareto_memory.png to --output_dir.
 """
@@ -44,6 +48,9 @@ RECOMMEND_WITHIN = 0.005  # macro-F1 (0.5 point) of PyTorch fp32
 # ... and argmax agreement with it, the export's int8 gate: on a few hundred rows macro-F1 alone can tie by
 # chance while a third of the predictions changed
 RECOMMEND_MIN_AGREEMENT = 0.97
+# above this, a variant's timed repeats ((max - min) / median) or the GEMM peak remeasured before each variant
+# ((max - min) / max) moved too much for speed ratios of that size to mean anything: results.md says so
+UNSTABLE_SPREAD = 0.10
 MIB = 1024**2
 logger = logging.getLogger("bench.inference")
 
@@ -428,6 +435,7 @@ COLUMNS = [
     ("variant", "variant", "{}"),
     ("ms_per_example_b32", "ms/example (b32)", "{:.2f}"),
     ("throughput_rows_s", "rows/s (b32)", "{:.1f}"),
+    ("batch32_spread", "spread of repeats (b32)", "{:.0%}"),
     ("latency_b1_p50_ms", "p50 ms (b1)", "{:.1f}"),
     ("latency_b1_p95_ms", "p95 ms (b1)", "{:.1f}"),
     ("speedup_vs_fp32", "speed-up vs fp32 (b32)", "{:.2f}x"),
@@ -475,7 +483,8 @@ def markdown(report: dict) -> str:
         f"batch {bs} sorted by length with dynamic padding (padded/real tokens "
         f"{report['padded_to_real_tokens']:.2f}); median of {report['repeats']} timed "
         f"pass{'es' if report['repeats'] != 1 else ''} after "
-        f"{report['warmup']} warm-up; tokenisation outside the timed region. Measured fp32 GEMM peak: "
+        f"{report['warmup']} warm-up (spread: (max - min) / median of those passes); tokenisation outside the "
+        "timed region. Measured fp32 GEMM peak: "
         f"{report['gemm']['gflops']:.1f} GFLOP/s ({report['gemm']['size']}^3, {report['gemm']['threads']} threads); "
         "each variant's share is against the GEMM peak measured again right before it (a shared machine drifts).",
         "",
@@ -487,6 +496,8 @@ def markdown(report: dict) -> str:
     if report["skipped"]:
         lines += ["", "Not run here: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
     lines += ["", report["recommendation"]]
+    if report.get("stability", {}).get("warning"):
+        lines += ["", report["stability"]["warning"]]
     if report.get("windows_note"):
         lines += ["", report["windows_note"]]
     pad = report.get("padding")
@@ -566,6 +577,35 @@ def verdicts(results: list[dict], batch_size: int = 32) -> str:
         f"macro-F1 of PyTorch fp32 and agreeing with its predicted class on at least {RECOMMEND_MIN_AGREEMENT:.0%} "
         f"of the rows ({best['speedup_vs_fp32']:.2f}x fp32's speed on this machine)."
     )
+
+
+def stability(results: list[dict], session_gflops: float) -> dict:
+    """How much the machine moved during the run: the widest spread of a variant's timed batch passes and the
+    drift of the GEMM peak remeasured before each variant (with the session's); a warning above UNSTABLE_SPREAD."""
+    spreads = {r["variant"]: r["batch32_spread"] for r in results}
+    peaks = [session_gflops, *(r["gemm_gflops_at_run"] for r in results)]
+    drift = (max(peaks) - min(peaks)) / max(peaks) if max(peaks) > 0 else 0.0
+    worst = max(spreads, key=spreads.get) if spreads else None
+    out = {
+        "threshold": UNSTABLE_SPREAD,
+        "max_batch32_spread": spreads[worst] if worst else None,
+        "max_spread_variant": worst,
+        "gemm_gflops_min": min(peaks),
+        "gemm_gflops_max": max(peaks),
+        "gemm_drift": drift,
+    }
+    out["unstable"] = bool((worst and spreads[worst] > UNSTABLE_SPREAD) or drift > UNSTABLE_SPREAD)
+    out["warning"] = None
+    if out["unstable"]:
+        noise = max(spreads[worst] if worst else 0.0, drift)
+        out["warning"] = (
+            f"**Warning: the machine was unstable during this run** (threshold {UNSTABLE_SPREAD:.0%}): the timed "
+            f"batch passes of {worst} spread {spreads[worst]:.0%} of their median, and the GEMM peak measured "
+            f"before each variant moved between {min(peaks):.1f} and {max(peaks):.1f} GFLOP/s ({drift:.0%}). "
+            f"Speed-ups, latencies and shares of the GEMM peak that differ by less than about {noise:.0%} are "
+            "within noise, and so may be the recommended pick: rerun on a quiet machine before quoting them."
+        )
+    return out
 
 
 def main(argv=None) -> dict:
@@ -685,6 +725,9 @@ def main(argv=None) -> dict:
         r["gemm_peak_share"] = r["model_gflops_per_s"] / r["gemm_gflops_at_run"]
         r["peak_memory_mib"] = r["peak_memory_bytes"] / MIB if r["peak_memory_bytes"] else None
         r["size_mib"] = r["size_bytes"] / MIB
+        runs = r["batch32_runs_s"]
+        r["batch32_min_s"], r["batch32_max_s"] = min(runs), max(runs)
+        r["batch32_spread"] = (max(runs) - min(runs)) / r["batch32_pass_s"]
     report = {
         "model": Path(args.model_dir).name if Path(args.model_dir).name != "model" else str(args.model_dir),
         "machine": machine,
@@ -707,6 +750,7 @@ def main(argv=None) -> dict:
     }
     report["windows_note"] = windows_note(args.model_dir, tokenizer, texts, args.max_length)
     report["recommendation"] = verdicts(results, args.batch_size) if results else "Nothing measured."
+    report["stability"] = stability(results, gemm["gflops"])
     report["plots"] = pareto_plots(report, out)
     write_json(out / "results.json", report)
     (out / "results.md").write_text(markdown(report), "utf-8")

@@ -315,10 +315,12 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             return "not installed"
 
+    from longtail.inference import cpu_features
+
     env = {
         "python": platform.python_version(),
         **{p: version(p) for p in ("torch", "transformers", "peft", "bitsandbytes")},
-        "cpu": platform.processor() or platform.machine(),
+        **cpu_features(),  # CPU model and ISA flags, as the inference and scaling benches record them
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()),
     }
@@ -441,6 +443,7 @@ def main(argv=None) -> int:
     common = ["--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len),
               "--num_labels", str(args.num_labels), "--steps", str(args.steps)]  # fmt: skip
     results = []
+    env = environment()  # the load average at the start, as the other benches take it
     with tempfile.TemporaryDirectory(prefix="train-memory-") as tmp:
         checkpoint = str(Path(tmp) / "checkpoint")
         print(f"Writing a random-weight {name} checkpoint ...", flush=True)
@@ -477,7 +480,7 @@ def main(argv=None) -> int:
             "malloc_mmap_threshold": args.malloc_mmap_threshold or "glibc default (dynamic)",
         },
         "environment": {
-            **environment(),
+            **env,
             "device": next((r["device"] for r in results if "device" in r), "?"),
         },
         "results": results,

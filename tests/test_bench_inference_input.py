@@ -245,3 +245,28 @@ def test_max_length_above_the_models_positions(bench, run_dir, eval_csv, tmp_pat
     longer = bench.parse_args(argv(run_dir, eval_csv, out, "--max_length", "100000"))
     bench.check_max_length(parser, longer, SimpleNamespace())
     bench.check_max_length(parser, bench.parse_args([]), SimpleNamespace(max_position_embeddings=8))
+
+
+def test_unstable_machine_is_flagged_in_the_report(bench):
+    """A variant whose timed repeats spread beyond UNSTABLE_SPREAD, or a GEMM peak that drifted across variants
+    (as measured on a shared VM: passes of 2.0-10.0 s, peaks 176 -> 73 GFLOP/s), puts a warning in results.md;
+    a steady run has none."""
+
+    def row(variant, runs, peak):
+        median = sorted(runs)[len(runs) // 2]
+        return {"variant": variant, "batch32_runs_s": runs, "batch32_pass_s": median, "gemm_gflops_at_run": peak,
+                "batch32_spread": (max(runs) - min(runs)) / median}  # fmt: skip
+
+    steady = [row("pytorch_fp32", [1.00, 1.02, 1.01], 100.0), row("onnx_int8", [0.50, 0.51, 0.52], 98.0)]
+    assert (
+        bench.stability(steady, 101.0)["unstable"] is False
+        and bench.stability(steady, 101.0)["warning"] is None
+    )
+    noisy = [row("pytorch_fp32", [4.17, 9.95, 9.25, 2.67, 2.03], 176.5), steady[1]]
+    report = bench.stability(noisy, 170.4)
+    assert report["unstable"] and report["max_spread_variant"] == "pytorch_fp32"
+    assert report["max_batch32_spread"] == pytest.approx((9.95 - 2.03) / 4.17)
+    assert "pytorch_fp32 spread 190%" in report["warning"] and "within noise" in report["warning"]
+    drifting = [steady[0], row("onnx_int8", [0.50, 0.51, 0.52], 73.0)]  # steady repeats, the peak moved 28 %
+    assert bench.stability(drifting, 101.0)["gemm_drift"] == pytest.approx(28 / 101)
+    assert "between 73.0 and 101.0 GFLOP/s" in bench.stability(drifting, 101.0)["warning"]

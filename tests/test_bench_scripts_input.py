@@ -156,11 +156,19 @@ def test_train_memory_fails_and_keeps_the_old_report_when_every_variant_fails(
     monkeypatch.setattr(
         train_memory, "_subprocess", lambda argv, timeout, *a: subprocess.CompletedProcess(argv, 0, "", "")
     )
+    calls = []  # the environment (its load average) is taken before the variants run, as in the other benches
+    environment = train_memory.environment
+    monkeypatch.setattr(train_memory, "environment", lambda: calls.append("environment") or environment())
     monkeypatch.setattr(
-        train_memory, "run_worker", lambda variant, *a: {"variant": variant, "error": "failed (exit 1): boom"}
+        train_memory,
+        "run_worker",
+        lambda variant, *a: calls.append(variant) or {"variant": variant, "error": "failed (exit 1): boom"},
     )
     argv = ["--model_dir", str(model), "--output_dir", str(out), "--variants", "lora", "full", "--overwrite"]
     assert train_memory.main(argv) == 1
+    assert calls[0] == "environment" and calls.count("environment") == 1
+    # the CPU named with its ISA flags, as the inference and scaling benches record it
+    assert {"cpu", "avx2", "avx512_vnni", "amx", "load_average"} <= set(environment())
     assert "every variant failed, nothing measured" in capsys.readouterr().err
     assert (out / "train_memory.json").read_text() == "good" and not (out / "train_memory.md").exists()
 

@@ -631,14 +631,23 @@ def test_kd_step_bench_smoke(tiny_modernbert, tmp_path, one_torch_thread):
     spec = importlib.util.spec_from_file_location("kd_step", REPO / "bench" / "kd_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    calls = []  # the environment (its load average) is taken before any step, as the other benches do
+    environment, timed_step = bench.environment, bench.timed_step
+    bench.environment = lambda: calls.append("environment") or environment()
+    bench.timed_step = lambda *a: calls.append("step") or timed_step(*a)
     argv = ["--model_dir", tiny_modernbert, "--batch_size", "2", "--seq_len", "16", "--num_labels", "5"]
-    assert bench.main([*argv, "--warmup", "1", "--rounds", "2", "--output_dir", str(tmp_path)]) == 0
+    argv += ["--temperature", "2", "--alpha", "0.5", "--warmup", "1", "--rounds", "2"]
+    assert bench.main([*argv, "--output_dir", str(tmp_path)]) == 0
+    assert calls[0] == "environment" and calls.count("environment") == 1
     report = json.loads((tmp_path / "kd_step.json").read_text())
     assert (
         report["kd_over_ce"] > 0
         and report["rounds"] == 2
         and "KD / CE" in (tmp_path / "kd_step.md").read_text()
     )
+    # what kd_step.md states is in the JSON too, and the CPU is named with its ISA flags as in the other benches
+    assert (report["warmup"], report["temperature"], report["alpha"]) == (1, 2.0, 0.5)
+    assert {"cpu", "avx2", "avx512_vnni", "amx", "load_average"} <= set(report["environment"])
 
 
 def test_lora_teacher_run_folder(tiny_qwen2, tmp_path, one_torch_thread):

@@ -105,6 +105,7 @@ def test_export_writes_every_variant_with_parity(exported):
     for sub in ("fp32", "optimized", "int8"):
         assert list((out / sub).glob("*.onnx")) and (out / sub / "temperature.json").is_file()
     assert parity["parity_rows"] == 24
+    assert parity["int8_gate"] == {"min_argmax_agreement": 0.97, "max_macro_f1_drop": None, "on": True}
 
 
 def test_export_fails_when_fp32_parity_fails(tiny_classifier, tmp_path):
@@ -375,11 +376,30 @@ def test_bench_smoke(tiny_classifier, eval_csv, tmp_path, one_torch_thread, caps
         assert r["latency_b1_p95_ms"] >= r["latency_b1_p50_ms"] > 0 and r["throughput_rows_s"] > 0
         assert 0 < r["gemm_peak_share"] and r["macro_f1_ci_low"] <= r["macro_f1"] <= r["macro_f1_ci_high"]
         assert r["padded_to_real_tokens"] >= 1.0 and len(r["batch32_runs_s"]) == 2
+        # the spread of the timed repeats next to their median (results.md shows it per variant)
+        assert r["batch32_min_s"] <= r["batch32_pass_s"] <= r["batch32_max_s"]
+        assert r["batch32_spread"] == pytest.approx(
+            (r["batch32_max_s"] - r["batch32_min_s"]) / r["batch32_pass_s"]
+        )
     assert sum(r["verdict"] == "recommended" for r in by.values()) == 1
     assert by["onnx_int8"]["size_bytes"] < by["onnx_fp32"]["size_bytes"]
     saved = json.loads((out / "results.json").read_text())
     assert saved["machine"]["cpu_count"] and saved["gemm"]["gflops"] > 0
+    stable = saved["stability"]
+    assert stable["threshold"] == bench.UNSTABLE_SPREAD and stable["max_batch32_spread"] == max(
+        r["batch32_spread"] for r in saved["results"]
+    )
     md = (out / "results.md").read_text()
+    assert "spread of repeats (b32)" in md and (
+        stable["warning"] in md if stable["unstable"] else "**Warning" not in md
+    )
+    # the bench exports with the int8 gate off: its parity.json must say so, never "ok" as if gated
+    parity = json.loads((out / "onnx" / "parity.json").read_text())
+    assert parity["int8_gate"] == {"min_argmax_agreement": 0.0, "max_macro_f1_drop": None, "on": False}
+    assert (
+        parity["variants"]["int8"]["status"] == "ungated"
+        and "gate off" in parity["variants"]["int8"]["reason"]
+    )
     assert md.count("| pytorch_fp32 |") == 1 and "Machine:" in md and "pytorch_bf16 (needs a GPU)" in md
     assert (out / "pareto_latency.png").stat().st_size > 0
     with pytest.raises(SystemExit) as exc:  # a usage error (exit 2), as in the other bench scripts

@@ -8,6 +8,8 @@
 The fp32 export must match PyTorch to `atol` (1e-3) on the parity sample or the export fails. Dynamic int8
 can collapse a classifier (optimum#151), so the int8 model is kept only when its argmax agreement with
 PyTorch (and, with labels, its macro-F1) holds up; otherwise it is removed and parity.json says why.
+parity.json records the gate applied (`int8_gate`); with it off (min_int8_agreement 0 and no labels, as the
+inference bench exports) the int8 variant's status is "ungated", never "ok".
 """
 
 from __future__ import annotations
@@ -264,6 +266,12 @@ def export_onnx(args: ExportArguments) -> dict:
         "parity_rows": len(texts),
         "parity_source": args.parity_file or "synthetic complaints",
         "atol": args.atol,
+        # the int8 gate as applied: argmax agreement floor, macro-F1 drop (only with labelled parity rows)
+        "int8_gate": {
+            "min_argmax_agreement": args.min_int8_agreement,
+            "max_macro_f1_drop": args.max_int8_macro_f1_drop if labels is not None else None,
+            "on": args.min_int8_agreement > 0 or labels is not None,
+        },
         "device": args.device,
         "cpu": cpu_features(),
         "variants": {},
@@ -334,6 +342,10 @@ def export_onnx(args: ExportArguments) -> dict:
             ):
                 reasons.append(
                     f"macro-F1 drop {entry['pytorch_macro_f1'] - entry['macro_f1']:.4f} > {args.max_int8_macro_f1_drop}"
+                )
+            if not record["int8_gate"]["on"]:  # kept whatever its quality: never read as gated
+                entry.update(
+                    status="ungated", reason="int8 gate off (min_int8_agreement 0, no labelled rows)"
                 )
             if reasons:
                 entry.update(status="rejected", reason="; ".join(reasons))
