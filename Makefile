@@ -48,7 +48,7 @@ test-fast: install-dev
 
 # Peak memory of one training step, full FT vs LoRA vs QLoRA, on the Qwen2.5-0.5B architecture from
 # ../shared (random weights); writes bench_results/train_memory.{md,json}; skips when ../shared is absent.
-# About 30 min on 2 CPU cores.
+# About 9 min on 2 CPU cores (measured; 3 repeats per variant).
 bench-train-memory: install
 	$(OFFLINE) $(PYTHON) bench/train_memory.py --shared_dir ../shared --repeats 3 --overwrite
 
@@ -81,7 +81,7 @@ demo-distill: install demo-assets
 		--output_dir $(DEMO_OUT)/distill --overwrite_output_dir
 # Every inference variant of MODEL (default: the demo model, trained first when absent) on the same rows of
 # DATA (default: the run's own test split): results.{json,md} + Pareto plots in $(BENCH_OUT), replacing the
-# previous benchmark there. CPU: a few minutes.
+# previous benchmark there. 2 CPU cores: 10-11 min measured (incl. training the demo model when absent).
 MODEL ?= $(DEMO_OUT)/full_ft_encoder
 DATA ?=
 BENCH_OUT ?= bench_results/inference
@@ -94,7 +94,8 @@ bench: install demo-assets
 		--output_dir $(BENCH_OUT) --overwrite
 
 # Latency vs parameters, ModernBERT family vs Qwen2.5 family (random weights, ../shared configs and
-# tokenizers); bench_results/scaling/scaling.{json,md,png}. Skips when ../shared is absent.
+# tokenizers); bench_results/scaling/scaling.{json,md,png}. Skips when ../shared is absent. 7-11 min on
+# 2 CPU cores (measured).
 bench-scaling: install
 	$(OFFLINE) $(PYTHON) bench/scaling.py --shared_dir ../shared --overwrite
 

@@ -1,6 +1,6 @@
 """Scaling study (`make bench-scaling`): classification latency vs parameter count, encoders vs decoders.
 
-    python bench/scaling.py                       # ModernBERT family + Qwen2.5-0.5B, CPU, a few minutes
+    python bench/scaling.py                       # ModernBERT family + Qwen2.5-0.5B, CPU: 7-11 min on 2 cores
     python bench/scaling.py --models qwen2.5-1.5b --batch_size 32
 
 Every model is the published architecture with RANDOM weights (speed does not depend on the values): the
