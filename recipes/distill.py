@@ -142,13 +142,14 @@ def main(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="data and teacher logits"):
         data = prepare_data(data_args)
         require_usable_splits(data, training_args.do_predict)  # before the teacher's pass
+        # the student's tokenizer and length too: a mistake there should not wait for the teacher's pass
+        tokenizer = load_tokenizer(model_args)
+        student = classifier_config(model_args, data.label_names, tokenizer)
+        check_max_length(student, data_args.max_length, model_args.model_name_or_path)
         logits, teacher_info = teacher_logits(distill_args, data, out, data_args.max_length)
     teacher_info["fit"] = teacher_fit(logits, data)  # warns when the teacher was fit on the student's rows
 
     # ---- Build the student (its own tokenizer) -----------------------------------------------
-    tokenizer = load_tokenizer(model_args)
-    student = classifier_config(model_args, data.label_names, tokenizer)
-    check_max_length(student, data_args.max_length, model_args.model_name_or_path)
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
     kd_datasets = add_teacher_column(datasets, logits)
 

@@ -134,6 +134,12 @@ def test_max_length_beyond_the_models_positions_is_refused_before_training(tiny_
     with pytest.raises(UsageError, match="exceeds the 512 positions of p"):  # a probe: its body's table
         check_max_length(ProbeConfig(encoder_config=body.to_dict(), num_labels=3), 513, "p")
     check_max_length(ProbeConfig(num_labels=3), 10**6, "no table")  # nothing to check against
+    from transformers import RobertaConfig
+
+    roberta = RobertaConfig(max_position_embeddings=514, pad_token_id=1)  # positions 2..513: 512 tokens
+    check_max_length(roberta, 512, "r")
+    with pytest.raises(UsageError, match="^--max_length 513 exceeds the 512 positions of r"):
+        check_max_length(roberta, 513, "r")
 
 
 def test_online_load_failures_keep_the_hubs_reason(monkeypatch):

@@ -234,6 +234,12 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# RoBERTa-style embeddings number positions from pad_token_id + 1: of 514, 512 are usable
+OFFSET_POSITIONS = frozenset(
+    {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "longformer", "mpnet"}
+)
+
+
 def check_max_length(model, max_length: int, name: str, note: str = "", option: str = "--max_length") -> None:
     """`option` within the position table (`max_position_embeddings`) of `model` (a model or its config; a
     probe-architecture model's body). Past it, the first text that long fails deep inside the model, mid-training
@@ -241,6 +247,8 @@ def check_max_length(model, max_length: int, name: str, note: str = "", option: 
     config = getattr(model, "config", model)
     config = getattr(config, "encoder_config", None) or config
     limit = getattr(config, "max_position_embeddings", None)
+    if limit and getattr(config, "model_type", None) in OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1  # their positions start after the pad id
     if limit and max_length > limit:
         raise UsageError(
             f"{option} {max_length} exceeds the {limit} positions of {name}; use at most that{note}"
