@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -38,6 +39,9 @@ def test_run_prints_a_usage_error_as_one_line_and_keeps_tracebacks_for_bugs(monk
     with pytest.raises(ValueError, match="an index went wrong"):
         run(bug)
     assert capsys.readouterr().err == ""
+    monkeypatch.setenv("LONGTAIL_TRACEBACK", "1")  # the whole traceback of a usage error too, when asked
+    with pytest.raises(DataError, match=r"Column\(s\) \['body'\] not found"):
+        run(refuses)
     assert issubclass(MissingInputError, FileNotFoundError)  # callers that catch a missing file still do
 
 
@@ -87,55 +91,79 @@ def test_model_options_that_name_nothing_loadable_are_usage_errors(tiny_modernbe
     (tmp_path / "weights.bin").write_text("x")
     (tmp_path / "empty").mkdir()
     offline = "is neither a local folder nor available in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE)"
+    no_tokenizer = (
+        "has no tokenizer_config.json or tokenizer.json or vocab.txt or vocab.json or tokenizer.model or spm.model: "
+        "not a model folder"
+    )
     cases = {
         str(tmp_path / "absent"): offline,
         "nobody/no-such-model": offline,
         str(tmp_path / "weights.bin"): "is a file: pass a model folder or a Hugging Face Hub repo id",
-        str(
-            tmp_path / "empty"
-        ): "has no config.json or tokenizer_config.json or tokenizer.json: not a model folder",
+        str(tmp_path / "empty"): no_tokenizer,
     }
     for name, expected in cases.items():
         with pytest.raises(UsageError) as info:
             load_tokenizer(ModelArguments(model_name_or_path=name))
         assert str(info.value) == f"--model_name_or_path {name} {expected}"
-    with pytest.raises(UsageError, match=f"^--tokenizer_name {tmp_path / 'empty'} has no config.json or"):
+    with pytest.raises(
+        UsageError, match=f"^--tokenizer_name {tmp_path / 'empty'} has no tokenizer_config.json or"
+    ):
         load_tokenizer(
             ModelArguments(model_name_or_path=tiny_modernbert, tokenizer_name=str(tmp_path / "empty"))
         )
     assert load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert)).pad_token is not None
+    # a config but no tokenizer files (Transformers failed converting one), then no weights (its OSError)
+    import shutil
+
+    from longtail.training import load_classifier
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(Path(tiny_modernbert) / "config.json", partial)
+    with pytest.raises(UsageError, match=f"^--model_name_or_path {partial} has no tokenizer_config.json or"):
+        load_tokenizer(ModelArguments(model_name_or_path=str(partial)))
+    for name in Path(tiny_modernbert).iterdir():
+        if "token" in name.name or name.name == "vocab.txt":
+            shutil.copy(name, partial)
+    args = ModelArguments(model_name_or_path=str(partial))
+    with pytest.raises(
+        UsageError, match=f"^--model_name_or_path {partial} has no model.safetensors or model"
+    ):
+        load_classifier(args, ["a", "b"], load_tokenizer(args))
 
 
-def test_max_length_beyond_the_models_positions_is_refused_before_training(tiny_modernbert, tmp_path):
-    """Unchecked, the first text longer than the position table failed inside the model, mid-training."""
+def test_max_length_beyond_the_models_positions_is_refused_before_training(
+    tiny_bert, tiny_modernbert, tmp_path, caplog
+):
+    """Past a learned position table the first text that long failed inside the model, mid-training. A rotary
+    model (ModernBERT, Qwen2) runs past its trained length: that is only warned about."""
+    import logging
+
     from test_recipes import encoder_args, load_recipe, synthetic_files
-    from transformers import AutoConfig
+    from transformers import AutoConfig, RobertaConfig
 
     from longtail.inference import check_max_length
     from longtail.probe import ProbeConfig
 
+    # first: a recipe's logging setup (basicConfig, force) drops caplog's handler
+    with caplog.at_level(logging.WARNING, logger="longtail.inference"):  # rotary: runs on, with a warning
+        check_max_length(AutoConfig.from_pretrained(tiny_modernbert), 513, "mb")
+    assert "--max_length 513 is beyond the 512 positions mb was trained on" in caplog.text
     train, test = synthetic_files(tmp_path)
     out = tmp_path / "run"
     with pytest.raises(UsageError) as info:
-        load_recipe("full_ft_encoder").main(
-            encoder_args(tiny_modernbert, train, test, out, "--max_length", "513")
-        )
-    assert (
-        str(info.value)
-        == f"--max_length 513 exceeds the 512 positions of {tiny_modernbert}; use at most that"
-    )
+        load_recipe("full_ft_encoder").main(encoder_args(tiny_bert, train, test, out, "--max_length", "65"))
+    assert str(info.value) == f"--max_length 65 exceeds the 64 positions of {tiny_bert}; use at most that"
     assert not list(out.glob("*.safetensors")) and not list(out.glob("checkpoint-*"))
-    body = AutoConfig.from_pretrained(tiny_modernbert)
-    check_max_length(body, 512, "m")  # the limit itself is allowed
+    body = AutoConfig.from_pretrained(tiny_bert)
+    check_max_length(body, 64, "m")  # the limit itself is allowed
     with pytest.raises(
-        UsageError, match="^--teacher_max_length 600 exceeds the 512 positions of t; use at most that$"
+        UsageError, match="^--teacher_max_length 70 exceeds the 64 positions of t; use at most that$"
     ):
-        check_max_length(body, 600, "t", option="--teacher_max_length")
-    with pytest.raises(UsageError, match="exceeds the 512 positions of p"):  # a probe: its body's table
-        check_max_length(ProbeConfig(encoder_config=body.to_dict(), num_labels=3), 513, "p")
+        check_max_length(body, 70, "t", option="--teacher_max_length")
+    with pytest.raises(UsageError, match="exceeds the 64 positions of p"):  # a probe: its body's table
+        check_max_length(ProbeConfig(encoder_config=body.to_dict(), num_labels=3), 65, "p")
     check_max_length(ProbeConfig(num_labels=3), 10**6, "no table")  # nothing to check against
-    from transformers import RobertaConfig
-
     roberta = RobertaConfig(max_position_embeddings=514, pad_token_id=1)  # positions 2..513: 512 tokens
     check_max_length(roberta, 512, "r")
     with pytest.raises(UsageError, match="^--max_length 513 exceeds the 512 positions of r"):

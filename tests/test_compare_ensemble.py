@@ -57,7 +57,7 @@ def test_compare_table_and_paired_deltas(tmp_path, capsys):
     assert "nan" not in to_markdown(result) and " / —" in to_markdown(result)
 
 
-def test_compare_shows_the_calibration_each_run_serves(tmp_path):
+def test_compare_shows_the_calibration_each_run_serves(tmp_path, capsys):
     """ECE in compare.md is that of the probabilities `predict` serves: the saved raw ones at the run's own
     temperature.json. It showed the raw ones, beside an ensemble's calibrated mix."""
     from longtail.calibration import save_temperature
@@ -82,6 +82,12 @@ def test_compare_shows_the_calibration_each_run_serves(tmp_path):
     )
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| ECE, served |" in md and f"| {rows['probe']['ece_served']:.3f} |" in md
+    (Path(probe) / "temperature.json").write_text("{not json")  # one line, not a JSONDecodeError traceback
+    with pytest.raises(SystemExit) as exit_info:
+        main([probe, "--reference", ref, "--n_resamples", "50"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("compare: error: ") and "temperature.json holds no readable temperature" in last
 
 
 def test_compare_names_the_run_validation_picks(tmp_path):

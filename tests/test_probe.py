@@ -400,7 +400,7 @@ def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_b
     np.testing.assert_allclose(saved, expected, atol=1e-5)
 
 
-def test_probe_rejects_bad_options(tiny_modernbert, tmp_path, capsys):
+def test_probe_rejects_bad_options(tiny_modernbert, tiny_bert, tmp_path, capsys):
     recipe = load_recipe("probe_encoder")
     train, test = synthetic_files(tmp_path)
     with pytest.raises(ValueError, match="grid_class_weight.*inverse"):
@@ -411,10 +411,8 @@ def test_probe_rejects_bad_options(tiny_modernbert, tmp_path, capsys):
         )
     with pytest.raises(ValueError, match="pooling"):
         recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--pooling", "max"))
-    with pytest.raises(ValueError, match="max_length 4096 exceeds the 512 positions"):
-        recipe.main(
-            probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--max_length", "4096")
-        )
+    with pytest.raises(ValueError, match=f"max_length 65 exceeds the 64 positions of {tiny_bert}"):
+        recipe.main(probe_args(tiny_bert, train, test, tmp_path / "o", tmp_path, "--max_length", "65"))
     with pytest.raises(ValueError, match="long_text.*windows"):
         recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--long_text", "all"))
     # the tiny body has 2 layers: hidden states 0..2, or -3..-1; -1 and 2 are the same one

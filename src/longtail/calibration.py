@@ -52,7 +52,10 @@ def load_temperature(model_dir) -> float:
     path = Path(model_dir) / TEMPERATURE_FILE
     if not path.is_file():
         return 1.0
-    value = float(json.loads(path.read_text("utf-8"))["temperature"])
+    try:
+        value = float(json.loads(path.read_text("utf-8"))["temperature"])
+    except (ValueError, KeyError, TypeError) as err:  # not JSON, no "temperature", not a number
+        raise UsageError(f"{path} holds no readable temperature ({type(err).__name__}: {err})") from None
     if not np.isfinite(value) or value <= 0:
         raise UsageError(f"{path}: temperature must be a positive finite number, got {value}")
     return value

@@ -7,6 +7,7 @@ entry and prints such an error as one line (status 2), while anything else, a bu
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from contextlib import contextmanager
@@ -27,6 +28,9 @@ def run(main, argv: list[str] | None = None) -> None:
     try:
         main(sys.argv[1:] if argv is None else argv)
     except UsageError as err:
+        # LONGTAIL_TRACEBACK=1: the whole traceback, to see where a check fired (or one that is really a bug)
+        if os.environ.get("LONGTAIL_TRACEBACK"):
+            raise
         print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -68,8 +72,9 @@ def reading_model(option: str, name: str, needs=("config.json",)):
         yield
     except UsageError:
         raise
-    # ValueError: huggingface_hub's HFValidationError, Transformers' "Unrecognized model"
-    except (OSError, ValueError) as err:
+    # ValueError: huggingface_hub's HFValidationError, Transformers' "Unrecognized model"; TypeError: a folder
+    # with config.json but no tokenizer files (Transformers' own failure)
+    except (OSError, ValueError, TypeError) as err:
         raise model_source_error(option, name, err, needs) from err
 
 

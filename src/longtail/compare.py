@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.n_resamples < MIN_RESAMPLES:
         parser.error(RESAMPLES_ERROR.format(args.n_resamples))
-    from longtail.runs import OutputDirError, prepare_output_dir, write_json
+    from longtail.runs import prepare_output_dir, write_json
 
     try:  # the output folder is checked before minutes of bootstrap, not after
         check_distinct(args.runs)
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
             else None
         )
         result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
-    except (CompareError, OutputDirError) as err:
+    except UsageError as err:  # CompareError, OutputDirError, a malformed temperature.json
         parser.exit(2, f"compare: error: {err}\n")
     markdown = to_markdown(result)
     if out is not None:

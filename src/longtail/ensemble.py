@@ -34,6 +34,7 @@ import numpy as np
 
 from longtail.calibration import apply_temperature, log_probs
 from longtail.calibration import fit_temperature as fit_on_logits
+from longtail.cli import UsageError
 from longtail.compare import (
     MIN_RESAMPLES,
     RESAMPLES_ERROR,
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.weight_step = 0.1 if args.weight_step is None else args.weight_step
     if not 0 < args.weight_step <= 0.5 or abs(round(1 / args.weight_step) * args.weight_step - 1) > 1e-9:
         parser.error(f"--weight_step must divide 1 (0.05, 0.1, 0.25, ...), got {args.weight_step}")
-    from longtail.runs import OutputDirError, prepare_output_dir
+    from longtail.runs import prepare_output_dir
 
     try:  # the output folder is checked before the work, not after
         check_distinct(args.runs)
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.weights,
             args.combine,
         )
-    except (CompareError, OutputDirError) as err:
+    except UsageError as err:  # CompareError, OutputDirError, ...
         parser.exit(2, f"ensemble: error: {err}\n")
     record = write_outputs(result, out, load_tiers(args.runs[0], result["label_names"]), args.n_resamples)
     print((out / "report.md").read_text("utf-8"))

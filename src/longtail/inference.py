@@ -234,7 +234,6 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-# RoBERTa-style embeddings number positions from pad_token_id + 1: of 514, 512 are usable
 OFFSET_POSITIONS = frozenset(
     {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "longformer", "mpnet"}
 )
@@ -242,17 +241,34 @@ OFFSET_POSITIONS = frozenset(
 
 def check_max_length(model, max_length: int, name: str, note: str = "", option: str = "--max_length") -> None:
     """`option` within the position table (`max_position_embeddings`) of `model` (a model or its config; a
-    probe-architecture model's body). Past it, the first text that long fails deep inside the model, mid-training
-    or mid-scoring."""
+    probe-architecture model's body). Past a learned table (BERT, RoBERTa, GPT-2), the first text that long fails
+    deep inside the model, mid-training or mid-scoring: refused. Rotary models (ModernBERT, Qwen2, Llama) and
+    DeBERTa's relative positions run past it, untrained there: a warning."""
     config = getattr(model, "config", model)
     config = getattr(config, "encoder_config", None) or config
     limit = getattr(config, "max_position_embeddings", None)
-    if limit and getattr(config, "model_type", None) in OFFSET_POSITIONS:
-        limit -= (getattr(config, "pad_token_id", None) or 0) + 1  # their positions start after the pad id
-    if limit and max_length > limit:
-        raise UsageError(
-            f"{option} {max_length} exceeds the {limit} positions of {name}; use at most that{note}"
+    if not limit or max_length <= limit - offset(config):
+        return
+    rotary = any(getattr(config, key, None) for key in ("rope_theta", "global_rope_theta", "rope_scaling"))
+    if rotary or getattr(config, "position_biased_input", True) is False:
+        logger.warning(
+            "%s %d is beyond the %d positions %s was trained on: it runs (its positions are not a table), but "
+            "texts that long are read at lengths it never saw",
+            option,
+            max_length,
+            limit,
+            name,
         )
+        return
+    limit -= offset(config)
+    raise UsageError(f"{option} {max_length} exceeds the {limit} positions of {name}; use at most that{note}")
+
+
+def offset(config) -> int:
+    """RoBERTa-style embeddings number positions from pad_token_id + 1: of 514, 512 are usable."""
+    if getattr(config, "model_type", None) in OFFSET_POSITIONS:
+        return (getattr(config, "pad_token_id", None) or 0) + 1
+    return 0
 
 
 class TorchBackend:

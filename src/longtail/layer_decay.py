@@ -99,11 +99,11 @@ class RecordLayerDecay(TrainerCallback):
             (checkpoint / DECAY_FILE).write_text(json.dumps({"layer_lr_decay": self.trainer.layer_lr_decay}))
 
 
-def resume_error(checkpoint, decay: float, saved=None) -> ValueError:
+def resume_error(checkpoint, decay: float, saved=None) -> UsageError:
     was = (
         f"was written with --layer_lr_decay {saved}" if saved is not None else "has another optimizer layout"
     )
-    return ValueError(
+    return UsageError(
         f"--resume_from_checkpoint {checkpoint}: the checkpoint {was}, this run asks for --layer_lr_decay {decay}. "
         "Its optimizer state holds one parameter group per layer rate (and loading it would keep the old rates), "
         "so resume with the options it was written with (the layer decay and the parameters that train), or start "

@@ -76,11 +76,22 @@ def apply_precision(training_args: TrainingArguments, choice: str) -> TrainingAr
     return dataclasses.replace(training_args, fp16=precision == "fp16", bf16=precision == "bf16")
 
 
+# one of these makes a folder a tokenizer's (without any, Transformers fails converting one, inside itself)
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spm.model",
+)
+
+
 def load_tokenizer(model_args: ModelArguments):
     option = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
     name = model_args.tokenizer_name or model_args.model_name_or_path
     # a wrong path or an uncached repo id: one line, not a Hub traceback. A tokenizer folder may hold no config.json
-    with reading_model(option, name, needs=("config.json", "tokenizer_config.json", "tokenizer.json")):
+    with reading_model(option, name, needs=TOKENIZER_FILES):
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.pad_token is None:
         # Decoders ship without a pad token; eos is the usual stand-in (the head pools the last non-pad token).
@@ -110,16 +121,21 @@ def classifier_config(model_args: ModelArguments, label_names: list[str], tokeni
     return config
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # safetensors only: never a pickle
+
+
 def load_classifier(model_args: ModelArguments, label_names: list[str], tokenizer, **from_pretrained_kwargs):
     """A sequence classifier with the label maps and problem type written into its config."""
     config = classifier_config(model_args, label_names, tokenizer)
-    return AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path,
-        config=config,
-        trust_remote_code=model_args.trust_remote_code,
-        use_safetensors=True,  # never unpickle weights
-        **from_pretrained_kwargs,
-    )
+    # a folder without weights (a bare config, a LoRA run's folder): one line naming it, not Transformers' OSError
+    with reading_model("--model_name_or_path", model_args.model_name_or_path, needs=WEIGHT_FILES):
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_args.model_name_or_path,
+            config=config,
+            trust_remote_code=model_args.trust_remote_code,
+            use_safetensors=True,  # never unpickle weights
+            **from_pretrained_kwargs,
+        )
 
 
 def tokenize_splits(data: PreparedData, tokenizer, max_length: int, training_args: TrainingArguments) -> dict:
