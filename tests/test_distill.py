@@ -687,10 +687,10 @@ def test_lora_teacher_run_folder(tiny_qwen2, tmp_path, one_torch_thread):
     np.testing.assert_allclose(logits["validation"][:8], expected, atol=1e-5)
 
 
-def test_the_students_length_is_checked_before_the_teachers_pass(tiny_modernbert, tmp_path):
+def test_the_students_length_is_checked_before_the_teachers_pass(tiny_bert, tmp_path):
     """Its --max_length past the student's positions once surfaced only after the teacher had scored every row;
     here the teacher does not even exist, and the student's mistake is the one named."""
     train, test = synthetic_files(tmp_path)
-    argv = distill_args(tiny_modernbert, str(tmp_path / "no_teacher"), train, test, tmp_path / "run")
-    with pytest.raises(UsageError, match=f"^--max_length 600 exceeds the 512 positions of {tiny_modernbert}"):
-        load_recipe("distill").main([*argv, "--max_length", "600"])
+    argv = distill_args(tiny_bert, str(tmp_path / "no_teacher"), train, test, tmp_path / "run")
+    with pytest.raises(UsageError, match=f"^--max_length 65 exceeds the 64 positions of {tiny_bert}"):
+        load_recipe("distill").main([*argv, "--max_length", "65"])

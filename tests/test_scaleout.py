@@ -521,6 +521,7 @@ def test_pickled_weights_are_refused(tiny_modernbert, tmp_path):
     """A model folder with only pytorch_model.bin (a pickle, which can run code when loaded) is refused."""
     from transformers import AutoModel
 
+    from longtail.cli import UsageError
     from longtail.training import ModelArguments, load_classifier, load_tokenizer
 
     pickled = tmp_path / "pickled"
@@ -530,7 +531,9 @@ def test_pickled_weights_are_refused(tiny_modernbert, tmp_path):
     assert (pickled / "pytorch_model.bin").is_file() and not list(pickled.glob("*.safetensors"))
     args = ModelArguments(model_name_or_path=str(pickled))
     tokenizer = load_tokenizer(args)
-    with pytest.raises(OSError, match="safetensors"):
+    with pytest.raises(
+        UsageError, match="its weights are only a pickle .pytorch_model.bin., which is never loaded"
+    ):
         load_classifier(args, ["a", "b"], tokenizer)
 
 

@@ -43,7 +43,10 @@ def model_source_error(option: str, name: str, err: Exception | None, needs=("co
     if path.is_file():
         return UsageError(f"{option} {name} is a file: pass a model folder or a Hugging Face Hub repo id")
     if path.is_dir() and not any((path / f).is_file() for f in needs):
-        return UsageError(f"{option} {name} has no {' or '.join(needs)}: not a model folder")
+        what = "not a model folder"
+        if list(path.glob("pytorch_model*.bin")):  # pickles can run code when loaded: never read
+            what = "its weights are only a pickle (pytorch_model.bin), which is never loaded; save them as safetensors"
+        return UsageError(f"{option} {name} has no {' or '.join(needs)}: {what}")
     if path.is_dir():
         return UsageError(f"{option} {name} cannot be read as a model folder: {' '.join(str(err).split())}")
     from huggingface_hub.errors import HFValidationError
