@@ -234,3 +234,13 @@ def eval_csv(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("eval") / "eval.csv"
     df.to_csv(path, index=False)
     return path
+
+
+def refused(main, argv, capsys) -> str:
+    """main(argv) ends with a one-line usage error (status 2, no traceback); that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, corpus, train_wordpiece
+from conftest import REPO, corpus, refused, train_wordpiece
 
 RUN_MAX_LENGTH = 24  # the tiny run's run_config.json max_length (not the bench's fallback 128)
 
@@ -55,21 +55,13 @@ def argv(run_dir, eval_csv, out, *extra) -> list[str]:
             "--in_process", "--padding_data", "", "--variants", "pytorch_fp32", *extra]  # fmt: skip
 
 
-def refused(bench, args: list[str], capsys) -> str:
-    """The stderr line of a parse-time refusal (argparse: exit 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main(args)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
 @pytest.mark.parametrize("where", ["", "onnx", "onnx/deeper"])
 def test_output_dir_in_the_model_folder_is_refused(bench, run_dir, eval_csv, capsys, where):
     export = run_dir / "onnx"
     export.mkdir(exist_ok=True)
     (export / "parity.json").write_text('{"gated": true}', "utf-8")
     out = run_dir / where if where else run_dir
-    line = refused(bench, argv(run_dir, eval_csv, out, "--overwrite"), capsys)
+    line = refused(bench.main, argv(run_dir, eval_csv, out, "--overwrite"), capsys)
     assert f"--output_dir {out} would write" in line and f"model folder {run_dir}" in line
     assert (export / "parity.json").read_text("utf-8") == '{"gated": true}'
     assert sorted(p.name for p in export.iterdir()) == ["parity.json"]
@@ -96,7 +88,7 @@ def test_output_dir_in_the_model_folder_is_refused(bench, run_dir, eval_csv, cap
 )
 def test_bad_option_values_are_one_line_errors(bench, run_dir, eval_csv, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
-    assert message in refused(bench, argv(run_dir, eval_csv, out, *extra), capsys)
+    assert message in refused(bench.main, argv(run_dir, eval_csv, out, *extra), capsys)
     assert not out.exists()
 
 
@@ -104,7 +96,7 @@ def test_cuda_asked_without_cuda(bench, run_dir, eval_csv, tmp_path, capsys, mon
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    line = refused(bench, argv(run_dir, eval_csv, tmp_path / "out", "--device", "cuda"), capsys)
+    line = refused(bench.main, argv(run_dir, eval_csv, tmp_path / "out", "--device", "cuda"), capsys)
     assert "--device cuda: CUDA is not available here" in line and not (tmp_path / "out").exists()
 
 
@@ -115,7 +107,7 @@ def test_tfidf_and_ensemble_folders_are_refused(bench, eval_csv, tmp_path, capsy
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / marker).write_text("{}", "utf-8")
-    line = refused(bench, argv(folder, eval_csv, tmp_path / "out"), capsys)
+    line = refused(bench.main, argv(folder, eval_csv, tmp_path / "out"), capsys)
     assert (
         f"is {what} ({marker}): it has no PyTorch/ONNX variants" in line and not (tmp_path / "out").exists()
     )
@@ -124,11 +116,11 @@ def test_tfidf_and_ensemble_folders_are_refused(bench, eval_csv, tmp_path, capsy
 def test_missing_data_and_file_as_output_dir(bench, run_dir, eval_csv, tmp_path, capsys):
     missing = tmp_path / "missing.csv"
     assert f"--data {missing}: file not found" in refused(
-        bench, argv(run_dir, missing, tmp_path / "o"), capsys
+        bench.main, argv(run_dir, missing, tmp_path / "o"), capsys
     )
     a_file = tmp_path / "a_file"
     a_file.write_text("x", "utf-8")
-    assert f"--output_dir {a_file} is a file" in refused(bench, argv(run_dir, eval_csv, a_file), capsys)
+    assert f"--output_dir {a_file} is a file" in refused(bench.main, argv(run_dir, eval_csv, a_file), capsys)
     assert not (tmp_path / "o").exists()
 
 
@@ -208,7 +200,7 @@ def test_an_earlier_runs_onnx_folder_without_results_needs_overwrite(
     earlier.parent.mkdir(parents=True)
     earlier.write_text("earlier", "utf-8")
     args = argv(run_dir, eval_csv, out, "--variants", "onnx_fp32")
-    assert refused(bench, args, capsys).endswith(
+    assert refused(bench.main, args, capsys).endswith(
         f"{out} holds earlier results (onnx); pass --overwrite or choose another --output_dir"
     )
     assert earlier.read_text("utf-8") == "earlier" and sorted(p.name for p in out.iterdir()) == ["onnx"]
@@ -234,7 +226,7 @@ def test_max_length_above_the_models_positions(bench, run_dir, eval_csv, tmp_pat
     from types import SimpleNamespace
 
     out = tmp_path / "out"
-    assert refused(bench, argv(run_dir, eval_csv, out, "--max_length", "129"), capsys).endswith(
+    assert refused(bench.main, argv(run_dir, eval_csv, out, "--max_length", "129"), capsys).endswith(
         f"--max_length 129 exceeds the 128 positions of {run_dir}; use at most that"
     )
     assert not out.exists()

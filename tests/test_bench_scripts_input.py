@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, refused
 
 
 def load(name: str):
@@ -33,16 +33,6 @@ def train_memory():
 @pytest.fixture(scope="module")
 def scaling():
     return load("scaling")
-
-
-def refused(main, argv, capsys) -> str:
-    """main(argv) exits 2 with an argparse error; its message."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err.strip().splitlines()[-1]
 
 
 def model_folder(path, num_labels: int | None = None):
