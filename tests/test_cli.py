@@ -86,15 +86,13 @@ def test_recipe_scripts_end_an_input_mistake_with_one_line(script, argv, message
 def test_model_options_that_name_nothing_loadable_are_usage_errors(tiny_modernbert, tmp_path):
     """Each was a traceback from inside huggingface_hub or Transformers (HFValidationError for a path that is
     not there, OSError for an uncached repo id, "Unrecognized model" for a folder without config.json)."""
+    from longtail.runs import TOKENIZER_FILES
     from longtail.training import ModelArguments, load_tokenizer
 
     (tmp_path / "weights.bin").write_text("x")
     (tmp_path / "empty").mkdir()
     offline = "is neither a local folder nor available in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE)"
-    no_tokenizer = (
-        "has no tokenizer_config.json or tokenizer.json or vocab.txt or vocab.json or tokenizer.model or spm.model: "
-        "not a model folder"
-    )
+    no_tokenizer = f"has no {' or '.join(TOKENIZER_FILES)}: not a model folder"
     cases = {
         str(tmp_path / "absent"): offline,
         "nobody/no-such-model": offline,

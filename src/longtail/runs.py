@@ -43,28 +43,32 @@ RUN_FILES = (
 
 # What a run's model is made of. On overwrite these go too: a stale model.joblib or ensemble.json would make
 # `predict` serve the old run (they decide the folder's kind), stale weights or an old export the old model.
-MODEL_FILES = (
-    "model.joblib",
-    "ensemble.json",
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "training_args.bin",
-    "tokenizer.json",
+# One of these makes a folder a tokenizer's; one of these a model's weights (safetensors only: never a pickle).
+TOKENIZER_FILES = (
     "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
+    "tokenizer.json",
     "vocab.txt",
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
     "spm.model",
     "sentencepiece.bpe.model",
-    "model.safetensors.index.json",
+)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+MODEL_FILES = (
+    "model.joblib",
+    "ensemble.json",
+    "config.json",
+    "generation_config.json",
+    *WEIGHT_FILES,
     "model-*-of-*.safetensors",  # the shards of a large model
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "training_args.bin",
+    *TOKENIZER_FILES,
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
     "compare.md",
     "compare.json",
 )

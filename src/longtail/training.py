@@ -22,6 +22,7 @@ from transformers import (
 from longtail.cli import UsageError, reading_model
 from longtail.data import PreparedData
 from longtail.metrics import softmax
+from longtail.runs import TOKENIZER_FILES, WEIGHT_FILES
 
 logger = logging.getLogger(__name__)
 
@@ -76,17 +77,6 @@ def apply_precision(training_args: TrainingArguments, choice: str) -> TrainingAr
     return dataclasses.replace(training_args, fp16=precision == "fp16", bf16=precision == "bf16")
 
 
-# one of these makes a folder a tokenizer's (without any, Transformers fails converting one, inside itself)
-TOKENIZER_FILES = (
-    "tokenizer_config.json",
-    "tokenizer.json",
-    "vocab.txt",
-    "vocab.json",
-    "tokenizer.model",
-    "spm.model",
-)
-
-
 def load_tokenizer(model_args: ModelArguments):
     option = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
     name = model_args.tokenizer_name or model_args.model_name_or_path
@@ -119,9 +109,6 @@ def classifier_config(model_args: ModelArguments, label_names: list[str], tokeni
     if config.model_type == "modernbert" and not torch.cuda.is_available():
         config.reference_compile = False  # its auto-compile breaks on CPU when triton is installed
     return config
-
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # safetensors only: never a pickle
 
 
 def load_classifier(model_args: ModelArguments, label_names: list[str], tokenizer, **from_pretrained_kwargs):
