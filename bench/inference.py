@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_length",
         type=int,
         default=None,
-        help="default: the run's max_length, else 128; at most the model's max_position_embeddings",
+        help="default: the run's max_length, else 128; within a learned position table (max_position_embeddings)",
     )
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--latency_rows", type=int, default=32, help="rows timed one at a time (batch 1)")
@@ -163,10 +163,9 @@ def check_folders(parser: argparse.ArgumentParser, args) -> None:
 
 
 def check_max_length(parser: argparse.ArgumentParser, args, config) -> None:
-    """An explicit --max_length beyond the position table of the model loaded (the resolved folder: an adapter's
-    merged model, a probe's encoder); the ONNX variants are exported from that model, so it bounds them too.
-    Unchecked, a row past the table made every variant fail once timed, or the run passed silently when
-    no row was that long. Configs without max_position_embeddings are not checked."""
+    """longtail.inference.check_max_length on the model loaded (the resolved folder: an adapter's merged model, a
+    probe's encoder), as a usage error: the ONNX variants are exported from that model, so it bounds them too.
+    Unchecked, a row past a learned position table made every variant fail once timed."""
     from longtail.cli import UsageError
     from longtail.inference import check_max_length as within_positions
 
