@@ -21,6 +21,7 @@ from longtail.adapters import (
     load_adapter_classifier,
     load_quantized_classifier,
 )
+from longtail.cli import MissingDependencyError, UsageError
 from longtail.training import ModelArguments, check_padding, load_tokenizer
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -91,12 +92,15 @@ def test_4bit_layers_keep_their_training_layout(tiny_qwen2, tmp_path, monkeypatc
 def test_qlora_without_bitsandbytes_is_a_clear_error(tiny_qwen2, tmp_path, monkeypatch):
     monkeypatch.setattr(longtail.adapters, "bitsandbytes_available", lambda: False)
     with pytest.raises(
-        ImportError, match=r"QLoRA loads the base model in 4-bit with bitsandbytes.*lora_decoder\.py"
-    ):
+        MissingDependencyError,
+        match=r"QLoRA loads the base model in 4-bit with bitsandbytes.*lora_decoder\.py",
+    ) as raised:
         load_recipe("qlora_decoder").main(
             decoder_args("qlora_decoder", tiny_qwen2, "a.csv", "b.csv", tmp_path / "x")
         )
     assert not (tmp_path / "x").exists()  # failed before touching anything
+    # the command line prints it as one line (a UsageError); code that catches ImportError still does
+    assert isinstance(raised.value, UsageError) and isinstance(raised.value, ImportError)
 
 
 @pytest.mark.slow

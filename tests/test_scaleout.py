@@ -311,6 +311,7 @@ def test_multi_process_launch_without_gloo_is_refused(monkeypatch, tmp_path):
     the same outputs) stop with the fix in the message."""
     from transformers import TrainingArguments
 
+    from longtail.cli import LaunchError, UsageError
     from longtail.distributed import check_distributed, launched_world_size
 
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
@@ -318,8 +319,10 @@ def test_multi_process_launch_without_gloo_is_refused(monkeypatch, tmp_path):
     check_distributed(args)  # not launched: fine
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert launched_world_size() == 2
-    with pytest.raises(RuntimeError, match="WORLD_SIZE=2.*--use_cpu true"):
+    with pytest.raises(LaunchError, match="WORLD_SIZE=2.*--use_cpu true") as raised:
         check_distributed(args)
+    # one line from the command line (a UsageError), still a RuntimeError for code that catches those
+    assert isinstance(raised.value, UsageError) and isinstance(raised.value, RuntimeError)
 
 
 def test_parse_recipe_args_selects_gloo_on_cpu(monkeypatch):

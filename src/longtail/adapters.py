@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from longtail.cli import MissingInputError, UsageError
+from longtail.cli import MissingDependencyError, MissingInputError, UsageError
 from longtail.training import auto_precision, classifier_config, load_classifier
 
 logger = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ def bitsandbytes_available() -> bool:
 
 def require_bitsandbytes() -> None:
     if not bitsandbytes_available():
-        raise ImportError(
+        raise MissingDependencyError(
             "QLoRA loads the base model in 4-bit with bitsandbytes, which is not installed or not usable here. "
             "Install it (pip install bitsandbytes==0.50.2, the tested version; it also runs on CPU), or train "
             "the unquantized adapter with recipes/lora_decoder.py."

@@ -22,6 +22,14 @@ class MissingInputError(UsageError, FileNotFoundError):
     """A file or folder the user named is not there (also a FileNotFoundError, for callers that catch those)."""
 
 
+class MissingDependencyError(UsageError, ImportError):
+    """An optional library the chosen recipe needs is not installed or not usable here (also an ImportError)."""
+
+
+class LaunchError(UsageError, RuntimeError):
+    """The processes were launched in a way the run cannot use (also a RuntimeError)."""
+
+
 def run(main, argv: list[str] | None = None) -> None:
     """`main(argv)` from the command line: a UsageError ends the process with `<script>: error: <message>` on
     stderr and status 2, as argparse does for a bad option; any other exception keeps its traceback."""

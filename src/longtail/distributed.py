@@ -14,7 +14,7 @@ import os
 import torch
 from transformers import TrainingArguments
 
-from longtail.cli import parse_config
+from longtail.cli import LaunchError, parse_config
 
 
 def launched_world_size() -> int:
@@ -64,7 +64,7 @@ def check_distributed(training_args) -> None:
     """Stop a launch of N processes that the Trainer would run as N independent single-process runs."""
     launched = launched_world_size()
     if launched > 1 and training_args.world_size != launched:
-        raise RuntimeError(
+        raise LaunchError(
             f"{launched} processes were launched (WORLD_SIZE={launched}) but the Trainer runs each on its own "
             f"(world size {training_args.world_size}, device {training_args.device}): each would train on all "
             "the data and write the same outputs. Parse arguments with longtail.distributed.parse_recipe_args, "
