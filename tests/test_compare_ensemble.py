@@ -427,6 +427,26 @@ def test_geometric_mix_by_default_arithmetic_on_request(tmp_path):
     assert "geometric mean of the calibrated members" in (tmp_path / "geometric" / "report.md").read_text()
 
 
+def test_test_rows_go_through_the_same_mix_as_validation(tmp_path):
+    """Test is scored by `apply_mix` (each member at its own temperature, mixed, then the mix's temperature),
+    validation inside `build_ensemble`: on test rows that repeat the validation rows the saved probabilities
+    agree. The members' temperatures differ and the mix's is not 1, so a swapped or skipped one shows."""
+    from longtail.ensemble import main
+    from longtail.report import load_predictions
+
+    y = {"validation": [0, 1, 2, 0, 1, 2], "test": [0, 1, 2, 0, 1, 2]}
+    sure = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.9, 0.05, 0.05]] * 2)  # right, right, wrong
+    unsure = np.array([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.3, 0.2, 0.5]] * 2)  # right, wrong, right
+    a = make_run(tmp_path / "a", {s: sure for s in y}, y)
+    b = make_run(tmp_path / "b", {s: unsure for s in y}, y)
+    record = main([a, b, "--output_dir", str(tmp_path / "ens"), "--n_resamples", "20",
+                   "--posthoc_logit_adjustment", "none"])  # fmt: skip
+    assert record["temperatures"]["a"] != pytest.approx(record["temperatures"]["b"], rel=0.1)
+    assert record["mix_temperature"] != pytest.approx(1.0, rel=0.1)
+    saved = {s: load_predictions(tmp_path / "ens" / f"predictions_{s}.npz")["probs"] for s in y}
+    np.testing.assert_allclose(saved["test"], saved["validation"], atol=1e-6)
+
+
 def test_a_finished_output_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     """A rerun into a used folder stops at once with one line (no traceback, no minutes of bootstrap first)."""
     import longtail.compare
