@@ -637,6 +637,10 @@ def test_wise_ft_interpolates_start_and_fine_tuned_weights():
     assert not WiseFTArguments().enabled and not WiseFTArguments(wise_ft_alphas=[1.0]).enabled  # 1 = off
     with pytest.raises(ValueError, match=r"\[0, 1\], got \[1.5\]"):
         WiseFTArguments(wise_ft_alphas=[0.5, 1.5])
+    # both ends of [0, 1] are allowed: alpha 0 is the start itself
+    assert WiseFTArguments(wise_ft_alphas=[0.0]).grid() == (0.0, 1.0) and WiseFTArguments([0.0]).enabled
+    with pytest.raises(ValueError, match=r"got \[-0.1\]"):
+        WiseFTArguments(wise_ft_alphas=[-0.1, 0.5])
 
 
 def test_wise_ft_chooses_alpha_on_validation_and_loads_those_weights():
@@ -670,6 +674,34 @@ def test_wise_ft_chooses_alpha_on_validation_and_loads_those_weights():
     assert [r["val_accuracy"] for r in rows] == pytest.approx([1 / 3, 1 / 3, 1.0, 2 / 3, 2 / 3])
     assert torch.equal(model.weight, torch.zeros(2, 1)) and torch.equal(model.bias, torch.tensor([0.0, 1.0]))
     assert len(saved) == 1 and torch.equal(saved[0]["bias"], torch.tensor([0.0, 1.0]))
+
+
+def test_wise_ft_ties_go_to_the_larger_alpha():
+    """Every alpha predicts class 1 on every row (only the bias moves, and class 1 always leads): the tie goes
+    to the largest alpha, the fine-tuned model itself."""
+    from types import SimpleNamespace
+
+    from longtail.wise_ft import choose_alpha
+
+    model = torch.nn.Linear(1, 2)
+    x = torch.tensor([[-1.0], [1.0]])
+
+    class Trainer:
+        def predict(self, dataset, metric_key_prefix):
+            return SimpleNamespace(predictions=self.model(x).detach().numpy())
+
+        def save_model(self):
+            pass
+
+    trainer = Trainer()
+    trainer.model = model
+    start = {"weight": torch.zeros(2, 1), "bias": torch.tensor([0.0, 1.0])}
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([0.0, 3.0]))
+    alpha, rows = choose_alpha(trainer, {"validation": None}, np.array([1, 0]), start, (0.0, 0.5, 1.0))
+    assert [r["val_accuracy"] for r in rows] == [0.5, 0.5, 0.5]
+    assert alpha == 1.0 and torch.equal(model.bias, torch.tensor([0.0, 3.0]))
 
 
 def test_wise_ft_after_lpft_end_to_end(
@@ -895,6 +927,12 @@ def test_wise_ft_start_weights_survive_a_resume(tmp_path):
     assert not (tmp_path / START_WEIGHTS).exists()
     with pytest.raises(FileNotFoundError, match="wise_ft_start.safetensors.*missing"):
         snapshot_start(model, str(tmp_path), resuming=True, is_main=True)
+    # only the main process writes and removes the file; the others keep the start in memory
+    other = snapshot_start(model, str(tmp_path), resuming=False, is_main=False)
+    assert torch.equal(other["weight"], model.weight) and not (tmp_path / START_WEIGHTS).exists()
+    snapshot_start(model, str(tmp_path), resuming=False, is_main=True)
+    finish(str(tmp_path), is_main=False)
+    assert (tmp_path / START_WEIGHTS).is_file()
 
 
 def test_minilm_yaml_runs_wise_ft_with_lpft_and_plain_ft_with_alpha_1(tmp_path):
