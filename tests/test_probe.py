@@ -588,6 +588,92 @@ def test_head_warmup_freezes_the_body_then_trains_everything(tiny_modernbert, tm
     assert len(moved) == len(body)  # then the whole body fine-tunes
 
 
+def test_lpft_train_warms_the_head_up_at_its_own_epochs_and_rate_and_not_on_resume(tmp_path):
+    """`lpft.train` with a stand-in Trainer (no training): the warm-up is a second Trainer of the same class on
+    the same rows, for --head_warmup_epochs at --head_warmup_learning_rate with only the head trainable, in its
+    own folder; then `on_start`, then the configured run with everything trainable. A resume skips the warm-up."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    from longtail.lpft import LPFTArguments, train
+
+    class Net(torch.nn.Module):
+        base_model_prefix = "body"
+
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(2, 2)
+            self.classifier = torch.nn.Linear(2, 3)
+
+    events, made = [], []
+
+    class StandIn:
+        def __init__(self, model, args, **parts):
+            self.model, self.args, self.parts = model, args, parts
+            self.__dict__.update(parts)  # train_dataset, loss_args, ... as Trainer attributes
+            made.append(self)
+
+        def train(self, resume_from_checkpoint=None):
+            a = self.args
+            trainable = sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
+            events.append((a.output_dir, a.num_train_epochs, a.learning_rate, a.max_steps, a.warmup_steps,
+                           trainable, resume_from_checkpoint))  # fmt: skip
+            return SimpleNamespace(metrics={"train_loss": 0.5, "epoch": float(a.num_train_epochs)})
+
+    run = str(tmp_path / "run")
+    args = TrainingArguments(
+        output_dir=run, num_train_epochs=3, max_steps=10, learning_rate=5e-5, warmup_steps=4, report_to=[]
+    )
+    parts = dict(
+        train_dataset="rows", processing_class="tok", data_collator="pad", loss_args="ce", train_counts={0: 1}
+    )
+    trainer = StandIn(Net(), args, **parts)
+    lpft = LPFTArguments(head_warmup_epochs=2.0, head_warmup_learning_rate=1e-2, layer_lr_decay=0.5)
+    result, warm = train(trainer, lpft, on_start=lambda model: events.append(("start", model)))
+    everything = ["body.bias", "body.weight", "classifier.bias", "classifier.weight"]
+    assert events == [
+        (
+            str(tmp_path / "run" / "head_warmup"),
+            2.0,
+            1e-2,
+            -1,
+            0,
+            ["classifier.bias", "classifier.weight"],
+            None,
+        ),
+        ("start", trainer.model),
+        (run, 3, 5e-5, 10, 4, everything, None),
+    ]
+    assert len(made) == 2 and made[1].model is trainer.model and made[1].parts == parts
+    assert warm == {"head_warmup_loss": 0.5, "head_warmup_epoch": 2.0}
+    assert result.metrics == {"train_loss": 0.5, "epoch": 3.0, **warm} and trainer.layer_lr_decay == 0.5
+    events.clear()
+    result, warm = train(trainer, lpft, resume_from_checkpoint="run/checkpoint-5")
+    assert events == [(run, 3, 5e-5, 10, 4, everything, "run/checkpoint-5")] and warm == {}
+    for bad in ({"head_warmup_epochs": -1.0}, {"head_warmup_learning_rate": 0.0}):
+        with pytest.raises(ValueError, match="must be"):
+            LPFTArguments(**bad)
+
+
+def test_selection_note_names_everything_validation_chose():
+    from longtail.lpft import LPFTArguments, selection_note
+
+    lpft = LPFTArguments(head_init_from="/runs/probe_a", head_warmup_epochs=2, layer_lr_decay=0.8)
+    note = selection_note(
+        "best checkpoint by validation macro-F1; test scored once at the end", lpft, 0.5, True, 30, 0.75
+    )
+    assert note == (
+        "best checkpoint by validation macro-F1; head: the probe's (probe_a; its settings chosen on validation); "
+        "head warm-up: 2 fixed epoch(s), body frozen; layer-wise lr decay 0.8: fixed; "
+        "WiSE-FT alpha 0.75: best validation macro-F1; post-hoc tau 0.5: best validation macro-F1; "
+        "temperature: fitted on half of validation, kept only if it lowers NLL on the other half "
+        "(temperature.json, see Temperature scaling); test scored once at the end"
+    )
+    bare = selection_note("last epoch", LPFTArguments(), 0.5, False, 5)
+    assert bare == "last epoch; temperature: none fitted (5 validation rows, 20 needed)"
+
+
 def test_full_ft_from_probe_with_warmup_end_to_end(
     probe_run, tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
 ):
