@@ -343,6 +343,27 @@ def test_probe_recipe_end_to_end(probe_run, fast_bootstrap, one_torch_thread):
     assert "import longtail.probe" in (out / "README.md").read_text()
 
 
+def test_refit_helpers_by_hand():
+    """label_counts keys the counts by class id (a class with no rows is absent, not a shift of the later ids);
+    train_and_validation puts train first; refit_note says how many rows of each."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from longtail.refit import label_counts, refit_note, train_and_validation
+
+    assert label_counts(np.array([5, 0, 5, 3, 5])) == {0: 1, 3: 1, 5: 3}
+    splits = {
+        "train": pd.DataFrame({"label_id": [0, 1, 1]}, index=[7, 8, 9]),
+        "validation": pd.DataFrame({"label_id": [2, 0]}, index=[0, 1]),
+        "test": pd.DataFrame({"label_id": [1]}),
+    }
+    data = SimpleNamespace(splits=splits)
+    both = train_and_validation(data)
+    assert both["label_id"].tolist() == [0, 1, 1, 2, 0] and both.index.tolist() == [0, 1, 2, 3, 4]
+    assert refit_note(data).startswith("the chosen setting was refit on train + validation (3 + 2 rows)")
+
+
 def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_bootstrap, one_torch_thread):
     """A rerun without the refit: cached features; same validation; its saved head is the first run's
     train-only head; and the first run's saved head is that setting fit again on train + validation."""
