@@ -13,6 +13,7 @@ from scipy.special import log_softmax
 from longtail.calibration import (
     CALIBRATION_SEED,
     TEMPERATURE_FILE,
+    Calibration,
     apply_temperature,
     calibrate,
     calibrate_run,
@@ -54,6 +55,15 @@ def test_fit_temperature_minimises_nll(one_torch_thread):
     assert fit_temperature(log_probs(softmax(z)), y) == pytest.approx(t, rel=1e-5)
 
 
+def test_fit_temperature_stops_at_its_bounds():
+    """T is searched in [e^-6, e^6]: labels no logit explains push T to the top bound (NLL falls towards
+    log 2 as T grows), labels every logit explains push it to the bottom one."""
+    coin = np.array([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0], [0.0, 5.0]])
+    assert fit_temperature(coin, np.array([0, 0, 1, 1])) == pytest.approx(np.exp(6.0), rel=1e-9)
+    sure = np.array([[0.01, 0.0], [0.0, 0.01]])
+    assert fit_temperature(sure, np.array([0, 1])) == pytest.approx(np.exp(-6.0), rel=1e-9)
+
+
 def test_halves_are_fixed_disjoint_and_cover():
     fit, score = calibration_halves(11)
     assert len(fit) == 5 and len(score) == 6
@@ -71,6 +81,13 @@ def test_gating_table_by_hand():
     assert rows[0.7] == {"threshold": 0.7, "coverage": 0.5, "accuracy": 1.0, "escalated": 2}
     assert rows[0.85] == {"threshold": 0.85, "coverage": 0.25, "accuracy": 1.0, "escalated": 3}
     assert rows[0.95]["coverage"] == 0.0 and np.isnan(rows[0.95]["accuracy"])
+
+
+def test_gating_table_routes_a_confidence_equal_to_the_threshold():
+    """Top probability >= tau is auto-routed: a confidence of exactly tau (0.75, exact in binary) is not escalated."""
+    probs = np.array([[0.75, 0.25], [0.5, 0.5], [0.25, 0.75]])
+    rows = gating_table(probs, np.array([0, 1, 0]), thresholds=(0.75,))
+    assert rows == [{"threshold": 0.75, "coverage": 2 / 3, "accuracy": 0.5, "escalated": 1}]
 
 
 def test_calibrate_scores_on_the_other_half(tmp_path, one_torch_thread):
@@ -95,6 +112,7 @@ def test_calibrate_scores_on_the_other_half(tmp_path, one_torch_thread):
     assert load_temperature(tmp_path) == pytest.approx(cal.temperature) == saved["temperature"]
     assert saved["ece_after"] < saved["ece_before"]
     assert f"T = {cal.temperature:.3f}" in section and "| test, +T |" in section and "τ" in section
+    assert "T > 1: the raw model was over-confident." in section  # T is about 2
     assert calibrate_run(tmp_path / "none", [Result("test", softmax(z), y)]) is None
     assert cal.applied and saved["applied"] and saved["fitted_temperature"] == saved["temperature"]
 
@@ -124,6 +142,15 @@ def test_a_temperature_that_does_not_carry_over_is_not_served(tmp_path, one_torc
     assert "over-confident" not in section  # T alone no longer speaks for the raw model
 
 
+def test_a_temperature_is_kept_only_if_it_lowers_the_scoring_nll():
+    def cal(nll_after):
+        rows = np.arange(4)
+        return Calibration(2.0, rows, rows, raw={"nll": 1.0}, calibrated={"nll": nll_after})
+
+    assert cal(0.995).applied and cal(0.995).temperature == 2.0
+    assert not cal(1.005).applied and cal(1.005).temperature == 1.0  # a small rise is a rise: T = 1
+
+
 def test_paired_delta_and_compare_arms(monkeypatch):
     import longtail.metrics
 
@@ -142,6 +169,18 @@ def test_paired_delta_and_compare_arms(monkeypatch):
     assert comp.temperatures["x"] == pytest.approx(2 * comp.temperatures["y"], rel=1e-4)
     np.testing.assert_allclose(comp.arms["x+T"], comp.arms["y+T"], atol=1e-4)
     assert "| x+T − x | macro-F1 | +0.0000 | [+0.0000, +0.0000]" in comp.markdown
+    # T is fitted on the calibration half, and every arm (the reference too) is scored on the other half
+    fit, score = calibration_halves(len(y))
+    reference_t = minimize_scalar(
+        lambda T: -log_softmax(z[fit] / T, axis=1)[np.arange(len(fit)), y[fit]].mean(),
+        bounds=(0.05, 20),
+        method="bounded",
+        options={"xatol": 1e-10},
+    ).x
+    assert comp.temperatures["x"] == pytest.approx(reference_t, rel=1e-5)
+    hand_nll = -np.log(b[score, y[score]]).mean()
+    assert comp.scores["r"]["nll"] == pytest.approx(hand_nll, rel=1e-12)
+    assert comp.scores["y"]["nll"] == pytest.approx(hand_nll, rel=1e-9)  # the same probabilities as a raw arm
 
 
 @pytest.mark.slow

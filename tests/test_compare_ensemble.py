@@ -197,6 +197,48 @@ def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):
         compare_runs([str(tmp_path / "missing")], ref)
 
 
+def test_compare_tiers_come_from_the_references_labels_json(tmp_path):
+    """labels.json maps label names to tiers; class i is label_names[i]. By hand for the probe, true
+    [0, 0, 1, 1, 2, 2, 0, 1], predicted [0, 0, 1, 1, 2, 2, 0, 0]: class a TP 3 FP 1 -> F1 6/7, class b TP 2
+    FN 1 -> F1 4/5, class c F1 1."""
+    from longtail.compare import compare_runs
+
+    ref = make_run(tmp_path / "tfidf", {"test": [0] * 8}, Y)
+    (tmp_path / "tfidf" / "labels.json").write_text(
+        json.dumps({"tiers": {"a": "head", "b": "mid", "c": "tail"}})
+    )
+    good = make_run(tmp_path / "probe", {"test": [0, 0, 1, 1, 2, 2, 0, 0]}, Y)
+    rows = {r["run"]: r for r in compare_runs([good], ref, n_resamples=20)["runs"]}
+    tiers = {t: rows["probe"][f"macro_f1_{t}"] for t in ("head", "mid", "tail")}
+    assert tiers == pytest.approx({"head": 6 / 7, "mid": 4 / 5, "tail": 1.0})
+
+
+def test_compare_refuses_other_true_labels_and_picks_nothing_on_other_validation_rows(tmp_path):
+    from longtail.compare import CompareError, compare_runs
+
+    ref = make_run(tmp_path / "ref", {"test": [0] * 8, "validation": [0] * 6}, Y)
+    relabelled = {"test": [0, 0, 1, 1, 2, 2, 0, 2], "validation": Y["validation"]}  # last row differs
+    other = make_run(tmp_path / "other", {"test": [0] * 8}, relabelled)
+    with pytest.raises(CompareError, match="true labels differ from the reference's on 1 rows"):
+        compare_runs([other], ref)
+    # same test rows, but validation scored on other row ids: no pick, and why
+    shifted = make_run(tmp_path / "shifted", {"test": [0] * 8}, Y)
+    make_run(tmp_path / "shifted", {"validation": [0] * 6}, Y, row_ids=np.arange(6) + 100)
+    pick = compare_runs([shifted], ref, n_resamples=20)["validation_pick"]
+    assert pick["run"] is None and "scored different rows than the reference" in pick["why_none"]
+
+
+def test_validation_pick_ties_go_to_the_earlier_run(tmp_path):
+    """Runs with equal validation macro-F1: the pick is the first of them (the reference comes first)."""
+    from longtail.compare import compare_runs
+
+    ref = make_run(tmp_path / "ref", {"test": [0] * 8, "validation": [0, 1, 2, 0, 1, 1]}, Y)
+    same = make_run(tmp_path / "same", {"test": [1] * 8, "validation": [0, 1, 2, 0, 1, 1]}, Y)
+    result = compare_runs([same], ref, n_resamples=20)
+    assert result["runs"][0]["val_macro_f1"] == result["runs"][1]["val_macro_f1"]  # a tie
+    assert result["validation_pick"]["run"] == "ref"
+
+
 def test_compare_cli_error_is_one_line(tmp_path, capsys):
     from longtail.compare import main
 
@@ -383,6 +425,26 @@ def test_geometric_mix_by_default_arithmetic_on_request(tmp_path):
     saved = load_predictions(tmp_path / "arithmetic" / "predictions_validation.npz")["probs"]
     np.testing.assert_allclose(saved, expected, atol=1e-6)
     assert "geometric mean of the calibrated members" in (tmp_path / "geometric" / "report.md").read_text()
+
+
+def test_test_rows_go_through_the_same_mix_as_validation(tmp_path):
+    """Test is scored by `apply_mix` (each member at its own temperature, mixed, then the mix's temperature),
+    validation inside `build_ensemble`: on test rows that repeat the validation rows the saved probabilities
+    agree. The members' temperatures differ and the mix's is not 1, so a swapped or skipped one shows."""
+    from longtail.ensemble import main
+    from longtail.report import load_predictions
+
+    y = {"validation": [0, 1, 2, 0, 1, 2], "test": [0, 1, 2, 0, 1, 2]}
+    sure = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.9, 0.05, 0.05]] * 2)  # right, right, wrong
+    unsure = np.array([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.3, 0.2, 0.5]] * 2)  # right, wrong, right
+    a = make_run(tmp_path / "a", {s: sure for s in y}, y)
+    b = make_run(tmp_path / "b", {s: unsure for s in y}, y)
+    record = main([a, b, "--output_dir", str(tmp_path / "ens"), "--n_resamples", "20",
+                   "--posthoc_logit_adjustment", "none"])  # fmt: skip
+    assert record["temperatures"]["a"] != pytest.approx(record["temperatures"]["b"], rel=0.1)
+    assert record["mix_temperature"] != pytest.approx(1.0, rel=0.1)
+    saved = {s: load_predictions(tmp_path / "ens" / f"predictions_{s}.npz")["probs"] for s in y}
+    np.testing.assert_allclose(saved["test"], saved["validation"], atol=1e-6)
 
 
 def test_a_finished_output_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):

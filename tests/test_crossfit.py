@@ -60,6 +60,49 @@ def test_each_row_is_scored_once_by_a_fit_on_every_other_row(caplog):
             check_folds(bad)
 
 
+def test_fold_count_boundaries_and_the_seed(caplog):
+    """A class with exactly `folds` rows fills every fold: neither refused nor warned about; the folds follow
+    the seed."""
+    y = np.repeat([0, 1], [3, 3])
+    with caplog.at_level(logging.WARNING, logger="longtail.crossfit"):
+        probs = cross_fitted_probs(lambda fit, scored: np.ones((len(scored), 2)) / 2, y, 2, 3, seed=0)
+    assert probs.shape == (6, 2) and "fewer than" not in caplog.text
+    with pytest.raises(ValueError, match="no class has 4 training rows \\(at most 3\\)"):
+        cross_fitted_probs(lambda fit, scored: None, y, 2, 4, seed=0)
+
+    def folds_of(seed):
+        folds = []
+        cross_fitted_probs(
+            lambda fit, scored: folds.append(scored.tolist()) or 0.0, np.repeat([0, 1], 20), 2, 4, seed
+        )
+        return folds
+
+    assert folds_of(1) == folds_of(1) and folds_of(1) != folds_of(2)
+
+
+def test_how_train_predictions_were_made_is_read_back(tmp_path):
+    from longtail.crossfit import combined_folds, train_prediction_folds, train_prediction_note
+
+    assert train_prediction_note(3, refit=False) == (
+        "cross-fitted: each row scored by the chosen setting fit on the other 2 of 3 stratified folds of train"
+    )
+    assert train_prediction_note(0, refit=True) == (
+        "in-sample: the saved model (fit on train + validation) on its own rows"
+    )
+    assert train_prediction_note(0, refit=False) == "in-sample: the saved model on its own rows"
+    # an ensemble's are as held out as its least held-out member's; unknown if any member does not say
+    assert combined_folds([5, 3]) == 3 and combined_folds([5, 0]) == 0
+    assert combined_folds([5, None]) is None and combined_folds([0, None]) is None
+    assert train_prediction_folds(tmp_path) is None
+    (tmp_path / "run_config.json").write_text(
+        json.dumps({"data": {"seed": 1}, "baseline": {"predict_train_folds": 4}})
+    )
+    assert train_prediction_folds(tmp_path) == 4
+    (tmp_path / "run_config.json").unlink()
+    (tmp_path / "ensemble.json").write_text(json.dumps({"train_predictions": {"predict_train_folds": None}}))
+    assert train_prediction_folds(tmp_path) is None
+
+
 def train_accuracy(out, folds: int) -> float:
     """Accuracy of a run's saved train predictions, after checking their rows, that they are probabilities, and
     that the report says how they were made."""

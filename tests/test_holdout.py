@@ -36,12 +36,17 @@ def test_split_is_the_seeded_sample_and_loses_no_row(tmp_path):
         train["Consumer complaint narrative"].tolist() + heldout["Consumer complaint narrative"].tolist()
     ) == sorted(source["Consumer complaint narrative"].fillna("").tolist())
     assert list(train.columns) == list(source.columns)
-    assert record["rows"] == {"train": 30, "heldout": 10}
-    assert json.loads((tmp_path / "d" / "holdout.json").read_text())["seed"] == 7
+    assert record == {
+        "source": str(tmp_path / "all.csv"),
+        "fraction": 0.25,
+        "seed": 7,
+        "rows": {"train": 30, "heldout": 10},
+    }
+    assert json.loads((tmp_path / "d" / "holdout.json").read_text()) == record
 
 
 def test_an_existing_split_is_not_replaced_unless_asked(tmp_path, capsys):
-    write_source(tmp_path / "all.csv")
+    source = write_source(tmp_path / "all.csv")
     out = str(tmp_path / "d")
     main([str(tmp_path / "all.csv"), "--output_dir", out])
     with pytest.raises(SystemExit) as exc:
@@ -50,6 +55,12 @@ def test_an_existing_split_is_not_replaced_unless_asked(tmp_path, capsys):
     assert "already holds train.csv" in capsys.readouterr().err
     main([str(tmp_path / "all.csv"), "--output_dir", out, "--seed", "8", "--overwrite"])
     assert json.loads((tmp_path / "d" / "holdout.json").read_text())["seed"] == 8
+    # the replacement is the sample of the new seed (default fraction 0.15)
+    heldout = pd.read_csv(tmp_path / "d" / "heldout.csv", dtype=str, keep_default_na=False)
+    expected = source.astype(str).sample(frac=0.15, random_state=8)
+    assert (
+        heldout["Consumer complaint narrative"].tolist() == expected["Consumer complaint narrative"].tolist()
+    )
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
@@ -63,6 +74,19 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "d"), "--fraction", "0.01"])
     assert "empty train or held-out" in capsys.readouterr().err
+    # every row held out (0.9 of 3 rows rounds to 3) leaves no train file; 0 and 1 are outside (0, 1)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "d"), "--fraction", "0.9"])
+    assert "--fraction 0.9 of 3 rows leaves an empty train or held-out file" in capsys.readouterr().err
+    for edge in ("0", "1"):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "d"), "--fraction", edge])
+        assert f"--fraction must be in (0, 1), got {float(edge)}" in capsys.readouterr().err
+    write_source(tmp_path / "one.csv", n=2).iloc[1:].to_csv(tmp_path / "one.csv", index=False)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "one.csv"), "--output_dir", str(tmp_path / "d"), "--fraction", "0.5"])
+    assert "one.csv has 1 row(s): nothing to hold out" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
     # an output "folder" that is a file; the input inside the output folder, which --overwrite would replace
     with pytest.raises(SystemExit):
         main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "all.csv")])

@@ -175,6 +175,20 @@ def test_a_resume_with_another_decay_is_refused(tiny_modernbert, tmp_path):
         resumed.train(resume_from_checkpoint=True)  # Trainer's own "the last checkpoint"
 
 
+def test_check_resume_refuses_any_other_decay_lower_or_higher(tmp_path):
+    """The recorded decay must equal the asked one: a lower one is refused as well as a higher one."""
+    from longtail.layer_decay import DECAY_FILE, check_resume
+
+    (tmp_path / DECAY_FILE).write_text(json.dumps({"layer_lr_decay": 0.5}))
+    check_resume(tmp_path, 0.5)
+    for other in (0.3, 0.8):
+        with pytest.raises(
+            ValueError, match=rf"written with --layer_lr_decay 0.5, .* --layer_lr_decay {other}"
+        ):
+            check_resume(tmp_path, other)
+    check_resume(tmp_path / "elsewhere", 0.3)  # no record: Trainer's own load decides
+
+
 def test_recipes_train_and_refit_with_the_decay(
     tiny_modernbert, tiny_qwen2, tmp_path, monkeypatch, one_torch_thread
 ):

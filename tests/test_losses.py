@@ -105,6 +105,27 @@ def test_focal_gamma_two_exact(batch):
     assert got < sum(hand_ce()) / 4  # focusing down-weights easy rows
 
 
+def test_focal_gradient_matches_finite_differences():
+    """The focal loss differentiates through its CE factor too, not only through (1 - p_t)^gamma: the
+    gradient equals central differences of the hand-written loss."""
+    gamma, h = 2.0, 1e-4
+
+    def hand_focal(logits) -> float:
+        return sum((1 - p) ** gamma * c for p, c in zip(hand_p_true(logits), hand_ce(logits))) / len(logits)
+
+    want = []
+    for i, row in enumerate(LOGITS):
+        for j in range(len(row)):
+            up = [list(r) for r in LOGITS]
+            down = [list(r) for r in LOGITS]
+            up[i][j] += h
+            down[i][j] -= h
+            want.append((hand_focal(up) - hand_focal(down)) / (2 * h))
+    logits = torch.tensor(LOGITS, requires_grad=True)
+    long_tail_loss(logits, torch.tensor(LABELS), loss="focal", focal_gamma=gamma).backward()
+    torch.testing.assert_close(logits.grad.flatten(), torch.tensor(want), rtol=1e-4, atol=1e-6)
+
+
 def test_focal_with_class_weights_is_a_weighted_mean(batch):
     weights = torch.tensor([0.5, 3.0, 1.0])
     w = [0.5, 1.0, 3.0, 0.5]  # sum 5: a weighted mean differs from a plain mean
@@ -264,6 +285,15 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
         LossArguments(loss="weighted_ce", class_weighting="inverse"),
         LossArguments(loss="focal", focal_gamma=2.0, class_weighting="sqrt_inverse"),
         LossArguments(loss="logit_adjusted", logit_adjustment_tau=1.0),
+        # options away from their defaults: each must reach the loss, not just the default value
+        pytest.param(
+            LossArguments(loss="focal", focal_gamma=0.5, class_weighting="inverse", label_smoothing=0.1),
+            id="focal-gamma0.5-smoothed",
+        ),
+        pytest.param(
+            LossArguments(loss="logit_adjusted", logit_adjustment_tau=0.5, label_smoothing=0.1),
+            id="logit_adjusted-tau0.5-smoothed",
+        ),
     ],
     ids=lambda a: a.loss,
 )

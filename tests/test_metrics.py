@@ -16,6 +16,7 @@ from longtail.metrics import (
     macro_f1,
     negative_log_likelihood,
     paired_bootstrap,
+    per_class_table,
     reliability_bins,
     slice_metrics,
     softmax,
@@ -173,6 +174,21 @@ def test_slice_metrics_exact():
     assert out["first3"] == pytest.approx({"num_examples": 3, "accuracy": 2 / 3, "macro_f1": 2 / 3})
     assert out["none"]["num_examples"] == 0
     assert math.isnan(out["none"]["accuracy"]) and math.isnan(out["none"]["macro_f1"])
+
+
+def test_per_class_table_exact():
+    """Every class of the label space, precision and recall each in its own column (the F1 column alone
+    cannot tell them apart), and the predicted count from the predictions, not the true labels."""
+    names = ["a", "b", "c", "d", "e"]
+    df = per_class_table(Y_TRUE, Y_PRED, names, {0: "head", 1: "head", 2: "mid", 3: "tail"})
+    assert list(df.label_id) == [0, 1, 2, 3, 4]
+    assert list(df.label) == names
+    assert list(df.tier) == ["head", "head", "mid", "tail", ""]  # class 4 has no tier
+    np.testing.assert_allclose(df.precision, [1, 2 / 3, 0, 0, 0])
+    np.testing.assert_allclose(df.recall, [1 / 2, 1, 0, 0, 0])
+    np.testing.assert_allclose(df.f1, [2 / 3, 4 / 5, 0, 0, 0])
+    assert list(df.support) == [2, 2, 1, 0, 0]
+    assert list(df.predicted) == [1, 3, 0, 1, 0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -343,6 +343,27 @@ def test_probe_recipe_end_to_end(probe_run, fast_bootstrap, one_torch_thread):
     assert "import longtail.probe" in (out / "README.md").read_text()
 
 
+def test_refit_helpers_by_hand():
+    """label_counts keys the counts by class id (a class with no rows is absent, not a shift of the later ids);
+    train_and_validation puts train first; refit_note says how many rows of each."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from longtail.refit import label_counts, refit_note, train_and_validation
+
+    assert label_counts(np.array([5, 0, 5, 3, 5])) == {0: 1, 3: 1, 5: 3}
+    splits = {
+        "train": pd.DataFrame({"label_id": [0, 1, 1]}, index=[7, 8, 9]),
+        "validation": pd.DataFrame({"label_id": [2, 0]}, index=[0, 1]),
+        "test": pd.DataFrame({"label_id": [1]}),
+    }
+    data = SimpleNamespace(splits=splits)
+    both = train_and_validation(data)
+    assert both["label_id"].tolist() == [0, 1, 1, 2, 0] and both.index.tolist() == [0, 1, 2, 3, 4]
+    assert refit_note(data).startswith("the chosen setting was refit on train + validation (3 + 2 rows)")
+
+
 def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_bootstrap, one_torch_thread):
     """A rerun without the refit: cached features; same validation; its saved head is the first run's
     train-only head; and the first run's saved head is that setting fit again on train + validation."""
@@ -588,6 +609,92 @@ def test_head_warmup_freezes_the_body_then_trains_everything(tiny_modernbert, tm
     assert len(moved) == len(body)  # then the whole body fine-tunes
 
 
+def test_lpft_train_warms_the_head_up_at_its_own_epochs_and_rate_and_not_on_resume(tmp_path):
+    """`lpft.train` with a stand-in Trainer (no training): the warm-up is a second Trainer of the same class on
+    the same rows, for --head_warmup_epochs at --head_warmup_learning_rate with only the head trainable, in its
+    own folder; then `on_start`, then the configured run with everything trainable. A resume skips the warm-up."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    from longtail.lpft import LPFTArguments, train
+
+    class Net(torch.nn.Module):
+        base_model_prefix = "body"
+
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(2, 2)
+            self.classifier = torch.nn.Linear(2, 3)
+
+    events, made = [], []
+
+    class StandIn:
+        def __init__(self, model, args, **parts):
+            self.model, self.args, self.parts = model, args, parts
+            self.__dict__.update(parts)  # train_dataset, loss_args, ... as Trainer attributes
+            made.append(self)
+
+        def train(self, resume_from_checkpoint=None):
+            a = self.args
+            trainable = sorted(n for n, p in self.model.named_parameters() if p.requires_grad)
+            events.append((a.output_dir, a.num_train_epochs, a.learning_rate, a.max_steps, a.warmup_steps,
+                           trainable, resume_from_checkpoint))  # fmt: skip
+            return SimpleNamespace(metrics={"train_loss": 0.5, "epoch": float(a.num_train_epochs)})
+
+    run = str(tmp_path / "run")
+    args = TrainingArguments(
+        output_dir=run, num_train_epochs=3, max_steps=10, learning_rate=5e-5, warmup_steps=4, report_to=[]
+    )
+    parts = dict(
+        train_dataset="rows", processing_class="tok", data_collator="pad", loss_args="ce", train_counts={0: 1}
+    )
+    trainer = StandIn(Net(), args, **parts)
+    lpft = LPFTArguments(head_warmup_epochs=2.0, head_warmup_learning_rate=1e-2, layer_lr_decay=0.5)
+    result, warm = train(trainer, lpft, on_start=lambda model: events.append(("start", model)))
+    everything = ["body.bias", "body.weight", "classifier.bias", "classifier.weight"]
+    assert events == [
+        (
+            str(tmp_path / "run" / "head_warmup"),
+            2.0,
+            1e-2,
+            -1,
+            0,
+            ["classifier.bias", "classifier.weight"],
+            None,
+        ),
+        ("start", trainer.model),
+        (run, 3, 5e-5, 10, 4, everything, None),
+    ]
+    assert len(made) == 2 and made[1].model is trainer.model and made[1].parts == parts
+    assert warm == {"head_warmup_loss": 0.5, "head_warmup_epoch": 2.0}
+    assert result.metrics == {"train_loss": 0.5, "epoch": 3.0, **warm} and trainer.layer_lr_decay == 0.5
+    events.clear()
+    result, warm = train(trainer, lpft, resume_from_checkpoint="run/checkpoint-5")
+    assert events == [(run, 3, 5e-5, 10, 4, everything, "run/checkpoint-5")] and warm == {}
+    for bad in ({"head_warmup_epochs": -1.0}, {"head_warmup_learning_rate": 0.0}):
+        with pytest.raises(ValueError, match="must be"):
+            LPFTArguments(**bad)
+
+
+def test_selection_note_names_everything_validation_chose():
+    from longtail.lpft import LPFTArguments, selection_note
+
+    lpft = LPFTArguments(head_init_from="/runs/probe_a", head_warmup_epochs=2, layer_lr_decay=0.8)
+    note = selection_note(
+        "best checkpoint by validation macro-F1; test scored once at the end", lpft, 0.5, True, 30, 0.75
+    )
+    assert note == (
+        "best checkpoint by validation macro-F1; head: the probe's (probe_a; its settings chosen on validation); "
+        "head warm-up: 2 fixed epoch(s), body frozen; layer-wise lr decay 0.8: fixed; "
+        "WiSE-FT alpha 0.75: best validation macro-F1; post-hoc tau 0.5: best validation macro-F1; "
+        "temperature: fitted on half of validation, kept only if it lowers NLL on the other half "
+        "(temperature.json, see Temperature scaling); test scored once at the end"
+    )
+    bare = selection_note("last epoch", LPFTArguments(), 0.5, False, 5)
+    assert bare == "last epoch; temperature: none fitted (5 validation rows, 20 needed)"
+
+
 def test_full_ft_from_probe_with_warmup_end_to_end(
     probe_run, tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
 ):
@@ -637,6 +744,10 @@ def test_wise_ft_interpolates_start_and_fine_tuned_weights():
     assert not WiseFTArguments().enabled and not WiseFTArguments(wise_ft_alphas=[1.0]).enabled  # 1 = off
     with pytest.raises(ValueError, match=r"\[0, 1\], got \[1.5\]"):
         WiseFTArguments(wise_ft_alphas=[0.5, 1.5])
+    # both ends of [0, 1] are allowed: alpha 0 is the start itself
+    assert WiseFTArguments(wise_ft_alphas=[0.0]).grid() == (0.0, 1.0) and WiseFTArguments([0.0]).enabled
+    with pytest.raises(ValueError, match=r"got \[-0.1\]"):
+        WiseFTArguments(wise_ft_alphas=[-0.1, 0.5])
 
 
 def test_wise_ft_chooses_alpha_on_validation_and_loads_those_weights():
@@ -670,6 +781,34 @@ def test_wise_ft_chooses_alpha_on_validation_and_loads_those_weights():
     assert [r["val_accuracy"] for r in rows] == pytest.approx([1 / 3, 1 / 3, 1.0, 2 / 3, 2 / 3])
     assert torch.equal(model.weight, torch.zeros(2, 1)) and torch.equal(model.bias, torch.tensor([0.0, 1.0]))
     assert len(saved) == 1 and torch.equal(saved[0]["bias"], torch.tensor([0.0, 1.0]))
+
+
+def test_wise_ft_ties_go_to_the_larger_alpha():
+    """Every alpha predicts class 1 on every row (only the bias moves, and class 1 always leads): the tie goes
+    to the largest alpha, the fine-tuned model itself."""
+    from types import SimpleNamespace
+
+    from longtail.wise_ft import choose_alpha
+
+    model = torch.nn.Linear(1, 2)
+    x = torch.tensor([[-1.0], [1.0]])
+
+    class Trainer:
+        def predict(self, dataset, metric_key_prefix):
+            return SimpleNamespace(predictions=self.model(x).detach().numpy())
+
+        def save_model(self):
+            pass
+
+    trainer = Trainer()
+    trainer.model = model
+    start = {"weight": torch.zeros(2, 1), "bias": torch.tensor([0.0, 1.0])}
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([0.0, 3.0]))
+    alpha, rows = choose_alpha(trainer, {"validation": None}, np.array([1, 0]), start, (0.0, 0.5, 1.0))
+    assert [r["val_accuracy"] for r in rows] == [0.5, 0.5, 0.5]
+    assert alpha == 1.0 and torch.equal(model.bias, torch.tensor([0.0, 3.0]))
 
 
 def test_wise_ft_after_lpft_end_to_end(
@@ -895,6 +1034,12 @@ def test_wise_ft_start_weights_survive_a_resume(tmp_path):
     assert not (tmp_path / START_WEIGHTS).exists()
     with pytest.raises(FileNotFoundError, match="wise_ft_start.safetensors.*missing"):
         snapshot_start(model, str(tmp_path), resuming=True, is_main=True)
+    # only the main process writes and removes the file; the others keep the start in memory
+    other = snapshot_start(model, str(tmp_path), resuming=False, is_main=False)
+    assert torch.equal(other["weight"], model.weight) and not (tmp_path / START_WEIGHTS).exists()
+    snapshot_start(model, str(tmp_path), resuming=False, is_main=True)
+    finish(str(tmp_path), is_main=False)
+    assert (tmp_path / START_WEIGHTS).is_file()
 
 
 def test_minilm_yaml_runs_wise_ft_with_lpft_and_plain_ft_with_alpha_1(tmp_path):
