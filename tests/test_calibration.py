@@ -149,6 +149,7 @@ def test_a_temperature_is_kept_only_if_it_lowers_the_scoring_nll():
 
     assert cal(0.995).applied and cal(0.995).temperature == 2.0
     assert not cal(1.005).applied and cal(1.005).temperature == 1.0  # a small rise is a rise: T = 1
+    assert not cal(1.0).applied and cal(1.0).temperature == 1.0  # no gain is no reason to change the scores
 
 
 def test_paired_delta_and_compare_arms(monkeypatch):

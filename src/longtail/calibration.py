@@ -168,7 +168,7 @@ class Calibration:
     def applied(self) -> bool:
         """T is kept only when it lowers NLL on the scoring half: a T fitted on a few rows can make held-out
         probabilities worse, and serving it would then be a loss, not a calibration."""
-        return self.calibrated["nll"] <= self.raw["nll"]
+        return self.calibrated["nll"] < self.raw["nll"]
 
     @property
     def temperature(self) -> float:
