@@ -47,7 +47,8 @@ def package_versions() -> dict[str, str]:
 
 def source_revision() -> dict:
     """longtail's own version, and the git commit of the checkout it was imported from (None outside git;
-    `dirty`: tracked files differ from that commit, so the commit alone does not say what ran)."""
+    `git_dirty`: tracked files of the checkout (recipes included) differ from that commit, so the commit alone does
+    not say what ran)."""
     import longtail
 
     src = Path(longtail.__file__).resolve().parent
@@ -60,7 +61,8 @@ def source_revision() -> dict:
 
     try:
         out["git_commit"] = git("rev-parse", "HEAD")
-        out["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no", "--", "."))
+        # the whole checkout: the recipes that ran sit beside src/, not in it
+        out["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         pass
     return out
