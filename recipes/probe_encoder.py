@@ -56,6 +56,7 @@ from longtail.probe import (
     check_layers,
     default_pooling,
     load_frozen_body,
+    settle_tokenizer,
 )
 from longtail.refit import SELECTION_HEAD, RefitArguments, label_counts, refit_note, train_and_validation
 from longtail.report import SplitResult, grid_table, save_predictions, summary_text, write_run_outputs
@@ -460,6 +461,9 @@ def main(argv: list[str] | None = None) -> dict:
             str(output_dir / SELECTION_HEAD),
         )
     tokenizer.padding_side = "right"  # every pooling is exact with right padding
+    settle_tokenizer(
+        tokenizer, data_args.max_length
+    )  # the same tokenizer.json whether features were cached or not
     tokenizer.save_pretrained(output_dir)
     run_info = {
         "recipe": "probe_encoder",

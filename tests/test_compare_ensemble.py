@@ -510,3 +510,54 @@ def test_ensemble_logit_adjustment_chosen_on_validation(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--posthoc_logit_adjustment none" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*bare, "--output_dir", str(tmp_path / "bare3"), "--posthoc_logit_adjustment", "lots"])
+
+
+def test_compare_and_ensemble_repeat_exactly_and_record_their_bootstrap(tmp_path):
+    """Twice on the same runs: byte-identical outputs (the bootstrap is seeded). compare.json and ensemble.json
+    record how the CIs were drawn (seed, resamples, confidence), the command and the environment, and the
+    reports say the seed: without them a reader cannot redraw the same CIs and p-values."""
+    from longtail.compare import main as compare
+    from longtail.ensemble import main as ensemble
+    from longtail.metrics import BOOTSTRAP_SEED
+
+    rng = np.random.default_rng(3)
+    y = {s: rng.integers(0, 3, 40).tolist() for s in ("validation", "test")}
+    runs = [
+        make_run(tmp_path / name, {s: rng.dirichlet(np.ones(3), len(y[s])) for s in y}, y)
+        for name in ("a", "b", "c")
+    ]
+    for i in (1, 2):
+        compare(
+            [
+                runs[1],
+                "--reference",
+                runs[0],
+                "--output_dir",
+                str(tmp_path / f"cmp{i}"),
+                "--n_resamples",
+                "30",
+            ]
+        )
+        ensemble([runs[1], runs[2], "--output_dir", str(tmp_path / f"ens{i}"), "--n_resamples", "30"])
+    for folder, names in (("cmp", ("compare.md", "compare.json")),
+                          ("ens", ("ensemble.json", "report.md", "predictions_test.npz"))):  # fmt: skip
+        for name in names:
+            first, second = (tmp_path / f"{folder}{i}" / name for i in (1, 2))
+            # the records name their own output folder in the command; nothing else may differ
+            assert (
+                first.read_bytes().replace(b"cmp1", b"cmp2").replace(b"ens1", b"ens2") == second.read_bytes()
+            )
+
+    want = {"method": "percentile", "n_resamples": 30, "confidence_level": 0.95, "seed": BOOTSTRAP_SEED}
+    record = json.loads((tmp_path / "cmp1" / "compare.json").read_text())
+    assert want.items() <= record["bootstrap"].items()
+    assert (
+        record["command"].startswith("python -m longtail.compare ")
+        and "--n_resamples 30" in record["command"]
+    )
+    assert record["environment"]["versions"]["numpy"] == np.__version__
+    assert f"30 resamples, seed {BOOTSTRAP_SEED}" in (tmp_path / "cmp1" / "compare.md").read_text()
+    record = json.loads((tmp_path / "ens1" / "ensemble.json").read_text())
+    assert want.items() <= record["bootstrap"].items()
+    assert record["command"].startswith("python -m longtail.ensemble ") and record["environment"]["versions"]
+    assert f"30 resamples, seed {BOOTSTRAP_SEED}" in (tmp_path / "ens1" / "report.md").read_text()

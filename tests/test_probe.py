@@ -421,6 +421,27 @@ def test_probe_rerun_reuses_cached_embeddings(probe_run, tiny_modernbert, fast_b
     np.testing.assert_allclose(saved, expected, atol=1e-5)
 
 
+def test_probe_rerun_on_cached_features_writes_the_same_run(
+    probe_run, tiny_modernbert, fast_bootstrap, one_torch_thread
+):
+    """The same command again, every split's features read from the cache: the same model folder and results,
+    byte for byte (tokenizer.json included: it used to keep the original tokenizer's truncation and padding when
+    nothing was embedded, and the embedding call's max_length otherwise). Only timings and the folder name differ."""
+    out, again = probe_run["out"], probe_run["tmp"] / "probe_again"
+    load_recipe("probe_encoder").main(
+        probe_args(tiny_modernbert, probe_run["train"], probe_run["test"], again, probe_run["tmp"] / "cache",
+                   "--long_text", "truncate", "--posthoc_logit_adjustment", "0.5")
+    )  # fmt: skip
+    assert "train reused, validation reused, test reused" in (again / "report.md").read_text()
+    timed = {"README.md", "report.md", "run_config.json"}  # runtimes, the output folder
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name not in timed)
+    assert {"tokenizer.json", "model.safetensors", "predictions_test.npz", "temperature.json"} <= set(files)
+    assert sorted(p.name for p in again.iterdir() if p.is_file() and p.name not in timed) == files
+    assert [f for f in files if (out / f).read_bytes() != (again / f).read_bytes()] == []
+    saved = json.loads((again / "tokenizer.json").read_text())
+    assert saved["padding"] is None and saved["truncation"]["max_length"] == 64  # the run's --max_length
+
+
 def test_probe_rejects_bad_options(tiny_modernbert, tiny_bert, tmp_path, capsys):
     recipe = load_recipe("probe_encoder")
     train, test = synthetic_files(tmp_path)

@@ -386,6 +386,52 @@ def test_resume_after_sigkill_matches_uninterrupted(
     # the refit ran whole after the resume, for as many epochs as the uninterrupted run's
     got, want = (json.loads((d / "train_results.json").read_text()) for d in (out, ref))
     assert got["refit_rows"] == want["refit_rows"] > 0 and got["refit_epochs"] == want["refit_epochs"]
+    # the mean training loss over all 6 steps, not the 2 run after the resume divided by 6 (Trainer's own sum
+    # starts again at 0 on resume; the checkpoint's train_loss.json carries it over)
+    assert json.loads((out / "checkpoint-4" / "train_loss.json").read_text())["global_step"] == 4
+    assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
+
+
+def test_checkpoints_carry_the_training_loss_summed_so_far(tmp_path, caplog):
+    """train_loss.json holds the loss logged so far plus the part the loop has not logged yet (a save between two
+    logs, as the demo's epoch-end checkpoints at step 22 with a log every 10 steps), and a resumed run starts its
+    sum there; a checkpoint without the file (written before it existed) leaves Trainer's sum, with a warning."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from longtail.checkpoints import TRAIN_LOSS_FILE, RecordTrainLoss
+
+    class Trainer:  # what the callback reads of a Trainer
+        def __init__(self, total):
+            self._total_loss_scalar = total
+
+        def _nested_gather(self, tensor):
+            return tensor
+
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    state = SimpleNamespace(global_step=22, is_world_process_zero=True)
+    record = RecordTrainLoss(Trainer(50.0))  # steps 1-20 logged
+    record.pending = torch.tensor(4.5)  # steps 21-22, not logged yet
+    record.save(tmp_path / "checkpoint-22", state)  # before Trainer's files: it makes the folder
+    assert json.loads((tmp_path / "checkpoint-22" / TRAIN_LOSS_FILE).read_text()) == {
+        "global_step": 22,
+        "loss_sum": 54.5,
+    }
+
+    resumed = Trainer(0.0)  # Trainer sets its sum to 0 before on_train_begin
+    record = RecordTrainLoss(resumed)
+    record.resume_from = str(tmp_path / "checkpoint-22")
+    record.on_train_begin(args, state, None)
+    assert resumed._total_loss_scalar == 54.5
+
+    (tmp_path / "checkpoint-22" / TRAIN_LOSS_FILE).unlink()
+    resumed = Trainer(0.0)
+    record = RecordTrainLoss(resumed)
+    record.resume_from = str(tmp_path / "checkpoint-22")
+    with caplog.at_level(logging.WARNING, logger="longtail.checkpoints"):
+        record.on_train_begin(args, state, None)
+    assert resumed._total_loss_scalar == 0.0 and "cover only the steps run after the resume" in caplog.text
 
 
 class RecordingHandler(logging.Handler):

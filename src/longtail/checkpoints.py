@@ -26,6 +26,7 @@ TRUE = {"true", "yes", "1", "last", "auto"}
 FALSE = {"", "false", "no", "0", "none"}
 WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 TORCH_STATES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # Trainer loads these with weights_only=True
+TRAIN_LOSS_FILE = "train_loss.json"  # the training loss summed over a checkpoint's steps (RecordTrainLoss)
 LABELS_FILE = (
     "checkpoint_labels.json"  # an adapter checkpoint has no config.json to say which labels it learnt
 )
@@ -128,6 +129,51 @@ class RecordLabels(TrainerCallback):
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if state.is_world_process_zero and checkpoint.is_dir():
             (checkpoint / LABELS_FILE).write_text(json.dumps({"label_names": self.label_names}))
+
+
+class RecordTrainLoss(TrainerCallback):
+    """Keeps Trainer's `train_loss` (train_results.json: the mean training loss over every step) right across a
+    resume. Trainer sums the loss of the steps it runs *in this session* and divides by every step, so a run
+    resumed at step 22 of 66 reported 1.566 where the uninterrupted run reported 2.572 (the demo). Each checkpoint
+    records the loss summed over its steps (`train_loss.json`), and a run resumed from it starts from that sum.
+    The trainer passes its running loss in (`pending`: the part not yet logged) and calls `save` for each
+    checkpoint."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.pending = (
+            None  # the training loop's loss summed since its last log (a tensor), set by the trainer
+        )
+        self.resume_from = None  # the checkpoint the next training resumes from, set by the trainer
+
+    def save(self, checkpoint: Path, state) -> None:
+        """Write train_loss.json into `checkpoint` (every process calls this: the gather is collective). The
+        trainer calls it before Trainer's own files, so that a checkpoint complete by `checkpoint_problem` (its
+        trainer_state.json, written last) holds it: a callback's on_save came after, and a kill in between left a
+        checkpoint that resumed with the wrong sum."""
+        pending = 0.0
+        if self.pending is not None:  # every process takes part in the gather, as Trainer's own logging does
+            pending = self.trainer._nested_gather(self.pending).mean().item()
+        if state.is_world_process_zero:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            record = {"global_step": state.global_step, "loss_sum": self.trainer._total_loss_scalar + pending}
+            (checkpoint / TRAIN_LOSS_FILE).write_text(json.dumps(record))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Trainer has just set its sum to 0 (and its step to the checkpoint's): put the checkpoint's sum back
+        if not self.resume_from:
+            return
+        path = Path(self.resume_from) / TRAIN_LOSS_FILE
+        saved = json.loads(path.read_text("utf-8")) if path.is_file() else None
+        if saved is None or saved.get("global_step") != state.global_step:
+            logger.warning(
+                "%s has no %s (written before it existed): train_loss in train_results.json will cover only the "
+                "steps run after the resume, divided by every step",
+                self.resume_from,
+                TRAIN_LOSS_FILE,
+            )
+            return
+        self.trainer._total_loss_scalar = float(saved["loss_sum"])
 
 
 def label_names_of(model) -> list[str]:

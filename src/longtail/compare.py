@@ -23,7 +23,14 @@ import numpy as np
 
 from longtail.calibration import load_temperature, served_scores
 from longtail.cli import UsageError
-from longtail.metrics import BOOTSTRAP_RESAMPLES, accuracy, classification_metrics, macro_f1, paired_bootstrap
+from longtail.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    accuracy,
+    bootstrap_settings,
+    classification_metrics,
+    macro_f1,
+    paired_bootstrap,
+)
 from longtail.report import load_predictions
 
 
@@ -149,7 +156,13 @@ def compare_runs(
                     y, pred, ref_pred, metric=metric, n_resamples=n_resamples
                 )
         rows.append(row)
-    result = {"split": split, "num_rows": int(len(y)), "reference": reference["name"], "runs": rows}
+    result = {
+        "split": split,
+        "num_rows": int(len(y)),
+        "reference": reference["name"],
+        "bootstrap": bootstrap_settings(n_resamples),  # the same seed and resamples give the same CIs and p
+        "runs": rows,
+    }
     if split == "test":
         result["validation_pick"] = validation_pick(rows)
     return result
@@ -175,6 +188,13 @@ def validation_pick(rows: list[dict]) -> dict:
     }
 
 
+def bootstrap_note(settings: dict | None) -> str:
+    """' Bootstrap: N resamples, seed S.' for a report's text ('' when the settings were not recorded)."""
+    if not settings:
+        return ""
+    return f" Bootstrap: {settings['n_resamples']:,} resamples, seed {settings['seed']}."
+
+
 def to_markdown(result: dict) -> str:
     def f(x):
         return "—" if x is None or np.isnan(x) else f"{x:.3f}"  # NaN: e.g. no tail class in these rows
@@ -187,7 +207,7 @@ def to_markdown(result: dict) -> str:
         "resamples where the run is not better. Macro-F1 averages over the classes in the true labels or in a "
         "run's predictions (scikit-learn's rule), so two runs may average over different classes: the zero-F1 "
         "column's second number says how many. ECE is that of the probabilities each run serves (at its own "
-        "temperature, `temperature.json`).",
+        "temperature, `temperature.json`)." + bootstrap_note(result.get("bootstrap")),
         "",
     ]
     pick = result.get("validation_pick") or {}
@@ -260,6 +280,13 @@ def main(argv: list[str] | None = None) -> dict:
         parser.exit(2, f"compare: error: {err}\n")
     markdown = to_markdown(result)
     if out is not None:
+        from longtail.provenance import environment
+        from longtail.runs import command_line
+
+        result["command"] = command_line(
+            "-m", ["longtail.compare", *(sys.argv[1:] if argv is None else argv)]
+        )
+        result["environment"] = environment()
         (out / "compare.md").unlink(missing_ok=True)
         (out / "compare.md").write_text(markdown, "utf-8")
         write_json(out / "compare.json", result)

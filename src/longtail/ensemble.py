@@ -39,6 +39,7 @@ from longtail.compare import (
     MIN_RESAMPLES,
     RESAMPLES_ERROR,
     CompareError,
+    bootstrap_note,
     check_distinct,
     check_same_rows,
     load_tiers,
@@ -48,6 +49,7 @@ from longtail.compare import (
 from longtail.crossfit import combined_folds, train_prediction_folds
 from longtail.metrics import (
     BOOTSTRAP_RESAMPLES,
+    bootstrap_settings,
     classification_metrics,
     macro_f1,
     negative_log_likelihood,
@@ -262,8 +264,14 @@ def train_split(run_dirs: list[str], spec: dict):
 
 
 def write_outputs(
-    result: dict, output_dir: Path, tiers: dict, n_resamples: int = BOOTSTRAP_RESAMPLES
+    result: dict,
+    output_dir: Path,
+    tiers: dict,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    provenance: dict | None = None,
 ) -> dict:
+    """predictions_*.npz, ensemble.json and report.md; `provenance` (the command, the environment) goes into
+    ensemble.json as well."""
     from longtail.report import jsonable
     from longtail.runs import write_json
 
@@ -296,6 +304,8 @@ def write_outputs(
         )
         + ("; test scored once at the end" if "test" in metrics else ""),
         "metrics": metrics,
+        "bootstrap": bootstrap_settings(n_resamples),  # of the metrics' CIs: the same seed gives the same CIs
+        **(provenance or {}),
     }
     if "train_folds" in result:  # read back by crossfit.train_prediction_folds (distill.py's warning)
         record["train_predictions"] = {
@@ -328,6 +338,8 @@ def write_outputs(
         + f"; then post-hoc logit adjustment (validation macro-F1): tau = {result['tau']}"
         + (" (no shift)" if result["tau"] == 0 else " (probabilities x prior^-tau, renormalised)")
         + f"; then temperature {result['mix_temperature']:.3f} (validation NLL; no prediction changes).",
+        "",
+        "CIs: 95% percentile bootstrap over rows." + bootstrap_note(record["bootstrap"]),
         "",
         "| split | accuracy [95% CI] | macro-F1 [95% CI] | zero-F1 / classes scored | ECE, served | NLL, served |",
         "|---|---|---|---|---|---|",
@@ -447,7 +459,15 @@ def main(argv: list[str] | None = None) -> dict:
         )
     except UsageError as err:  # CompareError, OutputDirError, ...
         parser.exit(2, f"ensemble: error: {err}\n")
-    record = write_outputs(result, out, load_tiers(args.runs[0], result["label_names"]), args.n_resamples)
+    from longtail.provenance import environment
+    from longtail.runs import command_line
+
+    provenance = {
+        "command": command_line("-m", ["longtail.ensemble", *(sys.argv[1:] if argv is None else argv)]),
+        "environment": environment(),
+    }
+    tiers = load_tiers(args.runs[0], result["label_names"])
+    record = write_outputs(result, out, tiers, args.n_resamples, provenance)
     print((out / "report.md").read_text("utf-8"))
     return record
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from longtail.checkpoints import RecordLabels, fit_problem, label_names_of
+from longtail.checkpoints import RecordLabels, RecordTrainLoss, fit_problem, label_names_of
 from longtail.cli import UsageError
 from longtail.layer_decay import RecordLayerDecay, check_resume, layerwise_param_groups, resume_error
 from longtail.posthoc import parse_tau_option
@@ -130,6 +131,8 @@ class LongTailTrainer(Trainer):
         self.log_prior = log_prior(train_counts, num_labels)
         self.add_callback(RecordLayerDecay(self))
         self.add_callback(RecordLabels(label_names_of(self.model)))
+        self.train_loss_record = RecordTrainLoss(self)  # train_loss over every step, also after a resume
+        self.add_callback(self.train_loss_record)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         checkpoint = (
@@ -144,6 +147,7 @@ class LongTailTrainer(Trainer):
                     "written with, or start a new run without --resume_from_checkpoint."
                 )
             check_resume(checkpoint, self.layer_lr_decay)
+        self.train_loss_record.resume_from = checkpoint or None
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
         # torch's Optimizer.load_state_dict: the checkpoint's groups do not fit this optimizer
@@ -151,6 +155,23 @@ class LongTailTrainer(Trainer):
             if checkpoint and "parameter group" in str(err):
                 raise resume_error(checkpoint, self.layer_lr_decay) from err
             raise
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        self.train_loss_record.pending = (
+            tr_loss  # the loss since the last log, for a checkpoint saved in this call
+        )
+        try:
+            return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+        finally:
+            self.train_loss_record.pending = None
+
+    def _save_checkpoint(self, model, trial):
+        # train_loss.json first: Trainer writes trainer_state.json, which marks a checkpoint complete, last
+        checkpoint = (
+            Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        )
+        self.train_loss_record.save(checkpoint, self.state)
+        return super()._save_checkpoint(model, trial)
 
     def create_optimizer(self):
         if self.optimizer is not None or self.layer_lr_decay == 1.0:

@@ -17,7 +17,20 @@ TIERS = ("head", "mid", "tail")
 ECE_BINS = 15
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+BOOTSTRAP_CONFIDENCE = 0.95
 BOOTSTRAP_BATCH_CELLS = 10_000_000  # resamples x rows per batch: 80 MB of int64 indices per array
+
+
+def bootstrap_settings(n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """How the CIs and paired deltas were drawn, for the outputs that report them (the same seed and resamples
+    give the same numbers)."""
+    return {
+        "method": "percentile",
+        "n_resamples": n_resamples,
+        "confidence_level": BOOTSTRAP_CONFIDENCE,
+        "seed": seed,
+        "rng": "numpy.random.default_rng(seed)",
+    }
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -154,7 +167,7 @@ def bootstrap_ci(
     statistic: Callable[..., float],
     *arrays: np.ndarray,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
-    confidence_level: float = 0.95,
+    confidence_level: float = BOOTSTRAP_CONFIDENCE,
     seed: int = BOOTSTRAP_SEED,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of `statistic(*arrays)` resampling rows (paired across arrays)."""
@@ -169,7 +182,7 @@ def paired_bootstrap(
     pred_b: np.ndarray,
     metric: Callable[[np.ndarray, np.ndarray], float] = macro_f1,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
-    confidence_level: float = 0.95,
+    confidence_level: float = BOOTSTRAP_CONFIDENCE,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, float]:
     """Compare two systems scored on the same rows: delta = metric(a) - metric(b).

@@ -397,6 +397,23 @@ def cached_embeddings(
     return features, fingerprint, False
 
 
+def settle_tokenizer(tokenizer, max_length: int) -> None:
+    """Put a fast tokenizer's backend in one state before it is saved: truncation at `max_length`, no padding.
+
+    The backend keeps the truncation and padding of its last call, and `tokenizer.json` saves them: a probe that
+    embedded its texts saved its own max_length, one that reused cached features saved the model's original state
+    (all-MiniLM-L6-v2's: padding to 128 and truncation at 128), so the same run gave two different folders, and
+    anything reading `tokenizer.json` directly (the `tokenizers` library) cut texts at another length. Transformers
+    sets both on every call, so its own use of the tokenizer is the same either way."""
+    if not getattr(tokenizer, "is_fast", False):
+        return
+    backend = tokenizer.backend_tokenizer
+    backend.no_padding()
+    backend.enable_truncation(
+        max_length=max_length, stride=0, strategy="longest_first", direction=tokenizer.truncation_side
+    )
+
+
 def load_probe_head(run_dir, label_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(weight, bias, pooling) of a saved probe run, checked against the labels of the run that reuses it."""
     from safetensors.torch import load_file

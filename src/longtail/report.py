@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import matplotlib
@@ -487,17 +485,16 @@ def write_report(
 
 
 def _versions() -> dict[str, str]:
-    def version(pkg):
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "not installed"
+    from longtail.provenance import package_versions, source_revision
 
-    return {
-        "python": sys.version.split()[0],
-        "torch": version("torch"),
-        "transformers": version("transformers"),
-    }
+    revision = source_revision()
+    commit = revision["git_commit"]
+    longtail = f"{revision['version']}" + (
+        f" (git {commit[:12]}{', with uncommitted changes' if revision['git_dirty'] else ''})"
+        if commit
+        else ""
+    )
+    return {**package_versions(), "longtail": longtail}
 
 
 def write_model_card(

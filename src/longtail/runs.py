@@ -227,7 +227,8 @@ def push_folder(
 
 
 def write_run_files(output_dir: str | Path, data, command: str, config: dict) -> None:
-    """labels.json (taxonomy, counts, tiers, data log), splits.json (row ids), run_config.json."""
+    """labels.json (taxonomy, counts, tiers, data log), splits.json (row ids), run_config.json (the command,
+    every resolved option, the environment: versions and source revision, and a fingerprint of each split's rows)."""
     from longtail.data import split_ids
     from longtail.metrics import assign_tiers
 
@@ -244,4 +245,14 @@ def write_run_files(output_dir: str | Path, data, command: str, config: dict) ->
         },
     )
     write_json(output_dir / "splits.json", split_ids(data))
-    write_json(output_dir / "run_config.json", {"command": command, **config})
+    from longtail.provenance import data_fingerprint, environment
+
+    write_json(
+        output_dir / "run_config.json",
+        {
+            "command": command,
+            **config,
+            "environment": environment(),
+            "data_fingerprint": data_fingerprint(data),
+        },
+    )
