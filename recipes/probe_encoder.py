@@ -461,9 +461,8 @@ def main(argv: list[str] | None = None) -> dict:
             str(output_dir / SELECTION_HEAD),
         )
     tokenizer.padding_side = "right"  # every pooling is exact with right padding
-    settle_tokenizer(
-        tokenizer, data_args.max_length
-    )  # the same tokenizer.json whether features were cached or not
+    # the same tokenizer.json whether the features were embedded now or read from the cache
+    settle_tokenizer(tokenizer, data_args.max_length)
     tokenizer.save_pretrained(output_dir)
     run_info = {
         "recipe": "probe_encoder",
