@@ -141,9 +141,7 @@ class RecordTrainLoss(TrainerCallback):
 
     def __init__(self, trainer):
         self.trainer = trainer
-        self.pending = (
-            None  # the training loop's loss summed since its last log (a tensor), set by the trainer
-        )
+        self.pending = None  # the loop's loss summed since its last log (a tensor), set by the trainer
         self.resume_from = None  # the checkpoint the next training resumes from, set by the trainer
 
     def save(self, checkpoint: Path, state) -> None:

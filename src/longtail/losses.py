@@ -157,9 +157,8 @@ class LongTailTrainer(Trainer):
             raise
 
     def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
-        self.train_loss_record.pending = (
-            tr_loss  # the loss since the last log, for a checkpoint saved in this call
-        )
+        # the loss since the last log, for a checkpoint saved in this call
+        self.train_loss_record.pending = tr_loss
         try:
             return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
         finally:
