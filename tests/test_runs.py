@@ -122,3 +122,102 @@ def test_overwrite_never_deletes_a_model_that_is_not_one_of_our_runs(tmp_path):
     (tmp_path / "run_config.json").write_text("{}")  # one of ours: replaced as a whole
     prepare_output_dir(tmp_path, overwrite=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_never_clears_a_folder_holding_what_the_new_run_reads(tmp_path):
+    """A file inside a folder the overwrite removes (an ONNX export, a checkpoint's weights) is read too."""
+    (tmp_path / "report.md").write_text("old")
+    (tmp_path / "onnx" / "fp32").mkdir(parents=True)
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "model.safetensors").write_text("old")
+    for value in (tmp_path / "onnx" / "fp32", tmp_path / "checkpoint-4" / "model.safetensors"):
+        with pytest.raises(OutputDirError, match="which --overwrite_output_dir would clear first"):
+            prepare_output_dir(tmp_path, overwrite=True, inputs={"--model_name_or_path": str(value)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "onnx", "report.md"]
+
+
+def test_overwrite_logs_what_it_removed(tmp_path, caplog):
+    import logging
+
+    for name in ("report.md", "eval_results.json", "config.json"):
+        (tmp_path / name).write_text("old")
+    for folder in ("merged", "checkpoint-3"):
+        (tmp_path / folder).mkdir()
+    with caplog.at_level(logging.WARNING, logger="longtail.runs"):
+        prepare_output_dir(tmp_path, overwrite=True)
+    assert "removed 3 files and 2 folders of the previous run (checkpoint-3, merged)" in caplog.text
+
+
+def test_command_line_reads_sys_argv_without_the_program(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["recipes/r.py", "--a", "b c"])
+    assert command_line("recipes/r.py", None) == "python recipes/r.py --a 'b c'"
+
+
+def test_source_description_hides_local_paths():
+    from types import SimpleNamespace
+
+    from longtail.runs import source_description
+
+    def describe(**kw):
+        fields = dict(train_file=None, validation_file=None, test_file=None, dataset_name="org/complaints")
+        return source_description(SimpleNamespace(**{**fields, **kw}))
+
+    assert describe(train_file="/home/me/data/train.csv", test_file="/srv/x/test.jsonl") == (
+        "local files `train.csv`, `test.jsonl`"
+    )
+    assert describe(dataset_name="synthetic").startswith("the built-in synthetic")
+    assert describe() == "`org/complaints`"
+
+
+def test_public_model_name_of_a_local_folder_is_its_last_component(tmp_path):
+    (tmp_path / "pkg" / "my-model").mkdir(parents=True)
+    assert public_model_name(str(tmp_path / "pkg" / "my-model")) == "my-model"
+
+
+def test_write_run_files_names_counts_by_class_id(tmp_path):
+    """train_counts arrives in value_counts order (most frequent first), not by class id."""
+    import json
+
+    from longtail.data import PreparedData
+    from longtail.runs import write_run_files
+
+    splits = {
+        "train": pd.DataFrame({"row_id": [4, 0, 2]}),
+        "validation": pd.DataFrame({"row_id": [3, 1]}),
+    }
+    data = PreparedData(splits, ["a", "b", "c"], {2: 5, 0: 3, 1: 1}, log={"num_classes": 3})
+    write_run_files(tmp_path, data, "python r.py", {"seed": 7})
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    assert labels["id2label"] == {"0": "a", "1": "b", "2": "c"}
+    assert labels["train_counts"] == {"a": 3, "b": 1, "c": 5}
+    assert labels["tiers"] == {"a": "head", "b": "head", "c": "head"}
+    assert labels["data_log"] == {"num_classes": 3}
+    assert json.loads((tmp_path / "splits.json").read_text()) == {"train": [0, 2, 4], "validation": [1, 3]}
+    assert json.loads((tmp_path / "run_config.json").read_text()) == {"command": "python r.py", "seed": 7}
+
+
+def test_push_folder_skips_checkpoints_and_names_the_repo_after_the_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from longtail.runs import push_folder
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls["create_repo"] = (repo_id, private, exist_ok)
+            return huggingface_hub.RepoUrl(f"https://huggingface.co/me/{repo_id}")
+
+        def upload_folder(self, folder_path, repo_id, **kwargs):
+            calls["upload_folder"] = (folder_path, repo_id, kwargs["ignore_patterns"])
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    out = tmp_path / "my-run"
+    assert push_folder(out, None, token="t", private=True) == "me/my-run"
+    assert calls["token"] == "t" and calls["create_repo"] == ("my-run", True, True)
+    folder, repo_id, ignored = calls["upload_folder"]
+    assert folder == str(out) and repo_id == "me/my-run"
+    assert {"checkpoint-*", "checkpoint-*/**", "runs/**"} <= set(ignored)
