@@ -507,6 +507,47 @@ def test_checkpoint_problem_of_sharded_and_distributed_layouts(tmp_path):
     assert checkpoint_problem(no_step) == "trainer_state.json is unreadable (KeyError('global_step'))"
 
 
+def test_resolve_resume_spellings_and_skip_count(tmp_path, caplog):
+    from longtail.checkpoints import resolve_resume
+
+    out = tmp_path / "run"
+    for step in (3, 4):
+        (fake_checkpoint(out, step) / "trainer_state.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume("true", out) is None
+    assert f"no complete checkpoint in {out} (skipped 2 incomplete); starting from scratch" in caplog.text
+    good = fake_checkpoint(out, 2)
+    for value in ("True", " LAST ", "Auto", "1"):
+        assert resolve_resume(value, out) == str(good), value
+    for value in ("False", " none ", "0", ""):
+        assert resolve_resume(value, out) is None, value
+
+
+def test_fit_problem_reads_labels_from_config_json_in_class_id_order(tmp_path):
+    """A checkpoint from before checkpoint_labels.json: config.json's id2label, ordered by id as a number
+    (ten classes and more: "10" sorts before "2" as text)."""
+    from types import SimpleNamespace
+
+    from longtail.checkpoints import fit_problem, saved_label_names
+
+    names = [f"class {i}" for i in range(12)]
+    path = fake_checkpoint(tmp_path, 5)
+    (path / "config.json").write_text(json.dumps({"id2label": {str(i): n for i, n in enumerate(names)}}))
+    assert saved_label_names(path) == names
+
+    def model(labels):
+        return SimpleNamespace(
+            config=SimpleNamespace(id2label=dict(enumerate(labels)), num_labels=len(labels))
+        )
+
+    assert fit_problem(path, model(names)) is None
+    assert fit_problem(path, model(names[:11])) == (
+        "its labels are not this run's (12 vs 11 classes; only in the checkpoint: ['class 11']; only in this "
+        "run: [])"
+    )
+    assert fit_problem(path, model(names[::-1])).endswith("; the same labels in another order)")
+
+
 def test_resume_true_without_checkpoint_keeps_the_output_guard(tmp_path):
     """`--resume_from_checkpoint true` with no checkpoint must not let a fresh run overwrite old results."""
     from longtail.checkpoints import resolve_resume
