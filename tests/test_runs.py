@@ -221,3 +221,73 @@ def test_push_folder_skips_checkpoints_and_names_the_repo_after_the_folder(tmp_p
     folder, repo_id, ignored = calls["upload_folder"]
     assert folder == str(out) and repo_id == "me/my-run"
     assert {"checkpoint-*", "checkpoint-*/**", "runs/**"} <= set(ignored)
+
+
+def test_precision_auto_resolves_by_hardware_and_an_explicit_flag_wins(tmp_path, monkeypatch):
+    import torch
+    from transformers import TrainingArguments
+
+    from longtail.training import apply_precision, auto_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_precision() == "no"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, expected in (((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda capability=capability: capability)
+        assert auto_precision() == expected, capability
+    monkeypatch.undo()
+
+    plain = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    assert apply_precision(plain, "auto") is plain and apply_precision(plain, "no") is plain  # CPU: fp32
+    bf16 = apply_precision(plain, "bf16")
+    assert (bf16.bf16, bf16.fp16) == (True, False) and (plain.bf16, plain.fp16) == (False, False)
+    fp16 = apply_precision(plain, "fp16")
+    assert (fp16.bf16, fp16.fp16) == (False, True)
+    explicit = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], bf16=True)
+    assert apply_precision(explicit, "fp16") is explicit and (explicit.bf16, explicit.fp16) == (True, False)
+
+
+def test_early_stopping_callback_only_when_asked():
+    from transformers import EarlyStoppingCallback
+
+    from longtail.training import ModelArguments, callbacks
+
+    assert callbacks(ModelArguments()) == []
+    (callback,) = callbacks(ModelArguments(early_stopping_patience=3))
+    assert isinstance(callback, EarlyStoppingCallback) and callback.early_stopping_patience == 3
+
+
+def test_run_info_counts_the_global_batch_and_says_what_chose_the_checkpoint():
+    import time
+    from types import SimpleNamespace
+
+    from longtail.training import run_info
+
+    def info(load_best, do_predict, best="out/checkpoint-30"):
+        args = SimpleNamespace(learning_rate=2e-5, num_train_epochs=3, per_device_train_batch_size=8, world_size=2,
+                               seed=7, metric_for_best_model="macro_f1", load_best_model_at_end=load_best,
+                               do_predict=do_predict)  # fmt: skip
+        trainer = SimpleNamespace(args=args, state=SimpleNamespace(best_model_checkpoint=best))
+        return run_info(
+            "full_ft_encoder", trainer, SimpleNamespace(metrics={"train_runtime": 12.34}),
+            SimpleNamespace(model_name_or_path="org/model"), SimpleNamespace(max_length=64),
+            SimpleNamespace(loss="focal", class_weighting="none"), time.time(),
+        )  # fmt: skip
+
+    full = info(True, True)
+    assert {k: v for k, v in full.items() if k != "total_runtime_s"} == {
+        "recipe": "full_ft_encoder",
+        "model": "org/model",
+        "loss": "focal",
+        "class_weighting": "none",
+        "learning_rate": 2e-5,
+        "epochs": 3,
+        "batch_size": 16,
+        "max_length": 64,
+        "seed": 7,
+        "train_runtime_s": 12.3,
+        "selection": "checkpoint: best validation macro_f1 (checkpoint-30); test scored once at the end",
+    }
+    last = "checkpoint: last epoch (no model selection)"
+    assert info(False, False)["selection"] == last  # a best checkpoint was tracked but not loaded
+    assert info(True, False, best=None)["selection"] == last
