@@ -197,6 +197,21 @@ def test_single_row_class_stays_in_train():
     assert (data.splits["validation"]["label"] == "a").sum() == 5
 
 
+def test_validation_split_rounds_half_up_per_class():
+    """round(fraction * n) with halves up: 0.25 x 10 = 2.5 -> 3, 0.25 x 7 = 1.75 -> 2, 0.25 x 2 = 0.5 -> 1."""
+    data = prepare_data(args(validation_split_fraction=0.25), raw={"train": frame({"a": 10, "b": 7, "c": 2})})
+    assert data.splits["validation"]["label"].value_counts().to_dict() == {"a": 3, "b": 2, "c": 1}
+    assert data.splits["train"]["label"].value_counts().to_dict() == {"a": 7, "b": 5, "c": 1}
+
+
+def test_validation_split_fraction_and_min_class_count_bounds():
+    for fraction in (0, 0.0, 1, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"validation_split_fraction must be in \(0, 1\)"):
+            args(validation_split_fraction=fraction)
+    with pytest.raises(ValueError, match="min_class_count must be >= 1, got 0"):
+        args(min_class_count=0)
+
+
 def duplicated_source() -> pd.DataFrame:
     """40 narratives, each written three ways that differ only in case and whitespace."""
     rows = []
@@ -344,6 +359,14 @@ def test_empty_texts_and_missing_labels_are_dropped_and_counted(caplog):
         "train: read 9 rows, kept 3, dropped {'dropped_empty_text': 4, 'dropped_missing_label': 2}" in m
         for m in messages
     )
+
+
+def test_a_row_without_text_or_label_counts_as_an_empty_text_only():
+    df = pd.DataFrame({"text": ["one", "two", "", None, "three"], "label": ["a", "b", "", None, ""]})
+    data = prepare_data(args(), raw={"train": df})
+    assert data.log["train"]["dropped_empty_text"] == 2
+    assert data.log["train"]["dropped_missing_label"] == 1  # 'three'; the two empty rows are counted once
+    assert data.log["train"]["rows_kept"] == 2
 
 
 def test_text_is_stripped_and_na_string_is_text(tmp_path):
@@ -552,6 +575,64 @@ def test_split_indices_with_unknown_split_is_an_error(tmp_path):
     path.write_text(json.dumps({"train": [0], "dev": [1]}), "utf-8")
     with pytest.raises(DataError, match=r"expected keys among .* found \['dev', 'train'\]"):
         prepare_data(args(split_indices=str(path)), raw={"train": frame({"a": 3})})
+
+
+def test_split_indices_cannot_bring_back_rows_cleaning_dropped(tmp_path, caplog):
+    """Train ids index the cleaned training pool: a rare-class row and a row repeating a test text stay out."""
+    train = frame({"a": 5, "b": 5, "rare": 1})  # row ids: a 0-4, b 5-9, rare 10
+    test = pd.DataFrame({"text": ["A complaint number 4", "fresh"], "label": ["a", "b"]})  # repeats row 4
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps({"train": [1, 2, 3, 4, 6, 7, 8, 9, 10], "validation": [0, 5]}), "utf-8")
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        data = prepare_data(
+            args(min_class_count=2, split_indices=str(path)), raw={"train": train, "test": test}
+        )
+    assert data.splits["train"]["row_id"].tolist() == [1, 2, 3, 6, 7, 8, 9]
+    assert data.splits["validation"]["row_id"].tolist() == [0, 5]
+    assert data.label_names == ["a", "b"]
+    assert "train: 2 of 9 ids from" in caplog.text
+
+
+def test_row_caps_keep_source_order():
+    source_test = frame({"a": 6, "b": 4}, prefix="test ")
+    data = prepare_data(
+        args(max_predict_samples=4), raw={"train": frame({"a": 5, "b": 5}), "test": source_test}
+    )
+    expected = sorted(source_test.sample(n=4, random_state=42).index)
+    assert expected != list(source_test.sample(n=4, random_state=42).index)  # the sample itself is shuffled
+    assert data.splits["test"]["row_id"].tolist() == expected
+    assert data.splits["test"]["text"].tolist() == source_test.loc[expected, "text"].tolist()
+
+
+def test_label_space_comes_from_the_capped_training_rows():
+    train = frame({"a": 6, "b": 3, "c": 1})
+    kept = train.sample(n=4, random_state=42)
+    assert set(kept["label"]) == {"a", "b"}  # the cap loses class 'c'
+    validation = frame({"a": 1, "c": 2}, prefix="v ")
+    data = prepare_data(args(max_train_samples=4), raw={"train": train, "validation": validation})
+    assert data.label_names == ["a", "b"]
+    assert data.splits["train"]["row_id"].tolist() == sorted(kept.index)
+    assert data.train_counts == {0: int((kept["label"] == "a").sum()), 1: int((kept["label"] == "b").sum())}
+    assert data.log["validation_excluded_unseen_labels"] == 2
+    assert data.splits["validation"]["label"].tolist() == ["a"]
+
+
+def test_a_local_file_as_dataset_name_is_the_training_file(tmp_path):
+    path = tmp_path / "notes.csv"
+    frame({"a": 3, "b": 3}).to_csv(path, index=False)
+    data = prepare_data(args(dataset_name=str(path), split_seed=0))
+    pool = pd.concat([data.splits["train"], data.splits["validation"]])
+    assert sorted(pool["text"]) == sorted(frame({"a": 3, "b": 3})["text"])
+    assert data.log["train"]["rows_read"] == 6
+
+
+def test_a_hub_data_set_without_a_train_split_is_an_error(monkeypatch):
+    import datasets
+
+    hub = datasets.DatasetDict({"test": datasets.Dataset.from_pandas(frame({"a": 2}), preserve_index=False)})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config_name=None: hub)
+    with pytest.raises(DataError, match=r"has no 'train' split \(found: \['test'\]\)"):
+        prepare_data(args(dataset_name="someone/complaints"))
 
 
 def test_max_samples_cap_rows():

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,6 +119,92 @@ def test_kd_gradient_is_t_times_probability_gap():
     # and the KD term is 0 when the student matches the teacher (not so with softmax inputs)
     assert kd_term(t, t, 4.0).item() == pytest.approx(0.0, abs=1e-12)
     assert abs(_softmax_not_log_softmax(t, t, 4.0).item()) > 1e-3
+
+
+def test_distillation_trainer_loss_uses_the_recipes_hard_loss():
+    """compute_loss: the KD term plus (1 - alpha) times the configured hard loss (here a stand-in worth 5), not
+    plain CE; a batch without teacher logits (test rows) gets the hard loss alone."""
+    from types import SimpleNamespace
+
+    from longtail.distill import DistillationTrainer
+
+    trainer = SimpleNamespace(hard_loss=lambda logits, labels: torch.tensor(5.0), temperature=T, alpha=ALPHA)
+
+    def model(**inputs):
+        assert set(inputs) == {"input_ids"}  # labels and teacher logits never reach forward()
+        return {"logits": torch.tensor([S])}
+
+    batch = {
+        "input_ids": torch.tensor([[1]]),
+        "labels": torch.tensor([Y]),
+        "teacher_logits": torch.tensor([TCH]),
+    }
+    loss = DistillationTrainer.compute_loss(trainer, model, batch)
+    assert loss.item() == pytest.approx(ALPHA * T**2 * KL_BY_HAND + (1 - ALPHA) * 5.0, abs=1e-6)
+    without = {k: v for k, v in batch.items() if k != "teacher_logits"}
+    loss, outputs = DistillationTrainer.compute_loss(trainer, model, without, return_outputs=True)
+    assert loss.item() == 5.0 and outputs["logits"].tolist() == [S]
+
+
+def test_distill_arguments_are_checked():
+    DistillArguments(teacher_logits="x", kd_alpha=1.0)
+    DistillArguments(teacher_logits="x", kd_alpha=0.0)
+    for bad in (dict(teacher_logits="x", teacher_model_name_or_path="y"), dict(teacher_logits="none")):
+        with pytest.raises(ValueError, match="Pass exactly one of"):
+            DistillArguments(**bad)
+    for temperature in (0.0, -1.0):
+        with pytest.raises(ValueError, match="--kd_temperature must be > 0"):
+            DistillArguments(teacher_logits="x", kd_temperature=temperature)
+    for alpha in (-0.1, 1.01):
+        with pytest.raises(ValueError, match=r"--kd_alpha must be in \[0, 1\]"):
+            DistillArguments(teacher_logits="x", kd_alpha=alpha)
+
+
+def test_teacher_column_and_collator_carry_float32_logits(tiny_modernbert):
+    import datasets
+    from transformers import AutoTokenizer
+
+    from longtail.distill import TEACHER_COLUMN, DistillationCollator, add_teacher_column
+
+    rows = {"input_ids": [[2, 5, 3], [2, 6, 7, 8, 3]], "labels": [0, 1]}
+    tokenised = {s: datasets.Dataset.from_dict(rows) for s in ("train", "test")}
+    values = np.array([[1 / 3, -2 / 3], [0.1, 7.25]])
+    out = add_teacher_column(tokenised, {"train": values})
+    assert TEACHER_COLUMN not in out["test"].column_names
+    np.testing.assert_array_equal(
+        np.asarray(out["train"][TEACHER_COLUMN], np.float32), values.astype(np.float32)
+    )
+    collate = DistillationCollator(AutoTokenizer.from_pretrained(tiny_modernbert))
+    batch = collate([out["train"][0], out["train"][1]])
+    assert batch[TEACHER_COLUMN].dtype == torch.float32
+    torch.testing.assert_close(batch[TEACHER_COLUMN], torch.tensor(values, dtype=torch.float32))
+    assert batch["input_ids"].shape == (2, 8)  # padded to a multiple of 8
+    assert TEACHER_COLUMN not in collate([out["test"][0]])
+
+
+def test_fingerprints_follow_file_names_contents_and_texts(tmp_path):
+    from longtail.data import PreparedData
+    from longtail.distill import data_fingerprint, teacher_fingerprint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, name in ((a, "config.json"), (b, "vocab.txt")):
+        folder.mkdir()
+        (folder / name).write_text("same bytes")
+    assert teacher_fingerprint(str(a)) != teacher_fingerprint(str(b))  # a renamed file is another teacher
+    before = teacher_fingerprint(str(a))
+    (a / "report.md").write_text("not a teacher file")
+    (a / "checkpoint-3").mkdir()
+    assert teacher_fingerprint(str(a)) == before
+    assert teacher_fingerprint(str(a), "org/base") != before
+    (a / "tokenizer.json").write_text("{}")
+    assert teacher_fingerprint(str(a)) != before
+
+    def data(texts):
+        df = pd.DataFrame({"text": texts, "row_id": [0, 1]})
+        return PreparedData({"train": df, "validation": df.iloc[:1]}, ["x", "y"], {0: 1, 1: 1})
+
+    assert data_fingerprint(data(["one", "two"])) == data_fingerprint(data(["one", "two"]))
+    assert data_fingerprint(data(["one", "two"])) != data_fingerprint(data(["one", "TWO"]))
 
 
 def test_label_maps_must_agree():
@@ -276,6 +363,47 @@ def _logits_table(path, data, rows=None, width=None, **columns):
     meta = {"label_names": list(data.label_names)}
     pq.write_table(pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()}), path)
     return path
+
+
+def test_logits_files_need_label_names_and_may_be_arrow(tmp_path):
+    import pyarrow.feather
+    import pyarrow.parquet as pq
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    path = _logits_table(tmp_path / "t.parquet", data)
+    table = pq.read_table(path)
+    pyarrow.feather.write_feather(table, tmp_path / "t.arrow")
+    from_arrow, from_parquet = load_precomputed(tmp_path / "t.arrow", data), load_precomputed(path, data)
+    for split in ("train", "validation"):
+        np.testing.assert_array_equal(from_arrow[split], from_parquet[split])
+    pq.write_table(table.replace_schema_metadata({}), tmp_path / "bare.parquet")
+    with pytest.raises(DataError, match="bare.parquet has no label_names in its metadata"):
+        load_precomputed(tmp_path / "bare.parquet", data)
+
+
+def test_a_teacher_run_with_other_gold_labels_is_refused(tmp_path):
+    from longtail.report import SplitResult, save_predictions
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    k = len(data.label_names)
+    (tmp_path / "run").mkdir()
+    for split in ("train", "validation"):
+        df = data.splits[split]
+        y = df["label_id"].to_numpy().copy()
+        if split == "train":
+            y[[3, 8]] = (y[[3, 8]] + 1) % k  # two rows relabelled
+        save_predictions(
+            tmp_path / "run",
+            SplitResult(split, y, np.full((len(df), k), 1.0 / k), None, row_ids=df["row_id"]),
+            data.label_names,
+        )
+    n = len(data.splits["train"])
+    with pytest.raises(
+        DataError, match=f"run: 2 of {n} train rows have another gold label in the teacher run"
+    ):
+        load_precomputed(tmp_path / "run", data)
 
 
 def test_non_finite_teacher_logits_are_refused(
@@ -649,6 +777,30 @@ def test_kd_step_bench_smoke(tiny_modernbert, tmp_path, one_torch_thread):
     # what kd_step.md states is in the JSON too, and the CPU is named with its ISA flags as in the other benches
     assert (report["warmup"], report["temperature"], report["alpha"]) == (1, 2.0, 0.5)
     assert {"cpu", "avx2", "avx512_vnni", "amx", "load_average"} <= set(report["environment"])
+
+
+def test_teacher_max_length_and_cache_path_are_the_teachers_own(tiny_qwen2, tmp_path, one_torch_thread):
+    from longtail.distill import load_teacher, teacher_forward
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test, max_train_samples=40)
+    teacher = save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names)
+    cache = tmp_path / "elsewhere" / "cache.parquet"
+    args = DistillArguments(
+        teacher_model_name_or_path=teacher, teacher_max_length=8, teacher_cache=str(cache)
+    )
+    logits, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info == {
+        "teacher": "teacher",
+        "teacher_max_length": 8,
+        "cache": str(cache),
+        "cache_status": "computed",
+    }
+    assert cache.is_file() and not (tmp_path / "out" / "teacher_logits.parquet").exists()
+    model, tok, _ = load_teacher(teacher)
+    texts = data.splits["validation"]["text"].tolist()
+    np.testing.assert_allclose(logits["validation"], teacher_forward(model, tok, texts, 8, 4), atol=1e-5)
+    assert np.abs(logits["validation"] - teacher_forward(model, tok, texts, 32, 4)).max() > 1e-3
 
 
 def test_lora_teacher_run_folder(tiny_qwen2, tmp_path, one_torch_thread):

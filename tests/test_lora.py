@@ -157,6 +157,54 @@ def test_padding_side_that_disagrees_with_pooling_is_switched_or_refused(tiny_qw
     assert len(PADDING_PROBE[1]) > 2 * len(PADDING_PROBE[0])
 
 
+def test_padding_check_tolerance_is_tight_in_fp32_and_loose_in_half_precision(tiny_qwen2):
+    """A head whose padded score is off by 5e-3: a real mismatch in fp32, rounding in bf16."""
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_qwen2))
+
+    class Shifted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.config = SimpleNamespace(pad_token_id=tokenizer.pad_token_id)
+
+        @property
+        def device(self):
+            return self.w.device
+
+        def forward(self, input_ids, attention_mask, **kwargs):
+            padded = (attention_mask == 0).any(1, keepdim=True).float()
+            base = torch.tensor([[1.0, 2.0]]).expand(len(input_ids), 2)
+            return SimpleNamespace(logits=base + self.w.float() + 5e-3 * padded)
+
+    model = Shifted()
+    assert not padding_side_works(model, tokenizer, "right")
+    assert padding_side_works(model.to(torch.bfloat16), tokenizer, "right")
+    assert tokenizer.padding_side == "right" and model.training  # both restored
+
+
+def test_padding_check_needs_a_pad_token_on_both_sides():
+    model = SimpleNamespace(config=SimpleNamespace(pad_token_id=None))
+    tokenizer = SimpleNamespace(pad_token_id=None)
+    with pytest.raises(
+        ValueError, match=r"config.pad_token_id \(None\) must equal the tokenizer's pad token id"
+    ):
+        check_padding(model, tokenizer)
+
+
+def test_collator_pads_to_a_multiple_of_8_and_the_config_carries_both_label_maps(tiny_qwen2):
+    from longtail.training import padding_collator
+
+    model, tokenizer = tiny_classifier(tiny_qwen2)
+    assert model.config.id2label == dict(enumerate(LABELS))
+    assert model.config.label2id == {"Billing dispute": 0, "Late fee": 1, "Closing an account": 2,
+                                     "Fraud or scam": 3, "Other": 4}  # fmt: skip
+    assert model.config.problem_type == "single_label_classification" and model.config.num_labels == 5
+    rows = [{"input_ids": [5] * n, "attention_mask": [1] * n} for n in (3, 10)]
+    batch = padding_collator(tokenizer)(rows)
+    assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"].sum().item() == 13
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+
+
 # ---- target modules, head, trainable share ----------------------------------------------------
 
 

@@ -122,3 +122,172 @@ def test_overwrite_never_deletes_a_model_that_is_not_one_of_our_runs(tmp_path):
     (tmp_path / "run_config.json").write_text("{}")  # one of ours: replaced as a whole
     prepare_output_dir(tmp_path, overwrite=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_never_clears_a_folder_holding_what_the_new_run_reads(tmp_path):
+    """A file inside a folder the overwrite removes (an ONNX export, a checkpoint's weights) is read too."""
+    (tmp_path / "report.md").write_text("old")
+    (tmp_path / "onnx" / "fp32").mkdir(parents=True)
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "model.safetensors").write_text("old")
+    for value in (tmp_path / "onnx" / "fp32", tmp_path / "checkpoint-4" / "model.safetensors"):
+        with pytest.raises(OutputDirError, match="which --overwrite_output_dir would clear first"):
+            prepare_output_dir(tmp_path, overwrite=True, inputs={"--model_name_or_path": str(value)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "onnx", "report.md"]
+
+
+def test_overwrite_logs_what_it_removed(tmp_path, caplog):
+    import logging
+
+    for name in ("report.md", "eval_results.json", "config.json"):
+        (tmp_path / name).write_text("old")
+    for folder in ("merged", "checkpoint-3"):
+        (tmp_path / folder).mkdir()
+    with caplog.at_level(logging.WARNING, logger="longtail.runs"):
+        prepare_output_dir(tmp_path, overwrite=True)
+    assert "removed 3 files and 2 folders of the previous run (checkpoint-3, merged)" in caplog.text
+
+
+def test_command_line_reads_sys_argv_without_the_program(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["recipes/r.py", "--a", "b c"])
+    assert command_line("recipes/r.py", None) == "python recipes/r.py --a 'b c'"
+
+
+def test_source_description_hides_local_paths():
+    from types import SimpleNamespace
+
+    from longtail.runs import source_description
+
+    def describe(**kw):
+        fields = dict(train_file=None, validation_file=None, test_file=None, dataset_name="org/complaints")
+        return source_description(SimpleNamespace(**{**fields, **kw}))
+
+    assert describe(train_file="/home/me/data/train.csv", test_file="/srv/x/test.jsonl") == (
+        "local files `train.csv`, `test.jsonl`"
+    )
+    assert describe(dataset_name="synthetic").startswith("the built-in synthetic")
+    assert describe() == "`org/complaints`"
+
+
+def test_public_model_name_of_a_local_folder_is_its_last_component(tmp_path):
+    (tmp_path / "pkg" / "my-model").mkdir(parents=True)
+    assert public_model_name(str(tmp_path / "pkg" / "my-model")) == "my-model"
+
+
+def test_write_run_files_names_counts_by_class_id(tmp_path):
+    """train_counts arrives in value_counts order (most frequent first), not by class id."""
+    import json
+
+    from longtail.data import PreparedData
+    from longtail.runs import write_run_files
+
+    splits = {
+        "train": pd.DataFrame({"row_id": [4, 0, 2]}),
+        "validation": pd.DataFrame({"row_id": [3, 1]}),
+    }
+    data = PreparedData(splits, ["a", "b", "c"], {2: 5, 0: 3, 1: 1}, log={"num_classes": 3})
+    write_run_files(tmp_path, data, "python r.py", {"seed": 7})
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    assert labels["id2label"] == {"0": "a", "1": "b", "2": "c"}
+    assert labels["train_counts"] == {"a": 3, "b": 1, "c": 5}
+    assert labels["tiers"] == {"a": "head", "b": "head", "c": "head"}
+    assert labels["data_log"] == {"num_classes": 3}
+    assert json.loads((tmp_path / "splits.json").read_text()) == {"train": [0, 2, 4], "validation": [1, 3]}
+    assert json.loads((tmp_path / "run_config.json").read_text()) == {"command": "python r.py", "seed": 7}
+
+
+def test_push_folder_skips_checkpoints_and_names_the_repo_after_the_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from longtail.runs import push_folder
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls["create_repo"] = (repo_id, private, exist_ok)
+            return huggingface_hub.RepoUrl(f"https://huggingface.co/me/{repo_id}")
+
+        def upload_folder(self, folder_path, repo_id, **kwargs):
+            calls["upload_folder"] = (folder_path, repo_id, kwargs["ignore_patterns"])
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    out = tmp_path / "my-run"
+    assert push_folder(out, None, token="t", private=True) == "me/my-run"
+    assert calls["token"] == "t" and calls["create_repo"] == ("my-run", True, True)
+    folder, repo_id, ignored = calls["upload_folder"]
+    assert folder == str(out) and repo_id == "me/my-run"
+    assert {"checkpoint-*", "checkpoint-*/**", "runs/**"} <= set(ignored)
+
+
+def test_precision_auto_resolves_by_hardware_and_an_explicit_flag_wins(tmp_path, monkeypatch):
+    import torch
+    from transformers import TrainingArguments
+
+    from longtail.training import apply_precision, auto_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_precision() == "no"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, expected in (((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda capability=capability: capability)
+        assert auto_precision() == expected, capability
+    monkeypatch.undo()
+
+    plain = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    assert apply_precision(plain, "auto") is plain and apply_precision(plain, "no") is plain  # CPU: fp32
+    bf16 = apply_precision(plain, "bf16")
+    assert (bf16.bf16, bf16.fp16) == (True, False) and (plain.bf16, plain.fp16) == (False, False)
+    fp16 = apply_precision(plain, "fp16")
+    assert (fp16.bf16, fp16.fp16) == (False, True)
+    explicit = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], bf16=True)
+    assert apply_precision(explicit, "fp16") is explicit and (explicit.bf16, explicit.fp16) == (True, False)
+
+
+def test_early_stopping_callback_only_when_asked():
+    from transformers import EarlyStoppingCallback
+
+    from longtail.training import ModelArguments, callbacks
+
+    assert callbacks(ModelArguments()) == []
+    (callback,) = callbacks(ModelArguments(early_stopping_patience=3))
+    assert isinstance(callback, EarlyStoppingCallback) and callback.early_stopping_patience == 3
+
+
+def test_run_info_counts_the_global_batch_and_says_what_chose_the_checkpoint():
+    import time
+    from types import SimpleNamespace
+
+    from longtail.training import run_info
+
+    def info(load_best, do_predict, best="out/checkpoint-30"):
+        args = SimpleNamespace(learning_rate=2e-5, num_train_epochs=3, per_device_train_batch_size=8, world_size=2,
+                               seed=7, metric_for_best_model="macro_f1", load_best_model_at_end=load_best,
+                               do_predict=do_predict)  # fmt: skip
+        trainer = SimpleNamespace(args=args, state=SimpleNamespace(best_model_checkpoint=best))
+        return run_info(
+            "full_ft_encoder", trainer, SimpleNamespace(metrics={"train_runtime": 12.34}),
+            SimpleNamespace(model_name_or_path="org/model"), SimpleNamespace(max_length=64),
+            SimpleNamespace(loss="focal", class_weighting="none"), time.time(),
+        )  # fmt: skip
+
+    full = info(True, True)
+    assert {k: v for k, v in full.items() if k != "total_runtime_s"} == {
+        "recipe": "full_ft_encoder",
+        "model": "org/model",
+        "loss": "focal",
+        "class_weighting": "none",
+        "learning_rate": 2e-5,
+        "epochs": 3,
+        "batch_size": 16,
+        "max_length": 64,
+        "seed": 7,
+        "train_runtime_s": 12.3,
+        "selection": "checkpoint: best validation macro_f1 (checkpoint-30); test scored once at the end",
+    }
+    last = "checkpoint: last epoch (no model selection)"
+    assert info(False, False)["selection"] == last  # a best checkpoint was tracked but not loaded
+    assert info(True, False, best=None)["selection"] == last

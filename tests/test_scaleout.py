@@ -518,6 +518,82 @@ def test_resolve_resume_skips_incomplete_checkpoints(tmp_path, caplog):
         resolve_resume(str(out / "checkpoint-999"), out)
 
 
+def test_checkpoint_problem_of_sharded_and_distributed_layouts(tmp_path):
+    """A sharded model is complete only with every shard its index names; a corrupt index is a problem, not a
+    crash (it used to raise JSONDecodeError out of resolve_resume). DeepSpeed and FSDP layouts are left to their
+    loaders; every torch state is checked, and a trainer_state.json without global_step is unreadable."""
+    import torch
+    from safetensors.torch import save_file
+
+    from longtail.checkpoints import checkpoint_problem, resolve_resume
+
+    sharded = fake_checkpoint(tmp_path, 1, "model-00001-of-00002.safetensors")
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert checkpoint_problem(sharded) == "model-00002-of-00002.safetensors is missing"
+    save_file({"b": torch.zeros(2)}, sharded / "model-00002-of-00002.safetensors")
+    assert checkpoint_problem(sharded) is None
+    for text in ('{"weight_map": {"a": "model-000', "{}"):
+        (sharded / "model.safetensors.index.json").write_text(text)
+        assert checkpoint_problem(sharded).startswith("model.safetensors.index.json is unreadable")
+    assert resolve_resume("true", tmp_path) is None  # skipped with a warning
+
+    for layout in ("global_step7", "pytorch_model_fsdp_0"):
+        path = fake_checkpoint(tmp_path / layout, 7, "none")
+        (path / "none").unlink()
+        (path / layout).mkdir()
+        assert checkpoint_problem(path) is None, layout
+    for name in ("scheduler.pt", "scaler.pt"):
+        path = fake_checkpoint(tmp_path / name, 3)
+        torch.save({"scale": 1.0}, path / "scaler.pt")
+        truncate(path / name)
+        assert checkpoint_problem(path) == f"{name} is truncated or corrupt"
+    no_step = fake_checkpoint(tmp_path / "no_step", 2)
+    (no_step / "trainer_state.json").write_text('{"epoch": 1.0}')
+    assert checkpoint_problem(no_step) == "trainer_state.json is unreadable (KeyError('global_step'))"
+
+
+def test_resolve_resume_spellings_and_skip_count(tmp_path, caplog):
+    from longtail.checkpoints import resolve_resume
+
+    out = tmp_path / "run"
+    for step in (3, 4):
+        (fake_checkpoint(out, step) / "trainer_state.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume("true", out) is None
+    assert f"no complete checkpoint in {out} (skipped 2 incomplete); starting from scratch" in caplog.text
+    good = fake_checkpoint(out, 2)
+    for value in ("True", " LAST ", "Auto", "1"):
+        assert resolve_resume(value, out) == str(good), value
+    for value in ("False", " none ", "0", ""):
+        assert resolve_resume(value, out) is None, value
+
+
+def test_fit_problem_reads_labels_from_config_json_in_class_id_order(tmp_path):
+    """A checkpoint from before checkpoint_labels.json: config.json's id2label, ordered by id as a number
+    (ten classes and more: "10" sorts before "2" as text)."""
+    from types import SimpleNamespace
+
+    from longtail.checkpoints import fit_problem, saved_label_names
+
+    names = [f"class {i}" for i in range(12)]
+    path = fake_checkpoint(tmp_path, 5)
+    (path / "config.json").write_text(json.dumps({"id2label": {str(i): n for i, n in enumerate(names)}}))
+    assert saved_label_names(path) == names
+
+    def model(labels):
+        return SimpleNamespace(
+            config=SimpleNamespace(id2label=dict(enumerate(labels)), num_labels=len(labels))
+        )
+
+    assert fit_problem(path, model(names)) is None
+    assert fit_problem(path, model(names[:11])) == (
+        "its labels are not this run's (12 vs 11 classes; only in the checkpoint: ['class 11']; only in this "
+        "run: [])"
+    )
+    assert fit_problem(path, model(names[::-1])).endswith("; the same labels in another order)")
+
+
 def test_resume_true_without_checkpoint_keeps_the_output_guard(tmp_path):
     """`--resume_from_checkpoint true` with no checkpoint must not let a fresh run overwrite old results."""
     from longtail.checkpoints import resolve_resume

@@ -72,8 +72,11 @@ def checkpoint_problem(path: str | Path) -> str | None:
             return f"no safetensors weights ({' or '.join(WEIGHTS)})"
         names = [p for p in present if p.endswith(".safetensors")]
         if "model.safetensors.index.json" in present:
-            index = json.loads((path / "model.safetensors.index.json").read_text("utf-8"))
-            names += sorted(set(index["weight_map"].values()))
+            try:
+                index = json.loads((path / "model.safetensors.index.json").read_text("utf-8"))
+                names += sorted(set(index["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                return f"model.safetensors.index.json is unreadable ({err!r})"
         for name in names:
             if not (path / name).is_file():
                 return f"{name} is missing"
