@@ -182,8 +182,8 @@ def test_write_run_files_names_counts_by_class_id(tmp_path):
     from longtail.runs import write_run_files
 
     splits = {
-        "train": pd.DataFrame({"row_id": [4, 0, 2]}),
-        "validation": pd.DataFrame({"row_id": [3, 1]}),
+        "train": pd.DataFrame({"row_id": [4, 0, 2], "label_id": [2, 0, 2], "text": ["x", "y", "z"]}),
+        "validation": pd.DataFrame({"row_id": [3, 1], "label_id": [1, 0], "text": ["u", "v"]}),
     }
     data = PreparedData(splits, ["a", "b", "c"], {2: 5, 0: 3, 1: 1}, log={"num_classes": 3})
     write_run_files(tmp_path, data, "python r.py", {"seed": 7})
@@ -193,7 +193,15 @@ def test_write_run_files_names_counts_by_class_id(tmp_path):
     assert labels["tiers"] == {"a": "head", "b": "head", "c": "head"}
     assert labels["data_log"] == {"num_classes": 3}
     assert json.loads((tmp_path / "splits.json").read_text()) == {"train": [0, 2, 4], "validation": [1, 3]}
-    assert json.loads((tmp_path / "run_config.json").read_text()) == {"command": "python r.py", "seed": 7}
+    config = json.loads((tmp_path / "run_config.json").read_text())
+    assert list(config) == [
+        "command",
+        "seed",
+        "environment",
+        "data_fingerprint",
+    ]  # test_provenance: the last two
+    assert (config["command"], config["seed"]) == ("python r.py", 7)
+    assert {k: v["rows"] for k, v in config["data_fingerprint"].items()} == {"train": 3, "validation": 2}
 
 
 def test_push_folder_skips_checkpoints_and_names_the_repo_after_the_folder(tmp_path, monkeypatch):
