@@ -78,6 +78,10 @@ def test_length_batches_pad_little_and_keep_input_order(tiny_classifier, one_tor
     by_length = sorted(lengths, reverse=True)
     assert batches.real_tokens == sum(lengths)
     assert batches.padded_tokens == 2 * by_length[0] + 2 * by_length[2]
+    # longest rows first (a memory problem shows on the first batch), rows named by their input position
+    longest_first = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    assert len(set(lengths)) == len(texts)
+    assert [b.rows.tolist() for b in batches] == [longest_first[:2], longest_first[2:]]
     fixed = encode_batches(tokenizer, texts, 2, 64, sort_by_length=False, pad_to_max_length=True)
     assert fixed.padded_tokens == 4 * 64 and fixed.padding_ratio == pytest.approx(256 / sum(lengths))
     logits = run_batches(TorchBackend(model), batches, len(texts), model.config.num_labels)
@@ -152,6 +156,23 @@ def test_cuda_requested_but_ort_on_cpu_fails_clearly(tiny_classifier, exported, 
     with pytest.raises(ExecutionProviderError, match="refusing to fall back"):
         check_session_provider(FallenBack(), "CUDAExecutionProvider")
 
+    class Session:  # the provider ORT runs first is the one that counts
+        def __init__(self, providers):
+            self.providers = providers
+
+        def get_providers(self):
+            return self.providers
+
+    with pytest.raises(ExecutionProviderError, match="refusing to fall back"):
+        check_session_provider(
+            Session(["CPUExecutionProvider", "CUDAExecutionProvider"]), "CUDAExecutionProvider"
+        )
+    with pytest.raises(ExecutionProviderError, match="refusing to fall back"):
+        check_session_provider(Session([]), "CPUExecutionProvider")
+    check_session_provider(
+        Session(["CUDAExecutionProvider", "CPUExecutionProvider"]), "CUDAExecutionProvider"
+    )
+
 
 def test_unmerged_adapter_refused_and_unexportable_architecture(tmp_path, tiny_classifier):
     from types import SimpleNamespace
@@ -164,7 +185,9 @@ def test_unmerged_adapter_refused_and_unexportable_architecture(tmp_path, tiny_c
     (adapter / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match="unmerged LoRA adapter"):
         resolve_model_dir(adapter, merge_adapter=False)
-    (adapter / "merged").mkdir()
+    (adapter / "merged").mkdir()  # an empty merged/ (a merge that did not finish) is no merged model
+    with pytest.raises(ValueError, match="unmerged LoRA adapter"):
+        resolve_model_dir(adapter, merge_adapter=False)
     (adapter / "merged" / "config.json").write_text("{}")
     assert resolve_model_dir(adapter, merge_adapter=False) == adapter / "merged"
     custom = SimpleNamespace(config=SimpleNamespace(model_type="my_custom_classifier"))
@@ -184,6 +207,28 @@ def test_quantization_config_follows_cpu_features():
     assert quantization_config({**base, "avx512": True})[0] == "avx512"
     assert quantization_config({**base, "avx512": True, "avx512_vnni": True})[0] == "avx512_vnni"
     assert quantization_config({**base, "arm64": True, "avx2": False})[0] == "arm64"
+
+
+def test_cpu_features_read_the_first_processors_flags(tmp_path, monkeypatch):
+    """/proc/cpuinfo lists every core; the flags are the first core's, and the int8 keys are exact flag names
+    (avx512f, not any avx512* extension)."""
+    import longtail.inference as inference
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU 9000\n"
+        "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_tile\n\n"
+        "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 avx512bw avx_vnni\n"
+    )
+    real_path = inference.Path
+    monkeypatch.setattr(inference, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    got = inference.cpu_features()
+    assert got["cpu"] == "Test CPU 9000"
+    assert {k: got[k] for k in ("avx2", "avx512", "avx512_vnni", "avx_vnni", "amx")} == {
+        "avx2": True, "avx512": True, "avx512_vnni": True, "avx_vnni": False, "amx": True,
+    }  # fmt: skip
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512bw avx512vl\n")
+    assert not inference.cpu_features()["avx512"]  # avx512bw/vl without avx512f
 
 
 # ---- predict ---------------------------------------------------------------------------------------------
@@ -569,6 +614,10 @@ def test_serving_defaults_follow_the_run(tmp_path):
     }
     (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 128}, "training": {}}))
     assert serving_defaults(run)["long_text"] == "truncate" and serving_defaults(run)["max_length"] == 128
+    # the folder's own record wins over its parent's (an export inside a run folder carries its own copy)
+    (run / "merged" / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
+    got = serving_defaults(run / "merged")
+    assert (got["max_length"], got["source"]) == (32, str(run / "merged" / "run_config.json"))
 
 
 def test_bench_says_when_a_probe_reads_whole_texts_in_windows(tiny_classifier, tmp_path):
