@@ -291,6 +291,104 @@ def test_predict_calibrated_topk_in_input_order_with_bad_rows(tiny_classifier, e
     )
 
 
+def test_predict_frame_top_k_ties_route_boundary_and_stripped_texts(monkeypatch):
+    """predict_frame on fixed probabilities: texts are stripped before scoring, `confidence` is the top-1
+    probability, ties go to the lower class index, a confidence equal to --min_confidence routes 'auto', and
+    bad rows keep their place with no label."""
+    import longtail.predict as predict
+    from longtail.predict import Scores, parse_args
+
+    seen = []
+
+    def fake_scores(args, folder, texts, calibrated=True):
+        seen.append(texts)
+        probs = np.array([[0.2, 0.5, 0.3], [0.4, 0.2, 0.4], [0.325, 0.325, 0.35]])
+        return Scores(probs, ["a", "b", "c"], {"backend": "fake", "temperature": 1.0})
+
+    monkeypatch.setattr(predict, "score_texts", fake_scores)
+    args = parse_args(["--model_dir", "m", "--input", "i.csv", "--output", "o.csv", "--top_k", "2",
+                       "--min_confidence", "0.4"])  # fmt: skip
+    df = pd.DataFrame({"text": ["  late fee  ", "", "card\n", None, "charged twice"]})
+    out, summary = predict.predict_frame(args, df, "text")
+    assert seen == [["late fee", "card", "charged twice"]]
+    assert summary["bad_row_numbers"] == [1, 3] and summary["predicted"] == 3
+    assert out["label"].tolist() == ["b", None, "a", None, "c"]
+    assert out["label_1"].tolist() == out["label"].tolist()
+    assert out["label_2"].tolist() == ["c", None, "c", None, "a"]
+    np.testing.assert_array_equal(out["confidence"], [0.5, np.nan, 0.4, np.nan, 0.35])
+    np.testing.assert_array_equal(out["prob_1"], out["confidence"])
+    np.testing.assert_array_equal(out["prob_2"], [0.3, np.nan, 0.4, np.nan, 0.325])
+    assert out["route"].tolist() == ["auto", "review", "auto", "review", "review"]
+    # --min_confidence 1 (route everything to review unless certain) is a valid setting; above 1 is not
+    assert parse_args(["--model_dir", "m", "--input", "i.csv", "--output", "o.csv",
+                       "--min_confidence", "1"]).min_confidence == 1.0  # fmt: skip
+    with pytest.raises(SystemExit):
+        parse_args(["--model_dir", "m", "--input", "i.csv", "--output", "o.csv", "--min_confidence", "1.01"])
+
+
+def test_sklearn_run_scores_an_unseen_class_zero_and_calibrates_its_probabilities(tmp_path):
+    """A TF-IDF pipeline that never saw class 1: its columns go to classes 0 and 2 and class 1 gets 0; the
+    folder's temperature gives softmax(log p / T), i.e. p ** (1 / T) renormalised."""
+    import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from longtail.calibration import save_temperature
+    from longtail.predict import sklearn_scores
+
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression())
+    pipeline.fit(["late fee", "fee charged", "stolen card", "card stolen twice"], [0, 0, 2, 2])
+    joblib.dump(pipeline, tmp_path / "model.joblib")
+    (tmp_path / "labels.json").write_text(json.dumps({"id2label": {"0": "fees", "1": "loans", "2": "cards"}}))
+    texts = ["a late fee", "my card", "nothing known"]
+    p = pipeline.predict_proba(texts)
+    raw = sklearn_scores(tmp_path, texts, calibrated=True)  # no temperature.json: T = 1
+    assert raw.label_names == ["fees", "loans", "cards"] and raw.info["temperature"] == 1.0
+    np.testing.assert_allclose(raw.probs, np.stack([p[:, 0], np.zeros(3), p[:, 1]], axis=1), rtol=1e-12)
+    save_temperature(tmp_path, 2.0)
+    calibrated = sklearn_scores(tmp_path, texts, calibrated=True)
+    sharp = np.sqrt(p) / np.sqrt(p).sum(1, keepdims=True)
+    assert calibrated.info["temperature"] == 2.0
+    np.testing.assert_allclose(calibrated.probs[:, [0, 2]], sharp, atol=1e-12)
+    assert (calibrated.probs[:, 1] < 1e-12).all()
+    np.testing.assert_allclose(sklearn_scores(tmp_path, texts, calibrated=False).probs, raw.probs, rtol=1e-12)
+
+
+def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_classifier, tmp_path):
+    """An adapter run folder without merged/ is merged on the fly into <run>/merged, which has no
+    temperature.json: the run folder's temperature still calibrates the probabilities."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from longtail.calibration import save_temperature
+    from longtail.predict import main
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_classifier)
+    run = tmp_path / "lora"
+    lora = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]))
+    lora.save_pretrained(run)  # LoRA's B starts at zero: the merged model is the base classifier
+    base.config.save_pretrained(run)
+    AutoTokenizer.from_pretrained(tiny_classifier).save_pretrained(run)
+    save_temperature(run, 4.0)
+    texts = ["late fee charged twice", "my card was stolen"]
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    summary = main(["--model_dir", str(run), "--input", str(src), "--output", str(dst), "--top_k", "1",
+                    "--no_progress", "--device", "cpu"])  # fmt: skip
+    assert summary["temperature"] == 4.0 and (run / "merged" / "config.json").is_file()
+    assert not (run / "merged" / "temperature.json").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    with torch.no_grad():
+        logits = np.concatenate([model(**tokenizer([t], return_tensors="pt")).logits.numpy() for t in texts])
+    z = logits.astype(np.float64) / 4.0
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(pd.read_csv(dst)["confidence"], probs.max(1), atol=1e-5)
+
+
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 
