@@ -355,23 +355,48 @@ def test_sklearn_run_scores_an_unseen_class_zero_and_calibrates_its_probabilitie
     np.testing.assert_allclose(sklearn_scores(tmp_path, texts, calibrated=False).probs, raw.probs, rtol=1e-12)
 
 
-def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_classifier, tmp_path):
-    """An adapter run folder without merged/ is merged on the fly into <run>/merged, which has no
-    temperature.json: the run folder's temperature still calibrates the probabilities."""
-    import torch
+def save_lora_run(base_dir: str, run: Path, temperature: float) -> Path:
+    """An unmerged LoRA run folder over `base_dir` (adapter, label config, tokenizer, temperature.json), as
+    save_adapter leaves it. LoRA's B starts at zero: the merged model is the base classifier."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from longtail.calibration import save_temperature
+
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir)
+    lora = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]))
+    lora.save_pretrained(run)
+    base.config.save_pretrained(run)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(run)
+    save_temperature(run, temperature)
+    return run
+
+
+def test_export_of_an_adapter_run_carries_the_runs_temperature_and_run_config(tiny_classifier, tmp_path):
+    """The export merges the adapter into <run>/merged (no temperature.json, no run_config.json there): the
+    exported folders still get the run's temperature and run_config.json, so `predict` on the export
+    calibrates and reads texts as the run did (they were lost: T 1 and max_length 512)."""
+    from longtail.calibration import load_temperature
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import serving_defaults
+
+    run = save_lora_run(tiny_classifier, tmp_path / "lora", 3.0)
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
+    export_onnx(ExportArguments(model_dir=str(run), optimize=False, quantize=False, parity_rows=4))
+    fp32 = run / "onnx" / "fp32"
+    assert not (run / "merged" / "temperature.json").exists()
+    assert load_temperature(fp32) == 3.0 and serving_defaults(fp32)["max_length"] == 32
+
+
+def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_classifier, tmp_path):
+    """An adapter run folder without merged/ is merged on the fly into <run>/merged, which has no
+    temperature.json: the run folder's temperature still calibrates the probabilities."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     from longtail.predict import main
 
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_classifier)
-    run = tmp_path / "lora"
-    lora = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]))
-    lora.save_pretrained(run)  # LoRA's B starts at zero: the merged model is the base classifier
-    base.config.save_pretrained(run)
-    AutoTokenizer.from_pretrained(tiny_classifier).save_pretrained(run)
-    save_temperature(run, 4.0)
+    run = save_lora_run(tiny_classifier, tmp_path / "lora", 4.0)
     texts = ["late fee charged twice", "my card was stolen"]
     src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
     pd.DataFrame({"text": texts}).to_csv(src, index=False)
