@@ -135,6 +135,62 @@ def test_int8_rejected_when_quality_collapses(tiny_classifier, tmp_path):
     assert not (tmp_path / "x" / "int8").exists()
 
 
+def test_parity_numbers_and_int8_gate_boundaries_on_set_logits(tiny_classifier, tmp_path, monkeypatch):
+    """Each variant's logits set by hand (PyTorch: 3 on the labelled class; optimized: one logit 0.5 off; int8:
+    labelled rows 0 and 2 moved to another class): max |dlogit| is the largest difference, argmax agreement 7/9
+    (the row with a label the model does not know counts there, not in macro-F1), and the int8 macro-F1 drop
+    1 - (0.5 + 0.5 + 1 + 1) / 4 = 0.25. A variant exactly at a gate's limit is kept, past it removed; an
+    optimized model off by more than atol is 'drift', not a failed export. A row without text is skipped."""
+    import longtail.export as export
+    from longtail.export import ExportArguments, export_onnx
+
+    config = json.loads((Path(tiny_classifier) / "config.json").read_text())
+    names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    assert len(names) >= 4
+    y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    src = tmp_path / "parity.csv"
+    texts = ["a label nobody knows", " ", *(f"complaint number {i} about a fee" for i in range(8))]
+    pd.DataFrame({"text": texts, "label": ["unknown", names[0], *(names[i] for i in y)]}).to_csv(
+        src, index=False
+    )
+    reference = 3.0 * np.eye(len(names))[[3, *y]]  # parity rows: the unknown label's, then the 8 labelled
+    int8 = reference.copy()
+    int8[1], int8[3] = 3.0 * np.eye(len(names))[1], 3.0 * np.eye(len(names))[0]
+    optimized = reference.copy()
+    optimized[5, 1] += 0.5
+    set_logits = {"model.onnx": reference, "model_optimized.onnx": optimized, "model_quantized.onnx": int8}
+
+    def run_batches(backend, batches, num_rows, num_labels):
+        assert num_rows == 9 and num_labels == len(names)
+        return set_logits.get(getattr(backend, "file_name", "model.onnx")).copy()
+
+    monkeypatch.setattr(export, "run_batches", run_batches)
+
+    def export_with(out, **gate):
+        return export_onnx(ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / out),
+                                           parity_file=str(src), text_column="text", label_column="label",
+                                           parity_rows=9, **gate))  # fmt: skip
+
+    record = export_with("at_limits", min_int8_agreement=7 / 9, max_int8_macro_f1_drop=0.25)
+    fp32, optimized_entry, int8_entry = (record["variants"][k] for k in ("fp32", "optimized", "int8"))
+    assert (fp32["status"], fp32["max_abs_logit_diff"], fp32["argmax_agreement"]) == ("ok", 0.0, 1.0)
+    assert (optimized_entry["status"], optimized_entry["max_abs_logit_diff"]) == ("drift", 0.5)
+    assert optimized_entry["argmax_agreement"] == 1.0
+    assert (int8_entry["argmax_agreement"], int8_entry["macro_f1"], int8_entry["pytorch_macro_f1"]) == (
+        7 / 9, 0.75, 1.0
+    )  # fmt: skip
+    assert int8_entry["status"] == "ok" and (tmp_path / "at_limits" / "int8").is_dir()
+    assert record["int8_gate"] == {"min_argmax_agreement": 7 / 9, "max_macro_f1_drop": 0.25, "on": True}
+    assert record["parity_rows"] == 9
+
+    record = export_with("past_f1", optimize=False, min_int8_agreement=0.7, max_int8_macro_f1_drop=0.24)
+    assert record["variants"]["int8"]["status"] == "rejected"
+    assert record["variants"]["int8"]["reason"] == "macro-F1 drop 0.2500 > 0.24"
+    assert not (tmp_path / "past_f1" / "int8").exists()
+    record = export_with("past_agreement", optimize=False, min_int8_agreement=0.78, max_int8_macro_f1_drop=1)
+    assert record["variants"]["int8"]["reason"] == "argmax agreement 0.778 < 0.78"
+
+
 def test_cuda_requested_but_ort_on_cpu_fails_clearly(tiny_classifier, exported, tmp_path):
     import onnxruntime as ort
 
@@ -386,6 +442,11 @@ def test_export_of_an_adapter_run_carries_the_runs_temperature_and_run_config(ti
     fp32 = run / "onnx" / "fp32"
     assert not (run / "merged" / "temperature.json").exists()
     assert load_temperature(fp32) == 3.0 and serving_defaults(fp32)["max_length"] == 32
+    # the merged model's folder is the model's own folder too: never the export's
+    with pytest.raises(ValueError, match="is the model's own folder"):
+        export_onnx(
+            ExportArguments(model_dir=str(run), output_dir=str(run / "merged"), overwrite_output_dir=True)
+        )
 
 
 def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_classifier, tmp_path):
