@@ -559,6 +559,34 @@ def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, c
 # ---- benchmarks ------------------------------------------------------------------------------------------
 
 
+def test_timing_parameter_and_memory_helpers_exact(tmp_path, monkeypatch):
+    """longtail.benchmark on a fake clock and fake /proc: `warmup` untimed calls then `repeats` timed ones, the
+    median (not the mean) of runs of 1, 2 and 10 s; GEMM GFLOP/s = 2 n^3 / seconds (best from the fastest run);
+    embedding tables are not counted as compute; VmHWM is in KiB."""
+    import torch
+
+    import longtail.benchmark as benchmark
+
+    calls = []
+    clock = iter([0.0, 1.0, 10.0, 12.0, 20.0, 30.0])
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+    t = benchmark.timed(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and t == {"median_s": 2.0, "min_s": 1.0, "max_s": 10.0, "runs_s": [1.0, 2.0, 10.0]}
+
+    monkeypatch.setattr(benchmark, "timed", lambda fn, **kw: {"median_s": 2.0, "min_s": 1.0, "max_s": 4.0})
+    gemm = benchmark.gemm_peak_gflops(size=4)
+    assert (gemm["gflops"], gemm["best_gflops"], gemm["size"]) == (64 / 1e9, 128 / 1e9, 4)
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3))
+    assert benchmark.non_embedding_parameters(model) == 4 * 3 + 3
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t  9999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t  1000 kB\n")
+    real_path = benchmark.Path
+    monkeypatch.setattr(benchmark, "Path", lambda p: status if p == "/proc/self/status" else real_path(p))
+    assert benchmark.peak_memory_bytes("cpu") == 2048 * 1024
+
+
 def test_forward_flops_and_verdicts_exact():
     from types import SimpleNamespace
 
