@@ -184,3 +184,20 @@ def test_online_load_failures_keep_the_hubs_reason(monkeypatch):
         "--model_name_or_path org/gated cannot be loaded: You are trying to access a gated repo. Make sure to have "
         "access to it."
     )
+
+
+def test_max_length_past_debertas_relative_positions_is_only_warned(caplog):
+    """DeBERTa-v2/v3 read positions relatively (position_biased_input false): past max_position_embeddings it
+    runs on, with a warning; with absolute positions (position_biased_input true) it is refused."""
+    import logging
+
+    from transformers import DebertaV2Config
+
+    from longtail.inference import check_max_length
+
+    relative = DebertaV2Config(max_position_embeddings=64, position_biased_input=False)
+    with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+        check_max_length(relative, 65, "deb")
+    assert "--max_length 65 is beyond the 64 positions deb was trained on" in caplog.text
+    with pytest.raises(UsageError, match="^--max_length 65 exceeds the 64 positions of deb"):
+        check_max_length(DebertaV2Config(max_position_embeddings=64, position_biased_input=True), 65, "deb")

@@ -78,6 +78,10 @@ def test_length_batches_pad_little_and_keep_input_order(tiny_classifier, one_tor
     by_length = sorted(lengths, reverse=True)
     assert batches.real_tokens == sum(lengths)
     assert batches.padded_tokens == 2 * by_length[0] + 2 * by_length[2]
+    # longest rows first (a memory problem shows on the first batch), rows named by their input position
+    longest_first = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    assert len(set(lengths)) == len(texts)
+    assert [b.rows.tolist() for b in batches] == [longest_first[:2], longest_first[2:]]
     fixed = encode_batches(tokenizer, texts, 2, 64, sort_by_length=False, pad_to_max_length=True)
     assert fixed.padded_tokens == 4 * 64 and fixed.padding_ratio == pytest.approx(256 / sum(lengths))
     logits = run_batches(TorchBackend(model), batches, len(texts), model.config.num_labels)
@@ -131,6 +135,62 @@ def test_int8_rejected_when_quality_collapses(tiny_classifier, tmp_path):
     assert not (tmp_path / "x" / "int8").exists()
 
 
+def test_parity_numbers_and_int8_gate_boundaries_on_set_logits(tiny_classifier, tmp_path, monkeypatch):
+    """Each variant's logits set by hand (PyTorch: 3 on the labelled class; optimized: one logit 0.5 off; int8:
+    labelled rows 0 and 2 moved to another class): max |dlogit| is the largest difference, argmax agreement 7/9
+    (the row with a label the model does not know counts there, not in macro-F1), and the int8 macro-F1 drop
+    1 - (0.5 + 0.5 + 1 + 1) / 4 = 0.25. A variant exactly at a gate's limit is kept, past it removed; an
+    optimized model off by more than atol is 'drift', not a failed export. A row without text is skipped."""
+    import longtail.export as export
+    from longtail.export import ExportArguments, export_onnx
+
+    config = json.loads((Path(tiny_classifier) / "config.json").read_text())
+    names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    assert len(names) >= 4
+    y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    src = tmp_path / "parity.csv"
+    texts = ["a label nobody knows", " ", *(f"complaint number {i} about a fee" for i in range(8))]
+    pd.DataFrame({"text": texts, "label": ["unknown", names[0], *(names[i] for i in y)]}).to_csv(
+        src, index=False
+    )
+    reference = 3.0 * np.eye(len(names))[[3, *y]]  # parity rows: the unknown label's, then the 8 labelled
+    int8 = reference.copy()
+    int8[1], int8[3] = 3.0 * np.eye(len(names))[1], 3.0 * np.eye(len(names))[0]
+    optimized = reference.copy()
+    optimized[5, 1] += 0.5
+    set_logits = {"model.onnx": reference, "model_optimized.onnx": optimized, "model_quantized.onnx": int8}
+
+    def run_batches(backend, batches, num_rows, num_labels):
+        assert num_rows == 9 and num_labels == len(names)
+        return set_logits.get(getattr(backend, "file_name", "model.onnx")).copy()
+
+    monkeypatch.setattr(export, "run_batches", run_batches)
+
+    def export_with(out, **gate):
+        return export_onnx(ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / out),
+                                           parity_file=str(src), text_column="text", label_column="label",
+                                           parity_rows=9, **gate))  # fmt: skip
+
+    record = export_with("at_limits", min_int8_agreement=7 / 9, max_int8_macro_f1_drop=0.25)
+    fp32, optimized_entry, int8_entry = (record["variants"][k] for k in ("fp32", "optimized", "int8"))
+    assert (fp32["status"], fp32["max_abs_logit_diff"], fp32["argmax_agreement"]) == ("ok", 0.0, 1.0)
+    assert (optimized_entry["status"], optimized_entry["max_abs_logit_diff"]) == ("drift", 0.5)
+    assert optimized_entry["argmax_agreement"] == 1.0
+    assert (int8_entry["argmax_agreement"], int8_entry["macro_f1"], int8_entry["pytorch_macro_f1"]) == (
+        7 / 9, 0.75, 1.0
+    )  # fmt: skip
+    assert int8_entry["status"] == "ok" and (tmp_path / "at_limits" / "int8").is_dir()
+    assert record["int8_gate"] == {"min_argmax_agreement": 7 / 9, "max_macro_f1_drop": 0.25, "on": True}
+    assert record["parity_rows"] == 9
+
+    record = export_with("past_f1", optimize=False, min_int8_agreement=0.7, max_int8_macro_f1_drop=0.24)
+    assert record["variants"]["int8"]["status"] == "rejected"
+    assert record["variants"]["int8"]["reason"] == "macro-F1 drop 0.2500 > 0.24"
+    assert not (tmp_path / "past_f1" / "int8").exists()
+    record = export_with("past_agreement", optimize=False, min_int8_agreement=0.78, max_int8_macro_f1_drop=1)
+    assert record["variants"]["int8"]["reason"] == "argmax agreement 0.778 < 0.78"
+
+
 def test_cuda_requested_but_ort_on_cpu_fails_clearly(tiny_classifier, exported, tmp_path):
     import onnxruntime as ort
 
@@ -152,6 +212,23 @@ def test_cuda_requested_but_ort_on_cpu_fails_clearly(tiny_classifier, exported, 
     with pytest.raises(ExecutionProviderError, match="refusing to fall back"):
         check_session_provider(FallenBack(), "CUDAExecutionProvider")
 
+    class Session:  # the provider ORT runs first is the one that counts
+        def __init__(self, providers):
+            self.providers = providers
+
+        def get_providers(self):
+            return self.providers
+
+    with pytest.raises(ExecutionProviderError, match="refusing to fall back"):
+        check_session_provider(
+            Session(["CPUExecutionProvider", "CUDAExecutionProvider"]), "CUDAExecutionProvider"
+        )
+    with pytest.raises(ExecutionProviderError, match="refusing to fall back"):
+        check_session_provider(Session([]), "CPUExecutionProvider")
+    check_session_provider(
+        Session(["CUDAExecutionProvider", "CPUExecutionProvider"]), "CUDAExecutionProvider"
+    )
+
 
 def test_unmerged_adapter_refused_and_unexportable_architecture(tmp_path, tiny_classifier):
     from types import SimpleNamespace
@@ -164,7 +241,9 @@ def test_unmerged_adapter_refused_and_unexportable_architecture(tmp_path, tiny_c
     (adapter / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match="unmerged LoRA adapter"):
         resolve_model_dir(adapter, merge_adapter=False)
-    (adapter / "merged").mkdir()
+    (adapter / "merged").mkdir()  # an empty merged/ (a merge that did not finish) is no merged model
+    with pytest.raises(ValueError, match="unmerged LoRA adapter"):
+        resolve_model_dir(adapter, merge_adapter=False)
     (adapter / "merged" / "config.json").write_text("{}")
     assert resolve_model_dir(adapter, merge_adapter=False) == adapter / "merged"
     custom = SimpleNamespace(config=SimpleNamespace(model_type="my_custom_classifier"))
@@ -184,6 +263,28 @@ def test_quantization_config_follows_cpu_features():
     assert quantization_config({**base, "avx512": True})[0] == "avx512"
     assert quantization_config({**base, "avx512": True, "avx512_vnni": True})[0] == "avx512_vnni"
     assert quantization_config({**base, "arm64": True, "avx2": False})[0] == "arm64"
+
+
+def test_cpu_features_read_the_first_processors_flags(tmp_path, monkeypatch):
+    """/proc/cpuinfo lists every core; the flags are the first core's, and the int8 keys are exact flag names
+    (avx512f, not any avx512* extension)."""
+    import longtail.inference as inference
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU 9000\n"
+        "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_tile\n\n"
+        "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 avx512bw avx_vnni\n"
+    )
+    real_path = inference.Path
+    monkeypatch.setattr(inference, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    got = inference.cpu_features()
+    assert got["cpu"] == "Test CPU 9000"
+    assert {k: got[k] for k in ("avx2", "avx512", "avx512_vnni", "avx_vnni", "amx")} == {
+        "avx2": True, "avx512": True, "avx512_vnni": True, "avx_vnni": False, "amx": True,
+    }  # fmt: skip
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512bw avx512vl\n")
+    assert not inference.cpu_features()["avx512"]  # avx512bw/vl without avx512f
 
 
 # ---- predict ---------------------------------------------------------------------------------------------
@@ -244,6 +345,134 @@ def test_predict_calibrated_topk_in_input_order_with_bad_rows(tiny_classifier, e
     np.testing.assert_allclose(
         onnx_pred.loc[good, "prob_1"], pred.loc[good, "prob_1"].astype(float), atol=1e-5
     )
+
+
+def test_predict_frame_top_k_ties_route_boundary_and_stripped_texts(monkeypatch):
+    """predict_frame on fixed probabilities: texts are stripped before scoring, `confidence` is the top-1
+    probability, ties go to the lower class index, a confidence equal to --min_confidence routes 'auto', and
+    bad rows keep their place with no label."""
+    import longtail.predict as predict
+    from longtail.predict import Scores, parse_args
+
+    seen = []
+
+    def fake_scores(args, folder, texts, calibrated=True):
+        seen.append(texts)
+        probs = np.array([[0.2, 0.5, 0.3], [0.4, 0.2, 0.4], [0.325, 0.325, 0.35]])
+        return Scores(probs, ["a", "b", "c"], {"backend": "fake", "temperature": 1.0})
+
+    monkeypatch.setattr(predict, "score_texts", fake_scores)
+    args = parse_args(["--model_dir", "m", "--input", "i.csv", "--output", "o.csv", "--top_k", "2",
+                       "--min_confidence", "0.4"])  # fmt: skip
+    df = pd.DataFrame({"text": ["  late fee  ", "", "card\n", None, "charged twice"]})
+    out, summary = predict.predict_frame(args, df, "text")
+    assert seen == [["late fee", "card", "charged twice"]]
+    assert summary["bad_row_numbers"] == [1, 3] and summary["predicted"] == 3
+    assert out["label"].tolist() == ["b", None, "a", None, "c"]
+    assert out["label_1"].tolist() == out["label"].tolist()
+    assert out["label_2"].tolist() == ["c", None, "c", None, "a"]
+    np.testing.assert_array_equal(out["confidence"], [0.5, np.nan, 0.4, np.nan, 0.35])
+    np.testing.assert_array_equal(out["prob_1"], out["confidence"])
+    np.testing.assert_array_equal(out["prob_2"], [0.3, np.nan, 0.4, np.nan, 0.325])
+    assert out["route"].tolist() == ["auto", "review", "auto", "review", "review"]
+    # --min_confidence 1 (route everything to review unless certain) is a valid setting; above 1 is not
+    assert parse_args(["--model_dir", "m", "--input", "i.csv", "--output", "o.csv",
+                       "--min_confidence", "1"]).min_confidence == 1.0  # fmt: skip
+    with pytest.raises(SystemExit):
+        parse_args(["--model_dir", "m", "--input", "i.csv", "--output", "o.csv", "--min_confidence", "1.01"])
+
+
+def test_sklearn_run_scores_an_unseen_class_zero_and_calibrates_its_probabilities(tmp_path):
+    """A TF-IDF pipeline that never saw class 1: its columns go to classes 0 and 2 and class 1 gets 0; the
+    folder's temperature gives softmax(log p / T), i.e. p ** (1 / T) renormalised."""
+    import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from longtail.calibration import save_temperature
+    from longtail.predict import sklearn_scores
+
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression())
+    pipeline.fit(["late fee", "fee charged", "stolen card", "card stolen twice"], [0, 0, 2, 2])
+    joblib.dump(pipeline, tmp_path / "model.joblib")
+    (tmp_path / "labels.json").write_text(json.dumps({"id2label": {"0": "fees", "1": "loans", "2": "cards"}}))
+    texts = ["a late fee", "my card", "nothing known"]
+    p = pipeline.predict_proba(texts)
+    raw = sklearn_scores(tmp_path, texts, calibrated=True)  # no temperature.json: T = 1
+    assert raw.label_names == ["fees", "loans", "cards"] and raw.info["temperature"] == 1.0
+    np.testing.assert_allclose(raw.probs, np.stack([p[:, 0], np.zeros(3), p[:, 1]], axis=1), rtol=1e-12)
+    save_temperature(tmp_path, 2.0)
+    calibrated = sklearn_scores(tmp_path, texts, calibrated=True)
+    sharp = np.sqrt(p) / np.sqrt(p).sum(1, keepdims=True)
+    assert calibrated.info["temperature"] == 2.0
+    np.testing.assert_allclose(calibrated.probs[:, [0, 2]], sharp, atol=1e-12)
+    assert (calibrated.probs[:, 1] < 1e-12).all()
+    np.testing.assert_allclose(sklearn_scores(tmp_path, texts, calibrated=False).probs, raw.probs, rtol=1e-12)
+
+
+def save_lora_run(base_dir: str, run: Path, temperature: float) -> Path:
+    """An unmerged LoRA run folder over `base_dir` (adapter, label config, tokenizer, temperature.json), as
+    save_adapter leaves it. LoRA's B starts at zero: the merged model is the base classifier."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from longtail.calibration import save_temperature
+
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir)
+    lora = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]))
+    lora.save_pretrained(run)
+    base.config.save_pretrained(run)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(run)
+    save_temperature(run, temperature)
+    return run
+
+
+def test_export_of_an_adapter_run_carries_the_runs_temperature_and_run_config(tiny_classifier, tmp_path):
+    """The export merges the adapter into <run>/merged (no temperature.json, no run_config.json there): the
+    exported folders still get the run's temperature and run_config.json, so `predict` on the export
+    calibrates and reads texts as the run did (they were lost: T 1 and max_length 512)."""
+    from longtail.calibration import load_temperature
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import serving_defaults
+
+    run = save_lora_run(tiny_classifier, tmp_path / "lora", 3.0)
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
+    export_onnx(ExportArguments(model_dir=str(run), optimize=False, quantize=False, parity_rows=4))
+    fp32 = run / "onnx" / "fp32"
+    assert not (run / "merged" / "temperature.json").exists()
+    assert load_temperature(fp32) == 3.0 and serving_defaults(fp32)["max_length"] == 32
+    # the merged model's folder is the model's own folder too: never the export's
+    with pytest.raises(ValueError, match="is the model's own folder"):
+        export_onnx(
+            ExportArguments(model_dir=str(run), output_dir=str(run / "merged"), overwrite_output_dir=True)
+        )
+
+
+def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_classifier, tmp_path):
+    """An adapter run folder without merged/ is merged on the fly into <run>/merged, which has no
+    temperature.json: the run folder's temperature still calibrates the probabilities."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from longtail.predict import main
+
+    run = save_lora_run(tiny_classifier, tmp_path / "lora", 4.0)
+    texts = ["late fee charged twice", "my card was stolen"]
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    summary = main(["--model_dir", str(run), "--input", str(src), "--output", str(dst), "--top_k", "1",
+                    "--no_progress", "--device", "cpu"])  # fmt: skip
+    assert summary["temperature"] == 4.0 and (run / "merged" / "config.json").is_file()
+    assert not (run / "merged" / "temperature.json").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    with torch.no_grad():
+        logits = np.concatenate([model(**tokenizer([t], return_tensors="pt")).logits.numpy() for t in texts])
+    z = logits.astype(np.float64) / 4.0
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(pd.read_csv(dst)["confidence"], probs.max(1), atol=1e-5)
 
 
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
@@ -328,6 +557,34 @@ def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, c
 
 
 # ---- benchmarks ------------------------------------------------------------------------------------------
+
+
+def test_timing_parameter_and_memory_helpers_exact(tmp_path, monkeypatch):
+    """longtail.benchmark on a fake clock and fake /proc: `warmup` untimed calls then `repeats` timed ones, the
+    median (not the mean) of runs of 1, 2 and 10 s; GEMM GFLOP/s = 2 n^3 / seconds (best from the fastest run);
+    embedding tables are not counted as compute; VmHWM is in KiB."""
+    import torch
+
+    import longtail.benchmark as benchmark
+
+    calls = []
+    clock = iter([0.0, 1.0, 10.0, 12.0, 20.0, 30.0])
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+    t = benchmark.timed(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and t == {"median_s": 2.0, "min_s": 1.0, "max_s": 10.0, "runs_s": [1.0, 2.0, 10.0]}
+
+    monkeypatch.setattr(benchmark, "timed", lambda fn, **kw: {"median_s": 2.0, "min_s": 1.0, "max_s": 4.0})
+    gemm = benchmark.gemm_peak_gflops(size=4)
+    assert (gemm["gflops"], gemm["best_gflops"], gemm["size"]) == (64 / 1e9, 128 / 1e9, 4)
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3))
+    assert benchmark.non_embedding_parameters(model) == 4 * 3 + 3
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t  9999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t  1000 kB\n")
+    real_path = benchmark.Path
+    monkeypatch.setattr(benchmark, "Path", lambda p: status if p == "/proc/self/status" else real_path(p))
+    assert benchmark.peak_memory_bytes("cpu") == 2048 * 1024
 
 
 def test_forward_flops_and_verdicts_exact():
@@ -569,6 +826,10 @@ def test_serving_defaults_follow_the_run(tmp_path):
     }
     (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 128}, "training": {}}))
     assert serving_defaults(run)["long_text"] == "truncate" and serving_defaults(run)["max_length"] == 128
+    # the folder's own record wins over its parent's (an export inside a run folder carries its own copy)
+    (run / "merged" / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
+    got = serving_defaults(run / "merged")
+    assert (got["max_length"], got["source"]) == (32, str(run / "merged" / "run_config.json"))
 
 
 def test_bench_says_when_a_probe_reads_whole_texts_in_windows(tiny_classifier, tmp_path):

@@ -340,6 +340,27 @@ def test_baseline_grid_in_parallel_equals_serial(tmp_path):
         recipe.BaselineArguments(grid_C=[3.0, 0.0])
 
 
+def test_grid_solver_helpers_at_their_limits(caplog):
+    """longtail.grid without fitting: tol 0 and max_iter 1 are valid, tol < 0 and max_iter 0 are not; a fit's
+    iterations are the most over its sub-problems (a Pipeline: its last step's); a fit that ran exactly
+    max_iter iterations counts as stopped, one below does not."""
+    from types import SimpleNamespace
+
+    from longtail.grid import check_solver_options, solver_iterations, warn_unconverged
+
+    check_solver_options(0.0, 1)
+    for tol, max_iter in ((-1e-9, 100), (1e-4, 0)):
+        with pytest.raises(ValueError, match="--tol must be >= 0 and --max_iter >= 1"):
+            check_solver_options(tol, max_iter)
+    assert solver_iterations(SimpleNamespace(n_iter_=np.array([3, 7, 5]))) == 7
+    pipeline = SimpleNamespace(steps=[("tfidf", None), ("logreg", SimpleNamespace(n_iter_=np.array([4, 9])))])
+    assert solver_iterations(pipeline) == 9
+    fits = [{"C": 1.0, "iterations": 99}, {"C": 10.0, "iterations": 100}]
+    with caplog.at_level("WARNING", logger="longtail.grid"):
+        assert warn_unconverged(fits, 100) == [fits[1]]
+    assert "1 of 2 fits stopped at max_iter 100 before the solver's tolerance was met (C=10.0)" in caplog.text
+
+
 def test_baseline_tfidf_character_ngrams(tmp_path):
     """--char_ngram_max adds a char_wb TF-IDF block beside the words: one pipeline, saved and refit like the
     word-only one; a word never seen in training still lights up its character n-grams."""

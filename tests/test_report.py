@@ -261,3 +261,23 @@ def test_grid_table_best_first_chosen_marked():
         "| 10.0 | balanced | 0.2500 **(chosen)** |",
         "| 1.0 | none | 0.1000 |",
     ]
+
+
+def test_headline_split_confused_pair_ties_jsonable_and_unseen_train_counts(tmp_path, tiers):
+    """The headline split is test when scored, else validation; confused pairs with equal counts are ordered
+    by true then predicted class id; JSON gets null for NaN and for +-inf; a class without a training count
+    gets 0 in per_class.csv."""
+    from longtail.report import _primary, confused_pairs, jsonable
+
+    val, test = make_result("validation"), make_result("test")
+    assert _primary([val, test]) is test and _primary([test, val]) is test
+    assert _primary([val]) is val and _primary([]) is None
+    # (1 -> 0) twice; (0 -> 2), (2 -> 0), (0 -> 1) once each: the single errors by (true, predicted)
+    y_true = np.array([1, 1, 2, 0, 0, 2])
+    y_pred = np.array([0, 0, 0, 2, 1, 2])
+    assert confused_pairs(y_true, y_pred, 3) == [(1, 0, 2), (0, 1, 1), (0, 2, 1), (2, 0, 1)]
+    assert jsonable({"a": [np.float32(np.inf), -np.inf, np.nan, np.int64(3), 0.5]}) == {
+        "a": [None, None, None, 3, 0.5]
+    }
+    df = pd.read_csv(write_per_class_csv(tmp_path, [test], LABELS, tiers, {0: 50, 1: 30, 2: 15}))
+    assert df["train_count"].tolist() == [50, 30, 15, 0]

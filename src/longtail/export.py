@@ -223,11 +223,15 @@ def compare(reference: np.ndarray, logits: np.ndarray) -> dict:
     }
 
 
-def _copy_extras(model_dir: Path, tokenizer, target: Path) -> None:
+def _copy_extras(folders: tuple[Path, ...], tokenizer, target: Path) -> None:
+    """The tokenizer and each of EXTRA_FILES from the first of `folders` that has it: the resolved model folder,
+    then the given one (an adapter run keeps temperature.json and run_config.json beside the adapter, not in the
+    merged/ folder a merge at export time writes)."""
     tokenizer.save_pretrained(target)
     for name in EXTRA_FILES:
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, target / name)
+        source = next((folder / name for folder in folders if (folder / name).is_file()), None)
+        if source is not None:
+            shutil.copy2(source, target / name)
 
 
 def export_onnx(args: ExportArguments) -> dict:
@@ -278,9 +282,10 @@ def export_onnx(args: ExportArguments) -> dict:
     }
 
     # ---- fp32 ----------------------------------------------------------------------------------
+    extras = (Path(resolved), Path(args.model_dir))
     fp32 = out / "fp32"
     export_fp32(model, fp32, args.device)
-    _copy_extras(Path(resolved), tokenizer, fp32)
+    _copy_extras(extras, tokenizer, fp32)
     variants = {"fp32": fp32}
 
     # ---- ORT graph optimisation (where the architecture is supported) ----------------------------
@@ -294,7 +299,7 @@ def export_onnx(args: ExportArguments) -> dict:
                 OptimizationConfig(optimization_level=2, optimize_for_gpu=args.device != "cpu"),
                 out / "optimized",
             )
-            _copy_extras(Path(resolved), tokenizer, out / "optimized")
+            _copy_extras(extras, tokenizer, out / "optimized")
             variants["optimized"] = out / "optimized"
         except (NotImplementedError, KeyError, ValueError) as e:
             reason = f"not supported for {model.config.model_type}: {str(e).splitlines()[0][:200]}"
@@ -308,7 +313,7 @@ def export_onnx(args: ExportArguments) -> dict:
 
         isa, qconfig = quantization_config()
         ORTQuantizer.from_pretrained(fp32, file_name="model.onnx").quantize(qconfig, out / "int8")
-        _copy_extras(Path(resolved), tokenizer, out / "int8")
+        _copy_extras(extras, tokenizer, out / "int8")
         variants["int8"] = out / "int8"
         record["int8_config"] = isa
 
