@@ -194,12 +194,8 @@ def test_write_run_files_names_counts_by_class_id(tmp_path):
     assert labels["data_log"] == {"num_classes": 3}
     assert json.loads((tmp_path / "splits.json").read_text()) == {"train": [0, 2, 4], "validation": [1, 3]}
     config = json.loads((tmp_path / "run_config.json").read_text())
-    assert list(config) == [
-        "command",
-        "seed",
-        "environment",
-        "data_fingerprint",
-    ]  # test_provenance: the last two
+    # the environment and the fingerprints themselves: tests/test_provenance.py
+    assert list(config) == ["command", "seed", "environment", "data_fingerprint"]
     assert (config["command"], config["seed"]) == ("python r.py", 7)
     assert {k: v["rows"] for k, v in config["data_fingerprint"].items()} == {"train": 3, "validation": 2}
 
