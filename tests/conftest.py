@@ -18,6 +18,18 @@ CFPB_CSV = SHARED / "data" / "cfpb" / "complaints_dev.csv"
 needs_shared = pytest.mark.skipif(not CFPB_CSV.is_file(), reason="../shared (real CFPB data) is absent")
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_accelerate_env():
+    """Each test leaves the ACCELERATE_* environment as it found it. TrainingArguments writes into os.environ
+    (bf16/fp16=True: ACCELERATE_MIXED_PRECISION), and a value left behind made every later run of the session, and
+    the processes it launched, train in half precision (the two-process tests then missed the one-process losses)."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("ACCELERATE_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_") and k not in before]:
+        del os.environ[key]
+    os.environ.update(before)
+
+
 def corpus(n: int = 600) -> list[str]:
     from longtail.synthetic import make_synthetic_complaints
 

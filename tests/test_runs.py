@@ -240,6 +240,7 @@ def test_precision_auto_resolves_by_hardware_and_an_explicit_flag_wins(tmp_path,
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda capability=capability: capability)
         assert auto_precision() == expected, capability
     monkeypatch.undo()
+    # bf16/fp16 TrainingArguments set ACCELERATE_MIXED_PRECISION: conftest's no_leaked_accelerate_env restores it
 
     plain = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     assert apply_precision(plain, "auto") is plain and apply_precision(plain, "no") is plain  # CPU: fp32
