@@ -157,6 +157,28 @@ def test_pooling_ignores_padding_on_either_side():
         pool(hidden, right, "max")
 
 
+def test_feature_layer_indices_name_hidden_states_and_the_last_is_the_output(
+    tiny_modernbert, one_torch_thread
+):
+    """Of a 2-layer body: 2 and -1 are both the body's output (after ModernBERT's final norm, which its
+    recorded last hidden state is not), 0 and -3 the embedding output; each mean-pooled by hand."""
+    from transformers import AutoModel
+
+    from longtail.probe import encoder_features
+
+    encoder = AutoModel.from_pretrained(tiny_modernbert).eval()
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    with torch.no_grad():
+        out = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        output = torch.stack([out.last_hidden_state[0].mean(0), out.last_hidden_state[1, :2].mean(0)])
+        embedded = torch.stack([out.hidden_states[0][0].mean(0), out.hidden_states[0][1, :2].mean(0)])
+        assert (out.hidden_states[2] - out.last_hidden_state).abs().max() > 1e-3  # recorded before the norm
+        for layers, expected in [((2,), output), ((-1,), output), ((0,), embedded), ((-3,), embedded)]:
+            features = encoder_features(encoder, ids, mask, "mean", False, layers)
+            torch.testing.assert_close(features, expected, atol=1e-5, rtol=0)
+
+
 def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_thread):
     from transformers import AutoModel
 
