@@ -179,6 +179,18 @@ def test_feature_layer_indices_name_hidden_states_and_the_last_is_the_output(
             torch.testing.assert_close(features, expected, atol=1e-5, rtol=0)
 
 
+def test_default_pooling_is_last_for_decoders_and_mean_otherwise():
+    """`--pooling auto`: a decoder is read at its last token, whether its model type is a known causal LM or
+    its config says `is_decoder` (a BERT built as a decoder); an encoder is mean-pooled."""
+    from transformers import BertConfig, LlamaConfig, ModernBertConfig, Qwen2Config
+
+    from longtail.probe import default_pooling
+
+    assert default_pooling(Qwen2Config()) == default_pooling(LlamaConfig()) == "last"
+    assert default_pooling(BertConfig(is_decoder=True)) == "last"
+    assert default_pooling(BertConfig()) == default_pooling(ModernBertConfig()) == "mean"
+
+
 def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_thread):
     from transformers import AutoModel
 
