@@ -224,6 +224,33 @@ def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_t
     np.testing.assert_allclose(unit, first / np.linalg.norm(first, axis=1, keepdims=True), atol=1e-6)
 
 
+def test_embedding_cache_key_follows_the_weights_content_not_only_their_size(tmp_path):
+    """A model retrained in the same folder (weights of the same size, other bytes) gets a new cache key; the
+    signature is each weight/config file's size and the SHA-256 of its first MiB; other files do not count."""
+    import hashlib
+
+    from longtail.probe import embedding_fingerprint, model_signature
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "model.safetensors").write_bytes(b"\x01" * 100)
+    (folder / "README.md").write_text("card")
+    assert model_signature(str(folder)) == {
+        "model": str(folder.resolve()),
+        "files": {
+            "config.json": [8, hashlib.sha256(b'{"a": 1}').hexdigest()],
+            "model.safetensors": [100, hashlib.sha256(b"\x01" * 100).hexdigest()],
+        },
+    }
+    assert model_signature("org/some-model") == {"model": "org/some-model"}
+    key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
+    (folder / "README.md").write_text("another card")
+    assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") == key
+    (folder / "model.safetensors").write_bytes(b"\x02" * 100)  # retrained: same size, other weights
+    assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
+
+
 def test_text_windows_cover_the_whole_text(tiny_modernbert):
     from longtail.inference import text_windows
     from longtail.training import ModelArguments, load_tokenizer
