@@ -251,6 +251,43 @@ def test_embedding_cache_key_follows_the_weights_content_not_only_their_size(tmp
     assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
 
 
+def test_embedding_pads_on_the_right_whatever_the_tokenizer_says(tiny_modernbert, one_torch_thread):
+    """A left-padding tokenizer: `cls` still reads each text's first token (each text embedded alone, by
+    hand), and the tokenizer's own padding side is left as it was."""
+    from transformers import AutoModel
+
+    from longtail.probe import embed_texts
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tok = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    encoder = AutoModel.from_pretrained(tiny_modernbert).eval()
+    tok.padding_side = "left"
+    features = embed_texts(encoder, tok, TEXTS, 32, "cls", batch_size=len(TEXTS))
+    assert tok.padding_side == "left"
+    with torch.no_grad():
+        ids = [tok(t, return_tensors="pt")["input_ids"] for t in TEXTS]
+        alone = [encoder(input_ids=i).last_hidden_state[0, 0].numpy() for i in ids]
+    np.testing.assert_allclose(features, np.stack(alone), atol=1e-5)
+
+
+def test_load_probe_head_checks_the_labels_and_their_order(tmp_path):
+    from safetensors.torch import save_file
+
+    from longtail.probe import load_probe_head
+
+    config = {"model_type": "longtail_probe", "id2label": {"0": "a", "1": "b"}, "pooling": "cls"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    weight, bias = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([5.0, 6.0])
+    save_file({"classifier.weight": weight, "classifier.bias": bias}, str(tmp_path / "model.safetensors"))
+    got_weight, got_bias, pooling = load_probe_head(tmp_path, ["a", "b"])
+    assert got_weight.tolist() == [[1.0, 2.0], [3.0, 4.0]] and got_bias.tolist() == [5.0, 6.0]
+    assert pooling == "cls"
+    with pytest.raises(ValueError, match="same labels in another order"):  # the head's rows would be swapped
+        load_probe_head(tmp_path, ["b", "a"])
+    with pytest.raises(ValueError, match=r"missing from the probe: \['c'\]"):
+        load_probe_head(tmp_path, ["a", "b", "c"])
+
+
 def test_text_windows_cover_the_whole_text(tiny_modernbert):
     from longtail.inference import text_windows
     from longtail.training import ModelArguments, load_tokenizer
