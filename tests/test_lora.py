@@ -237,6 +237,35 @@ def test_unknown_target_modules_list_the_linear_layers(tiny_qwen2):
         resolve_target_modules(model, "score")
 
 
+def test_target_names_match_whole_module_names_and_auto_needs_every_projection(tiny_qwen2):
+    """A name matches a module's whole dotted suffix ('proj' is no layer of Qwen2, whose layers end in
+    'q_proj'); "auto" on an unlisted model type takes the first full set of projections it has: a Phi-3-style
+    body has o_proj but not q/k/v_proj, so it gets qkv_proj and o_proj, not the Llama set it only half has."""
+    from transformers import Phi3Config, Phi3ForSequenceClassification
+
+    model, _ = tiny_classifier(tiny_qwen2)
+    with pytest.raises(ValueError, match="proj: no such linear layer"):
+        resolve_target_modules(model, "proj")
+    assert resolve_target_modules(model, "self_attn.q_proj") == ["self_attn.q_proj"]
+    config = Phi3Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, pad_token_id=0, num_labels=3,
+    )  # fmt: skip
+    phi = Phi3ForSequenceClassification(config)
+    assert resolve_target_modules(phi, "auto") == ["qkv_proj", "o_proj"]
+    phi.config.model_type = "phi3_like"  # not in AUTO_TARGETS: found by the fallbacks
+    assert resolve_target_modules(phi, "auto") == ["qkv_proj", "o_proj"]
+
+
+def test_a_head_name_that_ends_a_backbone_module_name_is_refused(tiny_qwen2):
+    """peft matches modules_to_save by suffix: a backbone module also called `score` would be trained in full
+    and saved as if it were the head."""
+    model, _ = tiny_classifier(tiny_qwen2)
+    model.model.layers[0].score = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match=r"would also match backbone modules \['model\.layers\.0\.score'\]"):
+        add_lora(model, AdapterArguments())
+
+
 def test_adapter_options_out_of_range_are_refused():
     """alpha 0 made the adapter's scale alpha / r zero: it never learnt while its report said "LoRA r=16"."""
     for bad, message in (
