@@ -335,6 +335,27 @@ def test_adapter_whose_base_model_is_not_available(tmp_path):
         merge_adapter(tmp_path / "nowhere")
 
 
+def test_push_merged_implies_merge_adapter():
+    assert AdapterArguments(push_merged=True).merge_adapter is True
+    assert AdapterArguments().merge_adapter is False
+
+
+def test_merge_refuses_a_config_whose_pad_token_is_not_the_tokenizers(tiny_qwen2, tmp_path):
+    """The merged model pads with config.pad_token_id: one that is not the tokenizer's pad id would score
+    padded batches wrongly, so the merge stops (and with matching ids, writes the merged folder)."""
+    model, tokenizer = tiny_classifier(tiny_qwen2)
+    lora = add_lora(model, AdapterArguments())
+    lora.save_pretrained(tmp_path)
+    model.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert (merge_adapter(tmp_path, tmp_path / "merged") / "model.safetensors").is_file()
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["pad_token_id"] = tokenizer.pad_token_id + 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"pad_token_id {tokenizer.pad_token_id + 1} != tokenizer pad id"):
+        merge_adapter(tmp_path, tmp_path / "merged2")
+
+
 # ---- the recipe end to end ---------------------------------------------------------------------
 
 
