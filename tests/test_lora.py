@@ -266,6 +266,23 @@ def test_a_head_name_that_ends_a_backbone_module_name_is_refused(tiny_qwen2):
         add_lora(model, AdapterArguments())
 
 
+def test_linear_layer_names_are_relative_to_the_innermost_repeated_block():
+    """A mixture of experts repeats blocks inside blocks (model.layers.0.block_sparse_moe.experts.1.w1): each
+    expert's layer is named after its expert index (w1), as peft's suffix match reaches every expert."""
+    from transformers import MixtralConfig, MixtralForSequenceClassification
+
+    config = MixtralConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1, pad_token_id=0, num_labels=3,
+    )  # fmt: skip
+    model = MixtralForSequenceClassification(config)
+    assert "model.layers.1.block_sparse_moe.experts.1.w1" in dict(model.named_modules())
+    assert linear_layer_names(model) == [
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "block_sparse_moe.gate", "w1", "w2", "w3",
+    ]  # fmt: skip
+
+
 def test_adapter_options_out_of_range_are_refused():
     """alpha 0 made the adapter's scale alpha / r zero: it never learnt while its report said "LoRA r=16"."""
     for bad, message in (
@@ -333,6 +350,9 @@ def test_adapter_whose_base_model_is_not_available(tmp_path):
             load_adapter_classifier(tmp_path)
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         merge_adapter(tmp_path / "nowhere")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": None}))
+    with pytest.raises(ValueError, match="names no base model"):  # not a FileNotFoundError on "None"
+        load_adapter_classifier(tmp_path)
 
 
 def test_push_merged_implies_merge_adapter():
