@@ -288,6 +288,25 @@ def test_load_probe_head_checks_the_labels_and_their_order(tmp_path):
         load_probe_head(tmp_path, ["a", "b", "c"])
 
 
+def test_settle_tokenizer_leaves_truncation_at_max_length_and_no_padding(tiny_modernbert):
+    """all-MiniLM-L6-v2's tokenizer.json pads to 128 and truncates at 128: the saved probe's says neither."""
+    from longtail.probe import settle_tokenizer
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tok = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    backend = tok.backend_tokenizer
+    backend.enable_padding(length=128, pad_id=tok.pad_token_id, pad_token=tok.pad_token)
+    backend.enable_truncation(max_length=128)
+    settle_tokenizer(tok, 16)
+    assert backend.padding is None
+    assert backend.truncation == {
+        "max_length": 16,
+        "stride": 0,
+        "strategy": "longest_first",
+        "direction": "right",
+    }
+
+
 def test_text_windows_cover_the_whole_text(tiny_modernbert):
     from longtail.inference import text_windows
     from longtail.training import ModelArguments, load_tokenizer
