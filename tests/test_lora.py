@@ -237,6 +237,52 @@ def test_unknown_target_modules_list_the_linear_layers(tiny_qwen2):
         resolve_target_modules(model, "score")
 
 
+def test_target_names_match_whole_module_names_and_auto_needs_every_projection(tiny_qwen2):
+    """A name matches a module's whole dotted suffix ('proj' is no layer of Qwen2, whose layers end in
+    'q_proj'); "auto" on an unlisted model type takes the first full set of projections it has: a Phi-3-style
+    body has o_proj but not q/k/v_proj, so it gets qkv_proj and o_proj, not the Llama set it only half has."""
+    from transformers import Phi3Config, Phi3ForSequenceClassification
+
+    model, _ = tiny_classifier(tiny_qwen2)
+    with pytest.raises(ValueError, match="proj: no such linear layer"):
+        resolve_target_modules(model, "proj")
+    assert resolve_target_modules(model, "self_attn.q_proj") == ["self_attn.q_proj"]
+    config = Phi3Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, pad_token_id=0, num_labels=3,
+    )  # fmt: skip
+    phi = Phi3ForSequenceClassification(config)
+    assert resolve_target_modules(phi, "auto") == ["qkv_proj", "o_proj"]
+    phi.config.model_type = "phi3_like"  # not in AUTO_TARGETS: found by the fallbacks
+    assert resolve_target_modules(phi, "auto") == ["qkv_proj", "o_proj"]
+
+
+def test_a_head_name_that_ends_a_backbone_module_name_is_refused(tiny_qwen2):
+    """peft matches modules_to_save by suffix: a backbone module also called `score` would be trained in full
+    and saved as if it were the head."""
+    model, _ = tiny_classifier(tiny_qwen2)
+    model.model.layers[0].score = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match=r"would also match backbone modules \['model\.layers\.0\.score'\]"):
+        add_lora(model, AdapterArguments())
+
+
+def test_linear_layer_names_are_relative_to_the_innermost_repeated_block():
+    """A mixture of experts repeats blocks inside blocks (model.layers.0.block_sparse_moe.experts.1.w1): each
+    expert's layer is named after its expert index (w1), as peft's suffix match reaches every expert."""
+    from transformers import MixtralConfig, MixtralForSequenceClassification
+
+    config = MixtralConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1, pad_token_id=0, num_labels=3,
+    )  # fmt: skip
+    model = MixtralForSequenceClassification(config)
+    assert "model.layers.1.block_sparse_moe.experts.1.w1" in dict(model.named_modules())
+    assert linear_layer_names(model) == [
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "block_sparse_moe.gate", "w1", "w2", "w3",
+    ]  # fmt: skip
+
+
 def test_adapter_options_out_of_range_are_refused():
     """alpha 0 made the adapter's scale alpha / r zero: it never learnt while its report said "LoRA r=16"."""
     for bad, message in (
@@ -304,6 +350,30 @@ def test_adapter_whose_base_model_is_not_available(tmp_path):
             load_adapter_classifier(tmp_path)
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         merge_adapter(tmp_path / "nowhere")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": None}))
+    with pytest.raises(ValueError, match="names no base model"):  # not a FileNotFoundError on "None"
+        load_adapter_classifier(tmp_path)
+
+
+def test_push_merged_implies_merge_adapter():
+    assert AdapterArguments(push_merged=True).merge_adapter is True
+    assert AdapterArguments().merge_adapter is False
+
+
+def test_merge_refuses_a_config_whose_pad_token_is_not_the_tokenizers(tiny_qwen2, tmp_path):
+    """The merged model pads with config.pad_token_id: one that is not the tokenizer's pad id would score
+    padded batches wrongly, so the merge stops (and with matching ids, writes the merged folder)."""
+    model, tokenizer = tiny_classifier(tiny_qwen2)
+    lora = add_lora(model, AdapterArguments())
+    lora.save_pretrained(tmp_path)
+    model.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert (merge_adapter(tmp_path, tmp_path / "merged") / "model.safetensors").is_file()
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["pad_token_id"] = tokenizer.pad_token_id + 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"pad_token_id {tokenizer.pad_token_id + 1} != tokenizer pad id"):
+        merge_adapter(tmp_path, tmp_path / "merged2")
 
 
 # ---- the recipe end to end ---------------------------------------------------------------------

@@ -157,6 +157,40 @@ def test_pooling_ignores_padding_on_either_side():
         pool(hidden, right, "max")
 
 
+def test_feature_layer_indices_name_hidden_states_and_the_last_is_the_output(
+    tiny_modernbert, one_torch_thread
+):
+    """Of a 2-layer body: 2 and -1 are both the body's output (after ModernBERT's final norm, which its
+    recorded last hidden state is not), 0 and -3 the embedding output; each mean-pooled by hand."""
+    from transformers import AutoModel
+
+    from longtail.probe import encoder_features
+
+    encoder = AutoModel.from_pretrained(tiny_modernbert).eval()
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    with torch.no_grad():
+        out = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        output = torch.stack([out.last_hidden_state[0].mean(0), out.last_hidden_state[1, :2].mean(0)])
+        embedded = torch.stack([out.hidden_states[0][0].mean(0), out.hidden_states[0][1, :2].mean(0)])
+        assert (out.hidden_states[2] - out.last_hidden_state).abs().max() > 1e-3  # recorded before the norm
+        for layers, expected in [((2,), output), ((-1,), output), ((0,), embedded), ((-3,), embedded)]:
+            features = encoder_features(encoder, ids, mask, "mean", False, layers)
+            torch.testing.assert_close(features, expected, atol=1e-5, rtol=0)
+
+
+def test_default_pooling_is_last_for_decoders_and_mean_otherwise():
+    """`--pooling auto`: a decoder is read at its last token, whether its model type is a known causal LM or
+    its config says `is_decoder` (a BERT built as a decoder); an encoder is mean-pooled."""
+    from transformers import BertConfig, LlamaConfig, ModernBertConfig, Qwen2Config
+
+    from longtail.probe import default_pooling
+
+    assert default_pooling(Qwen2Config()) == default_pooling(LlamaConfig()) == "last"
+    assert default_pooling(BertConfig(is_decoder=True)) == "last"
+    assert default_pooling(BertConfig()) == default_pooling(ModernBertConfig()) == "mean"
+
+
 def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_thread):
     from transformers import AutoModel
 
@@ -188,6 +222,89 @@ def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_t
     # the default layers leave the key as it was before the option (caches made then stay valid)
     assert cached_embeddings(*args, TEXTS, 32, "mean", layers=[-1])[1:] == (key, True)
     np.testing.assert_allclose(unit, first / np.linalg.norm(first, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_embedding_cache_key_follows_the_weights_content_not_only_their_size(tmp_path):
+    """A model retrained in the same folder (weights of the same size, other bytes) gets a new cache key; the
+    signature is each weight/config file's size and the SHA-256 of its first MiB; other files do not count."""
+    import hashlib
+
+    from longtail.probe import embedding_fingerprint, model_signature
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "model.safetensors").write_bytes(b"\x01" * 100)
+    (folder / "README.md").write_text("card")
+    assert model_signature(str(folder)) == {
+        "model": str(folder.resolve()),
+        "files": {
+            "config.json": [8, hashlib.sha256(b'{"a": 1}').hexdigest()],
+            "model.safetensors": [100, hashlib.sha256(b"\x01" * 100).hexdigest()],
+        },
+    }
+    assert model_signature("org/some-model") == {"model": "org/some-model"}
+    key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
+    (folder / "README.md").write_text("another card")
+    assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") == key
+    (folder / "model.safetensors").write_bytes(b"\x02" * 100)  # retrained: same size, other weights
+    assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
+
+
+def test_embedding_pads_on_the_right_whatever_the_tokenizer_says(tiny_modernbert, one_torch_thread):
+    """A left-padding tokenizer: `cls` still reads each text's first token (each text embedded alone, by
+    hand), and the tokenizer's own padding side is left as it was."""
+    from transformers import AutoModel
+
+    from longtail.probe import embed_texts
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tok = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    encoder = AutoModel.from_pretrained(tiny_modernbert).eval()
+    tok.padding_side = "left"
+    features = embed_texts(encoder, tok, TEXTS, 32, "cls", batch_size=len(TEXTS))
+    assert tok.padding_side == "left"
+    with torch.no_grad():
+        ids = [tok(t, return_tensors="pt")["input_ids"] for t in TEXTS]
+        alone = [encoder(input_ids=i).last_hidden_state[0, 0].numpy() for i in ids]
+    np.testing.assert_allclose(features, np.stack(alone), atol=1e-5)
+
+
+def test_load_probe_head_checks_the_labels_and_their_order(tmp_path):
+    from safetensors.torch import save_file
+
+    from longtail.probe import load_probe_head
+
+    config = {"model_type": "longtail_probe", "id2label": {"0": "a", "1": "b"}, "pooling": "cls"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    weight, bias = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([5.0, 6.0])
+    save_file({"classifier.weight": weight, "classifier.bias": bias}, str(tmp_path / "model.safetensors"))
+    got_weight, got_bias, pooling = load_probe_head(tmp_path, ["a", "b"])
+    assert got_weight.tolist() == [[1.0, 2.0], [3.0, 4.0]] and got_bias.tolist() == [5.0, 6.0]
+    assert pooling == "cls"
+    with pytest.raises(ValueError, match="same labels in another order"):  # the head's rows would be swapped
+        load_probe_head(tmp_path, ["b", "a"])
+    with pytest.raises(ValueError, match=r"missing from the probe: \['c'\]"):
+        load_probe_head(tmp_path, ["a", "b", "c"])
+
+
+def test_settle_tokenizer_leaves_truncation_at_max_length_and_no_padding(tiny_modernbert):
+    """all-MiniLM-L6-v2's tokenizer.json pads to 128 and truncates at 128: the saved probe's says neither."""
+    from longtail.probe import settle_tokenizer
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tok = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    backend = tok.backend_tokenizer
+    backend.enable_padding(length=128, pad_id=tok.pad_token_id, pad_token=tok.pad_token)
+    backend.enable_truncation(max_length=128)
+    settle_tokenizer(tok, 16)
+    assert backend.padding is None
+    assert backend.truncation == {
+        "max_length": 16,
+        "stride": 0,
+        "strategy": "longest_first",
+        "direction": "right",
+    }
 
 
 def test_text_windows_cover_the_whole_text(tiny_modernbert):

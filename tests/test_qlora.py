@@ -67,6 +67,21 @@ def test_head_stays_unquantized_in_float32(tiny_llama):
     assert check_padding(lora, tokenizer) == "left"  # within bf16 tolerance
 
 
+def test_every_head_module_of_an_encoder_stays_unquantized(tiny_modernbert):
+    """ModernBERT's head is two modules, `head` (dense + norm) then `classifier`: both stay float32 nn.Linear,
+    not only the last one (all that transformers keeps out of 4-bit by itself)."""
+    from transformers import TrainingArguments
+
+    model_args = ModelArguments(model_name_or_path=tiny_modernbert)
+    args = TrainingArguments(output_dir="unused", report_to="none")
+    model = load_quantized_classifier(
+        model_args, QuantizationArguments(), ["a", "b", "c"], load_tokenizer(model_args), args
+    )
+    assert isinstance(model.model.layers[0].attn.Wqkv, bnb.nn.Linear4bit)
+    for head in (model.head.dense, model.classifier):
+        assert type(head) is torch.nn.Linear and head.weight.dtype == torch.float32
+
+
 def force_avx512_bf16(monkeypatch) -> None:
     """Make bitsandbytes believe this CPU has AVX512-BF16, where it repacks a 4-bit layer for its CPU inference
     kernel at a no-grad eval forward (kept afterwards: training after an evaluation then fails, and a 32-wide
