@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 import pandas as pd
+import pytest
 import sklearn
 from conftest import REPO
 from test_recipes import load_recipe, synthetic_files
@@ -73,3 +74,30 @@ def test_data_fingerprint_follows_the_rows_not_their_order():
     assert data_fingerprint(data(relabelled))["train"] != base["train"]
     assert data_fingerprint(data(frame, ("b", "a")))["train"] != base["train"]  # another label order
     assert base["train"]["rows"] == 3
+
+
+def test_a_copy_of_the_package_untracked_in_an_enclosing_checkout_records_no_commit(tmp_path, monkeypatch):
+    """A non-editable install into a .venv inside some git checkout: that checkout's commit is not this code's."""
+    import shutil
+
+    import longtail
+    from longtail.provenance import source_revision
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "README.md").write_text("another project\n")
+    subprocess.run([*git, "add", "README.md"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
+    package = tmp_path / ".venv" / "site-packages" / "longtail"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.setattr(longtail, "__file__", str(package / "__init__.py"))
+    assert source_revision()["git_commit"] is None
+    subprocess.run([*git, "add", "-f", str(package / "__init__.py")], check=True)  # now tracked: its checkout
+    subprocess.run([*git, "commit", "-q", "-m", "track"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert source_revision() == {"version": longtail.__version__, "git_commit": head, "git_dirty": False}

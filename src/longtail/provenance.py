@@ -60,6 +60,9 @@ def source_revision() -> dict:
         ).stdout.strip()
 
     try:
+        # the package's own files must be tracked there: a copy installed into a virtualenv that sits inside some
+        # git checkout (a .venv in the repo) is not that checkout's code, and its commit would say it was
+        git("ls-files", "--error-unmatch", "__init__.py")
         out["git_commit"] = git("rev-parse", "HEAD")
         # the whole checkout: the recipes that ran sit beside src/, not in it
         out["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
