@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -307,19 +306,13 @@ def run_worker(
 
 
 def environment() -> dict:
-    from importlib import metadata
-
-    def version(pkg):
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
     from longtail.inference import cpu_features
+    from longtail.provenance import package_versions
 
+    versions = package_versions()  # what run_config.json records, read once
     env = {
-        "python": platform.python_version(),
-        **{p: version(p) for p in ("torch", "transformers", "peft", "bitsandbytes")},
+        "python": versions["python"],
+        **{p: versions.get(p, "not installed") for p in ("torch", "transformers", "peft", "bitsandbytes")},
         **cpu_features(),  # CPU model and ISA flags, as the inference and scaling benches record them
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()),
