@@ -363,6 +363,11 @@ def test_resume_after_sigkill_matches_uninterrupted(
     partial.mkdir()
     weights = (out / "checkpoint-4" / next(iter(weights_files(out / "checkpoint-4")))).read_bytes()
     (partial / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    if (
+        name == "lora_decoder"
+    ):  # a merged model from an earlier, finished run into this folder (trained further now)
+        (out / "merged").mkdir()
+        (out / "merged" / "model.safetensors").write_bytes(b"stale")
 
     # the same command again, with --resume_from_checkpoint true (the recipe resets the root log handlers,
     # so listen on the module's own logger)
@@ -375,6 +380,8 @@ def test_resume_after_sigkill_matches_uninterrupted(
         logger.removeHandler(logged)
     assert any("Skipping checkpoint" in m and "checkpoint-5" in m for m in logged.messages), logged.messages
     assert f"Resuming from {out / 'checkpoint-4'}" in logged.messages
+    # without --merge_adapter, no merged model is left that the resumed adapter no longer matches
+    assert not (out / "merged").exists()
 
     ref = reference(name)
     assert losses(out) == losses(ref)  # steps 1-4 before the kill, 5-6 after it
