@@ -44,7 +44,14 @@ from longtail.grid import (
 from longtail.metrics import macro_f1
 from longtail.refit import RefitArguments, refit_note, train_and_validation
 from longtail.report import SplitResult, grid_table, save_predictions, summary_text, write_run_outputs
-from longtail.runs import command_line, input_paths, prepare_output_dir, source_description, write_run_files
+from longtail.runs import (
+    command_line,
+    input_paths,
+    prepare_output_dir,
+    replace_previous_run,
+    source_description,
+    write_run_files,
+)
 
 logger = logging.getLogger("baseline_tfidf")
 SUBLINEAR = {"both": [False, True], "true": [True], "false": [False]}
@@ -224,7 +231,10 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )
-    output_dir = prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=input_paths(data_args))
+    # checked now, cleared (an overwrite) once the data is checked too
+    output_dir = prepare_output_dir(
+        args.output_dir, args.overwrite_output_dir, inputs=input_paths(data_args), clear=False
+    )
     command = command_line("recipes/baseline_tfidf.py", argv)
     started = time.time()
 
@@ -234,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     train, validation = data.splits["train"], data.splits["validation"]
     if args.predict_train:  # before any fitting
         check_class_counts(data.splits["train"]["label_id"].to_numpy(), args.predict_train_folds)
+    replace_previous_run(output_dir, args.overwrite_output_dir)
 
     # ---- Fit (and select on validation) ------------------------------------------------------
     selected, grid = fit_grid(args, train, validation)

@@ -56,6 +56,7 @@ from longtail.training import (
     load_tokenizer,
     long_tail_trainer,
     predict_probs,
+    replace_previous_results,
     run_info,
     start_run,
     tokenize_splits,
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         student = classifier_config(model_args, data.label_names, tokenizer)
         check_max_length(student, data_args.max_length, model_args.model_name_or_path)
         logits, teacher_info = teacher_logits(distill_args, data, out, data_args.max_length)
+        replace_previous_results(training_args)  # an overwrite clears only now (it keeps the teacher's cache)
     teacher_info["fit"] = teacher_fit(logits, data)  # warns when the teacher was fit on the student's rows
 
     # ---- Build the student (its own tokenizer) -----------------------------------------------

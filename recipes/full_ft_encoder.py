@@ -31,6 +31,7 @@ from longtail.training import (
     finish_run,
     load_tokenizer,
     long_tail_trainer,
+    replace_previous_results,
     run_info,
     start_run,
     tokenize_splits,
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     )  # probe's model with --head_init_from
     check_max_length(model, data_args.max_length, model_args.model_name_or_path)
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
+    replace_previous_results(training_args)  # an overwrite clears only now, with the inputs checked
 
     # ---- Train, then pick WiSE-FT's alpha and the post-hoc logit adjustment on validation -------
     trainer = long_tail_trainer(model, training_args, data, datasets, tokenizer, loss_args, model_args)

@@ -43,6 +43,7 @@ from longtail.training import (
     evaluate_splits,
     load_tokenizer,
     long_tail_trainer,
+    replace_previous_results,
     run_info,
     start_run,
     tokenize_splits,
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = add_lora(model, adapter_args)  # logs the trainable parameters and their share
     check_max_length(model, data_args.max_length, model_args.model_name_or_path)
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
+    replace_previous_results(training_args)  # an overwrite clears only now, with the inputs checked
 
     # ---- Train -------------------------------------------------------------------------------
     trainer = long_tail_trainer(model, training_args, data, datasets, tokenizer, loss_args, model_args)

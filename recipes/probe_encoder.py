@@ -65,6 +65,7 @@ from longtail.runs import (
     input_paths,
     prepare_output_dir,
     public_model_name,
+    replace_previous_run,
     source_description,
     write_run_files,
 )
@@ -316,8 +317,10 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )
-    output_dir = prepare_output_dir(
-        args.output_dir, args.overwrite_output_dir, inputs=input_paths(data_args, model_args)
+    output_dir = (
+        prepare_output_dir(  # checked now, cleared (an overwrite) once data and model are checked too
+            args.output_dir, args.overwrite_output_dir, inputs=input_paths(data_args, model_args), clear=False
+        )
     )
     command = command_line("recipes/probe_encoder.py", argv)
     started = time.time()
@@ -348,6 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     pooling = default_pooling(encoder.config) if args.pooling == "auto" else args.pooling
     layers = check_layers(args.feature_layers, encoder.config.num_hidden_layers)
+    replace_previous_run(output_dir, args.overwrite_output_dir)
 
     # ---- Embed each split once (cached) ------------------------------------------------------
     features, reused, embed_s = {}, {}, {}

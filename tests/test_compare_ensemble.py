@@ -171,6 +171,33 @@ def test_an_output_folder_that_is_one_of_the_runs_is_refused_before_anything_goe
         assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
 
 
+def test_a_refused_rerun_with_overwrite_keeps_the_previous_comparison_and_ensemble(tmp_path, capsys):
+    """Runs that do not share their rows are refused after the output folder's check: with --overwrite_output_dir
+    the previous compare.json / ensemble.json were removed first, and nothing replaced them."""
+    from longtail.compare import main as compare
+    from longtail.ensemble import main as ensemble
+
+    both = {"validation": Y["validation"], "test": Y["test"]}
+    a = make_run(tmp_path / "a", both, both)
+    b = make_run(tmp_path / "b", both, both)
+    short = make_run(
+        tmp_path / "short", {s: y[:-1] for s, y in both.items()}, {s: y[:-1] for s, y in both.items()}
+    )
+    cmp, ens = tmp_path / "cmp", tmp_path / "ens"
+    compare([a, "--reference", b, "--output_dir", str(cmp), "--n_resamples", "20"])
+    ensemble([a, b, "--output_dir", str(ens), "--n_resamples", "20"])
+    before = {d: {p.name: p.read_bytes() for p in d.iterdir()} for d in (cmp, ens)}
+    assert "compare.json" in before[cmp] and "ensemble.json" in before[ens]
+    for tool, argv in (
+        (compare, [a, "--reference", short, "--output_dir", str(cmp)]),
+        (ensemble, [a, short, "--output_dir", str(ens)]),
+    ):
+        with pytest.raises(SystemExit):
+            tool([*argv, "--overwrite_output_dir", "--n_resamples", "20"])
+        assert "error:" in capsys.readouterr().err
+    assert {d: {p.name: p.read_bytes() for p in d.iterdir()} for d in (cmp, ens)} == before
+
+
 def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):
     from longtail.compare import CompareError, compare_runs
 

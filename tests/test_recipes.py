@@ -227,6 +227,72 @@ def test_full_ft_encoder_end_to_end(tiny_modernbert, tmp_path, one_torch_thread)
         recipe.main(encoder_args(tiny_modernbert, train, test, out))
 
 
+# A finished run's files, as an overwrite would remove them (ours: run_config.json marks the folder as a run)
+PREVIOUS_RUN = {"run_config.json": "{}", "report.md": "the old report", "model.safetensors": "old weights",
+                "eval_results.json": '{"macro_f1": 0.5}'}  # fmt: skip
+
+
+def refused_overwrite_argv(case: str, request, tmp_path: Path, out: Path) -> list[str]:
+    """A rerun into `out` with --overwrite_output_dir and one mistake, found at the latest point each recipe
+    checks: the data (a column), the model (a length past its 64 positions, LoRA targets it lacks), the teacher."""
+    from conftest import decoder_args
+
+    train, test = synthetic_files(tmp_path)
+    bert, qwen2 = (request.getfixturevalue("tiny_bert"), request.getfixturevalue("tiny_qwen2")) if case not in (
+        "baseline_tfidf", "qlora_decoder") else (None, None)  # fmt: skip
+    source = ["--train_file", train, "--test_file", test, "--text_column", "Consumer complaint narrative",
+              "--label_taxonomy", "none", "--output_dir", str(out), "--overwrite_output_dir"]  # fmt: skip
+    config = ["--config", str(REPO / f"recipes/configs/{case}.yaml")]
+    if case == "baseline_tfidf":
+        return [*config, *source, "--label_column", "Nope"]
+    if case == "probe_encoder":
+        return [*config, *source, "--model_name_or_path", bert, "--max_length", "128",
+                "--embedding_cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    if case == "full_ft_encoder":
+        return [*config, *source, "--model_name_or_path", bert, "--max_length", "128"]
+    if case == "lora_decoder":
+        return [
+            *decoder_args(case, qwen2, train, test, out),
+            "--overwrite_output_dir",
+            "--lora_target_modules",
+            "nope",
+        ]
+    if case == "qlora_decoder":
+        return [*config, *source, "--model_name_or_path", str(tmp_path), "--label_column", "Nope"]
+    (tmp_path / "no_teacher").mkdir()
+    return [*config, *source, "--model_name_or_path", request.getfixturevalue("tiny_modernbert"),
+            "--teacher_model_name_or_path", str(tmp_path / "no_teacher"), "--max_length", "48"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["baseline_tfidf", "probe_encoder", "full_ft_encoder", "lora_decoder", "qlora_decoder", "distill"],
+)
+def test_a_refused_overwrite_leaves_the_previous_results(case, request, tmp_path):
+    """--overwrite_output_dir replaces a run's results, but only a run that starts: one refused for a mistake in
+    its data, model or teacher must leave the previous results as they were (they were once removed first)."""
+    from longtail.cli import UsageError
+
+    if case == "qlora_decoder":
+        pytest.importorskip("bitsandbytes")
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, text in PREVIOUS_RUN.items():
+        (out / name).write_text(text)
+    (out / "checkpoint-4").mkdir()
+    argv = refused_overwrite_argv(case, request, tmp_path, out)
+    with pytest.raises(UsageError):
+        load_recipe(case).main(argv)
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()} == PREVIOUS_RUN
+    assert (out / "checkpoint-4").is_dir()
+    # not written, and made by none of them: a refused run into a new folder leaves no empty one behind
+    with pytest.raises(UsageError):
+        load_recipe(case).main(
+            [*argv[: argv.index(str(out))], str(tmp_path / "new"), *argv[argv.index(str(out)) + 1 :]]
+        )
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.slow
 def test_baseline_tfidf_end_to_end(tmp_path):
     train, test = synthetic_files(tmp_path)

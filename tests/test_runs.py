@@ -148,6 +148,31 @@ def test_overwrite_logs_what_it_removed(tmp_path, caplog):
     assert "removed 3 files and 2 folders of the previous run (checkpoint-3, merged)" in caplog.text
 
 
+def test_checking_the_folder_and_clearing_it_are_two_steps(tmp_path):
+    """prepare_output_dir(clear=False) refuses what it always refused but removes and makes nothing; the run
+    clears with replace_previous_run once its own inputs pass, which never clears a resumed run's folder."""
+    from longtail.runs import replace_previous_run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("report.md", "notes.txt"):
+        (out / name).write_text("old")
+    (out / "checkpoint-2").mkdir()
+    with pytest.raises(OutputDirError, match="overwrite_output_dir"):
+        prepare_output_dir(out, overwrite=False, clear=False)
+    assert prepare_output_dir(out, overwrite=True, clear=False) == out
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "notes.txt", "report.md"]
+    assert prepare_output_dir(tmp_path / "new", overwrite=False, clear=False) == tmp_path / "new"
+    assert not (tmp_path / "new").exists()
+
+    replace_previous_run(out, overwrite=True, resuming=True)  # the run goes on in its folder
+    replace_previous_run(out, overwrite=False)  # the folder was empty when checked: nothing of an old run
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "notes.txt", "report.md"]
+    assert replace_previous_run(out, overwrite=True) == out
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert replace_previous_run(tmp_path / "new", overwrite=False).is_dir()
+
+
 def test_command_line_reads_sys_argv_without_the_program(monkeypatch):
     monkeypatch.setattr("sys.argv", ["recipes/r.py", "--a", "b c"])
     assert command_line("recipes/r.py", None) == "python recipes/r.py --a 'b c'"

@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
         # never clear a run being compared (--output_dir one of them, as `make compare COMPARE_OUT=...` could say)
         reads = [("the run", d) for d in args.runs] + [("--reference", args.reference)]
         out = (
-            prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads)
+            prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
             if args.output_dir
             else None
         )
@@ -279,9 +279,11 @@ def main(argv: list[str] | None = None) -> dict:
     except UsageError as err:  # CompareError, OutputDirError, a malformed temperature.json
         parser.exit(2, f"compare: error: {err}\n")
     markdown = to_markdown(result)
-    if out is not None:
+    if out is not None:  # an overwrite clears the previous comparison only now, when this one is ready
         from longtail.provenance import environment
-        from longtail.runs import command_line
+        from longtail.runs import command_line, replace_previous_run
+
+        replace_previous_run(out, args.overwrite_output_dir)
 
         result["command"] = command_line(
             "-m", ["longtail.compare", *(sys.argv[1:] if argv is None else argv)]

@@ -447,7 +447,10 @@ def main(argv: list[str] | None = None) -> dict:
         check_distinct(args.runs)
         # never clear a member (--output_dir one of them, as `make ensemble ENSEMBLE_OUT=...` could say)
         out = prepare_output_dir(
-            args.output_dir, args.overwrite_output_dir, inputs=[("the member", d) for d in args.runs]
+            args.output_dir,
+            args.overwrite_output_dir,
+            inputs=[("the member", d) for d in args.runs],
+            clear=False,
         )
         result = build_ensemble(
             args.runs,
@@ -460,8 +463,10 @@ def main(argv: list[str] | None = None) -> dict:
     except UsageError as err:  # CompareError, OutputDirError, ...
         parser.exit(2, f"ensemble: error: {err}\n")
     from longtail.provenance import environment
-    from longtail.runs import command_line
+    from longtail.runs import command_line, replace_previous_run
 
+    # an overwrite clears the previous results only now, when the ensemble is built
+    replace_previous_run(out, args.overwrite_output_dir)
     provenance = {
         "command": command_line("-m", ["longtail.ensemble", *(sys.argv[1:] if argv is None else argv)]),
         "environment": environment(),

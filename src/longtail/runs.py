@@ -119,9 +119,14 @@ def previous_run(path: Path) -> tuple[list[Path], list[Path]]:
     return files, folders
 
 
-def prepare_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool = False, inputs=None) -> Path:
+def prepare_output_dir(
+    output_dir: str | Path, overwrite: bool, resuming: bool = False, inputs=None, clear: bool = True
+) -> Path:
     """Refuse to write into a non-empty folder unless asked; when overwriting, clear the previous run's files,
-    unless the new run reads one of them (`inputs`: {option: path}, or (what, path) pairs), refused instead."""
+    unless the new run reads one of them (`inputs`: {option: path}, or (what, path) pairs), refused instead.
+
+    With clear=False only the checks run: the caller clears with `replace_previous_run` once its own inputs
+    (data, model, options) are checked, so a run refused for a mistake leaves the previous results in place."""
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"output_dir '{path}' is a file, not a folder: choose another --output_dir.")
@@ -150,17 +155,28 @@ def prepare_output_dir(output_dir: str | Path, overwrite: bool, resuming: bool =
                     f"{option} {value} is read from {path}, which --overwrite_output_dir would clear first: "
                     "write this run to another --output_dir."
                 )
+    return replace_previous_run(path, overwrite, resuming) if clear else path
+
+
+def replace_previous_run(output_dir: str | Path, overwrite: bool, resuming: bool = False) -> Path:
+    """The second half of prepare_output_dir(..., clear=False), with the same arguments: remove the previous run's
+    result and model files and run folders (only when overwriting, never for a run resumed in the folder), then
+    make the folder."""
+    path = Path(output_dir)
+    if overwrite and not resuming and path.is_dir():
+        files, folders = previous_run(path)
         for file in files:
             file.unlink()
         for folder in folders:
             shutil.rmtree(folder)
-        logger.warning(
-            "Overwriting %s: removed %d files and %d folders of the previous run%s",
-            path,
-            len(files),
-            len(folders),
-            f" ({', '.join(d.name for d in folders)})" if folders else "",
-        )
+        if files or folders:
+            logger.warning(
+                "Overwriting %s: removed %d files and %d folders of the previous run%s",
+                path,
+                len(files),
+                len(folders),
+                f" ({', '.join(d.name for d in folders)})" if folders else "",
+            )
     path.mkdir(parents=True, exist_ok=True)
     return path
 

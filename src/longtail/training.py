@@ -199,18 +199,37 @@ def start_run(
     training_args.resume_from_checkpoint = resolve_resume(
         training_args.resume_from_checkpoint, training_args.output_dir
     )
-    resume = training_args.resume_from_checkpoint
     if training_args.process_index == 0:
-        # resuming continues the run in output_dir; a checkpoint from elsewhere starts a new run there, which must
-        # not write over another run's results unasked
+        # checked now, cleared by replace_previous_results once the data and model are checked too
         prepare_output_dir(
             training_args.output_dir,
             training_args.overwrite_output_dir,
-            resume is not None and Path(resume).resolve().parent == Path(training_args.output_dir).resolve(),
+            resuming_in_place(training_args),
             inputs,
+            clear=False,
         )
     transformers.set_seed(training_args.seed)
     return training_args, push
+
+
+def resuming_in_place(training_args: TrainingArguments) -> bool:
+    """Resuming continues the run in output_dir; a checkpoint from elsewhere starts a new run there, which must
+    not write over another run's results unasked."""
+    resume = training_args.resume_from_checkpoint
+    return resume is not None and Path(resume).resolve().parent == Path(training_args.output_dir).resolve()
+
+
+def replace_previous_results(training_args: TrainingArguments) -> None:
+    """With --overwrite_output_dir, the previous run's results go only now, after the data and the model passed
+    their checks: a run refused for a mistake (a column name, --max_length) leaves them in place. Main process
+    first, so that the others never see a half-cleared folder."""
+    from longtail.runs import replace_previous_run
+
+    with training_args.main_process_first(local=False, desc="output folder"):
+        if training_args.process_index == 0:
+            replace_previous_run(
+                training_args.output_dir, training_args.overwrite_output_dir, resuming_in_place(training_args)
+            )
 
 
 def long_tail_trainer(
