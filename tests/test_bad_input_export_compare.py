@@ -70,3 +70,37 @@ def test_export_into_the_model_folder_itself_is_refused(tiny_classifier):  # noq
         export.main(["--model_dir", tiny_classifier, "--output_dir", tiny_classifier, "--overwrite_output_dir",
                      "true"])  # fmt: skip
     assert sorted(p.name for p in Path(tiny_classifier).iterdir()) == before
+
+
+def test_an_earlier_export_and_a_gpu_onnxruntime_that_is_missing_are_one_line(
+    tiny_classifier,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    """Both were tracebacks from the script (a FileExistsError, a RuntimeError): one line now, status 2; they are
+    still a FileExistsError and a RuntimeError for callers that catch those."""
+    import onnxruntime as ort
+    from conftest import refused
+
+    from longtail.cli import run
+    from longtail.export import ExportExistsError
+    from longtail.inference import ExecutionProviderError
+
+    assert issubclass(ExportExistsError, FileExistsError) and issubclass(ExecutionProviderError, RuntimeError)
+    export = load_recipe("export_onnx")
+    out = tmp_path / "onnx"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["--model_dir", tiny_classifier, "--output_dir", str(out), "--parity_rows", "8"]
+    line = refused(lambda a: run(export.main, a), argv, capsys)
+    assert line.endswith(
+        f"error: {out} exists and is not empty: pass --overwrite_output_dir to replace the export"
+    )
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return  # this onnxruntime has CUDA
+    line = refused(
+        lambda a: run(export.main, a), [*argv[:3], str(tmp_path / "x"), "--device", "cuda"], capsys
+    )
+    assert "error: device 'cuda' asks for ONNX Runtime's CUDAExecutionProvider" in line
+    assert not (tmp_path / "x").exists()

@@ -46,6 +46,10 @@ class ExportError(UsageError, RuntimeError):
     PyTorch): one line from the recipe, as a UsageError; still a RuntimeError for callers that catch those."""
 
 
+class ExportExistsError(UsageError, FileExistsError):
+    """An earlier export in --output_dir, without --overwrite_output_dir: one line from the recipe."""
+
+
 @dataclass
 class ExportArguments:
     model_dir: str = field(
@@ -253,7 +257,7 @@ def export_onnx(args: ExportArguments) -> dict:
         )
     if out.is_dir() and any(out.iterdir()):
         if not args.overwrite_output_dir:
-            raise FileExistsError(
+            raise ExportExistsError(
                 f"{out} exists and is not empty: pass --overwrite_output_dir to replace the export"
             )
         for name in VARIANTS:

@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 ONNX_SUFFIX = ".onnx"
 
 
-class ExecutionProviderError(RuntimeError):
-    """ONNX Runtime would not run on the device that was asked for."""
+class ExecutionProviderError(UsageError, RuntimeError):
+    """ONNX Runtime would not run on the device that was asked for: one line from a script (a UsageError), still a
+    RuntimeError for callers that catch those."""
 
 
 def register_custom_models() -> None:
