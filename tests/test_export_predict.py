@@ -504,6 +504,18 @@ def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, c
             main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "x.csv"),
                   flag, "0"])  # fmt: skip
         assert exit_info.value.code == 2
+    # a device torch cannot use: once "Torch not compiled with CUDA enabled" or a device-string error from torch
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "d.csv"),
+              "--device", "gpu"])  # fmt: skip
+    assert exit_info.value.code == 2
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match=r"predict: error: --device cuda:0: CUDA is not available here"):
+            main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "d.csv"),
+                  "--device", "cuda:0"])  # fmt: skip
+    assert not (tmp_path / "d.csv").exists()
     # more label columns asked for than the model has classes: all of them, and a note saying so
     with caplog.at_level(logging.INFO, logger="longtail.predict"):
         main(
@@ -884,3 +896,25 @@ def test_scaling_builds_a_deeper_qwen2_than_its_base_config(tiny_qwen2, monkeypa
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[5, 6, 7]])).logits
     assert logits.shape == (1, 5)
+
+
+def test_torch_device_problem_names_each_case(monkeypatch):
+    import torch
+
+    from longtail.inference import torch_device_problem
+
+    assert torch_device_problem("cpu") is None
+    for bad in ("gpu", "cuda0", "CPU", "cuda:", "mps:0"):
+        assert torch_device_problem(bad) == f"--device must be cpu, cuda, cuda:N or mps (got {bad!r})"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert torch_device_problem("mps") == "--device mps: Apple's MPS is not available here (use --device cpu)"
+    assert torch_device_problem("cuda") == "--device cuda: CUDA is not available here (use --device cpu)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert torch_device_problem("cuda") is None and torch_device_problem("cuda:1") is None
+    assert torch_device_problem("cuda:7", here=False) is None  # the spelling only
+    assert (
+        torch_device_problem("cuda:2")
+        == "--device cuda:2: this machine has 2 CUDA device(s), numbered from 0"
+    )

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,6 +288,26 @@ class TorchBackend:
 
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+DEVICES = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def torch_device_problem(device: str, here: bool = True) -> str | None:
+    """Why PyTorch cannot run on `device` (cpu, cuda[:N], mps), in one line; None when it can (here=False: only
+    the spelling). Else the first tensor moved there fails inside torch ("Torch not compiled with CUDA enabled",
+    a device-string error)."""
+    if not DEVICES.fullmatch(device):
+        return f"--device must be cpu, cuda, cuda:N or mps (got {device!r})"
+    if not here:
+        return None
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "--device mps: Apple's MPS is not available here (use --device cpu)"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"--device {device}: CUDA is not available here (use --device cpu)"
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            return f"--device {device}: this machine has {count} CUDA device(s), numbered from 0"
+    return None
 
 
 def ort_provider(device: str) -> str:

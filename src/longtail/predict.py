@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from longtail.calibration import apply_temperature, load_temperature, log_probs
+from longtail.cli import UsageError
 from longtail.inference import (
     LONG_TEXT,
     OrtBackend,
@@ -41,6 +42,7 @@ from longtail.inference import (
     onnx_files,
     serving_defaults,
     text_windows,
+    torch_device_problem,
 )
 from longtail.metrics import softmax
 
@@ -100,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("input", "output"):
         if Path(getattr(args, name)).suffix.lower() not in (".csv", ".jsonl"):
             p.error(f"--{name} must be a .csv or .jsonl file, got {getattr(args, name)}")
+    if problem := torch_device_problem(args.device, here=False):  # whether it is here: by backend, later
+        p.error(problem)
     return args
 
 
@@ -136,6 +140,8 @@ def load_backend(args, folder: Path):
     if use_onnx:
         backend = OrtBackend(folder, file_name=args.onnx_file, device=args.device)
         return backend, load_tokenizer_dir(folder), backend.config.id2label, load_temperature(folder)
+    if problem := torch_device_problem(args.device):  # (ONNX Runtime checks its own provider)
+        raise UsageError(problem)
     model, tokenizer, resolved = load_model_dir(folder, device=args.device)
     # the temperature is fitted on the trained run: look in the given folder, then the resolved one
     temperature = (
