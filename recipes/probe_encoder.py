@@ -317,10 +317,9 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
     )
-    output_dir = (
-        prepare_output_dir(  # checked now, cleared (an overwrite) once data and model are checked too
-            args.output_dir, args.overwrite_output_dir, inputs=input_paths(data_args, model_args), clear=False
-        )
+    # checked now, cleared (an overwrite) once the data and the model are checked too
+    output_dir = prepare_output_dir(
+        args.output_dir, args.overwrite_output_dir, inputs=input_paths(data_args, model_args), clear=False
     )
     command = command_line("recipes/probe_encoder.py", argv)
     started = time.time()
