@@ -1,0 +1,193 @@
+"""The recipes' own helpers (functions defined in recipes/*.py), against values worked out by hand or with
+scikit-learn directly: fixed settings honoured, grid ties, vocabulary sizes, the vanilla arm's rows and labels."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_recipes import load_recipe
+
+from longtail.data import DataError
+from longtail.report import SplitResult, save_predictions
+
+# ---- distill.py ------------------------------------------------------------------------------
+
+
+def validation_data():
+    """Three validation rows (row ids 10, 11, 12; gold b, a, c) of a run labelled a, b, c."""
+    frame = pd.DataFrame({"row_id": [10, 11, 12], "label": ["b", "a", "c"], "label_id": [1, 0, 2]})
+    return SimpleNamespace(label_names=["a", "b", "c"], splits={"validation": frame})
+
+
+def save_vanilla(run_dir, y_true):
+    """A finished run's validation predictions: its labels in the order c, a, b and its rows as 12, 10, 11."""
+    run_dir.mkdir()
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]])
+    result = SplitResult("validation", np.array(y_true), probs, pd.Series(["x"] * 3), row_ids=[12, 10, 11])
+    save_predictions(run_dir, result, ["c", "a", "b"])
+    return str(run_dir)
+
+
+def test_vanilla_run_is_read_in_our_rows_and_label_order(tmp_path):
+    recipe = load_recipe("distill")
+    data = validation_data()
+    # gold of rows 12, 10, 11 (c, b, a) as the run's label ids (c=0, a=1, b=2)
+    run = save_vanilla(tmp_path / "vanilla", [0, 2, 1])
+    expected = np.array(
+        [  # rows 10, 11, 12; columns a, b, c
+            [0.3, 0.6, 0.1],
+            [0.5, 0.3, 0.2],
+            [0.2, 0.1, 0.7],
+        ]
+    )
+    np.testing.assert_allclose(recipe.vanilla_probs(run, data), expected, atol=1e-7)
+
+
+def test_vanilla_run_without_predictions_or_with_other_gold_labels_is_refused(tmp_path):
+    recipe = load_recipe("distill")
+    data = validation_data()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"--vanilla_run .*empty has no predictions_validation\.npz"):
+        recipe.vanilla_probs(str(tmp_path / "empty"), data)
+    # row 10 is gold b in our data; this run says a (its id 1)
+    run = save_vanilla(tmp_path / "other", [0, 1, 1])
+    with pytest.raises(DataError, match="its validation rows carry other gold labels"):
+        recipe.vanilla_probs(run, data)
+
+
+def comparison_text(in_sample: bool) -> str:
+    recipe = load_recipe("distill")
+    fit = {
+        "train": {"macro_f1": 0.9, "accuracy": 0.95},
+        "validation": {"macro_f1": 0.4, "accuracy": 0.5},
+        "in_sample": in_sample,
+    }
+    comparison = SimpleNamespace(y_true=np.zeros(7), markdown="TABLE")
+    args = SimpleNamespace(kd_alpha=0.7, kd_temperature=4.0)
+    return recipe.comparison_markdown(comparison, {"teacher": "T0", "fit": fit}, "from --vanilla_run", args)
+
+
+def test_comparison_markdown_warns_only_of_an_in_sample_teacher():
+    warned, plain = comparison_text(True), comparison_text(False)
+    head = "Teacher's arg-max on the student's rows: train macro-F1 0.900 (accuracy 0.950), validation 0.400 (0.500)"
+    assert head + ". Far higher on train: it was fit on those rows" in warned
+    assert head + ".\n" in plain and "Far higher on train" not in plain
+    assert "All rows: the validation scoring half (7 rows)." in plain
+    assert "Teacher: T0. Student trained with alpha=0.7, T=4.0 (KD)" in plain
+    assert "(from --vanilla_run)." in plain and "\nTABLE\n" in plain
+
+
+# ---- baseline_tfidf.py -----------------------------------------------------------------------
+
+
+def word_frames(n_train: int = 60, n_val: int = 30, noise: int = 3, seed: int = 0):
+    """Three classes, each with its own six words, plus shared filler words: (train, validation) frames."""
+    rng = np.random.default_rng(seed)
+
+    def frame(n):
+        y = np.arange(n) % 3
+        texts = [
+            " ".join(
+                [
+                    *rng.choice([f"c{k}w{j}" for j in range(6)], 3),
+                    *rng.choice([f"f{j}" for j in range(9)], noise),
+                ]
+            )
+            for k in y
+        ]
+        return pd.DataFrame({"text": texts, "label_id": y})
+
+    return frame(n_train), frame(n_val)
+
+
+def test_baseline_fixed_settings_are_the_ones_fit():
+    """Without --select_on_validation the one fit uses C, class_weight, sublinear_tf, max_features, ngram_max, tol
+    and max_iter as given: the same vocabulary, coefficients and validation score as scikit-learn by hand."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    recipe = load_recipe("baseline_tfidf")
+    train, validation = word_frames()
+    args = recipe.BaselineArguments(
+        C=3.0,
+        class_weight="balanced",
+        sublinear_tf=True,
+        max_features=30,
+        ngram_max=3,
+        tol=1e-6,
+        max_iter=500,
+    )
+    best, rows = recipe.fit_grid(args, train, validation)
+    vec = TfidfVectorizer(max_features=30, ngram_range=(1, 3), sublinear_tf=True, dtype=np.float32)
+    x_train = vec.fit_transform(train["text"])
+    by_hand = LogisticRegression(C=3.0, class_weight="balanced", tol=1e-6, max_iter=500, random_state=42)
+    by_hand.fit(x_train, train["label_id"])
+    assert len(vec.vocabulary_) == 30  # the cap binds (there are more 1-3-grams than that)
+    assert best.named_steps["tfidf"].vocabulary_ == vec.vocabulary_
+    np.testing.assert_array_equal(best.named_steps["tfidf"].idf_, vec.idf_)
+    logreg = best.named_steps["logreg"]
+    assert (logreg.C, logreg.class_weight, logreg.tol, logreg.max_iter) == (3.0, "balanced", 1e-6, 500)
+    np.testing.assert_allclose(logreg.coef_, by_hand.coef_, atol=1e-6)
+    pred = by_hand.predict(vec.transform(validation["text"]))
+    assert [{k: r[k] for k in ("C", "class_weight", "sublinear_tf")} for r in rows] == [
+        {"C": 3.0, "class_weight": "balanced", "sublinear_tf": True}
+    ]
+    assert rows[0]["val_macro_f1"] == pytest.approx(f1_score(validation["label_id"], pred, average="macro"))
+
+
+def test_baseline_grid_ties_keep_the_first_setting_in_grid_order():
+    """Every setting separates the classes (validation macro-F1 1.0 each): the grid runs raw tf before sublinear,
+    then C, then weighting, in the order given, and the first of the tied settings is kept."""
+    recipe = load_recipe("baseline_tfidf")
+    train, validation = word_frames(noise=0)
+    args = recipe.BaselineArguments(
+        select_on_validation=True, grid_C=[2.0, 0.5], grid_class_weight=["balanced", "none"], max_iter=200
+    )
+    best, rows = recipe.fit_grid(args, train, validation)
+    assert [(r["sublinear_tf"], r["C"], r["class_weight"]) for r in rows] == [
+        (False, 2.0, "balanced"),
+        (False, 2.0, "none"),
+        (False, 0.5, "balanced"),
+        (False, 0.5, "none"),
+        (True, 2.0, "balanced"),
+        (True, 2.0, "none"),
+        (True, 0.5, "balanced"),
+        (True, 0.5, "none"),
+    ]
+    assert [r["val_macro_f1"] for r in rows] == [1.0] * 8
+    logreg = best.named_steps["logreg"]
+    assert (logreg.C, logreg.class_weight, best.named_steps["tfidf"].sublinear_tf) == (2.0, "balanced", False)
+
+
+def test_baseline_character_block_has_its_own_vocabulary_cap():
+    recipe = load_recipe("baseline_tfidf")
+    train, validation = word_frames()
+    args = recipe.BaselineArguments(max_features=40, char_ngram_max=3, char_max_features=25, max_iter=200)
+    best, _ = recipe.fit_grid(args, train, validation)
+    words, chars = (step for _, step in best.named_steps["tfidf"].transformer_list)
+    assert len(chars.vocabulary_) == 25 and len(words.vocabulary_) == 40
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"C": 0.0}, r"C and grid_C must be positive numbers, got C=0.0"),
+        ({"grid_C": [1.0, 0.0]}, r"grid_C=\[1.0, 0.0\]"),
+        ({"char_ngram_max": -1}, r"char_ngram_max must be 0 \(off\) or at least 2, got -1"),
+        ({"class_weight": "balnced"}, r"class weighting must be 'none' or 'balanced', got \['balnced'\]"),
+    ],
+)
+def test_baseline_arguments_refuse_values_at_the_boundary(options, message):
+    recipe = load_recipe("baseline_tfidf")
+    with pytest.raises(ValueError, match=message):
+        recipe.BaselineArguments(**options)
+
+
+def test_baseline_grid_sublinear_tf_from_a_yaml_bool():
+    recipe = load_recipe("baseline_tfidf")
+    assert recipe.BaselineArguments(grid_sublinear_tf=True).grid_sublinear_tf == "true"
+    assert recipe.BaselineArguments(grid_sublinear_tf=False).grid_sublinear_tf == "false"
