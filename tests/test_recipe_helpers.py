@@ -191,3 +191,59 @@ def test_baseline_grid_sublinear_tf_from_a_yaml_bool():
     recipe = load_recipe("baseline_tfidf")
     assert recipe.BaselineArguments(grid_sublinear_tf=True).grid_sublinear_tf == "true"
     assert recipe.BaselineArguments(grid_sublinear_tf=False).grid_sublinear_tf == "false"
+
+
+# ---- probe_encoder.py ------------------------------------------------------------------------
+
+
+def blobs(centres, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(sizes)), sizes)
+    x = np.asarray(centres, dtype=float)[y] + rng.normal(size=(len(y), 2))
+    return x, y
+
+
+def softmax_rows(logits):
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("present", [[0, 1], [0, 2], [0, 2, 3]])
+def test_probe_head_puts_each_class_in_its_column(present):
+    """fit_head's (weight, bias) on raw features give scikit-learn's probabilities on standardised ones, in the
+    columns of the classes the fit saw, and a vanishing probability to a label it never saw. Two classes: the
+    solver keeps one coefficient row (the second class's logit minus the first's)."""
+    from sklearn.linear_model import LogisticRegression
+
+    recipe = load_recipe("probe_encoder")
+    centres = [[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]][: len(present)]
+    x, fit_y = blobs(centres, [40] * len(present))
+    y = np.asarray(present)[fit_y]  # the class ids the fit sees
+    args = recipe.ProbeArguments()
+    (weight, bias), _ = recipe.fit_head(args, {"C": 1.0, "class_weight": "none"}, x, y, num_labels=4)
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    by_hand = LogisticRegression(C=1.0, max_iter=1000, tol=1e-4, random_state=42).fit((x - mean) / scale, y)
+    probs = softmax_rows(x @ weight.T.astype(np.float64) + bias)
+    np.testing.assert_allclose(probs[:, present], by_hand.predict_proba((x - mean) / scale), atol=1e-5)
+    absent = [c for c in range(4) if c not in present]
+    assert probs[:, absent].max() < 1e-30
+
+
+def test_probe_grid_scores_a_two_class_task_as_scikit_learn_does():
+    """On two classes each grid row's validation scores are those of scikit-learn's own predictions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    recipe = load_recipe("probe_encoder")
+    x_train, y_train = blobs([[0.0, 0.0], [2.0, 0.0]], [50, 50])
+    x_val, y_val = blobs([[0.0, 0.0], [2.0, 0.0]], [20, 20], seed=1)
+    args = recipe.ProbeArguments(grid_C=[1.0], grid_class_weight=["none"])
+    _, rows, chosen = recipe.fit_grid(args, x_train, y_train, x_val, y_val, 2)
+    pred = (
+        LogisticRegression(C=1.0, max_iter=1000, tol=1e-4, random_state=42)
+        .fit(x_train, y_train)
+        .predict(x_val)
+    )
+    assert 0.7 < accuracy_score(y_val, pred) < 1.0  # overlapping blobs: a real score, not all one class
+    assert chosen["val_macro_f1"] == pytest.approx(f1_score(y_val, pred, average="macro"), abs=1e-12)
+    assert chosen["val_accuracy"] == pytest.approx(accuracy_score(y_val, pred), abs=1e-12)
