@@ -247,3 +247,35 @@ def test_probe_grid_scores_a_two_class_task_as_scikit_learn_does():
     assert 0.7 < accuracy_score(y_val, pred) < 1.0  # overlapping blobs: a real score, not all one class
     assert chosen["val_macro_f1"] == pytest.approx(f1_score(y_val, pred, average="macro"), abs=1e-12)
     assert chosen["val_accuracy"] == pytest.approx(accuracy_score(y_val, pred), abs=1e-12)
+
+
+def test_probe_head_classifier_weightings_by_hand():
+    """Counts 16 / 4 / 1: sqrt_inverse weights 1/4, 1/2, 1 over their mean 7/12, i.e. 3/7, 6/7, 12/7."""
+    recipe = load_recipe("probe_encoder")
+    args = recipe.ProbeArguments(max_iter=77, tol=1e-5, seed=3)
+    y = np.repeat([0, 1, 2], [16, 4, 1])
+    head = {w: recipe.head_classifier(args, 0.5, w, y, 3) for w in ("none", "balanced", "sqrt_inverse")}
+    assert head["none"].class_weight is None and head["balanced"].class_weight == "balanced"
+    assert head["sqrt_inverse"].class_weight == pytest.approx({0: 3 / 7, 1: 6 / 7, 2: 12 / 7})
+    for h in head.values():
+        assert (h.C, h.max_iter, h.tol, h.random_state) == (0.5, 77, 1e-5, 3)
+
+
+def test_probe_grid_ties_keep_the_first_setting_in_grid_order():
+    """Blobs far apart: every setting scores validation macro-F1 1.0; rows run C-major in the order given, and
+    the first setting is the one chosen (and returned)."""
+    recipe = load_recipe("probe_encoder")
+    centres = [[0.0, 0.0], [12.0, 0.0], [0.0, 12.0]]
+    (x_train, y_train), (x_val, y_val) = blobs(centres, [30, 30, 10]), blobs(centres, [10, 10, 10], seed=1)
+    args = recipe.ProbeArguments(grid_C=[1.0, 0.1], grid_class_weight=["sqrt_inverse", "none", "balanced"])
+    logreg, rows, chosen = recipe.fit_grid(args, x_train, y_train, x_val, y_val, 3)
+    assert [(r["C"], r["class_weight"]) for r in rows] == [
+        (1.0, "sqrt_inverse"),
+        (1.0, "none"),
+        (1.0, "balanced"),
+        (0.1, "sqrt_inverse"),
+        (0.1, "none"),
+        (0.1, "balanced"),
+    ]
+    assert [r["val_macro_f1"] for r in rows] == [1.0] * 6
+    assert chosen is rows[0] and logreg.C == 1.0 and isinstance(logreg.class_weight, dict)
