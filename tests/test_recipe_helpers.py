@@ -279,3 +279,56 @@ def test_probe_grid_ties_keep_the_first_setting_in_grid_order():
     ]
     assert [r["val_macro_f1"] for r in rows] == [1.0] * 6
     assert chosen is rows[0] and logreg.C == 1.0 and isinstance(logreg.class_weight, dict)
+
+
+def test_baseline_main_reports_the_chosen_setting_and_scores_test_only_when_asked(tmp_path, fast_bootstrap):
+    """main(): the report's C and sublinear tf are the best validation row's (here not the grid's first); without
+    --do_predict nothing of test is scored or written; in-sample train predictions (--predict_train_folds 0) are
+    the saved (refit) model's own."""
+    import json
+
+    import joblib
+    from conftest import REPO
+    from test_recipes import synthetic_files
+
+    from longtail.data import DataArguments, prepare_data
+    from longtail.report import load_predictions
+
+    recipe = load_recipe("baseline_tfidf")
+    train, test = synthetic_files(tmp_path)
+    args = [
+        "--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", train, "--test_file", test,
+        "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none", "--char_ngram_max", "0",
+        "--grid_C", "1.0", "10.0", "--n_jobs", "1", "--tol", "1e-4", "--predict_train", "true", "--predict_train_folds", "0",
+    ]  # fmt: skip
+    out = tmp_path / "out"
+    metrics = recipe.main([*args, "--output_dir", str(out)])
+    grid = json.loads((out / "run_config.json").read_text())["grid"]
+    scores = [r["val_macro_f1"] for r in grid]
+    best = grid[scores.index(max(scores))]
+    assert best is not grid[0], "the case needs a best row other than the first"
+    report = (out / "report.md").read_text()
+    assert f"| **C** | {best['C']} |" in report and f"| **sublinear_tf** | {best['sublinear_tf']} |" in report
+    assert (
+        f"| {best['C']} | balanced | {best['sublinear_tf']} | {best['val_macro_f1']:.4f} **(chosen)** |"
+        in report
+    )
+    assert list(metrics) == ["validation"] and "test scored once" not in report
+    assert not (out / "test_results.json").exists() and not (out / "predictions_test.npz").exists()
+
+    data = prepare_data(
+        DataArguments(
+            train_file=train,
+            test_file=test,
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+        )
+    )
+    saved = load_predictions(out / "predictions_train.npz")
+    rows = data.splits["train"].set_index("row_id").loc[saved["row_id"]]
+    expected = joblib.load(out / "model.joblib").predict_proba(rows["text"])
+    np.testing.assert_allclose(saved["probs"], expected, atol=1e-6)
+
+    metrics = recipe.main([*args, "--output_dir", str(tmp_path / "test"), "--do_predict"])
+    assert list(metrics) == ["validation", "test"] and (tmp_path / "test" / "predictions_test.npz").is_file()
+    assert "; test scored once at the end" in (tmp_path / "test" / "report.md").read_text()
