@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from test_export_predict import tiny_classifier  # noqa: F401  (a fixture)
 from test_recipes import load_recipe
 
 from longtail.data import DataError
@@ -332,3 +333,26 @@ def test_baseline_main_reports_the_chosen_setting_and_scores_test_only_when_aske
     metrics = recipe.main([*args, "--output_dir", str(tmp_path / "test"), "--do_predict"])
     assert list(metrics) == ["validation", "test"] and (tmp_path / "test" / "predictions_test.npz").is_file()
     assert "; test scored once at the end" in (tmp_path / "test" / "report.md").read_text()
+
+
+# ---- export_onnx.py --------------------------------------------------------------------------
+
+
+def test_export_main_prints_each_variants_parity_and_returns_the_record(tiny_classifier, tmp_path, capsys):  # noqa: F811
+    import json
+
+    export = load_recipe("export_onnx")
+    out = tmp_path / "onnx"
+    record = export.main(
+        ["--model_dir", tiny_classifier, "--output_dir", str(out), "--parity_rows", "8", "--optimize", "false",
+         "--quantize", "false"]
+    )  # fmt: skip
+    assert record == json.loads((out / "parity.json").read_text())
+    fp32 = record["variants"]["fp32"]
+    assert fp32["status"] == "ok" and fp32["argmax_agreement"] == 1.0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["fp32"] == {
+        "status": "ok",
+        "max_abs_logit_diff": pytest.approx(fp32["max_abs_logit_diff"]),
+        "argmax_agreement": 1.0,
+    }
