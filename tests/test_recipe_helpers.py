@@ -194,6 +194,38 @@ def test_baseline_grid_sublinear_tf_from_a_yaml_bool():
     assert recipe.BaselineArguments(grid_sublinear_tf=False).grid_sublinear_tf == "false"
 
 
+def test_baseline_cross_fitted_train_predictions_keep_each_class_in_its_column(tmp_path, fast_bootstrap):
+    """A class with one training row is missing from the fit of the fold that scores that row: its column there
+    is 0, and the classes that fit saw keep their own columns (the other rows' words name their class, so each is
+    predicted right)."""
+    from conftest import REPO
+
+    from longtail.report import load_predictions
+
+    rng = np.random.default_rng(0)
+    names = ["billing", "card", "debt"]
+    rows = [
+        (" ".join(rng.choice([f"{names[i % 3]}{j}" for j in range(5)], 4)), names[i % 3]) for i in range(90)
+    ]
+    frame = pd.DataFrame([*rows, ("aardvark zebra", "aardvark")], columns=["text", "Issue"])
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[:30].to_csv(tmp_path / "test.csv", index=False)
+    out = tmp_path / "out"
+    load_recipe("baseline_tfidf").main(
+        ["--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", str(tmp_path / "train.csv"),
+         "--test_file", str(tmp_path / "test.csv"), "--text_column", "text", "--label_taxonomy", "none",
+         "--min_class_count", "1", "--char_ngram_max", "0", "--grid_C", "10.0", "--grid_sublinear_tf", "false",
+         "--n_jobs", "1", "--tol", "1e-4", "--predict_train", "true", "--predict_train_folds", "2",
+         "--output_dir", str(out)]
+    )  # fmt: skip
+    saved = load_predictions(out / "predictions_train.npz")
+    assert list(saved["label_names"]) == ["aardvark", "billing", "card", "debt"]
+    rare = saved["y_true"] == 0
+    assert rare.sum() == 1 and saved["probs"][rare, 0] == 0.0  # a class the fold never saw: probability 0
+    np.testing.assert_allclose(saved["probs"].sum(1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(saved["probs"][~rare].argmax(1), saved["y_true"][~rare])
+
+
 # ---- probe_encoder.py ------------------------------------------------------------------------
 
 
