@@ -388,3 +388,73 @@ def test_export_main_prints_each_variants_parity_and_returns_the_record(tiny_cla
         "max_abs_logit_diff": pytest.approx(fp32["max_abs_logit_diff"]),
         "argmax_agreement": 1.0,
     }
+
+
+def test_probe_tau_note_words():
+    recipe = load_recipe("probe_encoder")
+    assert recipe.tau_note((0.0,)) == "; no post-hoc shift"
+    assert recipe.tau_note((0.5,)) == ", each with the fixed post-hoc tau 0.5"
+    assert recipe.tau_note((0.0, 0.25, 0.5, 0.75, 1.0)) == (
+        ", each at its best post-hoc tau (chosen with them, on validation)"
+    )
+
+
+def test_probe_main_standardises_on_train_and_shifts_by_the_train_prior(
+    tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """main() without --do_predict or the refit: test is neither embedded nor scored; validation probabilities are
+    scikit-learn's head fit on train features standardised by train's mean and std, minus tau * log(train prior);
+    the report names the tau. With C near 0 the head learns little but the fold's prior, so tau 1 cancels it: every
+    cross-fitted train prediction is close to uniform."""
+    import json
+
+    from sklearn.linear_model import LogisticRegression
+    from test_probe import probe_args
+    from test_recipes import synthetic_files
+
+    from longtail.data import DataArguments, prepare_data
+    from longtail.report import load_predictions
+
+    recipe = load_recipe("probe_encoder")
+    train, test = synthetic_files(tmp_path)
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    args = probe_args(tiny_modernbert, train, test, out, cache, "--long_text", "truncate", "--grid_C", "0.05",
+                      "--grid_class_weight", "none", "--posthoc_logit_adjustment", "0.5",
+                      "--refit_with_validation", "false", "--tol", "1e-10", "--max_iter", "10000")  # fmt: skip
+    args.remove("--do_predict")
+    metrics = recipe.main(args)
+    report = (out / "report.md").read_text()
+    assert list(metrics) == ["validation"] and not (out / "predictions_test.npz").exists()
+    assert "Embedding cache: train computed, validation computed\n" in report + "\n"
+    assert "| **posthoc_tau** | 0.5 |" in report
+
+    data = prepare_data(
+        DataArguments(
+            train_file=train,
+            test_file=test,
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+        )
+    )
+    cached = [np.load(p) for p in cache.glob("*.npy")]
+    assert len(cached) == 2  # train and validation only
+    x = {s: next(f for f in cached if len(f) == len(data.splits[s])) for s in ("train", "validation")}
+    y = data.splits["train"]["label_id"].to_numpy()
+    x64 = {s: f.astype(np.float64) for s, f in x.items()}
+    mean, std = x64["train"].mean(0), x64["train"].std(0)
+    head = LogisticRegression(C=0.05, max_iter=10000, tol=1e-10).fit((x64["train"] - mean) / std, y)
+    assert list(head.classes_) == list(range(len(data.label_names)))
+    prior = np.bincount(y) / len(y)
+    logits = head.decision_function((x64["validation"] - mean) / std) - 0.5 * np.log(prior)
+    saved = load_predictions(out / "predictions_validation.npz")
+    # measured: 8e-5 apart (the recipe's float32 solve stops nearer); standardised by validation's: 0.047
+    np.testing.assert_allclose(saved["probs"], softmax_rows(logits), atol=1e-3)
+
+    out = tmp_path / "prior"
+    args = [*args, "--output_dir", str(out), "--grid_C", "1e-6", "--posthoc_logit_adjustment", "1.0",
+            "--predict_train", "true", "--predict_train_folds", "3"]  # fmt: skip
+    recipe.main(args)
+    assert prior.max() / prior.min() > 20  # the train prior spans 26x
+    probs = load_predictions(out / "predictions_train.npz")["probs"]
+    assert probs.max() / probs.min() < 2  # measured: 1.4 (lbfgs stops short of the exact prior); tau 0: ~26x
+    assert json.loads((out / "run_config.json").read_text())["probe"]["posthoc_logit_adjustment"] == "1.0"
