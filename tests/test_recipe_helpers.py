@@ -458,3 +458,27 @@ def test_probe_main_standardises_on_train_and_shifts_by_the_train_prior(
     probs = load_predictions(out / "predictions_train.npz")["probs"]
     assert probs.max() / probs.min() < 2  # measured: 1.4 (lbfgs stops short of the exact prior); tau 0: ~26x
     assert json.loads((out / "run_config.json").read_text())["probe"]["posthoc_logit_adjustment"] == "1.0"
+
+
+def test_probe_grid_row_scores_are_at_the_chosen_tau_and_the_report_says_so():
+    """With tau chosen per setting, the row's validation accuracy (not only its macro-F1) is the shifted head's,
+    by hand from scikit-learn's logits; the grid section explains the shift and lists grid_C <= 0 as a mistake."""
+    from sklearn.linear_model import LogisticRegression
+    from test_probe import imbalanced_blobs
+
+    recipe = load_recipe("probe_encoder")
+    (x_train, y_train), (x_val, y_val) = imbalanced_blobs()
+    args = recipe.ProbeArguments(grid_C=[1.0], grid_class_weight=["none"], posthoc_logit_adjustment="auto")
+    _, rows, chosen = recipe.fit_grid(args, x_train, y_train, x_val, y_val, 3)
+    by_hand = LogisticRegression(C=1.0, max_iter=1000, tol=1e-4, random_state=42).fit(x_train, y_train)
+    logits = by_hand.decision_function(x_val)
+    shifted = logits - chosen["tau"] * np.log(np.array([300, 300, 12]) / 612)
+    assert chosen["tau"] > 0 and (shifted.argmax(1) != logits.argmax(1)).any()
+    assert chosen["val_accuracy"] == pytest.approx((shifted.argmax(1) == y_val).mean(), abs=1e-12)
+    section = recipe.grid_section(rows, chosen, "mean", {"train": True}, "truncate", 64, posthoc=True)
+    assert "Each setting's validation logits were also shifted by -tau * log(train class prior)" in section
+    assert "Embedding cache: train reused" in section
+    plain = recipe.grid_section(rows, chosen, "mean", {}, "truncate", 64)
+    assert "shifted by -tau" not in plain and "| tau |" not in plain
+    with pytest.raises(ValueError, match=r"grid_C must be positive numbers, got \[0.1, 0.0\]"):
+        recipe.ProbeArguments(grid_C=[0.1, 0.0])
