@@ -482,3 +482,27 @@ def test_probe_grid_row_scores_are_at_the_chosen_tau_and_the_report_says_so():
     assert "shifted by -tau" not in plain and "| tau |" not in plain
     with pytest.raises(ValueError, match=r"grid_C must be positive numbers, got \[0.1, 0.0\]"):
         recipe.ProbeArguments(grid_C=[0.1, 0.0])
+
+
+@pytest.mark.slow
+def test_distill_with_alpha_0_trains_the_vanilla_arm_again(
+    tiny_qwen2, tiny_modernbert, tmp_path, one_torch_thread, fast_bootstrap
+):
+    """kd_alpha 0 leaves the hard loss alone: the distilled student is then the vanilla arm (same seed, same
+    initial head, same batches), so their validation probabilities agree; a vanilla arm trained from another
+    start would not."""
+    from test_distill import _data, distill_args, save_teacher
+    from test_recipes import synthetic_files
+
+    from longtail.report import load_predictions
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test, max_train_samples=240)
+    teacher = save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names)
+    out = tmp_path / "run"
+    load_recipe("distill").main(
+        distill_args(tiny_modernbert, teacher, train, test, out, "--kd_alpha", "0", "--num_train_epochs", "1")
+    )
+    vanilla = load_predictions(out / "vanilla" / "predictions_validation.npz")["probs"]
+    distilled = load_predictions(out / "predictions_validation.npz")["probs"]
+    np.testing.assert_allclose(distilled, vanilla, atol=1e-6)
