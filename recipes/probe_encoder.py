@@ -226,8 +226,11 @@ def shifted_head(head: tuple[np.ndarray, np.ndarray], y: np.ndarray, tau: float)
 
 def full_head(logreg, classes: np.ndarray, num_labels: int, mean: np.ndarray, scale: np.ndarray):
     """(weight, bias) on RAW features for all `num_labels` classes: the standardisation folded in
-    (w/s, b - w.m/s). Classes the solver never saw (none here: every label has training rows) get -inf-ish bias."""
+    (w/s, b - w.m/s). Classes the solver never saw (a cross-fitting fold may miss a rare one) get -inf-ish bias.
+    Two classes: scikit-learn keeps one row, the second class's logit minus the first's; split it in halves."""
     coef, intercept = logreg.coef_.astype(np.float64), logreg.intercept_.astype(np.float64)
+    if len(classes) == 2:
+        coef, intercept = np.stack([-coef[0], coef[0]]) / 2, np.array([-intercept[0], intercept[0]]) / 2
     weight = np.zeros((num_labels, coef.shape[1]))
     bias = np.full(num_labels, -1e4)
     weight[classes] = coef / scale
