@@ -1623,3 +1623,77 @@ def test_lpft_starts_from_the_train_only_head_of_a_refit_probe(probe_run, tiny_m
     (tmp_path / "plain" / "selection_head.safetensors").unlink()
     plain = load_model(model_args, LPFTArguments(head_init_from=str(tmp_path / "plain")), labels, tokenizer)
     torch.testing.assert_close(plain.classifier.weight.data, saved["classifier.weight"])
+
+
+def test_embedding_cache_signature_hashes_exactly_the_first_mib_of_weight_files(tmp_path):
+    """The signature covers .safetensors, .json, .bin and .gguf files (not a folder named like one, nor other
+    files), each with its size and the SHA-256 of exactly its first MiB: bytes past 1 KiB count, past 1 MiB not."""
+    import hashlib
+
+    from longtail.probe import model_signature
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    mib = 1 << 20
+    weights = bytearray(b"\x00" * (mib + 10))
+    weights[5000] = 1  # inside the first MiB, past its first KiB
+    (folder / "model.safetensors").write_bytes(bytes(weights))
+    (folder / "pytorch_model.bin").write_bytes(b"bin")
+    (folder / "model.gguf").write_bytes(b"gguf")
+    (folder / "notes.txt").write_text("not a weight")
+    (folder / "sub.json").mkdir()
+    files = model_signature(str(folder))["files"]
+    assert files == {
+        "model.safetensors": [mib + 10, hashlib.sha256(bytes(weights[:mib])).hexdigest()],
+        "pytorch_model.bin": [3, hashlib.sha256(b"bin").hexdigest()],
+        "model.gguf": [4, hashlib.sha256(b"gguf").hexdigest()],
+    }
+
+
+def test_embedding_cache_with_the_wrong_number_of_rows_is_recomputed(
+    tiny_modernbert, tmp_path, one_torch_thread
+):
+    """A cache file under the right key but holding another number of rows (a damaged or foreign file) is not
+    reused: the features are computed again and the file replaced."""
+    from transformers import AutoModel
+
+    from longtail.probe import cached_embeddings, embedding_fingerprint
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    encoder = AutoModel.from_pretrained(tiny_modernbert)
+    stale = tmp_path / f"{embedding_fingerprint(tiny_modernbert, TEXTS, 32, 'mean')}.npy"
+    np.save(stale, np.ones((len(TEXTS) - 1, 32), dtype=np.float32))
+    features, _, reused = cached_embeddings(tmp_path, tiny_modernbert, encoder, tokenizer, TEXTS, 32, "mean")
+    assert not reused and features.shape == (len(TEXTS), 32) and not np.all(features == 1.0)
+    np.testing.assert_array_equal(np.load(stale), features)
+
+
+def test_frozen_body_is_never_unpickled(tiny_modernbert, tmp_path):
+    """A checkpoint with only pickled weights (pytorch_model.bin) is refused, not loaded (use_safetensors)."""
+    from transformers import AutoModel
+
+    from longtail.probe import load_frozen_body
+
+    AutoModel.from_pretrained(tiny_modernbert).save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert not (tmp_path / "pickled" / "model.safetensors").exists()
+    with pytest.raises(OSError, match="safetensors"):
+        load_frozen_body(str(tmp_path / "pickled"))
+
+
+def test_probe_card_quick_start_goes_before_the_versions_section(tmp_path):
+    from longtail.probe import add_usage_to_card
+
+    card = tmp_path / "README.md"
+    card.write_text("# Probe\n\nScores.\n\n## Versions\n\n- torch\n", "utf-8")
+    add_usage_to_card(card, "outputs/probe")
+    text = card.read_text("utf-8")
+    head, quick = "# Probe\n\nScores.\n\n## Quick start\n\n```python\n", "\n```\n\n## Versions\n\n- torch\n"
+    assert text.startswith(head) and text.endswith(quick) and text.count("## Quick start") == 1
+    assert 'clf = pipeline("text-classification", model="outputs/probe")' in text
+    assert "import longtail.probe  # registers model_type longtail_probe" in text
+    card.write_text("# Probe\n", "utf-8")  # no versions section: appended
+    add_usage_to_card(card, "p")
+    assert card.read_text("utf-8").startswith("# Probe\n## Quick start\n") and card.read_text(
+        "utf-8"
+    ).endswith("```\n")
