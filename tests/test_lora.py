@@ -641,3 +641,33 @@ def test_adapter_card_quick_start_names_the_base_and_the_adapter(tmp_path):
     card.write_text("# Run\n", "utf-8")
     _add_card_section(card, section)
     assert card.read_text("utf-8") == "# Run\n\n" + section
+
+
+def test_save_adapter_config_carries_no_quantization_settings(tmp_path):
+    """The run folder's config.json (labels, pad id) without the 4-bit settings: a reload or merge onto a
+    full-precision base must not read them; only the main process writes it."""
+    from transformers import BertConfig
+
+    from longtail.adapters import save_adapter
+
+    config = BertConfig(num_labels=3, pad_token_id=0)
+    config.quantization_config = {"load_in_4bit": True}
+    config._pre_quantization_dtype = torch.bfloat16
+
+    def trainer(folder, main):
+        base = SimpleNamespace(config=config)
+        model = SimpleNamespace(get_base_model=lambda: base)
+        return SimpleNamespace(save_model=lambda: None, args=SimpleNamespace(output_dir=str(folder)), model=model,
+                               is_world_process_zero=lambda: main)  # fmt: skip
+
+    assert save_adapter(trainer(tmp_path / "main", True)) == tmp_path / "main"
+    saved = json.loads((tmp_path / "main" / "config.json").read_text())
+    assert "quantization_config" not in saved and "_pre_quantization_dtype" not in saved
+    assert saved["pad_token_id"] == 0 and len(saved["id2label"]) == 3
+    assert config.quantization_config == {"load_in_4bit": True}  # the trained model's own config is untouched
+    save_adapter(trainer(tmp_path / "other", False))
+    assert not (tmp_path / "other").exists()
+
+
+def test_yaml_list_of_target_modules():
+    assert AdapterArguments(lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == "q_proj,v_proj"

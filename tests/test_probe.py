@@ -1697,3 +1697,12 @@ def test_probe_card_quick_start_goes_before_the_versions_section(tmp_path):
     assert card.read_text("utf-8").startswith("# Probe\n## Quick start\n") and card.read_text(
         "utf-8"
     ).endswith("```\n")
+
+
+def test_embedding_cache_key_separates_the_texts():
+    """["ab", "c"] and ["a", "bc"] are other texts (the same characters): other keys."""
+    from longtail.probe import embedding_fingerprint
+
+    assert embedding_fingerprint("org/m", ["ab", "c"], 32, "mean") != embedding_fingerprint(
+        "org/m", ["a", "bc"], 32, "mean"
+    )
