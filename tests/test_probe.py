@@ -1706,3 +1706,31 @@ def test_embedding_cache_key_separates_the_texts():
     assert embedding_fingerprint("org/m", ["ab", "c"], 32, "mean") != embedding_fingerprint(
         "org/m", ["a", "bc"], 32, "mean"
     )
+
+
+def test_load_probe_head_refuses_a_folder_that_is_not_a_probe(tmp_path):
+    """--head_init_from a fine-tuned classifier (model_type bert): refused by name, before any weight is read."""
+    from longtail.probe import load_probe_head
+
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_probe_head(tmp_path, ["a", "b"])
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "bert", "id2label": {"0": "a", "1": "b"}})
+    )
+    with pytest.raises(ValueError, match="model_type is 'bert', expected 'longtail_probe'"):
+        load_probe_head(tmp_path, ["a", "b"])
+
+
+def test_probe_config_carries_its_bodys_sizes():
+    """What tools read off any classifier's config: the bench's padding study its position table, its FLOPs
+    estimate the layers; a probe's are its body's (without them, a padding study on a probe fails)."""
+    from transformers import BertConfig
+
+    from longtail.probe import ProbeConfig
+
+    config = ProbeConfig(
+        BertConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=64)
+    )
+    assert (config.hidden_size, config.num_hidden_layers, config.max_position_embeddings) == (48, 3, 64)
+    again = ProbeConfig.from_dict(config.to_dict())
+    assert (again.hidden_size, again.num_hidden_layers, again.max_position_embeddings) == (48, 3, 64)
