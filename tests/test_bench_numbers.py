@@ -581,12 +581,14 @@ def test_train_memory_target_boundary(train_memory):
     """A step-only (and a whole-process) ratio of exactly 0.35 meets the target (an unknown step peak:
     test_bench_memory)."""
     met = [memory_result(train_memory, "lora", 2, 2, 4), memory_result(train_memory, "qlora", 1, 0.7, 1.4)]
+    met[0]["peak_bytes_runs"] = [4 * GIB]  # one run: no range
     ratios = train_memory.summarise(met)
     assert ratios["qlora_vs_lora_step_peak_bytes"] == 0.35 and ratios["qlora_vs_lora_peak_bytes"] == 0.35
     md = train_memory.markdown({"settings": {"architecture": "a", "num_labels": 2, "batch_size": 1, "seq_len": 1,
                                              "steps": 1, "repeats": 1}, "environment": {"device": "CPU"},
                                 "results": met, "ratios": ratios, "command": "c"})  # fmt: skip
     assert "**0.35x** training-step peak" in md and "target <= 0.35x: met); 0.35x whole-process peak" in md
+    assert "| **4.00** |" in md
     assert "(target: met)" in md
 
 
@@ -630,6 +632,8 @@ def test_train_memory_reports_the_median_run(train_memory, tmp_path, monkeypatch
         and report["environment"]["device"] == "CPU (2 cores)"
     )
     assert report["ratios"]["lora_vs_full_peak_bytes"] == 1.0
+    md = (out / "train_memory.md").read_text()  # the median run's peak, the range of the runs beside it
+    assert "| **4.00** (3.00–6.00) |" in md and "| **4.00** (3.00–5.00) |" in md
 
 
 def test_train_memory_worker_environment_and_result_line(train_memory, monkeypatch):
