@@ -397,6 +397,27 @@ def test_scaling_numbers_on_a_fixed_clock(scaling, tiny_modernbert, tmp_path, mo
     assert "tiny at batch 4 x 16: 5.0 GFLOP/s = 80% of the GEMM peak (target >= 80%: met)." in md
 
 
+def test_scaling_onnx_batch_defaults_to_the_mfu_batch(scaling, tiny_modernbert, tmp_path, monkeypatch):
+    """--onnx_batch_size, else --mfu_batch_size, else --batch_size (--mfu_batch_size 0)."""
+    import longtail.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "gemm_peak_gflops", lambda *a: {"gflops": 1.0})
+    monkeypatch.setattr(scaling, "measure", lambda *a: 0.5)
+    monkeypatch.setattr(scaling, "plot", lambda report, path: None)
+    rows = []
+    monkeypatch.setattr(
+        scaling, "onnx_check", lambda name, folder, model, tok, batch, *a: rows.append(len(batch.rows))
+    )
+    for extra in (
+        ["--mfu_batch_size", "4"],
+        ["--mfu_batch_size", "4", "--onnx_batch_size", "3"],
+        ["--mfu_batch_size", "0"],
+    ):
+        scaling.main(["--model_dirs", f"tiny={tiny_modernbert}", "--batch_size", "2", "--seq_len", "16", "--mfu_model", "",
+                      "--onnx_model", "tiny", "--overwrite", "--output_dir", str(tmp_path), *extra])  # fmt: skip
+    assert rows == [4, 3, 2]
+
+
 def test_scaling_onnx_section_picks_the_fastest_variant_that_was_not_rejected(scaling, monkeypatch):
     """PyTorch 0.4 s; ONNX fp32 0.5 s, optimised 0.25 s, int8 rejected by the export (not timed): the best is
     the optimised one, 0.4 / 0.25 = 1.6x PyTorch's speed."""
