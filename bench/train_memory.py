@@ -332,6 +332,11 @@ def _ratio(a, b) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+def _times(x) -> str:
+    """A ratio as the report writes it: 0.25x, or a dash when it could not be measured (never "Nonex")."""
+    return "—" if x is None else f"{x}x"
+
+
 def summarise(results: list[dict]) -> dict:
     """Ratios of the process peaks, of the step-only peaks, and of the peaks above the interpreter baseline."""
     by = {r["variant"]: r for r in results if "peak_bytes" in r}
@@ -387,20 +392,20 @@ def markdown(report: dict) -> str:
             return "—" if x is None else ("met" if x <= 0.35 else "NOT met")
 
         lines.append(
-            f"- QLoRA / LoRA: **{step}x** training-step peak (the CPU analogue of CUDA max_memory_allocated "
-            f"after loading; target <= 0.35x: {verdict(step)}); {q}x whole-process peak, loading included "
-            f"(target: {verdict(q)}); {ratios.get('qlora_vs_lora_peak_above_baseline_bytes')}x above baseline."
+            f"- QLoRA / LoRA: **{_times(step)}** training-step peak (the CPU analogue of CUDA max_memory_allocated "
+            f"after loading; target <= 0.35x: {verdict(step)}); {_times(q)} whole-process peak, loading included "
+            f"(target: {verdict(q)}); {_times(ratios.get('qlora_vs_lora_peak_above_baseline_bytes'))} above baseline."
         )
     if "qlora_vs_lora_gc_peak_bytes" in ratios:
         lines.append(
-            f"- QLoRA / LoRA with gradient checkpointing: {ratios['qlora_vs_lora_gc_peak_bytes']}x process peak; "
-            f"{ratios.get('qlora_vs_lora_gc_step_peak_bytes')}x step only (what the 4-bit base alone saves)."
+            f"- QLoRA / LoRA with gradient checkpointing: {_times(ratios['qlora_vs_lora_gc_peak_bytes'])} process peak; "
+            f"{_times(ratios.get('qlora_vs_lora_gc_step_peak_bytes'))} step only (what the 4-bit base alone saves)."
         )
     if "lora_vs_full_peak_bytes" in ratios:
         lines.append(
-            f"- LoRA / full fine-tuning: **{ratios['lora_vs_full_peak_bytes']}x** process peak; "
-            f"{ratios.get('lora_vs_full_step_peak_bytes')}x step only; "
-            f"{ratios.get('lora_vs_full_peak_above_baseline_bytes')}x above baseline."
+            f"- LoRA / full fine-tuning: **{_times(ratios['lora_vs_full_peak_bytes'])}** process peak; "
+            f"{_times(ratios.get('lora_vs_full_step_peak_bytes'))} step only; "
+            f"{_times(ratios.get('lora_vs_full_peak_above_baseline_bytes'))} above baseline."
         )
     lines += [
         "",

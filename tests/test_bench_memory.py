@@ -101,3 +101,29 @@ def test_two_variants_are_compared(train_memory):
     assert (
         "| LoRA r16 q/k/v/o + head | 10 (10.000 %) | 0.50 | 2.00 | 3.00 | **4.00** | 3.50 | — | 1.0 |" in md
     )
+
+
+def test_a_step_peak_not_measured_reads_as_a_dash(train_memory):
+    """Where the RSS high-water mark cannot be reset (/proc/self/clear_refs refused), the step-only peaks are
+    unknown: their ratios are None, never a division by None, and train_memory.md says a dash where it read
+    "**Nonex** training-step peak" and "Nonex step only"."""
+    gib = train_memory.GIB
+
+    def result(variant, peak):
+        return {"variant": variant, "description": train_memory.DESCRIPTIONS[variant], "measure": "peak RSS",
+                "trainable_params": 10, "total_params": 100, "trainable_share_pct": 10.0, "baseline_bytes": gib // 2,
+                "load_peak_bytes": 2 * gib, "step_peak_bytes": None, "peak_bytes": int(peak * gib), "load_s": 0.1,
+                "step_s": 0.1}  # fmt: skip
+
+    results = [result("full", 8), result("lora_gc", 2.8), result("lora", 4), result("qlora", 1.4)]
+    ratios = train_memory.summarise(results)
+    assert ratios["qlora_vs_lora_step_peak_bytes"] is None and ratios["qlora_vs_lora_peak_bytes"] == 0.35
+    settings = {"architecture": "a", "num_labels": 2, "batch_size": 1, "seq_len": 1, "steps": 1, "repeats": 1}
+    md = train_memory.markdown({"settings": settings, "environment": {"device": "CPU"}, "results": results,
+                                "ratios": ratios, "command": "c"})  # fmt: skip
+    assert (
+        "- QLoRA / LoRA: **—** training-step peak" in md and "target <= 0.35x: —); 0.35x whole-process" in md
+    )
+    assert "- QLoRA / LoRA with gradient checkpointing: 0.5x process peak; — step only" in md
+    assert "- LoRA / full fine-tuning: **0.5x** process peak; — step only; 0.467x above baseline." in md
+    assert "| 2.00 | — | **4.00** |" in md and "None" not in md

@@ -536,3 +536,138 @@ def test_lora_on_an_encoder(tiny_modernbert, tmp_path, fast_bootstrap):
 
     reloaded = load_adapter_classifier(out)
     assert logits(reloaded, AutoTokenizer.from_pretrained(out)).shape[-1] == len(reloaded.config.id2label)
+
+
+def test_adapter_info_rows_of_the_report(tiny_qwen2):
+    """The report's rows: LoRA settings and sorted targets; the head alone as trained in full (not peft's default
+    head names it appends); trainable parameters counted by hand on the tiny Qwen2 (hidden 32, k/v 16, 2 layers,
+    r 16, 5 labels); the quantization line spelled from its options."""
+    from longtail.adapters import QuantizationArguments, adapter_info
+
+    model, _ = tiny_classifier(tiny_qwen2)
+    base_total = sum(p.numel() for p in model.parameters())
+    lora = add_lora(model, AdapterArguments(lora_r=16, lora_alpha=32, lora_dropout=0.05))
+    trainable = 2 * 16 * ((32 + 32) + (32 + 16) + (32 + 16) + (32 + 32)) + 32 * len(LABELS)  # q k v o + score
+    total = base_total + trainable  # the LoRA matrices and the head's trained copy
+    info = adapter_info(lora)
+    assert info == {
+        "adapter": "LoRA r=16, alpha=32, dropout=0.05 on k_proj, o_proj, q_proj, v_proj",
+        "trained_in_full": "score (classification head, saved with the adapter)",
+        "trainable_params": f"{trainable:,} of {total:,} ({100 * trainable / total:.3f} %)",
+    }
+    quant = adapter_info(lora, QuantizationArguments(bnb_4bit_compute_dtype="bfloat16"))["quantization"]
+    assert quant == "base in 4-bit NF4, double quantisation, compute bfloat16; head in float32"
+    plain = QuantizationArguments(
+        bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=False, bnb_4bit_compute_dtype="float16"
+    )
+    assert adapter_info(lora, plain)["quantization"] == "base in 4-bit FP4, compute float16; head in float32"
+
+
+def test_hub_repo_ids_default_to_the_folder_name_and_merged_suffix():
+    from longtail.adapters import hub_repo_ids
+
+    def ids(hub_model_id=None, merged=None):
+        training = SimpleNamespace(hub_model_id=hub_model_id)
+        return hub_repo_ids("/runs/qwen-lora", training, AdapterArguments(hub_merged_model_id=merged))
+
+    assert ids() == ("qwen-lora", "qwen-lora-merged")
+    assert ids("me/adapter") == ("me/adapter", "me/adapter-merged")
+    assert ids("me/adapter", "me/full") == ("me/adapter", "me/full")
+    assert ids(merged="me/full") == ("qwen-lora", "me/full")
+
+
+def test_push_adapter_run_pushes_the_run_files_then_merged_only_when_asked(tmp_path, monkeypatch):
+    """The adapter repo gets the run folder's files (not checkpoints/ or merged/); the merged repo gets merged/
+    only with --push_merged and a merged folder; token and privacy go to both."""
+    import longtail.runs
+    from longtail.adapters import push_adapter_run
+
+    pushed = []
+
+    def push_folder(folder, repo_id, token, private):
+        pushed.append((repo_id, sorted(p.name for p in Path(folder).iterdir()), token, private))
+
+    monkeypatch.setattr(longtail.runs, "push_folder", push_folder)
+    out = tmp_path / "run"
+    (out / "checkpoint-10").mkdir(parents=True)
+    (out / "checkpoint-10" / "optimizer.pt").write_text("x")
+    (out / "merged").mkdir()
+    (out / "merged" / "model.safetensors").write_text("m")
+    for name in ("adapter_model.safetensors", "README.md"):
+        (out / name).write_text(name)
+    training = SimpleNamespace(hub_model_id="me/a", hub_token="tok", hub_private_repo=True)
+    push_adapter_run(out, training, AdapterArguments(push_merged=True), out / "merged")
+    assert pushed == [
+        ("me/a", ["README.md", "adapter_model.safetensors"], "tok", True),
+        ("me/a-merged", ["model.safetensors"], "tok", True),
+    ]
+    pushed.clear()
+    push_adapter_run(out, training, AdapterArguments(merge_adapter=True), out / "merged")  # not asked
+    push_adapter_run(out, training, AdapterArguments(push_merged=True), None)  # nothing merged
+    assert [p[0] for p in pushed] == ["me/a", "me/a"]
+
+
+def test_config_record_names_a_section_per_argument_class(tmp_path):
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from longtail.adapters import QuantizationArguments, config_record
+
+    adapter, quant = AdapterArguments(lora_r=4), QuantizationArguments()
+    training = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    record = config_record(adapter, quant, training)
+    assert list(record) == ["adapter", "quantization", "training"]
+    assert record["adapter"] == dataclasses.asdict(adapter) and record["adapter"]["lora_r"] == 4
+    assert record["quantization"] == dataclasses.asdict(quant) and record["training"] == training.to_dict()
+
+
+def test_adapter_card_quick_start_names_the_base_and_the_adapter(tmp_path):
+    from longtail.adapters import _add_card_section, usage_section
+
+    section = usage_section("Qwen/Qwen2.5-0.5B", "me/adapter", merged=False)
+    assert 'adapter = "me/adapter"' in section
+    assert (
+        'base = AutoModelForSequenceClassification.from_pretrained("Qwen/Qwen2.5-0.5B", config=config)'
+        in section
+    )
+    assert "merged/" not in section and section.endswith("```\n")
+    merged = usage_section("Qwen/Qwen2.5-0.5B", "me/adapter", merged=True)
+    assert merged.startswith(section) and 'model="<run folder>/merged"' in merged
+    card = tmp_path / "README.md"
+    card.write_text("# Run\n\n## Versions\n\n- peft\n", "utf-8")
+    _add_card_section(card, section)
+    assert card.read_text("utf-8") == "# Run\n\n" + section + "\n## Versions\n\n- peft\n"
+    card.write_text("# Run\n", "utf-8")
+    _add_card_section(card, section)
+    assert card.read_text("utf-8") == "# Run\n\n" + section
+
+
+def test_save_adapter_config_carries_no_quantization_settings(tmp_path):
+    """The run folder's config.json (labels, pad id) without the 4-bit settings: a reload or merge onto a
+    full-precision base must not read them; only the main process writes it."""
+    from transformers import BertConfig
+
+    from longtail.adapters import save_adapter
+
+    config = BertConfig(num_labels=3, pad_token_id=0)
+    config.quantization_config = {"load_in_4bit": True}
+    config._pre_quantization_dtype = torch.bfloat16
+
+    def trainer(folder, main):
+        base = SimpleNamespace(config=config)
+        model = SimpleNamespace(get_base_model=lambda: base)
+        return SimpleNamespace(save_model=lambda: None, args=SimpleNamespace(output_dir=str(folder)), model=model,
+                               is_world_process_zero=lambda: main)  # fmt: skip
+
+    assert save_adapter(trainer(tmp_path / "main", True)) == tmp_path / "main"
+    saved = json.loads((tmp_path / "main" / "config.json").read_text())
+    assert "quantization_config" not in saved and "_pre_quantization_dtype" not in saved
+    assert saved["pad_token_id"] == 0 and len(saved["id2label"]) == 3
+    assert config.quantization_config == {"load_in_4bit": True}  # the trained model's own config is untouched
+    save_adapter(trainer(tmp_path / "other", False))
+    assert not (tmp_path / "other").exists()
+
+
+def test_yaml_list_of_target_modules():
+    assert AdapterArguments(lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == "q_proj,v_proj"

@@ -1623,3 +1623,114 @@ def test_lpft_starts_from_the_train_only_head_of_a_refit_probe(probe_run, tiny_m
     (tmp_path / "plain" / "selection_head.safetensors").unlink()
     plain = load_model(model_args, LPFTArguments(head_init_from=str(tmp_path / "plain")), labels, tokenizer)
     torch.testing.assert_close(plain.classifier.weight.data, saved["classifier.weight"])
+
+
+def test_embedding_cache_signature_hashes_exactly_the_first_mib_of_weight_files(tmp_path):
+    """The signature covers .safetensors, .json, .bin and .gguf files (not a folder named like one, nor other
+    files), each with its size and the SHA-256 of exactly its first MiB: bytes past 1 KiB count, past 1 MiB not."""
+    import hashlib
+
+    from longtail.probe import model_signature
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    mib = 1 << 20
+    weights = bytearray(b"\x00" * (mib + 10))
+    weights[5000] = 1  # inside the first MiB, past its first KiB
+    (folder / "model.safetensors").write_bytes(bytes(weights))
+    (folder / "pytorch_model.bin").write_bytes(b"bin")
+    (folder / "model.gguf").write_bytes(b"gguf")
+    (folder / "notes.txt").write_text("not a weight")
+    (folder / "sub.json").mkdir()
+    files = model_signature(str(folder))["files"]
+    assert files == {
+        "model.safetensors": [mib + 10, hashlib.sha256(bytes(weights[:mib])).hexdigest()],
+        "pytorch_model.bin": [3, hashlib.sha256(b"bin").hexdigest()],
+        "model.gguf": [4, hashlib.sha256(b"gguf").hexdigest()],
+    }
+
+
+def test_embedding_cache_with_the_wrong_number_of_rows_is_recomputed(
+    tiny_modernbert, tmp_path, one_torch_thread
+):
+    """A cache file under the right key but holding another number of rows (a damaged or foreign file) is not
+    reused: the features are computed again and the file replaced."""
+    from transformers import AutoModel
+
+    from longtail.probe import cached_embeddings, embedding_fingerprint
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    encoder = AutoModel.from_pretrained(tiny_modernbert)
+    stale = tmp_path / f"{embedding_fingerprint(tiny_modernbert, TEXTS, 32, 'mean')}.npy"
+    np.save(stale, np.ones((len(TEXTS) - 1, 32), dtype=np.float32))
+    features, _, reused = cached_embeddings(tmp_path, tiny_modernbert, encoder, tokenizer, TEXTS, 32, "mean")
+    assert not reused and features.shape == (len(TEXTS), 32) and not np.all(features == 1.0)
+    np.testing.assert_array_equal(np.load(stale), features)
+
+
+def test_frozen_body_is_never_unpickled(tiny_modernbert, tmp_path):
+    """A checkpoint with only pickled weights (pytorch_model.bin) is refused, not loaded (use_safetensors)."""
+    from transformers import AutoModel
+
+    from longtail.probe import load_frozen_body
+
+    AutoModel.from_pretrained(tiny_modernbert).save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert not (tmp_path / "pickled" / "model.safetensors").exists()
+    with pytest.raises(OSError, match="safetensors"):
+        load_frozen_body(str(tmp_path / "pickled"))
+
+
+def test_probe_card_quick_start_goes_before_the_versions_section(tmp_path):
+    from longtail.probe import add_usage_to_card
+
+    card = tmp_path / "README.md"
+    card.write_text("# Probe\n\nScores.\n\n## Versions\n\n- torch\n", "utf-8")
+    add_usage_to_card(card, "outputs/probe")
+    text = card.read_text("utf-8")
+    head, quick = "# Probe\n\nScores.\n\n## Quick start\n\n```python\n", "\n```\n\n## Versions\n\n- torch\n"
+    assert text.startswith(head) and text.endswith(quick) and text.count("## Quick start") == 1
+    assert 'clf = pipeline("text-classification", model="outputs/probe")' in text
+    assert "import longtail.probe  # registers model_type longtail_probe" in text
+    card.write_text("# Probe\n", "utf-8")  # no versions section: appended
+    add_usage_to_card(card, "p")
+    assert card.read_text("utf-8").startswith("# Probe\n## Quick start\n") and card.read_text(
+        "utf-8"
+    ).endswith("```\n")
+
+
+def test_embedding_cache_key_separates_the_texts():
+    """["ab", "c"] and ["a", "bc"] are other texts (the same characters): other keys."""
+    from longtail.probe import embedding_fingerprint
+
+    assert embedding_fingerprint("org/m", ["ab", "c"], 32, "mean") != embedding_fingerprint(
+        "org/m", ["a", "bc"], 32, "mean"
+    )
+
+
+def test_load_probe_head_refuses_a_folder_that_is_not_a_probe(tmp_path):
+    """--head_init_from a fine-tuned classifier (model_type bert): refused by name, before any weight is read."""
+    from longtail.probe import load_probe_head
+
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_probe_head(tmp_path, ["a", "b"])
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "bert", "id2label": {"0": "a", "1": "b"}})
+    )
+    with pytest.raises(ValueError, match="model_type is 'bert', expected 'longtail_probe'"):
+        load_probe_head(tmp_path, ["a", "b"])
+
+
+def test_probe_config_carries_its_bodys_sizes():
+    """What tools read off any classifier's config: the bench's padding study its position table, its FLOPs
+    estimate the layers; a probe's are its body's (without them, a padding study on a probe fails)."""
+    from transformers import BertConfig
+
+    from longtail.probe import ProbeConfig
+
+    config = ProbeConfig(
+        BertConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=64)
+    )
+    assert (config.hidden_size, config.num_hidden_layers, config.max_position_embeddings) == (48, 3, 64)
+    again = ProbeConfig.from_dict(config.to_dict())
+    assert (again.hidden_size, again.num_hidden_layers, again.max_position_embeddings) == (48, 3, 64)

@@ -1,0 +1,700 @@
+"""The numbers the bench scripts report, on fixed timings: each script's arithmetic (ratios, medians, units,
+thresholds) and what reaches its .md/.json, with the clocks and the measurements replaced by known values, so
+every expected value is worked out by hand. Also the option boundaries each script accepts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, corpus, train_wordpiece
+
+MIB, GIB = 1024**2, 1024**3
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_numbers_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def inference():
+    return load("inference")
+
+
+@pytest.fixture(scope="module")
+def scaling():
+    return load("scaling")
+
+
+@pytest.fixture(scope="module")
+def kd_step():
+    return load("kd_step")
+
+
+@pytest.fixture(scope="module")
+def train_memory():
+    return load("train_memory")
+
+
+def error_line(parse, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_wordpiece(corpus(200), vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory, tokenizer, eval_csv):
+    """A 1-layer BERT classifier over eval_csv's issues with 40 positions and no run_config.json (so the bench
+    falls back to its own max_length, 128, capped by nothing here: check_max_length only checks what is asked)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    labels = sorted(pd.read_csv(eval_csv)["Issue"].unique())
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=40, pad_token_id=tokenizer.pad_token_id,
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("bert") / "clf"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+INFERENCE_AT_LEAST = {"max_rows": 1, "max_length": 1, "batch_size": 1, "latency_rows": 1, "repeats": 1,
+                      "warmup": 0, "gemm_size": 1, "threads": 1, "bootstrap_resamples": 2, "padding_rows": 1,
+                      "padding_max_length": 1}  # fmt: skip
+
+
+@pytest.mark.parametrize("name, least", INFERENCE_AT_LEAST.items())
+def test_inference_option_boundaries(inference, capsys, name, least):
+    """Each option's least value is accepted, one below it refused in one line naming both."""
+    assert getattr(inference.parse_args([f"--{name}", str(least)]), name) == least
+    line = error_line(inference.parse_args, [f"--{name}", str(least - 1)], capsys)
+    assert line.endswith(f"--{name} must be >= {least} (got {least - 1})")
+
+
+def test_inference_device_names(inference, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for device in ("cpu", "cuda", "cuda:1"):
+        assert inference.parse_args(["--device", device]).device == device
+    for device in ("cuda:", "cuda:x", "cuda1", "gpu"):
+        assert "--device must be cpu or cuda" in error_line(
+            inference.parse_args, ["--device", device], capsys
+        )
+
+
+def test_inference_output_dir_in_the_merged_model_is_refused(inference, tmp_path, capsys):
+    """An adapter run's merged/ is a model folder too (its onnx/ export is what `predict` serves)."""
+    model = tmp_path / "run"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    argv = ["--model_dir", str(model), "--output_dir", str(model / "merged"), "--overwrite"]
+    line = error_line(lambda a: inference.parse_args(a, check_paths=True), argv, capsys)
+    assert f"--output_dir {model / 'merged'} would write the bench's ungated ONNX export" in line
+    beside = inference.parse_args([*argv[:3], str(tmp_path / "bench")], check_paths=True)
+    assert beside.output_dir == str(tmp_path / "bench")
+
+
+def test_inference_evaluation_rows_count_each_drop_once(inference, tmp_path):
+    """5 rows: 2 without text (one of them with an unknown label too: counted as without text only), 1 with a
+    label the model never saw, 2 scored; --max_rows 1 keeps one of them."""
+    data = tmp_path / "rows.csv"
+    pd.DataFrame(
+        {"text": ["", "late fee", " ", "fraud", "closed"], "issue": ["A", "Z", "Z", "A", "B"]}
+    ).to_csv(data, index=False)
+    args = SimpleNamespace(data=str(data), text_column="text", label_column="issue", max_rows=2)
+    texts, labels, log = inference.evaluation_rows(args, {"A": 0, "B": 1})
+    assert texts == ["fraud", "closed"] and labels.tolist() == [0, 1]
+    assert log == {
+        "source": "rows.csv",
+        "rows": 5,
+        "dropped_empty_text": 2,
+        "dropped_unknown_label": 1,
+        "scored": 2,
+    }
+    texts, labels, log = inference.evaluation_rows(
+        SimpleNamespace(**{**vars(args), "max_rows": 1}), {"A": 0, "B": 1}
+    )
+    assert len(texts) == len(labels) == 1 and log["scored"] == 1 and texts[0] in ("fraud", "closed")
+
+
+def test_inference_bf16_needs_compute_capability_8(inference, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    assert (
+        inference.variant_available("pytorch_bf16", "cuda") == "bf16 is emulated below compute capability 8"
+    )
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    assert inference.variant_available("pytorch_bf16", "cuda") is None
+    assert inference.variant_available("pytorch_bf16", "cpu") == "needs a GPU"
+
+
+def test_inference_variant_measures_on_a_fixed_clock(inference, tokenizer, monkeypatch):
+    """8 rows, one batch pass of median 2.0 s (runs 1.8, 2.0, 2.6); 5 rows timed alone at 10, 20, 30, 40 and
+    100 ms: 250 ms/example, 4 rows/s, p50 30 ms, p95 40 + 0.8 x 60 = 88 ms (numpy's linear interpolation)."""
+    import longtail.benchmark as benchmark
+
+    class Backend:
+        def logits(self, batch):
+            return np.ones((len(batch.rows), 3), dtype=np.float32)
+
+    medians = iter([2.0, 0.010, 0.020, 0.030, 0.040, 0.100])
+    calls = []
+
+    def timed(fn, repeats, warmup, device):
+        calls.append((repeats, warmup))
+        fn()
+        median = next(medians)
+        return {"median_s": median, "runs_s": [1.8, 2.0, 2.6] if median == 2.0 else [median]}
+
+    monkeypatch.setattr(inference, "load_variant", lambda *a: (Backend(), tokenizer, 12345))
+    monkeypatch.setattr(benchmark, "timed", timed)
+    monkeypatch.setattr(benchmark, "gemm_peak_gflops", lambda *a: {"gflops": 50.0})
+    monkeypatch.setattr(benchmark, "reset_peak_memory", lambda device: None)
+    monkeypatch.setattr(benchmark, "peak_memory_bytes", lambda device: 7 * MIB)
+    texts = [" ".join(["late fee"] * i) for i in range(1, 9)]
+    spec = {"device": "cpu", "threads": 1, "model_dir": "m", "onnx_dir": "o", "texts": texts, "batch_size": 4,
+            "max_length": 32, "latency_rows": 5, "num_labels": 3, "gemm_size": 8, "repeats": 3, "warmup": 1}  # fmt: skip
+    result, logits = inference.measure_variant("pytorch_fp32", spec)
+    assert next(medians, None) is None and calls == [(3, 1)] * 6  # one batch pass, then each of the 5 rows
+    assert logits.shape == (8, 3)
+    assert result["ms_per_example_b32"] == pytest.approx(250.0) and result[
+        "throughput_rows_s"
+    ] == pytest.approx(4.0)
+    assert result["latency_b1_p50_ms"] == pytest.approx(30.0) and result[
+        "latency_b1_p95_ms"
+    ] == pytest.approx(88.0)
+    assert result["batch32_pass_s"] == 2.0 and result["batch32_runs_s"] == [1.8, 2.0, 2.6]
+    assert (result["size_bytes"], result["peak_memory_bytes"], result["gemm_gflops_at_run"]) == (
+        12345,
+        7 * MIB,
+        50.0,
+    )
+    assert result["memory_kind"] == "process peak RSS"
+
+
+def test_inference_in_process_reports_no_peak_memory(inference, monkeypatch, tmp_path):
+    """One process for every variant: its peak is not one variant's, so none is reported."""
+    monkeypatch.setattr(
+        inference, "measure_variant", lambda v, s: ({"peak_memory_bytes": 5 * MIB}, np.zeros(1))
+    )
+    result, _ = inference.run_variant("pytorch_fp32", {}, tmp_path, in_process=True)
+    assert result["peak_memory_bytes"] is None
+
+
+def test_inference_report_numbers_from_known_measurements(
+    inference, bert_dir, eval_csv, tmp_path, monkeypatch
+):
+    """Two variants with known timings and logits (fp32 right on every row, bf16 wrong on the first 4): speed-up,
+    model GFLOP/s (4 GFLOP per pass), share of the peak measured before each variant, MiB, the spread of the
+    repeats, agreement and accuracy, the max_length fallback (128), and the stability warning (spread 30 %,
+    peaks 40-100 GFLOP/s: drift 60 %, the larger of the two is the noise level)."""
+    import longtail.benchmark as benchmark
+
+    seen = {}
+    real_rows = inference.evaluation_rows
+
+    def evaluation_rows(args, label2id):
+        seen["texts"], seen["labels"], log = real_rows(args, label2id)
+        return seen["texts"], seen["labels"], log
+
+    measured = {
+        "pytorch_fp32": {"ms_per_example_b32": 10.0, "batch32_pass_s": 0.2, "batch32_runs_s": [0.2, 0.19, 0.25],
+                         "gemm_gflops_at_run": 50.0, "peak_memory_bytes": 3 * MIB, "size_bytes": 2 * MIB,
+                         "padded_to_real_tokens": 1.25},
+        "pytorch_bf16": {"ms_per_example_b32": 4.0, "batch32_pass_s": 0.08, "batch32_runs_s": [0.08, 0.08, 0.08],
+                         "gemm_gflops_at_run": 40.0, "peak_memory_bytes": None, "size_bytes": MIB,
+                         "padded_to_real_tokens": 1.5},
+    }  # fmt: skip
+
+    def run_variant(variant, spec, workdir, in_process):
+        assert spec["max_length"] == 128 and spec["texts"] == seen["texts"]
+        logits = np.eye(spec["num_labels"])[seen["labels"]] * 5.0
+        if variant == "pytorch_bf16":
+            logits[:4] = np.roll(logits[:4], 1, axis=1)  # another class on the first 4 rows
+        return {"variant": variant, **measured[variant]}, logits.astype(np.float32)
+
+    monkeypatch.setattr(inference, "evaluation_rows", evaluation_rows)
+    monkeypatch.setattr(inference, "variant_available", lambda v, d: None)
+    monkeypatch.setattr(inference, "run_variant", run_variant)
+    monkeypatch.setattr(benchmark, "gemm_peak_gflops", lambda *a: {"gflops": 100.0, "size": 8, "threads": 1})
+    monkeypatch.setattr(benchmark, "forward_flops", lambda *a: 4e9)
+    out = tmp_path / "bench"
+    report = inference.main(["--model_dir", str(bert_dir), "--data", str(eval_csv), "--output_dir", str(out),
+                             "--smoke", "--in_process", "--padding_data", "", "--max_rows", "20",
+                             "--variants", "pytorch_fp32", "pytorch_bf16"])  # fmt: skip
+    n = len(seen["labels"])
+    assert n == 20 and report["max_length"] == 128 and report["forward_gflops_all_rows"] == pytest.approx(4.0)
+    fp32, bf16 = report["results"]
+    assert fp32["speedup_vs_fp32"] == 1.0 and bf16["speedup_vs_fp32"] == pytest.approx(2.5)
+    assert fp32["model_gflops_per_s"] == pytest.approx(20.0) and bf16["model_gflops_per_s"] == pytest.approx(
+        50.0
+    )
+    assert fp32["gemm_peak_share"] == pytest.approx(0.4) and bf16["gemm_peak_share"] == pytest.approx(1.25)
+    assert fp32["peak_memory_mib"] == 3.0 and bf16["peak_memory_mib"] is None
+    assert (fp32["size_mib"], bf16["size_mib"]) == (2.0, 1.0)
+    assert (fp32["batch32_min_s"], fp32["batch32_max_s"]) == (0.19, 0.25)
+    assert fp32["batch32_spread"] == pytest.approx(0.3) and bf16["batch32_spread"] == 0.0
+    assert fp32["agreement_with_fp32"] == 1.0 and bf16["agreement_with_fp32"] == pytest.approx((n - 4) / n)
+    assert fp32["accuracy"] == 1.0 and bf16["accuracy"] == pytest.approx((n - 4) / n)
+    assert report["padded_to_real_tokens"] == 1.25
+    assert report["recommendation"].startswith("Recommended: **pytorch_fp32**")
+    stable = report["stability"]
+    assert stable["max_spread_variant"] == "pytorch_fp32" and stable["gemm_drift"] == pytest.approx(0.6)
+    assert (stable["gemm_gflops_min"], stable["gemm_gflops_max"]) == (40.0, 100.0)
+    assert (
+        "pytorch_fp32 spread 30% of their median, and the GEMM peak measured before each variant moved between "
+        "40.0 and 100.0 GFLOP/s (60%). Speed-ups, latencies and shares of the GEMM peak that differ by less than "
+        "about 60% are within noise" in stable["warning"]
+    )
+    md = (out / "results.md").read_text("utf-8")
+    assert "| pytorch_bf16 | 4.00 | – | 0% | – | – | 2.50x | 125% | – | 1.0 |" in md
+    assert json.loads((out / "results.json").read_text("utf-8"))["results"][1]["speedup_vs_fp32"] == 2.5
+
+
+def test_inference_stability_thresholds_are_exceeded_not_reached(inference):
+    """A spread of exactly 10 % and a drift of exactly 10 % (peaks 90 and 100) are not flagged; above, each is."""
+
+    def row(spread, peak):
+        return {"variant": "pytorch_fp32", "batch32_spread": spread, "gemm_gflops_at_run": peak}
+
+    assert inference.stability([row(0.10, 100.0)], 100.0)["unstable"] is False
+    assert inference.stability([row(0.0, 90.0)], 100.0)["unstable"] is False
+    assert inference.stability([row(0.11, 100.0)], 100.0)["unstable"] is True
+    assert inference.stability([row(0.0, 89.0)], 100.0)["unstable"] is True
+
+
+def test_inference_padding_study_on_a_fixed_clock(inference, bert_dir, tokenizer, tmp_path, monkeypatch):
+    """4 texts (one far past the 40 positions), --padding_rows 96, batches of 2, --padding_max_length 64 capped
+    at the model's 40 positions; passes of 3.0 s (fixed), 2.5 s (unsorted), 2.0 s (sorted): 1.5x, exactly the
+    target, which is met; a quarter of the texts truncated."""
+    import longtail.benchmark as benchmark
+    from longtail.inference import load_model_dir
+
+    texts = [
+        "late fee",
+        "the bank closed my account",
+        "fraud",
+        " ".join(["the bank charged a late fee"] * 30),
+    ]
+    data = tmp_path / "texts.csv"
+    pd.DataFrame({"narrative": texts}).to_csv(data, index=False)
+    passes = iter([3.0, 2.5, 2.0])
+    monkeypatch.setattr(benchmark, "timed", lambda fn, repeats, warmup, device: {"median_s": next(passes)})
+    args = inference.parse_args(["--padding_data", str(data), "--text_column", "narrative", "--padding_rows", "96",
+                                 "--padding_max_length", "64", "--batch_size", "2"])  # fmt: skip
+    model, _, _ = load_model_dir(bert_dir)
+    pad = inference.padding_study(args, model, tokenizer, "cpu")
+    lengths = [min(len(tokenizer(t)["input_ids"]), 40) for t in texts]
+    assert lengths[3] == 40 and max(lengths[:3]) < 40
+    assert pad["max_length"] == 40 and pad["rows"] == 4 and pad["batch_size"] == 2
+    assert pad["truncated_share"] == 0.25 and pad["real_length_mean"] == pytest.approx(np.mean(lengths))
+    assert pad["fixed_max_length"]["padded_to_real_tokens"] == pytest.approx(4 * 40 / sum(lengths))
+    ordered = sorted(lengths, reverse=True)  # sorted batches: each padded to its longest row
+    assert pad["dynamic_sorted"]["padded_to_real_tokens"] == pytest.approx(
+        2 * (ordered[0] + ordered[2]) / sum(lengths)
+    )
+    assert [pad[k]["throughput_rows_s"] for k in ("fixed_max_length", "dynamic_unsorted", "dynamic_sorted")] == [
+        pytest.approx(4 / 3.0), pytest.approx(4 / 2.5), pytest.approx(4 / 2.0)
+    ]  # fmt: skip
+    assert pad["speedup_sorted_vs_fixed"] == 1.5 and pad["speedup_sorted_vs_unsorted"] == pytest.approx(1.25)
+    report = {"model": "m", "machine_text": "m", "rows": {"scored": 1, "source": "s"}, "max_length": 40,
+              "padded_to_real_tokens": 1.0, "repeats": 1, "warmup": 0, "gemm": {"gflops": 1.0, "size": 8, "threads": 1},
+              "results": [], "skipped": {}, "recommendation": "", "padding": pad}  # fmt: skip
+    md = inference.markdown(report)
+    assert "## Padding at max_length 40 (4 real texts from texts.csv" in md and "25% truncated" in md
+    assert "Sorted dynamic padding vs fixed max_length: 1.50x throughput (target >= 1.5x: met)." in md
+
+
+# ------------------------------------------------------------------------------------------------ scaling
+
+SCALING_AT_LEAST = {"batch_size": 1, "seq_len": 1, "repeats": 1, "warmup": 0, "num_labels": 2, "gemm_size": 1,
+                    "mfu_batch_size": 0, "onnx_batch_size": 1, "threads": 1}  # fmt: skip
+
+
+@pytest.mark.parametrize("name, least", SCALING_AT_LEAST.items())
+def test_scaling_option_boundaries(scaling, capsys, name, least):
+    base = ["--shared_dir", "/nonexistent"]
+    assert getattr(scaling.parse_args([*base, f"--{name}", str(least)]), name) == least
+    line = error_line(scaling.parse_args, [*base, f"--{name}", str(least - 1)], capsys)
+    assert line.endswith(f"--{name} must be >= {least}, got {least - 1}")
+
+
+def test_scaling_mfu_batch_size_zero_is_a_section_not_run(scaling):
+    args = scaling.parse_args(["--shared_dir", "/nonexistent", "--mfu_batch_size", "0"])
+    assert args.not_run == {"mfu": "not run: --mfu_batch_size 0"}
+
+
+def test_scaling_real_inputs_with_exactly_the_batch(scaling):
+    """3 of 4 texts reach 16 tokens, a batch of 3: those three, cut to 16, no padding."""
+
+    def tokenizer(texts, truncation, max_length):
+        return {"input_ids": [list(range(len(t)))[:max_length] for t in texts]}
+
+    batch = scaling.real_inputs(tokenizer, ["a" * 20, "b" * 3, "c" * 16, "d" * 30], batch_size=3, seq_len=16)
+    assert batch.rows.tolist() == [0, 1, 2] and batch.inputs["input_ids"].tolist() == [list(range(16))] * 3
+    assert (
+        batch.inputs["attention_mask"].tolist() == [[1] * 16] * 3
+        and batch.inputs["input_ids"].dtype == np.int64
+    )
+
+
+def test_scaling_numbers_on_a_fixed_clock(scaling, tiny_modernbert, tmp_path, monkeypatch):
+    """Batch 2 x 16 timed at 0.5 s, the MFU batch of 4 at 0.8 s; 1 GFLOP per sequence; GEMM peaks of 100 (the
+    session), 10 (before the model) and 6.25 GFLOP/s (before the MFU batch): 250 ms/sequence, 4 GFLOP/s = 40 %
+    of the peak measured right before it; 5 GFLOP/s = 80 % at the large batch, which meets the 80 % target."""
+    import longtail.benchmark as benchmark
+
+    peaks = iter([100.0, 10.0, 6.25])
+    monkeypatch.setattr(benchmark, "gemm_peak_gflops", lambda *a: {"gflops": next(peaks)})
+    monkeypatch.setattr(benchmark, "forward_flops", lambda ne, config, lengths: 1e9 * len(lengths))
+    monkeypatch.setattr(
+        scaling, "measure", lambda model, batch, *a: {2: 0.5, 4: 0.8}[batch.inputs["input_ids"].shape[0]]
+    )
+    monkeypatch.setattr(scaling, "plot", lambda report, path: None)
+    report = scaling.main(["--model_dirs", f"tiny={tiny_modernbert}", "--batch_size", "2", "--seq_len", "16",
+                           "--mfu_model", "tiny", "--mfu_batch_size", "4", "--onnx_model", "",
+                           "--output_dir", str(tmp_path)])  # fmt: skip
+    [row] = report["results"]
+    assert (
+        row["ms_per_sequence"] == 250.0 and row["gflops_per_s"] == 4.0 and row["gemm_gflops_at_run"] == 10.0
+    )
+    assert row["gemm_peak_share"] == pytest.approx(0.4) and report["gemm"] == {"gflops": 100.0}
+    mfu = report["mfu"]
+    assert (mfu["batch"], mfu["median_s"], mfu["gflops_per_s"], mfu["gemm_gflops_at_run"]) == (
+        4,
+        0.8,
+        5.0,
+        6.25,
+    )
+    assert mfu["gemm_peak_share"] == 0.8
+    md = (tmp_path / "scaling.md").read_text("utf-8")
+    assert "| tiny | encoder |" in md and "| 2 x 16 | 250.0 | 4.0 | 40% |" in md
+    assert "tiny at batch 4 x 16: 5.0 GFLOP/s = 80% of the GEMM peak (target >= 80%: met)." in md
+
+
+def test_scaling_onnx_batch_defaults_to_the_mfu_batch(scaling, tiny_modernbert, tmp_path, monkeypatch):
+    """--onnx_batch_size, else --mfu_batch_size, else --batch_size (--mfu_batch_size 0)."""
+    import longtail.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "gemm_peak_gflops", lambda *a: {"gflops": 1.0})
+    monkeypatch.setattr(scaling, "measure", lambda *a: 0.5)
+    monkeypatch.setattr(scaling, "plot", lambda report, path: None)
+    rows = []
+    monkeypatch.setattr(
+        scaling, "onnx_check", lambda name, folder, model, tok, batch, *a: rows.append(len(batch.rows))
+    )
+    for extra in (
+        ["--mfu_batch_size", "4"],
+        ["--mfu_batch_size", "4", "--onnx_batch_size", "3"],
+        ["--mfu_batch_size", "0"],
+    ):
+        scaling.main(["--model_dirs", f"tiny={tiny_modernbert}", "--batch_size", "2", "--seq_len", "16", "--mfu_model", "",
+                      "--onnx_model", "tiny", "--overwrite", "--output_dir", str(tmp_path), *extra])  # fmt: skip
+    assert rows == [4, 3, 2]
+
+
+def test_scaling_onnx_section_picks_the_fastest_variant_that_was_not_rejected(scaling, monkeypatch):
+    """PyTorch 0.4 s; ONNX fp32 0.5 s, optimised 0.25 s, int8 rejected by the export (not timed): the best is
+    the optimised one, 0.4 / 0.25 = 1.6x PyTorch's speed."""
+    import longtail.benchmark as benchmark
+    import longtail.export
+    import longtail.inference
+    from longtail.inference import Batch
+
+    class Saved:
+        def save_pretrained(self, path):
+            path.mkdir(parents=True, exist_ok=True)
+
+    class Backend:
+        def __init__(self, folder, device):
+            self.variant = folder.name
+
+    record = {"variants": {"fp32": {"status": "ok", "max_abs_logit_diff": 1e-6},
+                           "optimized": {"status": "ok", "max_abs_logit_diff": 2e-6},
+                           "int8": {"status": "rejected", "reason": "agreement"}}}  # fmt: skip
+    monkeypatch.setattr(longtail.export, "export_onnx", lambda export_args: record)
+    monkeypatch.setattr(longtail.inference, "OrtBackend", Backend)
+    timings = {"fp32": 0.5, "optimized": 0.25}
+    monkeypatch.setattr(
+        benchmark,
+        "timed",
+        lambda fn, repeats, warmup, device: {"median_s": timings[fn.__defaults__[0].variant]},
+    )
+    monkeypatch.setattr(scaling, "measure", lambda *a: 0.4)
+    batch = Batch(np.arange(4), {"input_ids": np.ones((4, 16), np.int64), "attention_mask": np.ones((4, 16))})
+    args = SimpleNamespace(repeats=1, warmup=0)
+    onnx = scaling.onnx_check("m", "folder", Saved(), Saved(), batch, args, "cpu", {})
+    assert onnx == {"model": "m", "batch": [4, 16], "pytorch_s": 0.4, "onnx_fp32_s": 0.5,
+                    "onnx_fp32_max_abs_logit_diff": 1e-6, "onnx_optimized_s": 0.25,
+                    "onnx_optimized_max_abs_logit_diff": 2e-6, "best_onnx": "onnx_optimized",
+                    "best_onnx_vs_pytorch": 1.6}  # fmt: skip
+    report = {"machine_text": "m", "gemm": {"gflops": 1.0}, "repeats": 1, "warmup": 0, "results": [], "claims": {},
+              "mfu": None, "onnx": {**onnx, "best_onnx_vs_pytorch": 1.0}}  # fmt: skip
+    assert (
+        "ONNX on m at batch 4 x 16: pytorch 0.40 s, onnx_fp32 0.50 s, onnx_optimized 0.25 s; best ONNX "
+        "(onnx_optimized) = 1.00x PyTorch's speed (target >= 1.0: met)." in scaling.markdown(report)
+    )
+
+
+# ------------------------------------------------------------------------------------------------ kd_step
+
+
+def base_model(path, config=None):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(
+        json.dumps(config or {"model_type": "bert", "architectures": ["BertModel"]})
+    )
+    return path
+
+
+def test_kd_step_option_boundaries_are_accepted(kd_step, tmp_path):
+    model = base_model(tmp_path / "model")
+    for extra in (["--alpha", "0"], ["--alpha", "1"], ["--temperature", "0.001"]):
+        kd_step.parse_args(["--model_dir", str(model), *extra])
+    args = kd_step.parse_args(["--model_dir", str(model), "--warmup", "0", "--rounds", "1", "--batch_size", "1",
+                               "--seq_len", "1", "--num_labels", "2"])  # fmt: skip
+    assert (args.warmup, args.rounds, args.batch_size, args.seq_len, args.num_labels) == (0, 1, 1, 1, 2)
+
+
+def test_kd_step_labels_only_from_a_sequence_classifier(kd_step, tmp_path):
+    """A base model's config may carry id2label (from its pretraining task): only a *ForSequenceClassification
+    head's labels are the model's own."""
+    labels = {str(i): f"x{i}" for i in range(3)}
+    assert kd_step.classifier_labels(base_model(tmp_path / "clf", {"architectures": ["BertForSequenceClassification"],
+                                                                   "id2label": labels})) == 3  # fmt: skip
+    assert (
+        kd_step.classifier_labels(
+            base_model(tmp_path / "base", {"architectures": ["BertModel"], "id2label": labels})
+        )
+        is None
+    )
+    assert (
+        kd_step.classifier_labels(base_model(tmp_path / "none", {"architectures": None, "id2label": labels}))
+        is None
+    )
+    assert (
+        kd_step.classifier_labels(
+            base_model(tmp_path / "nolabels", {"architectures": ["BertForSequenceClassification"]})
+        )
+        is None
+    )
+    assert kd_step.classifier_labels(tmp_path / "absent") is None
+
+
+def test_kd_step_ratio_of_medians_on_a_fixed_clock(kd_step, tmp_path, monkeypatch):
+    """1 warm-up step of each kind (untimed: 9.9 s), then 3 rounds alternating CE first, KD first, CE first. CE
+    2.5, 1.0, 4.0 s (median 2.5); KD 2.75, 5.0, 2.0 s (median 2.75): KD / CE = 1.1, exactly the target, met."""
+
+    class Model:
+        def train(self):
+            pass
+
+    times = {"ce": iter([9.9, 2.5, 1.0, 4.0]), "kd": iter([9.9, 2.75, 5.0, 2.0])}
+    order = []
+
+    def timed_step(trainer, model, batch, optimizer):
+        order.append(trainer)
+        assert batch == {"ce": "batch", "kd": "kd_batch"}[trainer]
+        return next(times[trainer])
+
+    monkeypatch.setattr(kd_step, "build", lambda args: (Model(), "ce", "kd", "batch", "kd_batch", None))
+    monkeypatch.setattr(kd_step, "timed_step", timed_step)
+    monkeypatch.setattr(kd_step, "environment", lambda: {"cpu": "test"})
+    model = base_model(tmp_path / "minilm" / "model")
+    argv = ["--model_dir", str(model), "--warmup", "1", "--rounds", "3", "--temperature", "2", "--alpha", "0.5",
+            "--batch_size", "4", "--seq_len", "8", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert kd_step.main(argv) == 0
+    assert order == ["ce", "kd", "ce", "kd", "kd", "ce", "ce", "kd"]
+    report = json.loads((tmp_path / "out" / "kd_step.json").read_text("utf-8"))
+    assert report["model"] == "minilm" and report["num_labels"] == 113
+    assert report["ce_step_s"] == {"median": 2.5, "min": 1.0, "max": 4.0}
+    assert report["kd_step_s"] == {"median": 2.75, "min": 2.0, "max": 5.0}
+    assert report["kd_over_ce"] == 1.1 and report["meets_target"] is True and report["target"] == 1.1
+    md = (tmp_path / "out" / "kd_step.md").read_text("utf-8")
+    assert (
+        "| CE | 2.5000 | 1.0000 | 4.0000 |" in md
+        and "| KD (T=2, alpha=0.5) | 2.7500 | 2.0000 | 5.0000 |" in md
+    )
+    assert "**KD / CE = 1.100** (target <= 1.1: met)." in md
+    assert "Student minilm, batch 4 x 8 tokens, 113 labels; 3 alternating rounds after 1 warm-up steps" in md
+
+
+# ------------------------------------------------------------------------------------------- train_memory
+
+TRAIN_MEMORY_AT_LEAST = {"batch_size": 1, "seq_len": 1, "num_labels": 2, "steps": 1, "repeats": 1, "timeout": 1,
+                         "malloc_mmap_threshold": 0}  # fmt: skip
+
+
+@pytest.mark.parametrize("name, least", TRAIN_MEMORY_AT_LEAST.items())
+def test_train_memory_option_boundaries(train_memory, tmp_path, capsys, name, least):
+    base = ["--shared_dir", str(tmp_path / "absent")]
+    assert getattr(train_memory.parse_args([*base, f"--{name}", str(least)]), name) == least
+    line = error_line(train_memory.parse_args, [*base, f"--{name}", str(least - 1)], capsys)
+    assert line.endswith(f"--{name} must be >= {least}, got {least - 1}")
+
+
+def memory_result(train_memory, variant, load, step, peak, baseline=0.5):
+    return {"variant": variant, "description": train_memory.DESCRIPTIONS[variant], "measure": "peak RSS",
+            "trainable_params": 10, "total_params": 100, "trainable_share_pct": 10.0,
+            "baseline_bytes": int(baseline * GIB), "load_peak_bytes": int(load * GIB),
+            "step_peak_bytes": None if step is None else int(step * GIB), "peak_bytes": int(peak * GIB),
+            "load_s": 0.1, "step_s": 0.1}  # fmt: skip
+
+
+def test_train_memory_ratios_of_all_four_variants(train_memory):
+    """GiB (baseline 0.5 each): full step 6, peak 6; LoRA step 3, peak 4; LoRA + GC step 2, peak 3; QLoRA step
+    0.75, peak 1.5. Each ratio by hand, rounded to 3 decimals."""
+    results = [memory_result(train_memory, "full", 3, 6, 6), memory_result(train_memory, "lora", 2, 3, 4),
+               memory_result(train_memory, "lora_gc", 2, 2, 3), memory_result(train_memory, "qlora", 1.5, 0.75, 1.5)]  # fmt: skip
+    ratios = train_memory.summarise(results)
+    assert ratios == {
+        "qlora_vs_lora_peak_bytes": 0.375, "lora_vs_full_peak_bytes": 0.667, "qlora_vs_full_peak_bytes": 0.25,
+        "qlora_vs_lora_gc_peak_bytes": 0.5,
+        "qlora_vs_lora_step_peak_bytes": 0.25, "lora_vs_full_step_peak_bytes": 0.5,
+        "qlora_vs_full_step_peak_bytes": 0.125, "qlora_vs_lora_gc_step_peak_bytes": 0.375,
+        "qlora_vs_lora_peak_above_baseline_bytes": 0.286, "lora_vs_full_peak_above_baseline_bytes": 0.636,
+        "qlora_vs_full_peak_above_baseline_bytes": 0.182, "qlora_vs_lora_gc_peak_above_baseline_bytes": 0.4,
+    }  # fmt: skip
+    assert [r["peak_above_baseline_bytes"] for r in results] == [
+        int(5.5 * GIB),
+        int(3.5 * GIB),
+        int(2.5 * GIB),
+        GIB,
+    ]
+    settings = {"architecture": "tiny (qwen2)", "num_labels": 2, "batch_size": 2, "seq_len": 16, "steps": 1,
+                "repeats": 1, "malloc_mmap_threshold": 65536}  # fmt: skip
+    md = train_memory.markdown({"settings": settings, "environment": {"device": "CPU"}, "results": results,
+                                "ratios": ratios, "command": "c"})  # fmt: skip
+    assert (
+        "| LoRA r16 q/k/v/o + head | 10 (10.000 %) | 0.50 | 2.00 | 3.00 | **4.00** | 3.50 | 0.667 | 1.0 |"
+        in md
+    )
+    assert "- QLoRA / LoRA with gradient checkpointing: 0.5x process peak; 0.375x step only" in md
+    assert "- LoRA / full fine-tuning: **0.667x** process peak; 0.5x step only; 0.636x above baseline." in md
+
+
+def test_train_memory_target_boundary(train_memory):
+    """A step-only (and a whole-process) ratio of exactly 0.35 meets the target (an unknown step peak:
+    test_bench_memory)."""
+    met = [memory_result(train_memory, "lora", 2, 2, 4), memory_result(train_memory, "qlora", 1, 0.7, 1.4)]
+    met[0]["peak_bytes_runs"] = [4 * GIB]  # one run: no range
+    ratios = train_memory.summarise(met)
+    assert ratios["qlora_vs_lora_step_peak_bytes"] == 0.35 and ratios["qlora_vs_lora_peak_bytes"] == 0.35
+    md = train_memory.markdown({"settings": {"architecture": "a", "num_labels": 2, "batch_size": 1, "seq_len": 1,
+                                             "steps": 1, "repeats": 1}, "environment": {"device": "CPU"},
+                                "results": met, "ratios": ratios, "command": "c"})  # fmt: skip
+    assert "**0.35x** training-step peak" in md and "target <= 0.35x: met); 0.35x whole-process peak" in md
+    assert "| **4.00** |" in md
+    assert "(target: met)" in md
+
+
+def test_train_memory_reports_the_median_run(train_memory, tmp_path, monkeypatch):
+    """--repeats 4: LoRA's runs peak at 5, 3, 4 and 6 GiB, the median run shown is the lower middle one (4);
+    full's 4 runs have one failure: of 5, 3 and 4 the middle (4). The workers get the mmap threshold; with 0,
+    the report says glibc's default."""
+    peaks = {"lora": iter([5, 3, 4, 6]), "full": iter([5, None, 3, 4])}
+    calls = []
+
+    def run_worker(variant, checkpoint, common, timeout, malloc_mmap_threshold):
+        calls.append((variant, malloc_mmap_threshold, timeout))
+        peak = next(peaks[variant])
+        if peak is None:
+            return {"variant": variant, "error": "failed (exit 1): boom"}
+        return {
+            **memory_result(train_memory, variant, 1, peak - 0.5, peak),
+            "run": peak,
+            "device": "CPU (2 cores)",
+        }
+
+    monkeypatch.setattr(
+        train_memory, "_subprocess", lambda argv, timeout, *a: subprocess.CompletedProcess(argv, 0, "", "")
+    )
+    monkeypatch.setattr(train_memory, "run_worker", run_worker)
+    monkeypatch.setattr(train_memory, "environment", lambda: {"cpu": "test"})
+    model = base_model(tmp_path / "model", {"model_type": "qwen2"})
+    out = tmp_path / "out"
+    argv = ["--model_dir", str(model), "--output_dir", str(out), "--variants", "lora", "full", "--repeats", "4",
+            "--malloc_mmap_threshold", "0", "--timeout", "7"]  # fmt: skip
+    assert train_memory.main(argv) == 0
+    assert calls == [("lora", 0, 7)] * 4 + [("full", 0, 7)] * 4
+    report = json.loads((out / "train_memory.json").read_text())
+    lora, full = report["results"]
+    assert lora["run"] == 4 and lora["peak_bytes_runs"] == [3 * GIB, 4 * GIB, 5 * GIB, 6 * GIB]
+    assert lora["step_peak_bytes_runs"] == [int(2.5 * GIB), int(3.5 * GIB), int(4.5 * GIB), int(5.5 * GIB)]
+    assert full["run"] == 4 and full["peak_bytes_runs"] == [3 * GIB, 4 * GIB, 5 * GIB]
+    assert report["settings"]["malloc_mmap_threshold"] == "glibc default (dynamic)"
+    assert (
+        report["settings"]["architecture"] == "model (qwen2)"
+        and report["environment"]["device"] == "CPU (2 cores)"
+    )
+    assert report["ratios"]["lora_vs_full_peak_bytes"] == 1.0
+    md = (out / "train_memory.md").read_text()  # the median run's peak, the range of the runs beside it
+    assert "| **4.00** (3.00–6.00) |" in md and "| **4.00** (3.00–5.00) |" in md
+
+
+def test_train_memory_worker_environment_and_result_line(train_memory, monkeypatch):
+    """The worker's MALLOC_MMAP_THRESHOLD_ is set only for a threshold above 0; its last RESULT line is the
+    result; a failure or a timeout is an error entry with its reason."""
+    envs = []
+
+    def run(argv, capture_output, text, env, timeout):
+        envs.append(env)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(train_memory.subprocess, "run", run)
+    train_memory._subprocess(["x"], 5, 0)
+    train_memory._subprocess(["x"], 5, 65536)
+    assert "MALLOC_MMAP_THRESHOLD_" not in envs[0] and envs[1]["MALLOC_MMAP_THRESHOLD_"] == "65536"
+    assert envs[1]["HF_HUB_OFFLINE"] == "1"
+
+    def answer(returncode, stdout, stderr=""):
+        monkeypatch.setattr(
+            train_memory,
+            "_subprocess",
+            lambda argv, timeout, *a: subprocess.CompletedProcess(argv, returncode, stdout, stderr),
+        )
+        return train_memory.run_worker("lora", "ckpt", [], 5, 0)
+
+    lines = (
+        'loading\nRESULT {"variant": "lora", "peak_bytes": 1}\nRESULT {"variant": "lora", "peak_bytes": 2}\n'
+    )
+    assert answer(0, lines) == {"variant": "lora", "peak_bytes": 2}
+    assert answer(1, lines, "Traceback\nMemoryError: boom") == {
+        "variant": "lora",
+        "error": "failed (exit 1): MemoryError: boom",
+    }
+    assert answer(0, "no result\n") == {"variant": "lora", "error": "failed (exit 0): no result"}
+
+    def timeout(argv, timeout, *a):
+        raise subprocess.TimeoutExpired(argv, timeout)
+
+    monkeypatch.setattr(train_memory, "_subprocess", timeout)
+    assert train_memory.run_worker("lora", "ckpt", [], 5, 0) == {
+        "variant": "lora",
+        "error": "timed out after 5 s",
+    }
