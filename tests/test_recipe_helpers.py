@@ -506,3 +506,26 @@ def test_distill_with_alpha_0_trains_the_vanilla_arm_again(
     vanilla = load_predictions(out / "vanilla" / "predictions_validation.npz")["probs"]
     distilled = load_predictions(out / "predictions_validation.npz")["probs"]
     np.testing.assert_allclose(distilled, vanilla, atol=1e-6)
+    assert "| **vanilla_arm** | trained in this run, `vanilla/` |" in (out / "report.md").read_text()
+
+
+# ---- lora_decoder.py -------------------------------------------------------------------------
+
+
+def test_lora_recipe_refuses_a_head_that_pools_the_wrong_token_before_training(
+    tiny_qwen2, tmp_path, monkeypatch
+):
+    """A model that scores a padded text differently on either padding side is refused by main() before any
+    training or output (here every side fails, as for a head that pools by position)."""
+    from conftest import decoder_args
+    from test_recipes import synthetic_files
+
+    import longtail.training
+    from longtail.cli import UsageError
+
+    monkeypatch.setattr(longtail.training, "padding_side_works", lambda model, tokenizer, side: False)
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "lora"
+    with pytest.raises(UsageError, match="scores a text differently alone and inside a padded batch"):
+        load_recipe("lora_decoder").main(decoder_args("lora_decoder", tiny_qwen2, train, test, out))
+    assert not list(out.glob("checkpoint-*")) and not (out / "adapter_model.safetensors").exists()
