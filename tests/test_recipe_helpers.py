@@ -529,3 +529,47 @@ def test_lora_recipe_refuses_a_head_that_pools_the_wrong_token_before_training(
     with pytest.raises(UsageError, match="scores a text differently alone and inside a padded batch"):
         load_recipe("lora_decoder").main(decoder_args("lora_decoder", tiny_qwen2, train, test, out))
     assert not list(out.glob("checkpoint-*")) and not (out / "adapter_model.safetensors").exists()
+
+
+def test_lora_refit_folds_the_chosen_tau_with_the_train_and_validation_prior(
+    tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """--refit_with_validation with a fixed tau (LoRA on ModernBERT, whose classifier has a bias to fold it into;
+    Qwen2's head has none): the refit's test logits are those of the same refit without a shift, minus
+    tau * log(train + validation prior), i.e. test log-probabilities differ by that plus a constant per row."""
+    from conftest import decoder_args
+    from test_recipes import synthetic_files
+
+    from longtail.data import DataArguments, prepare_data
+    from longtail.report import load_predictions
+
+    recipe = load_recipe("lora_decoder")
+    train, test = synthetic_files(tmp_path)
+    probs = {}
+    for tau in ("0.5", "none"):
+        out = tmp_path / tau
+        extra = [
+            "--num_train_epochs",
+            "1",
+            "--posthoc_logit_adjustment",
+            tau,
+            "--refit_with_validation",
+            "true",
+        ]
+        recipe.main(decoder_args("lora_decoder", tiny_modernbert, train, test, out, *extra))
+        probs[tau] = load_predictions(out / "predictions_test.npz")["probs"].astype(np.float64)
+    data = prepare_data(
+        DataArguments(
+            train_file=train,
+            test_file=test,
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+        )
+    )
+    y = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
+    log_prior = np.log(np.bincount(y, minlength=len(data.label_names)) / len(y))
+    gap = np.log(probs["0.5"]) - np.log(probs["none"]) + 0.5 * log_prior
+    np.testing.assert_allclose(gap - gap.mean(1, keepdims=True), 0.0, atol=1e-3)
+    assert (
+        "post-hoc tau 0.5 (with the train + validation prior)" in (tmp_path / "0.5" / "report.md").read_text()
+    )
