@@ -226,6 +226,31 @@ def test_baseline_cross_fitted_train_predictions_keep_each_class_in_its_column(t
     np.testing.assert_array_equal(saved["probs"][~rare].argmax(1), saved["y_true"][~rare])
 
 
+@pytest.mark.parametrize("recipe_name", ["baseline_tfidf", "probe_encoder"])
+def test_a_test_split_with_only_unseen_labels_is_refused_before_any_fit(
+    recipe_name, tmp_path, tiny_modernbert
+):
+    """--do_predict with a test file whose every label is unknown to training: a DataError before the encoder
+    embeds anything (no cache) or anything is written."""
+    from conftest import REPO
+    from test_probe import probe_args
+    from test_recipes import synthetic_files
+
+    train, test = synthetic_files(tmp_path)
+    unseen = tmp_path / "unseen.csv"
+    pd.read_csv(test).assign(Issue="A label never seen").to_csv(unseen, index=False)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    if recipe_name == "probe_encoder":
+        args = probe_args(tiny_modernbert, train, str(unseen), out, cache)
+    else:
+        args = ["--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", train,
+                "--test_file", str(unseen), "--text_column", "Consumer complaint narrative", "--label_taxonomy",
+                "none", "--output_dir", str(out), "--do_predict"]  # fmt: skip
+    with pytest.raises(DataError, match="The test split has no rows left to score"):
+        load_recipe(recipe_name).main(args)
+    assert not cache.exists() and not list(out.glob("*"))
+
+
 # ---- probe_encoder.py ------------------------------------------------------------------------
 
 
@@ -359,8 +384,12 @@ def test_baseline_main_reports_the_chosen_setting_and_scores_test_only_when_aske
     )
     saved = load_predictions(out / "predictions_train.npz")
     rows = data.splits["train"].set_index("row_id").loc[saved["row_id"]]
-    expected = joblib.load(out / "model.joblib").predict_proba(rows["text"])
-    np.testing.assert_allclose(saved["probs"], expected, atol=1e-6)
+    model = joblib.load(out / "model.joblib")
+    np.testing.assert_allclose(saved["probs"], model.predict_proba(rows["text"]), atol=1e-6)
+    refit_iterations = int(model.named_steps["logreg"].n_iter_.max())  # the saved model's, not the grid row's
+    assert (
+        refit_iterations != best["iterations"] and f"| **solver_iterations** | {refit_iterations} |" in report
+    )
 
     metrics = recipe.main([*args, "--output_dir", str(tmp_path / "test"), "--do_predict"])
     assert list(metrics) == ["validation", "test"] and (tmp_path / "test" / "predictions_test.npz").is_file()
