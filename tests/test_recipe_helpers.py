@@ -226,6 +226,31 @@ def test_baseline_cross_fitted_train_predictions_keep_each_class_in_its_column(t
     np.testing.assert_array_equal(saved["probs"][~rare].argmax(1), saved["y_true"][~rare])
 
 
+@pytest.mark.parametrize("recipe_name", ["baseline_tfidf", "probe_encoder"])
+def test_a_test_split_with_only_unseen_labels_is_refused_before_any_fit(
+    recipe_name, tmp_path, tiny_modernbert
+):
+    """--do_predict with a test file whose every label is unknown to training: a DataError before the encoder
+    embeds anything (no cache) or anything is written."""
+    from conftest import REPO
+    from test_probe import probe_args
+    from test_recipes import synthetic_files
+
+    train, test = synthetic_files(tmp_path)
+    unseen = tmp_path / "unseen.csv"
+    pd.read_csv(test).assign(Issue="A label never seen").to_csv(unseen, index=False)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    if recipe_name == "probe_encoder":
+        args = probe_args(tiny_modernbert, train, str(unseen), out, cache)
+    else:
+        args = ["--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), "--train_file", train,
+                "--test_file", str(unseen), "--text_column", "Consumer complaint narrative", "--label_taxonomy",
+                "none", "--output_dir", str(out), "--do_predict"]  # fmt: skip
+    with pytest.raises(DataError, match="The test split has no rows left to score"):
+        load_recipe(recipe_name).main(args)
+    assert not cache.exists() and not list(out.glob("*"))
+
+
 # ---- probe_encoder.py ------------------------------------------------------------------------
 
 
@@ -359,8 +384,12 @@ def test_baseline_main_reports_the_chosen_setting_and_scores_test_only_when_aske
     )
     saved = load_predictions(out / "predictions_train.npz")
     rows = data.splits["train"].set_index("row_id").loc[saved["row_id"]]
-    expected = joblib.load(out / "model.joblib").predict_proba(rows["text"])
-    np.testing.assert_allclose(saved["probs"], expected, atol=1e-6)
+    model = joblib.load(out / "model.joblib")
+    np.testing.assert_allclose(saved["probs"], model.predict_proba(rows["text"]), atol=1e-6)
+    refit_iterations = int(model.named_steps["logreg"].n_iter_.max())  # the saved model's, not the grid row's
+    assert (
+        refit_iterations != best["iterations"] and f"| **solver_iterations** | {refit_iterations} |" in report
+    )
 
     metrics = recipe.main([*args, "--output_dir", str(tmp_path / "test"), "--do_predict"])
     assert list(metrics) == ["validation", "test"] and (tmp_path / "test" / "predictions_test.npz").is_file()
@@ -506,3 +535,70 @@ def test_distill_with_alpha_0_trains_the_vanilla_arm_again(
     vanilla = load_predictions(out / "vanilla" / "predictions_validation.npz")["probs"]
     distilled = load_predictions(out / "predictions_validation.npz")["probs"]
     np.testing.assert_allclose(distilled, vanilla, atol=1e-6)
+    assert "| **vanilla_arm** | trained in this run, `vanilla/` |" in (out / "report.md").read_text()
+
+
+# ---- lora_decoder.py -------------------------------------------------------------------------
+
+
+def test_lora_recipe_refuses_a_head_that_pools_the_wrong_token_before_training(
+    tiny_qwen2, tmp_path, monkeypatch
+):
+    """A model that scores a padded text differently on either padding side is refused by main() before any
+    training or output (here every side fails, as for a head that pools by position)."""
+    from conftest import decoder_args
+    from test_recipes import synthetic_files
+
+    import longtail.training
+    from longtail.cli import UsageError
+
+    monkeypatch.setattr(longtail.training, "padding_side_works", lambda model, tokenizer, side: False)
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "lora"
+    with pytest.raises(UsageError, match="scores a text differently alone and inside a padded batch"):
+        load_recipe("lora_decoder").main(decoder_args("lora_decoder", tiny_qwen2, train, test, out))
+    assert not list(out.glob("checkpoint-*")) and not (out / "adapter_model.safetensors").exists()
+
+
+def test_lora_refit_folds_the_chosen_tau_with_the_train_and_validation_prior(
+    tiny_modernbert, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """--refit_with_validation with a fixed tau (LoRA on ModernBERT, whose classifier has a bias to fold it into;
+    Qwen2's head has none): the refit's test logits are those of the same refit without a shift, minus
+    tau * log(train + validation prior), i.e. test log-probabilities differ by that plus a constant per row."""
+    from conftest import decoder_args
+    from test_recipes import synthetic_files
+
+    from longtail.data import DataArguments, prepare_data
+    from longtail.report import load_predictions
+
+    recipe = load_recipe("lora_decoder")
+    train, test = synthetic_files(tmp_path)
+    probs = {}
+    for tau in ("0.5", "none"):
+        out = tmp_path / tau
+        extra = [
+            "--num_train_epochs",
+            "1",
+            "--posthoc_logit_adjustment",
+            tau,
+            "--refit_with_validation",
+            "true",
+        ]
+        recipe.main(decoder_args("lora_decoder", tiny_modernbert, train, test, out, *extra))
+        probs[tau] = load_predictions(out / "predictions_test.npz")["probs"].astype(np.float64)
+    data = prepare_data(
+        DataArguments(
+            train_file=train,
+            test_file=test,
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+        )
+    )
+    y = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
+    log_prior = np.log(np.bincount(y, minlength=len(data.label_names)) / len(y))
+    gap = np.log(probs["0.5"]) - np.log(probs["none"]) + 0.5 * log_prior
+    np.testing.assert_allclose(gap - gap.mean(1, keepdims=True), 0.0, atol=1e-3)
+    assert (
+        "post-hoc tau 0.5 (with the train + validation prior)" in (tmp_path / "0.5" / "report.md").read_text()
+    )
