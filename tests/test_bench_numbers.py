@@ -276,6 +276,18 @@ def test_inference_report_numbers_from_known_measurements(
     assert json.loads((out / "results.json").read_text("utf-8"))["results"][1]["speedup_vs_fp32"] == 2.5
 
 
+def test_inference_a_variant_better_than_fp32_is_no_quality_loss(inference):
+    """The 0.5-point rule is a loss below fp32: int8 one point above it (and agreeing) is recommended."""
+    rows = [
+        {"variant": "pytorch_fp32", "macro_f1": 0.50, "ms_per_example_b32": 10.0, "speedup_vs_fp32": 1.0,
+         "agreement_with_fp32": 1.0},
+        {"variant": "onnx_int8", "macro_f1": 0.51, "ms_per_example_b32": 4.0, "speedup_vs_fp32": 2.5,
+         "agreement_with_fp32": 0.98},
+    ]  # fmt: skip
+    assert inference.verdicts(rows, 8).startswith("Recommended: **onnx_int8** — the fastest at batch 8")
+    assert [r["verdict"] for r in rows] == ["within 0.5 pt", "recommended"]
+
+
 def test_inference_stability_thresholds_are_exceeded_not_reached(inference):
     """A spread of exactly 10 % and a drift of exactly 10 % (peaks 90 and 100) are not flagged; above, each is."""
 
