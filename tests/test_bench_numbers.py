@@ -276,6 +276,18 @@ def test_inference_report_numbers_from_known_measurements(
     assert json.loads((out / "results.json").read_text("utf-8"))["results"][1]["speedup_vs_fp32"] == 2.5
 
 
+def test_inference_a_variant_better_than_fp32_is_no_quality_loss(inference):
+    """The 0.5-point rule is a loss below fp32: int8 one point above it (and agreeing) is recommended."""
+    rows = [
+        {"variant": "pytorch_fp32", "macro_f1": 0.50, "ms_per_example_b32": 10.0, "speedup_vs_fp32": 1.0,
+         "agreement_with_fp32": 1.0},
+        {"variant": "onnx_int8", "macro_f1": 0.51, "ms_per_example_b32": 4.0, "speedup_vs_fp32": 2.5,
+         "agreement_with_fp32": 0.98},
+    ]  # fmt: skip
+    assert inference.verdicts(rows, 8).startswith("Recommended: **onnx_int8** — the fastest at batch 8")
+    assert [r["verdict"] for r in rows] == ["within 0.5 pt", "recommended"]
+
+
 def test_inference_stability_thresholds_are_exceeded_not_reached(inference):
     """A spread of exactly 10 % and a drift of exactly 10 % (peaks 90 and 100) are not flagged; above, each is."""
 
@@ -698,3 +710,59 @@ def test_train_memory_worker_environment_and_result_line(train_memory, monkeypat
         "variant": "lora",
         "error": "timed out after 5 s",
     }
+
+
+def test_train_memory_a_failed_variant_beside_a_measured_one(train_memory, tmp_path, monkeypatch):
+    """LoRA measured, full failing in every run: the report is written (exit 0) with full's error in its row; the
+    workers get --malloc_mmap_threshold as given, and the report records it. One step peak unknown (its
+    process could not reset the high-water mark) beside a measured one: that ratio is None, not a TypeError."""
+    calls = []
+
+    def run_worker(variant, checkpoint, common, timeout, malloc_mmap_threshold):
+        calls.append(malloc_mmap_threshold)
+        if variant == "full":
+            return {"variant": variant, "error": "failed (exit 1): boom"}
+        return {**memory_result(train_memory, variant, 1, 2, 3), "device": "CPU"}
+
+    monkeypatch.setattr(
+        train_memory, "_subprocess", lambda argv, timeout, *a: subprocess.CompletedProcess(argv, 0, "", "")
+    )
+    monkeypatch.setattr(train_memory, "run_worker", run_worker)
+    monkeypatch.setattr(train_memory, "environment", lambda: {"cpu": "test"})
+    model = base_model(tmp_path / "model", {"model_type": "qwen2"})
+    out = tmp_path / "out"
+    argv = ["--model_dir", str(model), "--output_dir", str(out), "--variants", "lora", "full",
+            "--malloc_mmap_threshold", "4096"]  # fmt: skip
+    assert train_memory.main(argv) == 0 and calls == [4096, 4096]
+    report = json.loads((out / "train_memory.json").read_text())
+    assert report["settings"]["malloc_mmap_threshold"] == 4096
+    assert report["results"][1] == {"variant": "full", "error": "failed (exit 1): boom"}
+    assert "| full | failed (exit 1): boom |" in (out / "train_memory.md").read_text()
+    mixed = [memory_result(train_memory, "lora", 2, 2, 4), memory_result(train_memory, "qlora", 1, None, 1.4)]
+    assert train_memory.summarise(mixed)["qlora_vs_lora_step_peak_bytes"] is None
+
+
+def test_train_memory_worker_measures_on_a_fixed_clock(
+    train_memory, tiny_qwen2, monkeypatch, one_torch_thread
+):
+    """The worker itself (LoRA on the tiny Qwen2, 2 steps) with its clock and memory readings replaced: loading
+    from t=0 to 1.5 s, the steps from 10 to 14 s: 2.0 s per step; peak RSS 5 GiB while loading, 3 GiB in the
+    steps: the process peak is the larger, 5, and the step peak 3."""
+    clock = iter([0.0, 1.5, 10.0, 14.0])
+    monkeypatch.setattr(train_memory, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    peaks = iter([5 * GIB, 3 * GIB])
+    monkeypatch.setattr(train_memory, "_rss_peak_bytes", lambda: next(peaks))
+    current = iter([GIB, 2 * GIB])
+    monkeypatch.setattr(train_memory, "_current_rss_bytes", lambda: next(current))
+    monkeypatch.setattr(train_memory, "_release_free_memory", lambda: None)
+    monkeypatch.setattr(train_memory, "_reset_rss_peak", lambda: True)
+    result = train_memory.run_variant("lora", tiny_qwen2, batch_size=2, seq_len=16, num_labels=3, steps=2)
+    assert (result["load_s"], result["step_s"]) == (1.5, 2.0)
+    assert (result["baseline_bytes"], result["load_peak_bytes"], result["before_step_bytes"]) == (
+        GIB,
+        5 * GIB,
+        2 * GIB,
+    )
+    assert (result["peak_bytes"], result["step_peak_bytes"]) == (5 * GIB, 3 * GIB)
+    assert result["variant"] == "lora" and not result["gradient_checkpointing"]
+    assert 0 < result["trainable_params"] < result["total_params"]

@@ -671,3 +671,21 @@ def test_save_adapter_config_carries_no_quantization_settings(tmp_path):
 
 def test_yaml_list_of_target_modules():
     assert AdapterArguments(lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == "q_proj,v_proj"
+
+
+def test_adapter_option_boundaries_and_target_names_with_spaces():
+    """r 1 and dropout 0 are valid adapters; "q_proj, v_proj" names two modules (spaces around commas)."""
+    from longtail.adapters import target_list
+
+    args = AdapterArguments(lora_r=1, lora_dropout=0.0, lora_alpha=1)
+    assert (args.lora_r, args.lora_dropout, args.lora_alpha) == (1, 0.0, 1)
+    assert target_list(" q_proj , v_proj ,") == ["q_proj", "v_proj"]
+
+
+def test_trainable_parameters_of_a_plain_model():
+    """Without peft: the parameters that require grad, of all (a frozen 3x4 weight, a trained bias of 3)."""
+    from longtail.adapters import trainable_parameters
+
+    layer = torch.nn.Linear(4, 3)
+    layer.weight.requires_grad_(False)
+    assert trainable_parameters(layer) == (3, 15)
