@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import subprocess
 import sys
 import tempfile
@@ -119,14 +118,10 @@ def check_values(parser: argparse.ArgumentParser, args) -> None:
     twice = sorted({v for v in args.variants if args.variants.count(v) > 1})
     if twice:
         parser.error(f"--variants lists {', '.join(twice)} more than once")
-    if args.device is not None:
-        if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
-            parser.error(f"--device must be cpu or cuda (got {args.device!r})")
-        if args.device.startswith("cuda"):
-            import torch
+    from longtail.inference import torch_device_problem
 
-            if not torch.cuda.is_available():
-                parser.error(f"--device {args.device}: CUDA is not available here (use --device cpu)")
+    if args.device is not None and (problem := torch_device_problem(args.device, mps=False)):
+        parser.error(problem)
 
 
 def check_folders(parser: argparse.ArgumentParser, args) -> None:

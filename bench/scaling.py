@@ -94,6 +94,10 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         value = getattr(args, name)
         if value is not None and value < low:
             p.error(f"--{name} must be >= {low}, got {value}")
+    from longtail.inference import torch_device_problem
+
+    if args.device is not None and (problem := torch_device_problem(args.device, mps=False)):
+        p.error(problem)  # else a traceback from inside torch at the first tensor moved there
     if args.model_dirs and any("=" not in x for x in args.model_dirs):
         p.error("--model_dirs takes name=folder pairs")
     dirs = dict(x.split("=", 1) for x in args.model_dirs) if args.model_dirs else {}

@@ -83,7 +83,7 @@ def test_output_dir_in_the_model_folder_is_refused(bench, run_dir, eval_csv, cap
             ["--variants", "pytorch_fp32", "onnx_fp32", "pytorch_fp32"],
             "--variants lists pytorch_fp32 more than once",
         ),
-        (["--device", "gpu"], "--device must be cpu or cuda"),
+        (["--device", "gpu"], "--device must be cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_option_values_are_one_line_errors(bench, run_dir, eval_csv, tmp_path, capsys, extra, message):

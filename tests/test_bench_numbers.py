@@ -98,10 +98,14 @@ def test_inference_device_names(inference, capsys, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     for device in ("cpu", "cuda", "cuda:1"):
         assert inference.parse_args(["--device", device]).device == device
-    for device in ("cuda:", "cuda:x", "cuda1", "gpu"):
-        assert "--device must be cpu or cuda" in error_line(
+    assert "this machine has 2 CUDA device(s)" in error_line(
+        inference.parse_args, ["--device", "cuda:2"], capsys
+    )
+    for device in ("cuda:", "cuda:x", "cuda1", "gpu", "mps"):
+        assert "--device must be cpu, cuda or cuda:N" in error_line(
             inference.parse_args, ["--device", device], capsys
         )
 

@@ -178,6 +178,8 @@ def test_train_memory_fails_and_keeps_the_old_report_when_every_variant_fails(
         (["--models", "ettin-17m", "ettin-32m", "--mfu_model", "qwen2.5-0.5b"],
          "--mfu_model qwen2.5-0.5b is not among the models run (ettin-17m, ettin-32m); add it to --models or "
          "pass --mfu_model '' to skip that section"),
+        # once a traceback from inside torch at the first tensor moved there
+        (["--device", "gpu"], "--device must be cpu, cuda or cuda:N (got 'gpu')"),
     ],
 )  # fmt: skip
 def test_scaling_refuses_bad_input(scaling, capsys, tmp_path, argv, message):
@@ -235,3 +237,12 @@ def test_each_script_keeps_earlier_results_unless_overwrite(script, earlier, ext
     )
     assert module.parse_args([*argv, "--overwrite"]).overwrite
     assert (out / earlier).read_text() == "earlier"
+
+
+def test_scaling_refuses_cuda_where_torch_has_none(scaling, capsys, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = refused(scaling.main, ["--device", "cuda", "--output_dir", str(tmp_path / "out")], capsys)
+    assert line.endswith("--device cuda: CUDA is not available here (use --device cpu)")
+    assert not (tmp_path / "out").exists()

@@ -288,15 +288,14 @@ class TorchBackend:
 
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-DEVICES = re.compile(r"cpu|mps|cuda(:\d+)?")
 
 
-def torch_device_problem(device: str, here: bool = True) -> str | None:
-    """Why PyTorch cannot run on `device` (cpu, cuda[:N], mps), in one line; None when it can (here=False: only
-    the spelling). Else the first tensor moved there fails inside torch ("Torch not compiled with CUDA enabled",
-    a device-string error)."""
-    if not DEVICES.fullmatch(device):
-        return f"--device must be cpu, cuda, cuda:N or mps (got {device!r})"
+def torch_device_problem(device: str, here: bool = True, mps: bool = True) -> str | None:
+    """Why PyTorch cannot run on `device` (cpu, cuda[:N], and mps unless mps=False: the benchmarks time CPU and
+    CUDA only), in one line; None when it can (here=False: only the spelling). Else the first tensor moved there
+    fails inside torch ("Torch not compiled with CUDA enabled", a device-string error)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?" + ("|mps" if mps else ""), device):
+        return f"--device must be {'cpu, cuda, cuda:N or mps' if mps else 'cpu, cuda or cuda:N'} (got {device!r})"
     if not here:
         return None
     if device == "mps" and not torch.backends.mps.is_available():
