@@ -144,7 +144,9 @@ def check_folders(parser: argparse.ArgumentParser, args) -> None:
     # the bench exports ONNX into <output_dir>/onnx with no quality gate: never into the model's own folder,
     # whose onnx/ (the gated export) is what `predict` serves
     model, target = model_dir.resolve(), out.resolve()
-    if target in (model, model / "merged") or target.is_relative_to(model / "onnx"):
+    if target in (model, model / "merged") or any(
+        target.is_relative_to(model / d) for d in ("onnx", "merged/onnx")
+    ):
         parser.error(
             f"--output_dir {out} would write the bench's ungated ONNX export into the model folder {model_dir} "
             "(replacing its onnx/ export, which `predict` serves): choose a folder outside it"

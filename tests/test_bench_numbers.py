@@ -118,6 +118,14 @@ def test_inference_output_dir_in_the_merged_model_is_refused(inference, tmp_path
     argv = ["--model_dir", str(model), "--output_dir", str(model / "merged"), "--overwrite"]
     line = error_line(lambda a: inference.parse_args(a, check_paths=True), argv, capsys)
     assert f"--output_dir {model / 'merged'} would write the bench's ungated ONNX export" in line
+    for inside in (
+        model / "merged" / "onnx",
+        model / "merged" / "onnx" / "bench",
+    ):  # the merged model's export
+        line = error_line(
+            lambda a: inference.parse_args(a, check_paths=True), [*argv[:3], str(inside)], capsys
+        )
+        assert f"--output_dir {inside} would write the bench's ungated ONNX export" in line
     beside = inference.parse_args([*argv[:3], str(tmp_path / "bench")], check_paths=True)
     assert beside.output_dir == str(tmp_path / "bench")
 
