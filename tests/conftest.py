@@ -248,6 +248,21 @@ def eval_csv(tmp_path_factory) -> Path:
     return path
 
 
+def load_bench(name: str, module_name: str | None = None):
+    """bench/<name>.py imported as a module (the scripts are not a package), registered as `module_name`
+    (default bench_<name>) so that dataclasses and pickling inside it resolve."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        module_name or f"bench_{name}", REPO / "bench" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def refused(main, argv, capsys) -> str:
     """main(argv) ends with a one-line usage error (status 2, no traceback); that line."""
     with pytest.raises(SystemExit) as exit_info:

@@ -3,30 +3,20 @@ folder's own ONNX export replaced, and a report that states the batch size, repe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, corpus, refused, train_wordpiece
+from conftest import corpus, load_bench, refused, train_wordpiece
 
 RUN_MAX_LENGTH = 24  # the tiny run's run_config.json max_length (not the bench's fallback 128)
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_inference_input", REPO / "bench" / "inference.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_inference_input"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return load_bench()
+    return load_bench("inference", "bench_inference_input")
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, load_bench
 
 SCRIPT = str(REPO / "bench" / "train_memory.py")
 
@@ -33,11 +32,7 @@ def test_skips_cleanly_without_the_shared_folder(tmp_path):
 
 @pytest.fixture
 def train_memory():
-    spec = importlib.util.spec_from_file_location("bench_train_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("train_memory")
 
 
 @pytest.mark.slow

@@ -4,26 +4,20 @@ every expected value is worked out by hand. Also the option boundaries each scri
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, corpus, train_wordpiece
+from conftest import corpus, load_bench, train_wordpiece
 
 MIB, GIB = 1024**2, 1024**3
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_numbers_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(name, f"bench_numbers_{name}")
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,15 @@ before any work, no stack trace, and no earlier results overwritten unless --ove
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 
 import pytest
-from conftest import REPO, refused
+from conftest import load_bench, refused
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_input_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(name, f"bench_input_{name}")
 
 
 @pytest.fixture(scope="module")

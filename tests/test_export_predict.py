@@ -3,26 +3,16 @@ smoke modes, on tiny models built from configs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, corpus, needs_shared, train_wordpiece
+from conftest import corpus, load_bench, needs_shared, train_wordpiece
 
 from longtail.inference import Batch, ExecutionProviderError
-
-
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"bench_{name}"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
