@@ -248,6 +248,24 @@ def eval_csv(tmp_path_factory) -> Path:
     return path
 
 
+def save_bert_classifier(path: Path, tokenizer, labels: list[str], max_positions: int) -> Path:
+    """A 1-layer BERT classifier (random weights, seed 0, the global generator left as it was) over `labels`,
+    with `tokenizer`, saved to `path`: the benches' tiny model."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def load_bench(name: str, module_name: str | None = None):
     """bench/<name>.py imported as a module (the scripts are not a package), registered as `module_name`
     (default bench_<name>) so that dataclasses and pickling inside it resolve."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import corpus, load_bench, refused, train_wordpiece
+from conftest import corpus, load_bench, refused, save_bert_classifier, train_wordpiece
 
 RUN_MAX_LENGTH = 24  # the tiny run's run_config.json max_length (not the bench's fallback 128)
 
@@ -22,20 +22,9 @@ def bench():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, eval_csv) -> Path:
     """A 1-layer BERT classifier folder (random weights) with a run_config.json saying max_length 24."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
     labels = sorted(pd.read_csv(eval_csv)["Issue"].unique())
     tokenizer = train_wordpiece(corpus(200), vocab_size=300)
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("run") / "run"
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path = save_bert_classifier(tmp_path_factory.mktemp("run") / "run", tokenizer, labels, max_positions=128)
     (path / "run_config.json").write_text(json.dumps({"data": {"max_length": RUN_MAX_LENGTH}}), "utf-8")
     return path
 

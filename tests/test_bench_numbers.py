@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import corpus, load_bench, train_wordpiece
+from conftest import corpus, load_bench, save_bert_classifier, train_wordpiece
 
 MIB, GIB = 1024**2, 1024**3
 
@@ -56,21 +56,8 @@ def tokenizer():
 def bert_dir(tmp_path_factory, tokenizer, eval_csv):
     """A 1-layer BERT classifier over eval_csv's issues with 40 positions and no run_config.json (so the bench
     falls back to its own max_length, 128, capped by nothing here: check_max_length only checks what is asked)."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
     labels = sorted(pd.read_csv(eval_csv)["Issue"].unique())
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=40, pad_token_id=tokenizer.pad_token_id,
-        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("bert") / "clf"
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_bert_classifier(tmp_path_factory.mktemp("bert") / "clf", tokenizer, labels, max_positions=40)
 
 
 # ---------------------------------------------------------------------------------------------- inference
