@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_export_predict import tiny_classifier  # noqa: F401  (a fixture)
-from test_recipes import load_recipe
+from test_recipes import load_recipe, synthetic_data
 
 from longtail.data import DataError
 from longtail.report import SplitResult, save_predictions
@@ -349,7 +349,6 @@ def test_baseline_main_reports_the_chosen_setting_and_scores_test_only_when_aske
     from conftest import REPO
     from test_recipes import synthetic_files
 
-    from longtail.data import DataArguments, prepare_data
     from longtail.report import load_predictions
 
     recipe = load_recipe("baseline_tfidf")
@@ -374,14 +373,7 @@ def test_baseline_main_reports_the_chosen_setting_and_scores_test_only_when_aske
     assert list(metrics) == ["validation"] and "test scored once" not in report
     assert not (out / "test_results.json").exists() and not (out / "predictions_test.npz").exists()
 
-    data = prepare_data(
-        DataArguments(
-            train_file=train,
-            test_file=test,
-            text_column="Consumer complaint narrative",
-            label_taxonomy="none",
-        )
-    )
+    data = synthetic_data(train, test)
     saved = load_predictions(out / "predictions_train.npz")
     rows = data.splits["train"].set_index("row_id").loc[saved["row_id"]]
     model = joblib.load(out / "model.joblib")
@@ -441,7 +433,6 @@ def test_probe_main_standardises_on_train_and_shifts_by_the_train_prior(
     from test_probe import probe_args
     from test_recipes import synthetic_files
 
-    from longtail.data import DataArguments, prepare_data
     from longtail.report import load_predictions
 
     recipe = load_recipe("probe_encoder")
@@ -457,14 +448,7 @@ def test_probe_main_standardises_on_train_and_shifts_by_the_train_prior(
     assert "Embedding cache: train computed, validation computed\n" in report + "\n"
     assert "| **posthoc_tau** | 0.5 |" in report
 
-    data = prepare_data(
-        DataArguments(
-            train_file=train,
-            test_file=test,
-            text_column="Consumer complaint narrative",
-            label_taxonomy="none",
-        )
-    )
+    data = synthetic_data(train, test)
     cached = [np.load(p) for p in cache.glob("*.npy")]
     assert len(cached) == 2  # train and validation only
     x = {s: next(f for f in cached if len(f) == len(data.splits[s])) for s in ("train", "validation")}
@@ -569,7 +553,6 @@ def test_lora_refit_folds_the_chosen_tau_with_the_train_and_validation_prior(
     from conftest import decoder_args
     from test_recipes import synthetic_files
 
-    from longtail.data import DataArguments, prepare_data
     from longtail.report import load_predictions
 
     recipe = load_recipe("lora_decoder")
@@ -587,14 +570,7 @@ def test_lora_refit_folds_the_chosen_tau_with_the_train_and_validation_prior(
         ]
         recipe.main(decoder_args("lora_decoder", tiny_modernbert, train, test, out, *extra))
         probs[tau] = load_predictions(out / "predictions_test.npz")["probs"].astype(np.float64)
-    data = prepare_data(
-        DataArguments(
-            train_file=train,
-            test_file=test,
-            text_column="Consumer complaint narrative",
-            label_taxonomy="none",
-        )
-    )
+    data = synthetic_data(train, test)
     y = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
     log_prior = np.log(np.bincount(y, minlength=len(data.label_names)) / len(y))
     gap = np.log(probs["0.5"]) - np.log(probs["none"]) + 0.5 * log_prior

@@ -61,6 +61,21 @@ def synthetic_files(tmp_path: Path) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
+def synthetic_data(train: str, test: str, **options):
+    """The recipes' data split of synthetic_files' CSVs, as a run on them with these data options prepares it."""
+    from longtail.data import DataArguments, prepare_data
+
+    return prepare_data(
+        DataArguments(
+            train_file=train,
+            test_file=test,
+            text_column="Consumer complaint narrative",
+            label_taxonomy="none",
+            **options,
+        )
+    )
+
+
 def encoder_args(model: str, train: str, test: str, out: Path, *extra: str) -> list[str]:
     return [
         "--config",
@@ -201,17 +216,7 @@ def test_full_ft_encoder_end_to_end(tiny_modernbert, tmp_path, one_torch_thread)
     clf = pipeline("text-classification", model=str(out), tokenizer=str(out), device="cpu")
     assert clf("I was charged a late fee twice on my statement")[0]["label"] in labels["id2label"].values()
     # the saved model (post-hoc shift folded into its head) reproduces the reported test accuracy
-    from longtail.data import DataArguments, prepare_data
-
-    data = prepare_data(
-        DataArguments(
-            train_file=train,
-            test_file=test,
-            text_column="Consumer complaint narrative",
-            label_taxonomy="none",
-            max_length=64,
-        )
-    )
+    data = synthetic_data(train, test, max_length=64)
     test_rows = data.splits["test"]
     predicted = [
         p["label"] for p in clf(test_rows["text"].tolist(), truncation=True, max_length=64, batch_size=32)
