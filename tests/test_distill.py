@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO
-from test_recipes import load_recipe, synthetic_files
+from test_recipes import load_recipe, synthetic_data, synthetic_files
 
 from longtail.cli import UsageError
-from longtail.data import DataArguments, DataError, prepare_data
+from longtail.data import DataError
 from longtail.distill import (
     DistillArguments,
     LabelMapError,
@@ -222,16 +222,7 @@ def test_label_maps_must_agree():
 
 
 def _data(train, test, **kw):
-    return prepare_data(
-        DataArguments(
-            train_file=train,
-            test_file=test,
-            text_column="Consumer complaint narrative",
-            label_taxonomy="none",
-            max_length=32,
-            **kw,
-        )
-    )
+    return synthetic_data(train, test, max_length=32, **kw)
 
 
 def save_teacher(decoder_dir: str, out: Path, label_names, seed: int = 0) -> str:
