@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import corpus, load_bench, needs_shared, train_wordpiece
+from conftest import corpus, load_bench, needs_shared, refused, train_wordpiece
 
 from longtail.inference import Batch, ExecutionProviderError
 
@@ -463,6 +463,27 @@ def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_class
     probs = np.exp(z - z.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     np.testing.assert_allclose(pd.read_csv(dst)["confidence"], probs.max(1), atol=1e-5)
+
+
+def test_predict_mistakes_end_with_status_2_like_the_other_tools(tmp_path, capsys):
+    """The README's Bad input: predict ends as argparse and the other tools do, one line on stderr and status 2
+    (was status 1: a SystemExit with a message, and "error:" without the tool's name for an existing output)."""
+    from longtail.predict import main
+
+    src = tmp_path / "in.csv"
+    src.write_text("text\nI was charged twice.\n")
+    missing = [
+        "--model_dir",
+        str(tmp_path / "nowhere"),
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "o.csv"),
+    ]
+    assert refused(main, missing, capsys).startswith("predict: error: Model folder not found: ")
+    exists = ["--model_dir", str(tmp_path / "nowhere"), "--input", str(src), "--output", str(src)]
+    assert refused(main, exists, capsys) == f"predict: error: {src} exists; pass --overwrite to replace it"
+    assert not (tmp_path / "o.csv").exists() and src.read_text() == "text\nI was charged twice.\n"
 
 
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from longtail.calibration import apply_temperature, load_temperature, log_probs
-from longtail.cli import UsageError
+from longtail.cli import UsageError, usage_exit
 from longtail.inference import (
     LONG_TEXT,
     OrtBackend,
@@ -346,12 +346,12 @@ def main(argv: list[str] | None = None) -> dict:
     logger.setLevel(logging.INFO)
     args = parse_args(argv)
     if Path(args.output).exists() and not args.overwrite:
-        raise SystemExit(f"error: {args.output} exists; pass --overwrite to replace it")
+        raise usage_exit(f"predict: error: {args.output} exists; pass --overwrite to replace it")
     try:  # a user's mistake (input file, column, model folder, window length) is one line, not a traceback
         df, text_column = read_texts(args.input, args.text_column)
         out, summary = predict_frame(args, df, text_column)
     except (ValueError, FileNotFoundError) as err:  # DataError included; a missing folder or adapter base
-        raise SystemExit(f"predict: error: {err}") from None
+        raise usage_exit(f"predict: error: {err}") from None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_frame(out, args.output)
     if summary["bad_rows"]:
