@@ -486,6 +486,28 @@ def test_predict_mistakes_end_with_status_2_like_the_other_tools(tmp_path, capsy
     assert not (tmp_path / "o.csv").exists() and src.read_text() == "text\nI was charged twice.\n"
 
 
+def test_predict_ensemble_with_a_moved_member_fails_before_scoring_any(tmp_path, monkeypatch):
+    """Every member folder is checked before the first is scored: a moved second member once cost a whole pass
+    of the first (minutes for a windowed probe on a large file) before the one-line error."""
+    import longtail.predict as predict
+
+    here, moved = tmp_path / "here", tmp_path / "moved"
+    here.mkdir()
+    ens = tmp_path / "ens"
+    ens.mkdir()
+    serving = {"members": [str(here), str(moved)], "label_names": ["a", "b"]}
+    (ens / "ensemble.json").write_text(json.dumps({"serving": serving}))
+
+    def no_scoring(args, folder, *rest, **kwargs):
+        raise AssertionError(f"{folder} was scored before the moved member was found")
+
+    monkeypatch.setattr(predict, "score_texts", no_scoring)
+    with pytest.raises(
+        ValueError, match=r"ensemble member .*moved \(listed in .*ensemble.json\) is not a folder"
+    ):
+        predict.ensemble_scores(None, ens, ["some text"])
+
+
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 

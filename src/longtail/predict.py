@@ -261,10 +261,11 @@ def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
             f"{folder / ENSEMBLE_FILE} predates serving (no 'serving' entry): rerun `python -m longtail.ensemble` "
             "on the same member runs (seconds) to serve it"
         )
-    member_probs, members = [], []
-    for member in map(Path, spec["members"]):
+    for member in map(Path, spec["members"]):  # all checked before any is scored (a pass can take minutes)
         if not member.is_dir():
             raise ValueError(f"ensemble member {member} (listed in {folder / ENSEMBLE_FILE}) is not a folder")
+    member_probs, members = [], []
+    for member in map(Path, spec["members"]):
         scores = score_texts(args, member, texts, calibrated=False)
         if scores.label_names != spec["label_names"]:
             raise ValueError(
