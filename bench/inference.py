@@ -182,6 +182,7 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
     """(texts, label ids, log) of the evaluation rows; every drop is counted."""
     import pandas as pd
 
+    from longtail.cli import usage_exit
     from longtail.data import DataArguments, prepare_data, read_table
 
     log: dict = {}
@@ -189,17 +190,19 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
         try:
             df = read_table(args.data)
         except ValueError as error:  # longtail.data.DataError: missing, empty or unreadable file
-            raise SystemExit(f"bench: error: --data {args.data}: {error}") from None
+            raise usage_exit(f"bench: error: --data {args.data}: {error}") from None
         missing = [c for c in (args.text_column, args.label_column) if c not in df.columns]
         if missing:
-            raise SystemExit(f"error: {args.data} has no column {missing}; columns: {list(df.columns)}")
+            raise usage_exit(
+                f"bench: error: {args.data} has no column {missing}; columns: {list(df.columns)}"
+            )
         df = pd.DataFrame({"text": df[args.text_column], "label": df[args.label_column]})
         log["source"] = Path(args.data).name
     else:
         config = Path(args.model_dir) / "run_config.json"
         if not config.is_file():
-            raise SystemExit(
-                f"error: {args.model_dir} has no run_config.json: pass --data with labelled rows"
+            raise usage_exit(
+                f"bench: error: {args.model_dir} has no run_config.json: pass --data with labelled rows"
             )
         data_args = json.loads(config.read_text("utf-8"))["data"]
         fields = DataArguments.__dataclass_fields__
@@ -218,7 +221,7 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
         )
     df = df[~empty & ~unknown]
     if df.empty:
-        raise SystemExit(
+        raise usage_exit(
             f"bench: error: no row left to score in {log['source']}: {log['rows']} rows, "
             f"{log['dropped_empty_text']} without text, {log['dropped_unknown_label']} with a label the model "
             f"never saw (its labels: {', '.join(sorted(label2id)[:5])}{' ...' if len(label2id) > 5 else ''})"
@@ -620,6 +623,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     from longtail.benchmark import forward_flops, gemm_peak_gflops, non_embedding_parameters
     from longtail.calibration import load_temperature
+    from longtail.cli import usage_exit
     from longtail.export import ExportArguments, export_onnx
     from longtail.inference import describe_machine, load_model_dir, machine_description, serving_defaults
     from longtail.metrics import assign_tiers, classification_metrics, softmax
@@ -632,7 +636,7 @@ def main(argv=None) -> dict:
         model, tokenizer, resolved = load_model_dir(args.model_dir, device=device)
     except (OSError, ValueError) as error:
         first = next((x for x in str(error).splitlines() if x.strip()), type(error).__name__)
-        raise SystemExit(f"bench: error: cannot load --model_dir {args.model_dir}: {first}") from None
+        raise usage_exit(f"bench: error: cannot load --model_dir {args.model_dir}: {first}") from None
     check_max_length(build_parser(), args, model.config)  # its config is read here, with the model
     texts, labels, rows_log = evaluation_rows(args, model.config.label2id)
     # as `predict` serves it: the run's max_length (run_config.json), else the bench's 128

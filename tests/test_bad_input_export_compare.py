@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from test_export_predict import tiny_classifier  # noqa: F401  (a fixture)
-from test_recipes import load_recipe
+from test_recipes import REPO, load_recipe
 
 
 def test_export_refuses_tfidf_and_ensemble_folders(tmp_path):
@@ -24,6 +24,26 @@ def test_export_refuses_tfidf_and_ensemble_folders(tmp_path):
     ):
         export.main(["--model_dir", str(ensemble)])
     assert not (tfidf / "onnx").exists() and not (ensemble / "onnx").exists()
+
+
+def test_export_yaml_with_another_model_dir_exports_beside_that_model(
+    tiny_classifier,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """The README's `export_onnx.py --config recipes/configs/export_onnx.yaml --model_dir RUN` exports into
+    RUN/onnx. The YAML once also fixed output_dir to the demo model's onnx/, so any other RUN's export landed
+    there (from the repo root: into the demo run's folder, where `predict` would serve it as the demo model)."""
+    import shutil
+
+    export = load_recipe("export_onnx")
+    run = tmp_path / "my_run"
+    shutil.copytree(tiny_classifier, run)
+    monkeypatch.chdir(tmp_path)
+    export.main(["--config", str(REPO / "recipes/configs/export_onnx.yaml"), "--model_dir", str(run),
+                 "--parity_rows", "8", "--optimize", "false", "--quantize", "false"])  # fmt: skip
+    assert (run / "onnx" / "parity.json").is_file() and (run / "onnx" / "fp32").is_dir()
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_export_parity_rows_below_one_is_refused_at_parse_time(tiny_classifier, tmp_path):  # noqa: F811

@@ -114,6 +114,19 @@ def test_folder_without_weights_is_one_line_before_any_output(bench, run_dir, ev
     assert "\n" not in str(exit_info.value) and not out.exists()
 
 
+def test_data_mistakes_end_with_status_2(bench, run_dir, eval_csv, tmp_path, capsys):
+    """A --data file that does not parse or lacks a column: one line with status 2, as the other bench refusals (was
+    status 1, and "error:" without "bench:" for the column)."""
+    out = tmp_path / "out"
+    broken = tmp_path / "broken.csv"
+    broken.write_text('text,Issue\n"never closed\n')
+    line = refused(bench.main, argv(run_dir, broken, out), capsys)
+    assert line.startswith(f"bench: error: --data {broken}: ")
+    line = refused(bench.main, argv(run_dir, eval_csv, out, "--text_column", "body"), capsys)
+    assert line.startswith(f"bench: error: {eval_csv} has no column ['body']; columns: ")
+    assert not out.exists()
+
+
 def test_no_row_left_to_score(bench, run_dir, eval_csv, tmp_path):
     unseen = tmp_path / "unseen.csv"
     df = pd.read_csv(eval_csv).head(6)

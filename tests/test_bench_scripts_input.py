@@ -203,8 +203,10 @@ def test_scaling_too_few_long_texts_names_both_remedies(scaling):
     with pytest.raises(SystemExit) as exc:
         scaling.real_inputs(tokenizer, ["a" * 20, "a" * 20, "a" * 3], batch_size=3, seq_len=16)
     assert str(exc.value) == (
-        "error: only 2 of 3 texts reach 16 tokens, fewer than the batch of 3; lower --seq_len or the batch size"
+        "scaling.py: error: only 2 of 3 texts reach 16 tokens, fewer than the batch of 3; lower --seq_len or the "
+        "batch size"
     )
+    assert exc.value.code == 2  # as the script's other refusals (was 1)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import corpus, load_bench, needs_shared, train_wordpiece
+from conftest import corpus, load_bench, needs_shared, refused, train_wordpiece
 
 from longtail.inference import Batch, ExecutionProviderError
 
@@ -463,6 +463,49 @@ def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_class
     probs = np.exp(z - z.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     np.testing.assert_allclose(pd.read_csv(dst)["confidence"], probs.max(1), atol=1e-5)
+
+
+def test_predict_mistakes_end_with_status_2_like_the_other_tools(tmp_path, capsys):
+    """The README's Bad input: predict ends as argparse and the other tools do, one line on stderr and status 2
+    (was status 1: a SystemExit with a message, and "error:" without the tool's name for an existing output)."""
+    from longtail.predict import main
+
+    src = tmp_path / "in.csv"
+    src.write_text("text\nI was charged twice.\n")
+    missing = [
+        "--model_dir",
+        str(tmp_path / "nowhere"),
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "o.csv"),
+    ]
+    assert refused(main, missing, capsys).startswith("predict: error: Model folder not found: ")
+    exists = ["--model_dir", str(tmp_path / "nowhere"), "--input", str(src), "--output", str(src)]
+    assert refused(main, exists, capsys) == f"predict: error: {src} exists; pass --overwrite to replace it"
+    assert not (tmp_path / "o.csv").exists() and src.read_text() == "text\nI was charged twice.\n"
+
+
+def test_predict_ensemble_with_a_moved_member_fails_before_scoring_any(tmp_path, monkeypatch):
+    """Every member folder is checked before the first is scored: a moved second member once cost a whole pass
+    of the first (minutes for a windowed probe on a large file) before the one-line error."""
+    import longtail.predict as predict
+
+    here, moved = tmp_path / "here", tmp_path / "moved"
+    here.mkdir()
+    ens = tmp_path / "ens"
+    ens.mkdir()
+    serving = {"members": [str(here), str(moved)], "label_names": ["a", "b"]}
+    (ens / "ensemble.json").write_text(json.dumps({"serving": serving}))
+
+    def no_scoring(args, folder, *rest, **kwargs):
+        raise AssertionError(f"{folder} was scored before the moved member was found")
+
+    monkeypatch.setattr(predict, "score_texts", no_scoring)
+    with pytest.raises(
+        ValueError, match=r"ensemble member .*moved \(listed in .*ensemble.json\) is not a folder"
+    ):
+        predict.ensemble_scores(None, ens, ["some text"])
 
 
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):

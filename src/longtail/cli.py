@@ -43,6 +43,25 @@ def run(main, argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
+class UsageExit(SystemExit):
+    """A command-line tool's one-line error, ended as argparse ends one: status 2 (its `code`), the line already on
+    stderr. Its str() is that line, for callers (and tests) that read the message."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def usage_exit(message: str) -> UsageExit:
+    """Print `message` (`<tool>: error: ...`) on stderr and return the UsageExit to raise: status 2, no traceback,
+    as `run` and argparse end on a mistake in the input (a SystemExit with a message would exit with status 1)."""
+    print(message, file=sys.stderr)
+    return UsageExit(message)
+
+
 def model_source_error(option: str, name: str, err: Exception | None, needs=("config.json",)) -> UsageError:
     """Why `name` (a local model folder or a Hub repo id) could not be read, in one line naming the option."""
     from huggingface_hub import constants

@@ -2,7 +2,7 @@
 LoRA, probe) or its ONNX export, a TF-IDF run (`model.joblib`) or an ensemble folder (`ensemble.json`).
 
     python -m longtail.predict --model_dir outputs/demo/full_ft_encoder --input texts.csv --output preds.csv
-    python -m longtail.predict --model_dir outputs/demo/full_ft_encoder/onnx/int8 --input texts.jsonl \
+    python -m longtail.predict --model_dir outputs/demo/full_ft_encoder/onnx/optimized --input texts.jsonl \
         --output preds.jsonl --top_k 3 --min_confidence 0.6
     python -m longtail.predict --model_dir outputs/ensemble --input new_complaints.csv --output preds.csv
 
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from longtail.calibration import apply_temperature, load_temperature, log_probs
-from longtail.cli import UsageError
+from longtail.cli import UsageError, usage_exit
 from longtail.inference import (
     LONG_TEXT,
     OrtBackend,
@@ -261,10 +261,11 @@ def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
             f"{folder / ENSEMBLE_FILE} predates serving (no 'serving' entry): rerun `python -m longtail.ensemble` "
             "on the same member runs (seconds) to serve it"
         )
-    member_probs, members = [], []
-    for member in map(Path, spec["members"]):
+    for member in map(Path, spec["members"]):  # all checked before any is scored (a pass can take minutes)
         if not member.is_dir():
             raise ValueError(f"ensemble member {member} (listed in {folder / ENSEMBLE_FILE}) is not a folder")
+    member_probs, members = [], []
+    for member in map(Path, spec["members"]):
         scores = score_texts(args, member, texts, calibrated=False)
         if scores.label_names != spec["label_names"]:
             raise ValueError(
@@ -346,12 +347,12 @@ def main(argv: list[str] | None = None) -> dict:
     logger.setLevel(logging.INFO)
     args = parse_args(argv)
     if Path(args.output).exists() and not args.overwrite:
-        raise SystemExit(f"error: {args.output} exists; pass --overwrite to replace it")
+        raise usage_exit(f"predict: error: {args.output} exists; pass --overwrite to replace it")
     try:  # a user's mistake (input file, column, model folder, window length) is one line, not a traceback
         df, text_column = read_texts(args.input, args.text_column)
         out, summary = predict_frame(args, df, text_column)
     except (ValueError, FileNotFoundError) as err:  # DataError included; a missing folder or adapter base
-        raise SystemExit(f"predict: error: {err}") from None
+        raise usage_exit(f"predict: error: {err}") from None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_frame(out, args.output)
     if summary["bad_rows"]:
