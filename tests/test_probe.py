@@ -1418,10 +1418,10 @@ def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, t
     pd.DataFrame({"text": texts}).to_csv(src, index=False)
     base = ["--input", str(src), "--output", str(tmp_path / "o.csv"), "--no_progress"]
     with pytest.raises(
-        SystemExit, match="--max_length set how a Transformers model reads text; .* an ensemble"
+        SystemExit, match="--max_length sets how a Transformers model reads text; .* an ensemble"
     ):
         predict(["--model_dir", str(ens), "--max_length", "32", *base])
-    with pytest.raises(SystemExit, match="--long_text set how .* a scikit-learn run"):
+    with pytest.raises(SystemExit, match="--long_text sets how .* a scikit-learn run"):
         predict(["--model_dir", str(tfidf), "--long_text", "windows", *base])
     spec = json.loads((ens / "ensemble.json").read_text())
     relabelled = json.loads(json.dumps(spec))

@@ -91,15 +91,16 @@ def read_run(run_dir, split: str) -> dict:
     }
 
 
-def check_same_rows(runs: list[dict], reference: dict) -> None:
-    """Same label list, same row ids, same true labels as the reference; otherwise a CompareError."""
+def check_same_rows(runs: list[dict], reference: dict, role: str = "the reference") -> None:
+    """Same label list, same row ids, same true labels as the reference; otherwise a CompareError naming it by
+    `role` (an ensemble's runs are checked against its first member)."""
     ref = reference
     for run in runs:
         if run["label_names"] != ref["label_names"]:
             missing = sorted(set(ref["label_names"]) - set(run["label_names"]))
             extra = sorted(set(run["label_names"]) - set(ref["label_names"]))
             raise CompareError(
-                f"{run['dir']} and the reference {ref['dir']} have different label lists "
+                f"{run['dir']} and {role} {ref['dir']} have different label lists "
                 f"({len(run['label_names'])} vs {len(ref['label_names'])} classes; missing: {missing[:5]}; "
                 f"extra: {extra[:5]}{'; same labels in another order' if not missing and not extra else ''}). "
                 "Train the runs on the same data options (reuse splits.json with --split_indices)."
@@ -108,12 +109,12 @@ def check_same_rows(runs: list[dict], reference: dict) -> None:
             only_run = np.setdiff1d(run["row_id"], ref["row_id"]).size
             only_ref = np.setdiff1d(ref["row_id"], run["row_id"]).size
             raise CompareError(
-                f"{run['dir']} scored different rows than the reference {ref['dir']} ({len(run['row_id'])} vs "
-                f"{len(ref['row_id'])} rows; {only_run} only in the run, {only_ref} only in the reference)."
+                f"{run['dir']} scored different rows than {role} {ref['dir']} ({len(run['row_id'])} vs "
+                f"{len(ref['row_id'])} rows; {only_run} only in the run, {only_ref} only in {role})."
             )
         if (run["y_true"] != ref["y_true"]).any():
             raise CompareError(
-                f"{run['dir']}: true labels differ from the reference's on "
+                f"{run['dir']}: true labels differ from those of {role} {ref['dir']} on "
                 f"{int((run['y_true'] != ref['y_true']).sum())} rows with the same row ids (different data files?)."
             )
 

@@ -196,7 +196,7 @@ def build_ensemble(
     how: str = "geometric",
 ) -> dict:
     val = [read_run(d, "validation") for d in run_dirs]
-    check_same_rows(val[1:], val[0])
+    check_same_rows(val[1:], val[0], "the first member")
     y_val = val[0]["y_true"]
     log_prior, taus = prior_and_taus(run_dirs[0], val[0]["label_names"], tau_option)
     temps = [fit_temperature(r["probs"], y_val) for r in val]
@@ -223,7 +223,7 @@ def build_ensemble(
     out["serving"] = serving_spec(out)
     if do_test:
         test = [read_run(d, "test") for d in run_dirs]
-        check_same_rows(test[1:], test[0])
+        check_same_rows(test[1:], test[0], "the first member")
         out["splits"]["test"] = (
             test[0]["row_id"],
             test[0]["y_true"],
@@ -251,7 +251,7 @@ def train_split(run_dirs: list[str], spec: dict):
         return None
     train = [read_run(d, "train") for d in run_dirs]
     try:
-        check_same_rows(train[1:], train[0])
+        check_same_rows(train[1:], train[0], "the first member")
     except CompareError as err:  # the ensemble itself is fine: only its teacher output is not
         print(
             f"ensemble: no train predictions for the ensemble: the members' do not match ({err})",

@@ -185,7 +185,7 @@ def score_texts(args, folder: Path, texts: list[str], calibrated: bool = True) -
         asked += ["--backend onnx"] * (args.backend == "onnx")
         if asked:
             raise ValueError(
-                f"{' and '.join(asked)} set how a Transformers model reads text; {folder} is "
+                f"{' and '.join(asked)} {'sets' if len(asked) == 1 else 'set'} how a Transformers model reads text; {folder} is "
                 + ("an ensemble, whose members are served as they were trained" if kind == "ensemble"
                    else "a scikit-learn run (TF-IDF), which reads the whole text")
             )  # fmt: skip
