@@ -1402,9 +1402,11 @@ def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, t
         assert summary["bad_rows"] == raw["Consumer complaint narrative"].isna().sum()
         summaries.append(summary)
     assert summaries[1]["backend"] == "scikit-learn"
-    # the log line says how each member read the texts
+    # the log line says how each member read the texts, at the temperature the ensemble gives it (not T = 1)
+    member_t = record["serving"]["temperatures"]
+    assert [m["temperature"] for m in summaries[0]["members"]] == member_t and member_t[0] != 1.0
     assert describe(summaries[0]).startswith(
-        "ensemble of 2: probe: pytorch, temperature 1.000, max_length 64"
+        f"ensemble of 2: probe: pytorch, temperature {member_t[0]:.3f}, max_length 64"
     )
     texts = raw["Consumer complaint narrative"].dropna().str.strip().tolist()[:20]
     args = parse_args(["--model_dir", str(ens), "--input", "x.csv", "--output", "y.csv", "--no_progress"])

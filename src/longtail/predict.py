@@ -265,14 +265,15 @@ def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
         if not member.is_dir():
             raise ValueError(f"ensemble member {member} (listed in {folder / ENSEMBLE_FILE}) is not a folder")
     member_probs, members = [], []
-    for member in map(Path, spec["members"]):
+    for member, temperature in zip(map(Path, spec["members"]), spec["temperatures"], strict=True):
         scores = score_texts(args, member, texts, calibrated=False)
         if scores.label_names != spec["label_names"]:
             raise ValueError(
                 f"ensemble member {member} now has other labels than when the ensemble was built"
             )
         member_probs.append(scores.probs)
-        members.append({"run": str(member), **scores.info})
+        # the member's temperature is the ensemble's own (apply_mix), not its run folder's nor 1
+        members.append({"run": str(member), **scores.info, "temperature": temperature})
     probs = apply_mix(member_probs, spec) if texts else np.zeros((0, len(spec["label_names"])))
     info = {
         "backend": "ensemble (" + ", ".join(m["backend"] for m in members) + ")",
