@@ -281,6 +281,22 @@ def load_bench(name: str, module_name: str | None = None):
     return module
 
 
+def bench_fixture(name: str):
+    """A module-scoped fixture: bench/<name>.py loaded once per test file, as a module of that file's own (so no
+    file sees another's patched copy)."""
+
+    @pytest.fixture(scope="module", name=name)
+    def fixture(request):
+        return load_bench(name, f"bench_{name}_{request.module.__name__}")
+
+    return fixture
+
+
+inference, scaling, kd_step, train_memory = map(
+    bench_fixture, ("inference", "scaling", "kd_step", "train_memory")
+)
+
+
 def refused(main, argv, capsys) -> str:
     """main(argv) ends with a one-line usage error (status 2, no traceback); that line."""
     with pytest.raises(SystemExit) as exit_info:

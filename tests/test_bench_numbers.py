@@ -11,33 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import corpus, load_bench, save_bert_classifier, train_wordpiece
+from conftest import corpus, save_bert_classifier, train_wordpiece
 
 MIB, GIB = 1024**2, 1024**3
 
 
-def load(name: str):
-    return load_bench(name, f"bench_numbers_{name}")
-
-
-@pytest.fixture(scope="module")
-def inference():
-    return load("inference")
-
-
-@pytest.fixture(scope="module")
-def scaling():
-    return load("scaling")
-
-
-@pytest.fixture(scope="module")
-def kd_step():
-    return load("kd_step")
-
-
-@pytest.fixture(scope="module")
-def train_memory():
-    return load("train_memory")
+# the bench scripts as modules: the inference, scaling, kd_step and train_memory fixtures (conftest)
 
 
 def error_line(parse, argv, capsys) -> str:
@@ -571,6 +550,17 @@ def memory_result(train_memory, variant, load, step, peak, baseline=0.5):
             "load_s": 0.1, "step_s": 0.1}  # fmt: skip
 
 
+def fake_workers(train_memory, monkeypatch, run_worker, tmp_path):
+    """train_memory.main without processes: each variant's worker is `run_worker`, the environment fixed; returns
+    a base model folder to pass as --model_dir."""
+    monkeypatch.setattr(
+        train_memory, "_subprocess", lambda argv, timeout, *a: subprocess.CompletedProcess(argv, 0, "", "")
+    )
+    monkeypatch.setattr(train_memory, "run_worker", run_worker)
+    monkeypatch.setattr(train_memory, "environment", lambda: {"cpu": "test"})
+    return base_model(tmp_path / "model", {"model_type": "qwen2"})
+
+
 def test_train_memory_ratios_of_all_four_variants(train_memory):
     """GiB (baseline 0.5 each): full step 6, peak 6; LoRA step 3, peak 4; LoRA + GC step 2, peak 3; QLoRA step
     0.75, peak 1.5. Each ratio by hand, rounded to 3 decimals."""
@@ -636,12 +626,7 @@ def test_train_memory_reports_the_median_run(train_memory, tmp_path, monkeypatch
             "device": "CPU (2 cores)",
         }
 
-    monkeypatch.setattr(
-        train_memory, "_subprocess", lambda argv, timeout, *a: subprocess.CompletedProcess(argv, 0, "", "")
-    )
-    monkeypatch.setattr(train_memory, "run_worker", run_worker)
-    monkeypatch.setattr(train_memory, "environment", lambda: {"cpu": "test"})
-    model = base_model(tmp_path / "model", {"model_type": "qwen2"})
+    model = fake_workers(train_memory, monkeypatch, run_worker, tmp_path)
     out = tmp_path / "out"
     argv = ["--model_dir", str(model), "--output_dir", str(out), "--variants", "lora", "full", "--repeats", "4",
             "--malloc_mmap_threshold", "0", "--timeout", "7"]  # fmt: skip
@@ -717,12 +702,7 @@ def test_train_memory_a_failed_variant_beside_a_measured_one(train_memory, tmp_p
             return {"variant": variant, "error": "failed (exit 1): boom"}
         return {**memory_result(train_memory, variant, 1, 2, 3), "device": "CPU"}
 
-    monkeypatch.setattr(
-        train_memory, "_subprocess", lambda argv, timeout, *a: subprocess.CompletedProcess(argv, 0, "", "")
-    )
-    monkeypatch.setattr(train_memory, "run_worker", run_worker)
-    monkeypatch.setattr(train_memory, "environment", lambda: {"cpu": "test"})
-    model = base_model(tmp_path / "model", {"model_type": "qwen2"})
+    model = fake_workers(train_memory, monkeypatch, run_worker, tmp_path)
     out = tmp_path / "out"
     argv = ["--model_dir", str(model), "--output_dir", str(out), "--variants", "lora", "full",
             "--malloc_mmap_threshold", "4096"]  # fmt: skip

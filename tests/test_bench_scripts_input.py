@@ -14,19 +14,7 @@ def load(name: str):
     return load_bench(name, f"bench_input_{name}")
 
 
-@pytest.fixture(scope="module")
-def kd_step():
-    return load("kd_step")
-
-
-@pytest.fixture(scope="module")
-def train_memory():
-    return load("train_memory")
-
-
-@pytest.fixture(scope="module")
-def scaling():
-    return load("scaling")
+# the bench scripts as modules: the kd_step, train_memory and scaling fixtures (conftest)
 
 
 def model_folder(path, num_labels: int | None = None):
