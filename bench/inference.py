@@ -190,20 +190,16 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
         try:
             df = read_table(args.data)
         except ValueError as error:  # longtail.data.DataError: missing, empty or unreadable file
-            raise usage_exit(f"bench: error: --data {args.data}: {error}") from None
+            raise usage_exit(f"--data {args.data}: {error}") from None
         missing = [c for c in (args.text_column, args.label_column) if c not in df.columns]
         if missing:
-            raise usage_exit(
-                f"bench: error: {args.data} has no column {missing}; columns: {list(df.columns)}"
-            )
+            raise usage_exit(f"{args.data} has no column {missing}; columns: {list(df.columns)}")
         df = pd.DataFrame({"text": df[args.text_column], "label": df[args.label_column]})
         log["source"] = Path(args.data).name
     else:
         config = Path(args.model_dir) / "run_config.json"
         if not config.is_file():
-            raise usage_exit(
-                f"bench: error: {args.model_dir} has no run_config.json: pass --data with labelled rows"
-            )
+            raise usage_exit(f"{args.model_dir} has no run_config.json: pass --data with labelled rows")
         data_args = json.loads(config.read_text("utf-8"))["data"]
         fields = DataArguments.__dataclass_fields__
         data = prepare_data(DataArguments(**{k: v for k, v in data_args.items() if k in fields}))
@@ -222,7 +218,7 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
     df = df[~empty & ~unknown]
     if df.empty:
         raise usage_exit(
-            f"bench: error: no row left to score in {log['source']}: {log['rows']} rows, "
+            f"no row left to score in {log['source']}: {log['rows']} rows, "
             f"{log['dropped_empty_text']} without text, {log['dropped_unknown_label']} with a label the model "
             f"never saw (its labels: {', '.join(sorted(label2id)[:5])}{' ...' if len(label2id) > 5 else ''})"
         )
@@ -636,7 +632,7 @@ def main(argv=None) -> dict:
         model, tokenizer, resolved = load_model_dir(args.model_dir, device=device)
     except (OSError, ValueError) as error:
         first = next((x for x in str(error).splitlines() if x.strip()), type(error).__name__)
-        raise usage_exit(f"bench: error: cannot load --model_dir {args.model_dir}: {first}") from None
+        raise usage_exit(f"cannot load --model_dir {args.model_dir}: {first}") from None
     check_max_length(build_parser(), args, model.config)  # its config is read here, with the model
     texts, labels, rows_log = evaluation_rows(args, model.config.label2id)
     # as `predict` serves it: the run's max_length (run_config.json), else the bench's 128
@@ -756,8 +752,10 @@ def main(argv=None) -> dict:
     (out / "results.md").write_text(markdown(report), "utf-8")
     print(markdown(report))
     if not results:  # the report stays for its reasons; a script or CI must not read this as a benchmark
+        from longtail.cli import error_line
+
         raise SystemExit(
-            f"bench: error: no variant was measured ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})"
+            error_line(f"no variant was measured ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
         )
     return report
 

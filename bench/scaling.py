@@ -164,7 +164,7 @@ def real_inputs(tokenizer, texts: list[str], batch_size: int, seq_len: int):
     ids = [x for x in tokenizer(texts, truncation=True, max_length=seq_len)["input_ids"] if len(x) == seq_len]
     if len(ids) < batch_size:
         raise usage_exit(
-            f"scaling.py: error: only {len(ids)} of {len(texts)} texts reach {seq_len} tokens, fewer than the batch of "
+            f"only {len(ids)} of {len(texts)} texts reach {seq_len} tokens, fewer than the batch of "
             f"{batch_size}; lower --seq_len or the batch size"
         )
     input_ids = np.array(ids[:batch_size], dtype=np.int64)

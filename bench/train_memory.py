@@ -487,7 +487,9 @@ def main(argv=None) -> int:
     report["ratios"] = summarise(results)
     if not any("peak_bytes" in r for r in results):  # nothing measured: keep any earlier report
         print(markdown(report))
-        print(f"error: every variant failed, nothing measured; {out} left unchanged", file=sys.stderr)
+        from longtail.cli import error_line
+
+        print(error_line(f"every variant failed, nothing measured; {out} left unchanged"), file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_memory.json").write_text(json.dumps(report, indent=2) + "\n")

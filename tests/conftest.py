@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -295,6 +296,12 @@ def bench_fixture(name: str):
 inference, scaling, kd_step, train_memory = map(
     bench_fixture, ("inference", "scaling", "kd_step", "train_memory")
 )
+
+
+def run_as(monkeypatch, script: str) -> None:
+    """Run a tool's main() as its command line would: argparse and our one-line errors both name the program by
+    sys.argv[0]'s file name (`<script>: error: ...`)."""
+    monkeypatch.setattr(sys, "argv", [f"/somewhere/{script}", *sys.argv[1:]])
 
 
 def refused(main, argv, capsys) -> str:

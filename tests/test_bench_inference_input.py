@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import corpus, load_bench, refused, save_bert_classifier, train_wordpiece
+from conftest import corpus, load_bench, refused, run_as, save_bert_classifier, train_wordpiece
 
 RUN_MAX_LENGTH = 24  # the tiny run's run_config.json max_length (not the bench's fallback 128)
+
+
+@pytest.fixture(autouse=True)
+def as_bench(monkeypatch):
+    run_as(monkeypatch, "inference.py")  # as `python bench/inference.py` names itself
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +113,7 @@ def test_folder_without_weights_is_one_line_before_any_output(bench, run_dir, ev
     shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("*.safetensors", "onnx"))
     out = tmp_path / "out"
     with pytest.raises(
-        SystemExit, match=r"^bench: error: cannot load --model_dir .*noweights: "
+        SystemExit, match=r"^inference.py: error: cannot load --model_dir .*noweights: "
     ) as exit_info:
         bench.main(argv(folder, eval_csv, out))
     assert "\n" not in str(exit_info.value) and not out.exists()
@@ -121,9 +126,9 @@ def test_data_mistakes_end_with_status_2(bench, run_dir, eval_csv, tmp_path, cap
     broken = tmp_path / "broken.csv"
     broken.write_text('text,Issue\n"never closed\n')
     line = refused(bench.main, argv(run_dir, broken, out), capsys)
-    assert line.startswith(f"bench: error: --data {broken}: ")
+    assert line.startswith(f"inference.py: error: --data {broken}: ")
     line = refused(bench.main, argv(run_dir, eval_csv, out, "--text_column", "body"), capsys)
-    assert line.startswith(f"bench: error: {eval_csv} has no column ['body']; columns: ")
+    assert line.startswith(f"inference.py: error: {eval_csv} has no column ['body']; columns: ")
     assert not out.exists()
 
 
@@ -134,7 +139,7 @@ def test_no_row_left_to_score(bench, run_dir, eval_csv, tmp_path):
     df.to_csv(unseen, index=False)
     out = tmp_path / "out"
     with pytest.raises(
-        SystemExit, match=r"^bench: error: no row left to score in unseen.csv: 6 rows, 0 without"
+        SystemExit, match=r"^inference.py: error: no row left to score in unseen.csv: 6 rows, 0 without"
     ):
         bench.main(argv(run_dir, unseen, out))
     assert not out.exists()
@@ -174,7 +179,7 @@ def test_nothing_measured_is_an_error_after_the_report(bench, run_dir, eval_csv,
     args = argv(run_dir, eval_csv, out)
     args[args.index("pytorch_fp32")] = "pytorch_fp16"
     with pytest.raises(
-        SystemExit, match="bench: error: no variant was measured \\(pytorch_fp16: needs a GPU\\)"
+        SystemExit, match="inference.py: error: no variant was measured \\(pytorch_fp16: needs a GPU\\)"
     ):
         bench.main(args)
     assert "Nothing measured." in (out / "results.md").read_text("utf-8")

@@ -7,7 +7,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import load_bench, refused
+from conftest import load_bench, refused, run_as
 
 
 def load(name: str):
@@ -184,10 +184,11 @@ def test_scaling_report_says_which_default_sections_were_not_run(scaling):
     assert scaling.parse_args(["--shared_dir", "/nonexistent"]).not_run == {}  # the defaults run both
 
 
-def test_scaling_too_few_long_texts_names_both_remedies(scaling):
+def test_scaling_too_few_long_texts_names_both_remedies(scaling, monkeypatch):
     def tokenizer(texts, truncation, max_length):
         return {"input_ids": [[1] * min(len(t), max_length) for t in texts]}
 
+    run_as(monkeypatch, "scaling.py")
     with pytest.raises(SystemExit) as exc:
         scaling.real_inputs(tokenizer, ["a" * 20, "a" * 20, "a" * 3], batch_size=3, seq_len=16)
     assert str(exc.value) == (

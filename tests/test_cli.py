@@ -201,3 +201,27 @@ def test_max_length_past_debertas_relative_positions_is_only_warned(caplog):
     assert "--max_length 65 is beyond the 64 positions deb was trained on" in caplog.text
     with pytest.raises(UsageError, match="^--max_length 65 exceeds the 64 positions of deb"):
         check_max_length(DebertaV2Config(max_position_embeddings=64, position_biased_input=True), 65, "deb")
+
+
+def test_predict_and_bench_name_themselves_alike_in_argparse_errors_and_their_own(tmp_path):
+    """An option argparse refuses and a mistake found later (a folder that is no model) start with the same
+    program name: `predict.py` once said `predict.py: error:` for the first and `predict: error:` for the second,
+    the inference bench `inference.py: error:` and `bench: error:`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    (tmp_path / "in.csv").write_text("text\nmy card was charged twice\n")
+    (tmp_path / "empty").mkdir()
+    tools = {
+        "predict.py": [sys.executable, "-m", "longtail.predict", "--input", "in.csv", "--output", "out.csv"],
+        "inference.py": [sys.executable, str(REPO / "bench" / "inference.py"), "--output_dir", "bench"],
+    }
+    for program, command in tools.items():
+        for extra, message in (
+            (["--max_length", "0"], "--max_length must be >= 1"),  # argparse's, at parse time
+            ([], "empty has no config.json: not a trained classifier folder"),  # ours, on reading the folder
+        ):
+            argv = [*command, "--model_dir", "empty", *extra]
+            done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+            assert done.returncode == 2, done.stderr[-2000:]
+            line = done.stderr.strip().splitlines()[-1]
+            assert line.startswith(f"{program}: error: ") and message in line, line
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "bench").exists()

@@ -10,9 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import corpus, load_bench, needs_shared, refused, train_wordpiece
+from conftest import corpus, load_bench, needs_shared, refused, run_as, train_wordpiece
 
 from longtail.inference import Batch, ExecutionProviderError
+
+
+@pytest.fixture(autouse=True)
+def as_predict(monkeypatch):
+    run_as(monkeypatch, "predict.py")  # as `python -m longtail.predict` names itself
 
 
 @pytest.fixture(scope="module")
@@ -480,9 +485,9 @@ def test_predict_mistakes_end_with_status_2_like_the_other_tools(tmp_path, capsy
         "--output",
         str(tmp_path / "o.csv"),
     ]
-    assert refused(main, missing, capsys).startswith("predict: error: Model folder not found: ")
+    assert refused(main, missing, capsys).startswith("predict.py: error: Model folder not found: ")
     exists = ["--model_dir", str(tmp_path / "nowhere"), "--input", str(src), "--output", str(src)]
-    assert refused(main, exists, capsys) == f"predict: error: {src} exists; pass --overwrite to replace it"
+    assert refused(main, exists, capsys) == f"predict.py: error: {src} exists; pass --overwrite to replace it"
     assert not (tmp_path / "o.csv").exists() and src.read_text() == "text\nI was charged twice.\n"
 
 
@@ -513,22 +518,23 @@ def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, c
 
     src = tmp_path / "in.csv"
     pd.DataFrame({"body": ["x"]}).to_csv(src, index=False)
-    with pytest.raises(SystemExit, match=r"predict: error: .*no text column found.*\['body'\]"):
+    with pytest.raises(SystemExit, match=r"predict.py: error: .*no text column found.*\['body'\]"):
         main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "o.csv")])
     # other mistakes: a malformed file, windows with no room for text, lengths and batch sizes below 1
     broken = tmp_path / "broken.csv"
     broken.write_text('text\n"never closed\n')
-    with pytest.raises(SystemExit, match=r"predict: error: Could not parse .*broken.csv"):
+    with pytest.raises(SystemExit, match=r"predict.py: error: Could not parse .*broken.csv"):
         main(["--model_dir", tiny_classifier, "--input", str(broken), "--output", str(tmp_path / "b.csv")])
     src.write_text("text\nI was charged twice.\n")
-    with pytest.raises(SystemExit, match="predict: error: max_length 2 leaves no room"):
+    with pytest.raises(SystemExit, match="predict.py: error: max_length 2 leaves no room"):
         main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "w.csv"),
               "--long_text", "windows", "--max_length", "2"])  # fmt: skip
     # past the model's 512 positions: once a shape error from inside BERT's embeddings (a text > 512 tokens)
     long_text = tmp_path / "long.csv"
     long_text.write_text("text\n" + "charged twice " * 400 + "\n")
     with pytest.raises(
-        SystemExit, match=rf"predict: error: --max_length 513 exceeds the 512 positions of {tiny_classifier}"
+        SystemExit,
+        match=rf"predict.py: error: --max_length 513 exceeds the 512 positions of {tiny_classifier}",
     ):
         main(["--model_dir", tiny_classifier, "--input", str(long_text), "--output", str(tmp_path / "l.csv"),
               "--max_length", "513"])  # fmt: skip
@@ -545,7 +551,9 @@ def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, c
     import torch
 
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match=r"predict: error: --device cuda:0: CUDA is not available here"):
+        with pytest.raises(
+            SystemExit, match=r"predict.py: error: --device cuda:0: CUDA is not available here"
+        ):
             main(["--model_dir", tiny_classifier, "--input", str(src), "--output", str(tmp_path / "d.csv"),
                   "--device", "cuda:0"])  # fmt: skip
     assert not (tmp_path / "d.csv").exists()
@@ -576,11 +584,11 @@ def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, c
     head = [k for k in weights if k.startswith(("classifier.", "score."))]
     save_file({k: v for k, v in weights.items() if k not in head}, str(base / "model.safetensors"))
     with pytest.raises(
-        SystemExit, match=rf"predict: error: .*base has no saved weights for {head[0]}.*not a trained"
+        SystemExit, match=rf"predict.py: error: .*base has no saved weights for {head[0]}.*not a trained"
     ):
         main(["--model_dir", str(base), "--input", str(src), "--output", str(tmp_path / "base.csv")])
     # a model folder that is not there; an adapter folder whose base model cannot be had offline, or unnamed
-    with pytest.raises(SystemExit, match="predict: error: Model folder not found: .*nowhere"):
+    with pytest.raises(SystemExit, match="predict.py: error: Model folder not found: .*nowhere"):
         main(
             [
                 "--model_dir",
@@ -594,10 +602,12 @@ def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, c
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "someone/absent-base"}')
-    with pytest.raises(SystemExit, match="predict: error: .*base model 'someone/absent-base'.*not available"):
+    with pytest.raises(
+        SystemExit, match="predict.py: error: .*base model 'someone/absent-base'.*not available"
+    ):
         main(["--model_dir", str(adapter), "--input", str(src), "--output", str(tmp_path / "a.csv")])
     (adapter / "adapter_config.json").write_text("{}")
-    with pytest.raises(SystemExit, match="predict: error: .*adapter_config.json names no base model"):
+    with pytest.raises(SystemExit, match="predict.py: error: .*adapter_config.json names no base model"):
         main(["--model_dir", str(adapter), "--input", str(src), "--output", str(tmp_path / "a.csv")])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -1736,3 +1737,39 @@ def test_probe_config_carries_its_bodys_sizes():
     assert (config.hidden_size, config.num_hidden_layers, config.max_position_embeddings) == (48, 3, 64)
     again = ProbeConfig.from_dict(config.to_dict())
     assert (again.hidden_size, again.num_hidden_layers, again.max_position_embeddings) == (48, 3, 64)
+
+
+def test_embedding_cache_of_the_wrong_shape_or_damaged_is_embedded_again(
+    tiny_modernbert, tmp_path, one_torch_thread, caplog
+):
+    """A cache file under the right key whose rows are not the encoder's width (or too few, or not a .npy) is
+    not served: the features are embedded again, with a warning, and the file replaced. A file of another width
+    used to be returned as it was, and a damaged one stopped the run with numpy's error."""
+    from transformers import AutoModel
+
+    from longtail.probe import cached_embeddings
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    encoder = AutoModel.from_pretrained(tiny_modernbert)
+    args = (tmp_path, tiny_modernbert, encoder, tokenizer, TEXTS, 32, "mean")
+    first, key, _ = cached_embeddings(*args)
+    path = tmp_path / f"{key}.npy"
+    width = encoder.config.hidden_size
+    for content, problem in (
+        (np.zeros((len(TEXTS), width + 1), np.float32), f"shape ({len(TEXTS)}, {width + 1}), not"),
+        (np.zeros((len(TEXTS) - 1, width), np.float32), f"shape ({len(TEXTS) - 1}, {width}), not"),
+        (b"\x93NUMPY cut short", "unreadable ("),
+    ):
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            np.save(path, content)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.probe"):
+            features, again, reused = cached_embeddings(*args)
+        assert (again, reused) == (key, False)
+        np.testing.assert_array_equal(features, first)
+        np.testing.assert_array_equal(np.load(path), first)  # replaced
+        assert f"Cached embeddings {path} are {problem}" in caplog.text and "embedding again" in caplog.text
+    assert cached_embeddings(*args)[2] is True  # and served again once whole

@@ -469,7 +469,9 @@ def test_probe_main_standardises_on_train_and_shifts_by_the_train_prior(
     recipe.main(args)
     assert prior.max() / prior.min() > 20  # the train prior spans 26x
     probs = load_predictions(out / "predictions_train.npz")["probs"]
-    assert probs.max() / probs.min() < 2  # measured: 1.4 (lbfgs stops short of the exact prior); tau 0: ~26x
+    # measured 1.3 to 2.0 (lbfgs stops short of the exact prior, where depends on the BLAS threads and what ran
+    # before: 2.004 once in the full suite); tau 0.5: 4.6; tau 0: 28
+    assert probs.max() / probs.min() < 3
     assert json.loads((out / "run_config.json").read_text())["probe"]["posthoc_logit_adjustment"] == "1.0"
 
 

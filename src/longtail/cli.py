@@ -39,8 +39,15 @@ def run(main, argv: list[str] | None = None) -> None:
         # LONGTAIL_TRACEBACK=1: the whole traceback, to see where a check fired (or one that is really a bug)
         if os.environ.get("LONGTAIL_TRACEBACK"):
             raise
-        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        print(error_line(str(err)), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def error_line(message: str) -> str:
+    """`<program>: error: <message>`, the program named as argparse names it in its own errors (the file name of
+    sys.argv[0]: `predict.py` for `python -m longtail.predict`, `longtail-predict` for the console script), so
+    every error of one tool starts alike."""
+    return f"{Path(sys.argv[0]).name}: error: {message}"
 
 
 class UsageExit(SystemExit):
@@ -56,10 +63,12 @@ class UsageExit(SystemExit):
 
 
 def usage_exit(message: str) -> UsageExit:
-    """Print `message` (`<tool>: error: ...`) on stderr and return the UsageExit to raise: status 2, no traceback,
-    as `run` and argparse end on a mistake in the input (a SystemExit with a message would exit with status 1)."""
-    print(message, file=sys.stderr)
-    return UsageExit(message)
+    """Print `message` as `<program>: error: <message>` (`error_line`) on stderr and return the UsageExit to raise:
+    status 2, no traceback, as `run` and argparse end on a mistake in the input (a SystemExit with a message would
+    exit with status 1)."""
+    line = error_line(message)
+    print(line, file=sys.stderr)
+    return UsageExit(line)
 
 
 def model_source_error(option: str, name: str, err: Exception | None, needs=("config.json",)) -> UsageError:

@@ -348,12 +348,12 @@ def main(argv: list[str] | None = None) -> dict:
     logger.setLevel(logging.INFO)
     args = parse_args(argv)
     if Path(args.output).exists() and not args.overwrite:
-        raise usage_exit(f"predict: error: {args.output} exists; pass --overwrite to replace it")
+        raise usage_exit(f"{args.output} exists; pass --overwrite to replace it")
     try:  # a user's mistake (input file, column, model folder, window length) is one line, not a traceback
         df, text_column = read_texts(args.input, args.text_column)
         out, summary = predict_frame(args, df, text_column)
     except (ValueError, FileNotFoundError) as err:  # DataError included; a missing folder or adapter base
-        raise usage_exit(f"predict: error: {err}") from None
+        raise usage_exit(f"{err}") from None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_frame(out, args.output)
     if summary["bad_rows"]:

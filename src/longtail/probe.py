@@ -369,16 +369,24 @@ def cached_embeddings(
     **kw,
 ):
     """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model, texts, max_length, pooling,
-    long_text, normalize and layers match. Returns (features, fingerprint, reused)."""
+    long_text, normalize and layers match and the file holds a row of the encoder's width per text (else, with a
+    warning, embedded again and replaced). Returns (features, fingerprint, reused)."""
     fingerprint = embedding_fingerprint(
         model_name_or_path, texts, max_length, pooling, long_text, normalize, layers
     )
     path = Path(cache_dir) / f"{fingerprint}.npy"
     if path.is_file():
-        features = np.load(path, allow_pickle=False)
-        if features.shape[0] == len(texts):
+        expected = (len(texts), encoder.config.hidden_size * len(layers))
+        try:
+            features = np.load(path, allow_pickle=False)
+            problem = None if features.shape == expected else f"shape {features.shape}, not {expected}"
+        except (OSError, ValueError, EOFError) as err:  # cut short or not a .npy: numpy's own error
+            problem = f"unreadable ({' '.join(str(err).split())})"
+        if problem is None:
             logger.info("Reusing cached embeddings %s (%d rows)", path, len(texts))
             return features, fingerprint, True
+        # a copied-in or damaged file, never ours (written atomically): embed again and replace it
+        logger.warning("Cached embeddings %s are %s: embedding again", path, problem)
     features = embed_texts(
         encoder,
         tokenizer,
