@@ -112,11 +112,53 @@ def test_export_fails_when_fp32_parity_fails(tiny_classifier, tmp_path):
 
     args = ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / "x"), optimize=False,
                            quantize=False, parity_rows=8, atol=0.0)  # fmt: skip
-    with pytest.raises(ExportError, match="does not match PyTorch within atol 0.0"):
+    with pytest.raises(ExportError, match=r"does not match PyTorch within atol 0.0 .*x.failed/parity.json$"):
         export_onnx(args)
-    assert json.loads((tmp_path / "x" / "parity.json").read_text())["variants"]["fp32"]["status"] == "failed"
+    failed = json.loads((tmp_path / "x.failed" / "parity.json").read_text())  # kept for inspection
+    assert failed["variants"]["fp32"]["status"] == "failed"
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_an_export_replaces_an_earlier_one_only_once_it_passed(tiny_classifier, tmp_path, monkeypatch):
+    """An overwrite builds the new export beside the earlier one: a parity failure or an interruption leaves the
+    earlier export byte for byte (its variants were deleted before the new export began); one that passes
+    replaces it whole, an int8 it rejected included, and clears an earlier failure's folder."""
+    import longtail.export as export
+    from longtail.export import ExportArguments, ExportError, export_onnx
+
+    def files(folder):
+        return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+    out = tmp_path / "x"
+    args = dict(model_dir=tiny_classifier, output_dir=str(out), optimize=False, parity_rows=8)
     with pytest.raises(FileExistsError, match="overwrite_output_dir"):
-        export_onnx(args)  # never replaces an earlier export unless asked
+        (out / "fp32").mkdir(parents=True)
+        (out / "fp32" / "mine.txt").write_text("not an export")
+        export_onnx(ExportArguments(**args))  # never replaces an earlier export unless asked
+    (out / "notes.txt").write_text("the user's")
+    first = export_onnx(ExportArguments(**args, overwrite_output_dir=True, min_int8_agreement=0.5))
+    assert first["variants"]["int8"]["status"] == "ok" and not (out / "fp32" / "mine.txt").exists()
+    assert first["variants"]["fp32"]["file"] == str(out / "fp32" / "model.onnx")
+    earlier = files(out)
+    with pytest.raises(
+        ExportError, match=rf"x.failed/parity.json; the earlier export in {out} is unchanged$"
+    ):
+        export_onnx(ExportArguments(**args, overwrite_output_dir=True, atol=0.0))
+    assert files(out) == earlier and (tmp_path / "x.failed" / "fp32" / "model.onnx").is_file()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(export, "quantization_config", interrupted)  # after the fp32 export, before int8
+        with pytest.raises(KeyboardInterrupt):
+            export_onnx(ExportArguments(**args, overwrite_output_dir=True))
+    assert files(out) == earlier and (tmp_path / "x.partial" / "fp32" / "model.onnx").is_file()
+    last = export_onnx(ExportArguments(**args, overwrite_output_dir=True, min_int8_agreement=1.01))
+    assert last["variants"]["int8"]["status"] == "rejected" and not (out / "int8").exists()
+    assert json.loads((out / "parity.json").read_text())["variants"]["int8"]["status"] == "rejected"
+    assert sorted(p.name for p in out.iterdir()) == ["fp32", "notes.txt", "parity.json"]
+    assert not (tmp_path / "x.partial").exists() and not (tmp_path / "x.failed").exists()
 
 
 def test_int8_rejected_when_quality_collapses(tiny_classifier, tmp_path):

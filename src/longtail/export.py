@@ -255,14 +255,16 @@ def export_onnx(args: ExportArguments) -> dict:
             f"--output_dir {out} is the model's own folder: the export needs a folder of its own "
             "(default: <model_dir>/onnx)"
         )
-    if out.is_dir() and any(out.iterdir()):
-        if not args.overwrite_output_dir:
-            raise ExportExistsError(
-                f"{out} exists and is not empty: pass --overwrite_output_dir to replace the export"
-            )
-        for name in VARIANTS:
-            shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    replacing = out.is_dir() and any(out.iterdir())
+    if replacing and not args.overwrite_output_dir:
+        raise ExportExistsError(
+            f"{out} exists and is not empty: pass --overwrite_output_dir to replace the export"
+        )
+    # built beside `out`, which it replaces only once the fp32 parity passed: an earlier export stays whole
+    # through an export that fails or is interrupted
+    work, failed_dir = out.with_name(f"{out.name}.partial"), out.with_name(f"{out.name}.failed")
+    shutil.rmtree(work, ignore_errors=True)  # an interrupted attempt's
+    work.mkdir(parents=True)
 
     batches = encode_batches(tokenizer, texts, 16, args.max_length)
     num_labels = model.config.num_labels
@@ -287,7 +289,7 @@ def export_onnx(args: ExportArguments) -> dict:
 
     # ---- fp32 ----------------------------------------------------------------------------------
     extras = (Path(resolved), Path(args.model_dir))
-    fp32 = out / "fp32"
+    fp32 = work / "fp32"
     export_fp32(model, fp32, args.device)
     _copy_extras(extras, tokenizer, fp32)
     variants = {"fp32": fp32}
@@ -301,14 +303,14 @@ def export_onnx(args: ExportArguments) -> dict:
             optimizer = ORTOptimizer.from_pretrained(fp32, file_names=["model.onnx"])
             optimizer.optimize(
                 OptimizationConfig(optimization_level=2, optimize_for_gpu=args.device != "cpu"),
-                out / "optimized",
+                work / "optimized",
             )
-            _copy_extras(extras, tokenizer, out / "optimized")
-            variants["optimized"] = out / "optimized"
+            _copy_extras(extras, tokenizer, work / "optimized")
+            variants["optimized"] = work / "optimized"
         except (NotImplementedError, KeyError, ValueError) as e:
             reason = f"not supported for {model.config.model_type}: {str(e).splitlines()[0][:200]}"
             logger.warning("ORT optimisation skipped (%s)", reason)
-            shutil.rmtree(out / "optimized", ignore_errors=True)
+            shutil.rmtree(work / "optimized", ignore_errors=True)
             record["variants"]["optimized"] = {"status": "skipped", "reason": reason}
 
     # ---- dynamic int8 ------------------------------------------------------------------------------
@@ -316,9 +318,9 @@ def export_onnx(args: ExportArguments) -> dict:
         from optimum.onnxruntime import ORTQuantizer
 
         isa, qconfig = quantization_config()
-        ORTQuantizer.from_pretrained(fp32, file_name="model.onnx").quantize(qconfig, out / "int8")
-        _copy_extras(extras, tokenizer, out / "int8")
-        variants["int8"] = out / "int8"
+        ORTQuantizer.from_pretrained(fp32, file_name="model.onnx").quantize(qconfig, work / "int8")
+        _copy_extras(extras, tokenizer, work / "int8")
+        variants["int8"] = work / "int8"
         record["int8_config"] = isa
 
     # ---- parity --------------------------------------------------------------------------------
@@ -326,7 +328,7 @@ def export_onnx(args: ExportArguments) -> dict:
         backend = OrtBackend(path, device=args.device)
         logits = run_batches(backend, batches, len(texts), num_labels)
         entry = {
-            "file": str(path / backend.file_name),
+            "file": str(out / name / backend.file_name),  # where it is served from once the export passed
             "size_bytes": sum(f.stat().st_size for f in onnx_files(path)),
             **compare(reference, logits),
             "status": "ok",
@@ -368,11 +370,22 @@ def export_onnx(args: ExportArguments) -> dict:
             entry["argmax_agreement"],
             entry["status"],
         )
-    write_json(out / "parity.json", record)
+    write_json(work / "parity.json", record)
     failed = {n: v for n, v in record["variants"].items() if v.get("status") == "failed"}
-    if failed:
+    if failed:  # kept for inspection beside `out`, which is left as it was
+        shutil.rmtree(failed_dir, ignore_errors=True)
+        work.rename(failed_dir)
         detail = ", ".join(f"{n}: max |dlogit| {v['max_abs_logit_diff']:.2e}" for n, v in failed.items())
+        kept = f"; the earlier export in {out} is unchanged" if replacing else ""
         raise ExportError(
-            f"ONNX export does not match PyTorch within atol {args.atol} ({detail}); see {out / 'parity.json'}"
+            f"ONNX export does not match PyTorch within atol {args.atol} ({detail}); "
+            f"see {failed_dir / 'parity.json'}{kept}"
         )
+    out.mkdir(parents=True, exist_ok=True)
+    for name in VARIANTS:  # an earlier export's variant that this one did not keep (int8 rejected) goes too
+        shutil.rmtree(out / name, ignore_errors=True)
+    for item in work.iterdir():
+        item.replace(out / item.name)
+    work.rmdir()
+    shutil.rmtree(failed_dir, ignore_errors=True)  # an earlier failure's, now superseded
     return record
