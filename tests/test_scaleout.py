@@ -306,6 +306,27 @@ def test_dropping_the_last_python_group_reference_joins_gloo_workers_without_the
     assert float(waited["1"]) >= 1.0  # the drop did wait for the busy worker: the race was exercised
 
 
+@pytest.mark.slow
+def test_a_refused_output_folder_ends_each_process_with_its_one_line(files, tiny_modernbert, tmp_path):
+    """Two processes into a folder holding other files, without --overwrite_output_dir: each process refuses with
+    the one line. The main process alone used to check, so the other waited in the data block's barrier and died
+    with a gloo "Connection closed by peer" traceback once the main process had exited."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = encoder_args(tiny_modernbert, *files, out, *QUICK)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    done = run_child(
+        [*launch, str(free_port()), str(REPO / "recipes" / "full_ft_encoder.py"), *argv], child_env()
+    )
+    line = (
+        f"full_ft_encoder.py: error: output_dir '{out}' exists and is not empty. Pass --overwrite_output_dir"
+    )
+    assert done.returncode != 0 and done.stderr.count(line) == 2, failure(done)
+    assert "Connection closed" not in done.stderr and "[rank1]: Traceback" not in done.stderr, failure(done)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
 def test_multi_process_launch_without_gloo_is_refused(monkeypatch, tmp_path):
     """N launched processes that the Trainer would run as N independent runs (each writing and pushing
     the same outputs) stop with the fix in the message."""

@@ -199,15 +199,17 @@ def start_run(
     training_args.resume_from_checkpoint = resolve_resume(
         training_args.resume_from_checkpoint, training_args.output_dir
     )
-    if training_args.process_index == 0:
-        # checked now, cleared by replace_previous_results once the data and model are checked too
-        prepare_output_dir(
-            training_args.output_dir,
-            training_args.overwrite_output_dir,
-            resuming_in_place(training_args),
-            inputs,
-            clear=False,
-        )
+    # checked now, cleared by replace_previous_results once the data and model are checked too. Every process
+    # checks (it only reads, and nothing is written before the data block's barrier, which all of them reach
+    # after this): a refusal on the main process alone left the others waiting in that barrier, to end in a
+    # gloo "Connection closed by peer" traceback once it exited.
+    prepare_output_dir(
+        training_args.output_dir,
+        training_args.overwrite_output_dir,
+        resuming_in_place(training_args),
+        inputs,
+        clear=False,
+    )
     transformers.set_seed(training_args.seed)
     return training_args, push
 
