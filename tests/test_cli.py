@@ -225,3 +225,24 @@ def test_predict_and_bench_name_themselves_alike_in_argparse_errors_and_their_ow
             line = done.stderr.strip().splitlines()[-1]
             assert line.startswith(f"{program}: error: ") and message in line, line
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "bench").exists()
+
+
+def test_bitsandbytes_kernels_hint_is_dropped_and_its_other_messages_pass(caplog):
+    """On a CPU with AVX512-BF16, importing Trainer (which imports peft, which imports bitsandbytes) logged
+    "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. Please make sure you
+    already `pip install kernels`" in every recipe run and test, a missing dependency to the reader."""
+    import logging
+
+    import longtail  # noqa: F401  (installs the filter)
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        log.warning(
+            "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+            "`pip install kernels` and the kernels >= 0.11.1",
+            "No module named 'kernels'",
+        )
+        log.warning("Failed to load the CPU library: %s", "libbitsandbytes_cpu.so")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Failed to load the CPU library: libbitsandbytes_cpu.so"
+    ]
