@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
         df, text_column = read_texts(args.input, args.text_column)
         out, summary = predict_frame(args, df, text_column)
     except (ValueError, FileNotFoundError) as err:  # DataError included; a missing folder or adapter base
-        raise usage_exit(f"{err}") from None
+        raise usage_exit(str(err)) from None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_frame(out, args.output)
     if summary["bad_rows"]:
