@@ -895,7 +895,10 @@ def test_finish_adapter_run_pushes_the_adapter_and_the_merged_model_only_when_as
     finish_run(adapter_run, out, push_merged=True)  # implies the merge; no --push_to_hub
     assert pushed == [] and (out / "merged" / "model.safetensors").is_file()
     assert f'adapter = "{out}"' in (out / "README.md").read_text()
-    assert "me/a-merged" not in (out / "merged" / "README.md").read_text()
+    merged_card = (out / "merged" / "README.md").read_text()
+    assert (
+        "hub_model_id" not in merged_card and f'model="{out / "merged"}"' in merged_card
+    )  # no Hub repo named
 
 
 def test_merge_adapter_writes_beside_the_adapter_and_takes_another_base_folder(adapter_run, tmp_path):
