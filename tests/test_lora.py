@@ -972,6 +972,7 @@ def lora_from_refit_probe(tiny_qwen2, tmp_path_factory):
     return {"probe": probe, "runs": runs, "starts": starts, "train": train, "test": test}
 
 
+@pytest.mark.slow
 def test_lora_from_a_refit_probe_starts_at_its_train_only_head_and_refits_from_its_saved_head(
     lora_from_refit_probe,
 ):
@@ -997,6 +998,7 @@ def test_lora_from_a_refit_probe_starts_at_its_train_only_head_and_refits_from_i
             torch.testing.assert_close(refit_start[k], refit[k], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_lora_from_a_probe_merges_onto_the_probe(lora_from_refit_probe):
     """--merge_adapter on a LoRA run whose base is the probe (--head_init_from): merged/ is the probe's
     architecture with the adapter merged in, scoring as the adapter does (it was merged onto the bare decoder named
@@ -1012,6 +1014,7 @@ def test_lora_from_a_probe_merges_onto_the_probe(lora_from_refit_probe):
     )
 
 
+@pytest.mark.slow
 def test_lora_refit_from_a_probe_folds_tau_with_the_train_and_validation_prior(lora_from_refit_probe):
     """The probe's head has a bias, so the chosen post-hoc tau is folded into the refit LoRA head too, with the
     train + validation prior: the saved adapter is the one of the same run without the shift, its head's bias
