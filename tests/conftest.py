@@ -201,6 +201,27 @@ def tiny_llama(tmp_path_factory) -> str:
     return save_tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    """A 2-layer GPT-2 (random weights; learned absolute positions) + byte-level BPE tokenizer padding on the
+    left, without a pad token: a body whose features move when its input is left-padded (rotary Qwen2 and
+    Llama shift every position alike, which attention does not see)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = train_byte_bpe(corpus(), padding_side="left")
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def decoder_args(recipe: str, model: str, train: str, test: str, out: Path, *extra: str) -> list[str]:
     """Command line of a quick run of a decoder recipe on the synthetic CSVs (see test_recipes)."""
     return [

@@ -9,11 +9,12 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import REPO, SHARED, decoder_args
-from test_recipes import RUN_FILES, load_recipe, synthetic_files
+from test_recipes import RUN_FILES, load_recipe, synthetic_data, synthetic_files
 
 from longtail.adapters import (
     ADAPTER_FILES,
@@ -626,12 +627,20 @@ def test_adapter_card_quick_start_names_the_base_and_the_adapter(tmp_path):
     from longtail.adapters import _add_card_section, usage_section
 
     section = usage_section("Qwen/Qwen2.5-0.5B", "me/adapter", merged=False)
-    assert 'adapter = "me/adapter"' in section
-    assert (
-        'base = AutoModelForSequenceClassification.from_pretrained("Qwen/Qwen2.5-0.5B", config=config)'
-        in section
-    )
-    assert "merged/" not in section and section.endswith("```\n")
+    code = section.split("```python\n")[1]
+    assert code == (
+        "from peft import PeftModel\n"
+        "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline\n"
+        "\n"
+        'adapter = "me/adapter"\n'
+        "config = AutoConfig.from_pretrained(adapter)  # id2label, pad_token_id\n"
+        'base = AutoModelForSequenceClassification.from_pretrained("Qwen/Qwen2.5-0.5B", config=config)\n'
+        "model = PeftModel.from_pretrained(base, adapter).merge_and_unload()\n"
+        'clf = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(adapter))\n'
+        'print(clf("I was charged a late fee although I paid on time.", top_k=3))\n'
+        "```\n"
+    )  # the tokenizer of the run folder: it has the pad token and padding side the run used
+    assert "merged/" not in section and section.startswith("## Quick start\n")
     merged = usage_section("Qwen/Qwen2.5-0.5B", "me/adapter", merged=True)
     assert merged.startswith(section) and 'model="<run folder>/merged"' in merged
     card = tmp_path / "README.md"
@@ -689,3 +698,339 @@ def test_trainable_parameters_of_a_plain_model():
     layer = torch.nn.Linear(4, 3)
     layer.weight.requires_grad_(False)
     assert trainable_parameters(layer) == (3, 15)
+
+
+# ---- finish_adapter_run: card, run files, merged model, push (no training) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def adapter_run(tiny_qwen2, tmp_path_factory):
+    """What finish_adapter_run is handed at the end of a LoRA run on the tiny Qwen2 and the synthetic data: the
+    run folder as save_adapter leaves it (adapter + head, config.json, tokenizer), with every lora_B drawn at
+    random so that the merged model is not the base; the adapter model's logits on TEXTS and on the quick start's
+    text. Validation and test results are built fresh per call (`results`): the reports fill in their metrics."""
+    from longtail.data import DataArguments, prepare_data
+    from longtail.runs import public_model_name
+
+    tmp = tmp_path_factory.mktemp("adapter_run")
+    train, test = synthetic_files(tmp)
+    data_args = DataArguments(
+        train_file=train, test_file=test, text_column="Consumer complaint narrative", label_taxonomy="none"
+    )
+    data = prepare_data(data_args)
+    model, tokenizer = tiny_classifier(tiny_qwen2, data.label_names)
+    lora = add_lora(model, AdapterArguments(lora_r=4, lora_target_modules="q_proj,v_proj"))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator))
+    folder = tmp / "adapter"
+    lora.save_pretrained(folder)
+    lora.get_base_model().config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    lora.eval()
+    return {
+        "folder": folder, "data": data, "data_args": data_args, "base": tiny_qwen2,
+        "name": public_model_name(tiny_qwen2), "tokenizer": tokenizer, "logits": logits(lora, tokenizer),
+        "quick_start_logits": logits(lora, tokenizer, [QUICK_START_TEXT])[0],
+    }  # fmt: skip
+
+
+QUICK_START_TEXT = "I was charged a late fee although I paid on time."
+
+
+def adapter_results(data) -> list:
+    """Validation and test results of random, overconfident probabilities (so the temperature fitted is not 1)."""
+    from longtail.report import SplitResult
+
+    rng = np.random.default_rng(0)
+    results = []
+    for split in ("validation", "test"):
+        rows = data.splits[split]
+        scores = 4 * rng.standard_normal((len(rows), len(data.label_names)))
+        probs = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
+        results.append(SplitResult(split, rows["label_id"].to_numpy(), probs, rows["text"]))
+    return results
+
+
+def finish_run(run, out: Path, *, push=False, tags=("peft", "lora"), sections=None, **adapter_options):
+    """finish_adapter_run on a copy of the adapter folder in `out`, as the recipes call it."""
+    import shutil
+
+    from transformers import TrainingArguments
+
+    from longtail.adapters import finish_adapter_run
+
+    shutil.copytree(run["folder"], out, dirs_exist_ok=True)
+    training = TrainingArguments(output_dir=str(out), report_to="none", hub_model_id="me/a" if push else None)
+    arguments = (
+        run["data_args"],
+        ModelArguments(model_name_or_path=run["base"]),
+        AdapterArguments(**adapter_options),
+    )
+    return finish_adapter_run(
+        SimpleNamespace(args=training), title="LoRA: tiny", data=run["data"], results=adapter_results(run["data"]),
+        run_info={"model": run["name"], "recipe": "lora_decoder", "adapter": "LoRA r=4"},
+        command="python recipes/lora_decoder.py", arguments=arguments, push=push, tags=tags, sections=sections,
+    )  # fmt: skip
+
+
+def front_matter(card: Path) -> dict:
+    return yaml.safe_load(card.read_text().split("---\n")[1])
+
+
+def test_finish_adapter_run_writes_the_card_run_files_and_a_merged_model(
+    adapter_run, tmp_path, monkeypatch, capsys, fast_bootstrap
+):
+    """The card: peft's front matter, one quick start (peft's, naming the base by its public name and this
+    folder, noting merged/) before the versions, and its code runs and gives the adapter's top 3; the recipe's
+    sections in report.md; run_config.json with a section per argument class; merged/ (an earlier run's files
+    gone) scoring as the adapter, with the run's temperature and its own card."""
+    import ast
+
+    from transformers import AutoModelForSequenceClassification
+
+    from longtail.adapters import usage_section
+
+    out = tmp_path / "run"
+    (out / "merged").mkdir(parents=True)
+    (out / "merged" / "stale.bin").write_text("an earlier run's")
+    paths = finish_run(adapter_run, out, merge_adapter=True, sections=["## From the recipe\n\nits section"])
+    name = adapter_run["name"]
+    card = (out / "README.md").read_text()
+    assert front_matter(out / "README.md") == {
+        "library_name": "peft", "pipeline_tag": "text-classification", "base_model": name,
+        "license": "apache-2.0", "tags": ["text-classification", "long-tail", "peft", "lora"],
+    }  # fmt: skip
+    quick_start = usage_section(name, str(out), merged=True)
+    assert "\n" + quick_start + "\n## Versions" in card
+    assert card.count("## Quick start") == 1 and "from transformers import pipeline\n" not in card
+    # the quick start runs as written (the base named by its folder's name: run from beside it)
+    code = card.split("## Quick start")[1].split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(Path(adapter_run["base"]).parent)
+    capsys.readouterr()
+    exec(code, {})
+    shown = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+    probs = adapter_run["quick_start_logits"].softmax(-1)
+    top = probs.argsort(descending=True)[:3].tolist()
+    assert [r["label"] for r in shown] == [adapter_run["data"].label_names[i] for i in top]
+    np.testing.assert_allclose([r["score"] for r in shown], probs[top].numpy(), atol=1e-5)
+
+    assert "## From the recipe\n\nits section" in (out / "report.md").read_text()
+    record = json.loads((out / "run_config.json").read_text())
+    assert {"data", "model", "adapter", "training"} <= record.keys()
+    assert record["adapter"]["merge_adapter"] is True and record["training"]["output_dir"] == str(out)
+
+    merged = out / "merged"
+    assert paths["merged"] == merged and not (merged / "stale.bin").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(merged)
+    torch.testing.assert_close(
+        logits(model, adapter_run["tokenizer"]), adapter_run["logits"], rtol=0, atol=1e-5
+    )
+    assert json.loads((out / "temperature.json").read_text())["temperature"] != 1.0
+    assert (merged / "temperature.json").read_text() == (out / "temperature.json").read_text()
+    merged_card = (merged / "README.md").read_text()
+    assert front_matter(merged / "README.md") == {
+        "library_name": "transformers", "pipeline_tag": "text-classification", "base_model": name,
+        "license": "apache-2.0", "tags": ["text-classification", "long-tail", "peft", "lora", "merged"],
+    }  # fmt: skip
+    assert merged_card.startswith("---") and "\n# LoRA: tiny (merged)\n" in merged_card
+    assert "| **adapter** | LoRA r=4 (merged into the base) |" in merged_card
+    assert "## Metrics" in merged_card and "| **macro-F1**" in merged_card
+    assert "Source: local files `train.csv`, `test.csv`. See the adapter run's `report.md`" in merged_card
+    assert f'clf = pipeline("text-classification", model="{merged}")' in merged_card
+
+
+def test_finish_adapter_run_without_merge_leaves_no_merged_folder(adapter_run, tmp_path, fast_bootstrap):
+    """Without --merge_adapter: an earlier run's merged/ is removed (it would serve the old adapter), none is
+    written, and the quick start does not mention one."""
+    from longtail.adapters import usage_section
+
+    out = tmp_path / "run"
+    (out / "merged").mkdir(parents=True)
+    (out / "merged" / "model.safetensors").write_text("an earlier run's")
+    paths = finish_run(adapter_run, out)
+    assert not (out / "merged").exists() and "merged" not in paths
+    assert (
+        usage_section(adapter_run["name"], str(out), merged=False) + "\n## Versions"
+        in (out / "README.md").read_text()
+    )
+
+
+def test_finish_adapter_run_pushes_the_adapter_and_the_merged_model_only_when_asked(
+    adapter_run, tmp_path, monkeypatch, fast_bootstrap
+):
+    """--push_to_hub: the quick start names the Hub repo; merged/ goes to <repo>-merged, and its card names that
+    repo, only with --push_merged; without --push_to_hub nothing is pushed and the cards name the folders."""
+    import longtail.runs
+
+    pushed = []
+    monkeypatch.setattr(
+        longtail.runs, "push_folder",
+        lambda folder, repo_id, token, private: pushed.append((repo_id, sorted(p.name for p in Path(folder).iterdir()))),
+    )  # fmt: skip
+
+    out = tmp_path / "pushed"
+    finish_run(adapter_run, out, push=True, merge_adapter=True)
+    assert [repo for repo, _ in pushed] == ["me/a"]  # merged/ written, not pushed
+    assert {"README.md", "adapter_model.safetensors", "config.json", "temperature.json"} <= set(pushed[0][1])
+    assert 'adapter = "me/a"' in (out / "README.md").read_text()
+    merged_card = (out / "merged" / "README.md").read_text()
+    assert "me/a-merged" not in merged_card and f'model="{out / "merged"}"' in merged_card
+
+    pushed.clear()
+    out = tmp_path / "both"
+    finish_run(adapter_run, out, push=True, push_merged=True, tags=("peft", "lora", "qlora"))
+    assert [repo for repo, _ in pushed] == ["me/a", "me/a-merged"]
+    assert {"model.safetensors", "config.json", "tokenizer.json", "temperature.json", "README.md"} <= set(
+        pushed[1][1]
+    )
+    assert 'model="me/a-merged"' in (out / "merged" / "README.md").read_text()
+    assert front_matter(out / "README.md")["tags"][-3:] == ["peft", "lora", "qlora"]
+    assert front_matter(out / "merged" / "README.md")["tags"][-2:] == ["qlora", "merged"]
+
+    pushed.clear()
+    out = tmp_path / "local"
+    finish_run(adapter_run, out, push_merged=True)  # implies the merge; no --push_to_hub
+    assert pushed == [] and (out / "merged" / "model.safetensors").is_file()
+    assert f'adapter = "{out}"' in (out / "README.md").read_text()
+    merged_card = (out / "merged" / "README.md").read_text()
+    assert (
+        "hub_model_id" not in merged_card and f'model="{out / "merged"}"' in merged_card
+    )  # no Hub repo named
+
+
+def test_merge_adapter_writes_beside_the_adapter_and_takes_another_base_folder(adapter_run, tmp_path):
+    """merge_adapter(run) writes <run>/merged; a base passed by hand replaces the one adapter_config.json names
+    (here a folder that no longer exists), and the merged model scores as the adapter."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    run = tmp_path / "run"
+    shutil.copytree(adapter_run["folder"], run)
+    config = json.loads((run / "adapter_config.json").read_text())
+    (run / "adapter_config.json").write_text(
+        json.dumps({**config, "base_model_name_or_path": str(tmp_path / "gone")})
+    )
+    with pytest.raises(FileNotFoundError, match="gone"):
+        merge_adapter(run)
+    assert merge_adapter(run, base_model=adapter_run["base"]) == run / "merged"
+    model = AutoModelForSequenceClassification.from_pretrained(run / "merged")
+    torch.testing.assert_close(
+        logits(model, adapter_run["tokenizer"]), adapter_run["logits"], rtol=0, atol=1e-5
+    )
+
+
+# ---- LoRA from a refit probe (--head_init_from): which head each phase starts from, merge, post-hoc tau ------
+
+
+@pytest.fixture(scope="module")
+def lora_from_refit_probe(tiny_qwen2, tmp_path_factory):
+    """A probe on the tiny Qwen2 refit on train + validation (its saved head saw validation; its train-only head
+    is kept beside it), then LoRA from it (--head_init_from) refit too and merged, with a fixed post-hoc tau 0.5
+    (the probe's head has a bias, so the shift is folded in), and the same LoRA run without the shift. Records the
+    head of each model the LoRA recipe loaded, in order: the selection run's start, then the refit's."""
+    import functools
+
+    from test_probe import probe_args
+
+    import longtail.report as report
+    from longtail.lpft import load_model
+
+    tmp = tmp_path_factory.mktemp("lora_from_probe")
+    train, test = synthetic_files(tmp)
+    probe, runs, starts = tmp / "probe", {}, {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:  # the module-scoped twin of the fast_bootstrap fixture
+            patch.setattr(report, "score_split", functools.partial(report.score_split, n_resamples=100))
+            load_recipe("probe_encoder").main(probe_args(
+                tiny_qwen2, train, test, probe, tmp / "cache", "--refit_with_validation", "true",
+                "--posthoc_logit_adjustment", "0.5",
+            ))  # fmt: skip
+            for tau in ("0.5", "none"):
+                recipe = load_recipe("lora_decoder")
+                starts[tau] = []
+
+                def spy(*args, _starts=starts[tau], **kwargs):
+                    model = load_model(*args, **kwargs)
+                    _starts.append({k: v.detach().clone() for k, v in model.classifier.state_dict().items()})
+                    return model
+
+                patch.setattr(recipe, "load_model", spy)
+                runs[tau] = tmp / f"lora_tau_{tau}"
+                recipe.main(decoder_args(
+                    "lora_decoder", tiny_qwen2, train, test, runs[tau], "--head_init_from", str(probe),
+                    "--refit_with_validation", "true", "--num_train_epochs", "1", "--posthoc_logit_adjustment", tau,
+                    *(["--merge_adapter", "true"] if tau == "0.5" else []),
+                ))  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return {"probe": probe, "runs": runs, "starts": starts, "train": train, "test": test}
+
+
+@pytest.mark.slow
+def test_lora_from_a_refit_probe_starts_at_its_train_only_head_and_refits_from_its_saved_head(
+    lora_from_refit_probe,
+):
+    """The selection run is chosen on validation, so it starts from the probe's train-only head
+    (selection_head.safetensors); the refit on train + validation starts from the probe's saved head, itself refit
+    on train + validation (model.safetensors)."""
+    from safetensors.torch import load_file
+
+    from longtail.refit import SELECTION_HEAD
+
+    probe = lora_from_refit_probe["probe"]
+    train_only = load_file(str(probe / SELECTION_HEAD))
+    saved = load_file(str(probe / "model.safetensors"))
+    refit = {k.removeprefix("classifier."): v for k, v in saved.items() if k.startswith("classifier.")}
+    train_only = {k.removeprefix("classifier."): v for k, v in train_only.items()}
+    assert not torch.allclose(train_only["weight"], refit["weight"])  # two different heads to start from
+    for starts in lora_from_refit_probe["starts"].values():  # with and without the post-hoc shift
+        assert len(starts) == 2
+        selection, refit_start = starts
+        assert selection.keys() == train_only.keys() == refit_start.keys()
+        for k in train_only:
+            torch.testing.assert_close(selection[k], train_only[k], rtol=0, atol=0)
+            torch.testing.assert_close(refit_start[k], refit[k], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_lora_from_a_probe_merges_onto_the_probe(lora_from_refit_probe):
+    """--merge_adapter on a LoRA run whose base is the probe (--head_init_from): merged/ is the probe's
+    architecture with the adapter merged in, scoring as the adapter does (it was merged onto the bare decoder named
+    by --model_name_or_path: a body of random weights)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run = lora_from_refit_probe["runs"]["0.5"]
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    merged = AutoModelForSequenceClassification.from_pretrained(run / "merged")
+    assert merged.config.model_type == "longtail_probe"
+    torch.testing.assert_close(
+        logits(merged, tokenizer), logits(load_adapter_classifier(run), tokenizer), rtol=0, atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_lora_refit_from_a_probe_folds_tau_with_the_train_and_validation_prior(lora_from_refit_probe):
+    """The probe's head has a bias, so the chosen post-hoc tau is folded into the refit LoRA head too, with the
+    train + validation prior: the saved adapter is the one of the same run without the shift, its head's bias
+    moved by -0.5 * log(prior of train + validation), counted by hand; the report says so."""
+    from safetensors.torch import load_file
+
+    runs = lora_from_refit_probe["runs"]
+    data = synthetic_data(lora_from_refit_probe["train"], lora_from_refit_probe["test"])
+    labels = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
+    counts = np.bincount(labels, minlength=len(data.label_names))
+    assert counts.min() > 0
+    shift = torch.as_tensor(-0.5 * np.log(counts / counts.sum()), dtype=torch.float32)
+    shifted, plain = (load_file(str(runs[t] / "adapter_model.safetensors")) for t in ("0.5", "none"))
+    bias = "base_model.model.classifier.bias"
+    assert shifted.keys() == plain.keys() and bias in plain
+    for k in plain:
+        expected = plain[k] + shift if k == bias else plain[k]
+        torch.testing.assert_close(shifted[k], expected, rtol=0, atol=1e-5, msg=k)
+    assert "post-hoc tau 0.5 (with the train + validation prior)" in (runs["0.5"] / "report.md").read_text()

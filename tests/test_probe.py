@@ -1319,11 +1319,15 @@ def test_predict_serves_the_probe_folder(probe_run, tmp_path):
     np.testing.assert_allclose(rows["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
 
 
-@pytest.mark.parametrize("fixture,layers", [("tiny_qwen2", ["1", "-1"]), ("tiny_llama", [])])
+@pytest.mark.parametrize(
+    "fixture,layers", [("tiny_qwen2", ["1", "-1"]), ("tiny_llama", []), ("tiny_gpt2", [])]
+)
 def test_probe_recipe_on_a_decoder_body(fixture, layers, request, tmp_path, fast_bootstrap, one_torch_thread):
-    """The recipe on a decoder checkpoint without a pad token (Llama's tokenizer pads on the left; the recipe
-    embeds with right padding, as the saved tokenizer serves): `auto` pools the last non-pad token, the chosen hidden states are recorded, and `predict` on the folder returns
-    the run's own test predictions."""
+    """The recipe on a decoder checkpoint without a pad token (Llama's and this GPT-2's tokenizers pad on the left;
+    the recipe embeds with right padding, and saves the tokenizer padding on the right, as it must be served: GPT-2's
+    learned positions would move under left padding, a padded text scoring otherwise than alone): `auto` pools the
+    last non-pad token, the chosen hidden states are recorded, and `predict` on the folder, in padded batches,
+    returns the run's own test predictions."""
     import pandas as pd
 
     from longtail.calibration import load_temperature
@@ -1343,11 +1347,15 @@ def test_probe_recipe_on_a_decoder_body(fixture, layers, request, tmp_path, fast
         == config["feature_layers"]
     )
     assert "`last`-pooled" in (out / "report.md").read_text()
+    shipped = json.loads((Path(request.getfixturevalue(fixture)) / "tokenizer_config.json").read_text())
+    assert shipped["padding_side"] == ("right" if fixture == "tiny_qwen2" else "left")
+    assert json.loads((out / "tokenizer_config.json").read_text())["padding_side"] == "right"
     data = prepare_data(
         DataArguments(train_file=train, test_file=test, text_column="Consumer complaint narrative",
                       label_taxonomy="none")
     )  # fmt: skip
     texts = data.splits["test"]["text"].tolist()[:12]
+    assert len({len(t.split()) for t in texts}) > 3  # batches of 5 are padded
     src, dst = tmp_path / "in.csv", tmp_path / "out.jsonl"
     pd.DataFrame({"text": texts}).to_csv(src, index=False)
     predict(["--model_dir", str(out), "--input", str(src), "--output", str(dst), "--top_k", "1",

@@ -590,7 +590,7 @@ def finish_adapter_run(
     from longtail.runs import source_description, write_run_files
 
     by_type = {type(a).__name__: a for a in arguments}
-    data_args, model_args = by_type["DataArguments"], by_type["ModelArguments"]
+    data_args = by_type["DataArguments"]
     adapter_args, training_args = by_type["AdapterArguments"], trainer.args
     out = Path(training_args.output_dir)
     description = source_description(data_args)
@@ -617,7 +617,9 @@ def finish_adapter_run(
         logger.warning("Removing %s, left by an earlier run", out / "merged")
         shutil.rmtree(out / "merged")
     if adapter_args.merge_adapter:
-        merged = paths["merged"] = merge_adapter(out, out / "merged", model_args.model_name_or_path)
+        # onto the base the adapter was trained on (adapter_config.json): with --head_init_from, the probe run's
+        # model, not --model_name_or_path (the probe's architecture would leave that checkpoint's weights unread)
+        merged = paths["merged"] = merge_adapter(out, out / "merged")
         if (out / "temperature.json").is_file():  # the merged model predicts with the same temperature
             shutil.copy2(out / "temperature.json", merged / "temperature.json")
         write_model_card(
