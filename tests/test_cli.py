@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, refused
 
 from longtail.cli import MissingInputError, UsageError, run
 
@@ -246,3 +246,101 @@ def test_bitsandbytes_kernels_hint_is_dropped_and_its_other_messages_pass(caplog
     assert [r.getMessage() for r in caplog.records] == [
         "Failed to load the CPU library: libbitsandbytes_cpu.so"
     ]
+
+
+def test_reading_model_turns_each_load_failure_into_one_line(tmp_path):
+    """Inside `reading_model`: a model folder's own failure (OSError, ValueError, TypeError) becomes one line
+    naming the option, whitespace folded; a UsageError from inside passes as it is; a folder of sharded pickles is
+    named as pickles; a name that is nowhere offline is a MissingInputError (a FileNotFoundError too)."""
+    from longtail.cli import model_source_error, reading_model
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    for error in (
+        OSError("weights\n   are   broken"),
+        ValueError("weights\nare broken"),
+        TypeError("weights are broken"),
+    ):
+        with pytest.raises(UsageError) as info:
+            with reading_model("--model_name_or_path", str(folder)):
+                raise error
+        assert (
+            str(info.value)
+            == f"--model_name_or_path {folder} cannot be read as a model folder: weights are broken"
+        )
+        assert info.value.__cause__ is error
+    with pytest.raises(
+        UsageError
+    ) as info:  # one of the files asked for is enough to read it as a model folder
+        with reading_model("--tokenizer_name", str(folder), needs=("tokenizer.json", "config.json")):
+            raise OSError("no vocabulary")
+    assert str(info.value) == f"--tokenizer_name {folder} cannot be read as a model folder: no vocabulary"
+    ours = UsageError("--max_length 65 exceeds the 64 positions of m; use at most that")
+    with pytest.raises(UsageError) as info:
+        with reading_model("--model_name_or_path", str(folder)):
+            raise ours
+    assert info.value is ours
+    (folder / "pytorch_model-00001-of-00002.bin").write_bytes(b"")  # a sharded pickle
+    ran = []
+    with pytest.raises(UsageError, match="has no model.safetensors: its weights are only a pickle"):
+        with reading_model("--model_name_or_path", str(folder), needs=("model.safetensors",)):
+            ran.append(True)  # never reached: the folder is checked first
+    assert not ran
+    assert str(model_source_error("--m", str(folder), None, needs=("model.safetensors",))) == (
+        f"--m {folder} has no model.safetensors: its weights are only a pickle (pytorch_model.bin), which is never "
+        "loaded; save them as safetensors"
+    )
+    with pytest.raises(MissingInputError, match="is neither a local folder nor available"):
+        with reading_model("--model_name_or_path", "nobody/no-such-model"):
+            raise OSError("not in the cache")
+
+
+def test_config_files_that_cannot_be_read_and_single_dash_leftovers(tmp_path, capsys):
+    """The whole line for a folder given as --config (the OS's reason), a file that is not UTF-8 text, and an
+    unknown single-dash leftover (no `--name` to list: the leftovers as TRL gives them)."""
+    from trl import TrlParser
+
+    from longtail.cli import parse_config
+    from longtail.data import DataArguments
+
+    def parse(argv):
+        return parse_config(TrlParser((DataArguments,)), argv)
+
+    assert refused(parse, ["--config", str(tmp_path)], capsys).endswith(
+        f"error: --config {tmp_path} cannot be read: Is a directory"
+    )
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("text_column: r\xe9clamation\n".encode("latin-1"))
+    assert refused(parse, ["--config", str(latin)], capsys).endswith(
+        f"error: --config {latin} is not UTF-8 text"
+    )
+    assert refused(parse, ["-x"], capsys).endswith(
+        "error: options this recipe does not take: ['-x'] (`--help` lists its options)"
+    )
+
+
+def test_an_options_own_usage_error_keeps_its_class(tmp_path):
+    """A dataclass check that raises a UsageError subclass (a MissingDependencyError, also an ImportError) reaches
+    the caller as that class; a plain ValueError becomes a UsageError with the same words."""
+    from dataclasses import dataclass
+
+    from trl import TrlParser
+
+    from longtail.cli import MissingDependencyError, parse_config
+
+    @dataclass
+    class Options:
+        path: str = "absent.csv"
+        size: int = 1
+
+        def __post_init__(self):
+            if self.size < 1:
+                raise ValueError(f"--size must be >= 1, got {self.size}")
+            raise MissingDependencyError(f"--path {self.path} needs pyarrow")
+
+    with pytest.raises(MissingDependencyError, match="^--path absent.csv needs pyarrow$"):
+        parse_config(TrlParser((Options,)), [])
+    with pytest.raises(UsageError, match="^--size must be >= 1, got 0$") as info:
+        parse_config(TrlParser((Options,)), ["--size", "0"])
+    assert type(info.value) is UsageError and isinstance(info.value.__cause__, ValueError)

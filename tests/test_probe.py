@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO, needs_shared
@@ -1155,6 +1157,158 @@ def test_chosen_epochs_reads_the_best_checkpoint():
     state.best_model_checkpoint = "out/checkpoint-7"
     with pytest.raises(ValueError, match="checkpoint-7"):
         chosen_epochs(best)
+    # a folder name with dashes, a trailing slash; an entry at that step without an epoch (skipped)
+    state.best_model_checkpoint = "runs/run-2-b/checkpoint-10/"
+    state.log_history = [{"step": 10, "total_flos": 1.0}, *log]
+    assert chosen_epochs(best) == 1.0
+
+
+class FakeRefitTrainer:
+    """A stand-in for LongTailTrainer in refit(): keeps what it was built with; its train() adds 1 to every
+    weight and 2 to every bias (so the start, the trained model and WiSE-FT's mix are known by hand)."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+        self.saved_by = None
+
+    def train(self, resume_from_checkpoint=None):
+        with torch.no_grad():
+            self.model.weight.add_(1.0)
+            self.model.bias.add_(2.0)
+        return SimpleNamespace(metrics={"train_loss": 0.25, "train_runtime": 3.0, "epoch": 1.5})
+
+    def save_model(self):
+        self.saved_by = "save_model"
+
+    def save_metrics(self, split, metrics):
+        self.saved_metrics = (split, metrics)
+
+
+def refit_case(tmp_path):
+    """A selection run (its best checkpoint at step 20, epoch 1.5; 5 epochs planned, 40 steps), its data
+    (train: labels b, b, a; validation: c, b) and tokenised splits."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from longtail.data import PreparedData
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=5, max_steps=40, eval_strategy="steps", save_strategy="steps",
+        eval_steps=10, save_steps=10, load_best_model_at_end=True, metric_for_best_model="macro_f1", seed=7,
+        learning_rate=3e-5, resume_from_checkpoint=str(tmp_path / "checkpoint-10"), report_to="none", use_cpu=True,
+    )  # fmt: skip
+    log = [{"eval_macro_f1": 0.5, "step": 20, "epoch": 1.5}, {"eval_macro_f1": 0.4, "step": 40, "epoch": 3.0}]
+    state = SimpleNamespace(best_model_checkpoint=str(tmp_path / "checkpoint-20"), log_history=log, epoch=3.0)
+    selection = FakeRefitTrainer(args=args, state=state, processing_class="tokenizer", data_collator="collator",
+                                 loss_args="loss options", train_counts={0: 1, 1: 2})  # fmt: skip
+
+    def frame(labels):
+        return pd.DataFrame({"text": ["t"] * len(labels), "label_id": labels, "row_id": range(len(labels))})
+
+    splits = {"train": frame([1, 1, 0]), "validation": frame([2, 1]), "test": frame([0])}
+    data = PreparedData(splits, ["a", "b", "c"], {0: 1, 1: 2})
+    datasets = {"train": Dataset.from_dict({"input_ids": [[1], [2], [3]]}),
+                "validation": Dataset.from_dict({"input_ids": [[4], [5]]})}  # fmt: skip
+    return selection, data, datasets
+
+
+def test_refit_builds_trains_mixes_shifts_and_saves_as_the_selection_run_chose(tmp_path, monkeypatch):
+    """refit() on stand-ins, every expected value by hand: the selection's arguments with the chosen 1.5 epochs
+    (no step cap, no evaluation, saving or best-model reload, no resume), the same seed, train + validation rows
+    in order with their counts (a: 1, b: 3, c: 1), WiSE-FT's alpha against the refit's own start, tau with the
+    train + validation prior, the save, the metrics beside the selection's and the report's section."""
+    from longtail import refit_ft
+    from longtail.lpft import LPFTArguments
+
+    selection, data, datasets = refit_case(tmp_path)
+    built = []
+
+    def build_model():
+        built.append(torch.initial_seed())  # transformers.set_seed(7) seeds torch with 7
+        model = torch.nn.Linear(4, 3)
+        built.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    clock = iter([100.0, 112.4])
+    monkeypatch.setattr(refit_ft, "time", SimpleNamespace(time=lambda: next(clock)))
+    trainer, section = refit_ft.refit(
+        selection, build_model, data, datasets, LPFTArguments(), 0.25, 0.5, {"train_loss": 0.9}
+    )
+    seed, start = built
+    assert seed == 7 and type(trainer) is FakeRefitTrainer
+    args = trainer.args
+    assert (args.num_train_epochs, args.max_steps, args.eval_strategy, args.save_strategy) == (
+        1.5,
+        -1,
+        "no",
+        "no",
+    )
+    assert args.load_best_model_at_end is False and args.resume_from_checkpoint is None
+    assert (args.seed, args.learning_rate, args.output_dir) == (7, 3e-5, str(tmp_path))
+    assert trainer.train_dataset["input_ids"] == [[1], [2], [3], [4], [5]]
+    assert (trainer.processing_class, trainer.data_collator, trainer.loss_args) == (
+        "tokenizer",
+        "collator",
+        "loss options",
+    )
+    assert trainer.train_counts == {0: 1, 1: 3, 2: 1}
+    # trained: start + 1 (weights), start + 2 (bias); alpha 0.25 -> start + 0.25, start + 0.5; tau 0.5 shifts the
+    # bias by -0.5 * log([1, 3, 1] / 5)
+    torch.testing.assert_close(trainer.model.weight.detach(), start["weight"] + 0.25)
+    shift = -0.5 * torch.log(torch.tensor([0.2, 0.6, 0.2]))
+    torch.testing.assert_close(trainer.model.bias.detach(), start["bias"] + 0.5 + shift)
+    assert trainer.saved_by == "save_model" and selection.saved_by is None
+    assert selection.saved_metrics == (
+        "train",
+        {"train_loss": 0.9, "refit_loss": 0.25, "refit_runtime": 3.0, "refit_epoch": 1.5, "refit_rows": 5,
+         "refit_epochs": 1.5, "refit_total_runtime": 12.4},
+    )  # fmt: skip
+    assert section == (
+        "## Refit on train + validation\n\nAfter validation chose everything, the model was trained again from "
+        "the same start on train + validation (3 + 2 rows) with 1.5 epoch(s) (as many as the kept model had "
+        "trained), WiSE-FT alpha 0.25, post-hoc tau 0.5 (with the train + validation prior), in 12 s. The saved "
+        "model and test use the refit; the validation predictions, metrics and temperature are the selection "
+        "run's (held out)."
+    )
+
+    # alpha 0 (WiSE-FT kept the start itself), no tau: the refit's own start, its bias unshifted
+    built.clear()
+    clock = iter([0.0, 7.0])
+    trainer, section = refit_ft.refit(selection, build_model, data, datasets, LPFTArguments(), 0.0, 0.0, {})
+    torch.testing.assert_close(trainer.model.state_dict(), built[1])
+    assert "with 1.5 epoch(s) (as many as the kept model had trained), WiSE-FT alpha 0, in 7 s." in section
+
+
+def test_refit_adapter_trains_a_new_adapter_without_wise_ft_and_saves_it_as_an_adapter(tmp_path, monkeypatch):
+    import longtail.adapters
+    from longtail import refit_ft
+    from longtail.lpft import LPFTArguments
+
+    selection, data, datasets = refit_case(tmp_path)
+    saved = []
+
+    def add_lora(model, adapter_args):
+        model.adapter = adapter_args
+        return model
+
+    monkeypatch.setattr(longtail.adapters, "add_lora", add_lora)
+    monkeypatch.setattr(longtail.adapters, "save_adapter", saved.append)
+    bases = []
+
+    def build_base():
+        bases.append(torch.nn.Linear(4, 3))
+        bases.append(bases[0].weight.detach().clone())
+        return bases[0]
+
+    trainer, section = refit_ft.refit_adapter(
+        selection, build_base, "lora options", data, datasets, LPFTArguments(), 0.5, {}
+    )
+    assert trainer.model is bases[0] and trainer.model.adapter == "lora options"
+    assert saved == [trainer] and trainer.saved_by is None  # save_adapter, not the whole model
+    assert "WiSE-FT" not in section and "post-hoc tau 0.5 (with the train + validation prior)" in section
+    torch.testing.assert_close(
+        trainer.model.weight.detach(), bases[1] + 1.0
+    )  # trained, not mixed with its start
 
 
 def test_wise_ft_start_weights_survive_a_resume(tmp_path):

@@ -101,3 +101,95 @@ def test_a_copy_of_the_package_untracked_in_an_enclosing_checkout_records_no_com
         [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert source_revision() == {"version": longtail.__version__, "git_commit": head, "git_dirty": False}
+    (tmp_path / "outputs.csv").write_text("a run's own output\n")  # untracked files leave the checkout clean
+    assert source_revision()["git_dirty"] is False
+    (tmp_path / "README.md").write_text("edited\n")  # a tracked file that differs from the commit
+    assert source_revision() == {"version": longtail.__version__, "git_commit": head, "git_dirty": True}
+
+
+def test_package_versions_lists_every_installed_library_that_can_change_the_numbers(monkeypatch):
+    """Each of these libraries, when installed, with its installed version and Python's; an absent one is left out
+    (not recorded as None)."""
+    import platform
+    from importlib import metadata
+
+    from longtail.provenance import package_versions
+
+    libraries = ["numpy", "scipy", "scikit-learn", "pandas", "torch", "transformers", "tokenizers", "accelerate",
+                 "datasets", "safetensors", "peft", "trl", "bitsandbytes"]  # fmt: skip
+    installed = {}
+    for name in libraries:
+        try:
+            installed[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    assert package_versions() == {"python": platform.python_version(), **installed}
+    version = metadata.version
+
+    def without_peft(name):
+        if name == "peft":
+            raise metadata.PackageNotFoundError(name)
+        return version(name)
+
+    monkeypatch.setattr(metadata, "version", without_peft)
+    assert "peft" not in package_versions() and package_versions()["numpy"] == installed["numpy"]
+
+
+def test_environment_records_the_machine_and_torchs_threads_and_device(monkeypatch):
+    import platform
+    import sys
+
+    import torch
+
+    from longtail.provenance import environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(torch.get_num_interop_threads() + 1)  # not the inter-op pool's size
+    try:
+        env = environment()
+        assert env["torch_threads"] == torch.get_num_interop_threads() + 1
+    finally:
+        torch.set_num_threads(threads)
+    assert env["platform"] == platform.platform() and env["machine"] == platform.machine()
+    assert env["device"] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: f"Fake GPU {index}")
+    assert environment()["device"] == "Fake GPU 0"
+    monkeypatch.delitem(sys.modules, "torch")  # a run that never imported torch (the TF-IDF recipe)
+    env = environment()
+    assert (
+        "torch_threads" not in env and "device" not in env and env["versions"]["torch"] == torch.__version__
+    )
+
+
+def test_source_revision_without_git_records_no_commit(monkeypatch):
+    """No git executable (an OSError from subprocess): the version alone, no commit, no traceback."""
+    import longtail
+    from longtail.provenance import source_revision
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert source_revision() == {"version": longtail.__version__, "git_commit": None, "git_dirty": None}
+
+
+def test_data_fingerprint_is_the_documented_sha256_of_each_split():
+    """The hash by hand: the label list as JSON (UTF-8, not escaped), then per row in row-id order
+    `row_id NUL label_id NUL text NUL` (a lone surrogate kept as it is); each split hashed on its own."""
+    import hashlib
+
+    texts = pd.Series(
+        ["frais été", "x\ud800y", "late"], dtype=object
+    )  # object: Arrow strings refuse a surrogate
+    train = pd.DataFrame({"text": texts, "label": ["b", "café", "b"],
+                          "label_id": [1, 0, 1], "row_id": [12, 3, 1]})  # fmt: skip
+    test = pd.DataFrame({"text": ["wrong"], "label": ["café"], "label_id": [0], "row_id": [5]})
+    data = PreparedData({"train": train, "test": test}, ["café", "b"], {0: 1, 1: 2})
+    labels = b'["caf\xc3\xa9", "b"]'
+    rows = b"1\x001\x00late\x00" + b"3\x000\x00x\xed\xa0\x80y\x00" + b"12\x001\x00frais \xc3\xa9t\xc3\xa9\x00"
+    assert data_fingerprint(data) == {
+        "train": {"rows": 3, "sha256": hashlib.sha256(labels + rows).hexdigest()},
+        "test": {"rows": 1, "sha256": hashlib.sha256(labels + b"5\x000\x00wrong\x00").hexdigest()},
+    }

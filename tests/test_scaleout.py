@@ -361,6 +361,108 @@ def test_parse_recipe_args_selects_gloo_on_cpu(monkeypatch):
     assert os.environ["ACCELERATE_USE_CPU"] == "true"
 
 
+def test_launch_settings_for_one_process_and_a_users_own_choice(monkeypatch):
+    """Not launched: a world of 1 (WORLD_SIZE unset) and the environment untouched, as with a launch of one
+    process; a launch of 2 on CPUs keeps a user's own ACCELERATE_USE_CPU. A launched process that is part of the
+    Trainer's world passes; the refusal names the launch and the Trainer's world and device as they are."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from longtail.cli import LaunchError
+    from longtail.data import DataArguments
+    from longtail.distributed import check_distributed, launched_world_size, parse_recipe_args
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert launched_world_size() == 1
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node 1: one process, no group to set up
+    parse_recipe_args((DataArguments,), [])
+    assert "ACCELERATE_USE_CPU" not in os.environ
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "false")
+    parse_recipe_args((DataArguments,), [])
+    assert os.environ["ACCELERATE_USE_CPU"] == "false"
+    check_distributed(SimpleNamespace(world_size=2, device="cpu"))  # the Trainer distributes it: fine
+    with pytest.raises(LaunchError) as raised:
+        check_distributed(SimpleNamespace(world_size=1, device="cuda:0"))
+    assert str(raised.value) == (
+        "2 processes were launched (WORLD_SIZE=2) but the Trainer runs each on its own (world size 1, device "
+        "cuda:0): each would train on all the data and write the same outputs. Parse arguments with "
+        "longtail.distributed.parse_recipe_args, or pass --use_cpu true on a machine without GPUs."
+    )
+
+
+def test_schedule_problem_names_every_option_that_trains_nothing():
+    from types import SimpleNamespace
+
+    from longtail.distributed import schedule_problem
+
+    def args(**changed):
+        base = dict(max_steps=-1, num_train_epochs=3.0, per_device_train_batch_size=8,
+                    per_device_eval_batch_size=8, gradient_accumulation_steps=1)  # fmt: skip
+        return SimpleNamespace(**{**base, **changed})
+
+    assert schedule_problem(args()) is None
+    assert schedule_problem(args(num_train_epochs=0.5)) is None  # half an epoch still trains
+    assert schedule_problem(args(num_train_epochs=0.0, max_steps=4)) is None  # steps instead of epochs
+    # --max_steps 0 is unset for the Trainer too: with 0 epochs nothing is trained
+    assert schedule_problem(args(num_train_epochs=0.0, max_steps=0)) == (
+        "--num_train_epochs 0.0 trains nothing (and --max_steps is unset): the run would save its untrained model "
+        "and report it"
+    )
+    assert schedule_problem(args(per_device_eval_batch_size=0)) == (
+        "--per_device_eval_batch_size 0: must be at least 1"
+    )
+    assert schedule_problem(args(per_device_train_batch_size=-2, gradient_accumulation_steps=0)) == (
+        "--per_device_train_batch_size -2, --gradient_accumulation_steps 0: must be at least 1"
+    )
+
+
+def test_end_training_waits_leaves_the_group_then_frees_every_trainers_wrapper(monkeypatch):
+    """The order end_training's docstring gives, on fakes: wait for every process, leave the group (the first
+    trainer's accelerator), free each trainer's DDP wrapper (None for a run without a refit is skipped), collect
+    the cycles. One process: the barrier and end_training only."""
+    from types import SimpleNamespace
+
+    import longtail.distributed as distributed
+
+    log = []
+
+    class Accelerator:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_for_everyone(self):
+            log.append(f"{self.name} waits")
+
+        def end_training(self):
+            log.append(f"{self.name} ends")
+
+        def free_memory(self):
+            log.append(f"{self.name} frees")
+
+    def trainer(name):
+        return SimpleNamespace(
+            accelerator=Accelerator(name), model=f"{name} model", model_wrapped=f"{name} DDP"
+        )
+
+    fake_dist = SimpleNamespace(is_initialized=lambda: True, group=SimpleNamespace(WORLD=object()))
+    monkeypatch.setattr(distributed, "torch", SimpleNamespace(distributed=fake_dist))
+    monkeypatch.setattr(distributed, "gc", SimpleNamespace(collect=lambda: log.append("collected")))
+    selection, refit = trainer("selection"), trainer("refit")
+    distributed.end_training(selection, None, refit)
+    assert log == ["selection waits", "selection ends", "selection frees", "refit frees", "collected"]
+    assert (selection.model_wrapped, refit.model_wrapped) == ("selection model", "refit model")
+
+    log.clear()
+    fake_dist.is_initialized = lambda: False
+    alone = trainer("alone")
+    distributed.end_training(alone, None)
+    assert log == ["alone waits", "alone ends"] and alone.model_wrapped == "alone DDP"
+
+
 # ---------------------------------------------------------------------------------------------
 # Resume after SIGKILL; half-written checkpoints
 # ---------------------------------------------------------------------------------------------
