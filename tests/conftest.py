@@ -66,10 +66,21 @@ def train_wordpiece(texts: list[str], vocab_size: int = 600):
     )
 
 
+def save_seeded(model_cls, config, tokenizer, path: Path) -> Path:
+    """`model_cls(config)` drawn from seed 0 (the same random weights in every session, whatever ran before; the
+    global generator left as it was), saved to `path` with `tokenizer`."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model_cls(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_modernbert(tmp_path_factory) -> str:
     """A 2-layer ModernBERT (random weights) + WordPiece tokenizer, saved as a local model folder."""
-    import torch
     from transformers import ModernBertConfig, ModernBertModel
 
     path = tmp_path_factory.mktemp("tiny-modernbert")
@@ -90,18 +101,13 @@ def tiny_modernbert(tmp_path_factory) -> str:
         eos_token_id=tokenizer.sep_token_id,
         reference_compile=False,
     )
-    with torch.random.fork_rng():  # the same random weights in every session, whatever ran before
-        torch.manual_seed(0)
-        ModernBertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return str(save_seeded(ModernBertModel, config, tokenizer, path))
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A 2-layer BERT (random weights) whose learned position table holds 64 positions, + WordPiece tokenizer:
     the kind of model a text past its table breaks (rotary ModernBERT and Qwen2 run on)."""
-    import torch
     from transformers import BertConfig, BertModel
 
     path = tmp_path_factory.mktemp("tiny-bert")
@@ -110,11 +116,7 @@ def tiny_bert(tmp_path_factory) -> str:
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return str(save_seeded(BertModel, config, tokenizer, path))
 
 
 def train_byte_bpe(
@@ -158,7 +160,6 @@ def train_byte_bpe(
 def save_tiny_decoder(path: Path, kind: str) -> str:
     """A 2-layer decoder LM (random weights; hidden 32, 4 heads, 2 kv heads, intermediate 64) saved as its
     *ForCausalLM, as Base checkpoints ship; loading it for classification adds a fresh `score` head."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     qwen = kind == "qwen2"
@@ -181,11 +182,7 @@ def save_tiny_decoder(path: Path, kind: str) -> str:
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=qwen,  # Qwen2.5-0.5B ties its embeddings; Llama does not
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model_cls(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return str(save_seeded(model_cls, config, tokenizer, path))
 
 
 @pytest.fixture(scope="session")
@@ -206,7 +203,6 @@ def tiny_gpt2(tmp_path_factory) -> str:
     """A 2-layer GPT-2 (random weights; learned absolute positions) + byte-level BPE tokenizer padding on the
     left, without a pad token: a body whose features move when its input is left-padded (rotary Qwen2 and
     Llama shift every position alike, which attention does not see)."""
-    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     path = tmp_path_factory.mktemp("tiny-gpt2")
@@ -215,11 +211,7 @@ def tiny_gpt2(tmp_path_factory) -> str:
         vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        GPT2LMHeadModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return str(save_seeded(GPT2LMHeadModel, config, tokenizer, path))
 
 
 def decoder_args(recipe: str, model: str, train: str, test: str, out: Path, *extra: str) -> list[str]:
@@ -273,7 +265,6 @@ def eval_csv(tmp_path_factory) -> Path:
 def save_bert_classifier(path: Path, tokenizer, labels: list[str], max_positions: int) -> Path:
     """A 1-layer BERT classifier (random weights, seed 0, the global generator left as it was) over `labels`,
     with `tokenizer`, saved to `path`: the benches' tiny model."""
-    import torch
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
@@ -281,11 +272,7 @@ def save_bert_classifier(path: Path, tokenizer, labels: list[str], max_positions
         num_attention_heads=2, max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
         num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
     )  # fmt: skip
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_seeded(BertForSequenceClassification, config, tokenizer, path)
 
 
 def load_bench(name: str, module_name: str | None = None):

@@ -1019,10 +1019,16 @@ def test_lora_refit_from_a_probe_folds_tau_with_the_train_and_validation_prior(l
     """The probe's head has a bias, so the chosen post-hoc tau is folded into the refit LoRA head too, with the
     train + validation prior: the saved adapter is the one of the same run without the shift, its head's bias
     moved by -0.5 * log(prior of train + validation), counted by hand; the report says so."""
+    probe = lora_from_refit_probe
+    assert_refit_bias_shifted_by_tau(probe["runs"], probe["train"], probe["test"])
+
+
+def assert_refit_bias_shifted_by_tau(runs: dict, train: str, test: str) -> None:
+    """runs["0.5"] (--posthoc_logit_adjustment 0.5, refit) saved the adapter of runs["none"] with its head's bias
+    moved by -0.5 * log(prior of train + validation), counted by hand; its report says so."""
     from safetensors.torch import load_file
 
-    runs = lora_from_refit_probe["runs"]
-    data = synthetic_data(lora_from_refit_probe["train"], lora_from_refit_probe["test"])
+    data = synthetic_data(train, test)
     labels = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
     counts = np.bincount(labels, minlength=len(data.label_names))
     assert counts.min() > 0

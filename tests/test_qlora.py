@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 from conftest import decoder_args
-from test_lora import TEXTS, logits, spy_on_trainer
-from test_recipes import RUN_FILES, load_recipe, synthetic_data, synthetic_files
+from test_lora import TEXTS, assert_refit_bias_shifted_by_tau, logits, spy_on_trainer
+from test_recipes import RUN_FILES, load_recipe, synthetic_files
 
 import longtail.adapters
 from longtail.adapters import (
@@ -244,9 +244,6 @@ def test_qlora_refit_folds_tau_into_a_head_with_a_bias(tiny_modernbert, tmp_path
     fold either. An encoder's has one (QLoRA on ModernBERT: `classifier`): the refit's saved adapter is the one of
     the same run without the shift, its head's bias moved by -0.5 * log(prior of train + validation), counted by
     hand; the report says so."""
-    import numpy as np
-    from safetensors.torch import load_file
-
     train, test = synthetic_files(tmp_path)
     runs = {tau: tmp_path / f"tau_{tau}" for tau in ("0.5", "none")}
     for tau, out in runs.items():
@@ -255,15 +252,4 @@ def test_qlora_refit_folds_tau_into_a_head_with_a_bias(tiny_modernbert, tmp_path
             "--per_device_train_batch_size", "32", "--refit_with_validation", "true",
             "--posthoc_logit_adjustment", tau,
         ))  # fmt: skip
-    data = synthetic_data(train, test)
-    labels = np.concatenate([data.splits[s]["label_id"].to_numpy() for s in ("train", "validation")])
-    counts = np.bincount(labels, minlength=len(data.label_names))
-    assert counts.min() > 0
-    shift = torch.as_tensor(-0.5 * np.log(counts / counts.sum()), dtype=torch.float32)
-    shifted, plain = (load_file(str(runs[t] / "adapter_model.safetensors")) for t in ("0.5", "none"))
-    bias = "base_model.model.classifier.bias"
-    assert shifted.keys() == plain.keys() and bias in plain
-    for k in plain:
-        expected = plain[k] + shift if k == bias else plain[k]
-        torch.testing.assert_close(shifted[k], expected, rtol=0, atol=1e-5, msg=k)
-    assert "post-hoc tau 0.5 (with the train + validation prior)" in (runs["0.5"] / "report.md").read_text()
+    assert_refit_bias_shifted_by_tau(runs, train, test)
