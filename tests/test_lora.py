@@ -1015,6 +1015,32 @@ def test_lora_from_a_probe_merges_onto_the_probe(lora_from_refit_probe):
 
 
 @pytest.mark.slow
+def test_lora_from_a_probe_card_quick_start_loads_the_probe(lora_from_refit_probe, monkeypatch, capsys):
+    """The card of a LoRA run from a probe names the probe run as the base and imports longtail.probe; its quick
+    start, run as written (the base named by its folder, from the folder holding it), scores as the adapter. It
+    named --model_name_or_path, which the probe's architecture reads none of (a random body), and without the
+    import AutoConfig did not know the run's config."""
+    from transformers import AutoTokenizer
+
+    run, probe = lora_from_refit_probe["runs"]["0.5"], lora_from_refit_probe["probe"]
+    card = (run / "README.md").read_text("utf-8")
+    code = card.split("## Quick start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert code.startswith("import longtail.probe  # registers model_type longtail_probe")
+    assert f'from_pretrained("{probe.name}", config=config)' in code and f'adapter = "{run}"' in code
+    monkeypatch.chdir(probe.parent)
+    namespace: dict = {}
+    exec(code, namespace)
+    assert "'label': " in capsys.readouterr().out  # the pipeline's top 3, printed
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    torch.testing.assert_close(
+        logits(namespace["model"], tokenizer),
+        logits(load_adapter_classifier(run), tokenizer),
+        rtol=0,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.slow
 def test_lora_refit_from_a_probe_folds_tau_with_the_train_and_validation_prior(lora_from_refit_probe):
     """The probe's head has a bias, so the chosen post-hoc tau is folded into the refit LoRA head too, with the
     train + validation prior: the saved adapter is the one of the same run without the shift, its head's bias

@@ -502,7 +502,9 @@ def merge_adapter(
 # ---------------------------------------------------------------------------------------------
 
 
-def usage_section(base_model: str, model_ref: str, merged: bool) -> str:
+def usage_section(base_model: str, model_ref: str, merged: bool, probe: bool = False) -> str:
+    """The card's quick start: the base loaded with the run's config, then the adapter. `probe`: the adapter was
+    trained on a probe run (LoRA with --head_init_from), whose architecture `import longtail.probe` registers."""
     lines = [
         "## Quick start",
         "",
@@ -511,6 +513,11 @@ def usage_section(base_model: str, model_ref: str, merged: bool) -> str:
         "with it, then the adapter:",
         "",
         "```python",
+        *(
+            ["import longtail.probe  # registers model_type longtail_probe (no trust_remote_code needed)"]
+            if probe
+            else []
+        ),
         "from peft import PeftModel",
         "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline",
         "",
@@ -586,8 +593,9 @@ def finish_adapter_run(
 ) -> dict[str, Path]:
     """Main process only: metrics, report, plots, card (with a peft quick start) and run files; then the
     merged model when asked (--merge_adapter), then the Hub push (--push_to_hub)."""
+    from longtail.probe import MODEL_TYPE as PROBE_TYPE
     from longtail.report import write_model_card, write_run_outputs
-    from longtail.runs import source_description, write_run_files
+    from longtail.runs import public_model_name, source_description, write_run_files
 
     by_type = {type(a).__name__: a for a in arguments}
     data_args = by_type["DataArguments"]
@@ -610,7 +618,11 @@ def finish_adapter_run(
     )
     repo_id, merged_repo_id = hub_repo_ids(out, training_args, adapter_args)
     ref = repo_id if push else str(out)
-    _add_card_section(paths["card"], usage_section(run_info["model"], ref, adapter_args.merge_adapter))
+    # the base the adapter was trained on (adapter_config.json): with --head_init_from, the probe run, not
+    # --model_name_or_path, whose checkpoint the probe's architecture would load with a random body
+    probe = json.loads((out / "config.json").read_text("utf-8")).get("model_type") == PROBE_TYPE
+    base = public_model_name(base_model_of(out)) if probe else run_info["model"]
+    _add_card_section(paths["card"], usage_section(base, ref, adapter_args.merge_adapter, probe))
     write_run_files(out, data, command, config_record(*arguments, training_args))
     merged = None
     if (out / "merged").is_dir():  # from an earlier run into this (overwritten) folder: never leave it stale
