@@ -51,7 +51,6 @@ from longtail.posthoc import log_prior_array, parse_tau_option, select_tau
 from longtail.probe import (
     POOLINGS,
     ProbeForSequenceClassification,
-    add_usage_to_card,
     cached_embeddings,
     check_layers,
     default_pooling,
@@ -524,9 +523,7 @@ def main(argv: list[str] | None = None) -> dict:
                 solver=solver_note(args.tol, args.max_iter, unconverged),
             )
         ],
-        pipeline_example=False,  # the card's quick start below imports longtail.probe first
-    )
-    add_usage_to_card(paths["card"], output_dir)
+    )  # the card's quick start imports longtail.probe first (a probe-architecture folder)
     write_run_files(
         output_dir,
         data,

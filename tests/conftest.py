@@ -306,6 +306,30 @@ inference, scaling, kd_step, train_memory = map(
 )
 
 
+def quick_start(card: Path) -> str:
+    """The Python code of a model card's "Quick start" section."""
+    section = Path(card).read_text("utf-8").split("## Quick start", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def run_quick_start(card: Path, cwd: Path) -> str:
+    """Run a card's quick start as a user would, in a fresh Python (nothing of longtail imported unless the code
+    imports it), offline; its output."""
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, "-c", quick_start(card)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def run_as(monkeypatch, script: str) -> None:
     """Run a tool's main() as its command line would: argparse and our one-line errors both name the program by
     sys.argv[0]'s file name (`<script>: error: ...`)."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, SHARED, decoder_args
+from conftest import REPO, SHARED, decoder_args, quick_start, run_quick_start
 from test_recipes import RUN_FILES, load_recipe, synthetic_data, synthetic_files
 
 from longtail.adapters import (
@@ -1022,15 +1022,17 @@ def test_lora_from_a_probe_card_quick_start_loads_the_probe(lora_from_refit_prob
     import AutoConfig did not know the run's config."""
     from transformers import AutoTokenizer
 
+    from longtail.probe import REGISTER_LINE
+
     run, probe = lora_from_refit_probe["runs"]["0.5"], lora_from_refit_probe["probe"]
-    card = (run / "README.md").read_text("utf-8")
-    code = card.split("## Quick start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    assert code.startswith("import longtail.probe  # registers model_type longtail_probe")
+    code = quick_start(run / "README.md")
+    assert code.startswith(REGISTER_LINE)
     assert f'from_pretrained("{probe.name}", config=config)' in code and f'adapter = "{run}"' in code
-    monkeypatch.chdir(probe.parent)
+    assert "'label': " in run_quick_start(run / "README.md", probe.parent)  # as written, in a fresh Python
+    monkeypatch.chdir(probe.parent)  # and here, to compare its model with the adapter's
     namespace: dict = {}
     exec(code, namespace)
-    assert "'label': " in capsys.readouterr().out  # the pipeline's top 3, printed
+    capsys.readouterr()
     tokenizer = AutoTokenizer.from_pretrained(run)
     torch.testing.assert_close(
         logits(namespace["model"], tokenizer),

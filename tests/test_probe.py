@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, needs_shared
+from conftest import REPO, needs_shared, quick_start, run_quick_start
 from test_recipes import REQUIRED_KEYS, RUN_FILES, encoder_args, load_recipe, synthetic_files
+
+from longtail.probe import REGISTER_LINE
 
 TEXTS = [
     "I was charged a late fee twice.",
@@ -460,7 +462,8 @@ def test_probe_recipe_end_to_end(probe_run, fast_bootstrap, one_torch_thread):
     saved = load_predictions(out / "predictions_validation.npz")
     np.testing.assert_allclose(probs_of("validation"), saved["probs"][:40], atol=1e-4)
     assert model.config.id2label[0] == data.label_names[0]
-    assert "import longtail.probe" in (out / "README.md").read_text()
+    assert quick_start(out / "README.md").startswith(REGISTER_LINE + "\nfrom transformers import pipeline\n")
+    assert (out / "README.md").read_text().count("## Quick start") == 1
 
 
 def test_refit_helpers_by_hand():
@@ -855,6 +858,10 @@ def test_full_ft_from_probe_with_warmup_end_to_end(
     )
     train_results = json.loads((out / "train_results.json").read_text())
     assert train_results["head_warmup_loss"] > 0
+    # its card's quick start runs as written in a fresh Python: it imports longtail.probe first (it did not, and
+    # Transformers did not know model_type longtail_probe)
+    assert quick_start(out / "README.md").startswith(REGISTER_LINE)
+    assert "'label': " in run_quick_start(out / "README.md", tmp_path)
 
     # a new probe on the fine-tuned body (classifier re-training): the recipe embeds with LP-FT's body
     from safetensors.torch import load_file
@@ -1844,24 +1851,6 @@ def test_frozen_body_is_never_unpickled(tiny_modernbert, tmp_path):
     assert not (tmp_path / "pickled" / "model.safetensors").exists()
     with pytest.raises(OSError, match="safetensors"):
         load_frozen_body(str(tmp_path / "pickled"))
-
-
-def test_probe_card_quick_start_goes_before_the_versions_section(tmp_path):
-    from longtail.probe import add_usage_to_card
-
-    card = tmp_path / "README.md"
-    card.write_text("# Probe\n\nScores.\n\n## Versions\n\n- torch\n", "utf-8")
-    add_usage_to_card(card, "outputs/probe")
-    text = card.read_text("utf-8")
-    head, quick = "# Probe\n\nScores.\n\n## Quick start\n\n```python\n", "\n```\n\n## Versions\n\n- torch\n"
-    assert text.startswith(head) and text.endswith(quick) and text.count("## Quick start") == 1
-    assert 'clf = pipeline("text-classification", model="outputs/probe")' in text
-    assert "import longtail.probe  # registers model_type longtail_probe" in text
-    card.write_text("# Probe\n", "utf-8")  # no versions section: appended
-    add_usage_to_card(card, "p")
-    assert card.read_text("utf-8").startswith("# Probe\n## Quick start\n") and card.read_text(
-        "utf-8"
-    ).endswith("```\n")
 
 
 def test_embedding_cache_key_separates_the_texts():

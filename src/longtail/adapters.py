@@ -505,6 +505,8 @@ def merge_adapter(
 def usage_section(base_model: str, model_ref: str, merged: bool, probe: bool = False) -> str:
     """The card's quick start: the base loaded with the run's config, then the adapter. `probe`: the adapter was
     trained on a probe run (LoRA with --head_init_from), whose architecture `import longtail.probe` registers."""
+    from longtail.probe import REGISTER_LINE
+
     lines = [
         "## Quick start",
         "",
@@ -513,11 +515,7 @@ def usage_section(base_model: str, model_ref: str, merged: bool, probe: bool = F
         "with it, then the adapter:",
         "",
         "```python",
-        *(
-            ["import longtail.probe  # registers model_type longtail_probe (no trust_remote_code needed)"]
-            if probe
-            else []
-        ),
+        *([REGISTER_LINE] if probe else []),
         "from peft import PeftModel",
         "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, pipeline",
         "",
@@ -593,7 +591,7 @@ def finish_adapter_run(
 ) -> dict[str, Path]:
     """Main process only: metrics, report, plots, card (with a peft quick start) and run files; then the
     merged model when asked (--merge_adapter), then the Hub push (--push_to_hub)."""
-    from longtail.probe import MODEL_TYPE as PROBE_TYPE
+    from longtail.probe import is_probe_folder
     from longtail.report import write_model_card, write_run_outputs
     from longtail.runs import public_model_name, source_description, write_run_files
 
@@ -620,7 +618,7 @@ def finish_adapter_run(
     ref = repo_id if push else str(out)
     # the base the adapter was trained on (adapter_config.json): with --head_init_from, the probe run, not
     # --model_name_or_path, whose checkpoint the probe's architecture would load with a random body
-    probe = json.loads((out / "config.json").read_text("utf-8")).get("model_type") == PROBE_TYPE
+    probe = is_probe_folder(out)
     base = public_model_name(base_model_of(out)) if probe else run_info["model"]
     _add_card_section(paths["card"], usage_section(base, ref, adapter_args.merge_adapter, probe))
     write_run_files(out, data, command, config_record(*arguments, training_args))

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls", "last")
 MODEL_TYPE = "longtail_probe"
+# the first line of every quick start that loads a probe-architecture model (a probe, LP-FT, a LoRA run on a probe)
+REGISTER_LINE = f"import longtail.probe  # registers model_type {MODEL_TYPE} (no trust_remote_code needed)"
 LAST = (-1,)  # feature_layers default: the body's final output only
 
 
@@ -452,24 +454,8 @@ def load_probe_head(run_dir, label_names: list[str]) -> tuple[torch.Tensor, torc
     return state["classifier.weight"], state["classifier.bias"], config.get("pooling", "mean")
 
 
-def add_usage_to_card(card: Path, model_dir) -> None:
-    """A quick start in the model card: the probe loads through the Auto classes once longtail.probe is imported."""
-    section = "\n".join(
-        [
-            "## Quick start",
-            "",
-            "```python",
-            "import longtail.probe  # registers model_type longtail_probe (no trust_remote_code needed)",
-            "from transformers import pipeline",
-            "",
-            f'clf = pipeline("text-classification", model="{model_dir}")',
-            'print(clf("I was charged a late fee although I paid on time.", top_k=3))',
-            "```",
-            "",
-        ]
-    )
-    text = Path(card).read_text("utf-8")
-    marker = "\n## Versions"
-    Path(card).write_text(
-        text.replace(marker, "\n" + section + marker, 1) if marker in text else text + section, "utf-8"
-    )
+def is_probe_folder(folder) -> bool:
+    """Whether `folder` holds a probe-architecture model (a probe, LP-FT's output, a LoRA run on a probe), which
+    loads only once this module is imported."""
+    config = Path(folder) / "config.json"
+    return config.is_file() and json.loads(config.read_text("utf-8")).get("model_type") == MODEL_TYPE

@@ -557,12 +557,17 @@ def write_model_card(
     ]
     md += ["", "Command:", "", "```bash", command, "```"]
     if pipeline_example:
+        from longtail.probe import REGISTER_LINE, is_probe_folder
+
         model_ref = run_info.get("hub_model_id") or str(out)
         md += [
             "",
             "## Quick start",
             "",
             "```python",
+            *(
+                [REGISTER_LINE] if is_probe_folder(out) else []
+            ),  # LP-FT's output, a merged LoRA run on a probe
             "from transformers import pipeline",
             "",
             f'clf = pipeline("text-classification", model="{model_ref}")',
