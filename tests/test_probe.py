@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1924,3 +1925,37 @@ def test_embedding_cache_of_the_wrong_shape_or_damaged_is_embedded_again(
         np.testing.assert_array_equal(np.load(path), first)  # replaced
         assert f"Cached embeddings {path} are {problem}" in caplog.text and "embedding again" in caplog.text
     assert cached_embeddings(*args)[2] is True  # and served again once whole
+
+
+def test_a_probe_run_is_a_teacher_in_a_fresh_python(probe_run, tmp_path):
+    """distill's --teacher_model_name_or_path reads a probe (or LP-FT) run: in a process that has not imported
+    longtail.probe (the distill recipe does not), its config was "model type `longtail_probe` but Transformers does
+    not recognize this architecture", refused as unreadable. Its logits are the probe's own."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = [
+        "I was charged a late fee although I paid on time.",
+        "They keep calling about a debt I do not owe.",
+    ]
+    script = (
+        "import json, sys\n"
+        "from longtail.distill import load_teacher, teacher_config, teacher_forward\n"
+        "assert teacher_config(sys.argv[1]).model_type == 'longtail_probe'\n"
+        "model, tokenizer, labels = load_teacher(sys.argv[1])\n"
+        "print(json.dumps(teacher_forward(model, tokenizer, json.loads(sys.argv[2]), 64, 8).tolist()))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-c", script, str(probe_run["out"]), json.dumps(texts)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = AutoModelForSequenceClassification.from_pretrained(probe_run["out"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(probe_run["out"])
+    with torch.no_grad():
+        expected = torch.cat([model(**tokenizer([t], truncation=True, max_length=64, return_tensors="pt")).logits
+                              for t in texts])  # fmt: skip
+    np.testing.assert_allclose(
+        np.array(json.loads(done.stdout.strip().splitlines()[-1])), expected, atol=1e-5
+    )

@@ -482,8 +482,10 @@ def teacher_config(teacher: str):
     """The config of --teacher_model_name_or_path, or an error saying what the path is instead."""
     from transformers import AutoConfig
 
+    from longtail.inference import register_custom_models
     from longtail.predict import not_transformers
 
+    register_custom_models()  # a probe or LP-FT run (model_type longtail_probe) as the teacher
     path = Path(teacher)
     if path.is_dir() and (what := not_transformers(path)):
         raise UsageError(
@@ -503,8 +505,10 @@ def load_teacher(teacher: str, base_model: str | None = None):
     LoRA/QLoRA run folder (adapter + head on its base, reloaded in float32)."""
     from transformers import AutoModelForSequenceClassification
 
+    from longtail.inference import register_custom_models
     from longtail.training import ModelArguments, load_tokenizer
 
+    register_custom_models()  # a probe or LP-FT run (model_type longtail_probe) as the teacher
     tokenizer = load_tokenizer(ModelArguments(model_name_or_path=teacher))
     if (Path(teacher) / "adapter_config.json").is_file():
         from longtail.adapters import load_adapter_classifier
