@@ -330,6 +330,14 @@ def run_quick_start(card: Path, cwd: Path) -> str:
     return done.stdout
 
 
+def memory_markdown(train_memory, results: list[dict], ratios: dict, command: str = "c") -> str:
+    """bench/train_memory.py's train_memory.md for `results` and `ratios`, at the tiny settings its tests use."""
+    settings = {"architecture": "tiny (qwen2)", "num_labels": 2, "batch_size": 2, "seq_len": 16, "steps": 1,
+                "repeats": 1, "malloc_mmap_threshold": 65536}  # fmt: skip
+    report = {"settings": settings, "environment": {"device": "CPU"}, "results": results, "ratios": ratios}
+    return train_memory.markdown({**report, "command": command})
+
+
 def run_as(monkeypatch, script: str) -> None:
     """Run a tool's main() as its command line would: argparse and our one-line errors both name the program by
     sys.argv[0]'s file name (`<script>: error: ...`)."""

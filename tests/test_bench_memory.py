@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, load_bench
+from conftest import REPO, load_bench, memory_markdown
 
 SCRIPT = str(REPO / "bench" / "train_memory.py")
 
@@ -84,10 +84,7 @@ def test_two_variants_are_compared(train_memory):
     ratios = train_memory.summarise(results)
     assert ratios == {"qlora_vs_lora_peak_bytes": 0.375, "qlora_vs_lora_step_peak_bytes": 0.25,
                       "qlora_vs_lora_peak_above_baseline_bytes": 0.286}  # fmt: skip
-    settings = {"architecture": "tiny (qwen2)", "num_labels": 2, "batch_size": 2, "seq_len": 16, "steps": 1,
-                "repeats": 1, "malloc_mmap_threshold": 65536}  # fmt: skip
-    md = train_memory.markdown({"settings": settings, "environment": {"device": "CPU"}, "results": results,
-                                "ratios": ratios, "command": "python bench/train_memory.py"})  # fmt: skip
+    md = memory_markdown(train_memory, results, ratios, "python bench/train_memory.py")
     assert (
         "- QLoRA / LoRA: **0.25x** training-step peak (the CPU analogue of CUDA max_memory_allocated after "
         "loading; target <= 0.35x: met); 0.375x whole-process peak, loading included (target: NOT met); "
@@ -113,9 +110,7 @@ def test_a_step_peak_not_measured_reads_as_a_dash(train_memory):
     results = [result("full", 8), result("lora_gc", 2.8), result("lora", 4), result("qlora", 1.4)]
     ratios = train_memory.summarise(results)
     assert ratios["qlora_vs_lora_step_peak_bytes"] is None and ratios["qlora_vs_lora_peak_bytes"] == 0.35
-    settings = {"architecture": "a", "num_labels": 2, "batch_size": 1, "seq_len": 1, "steps": 1, "repeats": 1}
-    md = train_memory.markdown({"settings": settings, "environment": {"device": "CPU"}, "results": results,
-                                "ratios": ratios, "command": "c"})  # fmt: skip
+    md = memory_markdown(train_memory, results, ratios)
     assert (
         "- QLoRA / LoRA: **—** training-step peak" in md and "target <= 0.35x: —); 0.35x whole-process" in md
     )

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import corpus, save_bert_classifier, train_wordpiece
+from conftest import corpus, memory_markdown, save_bert_classifier, train_wordpiece
 
 MIB, GIB = 1024**2, 1024**3
 
@@ -581,10 +581,7 @@ def test_train_memory_ratios_of_all_four_variants(train_memory):
         int(2.5 * GIB),
         GIB,
     ]
-    settings = {"architecture": "tiny (qwen2)", "num_labels": 2, "batch_size": 2, "seq_len": 16, "steps": 1,
-                "repeats": 1, "malloc_mmap_threshold": 65536}  # fmt: skip
-    md = train_memory.markdown({"settings": settings, "environment": {"device": "CPU"}, "results": results,
-                                "ratios": ratios, "command": "c"})  # fmt: skip
+    md = memory_markdown(train_memory, results, ratios)
     assert (
         "| LoRA r16 q/k/v/o + head | 10 (10.000 %) | 0.50 | 2.00 | 3.00 | **4.00** | 3.50 | 0.667 | 1.0 |"
         in md
@@ -600,9 +597,7 @@ def test_train_memory_target_boundary(train_memory):
     met[0]["peak_bytes_runs"] = [4 * GIB]  # one run: no range
     ratios = train_memory.summarise(met)
     assert ratios["qlora_vs_lora_step_peak_bytes"] == 0.35 and ratios["qlora_vs_lora_peak_bytes"] == 0.35
-    md = train_memory.markdown({"settings": {"architecture": "a", "num_labels": 2, "batch_size": 1, "seq_len": 1,
-                                             "steps": 1, "repeats": 1}, "environment": {"device": "CPU"},
-                                "results": met, "ratios": ratios, "command": "c"})  # fmt: skip
+    md = memory_markdown(train_memory, met, ratios)
     assert "**0.35x** training-step peak" in md and "target <= 0.35x: met); 0.35x whole-process peak" in md
     assert "| **4.00** |" in md
     assert "(target: met)" in md

@@ -116,6 +116,10 @@ def test_export_fails_when_fp32_parity_fails(tiny_classifier, tmp_path):
         export_onnx(args)
     failed = json.loads((tmp_path / "x.failed" / "parity.json").read_text())  # kept for inspection
     assert failed["variants"]["fp32"]["status"] == "failed"
+    assert failed["variants"]["fp32"]["file"] == str(
+        tmp_path / "x.failed" / "fp32" / "model.onnx"
+    )  # where it is
+    assert Path(failed["variants"]["fp32"]["file"]).is_file()
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
 
@@ -159,6 +163,14 @@ def test_an_export_replaces_an_earlier_one_only_once_it_passed(tiny_classifier, 
     assert json.loads((out / "parity.json").read_text())["variants"]["int8"]["status"] == "rejected"
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "notes.txt", "parity.json"]
     assert not (tmp_path / "x.partial").exists() and not (tmp_path / "x.failed").exists()
+    here = tmp_path / "here"  # `--output_dir .`: a folder with no name of its own to put the suffix on
+    here.mkdir()
+    monkeypatch.chdir(here)
+    export_onnx(ExportArguments(**{**args, "output_dir": ".", "quantize": False}))
+    assert (
+        sorted(p.name for p in here.iterdir()) == ["fp32", "parity.json"]
+        and not (tmp_path / "here.partial").exists()
+    )
 
 
 def test_int8_rejected_when_quality_collapses(tiny_classifier, tmp_path):

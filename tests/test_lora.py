@@ -1012,6 +1012,9 @@ def test_lora_from_a_probe_merges_onto_the_probe(lora_from_refit_probe):
     torch.testing.assert_close(
         logits(merged, tokenizer), logits(load_adapter_classifier(run), tokenizer), rtol=0, atol=1e-5
     )
+    # its card's quick start imports longtail.probe, and runs as written in a fresh Python
+    assert quick_start(run / "merged" / "README.md").startswith("import longtail.probe  # registers")
+    assert "'label': " in run_quick_start(run / "merged" / "README.md", run)
 
 
 @pytest.mark.slow

@@ -262,7 +262,8 @@ def export_onnx(args: ExportArguments) -> dict:
         )
     # built beside `out`, which it replaces only once the fp32 parity passed: an earlier export stays whole
     # through an export that fails or is interrupted
-    work, failed_dir = out.with_name(f"{out.name}.partial"), out.with_name(f"{out.name}.failed")
+    whole = out.resolve()  # `--output_dir .` has no name to put a suffix on
+    work, failed_dir = whole.with_name(f"{whole.name}.partial"), whole.with_name(f"{whole.name}.failed")
     shutil.rmtree(work, ignore_errors=True)  # an interrupted attempt's
     work.mkdir(parents=True)
 
@@ -328,7 +329,7 @@ def export_onnx(args: ExportArguments) -> dict:
         backend = OrtBackend(path, device=args.device)
         logits = run_batches(backend, batches, len(texts), num_labels)
         entry = {
-            "file": str(out / name / backend.file_name),  # where it is served from once the export passed
+            "file": backend.file_name,  # under the folder it ends in, set below
             "size_bytes": sum(f.stat().st_size for f in onnx_files(path)),
             **compare(reference, logits),
             "status": "ok",
@@ -370,8 +371,13 @@ def export_onnx(args: ExportArguments) -> dict:
             entry["argmax_agreement"],
             entry["status"],
         )
-    write_json(work / "parity.json", record)
     failed = {n: v for n, v in record["variants"].items() if v.get("status") == "failed"}
+    for name, entry in record[
+        "variants"
+    ].items():  # where each file is once moved: served, or kept to inspect
+        if "file" in entry:
+            entry["file"] = str((failed_dir if failed else out) / name / entry["file"])
+    write_json(work / "parity.json", record)
     if failed:  # kept for inspection beside `out`, which is left as it was
         shutil.rmtree(failed_dir, ignore_errors=True)
         work.rename(failed_dir)
