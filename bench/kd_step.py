@@ -120,8 +120,10 @@ def build(args):
     from transformers import AutoModelForSequenceClassification, TrainingArguments
 
     from longtail.distill import DistillationTrainer
+    from longtail.inference import register_custom_models
     from longtail.losses import LongTailTrainer, LossArguments
 
+    register_custom_models()  # a probe or LP-FT run as the student (model_type longtail_probe)
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model_dir, num_labels=args.num_labels, use_safetensors=True
     )
@@ -137,7 +139,7 @@ def build(args):
     for trainer in (ce, kd):
         trainer.current_gradient_accumulation_steps = 1  # set by train(), which we bypass
     g = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
+    vocab = model.get_input_embeddings().num_embeddings  # a probe's config nests its body's vocabulary
     batch = {
         "input_ids": torch.randint(5, vocab, (args.batch_size, args.seq_len), generator=g),
         "attention_mask": torch.ones(args.batch_size, args.seq_len, dtype=torch.long),

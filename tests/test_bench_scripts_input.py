@@ -83,6 +83,34 @@ def test_kd_step_num_labels_follow_a_saved_classifier(kd_step, capsys, tmp_path)
     assert kd_step.parse_args(["--model_dir", str(base), "--num_labels", "7", *out]).num_labels == 7
 
 
+def test_kd_step_times_a_probe_run_as_the_student(tmp_path, tiny_modernbert):
+    """A probe or LP-FT run (model_type longtail_probe) as --model_dir, in a Python that never imported
+    longtail.probe: the bench stopped with Transformers' 'does not recognize this architecture', then on the
+    probe config's missing vocab_size (its body's config is nested)."""
+    import sys
+
+    from conftest import REPO, save_seeded
+    from transformers import AutoConfig, AutoTokenizer
+
+    from longtail.probe import ProbeConfig, ProbeForSequenceClassification
+
+    config = ProbeConfig(AutoConfig.from_pretrained(tiny_modernbert), num_labels=4)
+    run = save_seeded(
+        ProbeForSequenceClassification,
+        config,
+        AutoTokenizer.from_pretrained(tiny_modernbert),
+        tmp_path / "probe",
+    )
+    out = tmp_path / "out"
+    argv = ["--model_dir", str(run), "--warmup", "0", "--rounds", "1", "--batch_size", "2", "--seq_len", "16"]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "kd_step.py"), *argv, "--output_dir", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "kd_step.json").read_text())["num_labels"] == 4
+
+
 # ------------------------------------------------------------------------------------------ train_memory
 
 

@@ -4,6 +4,7 @@ tokenisation, the collator, and prediction."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,18 +112,114 @@ def classifier_config(model_args: ModelArguments, label_names: list[str], tokeni
     return config
 
 
+def trained_labels(config) -> list[str] | None:
+    """The labels of a trained sequence classifier's config (a finished run, a fine-tuned Hub model) in its
+    head's row order; None for a base model (no `*ForSequenceClassification` architecture)."""
+    if not any(str(a).endswith("ForSequenceClassification") for a in config.architectures or []):
+        return None
+    return [str(config.id2label[k]) for k in sorted(config.id2label)]
+
+
+def refit_on_validation(run_dir: str) -> bool:
+    """Whether a finished run's saved model was refit on train + validation (its `run_config.json` says so)."""
+    try:
+        config = json.loads((Path(run_dir).expanduser() / "run_config.json").read_text("utf-8"))
+        return config.get("refit", {}).get("refit_with_validation") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def output_layer(model, num_labels: int):
+    """The head's last linear layer with one row per label (`classifier`, `score`; after ModernBERT's `head`)."""
+    from longtail.adapters import _in_head, _is_linear, head_modules
+
+    heads = head_modules(model)
+    layers = [
+        m
+        for n, m in model.named_modules()
+        if _in_head(n, heads) and _is_linear(m) and getattr(m, "out_features", None) == num_labels
+    ]
+    return layers[-1] if layers else None
+
+
+def draw_again(model, layer) -> None:
+    """Initialise `layer` as Transformers initialises a weight missing from a checkpoint: every other module is
+    marked initialised and `initialize_weights` runs the model's own `_init_weights` on the layer and the modules
+    holding it (ModernBERT draws its classifier from the top-level module's call, BERT and Qwen2 from the layer's)."""
+    name = next(n for n, m in model.named_modules() if m is layer)
+    for n, module in model.named_modules():
+        module._is_hf_initialized = not (n == "" or name == n or name.startswith(n + "."))
+    model.initialize_weights()
+
+
 def load_classifier(model_args: ModelArguments, label_names: list[str], tokenizer, **from_pretrained_kwargs):
-    """A sequence classifier with the label maps and problem type written into its config."""
+    """A sequence classifier with the label maps and problem type written into its config.
+
+    `--model_name_or_path` may be a finished classifier run (full FT, LP-FT, a probe): its trained head is kept
+    when its labels are this run's; the same labels in another order have its rows reordered; other labels get
+    a fresh output layer, with a warning. Transformers alone would stop with a size mismatch deep in
+    `load_state_dict`, or, for as many labels under other names, read its rows as this run's labels."""
+    from longtail.inference import register_custom_models
+
+    register_custom_models()  # a probe or LP-FT run (model_type longtail_probe) to start from
     config = classifier_config(model_args, label_names, tokenizer)
+    source = model_args.model_name_or_path
+    with reading_model("--model_name_or_path", source):
+        previous = trained_labels(
+            AutoConfig.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+        )
+    other_labels = previous is not None and previous != list(label_names)
+    if other_labels and len(previous) != len(label_names):
+        from_pretrained_kwargs["ignore_mismatched_sizes"] = True  # the new output layer is drawn fresh
     # a folder without weights (a bare config, a LoRA run's folder): one line naming it, not Transformers' OSError
-    with reading_model("--model_name_or_path", model_args.model_name_or_path, needs=WEIGHT_FILES):
-        return AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path,
+    with reading_model("--model_name_or_path", source, needs=WEIGHT_FILES):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source,
             config=config,
             trust_remote_code=model_args.trust_remote_code,
             use_safetensors=True,  # never unpickle weights
             **from_pretrained_kwargs,
         )
+    if previous is None:
+        return model
+    if refit_on_validation(source):
+        logger.warning(
+            "--model_name_or_path %s was refit on train + validation: if that is this run's data, this run's "
+            "validation scores are not held out (for a probe, --head_init_from starts from its train-only head)",
+            source,
+        )
+    layer = output_layer(model, len(label_names))
+    if other_labels and len(previous) == len(label_names) and layer is None:
+        raise UsageError(
+            f"--model_name_or_path {source} is a classifier over other labels than this run's, and its output "
+            f"layer (a linear layer of {len(label_names)} rows in the head) was not found to replace"
+        )
+    shared = len(set(previous) & set(label_names))
+    if not other_labels:
+        logger.info(
+            "--model_name_or_path %s is a classifier over this run's labels: starting from its head", source
+        )
+    elif shared == len(previous) == len(label_names):
+        order = torch.tensor([previous.index(name) for name in label_names])
+        with torch.no_grad():
+            for param in (layer.weight, layer.bias):
+                if param is not None:
+                    param.copy_(param[order])
+        logger.info(
+            "--model_name_or_path %s has this run's labels in another order: its head rows reordered", source
+        )
+    else:
+        if len(previous) == len(label_names):
+            draw_again(model, layer)  # Transformers loaded the old rows: as many labels, other names
+        logger.warning(
+            "--model_name_or_path %s is a classifier over other labels (%d there, %d here, %d shared): its output "
+            "layer is not used, a fresh one is trained",
+            source,
+            len(previous),
+            len(label_names),
+            shared,
+        )
+    return model
 
 
 def tokenize_splits(data: PreparedData, tokenizer, max_length: int, training_args: TrainingArguments) -> dict:

@@ -1,0 +1,151 @@
+"""`--model_name_or_path` a finished classifier run: its head is kept, reordered or replaced by label name.
+
+Transformers alone stopped with a size mismatch deep in `load_state_dict` for a run over another number of
+labels, read the old rows as this run's labels for as many labels under other names, and could not read a
+probe or LP-FT run (model_type longtail_probe) at all."""
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import save_seeded
+
+LABELS = ["billing", "fraud", "late fee"]
+
+
+def saved_classifier(base: str, out: Path, labels: list[str]) -> Path:
+    """`base`'s architecture as a sequence classifier over `labels` (seeded random weights), saved to `out`."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    config = AutoConfig.from_pretrained(
+        base,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
+    config.pad_token_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    return save_seeded(AutoModelForSequenceClassification.from_config, config, tokenizer, out)
+
+
+def load(folder: Path, labels: list[str]):
+    from longtail.training import ModelArguments, load_classifier, load_tokenizer
+
+    args = ModelArguments(model_name_or_path=str(folder))
+    return load_classifier(args, labels, load_tokenizer(args))
+
+
+def head_and_body(model):
+    from longtail.training import output_layer
+
+    layer = output_layer(model, model.config.num_labels)
+    body = {n: p for n, p in model.base_model.named_parameters()}
+    return layer, body
+
+
+@pytest.fixture(params=["modernbert", "qwen2"])
+def classifier(request, tmp_path, tiny_modernbert, tiny_qwen2) -> Path:
+    base = tiny_modernbert if request.param == "modernbert" else tiny_qwen2
+    return saved_classifier(base, tmp_path / "run", LABELS)
+
+
+def test_same_labels_keep_the_trained_head(classifier, caplog):
+    saved = load(classifier, LABELS)  # reference: the folder as saved
+    with caplog.at_level(logging.INFO, logger="longtail.training"):
+        model = load(classifier, LABELS)
+    assert "is a classifier over this run's labels: starting from its head" in caplog.text
+    for a, b in zip(model.state_dict().values(), saved.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_same_labels_in_another_order_reorder_the_rows(classifier, caplog):
+    from transformers import AutoModelForSequenceClassification
+
+    saved = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
+    order = ["late fee", "billing", "fraud"]
+    with caplog.at_level(logging.INFO, logger="longtail.training"):
+        model = load(classifier, order).eval()
+    assert "this run's labels in another order: its head rows reordered" in caplog.text
+    assert model.config.id2label == dict(enumerate(order))
+    ids = torch.tensor([[5, 9, 14, 22, 7, 3]])
+    with torch.no_grad():
+        before, after = saved(input_ids=ids).logits, model(input_ids=ids).logits
+    # each label's logit is its own, whichever row now holds it
+    torch.testing.assert_close(after, before[:, [2, 0, 1]], rtol=0, atol=1e-6)
+
+
+def test_other_labels_get_a_fresh_output_layer(classifier, caplog):
+    """As many labels under other names: Transformers loads the old rows; they are drawn again. Fewer labels: it
+    stopped with a size mismatch. Either way the body is the run's, and a warning counts the labels."""
+    saved_layer, saved_body = head_and_body(load(classifier, LABELS))
+    for labels, shared in ((["billing", "fraud", "debt"], 2), (["billing", "fraud"], 2)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.training"):
+            model = load(classifier, labels)
+        assert f"classifier over other labels (3 there, {len(labels)} here, {shared} shared)" in caplog.text
+        layer, body = head_and_body(model)
+        assert layer.weight.shape[0] == len(labels)
+        assert not torch.equal(layer.weight[:2], saved_layer.weight[:2])  # not the old rows
+        # drawn as the model draws a fresh head: ModernBERT at hidden**-0.5 (truncated), Qwen2 at initializer_range
+        config = model.config
+        std = config.hidden_size**-0.5 if config.model_type == "modernbert" else config.initializer_range
+        assert 0.6 * std < layer.weight.std().item() < 1.4 * std
+        for name, p in saved_body.items():
+            assert torch.equal(body[name], p), name
+
+
+def test_a_refit_run_warns_its_validation_rows_were_fit(tmp_path, tiny_modernbert, caplog):
+    run = saved_classifier(tiny_modernbert, tmp_path / "run", LABELS)
+    (run / "run_config.json").write_text(json.dumps({"refit": {"refit_with_validation": True}}))
+    with caplog.at_level(logging.WARNING, logger="longtail.training"):
+        load(run, LABELS)
+    assert "was refit on train + validation" in caplog.text
+    (run / "run_config.json").write_text(json.dumps({"refit": {"refit_with_validation": False}}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longtail.training"):
+        load(run, LABELS)
+    assert "refit" not in caplog.text
+
+
+def test_a_base_model_gets_a_head_without_a_note(tiny_modernbert, caplog):
+    with caplog.at_level(logging.INFO, logger="longtail.training"):
+        model = load(Path(tiny_modernbert), LABELS)
+    assert model.config.num_labels == 3
+    assert "--model_name_or_path" not in caplog.text
+
+
+def test_a_probe_run_is_read_in_a_fresh_python(tmp_path, tiny_modernbert):
+    """A probe or LP-FT run's folder (model_type longtail_probe) in a Python that never imported longtail.probe:
+    it was Transformers' 'does not recognize this architecture'."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from longtail.probe import ProbeConfig, ProbeForSequenceClassification
+
+    config = ProbeConfig(
+        AutoConfig.from_pretrained(tiny_modernbert),
+        num_labels=3,
+        id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)},
+    )
+    run = save_seeded(
+        ProbeForSequenceClassification, config, AutoTokenizer.from_pretrained(tiny_modernbert), tmp_path
+    )
+    code = (
+        "import sys, torch\n"
+        "from safetensors.torch import load_file\n"
+        "from longtail.training import ModelArguments, load_classifier, load_tokenizer\n"
+        f"args = ModelArguments(model_name_or_path={str(run)!r})\n"
+        f"model = load_classifier(args, {['fraud', 'billing', 'late fee']!r}, load_tokenizer(args))\n"
+        f"saved = load_file({str(run / 'model.safetensors')!r})['classifier.weight']\n"
+        "assert torch.equal(model.classifier.weight, saved[[1, 0, 2]])\n"
+        "print(type(model).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ProbeForSequenceClassification"
