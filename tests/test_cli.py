@@ -344,3 +344,57 @@ def test_an_options_own_usage_error_keeps_its_class(tmp_path):
     with pytest.raises(UsageError, match="^--size must be >= 1, got 0$") as info:
         parse_config(TrlParser((Options,)), ["--size", "0"])
     assert type(info.value) is UsageError and isinstance(info.value.__cause__, ValueError)
+
+
+def test_yaml_values_of_the_wrong_type_and_nan_are_one_line_usage_errors(tmp_path, capsys):
+    """argparse converts only a text default, so a YAML value went into the options as it was: a list or a fraction
+    for an integer (a failure deep in Transformers or torch), one word for a list (its letters iterated: "class
+    weighting must be 'none' or 'balanced', got ['a', 'b', 'c', ...]"), text in a list (YAML reads 1e-4 as text:
+    a TypeError from our checks), null for a number; NaN passed every `x <= 0` check."""
+    from dataclasses import dataclass, field
+
+    from trl import TrlParser
+
+    from longtail.cli import parse_config
+
+    @dataclass
+    class Options:
+        size: int = 1
+        rate: float = 1.0
+        cap: int | None = None
+        grid: list[float] = field(default_factory=lambda: [1.0])
+        weights: list[str] = field(default_factory=lambda: ["none"])
+        merge: str | None = "cfpb_2017"
+
+    def parse(argv):
+        return parse_config(TrlParser((Options,)), argv)
+
+    config = tmp_path / "c.yaml"
+    cases = {
+        "size: 12.5": "size takes an integer, got 12.5",
+        "size: [32]": "size takes an integer, got [32]",
+        "size: true": "size takes an integer, got True",
+        "rate: null": "rate is null: it takes a number",
+        "grid: 1.0": "grid takes a list, e.g. [1.0], got 1.0",
+        "weights: balanced": "weights takes a list, e.g. [balanced], got 'balanced'",
+        "grid: [1e-4, 1]": "grid: '1e-4' is text, not a number (YAML reads 1e-4 as text: write 1.0e-4)",
+        "grid: [high]": "grid: 'high' is text, not a number",
+        "size: 2.5\nrate: [1]": "size takes an integer, got 2.5; rate takes a number, got [1]",
+    }
+    for text, message in cases.items():
+        config.write_text(text + "\n")
+        assert refused(parse, ["--config", str(config)], capsys).endswith(
+            f"error: --config {config}: {message}"
+        )
+    for text, name in (("rate: .nan", "--rate"), ("grid: [1.0, .nan]", "--grid")):
+        config.write_text(text + "\n")
+        assert refused(parse, ["--config", str(config)], capsys).endswith(
+            f"error: {name}: not a number (nan)"
+        )
+    assert refused(parse, ["--rate", "nan"], capsys).endswith("error: --rate: not a number (nan)")
+    # what argparse converts, a number for a number option, null for an option that may be unset, stay valid
+    config.write_text("size: '3'\nrate: 2\ncap: null\ngrid: [0.1, 1]\nweights: [balanced]\nmerge: null\n")
+    (options,) = parse(["--config", str(config)])
+    assert (options.size, options.rate, options.cap, options.grid, options.weights, options.merge) == (
+        3, 2, None, [0.1, 1], ["balanced"], None
+    )  # fmt: skip

@@ -537,6 +537,16 @@ def test_ensemble_logit_adjustment_chosen_on_validation(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--posthoc_logit_adjustment none" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*bare, "--output_dir", str(tmp_path / "bare3"), "--posthoc_logit_adjustment", "lots"])
+    # nan (or inf) parsed as a number: every mixed logit NaN, all predicted as the first class, and the ensemble
+    # written with a validation macro-F1 of 0.006; now refused like any word that is not a number
+    for tau in ("nan", "inf"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*runs, "--output_dir", str(tmp_path / f"tau_{tau}"), "--posthoc_logit_adjustment", tau])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.strip().splitlines()[-1].endswith(
+            f"error: --posthoc_logit_adjustment must be auto, none or a number, got '{tau}'"
+        ), err
+        assert not (tmp_path / f"tau_{tau}").exists()
 
 
 def test_compare_and_ensemble_repeat_exactly_and_record_their_bootstrap(tmp_path):

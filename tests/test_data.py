@@ -106,6 +106,26 @@ def test_merge_map_errors(tmp_path):
     assert load_merge_map(str(hashed)) == {"Issue #1": "Issue #2"}
 
 
+def test_merge_map_new_labels_that_are_not_text_name_the_file(tmp_path):
+    """A .json value that is a number, null or a list was a TypeError from pandas while merging ('Invalid value for
+    dtype str', "'<' not supported"); an empty new label (`A,` in a .csv) made a class named ''."""
+    raw = {"train": frame({"A": 3, "B": 3})}
+    for name, text, shown in (
+        ("number.json", '{"A": 3}', "{'A': 3}"),
+        ("null.json", '{"A": null}', "{'A': None}"),
+        ("list.json", '{"A": ["B"]}', "{'A': ['B']}"),
+        ("empty.csv", "old,new\nA,\n", "{'A': ''}"),
+    ):
+        path = tmp_path / name
+        path.write_text(text, "utf-8")
+        with pytest.raises(DataError) as info:
+            prepare_data(args(label_merge_map=str(path)), raw=raw)
+        assert str(info.value) == (
+            f"{path} (--label_merge_map): each new label must be non-empty text (in .json, numbers in quotes), "
+            f"got {shown}"
+        )
+
+
 def test_taxonomy_filter_keeps_only_taxonomy_labels(caplog):
     df = pd.DataFrame(
         {
@@ -575,6 +595,55 @@ def test_split_indices_with_unknown_split_is_an_error(tmp_path):
     path.write_text(json.dumps({"train": [0], "dev": [1]}), "utf-8")
     with pytest.raises(DataError, match=r"expected keys among .* found \['dev', 'train'\]"):
         prepare_data(args(split_indices=str(path)), raw={"train": frame({"a": 3})})
+
+
+def test_split_indices_that_are_not_lists_of_ids_or_lack_validation_are_errors(tmp_path):
+    """`{"train": 5}` or null was a TypeError ('int' object is not iterable); ids written as text matched no row
+    ("No training rows left"); no 'validation' ids for a source without a validation split was a KeyError in the
+    recipe after the data was read."""
+    path = tmp_path / "splits.json"
+    raw = {"train": frame({"a": 6, "b": 6})}
+    for ids, shown in ((5, "5"), (None, "None"), (["0", "1"], "['0', '1']"), ([0, 1.5], "[0, 1.5]")):
+        path.write_text(json.dumps({"train": ids, "validation": [2]}), "utf-8")
+        with pytest.raises(DataError) as info:
+            prepare_data(args(split_indices=str(path)), raw=raw)
+        assert str(info.value) == (
+            f"{path} (--split_indices): the ids of ['train'] must be a list of integer row ids, got train: {shown}"
+        )
+    path.write_text(json.dumps({"train": [0, 1, 6, 7]}), "utf-8")
+    with pytest.raises(DataError, match="has no 'validation' ids and the data has no validation split"):
+        prepare_data(args(split_indices=str(path)), raw=raw)
+    # with a validation source of its own, train ids alone are enough
+    data = prepare_data(
+        args(split_indices=str(path)), raw={**raw, "validation": frame({"a": 1, "b": 1}, prefix="v ")}
+    )
+    assert data.log["rows"] == {"train": 4, "validation": 2}
+
+
+def test_the_same_column_as_text_and_label_is_an_error():
+    """The model would read its label: with a validation file it trained on the labels as texts; without one the
+    error blamed the validation split ("no rows left to score")."""
+    raw = {"train": frame({"a": 6, "b": 6}), "validation": frame({"a": 2, "b": 2}, prefix="v ")}
+    with pytest.raises(DataError) as info:
+        prepare_data(args(text_column="label"), raw=raw)
+    assert str(info.value) == (
+        "--text_column and --label_column are both 'label': the model would read its label. Columns that exist: "
+        "['text', 'label']"
+    )
+
+
+def test_json_and_jsonl_files_with_a_byte_order_mark_load(tmp_path):
+    """As a .csv with a BOM does: it was "Could not parse ... Expected object or value at position 0"."""
+    df = frame({"a": 3, "b": 3})
+    for name, text in (
+        ("bom.jsonl", df.to_json(orient="records", lines=True)),
+        ("bom.json", df.to_json(orient="records")),
+        ("bom_lines.json", df.to_json(orient="records", lines=True)),
+        ("bom.csv", df.to_csv(index=False)),
+    ):
+        path = tmp_path / name
+        path.write_text("\ufeff" + text, "utf-8")
+        pd.testing.assert_frame_equal(read_table(path).astype(str), df, obj=name)
 
 
 def test_split_indices_cannot_bring_back_rows_cleaning_dropped(tmp_path, caplog):

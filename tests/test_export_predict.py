@@ -540,8 +540,40 @@ def test_predict_mistakes_end_with_status_2_like_the_other_tools(tmp_path, capsy
         str(tmp_path / "o.csv"),
     ]
     assert refused(main, missing, capsys).startswith("predict.py: error: Model folder not found: ")
-    exists = ["--model_dir", str(tmp_path / "nowhere"), "--input", str(src), "--output", str(src)]
-    assert refused(main, exists, capsys) == f"predict.py: error: {src} exists; pass --overwrite to replace it"
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text("row,label\n")
+    exists = ["--model_dir", str(tmp_path / "nowhere"), "--input", str(src), "--output", str(earlier)]
+    assert (
+        refused(main, exists, capsys)
+        == f"predict.py: error: {earlier} exists; pass --overwrite to replace it"
+    )
+    # the input as the output: with --overwrite its texts were replaced by their predictions (which do not repeat
+    # them), and without it the error said to pass --overwrite; an --output folder was an IsADirectoryError
+    for output, extra in ((src, []), (src, ["--overwrite"]), (f"{tmp_path}/./{src.name}", ["--overwrite"])):
+        same = [
+            "--model_dir",
+            str(tmp_path / "nowhere"),
+            "--input",
+            str(src),
+            "--output",
+            str(output),
+            *extra,
+        ]
+        assert refused(main, same, capsys) == (
+            f"predict.py: error: --output {output} is the --input file: choose another --output"
+        )
+    (tmp_path / "out.csv").mkdir()
+    folder = [
+        "--model_dir",
+        str(tmp_path / "nowhere"),
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "out.csv"),
+    ]
+    assert refused(main, [*folder, "--overwrite"], capsys) == (
+        f"predict.py: error: --output {tmp_path / 'out.csv'} is a folder: name a .csv or .jsonl file"
+    )
     assert not (tmp_path / "o.csv").exists() and src.read_text() == "text\nI was charged twice.\n"
 
 

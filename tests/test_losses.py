@@ -209,6 +209,10 @@ def test_loss_arguments_unknown_weighting_and_bad_smoothing():
         ValueError, match="posthoc_logit_adjustment must be auto, none or a number, got 'bogus'"
     ):
         LossArguments(posthoc_logit_adjustment="bogus")
+    with pytest.raises(
+        ValueError, match="posthoc_logit_adjustment must be auto, none or a number, got 'nan'"
+    ):
+        LossArguments(posthoc_logit_adjustment="nan")  # float() takes it: NaN logits, a report of them
     assert LossArguments(posthoc_logit_adjustment="0.5").posthoc_logit_adjustment == "0.5"
 
 

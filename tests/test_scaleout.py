@@ -401,7 +401,8 @@ def test_schedule_problem_names_every_option_that_trains_nothing():
 
     def args(**changed):
         base = dict(max_steps=-1, num_train_epochs=3.0, per_device_train_batch_size=8,
-                    per_device_eval_batch_size=8, gradient_accumulation_steps=1)  # fmt: skip
+                    per_device_eval_batch_size=8, gradient_accumulation_steps=1, learning_rate=5e-5,
+                    weight_decay=0.0)  # fmt: skip
         return SimpleNamespace(**{**base, **changed})
 
     assert schedule_problem(args()) is None
@@ -418,6 +419,14 @@ def test_schedule_problem_names_every_option_that_trains_nothing():
     assert schedule_problem(args(per_device_train_batch_size=-2, gradient_accumulation_steps=0)) == (
         "--per_device_train_batch_size -2, --gradient_accumulation_steps 0: must be at least 1"
     )
+    # a negative rate or decay was a traceback from torch's optimizer ("Invalid learning rate: -1.0"), after the
+    # model was loaded; a rate of 0 trains nothing
+    for changed in ({"learning_rate": -1.0}, {"learning_rate": 0.0}, {"weight_decay": -0.01}):
+        problem = schedule_problem(args(**changed))
+        assert problem and problem.startswith(f"--learning_rate {changed.get('learning_rate', 5e-5)} / "), (
+            problem
+        )
+        assert problem.endswith("the learning rate must be > 0 and the weight decay >= 0"), problem
 
 
 def test_end_training_waits_leaves_the_group_then_frees_every_trainers_wrapper(monkeypatch):

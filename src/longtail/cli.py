@@ -133,8 +133,10 @@ def parse_config(parser, argv: list[str] | None):
     if argv[-1:] == ["--config"]:
         parser.error("--config needs a YAML file")
     config = config_path(argv)
+    if config is not None and (problems := config_value_problems(parser, config)):
+        parser.error(f"--config {config}: {'; '.join(problems)}")
     try:
-        return parser.parse_args_and_config(argv)
+        parsed = parser.parse_args_and_config(argv)
     except FileNotFoundError as err:
         if config is None or err.filename != config:
             raise
@@ -164,3 +166,69 @@ def parse_config(parser, argv: list[str] | None):
         if isinstance(err, UsageError):
             raise
         raise UsageError(message) from err
+    if nan := not_a_number(parsed):
+        parser.error(f"{', '.join(nan)}: not a number (nan)")
+    return parsed
+
+
+def config_value_problems(parser, config: str) -> list[str]:
+    """The YAML values of number and list options that argparse would take as they are (it converts only a
+    text default): a list, a boolean or a fraction for an integer, text inside a list (YAML reads 1e-4 as text),
+    one value for a list, null for an option that has a value. Each once failed later, deep inside a library or
+    our checks (or iterated a word's letters); an unreadable file or YAML is left to the parser's own errors."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(config).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    if not isinstance(values, dict):
+        return []
+    problems = []
+    for action in parser._actions:
+        if action.dest not in values or action.type not in (int, float, str):
+            continue
+        value, many = values[action.dest], action.nargs in ("+", "*")
+        kind = {int: "an integer", float: "a number", str: "text"}[action.type]
+        if value is None:  # null for a text option may mean none (label_merge_map: null)
+            if action.default is not None and (many or action.type is not str):
+                problems.append(f"{action.dest} is null: it takes {'a list' if many else kind}")
+        elif many and not isinstance(value, list):
+            problems.append(f"{action.dest} takes a list, e.g. [{value}], got {value!r}")
+        elif action.type is not str:
+            for item in value if many else [value]:
+                if isinstance(item, str) and not many:
+                    continue  # argparse converts a text value, and names one that is not a number
+                if isinstance(item, str):
+                    hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if looks_like(action.type, item) else ""
+                    problems.append(f"{action.dest}: {item!r} is text, not a number{hint}")
+                elif isinstance(item, bool) or not isinstance(
+                    item, (int, float) if action.type is float else int
+                ):
+                    problems.append(f"{action.dest} takes {kind}, got {item!r}")
+    return problems
+
+
+def looks_like(kind, text: str) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
+def not_a_number(parsed) -> list[str]:
+    """Options set to NaN (`--C nan`, `.nan` in a YAML), which every `x <= 0` check lets through."""
+    from dataclasses import fields, is_dataclass
+
+    def nan(value) -> bool:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return any(isinstance(v, float) and v != v for v in items)
+
+    return [
+        f"--{f.name}"
+        for args in parsed
+        if is_dataclass(args)
+        for f in fields(args)
+        if nan(getattr(args, f.name, None))
+    ]

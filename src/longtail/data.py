@@ -157,13 +157,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 na_values=[""],
                 skip_blank_lines=False,
             )
+        # utf-8-sig: a byte-order mark (Notepad, PowerShell) is skipped, as read_csv skips it; with utf-8 it was
+        # "Expected object or value at position 0"
         if suffix == ".jsonl":
-            return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
+            return pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False)
         if suffix == ".json":
             try:
-                return pd.read_json(path, encoding="utf-8", dtype=False)
+                return pd.read_json(path, encoding="utf-8-sig", dtype=False)
             except ValueError:
-                return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
+                return pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False)
         if suffix == ".parquet":
             return pd.read_parquet(path)
     except UnicodeDecodeError as err:
@@ -274,8 +276,16 @@ def load_merge_map(spec: str | None) -> dict[str, str]:
             raise DataError(
                 f"{path}: a .json merge map must be an object {{old: new}}, got {type(mapping).__name__}"
             )
-        return {k: v for k, v in mapping.items() if not k.startswith("_")}  # allow "_comment" keys
-    return _parse_merge_csv(path.read_text("utf-8"), str(path))
+        mapping = {k: v for k, v in mapping.items() if not k.startswith("_")}  # allow "_comment" keys
+    else:
+        mapping = _parse_merge_csv(path.read_text("utf-8"), str(path))
+    not_text = {k: v for k, v in mapping.items() if not isinstance(v, str) or not v.strip()}
+    if not_text:  # a number, null or list: a TypeError from pandas while merging; "": a class named ""
+        raise DataError(
+            f"{path} (--label_merge_map): each new label must be non-empty text (in .json, numbers in quotes), "
+            f"got {dict(list(not_text.items())[:5])}"
+        )
+    return mapping
 
 
 def load_taxonomy(spec: str | None) -> list[str] | None:
@@ -296,6 +306,11 @@ def load_taxonomy(spec: str | None) -> list[str] | None:
 
 
 def check_columns(df: pd.DataFrame, split: str, text_column: str, label_column: str) -> None:
+    if text_column == label_column:  # the model would read the answer: every score 1.0
+        raise DataError(
+            f"--text_column and --label_column are both {text_column!r}: the model would read its label. "
+            f"Columns that exist: {list(df.columns)}"
+        )
     missing = [c for c in (text_column, label_column) if c not in df.columns]
     if not missing:
         return
@@ -491,6 +506,21 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
     unknown = set(wanted) - set(SPLITS)
     if unknown or "train" not in wanted:
         raise DataError(f"{path}: expected keys among {SPLITS} including 'train', found {sorted(wanted)}")
+    not_ids = [
+        split
+        for split, ids in wanted.items()
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    ]
+    if not_ids:
+        raise DataError(
+            f"{path} (--split_indices): the ids of {not_ids} must be a list of integer row ids, got "
+            + ", ".join(f"{split}: {str(wanted[split])[:60]}" for split in not_ids)
+        )
+    if "validation" not in wanted and "validation" not in clean:
+        raise DataError(
+            f"{path} (--split_indices) has no 'validation' ids and the data has no validation split: add the "
+            "validation ids (a run's splits.json has them) or pass --validation_file"
+        )
     out = {}
     for split, ids in wanted.items():
         source = pool if split == "train" or split not in clean else clean[split]

@@ -11,6 +11,7 @@ prediction use it with no extra code.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -29,11 +30,12 @@ def parse_tau_option(value: str) -> tuple[float, ...]:
     if value == "none":
         return (0.0,)
     try:
-        return (float(value),)
+        tau = float(value)
     except ValueError:
-        raise ValueError(
-            f"--posthoc_logit_adjustment must be auto, none or a number, got '{value}'"
-        ) from None
+        tau = math.nan
+    if not math.isfinite(tau):  # nan or inf: every logit NaN, each prediction class 0, and a report of it
+        raise ValueError(f"--posthoc_logit_adjustment must be auto, none or a number, got '{value}'")
+    return (tau,)
 
 
 def log_prior_array(train_counts: dict[int, int], num_labels: int) -> np.ndarray:

@@ -102,6 +102,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("input", "output"):
         if Path(getattr(args, name)).suffix.lower() not in (".csv", ".jsonl"):
             p.error(f"--{name} must be a .csv or .jsonl file, got {getattr(args, name)}")
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        # --overwrite would replace the texts with their predictions (which do not repeat the texts)
+        p.error(f"--output {args.output} is the --input file: choose another --output")
+    if Path(args.output).is_dir():
+        p.error(f"--output {args.output} is a folder: name a .csv or .jsonl file")
     if problem := torch_device_problem(args.device, here=False):  # whether it is here: by backend, later
         p.error(problem)
     return args
