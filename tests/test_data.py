@@ -646,6 +646,18 @@ def test_json_and_jsonl_files_with_a_byte_order_mark_load(tmp_path):
         pd.testing.assert_frame_equal(read_table(path).astype(str), df, obj=name)
 
 
+def test_a_csv_with_a_repeated_column_name_is_an_error(tmp_path):
+    """pandas renames the second `t` to `t.1`: the first `t` was read as the text, the other silently ignored."""
+    path = tmp_path / "dup.csv"
+    path.write_text("t,l,t\nfirst text,a,second text\n", "utf-8")
+    message = f"{path} has duplicate column names ['t']: rename or drop the repeated columns (columns: ['t', 'l', 't'])"
+    with pytest.raises(DataError) as info:
+        prepare_data(args(train_file=str(path), text_column="t", label_column="l"))
+    assert str(info.value) == message
+    path.write_text("\ufeffa,b,c\n1,2,3\n", "utf-8")  # distinct names (and a byte-order mark) still read
+    assert list(read_table(path).columns) == ["a", "b", "c"]
+
+
 def test_split_indices_cannot_bring_back_rows_cleaning_dropped(tmp_path, caplog):
     """Train ids index the cleaned training pool: a rare-class row and a row repeating a test text stay out."""
     train = frame({"a": 5, "b": 5, "rare": 1})  # row ids: a 0-4, b 5-9, rare 10

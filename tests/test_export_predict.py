@@ -599,6 +599,21 @@ def test_predict_ensemble_with_a_moved_member_fails_before_scoring_any(tmp_path,
         predict.ensemble_scores(None, ens, ["some text"])
 
 
+def test_predict_input_with_a_repeated_column_is_refused(tmp_path, capsys):
+    """Read before any model is loaded: a repeated `text` column (pandas renamed the second `text.1` and the first
+    was scored silently)."""
+    from longtail.predict import main
+
+    dup = tmp_path / "dup.csv"
+    dup.write_text("text,id,text\nmy card was charged twice,1,late fee\n")
+    argv = ["--model_dir", str(tmp_path / "no-model"), "--output", str(tmp_path / "o.csv")]
+    assert refused(main, [*argv, "--input", str(dup)], capsys) == (
+        f"predict.py: error: {dup} has duplicate column names ['text']: rename or drop the repeated columns "
+        "(columns: ['text', 'id', 'text'])"
+    )
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 

@@ -144,6 +144,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Data file not found: {path}")
+    frame = _read_table(path)
+    # a .csv's header as written: pandas renames a repeated `t` to `t.1`, and the first `t` was read silently
+    names = csv_header(path) if path.suffix.lower() == ".csv" else [str(c) for c in frame.columns]
+    repeated = sorted({name for i, name in enumerate(names) if name in names[:i]}, key=names.index)
+    if repeated:
+        raise DataError(
+            f"{path} has duplicate column names {repeated}: rename or drop the repeated columns (columns: {names})"
+        )
+    return frame
+
+
+def csv_header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
