@@ -658,6 +658,26 @@ def test_a_csv_with_a_repeated_column_name_is_an_error(tmp_path):
     assert list(read_table(path).columns) == ["a", "b", "c"]
 
 
+def test_json_texts_or_labels_that_are_lists_or_objects_are_errors(tmp_path):
+    """astype(str) turned them into their printed form ("['my card', 'was charged']") and trained on that."""
+    rows = [{"text": f"complaint {i}", "label": "ab"[i % 2]} for i in range(8)]
+    rows[2]["text"], rows[5]["text"] = ["my card", "was charged"], {"body": "late fee"}
+    path = tmp_path / "train.jsonl"
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    with pytest.raises(DataError) as info:
+        prepare_data(args(train_file=str(path)))
+    assert str(info.value) == (
+        f"Column 'text' of the train data ({path}) holds lists or objects, not text, in 2 of 8 rows (rows 2, 5; "
+        "0-based): write each value as one string"
+    )
+    rows[2]["text"], rows[5]["text"] = "complaint 2", "complaint 5"
+    rows[7]["label"] = ["b"]
+    with pytest.raises(
+        DataError, match=r"^Column 'label' of the validation data holds .* in 1 of 8 rows \(rows 7;"
+    ):
+        prepare_data(args(), raw={"train": frame({"a": 3, "b": 3}), "validation": pd.DataFrame(rows)})
+
+
 def test_split_indices_cannot_bring_back_rows_cleaning_dropped(tmp_path, caplog):
     """Train ids index the cleaned training pool: a rare-class row and a row repeating a test text stay out."""
     train = frame({"a": 5, "b": 5, "rare": 1})  # row ids: a 0-4, b 5-9, rare 10

@@ -599,9 +599,9 @@ def test_predict_ensemble_with_a_moved_member_fails_before_scoring_any(tmp_path,
         predict.ensemble_scores(None, ens, ["some text"])
 
 
-def test_predict_input_with_a_repeated_column_is_refused(tmp_path, capsys):
+def test_predict_input_with_a_repeated_column_or_list_texts_is_refused(tmp_path, capsys):
     """Read before any model is loaded: a repeated `text` column (pandas renamed the second `text.1` and the first
-    was scored silently)."""
+    was scored silently) and JSON arrays or objects as texts (once rows "empty or missing text")."""
     from longtail.predict import main
 
     dup = tmp_path / "dup.csv"
@@ -610,6 +610,12 @@ def test_predict_input_with_a_repeated_column_is_refused(tmp_path, capsys):
     assert refused(main, [*argv, "--input", str(dup)], capsys) == (
         f"predict.py: error: {dup} has duplicate column names ['text']: rename or drop the repeated columns "
         "(columns: ['text', 'id', 'text'])"
+    )
+    nested = tmp_path / "in.jsonl"
+    nested.write_text('{"text": "late fee"}\n{"text": ["my card", "was charged"]}\n{"text": {"a": "b"}}\n')
+    assert refused(main, [*argv, "--input", str(nested)], capsys) == (
+        f"predict.py: error: Column 'text' of {nested} holds lists or objects, not text, in 2 of 3 rows "
+        "(rows 1, 2; 0-based): write each value as one string"
     )
     assert not (tmp_path / "o.csv").exists()
 

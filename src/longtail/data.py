@@ -341,6 +341,27 @@ def check_columns(df: pd.DataFrame, split: str, text_column: str, label_column: 
     )
 
 
+def nested_values_error(values: pd.Series, column: str, where: str) -> DataError | None:
+    """The error for a column holding lists or dicts (JSON arrays and objects, parquet lists): astype(str) turns
+    each into its printed form ("['a', 'b']"), which was trained on or scored as text silently."""
+    rows = np.flatnonzero([isinstance(v, (list, tuple, dict, set, np.ndarray)) for v in values])
+    if not len(rows):
+        return None
+    shown = ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
+    return DataError(
+        f"Column {column!r} of {where} holds lists or objects, not text, in {len(rows)} of {len(values)} rows "
+        f"(rows {shown}; 0-based): write each value as one string"
+    )
+
+
+def split_source(args: DataArguments, split: str) -> str:
+    """`the train data (file.jsonl)`: a split and, when it came from a local file, that file."""
+    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
+    if files["train"] is None and is_local_file(args.dataset_name):
+        files["train"] = args.dataset_name
+    return f"the {split} data" + (f" ({files[split]})" if files.get(split) else "")
+
+
 def normalise_text(text: str) -> str:
     """The key under which two narratives count as identical (case and whitespace ignored)."""
     return re.sub(r"\s+", " ", text).strip().lower()
@@ -351,6 +372,9 @@ def clean_split(
 ):
     """Select and clean one split: returns text, label, row_id, norm columns."""
     check_columns(df, split, args.text_column, args.label_column)
+    for column in (args.text_column, args.label_column):
+        if err := nested_values_error(df[column], column, split_source(args, split)):
+            raise err
     out = pd.DataFrame(
         {
             "text": df[args.text_column].astype("string").str.strip(),

@@ -119,7 +119,7 @@ def _cuda() -> bool:
 
 
 def read_texts(path: str, text_column: str | None) -> tuple[pd.DataFrame, str]:
-    from longtail.data import read_table
+    from longtail.data import nested_values_error, read_table
 
     df = read_table(path)
     if text_column is None:
@@ -130,6 +130,8 @@ def read_texts(path: str, text_column: str | None) -> tuple[pd.DataFrame, str]:
             )
     elif text_column not in df.columns:
         raise ValueError(f"{path} has no column '{text_column}'; columns: {list(df.columns)}")
+    if err := nested_values_error(df[text_column], text_column, path):  # not an "empty or missing" text
+        raise err
     return df, text_column
 
 
