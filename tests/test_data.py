@@ -159,6 +159,23 @@ def test_custom_taxonomy_file(tmp_path, kind):
     assert data.log["train"]["dropped_outside_taxonomy"] == 4
 
 
+def test_a_json_taxonomy_that_is_not_a_list_of_labels_is_an_error(tmp_path):
+    """A JSON string was split into its characters (list("abc")), an object read as its keys."""
+    path = tmp_path / "taxonomy.json"
+    for content, got in (
+        ('"Fraud or scam"', "'Fraud or scam'"),
+        ('{"A": 1}', "{'A': 1}"),
+        ("[1, 2]", "[1, 2]"),
+    ):
+        path.write_text(content, "utf-8")
+        with pytest.raises(DataError) as info:
+            load_taxonomy(str(path))
+        assert str(info.value) == (
+            f'{path} (--label_taxonomy): a .json taxonomy must be a list of labels as text, ["label", ...], '
+            f"got {got}"
+        )
+
+
 def test_taxonomy_none_keeps_everything():
     assert load_taxonomy("none") is None
     with pytest.raises(DataError, match="label_taxonomy 'nope' is neither a built-in"):

@@ -314,7 +314,14 @@ def load_taxonomy(spec: str | None) -> list[str] | None:
         path = Path(spec)
         text = path.read_text("utf-8")
         if path.suffix.lower() == ".json":
-            return list(read_json_file(path, "--label_taxonomy"))
+            labels = read_json_file(path, "--label_taxonomy")
+            # list() of a JSON string is its characters, of an object its keys; a number never matches a label
+            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+                raise DataError(
+                    f"{path} (--label_taxonomy): a .json taxonomy must be a list of labels as text, "
+                    f'["label", ...], got {repr(labels)[:80]}'
+                )
+            return labels
     else:
         raise DataError(
             f"label_taxonomy '{spec}' is neither a built-in ({sorted(BUILTIN_TAXONOMIES)}) nor a file."
