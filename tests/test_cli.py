@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, refused
+from conftest import REPO, refused, run_as
 
 from longtail.cli import MissingInputError, UsageError, run
 
@@ -225,6 +225,36 @@ def test_predict_and_bench_name_themselves_alike_in_argparse_errors_and_their_ow
             line = done.stderr.strip().splitlines()[-1]
             assert line.startswith(f"{program}: error: ") and message in line, line
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "bench").exists()
+
+
+@pytest.mark.parametrize("tool", ["holdout", "compare", "ensemble"])
+def test_holdout_compare_ensemble_name_themselves_alike_in_argparse_errors_and_their_own(
+    tool, tmp_path, capsys, monkeypatch
+):
+    """An option argparse refuses and a mistake found later (a missing file or run folder) start with the same
+    program name, the file name of the command: argparse's was `python -m longtail.<tool>` (its prog) and ours
+    `<tool>: error:`."""
+    import importlib
+
+    main = importlib.import_module(f"longtail.{tool}").main
+    run_as(monkeypatch, f"{tool}.py")  # as `python -m longtail.<tool>` names itself
+    missing = str(tmp_path / "missing")
+    argv = {
+        "holdout": ([f"{missing}.csv", "--output_dir", str(tmp_path / "d"), "--fraction", "1.5"],
+                    [f"{missing}.csv", "--output_dir", str(tmp_path / "d")]),
+        "compare": ([missing, "--reference", missing, "--n_resamples", "1"], [missing, "--reference", missing]),
+        "ensemble": ([missing, "--output_dir", str(tmp_path / "e")],
+                     [missing, f"{missing}2", "--output_dir", str(tmp_path / "e")]),
+    }[tool]  # fmt: skip
+    ours = {
+        "holdout": f"Data file not found: {missing}.csv",
+        "compare": "no such run folder",
+        "ensemble": "no such run folder",
+    }
+    for args, message in zip(argv, ("", ours[tool]), strict=True):
+        line = refused(main, args, capsys)
+        assert line.startswith(f"{tool}.py: error: ") and message in line, line
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
 
 
 def test_bitsandbytes_kernels_hint_is_dropped_and_its_other_messages_pass(caplog):

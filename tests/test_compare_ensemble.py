@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_as
 
 from longtail.report import SplitResult, save_predictions
 
@@ -57,7 +58,7 @@ def test_compare_table_and_paired_deltas(tmp_path, capsys):
     assert "nan" not in to_markdown(result) and " / —" in to_markdown(result)
 
 
-def test_compare_shows_the_calibration_each_run_serves(tmp_path, capsys):
+def test_compare_shows_the_calibration_each_run_serves(tmp_path, capsys, monkeypatch):
     """ECE in compare.md is that of the probabilities `predict` serves: the saved raw ones at the run's own
     temperature.json. It showed the raw ones, beside an ensemble's calibrated mix."""
     from longtail.calibration import save_temperature
@@ -83,11 +84,12 @@ def test_compare_shows_the_calibration_each_run_serves(tmp_path, capsys):
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| ECE, served |" in md and f"| {rows['probe']['ece_served']:.3f} |" in md
     (Path(probe) / "temperature.json").write_text("{not json")  # one line, not a JSONDecodeError traceback
+    run_as(monkeypatch, "compare.py")
     with pytest.raises(SystemExit) as exit_info:
         main([probe, "--reference", ref, "--n_resamples", "50"])
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.splitlines()[-1]
-    assert last.startswith("compare: error: ") and "temperature.json holds no readable temperature" in last
+    assert last.startswith("compare.py: error: ") and "temperature.json holds no readable temperature" in last
 
 
 def test_compare_names_the_run_validation_picks(tmp_path):
@@ -266,14 +268,15 @@ def test_validation_pick_ties_go_to_the_earlier_run(tmp_path):
     assert result["validation_pick"]["run"] == "ref"
 
 
-def test_compare_cli_error_is_one_line(tmp_path, capsys):
+def test_compare_cli_error_is_one_line(tmp_path, capsys, monkeypatch):
     from longtail.compare import main
 
+    run_as(monkeypatch, "compare.py")
     ref = make_run(tmp_path / "ref", {"test": [0] * 8}, Y)
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "nothing"), "--reference", ref])
     assert exit_info.value.code == 2
-    assert "compare: error:" in capsys.readouterr().err
+    assert "compare.py: error:" in capsys.readouterr().err
 
 
 def test_repeated_runs_and_too_few_resamples_are_one_line_errors(tmp_path, capsys, monkeypatch):
@@ -492,12 +495,15 @@ def test_a_finished_output_folder_is_refused_before_any_work(tmp_path, capsys, m
     monkeypatch.setattr(longtail.compare, "compare_runs", no_work)
     monkeypatch.setattr(longtail.ensemble, "build_ensemble", no_work)
     for main, name in ((longtail.compare.main, "compare"), (longtail.ensemble.main, "ensemble")):
+        run_as(monkeypatch, f"{name}.py")
         with pytest.raises(SystemExit) as exit_info:
             main([a, b if name == "ensemble" else "--reference", *([] if name == "ensemble" else [b]),
                   "--output_dir", str(used)])  # fmt: skip
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
-        assert f"{name}: error: output_dir '{used}' exists and is not empty" in err and "Traceback" not in err
+        assert (
+            f"{name}.py: error: output_dir '{used}' exists and is not empty" in err and "Traceback" not in err
+        )
     assert (used / "report.md").read_text() == "an earlier result"
 
 

@@ -22,7 +22,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from longtail.calibration import load_temperature, served_scores
-from longtail.cli import UsageError
+from longtail.cli import UsageError, usage_exit
 from longtail.metrics import (
     BOOTSTRAP_RESAMPLES,
     accuracy,
@@ -251,7 +251,8 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m longtail.compare", description=__doc__.split("\n\n")[0])
+    # no prog: argparse names the tool by sys.argv[0] as usage_exit does, so its errors and ours start alike
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "runs",
         nargs="+",
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
     except UsageError as err:  # CompareError, OutputDirError, a malformed temperature.json
-        parser.exit(2, f"compare: error: {err}\n")
+        raise usage_exit(str(err)) from None
     markdown = to_markdown(result)
     if out is not None:  # an overwrite clears the previous comparison only now, when this one is ready
         from longtail.provenance import environment

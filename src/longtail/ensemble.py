@@ -34,7 +34,7 @@ import numpy as np
 
 from longtail.calibration import apply_temperature, log_probs
 from longtail.calibration import fit_temperature as fit_on_logits
-from longtail.cli import UsageError
+from longtail.cli import UsageError, usage_exit
 from longtail.compare import (
     MIN_RESAMPLES,
     RESAMPLES_ERROR,
@@ -389,7 +389,8 @@ def train_note(train: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m longtail.ensemble", description=__doc__.split("\n\n")[0])
+    # no prog: argparse names the tool by sys.argv[0] as usage_exit does, so its errors and ours start alike
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="finished run folders (predictions_validation.npz [+ _test])")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--overwrite_output_dir", action="store_true")
@@ -461,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.combine,
         )
     except UsageError as err:  # CompareError, OutputDirError, ...
-        parser.exit(2, f"ensemble: error: {err}\n")
+        raise usage_exit(str(err)) from None
     from longtail.provenance import environment
     from longtail.runs import command_line, replace_previous_run
 

@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from longtail.cli import usage_exit
 from longtail.data import DataError, read_table
 
 OUTPUT_FILES = ("train.csv", "heldout.csv", "holdout.json")
@@ -34,7 +35,8 @@ def split_holdout(path: str, fraction: float, seed: int):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m longtail.holdout", description=__doc__.split("\n\n")[0])
+    # no prog: argparse names the tool by sys.argv[0] as usage_exit does, so its errors and ours start alike
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data_file", help="csv / json / jsonl / parquet with every column of the source")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--fraction", type=float, default=0.15, help="share of rows held out")
@@ -54,13 +56,11 @@ def main(argv: list[str] | None = None) -> dict:
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if existing and not args.overwrite:
         # runs trained on the old split would silently be compared with test rows they trained on
-        parser.exit(
-            2, f"holdout: error: {out} already holds {', '.join(existing)}; pass --overwrite to replace.\n"
-        )
+        raise usage_exit(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace.")
     try:
         train, heldout = split_holdout(args.data_file, args.fraction, args.seed)
     except DataError as err:
-        parser.exit(2, f"holdout: error: {err}\n")
+        raise usage_exit(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
     train.to_csv(out / "train.csv", index=False)
     heldout.to_csv(out / "heldout.csv", index=False)
