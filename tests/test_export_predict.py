@@ -620,6 +620,31 @@ def test_predict_input_with_a_repeated_column_or_list_texts_is_refused(tmp_path,
     assert not (tmp_path / "o.csv").exists()
 
 
+def test_predict_scores_numbers_in_a_jsonl_as_texts(tmp_path, monkeypatch):
+    """A JSONL `"text": 123` is the text "123", as the recipes read it (it was "empty or missing text"); null,
+    empty and blank texts are still missing."""
+    import longtail.predict as predict
+
+    seen = []
+
+    def fake_scores(args, folder, texts, calibrated=True):
+        seen.append(texts)
+        return predict.Scores(
+            np.full((len(texts), 2), 0.5), ["a", "b"], {"backend": "fake", "temperature": 1.0}
+        )
+
+    monkeypatch.setattr(predict, "score_texts", fake_scores)
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(
+        '{"text": 123}\n{"text": null}\n{"text": ""}\n{"text": 1.5}\n{"text": "late fee"}\n{"text": " "}\n'
+    )
+    summary = predict.main(["--model_dir", "m", "--input", str(src), "--output", str(out)])
+    assert seen == [["123", "1.5", "late fee"]]
+    assert summary["bad_row_numbers"] == [1, 2, 5] and summary["predicted"] == 3
+    errors = pd.read_json(out, lines=True)["error"].tolist()
+    assert errors == ["", "empty or missing text", "empty or missing text", "", "", "empty or missing text"]
+
+
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 

@@ -13,7 +13,8 @@ predictions.
 Rows are batched by length (dynamic padding) and written back in input order. Texts are read the way the
 run was trained (its max_length, and for a probe trained with `--long_text windows` the whole text in
 windows whose logits are averaged), unless --max_length / --long_text say otherwise. A row with an empty or
-missing text gets no prediction: it stays in the output with `error` set, and is counted and listed.
+missing text gets no prediction: it stays in the output with `error` set, and is counted and listed (a number is
+a text: "123").
 The backend follows the folder (an .onnx file -> ONNX Runtime, else PyTorch) unless --backend says.
 """
 
@@ -136,8 +137,9 @@ def read_texts(path: str, text_column: str | None) -> tuple[pd.DataFrame, str]:
 
 
 def bad_rows(texts: pd.Series) -> np.ndarray:
-    """Positions of rows without a usable text (missing, not a string, or only whitespace)."""
-    ok = texts.map(lambda t: isinstance(t, str) and bool(t.strip()))
+    """Positions of rows without a usable text (missing, NaN, or only whitespace). A number or boolean (a JSON
+    `"text": 123`) is the text "123", as the recipes read it, not a missing one."""
+    ok = texts.map(lambda t: pd.api.types.is_scalar(t) and not pd.isna(t) and bool(str(t).strip()))
     return np.flatnonzero(~ok.to_numpy(dtype=bool))
 
 
