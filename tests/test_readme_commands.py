@@ -95,9 +95,9 @@ def test_an_option_the_tool_does_not_take_is_caught(capsys):
 
 
 # options of other programs the docs show (accelerate launch, torchrun, pip, ruff) and placeholders
-# (`--key value`, `--max_*_samples`)
+# (`--key value`, `--option`, `--max_*_samples`)
 FOREIGN = {"config_file", "machine_rank", "main_process_ip", "nproc_per_node", "num_processes", "no-deps", "check",
-           "fix", "key", "max_"}  # fmt: skip
+           "fix", "key", "option", "max_"}  # fmt: skip
 
 
 def test_every_option_the_docs_name_is_some_tools(capsys):
