@@ -183,7 +183,7 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
     import pandas as pd
 
     from longtail.cli import usage_exit
-    from longtail.data import DataArguments, prepare_data, read_table
+    from longtail.data import DataArguments, prepare_data, read_table, refuse_repeated
 
     log: dict = {}
     if args.data:
@@ -194,6 +194,10 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
         missing = [c for c in (args.text_column, args.label_column) if c not in df.columns]
         if missing:
             raise usage_exit(f"{args.data} has no column {missing}; columns: {list(df.columns)}")
+        try:
+            refuse_repeated(df, (args.text_column, args.label_column), f"--data {args.data}")
+        except ValueError as error:
+            raise usage_exit(str(error)) from None
         df = pd.DataFrame({"text": df[args.text_column], "label": df[args.label_column]})
         log["source"] = Path(args.data).name
     else:
@@ -386,6 +390,9 @@ def padding_study(args, model, tokenizer, device: str) -> dict | None:
     df = read_table(path)
     if args.text_column not in df.columns:
         logger.warning("Padding study skipped: %s has no column %r", path, args.text_column)
+        return None
+    if args.text_column in df.attrs.get("repeated_columns", []):
+        logger.warning("Padding study skipped: %s has more than one column named %r", path, args.text_column)
         return None
     texts = df[args.text_column].dropna().astype(str)
     texts = texts[texts.str.strip() != ""]

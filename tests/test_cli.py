@@ -395,6 +395,7 @@ def test_yaml_values_of_the_wrong_type_and_nan_are_one_line_usage_errors(tmp_pat
         grid: list[float] = field(default_factory=lambda: [1.0])
         weights: list[str] = field(default_factory=lambda: ["none"])
         merge: str | None = "cfpb_2017"
+        max_grad_norm: float = 1.0
 
     def parse(argv):
         return parse_config(TrlParser((Options,)), argv)
@@ -409,6 +410,7 @@ def test_yaml_values_of_the_wrong_type_and_nan_are_one_line_usage_errors(tmp_pat
         "weights: balanced": "weights takes a list, e.g. [balanced], got 'balanced'",
         "grid: [1e-4, 1]": "grid: '1e-4' is text, not a number (YAML reads 1e-4 as text: write 1.0e-4)",
         "grid: [high]": "grid: 'high' is text, not a number",
+        "grid: ['0.5']": "grid: '0.5' is text, not a number (drop the quotes)",
         "size: 2.5\nrate: [1]": "size takes an integer, got 2.5; rate takes a number, got [1]",
     }
     for text, message in cases.items():
@@ -419,12 +421,21 @@ def test_yaml_values_of_the_wrong_type_and_nan_are_one_line_usage_errors(tmp_pat
     for text, name in (("rate: .nan", "--rate"), ("grid: [1.0, .nan]", "--grid")):
         config.write_text(text + "\n")
         assert refused(parse, ["--config", str(config)], capsys).endswith(
-            f"error: {name}: not a number (nan)"
+            f"error: {name}: not a finite number (nan or inf)"
         )
-    assert refused(parse, ["--rate", "nan"], capsys).endswith("error: --rate: not a number (nan)")
+    for value in ("nan", "inf", "-inf"):
+        assert refused(parse, [f"--rate={value}"], capsys).endswith(
+            "error: --rate: not a finite number (nan or inf)"
+        )
+    # the command line wins over the YAML: a value it sets again is not read
+    config.write_text("size: 12.5\nrate: null\n")
+    (options,) = parse(["--config", str(config), "--size", "4", "--rate=0.5"])
+    assert (options.size, options.rate) == (4, 0.5)
     # what argparse converts, a number for a number option, null for an option that may be unset, stay valid
-    config.write_text("size: '3'\nrate: 2\ncap: null\ngrid: [0.1, 1]\nweights: [balanced]\nmerge: null\n")
+    # and max_grad_norm: null, which Trainer reads as no clipping
+    config.write_text(
+        "size: '3'\nrate: 2\ncap: null\ngrid: [0.1, 1]\nweights: [balanced]\nmerge: null\nmax_grad_norm: null\n"
+    )
     (options,) = parse(["--config", str(config)])
-    assert (options.size, options.rate, options.cap, options.grid, options.weights, options.merge) == (
-        3, 2, None, [0.1, 1], ["balanced"], None
-    )  # fmt: skip
+    assert (options.size, options.rate, options.cap, options.grid, options.weights, options.merge,
+            options.max_grad_norm) == (3, 2, None, [0.1, 1], ["balanced"], None, None)  # fmt: skip

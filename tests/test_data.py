@@ -18,6 +18,7 @@ from longtail.data import (
     normalise_text,
     prepare_data,
     read_table,
+    refuse_repeated,
     require_usable_splits,
     slice_masks,
     split_ids,
@@ -663,16 +664,29 @@ def test_json_and_jsonl_files_with_a_byte_order_mark_load(tmp_path):
         pd.testing.assert_frame_equal(read_table(path).astype(str), df, obj=name)
 
 
-def test_a_csv_with_a_repeated_column_name_is_an_error(tmp_path):
-    """pandas renames the second `t` to `t.1`: the first `t` was read as the text, the other silently ignored."""
+def test_a_csv_with_a_repeated_column_name_is_an_error(tmp_path, caplog):
+    """pandas renames the second `t` to `t.1`: the first `t` was read as the text, the other silently ignored. A
+    repeat among columns the run does not read, or blank header cells (a spreadsheet's trailing columns), still
+    load: with a warning for the repeat, which pandas renames."""
     path = tmp_path / "dup.csv"
     path.write_text("t,l,t\nfirst text,a,second text\n", "utf-8")
-    message = f"{path} has duplicate column names ['t']: rename or drop the repeated columns (columns: ['t', 'l', 't'])"
+    message = (
+        f"the train data ({path}) has more than one column named ['t']: rename or drop the repeated columns "
+        "(columns: ['t', 'l', 't'])"
+    )
     with pytest.raises(DataError) as info:
         prepare_data(args(train_file=str(path), text_column="t", label_column="l"))
     assert str(info.value) == message
     path.write_text("\ufeffa,b,c\n1,2,3\n", "utf-8")  # distinct names (and a byte-order mark) still read
     assert list(read_table(path).columns) == ["a", "b", "c"]
+    path.write_text("t,l,note,note,,\nfirst text,a,x,y,,\n", "utf-8")
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        frame = read_table(path)
+    assert list(frame.columns) == ["t", "l", "note", "note.1", "Unnamed: 4", "Unnamed: 5"]
+    assert f"{path} repeats the column name(s) ['note']: the later ones are read as ['note.1']" in caplog.text
+    refuse_repeated(frame, ["t", "l"], "x")  # not a column the run reads
+    with pytest.raises(DataError, match=r"^x has more than one column named \['note'\]"):
+        refuse_repeated(frame, ["note", "l"], "x")
 
 
 def test_json_texts_or_labels_that_are_lists_or_objects_are_errors(tmp_path):

@@ -549,7 +549,12 @@ def test_predict_mistakes_end_with_status_2_like_the_other_tools(tmp_path, capsy
     )
     # the input as the output: with --overwrite its texts were replaced by their predictions (which do not repeat
     # them), and without it the error said to pass --overwrite; an --output folder was an IsADirectoryError
-    for output, extra in ((src, []), (src, ["--overwrite"]), (f"{tmp_path}/./{src.name}", ["--overwrite"])):
+    import os
+
+    os.link(src, tmp_path / "link.csv")  # a hard link: another path, the same file
+    cases = ((src, []), (src, ["--overwrite"]), (f"{tmp_path}/./{src.name}", ["--overwrite"]),
+             (tmp_path / "link.csv", ["--overwrite"]))  # fmt: skip
+    for output, extra in cases:
         same = [
             "--model_dir",
             str(tmp_path / "nowhere"),
@@ -608,7 +613,7 @@ def test_predict_input_with_a_repeated_column_or_list_texts_is_refused(tmp_path,
     dup.write_text("text,id,text\nmy card was charged twice,1,late fee\n")
     argv = ["--model_dir", str(tmp_path / "no-model"), "--output", str(tmp_path / "o.csv")]
     assert refused(main, [*argv, "--input", str(dup)], capsys) == (
-        f"predict.py: error: {dup} has duplicate column names ['text']: rename or drop the repeated columns "
+        f"predict.py: error: {dup} has more than one column named ['text']: rename or drop the repeated columns "
         "(columns: ['text', 'id', 'text'])"
     )
     nested = tmp_path / "in.jsonl"

@@ -149,3 +149,18 @@ def test_a_probe_run_is_read_in_a_fresh_python(tmp_path, tiny_modernbert):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ProbeForSequenceClassification"
+
+
+def test_other_labels_without_an_output_layer_to_replace_is_one_error(tmp_path, tiny_modernbert, monkeypatch):
+    """As many labels under other names, and no linear layer of that many rows in the head: the old rows cannot be
+    replaced, so the run stops with one line rather than train on them as this run's labels."""
+    import longtail.training
+    from longtail.cli import UsageError
+
+    run = saved_classifier(tiny_modernbert, tmp_path / "run", LABELS)
+    monkeypatch.setattr(longtail.training, "output_layer", lambda model, n: None)
+    with pytest.raises(
+        UsageError, match="classifier over other labels than this run's, and its output layer"
+    ):
+        load(run, ["billing", "fraud", "debt"])
+    load(run, ["billing", "fraud"])  # another number of labels: Transformers draws that layer itself

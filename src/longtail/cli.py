@@ -133,7 +133,7 @@ def parse_config(parser, argv: list[str] | None):
     if argv[-1:] == ["--config"]:
         parser.error("--config needs a YAML file")
     config = config_path(argv)
-    if config is not None and (problems := config_value_problems(parser, config)):
+    if config is not None and (problems := config_value_problems(parser, config, argv)):
         parser.error(f"--config {config}: {'; '.join(problems)}")
     try:
         parsed = parser.parse_args_and_config(argv)
@@ -167,15 +167,20 @@ def parse_config(parser, argv: list[str] | None):
             raise
         raise UsageError(message) from err
     if nan := not_a_number(parsed):
-        parser.error(f"{', '.join(nan)}: not a number (nan)")
+        parser.error(f"{', '.join(nan)}: not a finite number (nan or inf)")
     return parsed
 
 
-def config_value_problems(parser, config: str) -> list[str]:
+# options a library reads null for: Trainer clips no gradient when max_grad_norm is None
+NULLABLE = frozenset({"max_grad_norm"})
+
+
+def config_value_problems(parser, config: str, argv: list[str] = ()) -> list[str]:
     """The YAML values of number and list options that argparse would take as they are (it converts only a
     text default): a list, a boolean or a fraction for an integer, text inside a list (YAML reads 1e-4 as text),
     one value for a list, null for an option that has a value. Each once failed later, deep inside a library or
-    our checks (or iterated a word's letters); an unreadable file or YAML is left to the parser's own errors."""
+    our checks (or iterated a word's letters); an unreadable file or YAML is left to the parser's own errors. A key
+    the command line sets again is not read (the command line wins)."""
     import yaml
 
     try:
@@ -184,14 +189,23 @@ def config_value_problems(parser, config: str) -> list[str]:
         return []
     if not isinstance(values, dict):
         return []
+    given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
     problems = []
     for action in parser._actions:
-        if action.dest not in values or action.type not in (int, float, str):
+        if (
+            action.dest not in values
+            or action.type not in (int, float, str)
+            or given & set(action.option_strings)
+        ):
             continue
         value, many = values[action.dest], action.nargs in ("+", "*")
         kind = {int: "an integer", float: "a number", str: "text"}[action.type]
         if value is None:  # null for a text option may mean none (label_merge_map: null)
-            if action.default is not None and (many or action.type is not str):
+            if (
+                action.default is not None
+                and (many or action.type is not str)
+                and action.dest not in NULLABLE
+            ):
                 problems.append(f"{action.dest} is null: it takes {'a list' if many else kind}")
         elif many and not isinstance(value, list):
             problems.append(f"{action.dest} takes a list, e.g. [{value}], got {value!r}")
@@ -200,7 +214,15 @@ def config_value_problems(parser, config: str) -> list[str]:
                 if isinstance(item, str) and not many:
                     continue  # argparse converts a text value, and names one that is not a number
                 if isinstance(item, str):
-                    hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if looks_like(action.type, item) else ""
+                    hint = (
+                        (
+                            " (YAML reads 1e-4 as text: write 1.0e-4)"
+                            if "e" in item.lower()
+                            else " (drop the quotes)"
+                        )
+                        if looks_like(action.type, item)
+                        else ""
+                    )
                     problems.append(f"{action.dest}: {item!r} is text, not a number{hint}")
                 elif isinstance(item, bool) or not isinstance(
                     item, (int, float) if action.type is float else int
@@ -218,17 +240,20 @@ def looks_like(kind, text: str) -> bool:
 
 
 def not_a_number(parsed) -> list[str]:
-    """Options set to NaN (`--C nan`, `.nan` in a YAML), which every `x <= 0` check lets through."""
+    """Options set to NaN or infinity (`--C nan`, `--learning_rate inf`, `.nan` in a YAML): NaN passes every
+    `x <= 0` check, and an infinite rate passes `> 0`, to turn the weights into NaN at the first step. A field whose
+    default is itself infinite may stay so."""
+    import math
     from dataclasses import fields, is_dataclass
 
-    def nan(value) -> bool:
+    def infinite(value) -> bool:
         items = value if isinstance(value, (list, tuple)) else [value]
-        return any(isinstance(v, float) and v != v for v in items)
+        return any(isinstance(v, float) and not math.isfinite(v) for v in items)
 
     return [
         f"--{f.name}"
         for args in parsed
         if is_dataclass(args)
         for f in fields(args)
-        if nan(getattr(args, f.name, None))
+        if infinite(getattr(args, f.name, None)) and not infinite(f.default)
     ]

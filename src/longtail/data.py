@@ -145,14 +145,31 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"Data file not found: {path}")
     frame = _read_table(path)
-    # a .csv's header as written: pandas renames a repeated `t` to `t.1`, and the first `t` was read silently
+    # a .csv's header as written: pandas renames a repeated `t` to `t.1`, and the first `t` was read silently.
+    # Blank header cells (a spreadsheet's trailing columns) are pandas' `Unnamed: N`, not repeats.
     names = csv_header(path) if path.suffix.lower() == ".csv" else [str(c) for c in frame.columns]
-    repeated = sorted({name for i, name in enumerate(names) if name in names[:i]}, key=names.index)
+    repeated = sorted({n for i, n in enumerate(names) if n.strip() and n in names[:i]}, key=names.index)
+    if repeated:
+        logger.warning(
+            "%s repeats the column name(s) %s: the later ones are read as %s",
+            path,
+            repeated,
+            [c for c in map(str, frame.columns) if c.rsplit(".", 1)[0] in repeated and c not in repeated],
+        )
+    frame.attrs["repeated_columns"] = repeated
+    frame.attrs["header"] = names
+    return frame
+
+
+def refuse_repeated(frame: pd.DataFrame, columns, where) -> None:
+    """A DataError when a column the caller reads (the text, the label) is one whose name the file repeats: which
+    of them was meant cannot be told. A repeat among the other columns is only `read_table`'s warning."""
+    repeated = [c for c in frame.attrs.get("repeated_columns", []) if c in set(columns)]
     if repeated:
         raise DataError(
-            f"{path} has duplicate column names {repeated}: rename or drop the repeated columns (columns: {names})"
+            f"{where} has more than one column named {repeated}: rename or drop the repeated columns "
+            f"(columns: {frame.attrs.get('header', list(frame.columns))})"
         )
-    return frame
 
 
 def csv_header(path: Path) -> list[str]:
@@ -379,6 +396,7 @@ def clean_split(
 ):
     """Select and clean one split: returns text, label, row_id, norm columns."""
     check_columns(df, split, args.text_column, args.label_column)
+    refuse_repeated(df, (args.text_column, args.label_column), split_source(args, split))
     for column in (args.text_column, args.label_column):
         if err := nested_values_error(df[column], column, split_source(args, split)):
             raise err

@@ -46,12 +46,12 @@ def schedule_problem(args) -> str | None:
             f"--num_train_epochs {args.num_train_epochs} trains nothing (and --max_steps is unset): the run would "
             "save its untrained model and report it"
         )
-    if not args.learning_rate > 0 or args.weight_decay < 0:
-        # torch's optimizer refuses a negative one ("Invalid learning rate"); 0 trains nothing
-        return (
-            f"--learning_rate {args.learning_rate} / --weight_decay {args.weight_decay}: the learning rate must be "
-            "> 0 and the weight decay >= 0"
-        )
+    if (
+        not args.learning_rate > 0
+    ):  # torch's optimizer refuses a negative one ("Invalid learning rate"); 0 trains nothing
+        return f"--learning_rate must be > 0, got {args.learning_rate}"
+    if args.weight_decay < 0:
+        return f"--weight_decay must be >= 0, got {args.weight_decay}"
     small = {
         name: getattr(args, name)
         for name in (

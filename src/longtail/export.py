@@ -179,12 +179,13 @@ def export_fp32(model, target: Path, device: str) -> None:
 def parity_texts(args: ExportArguments) -> tuple[list[str], np.ndarray | None, list[str] | None]:
     """(texts, labels or None, label names or None) of the parity sample."""
     if args.parity_file:
-        from longtail.data import read_table
+        from longtail.data import read_table, refuse_repeated
 
         df = read_table(args.parity_file)
         missing = [c for c in (args.text_column, args.label_column) if c and c not in df.columns]
         if missing:
             raise UsageError(f"{args.parity_file} has no column {missing}; columns: {list(df.columns)}")
+        refuse_repeated(df, (args.text_column, args.label_column), args.parity_file)
         df = df[df[args.text_column].fillna("").astype(str).str.strip() != ""].head(args.parity_rows)
         if df.empty:
             raise UsageError(

@@ -103,7 +103,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("input", "output"):
         if Path(getattr(args, name)).suffix.lower() not in (".csv", ".jsonl"):
             p.error(f"--{name} must be a .csv or .jsonl file, got {getattr(args, name)}")
-    if Path(args.output).resolve() == Path(args.input).resolve():
+    output, source = Path(args.output), Path(args.input)
+    # resolve() misses a hard link and another case on a case-insensitive disk; samefile asks the file system
+    if output.resolve() == source.resolve() or (
+        output.is_file() and source.is_file() and output.samefile(source)
+    ):
         # --overwrite would replace the texts with their predictions (which do not repeat the texts)
         p.error(f"--output {args.output} is the --input file: choose another --output")
     if Path(args.output).is_dir():
@@ -120,7 +124,7 @@ def _cuda() -> bool:
 
 
 def read_texts(path: str, text_column: str | None) -> tuple[pd.DataFrame, str]:
-    from longtail.data import nested_values_error, read_table
+    from longtail.data import nested_values_error, read_table, refuse_repeated
 
     df = read_table(path)
     if text_column is None:
@@ -131,6 +135,7 @@ def read_texts(path: str, text_column: str | None) -> tuple[pd.DataFrame, str]:
             )
     elif text_column not in df.columns:
         raise ValueError(f"{path} has no column '{text_column}'; columns: {list(df.columns)}")
+    refuse_repeated(df, [text_column], path)
     if err := nested_values_error(df[text_column], text_column, path):  # not an "empty or missing" text
         raise err
     return df, text_column

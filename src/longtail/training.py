@@ -197,7 +197,9 @@ def load_classifier(model_args: ModelArguments, label_names: list[str], tokenize
     shared = len(set(previous) & set(label_names))
     if not other_labels:
         logger.info(
-            "--model_name_or_path %s is a classifier over this run's labels: starting from its head", source
+            "--model_name_or_path %s is a classifier over this run's labels: starting from its head as saved (with "
+            "any post-hoc shift that run folded into its bias, its report's posthoc_tau; this run chooses its own)",
+            source,
         )
     elif shared == len(previous) == len(label_names):
         order = torch.tensor([previous.index(name) for name in label_names])
