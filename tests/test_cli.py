@@ -227,6 +227,34 @@ def test_predict_and_bench_name_themselves_alike_in_argparse_errors_and_their_ow
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "bench").exists()
 
 
+@pytest.mark.parametrize(
+    "module, argv_refused, argv_later",
+    [
+        ("compare", ["a", "--reference", "a", "--n_resamples", "1"], ["nothing", "--reference", "nothing"]),
+        ("ensemble", ["a", "--output_dir", "e"], ["nothing", "other", "--output_dir", "e"]),
+        ("holdout", ["in.csv", "--output_dir", "d", "--fraction", "2"], ["missing.csv", "--output_dir", "d"]),
+    ],
+)
+def test_compare_ensemble_holdout_name_themselves_alike_in_argparse_errors_and_their_own(
+    module, argv_refused, argv_later, tmp_path, monkeypatch, capsys
+):
+    """The README: every error of one tool starts with the name argparse gives it. compare, ensemble and holdout
+    said `python -m longtail.compare: error:` for an option argparse refused and `compare: error:` for a run
+    folder that does not exist (likewise ensemble and holdout)."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"longtail.{module}").main
+    lines = []
+    for argv in (argv_refused, argv_later):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        lines.append(capsys.readouterr().err.strip().splitlines()[-1])
+    prefix = f"python -m longtail.{module}: error: "
+    assert all(line.startswith(prefix) for line in lines), lines
+
+
 def test_bitsandbytes_kernels_hint_is_dropped_and_its_other_messages_pass(caplog):
     """On a CPU with AVX512-BF16, importing Trainer (which imports peft, which imports bitsandbytes) logged
     "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. Please make sure you

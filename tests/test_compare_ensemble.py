@@ -87,7 +87,10 @@ def test_compare_shows_the_calibration_each_run_serves(tmp_path, capsys):
         main([probe, "--reference", ref, "--n_resamples", "50"])
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.splitlines()[-1]
-    assert last.startswith("compare: error: ") and "temperature.json holds no readable temperature" in last
+    assert (
+        last.startswith("python -m longtail.compare: error: ")
+        and "temperature.json holds no readable temperature" in last
+    )
 
 
 def test_compare_names_the_run_validation_picks(tmp_path):
@@ -273,7 +276,7 @@ def test_compare_cli_error_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "nothing"), "--reference", ref])
     assert exit_info.value.code == 2
-    assert "compare: error:" in capsys.readouterr().err
+    assert "python -m longtail.compare: error:" in capsys.readouterr().err
 
 
 def test_repeated_runs_and_too_few_resamples_are_one_line_errors(tmp_path, capsys, monkeypatch):

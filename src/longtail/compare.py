@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
     except UsageError as err:  # CompareError, OutputDirError, a malformed temperature.json
-        parser.exit(2, f"compare: error: {err}\n")
+        # named as argparse names its own errors (prog), so every error of the tool starts alike
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     markdown = to_markdown(result)
     if out is not None:  # an overwrite clears the previous comparison only now, when this one is ready
         from longtail.provenance import environment

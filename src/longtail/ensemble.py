@@ -461,7 +461,8 @@ def main(argv: list[str] | None = None) -> dict:
             args.combine,
         )
     except UsageError as err:  # CompareError, OutputDirError, ...
-        parser.exit(2, f"ensemble: error: {err}\n")
+        # named as argparse names its own errors (prog), so every error of the tool starts alike
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     from longtail.provenance import environment
     from longtail.runs import command_line, replace_previous_run
 

@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> dict:
     if existing and not args.overwrite:
         # runs trained on the old split would silently be compared with test rows they trained on
         parser.exit(
-            2, f"holdout: error: {out} already holds {', '.join(existing)}; pass --overwrite to replace.\n"
+            2,
+            f"{parser.prog}: error: {out} already holds {', '.join(existing)}; pass --overwrite to replace.\n",
         )
     try:
         train, heldout = split_holdout(args.data_file, args.fraction, args.seed)
     except DataError as err:
-        parser.exit(2, f"holdout: error: {err}\n")
+        # named as argparse names its own errors (prog), so every error of the tool starts alike
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     out.mkdir(parents=True, exist_ok=True)
     train.to_csv(out / "train.csv", index=False)
     heldout.to_csv(out / "heldout.csv", index=False)
