@@ -158,6 +158,14 @@ def test_distill_arguments_are_checked():
     for alpha in (-0.1, 1.01):
         with pytest.raises(ValueError, match=r"--kd_alpha must be in \[0, 1\]"):
             DistillArguments(teacher_logits="x", kd_alpha=alpha)
+    # a batch size below 1 once scored no teacher row (all-zero logits, distilled and cached); a
+    # teacher_max_length of 0 once fell back to --max_length unsaid
+    for size in (0, -1):
+        with pytest.raises(ValueError, match="--teacher_batch_size must be >= 1"):
+            DistillArguments(teacher_model_name_or_path="y", teacher_batch_size=size)
+        with pytest.raises(ValueError, match="--teacher_max_length must be >= 1"):
+            DistillArguments(teacher_model_name_or_path="y", teacher_max_length=size)
+    DistillArguments(teacher_model_name_or_path="y", teacher_batch_size=1, teacher_max_length=1)
 
 
 def test_teacher_column_and_collator_carry_float32_logits(tiny_modernbert):

@@ -113,6 +113,12 @@ class DistillArguments:
             raise ValueError(f"--kd_temperature must be > 0, got {self.kd_temperature}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"--kd_alpha must be in [0, 1], got {self.kd_alpha}")
+        # a batch size below 1 scored no row (all-zero logits: a uniform teacher, cached); a teacher_max_length
+        # of 0 fell back to --max_length unsaid, a negative one failed inside the tokenizer after loading
+        if self.teacher_batch_size < 1:
+            raise ValueError(f"--teacher_batch_size must be >= 1, got {self.teacher_batch_size}")
+        if self.teacher_max_length is not None and self.teacher_max_length < 1:
+            raise ValueError(f"--teacher_max_length must be >= 1 (tokens), got {self.teacher_max_length}")
 
 
 # ---------------------------------------------------------------------------------------------
