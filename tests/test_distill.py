@@ -845,3 +845,27 @@ def test_the_students_length_is_checked_before_the_teachers_pass(tiny_bert, tmp_
     argv = distill_args(tiny_bert, str(tmp_path / "no_teacher"), train, test, tmp_path / "run")
     with pytest.raises(UsageError, match=f"^--max_length 65 exceeds the 64 positions of {tiny_bert}"):
         load_recipe("distill").main([*argv, "--max_length", "65"])
+
+
+def test_a_vanilla_run_with_other_labels_is_refused_before_the_teachers_pass_and_any_clearing(
+    tiny_bert, tmp_path
+):
+    """--vanilla_run was read after the teacher's pass and after --overwrite_output_dir had cleared the previous
+    run: a wrong one emptied the folder the README says a refused rerun leaves as it was. Here the teacher does
+    not even exist, and the vanilla run's mistake is the one named."""
+    from longtail.report import SplitResult, save_predictions
+
+    train, test = synthetic_files(tmp_path)
+    vanilla = tmp_path / "vanilla"
+    vanilla.mkdir()
+    result = SplitResult("validation", np.array([0, 1]), np.eye(2), pd.Series(["a", "b"]), row_ids=[0, 1])
+    save_predictions(vanilla, result, ["not a label", "nor this"])
+    out = tmp_path / "run"
+    out.mkdir()
+    previous = {"run_config.json": "{}", "report.md": "# a previous run", "model.safetensors": "weights"}
+    for name, text in previous.items():
+        (out / name).write_text(text)
+    argv = distill_args(tiny_bert, str(tmp_path / "no_teacher"), train, test, out)
+    with pytest.raises(DataError, match=f"^--vanilla_run {vanilla} has other labels than this run's student"):
+        load_recipe("distill").main([*argv, "--overwrite_output_dir", "--vanilla_run", str(vanilla)])
+    assert {p.name: p.read_text() for p in out.iterdir()} == previous
