@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         output_dir,
         title="Baseline: TF-IDF + logistic regression",
         base_model=run_info["model"],
-        run_info=run_info,
+        run_info={**run_info, "library_name": "sklearn"},  # the card's front matter said transformers
         data=data,
         results=results,
         command=command,
