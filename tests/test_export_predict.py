@@ -396,6 +396,34 @@ def test_predict_calibrated_topk_in_input_order_with_bad_rows(tiny_classifier, e
     )
 
 
+def test_predict_backend_and_onnx_file_that_do_not_fit_the_folder(tiny_classifier, exported, tmp_path):
+    """--backend torch on an ONNX export was Transformers' OSError traceback (no model.safetensors); --onnx_file on a
+    folder without one was ignored, and the texts scored by PyTorch."""
+    from longtail.predict import main
+
+    src = tmp_path / "in.csv"
+    src.write_text("text\nmy card was charged twice\n")
+    fp32 = str(exported[0] / "fp32")
+
+    def refused(*argv):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--input", str(src), "--output", str(tmp_path / "o.csv"), "--no_progress", *argv])
+        assert exit_info.value.code == 2
+        return str(exit_info.value)
+
+    assert f"--backend torch: {fp32} is an ONNX export, with no PyTorch weights" in refused(
+        "--model_dir", fp32, "--backend", "torch"
+    )
+    assert "holds no .onnx file" in refused("--model_dir", tiny_classifier, "--onnx_file", "model.onnx")
+    assert "--onnx_file model.onnx names an ONNX model, which --backend torch does not read" in refused(
+        "--model_dir", tiny_classifier, "--onnx_file", "model.onnx", "--backend", "torch"
+    )
+    assert not (tmp_path / "o.csv").exists()
+    summary = main(["--model_dir", fp32, "--onnx_file", "model.onnx", "--input", str(src),
+                    "--output", str(tmp_path / "o.csv"), "--no_progress"])  # fmt: skip
+    assert summary["backend"] == "onnxruntime"
+
+
 def test_predict_frame_top_k_ties_route_boundary_and_stripped_texts(monkeypatch):
     """predict_frame on fixed probabilities: texts are stripped before scoring, `confidence` is the top-1
     probability, ties go to the lower class index, a confidence equal to --min_confidence routes 'auto', and
