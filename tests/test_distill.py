@@ -802,6 +802,19 @@ def test_teacher_max_length_and_cache_path_are_the_teachers_own(tiny_qwen2, tmp_
     assert np.abs(logits["validation"] - teacher_forward(model, tok, texts, 32, 4)).max() > 1e-3
 
 
+def test_a_base_model_for_a_whole_model_teacher_is_refused(tiny_qwen2, tmp_path):
+    """--teacher_base_model only applies to a LoRA teacher; a whole model's teacher ignored it without a word."""
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test, max_train_samples=40)
+    teacher = save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names)
+    args = DistillArguments(teacher_model_name_or_path=teacher, teacher_base_model=tiny_qwen2)
+    with pytest.raises(
+        UsageError, match=f"^--teacher_base_model {tiny_qwen2}: the teacher {teacher} is a whole"
+    ):
+        teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert not (tmp_path / "out").exists()
+
+
 def test_lora_teacher_run_folder(tiny_qwen2, tmp_path, one_torch_thread):
     """A LoRA run folder (adapter + head + config.json with the labels) serves as the teacher: its logits are
     those of the adapter on its base, and its label map is checked like a full model's."""

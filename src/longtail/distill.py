@@ -558,6 +558,16 @@ def teacher_logits(
     from longtail.runs import public_model_name
 
     teacher = args.teacher_model_name_or_path
+    if (
+        args.teacher_base_model
+        and Path(teacher).is_dir()
+        and not (Path(teacher) / "adapter_config.json").is_file()
+    ):
+        # only an adapter is loaded on a base: a whole model's teacher ignored it, unsaid
+        raise UsageError(
+            f"--teacher_base_model {args.teacher_base_model}: the teacher {teacher} is a whole model, not a LoRA "
+            "adapter run, so there is no base to load it on; drop the option"
+        )
     max_length = args.teacher_max_length or max_length
     # check the label maps and the length from the config before loading any weights
     config = teacher_config(teacher)
