@@ -396,6 +396,34 @@ def test_predict_calibrated_topk_in_input_order_with_bad_rows(tiny_classifier, e
     )
 
 
+def test_the_console_script_exits_0_after_a_successful_run(tiny_classifier, tmp_path):
+    """`longtail-predict` runs its entry point as pip's wrapper does, `sys.exit(entry())`: with `main`, which returns
+    the summary dict, every successful run printed that dict to stderr and exited with status 1."""
+    import configparser
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    scripts = dict(
+        line.split(" = ") for line in setup["options.entry_points"]["console_scripts"].strip().splitlines()
+    )
+    module, function = scripts["longtail-predict"].split(":")
+    (tmp_path / "in.csv").write_text("text\nmy card was charged twice\n")
+    wrapper = f"import sys; sys.argv[0] = 'longtail-predict'; from {module} import {function}; sys.exit({function}())"
+    argv = ["--model_dir", tiny_classifier, "--input", "in.csv", "--output", "out.csv", "--no_progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, *argv], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'rows': 1" not in done.stderr and json.loads(done.stdout)["predicted"] == 1
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 1
+
+
 def test_predict_backend_and_onnx_file_that_do_not_fit_the_folder(tiny_classifier, exported, tmp_path):
     """--backend torch on an ONNX export was Transformers' OSError traceback (no model.safetensors); --onnx_file on a
     folder without one was ignored, and the texts scored by PyTorch."""

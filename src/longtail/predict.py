@@ -384,5 +384,11 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def console_main() -> None:
+    """The `longtail-predict` console script: its wrapper exits with what this returns, and main's summary dict
+    made it print the dict to stderr and exit with status 1 after every successful run."""
+    main()
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])
