@@ -279,6 +279,21 @@ def test_compare_cli_error_is_one_line(tmp_path, capsys):
     assert "python -m longtail.compare: error:" in capsys.readouterr().err
 
 
+def test_an_ensemble_without_test_predictions_is_told_how_to_get_them(tmp_path):
+    """An ensemble built with --no_test has no predictions_test.npz; compare said to rerun it with --do_predict,
+    an option the ensemble does not take."""
+    from longtail.compare import CompareError, read_run
+    from longtail.ensemble import main as ensemble
+
+    runs = [make_run(tmp_path / name, {"validation": Y["validation"]}, Y) for name in ("a", "b")]
+    ensemble([*runs, "--output_dir", str(tmp_path / "ens"), "--no_test", "--n_resamples", "20"])
+    with pytest.raises(CompareError, match="without --no_test to score the test split") as err:
+        read_run(tmp_path / "ens", "test")
+    assert "--do_predict" not in str(err.value)
+    with pytest.raises(CompareError, match="Rerun it with --do_predict"):  # a recipe's run: as before
+        read_run(runs[0], "test")
+
+
 def test_repeated_runs_and_too_few_resamples_are_one_line_errors(tmp_path, capsys, monkeypatch):
     """A run folder listed twice (however spelt) and --n_resamples below 2 stop both tools before any output
     is written; compare still shows a reference that is also among its runs once."""
