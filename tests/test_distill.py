@@ -405,6 +405,32 @@ def test_a_teacher_run_with_other_gold_labels_is_refused(tmp_path):
         load_precomputed(tmp_path / "run", data)
 
 
+def test_a_teacher_folder_without_train_predictions_says_which_runs_write_them(tmp_path):
+    """It named baseline_tfidf alone: a probe run writes them too, and an ensemble only when every member did."""
+    from longtail.report import SplitResult, save_predictions
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    df, k = data.splits["validation"], len(data.label_names)
+    for name in ("probe", "ensemble"):
+        (tmp_path / name).mkdir()
+        save_predictions(
+            tmp_path / name,
+            SplitResult("validation", df["label_id"].to_numpy(), np.full((len(df), k), 1 / k), None,
+                        row_ids=df["row_id"]),
+            data.label_names,
+        )  # fmt: skip
+    (tmp_path / "ensemble" / "ensemble.json").write_text("{}")
+    with pytest.raises(
+        DataError, match=r"\(baseline_tfidf and probe_encoder write it with --predict_train true\)"
+    ):
+        load_precomputed(tmp_path / "probe", data)
+    with pytest.raises(
+        DataError, match="an ensemble writes it only when every member ran with --predict_train true"
+    ):
+        load_precomputed(tmp_path / "ensemble", data)
+
+
 def test_non_finite_teacher_logits_are_refused(
     tmp_path, tiny_qwen2, tiny_modernbert, one_torch_thread, monkeypatch
 ):

@@ -447,7 +447,17 @@ def load_run_predictions(
     for split in DISTILL_SPLITS:
         file = run_dir / f"predictions_{split}.npz"
         if not file.is_file():
-            hint = " (baseline_tfidf writes it with --predict_train true)" if split == "train" else ""
+            # the README's teachers: TF-IDF and probe runs with --predict_train true, or an ensemble of such runs
+            hint = (
+                (
+                    " (an ensemble writes it only when every member ran with --predict_train true: rebuild it from "
+                    "such members)"
+                    if (run_dir / "ensemble.json").is_file()
+                    else " (baseline_tfidf and probe_encoder write it with --predict_train true)"
+                )
+                if split == "train"
+                else ""
+            )
             raise DataError(f"{run_dir} has no {file.name}{hint}: it cannot serve as a teacher")
         pred = load_predictions(file)
         names = [str(x) for x in pred["label_names"]]
