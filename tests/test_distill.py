@@ -828,6 +828,42 @@ def test_teacher_max_length_and_cache_path_are_the_teachers_own(tiny_qwen2, tmp_
     assert np.abs(logits["validation"] - teacher_forward(model, tok, texts, 32, 4)).max() > 1e-3
 
 
+def test_a_teacher_run_that_read_its_texts_otherwise_is_warned_about(tiny_qwen2, tmp_path, caplog):
+    """The teacher's pass reads the first --teacher_max_length tokens (default: the student's --max_length); a
+    probe trained on whole texts in windows, or a run at another max_length, scored its own rows otherwise, and
+    nothing said so."""
+    import logging
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test, max_train_samples=40)
+    teacher = Path(save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names))
+    for record, warned in (
+        (None, None),
+        ({"data": {"max_length": 32}}, None),
+        ({"data": {"max_length": 64}}, "read the first 64 tokens"),
+        (
+            {"data": {"max_length": 32}, "probe": {"long_text": "windows"}},
+            "read whole texts in 32-token windows",
+        ),
+    ):
+        if record:
+            (teacher / "run_config.json").write_text(json.dumps(record))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.distill"):
+            teacher_logits(
+                DistillArguments(teacher_model_name_or_path=str(teacher)),
+                data,
+                tmp_path / "out",
+                max_length=32,
+            )
+        warnings = [r.getMessage() for r in caplog.records if "its pass here reads" in r.getMessage()]
+        if warned is None:
+            assert not warnings, (record, warnings)
+        else:
+            assert len(warnings) == 1 and warned in warnings[0], (record, warnings)
+            assert "its pass here reads the first 32 tokens of each text" in warnings[0]
+
+
 def test_a_base_model_for_a_whole_model_teacher_is_refused(tiny_qwen2, tmp_path):
     """--teacher_base_model only applies to a LoRA teacher; a whole model's teacher ignored it without a word."""
     train, test = synthetic_files(tmp_path)

@@ -554,6 +554,34 @@ def teacher_forward(model, tokenizer, texts: Sequence[str], max_length: int, bat
     return out
 
 
+def warn_if_read_otherwise(teacher: str, max_length: int) -> None:
+    """A warning when the teacher's run read its texts otherwise than this pass does (truncated at `max_length`):
+    another max_length, or a probe trained and served on whole texts in windows, whose soft targets from the first
+    tokens alone are not the ones it scored its own rows with."""
+    from longtail.inference import serving_defaults
+
+    if not Path(teacher).is_dir():
+        return
+    served = serving_defaults(teacher)
+    if served["source"] == "default" or (
+        served["long_text"] != "windows" and served["max_length"] == max_length
+    ):
+        return
+    read = (
+        f"whole texts in {served['max_length']}-token windows"
+        if served["long_text"] == "windows"
+        else f"the first {served['max_length']} tokens"
+    )
+    logger.warning(
+        "The teacher %s read %s (%s); its pass here reads the first %d tokens of each text (--teacher_max_length "
+        "sets how many)",
+        teacher,
+        read,
+        served["source"],
+        max_length,
+    )
+
+
 def teacher_logits(
     args: DistillArguments, data: PreparedData, output_dir, max_length: int
 ) -> tuple[dict[str, np.ndarray], dict]:
@@ -583,6 +611,7 @@ def teacher_logits(
     config = teacher_config(teacher)
     cols = label_columns(config_labels(config), data.label_names, teacher, args.teacher_drop_extra_labels)
     option = "--teacher_max_length" if args.teacher_max_length else "--max_length"
+    warn_if_read_otherwise(teacher, max_length)
     check_max_length(
         config, max_length, teacher, " for the teacher (--teacher_max_length sets its own)", option
     )
