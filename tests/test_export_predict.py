@@ -158,7 +158,9 @@ def test_an_export_replaces_an_earlier_one_only_once_it_passed(tiny_classifier, 
         with pytest.raises(KeyboardInterrupt):
             export_onnx(ExportArguments(**args, overwrite_output_dir=True))
     assert files(out) == earlier and (tmp_path / "x.partial" / "fp32" / "model.onnx").is_file()
-    last = export_onnx(ExportArguments(**args, overwrite_output_dir=True, min_int8_agreement=1.01))
+    strict = ExportArguments(**args, overwrite_output_dir=True)
+    strict.min_int8_agreement = 1.01  # rejects every int8 (refused as an option: set past the check)
+    last = export_onnx(strict)
     assert last["variants"]["int8"]["status"] == "rejected" and not (out / "int8").exists()
     assert json.loads((out / "parity.json").read_text())["variants"]["int8"]["status"] == "rejected"
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "notes.txt", "parity.json"]
@@ -176,9 +178,13 @@ def test_an_export_replaces_an_earlier_one_only_once_it_passed(tiny_classifier, 
 def test_int8_rejected_when_quality_collapses(tiny_classifier, tmp_path):
     from longtail.export import ExportArguments, export_onnx
 
-    # an agreement floor above 1 can never be met: the gate must remove the int8 model and say why
-    record = export_onnx(ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / "x"),
-                                         optimize=False, parity_rows=8, min_int8_agreement=1.01))  # fmt: skip
+    # an agreement floor above 1 can never be met: the gate must remove the int8 model and say why (the option
+    # refuses it, so it is set past the check)
+    args = ExportArguments(
+        model_dir=tiny_classifier, output_dir=str(tmp_path / "x"), optimize=False, parity_rows=8
+    )
+    args.min_int8_agreement = 1.01
+    record = export_onnx(args)
     assert record["variants"]["int8"]["status"] == "rejected"
     assert "argmax agreement" in record["variants"]["int8"]["reason"]
     assert not (tmp_path / "x" / "int8").exists()
