@@ -119,6 +119,14 @@ class BaselineArguments:
             raise ValueError(f"grid_sublinear_tf must be both, true or false, got '{self.grid_sublinear_tf}'")
         if self.char_ngram_max == 1 or self.char_ngram_max < 0:
             raise ValueError(f"char_ngram_max must be 0 (off) or at least 2, got {self.char_ngram_max}")
+        # scikit-learn's own errors came as tracebacks, after the data was read
+        small = {
+            k: getattr(self, k)
+            for k in ("ngram_max", "max_features", "char_max_features")
+            if getattr(self, k) < 1
+        }
+        if small:
+            raise ValueError(f"{', '.join(f'{k} {v}' for k, v in small.items())}: must be at least 1")
         if self.C <= 0 or not self.grid_C or any(c <= 0 for c in self.grid_C):  # before any vectorising
             raise ValueError(f"C and grid_C must be positive numbers, got C={self.C}, grid_C={self.grid_C}")
         check_solver_options(self.tol, self.max_iter)
@@ -325,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
         output_dir,
         title="Baseline: TF-IDF + logistic regression",
         base_model=run_info["model"],
-        run_info=run_info,
+        run_info={**run_info, "library_name": "sklearn"},  # the card's front matter said transformers
         data=data,
         results=results,
         command=command,

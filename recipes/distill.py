@@ -73,6 +73,15 @@ def vanilla_probs(run_dir: str, data) -> np.ndarray:
         raise DataError(f"--vanilla_run {run_dir} has no predictions_validation.npz")
     pred = load_predictions(path)
     names = np.asarray([str(x) for x in pred["label_names"]])
+    theirs, ours = set(names.tolist()), set(map(str, data.label_names))
+    if (
+        theirs != ours
+    ):  # label_columns' error would call it the teacher and suggest --teacher_drop_extra_labels
+        raise DataError(
+            f"--vanilla_run {run_dir} has other labels than this run's student ({len(theirs)} against "
+            f"{len(ours)}; only its: {sorted(theirs - ours)[:5]}, only ours: {sorted(ours - theirs)[:5]}): "
+            "pass a run of the same student on the same data and label options"
+        )
     cols = label_columns(names, data.label_names, run_dir)
     probs, gold = (
         align_rows({"validation": (pred["row_id"], v)}, data, str(path), splits=("validation",))["validation"]
@@ -143,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="data and teacher logits"):
         data = prepare_data(data_args)
         require_usable_splits(data, training_args.do_predict)  # before the teacher's pass
+        # a finished vanilla arm is read now: a wrong one once waited for the teacher's pass and an overwrite's clearing
+        vanilla = vanilla_probs(distill_args.vanilla_run, data) if distill_args.vanilla_run else None
         # the student's tokenizer and length too: a mistake there should not wait for the teacher's pass
         tokenizer = load_tokenizer(model_args)
         student = classifier_config(model_args, data.label_names, tokenizer)
@@ -157,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Vanilla arm: a finished run, or the same student trained with the hard loss ----------
     if distill_args.vanilla_run:
-        vanilla, vanilla_source = vanilla_probs(distill_args.vanilla_run, data), "from --vanilla_run"
+        vanilla_source = "from --vanilla_run"
     elif distill_args.train_vanilla:
         vanilla = train_vanilla(training_args, data, datasets, model_args, loss_args)
         vanilla_source = "trained in this run, `vanilla/`"

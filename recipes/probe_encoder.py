@@ -149,6 +149,8 @@ class ProbeArguments:
         parse_tau_option(self.posthoc_logit_adjustment)  # a clear error now, not after the embedding
         check_solver_options(self.tol, self.max_iter)
         check_folds(self.predict_train_folds)
+        if self.embedding_batch_size < 1:  # -1 embedded no text: a head fit on all-zero features, and cached
+            raise ValueError(f"--embedding_batch_size must be >= 1, got {self.embedding_batch_size}")
         if not self.feature_layers:  # the range needs the loaded body; emptiness is known now
             raise ValueError("--feature_layers needs at least one hidden-state index (-1: the body's output)")
 

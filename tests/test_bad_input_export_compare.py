@@ -56,6 +56,33 @@ def test_export_parity_rows_below_one_is_refused_at_parse_time(tiny_classifier, 
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--max_length", "0", r"--max_length must be >= 1 \(tokens\), got 0"),  # it turned truncation off
+        ("--atol", "-1", "--atol must be >= 0, got -1.0"),  # it failed only after the whole export
+        (
+            "--min_int8_agreement",
+            "97",
+            r"--min_int8_agreement must be in \[0, 1\], got 97.0",
+        ),  # rejected every int8
+        ("--max_int8_macro_f1_drop", "-0.1", "--max_int8_macro_f1_drop must be >= 0, got -0.1"),
+        ("--device", "gpu", "--device must be cpu, cuda or cuda:N"),  # torch's RuntimeError, mid-export
+    ],
+)
+def test_export_options_out_of_range_are_refused_at_parse_time(
+    tiny_classifier,  # noqa: F811
+    tmp_path,
+    option,
+    value,
+    message,
+):
+    export = load_recipe("export_onnx")
+    with pytest.raises(ValueError, match=message):
+        export.main(["--model_dir", tiny_classifier, "--output_dir", str(tmp_path / "x"), option, value])
+    assert not any(tmp_path.iterdir())
+
+
 def test_export_parity_file_without_known_labels_fails_before_exporting(
     tiny_classifier,  # noqa: F811
     eval_csv,

@@ -279,6 +279,21 @@ def test_compare_cli_error_is_one_line(tmp_path, capsys, monkeypatch):
     assert "compare.py: error:" in capsys.readouterr().err
 
 
+def test_an_ensemble_without_test_predictions_is_told_how_to_get_them(tmp_path):
+    """An ensemble built with --no_test has no predictions_test.npz; compare said to rerun it with --do_predict,
+    an option the ensemble does not take."""
+    from longtail.compare import CompareError, read_run
+    from longtail.ensemble import main as ensemble
+
+    runs = [make_run(tmp_path / name, {"validation": Y["validation"]}, Y) for name in ("a", "b")]
+    ensemble([*runs, "--output_dir", str(tmp_path / "ens"), "--no_test", "--n_resamples", "20"])
+    with pytest.raises(CompareError, match="without --no_test to score the test split") as err:
+        read_run(tmp_path / "ens", "test")
+    assert "--do_predict" not in str(err.value)
+    with pytest.raises(CompareError, match="Rerun it with --do_predict"):  # a recipe's run: as before
+        read_run(runs[0], "test")
+
+
 def test_repeated_runs_and_too_few_resamples_are_one_line_errors(tmp_path, capsys, monkeypatch):
     """A run folder listed twice (however spelt) and --n_resamples below 2 stop both tools before any output
     is written; compare still shows a reference that is also among its runs once."""
@@ -532,12 +547,32 @@ def test_ensemble_logit_adjustment_chosen_on_validation(tmp_path, capsys):
     # tau 1 moves the head rows to c as well: every row is predicted c
     one = ens("one", "--posthoc_logit_adjustment", "1")
     assert one["metrics"]["validation"]["macro_f1"] == pytest.approx(macro_f1(y["validation"], [2] * 6))
+    # each report names what set tau: it said "best validation macro-F1" for a fixed tau and for none as well
+    for name, record, rule in (
+        ("shifted", shifted, "validation macro-F1"),
+        ("plain", plain, "fixed by --posthoc_logit_adjustment none"),
+        ("one", one, "fixed by --posthoc_logit_adjustment 1"),
+    ):
+        report = (tmp_path / name / "report.md").read_text()
+        assert f"post-hoc logit adjustment ({rule}): tau = " in report, name
+        searched = "post-hoc tau: best validation macro-F1 (ties: smaller tau)" in record["selection"]
+        assert searched == (name == "shifted") and (
+            searched or f"post-hoc tau: {rule}; test scored" in record["selection"]
+        ), name
+    searched_weights = ens("search", "--posthoc_logit_adjustment", "1", "--weights", "search")
+    assert (
+        "weights: best validation macro-F1 over the simplex grid (ties: lower NLL); post-hoc tau: fixed"
+        in (searched_weights["selection"])
+    )
 
     # without training counts: auto says it does no shift; a fixed tau is a one-line error
     capsys.readouterr()
     bare = [make_run(tmp_path / name, probs, y) for name in ("b1", "b2")]
     assert main([*bare, "--output_dir", str(tmp_path / "bare"), "--n_resamples", "20"])["posthoc_tau"] == 0.0
     assert "no training counts" in capsys.readouterr().err
+    assert "post-hoc logit adjustment (none, no training counts in the first member's labels.json)" in (
+        (tmp_path / "bare" / "report.md").read_text()
+    )
     with pytest.raises(SystemExit) as exit_info:
         main([*bare, "--output_dir", str(tmp_path / "bare2"), "--posthoc_logit_adjustment", "0.5"])
     assert exit_info.value.code == 2 and "--posthoc_logit_adjustment none" in capsys.readouterr().err

@@ -158,6 +158,14 @@ def test_distill_arguments_are_checked():
     for alpha in (-0.1, 1.01):
         with pytest.raises(ValueError, match=r"--kd_alpha must be in \[0, 1\]"):
             DistillArguments(teacher_logits="x", kd_alpha=alpha)
+    # a batch size below 1 once scored no teacher row (all-zero logits, distilled and cached); a
+    # teacher_max_length of 0 once fell back to --max_length unsaid
+    for size in (0, -1):
+        with pytest.raises(ValueError, match="--teacher_batch_size must be >= 1"):
+            DistillArguments(teacher_model_name_or_path="y", teacher_batch_size=size)
+        with pytest.raises(ValueError, match="--teacher_max_length must be >= 1"):
+            DistillArguments(teacher_model_name_or_path="y", teacher_max_length=size)
+    DistillArguments(teacher_model_name_or_path="y", teacher_batch_size=1, teacher_max_length=1)
 
 
 def test_teacher_column_and_collator_carry_float32_logits(tiny_modernbert):
@@ -395,6 +403,32 @@ def test_a_teacher_run_with_other_gold_labels_is_refused(tmp_path):
         DataError, match=f"run: 2 of {n} train rows have another gold label in the teacher run"
     ):
         load_precomputed(tmp_path / "run", data)
+
+
+def test_a_teacher_folder_without_train_predictions_says_which_runs_write_them(tmp_path):
+    """It named baseline_tfidf alone: a probe run writes them too, and an ensemble only when every member did."""
+    from longtail.report import SplitResult, save_predictions
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    df, k = data.splits["validation"], len(data.label_names)
+    for name in ("probe", "ensemble"):
+        (tmp_path / name).mkdir()
+        save_predictions(
+            tmp_path / name,
+            SplitResult("validation", df["label_id"].to_numpy(), np.full((len(df), k), 1 / k), None,
+                        row_ids=df["row_id"]),
+            data.label_names,
+        )  # fmt: skip
+    (tmp_path / "ensemble" / "ensemble.json").write_text("{}")
+    with pytest.raises(
+        DataError, match=r"\(baseline_tfidf and probe_encoder write it with --predict_train true\)"
+    ):
+        load_precomputed(tmp_path / "probe", data)
+    with pytest.raises(
+        DataError, match="an ensemble writes it only when every member ran with --predict_train true"
+    ):
+        load_precomputed(tmp_path / "ensemble", data)
 
 
 def test_non_finite_teacher_logits_are_refused(
@@ -794,6 +828,55 @@ def test_teacher_max_length_and_cache_path_are_the_teachers_own(tiny_qwen2, tmp_
     assert np.abs(logits["validation"] - teacher_forward(model, tok, texts, 32, 4)).max() > 1e-3
 
 
+def test_a_teacher_run_that_read_its_texts_otherwise_is_warned_about(tiny_qwen2, tmp_path, caplog):
+    """The teacher's pass reads the first --teacher_max_length tokens (default: the student's --max_length); a
+    probe trained on whole texts in windows, or a run at another max_length, scored its own rows otherwise, and
+    nothing said so."""
+    import logging
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test, max_train_samples=40)
+    teacher = Path(save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names))
+    for record, warned in (
+        (None, None),
+        ({"data": {"max_length": 32}}, None),
+        ({"data": {"max_length": 64}}, "read the first 64 tokens"),
+        (
+            {"data": {"max_length": 32}, "probe": {"long_text": "windows"}},
+            "read whole texts in 32-token windows",
+        ),
+    ):
+        if record:
+            (teacher / "run_config.json").write_text(json.dumps(record))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.distill"):
+            teacher_logits(
+                DistillArguments(teacher_model_name_or_path=str(teacher)),
+                data,
+                tmp_path / "out",
+                max_length=32,
+            )
+        warnings = [r.getMessage() for r in caplog.records if "its pass here reads" in r.getMessage()]
+        if warned is None:
+            assert not warnings, (record, warnings)
+        else:
+            assert len(warnings) == 1 and warned in warnings[0], (record, warnings)
+            assert "its pass here reads the first 32 tokens of each text" in warnings[0]
+
+
+def test_a_base_model_for_a_whole_model_teacher_is_refused(tiny_qwen2, tmp_path):
+    """--teacher_base_model only applies to a LoRA teacher; a whole model's teacher ignored it without a word."""
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test, max_train_samples=40)
+    teacher = save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names)
+    args = DistillArguments(teacher_model_name_or_path=teacher, teacher_base_model=tiny_qwen2)
+    with pytest.raises(
+        UsageError, match=f"^--teacher_base_model {tiny_qwen2}: the teacher {teacher} is a whole"
+    ):
+        teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert not (tmp_path / "out").exists()
+
+
 def test_lora_teacher_run_folder(tiny_qwen2, tmp_path, one_torch_thread):
     """A LoRA run folder (adapter + head + config.json with the labels) serves as the teacher: its logits are
     those of the adapter on its base, and its label map is checked like a full model's."""
@@ -837,3 +920,27 @@ def test_the_students_length_is_checked_before_the_teachers_pass(tiny_bert, tmp_
     argv = distill_args(tiny_bert, str(tmp_path / "no_teacher"), train, test, tmp_path / "run")
     with pytest.raises(UsageError, match=f"^--max_length 65 exceeds the 64 positions of {tiny_bert}"):
         load_recipe("distill").main([*argv, "--max_length", "65"])
+
+
+def test_a_vanilla_run_with_other_labels_is_refused_before_the_teachers_pass_and_any_clearing(
+    tiny_bert, tmp_path
+):
+    """--vanilla_run was read after the teacher's pass and after --overwrite_output_dir had cleared the previous
+    run: a wrong one emptied the folder the README says a refused rerun leaves as it was. Here the teacher does
+    not even exist, and the vanilla run's mistake is the one named."""
+    from longtail.report import SplitResult, save_predictions
+
+    train, test = synthetic_files(tmp_path)
+    vanilla = tmp_path / "vanilla"
+    vanilla.mkdir()
+    result = SplitResult("validation", np.array([0, 1]), np.eye(2), pd.Series(["a", "b"]), row_ids=[0, 1])
+    save_predictions(vanilla, result, ["not a label", "nor this"])
+    out = tmp_path / "run"
+    out.mkdir()
+    previous = {"run_config.json": "{}", "report.md": "# a previous run", "model.safetensors": "weights"}
+    for name, text in previous.items():
+        (out / name).write_text(text)
+    argv = distill_args(tiny_bert, str(tmp_path / "no_teacher"), train, test, out)
+    with pytest.raises(DataError, match=f"^--vanilla_run {vanilla} has other labels than this run's student"):
+        load_recipe("distill").main([*argv, "--overwrite_output_dir", "--vanilla_run", str(vanilla)])
+    assert {p.name: p.read_text() for p in out.iterdir()} == previous

@@ -158,7 +158,9 @@ def test_an_export_replaces_an_earlier_one_only_once_it_passed(tiny_classifier, 
         with pytest.raises(KeyboardInterrupt):
             export_onnx(ExportArguments(**args, overwrite_output_dir=True))
     assert files(out) == earlier and (tmp_path / "x.partial" / "fp32" / "model.onnx").is_file()
-    last = export_onnx(ExportArguments(**args, overwrite_output_dir=True, min_int8_agreement=1.01))
+    strict = ExportArguments(**args, overwrite_output_dir=True)
+    strict.min_int8_agreement = 1.01  # rejects every int8 (refused as an option: set past the check)
+    last = export_onnx(strict)
     assert last["variants"]["int8"]["status"] == "rejected" and not (out / "int8").exists()
     assert json.loads((out / "parity.json").read_text())["variants"]["int8"]["status"] == "rejected"
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "notes.txt", "parity.json"]
@@ -176,9 +178,13 @@ def test_an_export_replaces_an_earlier_one_only_once_it_passed(tiny_classifier, 
 def test_int8_rejected_when_quality_collapses(tiny_classifier, tmp_path):
     from longtail.export import ExportArguments, export_onnx
 
-    # an agreement floor above 1 can never be met: the gate must remove the int8 model and say why
-    record = export_onnx(ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / "x"),
-                                         optimize=False, parity_rows=8, min_int8_agreement=1.01))  # fmt: skip
+    # an agreement floor above 1 can never be met: the gate must remove the int8 model and say why (the option
+    # refuses it, so it is set past the check)
+    args = ExportArguments(
+        model_dir=tiny_classifier, output_dir=str(tmp_path / "x"), optimize=False, parity_rows=8
+    )
+    args.min_int8_agreement = 1.01
+    record = export_onnx(args)
     assert record["variants"]["int8"]["status"] == "rejected"
     assert "argmax agreement" in record["variants"]["int8"]["reason"]
     assert not (tmp_path / "x" / "int8").exists()
@@ -394,6 +400,62 @@ def test_predict_calibrated_topk_in_input_order_with_bad_rows(tiny_classifier, e
     np.testing.assert_allclose(
         onnx_pred.loc[good, "prob_1"], pred.loc[good, "prob_1"].astype(float), atol=1e-5
     )
+
+
+def test_the_console_script_exits_0_after_a_successful_run(tiny_classifier, tmp_path):
+    """`longtail-predict` runs its entry point as pip's wrapper does, `sys.exit(entry())`: with `main`, which returns
+    the summary dict, every successful run printed that dict to stderr and exited with status 1."""
+    import configparser
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    scripts = dict(
+        line.split(" = ") for line in setup["options.entry_points"]["console_scripts"].strip().splitlines()
+    )
+    module, function = scripts["longtail-predict"].split(":")
+    (tmp_path / "in.csv").write_text("text\nmy card was charged twice\n")
+    wrapper = f"import sys; sys.argv[0] = 'longtail-predict'; from {module} import {function}; sys.exit({function}())"
+    argv = ["--model_dir", tiny_classifier, "--input", "in.csv", "--output", "out.csv", "--no_progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, *argv], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'rows': 1" not in done.stderr and json.loads(done.stdout)["predicted"] == 1
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 1
+
+
+def test_predict_backend_and_onnx_file_that_do_not_fit_the_folder(tiny_classifier, exported, tmp_path):
+    """--backend torch on an ONNX export was Transformers' OSError traceback (no model.safetensors); --onnx_file on a
+    folder without one was ignored, and the texts scored by PyTorch."""
+    from longtail.predict import main
+
+    src = tmp_path / "in.csv"
+    src.write_text("text\nmy card was charged twice\n")
+    fp32 = str(exported[0] / "fp32")
+
+    def refused(*argv):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--input", str(src), "--output", str(tmp_path / "o.csv"), "--no_progress", *argv])
+        assert exit_info.value.code == 2
+        return str(exit_info.value)
+
+    assert f"--backend torch: {fp32} is an ONNX export, with no PyTorch weights" in refused(
+        "--model_dir", fp32, "--backend", "torch"
+    )
+    assert "holds no .onnx file" in refused("--model_dir", tiny_classifier, "--onnx_file", "model.onnx")
+    assert "--onnx_file model.onnx names an ONNX model, which --backend torch does not read" in refused(
+        "--model_dir", tiny_classifier, "--onnx_file", "model.onnx", "--backend", "torch"
+    )
+    assert not (tmp_path / "o.csv").exists()
+    summary = main(["--model_dir", fp32, "--onnx_file", "model.onnx", "--input", str(src),
+                    "--output", str(tmp_path / "o.csv"), "--no_progress"])  # fmt: skip
+    assert summary["backend"] == "onnxruntime"
 
 
 def test_predict_frame_top_k_ties_route_boundary_and_stripped_texts(monkeypatch):

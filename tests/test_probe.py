@@ -584,6 +584,10 @@ def test_probe_rejects_bad_options(tiny_modernbert, tiny_bert, tmp_path, capsys)
     # the tiny body has 2 layers: hidden states 0..2, or -3..-1; -1 and 2 are the same one
     with pytest.raises(ValueError, match="feature_layers needs at least one"):  # e.g. `feature_layers: []`
         recipe.ProbeArguments(feature_layers=[])
+    # -1 embedded no text (a head fit on all-zero features, which were cached), 0 was a range() traceback
+    for size in (0, -1):
+        with pytest.raises(ValueError, match=f"--embedding_batch_size must be >= 1, got {size}"):
+            recipe.ProbeArguments(embedding_batch_size=size)
     for bad in ({"tol": -1e-4}, {"max_iter": 0}):  # before any embedding; max_iter 0 would fit nothing
         with pytest.raises(ValueError, match="--tol must be >= 0 and --max_iter >= 1, got tol="):
             recipe.ProbeArguments(**bad)

@@ -59,6 +59,20 @@ def test_vanilla_run_without_predictions_or_with_other_gold_labels_is_refused(tm
         recipe.vanilla_probs(run, data)
 
 
+def test_vanilla_run_with_other_labels_is_refused_as_the_vanilla_run(tmp_path):
+    """A vanilla run with another label set was refused as "the teacher", with the advice to pass
+    --teacher_drop_extra_labels true, which does not apply to it."""
+    recipe = load_recipe("distill")
+    data = validation_data()
+    data.label_names = ["a", "b"]
+    run = save_vanilla(tmp_path / "vanilla", [0, 2, 1])
+    with pytest.raises(DataError) as err:
+        recipe.vanilla_probs(run, data)
+    message = str(err.value)
+    assert message.startswith(f"--vanilla_run {run} has other labels than this run's student (3 against 2; ")
+    assert "only its: ['c']" in message and "teacher" not in message
+
+
 def comparison_text(in_sample: bool) -> str:
     recipe = load_recipe("distill")
     fit = {
@@ -180,6 +194,12 @@ def test_baseline_character_block_has_its_own_vocabulary_cap():
         ({"grid_C": [1.0, 0.0]}, r"grid_C=\[1.0, 0.0\]"),
         ({"char_ngram_max": -1}, r"char_ngram_max must be 0 \(off\) or at least 2, got -1"),
         ({"class_weight": "balnced"}, r"class weighting must be 'none' or 'balanced', got \['balnced'\]"),
+        # scikit-learn's tracebacks once the data was read: ngram_range=(1, 0), max_features=0
+        ({"ngram_max": 0}, r"^ngram_max 0: must be at least 1$"),
+        (
+            {"max_features": 0, "char_max_features": -1},
+            r"^max_features 0, char_max_features -1: must be at least 1$",
+        ),
     ],
 )
 def test_baseline_arguments_refuse_values_at_the_boundary(options, message):

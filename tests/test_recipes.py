@@ -299,7 +299,7 @@ def test_a_refused_overwrite_leaves_the_previous_results(case, request, tmp_path
 
 
 @pytest.mark.slow
-def test_baseline_tfidf_end_to_end(tmp_path):
+def test_baseline_tfidf_end_to_end(tmp_path, monkeypatch):
     train, test = synthetic_files(tmp_path)
     out = tmp_path / "baseline"
     recipe = load_recipe("baseline_tfidf")
@@ -326,6 +326,20 @@ def test_baseline_tfidf_end_to_end(tmp_path):
         "Solver: lbfgs, tol 1e-06, at most 1000 iterations; every fit met the tolerance."
         in (out / "report.md").read_text()
     )
+    # the model card: a scikit-learn model (its front matter said `library_name: transformers`, with no way to
+    # load it), whose quick start serves it
+    import shlex
+
+    from longtail.predict import main as predict
+
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "sklearn"
+    quick_start = card.split("## Quick start")[1].split("```bash\n")[1].split("\n```")[0]
+    assert quick_start.startswith("python -m longtail.predict ")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts.csv").write_text("text\nI was charged a late fee although I paid on time.\n")
+    assert predict(shlex.split(quick_start)[3:])["predicted"] == 1
 
     # the config refits the chosen setting on train + validation: the saved vectoriser counted every one of
     # those documents (smooth idf of a term in one document: ln((1 + n) / 2) + 1) ...

@@ -428,6 +428,32 @@ def test_schedule_problem_names_every_option_that_trains_nothing():
     assert schedule_problem(args(weight_decay=0.0)) is None
 
 
+def test_early_stopping_without_evaluations_is_refused_while_the_options_are_parsed(tmp_path, capsys):
+    """--early_stopping_patience with --eval_strategy no was Transformers' AssertionError ("EarlyStoppingCallback
+    requires IntervalStrategy of steps or epoch") once the data was read and the model built; 0 turned it off."""
+    from test_recipes import load_recipe
+
+    from longtail.distributed import parse_recipe_args
+
+    config = str(REPO / "recipes/configs/full_ft_encoder_demo.yaml")
+    types = load_recipe("full_ft_encoder").PARSER_TYPES
+    base = ["--config", config, "--output_dir", str(tmp_path / "out")]
+    for extra, message in (
+        (["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"],
+         "--early_stopping_patience 2 counts evaluations of --metric_for_best_model: set --eval_strategy steps or "
+         "epoch (got no) and --metric_for_best_model (got macro_f1)"),
+        (["--early_stopping_patience", "0"], "--early_stopping_patience must be >= 1"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            parse_recipe_args(types, [*base, "--early_stopping_patience", "2", *extra])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    parsed = parse_recipe_args(
+        types, [*base, "--early_stopping_patience", "2"]
+    )  # the YAML evaluates each epoch
+    assert [a.early_stopping_patience for a in parsed if hasattr(a, "early_stopping_patience")] == [2]
+
+
 def test_end_training_waits_leaves_the_group_then_frees_every_trainers_wrapper(monkeypatch):
     """The order end_training's docstring gives, on fakes: wait for every process, leave the group (the first
     trainer's accelerator), free each trainer's DDP wrapper (None for a run without a refit is skipped), collect

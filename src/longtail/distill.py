@@ -113,6 +113,12 @@ class DistillArguments:
             raise ValueError(f"--kd_temperature must be > 0, got {self.kd_temperature}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"--kd_alpha must be in [0, 1], got {self.kd_alpha}")
+        # a batch size below 1 scored no row (all-zero logits: a uniform teacher, cached); a teacher_max_length
+        # of 0 fell back to --max_length unsaid, a negative one failed inside the tokenizer after loading
+        if self.teacher_batch_size < 1:
+            raise ValueError(f"--teacher_batch_size must be >= 1, got {self.teacher_batch_size}")
+        if self.teacher_max_length is not None and self.teacher_max_length < 1:
+            raise ValueError(f"--teacher_max_length must be >= 1 (tokens), got {self.teacher_max_length}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +447,17 @@ def load_run_predictions(
     for split in DISTILL_SPLITS:
         file = run_dir / f"predictions_{split}.npz"
         if not file.is_file():
-            hint = " (baseline_tfidf writes it with --predict_train true)" if split == "train" else ""
+            # the README's teachers: TF-IDF and probe runs with --predict_train true, or an ensemble of such runs
+            hint = (
+                (
+                    " (an ensemble writes it only when every member ran with --predict_train true: rebuild it from "
+                    "such members)"
+                    if (run_dir / "ensemble.json").is_file()
+                    else " (baseline_tfidf and probe_encoder write it with --predict_train true)"
+                )
+                if split == "train"
+                else ""
+            )
             raise DataError(f"{run_dir} has no {file.name}{hint}: it cannot serve as a teacher")
         pred = load_predictions(file)
         names = [str(x) for x in pred["label_names"]]
@@ -538,6 +554,34 @@ def teacher_forward(model, tokenizer, texts: Sequence[str], max_length: int, bat
     return out
 
 
+def warn_if_read_otherwise(teacher: str, max_length: int) -> None:
+    """A warning when the teacher's run read its texts otherwise than this pass does (truncated at `max_length`):
+    another max_length, or a probe trained and served on whole texts in windows, whose soft targets from the first
+    tokens alone are not the ones it scored its own rows with."""
+    from longtail.inference import serving_defaults
+
+    if not Path(teacher).is_dir():
+        return
+    served = serving_defaults(teacher)
+    if served["source"] == "default" or (
+        served["long_text"] != "windows" and served["max_length"] == max_length
+    ):
+        return
+    read = (
+        f"whole texts in {served['max_length']}-token windows"
+        if served["long_text"] == "windows"
+        else f"the first {served['max_length']} tokens"
+    )
+    logger.warning(
+        "The teacher %s read %s (%s); its pass here reads the first %d tokens of each text (--teacher_max_length "
+        "sets how many)",
+        teacher,
+        read,
+        served["source"],
+        max_length,
+    )
+
+
 def teacher_logits(
     args: DistillArguments, data: PreparedData, output_dir, max_length: int
 ) -> tuple[dict[str, np.ndarray], dict]:
@@ -552,11 +596,22 @@ def teacher_logits(
     from longtail.runs import public_model_name
 
     teacher = args.teacher_model_name_or_path
+    if (
+        args.teacher_base_model
+        and Path(teacher).is_dir()
+        and not (Path(teacher) / "adapter_config.json").is_file()
+    ):
+        # only an adapter is loaded on a base: a whole model's teacher ignored it, unsaid
+        raise UsageError(
+            f"--teacher_base_model {args.teacher_base_model}: the teacher {teacher} is a whole model, not a LoRA "
+            "adapter run, so there is no base to load it on; drop the option"
+        )
     max_length = args.teacher_max_length or max_length
     # check the label maps and the length from the config before loading any weights
     config = teacher_config(teacher)
     cols = label_columns(config_labels(config), data.label_names, teacher, args.teacher_drop_extra_labels)
     option = "--teacher_max_length" if args.teacher_max_length else "--max_length"
+    warn_if_read_otherwise(teacher, max_length)
     check_max_length(
         config, max_length, teacher, " for the teacher (--teacher_max_length sets its own)", option
     )

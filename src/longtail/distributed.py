@@ -33,10 +33,29 @@ def parse_recipe_args(parser_types, argv: list[str] | None):
     parsed = parse_config(parser, argv)
     for args in parsed:
         if isinstance(args, TrainingArguments):
-            problem = schedule_problem(args)
+            problem = schedule_problem(args) or early_stopping_problem(parsed, args)
             if problem:
                 parser.error(problem)
     return parsed
+
+
+def early_stopping_problem(parsed, args) -> str | None:
+    """--early_stopping_patience without evaluations to count (Transformers' AssertionError once training began),
+    or below 1 (0 turned it off unsaid)."""
+    patience = next(
+        (a.early_stopping_patience for a in parsed if hasattr(a, "early_stopping_patience")), None
+    )
+    if patience is None:
+        return None
+    if patience < 1:
+        return f"--early_stopping_patience must be >= 1 (evaluations without improvement), got {patience}"
+    if args.eval_strategy == "no" or args.metric_for_best_model is None:
+        return (
+            f"--early_stopping_patience {patience} counts evaluations of --metric_for_best_model: set "
+            f"--eval_strategy steps or epoch (got {args.eval_strategy.value}) and --metric_for_best_model "
+            f"(got {args.metric_for_best_model})"
+        )
+    return None
 
 
 def schedule_problem(args) -> str | None:

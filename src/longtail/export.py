@@ -30,6 +30,7 @@ from longtail.inference import (
     load_model_dir,
     onnx_files,
     run_batches,
+    torch_device_problem,
 )
 from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
 from longtail.probe import MODEL_TYPE as PROBE_TYPE
@@ -88,6 +89,18 @@ class ExportArguments:
     def __post_init__(self):
         if self.parity_rows < 1:
             raise ValueError(f"--parity_rows must be >= 1, got {self.parity_rows}")
+        # each once passed unchecked: max_length 0 turned truncation off, a negative atol failed only after the
+        # whole export, an agreement above 1 (or a negative drop) rejected every int8, and `gpu` was torch's traceback
+        if self.max_length < 1:
+            raise ValueError(f"--max_length must be >= 1 (tokens), got {self.max_length}")
+        if self.atol < 0:
+            raise ValueError(f"--atol must be >= 0, got {self.atol}")
+        if not 0 <= self.min_int8_agreement <= 1:
+            raise ValueError(f"--min_int8_agreement must be in [0, 1], got {self.min_int8_agreement}")
+        if self.max_int8_macro_f1_drop < 0:
+            raise ValueError(f"--max_int8_macro_f1_drop must be >= 0, got {self.max_int8_macro_f1_drop}")
+        if problem := torch_device_problem(self.device, here=False, mps=False):
+            raise ValueError(problem)
         kind = run_kind(Path(self.model_dir))
         if kind == "sklearn":
             raise ValueError(

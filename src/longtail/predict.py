@@ -150,7 +150,18 @@ def bad_rows(texts: pd.Series) -> np.ndarray:
 
 def load_backend(args, folder: Path):
     """(backend, tokenizer, id2label, temperature) of a Transformers folder or its ONNX export."""
-    use_onnx = args.backend == "onnx" or (args.backend == "auto" and onnx_files(folder))
+    if args.onnx_file and args.backend == "torch":
+        raise UsageError(
+            f"--onnx_file {args.onnx_file} names an ONNX model, which --backend torch does not read"
+        )
+    # --onnx_file asks for ONNX Runtime: a folder without one said nothing and scored with PyTorch
+    use_onnx = args.backend == "onnx" or (args.backend == "auto" and (onnx_files(folder) or args.onnx_file))
+    if not use_onnx and onnx_files(folder) and not any(folder.glob("*.safetensors")):
+        # an export folder has no PyTorch weights: Transformers' OSError was a traceback
+        raise UsageError(
+            f"--backend torch: {folder} is an ONNX export, with no PyTorch weights; serve it with --backend "
+            "onnx (or auto), or pass the run folder it was exported from"
+        )
     if use_onnx:
         backend = OrtBackend(folder, file_name=args.onnx_file, device=args.device)
         return backend, load_tokenizer_dir(folder), backend.config.id2label, load_temperature(folder)
@@ -385,6 +396,12 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("%d rows predicted (%s) -> %s", summary["predicted"], describe(summary), args.output)
     print(json.dumps({k: v for k, v in summary.items() if k != "bad_row_numbers"}))
     return summary
+
+
+def console_main() -> None:
+    """The `longtail-predict` console script: its wrapper exits with what this returns, and main's summary dict
+    made it print the dict to stderr and exit with status 1 after every successful run."""
+    main()
 
 
 if __name__ == "__main__":

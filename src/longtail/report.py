@@ -574,6 +574,17 @@ def write_model_card(
             'print(clf("I was charged a late fee although I paid on time.", top_k=3))',
             "```",
         ]
+    elif front["library_name"] == "sklearn":  # a joblib pipeline: served by longtail.predict
+        md += [
+            "",
+            "## Quick start",
+            "",
+            "```bash",
+            f"python -m longtail.predict --model_dir {out} --input texts.csv --output predictions.csv",
+            "```",
+            "",
+            "`model.joblib` is a pickle: load only runs you trust.",
+        ]
     md += ["", "## Versions", "", *(f"- {k}: {v}" for k, v in _versions().items())]
     md += ["", "## Limitations", ""]
     for r in results:
