@@ -75,9 +75,14 @@ def read_run(run_dir, split: str) -> dict:
         raise CompareError(f"{run_dir}: no such run folder")
     if not path.is_file():
         have = sorted(p.name for p in Path(run_dir).glob("predictions_*.npz"))
+        # an ensemble has no --do_predict: it scores test unless built with --no_test
+        rerun = (
+            "Rerun python -m longtail.ensemble on its members without --no_test to score the test split."
+            if (Path(run_dir) / "ensemble.json").is_file()
+            else "Rerun it with --do_predict to score the test split."
+        )
         raise CompareError(
-            f"{run_dir}: no {path.name} (found: {have or 'nothing'}). "
-            + ("Rerun it with --do_predict to score the test split." if split == "test" else "")
+            f"{run_dir}: no {path.name} (found: {have or 'nothing'}). " + rerun * (split == "test")
         )
     pred = load_predictions(path)
     order = np.argsort(pred["row_id"], kind="stable")  # align runs by row id, whatever their order

@@ -203,6 +203,13 @@ def build_ensemble(
     calibrated = [temper(r["probs"], t) for r, t in zip(val, temps)]
     candidates = weight_candidates(len(run_dirs), weights_mode, step)
     weights, tau, grid = choose_weights(calibrated, y_val, candidates, log_prior, taus, how)
+    # what set tau, for the report: said "best validation macro-F1" for a fixed tau and for none too
+    if len(taus) > 1:
+        tau_rule = "best validation macro-F1"
+    elif tau_option == "auto":
+        tau_rule = "none, no training counts in the first member's labels.json"
+    else:
+        tau_rule = f"fixed by --posthoc_logit_adjustment {tau_option}"
     mixed = adjust(combine(calibrated, weights, how), log_prior, tau)
     # one more temperature, for the mix itself (a product of calibrated members is over-confident where they
     # agree, an average under-confident): it rescales every row's logits alike, so no prediction changes
@@ -212,6 +219,7 @@ def build_ensemble(
         "temperatures": temps,
         "weights": list(weights),
         "tau": tau,
+        "tau_rule": tau_rule,
         "weights_mode": weights_mode,
         "combine": how,
         "mix_temperature": mix_temperature,
@@ -286,6 +294,7 @@ def write_outputs(
         )
         metrics[split] = classification_metrics(y, probs, tiers, n_resamples=n_resamples)
     names = run_labels(result["members"])  # distinct keys, even for two members named `probe`
+    tau_searched = result["tau_rule"] == "best validation macro-F1"
     record = {
         "members": result["members"],
         "temperatures": dict(zip(names, result["temperatures"])),
@@ -297,10 +306,19 @@ def write_outputs(
         "serving": result["serving"],  # read by `python -m longtail.predict --model_dir <this folder>`
         "selection": "temperatures: validation NLL per member and for the mix; "
         + (
-            "weights: equal; post-hoc tau: best validation macro-F1 (ties: smaller tau)"
-            if result["weights_mode"] == "equal"
-            else "weights and post-hoc tau: best validation macro-F1 over the simplex grid x tau "
-            "(ties: smaller tau, then lower NLL)"
+            (
+                "weights: equal; post-hoc tau: best validation macro-F1 (ties: smaller tau)"
+                if result["weights_mode"] == "equal"
+                else "weights and post-hoc tau: best validation macro-F1 over the simplex grid x tau "
+                "(ties: smaller tau, then lower NLL)"
+            )
+            if tau_searched
+            else (
+                "weights: equal"
+                if result["weights_mode"] == "equal"
+                else "weights: best validation macro-F1 over the simplex grid (ties: lower NLL)"
+            )
+            + f"; post-hoc tau: {result['tau_rule']}"
         )
         + ("; test scored once at the end" if "test" in metrics else ""),
         "metrics": metrics,
@@ -335,7 +353,8 @@ def write_outputs(
         "",
         f"Mix: {result['combine']} mean of the calibrated members"
         + (" (softmax of the weighted log-probabilities)" if result["combine"] == "geometric" else "")
-        + f"; then post-hoc logit adjustment (validation macro-F1): tau = {result['tau']}"
+        + f"; then post-hoc logit adjustment ({'validation macro-F1' if tau_searched else result['tau_rule']}): "
+        + f"tau = {result['tau']}"
         + (" (no shift)" if result["tau"] == 0 else " (probabilities x prior^-tau, renormalised)")
         + f"; then temperature {result['mix_temperature']:.3f} (validation NLL; no prediction changes).",
         "",
