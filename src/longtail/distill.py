@@ -582,12 +582,23 @@ def warn_if_read_otherwise(teacher: str, max_length: int) -> None:
     )
 
 
+def teacher_pass_options(args: DistillArguments) -> list[str]:
+    """The teacher-pass options set away from their defaults (a teacher model's pass reads them; logits do not)."""
+    defaults = DistillArguments.__dataclass_fields__
+    names = ("teacher_base_model", "teacher_max_length", "teacher_batch_size", "teacher_cache")
+    return [f"--{n} {getattr(args, n)}" for n in names if getattr(args, n) != defaults[n].default]
+
+
 def teacher_logits(
     args: DistillArguments, data: PreparedData, output_dir, max_length: int
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Teacher logits for the train and validation rows (student label order) and a description of
     where they came from: precomputed, reused from the cache, or computed now (and cached)."""
     if args.teacher_logits:
+        if unused := teacher_pass_options(args):  # they shape a teacher's pass, and there is none
+            logger.warning(
+                "--teacher_logits are precomputed: %s not used (they set the teacher's pass)", unused
+            )
         logits = load_precomputed(args.teacher_logits, data, args.teacher_drop_extra_labels)
         logits = require_finite(logits, data, f"--teacher_logits {args.teacher_logits}")
         return logits, {"teacher": f"precomputed logits `{Path(args.teacher_logits).name}`", "cache": "none"}
