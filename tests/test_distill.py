@@ -207,6 +207,17 @@ def test_fingerprints_follow_file_names_contents_and_texts(tmp_path):
     assert teacher_fingerprint(str(a), "org/base") != before
     (a / "tokenizer.json").write_text("{}")
     assert teacher_fingerprint(str(a)) != before
+    # a LoRA teacher on a local base: the base's files count, named by the adapter or by --teacher_base_model
+    base, lora = tmp_path / "base", tmp_path / "lora"
+    base.mkdir(), lora.mkdir()
+    (base / "model.safetensors").write_bytes(b"weights 1")
+    (lora / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    first, named = teacher_fingerprint(str(lora)), teacher_fingerprint(str(lora), str(base))
+    (base / "model.safetensors").write_bytes(b"weights 2")  # the base retrained in place
+    assert teacher_fingerprint(str(lora)) != first and teacher_fingerprint(str(lora), str(base)) != named
+    second = teacher_fingerprint(str(lora))
+    (base / "notes.md").write_text("not a model file")
+    assert teacher_fingerprint(str(lora)) == second
 
     def data(texts):
         df = pd.DataFrame({"text": texts, "row_id": [0, 1]})

@@ -264,7 +264,8 @@ def _digest(*parts) -> str:
 
 
 def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
-    """Hash of the files that decide the teacher's outputs (a local folder), or of its Hub id."""
+    """Hash of the files that decide the teacher's outputs (a local folder), or of its Hub id. A LoRA teacher's
+    base in a local folder counts by its files too (by its name alone, a retrained base reused a stale cache)."""
     path = Path(teacher)
     if not path.is_dir():
         return _digest("hub", teacher, base_model)
@@ -275,6 +276,16 @@ def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
+    base = base_model
+    if base is None and (path / "adapter_config.json").is_file():
+        try:
+            base = json.loads((path / "adapter_config.json").read_text("utf-8")).get(
+                "base_model_name_or_path"
+            )
+        except (OSError, ValueError):  # a damaged adapter: its load reports it
+            base = None
+    if base and Path(base).is_dir() and Path(base).resolve() != path.resolve():
+        return _digest(h.hexdigest(), "local base", teacher_fingerprint(base))
     return _digest(h.hexdigest(), base_model)
 
 
