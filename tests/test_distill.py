@@ -5,6 +5,7 @@ encoder student, different tokenizers)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -206,6 +207,17 @@ def test_fingerprints_follow_file_names_contents_and_texts(tmp_path):
     assert teacher_fingerprint(str(a), "org/base") != before
     (a / "tokenizer.json").write_text("{}")
     assert teacher_fingerprint(str(a)) != before
+    # a LoRA teacher on a local base: the base's files count, named by the adapter or by --teacher_base_model
+    base, lora = tmp_path / "base", tmp_path / "lora"
+    base.mkdir(), lora.mkdir()
+    (base / "model.safetensors").write_bytes(b"weights 1")
+    (lora / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    first, named = teacher_fingerprint(str(lora)), teacher_fingerprint(str(lora), str(base))
+    (base / "model.safetensors").write_bytes(b"weights 2")  # the base retrained in place
+    assert teacher_fingerprint(str(lora)) != first and teacher_fingerprint(str(lora), str(base)) != named
+    second = teacher_fingerprint(str(lora))
+    (base / "notes.md").write_text("not a model file")
+    assert teacher_fingerprint(str(lora)) == second
 
     def data(texts):
         df = pd.DataFrame({"text": texts, "row_id": [0, 1]})
@@ -944,3 +956,23 @@ def test_a_vanilla_run_with_other_labels_is_refused_before_the_teachers_pass_and
     with pytest.raises(DataError, match=f"^--vanilla_run {vanilla} has other labels than this run's student"):
         load_recipe("distill").main([*argv, "--overwrite_output_dir", "--vanilla_run", str(vanilla)])
     assert {p.name: p.read_text() for p in out.iterdir()} == previous
+
+
+def test_teacher_pass_options_with_precomputed_logits_are_named_as_unused(monkeypatch, caplog):
+    """--teacher_cache, --teacher_max_length, --teacher_batch_size and --teacher_base_model shape a teacher model's
+    pass; with --teacher_logits there is none, and they were ignored without a word."""
+    import longtail.distill as distill
+    from longtail.distill import DistillArguments, teacher_logits, teacher_pass_options
+
+    assert teacher_pass_options(DistillArguments(teacher_logits="t.parquet")) == []
+    args = DistillArguments(teacher_logits="t.parquet", teacher_max_length=64, teacher_cache="c.parquet")
+    assert teacher_pass_options(args) == ["--teacher_max_length 64", "--teacher_cache c.parquet"]
+    args.teacher_batch_size, args.teacher_base_model = 8, "base"
+    monkeypatch.setattr(distill, "load_precomputed", lambda *a: {"train": np.zeros((1, 2))})
+    monkeypatch.setattr(distill, "require_finite", lambda logits, *a: logits)
+    with caplog.at_level(logging.WARNING, logger="longtail.distill"):
+        teacher_logits(args, None, "out", 128)
+    assert (
+        "--teacher_logits are precomputed: ['--teacher_base_model base', '--teacher_max_length 64', "
+        "'--teacher_batch_size 8', '--teacher_cache c.parquet'] not used" in caplog.text
+    )

@@ -188,6 +188,10 @@ def test_int8_rejected_when_quality_collapses(tiny_classifier, tmp_path):
     assert record["variants"]["int8"]["status"] == "rejected"
     assert "argmax agreement" in record["variants"]["int8"]["reason"]
     assert not (tmp_path / "x" / "int8").exists()
+    # parity.json names no file for it (it named the removed folder's), and the kept ones where they are
+    saved = json.loads((tmp_path / "x" / "parity.json").read_text())["variants"]
+    assert saved["int8"]["file"] is None
+    assert saved["fp32"]["file"] == str(tmp_path / "x" / "fp32" / "model.onnx")
 
 
 def test_parity_numbers_and_int8_gate_boundaries_on_set_logits(tiny_classifier, tmp_path, monkeypatch):

@@ -220,6 +220,10 @@ def test_run_outputs_report_and_card(tmp_path, monkeypatch):
     assert front["pipeline_tag"] == "text-classification" and "long-tail" in front["tags"]
     assert "python recipes/train.py --model_name_or_path distilbert-base-uncased" in card
     assert 'pipeline("text-classification"' in card and ci in card
+    # the pipeline's scores are at T = 1: the card says which temperature predict serves and how to apply it
+    assert (
+        f"`longtail.predict` serves them at this run's temperature, T = {t:.3f} (`temperature.json`)" in card
+    )
 
     for path in out.iterdir():
         assert TOKEN.encode() not in path.read_bytes(), path.name

@@ -264,7 +264,8 @@ def _digest(*parts) -> str:
 
 
 def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
-    """Hash of the files that decide the teacher's outputs (a local folder), or of its Hub id."""
+    """Hash of the files that decide the teacher's outputs (a local folder), or of its Hub id. A LoRA teacher's
+    base in a local folder counts by its files too (by its name alone, a retrained base reused a stale cache)."""
     path = Path(teacher)
     if not path.is_dir():
         return _digest("hub", teacher, base_model)
@@ -275,6 +276,16 @@ def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
+    base = base_model
+    if base is None and (path / "adapter_config.json").is_file():
+        try:
+            base = json.loads((path / "adapter_config.json").read_text("utf-8")).get(
+                "base_model_name_or_path"
+            )
+        except (OSError, ValueError):  # a damaged adapter: its load reports it
+            base = None
+    if base and Path(base).is_dir() and Path(base).resolve() != path.resolve():
+        return _digest(h.hexdigest(), "local base", teacher_fingerprint(base))
     return _digest(h.hexdigest(), base_model)
 
 
@@ -582,12 +593,23 @@ def warn_if_read_otherwise(teacher: str, max_length: int) -> None:
     )
 
 
+def teacher_pass_options(args: DistillArguments) -> list[str]:
+    """The teacher-pass options set away from their defaults (a teacher model's pass reads them; logits do not)."""
+    defaults = DistillArguments.__dataclass_fields__
+    names = ("teacher_base_model", "teacher_max_length", "teacher_batch_size", "teacher_cache")
+    return [f"--{n} {getattr(args, n)}" for n in names if getattr(args, n) != defaults[n].default]
+
+
 def teacher_logits(
     args: DistillArguments, data: PreparedData, output_dir, max_length: int
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Teacher logits for the train and validation rows (student label order) and a description of
     where they came from: precomputed, reused from the cache, or computed now (and cached)."""
     if args.teacher_logits:
+        if unused := teacher_pass_options(args):  # they shape a teacher's pass, and there is none
+            logger.warning(
+                "--teacher_logits are precomputed: %s not used (they set the teacher's pass)", unused
+            )
         logits = load_precomputed(args.teacher_logits, data, args.teacher_drop_extra_labels)
         logits = require_finite(logits, data, f"--teacher_logits {args.teacher_logits}")
         return logits, {"teacher": f"precomputed logits `{Path(args.teacher_logits).name}`", "cache": "none"}

@@ -386,10 +386,11 @@ def export_onnx(args: ExportArguments) -> dict:
             entry["status"],
         )
     failed = {n: v for n, v in record["variants"].items() if v.get("status") == "failed"}
-    for name, entry in record[
-        "variants"
-    ].items():  # where each file is once moved: served, or kept to inspect
-        if "file" in entry:
+    # where each file is once moved: served, or kept to inspect; a rejected int8 was removed, so it names none
+    for name, entry in record["variants"].items():
+        if entry.get("status") == "rejected":
+            entry["file"] = None
+        elif "file" in entry:
             entry["file"] = str((failed_dir if failed else out) / name / entry["file"])
     write_json(work / "parity.json", record)
     if failed:  # kept for inspection beside `out`, which is left as it was

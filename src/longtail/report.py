@@ -574,6 +574,14 @@ def write_model_card(
             'print(clf("I was charged a late fee although I paid on time.", top_k=3))',
             "```",
         ]
+        served_t = next((r.metrics["temperature"] for r in results if r.metrics.get("temperature")), 1.0)
+        if served_t != 1:  # the pipeline's softmax is at T = 1; the Limitations below quote the served scores
+            md += [
+                "",
+                f"The pipeline's scores are a softmax at T = 1; `longtail.predict` serves them at this run's "
+                f"temperature, T = {served_t:.3f} (`temperature.json`), as the calibration figures below do: "
+                'with `function_to_apply="none"` the pipeline returns the logits to divide by it.',
+            ]
     elif front["library_name"] == "sklearn":  # a joblib pipeline: served by longtail.predict
         md += [
             "",
