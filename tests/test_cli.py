@@ -396,6 +396,9 @@ def test_yaml_values_of_the_wrong_type_and_nan_are_one_line_usage_errors(tmp_pat
         weights: list[str] = field(default_factory=lambda: ["none"])
         merge: str | None = "cfpb_2017"
         max_grad_norm: float = 1.0
+        limit: float = float("inf")  # a default that is itself infinite
+        floor: float | None = 0.5  # may be set to null, as its type says
+        unset: int = None  # an older style of the same (no `| None`, so argparse's type is int)
 
     def parse(argv):
         return parse_config(TrlParser((Options,)), argv)
@@ -412,6 +415,12 @@ def test_yaml_values_of_the_wrong_type_and_nan_are_one_line_usage_errors(tmp_pat
         "grid: [high]": "grid: 'high' is text, not a number",
         "grid: ['0.5']": "grid: '0.5' is text, not a number (drop the quotes)",
         "size: 2.5\nrate: [1]": "size takes an integer, got 2.5; rate takes a number, got [1]",
+        "weights: null": "weights is null: it takes a list",
+        "grid: [1E-4]": "grid: '1E-4' is text, not a number (YAML reads 1e-4 as text: write 1.0e-4)",
+        # an option that may be unset (`int | None`, whose type trl wraps to read null) is checked alike
+        "cap: [32]": "cap takes an integer, got [32]",
+        "cap: 2.5": "cap takes an integer, got 2.5",
+        "floor: [0.5]": "floor takes a number, got [0.5]",
     }
     for text, message in cases.items():
         config.write_text(text + "\n")
@@ -435,7 +444,12 @@ def test_yaml_values_of_the_wrong_type_and_nan_are_one_line_usage_errors(tmp_pat
     # and max_grad_norm: null, which Trainer reads as no clipping
     config.write_text(
         "size: '3'\nrate: 2\ncap: null\ngrid: [0.1, 1]\nweights: [balanced]\nmerge: null\nmax_grad_norm: null\n"
+        "floor: null\nunset: null\n"
     )
     (options,) = parse(["--config", str(config)])
     assert (options.size, options.rate, options.cap, options.grid, options.weights, options.merge,
-            options.max_grad_norm) == (3, 2, None, [0.1, 1], ["balanced"], None, None)  # fmt: skip
+            options.max_grad_norm, options.limit, options.floor, options.unset) == (
+        3, 2, None, [0.1, 1], ["balanced"], None, None, float("inf"), None, None)  # fmt: skip
+    config.write_text("cap: '7'\nfloor: 1\n")
+    (options,) = parse(["--config", str(config)])
+    assert (options.cap, options.floor) == (7, 1)

@@ -116,6 +116,8 @@ def test_merge_map_new_labels_that_are_not_text_name_the_file(tmp_path):
         ("null.json", '{"A": null}', "{'A': None}"),
         ("list.json", '{"A": ["B"]}', "{'A': ['B']}"),
         ("empty.csv", "old,new\nA,\n", "{'A': ''}"),
+        ("blank.csv", "old,new\nA, \n", "{'A': ' '}"),
+        ("many.json", json.dumps({k: 1 for k in "ABCDEFG"}), "{'A': 1, 'B': 1, 'C': 1, 'D': 1, 'E': 1}"),
     ):
         path = tmp_path / name
         path.write_text(text, "utf-8")
@@ -621,7 +623,8 @@ def test_split_indices_that_are_not_lists_of_ids_or_lack_validation_are_errors(t
     recipe after the data was read."""
     path = tmp_path / "splits.json"
     raw = {"train": frame({"a": 6, "b": 6})}
-    for ids, shown in ((5, "5"), (None, "None"), (["0", "1"], "['0', '1']"), ([0, 1.5], "[0, 1.5]")):
+    for ids, shown in ((5, "5"), (None, "None"), (["0", "1"], "['0', '1']"), ([0, 1.5], "[0, 1.5]"),
+                       ([True, 1], "[True, 1]")):  # fmt: skip
         path.write_text(json.dumps({"train": ids, "validation": [2]}), "utf-8")
         with pytest.raises(DataError) as info:
             prepare_data(args(split_indices=str(path)), raw=raw)
@@ -677,6 +680,11 @@ def test_a_csv_with_a_repeated_column_name_is_an_error(tmp_path, caplog):
     with pytest.raises(DataError) as info:
         prepare_data(args(train_file=str(path), text_column="t", label_column="l"))
     assert str(info.value) == message
+    # the file named by --dataset_name, and a byte-order mark before the first name, which still repeats
+    path.write_text("\ufefft,l,t\nfirst text,a,second text\n", "utf-8")
+    with pytest.raises(DataError) as info:
+        prepare_data(args(dataset_name=str(path), text_column="t", label_column="l"))
+    assert str(info.value) == message
     path.write_text("\ufeffa,b,c\n1,2,3\n", "utf-8")  # distinct names (and a byte-order mark) still read
     assert list(read_table(path).columns) == ["a", "b", "c"]
     path.write_text("t,l,note,note,,\nfirst text,a,x,y,,\n", "utf-8")
@@ -701,6 +709,12 @@ def test_json_texts_or_labels_that_are_lists_or_objects_are_errors(tmp_path):
         f"Column 'text' of the train data ({path}) holds lists or objects, not text, in 2 of 8 rows (rows 2, 5; "
         "0-based): write each value as one string"
     )
+    many = [{"text": [f"part {i}"], "label": "a"} for i in range(12)]
+    pd.DataFrame(many).to_json(path, orient="records", lines=True)
+    with pytest.raises(
+        DataError, match=r"in 12 of 12 rows \(rows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 \.\.\.; 0-based\)"
+    ):
+        prepare_data(args(train_file=str(path)))
     rows[2]["text"], rows[5]["text"] = "complaint 2", "complaint 5"
     rows[7]["label"] = ["b"]
     with pytest.raises(

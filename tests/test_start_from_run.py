@@ -67,7 +67,15 @@ def test_same_labels_keep_the_trained_head(classifier, caplog):
 def test_same_labels_in_another_order_reorder_the_rows(classifier, caplog):
     from transformers import AutoModelForSequenceClassification
 
+    from longtail.training import output_layer
+
     saved = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
+    bias = output_layer(saved, len(LABELS)).bias
+    # ModernBERT's head has a bias, drawn as zeros: give each label its own, so that a row left behind shows
+    if bias is not None:
+        with torch.no_grad():
+            bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        saved.save_pretrained(classifier)
     order = ["late fee", "billing", "fraud"]
     with caplog.at_level(logging.INFO, logger="longtail.training"):
         model = load(classifier, order).eval()
@@ -82,9 +90,14 @@ def test_same_labels_in_another_order_reorder_the_rows(classifier, caplog):
 
 def test_other_labels_get_a_fresh_output_layer(classifier, caplog):
     """As many labels under other names: Transformers loads the old rows; they are drawn again. Fewer labels: it
-    stopped with a size mismatch. Either way the body is the run's, and a warning counts the labels."""
+    stopped with a size mismatch. More labels, all the run's among them: not a reordering. Either way the body is
+    the run's, and a warning counts the labels."""
     saved_layer, saved_body = head_and_body(load(classifier, LABELS))
-    for labels, shared in ((["billing", "fraud", "debt"], 2), (["billing", "fraud"], 2)):
+    for labels, shared in (
+        (["billing", "fraud", "debt"], 2),
+        (["billing", "fraud"], 2),
+        ([*LABELS, "debt"], 3),
+    ):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="longtail.training"):
             model = load(classifier, labels)
@@ -111,6 +124,51 @@ def test_a_refit_run_warns_its_validation_rows_were_fit(tmp_path, tiny_modernber
     with caplog.at_level(logging.WARNING, logger="longtail.training"):
         load(run, LABELS)
     assert "refit" not in caplog.text
+    # a run without refit options (a probe's run_config.json has no "refit"), or an unreadable one: no warning
+    for content in ({"model": {"model_name_or_path": "x"}}, {"refit": None}, [1, 2]):
+        (run / "run_config.json").write_text(json.dumps(content))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.training"):
+            load(run, LABELS)
+        assert "refit" not in caplog.text, content
+
+
+def test_more_than_ten_labels_keep_their_row_order(tmp_path, tiny_modernbert, caplog):
+    """A config.json whose id2label keys are in text order (0, 1, 10, 11, 2, ...: json.dumps(sort_keys=True) of
+    text keys, a hand-edited file): the labels are taken in row order (by id), not in the file's order, which
+    would scramble a kept head as a reordering."""
+    from transformers import AutoConfig
+
+    from longtail.training import trained_labels
+
+    labels = [f"class {i:02d}" for i in range(12)]
+    run = saved_classifier(tiny_modernbert, tmp_path / "run", labels)
+    config = json.loads((run / "config.json").read_text())
+    for key in ("id2label", "label2id"):
+        config[key] = dict(sorted((str(k), v) for k, v in config[key].items()))
+    (run / "config.json").write_text(json.dumps(config))
+    assert list(config["id2label"])[:3] == ["0", "1", "10"]
+    assert trained_labels(AutoConfig.from_pretrained(run)) == labels
+    saved = load(run, labels)
+    with caplog.at_level(logging.INFO, logger="longtail.training"):
+        model = load(run, labels)
+    assert "is a classifier over this run's labels" in caplog.text
+    for a, b in zip(model.state_dict().values(), saved.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_output_layer_is_the_heads_last_with_one_row_per_label(tiny_modernbert):
+    """As many labels as the hidden size: ModernBERT's head.dense (hidden -> hidden) also has that many rows; the
+    output layer is the classifier after it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from longtail.training import output_layer
+
+    config = AutoConfig.from_pretrained(tiny_modernbert)
+    config.num_labels = config.hidden_size
+    model = AutoModelForSequenceClassification.from_config(config)
+    assert model.head.dense.out_features == config.hidden_size
+    assert output_layer(model, config.hidden_size) is model.classifier
 
 
 def test_a_base_model_gets_a_head_without_a_note(tiny_modernbert, caplog):

@@ -192,24 +192,22 @@ def config_value_problems(parser, config: str, argv: list[str] = ()) -> list[str
     given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
     problems = []
     for action in parser._actions:
-        if (
-            action.dest not in values
-            or action.type not in (int, float, str)
-            or given & set(action.option_strings)
-        ):
+        kind_of = option_type(action.type)
+        if action.dest not in values or kind_of is None or given & set(action.option_strings):
             continue
         value, many = values[action.dest], action.nargs in ("+", "*")
-        kind = {int: "an integer", float: "a number", str: "text"}[action.type]
+        kind = {int: "an integer", float: "a number", str: "text"}[kind_of]
         if value is None:  # null for a text option may mean none (label_merge_map: null)
             if (
                 action.default is not None
-                and (many or action.type is not str)
+                and action.type is kind_of  # not a `T | None` field, which takes null
+                and (many or kind_of is not str)
                 and action.dest not in NULLABLE
             ):
                 problems.append(f"{action.dest} is null: it takes {'a list' if many else kind}")
         elif many and not isinstance(value, list):
             problems.append(f"{action.dest} takes a list, e.g. [{value}], got {value!r}")
-        elif action.type is not str:
+        elif kind_of is not str:
             for item in value if many else [value]:
                 if isinstance(item, str) and not many:
                     continue  # argparse converts a text value, and names one that is not a number
@@ -220,15 +218,25 @@ def config_value_problems(parser, config: str, argv: list[str] = ()) -> list[str
                             if "e" in item.lower()
                             else " (drop the quotes)"
                         )
-                        if looks_like(action.type, item)
+                        if looks_like(kind_of, item)
                         else ""
                     )
                     problems.append(f"{action.dest}: {item!r} is text, not a number{hint}")
                 elif isinstance(item, bool) or not isinstance(
-                    item, (int, float) if action.type is float else int
+                    item, (int, float) if kind_of is float else int
                 ):
                     problems.append(f"{action.dest} takes {kind}, got {item!r}")
     return problems
+
+
+def option_type(converter):
+    """int, float or str: an option's type, also where trl wraps it to read "none" and "null" as None (a `T | None`
+    field, such as --max_train_samples: its `_accept_none` keeps the type's name); None for any other converter."""
+    if converter in (int, float, str):
+        return converter
+    if getattr(converter, "__qualname__", "").startswith("_accept_none."):
+        return {"int": int, "float": float, "str": str}.get(getattr(converter, "__name__", None))
+    return None
 
 
 def looks_like(kind, text: str) -> bool:
