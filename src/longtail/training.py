@@ -351,6 +351,10 @@ def long_tail_trainer(
     from longtail.losses import LongTailTrainer
     from longtail.metrics import assign_tiers, trainer_compute_metrics
 
+    if model_args.early_stopping_patience:
+        # a resumed run goes on counting evaluations without improvement from its checkpoint: Trainer restarts the
+        # count at 0 unless told, and a run resumed just before it would have stopped trained on past that point
+        training_args.restore_callback_states_from_checkpoint = True
     return (trainer_class or LongTailTrainer)(
         model=model,
         args=training_args,
