@@ -388,6 +388,19 @@ def evaluate_splits(trainer, data: PreparedData, datasets: dict, do_predict: boo
     ]
 
 
+def epochs_trained(trainer, model_args) -> float | str:
+    """The run table's epochs: --num_train_epochs, or what was trained where --max_steps or early stopping ended
+    the run sooner (the table said 4 for a run early stopping ended after 3, and 3 for a --max_steps 4 run)."""
+    args, trained = trainer.args, round(float(trainer.state.epoch or 0.0), 2)
+    if args.max_steps > 0:
+        return f"{trained:g} (--max_steps {args.max_steps})"
+    if trained < args.num_train_epochs:
+        patience = getattr(model_args, "early_stopping_patience", None)
+        why = f"early stopping, patience {patience}" if patience else "stopped early"
+        return f"{trained:g} of {args.num_train_epochs:g} ({why})"
+    return args.num_train_epochs
+
+
 def run_info(recipe: str, trainer, train_result, model_args, data_args, loss_args, started: float) -> dict:
     """The 'Run' table of the report and model card: model, loss, schedule, runtime, what chose what."""
     import time
@@ -402,7 +415,7 @@ def run_info(recipe: str, trainer, train_result, model_args, data_args, loss_arg
         "loss": loss_args.loss,
         "class_weighting": loss_args.class_weighting,
         "learning_rate": args.learning_rate,
-        "epochs": args.num_train_epochs,
+        "epochs": epochs_trained(trainer, model_args),
         "batch_size": args.per_device_train_batch_size * args.world_size,
         "max_length": data_args.max_length,
         "seed": args.seed,
