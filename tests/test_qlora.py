@@ -167,6 +167,11 @@ def test_qlora_decoder_end_to_end(tiny_qwen2, tmp_path, monkeypatch, fast_bootst
         logits(merged, tokenizer, TEXTS), logits(full, tokenizer, TEXTS), rtol=0, atol=1e-5
     )
     assert merged.config.pad_token_id == tokenizer.pad_token_id
+    # so its card says that the metrics it shows are the 4-bit run's (they are not the merged model's)
+    assert (
+        "the metrics above are the 4-bit run's, not this model's"
+        in (out / "merged" / "README.md").read_text()
+    )
 
 
 def test_bf16_checkpoint_loads_without_an_fp32_copy_and_keeps_its_embedding_table(tiny_qwen2, tmp_path):

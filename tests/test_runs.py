@@ -293,14 +293,15 @@ def test_run_info_counts_the_global_batch_and_says_what_chose_the_checkpoint():
 
     from longtail.training import run_info
 
-    def info(load_best, do_predict, best="out/checkpoint-30"):
+    def info(load_best, do_predict, best="out/checkpoint-30", epoch=3.0, max_steps=-1, patience=None):
         args = SimpleNamespace(learning_rate=2e-5, num_train_epochs=3, per_device_train_batch_size=8, world_size=2,
                                seed=7, metric_for_best_model="macro_f1", load_best_model_at_end=load_best,
-                               do_predict=do_predict)  # fmt: skip
-        trainer = SimpleNamespace(args=args, state=SimpleNamespace(best_model_checkpoint=best))
+                               do_predict=do_predict, max_steps=max_steps)  # fmt: skip
+        trainer = SimpleNamespace(args=args, state=SimpleNamespace(best_model_checkpoint=best, epoch=epoch))
         return run_info(
             "full_ft_encoder", trainer, SimpleNamespace(metrics={"train_runtime": 12.34}),
-            SimpleNamespace(model_name_or_path="org/model"), SimpleNamespace(max_length=64),
+            SimpleNamespace(model_name_or_path="org/model", early_stopping_patience=patience),
+            SimpleNamespace(max_length=64),
             SimpleNamespace(loss="focal", class_weighting="none"), time.time(),
         )  # fmt: skip
 
@@ -321,3 +322,6 @@ def test_run_info_counts_the_global_batch_and_says_what_chose_the_checkpoint():
     last = "checkpoint: last epoch (no model selection)"
     assert info(False, False)["selection"] == last  # a best checkpoint was tracked but not loaded
     assert info(True, False, best=None)["selection"] == last
+    # the epochs trained, where early stopping or --max_steps ended the run before --num_train_epochs
+    assert info(True, True, epoch=2.0, patience=1)["epochs"] == "2 of 3 (early stopping, patience 1)"
+    assert info(True, True, epoch=0.24, max_steps=4)["epochs"] == "0.24 (--max_steps 4)"

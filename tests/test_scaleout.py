@@ -758,6 +758,28 @@ def test_fit_problem_reads_labels_from_config_json_in_class_id_order(tmp_path):
     assert fit_problem(path, model(names[::-1])).endswith("; the same labels in another order)")
 
 
+def test_a_resumed_run_keeps_counting_evaluations_without_improvement(
+    tiny_modernbert, tmp_path, fast_bootstrap
+):
+    """--early_stopping_patience across an interruption: Trainer restarts the count at 0 on resume unless told to
+    restore it, so a run resumed one evaluation before it would have stopped trained on past that point. A rate
+    too small to move the metric: step 1 sets the best, steps 2 and 3 do not beat it, patience 2 stops at 3."""
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "run"
+    argv = encoder_args(
+        tiny_modernbert, train, test, out, "--learning_rate", "1e-12", "--max_steps", "8", "--eval_strategy", "steps",
+        "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "10",
+        "--early_stopping_patience", "2",
+    )  # fmt: skip
+    load_recipe("full_ft_encoder").main(argv)
+    assert json.loads((out / "train_results.json").read_text())["epoch"] > 0
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and not (out / "checkpoint-4").exists()  # stopped at 3
+    shutil.rmtree(out / "checkpoint-3")  # interrupted right after checkpoint-2 (one evaluation without gain)
+    load_recipe("full_ft_encoder").main([*argv, "--resume_from_checkpoint", "true"])
+    assert (out / "checkpoint-3").is_dir() and not (out / "checkpoint-4").exists()  # stopped at 3 again
+
+
 def test_resume_true_without_checkpoint_keeps_the_output_guard(tmp_path):
     """`--resume_from_checkpoint true` with no checkpoint must not let a fresh run overwrite old results."""
     from longtail.checkpoints import resolve_resume

@@ -647,6 +647,14 @@ def finish_adapter_run(
             tags=[*tags, "merged"],
             title=f"{title} (merged)",
         )
+        if "quantization" in run_info:  # QLoRA: the adapter was trained and scored on the 4-bit base
+            note = (
+                "The adapter was trained and scored on the 4-bit base; merged into the full-precision base, this "
+                "model's scores differ from those by the quantization error, so the metrics above are the 4-bit "
+                "run's, not this model's."
+            )
+            logger.warning("%s: %s", merged, note)
+            _add_card_section(merged / "README.md", f"## Merged from a 4-bit run\n\n{note}\n")
     if push:
         push_adapter_run(out, training_args, adapter_args, merged)
     return paths

@@ -17,6 +17,9 @@ from longtail.report import jsonable, redact_secrets
 logger = logging.getLogger(__name__)
 
 SECRET_FLAGS = ("--hub_token",)
+# --hub_token, held here and not in TrainingArguments: Trainer pickles those into training_args.bin (the run folder
+# and every checkpoint), and the push uploads the run folder's files (`take_hub_token`)
+_hub_token: str | None = None
 # Files a run writes; removed when a run is asked to overwrite a folder, so no stale result survives.
 RUN_FILES = (
     "eval_results.json",
@@ -220,6 +223,12 @@ def public_model_name(name_or_path: str) -> str:
     return f"{path.parent.name}/{path.name}" if path.name in {"model", "models", "weights"} else path.name
 
 
+def take_hub_token(training_args) -> None:
+    """Move --hub_token out of `training_args` (before any Trainer saves them) to where `push_folder` reads it."""
+    global _hub_token
+    _hub_token, training_args.hub_token = training_args.hub_token, None  # None: not the last run's
+
+
 def push_folder(
     output_dir: str | Path, repo_id: str | None, token: str | None = None, private: bool | None = None
 ):
@@ -229,7 +238,7 @@ def push_folder(
     """
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token)
+    api = HfApi(token=token or _hub_token)
     repo_id = repo_id or Path(output_dir).name
     url = api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(

@@ -282,7 +282,7 @@ def start_run(
 
     from longtail.checkpoints import resolve_resume
     from longtail.distributed import check_distributed
-    from longtail.runs import prepare_output_dir
+    from longtail.runs import prepare_output_dir, take_hub_token
 
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
@@ -291,6 +291,7 @@ def start_run(
     push = training_args.push_to_hub
     training_args = apply_precision(training_args, mixed_precision)
     training_args.push_to_hub = False
+    take_hub_token(training_args)  # a pickled copy of the arguments (training_args.bin) once carried it
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per epoch
     check_distributed(training_args)
@@ -350,6 +351,10 @@ def long_tail_trainer(
     from longtail.losses import LongTailTrainer
     from longtail.metrics import assign_tiers, trainer_compute_metrics
 
+    if model_args.early_stopping_patience:
+        # a resumed run goes on counting evaluations without improvement from its checkpoint: Trainer restarts the
+        # count at 0 unless told, and a run resumed just before it would have stopped trained on past that point
+        training_args.restore_callback_states_from_checkpoint = True
     return (trainer_class or LongTailTrainer)(
         model=model,
         args=training_args,
@@ -383,6 +388,19 @@ def evaluate_splits(trainer, data: PreparedData, datasets: dict, do_predict: boo
     ]
 
 
+def epochs_trained(trainer, model_args) -> float | str:
+    """The run table's epochs: --num_train_epochs, or what was trained where --max_steps or early stopping ended
+    the run sooner (the table said 4 for a run early stopping ended after 3, and 3 for a --max_steps 4 run)."""
+    args, trained = trainer.args, round(float(trainer.state.epoch or 0.0), 2)
+    if args.max_steps > 0:
+        return f"{trained:g} (--max_steps {args.max_steps})"
+    if trained < args.num_train_epochs:
+        patience = getattr(model_args, "early_stopping_patience", None)
+        why = f"early stopping, patience {patience}" if patience else "stopped early"
+        return f"{trained:g} of {args.num_train_epochs:g} ({why})"
+    return args.num_train_epochs
+
+
 def run_info(recipe: str, trainer, train_result, model_args, data_args, loss_args, started: float) -> dict:
     """The 'Run' table of the report and model card: model, loss, schedule, runtime, what chose what."""
     import time
@@ -397,7 +415,7 @@ def run_info(recipe: str, trainer, train_result, model_args, data_args, loss_arg
         "loss": loss_args.loss,
         "class_weighting": loss_args.class_weighting,
         "learning_rate": args.learning_rate,
-        "epochs": args.num_train_epochs,
+        "epochs": epochs_trained(trainer, model_args),
         "batch_size": args.per_device_train_batch_size * args.world_size,
         "max_length": data_args.max_length,
         "seed": args.seed,
