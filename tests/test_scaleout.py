@@ -778,6 +778,19 @@ def test_a_resumed_run_keeps_counting_evaluations_without_improvement(
     shutil.rmtree(out / "checkpoint-3")  # interrupted right after checkpoint-2 (one evaluation without gain)
     load_recipe("full_ft_encoder").main([*argv, "--resume_from_checkpoint", "true"])
     assert (out / "checkpoint-3").is_dir() and not (out / "checkpoint-4").exists()  # stopped at 3 again
+    from longtail.cli import UsageError
+
+    # another patience on resume: the checkpoint's callback state (its patience with its count) would be restored
+    # over it, silently; refused before training, naming both
+    with pytest.raises(UsageError) as refused:
+        load_recipe("full_ft_encoder").main(
+            [*argv, "--resume_from_checkpoint", "true", "--early_stopping_patience", "3"]
+        )
+    assert str(refused.value) == (
+        f"--resume_from_checkpoint {out / 'checkpoint-3'}: the checkpoint counts evaluations without improvement "
+        "against --early_stopping_patience 2, this run asks for 3; the checkpoint's would be kept. Resume with "
+        "--early_stopping_patience 2, or start a new run without --resume_from_checkpoint."
+    )
 
 
 def test_resume_true_without_checkpoint_keeps_the_output_guard(tmp_path):

@@ -334,6 +334,29 @@ def replace_previous_results(training_args: TrainingArguments) -> None:
             )
 
 
+def check_resume_patience(checkpoint, patience: int) -> None:
+    """Refuse a resume that asks for another --early_stopping_patience than its checkpoint's: restoring the
+    callback's state from the checkpoint (its count) restores its patience too, so the new one would be ignored."""
+    if not checkpoint or not isinstance(checkpoint, (str, Path)):
+        return
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text("utf-8"))
+        saved = state["stateful_callbacks"]["EarlyStoppingCallback"]["args"]["early_stopping_patience"]
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+    ):  # no record (no early stopping then): the count starts anew
+        return
+    if saved != patience:
+        raise UsageError(
+            f"--resume_from_checkpoint {checkpoint}: the checkpoint counts evaluations without improvement against "
+            f"--early_stopping_patience {saved}, this run asks for {patience}; the checkpoint's would be kept. "
+            f"Resume with --early_stopping_patience {saved}, or start a new run without --resume_from_checkpoint."
+        )
+
+
 def long_tail_trainer(
     model,
     training_args,
@@ -355,6 +378,7 @@ def long_tail_trainer(
         # a resumed run goes on counting evaluations without improvement from its checkpoint: Trainer restarts the
         # count at 0 unless told, and a run resumed just before it would have stopped trained on past that point
         training_args.restore_callback_states_from_checkpoint = True
+        check_resume_patience(training_args.resume_from_checkpoint, model_args.early_stopping_patience)
     return (trainer_class or LongTailTrainer)(
         model=model,
         args=training_args,
