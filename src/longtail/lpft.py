@@ -166,6 +166,10 @@ def warm_up_head(trainer, epochs: float, learning_rate: float) -> dict:
     finally:
         for p in trainable:
             p.requires_grad_(True)
+        try:  # Trainer made the folder and the warm-up saves nothing in it: no empty head_warmup/ in the run
+            Path(args.output_dir).rmdir()
+        except OSError:  # not empty, or another process removed it first
+            pass
     return {f"head_warmup_{k.removeprefix('train_')}": v for k, v in metrics.items()}
 
 
