@@ -863,7 +863,8 @@ def test_full_ft_from_probe_with_warmup_end_to_end(
     )
     train_results = json.loads((out / "train_results.json").read_text())
     assert train_results["head_warmup_loss"] > 0
-    assert not (out / "head_warmup").exists()  # the warm-up saves nothing: its folder is not left empty in the run
+    # the warm-up saves nothing: its folder is not left empty in the run
+    assert not (out / "head_warmup").exists()
     # its card's quick start runs as written in a fresh Python: it imports longtail.probe first (it did not, and
     # Transformers did not know model_type longtail_probe)
     assert quick_start(out / "README.md").startswith(REGISTER_LINE)
