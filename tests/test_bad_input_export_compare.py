@@ -68,6 +68,12 @@ def test_export_parity_rows_below_one_is_refused_at_parse_time(tiny_classifier, 
         ),  # rejected every int8
         ("--max_int8_macro_f1_drop", "-0.1", "--max_int8_macro_f1_drop must be >= 0, got -0.1"),
         ("--device", "gpu", "--device must be cpu, cuda or cuda:N"),  # torch's RuntimeError, mid-export
+        # the synthetic sample has no labels: the macro-F1 gate asked for was skipped without a word
+        (
+            "--label_column",
+            "Issue",
+            "--label_column Issue names a column of --parity_file, and none was given",
+        ),
     ],
 )
 def test_export_options_out_of_range_are_refused_at_parse_time(
