@@ -157,3 +157,23 @@ def test_an_earlier_export_and_a_gpu_onnxruntime_that_is_missing_are_one_line(
     )
     assert "error: device 'cuda' asks for ONNX Runtime's CUDAExecutionProvider" in line
     assert not (tmp_path / "x").exists()
+
+
+def test_export_output_dir_that_is_a_file_is_one_line_before_exporting(tiny_classifier, tmp_path):  # noqa: F811
+    """It was a FileExistsError traceback after the whole export, with <output_dir>.partial left beside it."""
+    export = load_recipe("export_onnx")
+    target = tmp_path / "out.onnx"
+    target.write_text("a file", "utf-8")
+    args = [
+        "--model_dir",
+        tiny_classifier,
+        "--output_dir",
+        str(target),
+        "--parity_rows",
+        "4",
+        "--quantize",
+        "false",
+    ]
+    with pytest.raises(ValueError, match=f"--output_dir {target} is a file, not a folder"):
+        export.main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]

@@ -275,6 +275,10 @@ def export_onnx(args: ExportArguments) -> dict:
             f"--output_dir {out} is the model's own folder: the export needs a folder of its own "
             "(default: <model_dir>/onnx)"
         )
+    if (
+        out.exists() and not out.is_dir()
+    ):  # else FileExistsError after the whole export, its .partial left behind
+        raise UsageError(f"--output_dir {out} is a file, not a folder: choose a folder for the export")
     replacing = out.is_dir() and any(out.iterdir())
     if replacing and not args.overwrite_output_dir:
         raise ExportExistsError(
