@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ RECOMMEND_MIN_AGREEMENT = 0.97
 # ((max - min) / max) moved too much for speed ratios of that size to mean anything: results.md says so
 UNSTABLE_SPREAD = 0.10
 MIB = 1024**2
+PLOTS = ("pareto_latency.png", "pareto_memory.png")
 logger = logging.getLogger("bench.inference")
 
 
@@ -532,6 +534,9 @@ def pareto_plots(report: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     paths = []
+    # an --overwrite rerun that draws fewer (--in_process: no memory plot) once left the earlier run's beside it
+    for name in PLOTS:
+        (out / name).unlink(missing_ok=True)
     for key, label, name in (
         (
             "ms_per_example_b32",
@@ -664,6 +669,10 @@ def main(argv=None) -> dict:
     skipped = {v: why for v in args.variants if (why := variant_available(v, device))}
     variants = [v for v in args.variants if v not in skipped]
     onnx_dir = out / "onnx"
+    if not any(v in ONNX_VARIANTS for v in variants) and onnx_dir.is_dir():
+        # --overwrite (checked) without an ONNX variant: an earlier run's export is not this report's
+        shutil.rmtree(onnx_dir)
+        logger.info("Removed the earlier run's %s (no ONNX variant measured in this run)", onnx_dir)
     if any(v in ONNX_VARIANTS for v in variants):
         export = export_onnx(ExportArguments(
             model_dir=args.model_dir, output_dir=str(onnx_dir), overwrite_output_dir=True, device=device,

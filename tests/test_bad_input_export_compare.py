@@ -68,6 +68,12 @@ def test_export_parity_rows_below_one_is_refused_at_parse_time(tiny_classifier, 
         ),  # rejected every int8
         ("--max_int8_macro_f1_drop", "-0.1", "--max_int8_macro_f1_drop must be >= 0, got -0.1"),
         ("--device", "gpu", "--device must be cpu, cuda or cuda:N"),  # torch's RuntimeError, mid-export
+        # the synthetic sample has no labels: the macro-F1 gate asked for was skipped without a word
+        (
+            "--label_column",
+            "Issue",
+            "--label_column Issue names a column of --parity_file, and none was given",
+        ),
     ],
 )
 def test_export_options_out_of_range_are_refused_at_parse_time(
@@ -151,3 +157,23 @@ def test_an_earlier_export_and_a_gpu_onnxruntime_that_is_missing_are_one_line(
     )
     assert "error: device 'cuda' asks for ONNX Runtime's CUDAExecutionProvider" in line
     assert not (tmp_path / "x").exists()
+
+
+def test_export_output_dir_that_is_a_file_is_one_line_before_exporting(tiny_classifier, tmp_path):  # noqa: F811
+    """It was a FileExistsError traceback after the whole export, with <output_dir>.partial left beside it."""
+    export = load_recipe("export_onnx")
+    target = tmp_path / "out.onnx"
+    target.write_text("a file", "utf-8")
+    args = [
+        "--model_dir",
+        tiny_classifier,
+        "--output_dir",
+        str(target),
+        "--parity_rows",
+        "4",
+        "--quantize",
+        "false",
+    ]
+    with pytest.raises(ValueError, match=f"--output_dir {target} is a file, not a folder"):
+        export.main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]

@@ -259,3 +259,18 @@ def test_unstable_machine_is_flagged_in_the_report(bench):
     drifting = [steady[0], row("onnx_int8", [0.50, 0.51, 0.52], 73.0)]  # steady repeats, the peak moved 28 %
     assert bench.stability(drifting, 101.0)["gemm_drift"] == pytest.approx(28 / 101)
     assert "between 73.0 and 101.0 GFLOP/s" in bench.stability(drifting, 101.0)["warning"]
+
+
+def test_an_overwrite_rerun_leaves_none_of_the_earlier_runs_outputs(
+    bench, run_dir, eval_csv, tmp_path, one_torch_thread
+):
+    """--overwrite replaced results.json and results.md but kept the earlier run's pareto_memory.png (an
+    --in_process rerun draws none) and its onnx/ export (a rerun without ONNX variants exports none): files
+    beside the new report that were not measured by it."""
+    out = tmp_path / "bench"
+    (out / "onnx" / "fp32").mkdir(parents=True)
+    for name in ("results.json", "pareto_memory.png", "pareto_latency.png", "onnx/fp32/model.onnx"):
+        (out / name).write_text("earlier", "utf-8")
+    report = bench.main(argv(run_dir, eval_csv, out, "--overwrite"))
+    assert report["plots"] == ["pareto_latency.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["pareto_latency.png", "results.json", "results.md"]

@@ -101,6 +101,12 @@ class ExportArguments:
             raise ValueError(f"--max_int8_macro_f1_drop must be >= 0, got {self.max_int8_macro_f1_drop}")
         if problem := torch_device_problem(self.device, here=False, mps=False):
             raise ValueError(problem)
+        if self.label_column and not self.parity_file:
+            # the synthetic parity sample is unlabelled: the macro-F1 gate asked for was silently not applied
+            raise ValueError(
+                f"--label_column {self.label_column} names a column of --parity_file, and none was given: "
+                "pass the labelled --parity_file, or drop --label_column (the default sample has no labels)"
+            )
         kind = run_kind(Path(self.model_dir))
         if kind == "sklearn":
             raise ValueError(
@@ -269,6 +275,10 @@ def export_onnx(args: ExportArguments) -> dict:
             f"--output_dir {out} is the model's own folder: the export needs a folder of its own "
             "(default: <model_dir>/onnx)"
         )
+    if (
+        out.exists() and not out.is_dir()
+    ):  # else FileExistsError after the whole export, its .partial left behind
+        raise UsageError(f"--output_dir {out} is a file, not a folder: choose a folder for the export")
     replacing = out.is_dir() and any(out.iterdir())
     if replacing and not args.overwrite_output_dir:
         raise ExportExistsError(
