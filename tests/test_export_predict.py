@@ -1164,3 +1164,24 @@ def test_torch_device_problem_names_each_case(monkeypatch):
         torch_device_problem("cuda:2")
         == "--device cuda:2: this machine has 2 CUDA device(s), numbered from 0"
     )
+
+
+def test_an_exports_top_folder_is_named_with_its_variants(tmp_path):
+    """`predict --model_dir <run>/onnx` (the export's top folder, no config.json of its own): the error names the
+    variant folders to pass (it said only "not a trained classifier folder")."""
+    from longtail.inference import resolve_model_dir
+
+    onnx = tmp_path / "onnx"
+    for variant in ("fp32", "optimized"):
+        (onnx / variant).mkdir(parents=True)
+        (onnx / variant / "model.onnx").write_bytes(b"")
+    (onnx / "notes").mkdir()  # a folder without a model is not named
+    with pytest.raises(ValueError) as err:
+        resolve_model_dir(onnx)
+    assert str(err.value) == (
+        f"{onnx} has no config.json: not a trained classifier folder: an ONNX export; pass one of its variants, "
+        f"{onnx}/{{fp32,optimized}}"
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"not a trained classifier folder$"):
+        resolve_model_dir(tmp_path / "empty")

@@ -67,7 +67,14 @@ def resolve_model_dir(
         raise MissingInputError(f"Model folder not found: {path}")
     if not is_adapter_dir(path):
         if not (path / "config.json").is_file():
-            raise MissingInputError(f"{path} has no config.json: not a trained classifier folder")
+            # an export's top folder (`<run>/onnx`) holds one folder per variant: name them
+            variants = sorted(d.name for d in path.iterdir() if d.is_dir() and onnx_files(d))
+            hint = (
+                f": an ONNX export; pass one of its variants, {path}/{{{','.join(variants)}}}"
+                if variants
+                else ""
+            )
+            raise MissingInputError(f"{path} has no config.json: not a trained classifier folder{hint}")
         return path
     merged = path / "merged"
     if (merged / "config.json").is_file():
