@@ -111,7 +111,9 @@ class ProbeArguments:
     embedding_batch_size: int = field(default=64, metadata={"help": "Texts per forward pass when embedding."})
     embedding_cache_dir: str = field(
         default="outputs/cache/embeddings",
-        metadata={"help": "Cached features, keyed by model+data+length+pooling+long_text+normalize+layers."},
+        metadata={
+            "help": "Cached features, keyed by model+tokenizer+data+length+pooling+long_text+normalize+layers."
+        },
     )
     predict_train: bool = field(
         default=False,
@@ -371,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
             long_text=args.long_text,
             normalize=args.normalize,
             layers=layers,
+            tokenizer_name=model_args.tokenizer_name,
             batch_size=args.embedding_batch_size,
             desc=f"Embedding {split}",
         )

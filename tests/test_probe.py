@@ -230,6 +230,32 @@ def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_t
     np.testing.assert_allclose(unit, first / np.linalg.norm(first, axis=1, keepdims=True), atol=1e-6)
 
 
+def test_embedding_cache_key_follows_another_tokenizer(tiny_modernbert, tmp_path, one_torch_thread):
+    """`--tokenizer_name` other than the model: other token ids, other features, so its own cache entry (the key
+    covered only the model folder, so a rerun with another tokenizer was served the first one's features)."""
+    from conftest import train_wordpiece
+    from transformers import AutoModel
+
+    from longtail.probe import cached_embeddings
+    from longtail.training import ModelArguments, load_tokenizer
+
+    other = tmp_path / "other_tokenizer"
+    train_wordpiece([t.upper() + " zz" for t in TEXTS], vocab_size=120).save_pretrained(other)
+    encoder = AutoModel.from_pretrained(tiny_modernbert)
+    own = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    swapped = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert, tokenizer_name=str(other)))
+    cache = tmp_path / "cache"
+    first, key, _ = cached_embeddings(cache, tiny_modernbert, encoder, own, TEXTS, 32, "mean")
+    second, key2, reused = cached_embeddings(
+        cache, tiny_modernbert, encoder, swapped, TEXTS, 32, "mean", tokenizer_name=str(other)
+    )
+    assert not reused and key2 != key and not np.allclose(first, second)
+    # the model's own folder named as its tokenizer is the same key (caches made before stay valid)
+    assert cached_embeddings(
+        cache, tiny_modernbert, encoder, own, TEXTS, 32, "mean", tokenizer_name=tiny_modernbert
+    )[1:] == (key, True)
+
+
 def test_embedding_cache_key_follows_the_weights_content_not_only_their_size(tmp_path):
     """A model retrained in the same folder (weights of the same size, other bytes) gets a new cache key; the
     signature is each weight/config file's size and the SHA-256 of its first MiB; other files do not count."""
@@ -863,7 +889,8 @@ def test_full_ft_from_probe_with_warmup_end_to_end(
     )
     train_results = json.loads((out / "train_results.json").read_text())
     assert train_results["head_warmup_loss"] > 0
-    assert not (out / "head_warmup").exists()  # the warm-up saves nothing: its folder is not left empty in the run
+    # the warm-up saves nothing: its folder is not left empty in the run
+    assert not (out / "head_warmup").exists()
     # its card's quick start runs as written in a fresh Python: it imports longtail.probe first (it did not, and
     # Transformers did not know model_type longtail_probe)
     assert quick_start(out / "README.md").startswith(REGISTER_LINE)
