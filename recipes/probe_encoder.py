@@ -20,6 +20,7 @@ import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -153,6 +154,10 @@ class ProbeArguments:
         check_folds(self.predict_train_folds)
         if self.embedding_batch_size < 1:  # -1 embedded no text: a head fit on all-zero features, and cached
             raise ValueError(f"--embedding_batch_size must be >= 1, got {self.embedding_batch_size}")
+        cache = Path(self.embedding_cache_dir)
+        blocker = next((p for p in (cache, *cache.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():  # else a traceback once the first split was embedded
+            raise ValueError(f"--embedding_cache_dir {cache}: {blocker} is a file, not a folder")
         if not self.feature_layers:  # the range needs the loaded body; emptiness is known now
             raise ValueError("--feature_layers needs at least one hidden-state index (-1: the body's output)")
 

@@ -614,6 +614,11 @@ def test_probe_rejects_bad_options(tiny_modernbert, tiny_bert, tmp_path, capsys)
     for size in (0, -1):
         with pytest.raises(ValueError, match=f"--embedding_batch_size must be >= 1, got {size}"):
             recipe.ProbeArguments(embedding_batch_size=size)
+    # a cache "folder" that is a file (or under one): FileExistsError once the train split was embedded
+    (tmp_path / "a_file").write_text("x")
+    for cache in ("a_file", "a_file/sub"):
+        with pytest.raises(ValueError, match=r"--embedding_cache_dir .*: .*a_file is a file, not a folder"):
+            recipe.ProbeArguments(embedding_cache_dir=str(tmp_path / cache))
     for bad in ({"tol": -1e-4}, {"max_iter": 0}):  # before any embedding; max_iter 0 would fit nothing
         with pytest.raises(ValueError, match="--tol must be >= 0 and --max_iter >= 1, got tol="):
             recipe.ProbeArguments(**bad)
