@@ -1763,6 +1763,23 @@ def test_windowed_probe_is_served_the_way_it_was_trained(
         assert start.shape == weights[lpft].shape and not torch.allclose(start, weights[lpft])  # trained
 
 
+def test_probe_card_quick_start_reads_a_text_longer_than_the_body(tiny_bert, tmp_path, fast_bootstrap):
+    """The card's pipeline call truncates at the run's max_length: the pipeline itself does not, so a complaint
+    longer than the body's positions (64 here; 512 for MiniLM, which CFPB narratives pass) was a traceback. A
+    windowed probe's card says that only `predict` reads the whole text."""
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "probe"
+    load_recipe("probe_encoder").main(
+        probe_args(tiny_bert, train, test, out, tmp_path / "cache", "--max_length", "32", "--grid_C", "1")
+    )
+    card = out / "README.md"
+    code = quick_start(card)
+    assert "truncation=True, max_length=32" in code
+    assert "`longtail.predict` reads the whole text in 32-token windows" in card.read_text("utf-8")
+    card.write_text(card.read_text("utf-8").replace("I was charged a late fee", "late fee " * 100))
+    assert "score" in run_quick_start(card, REPO)
+
+
 def test_probe_config_carries_the_body_input_limit(probe_run):
     """Tools that size inputs from a classifier's config (`make bench`'s padding study, truncation) read the
     probe's like any other: its body's max_position_embeddings, hidden size and layer count."""
