@@ -20,6 +20,7 @@ import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -111,7 +112,9 @@ class ProbeArguments:
     embedding_batch_size: int = field(default=64, metadata={"help": "Texts per forward pass when embedding."})
     embedding_cache_dir: str = field(
         default="outputs/cache/embeddings",
-        metadata={"help": "Cached features, keyed by model+data+length+pooling+long_text+normalize+layers."},
+        metadata={
+            "help": "Cached features, keyed by model+tokenizer+data+length+pooling+long_text+normalize+layers."
+        },
     )
     predict_train: bool = field(
         default=False,
@@ -151,6 +154,10 @@ class ProbeArguments:
         check_folds(self.predict_train_folds)
         if self.embedding_batch_size < 1:  # -1 embedded no text: a head fit on all-zero features, and cached
             raise ValueError(f"--embedding_batch_size must be >= 1, got {self.embedding_batch_size}")
+        cache = Path(self.embedding_cache_dir)
+        blocker = next((p for p in (cache, *cache.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():  # else a traceback once the first split was embedded
+            raise ValueError(f"--embedding_cache_dir {cache}: {blocker} is a file, not a folder")
         if not self.feature_layers:  # the range needs the loaded body; emptiness is known now
             raise ValueError("--feature_layers needs at least one hidden-state index (-1: the body's output)")
 
@@ -371,6 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
             long_text=args.long_text,
             normalize=args.normalize,
             layers=layers,
+            tokenizer_name=model_args.tokenizer_name,
             batch_size=args.embedding_batch_size,
             desc=f"Embedding {split}",
         )

@@ -242,6 +242,26 @@ def test_compare_tiers_come_from_the_references_labels_json(tmp_path):
     assert tiers == pytest.approx({"head": 6 / 7, "mid": 4 / 5, "tail": 1.0})
 
 
+def test_compare_tiers_fall_back_to_a_run_with_labels_json_when_the_reference_is_an_ensemble(tmp_path):
+    """An ensemble saves no labels.json: as the reference, every run's tier columns were blank ("—"), silently.
+    Tiers then come from the first other run that has one, and compare.md says whose."""
+    from longtail.compare import compare_runs, to_markdown
+
+    ens = make_run(tmp_path / "ensemble", {"test": [0] * 8}, Y)
+    good = make_run(tmp_path / "probe", {"test": [0, 0, 1, 1, 2, 2, 0, 0]}, Y)
+    (tmp_path / "probe" / "labels.json").write_text(
+        json.dumps({"tiers": {"a": "head", "b": "mid", "c": "tail"}})
+    )
+    result = compare_runs([good], ens, n_resamples=20)
+    rows = {r["run"]: r for r in result["runs"]}
+    assert rows["probe"]["macro_f1_head"] == pytest.approx(6 / 7)
+    assert result["tiers_from"] == "probe"
+    assert "Tiers: probe's training counts (the reference has no labels.json)." in to_markdown(result)
+    (tmp_path / "probe" / "labels.json").unlink()
+    result = compare_runs([good], ens, n_resamples=20)
+    assert result["tiers_from"] is None and "Tiers: none" in to_markdown(result)
+
+
 def test_compare_refuses_other_true_labels_and_picks_nothing_on_other_validation_rows(tmp_path):
     from longtail.compare import CompareError, compare_runs
 

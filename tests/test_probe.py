@@ -230,6 +230,32 @@ def test_embedding_cache_reused_and_keyed(tiny_modernbert, tmp_path, one_torch_t
     np.testing.assert_allclose(unit, first / np.linalg.norm(first, axis=1, keepdims=True), atol=1e-6)
 
 
+def test_embedding_cache_key_follows_another_tokenizer(tiny_modernbert, tmp_path, one_torch_thread):
+    """`--tokenizer_name` other than the model: other token ids, other features, so its own cache entry (the key
+    covered only the model folder, so a rerun with another tokenizer was served the first one's features)."""
+    from conftest import train_wordpiece
+    from transformers import AutoModel
+
+    from longtail.probe import cached_embeddings
+    from longtail.training import ModelArguments, load_tokenizer
+
+    other = tmp_path / "other_tokenizer"
+    train_wordpiece([t.upper() + " zz" for t in TEXTS], vocab_size=120).save_pretrained(other)
+    encoder = AutoModel.from_pretrained(tiny_modernbert)
+    own = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    swapped = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert, tokenizer_name=str(other)))
+    cache = tmp_path / "cache"
+    first, key, _ = cached_embeddings(cache, tiny_modernbert, encoder, own, TEXTS, 32, "mean")
+    second, key2, reused = cached_embeddings(
+        cache, tiny_modernbert, encoder, swapped, TEXTS, 32, "mean", tokenizer_name=str(other)
+    )
+    assert not reused and key2 != key and not np.allclose(first, second)
+    # the model's own folder named as its tokenizer is the same key (caches made before stay valid)
+    assert cached_embeddings(
+        cache, tiny_modernbert, encoder, own, TEXTS, 32, "mean", tokenizer_name=tiny_modernbert
+    )[1:] == (key, True)
+
+
 def test_embedding_cache_key_follows_the_weights_content_not_only_their_size(tmp_path):
     """A model retrained in the same folder (weights of the same size, other bytes) gets a new cache key; the
     signature is each weight/config file's size and the SHA-256 of its first MiB; other files do not count."""
@@ -588,6 +614,11 @@ def test_probe_rejects_bad_options(tiny_modernbert, tiny_bert, tmp_path, capsys)
     for size in (0, -1):
         with pytest.raises(ValueError, match=f"--embedding_batch_size must be >= 1, got {size}"):
             recipe.ProbeArguments(embedding_batch_size=size)
+    # a cache "folder" that is a file (or under one): FileExistsError once the train split was embedded
+    (tmp_path / "a_file").write_text("x")
+    for cache in ("a_file", "a_file/sub"):
+        with pytest.raises(ValueError, match=r"--embedding_cache_dir .*: .*a_file is a file, not a folder"):
+            recipe.ProbeArguments(embedding_cache_dir=str(tmp_path / cache))
     for bad in ({"tol": -1e-4}, {"max_iter": 0}):  # before any embedding; max_iter 0 would fit nothing
         with pytest.raises(ValueError, match="--tol must be >= 0 and --max_iter >= 1, got tol="):
             recipe.ProbeArguments(**bad)
@@ -1730,6 +1761,23 @@ def test_windowed_probe_is_served_the_way_it_was_trained(
         assert json.loads((lpft / "config.json").read_text())["feature_layers"] == [0, -1]
         start = load_file(str(out / "selection_head.safetensors"))["classifier.weight"]  # LP-FT's start
         assert start.shape == weights[lpft].shape and not torch.allclose(start, weights[lpft])  # trained
+
+
+def test_probe_card_quick_start_reads_a_text_longer_than_the_body(tiny_bert, tmp_path, fast_bootstrap):
+    """The card's pipeline call truncates at the run's max_length: the pipeline itself does not, so a complaint
+    longer than the body's positions (64 here; 512 for MiniLM, which CFPB narratives pass) was a traceback. A
+    windowed probe's card says that only `predict` reads the whole text."""
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "probe"
+    load_recipe("probe_encoder").main(
+        probe_args(tiny_bert, train, test, out, tmp_path / "cache", "--max_length", "32", "--grid_C", "1")
+    )
+    card = out / "README.md"
+    code = quick_start(card)
+    assert "truncation=True, max_length=32" in code
+    assert "`longtail.predict` reads the whole text in 32-token windows" in card.read_text("utf-8")
+    card.write_text(card.read_text("utf-8").replace("I was charged a late fee", "late fee " * 100))
+    assert "score" in run_quick_start(card, REPO)
 
 
 def test_probe_config_carries_the_body_input_limit(probe_run):

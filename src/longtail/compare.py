@@ -141,7 +141,12 @@ def compare_runs(
     check_same_rows(runs, reference)
     for run, label in zip(runs, run_labels([r["dir"] for r in runs])):
         run["name"] = label
-    tiers = load_tiers(reference_dir, reference["label_names"])
+    tiers, tiers_from = load_tiers(reference_dir, reference["label_names"]), reference["name"]
+    # an ensemble saves no labels.json: every run's tier columns were blank ("—"), as if it had no such classes
+    for run in runs[1:] if not tiers else []:
+        tiers, tiers_from = load_tiers(run["dir"], reference["label_names"]), run["name"]
+        if tiers:
+            break
     y = reference["y_true"]
     ref_pred = reference["probs"].argmax(1)
     rows = []
@@ -168,6 +173,7 @@ def compare_runs(
         "reference": reference["name"],
         "bootstrap": bootstrap_settings(n_resamples),  # the same seed and resamples give the same CIs and p
         "runs": rows,
+        "tiers_from": tiers_from if tiers else None,  # whose labels.json (training counts) set the tiers
     }
     if split == "test":
         result["validation_pick"] = validation_pick(rows)
@@ -216,6 +222,10 @@ def to_markdown(result: dict) -> str:
         "temperature, `temperature.json`)." + bootstrap_note(result.get("bootstrap")),
         "",
     ]
+    if result.get("tiers_from") not in (None, result["reference"]):
+        lines += [f"Tiers: {result['tiers_from']}'s training counts (the reference has no labels.json).", ""]
+    elif "tiers_from" in result and result["tiers_from"] is None:
+        lines += ["Tiers: none (no run has a labels.json with training counts).", ""]
     pick = result.get("validation_pick") or {}
     if pick.get("run"):
         lines += [

@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> dict:
         "command": command_line("-m", ["longtail.ensemble", *(sys.argv[1:] if argv is None else argv)]),
         "environment": environment(),
     }
-    tiers = load_tiers(args.runs[0], result["label_names"])
+    # the first member that has tiers (an ensemble member saves no labels.json)
+    tiers = next((t for t in (load_tiers(r, result["label_names"]) for r in args.runs) if t), {})
     record = write_outputs(result, out, tiers, args.n_resamples, provenance)
     print((out / "report.md").read_text("utf-8"))
     return record

@@ -337,6 +337,7 @@ def embedding_fingerprint(
     long_text: str = "truncate",
     normalize: bool = False,
     layers=LAST,
+    tokenizer_name: str | None = None,
 ) -> str:
     digest = hashlib.sha256()
     for t in texts:
@@ -354,6 +355,8 @@ def embedding_fingerprint(
         key["normalize"] = True
     if tuple(layers) != LAST:
         key["layers"] = list(layers)
+    if tokenizer_name and tokenizer_name != model_name_or_path:  # another tokenizer: other tokens, features
+        key["tokenizer"] = model_signature(tokenizer_name)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -368,13 +371,14 @@ def cached_embeddings(
     long_text: str = "truncate",
     normalize: bool = False,
     layers=LAST,
+    tokenizer_name: str | None = None,
     **kw,
 ):
-    """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model, texts, max_length, pooling,
-    long_text, normalize and layers match and the file holds a row of the encoder's width per text (else, with a
+    """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model (and `tokenizer_name`, when it is
+    another), texts, max_length, pooling, long_text, normalize and layers match and the file holds a row of the encoder's width per text (else, with a
     warning, embedded again and replaced). Returns (features, fingerprint, reused)."""
     fingerprint = embedding_fingerprint(
-        model_name_or_path, texts, max_length, pooling, long_text, normalize, layers
+        model_name_or_path, texts, max_length, pooling, long_text, normalize, layers, tokenizer_name
     )
     path = Path(cache_dir) / f"{fingerprint}.npy"
     if path.is_file():

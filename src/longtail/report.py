@@ -571,9 +571,21 @@ def write_model_card(
             "from transformers import pipeline",
             "",
             f'clf = pipeline("text-classification", model="{model_ref}")',
-            'print(clf("I was charged a late fee although I paid on time.", top_k=3))',
+            # the pipeline does not truncate: a text longer than the body's positions was a traceback
+            'print(clf("I was charged a late fee although I paid on time.", top_k=3'
+            + (
+                f", truncation=True, max_length={length}))"
+                if (length := run_info.get("max_length"))
+                else "))"
+            ),
             "```",
         ]
+        if length and run_info.get("long_text") == "windows":
+            md += [
+                "",
+                f"The pipeline reads a text's first {length} tokens; `longtail.predict` reads the whole text in "
+                f"{length}-token windows and averages their logits, as this run was trained and scored.",
+            ]
         served_t = next((r.metrics["temperature"] for r in results if r.metrics.get("temperature")), 1.0)
         if served_t != 1:  # the pipeline's softmax is at T = 1; the Limitations below quote the served scores
             md += [
