@@ -803,7 +803,10 @@ def test_finish_adapter_run_writes_the_card_run_files_and_a_merged_model(
         "library_name": "peft", "pipeline_tag": "text-classification", "base_model": name,
         "license": "apache-2.0", "tags": ["text-classification", "long-tail", "peft", "lora"],
     }  # fmt: skip
-    quick_start = usage_section(name, str(out), merged=True)
+    max_length = adapter_run["data_args"].max_length
+    quick_start = usage_section(name, str(out), merged=True, max_length=max_length)
+    # the pipeline truncates at the run's length (it does not by itself: a longer text was a traceback)
+    assert f"top_k=3, truncation=True, max_length={max_length}))" in quick_start
     assert "\n" + quick_start + "\n## Versions" in card
     assert card.count("## Quick start") == 1 and "from transformers import pipeline\n" not in card
     # the quick start runs as written (the base named by its folder's name: run from beside it)
@@ -853,7 +856,10 @@ def test_finish_adapter_run_without_merge_leaves_no_merged_folder(adapter_run, t
     paths = finish_run(adapter_run, out)
     assert not (out / "merged").exists() and "merged" not in paths
     assert (
-        usage_section(adapter_run["name"], str(out), merged=False) + "\n## Versions"
+        usage_section(
+            adapter_run["name"], str(out), merged=False, max_length=adapter_run["data_args"].max_length
+        )
+        + "\n## Versions"
         in (out / "README.md").read_text()
     )
 

@@ -502,9 +502,13 @@ def merge_adapter(
 # ---------------------------------------------------------------------------------------------
 
 
-def usage_section(base_model: str, model_ref: str, merged: bool, probe: bool = False) -> str:
+def usage_section(
+    base_model: str, model_ref: str, merged: bool, probe: bool = False, max_length: int | None = None
+) -> str:
     """The card's quick start: the base loaded with the run's config, then the adapter. `probe`: the adapter was
-    trained on a probe run (LoRA with --head_init_from), whose architecture `import longtail.probe` registers."""
+    trained on a probe run (LoRA with --head_init_from), whose architecture `import longtail.probe` registers.
+    `max_length`: the run's, where the pipeline truncates (it does not by itself: a longer text was a traceback
+    past a learned position table, and read at lengths the run never saw past a rotary one)."""
     from longtail.probe import REGISTER_LINE
 
     lines = [
@@ -524,7 +528,8 @@ def usage_section(base_model: str, model_ref: str, merged: bool, probe: bool = F
         f'base = AutoModelForSequenceClassification.from_pretrained("{base_model}", config=config)',
         "model = PeftModel.from_pretrained(base, adapter).merge_and_unload()",
         'clf = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(adapter))',
-        'print(clf("I was charged a late fee although I paid on time.", top_k=3))',
+        'print(clf("I was charged a late fee although I paid on time.", top_k=3'
+        + (f", truncation=True, max_length={max_length}))" if max_length else "))"),
         "```",
     ]
     if merged:
@@ -620,7 +625,8 @@ def finish_adapter_run(
     # --model_name_or_path, whose checkpoint the probe's architecture would load with a random body
     probe = is_probe_folder(out)
     base = public_model_name(base_model_of(out)) if probe else run_info["model"]
-    _add_card_section(paths["card"], usage_section(base, ref, adapter_args.merge_adapter, probe))
+    quick_start = usage_section(base, ref, adapter_args.merge_adapter, probe, data_args.max_length)
+    _add_card_section(paths["card"], quick_start)
     write_run_files(out, data, command, config_record(*arguments, training_args))
     merged = None
     if (out / "merged").is_dir():  # from an earlier run into this (overwritten) folder: never leave it stale
