@@ -1185,3 +1185,31 @@ def test_an_exports_top_folder_is_named_with_its_variants(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"not a trained classifier folder$"):
         resolve_model_dir(tmp_path / "empty")
+
+
+def test_parity_is_read_at_the_length_predict_serves(tiny_classifier, tmp_path, monkeypatch):
+    """The parity sample (and so the int8 gate) is truncated where `predict` serves the run: its run_config.json
+    max_length, 512 without a record, or --max_length when given. It was a fixed 128 (the YAML's), which judged a
+    run served at 56 on texts longer than it ever reads."""
+    import shutil
+
+    import longtail.export as export
+    from longtail.export import ExportArguments, export_onnx
+
+    seen = []
+    encode = export.encode_batches
+    monkeypatch.setattr(export, "encode_batches", lambda tok, texts, size, length: seen.append(length) or encode(
+        tok, texts, size, length))  # fmt: skip
+    run = tmp_path / "run"
+    shutil.copytree(tiny_classifier, run)
+    quick = {"optimize": False, "quantize": False, "parity_rows": 4, "overwrite_output_dir": True}
+    (run / "run_config.json").unlink(missing_ok=True)
+    assert export_onnx(ExportArguments(model_dir=str(run), **quick))["max_length"] == 512
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 24}}))
+    record = export_onnx(ExportArguments(model_dir=str(run), **quick))
+    assert (
+        record["max_length"] == 24
+        and json.loads((run / "onnx" / "parity.json").read_text())["max_length"] == 24
+    )
+    assert export_onnx(ExportArguments(model_dir=str(run), max_length=40, **quick))["max_length"] == 40
+    assert seen[:3] == [512, 24, 40]

@@ -30,6 +30,7 @@ from longtail.inference import (
     load_model_dir,
     onnx_files,
     run_batches,
+    serving_defaults,
     torch_device_problem,
 )
 from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
@@ -77,7 +78,13 @@ class ExportArguments:
         default=None, metadata={"help": "Label column of --parity_file: gates int8 on macro-F1 too."}
     )
     parity_rows: int = field(default=64, metadata={"help": "Rows of the parity sample."})
-    max_length: int = field(default=128, metadata={"help": "Truncation length of the parity sample."})
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Truncation length of the parity sample; default: the length predict serves the run at (its "
+            "run_config.json max_length; 512 without one)."
+        },
+    )
     atol: float = field(default=1e-3, metadata={"help": "Max |delta logit| the fp32 export may show."})
     min_int8_agreement: float = field(
         default=0.97, metadata={"help": "Min argmax agreement of int8 with PyTorch to keep it."}
@@ -91,7 +98,7 @@ class ExportArguments:
             raise ValueError(f"--parity_rows must be >= 1, got {self.parity_rows}")
         # each once passed unchecked: max_length 0 turned truncation off, a negative atol failed only after the
         # whole export, an agreement above 1 (or a negative drop) rejected every int8, and `gpu` was torch's traceback
-        if self.max_length < 1:
+        if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"--max_length must be >= 1 (tokens), got {self.max_length}")
         if self.atol < 0:
             raise ValueError(f"--atol must be >= 0, got {self.atol}")
@@ -291,7 +298,10 @@ def export_onnx(args: ExportArguments) -> dict:
     shutil.rmtree(work, ignore_errors=True)  # an interrupted attempt's
     work.mkdir(parents=True)
 
-    batches = encode_batches(tokenizer, texts, 16, args.max_length)
+    # the parity and int8 gate judge the inputs predict will serve: the run's own length (a fixed 128 judged a
+    # run served at 56 on longer texts than it ever reads)
+    max_length = args.max_length or serving_defaults(args.model_dir)["max_length"]
+    batches = encode_batches(tokenizer, texts, 16, max_length)
     num_labels = model.config.num_labels
     reference = run_batches(TorchBackend(model), batches, len(texts), num_labels)
 
@@ -300,6 +310,7 @@ def export_onnx(args: ExportArguments) -> dict:
         "model_type": model.config.model_type,
         "parity_rows": len(texts),
         "parity_source": args.parity_file or "synthetic complaints",
+        "max_length": max_length,  # what the parity sample was truncated at: by default, what predict serves at
         "atol": args.atol,
         # the int8 gate as applied: argmax agreement floor, macro-F1 drop (only with labelled parity rows)
         "int8_gate": {
