@@ -6,10 +6,10 @@ code span, is parsed here, and each of its `--options` must appear in that tool'
 
 import importlib
 import re
-from pathlib import Path
 
 import pytest
 from conftest import REPO, load_bench
+from test_recipes import load_recipe
 
 DOCS = ["README.md", "docs/cfpb_long_tail_study.md", "Makefile"]
 # a tool named as a script or a module, then its arguments up to the end of the command
@@ -33,21 +33,10 @@ def documented() -> list[tuple[str, str, str, str]]:
 
 def tool_main(kind: str, tool: str):
     if kind == "recipes":
-        return load_bench_like(REPO / "recipes" / f"{tool}.py", f"readme_recipe_{tool}").main
+        return load_recipe(tool).main
     if kind == "bench":
         return load_bench(tool, f"readme_bench_{tool}").main
     return importlib.import_module(f"longtail.{tool}").main
-
-
-def load_bench_like(path: Path, name: str):
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
 
 
 _HELP: dict[tuple[str, str], frozenset[str]] = {}
