@@ -113,7 +113,8 @@ class ProbeArguments:
     embedding_cache_dir: str = field(
         default="outputs/cache/embeddings",
         metadata={
-            "help": "Cached features, keyed by model+tokenizer+data+length+pooling+long_text+normalize+layers."
+            "help": "Cached features, keyed by model (a Hub id with its commit)+tokenizer+data+length+pooling+"
+            "long_text+normalize+layers+the torch and transformers versions."
         },
     )
     predict_train: bool = field(

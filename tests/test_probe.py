@@ -283,6 +283,103 @@ def test_embedding_cache_key_follows_the_weights_content_not_only_their_size(tmp
     assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
 
 
+def test_embedding_cache_key_follows_the_torch_and_transformers_versions(monkeypatch, tmp_path):
+    """Features computed under another torch or transformers (other kernels, other model code) are not reused: both
+    versions are in the key (it had neither, so an upgrade was served the old version's features)."""
+    import longtail.probe as probe
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    key = probe.embedding_fingerprint(str(folder), TEXTS, 32, "mean")
+    # the modules the key reads (loading ModernBERT can put another `transformers` module object in sys.modules)
+    monkeypatch.setattr(probe.torch, "__version__", "1.0.0")
+    assert probe.embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
+    monkeypatch.undo()
+    assert probe.embedding_fingerprint(str(folder), TEXTS, 32, "mean") == key
+    monkeypatch.setattr(probe.transformers, "__version__", "4.0.0")
+    assert probe.embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
+
+
+def fake_hub_download(hub: Path, repo_id: str, source: str, commit: str) -> None:
+    """`source`'s files as commit `commit` of Hub model `repo_id`, the `main` of the Hub cache `hub`: what
+    downloading the model at that commit leaves (as copies where the Hub writes links to blobs)."""
+    import shutil
+
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(source, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_embedding_cache_key_follows_the_hub_commit(tiny_modernbert, tmp_path, monkeypatch, one_torch_thread):
+    """A Hub id is keyed with the commit it was loaded at (the key had the id alone, so a model updated on the Hub
+    was served its old weights' features). Offline, on a Hub cache faked in tmp_path: the commit the key reads is
+    the one Transformers loaded; a second run at that commit reuses the features, the model updated (a new commit
+    in the cache) embeds again."""
+    import huggingface_hub.constants
+    import transformers.utils.hub
+
+    from longtail.probe import cached_embeddings, load_frozen_body
+    from longtail.training import ModelArguments, load_tokenizer
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(hub))
+    old, new = "a" * 40, "b" * 40
+    fake_hub_download(hub, "org/tiny", tiny_modernbert, old)
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path="org/tiny"))
+    encoder = load_frozen_body("org/tiny")
+    assert encoder.config._commit_hash == old
+    args = (tmp_path / "cache", "org/tiny", encoder, tokenizer, TEXTS, 32, "mean")
+    first, key, reused = cached_embeddings(*args)
+    assert not reused and cached_embeddings(*args)[1:] == (key, True)  # the same commit: reused
+    # updated on the Hub, downloaded again by the next load
+    fake_hub_download(hub, "org/tiny", tiny_modernbert, new)
+    assert load_frozen_body("org/tiny").config._commit_hash == new
+    _, key_new, reused_new = cached_embeddings(*args)
+    assert key_new != key and not reused_new
+    # a --tokenizer_name on the Hub is keyed with its commit too
+    fake_hub_download(hub, "org/tok", tiny_modernbert, old)
+    with_tok = cached_embeddings(*args, tokenizer_name="org/tok")[1]
+    fake_hub_download(hub, "org/tok", tiny_modernbert, new)
+    assert cached_embeddings(*args, tokenizer_name="org/tok")[1] not in (with_tok, key_new)
+
+    from longtail.probe import hub_commit, model_signature
+
+    # the commit the key reads is the one Transformers loaded
+    assert hub_commit("org/tiny") == new
+    assert model_signature("org/tiny") == {"model": "org/tiny", "commit": new}
+    # nothing cached, or not a repo id: no commit (loading such a model fails first)
+    assert hub_commit("org/not-cached") is None and hub_commit(str(tmp_path / "no" / "such" / "dir")) is None
+    assert model_signature("org/not-cached") == {"model": "org/not-cached"}
+
+
+def test_embedding_cache_key_of_a_hub_id_is_its_commits(monkeypatch, tmp_path):
+    """Through the function the key reads (`hub_commit`, faked): two commits of one Hub id give two keys, the same
+    commit the same key; a local folder's key never asks for one."""
+    import longtail.probe as probe
+
+    commit = {"value": "a" * 40}
+    monkeypatch.setattr(probe, "hub_commit", lambda name: commit["value"])
+    key = probe.embedding_fingerprint("org/m", TEXTS, 32, "mean")
+    assert probe.embedding_fingerprint("org/m", TEXTS, 32, "mean") == key
+    commit["value"] = "b" * 40
+    assert probe.embedding_fingerprint("org/m", TEXTS, 32, "mean") != key
+    commit["value"] = "a" * 40
+    assert probe.embedding_fingerprint("org/m", TEXTS, 32, "mean") == key
+
+    def no_hub(name):
+        raise AssertionError(f"a local folder asked the Hub cache for {name}")
+
+    monkeypatch.setattr(probe, "hub_commit", no_hub)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    assert set(probe.model_signature(str(folder))) == {"model", "files"}
+    probe.embedding_fingerprint(str(folder), TEXTS, 32, "mean", tokenizer_name=str(folder))
+
+
 def test_embedding_pads_on_the_right_whatever_the_tokenizer_says(tiny_modernbert, one_torch_thread):
     """A left-padding tokenizer: `cls` still reads each text's first token (each text embedded alone, by
     hand), and the tokenizer's own padding side is left as it was."""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -314,12 +315,30 @@ def embed_batches(
     return out
 
 
+def hub_commit(repo_id: str) -> str | None:
+    """The commit of Hub model `repo_id` that the local Hub cache holds as its `main` (what loading it by that id just
+    resolved and read), found without the network; None when the cache has no config or tokenizer file of it."""
+    from huggingface_hub import try_to_load_from_cache
+    from transformers.utils.hub import extract_commit_hash
+
+    for filename in ("config.json", "tokenizer_config.json"):  # a tokenizer repo may have no config.json
+        try:
+            path = try_to_load_from_cache(repo_id, filename)
+        except ValueError:  # not a repo id (HFValidationError): loading it failed first
+            return None
+        if isinstance(path, str):
+            return extract_commit_hash(path, None)
+    return None
+
+
 def model_signature(name_or_path: str) -> dict:
-    """What identifies a checkpoint: its Hub id, or for a local folder its config and weight files
-    (name, size, content hash of the first MiB), so a retrained model in the same folder is not mistaken."""
+    """What identifies a checkpoint: its Hub id and the commit it was loaded at (`hub_commit`: a model updated on
+    the Hub is another model), or for a local folder its config and weight files (name, size, content hash of the
+    first MiB), so a retrained model in the same folder is not mistaken."""
     path = Path(name_or_path)
     if not path.is_dir():
-        return {"model": name_or_path}
+        commit = hub_commit(name_or_path)
+        return {"model": name_or_path} | ({"commit": commit} if commit else {})
     files = {}
     for f in sorted(path.glob("*")):
         if f.suffix in {".safetensors", ".json", ".bin", ".gguf"} and f.is_file():
@@ -348,6 +367,9 @@ def embedding_fingerprint(
         "n": len(texts),
         "max_length": max_length,
         "pooling": pooling,
+        # features computed under another torch or transformers (kernels, model code) are computed again
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
     }
     if long_text != "truncate":  # keyed only when set, so caches made before the option stay valid
         key["long_text"] = long_text
@@ -375,8 +397,9 @@ def cached_embeddings(
     **kw,
 ):
     """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model (and `tokenizer_name`, when it is
-    another), texts, max_length, pooling, long_text, normalize and layers match and the file holds a row of the encoder's width per text (else, with a
-    warning, embedded again and replaced). Returns (features, fingerprint, reused)."""
+    another; a Hub id at the same commit), texts, max_length, pooling, long_text, normalize, layers and the torch and
+    transformers versions match and the file holds a row of the encoder's width per text (else, with a warning,
+    embedded again and replaced). Returns (features, fingerprint, reused)."""
     fingerprint = embedding_fingerprint(
         model_name_or_path, texts, max_length, pooling, long_text, normalize, layers, tokenizer_name
     )
