@@ -30,7 +30,7 @@ from longtail.data import DataArguments, prepare_data
 from longtail.distributed import end_training, parse_recipe_args
 from longtail.inference import check_max_length
 from longtail.losses import LossArguments
-from longtail.lpft import LPFTArguments, load_model, selection_note
+from longtail.lpft import LPFTArguments, load_model, model_config, selection_note
 from longtail.lpft import train as lpft_train
 from longtail.posthoc import adjust_on_validation
 from longtail.refit import RefitArguments, refit_note
@@ -77,12 +77,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Build model: classifier (pad token = eos if none), padding check, LoRA ---------------
     tokenizer = load_tokenizer(model_args)
+    # the length against the config's position table, before the weights load (minutes for a large model)
+    config = model_config(model_args, lpft_args, data.label_names, tokenizer)
+    check_max_length(config, data_args.max_length, model_args.model_name_or_path)
     model = load_model(
         model_args, lpft_args, data.label_names, tokenizer
     )  # probe's model with --head_init_from
     check_padding(model, tokenizer)  # a text scores the same alone and inside a padded batch
     model = add_lora(model, adapter_args)  # logs the trainable parameters and their share
-    check_max_length(model, data_args.max_length, model_args.model_name_or_path)
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
     replace_previous_results(training_args)  # an overwrite clears only now, with the inputs checked
 

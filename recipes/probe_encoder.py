@@ -55,6 +55,7 @@ from longtail.probe import (
     cached_embeddings,
     check_layers,
     default_pooling,
+    frozen_body_config,
     load_frozen_body,
     settle_tokenizer,
 )
@@ -347,6 +348,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Build the frozen encoder ------------------------------------------------------------
     tokenizer = load_tokenizer(model_args)
+    # the length against the body's position table, read from its config before the weights load (minutes for a
+    # large model); the body's pad token set as below (RoBERTa-style positions start after it)
+    config = frozen_body_config(model_args.model_name_or_path, model_args.trust_remote_code)
+    config.pad_token_id = tokenizer.pad_token_id
+    check_max_length(
+        config,
+        data_args.max_length,
+        model_args.model_name_or_path,
+        " (with --long_text windows, longer texts are still read whole, in windows)",
+    )
     encoder = load_frozen_body(model_args.model_name_or_path, model_args.trust_remote_code)
     if encoder.config.model_type == "modernbert" and not torch.cuda.is_available():
         encoder.config.reference_compile = False  # its auto-compile breaks on CPU when triton is installed
@@ -354,12 +365,6 @@ def main(argv: list[str] | None = None) -> dict:
     encoder.requires_grad_(False)
     if torch.cuda.is_available():
         encoder.cuda()
-    check_max_length(
-        encoder,
-        data_args.max_length,
-        model_args.model_name_or_path,
-        " (with --long_text windows, longer texts are still read whole, in windows)",
-    )
     pooling = default_pooling(encoder.config) if args.pooling == "auto" else args.pooling
     layers = check_layers(args.feature_layers, encoder.config.num_hidden_layers)
     replace_previous_run(output_dir, args.overwrite_output_dir)

@@ -42,6 +42,7 @@ from longtail.runs import command_line, input_paths
 from longtail.training import (
     ModelArguments,
     check_padding,
+    classifier_config,
     evaluate_splits,
     load_tokenizer,
     long_tail_trainer,
@@ -79,10 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- Build model: 4-bit classifier (head in fp32), padding check, LoRA -------------------
     tokenizer = load_tokenizer(model_args)
+    # the length against the config's position table, before the weights load (minutes for a large model)
+    config = classifier_config(model_args, data.label_names, tokenizer)
+    check_max_length(config, data_args.max_length, model_args.model_name_or_path)
     model = load_quantized_classifier(model_args, quant_args, data.label_names, tokenizer, training_args)
     check_padding(model, tokenizer)  # a text scores the same alone and inside a padded batch
     model = add_lora(model, adapter_args)  # logs the trainable parameters and their share
-    check_max_length(model, data_args.max_length, model_args.model_name_or_path)
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
     replace_previous_results(training_args)  # an overwrite clears only now, with the inputs checked
 

@@ -168,6 +168,94 @@ def test_max_length_beyond_the_models_positions_is_refused_before_training(
         check_max_length(roberta, 513, "r")
 
 
+class WeightsLoaded(Exception):
+    """Raised by any weight load under `refuse_weight_loads`."""
+
+
+def refuse_weight_loads(monkeypatch) -> None:
+    """Every weight load raises WeightsLoaded: Transformers' `from_pretrained` of any model class (the Auto classes
+    and the probe's call it) and safetensors' `load_file`. Configs and tokenizers still load."""
+    import safetensors.torch
+    from transformers.modeling_utils import PreTrainedModel
+
+    def loading(*args, **kwargs):
+        raise WeightsLoaded
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(loading))
+    monkeypatch.setattr(safetensors.torch, "load_file", loading)
+
+
+@pytest.mark.parametrize(
+    "case", ["full_ft", "full_ft_from_probe", "lora", "qlora", "probe", "probe_of_probe", "distill"]
+)
+def test_max_length_beyond_the_positions_is_refused_before_any_weight_loads(
+    case, tiny_bert, tmp_path, monkeypatch
+):
+    """Each recipe reads the position table from the config: a --max_length past it is refused before the weights
+    load (full FT, LoRA and QLoRA checked the loaded model, and the probe its loaded body: a large model took
+    minutes to load before the one-line refusal). Also with --head_init_from a probe, and with a probe folder as the
+    probe's model (its body's table). At the limit the same run goes on to load the weights (the guard's control).
+    Distill already read its student's config first (no teacher exists here)."""
+    from conftest import decoder_args
+    from test_distill import distill_args
+    from test_probe import probe_args
+    from test_recipes import encoder_args, load_recipe, synthetic_files
+    from transformers import AutoConfig, AutoTokenizer
+
+    from longtail.adapters import bitsandbytes_available
+    from longtail.data import prepare_data
+    from longtail.distributed import parse_recipe_args
+    from longtail.probe import ProbeConfig, ProbeForSequenceClassification
+
+    if case == "qlora" and not bitsandbytes_available():
+        pytest.skip("bitsandbytes is not usable here")
+    train, test = synthetic_files(tmp_path)
+    out, probe = tmp_path / "run", tmp_path / "probe"
+    if case.endswith("probe"):  # a probe run on the BERT body, over this run's labels
+        argv = encoder_args(tiny_bert, train, test, out)
+        labels = prepare_data(
+            parse_recipe_args(load_recipe("full_ft_encoder").PARSER_TYPES, argv)[0]
+        ).label_names
+        config = ProbeConfig(
+            encoder_config=AutoConfig.from_pretrained(tiny_bert).to_dict(),
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+        )
+        ProbeForSequenceClassification(config).save_pretrained(probe)
+        AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(probe)
+    recipe, model, argv = {
+        "full_ft": ("full_ft_encoder", tiny_bert, encoder_args(tiny_bert, train, test, out)),
+        "full_ft_from_probe": (
+            "full_ft_encoder",
+            tiny_bert,
+            encoder_args(tiny_bert, train, test, out, "--head_init_from", str(probe)),
+        ),
+        "lora": ("lora_decoder", tiny_bert, decoder_args("lora_decoder", tiny_bert, train, test, out)),
+        "qlora": ("qlora_decoder", tiny_bert, decoder_args("qlora_decoder", tiny_bert, train, test, out)),
+        "probe": ("probe_encoder", tiny_bert, probe_args(tiny_bert, train, test, out, tmp_path / "cache")),
+        "probe_of_probe": (
+            "probe_encoder",
+            str(probe),
+            probe_args(str(probe), train, test, out, tmp_path / "c"),
+        ),
+        "distill": (
+            "distill",
+            tiny_bert,
+            distill_args(tiny_bert, str(tmp_path / "no_teacher"), train, test, out),
+        ),
+    }[case]
+    refuse_weight_loads(monkeypatch)
+    with pytest.raises(UsageError) as info:
+        load_recipe(recipe).main([*argv, "--max_length", "65"])
+    assert str(info.value).startswith(
+        f"--max_length 65 exceeds the 64 positions of {model}; use at most that"
+    )
+    if case != "distill":  # (its control would need a teacher)
+        with pytest.raises(WeightsLoaded):  # the guard sees the recipe's load
+            load_recipe(recipe).main([*argv, "--max_length", "64"])
+
+
 def test_online_load_failures_keep_the_hubs_reason(monkeypatch):
     """With the Hub reachable, "not available" would misreport a gated repo or one that needs remote code."""
     from huggingface_hub import constants

@@ -62,6 +62,22 @@ class LPFTArguments:
             raise ValueError(f"--layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
 
 
+def model_config(model_args, lpft_args: LPFTArguments, label_names: list[str], tokenizer):
+    """The config of the classifier `load_model` returns, read without any weight, so options are checked against
+    it (--max_length) before a load that takes minutes for a large model: the probe run's with --head_init_from
+    (its folder and labels checked first, as `load_model` does), else `training.classifier_config`."""
+    from longtail.training import classifier_config
+
+    if not lpft_args.head_init_from:
+        return classifier_config(model_args, label_names, tokenizer)
+    from longtail.probe import ProbeConfig, probe_run_config
+
+    probe_run_config(lpft_args.head_init_from, label_names)
+    config = ProbeConfig.from_pretrained(lpft_args.head_init_from)
+    config.pad_token_id = tokenizer.pad_token_id  # as load_model sets it
+    return config
+
+
 def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tokenizer, train_only_head=True):
     """The classifier to fine-tune: the probe run's model with --head_init_from, else `training.load_classifier`.
 
@@ -71,9 +87,9 @@ def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tok
 
     if not lpft_args.head_init_from:
         return load_classifier(model_args, label_names, tokenizer)
-    from longtail.probe import ProbeForSequenceClassification, load_probe_head
+    from longtail.probe import ProbeForSequenceClassification, probe_run_config
 
-    load_probe_head(lpft_args.head_init_from, label_names)  # checks folder, model type and labels first
+    probe_run_config(lpft_args.head_init_from, label_names)  # checks folder, model type and labels first
     model = ProbeForSequenceClassification.from_pretrained(lpft_args.head_init_from, use_safetensors=True)
     probe_body = getattr(model.config.encoder_config, "_name_or_path", "")
     if Path(str(probe_body)).name != Path(model_args.model_name_or_path).name:

@@ -232,18 +232,30 @@ AutoConfig.register(MODEL_TYPE, ProbeConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(ProbeConfig, ProbeForSequenceClassification, exist_ok=True)
 
 
-def load_frozen_body(name: str, trust_remote_code: bool = False) -> PreTrainedModel:
-    """The body to embed with: `AutoModel` of a checkpoint (a classifier's folder gives its body), or the body of
-    a probe-architecture run, e.g. LP-FT's output, whose fine-tuned body a new probe can read ("classifier
-    re-training", Kang et al. 2020). `longtail_probe` has no `AutoModel` class; its head is not wanted here."""
+def _checkpoint_config(name: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The config of a checkpoint to embed with; a LoRA/QLoRA adapter folder refused."""
     if (Path(name) / "adapter_config.json").is_file():  # its folder holds no body weights: a deep load error
         raise UsageError(
             f"{name} is a LoRA/QLoRA adapter run (adapter_config.json): pass its merged model instead "
             f"({Path(name) / 'merged'}, written by --merge_adapter true or longtail.adapters.merge_adapter)"
         )
-    kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=True, dtype=torch.float32)
     with reading_model("--model_name_or_path", name):
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+
+
+def frozen_body_config(name: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The config of the body `load_frozen_body(name)` returns (a probe-architecture run's: its body's), read without
+    any weight, so options are checked against it (--max_length) before a load that takes minutes for a large model."""
+    config = _checkpoint_config(name, trust_remote_code)
+    return config.encoder_config if config.model_type == MODEL_TYPE else config
+
+
+def load_frozen_body(name: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """The body to embed with: `AutoModel` of a checkpoint (a classifier's folder gives its body), or the body of
+    a probe-architecture run, e.g. LP-FT's output, whose fine-tuned body a new probe can read ("classifier
+    re-training", Kang et al. 2020). `longtail_probe` has no `AutoModel` class; its head is not wanted here."""
+    config = _checkpoint_config(name, trust_remote_code)
+    kwargs = dict(trust_remote_code=trust_remote_code, use_safetensors=True, dtype=torch.float32)
     if config.model_type == MODEL_TYPE:
         body = ProbeForSequenceClassification.from_pretrained(name, **kwargs).encoder
         logger.info("%s is a probe-architecture model: embedding with its body, not its head", name)
@@ -451,10 +463,9 @@ def settle_tokenizer(tokenizer, max_length: int) -> None:
     )
 
 
-def load_probe_head(run_dir, label_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(weight, bias, pooling) of a saved probe run, checked against the labels of the run that reuses it."""
-    from safetensors.torch import load_file
-
+def probe_run_config(run_dir, label_names: list[str]) -> dict:
+    """The config.json of a saved probe run, checked (a probe's folder, this run's labels in its order) before any of
+    its weights are read."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -477,7 +488,15 @@ def load_probe_head(run_dir, label_names: list[str]) -> tuple[torch.Tensor, torc
             f"{'; same labels in another order' if not missing and not extra else ''}). Train both on the same "
             "data options (--split_indices with the probe's splits.json reproduces its split)."
         )
-    state = load_file(str(run_dir / "model.safetensors"))
+    return config
+
+
+def load_probe_head(run_dir, label_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(weight, bias, pooling) of a saved probe run, checked against the labels of the run that reuses it."""
+    from safetensors.torch import load_file
+
+    config = probe_run_config(run_dir, label_names)
+    state = load_file(str(Path(run_dir) / "model.safetensors"))
     return state["classifier.weight"], state["classifier.bias"], config.get("pooling", "mean")
 
 
