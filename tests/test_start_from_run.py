@@ -222,3 +222,67 @@ def test_other_labels_without_an_output_layer_to_replace_is_one_error(tmp_path, 
     ):
         load(run, ["billing", "fraud", "debt"])
     load(run, ["billing", "fraud"])  # another number of labels: Transformers draws that layer itself
+
+
+def sharded_copy(run: Path, out: Path) -> Path:
+    """`run`'s classifier saved again in shards of at most 20 KB, as Transformers saves a model past its shard size:
+    model.safetensors.index.json and several model-0000k-of-0000n.safetensors, no model.safetensors."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    AutoModelForSequenceClassification.from_pretrained(run).save_pretrained(out, max_shard_size="20KB")
+    AutoTokenizer.from_pretrained(run).save_pretrained(out)
+    assert (out / "model.safetensors.index.json").is_file() and not (out / "model.safetensors").exists()
+    assert len(list(out.glob("model-*-of-*.safetensors"))) >= 3
+    return out
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        LABELS,  # kept
+        ["late fee", "billing", "fraud"],  # reordered
+        ["billing", "fraud", "debt"],  # as many, other names: drawn again
+        ["billing", "fraud"],  # fewer: Transformers draws the mismatched layer
+        [*LABELS, "debt"],  # more
+    ],
+    ids=["same", "reordered", "renamed", "fewer", "more"],
+)
+def test_a_sharded_run_is_started_from_as_the_same_run_in_one_file(classifier, labels, tmp_path, caplog):
+    """A run saved in shards (an index json + several safetensors, as a large model is) gives the very model its
+    single-file folder gives, parameter for parameter with the same seed: its head kept, reordered or drawn fresh
+    by label name, with the same log line, and its body loaded."""
+    from transformers import AutoModelForSequenceClassification
+
+    from longtail.training import output_layer
+
+    saved = AutoModelForSequenceClassification.from_pretrained(classifier)
+    bias = output_layer(saved, len(LABELS)).bias
+    if bias is not None:  # ModernBERT's head bias is drawn as zeros: give each label its own
+        with torch.no_grad():
+            bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        saved.save_pretrained(classifier)
+    shards = sharded_copy(classifier, tmp_path / "sharded")
+    models, logs = [], []
+    for folder in (classifier, shards):
+        caplog.clear()
+        torch.manual_seed(1)  # a fresh output layer is drawn alike from both
+        with caplog.at_level(logging.INFO, logger="longtail.training"):
+            models.append(load(folder, labels))
+        logs.append([r.getMessage().replace(str(folder), "<run>") for r in caplog.records])
+    one_file, sharded = models
+    assert logs[1] == logs[0] and logs[0]  # kept / reordered / other labels: said alike
+    assert sharded.config.id2label == dict(enumerate(labels))
+    assert list(sharded.state_dict()) == list(one_file.state_dict())
+    for (name, a), b in zip(sharded.state_dict().items(), one_file.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    # and, on its own: the head kept, its rows moved with their labels, or new; the body the run's, from the shards
+    layer, body = head_and_body(sharded)
+    old = output_layer(saved, len(LABELS))
+    if set(labels) == set(LABELS):
+        rows = [LABELS.index(name) for name in labels]
+        assert torch.equal(layer.weight, old.weight[rows])
+        assert layer.bias is None or torch.equal(layer.bias, old.bias[rows])
+    else:
+        assert not torch.equal(layer.weight[:2], old.weight[:2])
+    for name, p in saved.base_model.named_parameters():
+        assert torch.equal(body[name], p), name
