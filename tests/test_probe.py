@@ -399,22 +399,16 @@ def test_embedding_pads_on_the_right_whatever_the_tokenizer_says(tiny_modernbert
     np.testing.assert_allclose(features, np.stack(alone), atol=1e-5)
 
 
-def test_load_probe_head_checks_the_labels_and_their_order(tmp_path):
-    from safetensors.torch import save_file
-
-    from longtail.probe import load_probe_head
+def test_probe_run_config_checks_the_labels_and_their_order(tmp_path):
+    from longtail.probe import probe_run_config
 
     config = {"model_type": "longtail_probe", "id2label": {"0": "a", "1": "b"}, "pooling": "cls"}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    weight, bias = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([5.0, 6.0])
-    save_file({"classifier.weight": weight, "classifier.bias": bias}, str(tmp_path / "model.safetensors"))
-    got_weight, got_bias, pooling = load_probe_head(tmp_path, ["a", "b"])
-    assert got_weight.tolist() == [[1.0, 2.0], [3.0, 4.0]] and got_bias.tolist() == [5.0, 6.0]
-    assert pooling == "cls"
+    assert probe_run_config(tmp_path, ["a", "b"]) == config  # read before any weight: there is none here
     with pytest.raises(ValueError, match="same labels in another order"):  # the head's rows would be swapped
-        load_probe_head(tmp_path, ["b", "a"])
+        probe_run_config(tmp_path, ["b", "a"])
     with pytest.raises(ValueError, match=r"missing from the probe: \['c'\]"):
-        load_probe_head(tmp_path, ["a", "b", "c"])
+        probe_run_config(tmp_path, ["a", "b", "c"])
 
 
 def test_settle_tokenizer_leaves_truncation_at_max_length_and_no_padding(tiny_modernbert):
@@ -2014,17 +2008,17 @@ def test_embedding_cache_key_separates_the_texts():
     )
 
 
-def test_load_probe_head_refuses_a_folder_that_is_not_a_probe(tmp_path):
+def test_probe_run_config_refuses_a_folder_that_is_not_a_probe(tmp_path):
     """--head_init_from a fine-tuned classifier (model_type bert): refused by name, before any weight is read."""
-    from longtail.probe import load_probe_head
+    from longtail.probe import probe_run_config
 
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_probe_head(tmp_path, ["a", "b"])
+        probe_run_config(tmp_path, ["a", "b"])
     (tmp_path / "config.json").write_text(
         json.dumps({"model_type": "bert", "id2label": {"0": "a", "1": "b"}})
     )
     with pytest.raises(ValueError, match="model_type is 'bert', expected 'longtail_probe'"):
-        load_probe_head(tmp_path, ["a", "b"])
+        probe_run_config(tmp_path, ["a", "b"])
 
 
 def test_probe_config_carries_its_bodys_sizes():

@@ -491,15 +491,6 @@ def probe_run_config(run_dir, label_names: list[str]) -> dict:
     return config
 
 
-def load_probe_head(run_dir, label_names: list[str]) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(weight, bias, pooling) of a saved probe run, checked against the labels of the run that reuses it."""
-    from safetensors.torch import load_file
-
-    config = probe_run_config(run_dir, label_names)
-    state = load_file(str(Path(run_dir) / "model.safetensors"))
-    return state["classifier.weight"], state["classifier.bias"], config.get("pooling", "mean")
-
-
 def is_probe_folder(folder) -> bool:
     """Whether `folder` holds a probe-architecture model (a probe, LP-FT's output, a LoRA run on a probe), which
     loads only once this module is imported."""
