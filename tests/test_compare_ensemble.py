@@ -610,6 +610,44 @@ def test_ensemble_logit_adjustment_chosen_on_validation(tmp_path, capsys):
         assert not (tmp_path / f"tau_{tau}").exists()
 
 
+def test_ensemble_refuses_a_negative_tau_and_warns_about_a_large_one(tmp_path, capsys, caplog, monkeypatch):
+    """A negative tau was taken: the mix shifted towards the head classes, the opposite of the option's purpose,
+    and the ensemble written with it. Now one line naming the option and value, status 2, no output folder. A tau
+    above 2 (over-correcting past tau = 1, the balanced-error rule) is built, with one warning."""
+    import longtail.posthoc
+    from longtail.ensemble import main
+
+    monkeypatch.setattr(longtail.posthoc, "_warned_taus", set(), raising=False)
+    y = {"validation": [0, 0, 0, 2, 2, 2], "test": [0, 2, 2, 0]}
+    probs = {
+        s: np.array([[0.55, 0.15, 0.30] if label == 0 else [0.45, 0.15, 0.40] for label in y[s]]) for s in y
+    }
+    runs = [make_run(tmp_path / name, probs, y) for name in ("m1", "m2")]
+    for run in runs:
+        (tmp_path / run / "labels.json").write_text(json.dumps({"train_counts": {"a": 80, "b": 15, "c": 5}}))
+    run_as(monkeypatch, "ensemble.py")
+    for given in (["--posthoc_logit_adjustment", "-0.5"], ["--posthoc_logit_adjustment=-2"]):
+        value = given[-1].split("=")[-1]
+        with pytest.raises(SystemExit) as exit_info:
+            main([*runs, "--output_dir", str(tmp_path / "neg"), "--n_resamples", "20", *given])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err
+        assert err.strip().splitlines()[-1] == (
+            f"ensemble.py: error: --posthoc_logit_adjustment must be >= 0, got '{value}': a negative tau shifts "
+            "predictions towards the head classes (tau = 1 is the Bayes rule for balanced error)"
+        )
+    assert not (tmp_path / "neg").exists()
+    with caplog.at_level("WARNING", logger="longtail.posthoc"):
+        record = main([*runs, "--output_dir", str(tmp_path / "big"), "--n_resamples", "20",
+                       "--posthoc_logit_adjustment", "4"])  # fmt: skip
+    assert record["posthoc_tau"] == 4.0
+    warned = [r.getMessage() for r in caplog.records if r.name == "longtail.posthoc"]
+    assert warned == [  # once, though the option is read twice (the arguments, then the prior)
+        "--posthoc_logit_adjustment 4 is above 2.0: it over-corrects past the balanced-error rule (tau = 1 is its "
+        "Bayes rule), so predictions lean to the tail classes"
+    ]
+
+
 def test_compare_and_ensemble_repeat_exactly_and_record_their_bootstrap(tmp_path):
     """Twice on the same runs: byte-identical outputs (the bootstrap is seeded). compare.json and ensemble.json
     record how the CIs were drawn (seed, resamples, confidence), the command and the environment, and the
