@@ -353,6 +353,122 @@ def test_repeated_runs_and_too_few_resamples_are_one_line_errors(tmp_path, capsy
     assert [r["run"] for r in rows] == ["a", "b"]
 
 
+def test_a_malformed_predictions_file_is_one_line_in_compare_and_ensemble(tmp_path, capsys, monkeypatch):
+    """A predictions file these tools did not write as `save_predictions` does: each was a traceback (numpy's
+    "pickled data" for a truncated file, a KeyError, an IndexError, a broadcast error, scikit-learn's "empty input")
+    or, worse, silently compared (4 probability columns for 3 labels: argmax could pick a class with no name; a row
+    id twice: rows aligned in whatever order they came). Now one line naming the file and what is wrong, from both
+    tools, and nothing written; a file given for a run folder is named as a file."""
+    import longtail.compare
+    import longtail.ensemble
+
+    y = {"validation": [0, 1, 2, 0, 1, 2, 0, 1]}
+    good = make_run(tmp_path / "good", {"validation": y["validation"]}, y)
+    rng = np.random.default_rng(0)
+
+    def npz(**change):
+        fields = {
+            "row_id": np.arange(8),
+            "y_true": np.array(y["validation"]),
+            "probs": rng.dirichlet(np.ones(3), 8),
+            "label_names": np.array(LABELS),
+        }
+        fields.update(change)
+        return lambda path: np.savez(path, **{k: v for k, v in fields.items() if v is not None})
+
+    def truncated(path):
+        npz()(path)
+        path.write_bytes(path.read_bytes()[:100])
+
+    cases = {
+        "text": (
+            lambda path: path.write_text("row_id,probs\n0,0.5\n"),
+            "is not an .npz archive (truncated, or",
+        ),
+        "truncated": (truncated, "is not an .npz archive (truncated, or not written by these tools)"),
+        "logits": (
+            npz(probs=None, logits=np.zeros((8, 3))),
+            "has no probs (found: label_names, logits, row_id, y_true): not a predictions file of these tools",
+        ),
+        "width": (
+            npz(probs=rng.dirichlet(np.ones(4), 8)),
+            "is malformed: 4 probability columns for 3 label names",
+        ),
+        "short": (
+            npz(y_true=np.array(y["validation"][:6])),
+            "is malformed: 8 row ids, 6 true labels and 8 rows of probabilities",
+        ),
+        "empty": (
+            npz(row_id=np.arange(0), y_true=np.zeros(0, int), probs=np.zeros((0, 3))),
+            "is malformed: no rows",
+        ),
+        "repeated": (
+            npz(row_id=np.array([0, 0, 1, 1, 2, 3, 4, 5])),
+            "is malformed: 2 row ids more than once (e.g. [0, 1])",
+        ),
+        "label_ids": (
+            npz(y_true=np.array([0, 1, 5, 0, 1, 2, 0, -1])),
+            "is malformed: true label ids [-1, 5] outside its 3",
+        ),
+        "float_ids": (
+            npz(row_id=np.arange(8) + 0.5),
+            "is malformed: row ids of type float64 and true labels of type int64",
+        ),
+        "objects": (
+            npz(label_names=np.array(LABELS, dtype=object)),
+            "cannot be read as a predictions file (ValueError: Object arrays cannot be loaded when allow_pickle=False",
+        ),
+    }
+    out = tmp_path / "out"
+    for case, (write, message) in cases.items():
+        bad = tmp_path / case
+        bad.mkdir()
+        write(bad / "predictions_validation.npz")
+        for tool, argv in (
+            ("compare", [str(bad), "--reference", good, "--split", "validation"]),
+            ("compare", [good, "--reference", str(bad), "--split", "validation"]),
+            ("ensemble", [good, str(bad), "--no_test"]),
+        ):
+            run_as(monkeypatch, f"{tool}.py")
+            with pytest.raises(SystemExit) as exit_info:
+                getattr(longtail, tool).main([*argv, "--output_dir", str(out), "--n_resamples", "20"])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and "Traceback" not in err, (case, tool, err)
+            assert (
+                err.strip()
+                .splitlines()[-1]
+                .startswith(f"{tool}.py: error: {bad / 'predictions_validation.npz'} {message}")
+            ), (case, tool, err)
+            assert not out.exists(), (case, tool)
+    run_as(monkeypatch, "compare.py")
+    file = tmp_path / "text" / "predictions_validation.npz"
+    with pytest.raises(SystemExit):
+        longtail.compare.main([str(file), "--reference", good, "--split", "validation"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"compare.py: error: {file} is a file: pass the run folder that holds predictions_validation.npz"
+    )
+
+
+def test_a_malformed_train_predictions_file_only_loses_the_ensembles_train_predictions(tmp_path, capsys):
+    """predictions_train.npz is only the ensemble's teacher output: a malformed one is a note, as members whose
+    train rows differ are, and the ensemble is built without it (it stopped the whole ensemble with a traceback)."""
+    from longtail.ensemble import main
+
+    y = {"train": [0, 1, 2, 0, 1, 2], "validation": [0, 1, 2, 0, 1, 2], "test": [0, 1, 2, 0, 1, 2]}
+    a = make_run(tmp_path / "a", {s: [0, 1, 2, 0, 1, 1] for s in y}, y)
+    b = make_run(tmp_path / "b", {s: [0, 1, 1, 0, 1, 2] for s in y}, y)
+    (tmp_path / "b" / "predictions_train.npz").write_bytes(b"PK\x03\x04 cut short")
+    main([a, b, "--output_dir", str(tmp_path / "ens"), "--n_resamples", "20"])
+    assert (
+        f"ensemble: no train predictions for the ensemble: {tmp_path / 'b' / 'predictions_train.npz'} is not an "
+        ".npz archive" in capsys.readouterr().err
+    )
+    assert sorted(p.name for p in (tmp_path / "ens").glob("predictions_*.npz")) == [
+        "predictions_test.npz",
+        "predictions_validation.npz",
+    ]
+
+
 def test_temperature_and_weights_chosen_on_validation(tmp_path):
     from longtail.ensemble import fit_temperature, main, simplex_grid, temper
     from longtail.metrics import negative_log_likelihood

@@ -69,8 +69,66 @@ def check_distinct(run_dirs) -> None:
         seen[path] = d
 
 
+PREDICTION_KEYS = ("row_id", "y_true", "probs", "label_names")
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """`report.load_predictions`, with a file that is not one `save_predictions` would write (unreadable, a key
+    missing, lengths or widths that disagree, no rows, a row id twice, label ids outside its label list) a
+    CompareError naming the file and what is wrong: each was a traceback from numpy or scikit-learn, or, for a
+    width past the label list, a silent comparison of the wrong columns."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # numpy would read it as a pickle, and refuse that
+        raise CompareError(
+            f"{path} is not an .npz archive (truncated, or not written by these tools). "
+            "Rerun the run (or the ensemble) that wrote it."
+        )
+    try:
+        pred = load_predictions(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # a damaged archive, an object array
+        why = " ".join(str(err).split())[:120]
+        raise CompareError(
+            f"{path} cannot be read as a predictions file ({type(err).__name__}: {why}). "
+            "Rerun the run (or the ensemble) that wrote it."
+        ) from None
+    missing = [k for k in PREDICTION_KEYS if k not in pred]
+    if missing:
+        raise CompareError(
+            f"{path} has no {', '.join(missing)} (found: {', '.join(sorted(pred)) or 'nothing'}): not a "
+            "predictions file of these tools, which hold row_id, y_true, probs and label_names."
+        )
+    row_id, y_true, probs, names = (pred[k] for k in PREDICTION_KEYS)
+    problem = None
+    if probs.ndim != 2 or row_id.ndim != 1 or y_true.ndim != 1 or names.ndim != 1:
+        problem = (
+            f"probs of shape {probs.shape}, row_id {row_id.shape}, y_true {y_true.shape}: not one row each"
+        )
+    elif not len(row_id) == len(y_true) == len(probs):
+        problem = f"{len(row_id)} row ids, {len(y_true)} true labels and {len(probs)} rows of probabilities"
+    elif probs.shape[1] != len(names):
+        problem = f"{probs.shape[1]} probability columns for {len(names)} label names"
+    elif not len(probs):
+        problem = "no rows"
+    elif not (np.issubdtype(y_true.dtype, np.integer) and np.issubdtype(row_id.dtype, np.integer)):
+        problem = f"row ids of type {row_id.dtype} and true labels of type {y_true.dtype}, not integers"
+    elif len(np.unique(row_id)) != len(row_id):
+        ids, counts = np.unique(row_id, return_counts=True)
+        problem = (
+            f"{int((counts > 1).sum())} row ids more than once (e.g. {[int(i) for i in ids[counts > 1][:5]]})"
+        )
+    elif ((y_true < 0) | (y_true >= len(names))).any():
+        outside = sorted({int(i) for i in y_true if not 0 <= i < len(names)})
+        problem = f"true label ids {outside[:5]} outside its {len(names)} label names"
+    if problem:
+        raise CompareError(f"{path} is malformed: {problem}. Rerun the run (or the ensemble) that wrote it.")
+    return pred
+
+
 def read_run(run_dir, split: str) -> dict:
     path = Path(run_dir) / f"predictions_{split}.npz"
+    if Path(run_dir).is_file():
+        raise CompareError(f"{run_dir} is a file: pass the run folder that holds {path.name}")
     if not Path(run_dir).is_dir():
         raise CompareError(f"{run_dir}: no such run folder")
     if not path.is_file():
@@ -84,7 +142,7 @@ def read_run(run_dir, split: str) -> dict:
         raise CompareError(
             f"{run_dir}: no {path.name} (found: {have or 'nothing'}). " + rerun * (split == "test")
         )
-    pred = load_predictions(path)
+    pred = read_predictions(path)
     order = np.argsort(pred["row_id"], kind="stable")  # align runs by row id, whatever their order
     return {
         "name": Path(run_dir).name,

@@ -257,10 +257,15 @@ def train_split(run_dirs: list[str], spec: dict):
                 file=sys.stderr,
             )
         return None
-    train = [read_run(d, "train") for d in run_dirs]
+    # the ensemble itself is fine: only its teacher output is not
+    try:
+        train = [read_run(d, "train") for d in run_dirs]
+    except CompareError as err:  # a malformed predictions_train.npz
+        print(f"ensemble: no train predictions for the ensemble: {err}", file=sys.stderr)
+        return None
     try:
         check_same_rows(train[1:], train[0], "the first member")
-    except CompareError as err:  # the ensemble itself is fine: only its teacher output is not
+    except CompareError as err:
         print(
             f"ensemble: no train predictions for the ensemble: the members' do not match ({err})",
             file=sys.stderr,
