@@ -449,6 +449,57 @@ def test_a_malformed_predictions_file_is_one_line_in_compare_and_ensemble(tmp_pa
     )
 
 
+def test_predictions_that_are_not_probabilities_are_refused(tmp_path, capsys, monkeypatch):
+    """NaN rows (a run that diverged) were compared as predictions of the first class, and an ensemble mixed them
+    into NaN and wrote itself with them; logits saved as `probs` were compared by their argmax, and an ensemble took
+    the log of their negative values, all without a word. Now one line naming the file, the rows and the values."""
+    import longtail.compare
+    import longtail.ensemble
+
+    y = {"validation": [0, 1, 2, 0, 1, 2, 0, 1]}
+    rng = np.random.default_rng(1)
+    good = make_run(tmp_path / "good", {"validation": rng.dirichlet(np.ones(3), 8)}, y)
+    diverged = rng.dirichlet(np.ones(3), 8)
+    diverged[[2, 5]] = np.nan
+    logits = np.array([[2.0, -1.0, 0.5], [0.5, 0.25, -0.75]] * 4)
+    scaled = rng.dirichlet(np.ones(3), 8) * 100  # percentages
+    cases = {
+        "diverged": (
+            diverged,
+            "has NaN or infinite probabilities in 2 of 8 rows (row ids [2, 5]): a run that diverged?",
+        ),
+        "logits": (
+            logits,
+            "holds rows that are not probabilities (8 of 8, row ids [0, 1, 2, 3, 4], ...: values from -1 to 2, rows "
+            "summing to 0 to 1.5): logits or scores saved as probs?",
+        ),
+        "percent": (scaled, "holds rows that are not probabilities (8 of 8, row ids"),
+    }
+    out = tmp_path / "out"
+    for case, (probs, message) in cases.items():
+        bad = make_run(tmp_path / case, {"validation": probs}, y)
+        for tool, argv in (
+            ("compare", [bad, "--reference", good, "--split", "validation"]),
+            ("ensemble", [good, bad, "--no_test", "--posthoc_logit_adjustment", "none"]),
+        ):
+            run_as(monkeypatch, f"{tool}.py")
+            with pytest.raises(SystemExit) as exit_info:
+                getattr(longtail, tool).main([*argv, "--output_dir", str(out), "--n_resamples", "20"])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and "Traceback" not in err, (case, tool, err)
+            assert (
+                err.strip()
+                .splitlines()[-1]
+                .startswith(f"{tool}.py: error: {Path(bad) / 'predictions_validation.npz'} {message}")
+            ), (case, tool, err)
+            assert not out.exists(), (case, tool)
+    # float32 rounding of a float64 softmax, and rows that are one class for sure, are probabilities
+    sure = np.eye(3)[[0, 1, 2, 0, 1, 2, 0, 0]].astype(np.float32)
+    sure[1] = [1e-7, 1 - 2e-7, 1e-7]
+    ok = make_run(tmp_path / "sure", {"validation": sure}, y)
+    assert longtail.compare.compare_runs([ok], good, "validation", n_resamples=20)["num_rows"] == 8
+
+
 def test_a_malformed_train_predictions_file_only_loses_the_ensembles_train_predictions(tmp_path, capsys):
     """predictions_train.npz is only the ensemble's teacher output: a malformed one is a note, as members whose
     train rows differ are, and the ensemble is built without it (it stopped the whole ensemble with a traceback)."""

@@ -122,7 +122,34 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
         problem = f"true label ids {outside[:5]} outside its {len(names)} label names"
     if problem:
         raise CompareError(f"{path} is malformed: {problem}. Rerun the run (or the ensemble) that wrote it.")
+    check_probabilities(path, row_id, probs)
     return pred
+
+
+PROBABILITY_SUM_TOLERANCE = 1e-3  # saved as float32 from a float64 softmax: rows sum to 1 within ~1e-6
+
+
+def check_probabilities(path: Path, row_id: np.ndarray, probs: np.ndarray) -> None:
+    """A CompareError for rows that are not probabilities: NaN or infinite values (a run that diverged: compare
+    scored every such row as the first class, and an ensemble mixed them into NaN, then the first class, without a
+    word), or values outside [0, 1] or rows not summing to 1 (logits or scores saved as `probs`: their argmax was
+    compared as it came, and an ensemble took the log of negative "probabilities")."""
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise CompareError(
+            f"{path} has NaN or infinite probabilities in {int(bad.sum())} of {len(probs)} rows (row ids "
+            f"{[int(i) for i in row_id[bad][:5]]}{', ...' if bad.sum() > 5 else ''}): a run that diverged? "
+            "Its predictions cannot be scored or mixed."
+        )
+    sums = probs.sum(axis=1, dtype=np.float64)
+    bad = (probs < 0).any(axis=1) | (probs > 1).any(axis=1) | (np.abs(sums - 1) > PROBABILITY_SUM_TOLERANCE)
+    if bad.any():
+        raise CompareError(
+            f"{path} holds rows that are not probabilities ({int(bad.sum())} of {len(probs)}, row ids "
+            f"{[int(i) for i in row_id[bad][:5]]}{', ...' if bad.sum() > 5 else ''}: values from "
+            f"{float(probs.min()):.3g} to {float(probs.max()):.3g}, rows summing to {float(sums.min()):.3g} to "
+            f"{float(sums.max()):.3g}): logits or scores saved as probs? Each row must be probabilities summing to 1."
+        )
 
 
 def read_run(run_dir, split: str) -> dict:
