@@ -757,7 +757,7 @@ def test_ensemble_logit_adjustment_chosen_on_validation(tmp_path, capsys):
     bare = [make_run(tmp_path / name, probs, y) for name in ("b1", "b2")]
     assert main([*bare, "--output_dir", str(tmp_path / "bare"), "--n_resamples", "20"])["posthoc_tau"] == 0.0
     assert "no training counts" in capsys.readouterr().err
-    assert "post-hoc logit adjustment (none, no training counts in the first member's labels.json)" in (
+    assert "post-hoc logit adjustment (none, no training counts in any member's labels.json)" in (
         (tmp_path / "bare" / "report.md").read_text()
     )
     with pytest.raises(SystemExit) as exit_info:
@@ -775,6 +775,64 @@ def test_ensemble_logit_adjustment_chosen_on_validation(tmp_path, capsys):
             f"error: --posthoc_logit_adjustment must be auto, none or a number, got '{tau}'"
         ), err
         assert not (tmp_path / f"tau_{tau}").exists()
+
+
+def test_the_prior_comes_from_the_first_member_with_training_counts(tmp_path, capsys):
+    """An ensemble saves no labels.json: listed first (or in an ensemble of ensembles), the post-hoc shift was
+    dropped ("no training counts") though the next member had them, and a fixed tau was refused. The prior now
+    comes from the first member that has counts, as the tiers already did, and the note, ensemble.json and the
+    report name it; with no member's counts, auto still does no shift and a fixed tau is still refused."""
+    from longtail.ensemble import main
+    from longtail.report import load_predictions
+
+    head_row, tail_row = [0.55, 0.15, 0.30], [0.45, 0.15, 0.40]
+    y = {"validation": [0, 0, 0, 2, 2, 2], "test": [0, 2, 2, 0]}
+    probs = {s: np.array([head_row if label == 0 else tail_row for label in y[s]]) for s in y}
+    m1, m2, m3 = (make_run(tmp_path / name, probs, y) for name in ("m1", "m2", "m3"))
+    for run in (m1, m2):
+        (Path(run) / "labels.json").write_text(json.dumps({"train_counts": {"a": 80, "b": 15, "c": 5}}))
+    shifted = main([m1, m2, "--output_dir", str(tmp_path / "shifted"), "--n_resamples", "20"])
+    assert shifted["posthoc_tau"] == 0.25
+    inner = main([m1, m2, "--output_dir", str(tmp_path / "inner"), "--n_resamples", "20",
+                  "--posthoc_logit_adjustment", "none"])  # fmt: skip
+    inner_dir = str(tmp_path / "inner")
+    capsys.readouterr()
+    # the unshifted inner ensemble first: it leans to class a, as its members do, and only the shift by m2's prior
+    # (tau chosen on validation) recovers the c rows
+    outer = main([inner_dir, m2, "--output_dir", str(tmp_path / "outer"), "--n_resamples", "20"])
+    err = capsys.readouterr().err
+    assert outer["posthoc_tau"] == 0.25 and outer["metrics"]["validation"]["macro_f1"] == 1.0
+    assert (
+        f"ensemble: the class prior of the post-hoc logit adjustment is {m2}'s training counts (labels.json; "
+        f"{inner_dir} has none)" in err
+    )
+    assert "no post-hoc logit adjustment" not in err
+    assert outer["posthoc_prior_from"] == m2 and shifted["posthoc_prior_from"] == m1
+    assert inner["posthoc_prior_from"] is None
+    np.testing.assert_allclose(outer["serving"]["log_prior"], np.log([0.8, 0.15, 0.05]))
+    assert "renormalised; the prior: m2's training counts)" in (tmp_path / "outer" / "report.md").read_text()
+    fixed = main([inner_dir, m2, "--output_dir", str(tmp_path / "fixed"), "--n_resamples", "20",
+                  "--posthoc_logit_adjustment", "0.5"])  # fmt: skip
+    predicted = load_predictions(tmp_path / "fixed" / "predictions_validation.npz")["probs"].argmax(1)
+    assert predicted.tolist() == [0, 0, 0, 2, 2, 2]
+    assert fixed["posthoc_tau"] == 0.5 and fixed["posthoc_prior_from"] == m2
+    # no member with counts: as before, auto does no shift and says so; a fixed tau is one line naming them all
+    capsys.readouterr()
+    bare = main([inner_dir, m3, "--output_dir", str(tmp_path / "bare"), "--n_resamples", "20"])
+    assert bare["posthoc_tau"] == 0.0 and bare["posthoc_prior_from"] is None
+    assert "ensemble: no training counts in any member's labels.json: no post-hoc logit adjustment" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([inner_dir, m3, "--output_dir", str(tmp_path / "bare2"), "--posthoc_logit_adjustment", "1"])
+    assert (
+        exit_info.value.code == 2
+        and (
+            f"error: no training counts in any member's labels.json ({inner_dir}, {m3}), so no class prior for the "
+            "post-hoc logit adjustment; pass --posthoc_logit_adjustment none"
+        )
+        in capsys.readouterr().err
+    )
 
 
 def test_ensemble_refuses_a_negative_tau_and_warns_about_a_large_one(tmp_path, capsys, caplog, monkeypatch):
