@@ -520,6 +520,67 @@ def test_a_malformed_train_predictions_file_only_loses_the_ensembles_train_predi
     ]
 
 
+def test_a_malformed_labels_json_is_one_line_in_compare_and_ensemble(tmp_path, capsys, monkeypatch):
+    """labels.json gives compare its tiers and the ensemble its prior. Not JSON, a list, or train_counts / tiers
+    that are not mappings were tracebacks (JSONDecodeError, AttributeError, a TypeError from a count "many") or,
+    for a list of tiers, tier columns silently blank; train_counts naming none of the run's labels (another run's
+    file) gave a uniform prior, so a shift that did nothing. Now one line naming the file, with --posthoc_logit_
+    adjustment none too (the ensemble then reads labels.json for its tiers only, after the build)."""
+    import longtail.compare
+    import longtail.ensemble
+
+    rng = np.random.default_rng(2)
+    y = {s: [0, 1, 2, 0, 1, 2, 0, 1] for s in ("validation", "test")}
+    cases = {
+        "not_json": ("{not json", "is not readable JSON (JSONDecodeError: Expecting property name"),
+        "list": ("[1, 2]", ": it holds a list, not an object. Rerun the run that wrote it."),
+        "counts_list": (
+            '{"train_counts": [5, 3, 1]}',
+            ": train_counts is not a mapping of label to a count of rows",
+        ),
+        "counts_text": (
+            '{"train_counts": {"a": "many"}}',
+            ": train_counts is not a mapping of label to a count",
+        ),
+        "tiers_list": ('{"tiers": ["head", "mid", "tail"]}', ": tiers is not a mapping of label to tier."),
+        "other_run": (
+            '{"train_counts": {"x": 5, "y": 3}}',
+            ": its train_counts name none of the 3 labels of the run's predictions (e.g. ['x', 'y'] against "
+            "['a', 'b', 'c']): another run's labels.json?",
+        ),
+    }
+    out = tmp_path / "out"
+    for case, (text, message) in cases.items():
+        bad = make_run(tmp_path / case, {s: rng.dirichlet(np.ones(3), 8) for s in y}, y)
+        other = make_run(tmp_path / f"{case}_other", {s: rng.dirichlet(np.ones(3), 8) for s in y}, y)
+        (Path(bad) / "labels.json").write_text(text)
+        for tool, argv in (
+            ("compare", [other, "--reference", bad]),
+            ("ensemble", [bad, other]),
+            ("ensemble", [bad, other, "--posthoc_logit_adjustment", "none"]),
+        ):
+            run_as(monkeypatch, f"{tool}.py")
+            with pytest.raises(SystemExit) as exit_info:
+                getattr(longtail, tool).main([*argv, "--output_dir", str(out), "--n_resamples", "20"])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and "Traceback" not in err, (case, tool, err)
+            assert (
+                err.strip()
+                .splitlines()[-1]
+                .startswith(
+                    f"{tool}.py: error: {Path(bad) / 'labels.json'}{' ' if case == 'not_json' else ''}{message}"
+                )
+            ), (case, tool, err)
+            assert not out.exists(), (case, tool)
+    # a class with no training rows (all its rows went to validation) is not a mismatch: it counts as one row
+    fine = make_run(tmp_path / "fine", {s: rng.dirichlet(np.ones(3), 8) for s in y}, y)
+    (Path(fine) / "labels.json").write_text('{"train_counts": {"a": 6, "b": 3}, "tiers": {"a": "head"}}')
+    record = longtail.ensemble.main(
+        [fine, other, "--output_dir", str(tmp_path / "ens"), "--n_resamples", "20"]
+    )
+    np.testing.assert_allclose(record["serving"]["log_prior"], np.log([0.6, 0.3, 0.1]))
+
+
 def test_temperature_and_weights_chosen_on_validation(tmp_path):
     from longtail.ensemble import fit_temperature, main, simplex_grid, temper
     from longtail.metrics import negative_log_likelihood

@@ -209,11 +209,47 @@ def check_same_rows(runs: list[dict], reference: dict, role: str = "the referenc
             )
 
 
-def load_tiers(run_dir, label_names: list[str]) -> dict[int, str]:
+def read_labels_json(run_dir, label_names: list[str]) -> dict | None:
+    """A run's labels.json (None without one), its `train_counts` ({label: count}) and `tiers` ({label: tier})
+    checked: a file that is not JSON, not an object, or whose entries are not those mappings (each once a
+    JSONDecodeError, AttributeError or TypeError traceback, or tiers silently dropped), or whose train_counts name
+    none of the run's labels (another run's labels.json: every class would count as one row, the post-hoc prior
+    uniform, the shift doing nothing) is a CompareError naming the file."""
     path = Path(run_dir) / "labels.json"
     if not path.is_file():
-        return {}
-    tiers = json.loads(path.read_text("utf-8")).get("tiers", {})
+        return None
+    try:
+        record = json.loads(path.read_text("utf-8"))
+    except (ValueError, OSError) as err:  # not JSON (or UTF-8), unreadable
+        raise CompareError(
+            f"{path} is not readable JSON ({type(err).__name__}: {err}). Rerun the run that wrote it."
+        ) from None
+    problem = None
+    if not isinstance(record, dict):
+        problem = f"it holds a {type(record).__name__}, not an object"
+    else:
+        counts, tiers = record.get("train_counts"), record.get("tiers")
+        if counts is not None and not (
+            isinstance(counts, dict)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts.values())
+        ):
+            problem = "train_counts is not a mapping of label to a count of rows"
+        elif tiers is not None and not (
+            isinstance(tiers, dict) and all(isinstance(t, str) for t in tiers.values())
+        ):
+            problem = "tiers is not a mapping of label to tier"
+        elif counts and label_names and not set(counts) & set(label_names):
+            problem = (
+                f"its train_counts name none of the {len(label_names)} labels of the run's predictions "
+                f"(e.g. {sorted(counts)[:3]} against {list(label_names)[:3]}): another run's labels.json?"
+            )
+    if problem:
+        raise CompareError(f"{path}: {problem}. Rerun the run that wrote it.")
+    return record
+
+
+def load_tiers(run_dir, label_names: list[str]) -> dict[int, str]:
+    tiers = (read_labels_json(run_dir, label_names) or {}).get("tiers") or {}
     return {i: tiers[name] for i, name in enumerate(label_names) if name in tiers}
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from longtail.compare import (
     check_distinct,
     check_same_rows,
     load_tiers,
+    read_labels_json,
     read_run,
     run_labels,
 )
@@ -159,8 +159,7 @@ def serving_spec(result: dict) -> dict:
 
 def training_log_prior(run_dir, label_names: list[str]) -> np.ndarray | None:
     """log class prior from a run's labels.json training counts (by label name); None without them."""
-    path = Path(run_dir) / "labels.json"
-    counts = json.loads(path.read_text("utf-8")).get("train_counts") if path.is_file() else None
+    counts = (read_labels_json(run_dir, label_names) or {}).get("train_counts")
     if not counts:
         return None
     return log_prior_array({i: counts.get(name, 0) for i, name in enumerate(label_names)}, len(label_names))
@@ -501,6 +500,8 @@ def main(argv: list[str] | None = None) -> dict:
             args.weights,
             args.combine,
         )
+        # the first member that has tiers (an ensemble member saves no labels.json); a malformed one is an error
+        tiers = next((t for t in (load_tiers(r, result["label_names"]) for r in args.runs) if t), {})
     except UsageError as err:  # CompareError, OutputDirError, ...
         raise usage_exit(str(err)) from None
     from longtail.provenance import environment
@@ -512,8 +513,6 @@ def main(argv: list[str] | None = None) -> dict:
         "command": command_line("-m", ["longtail.ensemble", *(sys.argv[1:] if argv is None else argv)]),
         "environment": environment(),
     }
-    # the first member that has tiers (an ensemble member saves no labels.json)
-    tiers = next((t for t in (load_tiers(r, result["label_names"]) for r in args.runs) if t), {})
     record = write_outputs(result, out, tiers, args.n_resamples, provenance)
     print((out / "report.md").read_text("utf-8"))
     return record
