@@ -353,6 +353,234 @@ def test_repeated_runs_and_too_few_resamples_are_one_line_errors(tmp_path, capsy
     assert [r["run"] for r in rows] == ["a", "b"]
 
 
+def test_a_malformed_predictions_file_is_one_line_in_compare_and_ensemble(tmp_path, capsys, monkeypatch):
+    """A predictions file these tools did not write as `save_predictions` does: each was a traceback (numpy's
+    "pickled data" for a truncated file, a KeyError, an IndexError, a broadcast error, scikit-learn's "empty input")
+    or, worse, silently compared (4 probability columns for 3 labels: argmax could pick a class with no name; a row
+    id twice: rows aligned in whatever order they came). Now one line naming the file and what is wrong, from both
+    tools, and nothing written; a file given for a run folder is named as a file."""
+    import longtail.compare
+    import longtail.ensemble
+
+    y = {"validation": [0, 1, 2, 0, 1, 2, 0, 1]}
+    good = make_run(tmp_path / "good", {"validation": y["validation"]}, y)
+    rng = np.random.default_rng(0)
+
+    def npz(**change):
+        fields = {
+            "row_id": np.arange(8),
+            "y_true": np.array(y["validation"]),
+            "probs": rng.dirichlet(np.ones(3), 8),
+            "label_names": np.array(LABELS),
+        }
+        fields.update(change)
+        return lambda path: np.savez(path, **{k: v for k, v in fields.items() if v is not None})
+
+    def truncated(path):
+        npz()(path)
+        path.write_bytes(path.read_bytes()[:100])
+
+    cases = {
+        "text": (
+            lambda path: path.write_text("row_id,probs\n0,0.5\n"),
+            "is not an .npz archive (truncated, or",
+        ),
+        "truncated": (truncated, "is not an .npz archive (truncated, or not written by these tools)"),
+        "logits": (
+            npz(probs=None, logits=np.zeros((8, 3))),
+            "has no probs (found: label_names, logits, row_id, y_true): not a predictions file of these tools",
+        ),
+        "width": (
+            npz(probs=rng.dirichlet(np.ones(4), 8)),
+            "is malformed: 4 probability columns for 3 label names",
+        ),
+        "short": (
+            npz(y_true=np.array(y["validation"][:6])),
+            "is malformed: 8 row ids, 6 true labels and 8 rows of probabilities",
+        ),
+        "empty": (
+            npz(row_id=np.arange(0), y_true=np.zeros(0, int), probs=np.zeros((0, 3))),
+            "is malformed: no rows",
+        ),
+        "repeated": (
+            npz(row_id=np.array([0, 0, 1, 1, 2, 3, 4, 5])),
+            "is malformed: 2 row ids more than once (e.g. [0, 1])",
+        ),
+        "label_ids": (
+            npz(y_true=np.array([0, 1, 5, 0, 1, 2, 0, -1])),
+            "is malformed: true label ids [-1, 5] outside its 3",
+        ),
+        "float_ids": (
+            npz(row_id=np.arange(8) + 0.5),
+            "is malformed: row ids of type float64 and true labels of type int64",
+        ),
+        "objects": (
+            npz(label_names=np.array(LABELS, dtype=object)),
+            "cannot be read as a predictions file (ValueError: Object arrays cannot be loaded when allow_pickle=False",
+        ),
+    }
+    out = tmp_path / "out"
+    for case, (write, message) in cases.items():
+        bad = tmp_path / case
+        bad.mkdir()
+        write(bad / "predictions_validation.npz")
+        for tool, argv in (
+            ("compare", [str(bad), "--reference", good, "--split", "validation"]),
+            ("compare", [good, "--reference", str(bad), "--split", "validation"]),
+            ("ensemble", [good, str(bad), "--no_test"]),
+        ):
+            run_as(monkeypatch, f"{tool}.py")
+            with pytest.raises(SystemExit) as exit_info:
+                getattr(longtail, tool).main([*argv, "--output_dir", str(out), "--n_resamples", "20"])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and "Traceback" not in err, (case, tool, err)
+            assert (
+                err.strip()
+                .splitlines()[-1]
+                .startswith(f"{tool}.py: error: {bad / 'predictions_validation.npz'} {message}")
+            ), (case, tool, err)
+            assert not out.exists(), (case, tool)
+    run_as(monkeypatch, "compare.py")
+    file = tmp_path / "text" / "predictions_validation.npz"
+    with pytest.raises(SystemExit):
+        longtail.compare.main([str(file), "--reference", good, "--split", "validation"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"compare.py: error: {file} is a file: pass the run folder that holds predictions_validation.npz"
+    )
+
+
+def test_predictions_that_are_not_probabilities_are_refused(tmp_path, capsys, monkeypatch):
+    """NaN rows (a run that diverged) were compared as predictions of the first class, and an ensemble mixed them
+    into NaN and wrote itself with them; logits saved as `probs` were compared by their argmax, and an ensemble took
+    the log of their negative values, all without a word. Now one line naming the file, the rows and the values."""
+    import longtail.compare
+    import longtail.ensemble
+
+    y = {"validation": [0, 1, 2, 0, 1, 2, 0, 1]}
+    rng = np.random.default_rng(1)
+    good = make_run(tmp_path / "good", {"validation": rng.dirichlet(np.ones(3), 8)}, y)
+    diverged = rng.dirichlet(np.ones(3), 8)
+    diverged[[2, 5]] = np.nan
+    logits = np.array([[2.0, -1.0, 0.5], [0.5, 0.25, -0.75]] * 4)
+    scaled = rng.dirichlet(np.ones(3), 8) * 100  # percentages
+    cases = {
+        "diverged": (
+            diverged,
+            "has NaN or infinite probabilities in 2 of 8 rows (row ids [2, 5]): a run that diverged?",
+        ),
+        "logits": (
+            logits,
+            "holds rows that are not probabilities (8 of 8, row ids [0, 1, 2, 3, 4], ...: values from -1 to 2, rows "
+            "summing to 0 to 1.5): logits or scores saved as probs?",
+        ),
+        "percent": (scaled, "holds rows that are not probabilities (8 of 8, row ids"),
+    }
+    out = tmp_path / "out"
+    for case, (probs, message) in cases.items():
+        bad = make_run(tmp_path / case, {"validation": probs}, y)
+        for tool, argv in (
+            ("compare", [bad, "--reference", good, "--split", "validation"]),
+            ("ensemble", [good, bad, "--no_test", "--posthoc_logit_adjustment", "none"]),
+        ):
+            run_as(monkeypatch, f"{tool}.py")
+            with pytest.raises(SystemExit) as exit_info:
+                getattr(longtail, tool).main([*argv, "--output_dir", str(out), "--n_resamples", "20"])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and "Traceback" not in err, (case, tool, err)
+            assert (
+                err.strip()
+                .splitlines()[-1]
+                .startswith(f"{tool}.py: error: {Path(bad) / 'predictions_validation.npz'} {message}")
+            ), (case, tool, err)
+            assert not out.exists(), (case, tool)
+    # float32 rounding of a float64 softmax, and rows that are one class for sure, are probabilities
+    sure = np.eye(3)[[0, 1, 2, 0, 1, 2, 0, 0]].astype(np.float32)
+    sure[1] = [1e-7, 1 - 2e-7, 1e-7]
+    ok = make_run(tmp_path / "sure", {"validation": sure}, y)
+    assert longtail.compare.compare_runs([ok], good, "validation", n_resamples=20)["num_rows"] == 8
+
+
+def test_a_malformed_train_predictions_file_only_loses_the_ensembles_train_predictions(tmp_path, capsys):
+    """predictions_train.npz is only the ensemble's teacher output: a malformed one is a note, as members whose
+    train rows differ are, and the ensemble is built without it (it stopped the whole ensemble with a traceback)."""
+    from longtail.ensemble import main
+
+    y = {"train": [0, 1, 2, 0, 1, 2], "validation": [0, 1, 2, 0, 1, 2], "test": [0, 1, 2, 0, 1, 2]}
+    a = make_run(tmp_path / "a", {s: [0, 1, 2, 0, 1, 1] for s in y}, y)
+    b = make_run(tmp_path / "b", {s: [0, 1, 1, 0, 1, 2] for s in y}, y)
+    (tmp_path / "b" / "predictions_train.npz").write_bytes(b"PK\x03\x04 cut short")
+    main([a, b, "--output_dir", str(tmp_path / "ens"), "--n_resamples", "20"])
+    assert (
+        f"ensemble: no train predictions for the ensemble: {tmp_path / 'b' / 'predictions_train.npz'} is not an "
+        ".npz archive" in capsys.readouterr().err
+    )
+    assert sorted(p.name for p in (tmp_path / "ens").glob("predictions_*.npz")) == [
+        "predictions_test.npz",
+        "predictions_validation.npz",
+    ]
+
+
+def test_a_malformed_labels_json_is_one_line_in_compare_and_ensemble(tmp_path, capsys, monkeypatch):
+    """labels.json gives compare its tiers and the ensemble its prior. Not JSON, a list, or train_counts / tiers
+    that are not mappings were tracebacks (JSONDecodeError, AttributeError, a TypeError from a count "many") or,
+    for a list of tiers, tier columns silently blank; train_counts naming none of the run's labels (another run's
+    file) gave a uniform prior, so a shift that did nothing. Now one line naming the file, with --posthoc_logit_
+    adjustment none too (the ensemble then reads labels.json for its tiers only, after the build)."""
+    import longtail.compare
+    import longtail.ensemble
+
+    rng = np.random.default_rng(2)
+    y = {s: [0, 1, 2, 0, 1, 2, 0, 1] for s in ("validation", "test")}
+    cases = {
+        "not_json": ("{not json", "is not readable JSON (JSONDecodeError: Expecting property name"),
+        "list": ("[1, 2]", ": it holds a list, not an object. Rerun the run that wrote it."),
+        "counts_list": (
+            '{"train_counts": [5, 3, 1]}',
+            ": train_counts is not a mapping of label to a count of rows",
+        ),
+        "counts_text": (
+            '{"train_counts": {"a": "many"}}',
+            ": train_counts is not a mapping of label to a count",
+        ),
+        "tiers_list": ('{"tiers": ["head", "mid", "tail"]}', ": tiers is not a mapping of label to tier."),
+        "other_run": (
+            '{"train_counts": {"x": 5, "y": 3}}',
+            ": its train_counts name none of the 3 labels of the run's predictions (e.g. ['x', 'y'] against "
+            "['a', 'b', 'c']): another run's labels.json?",
+        ),
+    }
+    out = tmp_path / "out"
+    for case, (text, message) in cases.items():
+        bad = make_run(tmp_path / case, {s: rng.dirichlet(np.ones(3), 8) for s in y}, y)
+        other = make_run(tmp_path / f"{case}_other", {s: rng.dirichlet(np.ones(3), 8) for s in y}, y)
+        (Path(bad) / "labels.json").write_text(text)
+        for tool, argv in (
+            ("compare", [other, "--reference", bad]),
+            ("ensemble", [bad, other]),
+            ("ensemble", [bad, other, "--posthoc_logit_adjustment", "none"]),
+        ):
+            run_as(monkeypatch, f"{tool}.py")
+            with pytest.raises(SystemExit) as exit_info:
+                getattr(longtail, tool).main([*argv, "--output_dir", str(out), "--n_resamples", "20"])
+            err = capsys.readouterr().err
+            assert exit_info.value.code == 2 and "Traceback" not in err, (case, tool, err)
+            assert (
+                err.strip()
+                .splitlines()[-1]
+                .startswith(
+                    f"{tool}.py: error: {Path(bad) / 'labels.json'}{' ' if case == 'not_json' else ''}{message}"
+                )
+            ), (case, tool, err)
+            assert not out.exists(), (case, tool)
+    # a class with no training rows (all its rows went to validation) is not a mismatch: it counts as one row
+    fine = make_run(tmp_path / "fine", {s: rng.dirichlet(np.ones(3), 8) for s in y}, y)
+    (Path(fine) / "labels.json").write_text('{"train_counts": {"a": 6, "b": 3}, "tiers": {"a": "head"}}')
+    record = longtail.ensemble.main(
+        [fine, other, "--output_dir", str(tmp_path / "ens"), "--n_resamples", "20"]
+    )
+    np.testing.assert_allclose(record["serving"]["log_prior"], np.log([0.6, 0.3, 0.1]))
+
+
 def test_temperature_and_weights_chosen_on_validation(tmp_path):
     from longtail.ensemble import fit_temperature, main, simplex_grid, temper
     from longtail.metrics import negative_log_likelihood
@@ -590,7 +818,7 @@ def test_ensemble_logit_adjustment_chosen_on_validation(tmp_path, capsys):
     bare = [make_run(tmp_path / name, probs, y) for name in ("b1", "b2")]
     assert main([*bare, "--output_dir", str(tmp_path / "bare"), "--n_resamples", "20"])["posthoc_tau"] == 0.0
     assert "no training counts" in capsys.readouterr().err
-    assert "post-hoc logit adjustment (none, no training counts in the first member's labels.json)" in (
+    assert "post-hoc logit adjustment (none, no training counts in any member's labels.json)" in (
         (tmp_path / "bare" / "report.md").read_text()
     )
     with pytest.raises(SystemExit) as exit_info:
@@ -608,6 +836,102 @@ def test_ensemble_logit_adjustment_chosen_on_validation(tmp_path, capsys):
             f"error: --posthoc_logit_adjustment must be auto, none or a number, got '{tau}'"
         ), err
         assert not (tmp_path / f"tau_{tau}").exists()
+
+
+def test_the_prior_comes_from_the_first_member_with_training_counts(tmp_path, capsys):
+    """An ensemble saves no labels.json: listed first (or in an ensemble of ensembles), the post-hoc shift was
+    dropped ("no training counts") though the next member had them, and a fixed tau was refused. The prior now
+    comes from the first member that has counts, as the tiers already did, and the note, ensemble.json and the
+    report name it; with no member's counts, auto still does no shift and a fixed tau is still refused."""
+    from longtail.ensemble import main
+    from longtail.report import load_predictions
+
+    head_row, tail_row = [0.55, 0.15, 0.30], [0.45, 0.15, 0.40]
+    y = {"validation": [0, 0, 0, 2, 2, 2], "test": [0, 2, 2, 0]}
+    probs = {s: np.array([head_row if label == 0 else tail_row for label in y[s]]) for s in y}
+    m1, m2, m3 = (make_run(tmp_path / name, probs, y) for name in ("m1", "m2", "m3"))
+    for run in (m1, m2):
+        (Path(run) / "labels.json").write_text(json.dumps({"train_counts": {"a": 80, "b": 15, "c": 5}}))
+    shifted = main([m1, m2, "--output_dir", str(tmp_path / "shifted"), "--n_resamples", "20"])
+    assert shifted["posthoc_tau"] == 0.25
+    inner = main([m1, m2, "--output_dir", str(tmp_path / "inner"), "--n_resamples", "20",
+                  "--posthoc_logit_adjustment", "none"])  # fmt: skip
+    inner_dir = str(tmp_path / "inner")
+    capsys.readouterr()
+    # the unshifted inner ensemble first: it leans to class a, as its members do, and only the shift by m2's prior
+    # (tau chosen on validation) recovers the c rows
+    outer = main([inner_dir, m2, "--output_dir", str(tmp_path / "outer"), "--n_resamples", "20"])
+    err = capsys.readouterr().err
+    assert outer["posthoc_tau"] == 0.25 and outer["metrics"]["validation"]["macro_f1"] == 1.0
+    assert (
+        f"ensemble: the class prior of the post-hoc logit adjustment is {m2}'s training counts (labels.json; "
+        f"{inner_dir} has none)" in err
+    )
+    assert "no post-hoc logit adjustment" not in err
+    assert outer["posthoc_prior_from"] == m2 and shifted["posthoc_prior_from"] == m1
+    assert inner["posthoc_prior_from"] is None
+    np.testing.assert_allclose(outer["serving"]["log_prior"], np.log([0.8, 0.15, 0.05]))
+    assert "renormalised; the prior: m2's training counts)" in (tmp_path / "outer" / "report.md").read_text()
+    fixed = main([inner_dir, m2, "--output_dir", str(tmp_path / "fixed"), "--n_resamples", "20",
+                  "--posthoc_logit_adjustment", "0.5"])  # fmt: skip
+    predicted = load_predictions(tmp_path / "fixed" / "predictions_validation.npz")["probs"].argmax(1)
+    assert predicted.tolist() == [0, 0, 0, 2, 2, 2]
+    assert fixed["posthoc_tau"] == 0.5 and fixed["posthoc_prior_from"] == m2
+    # no member with counts: as before, auto does no shift and says so; a fixed tau is one line naming them all
+    capsys.readouterr()
+    bare = main([inner_dir, m3, "--output_dir", str(tmp_path / "bare"), "--n_resamples", "20"])
+    assert bare["posthoc_tau"] == 0.0 and bare["posthoc_prior_from"] is None
+    assert "ensemble: no training counts in any member's labels.json: no post-hoc logit adjustment" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([inner_dir, m3, "--output_dir", str(tmp_path / "bare2"), "--posthoc_logit_adjustment", "1"])
+    assert (
+        exit_info.value.code == 2
+        and (
+            f"error: no training counts in any member's labels.json ({inner_dir}, {m3}), so no class prior for the "
+            "post-hoc logit adjustment; pass --posthoc_logit_adjustment none"
+        )
+        in capsys.readouterr().err
+    )
+
+
+def test_ensemble_refuses_a_negative_tau_and_warns_about_a_large_one(tmp_path, capsys, caplog, monkeypatch):
+    """A negative tau was taken: the mix shifted towards the head classes, the opposite of the option's purpose,
+    and the ensemble written with it. Now one line naming the option and value, status 2, no output folder. A tau
+    above 2 (over-correcting past tau = 1, the balanced-error rule) is built, with one warning."""
+    import longtail.posthoc
+    from longtail.ensemble import main
+
+    monkeypatch.setattr(longtail.posthoc, "_warned_taus", set(), raising=False)
+    y = {"validation": [0, 0, 0, 2, 2, 2], "test": [0, 2, 2, 0]}
+    probs = {
+        s: np.array([[0.55, 0.15, 0.30] if label == 0 else [0.45, 0.15, 0.40] for label in y[s]]) for s in y
+    }
+    runs = [make_run(tmp_path / name, probs, y) for name in ("m1", "m2")]
+    for run in runs:
+        (tmp_path / run / "labels.json").write_text(json.dumps({"train_counts": {"a": 80, "b": 15, "c": 5}}))
+    run_as(monkeypatch, "ensemble.py")
+    for given in (["--posthoc_logit_adjustment", "-0.5"], ["--posthoc_logit_adjustment=-2"]):
+        value = given[-1].split("=")[-1]
+        with pytest.raises(SystemExit) as exit_info:
+            main([*runs, "--output_dir", str(tmp_path / "neg"), "--n_resamples", "20", *given])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err
+        assert err.strip().splitlines()[-1] == (
+            f"ensemble.py: error: --posthoc_logit_adjustment must be >= 0, got '{value}': a negative tau shifts "
+            "predictions towards the head classes (tau = 1 is the Bayes rule for balanced error)"
+        )
+    assert not (tmp_path / "neg").exists()
+    with caplog.at_level("WARNING", logger="longtail.posthoc"):
+        record = main([*runs, "--output_dir", str(tmp_path / "big"), "--n_resamples", "20",
+                       "--posthoc_logit_adjustment", "4"])  # fmt: skip
+    assert record["posthoc_tau"] == 4.0
+    warned = [r.getMessage() for r in caplog.records if r.name == "longtail.posthoc"]
+    assert warned == [  # once, though the option is read twice (the arguments, then the prior)
+        "--posthoc_logit_adjustment 4 is above 2.0: it over-corrects past the balanced-error rule (tau = 1 is its "
+        "Bayes rule), so predictions lean to the tail classes"
+    ]
 
 
 def test_compare_and_ensemble_repeat_exactly_and_record_their_bootstrap(tmp_path):

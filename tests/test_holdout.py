@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import CFPB_CSV, needs_shared
+from conftest import CFPB_CSV, needs_shared, run_as
 
 from longtail.holdout import main
 
@@ -97,6 +97,56 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
         main([str(tmp_path / "data" / "train.csv"), "--output_dir", str(tmp_path / "data"), "--overwrite"])
     assert "is the input and one of the files written to" in capsys.readouterr().err
     assert len(pd.read_csv(tmp_path / "data" / "train.csv")) == 40
+
+
+def test_a_run_or_model_folder_is_refused_even_with_overwrite(tmp_path, capsys, monkeypatch):
+    """`--output_dir` a finished run's folder (or an ensemble's, a model's, a run stopped at a checkpoint) got the
+    split's train.csv / heldout.csv / holdout.json among the run's results. Now one line naming the folder and what
+    was found in it, with or without --overwrite, and the folder is left as it was; a data folder with notes of
+    its own is still written to."""
+    run_as(monkeypatch, "holdout.py")
+    write_source(tmp_path / "all.csv")
+    folders = {
+        "run": [
+            "run_config.json",
+            "labels.json",
+            "eval_results.json",
+            "predictions_validation.npz",
+            "model.safetensors",
+        ],
+        "ensemble": ["ensemble.json", "report.md", "predictions_test.npz"],
+        "tfidf": ["model.joblib"],
+        "downloaded": ["config.json", "model.safetensors", "tokenizer.json"],
+        "export": ["model.onnx", "config.json"],
+        "stopped": ["checkpoint-40/"],
+    }
+    for name, contents in folders.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for item in contents:
+            (folder / item).mkdir() if item.endswith("/") else (folder / item).write_text("{}")
+        before = sorted(p.name for p in folder.iterdir())
+        found = [c for c in contents if c not in ("config.json", "tokenizer.json")]  # a model's, not a run's
+        for extra in ([], ["--overwrite"]):
+            with pytest.raises(SystemExit) as exc:
+                main([str(tmp_path / "all.csv"), "--output_dir", str(folder), *extra])
+            err = capsys.readouterr().err
+            assert exc.value.code == 2 and "Traceback" not in err
+            assert err.strip().splitlines()[-1] == (
+                f"holdout.py: error: --output_dir {folder} is a run or model folder (it holds "
+                f"{', '.join(sorted(found))}): the split's files would be mixed into it; choose another "
+                "--output_dir, e.g. a data/ folder of its own"
+            ), name
+        assert sorted(p.name for p in folder.iterdir()) == before, name
+    # a folder of data and notes is not a run: written as before
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("where the data came from")
+    (notes / "splits.json").write_text("{}")  # e.g. ids for --split_indices: data, not a run
+    assert main([str(tmp_path / "all.csv"), "--output_dir", str(notes)])["rows"] == {
+        "train": 34,
+        "heldout": 6,
+    }
 
 
 @pytest.mark.shared

@@ -117,3 +117,85 @@ def test_adjust_on_validation_folds_the_chosen_tau_and_saves_the_model():
     untouched = StandIn(torch.nn.Linear(2, 2))
     assert adjust_on_validation(untouched, data, {"validation": "val-rows"}, "none") == (0.0, None)
     assert untouched.predicted == 0
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """Each large tau is warned about once per process: forget the ones other tests warned about."""
+    import longtail.posthoc
+
+    monkeypatch.setattr(longtail.posthoc, "_warned_taus", set(), raising=False)
+
+
+def test_a_negative_tau_is_refused_and_a_large_one_warned_about(caplog, fresh_warnings):
+    """A negative tau multiplies the prior in: predictions move to the head classes, the opposite of what the
+    option is for (it was accepted, and folded into the served model). Above 2 the shift over-corrects past tau = 1,
+    the Bayes rule for balanced error: accepted, with one warning however often the value is parsed."""
+    for value in ("-0.5", "-1", "-3e-2"):
+        with pytest.raises(ValueError) as err:
+            parse_tau_option(value)
+        assert str(err.value) == (
+            f"--posthoc_logit_adjustment must be >= 0, got '{value}': a negative tau shifts predictions towards "
+            "the head classes (tau = 1 is the Bayes rule for balanced error)"
+        )
+    with caplog.at_level("WARNING", logger="longtail.posthoc"):
+        assert parse_tau_option("2") == (2.0,) and parse_tau_option("0") == (0.0,)
+        assert parse_tau_option("-0") == (0.0,)  # float("-0") is -0.0, no shift
+        assert not caplog.records  # 2 is still accepted silently: twice the balanced-error rule
+        assert parse_tau_option("3.5") == (3.5,) and parse_tau_option("3.5") == (3.5,)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--posthoc_logit_adjustment 3.5 is above 2.0: it over-corrects past the balanced-error rule "
+        "(tau = 1 is its Bayes rule), so predictions lean to the tail classes"
+    ]
+    assert caplog.records[0].levelname == "WARNING"
+
+
+def test_the_training_loss_tau_is_checked_like_the_posthoc_one(caplog, fresh_warnings):
+    """--logit_adjustment_tau: a negative one trained the raw logits towards the head classes, NaN (from Python; the
+    command line refuses it in `parse_config`) gave a NaN loss at the first step; both passed every check."""
+    from longtail.losses import LossArguments
+
+    for tau in (-1.0, -0.25):
+        with pytest.raises(
+            ValueError, match=f"^--logit_adjustment_tau must be >= 0, got '{tau}': a negative tau"
+        ):
+            LossArguments(loss="logit_adjusted", logit_adjustment_tau=tau)
+    with pytest.raises(ValueError, match="^--logit_adjustment_tau must be >= 0, got '-1.0'"):
+        LossArguments(logit_adjustment_tau=-1.0)  # unused by ce, but a mistake all the same
+    for tau in (float("nan"), float("inf")):
+        with pytest.raises(
+            ValueError, match=f"^--logit_adjustment_tau must be a finite number >= 0, got '{tau}'$"
+        ):
+            LossArguments(loss="logit_adjusted", logit_adjustment_tau=tau)
+    with caplog.at_level("WARNING", logger="longtail.posthoc"):
+        assert LossArguments(loss="logit_adjusted", logit_adjustment_tau=0.0).logit_adjustment_tau == 0.0
+        LossArguments(logit_adjustment_tau=5.0)  # ce: the loss tau is not read, so nothing to warn about
+        assert not caplog.records
+        LossArguments(loss="logit_adjusted", logit_adjustment_tau=5.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--logit_adjustment_tau 5.0 is above 2.0: it over-corrects past the balanced-error rule "
+        "(tau = 1 is its Bayes rule), so predictions lean to the tail classes"
+    ]
+
+
+def test_a_negative_tau_stops_a_recipe_with_one_line(tmp_path, capsys, monkeypatch):
+    """Through the recipe's command-line entry (`longtail.cli.run`): status 2 and one line naming the option and
+    the value, while the options are parsed (before any data, model or output folder)."""
+    from conftest import refused, run_as
+    from test_recipes import load_recipe
+
+    from longtail.cli import run
+
+    recipe = load_recipe("full_ft_encoder")
+    run_as(monkeypatch, "full_ft_encoder.py")
+    out = tmp_path / "out"
+    for option, value, message in (
+        ("--posthoc_logit_adjustment", "-0.5", "must be >= 0, got '-0.5': a negative tau shifts predictions"),
+        ("--logit_adjustment_tau", "-1", "must be >= 0, got '-1.0': a negative tau shifts predictions"),
+    ):
+        # a local file that is not there: had the options passed, the run would stop at once (and offline)
+        argv = ["--loss", "logit_adjusted", option, value, "--train_file", str(tmp_path / "absent.csv")]
+        argv += ["--output_dir", str(out)]
+        line = refused(lambda a: run(recipe.main, a), argv, capsys)
+        assert line.startswith(f"full_ft_encoder.py: error: {option} {message}"), line
+    assert not out.exists()

@@ -69,8 +69,93 @@ def check_distinct(run_dirs) -> None:
         seen[path] = d
 
 
+PREDICTION_KEYS = ("row_id", "y_true", "probs", "label_names")
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """`report.load_predictions`, with a file that is not one `save_predictions` would write (unreadable, a key
+    missing, lengths or widths that disagree, no rows, a row id twice, label ids outside its label list) a
+    CompareError naming the file and what is wrong: each was a traceback from numpy or scikit-learn, or, for a
+    width past the label list, a silent comparison of the wrong columns."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # numpy would read it as a pickle, and refuse that
+        raise CompareError(
+            f"{path} is not an .npz archive (truncated, or not written by these tools). "
+            "Rerun the run (or the ensemble) that wrote it."
+        )
+    try:
+        pred = load_predictions(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # a damaged archive, an object array
+        why = " ".join(str(err).split())[:120]
+        raise CompareError(
+            f"{path} cannot be read as a predictions file ({type(err).__name__}: {why}). "
+            "Rerun the run (or the ensemble) that wrote it."
+        ) from None
+    missing = [k for k in PREDICTION_KEYS if k not in pred]
+    if missing:
+        raise CompareError(
+            f"{path} has no {', '.join(missing)} (found: {', '.join(sorted(pred)) or 'nothing'}): not a "
+            "predictions file of these tools, which hold row_id, y_true, probs and label_names."
+        )
+    row_id, y_true, probs, names = (pred[k] for k in PREDICTION_KEYS)
+    problem = None
+    if probs.ndim != 2 or row_id.ndim != 1 or y_true.ndim != 1 or names.ndim != 1:
+        problem = (
+            f"probs of shape {probs.shape}, row_id {row_id.shape}, y_true {y_true.shape}: not one row each"
+        )
+    elif not len(row_id) == len(y_true) == len(probs):
+        problem = f"{len(row_id)} row ids, {len(y_true)} true labels and {len(probs)} rows of probabilities"
+    elif probs.shape[1] != len(names):
+        problem = f"{probs.shape[1]} probability columns for {len(names)} label names"
+    elif not len(probs):
+        problem = "no rows"
+    elif not (np.issubdtype(y_true.dtype, np.integer) and np.issubdtype(row_id.dtype, np.integer)):
+        problem = f"row ids of type {row_id.dtype} and true labels of type {y_true.dtype}, not integers"
+    elif len(np.unique(row_id)) != len(row_id):
+        ids, counts = np.unique(row_id, return_counts=True)
+        problem = (
+            f"{int((counts > 1).sum())} row ids more than once (e.g. {[int(i) for i in ids[counts > 1][:5]]})"
+        )
+    elif ((y_true < 0) | (y_true >= len(names))).any():
+        outside = sorted({int(i) for i in y_true if not 0 <= i < len(names)})
+        problem = f"true label ids {outside[:5]} outside its {len(names)} label names"
+    if problem:
+        raise CompareError(f"{path} is malformed: {problem}. Rerun the run (or the ensemble) that wrote it.")
+    check_probabilities(path, row_id, probs)
+    return pred
+
+
+PROBABILITY_SUM_TOLERANCE = 1e-3  # saved as float32 from a float64 softmax: rows sum to 1 within ~1e-6
+
+
+def check_probabilities(path: Path, row_id: np.ndarray, probs: np.ndarray) -> None:
+    """A CompareError for rows that are not probabilities: NaN or infinite values (a run that diverged: compare
+    scored every such row as the first class, and an ensemble mixed them into NaN, then the first class, without a
+    word), or values outside [0, 1] or rows not summing to 1 (logits or scores saved as `probs`: their argmax was
+    compared as it came, and an ensemble took the log of negative "probabilities")."""
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise CompareError(
+            f"{path} has NaN or infinite probabilities in {int(bad.sum())} of {len(probs)} rows (row ids "
+            f"{[int(i) for i in row_id[bad][:5]]}{', ...' if bad.sum() > 5 else ''}): a run that diverged? "
+            "Its predictions cannot be scored or mixed."
+        )
+    sums = probs.sum(axis=1, dtype=np.float64)
+    bad = (probs < 0).any(axis=1) | (probs > 1).any(axis=1) | (np.abs(sums - 1) > PROBABILITY_SUM_TOLERANCE)
+    if bad.any():
+        raise CompareError(
+            f"{path} holds rows that are not probabilities ({int(bad.sum())} of {len(probs)}, row ids "
+            f"{[int(i) for i in row_id[bad][:5]]}{', ...' if bad.sum() > 5 else ''}: values from "
+            f"{float(probs.min()):.3g} to {float(probs.max()):.3g}, rows summing to {float(sums.min()):.3g} to "
+            f"{float(sums.max()):.3g}): logits or scores saved as probs? Each row must be probabilities summing to 1."
+        )
+
+
 def read_run(run_dir, split: str) -> dict:
     path = Path(run_dir) / f"predictions_{split}.npz"
+    if Path(run_dir).is_file():
+        raise CompareError(f"{run_dir} is a file: pass the run folder that holds {path.name}")
     if not Path(run_dir).is_dir():
         raise CompareError(f"{run_dir}: no such run folder")
     if not path.is_file():
@@ -84,7 +169,7 @@ def read_run(run_dir, split: str) -> dict:
         raise CompareError(
             f"{run_dir}: no {path.name} (found: {have or 'nothing'}). " + rerun * (split == "test")
         )
-    pred = load_predictions(path)
+    pred = read_predictions(path)
     order = np.argsort(pred["row_id"], kind="stable")  # align runs by row id, whatever their order
     return {
         "name": Path(run_dir).name,
@@ -124,11 +209,47 @@ def check_same_rows(runs: list[dict], reference: dict, role: str = "the referenc
             )
 
 
-def load_tiers(run_dir, label_names: list[str]) -> dict[int, str]:
+def read_labels_json(run_dir, label_names: list[str]) -> dict | None:
+    """A run's labels.json (None without one), its `train_counts` ({label: count}) and `tiers` ({label: tier})
+    checked: a file that is not JSON, not an object, or whose entries are not those mappings (each once a
+    JSONDecodeError, AttributeError or TypeError traceback, or tiers silently dropped), or whose train_counts name
+    none of the run's labels (another run's labels.json: every class would count as one row, the post-hoc prior
+    uniform, the shift doing nothing) is a CompareError naming the file."""
     path = Path(run_dir) / "labels.json"
     if not path.is_file():
-        return {}
-    tiers = json.loads(path.read_text("utf-8")).get("tiers", {})
+        return None
+    try:
+        record = json.loads(path.read_text("utf-8"))
+    except (ValueError, OSError) as err:  # not JSON (or UTF-8), unreadable
+        raise CompareError(
+            f"{path} is not readable JSON ({type(err).__name__}: {err}). Rerun the run that wrote it."
+        ) from None
+    problem = None
+    if not isinstance(record, dict):
+        problem = f"it holds a {type(record).__name__}, not an object"
+    else:
+        counts, tiers = record.get("train_counts"), record.get("tiers")
+        if counts is not None and not (
+            isinstance(counts, dict)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts.values())
+        ):
+            problem = "train_counts is not a mapping of label to a count of rows"
+        elif tiers is not None and not (
+            isinstance(tiers, dict) and all(isinstance(t, str) for t in tiers.values())
+        ):
+            problem = "tiers is not a mapping of label to tier"
+        elif counts and label_names and not set(counts) & set(label_names):
+            problem = (
+                f"its train_counts name none of the {len(label_names)} labels of the run's predictions "
+                f"(e.g. {sorted(counts)[:3]} against {list(label_names)[:3]}): another run's labels.json?"
+            )
+    if problem:
+        raise CompareError(f"{path}: {problem}. Rerun the run that wrote it.")
+    return record
+
+
+def load_tiers(run_dir, label_names: list[str]) -> dict[int, str]:
+    tiers = (read_labels_json(run_dir, label_names) or {}).get("tiers") or {}
     return {i: tiers[name] for i, name in enumerate(label_names) if name in tiers}
 
 

@@ -8,9 +8,9 @@ temperature-scaled on validation (`calibration.fit_temperature`, T minimising va
 equals scaling its logits, so the saved probabilities suffice). The calibrated members are combined with equal
 weights (default) or weights searched on a simplex grid (`--weights search`, step --weight_step), as a geometric
 mean (default: softmax of the weighted log-probabilities, i.e. averaged calibrated logits) or an arithmetic one.
-A post-hoc logit adjustment tau (`longtail.posthoc`: p * prior^-tau, renormalised; the prior is the first
-member's training counts in labels.json) is chosen by validation macro-F1, with the weights when they are
-searched; ties go to the smaller tau, then the lower validation NLL. A last temperature for the mix, fit on
+A post-hoc logit adjustment tau (`longtail.posthoc`: p * prior^-tau, renormalised; the prior is the training
+counts in labels.json of the first member that has them) is chosen by validation macro-F1, with the weights when
+they are searched; ties go to the smaller tau, then the lower validation NLL. A last temperature for the mix, fit on
 validation NLL, changes no prediction. Why these defaults (README, measured on CFPB re-splits): a few hundred
 validation rows overfit a weight grid, and log-linear pooling beat the arithmetic mean for every member set
 tried. Why the shift: calibrated members carry the training prior again (temperature scaling undoes part of
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from longtail.compare import (
     check_distinct,
     check_same_rows,
     load_tiers,
+    read_labels_json,
     read_run,
     run_labels,
 )
@@ -159,31 +159,39 @@ def serving_spec(result: dict) -> dict:
 
 def training_log_prior(run_dir, label_names: list[str]) -> np.ndarray | None:
     """log class prior from a run's labels.json training counts (by label name); None without them."""
-    path = Path(run_dir) / "labels.json"
-    counts = json.loads(path.read_text("utf-8")).get("train_counts") if path.is_file() else None
+    counts = (read_labels_json(run_dir, label_names) or {}).get("train_counts")
     if not counts:
         return None
     return log_prior_array({i: counts.get(name, 0) for i, name in enumerate(label_names)}, len(label_names))
 
 
-def prior_and_taus(run_dir, label_names: list[str], tau_option: str):
-    """(log prior, tau grid). `auto` without training counts falls back to no shift, saying so; a fixed tau
-    without them is an error."""
+def prior_and_taus(run_dirs, label_names: list[str], tau_option: str):
+    """(log prior, tau grid, the member it came from). The prior is the training counts of the first member whose
+    labels.json has them (an ensemble saves none: with one listed first, or an ensemble of ensembles, the shift was
+    silently dropped, and a fixed tau refused), as the report's tiers are; a note says so when it is not the first.
+    `auto` with no member's counts falls back to no shift, saying so; a fixed tau without them is an error."""
     taus = parse_tau_option(tau_option)
     if taus == (0.0,):
-        return None, taus
-    log_prior = training_log_prior(run_dir, label_names)
-    if log_prior is not None:
-        return log_prior, taus
+        return None, taus, None
+    for run_dir in run_dirs:
+        log_prior = training_log_prior(run_dir, label_names)
+        if log_prior is not None:
+            if run_dir != run_dirs[0]:
+                print(
+                    f"ensemble: the class prior of the post-hoc logit adjustment is {run_dir}'s training counts "
+                    f"(labels.json; {run_dirs[0]} has none)",
+                    file=sys.stderr,
+                )
+            return log_prior, taus, run_dir
     if tau_option == "auto":
         print(
-            f"ensemble: {run_dir} has no training counts (labels.json): no post-hoc logit adjustment",
+            "ensemble: no training counts in any member's labels.json: no post-hoc logit adjustment",
             file=sys.stderr,
         )
-        return None, (0.0,)
+        return None, (0.0,), None
     raise CompareError(
-        f"{run_dir}: no training counts in labels.json, so no class prior for the post-hoc logit adjustment; "
-        "pass --posthoc_logit_adjustment none"
+        f"no training counts in any member's labels.json ({', '.join(map(str, run_dirs))}), so no class prior "
+        "for the post-hoc logit adjustment; pass --posthoc_logit_adjustment none"
     )
 
 
@@ -198,7 +206,7 @@ def build_ensemble(
     val = [read_run(d, "validation") for d in run_dirs]
     check_same_rows(val[1:], val[0], "the first member")
     y_val = val[0]["y_true"]
-    log_prior, taus = prior_and_taus(run_dirs[0], val[0]["label_names"], tau_option)
+    log_prior, taus, prior_from = prior_and_taus(run_dirs, val[0]["label_names"], tau_option)
     temps = [fit_temperature(r["probs"], y_val) for r in val]
     calibrated = [temper(r["probs"], t) for r, t in zip(val, temps)]
     candidates = weight_candidates(len(run_dirs), weights_mode, step)
@@ -207,7 +215,7 @@ def build_ensemble(
     if len(taus) > 1:
         tau_rule = "best validation macro-F1"
     elif tau_option == "auto":
-        tau_rule = "none, no training counts in the first member's labels.json"
+        tau_rule = "none, no training counts in any member's labels.json"
     else:
         tau_rule = f"fixed by --posthoc_logit_adjustment {tau_option}"
     mixed = adjust(combine(calibrated, weights, how), log_prior, tau)
@@ -226,6 +234,7 @@ def build_ensemble(
         "grid": grid,
         "label_names": val[0]["label_names"],
         "log_prior": log_prior,
+        "prior_from": prior_from,
         "splits": {"validation": (val[0]["row_id"], y_val, temper(mixed, mix_temperature))},
     }
     out["serving"] = serving_spec(out)
@@ -257,10 +266,15 @@ def train_split(run_dirs: list[str], spec: dict):
                 file=sys.stderr,
             )
         return None
-    train = [read_run(d, "train") for d in run_dirs]
+    # the ensemble itself is fine: only its teacher output is not
+    try:
+        train = [read_run(d, "train") for d in run_dirs]
+    except CompareError as err:  # a malformed predictions_train.npz
+        print(f"ensemble: no train predictions for the ensemble: {err}", file=sys.stderr)
+        return None
     try:
         check_same_rows(train[1:], train[0], "the first member")
-    except CompareError as err:  # the ensemble itself is fine: only its teacher output is not
+    except CompareError as err:
         print(
             f"ensemble: no train predictions for the ensemble: the members' do not match ({err})",
             file=sys.stderr,
@@ -300,6 +314,7 @@ def write_outputs(
         "temperatures": dict(zip(names, result["temperatures"])),
         "weights": dict(zip(names, result["weights"])),
         "posthoc_tau": result["tau"],
+        "posthoc_prior_from": result.get("prior_from"),  # the member whose training counts are the prior
         "weights_mode": result["weights_mode"],
         "combine": result["combine"],
         "mix_temperature": result["mix_temperature"],
@@ -335,6 +350,11 @@ def write_outputs(
             ],
         }
     write_json(output_dir / "ensemble.json", record)
+    shift_note = " (no shift)"
+    if result["tau"] != 0:
+        prior = result.get("prior_from")
+        prior = f"; the prior: {names[result['members'].index(prior)]}'s training counts" if prior else ""
+        shift_note = f" (probabilities x prior^-tau, renormalised{prior})"
     md = [
         "# Ensemble of " + ", ".join(names),
         "",
@@ -355,7 +375,7 @@ def write_outputs(
         + (" (softmax of the weighted log-probabilities)" if result["combine"] == "geometric" else "")
         + f"; then post-hoc logit adjustment ({'validation macro-F1' if tau_searched else result['tau_rule']}): "
         + f"tau = {result['tau']}"
-        + (" (no shift)" if result["tau"] == 0 else " (probabilities x prior^-tau, renormalised)")
+        + shift_note
         + f"; then temperature {result['mix_temperature']:.3f} (validation NLL; no prediction changes).",
         "",
         "CIs: 95% percentile bootstrap over rows." + bootstrap_note(record["bootstrap"]),
@@ -480,6 +500,8 @@ def main(argv: list[str] | None = None) -> dict:
             args.weights,
             args.combine,
         )
+        # the first member that has tiers (an ensemble member saves no labels.json); a malformed one is an error
+        tiers = next((t for t in (load_tiers(r, result["label_names"]) for r in args.runs) if t), {})
     except UsageError as err:  # CompareError, OutputDirError, ...
         raise usage_exit(str(err)) from None
     from longtail.provenance import environment
@@ -491,8 +513,6 @@ def main(argv: list[str] | None = None) -> dict:
         "command": command_line("-m", ["longtail.ensemble", *(sys.argv[1:] if argv is None else argv)]),
         "environment": environment(),
     }
-    # the first member that has tiers (an ensemble member saves no labels.json)
-    tiers = next((t for t in (load_tiers(r, result["label_names"]) for r in args.runs) if t), {})
     record = write_outputs(result, out, tiers, args.n_resamples, provenance)
     print((out / "report.md").read_text("utf-8"))
     return record

@@ -24,6 +24,33 @@ from longtail.data import DataError, read_table
 OUTPUT_FILES = ("train.csv", "heldout.csv", "holdout.json")
 
 
+def run_contents(folder: Path) -> list[str]:
+    """What makes `folder` a run's, an ensemble's, a comparison's or a model's (`runs.RUN_MARKERS`, result and
+    prediction files, weights, checkpoints, exports): the names found, [] for a data folder. The split's files
+    written there would sit among the run's results, which they did not make (an overwrite of the run keeps
+    them, as files not ours)."""
+    from longtail.runs import RUN_DIRS, RUN_MARKERS, WEIGHT_FILES
+
+    if not folder.is_dir():
+        return []
+    files = (
+        *RUN_MARKERS,
+        "eval_results.json",
+        "test_results.json",
+        "all_results.json",
+        "predictions_*.npz",
+        "temperature.json",
+        "model.joblib",
+        *WEIGHT_FILES,
+        "model-*-of-*.safetensors",
+        "adapter_model.safetensors",
+        "*.onnx",
+    )
+    found = {p.name for pattern in files for p in folder.glob(pattern) if p.is_file()}
+    found |= {p.name + "/" for pattern in RUN_DIRS for p in folder.glob(pattern) if p.is_dir()}
+    return sorted(found)
+
+
 def split_holdout(path: str, fraction: float, seed: int):
     frame = read_table(path)
     if len(frame) < 2:
@@ -52,6 +79,13 @@ def main(argv: list[str] | None = None) -> dict:
         # --overwrite would replace the source with its own training share, the held-out rows gone from it
         parser.error(
             f"{args.data_file} is the input and one of the files written to {out}: choose another --output_dir"
+        )
+    if found := run_contents(out):
+        # even with --overwrite: it replaces an earlier split, never a run's files, and a run is no place for data
+        raise usage_exit(
+            f"--output_dir {out} is a run or model folder (it holds {', '.join(found[:5])}"
+            f"{', ...' if len(found) > 5 else ''}): the split's files would be mixed into it; choose another "
+            "--output_dir, e.g. a data/ folder of its own"
         )
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if existing and not args.overwrite:

@@ -22,7 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from longtail.checkpoints import RecordLabels, RecordTrainLoss, fit_problem, label_names_of
 from longtail.cli import UsageError
 from longtail.layer_decay import RecordLayerDecay, check_resume, layerwise_param_groups, resume_error
-from longtail.posthoc import parse_tau_option
+from longtail.posthoc import check_tau, parse_tau_option
 
 LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted")
 WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
@@ -60,6 +60,9 @@ class LossArguments:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
         parse_tau_option(self.posthoc_logit_adjustment)  # now, not after training
+        # a negative tau trains the raw logits towards the head classes; NaN passed every check to a NaN loss
+        # (other losses do not read it: still refused, but a large one is not warned about)
+        check_tau(self.logit_adjustment_tau, "--logit_adjustment_tau", warn=self.loss == "logit_adjusted")
 
 
 def class_weights(train_counts: Mapping[int, int], num_labels: int, scheme: str) -> torch.Tensor | None:

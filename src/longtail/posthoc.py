@@ -21,10 +21,37 @@ from longtail.metrics import macro_f1
 logger = logging.getLogger(__name__)
 
 TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+# tau = 1 is the Bayes rule for balanced error; a fixed tau beyond this over-corrects (a warning, not an error)
+LARGE_TAU = 2.0
+# (option, tau) already warned about: once per process, however often the option is parsed
+_warned_taus: set[tuple[str, float]] = set()
 
 
-def parse_tau_option(value: str) -> tuple[float, ...]:
-    """'auto' -> the grid; 'none' -> (0,); a number -> that tau."""
+def check_tau(tau: float, option: str, value=None, warn: bool = True) -> float:
+    """`tau` as a fixed shift for `option`: NaN, inf or a negative tau is a ValueError naming the option and
+    `value` (as given); a tau above LARGE_TAU is accepted, with a logged warning (once per value) if `warn`."""
+    value = tau if value is None else value
+    if not math.isfinite(tau):  # nan or inf: every logit NaN, each prediction class 0, and a report of it
+        raise ValueError(f"{option} must be a finite number >= 0, got '{value}'")
+    if tau < 0:  # the prior multiplied in, not divided out: the opposite of what the option is for
+        raise ValueError(
+            f"{option} must be >= 0, got '{value}': a negative tau shifts predictions towards the head classes "
+            "(tau = 1 is the Bayes rule for balanced error)"
+        )
+    if warn and tau > LARGE_TAU and (option, tau) not in _warned_taus:
+        _warned_taus.add((option, tau))
+        logger.warning(
+            "%s %s is above %s: it over-corrects past the balanced-error rule (tau = 1 is its Bayes rule), so "
+            "predictions lean to the tail classes",
+            option,
+            value,
+            LARGE_TAU,
+        )
+    return tau
+
+
+def parse_tau_option(value: str, option: str = "--posthoc_logit_adjustment") -> tuple[float, ...]:
+    """'auto' -> the grid; 'none' -> (0,); a number >= 0 -> that tau (above 2: a warning, `check_tau`)."""
     if value in ("auto", None):
         return TAU_GRID
     if value == "none":
@@ -33,9 +60,9 @@ def parse_tau_option(value: str) -> tuple[float, ...]:
         tau = float(value)
     except ValueError:
         tau = math.nan
-    if not math.isfinite(tau):  # nan or inf: every logit NaN, each prediction class 0, and a report of it
-        raise ValueError(f"--posthoc_logit_adjustment must be auto, none or a number, got '{value}'")
-    return (tau,)
+    if not math.isfinite(tau):
+        raise ValueError(f"{option} must be auto, none or a number, got '{value}'")
+    return (check_tau(tau, option, value),)
 
 
 def log_prior_array(train_counts: dict[int, int], num_labels: int) -> np.ndarray:
