@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_as
+from conftest import refused, run_as
 
 from longtail.report import SplitResult, save_predictions
 
@@ -669,6 +669,103 @@ def test_equal_weights_by_default_searched_on_request(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--output_dir", str(tmp_path / "step"), "--weight_step", "0.25"])
     assert exit_info.value.code == 2 and not (tmp_path / "step").exists()
+
+
+def test_a_weight_grid_too_large_to_search_is_refused_before_the_search(tmp_path, capsys, monkeypatch):
+    """`--weights search` over many members at a fine step grows combinatorially (4 members at 0.02: 23,426 points x
+    5 taus, 10+ minutes of scikit-learn macro-F1s, unsaid). Its size (points x taus actually tried) is counted first:
+    above the cap, one line naming the count, the members, the step and a step that fits, before any output; at
+    the cap, the search runs."""
+    import longtail.ensemble
+    from longtail.ensemble import MAX_GRID_SCORINGS, check_grid_size, main
+
+    y = {"validation": [0, 1, 2, 0, 1, 2], "test": Y["test"]}
+    preds = ([0, 1, 2, 0, 1, 1], [0, 1, 1, 0, 1, 2], [0, 0, 2, 0, 1, 2], [0, 1, 2, 2, 1, 2])
+    runs = [
+        make_run(tmp_path / name, {"validation": p, "test": [0] * 8}, y) for name, p in zip("abcd", preds)
+    ]
+    (tmp_path / "a" / "labels.json").write_text(json.dumps({"train_counts": {"a": 60, "b": 30, "c": 10}}))
+    monkeypatch.chdir(tmp_path)
+    run_as(monkeypatch, "ensemble.py")
+    search = ["--weights", "search", "--n_resamples", "20"]
+    # the boundary, on a cap made small: 4 members at step 0.1 are 286 points x 5 taus = 1,430 scorings
+    monkeypatch.setattr(longtail.ensemble, "MAX_GRID_SCORINGS", 1_430)
+    record = main(["a", "b", "c", "d", "--output_dir", "at_cap", *search, "--weight_step", "0.1"])
+    assert record["weights_mode"] == "search" and (tmp_path / "at_cap" / "ensemble.json").is_file()
+    monkeypatch.setattr(longtail.ensemble, "MAX_GRID_SCORINGS", 1_429)
+    assert refused(
+        main, ["a", "b", "c", "d", "--output_dir", "over", *search, "--weight_step", "0.1"], capsys
+    ) == (
+        "ensemble.py: error: --weights search over 4 members (a, b, c, d) at --weight_step 0.1 is 286 weight points "
+        "x 5 taus = 1,430 validation scorings, more than the 1,429 it may take (each a validation macro-F1; a "
+        "finer grid only fits validation noise): pass a coarser --weight_step (0.125: 165 points), fewer members, "
+        "or --weights equal"
+    )
+    assert not (tmp_path / "over").exists()
+    monkeypatch.undo()  # the real cap
+    monkeypatch.chdir(tmp_path)
+    run_as(monkeypatch, "ensemble.py")
+    assert MAX_GRID_SCORINGS == 25_000
+    line = refused(
+        main, ["a", "b", "c", "d", "--output_dir", "fine", *search, "--weight_step", "0.02"], capsys
+    )
+    assert line.startswith(
+        "ensemble.py: error: --weights search over 4 members (a, b, c, d) at --weight_step 0.02 is 23,426 weight "
+        "points x 5 taus = 117,130 validation scorings, more than the 25,000 it may take"
+    )
+    assert line.endswith(
+        "pass a coarser --weight_step (0.05: 1,771 points), fewer members, or --weights equal"
+    )
+    assert not (tmp_path / "fine").exists()
+    # the taus counted are those tried: with no shift, the same 23,426 points are under the cap (the check only)
+    check_grid_size(runs, 0.02, 1)
+    with pytest.raises(
+        longtail.ensemble.UsageError, match=r"is 23,426 weight points x 2 taus = 46,852 validation"
+    ):
+        check_grid_size(runs, 0.02, 2)
+    # a step of 1e-9 divides 1 (the existing check): a billion points, refused at once rather than enumerated
+    line = refused(
+        main, ["a", "b", "--output_dir", "tiny", "--weights", "search", "--weight_step", "1e-9"], capsys
+    )
+    assert "at --weight_step 1e-09 is 1,000,000,001 weight points x 5 taus = 5,000,000,005 validation" in line
+    assert "pass a coarser --weight_step (0.01: 101 points)" in line
+
+
+def test_the_weight_grid_is_built_point_by_point():
+    """simplex_grid filtered every tuple of (1/step + 1)^k: 20 members at step 0.5, 210 points under any cap, took
+    3^20 (3.5e9) tuples, hours. Now built point by point, in the same (lexicographic) order, its size known
+    beforehand."""
+    import itertools
+    import signal
+
+    from longtail.ensemble import grid_size, simplex_grid
+
+    def by_filtering(k, step):
+        n = round(1 / step)
+        return [
+            tuple(c / n for c in combo)
+            for combo in itertools.product(range(n + 1), repeat=k)
+            if sum(combo) == n
+        ]
+
+    for k in (1, 2, 3, 4):
+        for step in (0.5, 0.25, 0.2, 0.1):
+            assert simplex_grid(k, step) == by_filtering(k, step), (k, step)
+            assert grid_size(k, step) == len(by_filtering(k, step))
+
+    def too_slow(*_):
+        raise TimeoutError("simplex_grid(20, 0.5) took more than 20 s")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.setitimer(signal.ITIMER_REAL, 20)
+    try:
+        grid = simplex_grid(20, 0.5)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(grid) == grid_size(20, 0.5) == 210 and all(
+        sorted(w)[-2:] in ([0.5, 0.5], [0.0, 1.0]) for w in grid
+    )
 
 
 def test_geometric_mix_by_default_arithmetic_on_request(tmp_path):

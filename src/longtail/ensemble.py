@@ -25,7 +25,7 @@ with the chosen setting.
 from __future__ import annotations
 
 import argparse
-import itertools
+import math
 import sys
 from pathlib import Path
 
@@ -68,10 +68,59 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
 
 
 def simplex_grid(k: int, step: float) -> list[tuple[float, ...]]:
+    """Every k-tuple of multiples of `step` that sums to 1, in lexicographic order (ties in the search go to the
+    first). Built point by point, not by filtering the (1/step + 1)^k tuples of a product: that took hours for a
+    grid of a few hundred points over many members (20 members at step 0.5: 210 points, 3^20 tuples)."""
     n = round(1 / step)
-    return [
-        tuple(c / n for c in combo) for combo in itertools.product(range(n + 1), repeat=k) if sum(combo) == n
+
+    def compositions(parts: int, total: int):
+        if parts == 1:
+            yield (total,)
+            return
+        for first in range(total + 1):
+            for rest in compositions(parts - 1, total - first):
+                yield (first, *rest)
+
+    return [tuple(c / n for c in combo) for combo in compositions(k, n)]
+
+
+def grid_size(k: int, step: float) -> int:
+    """The number of points of `simplex_grid(k, step)`, without building it: C(1/step + k - 1, k - 1)."""
+    return math.comb(round(1 / step) + k - 1, k - 1)
+
+
+# The most validation scorings (weight points x taus) `--weights search` may take. Each is a mix, a shift and a
+# scikit-learn macro-F1: ~2-5 ms on a few hundred to a few thousand validation rows of ~60 classes (measured on 2
+# CPU cores), so the cap is a minute or two; the grids users ask for are far below it (4 members at the default
+# step 0.1: 286 points x 5 taus), while 4 members at step 0.02 (23,426 points x 5 taus) ran 10+ minutes without a
+# word. A finer grid only fits validation noise better (README: equal weights did as well on unseen rows).
+MAX_GRID_SCORINGS = 25_000
+COARSER_STEPS = (0.01, 0.02, 0.025, 0.05, 0.1, 0.125, 0.2, 0.25, 0.5)  # what the refusal may suggest
+
+
+def check_grid_size(run_dirs, step: float, num_taus: int) -> None:
+    """A UsageError when `--weights search` over these members at this step, times the taus tried, is more than
+    MAX_GRID_SCORINGS validation scorings: naming the count, the members, the step, and a step that fits."""
+    points = grid_size(len(run_dirs), step)
+    if points * num_taus <= MAX_GRID_SCORINGS:
+        return
+
+    def count(x: int) -> str:
+        return f"{x:,}" if x < 10**12 else f"{float(x):.1e}"
+
+    fits = [
+        s for s in COARSER_STEPS if s > step and grid_size(len(run_dirs), s) * num_taus <= MAX_GRID_SCORINGS
     ]
+    coarser = (
+        f"a coarser --weight_step ({fits[0]}: {grid_size(len(run_dirs), fits[0]):,} points), " if fits else ""
+    )
+    taus = f" x {num_taus} taus = {count(points * num_taus)} validation scorings" if num_taus > 1 else ""
+    raise UsageError(
+        f"--weights search over {len(run_dirs)} members ({', '.join(map(str, run_dirs))}) at --weight_step {step} "
+        f"is {count(points)} weight points{taus}, more than the {MAX_GRID_SCORINGS:,} it may take (each a "
+        f"validation macro-F1; a finer grid only fits validation noise): pass {coarser}fewer members, or "
+        "--weights equal"
+    )
 
 
 def adjust(probs: np.ndarray, log_prior: np.ndarray, tau: float) -> np.ndarray:
@@ -207,6 +256,8 @@ def build_ensemble(
     check_same_rows(val[1:], val[0], "the first member")
     y_val = val[0]["y_true"]
     log_prior, taus, prior_from = prior_and_taus(run_dirs, val[0]["label_names"], tau_option)
+    if weights_mode == "search":  # before the grid is built: refused at once, not after an hour
+        check_grid_size(run_dirs, step, len(taus))
     temps = [fit_temperature(r["probs"], y_val) for r in val]
     calibrated = [temper(r["probs"], t) for r, t in zip(val, temps)]
     candidates = weight_candidates(len(run_dirs), weights_mode, step)
@@ -445,7 +496,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--weight_step",
         type=float,
         default=None,
-        help="grid step of the member weights (--weights search; 0.1)",
+        help="grid step of the member weights (--weights search; 0.1): at most 25,000 validation scorings "
+        "(grid points x taus tried)",
     )
     parser.add_argument(
         "--combine",
