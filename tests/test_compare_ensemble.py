@@ -353,6 +353,55 @@ def test_repeated_runs_and_too_few_resamples_are_one_line_errors(tmp_path, capsy
     assert [r["run"] for r in rows] == ["a", "b"]
 
 
+def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch):
+    """An ensemble of ensembles counted a run twice, silently: given itself and inside a given ensemble (its
+    ensemble.json's members, nested ones followed), or inside two given ensembles. One line naming the run and the
+    ensemble, before any output, however the paths are spelt; ensembles that share no run still mix."""
+    from longtail.ensemble import main
+
+    y = {"validation": [0, 1, 2, 0, 1, 2], "test": Y["test"]}
+    preds = {
+        "a": [0, 1, 2, 0, 1, 1],
+        "b": [0, 1, 1, 0, 1, 2],
+        "c": [0, 0, 2, 0, 1, 2],
+        "d": [0, 1, 2, 2, 1, 2],
+    }
+    a, b, c, d = (make_run(tmp_path / n, {"validation": p, "test": [0] * 8}, y) for n, p in preds.items())
+    monkeypatch.chdir(tmp_path)
+    quick = ["--n_resamples", "20"]
+    main(["a", "b", "--output_dir", "ab", *quick])  # members recorded as given: relative paths
+    main([c, d, "--output_dir", "cd", *quick])
+    main(["ab", c, "--output_dir", "ab_c", *quick])
+    run_as(monkeypatch, "ensemble.py")
+    end = ": the mix would count it twice. List each run once (--weights search weighs the members)"
+    resolved = {n: Path(r).resolve() for n, r in zip("abcd", (a, b, c, d))}
+    cases = [
+        (["ab", "a"], f"{resolved['a']} is given (as a) and is also a member of the ensemble ab{end}"),
+        (
+            ["./b/", "./ab/"],
+            f"{resolved['b']} is given (as ./b/) and is also a member of the ensemble ./ab/{end}",
+        ),
+        (
+            [str(tmp_path / "cd"), "d"],
+            f"{resolved['d']} is given (as d) and is also a member of the ensemble {tmp_path / 'cd'}{end}",
+        ),  # fmt: skip
+        (
+            ["ab_c", "b"],
+            f"{resolved['b']} is given (as b) and is also a member of the ensemble "
+            f"{(tmp_path / 'ab').resolve()} (inside ab_c){end}",
+        ),  # fmt: skip
+        (["ab_c", "cd"], f"{resolved['c']} is a member of both ensembles ab_c and cd{end}"),
+    ]
+    for argv, message in cases:
+        assert (
+            refused(main, [*argv, "--output_dir", "out", *quick], capsys) == f"ensemble.py: error: {message}"
+        )
+        assert not (tmp_path / "out").exists(), argv
+    # no run shared: an ensemble of two ensembles, and of an ensemble and another run, are built
+    assert main(["ab", "cd", "--output_dir", "ab_cd", *quick])["members"] == ["ab", "cd"]
+    assert main(["ab_c", "d", "--output_dir", "ab_c_d", *quick])["members"] == ["ab_c", "d"]
+
+
 def test_a_malformed_predictions_file_is_one_line_in_compare_and_ensemble(tmp_path, capsys, monkeypatch):
     """A predictions file these tools did not write as `save_predictions` does: each was a traceback (numpy's
     "pickled data" for a truncated file, a KeyError, an IndexError, a broadcast error, scikit-learn's "empty input")
@@ -946,8 +995,8 @@ def test_the_prior_comes_from_the_first_member_with_training_counts(tmp_path, ca
     head_row, tail_row = [0.55, 0.15, 0.30], [0.45, 0.15, 0.40]
     y = {"validation": [0, 0, 0, 2, 2, 2], "test": [0, 2, 2, 0]}
     probs = {s: np.array([head_row if label == 0 else tail_row for label in y[s]]) for s in y}
-    m1, m2, m3 = (make_run(tmp_path / name, probs, y) for name in ("m1", "m2", "m3"))
-    for run in (m1, m2):
+    m1, m2, m3, m4 = (make_run(tmp_path / name, probs, y) for name in ("m1", "m2", "m3", "m4"))
+    for run in (m1, m2, m4):
         (Path(run) / "labels.json").write_text(json.dumps({"train_counts": {"a": 80, "b": 15, "c": 5}}))
     shifted = main([m1, m2, "--output_dir", str(tmp_path / "shifted"), "--n_resamples", "20"])
     assert shifted["posthoc_tau"] == 0.25
@@ -955,25 +1004,25 @@ def test_the_prior_comes_from_the_first_member_with_training_counts(tmp_path, ca
                   "--posthoc_logit_adjustment", "none"])  # fmt: skip
     inner_dir = str(tmp_path / "inner")
     capsys.readouterr()
-    # the unshifted inner ensemble first: it leans to class a, as its members do, and only the shift by m2's prior
-    # (tau chosen on validation) recovers the c rows
-    outer = main([inner_dir, m2, "--output_dir", str(tmp_path / "outer"), "--n_resamples", "20"])
+    # the unshifted inner ensemble first (with m4, not m2: an ensemble may not hold a run twice): it leans to class
+    # a, as its members do, and only the shift by m4's prior (tau chosen on validation) recovers the c rows
+    outer = main([inner_dir, m4, "--output_dir", str(tmp_path / "outer"), "--n_resamples", "20"])
     err = capsys.readouterr().err
     assert outer["posthoc_tau"] == 0.25 and outer["metrics"]["validation"]["macro_f1"] == 1.0
     assert (
-        f"ensemble: the class prior of the post-hoc logit adjustment is {m2}'s training counts (labels.json; "
+        f"ensemble: the class prior of the post-hoc logit adjustment is {m4}'s training counts (labels.json; "
         f"{inner_dir} has none)" in err
     )
     assert "no post-hoc logit adjustment" not in err
-    assert outer["posthoc_prior_from"] == m2 and shifted["posthoc_prior_from"] == m1
+    assert outer["posthoc_prior_from"] == m4 and shifted["posthoc_prior_from"] == m1
     assert inner["posthoc_prior_from"] is None
     np.testing.assert_allclose(outer["serving"]["log_prior"], np.log([0.8, 0.15, 0.05]))
-    assert "renormalised; the prior: m2's training counts)" in (tmp_path / "outer" / "report.md").read_text()
-    fixed = main([inner_dir, m2, "--output_dir", str(tmp_path / "fixed"), "--n_resamples", "20",
+    assert "renormalised; the prior: m4's training counts)" in (tmp_path / "outer" / "report.md").read_text()
+    fixed = main([inner_dir, m4, "--output_dir", str(tmp_path / "fixed"), "--n_resamples", "20",
                   "--posthoc_logit_adjustment", "0.5"])  # fmt: skip
     predicted = load_predictions(tmp_path / "fixed" / "predictions_validation.npz")["probs"].argmax(1)
     assert predicted.tolist() == [0, 0, 0, 2, 2, 2]
-    assert fixed["posthoc_tau"] == 0.5 and fixed["posthoc_prior_from"] == m2
+    assert fixed["posthoc_tau"] == 0.5 and fixed["posthoc_prior_from"] == m4
     # no member with counts: as before, auto does no shift and says so; a fixed tau is one line naming them all
     capsys.readouterr()
     bare = main([inner_dir, m3, "--output_dir", str(tmp_path / "bare"), "--n_resamples", "20"])

@@ -244,6 +244,55 @@ def prior_and_taus(run_dirs, label_names: list[str], tau_option: str):
     )
 
 
+def ensemble_members(run_dir) -> list[Path]:
+    """The member folders an ensemble folder's ensemble.json lists, resolved (its `serving` entry's absolute paths;
+    an older file's `members` as written); [] for a run that is not an ensemble or whose ensemble.json is unreadable
+    (it is not needed to read the folder's predictions)."""
+    import json
+
+    try:
+        record = json.loads((Path(run_dir) / "ensemble.json").read_text("utf-8"))
+        spec = record.get("serving") or {}
+        members = spec.get("members") or record.get("members") or []
+        return [Path(m).resolve() for m in members]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+
+
+def check_no_run_twice(run_dirs) -> None:
+    """A CompareError when one run would count twice: given itself and inside a given ensemble (an ensemble of
+    ensembles; nested ones are followed), or inside two given ensembles. Compared as resolved paths; the same
+    folder given twice is `check_distinct`'s. The mix weighed such a run twice, silently: --weights search is the
+    way to weigh a member more."""
+    reached: dict[Path, dict[str, list[Path]]] = {}  # run -> {given folder: the ensembles down to the run}
+
+    def visit(folder: Path, given: str, chain: list[Path]) -> None:
+        reached.setdefault(folder, {}).setdefault(given, chain)
+        for member in ensemble_members(folder):
+            if member != folder and member not in chain:  # a folder overwritten into its own member list
+                visit(member, given, [*chain, folder])
+
+    def ensemble(given: str, chain: list[Path]) -> str:
+        """The ensemble that lists the run: as given, or the inner one inside the given one."""
+        return given if len(chain) == 1 else f"{chain[-1]} (inside {given})"
+
+    for d in run_dirs:
+        visit(Path(d).resolve(), str(d), [])
+    for run, via in reached.items():
+        if len(via) < 2:
+            continue
+        (first, first_chain), (second, second_chain) = list(via.items())[:2]
+        if not first_chain or not second_chain:  # given itself, and inside an ensemble given too
+            (given, _), (other, chain) = sorted(via.items(), key=lambda item: len(item[1]))[:2]
+            spelt = "" if given == str(run) else f" (as {given})"
+            where = f"is given{spelt} and is also a member of the ensemble {ensemble(other, chain)}"
+        else:
+            where = f"is a member of both ensembles {ensemble(first, first_chain)} and {ensemble(second, second_chain)}"
+        raise CompareError(
+            f"{run} {where}: the mix would count it twice. List each run once (--weights search weighs the members)"
+        )
+
+
 def build_ensemble(
     run_dirs: list[str],
     step: float = 0.1,
@@ -537,6 +586,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:  # the output folder is checked before the work, not after
         check_distinct(args.runs)
+        check_no_run_twice(args.runs)  # an ensemble of ensembles that share a run
         # never clear a member (--output_dir one of them, as `make ensemble ENSEMBLE_OUT=...` could say)
         out = prepare_output_dir(
             args.output_dir,
