@@ -301,6 +301,61 @@ def test_teacher_logits_cache_reuse_and_invalidation(tiny_qwen2, tmp_path, one_t
         teacher_logits(DistillArguments(teacher_model_name_or_path=other), data, tmp_path / "o2", 32)
 
 
+def test_teacher_cache_key_of_a_hub_id_follows_its_commit(
+    tiny_qwen2, tmp_path, monkeypatch, one_torch_thread
+):
+    """A Hub-id teacher was keyed by its id alone, so one updated on the Hub reused its old logits. Offline, on a
+    Hub cache faked in tmp_path: the same commit reuses the cache, a new commit (a new `main` in the Hub cache, here
+    with the same files) scores again. A LoRA teacher's Hub base, named by its adapter or by --teacher_base_model,
+    is keyed with its commit too: two commits, two keys; the same commit, the same key."""
+    import huggingface_hub.constants
+    import transformers.utils.hub
+    from test_probe import fake_hub_download
+
+    from longtail.distill import teacher_fingerprint
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(hub))
+    old, new = "a" * 40, "b" * 40
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    files = save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names)
+    fake_hub_download(hub, "org/teacher", files, old)
+    args = DistillArguments(teacher_model_name_or_path="org/teacher", teacher_batch_size=64)
+    first, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info["cache_status"] == "computed" and info["teacher"] == "org/teacher"
+    assert teacher_logits(args, data, tmp_path / "out", max_length=32)[1]["cache_status"] == "reused"
+    key = teacher_fingerprint("org/teacher")
+    fake_hub_download(hub, "org/teacher", files, new)  # updated on the Hub, downloaded again
+    assert teacher_fingerprint("org/teacher") != key
+    again, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info["cache_status"] == "computed"
+    np.testing.assert_allclose(again["train"], first["train"], atol=1e-5)  # the same files: the same logits
+    assert teacher_logits(args, data, tmp_path / "out", max_length=32)[1]["cache_status"] == "reused"
+    (hub / "models--org--teacher" / "refs" / "main").write_text(old)  # main back at the old commit
+    assert teacher_fingerprint("org/teacher") == key
+
+    # a local LoRA teacher on a Hub base: the base's commit counts, named by the adapter or by the option
+    base_files = tmp_path / "base_files"
+    base_files.mkdir()
+    (base_files / "config.json").write_text("{}")
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/base"}))
+    main = hub / "models--org--base" / "refs" / "main"
+    for commit in (new, old):
+        fake_hub_download(hub, "org/base", base_files, commit)
+    for base in (None, "org/base"):
+        at_old = teacher_fingerprint(str(lora), base)
+        assert teacher_fingerprint(str(lora), base) == at_old
+        main.write_text(new)
+        at_new = teacher_fingerprint(str(lora), base)
+        assert at_new != at_old and teacher_fingerprint(str(lora), base) == at_new, base
+        main.write_text(old)
+        assert teacher_fingerprint(str(lora), base) == at_old, base
+
+
 def test_precomputed_logits_file_and_run_folder(tmp_path, caplog):
     from longtail.report import SplitResult, save_predictions
 

@@ -264,11 +264,17 @@ def _digest(*parts) -> str:
 
 
 def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
-    """Hash of the files that decide the teacher's outputs (a local folder), or of its Hub id. A LoRA teacher's
-    base in a local folder counts by its files too (by its name alone, a retrained base reused a stale cache)."""
+    """Hash of the files that decide the teacher's outputs (a local folder), or of its Hub id and the commit the
+    local Hub cache holds as its main (`probe.hub_commit`, offline: by its id alone, a teacher updated on the Hub
+    reused the old one's logits; `teacher_config` has just resolved it, so that is the commit it loads). A LoRA
+    teacher's base counts too: a local folder by its files (by its name alone, a retrained base reused a stale
+    cache), a Hub id with its commit (the one last downloaded: nothing resolves the base before the key, so a base
+    updated on the Hub counts once something downloads it: `huggingface-cli download`, another run loading it)."""
+    from longtail.probe import hub_commit
+
     path = Path(teacher)
     if not path.is_dir():
-        return _digest("hub", teacher, base_model)
+        return _digest("hub", teacher, hub_commit(teacher), base_model)
     h = hashlib.sha256()
     files = sorted({f for pattern in TEACHER_FILE_PATTERNS for f in path.glob(pattern) if f.is_file()})
     for f in files:
@@ -286,6 +292,8 @@ def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
             base = None
     if base and Path(base).is_dir() and Path(base).resolve() != path.resolve():
         return _digest(h.hexdigest(), "local base", teacher_fingerprint(base))
+    if base and not Path(base).is_dir():  # a Hub id: the commit of it the cache holds
+        return _digest(h.hexdigest(), base_model, "hub base", base, hub_commit(base))
     return _digest(h.hexdigest(), base_model)
 
 
