@@ -591,6 +591,96 @@ def test_json_lines_file_with_json_extension_loads(tmp_path):
     assert len(read_table(path)) == 6
 
 
+def export_bytes() -> bytes:
+    """A CFPB export as downloaded: a byte-order mark, CRLF line ends, a narrative over two lines with quotes and a
+    redaction, label text with a trailing space."""
+    rows = "".join(
+        f'"2017-05-0{i % 9 + 1}","Credit reporting","{issue} ","narrative {i} on XX/XX/XXXX,\r\nI was ""charged"" '
+        f'$20.00"\r\n'
+        for i, issue in enumerate([NEW] * 3 + ["Fraud or scam"] * 3)
+    )
+    header = "Date received,Product,Issue,Consumer complaint narrative\r\n"
+    return b"\xef\xbb\xbf" + (header + rows).encode("utf-8")
+
+
+def write_compressed(path, payload: bytes, member: str = "complaints.csv") -> None:
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(member, payload)
+            archive.writestr("__MACOSX/._" + member, b"resource fork")  # a zip made on a Mac
+    else:
+        path.write_bytes({".gz": gzip, ".bz2": bz2, ".xz": lzma}[path.suffix].compress(payload))
+
+
+@pytest.mark.parametrize(
+    "name", ["complaints.csv.zip", "complaints.zip", "complaints.csv.gz", "c.csv.bz2", "c.csv.xz"]
+)
+def test_a_compressed_export_is_read_through(tmp_path, name):
+    """CFPB's download is complaints.csv.zip: it, and a .gz, .bz2 or .xz, is read as the file inside (it was
+    "Unsupported data file type '.zip'"), the byte-order mark, CRLF ends and multi-line narratives included."""
+    path = tmp_path / name
+    write_compressed(path, export_bytes())
+    (tmp_path / "plain.csv").write_bytes(export_bytes())
+    expected = read_table(tmp_path / "plain.csv")
+    frame_read = read_table(path)
+    pd.testing.assert_frame_equal(frame_read, expected)
+    assert (
+        frame_read["Consumer complaint narrative"][0]
+        == 'narrative 0 on XX/XX/XXXX,\r\nI was "charged" $20.00'
+    )
+    options = dict(text_column="Consumer complaint narrative", label_column="Issue")
+    data = prepare_data(args(train_file=str(path), validation_split_fraction=0.34, **options))
+    assert data.label_names == sorted([NEW, "Fraud or scam"]) and data.log["train"]["rows_kept"] == 6
+    # a compressed JSON Lines file, and a compressed file as --dataset_name
+    lines = tmp_path / "texts.jsonl.gz"
+    write_compressed(
+        lines, b"\xef\xbb\xbf" + frame({"a": 3, "b": 3}).to_json(orient="records", lines=True).encode()
+    )
+    assert read_table(lines)["label"].tolist() == ["a"] * 3 + ["b"] * 3
+    assert prepare_data(args(dataset_name=str(path), **options)).log["train"]["rows_read"] == 6
+
+
+def test_a_compressed_file_that_cannot_be_read_names_the_file(tmp_path):
+    """A .zip of several files, a download cut short, a file not compressed as its name says: one line naming
+    the file and what to do (they were "Unsupported data file type '.zip'", or tracebacks)."""
+    import gzip
+    import zipfile
+
+    two = tmp_path / "two.zip"
+    with zipfile.ZipFile(two, "w") as archive:
+        archive.writestr("a.csv", export_bytes())
+        archive.writestr("b.csv", export_bytes())
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(export_bytes())[:60])
+    plain = tmp_path / "plain.csv.gz"
+    plain.write_bytes(export_bytes())
+    latin1 = tmp_path / "latin1.csv.gz"
+    latin1.write_bytes(gzip.compress(b"text,label\ncaf\xe9 latte was cold,a\n"))
+    for path, message in (
+        (two, rf"{two} holds 2 files \(a\.csv, b\.csv\), not one data file: unzip it \(`unzip two\.zip`\)"),
+        (cut, rf"Could not decompress {cut} \(gzip: .*\): check the download, or decompress it yourself"),
+        (plain, rf"Could not decompress {plain} \(gzip: Not a gzipped file"),
+        (
+            latin1,
+            rf"{latin1} is not valid UTF-8 .* of the decompressed data\)\. Decompress it and re-save it",
+        ),
+        (
+            tmp_path / "x.tar.gz",
+            r"Unsupported data file type '\.tar\.gz' .*may be compressed: \.gz, \.bz2, \.xz",
+        ),
+        (tmp_path / "x.parquet.gz", r"a compressed \.parquet file is not read: decompress it"),
+    ):
+        if not path.exists():
+            path.write_bytes(gzip.compress(b"x"))
+        with pytest.raises(DataError, match=message):
+            prepare_data(args(train_file=str(path)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Reproducible splits and caps
 # ---------------------------------------------------------------------------------------------
@@ -863,3 +953,22 @@ def test_real_cfpb_file_with_taxonomy():
     assert data.log["train"]["labels_merged"] > 0
     assert not norms(train) & norms(val)
     assert data.log["validation_excluded_unseen_labels"] == 0
+
+
+@pytest.mark.shared
+@needs_shared
+def test_real_cfpb_rows_read_the_same_from_a_downloaded_zip(tmp_path):
+    """Rows of the real export saved as the download comes (a byte-order mark, CRLF ends, zipped) read as the
+    plain file does."""
+    rows = pd.read_csv(CFPB_CSV, dtype=str, keep_default_na=False, nrows=300)
+    rows.to_csv(tmp_path / "plain.csv", index=False)
+    payload = b"\xef\xbb\xbf" + rows.to_csv(index=False, lineterminator="\r\n").encode("utf-8")
+    write_compressed(tmp_path / "complaints.csv.zip", payload)
+    options = dict(
+        text_column="Consumer complaint narrative", label_taxonomy="cfpb_issue_113", min_class_count=1
+    )
+    plain = prepare_data(DataArguments(train_file=str(tmp_path / "plain.csv"), **options))
+    zipped = prepare_data(DataArguments(train_file=str(tmp_path / "complaints.csv.zip"), **options))
+    assert zipped.log == plain.log and zipped.label_names == plain.label_names
+    for split, df in plain.splits.items():
+        pd.testing.assert_frame_equal(zipped.splits[split], df)

@@ -716,6 +716,62 @@ def test_predict_scores_numbers_in_a_jsonl_as_texts(tmp_path, monkeypatch):
     assert errors == ["", "empty or missing text", "empty or missing text", "", "", "empty or missing text"]
 
 
+def test_predict_reads_a_compressed_input(tmp_path, monkeypatch, capsys):
+    """--input complaints.csv.zip (CFPB's download) or texts.jsonl.gz is read through, byte-order mark and CRLF
+    ends included (it was "--input must be a .csv or .jsonl file"); a .zip of several files is a usage error."""
+    import gzip
+    import zipfile
+
+    import longtail.predict as predict
+
+    seen = []
+
+    def fake_scores(args, folder, texts, calibrated=True):
+        seen.append(texts)
+        return predict.Scores(
+            np.full((len(texts), 2), 0.5), ["a", "b"], {"backend": "fake", "temperature": 1.0}
+        )
+
+    monkeypatch.setattr(predict, "score_texts", fake_scores)
+    export = b'\xef\xbb\xbfIssue,Consumer complaint narrative\r\nFees,"charged twice,\r\non XX/XX/XXXX"\r\nFees,\r\n'
+    with zipfile.ZipFile(tmp_path / "complaints.csv.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("complaints.csv", export)
+    (tmp_path / "texts.jsonl.gz").write_bytes(
+        gzip.compress(b'{"text": "late fee"}\n{"text": "wrong balance"}\n')
+    )
+    summary = predict.main(
+        [
+            "--model_dir",
+            "m",
+            "--input",
+            str(tmp_path / "complaints.csv.zip"),
+            "--output",
+            str(tmp_path / "o.csv"),
+        ]
+    )
+    assert seen[-1] == ["charged twice,\r\non XX/XX/XXXX"] and summary["bad_row_numbers"] == [1]
+    predict.main(
+        [
+            "--model_dir",
+            "m",
+            "--input",
+            str(tmp_path / "texts.jsonl.gz"),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+        ]
+    )
+    assert seen[-1] == ["late fee", "wrong balance"]
+    assert len(pd.read_json(tmp_path / "o.jsonl", lines=True)) == 2
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as archive:
+        archive.writestr("a.csv", export)
+        archive.writestr("b.csv", export)
+    argv = ["--model_dir", "m", "--output", str(tmp_path / "t.csv"), "--input", str(tmp_path / "two.zip")]
+    assert refused(predict.main, argv, capsys) == (
+        f"predict.py: error: {tmp_path / 'two.zip'} holds 2 files (a.csv, b.csv), not one data file: unzip it "
+        "(`unzip two.zip`) and pass the data file"
+    )
+
+
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 

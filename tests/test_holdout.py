@@ -63,6 +63,31 @@ def test_an_existing_split_is_not_replaced_unless_asked(tmp_path, capsys):
     )
 
 
+def test_a_zipped_or_gzipped_export_is_split_as_the_plain_file(tmp_path, capsys):
+    """CFPB's download (complaints.csv.zip) and a .csv.gz are split as the file inside, byte-order mark and CRLF
+    ends read through (they were "Unsupported data file type '.zip'")."""
+    import gzip
+    import zipfile
+
+    source = write_source(tmp_path / "all.csv")
+    payload = b"\xef\xbb\xbf" + source.to_csv(index=False, lineterminator="\r\n").encode("utf-8")
+    with zipfile.ZipFile(tmp_path / "complaints.csv.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("complaints.csv", payload)
+    (tmp_path / "complaints.csv.gz").write_bytes(gzip.compress(payload))
+    main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "plain")])
+    for name in ("complaints.csv.zip", "complaints.csv.gz"):
+        main([str(tmp_path / name), "--output_dir", str(tmp_path / name.replace(".", "_"))])
+        for written in ("train.csv", "heldout.csv"):
+            got = (tmp_path / name.replace(".", "_") / written).read_text("utf-8")
+            assert got == (tmp_path / "plain" / written).read_text("utf-8"), (name, written)
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as archive:
+        archive.writestr("a.csv", payload)
+        archive.writestr("b.csv", payload)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "two.zip"), "--output_dir", str(tmp_path / "d")])
+    assert "two.zip holds 2 files (a.csv, b.csv), not one data file: unzip it" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "missing.csv"), "--output_dir", str(tmp_path / "d")])

@@ -14,10 +14,17 @@ The pipeline, in order (each step logs what it drops):
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
 import json
 import logging
+import lzma
 import re
+import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,6 +47,9 @@ COLUMN_HINTS = {
     "Consumer complaint narrative": ["Consumer Complaint"],
 }
 SPLITS = ("train", "validation", "test")
+DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+# A data file compressed whole, as CFPB's download is (complaints.csv.zip): read through, by its last suffix.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
 
 
 @dataclass
@@ -140,14 +150,15 @@ class PreparedData:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a local csv/json/jsonl/parquet file; a non-UTF-8 or unreadable file is a DataError."""
+    """Read a local csv/json/jsonl/parquet file, or a csv/json/jsonl compressed whole (.gz, .bz2, .xz, .zip);
+    a non-UTF-8 or unreadable file is a DataError."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Data file not found: {path}")
     frame = _read_table(path)
     # a .csv's header as written: pandas renames a repeated `t` to `t.1`, and the first `t` was read silently.
     # Blank header cells (a spreadsheet's trailing columns) are pandas' `Unnamed: N`, not repeats.
-    names = csv_header(path) if path.suffix.lower() == ".csv" else [str(c) for c in frame.columns]
+    names = csv_header(path) if data_format(path)[0] == ".csv" else [str(c) for c in frame.columns]
     repeated = sorted({n for i, n in enumerate(names) if n.strip() and n in names[:i]}, key=names.index)
     if repeated:
         logger.warning(
@@ -173,52 +184,124 @@ def refuse_repeated(frame: pd.DataFrame, columns, where) -> None:
 
 
 def csv_header(path: Path) -> list[str]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open_data(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
         return next(csv.reader(f), [])
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def data_format(path: str | Path) -> tuple[str, str | None]:
+    """A data file's format and compression by its name: ('.csv', None), ('.csv', 'gzip') for `x.csv.gz`; a
+    .zip's format is its one data file's (`complaints.zip` holding complaints.csv is ('.csv', 'zip'))."""
+    path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in COMPRESSIONS:
+        return suffix, None
+    compression = COMPRESSIONS[suffix]
+    if compression == "zip" and path.is_file():
+        return Path(zip_member(path)).suffix.lower(), compression
+    return Path(path.stem).suffix.lower(), compression
+
+
+def zip_member(path: Path) -> str:
+    """The one file a .zip holds (folders and macOS's `__MACOSX/` and `._` entries aside), else a DataError."""
     try:
-        if suffix == ".csv":
-            # keep_default_na=False: a narrative that reads "NA" is text, not missing; skip_blank_lines=False:
-            # a blank line is a row with no text, counted and reported downstream rather than vanishing here
-            return pd.read_csv(
-                path,
-                encoding="utf-8",
-                dtype=str,
-                keep_default_na=False,
-                na_values=[""],
-                skip_blank_lines=False,
-            )
-        # utf-8-sig: a byte-order mark (Notepad, PowerShell) is skipped, as read_csv skips it; with utf-8 it was
-        # "Expected object or value at position 0"
-        if suffix == ".jsonl":
-            return pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False)
-        if suffix == ".json":
-            try:
-                return pd.read_json(path, encoding="utf-8-sig", dtype=False)
-            except ValueError:
-                return pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False)
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile as err:
+        raise DataError(
+            f"{path} is not a readable .zip archive ({err}): unzip it yourself and pass the file"
+        ) from None
+    members = [
+        n
+        for n in names
+        if not n.endswith("/") and not n.startswith("__MACOSX/") and not Path(n).name.startswith("._")
+    ]
+    if len(members) != 1:
+        raise DataError(
+            f"{path} holds {len(members)} files ({', '.join(members[:5]) or 'none'}"
+            f"{', ...' if len(members) > 5 else ''}), not one data file: unzip it (`unzip {path.name}`) and pass the "
+            "data file"
+        )
+    return members[0]
+
+
+@contextmanager
+def open_data(path: Path):
+    """The data file's bytes, decompressed when its name ends in a compression suffix."""
+    compression = data_format(path)[1]
+    if compression == "zip":
+        with zipfile.ZipFile(path) as archive, archive.open(zip_member(path)) as f:
+            yield f
+    else:
+        opener = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}.get(compression, open)
+        with opener(path, "rb") as f:
+            yield f
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix, compression = data_format(path)
+    inner = zip_member(path) if compression == "zip" else path.stem if compression else path.name
+    if suffix not in DATA_SUFFIXES:
+        if compression == "zip":
+            shown = f"'.zip' holding {inner!r}"
+        else:
+            shown = f"'{''.join(path.suffixes[-2:]).lower() if compression else suffix}'"
+        raise DataError(
+            f"Unsupported data file type {shown} for {path}: use .csv, .json, .jsonl or .parquet (a .csv, .json "
+            f"or .jsonl may be compressed: {', '.join(COMPRESSIONS)})."
+        )
+    if suffix == ".parquet" and compression:  # parquet compresses inside; pyarrow would seek through a stream
+        raise DataError(
+            f"{path}: a compressed .parquet file is not read: decompress it and pass the .parquet file"
+        )
+    try:
+        with open_data(path) as raw:
+            return read_frame(raw, suffix)
     except UnicodeDecodeError as err:
         raise DataError(
-            f"{path} is not valid UTF-8 ({err.reason} at byte {err.start}). Re-save it as UTF-8, e.g. "
-            f"`iconv -f latin1 -t utf-8 {path.name} > fixed.csv`."
+            f"{path} is not valid UTF-8 ({err.reason} at byte {err.start}"
+            f"{' of the decompressed data' if compression else ''}). {'Decompress it and r' if compression else 'R'}"
+            f"e-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {Path(inner).name} > fixed{suffix}`."
         ) from None
     except (pd.errors.ParserError, ValueError) as err:
         raise DataError(
             f"Could not parse {path} as {suffix[1:]}: {str(err).strip()}{separator_hint(path)}"
         ) from None
-    raise DataError(f"Unsupported data file type '{suffix}' for {path}: use .csv, .json, .jsonl or .parquet.")
+    # a compressed file that is not what its name says (BadGzipFile), cut short (EOFError), a bad checksum
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError) as err:
+        if not compression:
+            raise
+        raise DataError(
+            f"Could not decompress {path} ({compression}: {err}): check the download, or decompress it yourself "
+            f"and pass the {suffix} file"
+        ) from None
+
+
+def read_frame(raw, suffix: str) -> pd.DataFrame:
+    """One data file's rows from its (decompressed) bytes."""
+    if suffix == ".csv":
+        # keep_default_na=False: a narrative that reads "NA" is text, not missing; skip_blank_lines=False:
+        # a blank line is a row with no text, counted and reported downstream rather than vanishing here
+        return pd.read_csv(
+            raw, encoding="utf-8", dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=False
+        )
+    if suffix == ".parquet":
+        return pd.read_parquet(raw)
+    # utf-8-sig: a byte-order mark (Notepad, PowerShell) is skipped, as read_csv skips it; with utf-8 it was
+    # "Expected object or value at position 0"
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig").read()
+    if suffix == ".jsonl":
+        return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    try:
+        return pd.read_json(io.StringIO(text), dtype=False)
+    except ValueError:
+        return pd.read_json(io.StringIO(text), lines=True, dtype=False)
 
 
 def separator_hint(path: Path) -> str:
     """For a .csv that fails to parse: a note when its header is split by ';' or tabs rather than commas."""
-    if path.suffix.lower() != ".csv":
+    if data_format(path)[0] != ".csv":
         return ""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open_data(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as f:
         header = f.readline()
     counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
     sep = max(counts, key=counts.get)
@@ -230,9 +313,7 @@ def separator_hint(path: Path) -> str:
 
 def is_local_file(name: str | None) -> bool:
     """A local data file (read_table names unsupported types) rather than a Hub id."""
-    return bool(name) and (
-        Path(name).is_file() or Path(name).suffix.lower() in {".csv", ".json", ".jsonl", ".parquet"}
-    )
+    return bool(name) and (Path(name).is_file() or data_format(name)[0] in DATA_SUFFIXES)
 
 
 def load_raw_splits(args: DataArguments) -> dict[str, pd.DataFrame]:

@@ -61,7 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         required=True,
         help="a finished run folder (Transformers classifier, ONNX export, TF-IDF run or ensemble)",
     )
-    p.add_argument("--input", required=True, help=".csv or .jsonl file of texts")
+    p.add_argument(
+        "--input",
+        required=True,
+        help=".csv or .jsonl file of texts (or one compressed: .gz, .bz2, .xz, .zip)",
+    )
     p.add_argument("--output", required=True, help=".csv or .jsonl file to write")
     p.add_argument(
         "--text_column", default=None, help=f"text column (default: the first of {TEXT_COLUMN_GUESSES})"
@@ -100,9 +104,18 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
         p.error(f"--min_confidence must be in [0, 1], got {args.min_confidence}")
-    for name in ("input", "output"):
-        if Path(getattr(args, name)).suffix.lower() not in (".csv", ".jsonl"):
-            p.error(f"--{name} must be a .csv or .jsonl file, got {getattr(args, name)}")
+    from longtail.data import DataError, data_format
+
+    try:  # the format inside a compressed input (x.csv.gz, complaints.csv.zip), which is read through
+        input_format = data_format(args.input)[0]
+    except DataError as err:  # a .zip of several files
+        p.error(str(err))
+    if input_format not in (".csv", ".jsonl"):
+        p.error(
+            f"--input must be a .csv or .jsonl file (or one compressed: .gz, .bz2, .xz, .zip), got {args.input}"
+        )
+    if Path(args.output).suffix.lower() not in (".csv", ".jsonl"):
+        p.error(f"--output must be a .csv or .jsonl file, got {args.output}")
     output, source = Path(args.output), Path(args.input)
     # resolve() misses a hard link and another case on a case-insensitive disk; samefile asks the file system
     if output.resolve() == source.resolve() or (
