@@ -681,6 +681,64 @@ def test_a_compressed_file_that_cannot_be_read_names_the_file(tmp_path):
             prepare_data(args(train_file=str(path)))
 
 
+def api_hits(n: int = 6) -> list[dict]:
+    """Complaints as the CFPB API's JSON holds them: Elasticsearch hits, each complaint's fields in `_source`."""
+    issues = [NEW, "Fraud or scam"]
+    return [
+        {
+            "_index": "complaint-public-v2",
+            "_id": str(1000 + i),
+            "_score": None,
+            "_source": {
+                "complaint_id": 1000 + i,
+                "issue": issues[i % 2],
+                "sub_issue": None,
+                "complaint_what_happened": f"narrative {i} on XX/XX/XXXX" if i else "",
+                "has_narrative": bool(i),
+                "tags": None,
+            },
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("shape", ["list.json", "lines.jsonl", "search.json"])
+def test_the_cfpb_api_json_is_read_one_row_per_complaint(tmp_path, shape):
+    """The API's hits (a list with `format=json`, JSON Lines, or the search's `{"hits": {"hits": [...]}}`) are read
+    as their `_source` fields (they were columns `_index, _id, _score, _source`, or one column `hits`, and
+    --text_column could name none of the complaint's fields)."""
+    path = tmp_path / f"api_{shape}"
+    hits = api_hits()
+    if shape == "lines.jsonl":
+        path.write_text("\n".join(json.dumps(h) for h in hits) + "\n", "utf-8")
+    elif shape == "search.json":
+        answer = {
+            "took": 3,
+            "hits": {"total": {"value": 6}, "max_score": None, "hits": hits},
+            "aggregations": {},
+        }
+        path.write_text(json.dumps(answer), "utf-8")
+    else:
+        path.write_text(json.dumps(hits), "utf-8")
+    table = read_table(path)
+    assert list(table.columns) == list(hits[0]["_source"])
+    assert table["complaint_id"].tolist() == list(range(1000, 1006))
+    data = prepare_data(
+        args(
+            train_file=str(path),
+            text_column="complaint_what_happened",
+            label_column="issue",
+            min_class_count=1,
+        )
+    )
+    assert data.log["train"]["dropped_empty_text"] == 1 and data.log["train"]["rows_kept"] == 5
+    assert data.label_names == sorted([NEW, "Fraud or scam"])
+    # a JSON file with a `_source` column that is not the API's objects is read as it is
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"_source": "web form", "text": "x", "label": "a"}]), "utf-8")
+    assert list(read_table(other).columns) == ["_source", "text", "label"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Reproducible splits and caps
 # ---------------------------------------------------------------------------------------------

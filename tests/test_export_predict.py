@@ -772,6 +772,32 @@ def test_predict_reads_a_compressed_input(tmp_path, monkeypatch, capsys):
     )
 
 
+def test_predict_reads_the_cfpb_api_json(tmp_path, monkeypatch):
+    """The API's JSON Lines (each complaint's fields in a hit's `_source`) is read as the complaints, and its
+    narrative field, `complaint_what_happened`, is found without --text_column (it was "no text column found;
+    columns: ['_index', '_source']")."""
+    import longtail.predict as predict
+
+    seen = []
+
+    def fake_scores(args, folder, texts, calibrated=True):
+        seen.append(texts)
+        return predict.Scores(
+            np.full((len(texts), 2), 0.5), ["a", "b"], {"backend": "fake", "temperature": 1.0}
+        )
+
+    monkeypatch.setattr(predict, "score_texts", fake_scores)
+    src = tmp_path / "api.jsonl"
+    hits = [
+        {"_index": "complaint-public-v2", "_source": {"complaint_id": 7, "complaint_what_happened": text}}
+        for text in ("charged twice", "")
+    ]
+    src.write_text("\n".join(json.dumps(h) for h in hits) + "\n")
+    summary = predict.main(["--model_dir", "m", "--input", str(src), "--output", str(tmp_path / "o.csv")])
+    assert seen == [["charged twice"]] and summary["bad_row_numbers"] == [1]
+    assert len(pd.read_csv(tmp_path / "o.csv")) == 2
+
+
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 

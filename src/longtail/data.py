@@ -156,6 +156,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"Data file not found: {path}")
     frame = _read_table(path)
+    if data_format(path)[0] in (".json", ".jsonl"):
+        frame = api_records(frame, path)
     # a .csv's header as written: pandas renames a repeated `t` to `t.1`, and the first `t` was read silently.
     # Blank header cells (a spreadsheet's trailing columns) are pandas' `Unnamed: N`, not repeats.
     names = csv_header(path) if data_format(path)[0] == ".csv" else [str(c) for c in frame.columns]
@@ -170,6 +172,24 @@ def read_table(path: str | Path) -> pd.DataFrame:
     frame.attrs["repeated_columns"] = repeated
     frame.attrs["header"] = names
     return frame
+
+
+def api_records(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The CFPB API's JSON (an Elasticsearch search) as one row per complaint: each complaint's fields sit in a
+    hit's `_source` object, the hits a list (`format=json`) or under `hits.hits` (the search's own answer). Its
+    fields keep the API's names (`complaint_what_happened`, `issue`); any other frame is returned as it is."""
+    if "hits" in frame.columns and "hits" in frame.index and isinstance(frame.at["hits", "hits"], list):
+        frame = pd.DataFrame(frame.at["hits", "hits"])
+    if "_source" not in frame.columns or not all(isinstance(v, dict) for v in frame["_source"]):
+        return frame
+    records = pd.DataFrame.from_records(list(frame["_source"]))
+    logger.info(
+        "%s: read the %d complaints' `_source` fields (the API's JSON): %s",
+        path,
+        len(records),
+        list(records.columns),
+    )
+    return records
 
 
 def refuse_repeated(frame: pd.DataFrame, columns, where) -> None:

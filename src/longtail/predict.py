@@ -48,7 +48,14 @@ from longtail.inference import (
 from longtail.metrics import softmax
 
 logger = logging.getLogger("longtail.predict")
-TEXT_COLUMN_GUESSES = ("text", "Consumer complaint narrative", "Consumer Complaint", "narrative")
+# the CFPB export's narrative column, as the CSV download and the API's JSON name it
+TEXT_COLUMN_GUESSES = (
+    "text",
+    "Consumer complaint narrative",
+    "Consumer Complaint",
+    "complaint_what_happened",
+    "narrative",
+)
 SHOW_ROWS = 20  # bad row numbers listed in the log
 ENSEMBLE_FILE = "ensemble.json"  # longtail.ensemble's folder
 SKLEARN_FILE = "model.joblib"  # baseline_tfidf's folder
