@@ -360,6 +360,33 @@ def test_missing_label_column_lists_columns():
     assert "Did you mean" not in str(err.value)
 
 
+def test_a_missing_column_suggests_the_same_name_written_another_way(tmp_path):
+    """`issue` for the export's `Issue`, BigQuery's `consumer_complaint_narrative`, a typo, and the API's JSON
+    names: the error named no match ("Did you mean" came only for the Hub set's and the export's narrative)."""
+    with pytest.raises(DataError) as err:
+        prepare_data(
+            DataArguments(text_column="Consumer complaint narrative", label_column="issue"),
+            raw={"train": export_shaped()},
+        )
+    assert str(err.value).endswith("Did you mean 'Issue'? Set --text_column / --label_column.")
+    bigquery = export_shaped().rename(
+        columns={"Consumer complaint narrative": "consumer_complaint_narrative", "Issue": "issue"}
+    )
+    both = r"Did you mean '{}' for 'Consumer complaint narrative', 'issue' for 'Issue'\?"
+    with pytest.raises(DataError, match=both.format("consumer_complaint_narrative")):
+        prepare_data(DataArguments(text_column="Consumer complaint narrative"), raw={"train": bigquery})
+    with pytest.raises(DataError, match=r"\['Isue'\] not found .* Did you mean 'Issue'\?"):
+        prepare_data(
+            DataArguments(text_column="Consumer complaint narrative", label_column="Isue"),
+            raw={"train": export_shaped()},
+        )
+    # the API's JSON, read with the export's names
+    path = tmp_path / "api.json"
+    path.write_text(json.dumps(api_hits()), "utf-8")
+    with pytest.raises(DataError, match=both.format("complaint_what_happened")):
+        prepare_data(DataArguments(train_file=str(path), text_column="Consumer complaint narrative"))
+
+
 def test_missing_column_in_an_evaluation_split_names_the_split():
     test = pd.DataFrame({"narrative": ["x"], "label": ["a"]})
     with pytest.raises(DataError, match=r"\['text'\] not found in the test data.*\['narrative', 'label'\]"):

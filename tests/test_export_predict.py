@@ -798,6 +798,25 @@ def test_predict_reads_the_cfpb_api_json(tmp_path, monkeypatch):
     assert len(pd.read_csv(tmp_path / "o.csv")) == 2
 
 
+def test_predict_suggests_a_text_column_written_another_way(tmp_path, capsys):
+    """--text_column `consumer complaint narrative` for the export's `Consumer complaint narrative`, or no
+    --text_column on BigQuery's `consumer_complaint_narrative`: the error names the column meant."""
+    from longtail.predict import main
+
+    src = tmp_path / "in.csv"
+    src.write_text("Issue,Consumer complaint narrative\nFees,charged twice\n")
+    argv = ["--model_dir", "m", "--output", str(tmp_path / "o.csv"), "--input", str(src)]
+    assert refused(main, [*argv, "--text_column", "consumer complaint narrative"], capsys) == (
+        f"predict.py: error: {src} has no column 'consumer complaint narrative'; columns: ['Issue', "
+        "'Consumer complaint narrative']. Did you mean 'Consumer complaint narrative'?"
+    )
+    src.write_text("issue,consumer_complaint_narrative\nFees,charged twice\n")
+    assert refused(main, argv, capsys) == (
+        f"predict.py: error: {src}: no text column found; pass --text_column (columns: ['issue', "
+        "'consumer_complaint_narrative']). Did you mean 'consumer_complaint_narrative'?"
+    )
+
+
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import difflib
 import gzip
 import io
 import json
@@ -41,10 +42,12 @@ SYNTHETIC_DATASET = "synthetic"
 BUILTIN_MERGE_MAPS = {"cfpb_2017": "cfpb_issue_merge_2017.csv"}
 BUILTIN_TAXONOMIES = {"cfpb_issue_113": "cfpb_issue_taxonomy.txt"}
 NONE_VALUES = {None, "", "none", "None", "null"}
-# Other names the same column goes by in CFPB sources, offered as hints when a column is missing.
+# Other names the same column goes by in CFPB sources (the Hub set, the CSV export, the API's JSON), offered as hints
+# when a column is missing; the same name in another case or spacing (`issue`, `Sub_issue`) is found by `column_key`.
 COLUMN_HINTS = {
-    "Consumer Complaint": ["Consumer complaint narrative"],
-    "Consumer complaint narrative": ["Consumer Complaint"],
+    "Consumer Complaint": ["Consumer complaint narrative", "complaint_what_happened"],
+    "Consumer complaint narrative": ["Consumer Complaint", "complaint_what_happened"],
+    "complaint_what_happened": ["Consumer complaint narrative", "Consumer Complaint"],
 }
 SPLITS = ("train", "validation", "test")
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
@@ -456,13 +459,46 @@ def check_columns(df: pd.DataFrame, split: str, text_column: str, label_column: 
     missing = [c for c in (text_column, label_column) if c not in df.columns]
     if not missing:
         return
-    hints = [h for c in missing for h in COLUMN_HINTS.get(c, []) if h in df.columns]
-    hint = f" Did you mean {' / '.join(repr(h) for h in hints)}?" if hints else ""
+    hint = column_hint(missing, df.columns)
     if len(df.columns) == 1 and any(sep in str(df.columns[0]) for sep in (";", "\t")):
         hint += " The file was read as one column: is it ';'- or tab-separated? Save it comma-separated."
     raise DataError(
         f"Column(s) {missing} not found in the {split} data. Columns that exist: {list(df.columns)}.{hint} "
         "Set --text_column / --label_column."
+    )
+
+
+def column_key(name) -> str:
+    """A column name with case, spaces and punctuation ignored: `Sub-issue`, `sub_issue` and `SUB ISSUE` agree."""
+    return re.sub(r"[\W_]+", "", str(name).casefold())
+
+
+def similar_columns(name: str, columns) -> list[str]:
+    """Columns that `name` may have meant: its other names in CFPB sources, the same name in another case or
+    spacing (`issue` for `Issue`), else a near spelling (`Isue`)."""
+    columns = [str(c) for c in columns]
+    found = [h for h in COLUMN_HINTS.get(name, []) if h in columns]
+    found += [c for c in columns if column_key(c) == column_key(name)]
+    if not found:
+        by_key = {column_key(c): c for c in columns}
+        found = [
+            by_key[k] for k in difflib.get_close_matches(column_key(name), list(by_key), n=2, cutoff=0.8)
+        ]
+    return list(dict.fromkeys(found))
+
+
+def column_hint(missing: list[str], columns) -> str:
+    """` Did you mean 'issue'?` for missing columns that have a similar one (`similar_columns`), else ''."""
+    hints = {name: similar_columns(name, columns) for name in missing}
+    hints = {name: found for name, found in hints.items() if found}
+    if not hints:
+        return ""
+    if len(missing) == 1:
+        return f" Did you mean {' / '.join(map(repr, hints[missing[0]]))}?"
+    return (
+        " Did you mean "
+        + ", ".join(f"{' / '.join(map(repr, found))} for {name!r}" for name, found in hints.items())
+        + "?"
     )
 
 

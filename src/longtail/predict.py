@@ -144,17 +144,25 @@ def _cuda() -> bool:
 
 
 def read_texts(path: str, text_column: str | None) -> tuple[pd.DataFrame, str]:
-    from longtail.data import nested_values_error, read_table, refuse_repeated
+    from longtail.data import nested_values_error, read_table, refuse_repeated, similar_columns
 
     df = read_table(path)
     if text_column is None:
         text_column = next((c for c in TEXT_COLUMN_GUESSES if c in df.columns), None)
         if text_column is None:
+            close = list(
+                dict.fromkeys(c for guess in TEXT_COLUMN_GUESSES for c in similar_columns(guess, df.columns))
+            )
             raise ValueError(
                 f"{path}: no text column found; pass --text_column (columns: {list(df.columns)})"
+                + (f". Did you mean {' / '.join(map(repr, close))}?" if close else "")
             )
     elif text_column not in df.columns:
-        raise ValueError(f"{path} has no column '{text_column}'; columns: {list(df.columns)}")
+        close = similar_columns(text_column, df.columns)
+        raise ValueError(
+            f"{path} has no column '{text_column}'; columns: {list(df.columns)}"
+            + (f". Did you mean {' / '.join(map(repr, close))}?" if close else "")
+        )
     refuse_repeated(df, [text_column], path)
     if err := nested_values_error(df[text_column], text_column, path):  # not an "empty or missing" text
         raise err
