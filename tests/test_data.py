@@ -149,6 +149,49 @@ def test_taxonomy_filter_keeps_only_taxonomy_labels(caplog):
     assert any("4 rows have labels outside the taxonomy" in r.getMessage() for r in caplog.records)
 
 
+def test_labels_in_another_case_or_spacing_are_read_as_the_taxonomy_and_merge_map_write_them(
+    tmp_path, caplog
+):
+    """Label text that differs from a taxonomy or merge-map label only in case or inner spacing (CFPB's wording
+    across years, a hand-edited file) is read as that label, counted and named: it was dropped as "outside the
+    taxonomy" (400 real rows lower-cased: "No training rows left"; a doubled space: 394 of 400 dropped, and the
+    run went on with 6), or not merged."""
+    labels = [NEW.lower()] * 2 + [NEW.replace(" ", "  ", 1)] + [OLD.upper()] * 2 + ["FRAUD OR SCAM"] * 3
+    labels += ["Made-up issue"] * 2
+    df = pd.DataFrame({"text": [f"text {i}" for i in range(len(labels))], "label": labels})
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        data = prepare_data(
+            args(label_merge_map="cfpb_2017", label_taxonomy="cfpb_issue_113"), raw={"train": df}
+        )
+    counts = data.log["train"]
+    assert counts["labels_respelled"] == 8 and counts["labels_merged"] == 2
+    assert counts["dropped_outside_taxonomy"] == 2 and counts["rows_kept"] == 8  # 'Made-up issue' only
+    assert data.label_names == sorted([NEW, "Fraud or scam"])
+    message = next(r.getMessage() for r in caplog.records if "another case or spacing" in r.getMessage())
+    assert message.startswith(
+        "train: 8 rows have labels written in another case or spacing than the merge map's"
+    )
+    assert "'FRAUD OR SCAM' as 'Fraud or scam'" in message
+    # a merge map alone: its old wording in another case is merged
+    data = prepare_data(args(label_merge_map="cfpb_2017"), raw={"train": df})
+    assert (
+        data.log["train"]["labels_merged"] == 2
+        and NEW in data.label_names
+        and OLD.upper() not in data.label_names
+    )
+    # a label whose key two taxonomy labels share is not guessed at; no merge map nor taxonomy: labels as written
+    taxonomy = tmp_path / "taxonomy.txt"
+    taxonomy.write_text("Late fee\nLATE FEE\nFraud or scam\n", "utf-8")
+    df = pd.DataFrame(
+        {"text": ["a", "b", "c", "d"], "label": ["late fee", "Late fee", "fraud or scam", "Fraud or scam"]}
+    )
+    data = prepare_data(args(label_taxonomy=str(taxonomy)), raw={"train": df})
+    assert data.log["train"]["labels_respelled"] == 1 and data.log["train"]["dropped_outside_taxonomy"] == 1
+    assert data.label_names == ["Fraud or scam", "Late fee"]
+    data = prepare_data(args(), raw={"train": df})
+    assert "labels_respelled" not in data.log["train"] and len(data.label_names) == 4
+
+
 @pytest.mark.parametrize("kind", ["txt", "json"])
 def test_custom_taxonomy_file(tmp_path, kind):
     path = tmp_path / f"taxonomy.{kind}"
@@ -1057,3 +1100,30 @@ def test_real_cfpb_rows_read_the_same_from_a_downloaded_zip(tmp_path):
     assert zipped.log == plain.log and zipped.label_names == plain.label_names
     for split, df in plain.splits.items():
         pd.testing.assert_frame_equal(zipped.splits[split], df)
+
+
+@pytest.mark.shared
+@needs_shared
+def test_real_cfpb_labels_in_another_case_read_as_the_taxonomy_writes_them(tmp_path):
+    """Real rows whose Issue is lower-cased, or has a doubled space, give the classes and rows of the file as it
+    is (every row was dropped as outside the taxonomy)."""
+    rows = pd.read_csv(CFPB_CSV, dtype=str, keep_default_na=False, nrows=400)
+    rows.to_csv(tmp_path / "plain.csv", index=False)
+    options = dict(
+        text_column="Consumer complaint narrative", label_taxonomy="cfpb_issue_113", min_class_count=1
+    )
+    plain = prepare_data(DataArguments(train_file=str(tmp_path / "plain.csv"), **options))
+    assert plain.log["train"]["rows_kept"] > 300 and plain.log["train"]["labels_respelled"] == 0
+    for name, respelt in (
+        ("lower", rows["Issue"].str.lower()),
+        ("spaced", rows["Issue"].str.replace(" ", "  ", n=1)),
+    ):
+        rows.assign(Issue=respelt).to_csv(tmp_path / f"{name}.csv", index=False)
+        data = prepare_data(DataArguments(train_file=str(tmp_path / f"{name}.csv"), **options))
+        assert data.label_names == plain.label_names and data.log["rows"] == plain.log["rows"], name
+        for count in ("rows_kept", "labels_merged", "dropped_outside_taxonomy"):
+            assert data.log["train"][count] == plain.log["train"][count], (name, count)
+        respelled, kept = data.log["train"]["labels_respelled"], plain.log["train"]["rows_kept"]
+        assert (
+            respelled == kept if name == "lower" else 0 < respelled <= kept
+        )  # one-word labels keep their spaces

@@ -3,8 +3,9 @@
 The pipeline, in order (each step logs what it drops):
 1. load each split from the Hub, local files, or the built-in synthetic demo set;
 2. drop rows with an empty text or label; strip whitespace;
-3. fold old label wordings into new ones (CFPB's April 2017 rewording), then keep only labels of the
-   taxonomy when one is given;
+3. read a label that is a merge-map or taxonomy label in another case or spacing as that label (counted), fold
+   old label wordings into new ones (CFPB's April 2017 rewording), then keep only labels of the taxonomy when one
+   is given;
 4. drop from the training pool any row whose normalised text also appears in an evaluation split;
 5. drop classes with fewer than `min_class_count` rows in the training pool;
 6. carve a stratified, duplicate-aware validation split when the source has none;
@@ -528,6 +529,39 @@ def normalise_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
+def label_key(label: str) -> str:
+    """A label with case and runs of whitespace ignored."""
+    return " ".join(label.split()).casefold()
+
+
+def known_wordings(merge_map: dict, taxonomy: set | None) -> dict[str, str]:
+    """`label_key` -> the label as the merge map (old and new wordings) and the taxonomy write it; a key two of their
+    wordings share is left out (which one a label meant cannot be told)."""
+    by_key: dict[str, set] = {}
+    for wording in {*merge_map, *merge_map.values(), *(taxonomy or ())}:
+        by_key.setdefault(label_key(wording), set()).add(wording)
+    return {key: next(iter(found)) for key, found in by_key.items() if len(found) == 1}
+
+
+def respell(out: pd.DataFrame, wordings: dict[str, str], split: str, counts: dict) -> None:
+    """Labels that are a merge-map or taxonomy label in another case or spacing ('fraud or scam', 'Fraud  or scam')
+    are read as that label, counted and named: they were dropped as outside the taxonomy, or kept as classes of
+    their own, without a word."""
+    keys = out["label"].map({label: label_key(label) for label in out["label"].unique()})  # millions of rows
+    respelled = ~out["label"].isin(set(wordings.values())) & keys.isin(wordings.keys())
+    counts["labels_respelled"] = int(respelled.sum())
+    if respelled.any():
+        examples = out.loc[respelled, "label"].value_counts().head(3).index
+        logger.warning(
+            "%s: %d rows have labels written in another case or spacing than the merge map's or taxonomy's, read as "
+            "them: %s",
+            split,
+            respelled.sum(),
+            ", ".join(f"{label!r} as {wordings[label_key(label)]!r}" for label in examples),
+        )
+        out.loc[respelled, "label"] = keys[respelled].map(wordings)
+
+
 def clean_split(
     df: pd.DataFrame, split: str, args: DataArguments, merge_map: dict, taxonomy: set | None, log: dict
 ):
@@ -552,6 +586,8 @@ def clean_split(
     out = out[~empty_text & ~empty_label].copy()
     out["text"] = out["text"].astype(str)
     out["label"] = out["label"].astype(str)
+    if wordings := known_wordings(merge_map, taxonomy):
+        respell(out, wordings, split, counts)
     merged = out["label"].isin(merge_map.keys())
     counts["labels_merged"] = int(merged.sum())
     out.loc[merged, "label"] = out.loc[merged, "label"].map(merge_map)
