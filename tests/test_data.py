@@ -575,6 +575,34 @@ def test_unsupported_extension_and_missing_file(tmp_path):
         read_table(tmp_path / "missing.csv")
 
 
+def test_a_text_column_empty_in_every_row_is_named(tmp_path, caplog):
+    """A CFPB export whose rows all lack a narrative (complaints before March 2015, an export filtered on another
+    field): the error and a warning name the column and the file (it was only the counts, 'dropped_empty_text')."""
+    path = tmp_path / "complaints.csv"
+    export_shaped().assign(**{"Consumer complaint narrative": ""}).to_csv(path, index=False)
+    options = dict(text_column="Consumer complaint narrative", label_column="Issue")
+    with caplog.at_level(logging.WARNING, logger="longtail.data"), pytest.raises(DataError) as err:
+        prepare_data(args(train_file=str(path), **options))
+    note = (
+        f"--text_column 'Consumer complaint narrative' is empty in all 4 rows of the train data ({path}): pass the "
+        "column that holds the texts (a CFPB export has a narrative only where the consumer agreed"
+    )
+    assert str(err.value).startswith(
+        "No training rows left after cleaning: {'rows_read': 4, 'dropped_empty_text': 4"
+    )
+    assert note in str(err.value)
+    assert any(r.getMessage().startswith(note) for r in caplog.records)
+    # an evaluation file with no texts: the warning names it
+    caplog.clear()
+    train = tmp_path / "train.csv"
+    export_shaped().to_csv(train, index=False)
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        prepare_data(
+            args(train_file=str(train), test_file=str(path), validation_split_fraction=0.5, **options)
+        )
+    assert any(f"empty in all 4 rows of the test data ({path})" in r.getMessage() for r in caplog.records)
+
+
 def test_no_training_rows_left_is_an_error():
     df = pd.DataFrame({"text": ["", None], "label": ["a", "b"]})
     with pytest.raises(DataError, match="No training rows left after cleaning"):

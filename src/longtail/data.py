@@ -524,6 +524,15 @@ def split_source(args: DataArguments, split: str) -> str:
     return f"the {split} data" + (f" ({files[split]})" if files.get(split) else "")
 
 
+def empty_text_column(args: DataArguments, split: str, rows: int) -> str:
+    """The note for a text column with no text in any row (a CFPB export whose rows all lack a narrative)."""
+    return (
+        f"--text_column {args.text_column!r} is empty in all {rows} rows of {split_source(args, split)}: pass the "
+        "column that holds the texts (a CFPB export has a narrative only where the consumer agreed to publish one: "
+        "most rows, and every complaint before March 2015, have none)"
+    )
+
+
 def normalise_text(text: str) -> str:
     """The key under which two narratives count as identical (case and whitespace ignored)."""
     return re.sub(r"\s+", " ", text).strip().lower()
@@ -583,6 +592,8 @@ def clean_split(
     empty_label = out["label"].isna() | (out["label"] == "")
     counts["dropped_empty_text"] = int(empty_text.sum())
     counts["dropped_missing_label"] = int((empty_label & ~empty_text).sum())
+    if len(out) and empty_text.all():
+        logger.warning("%s", empty_text_column(args, split, len(out)))
     out = out[~empty_text & ~empty_label].copy()
     out["text"] = out["text"].astype(str)
     out["label"] = out["label"].astype(str)
@@ -653,7 +664,12 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
     clean = {s: clean_split(df, s, args, merge_map, taxonomy, log) for s, df in raw.items() if s in SPLITS}
     pool = clean["train"]
     if pool.empty:
-        raise DataError(f"No training rows left after cleaning: {log['train']}")
+        counts = log["train"]
+        empty = counts["rows_read"] and counts["dropped_empty_text"] == counts["rows_read"]
+        raise DataError(
+            f"No training rows left after cleaning: {counts}"
+            + (f". {empty_text_column(args, 'train', counts['rows_read'])}" if empty else "")
+        )
 
     # Leakage guard: a narrative that is also in an evaluation split leaves the training pool, and a
     # validation narrative that is also in test leaves validation (test is the final measure).
