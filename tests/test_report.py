@@ -285,3 +285,32 @@ def test_headline_split_confused_pair_ties_jsonable_and_unseen_train_counts(tmp_
     }
     df = pd.read_csv(write_per_class_csv(tmp_path, [test], LABELS, tiers, {0: 50, 1: 30, 2: 15}))
     assert df["train_count"].tolist() == [50, 30, 15, 0]
+
+
+def test_data_summary_names_each_splits_drops_merges_and_respellings():
+    """The report's data lines: read/kept, each nonzero drop, merged wordings, and respelled labels only when any."""
+    from longtail.report import _data_summary
+
+    log = {
+        "train": {
+            "rows_read": 1200,
+            "dropped_empty_text": 0,
+            "dropped_missing_label": 100,
+            "labels_respelled": 7,
+            "labels_merged": 3,
+            "dropped_outside_taxonomy": 2,
+            "rows_kept": 1098,
+        },
+        "test": {
+            "rows_read": 10,
+            "dropped_missing_label": 0,
+            "labels_respelled": 0,
+            "labels_merged": 0,
+            "rows_kept": 10,
+        },
+    }
+    assert _data_summary(log) == [
+        "- train: read 1,200, kept 1,098 (dropped: missing_label 100, outside_taxonomy 2; old label wordings merged: "
+        "3; labels respelled: 7)",
+        "- test: read 10, kept 10 (dropped: none; old label wordings merged: 0)",
+    ]

@@ -375,7 +375,10 @@ def _data_summary(log: Mapping) -> list[str]:
             )
             lines.append(
                 f"- {split}: read {c.get('rows_read', 0):,}, kept {c.get('rows_kept', 0):,}"
-                f" (dropped: {dropped or 'none'}; old label wordings merged: {c.get('labels_merged', 0):,})"
+                f" (dropped: {dropped or 'none'}; old label wordings merged: {c.get('labels_merged', 0):,}"
+                # labels read as the taxonomy's in another case or spacing: shown only when there were any
+                + (f"; labels respelled: {c['labels_respelled']:,}" if c.get("labels_respelled") else "")
+                + ")"
             )
     if log.get("dropped_train_duplicates_of_eval") is not None:
         lines.append(
