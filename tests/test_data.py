@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
@@ -854,6 +855,64 @@ def test_split_indices_reproduce_a_split_under_another_seed(tmp_path):
     for split in first.splits:
         pd.testing.assert_frame_equal(again.splits[split], first.splits[split])
     assert again.label_names == first.label_names
+
+
+def test_split_indices_refuse_ids_that_name_other_texts(tmp_path, caplog):
+    """Ids are row positions: on an export downloaded again (rows reordered), or the synthetic set under another
+    --split_seed, the same ids named other texts and the run went on with them. splits.json records a hash of
+    each id's text; ids naming other texts are refused, the same data reproduces, and an older splits.json
+    (ids only) is still read."""
+    raw = {"train": stratified_source(), "test": frame({"a": 3, "b": 3}, prefix="test ")}
+    first = prepare_data(args(split_seed=1), raw=raw)
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(split_ids(first)), "utf-8")
+    written = json.loads(path.read_text())
+    assert set(written["text_digests"]) == {"train", "validation", "test"}
+    for (
+        split,
+        df,
+    ) in first.splits.items():  # the first 8 hex digits of each id's text's SHA-256, in the ids' order
+        texts = dict(zip(df["row_id"], df["text"]))
+        assert written["text_digests"][split] == [
+            hashlib.sha256(texts[i].encode()).hexdigest()[:8] for i in written[split]
+        ]
+    assert split_ids(prepare_data(args(split_indices=str(path)), raw=raw)) == split_ids(first)
+
+    shuffled = {**raw, "train": raw["train"].sample(frac=1, random_state=0).reset_index(drop=True)}
+    with pytest.raises(DataError) as info:
+        prepare_data(args(split_indices=str(path)), raw=shuffled)
+    assert str(info.value).startswith(f"{path} (--split_indices): ") and (
+        "train ids name other texts here than in the run that wrote it (e.g. row ids [" in str(info.value)
+    )
+    retitled = {**raw, "test": frame({"a": 3, "b": 3}, prefix="other ")}  # only the test file differs
+    with pytest.raises(DataError, match=r"6 of its 6 test ids name other texts"):
+        prepare_data(args(split_indices=str(path)), raw=retitled)
+
+    ids_only = {k: v for k, v in json.loads(path.read_text()).items() if k != "text_digests"}
+    path.write_text(json.dumps(ids_only), "utf-8")
+    assert split_ids(prepare_data(args(split_indices=str(path)), raw=raw)) == split_ids(first)
+    for digests in ("abc", {"train": ["0a1b2c3d"]}):  # not a mapping; not one per id
+        path.write_text(json.dumps({**ids_only, "text_digests": digests}), "utf-8")
+        with pytest.raises(
+            DataError, match="'text_digests' must map each split to one text digest per id, got"
+        ):
+            prepare_data(args(split_indices=str(path)), raw=raw)
+
+
+def test_split_indices_of_the_synthetic_set_under_another_split_seed_are_refused(tmp_path):
+    """The synthetic demo set is drawn from --split_seed: another seed is other texts under the same ids."""
+
+    def synthetic(**kw):
+        return prepare_data(
+            DataArguments(dataset_name="synthetic", text_column="Consumer complaint narrative", **kw)
+        )
+
+    first = synthetic(split_seed=1)
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(split_ids(first)), "utf-8")
+    assert split_ids(synthetic(split_seed=1, split_indices=str(path))) == split_ids(first)
+    with pytest.raises(DataError, match="ids name other texts here than in the run that wrote it"):
+        synthetic(split_seed=2, split_indices=str(path))
 
 
 def test_split_indices_with_unknown_split_is_an_error(tmp_path):

@@ -50,6 +50,7 @@ def test_a_run_records_its_environment_and_data(tmp_path):
 
     # one fingerprint per split, over the rows splits.json lists
     splits = json.loads((out / "splits.json").read_text())
+    splits.pop("text_digests")  # the ids' texts, checked by --split_indices (tests/test_data.py)
     fingerprint = config["data_fingerprint"]
     assert set(fingerprint) == set(splits) == {"train", "validation", "test"}
     for split, ids in splits.items():

@@ -201,6 +201,7 @@ def test_public_model_name_of_a_local_folder_is_its_last_component(tmp_path):
 
 def test_write_run_files_names_counts_by_class_id(tmp_path):
     """train_counts arrives in value_counts order (most frequent first), not by class id."""
+    import hashlib
     import json
 
     from longtail.data import PreparedData
@@ -217,7 +218,13 @@ def test_write_run_files_names_counts_by_class_id(tmp_path):
     assert labels["train_counts"] == {"a": 3, "b": 1, "c": 5}
     assert labels["tiers"] == {"a": "head", "b": "head", "c": "head"}
     assert labels["data_log"] == {"num_classes": 3}
-    assert json.loads((tmp_path / "splits.json").read_text()) == {"train": [0, 2, 4], "validation": [1, 3]}
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    # the digest of each id's text, in the ids' order: what --split_indices checks the ids still name
+    assert splits.pop("text_digests") == {
+        "train": [hashlib.sha256(t.encode()).hexdigest()[:8] for t in "yzx"],
+        "validation": [hashlib.sha256(t.encode()).hexdigest()[:8] for t in "vu"],
+    }
+    assert splits == {"train": [0, 2, 4], "validation": [1, 3]}
     config = json.loads((tmp_path / "run_config.json").read_text())
     # the environment and the fingerprints themselves: tests/test_provenance.py
     assert list(config) == ["command", "seed", "environment", "data_fingerprint"]

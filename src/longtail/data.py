@@ -19,6 +19,7 @@ import bz2
 import csv
 import difflib
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -758,6 +759,7 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
         raise DataError(
             f"{path} (--split_indices): expected an object of row ids per split, got {type(wanted).__name__}"
         )
+    digests = wanted.pop(TEXTS_KEY, None)  # written since the check below; older files have only the ids
     unknown = set(wanted) - set(SPLITS)
     if unknown or "train" not in wanted:
         raise DataError(f"{path}: expected keys among {SPLITS} including 'train', found {sorted(wanted)}")
@@ -770,6 +772,14 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
         raise DataError(
             f"{path} (--split_indices): the ids of {not_ids} must be a list of integer row ids, got "
             + ", ".join(f"{split}: {str(wanted[split])[:60]}" for split in not_ids)
+        )
+    if digests is not None and not (
+        isinstance(digests, dict)
+        and all(isinstance(d, list) and len(d) == len(wanted.get(s) or []) for s, d in digests.items())
+    ):
+        raise DataError(
+            f"{path} (--split_indices): '{TEXTS_KEY}' must map each split to one text digest per id, got "
+            f"{str(digests)[:60]}"
         )
     if "validation" not in wanted and "validation" not in clean:
         raise DataError(
@@ -788,6 +798,17 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
                 len(ids),
                 path,
             )
+        if digests and split in digests:
+            recorded = dict(zip(ids, digests[split]))
+            other = [i for i, t in zip(picked["row_id"], picked["text"]) if text_digest(t) != recorded[i]]
+            if other:
+                raise DataError(
+                    f"{path} (--split_indices): {len(other)} of its {len(ids)} {split} ids name other texts here "
+                    f"than in the run that wrote it (e.g. row ids {[int(i) for i in other[:5]]}; ids are row "
+                    "positions: another data file, an export downloaded again with rows added or reordered, "
+                    "another --split_seed on the synthetic set, or other cleaning options). Pass the data that run "
+                    "read, or drop --split_indices to split this data afresh."
+                )
         out[split] = picked
     return out
 
@@ -856,9 +877,23 @@ def require_test_split(data: PreparedData, do_predict: bool) -> None:
         )
 
 
-def split_ids(data: PreparedData) -> dict[str, list[int]]:
-    """Row ids per split, for `splits.json` (feed back with --split_indices)."""
-    return {s: sorted(int(i) for i in df["row_id"]) for s, df in data.splits.items()}
+# splits.json's key for the digests of the texts each split's ids name: --split_indices checks them
+TEXTS_KEY = "text_digests"
+
+
+def text_digest(text) -> str:
+    """The first 8 hex digits of a text's SHA-256: enough to tell another text under the same row id."""
+    return hashlib.sha256(str(text).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def split_ids(data: PreparedData) -> dict:
+    """Row ids per split, for `splits.json` (feed back with --split_indices), and under `text_digests` a digest of
+    the text each id names, in the same order: ids are positions in the data files, so the same ids on a
+    re-downloaded export (rows added or reordered), another file or another synthetic --split_seed name other
+    texts."""
+    rows = {s: df.sort_values("row_id", kind="stable") for s, df in data.splits.items()}
+    ids = {s: [int(i) for i in df["row_id"]] for s, df in rows.items()}
+    return ids | {TEXTS_KEY: {s: [text_digest(t) for t in df["text"]] for s, df in rows.items()}}
 
 
 # ---------------------------------------------------------------------------------------------
