@@ -397,6 +397,45 @@ def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch)
             refused(main, [*argv, "--output_dir", "out", *quick], capsys) == f"ensemble.py: error: {message}"
         )
         assert not (tmp_path / "out").exists(), argv
+    # an older ensemble.json, with no serving entry: its members as written (relative), resolved from here; an
+    # ensemble that lists itself, and two that list each other (folders overwritten into their own member lists):
+    # each followed once, and the run named inside the ensemble that lists it
+    for name, members in {
+        "old_ab": ["a", "b"],
+        "loop": [str(tmp_path / "loop"), str(resolved["a"])],
+        "x1": [str(tmp_path / "x2")],
+        "x2": [str(tmp_path / "x1"), str(resolved["b"])],
+    }.items():
+        (tmp_path / name).mkdir()
+        record = {"members": members} if name == "old_ab" else {"serving": {"members": members}}
+        (tmp_path / name / "ensemble.json").write_text(json.dumps(record))
+    for argv, message in (
+        (
+            ["old_ab", "b"],
+            f"{resolved['b']} is given (as b) and is also a member of the ensemble old_ab{end}",
+        ),
+        (["loop", "a"], f"{resolved['a']} is given (as a) and is also a member of the ensemble loop{end}"),
+        (
+            ["x1", "b"],
+            f"{resolved['b']} is given (as b) and is also a member of the ensemble "
+            f"{(tmp_path / 'x2').resolve()} (inside x1){end}",
+        ),  # fmt: skip
+        # given as its resolved path: named once, with no "(as ...)"
+        (
+            ["ab", str(resolved["a"])],
+            f"{resolved['a']} is given and is also a member of the ensemble ab{end}",
+        ),
+    ):
+        assert (
+            refused(main, [*argv, "--output_dir", "out", *quick], capsys) == f"ensemble.py: error: {message}"
+        )
+        assert not (tmp_path / "out").exists(), argv
+    # an unreadable ensemble.json lists no member (the folder's predictions do not need it)
+    from longtail.ensemble import check_no_run_twice
+
+    for text in ("{not json", "[1, 2]", '{"serving": ["a"]}', '{"members": 5}'):
+        (tmp_path / "old_ab" / "ensemble.json").write_text(text)
+        check_no_run_twice(["old_ab", "a", "b"])
     # no run shared: an ensemble of two ensembles, and of an ensemble and another run, are built
     assert main(["ab", "cd", "--output_dir", "ab_cd", *quick])["members"] == ["ab", "cd"]
     assert main(["ab_c", "d", "--output_dir", "ab_c_d", *quick])["members"] == ["ab_c", "d"]
@@ -428,6 +467,21 @@ def test_a_malformed_predictions_file_is_one_line_in_compare_and_ensemble(tmp_pa
     def truncated(path):
         npz()(path)
         path.write_bytes(path.read_bytes()[:100])
+
+    def damaged(path):
+        import zipfile
+
+        npz()(path)
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("row_id.npy")  # the first member, stored uncompressed
+        data = bytearray(path.read_bytes())
+        header = info.header_offset  # a local file header: 30 bytes, then the name and the extra field
+        name_length, extra_length = (
+            int.from_bytes(data[header + i : header + i + 2], "little") for i in (26, 28)
+        )
+        data[header + 30 + name_length + extra_length + info.compress_size - 1] ^= 0xFF  # its last data byte
+        path.write_bytes(bytes(data))
+        assert zipfile.is_zipfile(path)
 
     cases = {
         "text": (
@@ -466,6 +520,31 @@ def test_a_malformed_predictions_file_is_one_line_in_compare_and_ensemble(tmp_pa
         "objects": (
             npz(label_names=np.array(LABELS, dtype=object)),
             "cannot be read as a predictions file (ValueError: Object arrays cannot be loaded when allow_pickle=False",
+        ),
+        # an archive whole but a member's bytes damaged: zipfile's CRC check, at the read
+        "damaged": (
+            damaged,
+            "cannot be read as a predictions file (BadZipFile: Bad CRC-32 for file 'row_id.npy')",
+        ),
+        "flat": (
+            npz(probs=rng.dirichlet(np.ones(3), 8)[:, 0]),
+            "is malformed: probs of shape (8,), row_id (8,), y_true (8,): not one row each",
+        ),
+        "narrow": (  # fewer columns than names: the last label could never be predicted
+            npz(probs=rng.dirichlet(np.ones(2), 8)),
+            "is malformed: 2 probability columns for 3 label names",
+        ),
+        "float_labels": (
+            npz(y_true=np.array(y["validation"], dtype=float)),
+            "is malformed: row ids of type int64 and true labels of type float64, not integers",
+        ),
+        "label_id_3": (  # one past the last name
+            npz(y_true=np.array([0, 1, 3, 0, 1, 2, 0, 1])),
+            "is malformed: true label ids [3] outside its 3 label names",
+        ),
+        "label_id_negative": (
+            npz(y_true=np.array([0, 1, -1, 0, 1, 2, 0, 1])),
+            "is malformed: true label ids [-1] outside its 3 label names",
         ),
     }
     out = tmp_path / "out"
@@ -523,6 +602,13 @@ def test_predictions_that_are_not_probabilities_are_refused(tmp_path, capsys, mo
             "summing to 0 to 1.5): logits or scores saved as probs?",
         ),
         "percent": (scaled, "holds rows that are not probabilities (8 of 8, row ids"),
+        # each test alone: a negative value in a row summing to 1, a value past 1 in a row within the sum's
+        # tolerance, a row summing to 0.99 (past the tolerance, each value in [0, 1])
+        "outside": (
+            np.vstack([rng.dirichlet(np.ones(3), 5), [[-0.1, 0.6, 0.5], [1.0005, 0, 0], [0.5, 0.29, 0.2]]]),
+            "holds rows that are not probabilities (3 of 8, row ids [5, 6, 7]: values from -0.1 to 1, rows summing "
+            "to 0.99 to 1): logits or scores saved as probs? Each row must be probabilities summing to 1.",
+        ),
     }
     out = tmp_path / "out"
     for case, (probs, message) in cases.items():
@@ -591,6 +677,14 @@ def test_a_malformed_labels_json_is_one_line_in_compare_and_ensemble(tmp_path, c
             '{"train_counts": {"a": "many"}}',
             ": train_counts is not a mapping of label to a count",
         ),
+        "counts_negative": (
+            '{"train_counts": {"a": 5, "b": -3}}',
+            ": train_counts is not a mapping of label to a count of rows",
+        ),
+        "counts_bool": (
+            '{"train_counts": {"a": 5, "b": true}}',
+            ": train_counts is not a mapping of label to a count of rows",
+        ),
         "tiers_list": ('{"tiers": ["head", "mid", "tail"]}', ": tiers is not a mapping of label to tier."),
         "other_run": (
             '{"train_counts": {"x": 5, "y": 3}}',
@@ -628,6 +722,13 @@ def test_a_malformed_labels_json_is_one_line_in_compare_and_ensemble(tmp_path, c
         [fine, other, "--output_dir", str(tmp_path / "ens"), "--n_resamples", "20"]
     )
     np.testing.assert_allclose(record["serving"]["log_prior"], np.log([0.6, 0.3, 0.1]))
+    # the prior's reader checks the counts against the labels it is given itself (not only the tiers' reader after)
+    from longtail.compare import CompareError
+    from longtail.ensemble import training_log_prior
+
+    with pytest.raises(CompareError, match=r"labels.json: its train_counts name none of the 3 labels"):
+        training_log_prior(tmp_path / "other_run", LABELS)
+    np.testing.assert_allclose(training_log_prior(fine, LABELS), np.log([0.6, 0.3, 0.1]))
 
 
 def test_temperature_and_weights_chosen_on_validation(tmp_path):
@@ -751,6 +852,14 @@ def test_a_weight_grid_too_large_to_search_is_refused_before_the_search(tmp_path
         "or --weights equal"
     )
     assert not (tmp_path / "over").exists()
+    # only a search is counted: equal weights over the same members are built; and only the taus it tries: with no
+    # shift (1 tau) the same grid is 286 scorings, under the cap
+    assert (
+        main(["a", "b", "c", "d", "--output_dir", "equal", "--n_resamples", "20"])["weights_mode"] == "equal"
+    )
+    record = main(["a", "b", "c", "d", "--output_dir", "no_shift", *search, "--weight_step", "0.1",
+                   "--posthoc_logit_adjustment", "none"])  # fmt: skip
+    assert record["weights_mode"] == "search" and record["posthoc_tau"] == 0.0
     monkeypatch.undo()  # the real cap
     monkeypatch.chdir(tmp_path)
     run_as(monkeypatch, "ensemble.py")
@@ -778,6 +887,26 @@ def test_a_weight_grid_too_large_to_search_is_refused_before_the_search(tmp_path
     )
     assert "at --weight_step 1e-09 is 1,000,000,001 weight points x 5 taus = 5,000,000,005 validation" in line
     assert "pass a coarser --weight_step (0.01: 101 points)" in line
+    # one tau: no "x 1 taus", and the coarser step is the first that fits at 1 tau (0.02, not 0.05 as at 5)
+    with pytest.raises(longtail.ensemble.UsageError) as info:
+        check_grid_size(["a", "b", "c", "d"], 0.01, 1)
+    assert str(info.value) == (
+        "--weights search over 4 members (a, b, c, d) at --weight_step 0.01 is 176,851 weight points, more than "
+        "the 25,000 it may take (each a validation macro-F1; a finer grid only fits validation noise): pass a "
+        "coarser --weight_step (0.02: 23,426 points), fewer members, or --weights equal"
+    )
+    # a count from 10^12 on in powers of ten
+    with pytest.raises(longtail.ensemble.UsageError, match=r"at --weight_step 1e-12 is 1\.0e\+12 weight points x 5 "
+                       r"taus = 5\.0e\+12 validation scorings, more than the 25,000"):  # fmt: skip
+        check_grid_size(["a", "b"], 1e-12, 5)
+    # no coarser step fits (100 members even at 0.5: 5,050 points x 5 taus): none is suggested
+    with pytest.raises(longtail.ensemble.UsageError) as info:
+        check_grid_size([f"m{i}" for i in range(100)], 0.5, 5)
+    assert str(info.value).endswith(
+        "at --weight_step 0.5 is 5,050 weight points x 5 taus = 25,250 validation scorings, more than the 25,000 it "
+        "may take (each a validation macro-F1; a finer grid only fits validation noise): pass fewer members, or "
+        "--weights equal"
+    )
 
 
 def test_the_weight_grid_is_built_point_by_point():

@@ -125,10 +125,10 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
 
 
 def test_a_run_or_model_folder_is_refused_even_with_overwrite(tmp_path, capsys, monkeypatch):
-    """`--output_dir` a finished run's folder (or an ensemble's, a model's, a run stopped at a checkpoint) got the
-    split's train.csv / heldout.csv / holdout.json among the run's results. Now one line naming the folder and what
-    was found in it, with or without --overwrite, and the folder is left as it was; a data folder with notes of
-    its own is still written to."""
+    """`--output_dir` a finished run's folder (or an ensemble's, a model's, sharded or an adapter, a run stopped at a
+    checkpoint) got the split's train.csv / heldout.csv / holdout.json among the run's results. Now one line naming
+    the folder and what was found in it (the first five), with or without --overwrite, and the folder is left as it
+    was; a data folder with notes of its own is still written to."""
     run_as(monkeypatch, "holdout.py")
     write_source(tmp_path / "all.csv")
     folders = {
@@ -144,6 +144,19 @@ def test_a_run_or_model_folder_is_refused_even_with_overwrite(tmp_path, capsys, 
         "downloaded": ["config.json", "model.safetensors", "tokenizer.json"],
         "export": ["model.onnx", "config.json"],
         "stopped": ["checkpoint-40/"],
+        "shards": ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
+        "adapter": ["adapter_config.json", "adapter_model.safetensors"],
+        "calibrated": ["temperature.json"],
+        "results": ["all_results.json"],
+        "finished": [  # more than five: the first five named
+            "all_results.json",
+            "eval_results.json",
+            "labels.json",
+            "predictions_test.npz",
+            "report.md",
+            "run_config.json",
+            "test_results.json",
+        ],
     }
     for name, contents in folders.items():
         folder = tmp_path / name
@@ -151,7 +164,11 @@ def test_a_run_or_model_folder_is_refused_even_with_overwrite(tmp_path, capsys, 
         for item in contents:
             (folder / item).mkdir() if item.endswith("/") else (folder / item).write_text("{}")
         before = sorted(p.name for p in folder.iterdir())
-        found = [c for c in contents if c not in ("config.json", "tokenizer.json")]  # a model's, not a run's
+        # a model's files, not a run's
+        found = [c for c in contents if c not in ("config.json", "tokenizer.json", "adapter_config.json")]
+        named = ", ".join(sorted(found))
+        if name == "finished":
+            named = "all_results.json, eval_results.json, labels.json, predictions_test.npz, report.md, ..."
         for extra in ([], ["--overwrite"]):
             with pytest.raises(SystemExit) as exc:
                 main([str(tmp_path / "all.csv"), "--output_dir", str(folder), *extra])
@@ -159,7 +176,7 @@ def test_a_run_or_model_folder_is_refused_even_with_overwrite(tmp_path, capsys, 
             assert exc.value.code == 2 and "Traceback" not in err
             assert err.strip().splitlines()[-1] == (
                 f"holdout.py: error: --output_dir {folder} is a run or model folder (it holds "
-                f"{', '.join(sorted(found))}): the split's files would be mixed into it; choose another "
+                f"{named}): the split's files would be mixed into it; choose another "
                 "--output_dir, e.g. a data/ folder of its own"
             ), name
         assert sorted(p.name for p in folder.iterdir()) == before, name

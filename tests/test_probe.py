@@ -380,6 +380,29 @@ def test_embedding_cache_key_of_a_hub_id_is_its_commits(monkeypatch, tmp_path):
     probe.embedding_fingerprint(str(folder), TEXTS, 32, "mean", tokenizer_name=str(folder))
 
 
+def test_hub_commit_of_a_repo_with_no_config_json(tmp_path, monkeypatch):
+    """A tokenizer's Hub repo has no config.json: its commit is read off tokenizer_config.json, also once the Hub
+    cache has recorded config.json as absent (`.no_exist/<commit>/config.json`, which `try_to_load_from_cache`
+    answers with a marker object, not a path)."""
+    import huggingface_hub.constants
+
+    from longtail.probe import hub_commit, model_signature
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    files = tmp_path / "tokenizer"
+    files.mkdir()
+    (files / "tokenizer_config.json").write_text("{}")
+    commit = "c" * 40
+    fake_hub_download(hub, "org/tokenizer", files, commit)
+    assert hub_commit("org/tokenizer") == commit
+    absent = hub / "models--org--tokenizer" / ".no_exist" / commit
+    absent.mkdir(parents=True)
+    (absent / "config.json").write_text("")
+    assert hub_commit("org/tokenizer") == commit
+    assert model_signature("org/tokenizer") == {"model": "org/tokenizer", "commit": commit}
+
+
 def test_embedding_pads_on_the_right_whatever_the_tokenizer_says(tiny_modernbert, one_torch_thread):
     """A left-padding tokenizer: `cls` still reads each text's first token (each text embedded alone, by
     hand), and the tokenizer's own padding side is left as it was."""
@@ -2034,6 +2057,21 @@ def test_probe_config_carries_its_bodys_sizes():
     assert (config.hidden_size, config.num_hidden_layers, config.max_position_embeddings) == (48, 3, 64)
     again = ProbeConfig.from_dict(config.to_dict())
     assert (again.hidden_size, again.num_hidden_layers, again.max_position_embeddings) == (48, 3, 64)
+
+
+def test_frozen_body_config_of_a_probe_folder_is_its_bodys(tmp_path):
+    """What the probe recipe checks --max_length against: a checkpoint's config, or for a probe-architecture
+    folder (a probe, LP-FT's output) the config of the body `load_frozen_body` embeds with, not the probe's own."""
+    from transformers import BertConfig
+
+    from longtail.probe import ProbeConfig, frozen_body_config
+
+    body = BertConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=64)
+    body.save_pretrained(tmp_path / "body")
+    ProbeConfig(body.to_dict(), num_labels=2).save_pretrained(tmp_path / "probe")
+    for folder in ("body", "probe"):
+        config = frozen_body_config(str(tmp_path / folder))
+        assert type(config) is BertConfig and config.max_position_embeddings == 64, folder
 
 
 def test_embedding_cache_of_the_wrong_shape_or_damaged_is_embedded_again(
