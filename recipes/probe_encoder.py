@@ -349,9 +349,9 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Build the frozen encoder ------------------------------------------------------------
     tokenizer = load_tokenizer(model_args)
     # the length against the body's position table, read from its config before the weights load (minutes for a
-    # large model); the body's pad token set as below (RoBERTa-style positions start after it)
+    # large model); RoBERTa-style positions start after the config's own pad id, which the body is built with (the
+    # tokenizer's, set on the loaded body below, does not move them)
     config = frozen_body_config(model_args.model_name_or_path, model_args.trust_remote_code)
-    config.pad_token_id = tokenizer.pad_token_id
     check_max_length(
         config,
         data_args.max_length,

@@ -186,7 +186,8 @@ def refuse_weight_loads(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["full_ft", "full_ft_from_probe", "lora", "qlora", "probe", "probe_of_probe", "distill"]
+    "case",
+    ["full_ft", "full_ft_from_probe", "lora", "qlora", "probe", "probe_of_probe", "probe_roberta", "distill"],
 )
 def test_max_length_beyond_the_positions_is_refused_before_any_weight_loads(
     case, tiny_bert, tmp_path, monkeypatch
@@ -224,6 +225,21 @@ def test_max_length_beyond_the_positions_is_refused_before_any_weight_loads(
         )
         ProbeForSequenceClassification(config).save_pretrained(probe)
         AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(probe)
+    if (
+        case == "probe_roberta"
+    ):  # RoBERTa numbers positions from its config's pad id + 1 (5 + 1 here), whatever
+        from transformers import (
+            RobertaConfig,
+            RobertaModel,
+        )  # the tokenizer pads with (0): 70 - 6 = 64 usable
+
+        tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+        assert tokenizer.pad_token_id == 0
+        RobertaModel(
+            RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=32, max_position_embeddings=70, pad_token_id=5)
+        ).save_pretrained(tmp_path / "roberta")  # fmt: skip
+        tokenizer.save_pretrained(tmp_path / "roberta")
     recipe, model, argv = {
         "full_ft": ("full_ft_encoder", tiny_bert, encoder_args(tiny_bert, train, test, out)),
         "full_ft_from_probe": (
@@ -238,6 +254,11 @@ def test_max_length_beyond_the_positions_is_refused_before_any_weight_loads(
             "probe_encoder",
             str(probe),
             probe_args(str(probe), train, test, out, tmp_path / "c"),
+        ),
+        "probe_roberta": (
+            "probe_encoder",
+            str(tmp_path / "roberta"),
+            probe_args(str(tmp_path / "roberta"), train, test, out, tmp_path / "r"),
         ),
         "distill": (
             "distill",
