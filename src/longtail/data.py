@@ -58,8 +58,8 @@ DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
 # Rows per piece when a .csv is read for some of its columns (`read_table(columns=...)`): each piece is parsed with
 # all its columns, as a whole read parses the file (a row with too many fields is still an error, which pandas'
-# `usecols` skips), and only the columns asked for are kept. The CFPB export's 18 columns of a piece this size are
-# about 60 MB.
+# `usecols` skips), and only the columns asked for are kept. A piece this size of the CFPB export, all 18 columns,
+# is 30-60 MB of text.
 CSV_CHUNK_ROWS = 50_000
 # The columns to keep: names, or a function of the names the file has giving them (None or a missing name: all).
 Columns = Iterable[str] | Callable[[list[str]], Iterable[str] | None] | None
