@@ -15,6 +15,7 @@ from longtail.data import (
     DataArguments,
     DataError,
     load_merge_map,
+    load_raw_splits,
     load_taxonomy,
     normalise_text,
     prepare_data,
@@ -780,6 +781,136 @@ def test_a_compressed_file_that_cannot_be_read_names_the_file(tmp_path):
             prepare_data(args(train_file=str(path)))
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading only the columns a run reads
+# ---------------------------------------------------------------------------------------------
+
+EXPORT_OPTIONS = dict(
+    text_column="Consumer complaint narrative",
+    label_column="Issue",
+    label_merge_map="cfpb_2017",
+    label_taxonomy="cfpb_issue_113",
+    min_class_count=2,
+    validation_split_fraction=0.25,
+)
+
+
+def wide_export_bytes(n: int = 40) -> bytes:
+    """An export as downloaded with its other columns around the two a recipe reads: a byte-order mark, CRLF ends,
+    narratives over two lines, rows without a narrative or an issue, a blank line and a row cut short."""
+    issues = [NEW, OLD, "Fraud or scam", "fraud or scam", "Improper use of your report"]
+    lines = []
+    for i in range(n):
+        narrative = (
+            "" if i % 7 == 3 else f'"complaint {i % 30}, about XX/XX/XXXX,\r\nI was ""charged"" ${i}.00"'
+        )
+        issue = "" if i % 11 == 5 else issues[i % len(issues)]
+        lines.append(f"2017-05-01,Credit reporting,,{issue},,{narrative},Big Bank,CA,9XXXX,{3000000 + i}\r\n")
+    lines[9] = "\r\n"
+    lines[16] = f"2017-05-02,Credit reporting,,{NEW}\r\n"
+    header = "Date received,Product,Sub-product,Issue,Sub-issue,Consumer complaint narrative,Company,State,ZIP code,"
+    return b"\xef\xbb\xbf" + (header + "Complaint ID\r\n" + "".join(lines)).encode("utf-8")
+
+
+@pytest.mark.parametrize("name", ["complaints.csv", "complaints.csv.gz", "complaints.csv.zip"])
+def test_a_run_reads_only_its_text_and_label_columns_with_the_rows_of_a_whole_read(
+    tmp_path, monkeypatch, name
+):
+    """The export has 18 columns and millions of rows, and every column was read (as text) to keep two. Now only
+    the text and label columns are kept, read in pieces (here 4 rows, so pieces end inside this file) with the
+    rows, values and row positions of a whole read: the splits, their ids (splits.json) and the log are the same."""
+    import longtail.data as data_module
+
+    monkeypatch.setattr(data_module, "CSV_CHUNK_ROWS", 4)
+    path = tmp_path / name
+    if name == "complaints.csv":
+        path.write_bytes(wide_export_bytes())
+    else:
+        write_compressed(path, wide_export_bytes())
+    whole = read_table(path)
+    assert len(whole) == 40 and len(whole.columns) == 10
+    kept = ["Issue", "Consumer complaint narrative"]
+    part = read_table(path, columns=kept[::-1])
+    assert list(part.columns) == kept  # in the file's order
+    pd.testing.assert_frame_equal(part, whole[kept])
+    assert part.attrs["file_columns"] == list(whole.columns)
+    options = dict(train_file=str(path), **EXPORT_OPTIONS)
+    raw = load_raw_splits(DataArguments(**options))
+    assert list(raw["train"].columns) == kept
+    data = prepare_data(DataArguments(**options))
+    before = prepare_data(DataArguments(**options), raw={"train": whole})
+    assert data.log == before.log and data.label_names == before.label_names
+    assert data.log["train"]["rows_read"] == 40 and data.log["train"]["dropped_empty_text"] == 8
+    assert split_ids(data) == split_ids(before)
+    for split, df in before.splits.items():
+        pd.testing.assert_frame_equal(data.splits[split], df)
+
+
+def test_a_parquet_file_is_read_for_the_columns_a_run_reads(tmp_path):
+    """With pandas' saved index, as a whole read gives it."""
+    df = export_shaped().assign(**{"Complaint ID": [str(i) for i in range(4)]})
+    df.index = df.index + 10
+    path = tmp_path / "export.parquet"
+    df.to_parquet(path)
+    whole = read_table(path)
+    kept = ["Issue", "Consumer complaint narrative"]
+    part = read_table(path, columns=kept)
+    pd.testing.assert_frame_equal(part, whole[kept])
+    assert part.attrs["file_columns"] == list(df.columns)
+    raw = load_raw_splits(DataArguments(train_file=str(path), text_column=kept[1]))
+    assert list(raw["train"].columns) == kept
+    # a function of the file's columns picks them; None, or a name the file lacks, reads it whole
+    assert list(read_table(path, columns=lambda names: [names[-1]]).columns) == ["Complaint ID"]
+    for columns in (lambda names: None, ["Issue", "Consumer Complaint"]):
+        pd.testing.assert_frame_equal(read_table(path, columns=columns), whole)
+        assert "file_columns" not in read_table(path, columns=columns).attrs
+
+
+def test_reading_some_columns_keeps_the_errors_and_readings_of_a_whole_read(tmp_path, monkeypatch, caplog):
+    """pandas' `usecols` reads a row with too many fields (an unquoted comma in a text) without a word, its fields
+    shifted: it stays a parse error, in the piece it falls in. A header one name short (R's write.csv: rows begin
+    with their names) is read as before; a missing column, or the text as the label, lists every column; a repeat
+    of a column the run does not read is only a warning naming pandas' names."""
+    import longtail.data as data_module
+
+    monkeypatch.setattr(data_module, "CSV_CHUNK_ROWS", 1)
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\nfirst,a\nsecond,b\nI paid, twice,b\n", "utf-8")
+    with pytest.raises(
+        DataError, match=r"Could not parse .*train\.csv as csv: .*Expected 2 fields in line 4, saw 3"
+    ):
+        prepare_data(args(train_file=str(path)))
+    path.write_text('text,label\n"1","first text","a"\n"2","second text","b"\n', "utf-8")
+    assert read_table(path, columns=["text", "label"]).to_dict("list") == {
+        "text": ["first text", "second text"],
+        "label": ["a", "b"],
+    }
+    path.write_bytes(export_bytes())
+    with pytest.raises(DataError) as info:
+        prepare_data(DataArguments(train_file=str(path), text_column="Consumer Complaint"))
+    assert str(info.value) == (
+        "Column(s) ['Consumer Complaint'] not found in the train data. Columns that exist: ['Date received', "
+        "'Product', 'Issue', 'Consumer complaint narrative']. Did you mean 'Consumer complaint narrative'? Set "
+        "--text_column / --label_column."
+    )
+    with pytest.raises(DataError) as info:
+        prepare_data(DataArguments(train_file=str(path), text_column="Issue"))
+    assert str(info.value) == (
+        "--text_column and --label_column are both 'Issue': the model would read its label. Columns that exist: "
+        "['Date received', 'Product', 'Issue', 'Consumer complaint narrative']"
+    )
+    path.write_text("t,l,note,note,,\nfirst text,a,x,y,,\n", "utf-8")
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        part = read_table(path, columns=["t", "l"])
+    assert list(part.columns) == ["t", "l"]
+    assert f"{path} repeats the column name(s) ['note']: the later ones are read as ['note.1']" in caplog.text
+    path.write_text("t,l,t\nfirst text,a,second text\n", "utf-8")
+    with pytest.raises(
+        DataError, match=r"more than one column named \['t'\].*\(columns: \['t', 'l', 't'\]\)"
+    ):
+        prepare_data(args(train_file=str(path), text_column="t", label_column="l"))
+
+
 def api_hits(n: int = 6) -> list[dict]:
     """Complaints as the CFPB API's JSON holds them: Elasticsearch hits, each complaint's fields in `_source`."""
     issues = [NEW, "Fraud or scam"]
@@ -1187,6 +1318,25 @@ def test_real_cfpb_rows_read_the_same_from_a_downloaded_zip(tmp_path):
     assert zipped.log == plain.log and zipped.label_names == plain.label_names
     for split, df in plain.splits.items():
         pd.testing.assert_frame_equal(zipped.splits[split], df)
+
+
+@pytest.mark.shared
+@needs_shared
+def test_real_cfpb_file_read_for_two_columns_gives_the_ids_and_texts_of_a_whole_read():
+    """The recipes' data options on the real export's columns: reading the text and label columns alone gives the
+    rows, row ids (a run's splits.json stays valid) and texts that reading every column gave."""
+    options = dict(EXPORT_OPTIONS, min_class_count=5, validation_split_fraction=0.1, split_seed=42)
+    whole = read_table(CFPB_CSV)
+    assert len(whole.columns) == 9
+    kept = ["Issue", "Consumer complaint narrative"]
+    part = read_table(CFPB_CSV, columns=kept)
+    pd.testing.assert_frame_equal(part, whole[kept])
+    data = prepare_data(DataArguments(train_file=str(CFPB_CSV), **options))
+    before = prepare_data(DataArguments(train_file=str(CFPB_CSV), **options), raw={"train": whole})
+    assert data.log == before.log and data.log["train"]["rows_read"] == 14248
+    assert split_ids(data) == split_ids(before)
+    for split, df in before.splits.items():
+        pd.testing.assert_frame_equal(data.splits[split], df)
 
 
 @pytest.mark.shared

@@ -772,6 +772,36 @@ def test_predict_reads_a_compressed_input(tmp_path, monkeypatch, capsys):
     )
 
 
+def test_predict_reads_only_the_text_column_of_a_csv_input(tmp_path, monkeypatch):
+    """The output holds `row` and the predictions, none of the input's columns: of a CFPB export (18 columns) only
+    the text column is read, found by --text_column or by the guesses, and `row` and the bad rows count the file's
+    rows as before (a blank line, a row cut short)."""
+    import longtail.predict as predict
+
+    seen = []
+
+    def fake_scores(args, folder, texts, calibrated=True):
+        seen.append(texts)
+        return predict.Scores(
+            np.full((len(texts), 2), 0.5), ["a", "b"], {"backend": "fake", "temperature": 1.0}
+        )
+
+    monkeypatch.setattr(predict, "score_texts", fake_scores)
+    src = tmp_path / "complaints.csv"
+    src.write_text(
+        "Date received,Issue,Consumer complaint narrative,Complaint ID\n2017-05-01,Fees,charged twice,1\n\n"
+        '2017-05-02,Fees\n2017-05-03,Late fee,"late fee, again",4\n'
+    )
+    df, column = predict.read_texts(str(src), None)
+    assert column == "Consumer complaint narrative" and list(df.columns) == [column] and len(df) == 4
+    df, column = predict.read_texts(str(src), "Issue")
+    assert column == "Issue" and df["Issue"].tolist() == ["Fees", np.nan, "Fees", "Late fee"]
+    out = tmp_path / "o.csv"
+    summary = predict.main(["--model_dir", "m", "--input", str(src), "--output", str(out)])
+    assert seen == [["charged twice", "late fee, again"]] and summary["bad_row_numbers"] == [1, 2]
+    assert pd.read_csv(out)["row"].tolist() == [0, 1, 2, 3]
+
+
 def test_predict_reads_the_cfpb_api_json(tmp_path, monkeypatch):
     """The API's JSON Lines (each complaint's fields in a hit's `_source`) is read as the complaints, and its
     narrative field, `complaint_what_happened`, is found without --text_column (it was "no text column found;

@@ -27,6 +27,7 @@ import lzma
 import re
 import zipfile
 import zlib
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -55,6 +56,13 @@ SPLITS = ("train", "validation", "test")
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 # A data file compressed whole, as CFPB's download is (complaints.csv.zip): read through, by its last suffix.
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
+# Rows per piece when a .csv is read for some of its columns (`read_table(columns=...)`): each piece is parsed with
+# all its columns, as a whole read parses the file (a row with too many fields is still an error, which pandas'
+# `usecols` skips), and only the columns asked for are kept. A piece this size of the CFPB export, all 18 columns,
+# is 30-60 MB of text.
+CSV_CHUNK_ROWS = 50_000
+# The columns to keep: names, or a function of the names the file has giving them (None or a missing name: all).
+Columns = Iterable[str] | Callable[[list[str]], Iterable[str] | None] | None
 
 
 @dataclass
@@ -154,25 +162,31 @@ class PreparedData:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, columns: Columns = None) -> pd.DataFrame:
     """Read a local csv/json/jsonl/parquet file, or a csv/json/jsonl compressed whole (.gz, .bz2, .xz, .zip);
-    a non-UTF-8 or unreadable file is a DataError."""
+    a non-UTF-8 or unreadable file is a DataError.
+
+    columns: the names the caller reads (or a function of the file's column names giving them): a .csv or .parquet
+    keeps only those columns (CFPB's export has 18, a recipe reads 2), with the rows a whole read gives, and
+    `attrs["file_columns"]` names every column a whole read holds. When one of them is not in the file, the file is
+    read whole, so that the caller's error lists its columns as before; a .json or .jsonl is always read whole."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Data file not found: {path}")
-    frame = _read_table(path)
+    frame = _read_table(path, columns)
     if data_format(path)[0] in (".json", ".jsonl"):
         frame = api_records(frame, path)
     # a .csv's header as written: pandas renames a repeated `t` to `t.1`, and the first `t` was read silently.
     # Blank header cells (a spreadsheet's trailing columns) are pandas' `Unnamed: N`, not repeats.
-    names = csv_header(path) if data_format(path)[0] == ".csv" else [str(c) for c in frame.columns]
+    read = [str(c) for c in frame.attrs.get("file_columns", frame.columns)]  # as a whole read names them
+    names = csv_header(path) if data_format(path)[0] == ".csv" else read
     repeated = sorted({n for i, n in enumerate(names) if n.strip() and n in names[:i]}, key=names.index)
     if repeated:
         logger.warning(
             "%s repeats the column name(s) %s: the later ones are read as %s",
             path,
             repeated,
-            [c for c in map(str, frame.columns) if c.rsplit(".", 1)[0] in repeated and c not in repeated],
+            [c for c in read if c.rsplit(".", 1)[0] in repeated and c not in repeated],
         )
     frame.attrs["repeated_columns"] = repeated
     frame.attrs["header"] = names
@@ -262,7 +276,7 @@ def open_data(path: Path):
             yield f
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, columns: Columns = None) -> pd.DataFrame:
     suffix, compression = data_format(path)
     inner = zip_member(path) if compression == "zip" else path.stem if compression else path.name
     if suffix not in DATA_SUFFIXES:
@@ -280,7 +294,7 @@ def _read_table(path: Path) -> pd.DataFrame:
         )
     try:
         with open_data(path) as raw:
-            return read_frame(raw, suffix)
+            return read_frame(raw, suffix, columns)
     except UnicodeDecodeError as err:
         raise DataError(
             f"{path} is not valid UTF-8 ({err.reason} at byte {err.start}"
@@ -301,16 +315,56 @@ def _read_table(path: Path) -> pd.DataFrame:
         ) from None
 
 
-def read_frame(raw, suffix: str) -> pd.DataFrame:
-    """One data file's rows from its (decompressed) bytes."""
+def kept_columns(columns: Columns, names: list) -> list | None:
+    """The file's columns to keep, in the file's order; None to keep them all (`columns` None, or naming a column
+    the file does not have)."""
+    wanted = columns(list(names)) if callable(columns) else columns
+    if wanted is None:
+        return None
+    wanted = set(wanted)
+    # a repeated name: pandas tells a .csv's repeats apart (`t`, `t.1`), a parquet's may stay alike
+    if not wanted <= set(names) or len(set(names)) < len(names):
+        return None
+    return [n for n in names if n in wanted]
+
+
+def read_frame(raw, suffix: str, columns: Columns = None) -> pd.DataFrame:
+    """One data file's rows from its (decompressed) bytes; `columns` as `read_table` takes them."""
     if suffix == ".csv":
         # keep_default_na=False: a narrative that reads "NA" is text, not missing; skip_blank_lines=False:
         # a blank line is a row with no text, counted and reported downstream rather than vanishing here
-        return pd.read_csv(
-            raw, encoding="utf-8", dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=False
+        options = dict(
+            encoding="utf-8", dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=False
         )
+        if columns is None:
+            return pd.read_csv(raw, **options)
+        # in pieces, each parsed whole and cut to the columns kept, not with pandas' `usecols`: it skips the check
+        # that a row has no more fields than the header (an unquoted comma in a text: the row's later fields were
+        # read shifted, without a word, where this is "Expected 2 fields in line 3, saw 3")
+        pieces, names, keep = [], None, None
+        with pd.read_csv(raw, chunksize=CSV_CHUNK_ROWS, **options) as reader:
+            for piece in reader:
+                if names is None:
+                    names = list(piece.columns)
+                    keep = kept_columns(columns, names) or names
+                pieces.append(piece[keep] if keep != names else piece)
+        frame = pd.concat(pieces)
+        if keep != names:
+            frame.attrs["file_columns"] = names
+        return frame
     if suffix == ".parquet":
-        return pd.read_parquet(raw)
+        if columns is None:
+            return pd.read_parquet(raw)
+        import pyarrow.parquet as pq
+
+        # the columns a whole read gives (an index pandas saved is not one), from the schema alone
+        names = list(pq.read_schema(raw).empty_table().to_pandas().columns)
+        raw.seek(0)
+        keep = kept_columns(columns, names)
+        frame = pd.read_parquet(raw, columns=keep)
+        if keep is not None and keep != names:
+            frame.attrs["file_columns"] = names
+        return frame
     # utf-8-sig: a byte-order mark (Notepad, PowerShell) is skipped, as read_csv skips it; with utf-8 it was
     # "Expected object or value at position 0"
     text = io.TextIOWrapper(raw, encoding="utf-8-sig").read()
@@ -360,7 +414,8 @@ def load_raw_splits(args: DataArguments) -> dict[str, pd.DataFrame]:
         raise DataError("No data: pass --train_file or --dataset_name.")
     for split, path in files.items():
         if path is not None:
-            raw[split] = read_table(path)
+            # only the columns `clean_split` reads (a row's id is its position): the export's other 16 stay unread
+            raw[split] = read_table(path, columns=[args.text_column, args.label_column])
     if "train" not in raw:
         raise DataError(f"The data source has no 'train' split (found: {sorted(raw)}).")
     return raw
@@ -456,7 +511,7 @@ def check_columns(df: pd.DataFrame, split: str, text_column: str, label_column: 
     if text_column == label_column:  # the model would read the answer: every score 1.0
         raise DataError(
             f"--text_column and --label_column are both {text_column!r}: the model would read its label. "
-            f"Columns that exist: {list(df.columns)}"
+            f"Columns that exist: {list(df.attrs.get('file_columns', df.columns))}"
         )
     missing = [c for c in (text_column, label_column) if c not in df.columns]
     if not missing:

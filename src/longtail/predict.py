@@ -146,7 +146,13 @@ def _cuda() -> bool:
 def read_texts(path: str, text_column: str | None) -> tuple[pd.DataFrame, str]:
     from longtail.data import nested_values_error, read_table, refuse_repeated, similar_columns
 
-    df = read_table(path)
+    def text_only(names: list[str]) -> list[str] | None:
+        """The one column scored (the output holds `row` and the predictions, none of the input's columns); the
+        file is read whole when it has none of the guesses, or not --text_column, for the errors below to list."""
+        found = text_column or next((c for c in TEXT_COLUMN_GUESSES if c in names), None)
+        return [found] if found else None
+
+    df = read_table(path, columns=text_only)
     if text_column is None:
         text_column = next((c for c in TEXT_COLUMN_GUESSES if c in df.columns), None)
         if text_column is None:
