@@ -180,7 +180,8 @@ def test_a_base_model_gets_a_head_without_a_note(tiny_modernbert, caplog):
 
 def test_a_probe_run_is_read_in_a_fresh_python(tmp_path, tiny_modernbert):
     """A probe or LP-FT run's folder (model_type longtail_probe) in a Python that never imported longtail.probe:
-    it was Transformers' 'does not recognize this architecture'."""
+    it was Transformers' 'does not recognize this architecture', in the load and then in the recipes' config read
+    before it (for --max_length)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from longtail.probe import ProbeConfig, ProbeForSequenceClassification
@@ -197,9 +198,13 @@ def test_a_probe_run_is_read_in_a_fresh_python(tmp_path, tiny_modernbert):
     code = (
         "import sys, torch\n"
         "from safetensors.torch import load_file\n"
+        "from longtail.lpft import LPFTArguments, model_config\n"
         "from longtail.training import ModelArguments, load_classifier, load_tokenizer\n"
         f"args = ModelArguments(model_name_or_path={str(run)!r})\n"
-        f"model = load_classifier(args, {['fraud', 'billing', 'late fee']!r}, load_tokenizer(args))\n"
+        f"labels = {['fraud', 'billing', 'late fee']!r}\n"
+        # the recipes read the config first, for --max_length, before any weight: the probe's type unknown there
+        "assert model_config(args, LPFTArguments(), labels, load_tokenizer(args)).model_type == 'longtail_probe'\n"
+        "model = load_classifier(args, labels, load_tokenizer(args))\n"
         f"saved = load_file({str(run / 'model.safetensors')!r})['classifier.weight']\n"
         "assert torch.equal(model.classifier.weight, saved[[1, 0, 2]])\n"
         "print(type(model).__name__)\n"

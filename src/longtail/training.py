@@ -97,6 +97,9 @@ def load_tokenizer(model_args: ModelArguments):
 
 def classifier_config(model_args: ModelArguments, label_names: list[str], tokenizer):
     """The model's config with the label maps, problem type and the tokenizer's pad token id."""
+    from longtail.inference import register_custom_models
+
+    register_custom_models()  # a probe or LP-FT run (model_type longtail_probe) read before any model loads
     with reading_model("--model_name_or_path", model_args.model_name_or_path):
         config = AutoConfig.from_pretrained(
             model_args.model_name_or_path,
@@ -159,10 +162,7 @@ def load_classifier(model_args: ModelArguments, label_names: list[str], tokenize
     when its labels are this run's; the same labels in another order have its rows reordered; other labels get
     a fresh output layer, with a warning. Transformers alone would stop with a size mismatch deep in
     `load_state_dict`, or, for as many labels under other names, read its rows as this run's labels."""
-    from longtail.inference import register_custom_models
-
-    register_custom_models()  # a probe or LP-FT run (model_type longtail_probe) to start from
-    config = classifier_config(model_args, label_names, tokenizer)
+    config = classifier_config(model_args, label_names, tokenizer)  # registers the probe's model type too
     source = model_args.model_name_or_path
     with reading_model("--model_name_or_path", source):
         previous = trained_labels(
