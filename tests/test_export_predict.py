@@ -826,6 +826,23 @@ def test_predict_reads_the_cfpb_api_json(tmp_path, monkeypatch):
     summary = predict.main(["--model_dir", "m", "--input", str(src), "--output", str(tmp_path / "o.csv")])
     assert seen == [["charged twice"]] and summary["bad_row_numbers"] == [1]
     assert len(pd.read_csv(tmp_path / "o.csv")) == 2
+    # the API's format=json download, a .json list of hits (it was "--input must be a .csv or .jsonl file")
+    (tmp_path / "api.json").write_text(json.dumps(hits))
+    summary = predict.main(
+        ["--model_dir", "m", "--input", str(tmp_path / "api.json"), "--output", str(tmp_path / "j.csv")]
+    )
+    assert seen[-1] == ["charged twice"] and summary["bad_row_numbers"] == [1]
+
+
+def test_predict_names_a_missing_input_file(tmp_path, capsys):
+    """A missing complaints.zip was "--input must be a .csv or .jsonl file" (its format is read from inside it)."""
+    from longtail.predict import main
+
+    for name in ("complaints.zip", "texts.csv"):
+        with pytest.raises(SystemExit) as info:
+            main(["--model_dir", "m", "--input", str(tmp_path / name), "--output", str(tmp_path / "o.csv")])
+        assert info.value.code == 2
+        assert capsys.readouterr().err.strip().endswith(f"error: --input {tmp_path / name}: no such file")
 
 
 def test_predict_suggests_a_text_column_written_another_way(tmp_path, capsys):

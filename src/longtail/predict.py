@@ -1,4 +1,4 @@
-"""Predict labels for a CSV/JSONL of texts with any finished run: a Transformers classifier folder (fine-tuned,
+"""Predict labels for a CSV, JSON or JSONL file of texts with any finished run: a Transformers classifier folder (fine-tuned,
 LoRA, probe) or its ONNX export, a TF-IDF run (`model.joblib`) or an ensemble folder (`ensemble.json`).
 
     python -m longtail.predict --model_dir outputs/demo/full_ft_encoder --input texts.csv --output preds.csv
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--input",
         required=True,
-        help=".csv or .jsonl file of texts (or one compressed: .gz, .bz2, .xz, .zip)",
+        help=".csv, .json or .jsonl file of texts (or one compressed: .gz, .bz2, .xz, .zip)",
     )
     p.add_argument("--output", required=True, help=".csv or .jsonl file to write")
     p.add_argument(
@@ -113,13 +113,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--min_confidence must be in [0, 1], got {args.min_confidence}")
     from longtail.data import DataError, data_format
 
+    if not Path(args.input).is_file():  # before its name is read for a format (a .zip's, from inside it)
+        p.error(f"--input {args.input}: no such file")
     try:  # the format inside a compressed input (x.csv.gz, complaints.csv.zip), which is read through
         input_format = data_format(args.input)[0]
     except DataError as err:  # a .zip of several files
         p.error(str(err))
-    if input_format not in (".csv", ".jsonl"):
+    if input_format not in (".csv", ".json", ".jsonl"):  # .json: a list of objects, e.g. the CFPB API's
         p.error(
-            f"--input must be a .csv or .jsonl file (or one compressed: .gz, .bz2, .xz, .zip), got {args.input}"
+            "--input must be a .csv, .json or .jsonl file (or one compressed: .gz, .bz2, .xz, .zip), got "
+            f"{args.input}"
         )
     if Path(args.output).suffix.lower() not in (".csv", ".jsonl"):
         p.error(f"--output must be a .csv or .jsonl file, got {args.output}")
