@@ -988,46 +988,59 @@ def test_split_indices_reproduce_a_split_under_another_seed(tmp_path):
     assert again.label_names == first.label_names
 
 
-def test_split_indices_refuse_ids_that_name_other_texts(tmp_path, caplog):
+def test_split_indices_refuse_ids_that_name_other_texts(tmp_path):
     """Ids are row positions: on an export downloaded again (rows reordered), or the synthetic set under another
-    --split_seed, the same ids named other texts and the run went on with them. splits.json records a hash of
-    each id's text; ids naming other texts are refused, the same data reproduces, and an older splits.json
-    (ids only) is still read."""
+    --split_seed, the same ids named other texts and the run went on with them. splits.json records a digest of
+    each id's text; ids naming other texts are refused, the same data reproduces, ids trimmed or added by hand
+    keep the others checked, and an older splits.json (ids only) is still read."""
     raw = {"train": stratified_source(), "test": frame({"a": 3, "b": 3}, prefix="test ")}
     first = prepare_data(args(split_seed=1), raw=raw)
+    full = split_ids(first)
     path = tmp_path / "splits.json"
-    path.write_text(json.dumps(split_ids(first)), "utf-8")
+    path.write_text(json.dumps(full), "utf-8")
     written = json.loads(path.read_text())
     assert set(written["text_digests"]) == {"train", "validation", "test"}
-    for (
-        split,
-        df,
-    ) in first.splits.items():  # the first 8 hex digits of each id's text's SHA-256, in the ids' order
-        texts = dict(zip(df["row_id"], df["text"]))
-        assert written["text_digests"][split] == [
-            hashlib.sha256(texts[i].encode()).hexdigest()[:8] for i in written[split]
-        ]
-    assert split_ids(prepare_data(args(split_indices=str(path)), raw=raw)) == split_ids(first)
+    for split, df in first.splits.items():  # the first 8 hex digits of each id's text's SHA-256, by id
+        expected = {
+            str(i): hashlib.sha256(t.encode()).hexdigest()[:8] for i, t in zip(df["row_id"], df["text"])
+        }
+        assert written["text_digests"][split] == expected
+    assert split_ids(prepare_data(args(split_indices=str(path)), raw=raw)) == full
 
     shuffled = {**raw, "train": raw["train"].sample(frac=1, random_state=0).reset_index(drop=True)}
     with pytest.raises(DataError) as info:
         prepare_data(args(split_indices=str(path)), raw=shuffled)
-    assert str(info.value).startswith(f"{path} (--split_indices): ") and (
-        "train ids name other texts here than in the run that wrote it (e.g. row ids [" in str(info.value)
-    )
+    assert str(info.value).startswith(f"{path} (--split_indices): ")
+    assert "train ids name other texts here than in the run that wrote it (e.g. row ids [" in str(info.value)
     retitled = {**raw, "test": frame({"a": 3, "b": 3}, prefix="other ")}  # only the test file differs
     with pytest.raises(DataError, match=r"6 of its 6 test ids name other texts"):
         prepare_data(args(split_indices=str(path)), raw=retitled)
 
-    ids_only = {k: v for k, v in json.loads(path.read_text()).items() if k != "text_digests"}
+    # one digest wrong: that id is named
+    wrong = json.loads(json.dumps(full))
+    wrong["text_digests"]["train"][str(full["train"][3])] = "00000000"
+    path.write_text(json.dumps(wrong), "utf-8")
+    with pytest.raises(DataError) as info:
+        prepare_data(args(split_indices=str(path)), raw=raw)
+    assert f"1 of its {len(full['train'])} train ids name other texts" in str(info.value)
+    assert f"(e.g. row ids [{full['train'][3]}];" in str(info.value)
+
+    # ids trimmed by hand keep the others checked; an id added by hand has no digest and is taken as it is
+    trimmed = {**full, "train": full["train"][1:] + [max(full["train"]) + 1000]}
+    path.write_text(json.dumps(trimmed), "utf-8")
+    assert prepare_data(args(split_indices=str(path)), raw=raw).splits["train"]["row_id"].tolist() == sorted(
+        full["train"][1:]
+    )  # (the added id names no row here: a warning)
+
+    ids_only = {k: v for k, v in full.items() if k != "text_digests"}
     path.write_text(json.dumps(ids_only), "utf-8")
-    assert split_ids(prepare_data(args(split_indices=str(path)), raw=raw)) == split_ids(first)
-    for digests in ("abc", {"train": ["0a1b2c3d"]}):  # not a mapping; not one per id
+    assert split_ids(prepare_data(args(split_indices=str(path)), raw=raw)) == full
+    for digests in ("abc", {"train": ["0a1b2c3d"]}, {"train": {"0": 5}}):  # not a mapping; a list; not text
         path.write_text(json.dumps({**ids_only, "text_digests": digests}), "utf-8")
-        with pytest.raises(
-            DataError, match="'text_digests' must map each split to one text digest per id, got"
-        ):
+        with pytest.raises(DataError) as info:
             prepare_data(args(split_indices=str(path)), raw=raw)
+        assert "'text_digests' must map each split to {row id: text digest}, got" in str(info.value)
+        assert str(info.value).endswith("(remove the key to use the ids unchecked)")
 
 
 def test_split_indices_of_the_synthetic_set_under_another_split_seed_are_refused(tmp_path):

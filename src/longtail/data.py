@@ -830,11 +830,11 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
         )
     if digests is not None and not (
         isinstance(digests, dict)
-        and all(isinstance(d, list) and len(d) == len(wanted.get(s) or []) for s, d in digests.items())
+        and all(isinstance(d, dict) and all(isinstance(v, str) for v in d.values()) for d in digests.values())
     ):
         raise DataError(
-            f"{path} (--split_indices): '{TEXTS_KEY}' must map each split to one text digest per id, got "
-            f"{str(digests)[:60]}"
+            f"{path} (--split_indices): '{TEXTS_KEY}' must map each split to {{row id: text digest}}, got "
+            f"{str(digests)[:60]} (remove the key to use the ids unchecked)"
         )
     if "validation" not in wanted and "validation" not in clean:
         raise DataError(
@@ -853,9 +853,13 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
                 len(ids),
                 path,
             )
-        if digests and split in digests:
-            recorded = dict(zip(ids, digests[split]))
-            other = [i for i, t in zip(picked["row_id"], picked["text"]) if text_digest(t) != recorded[i]]
+        if digests and split in digests:  # ids without a digest (added by hand) are taken unchecked
+            recorded = digests[split]
+            other = [
+                i
+                for i, t in zip(picked["row_id"], picked["text"])
+                if str(i) in recorded and text_digest(t) != recorded[str(i)]
+            ]
             if other:
                 raise DataError(
                     f"{path} (--split_indices): {len(other)} of its {len(ids)} {split} ids name other texts here "
@@ -943,12 +947,16 @@ def text_digest(text) -> str:
 
 def split_ids(data: PreparedData) -> dict:
     """Row ids per split, for `splits.json` (feed back with --split_indices), and under `text_digests` a digest of
-    the text each id names, in the same order: ids are positions in the data files, so the same ids on a
+    the text each id names ({split: {id: digest}}): ids are positions in the data files, so the same ids on a
     re-downloaded export (rows added or reordered), another file or another synthetic --split_seed name other
     texts."""
     rows = {s: df.sort_values("row_id", kind="stable") for s, df in data.splits.items()}
     ids = {s: [int(i) for i in df["row_id"]] for s, df in rows.items()}
-    return ids | {TEXTS_KEY: {s: [text_digest(t) for t in df["text"]] for s, df in rows.items()}}
+    # keyed by id (JSON keys are text), so ids removed or added by hand keep the others checked
+    digests = {
+        s: {str(int(i)): text_digest(t) for i, t in zip(df["row_id"], df["text"])} for s, df in rows.items()
+    }
+    return ids | {TEXTS_KEY: digests}
 
 
 # ---------------------------------------------------------------------------------------------
