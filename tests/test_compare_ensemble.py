@@ -849,9 +849,21 @@ def test_a_weight_grid_too_large_to_search_is_refused_before_the_search(tmp_path
         "ensemble.py: error: --weights search over 4 members (a, b, c, d) at --weight_step 0.1 is 286 weight points "
         "x 5 taus = 1,430 validation scorings, more than the 1,429 it may take (each a validation macro-F1; a "
         "finer grid only fits validation noise): pass a coarser --weight_step (0.125: 165 points), fewer members, "
-        "or --weights equal"
+        "--weights equal, or a larger --max_grid_scorings to wait for it"
     )
     assert not (tmp_path / "over").exists()
+    # --max_grid_scorings moves the cap: the same grid refused under 1,429 and built at 1,430; below 1 refused
+    monkeypatch.setattr(longtail.ensemble, "MAX_GRID_SCORINGS", 25_000)
+    over = ["a", "b", "c", "d", *search, "--weight_step", "0.1", "--max_grid_scorings"]
+    assert refused(main, [*over, "1429", "--output_dir", "over2"], capsys).startswith(
+        "ensemble.py: error: --weights search over 4 members (a, b, c, d) at --weight_step 0.1 is 286 weight points "
+        "x 5 taus = 1,430 validation scorings, more than the 1,429 it may take"
+    )
+    assert main([*over, "1430", "--output_dir", "lifted"])["weights_mode"] == "search"
+    with pytest.raises(SystemExit):
+        main([*over, "0", "--output_dir", "zero"])
+    assert "--max_grid_scorings must be >= 1, got 0" in capsys.readouterr().err
+    monkeypatch.setattr(longtail.ensemble, "MAX_GRID_SCORINGS", 1_429)
     # only a search is counted: equal weights over the same members are built; and only the taus it tries: with no
     # shift (1 tau) the same grid is 286 scorings, under the cap
     assert (
@@ -872,7 +884,8 @@ def test_a_weight_grid_too_large_to_search_is_refused_before_the_search(tmp_path
         "points x 5 taus = 117,130 validation scorings, more than the 25,000 it may take"
     )
     assert line.endswith(
-        "pass a coarser --weight_step (0.05: 1,771 points), fewer members, or --weights equal"
+        "pass a coarser --weight_step (0.05: 1,771 points), fewer members, --weights equal, or a larger "
+        "--max_grid_scorings to wait for it"
     )
     assert not (tmp_path / "fine").exists()
     # the taus counted are those tried: with no shift, the same 23,426 points are under the cap (the check only)
@@ -893,7 +906,8 @@ def test_a_weight_grid_too_large_to_search_is_refused_before_the_search(tmp_path
     assert str(info.value) == (
         "--weights search over 4 members (a, b, c, d) at --weight_step 0.01 is 176,851 weight points, more than "
         "the 25,000 it may take (each a validation macro-F1; a finer grid only fits validation noise): pass a "
-        "coarser --weight_step (0.02: 23,426 points), fewer members, or --weights equal"
+        "coarser --weight_step (0.02: 23,426 points), fewer members, --weights equal, or a larger --max_grid_scorings "
+        "to wait for it"
     )
     # a count from 10^12 on in powers of ten
     with pytest.raises(longtail.ensemble.UsageError, match=r"at --weight_step 1e-12 is 1\.0e\+12 weight points x 5 "
@@ -904,8 +918,8 @@ def test_a_weight_grid_too_large_to_search_is_refused_before_the_search(tmp_path
         check_grid_size([f"m{i}" for i in range(100)], 0.5, 5)
     assert str(info.value).endswith(
         "at --weight_step 0.5 is 5,050 weight points x 5 taus = 25,250 validation scorings, more than the 25,000 it "
-        "may take (each a validation macro-F1; a finer grid only fits validation noise): pass fewer members, or "
-        "--weights equal"
+        "may take (each a validation macro-F1; a finer grid only fits validation noise): pass fewer members, "
+        "--weights equal, or a larger --max_grid_scorings to wait for it"
     )
 
 

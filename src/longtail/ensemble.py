@@ -98,28 +98,27 @@ MAX_GRID_SCORINGS = 25_000
 COARSER_STEPS = (0.01, 0.02, 0.025, 0.05, 0.1, 0.125, 0.2, 0.25, 0.5)  # what the refusal may suggest
 
 
-def check_grid_size(run_dirs, step: float, num_taus: int) -> None:
+def check_grid_size(run_dirs, step: float, num_taus: int, cap: int = MAX_GRID_SCORINGS) -> None:
     """A UsageError when `--weights search` over these members at this step, times the taus tried, is more than
-    MAX_GRID_SCORINGS validation scorings: naming the count, the members, the step, and a step that fits."""
+    `cap` validation scorings (--max_grid_scorings): naming the count, the members, the step, and a step that
+    fits."""
     points = grid_size(len(run_dirs), step)
-    if points * num_taus <= MAX_GRID_SCORINGS:
+    if points * num_taus <= cap:
         return
 
     def count(x: int) -> str:
         return f"{x:,}" if x < 10**12 else f"{float(x):.1e}"
 
-    fits = [
-        s for s in COARSER_STEPS if s > step and grid_size(len(run_dirs), s) * num_taus <= MAX_GRID_SCORINGS
-    ]
+    fits = [s for s in COARSER_STEPS if s > step and grid_size(len(run_dirs), s) * num_taus <= cap]
     coarser = (
         f"a coarser --weight_step ({fits[0]}: {grid_size(len(run_dirs), fits[0]):,} points), " if fits else ""
     )
     taus = f" x {num_taus} taus = {count(points * num_taus)} validation scorings" if num_taus > 1 else ""
     raise UsageError(
         f"--weights search over {len(run_dirs)} members ({', '.join(map(str, run_dirs))}) at --weight_step {step} "
-        f"is {count(points)} weight points{taus}, more than the {MAX_GRID_SCORINGS:,} it may take (each a "
-        f"validation macro-F1; a finer grid only fits validation noise): pass {coarser}fewer members, or "
-        "--weights equal"
+        f"is {count(points)} weight points{taus}, more than the {cap:,} it may take (each a "
+        f"validation macro-F1; a finer grid only fits validation noise): pass {coarser}fewer members, "
+        "--weights equal, or a larger --max_grid_scorings to wait for it"
     )
 
 
@@ -300,13 +299,14 @@ def build_ensemble(
     tau_option: str = "auto",
     weights_mode: str = "equal",
     how: str = "geometric",
+    max_scorings: int = MAX_GRID_SCORINGS,
 ) -> dict:
     val = [read_run(d, "validation") for d in run_dirs]
     check_same_rows(val[1:], val[0], "the first member")
     y_val = val[0]["y_true"]
     log_prior, taus, prior_from = prior_and_taus(run_dirs, val[0]["label_names"], tau_option)
     if weights_mode == "search":  # before the grid is built: refused at once, not after an hour
-        check_grid_size(run_dirs, step, len(taus))
+        check_grid_size(run_dirs, step, len(taus), max_scorings)
     temps = [fit_temperature(r["probs"], y_val) for r in val]
     calibrated = [temper(r["probs"], t) for r, t in zip(val, temps)]
     candidates = weight_candidates(len(run_dirs), weights_mode, step)
@@ -545,8 +545,15 @@ def main(argv: list[str] | None = None) -> dict:
         "--weight_step",
         type=float,
         default=None,
-        help="grid step of the member weights (--weights search; 0.1): at most 25,000 validation scorings "
-        "(grid points x taus tried)",
+        help="grid step of the member weights (--weights search; 0.1): at most --max_grid_scorings validation "
+        "scorings (grid points x taus tried)",
+    )
+    parser.add_argument(
+        "--max_grid_scorings",
+        type=int,
+        default=MAX_GRID_SCORINGS,
+        help=f"the largest --weights search to run, in validation scorings (grid points x taus tried; "
+        f"{MAX_GRID_SCORINGS:,}: a minute or two); a larger grid is refused before it starts",
     )
     parser.add_argument(
         "--combine",
@@ -576,6 +583,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("an ensemble needs at least two runs")
     if args.n_resamples < MIN_RESAMPLES:
         parser.error(RESAMPLES_ERROR.format(args.n_resamples))
+    if args.max_grid_scorings < 1:
+        parser.error(f"--max_grid_scorings must be >= 1, got {args.max_grid_scorings}")
     if args.weight_step is not None and args.weights != "search":
         # the step used to mean a search (the previous default): asking for one and getting equal weights is a surprise
         parser.error("--weight_step sets the grid of --weights search; add --weights search, or drop it")
@@ -601,6 +610,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.posthoc_logit_adjustment,
             args.weights,
             args.combine,
+            args.max_grid_scorings,
         )
         # the first member that has tiers (an ensemble member saves no labels.json); a malformed one is an error
         tiers = next((t for t in (load_tiers(r, result["label_names"]) for r in args.runs) if t), {})
