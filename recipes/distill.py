@@ -37,6 +37,7 @@ from longtail.distill import (
     align_rows,
     fit_text,
     label_columns,
+    read_run_predictions,
     teacher_fit,
     teacher_logits,
 )
@@ -45,7 +46,7 @@ from longtail.inference import check_max_length
 from longtail.losses import LossArguments
 from longtail.metrics import softmax
 from longtail.posthoc import adjust_on_validation
-from longtail.report import SplitResult, load_predictions, plot_reliability, save_predictions, summary_text
+from longtail.report import SplitResult, plot_reliability, save_predictions, summary_text
 from longtail.runs import command_line, input_paths
 from longtail.training import (
     ModelArguments,
@@ -71,7 +72,7 @@ def vanilla_probs(run_dir: str, data) -> np.ndarray:
     path = Path(run_dir) / "predictions_validation.npz"
     if not path.is_file():
         raise DataError(f"--vanilla_run {run_dir} has no predictions_validation.npz")
-    pred = load_predictions(path)
+    pred = read_run_predictions(path)
     names = np.asarray([str(x) for x in pred["label_names"]])
     theirs, ours = set(names.tolist()), set(map(str, data.label_names))
     if (

@@ -969,6 +969,26 @@ def test_the_cfpb_api_json_is_read_one_row_per_complaint(tmp_path, shape):
     assert list(read_table(other).columns) == ["_source", "text", "label"]
 
 
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_a_users_file_with_a_source_column_of_objects_keeps_its_columns(tmp_path, suffix):
+    """Only the API's hits (every other column Elasticsearch hit metadata) are replaced by their `_source` fields:
+    a user's table whose `_source` column holds objects keeps its own columns (it was read back as `['crawler']`)."""
+    rows = [{"text": f"text {i}", "label": "ab"[i % 2], "_source": {"crawler": "x"}} for i in range(4)]
+    path = tmp_path / f"mine{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", "utf-8")
+    else:
+        path.write_text(json.dumps(rows), "utf-8")
+    table = read_table(path)
+    assert list(table.columns) == ["text", "label", "_source"]
+    assert table["text"].tolist() == [f"text {i}" for i in range(4)]
+    # hits with more of Elasticsearch's own fields (`sort`, `highlight`, `_ignored`) are still flattened
+    hits = [{**h, "sort": [i], "highlight": {}, "_ignored": []} for i, h in enumerate(api_hits())]
+    api = tmp_path / f"api{suffix}"
+    api.write_text(json.dumps(hits) if suffix == ".json" else "\n".join(json.dumps(h) for h in hits), "utf-8")
+    assert list(read_table(api).columns) == list(hits[0]["_source"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Reproducible splits and caps
 # ---------------------------------------------------------------------------------------------

@@ -527,7 +527,7 @@ def test_non_finite_teacher_logits_are_refused(
     for split in ("train", "validation"):
         df = data.splits[split]
         probs = np.full((len(df), k), 1.0 / k)
-        probs[0] = 0.0
+        probs[0] = np.eye(k)[0]
         probs[2] = np.nan if split == "validation" else probs[2]
         save_predictions(
             run,
@@ -535,7 +535,9 @@ def test_non_finite_teacher_logits_are_refused(
             data.label_names,
         )
     val_id = data.splits["validation"]["row_id"].iloc[2]
-    with pytest.raises(DataError, match=rf"tfidf_run: 1 of \d+ validation rows .*\[{val_id}\]"):
+    # read as compare reads a run's predictions (`compare.read_predictions`), with its message
+    expected = rf"tfidf_run/predictions_validation.npz has NaN or infinite probabilities in 1 of \d+ rows \(row ids \[{val_id}\]\)"
+    with pytest.raises(DataError, match=expected):
         teacher_logits(DistillArguments(teacher_logits=str(run)), data, tmp_path / "o", 32)
 
     # a teacher whose own pass overflows: refused before anything is cached
@@ -582,6 +584,66 @@ def test_malformed_logits_files_are_refused(tmp_path, case):
     with pytest.raises(DataError, match=re.escape(expected)) as err:
         load_precomputed(path, data)
     assert str(err.value).startswith(str(path))
+
+
+def test_malformed_teacher_or_vanilla_predictions_are_one_line_through_the_recipe(
+    tiny_bert, tmp_path, capsys, monkeypatch
+):
+    """A teacher run folder's (--teacher_logits) or a --vanilla_run's predictions file was read with plain
+    `report.load_predictions`: one without probs was a KeyError traceback, and logits saved as probs were taken as
+    probabilities without a word. Now `compare.read_predictions` checks them: compare's one-line message, status 2,
+    through the recipe's command-line entry, before any training."""
+    from conftest import refused, run_as
+
+    from longtail.cli import run
+    from longtail.compare import CompareError
+    from longtail.report import SplitResult, save_predictions
+
+    assert issubclass(CompareError, UsageError) and issubclass(DataError, UsageError)
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test, max_train_samples=240)
+    k = len(data.label_names)
+    recipe = load_recipe("distill")
+    run_as(monkeypatch, "distill.py")
+
+    def run_folder(name, logits_split=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        for split in ("train", "validation"):
+            df = data.splits[split]
+            scores = np.random.default_rng(0).normal(size=(len(df), k))
+            probs = scores if split == logits_split else np.full((len(df), k), 1.0 / k)
+            result = SplitResult(split, df["label_id"].to_numpy(), probs, None, row_ids=df["row_id"])
+            save_predictions(folder, result, data.label_names)
+        return folder
+
+    # a malformed predictions_train.npz: no probs
+    broken = run_folder("broken")
+    pred = dict(np.load(broken / "predictions_train.npz", allow_pickle=False))
+    np.savez(broken / "predictions_train.npz", **{key: v for key, v in pred.items() if key != "probs"})
+    logits = run_folder("logits", logits_split="train")  # logits saved as probs
+    vanilla = run_folder("vanilla", logits_split="validation")
+    out = tmp_path / "run"
+    argv = distill_args(tiny_bert, "none", train, test, out)
+    cases = {
+        ("--teacher_logits", broken): f"{broken / 'predictions_train.npz'} has no probs (found: label_names, "
+        "row_id, y_true): not a predictions file of these tools",
+        (
+            "--teacher_logits",
+            logits,
+        ): f"{logits / 'predictions_train.npz'} holds rows that are not probabilities",
+        (
+            "--vanilla_run",
+            vanilla,
+        ): f"{vanilla / 'predictions_validation.npz'} holds rows that are not probabilities",
+    }
+    for (option, folder), message in cases.items():
+        extra = [option, str(folder)]
+        if option == "--vanilla_run":
+            extra += ["--teacher_logits", str(run_folder("teacher"))]
+        line = refused(lambda a: run(recipe.main, a), [*argv, *extra], capsys)
+        assert line.startswith(f"distill.py: error: {message}"), line
+        assert not (out / "model.safetensors").exists()
 
 
 def test_teacher_that_is_not_a_transformers_model(tmp_path):

@@ -146,6 +146,10 @@ def test_a_run_or_model_folder_is_refused_even_with_overwrite(tmp_path, capsys, 
         "stopped": ["checkpoint-40/"],
         "shards": ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
         "adapter": ["adapter_config.json", "adapter_model.safetensors"],
+        # a model's or an adapter's config alone (runs.MODEL_FILES: they were missed), a run's per-class table
+        "config": ["config.json"],
+        "adapter_config": ["adapter_config.json"],
+        "per_class": ["per_class.csv", "confusion.png"],
         "calibrated": ["temperature.json"],
         "results": ["all_results.json"],
         "finished": [  # more than five: the first five named
@@ -164,9 +168,7 @@ def test_a_run_or_model_folder_is_refused_even_with_overwrite(tmp_path, capsys, 
         for item in contents:
             (folder / item).mkdir() if item.endswith("/") else (folder / item).write_text("{}")
         before = sorted(p.name for p in folder.iterdir())
-        # a model's files, not a run's
-        found = [c for c in contents if c not in ("config.json", "tokenizer.json", "adapter_config.json")]
-        named = ", ".join(sorted(found))
+        named = ", ".join(sorted(contents))
         if name == "finished":
             named = "all_results.json, eval_results.json, labels.json, predictions_test.npz, report.md, ..."
         for extra in ([], ["--overwrite"]):
@@ -189,6 +191,18 @@ def test_a_run_or_model_folder_is_refused_even_with_overwrite(tmp_path, capsys, 
         "train": 34,
         "heldout": 6,
     }
+    # and the holdout's own folder (as `make cfpb-study` reruns it) is written again with --overwrite
+    assert (
+        main([str(tmp_path / "all.csv"), "--output_dir", str(notes), "--overwrite", "--seed", "3"])["seed"]
+        == 3
+    )
+    assert sorted(p.name for p in notes.iterdir()) == [
+        "README.md",
+        "heldout.csv",
+        "holdout.json",
+        "splits.json",
+        "train.csv",
+    ]
 
 
 @pytest.mark.shared

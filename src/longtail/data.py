@@ -196,11 +196,16 @@ def read_table(path: str | Path, columns: Columns = None) -> pd.DataFrame:
 def api_records(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     """The CFPB API's JSON (an Elasticsearch search) as one row per complaint: each complaint's fields sit in a
     hit's `_source` object, the hits a list (`format=json`) or under `hits.hits` (the search's own answer). Its
-    fields keep the API's names (`complaint_what_happened`, `issue`); any other frame is returned as it is."""
+    fields keep the API's names (`complaint_what_happened`, `issue`). Only a frame whose other columns are all hit
+    metadata (`_index`, `_id`, `_score`, `sort`, ...) is flattened; any other frame is returned as it is."""
     if "hits" in frame.columns and "hits" in frame.index and isinstance(frame.at["hits", "hits"], list):
         frame = pd.DataFrame(frame.at["hits", "hits"])
     if "_source" not in frame.columns or not all(isinstance(v, dict) for v in frame["_source"]):
         return frame
+    # a hit's own fields besides `_source`: `_index`, `_id`, `_score` and other `_`-names, and these
+    hit_fields = {"sort", "highlight", "fields", "inner_hits", "matched_queries"}
+    if not all(isinstance(c, str) and (c.startswith("_") or c in hit_fields) for c in frame.columns):
+        return frame  # a user's table with a `_source` column among its own columns: kept as it is
     records = pd.DataFrame.from_records(list(frame["_source"]))
     logger.info(
         "%s: read the %d complaints' `_source` fields (the API's JSON): %s",
@@ -877,7 +882,7 @@ def spelling_hint(unseen: list[str], known: list[str]) -> str:
     spacing, or a number written as a float ('3.0', as pandas writes an integer column with a gap) or not."""
 
     def key(label: str) -> str:
-        text = " ".join(label.split()).casefold()
+        text = label_key(label)
         try:
             number = float(text)
         except ValueError:

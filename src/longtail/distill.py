@@ -453,6 +453,18 @@ def load_precomputed(path, data: PreparedData, drop_extra: bool = False) -> dict
     return {s: v[:, cols] for s, v in align_rows(by_split, data, str(path)).items()}
 
 
+def read_run_predictions(path: Path) -> dict[str, np.ndarray]:
+    """A run folder's predictions file as `compare.read_predictions` reads and checks it (an unreadable or
+    malformed file, rows that are not probabilities: logits saved as probs), its one-line error a DataError:
+    `report.load_predictions` alone gave a KeyError traceback, and used logits as probabilities without a word."""
+    from longtail.compare import CompareError, read_predictions
+
+    try:
+        return read_predictions(path)
+    except CompareError as err:
+        raise DataError(str(err)) from None
+
+
 def load_run_predictions(
     run_dir: Path, data: PreparedData, drop_extra: bool = False
 ) -> dict[str, np.ndarray]:
@@ -460,7 +472,6 @@ def load_run_predictions(
     probabilities per row; its gold labels must match the student's rows (same data, same split)."""
     from longtail.calibration import log_probs
     from longtail.crossfit import train_prediction_folds
-    from longtail.report import load_predictions
 
     by_split, names = {}, None
     for split in DISTILL_SPLITS:
@@ -478,7 +489,7 @@ def load_run_predictions(
                 else ""
             )
             raise DataError(f"{run_dir} has no {file.name}{hint}: it cannot serve as a teacher")
-        pred = load_predictions(file)
+        pred = read_run_predictions(file)
         names = [str(x) for x in pred["label_names"]]
         by_split[split] = (pred["row_id"], log_probs(pred["probs"]), pred["y_true"])
     folds = train_prediction_folds(run_dir)

@@ -25,6 +25,7 @@ with the chosen setting.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -247,8 +248,6 @@ def ensemble_members(run_dir) -> list[Path]:
     """The member folders an ensemble folder's ensemble.json lists, resolved (its `serving` entry's absolute paths;
     an older file's `members` as written); [] for a run that is not an ensemble or whose ensemble.json is unreadable
     (it is not needed to read the folder's predictions)."""
-    import json
-
     try:
         record = json.loads((Path(run_dir) / "ensemble.json").read_text("utf-8"))
         spec = record.get("serving") or {}

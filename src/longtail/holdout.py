@@ -24,30 +24,25 @@ from longtail.data import DataError, read_table
 OUTPUT_FILES = ("train.csv", "heldout.csv", "holdout.json")
 
 
+# Files `runs.RUN_FILES` lists that a data folder holds as well (notes on the data, ids for --split_indices):
+# they alone do not make a folder a run's
+DATA_FOLDER_FILES = ("README.md", "splits.json")
+
+
 def run_contents(folder: Path) -> list[str]:
-    """What makes `folder` a run's, an ensemble's, a comparison's or a model's (`runs.RUN_MARKERS`, result and
-    prediction files, weights, checkpoints, exports): the names found, [] for a data folder. The split's files
-    written there would sit among the run's results, which they did not make (an overwrite of the run keeps
-    them, as files not ours)."""
-    from longtail.runs import RUN_DIRS, RUN_MARKERS, WEIGHT_FILES
+    """What makes `folder` a run's, an ensemble's, a comparison's or a model's (what `runs.previous_run` finds:
+    result and prediction files, model files, weights, checkpoints, exports; and ONNX exports at the top): the
+    names found, [] for a data folder (its own train.csv / heldout.csv / holdout.json, README.md, splits.json).
+    The split's files written there would sit among the run's results, which they did not make (an overwrite of
+    the run keeps them, as files not ours)."""
+    from longtail.runs import previous_run
 
     if not folder.is_dir():
         return []
-    files = (
-        *RUN_MARKERS,
-        "eval_results.json",
-        "test_results.json",
-        "all_results.json",
-        "predictions_*.npz",
-        "temperature.json",
-        "model.joblib",
-        *WEIGHT_FILES,
-        "model-*-of-*.safetensors",
-        "adapter_model.safetensors",
-        "*.onnx",
-    )
-    found = {p.name for pattern in files for p in folder.glob(pattern) if p.is_file()}
-    found |= {p.name + "/" for pattern in RUN_DIRS for p in folder.glob(pattern) if p.is_dir()}
+    files, folders = previous_run(folder)
+    found = {f.name for f in files if f.name not in DATA_FOLDER_FILES}
+    found |= {f.name for f in folder.glob("*.onnx") if f.is_file()}
+    found |= {d.name + "/" for d in folders}
     return sorted(found)
 
 
