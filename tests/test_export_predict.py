@@ -838,7 +838,7 @@ def test_predict_names_a_missing_input_file(tmp_path, capsys):
     """A missing complaints.zip was "--input must be a .csv or .jsonl file" (its format is read from inside it)."""
     from longtail.predict import main
 
-    for name in ("complaints.zip", "texts.csv"):
+    for name in ("complaints.zip", "texts.gz"):  # (a missing texts.csv is read_table's "Data file not found")
         with pytest.raises(SystemExit) as info:
             main(["--model_dir", "m", "--input", str(tmp_path / name), "--output", str(tmp_path / "o.csv")])
         assert info.value.code == 2

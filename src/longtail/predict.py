@@ -113,13 +113,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--min_confidence must be in [0, 1], got {args.min_confidence}")
     from longtail.data import DataError, data_format
 
-    if not Path(args.input).is_file():  # before its name is read for a format (a .zip's, from inside it)
-        p.error(f"--input {args.input}: no such file")
     try:  # the format inside a compressed input (x.csv.gz, complaints.csv.zip), which is read through
         input_format = data_format(args.input)[0]
     except DataError as err:  # a .zip of several files
         p.error(str(err))
     if input_format not in (".csv", ".json", ".jsonl"):  # .json: a list of objects, e.g. the CFPB API's
+        if not Path(args.input).is_file():  # a missing complaints.zip has no format to read from inside it
+            p.error(f"--input {args.input}: no such file")
         p.error(
             "--input must be a .csv, .json or .jsonl file (or one compressed: .gz, .bz2, .xz, .zip), got "
             f"{args.input}"
