@@ -441,6 +441,21 @@ def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch)
     assert main(["ab_c", "d", "--output_dir", "ab_c_d", *quick])["members"] == ["ab_c", "d"]
 
 
+def refused_in_one_line(monkeypatch, capsys, tool: str, argv: list, out) -> str:
+    """`compare` or `ensemble` run on argv (writing to `out`, 20 resamples): it must stop with status 2, one line
+    and no traceback, writing nothing; that line is returned."""
+    import longtail.compare
+    import longtail.ensemble
+
+    run_as(monkeypatch, f"{tool}.py")
+    with pytest.raises(SystemExit) as exit_info:
+        getattr(longtail, tool).main([*argv, "--output_dir", str(out), "--n_resamples", "20"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, (tool, err)
+    assert not Path(out).exists(), tool
+    return err.strip().splitlines()[-1]
+
+
 def test_a_malformed_predictions_file_is_one_line_in_compare_and_ensemble(tmp_path, capsys, monkeypatch):
     """A predictions file these tools did not write as `save_predictions` does: each was a traceback (numpy's
     "pickled data" for a truncated file, a KeyError, an IndexError, a broadcast error, scikit-learn's "empty input")
@@ -557,17 +572,9 @@ def test_a_malformed_predictions_file_is_one_line_in_compare_and_ensemble(tmp_pa
             ("compare", [good, "--reference", str(bad), "--split", "validation"]),
             ("ensemble", [good, str(bad), "--no_test"]),
         ):
-            run_as(monkeypatch, f"{tool}.py")
-            with pytest.raises(SystemExit) as exit_info:
-                getattr(longtail, tool).main([*argv, "--output_dir", str(out), "--n_resamples", "20"])
-            err = capsys.readouterr().err
-            assert exit_info.value.code == 2 and "Traceback" not in err, (case, tool, err)
-            assert (
-                err.strip()
-                .splitlines()[-1]
-                .startswith(f"{tool}.py: error: {bad / 'predictions_validation.npz'} {message}")
-            ), (case, tool, err)
-            assert not out.exists(), (case, tool)
+            assert refused_in_one_line(monkeypatch, capsys, tool, argv, out).startswith(
+                f"{tool}.py: error: " + f"{bad / 'predictions_validation.npz'} {message}"
+            ), (case, tool)
     run_as(monkeypatch, "compare.py")
     file = tmp_path / "text" / "predictions_validation.npz"
     with pytest.raises(SystemExit):
@@ -617,17 +624,9 @@ def test_predictions_that_are_not_probabilities_are_refused(tmp_path, capsys, mo
             ("compare", [bad, "--reference", good, "--split", "validation"]),
             ("ensemble", [good, bad, "--no_test", "--posthoc_logit_adjustment", "none"]),
         ):
-            run_as(monkeypatch, f"{tool}.py")
-            with pytest.raises(SystemExit) as exit_info:
-                getattr(longtail, tool).main([*argv, "--output_dir", str(out), "--n_resamples", "20"])
-            err = capsys.readouterr().err
-            assert exit_info.value.code == 2 and "Traceback" not in err, (case, tool, err)
-            assert (
-                err.strip()
-                .splitlines()[-1]
-                .startswith(f"{tool}.py: error: {Path(bad) / 'predictions_validation.npz'} {message}")
-            ), (case, tool, err)
-            assert not out.exists(), (case, tool)
+            assert refused_in_one_line(monkeypatch, capsys, tool, argv, out).startswith(
+                f"{tool}.py: error: " + f"{Path(bad) / 'predictions_validation.npz'} {message}"
+            ), (case, tool)
     # float32 rounding of a float64 softmax, and rows that are one class for sure, are probabilities
     sure = np.eye(3)[[0, 1, 2, 0, 1, 2, 0, 0]].astype(np.float32)
     sure[1] = [1e-7, 1 - 2e-7, 1e-7]
@@ -702,19 +701,9 @@ def test_a_malformed_labels_json_is_one_line_in_compare_and_ensemble(tmp_path, c
             ("ensemble", [bad, other]),
             ("ensemble", [bad, other, "--posthoc_logit_adjustment", "none"]),
         ):
-            run_as(monkeypatch, f"{tool}.py")
-            with pytest.raises(SystemExit) as exit_info:
-                getattr(longtail, tool).main([*argv, "--output_dir", str(out), "--n_resamples", "20"])
-            err = capsys.readouterr().err
-            assert exit_info.value.code == 2 and "Traceback" not in err, (case, tool, err)
-            assert (
-                err.strip()
-                .splitlines()[-1]
-                .startswith(
-                    f"{tool}.py: error: {Path(bad) / 'labels.json'}{' ' if case == 'not_json' else ''}{message}"
-                )
-            ), (case, tool, err)
-            assert not out.exists(), (case, tool)
+            assert refused_in_one_line(monkeypatch, capsys, tool, argv, out).startswith(
+                f"{tool}.py: error: {Path(bad) / 'labels.json'}{' ' if case == 'not_json' else ''}{message}"
+            ), (case, tool)
     # a class with no training rows (all its rows went to validation) is not a mismatch: it counts as one row
     fine = make_run(tmp_path / "fine", {s: rng.dirichlet(np.ones(3), 8) for s in y}, y)
     (Path(fine) / "labels.json").write_text('{"train_counts": {"a": 6, "b": 3}, "tiers": {"a": "head"}}')

@@ -691,9 +691,9 @@ def test_predict_input_with_a_repeated_column_or_list_texts_is_refused(tmp_path,
     assert not (tmp_path / "o.csv").exists()
 
 
-def test_predict_scores_numbers_in_a_jsonl_as_texts(tmp_path, monkeypatch):
-    """A JSONL `"text": 123` is the text "123", as the recipes read it (it was "empty or missing text"); null,
-    empty and blank texts are still missing."""
+def scores_evenly(monkeypatch) -> list:
+    """`predict.score_texts` replaced by a scorer giving every text 0.5 / 0.5 over labels a, b: the texts it was
+    asked to score, per call, are appended to the list returned."""
     import longtail.predict as predict
 
     seen = []
@@ -705,6 +705,15 @@ def test_predict_scores_numbers_in_a_jsonl_as_texts(tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(predict, "score_texts", fake_scores)
+    return seen
+
+
+def test_predict_scores_numbers_in_a_jsonl_as_texts(tmp_path, monkeypatch):
+    """A JSONL `"text": 123` is the text "123", as the recipes read it (it was "empty or missing text"); null,
+    empty and blank texts are still missing."""
+    import longtail.predict as predict
+
+    seen = scores_evenly(monkeypatch)
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text(
         '{"text": 123}\n{"text": null}\n{"text": ""}\n{"text": 1.5}\n{"text": "late fee"}\n{"text": " "}\n'
@@ -724,15 +733,7 @@ def test_predict_reads_a_compressed_input(tmp_path, monkeypatch, capsys):
 
     import longtail.predict as predict
 
-    seen = []
-
-    def fake_scores(args, folder, texts, calibrated=True):
-        seen.append(texts)
-        return predict.Scores(
-            np.full((len(texts), 2), 0.5), ["a", "b"], {"backend": "fake", "temperature": 1.0}
-        )
-
-    monkeypatch.setattr(predict, "score_texts", fake_scores)
+    seen = scores_evenly(monkeypatch)
     export = b'\xef\xbb\xbfIssue,Consumer complaint narrative\r\nFees,"charged twice,\r\non XX/XX/XXXX"\r\nFees,\r\n'
     with zipfile.ZipFile(tmp_path / "complaints.csv.zip", "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("complaints.csv", export)
@@ -778,15 +779,7 @@ def test_predict_reads_only_the_text_column_of_a_csv_input(tmp_path, monkeypatch
     rows as before (a blank line, a row cut short)."""
     import longtail.predict as predict
 
-    seen = []
-
-    def fake_scores(args, folder, texts, calibrated=True):
-        seen.append(texts)
-        return predict.Scores(
-            np.full((len(texts), 2), 0.5), ["a", "b"], {"backend": "fake", "temperature": 1.0}
-        )
-
-    monkeypatch.setattr(predict, "score_texts", fake_scores)
+    seen = scores_evenly(monkeypatch)
     src = tmp_path / "complaints.csv"
     src.write_text(
         "Date received,Issue,Consumer complaint narrative,Complaint ID\n2017-05-01,Fees,charged twice,1\n\n"
@@ -808,15 +801,7 @@ def test_predict_reads_the_cfpb_api_json(tmp_path, monkeypatch):
     columns: ['_index', '_source']")."""
     import longtail.predict as predict
 
-    seen = []
-
-    def fake_scores(args, folder, texts, calibrated=True):
-        seen.append(texts)
-        return predict.Scores(
-            np.full((len(texts), 2), 0.5), ["a", "b"], {"backend": "fake", "temperature": 1.0}
-        )
-
-    monkeypatch.setattr(predict, "score_texts", fake_scores)
+    seen = scores_evenly(monkeypatch)
     src = tmp_path / "api.jsonl"
     hits = [
         {"_index": "complaint-public-v2", "_source": {"complaint_id": 7, "complaint_what_happened": text}}
