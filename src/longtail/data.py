@@ -61,6 +61,8 @@ COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
 # `usecols` skips), and only the columns asked for are kept. A piece this size of the CFPB export, all 18 columns,
 # is 30-60 MB of text.
 CSV_CHUNK_ROWS = 50_000
+# Rows per piece when `clean_split` reads whether texts are empty and normalises them.
+CLEAN_CHUNK_ROWS = 50_000
 # The columns to keep: names, or a function of the names the file has giving them (None or a missing name: all).
 Columns = Iterable[str] | Callable[[list[str]], Iterable[str] | None] | None
 
@@ -632,32 +634,77 @@ def respell(out: pd.DataFrame, wordings: dict[str, str], split: str, counts: dic
         out.loc[respelled, "label"] = keys[respelled].map(wordings)
 
 
+def stripped_text(values: pd.Series) -> pd.Series:
+    """A column's values as text with surrounding whitespace stripped (missing values stay missing)."""
+    return values.astype("string").str.strip()
+
+
+def normalised(texts: pd.Series) -> pd.Series:
+    """`normalise_text` of each text, computed in pieces of CLEAN_CHUNK_ROWS rows (as one `map` gives it): a whole
+    `map` holds every text and its key as Python strings at once."""
+    if len(texts) <= CLEAN_CHUNK_ROWS:
+        return texts.map(normalise_text)
+    return pd.concat(
+        [
+            texts.iloc[i : i + CLEAN_CHUNK_ROWS].map(normalise_text)
+            for i in range(0, len(texts), CLEAN_CHUNK_ROWS)
+        ]
+    )
+
+
+def kept_texts(texts: pd.Series, positions: np.ndarray) -> pd.Series:
+    """`stripped_text` of the texts at these positions (ascending), taken from pieces of CLEAN_CHUNK_ROWS rows: a
+    take from a whole column read in pieces (pyarrow's chunks) first joined all of it into one copy."""
+    if len(texts) <= CLEAN_CHUNK_ROWS:
+        return stripped_text(texts.iloc[positions])
+    pieces = []
+    for start in range(0, len(texts), CLEAN_CHUNK_ROWS):
+        first, stop = np.searchsorted(positions, [start, start + CLEAN_CHUNK_ROWS])
+        pieces.append(
+            stripped_text(texts.iloc[start : start + CLEAN_CHUNK_ROWS].iloc[positions[first:stop] - start])
+        )
+    return pd.concat(pieces)
+
+
+def empty(values: pd.Series) -> np.ndarray:
+    """Which of the stripped values are missing or empty."""
+    return (values.isna() | (values == "")).to_numpy(dtype=bool)
+
+
 def clean_split(
     df: pd.DataFrame, split: str, args: DataArguments, merge_map: dict, taxonomy: set | None, log: dict
 ):
-    """Select and clean one split: returns text, label, row_id, norm columns."""
+    """Select and clean one split: returns text, label, row_id, norm columns.
+
+    Memory: the labels are cleaned, merged and checked against the taxonomy first, and the texts are stripped
+    only for the rows kept (a CFPB export has no narrative in most rows, and no label in some); whether a text
+    is empty is read in pieces. The caller may pass its only reference to `df`: the frame is dropped here once
+    the kept texts are taken."""
     check_columns(df, split, args.text_column, args.label_column)
     refuse_repeated(df, (args.text_column, args.label_column), split_source(args, split))
     for column in (args.text_column, args.label_column):
         if err := nested_values_error(df[column], column, split_source(args, split)):
             raise err
-    out = pd.DataFrame(
-        {
-            "text": df[args.text_column].astype("string").str.strip(),
-            "label": df[args.label_column].astype("string").str.strip(),
-            "row_id": np.arange(len(df)),
-        }
+    texts, labels = df[args.text_column], df[args.label_column]
+    del df
+    rows = len(texts)
+    counts = {"rows_read": rows}
+    empty_text = np.concatenate(
+        [np.zeros(0, dtype=bool)]
+        + [
+            empty(stripped_text(texts.iloc[i : i + CLEAN_CHUNK_ROWS]))
+            for i in range(0, rows, CLEAN_CHUNK_ROWS)
+        ]
     )
-    counts = {"rows_read": len(out)}
-    empty_text = out["text"].isna() | (out["text"] == "")
-    empty_label = out["label"].isna() | (out["label"] == "")
+    label = stripped_text(labels)
+    empty_label = empty(label)
     counts["dropped_empty_text"] = int(empty_text.sum())
     counts["dropped_missing_label"] = int((empty_label & ~empty_text).sum())
-    if len(out) and empty_text.all():
-        logger.warning("%s", empty_text_column(args, split, len(out)))
-    out = out[~empty_text & ~empty_label].copy()
-    out["text"] = out["text"].astype(str)
-    out["label"] = out["label"].astype(str)
+    if rows and empty_text.all():
+        logger.warning("%s", empty_text_column(args, split, rows))
+    keep = ~empty_text & ~empty_label
+    out = pd.DataFrame({"label": label[keep].astype(str), "row_id": np.flatnonzero(keep)})
+    del label
     if wordings := known_wordings(merge_map, taxonomy):
         respell(out, wordings, split, counts)
     merged = out["label"].isin(merge_map.keys())
@@ -672,7 +719,11 @@ def clean_split(
                 "%s: %d rows have labels outside the taxonomy (most common: %s)", split, outside.sum(), top
             )
         out = out[~outside]
-    out["norm"] = out["text"].map(normalise_text)
+    text = kept_texts(texts, out["row_id"].to_numpy()).astype(str)
+    del texts, labels
+    out.insert(0, "text", text.array)
+    del text
+    out["norm"] = normalised(out["text"]).array
     counts["rows_kept"] = len(out)
     log[split] = counts
     dropped = {k: v for k, v in counts.items() if k.startswith("dropped") and v}
@@ -717,12 +768,14 @@ def cap(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
 
 def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None) -> PreparedData:
     """Run the whole pipeline (see the module docstring) and return clean splits + label space."""
-    raw = load_raw_splits(args) if raw is None else raw
+    # frames read here are dropped as each is cleaned (a caller's `raw` stays as it was given)
+    raw = load_raw_splits(args) if raw is None else dict(raw)
     merge_map = load_merge_map(args.label_merge_map)
     taxonomy_list = load_taxonomy(args.label_taxonomy)
     taxonomy = set(taxonomy_list) if taxonomy_list is not None else None
     log: dict = {"merge_map_pairs": len(merge_map), "taxonomy_size": len(taxonomy) if taxonomy else None}
-    clean = {s: clean_split(df, s, args, merge_map, taxonomy, log) for s, df in raw.items() if s in SPLITS}
+    clean = {s: clean_split(raw.pop(s), s, args, merge_map, taxonomy, log) for s in list(raw) if s in SPLITS}
+    del raw
     pool = clean["train"]
     if pool.empty:
         counts = log["train"]
