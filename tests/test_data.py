@@ -1397,3 +1397,35 @@ def test_real_cfpb_labels_in_another_case_read_as_the_taxonomy_writes_them(tmp_p
         assert (
             respelled == kept if name == "lower" else 0 < respelled <= kept
         )  # one-word labels keep their spaces
+
+
+def test_cleaning_in_pieces_matches_whole_columns(monkeypatch):
+    """clean_split reads emptiness, takes the kept texts and normalises them in pieces of CLEAN_CHUNK_ROWS rows:
+    pieces of 3 give the splits, ids, texts, keys and log of one piece, on rows with empty and blank texts, missing
+    labels, case and whitespace variants and a training text repeated in test."""
+    import longtail.data as data_module
+
+    texts = [
+        "  Late FEE charged ",
+        "",
+        "late fee   charged",
+        None,
+        "  \t ",
+        "wrong balance",
+        "Wrong Balance\n",
+    ]
+    texts += [f"complaint {i}" for i in range(14)] + ["fraud on card", "card stolen"]
+    labels = ["a", "b", "A ", "a", "b", "", "b"] + ["a", "b"] * 7 + ["a", None]
+    train = pd.DataFrame({"text": texts, "label": labels}, index=np.arange(100, 100 + len(texts)))
+    test = pd.DataFrame({"text": ["LATE fee charged", " complaint 3", "x"], "label": ["a", "b", "a"]})
+
+    def run():
+        data = prepare_data(
+            args(label_merge_map="none", min_class_count=1), raw={"train": train.copy(), "test": test.copy()}
+        )
+        return split_ids(data), data.log, {s: df.to_dict("list") for s, df in data.splits.items()}
+
+    whole = run()
+    monkeypatch.setattr(data_module, "CLEAN_CHUNK_ROWS", 3)
+    assert run() == whole
+    assert whole[1]["train"]["dropped_empty_text"] == 3 and whole[1]["dropped_train_duplicates_of_eval"] == 3
