@@ -852,6 +852,12 @@ def test_a_weight_grid_too_large_to_search_is_refused_before_the_search(tmp_path
     with pytest.raises(SystemExit):
         main([*over, "0", "--output_dir", "zero"])
     assert "--max_grid_scorings must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a cap on no search: a mistake, as --weight_step without one is
+        main(["a", "b", "--max_grid_scorings", "10", "--output_dir", "equal_capped"])
+    assert (
+        "--max_grid_scorings caps --weights search; add --weights search, or drop it"
+        in capsys.readouterr().err
+    )
     monkeypatch.setattr(longtail.ensemble, "MAX_GRID_SCORINGS", 1_429)
     # only a search is counted: equal weights over the same members are built; and only the taus it tries: with no
     # shift (1 tau) the same grid is 286 scorings, under the cap

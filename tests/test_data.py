@@ -1061,6 +1061,10 @@ def test_split_indices_refuse_ids_that_name_other_texts(tmp_path):
             prepare_data(args(split_indices=str(path)), raw=raw)
         assert "'text_digests' must map each split to {row id: text digest}, got" in str(info.value)
         assert str(info.value).endswith("(remove the key to use the ids unchecked)")
+    misspelt = {**full, "text_digests": {**full["text_digests"], "validaton": {}}}
+    path.write_text(json.dumps(misspelt), "utf-8")
+    with pytest.raises(DataError, match=r"'text_digests' names \['validaton'\], which have no ids"):
+        prepare_data(args(split_indices=str(path)), raw=raw)
 
 
 def test_split_indices_of_the_synthetic_set_under_another_split_seed_are_refused(tmp_path):
@@ -1429,3 +1433,16 @@ def test_cleaning_in_pieces_matches_whole_columns(monkeypatch):
     monkeypatch.setattr(data_module, "CLEAN_CHUNK_ROWS", 3)
     assert run() == whole
     assert whole[1]["train"]["dropped_empty_text"] == 3 and whole[1]["dropped_train_duplicates_of_eval"] == 3
+
+
+def test_kept_columns_of_one_name_none_or_an_empty_selection():
+    """A single name as a string is that column (it was split into its letters, so the file was read whole); None
+    or an empty selection keeps every column, for a .csv and a .parquet alike (a .parquet kept none)."""
+    from longtail.data import kept_columns
+
+    names = ["Date", "text", "label", "t"]
+    assert kept_columns("text", names) == ["text"]
+    assert kept_columns(["label", "text"], names) == ["text", "label"]  # in the file's order
+    assert kept_columns(None, names) is None and kept_columns([], names) is None
+    assert kept_columns(lambda have: [], names) is None
+    assert kept_columns(["text", "missing"], names) is None  # read whole: the column error lists every column

@@ -323,12 +323,12 @@ def _read_table(path: Path, columns: Columns = None) -> pd.DataFrame:
 
 
 def kept_columns(columns: Columns, names: list) -> list | None:
-    """The file's columns to keep, in the file's order; None to keep them all (`columns` None, or naming a column
-    the file does not have)."""
+    """The file's columns to keep, in the file's order; None to keep them all (`columns` None or empty, or naming a
+    column the file does not have). One name may be given as a string."""
     wanted = columns(list(names)) if callable(columns) else columns
-    if wanted is None:
+    wanted = {wanted} if isinstance(wanted, str) else set(wanted or ())  # "text": that column, not t, e, x
+    if not wanted:
         return None
-    wanted = set(wanted)
     # a repeated name: pandas tells a .csv's repeats apart (`t`, `t.1`), a parquet's may stay alike
     if not wanted <= set(names) or len(set(names)) < len(names):
         return None
@@ -678,8 +678,8 @@ def clean_split(
 
     Memory: the labels are cleaned, merged and checked against the taxonomy first, and the texts are stripped
     only for the rows kept (a CFPB export has no narrative in most rows, and no label in some); whether a text
-    is empty is read in pieces. The caller may pass its only reference to `df`: the frame is dropped here once
-    the kept texts are taken."""
+    is empty is read in pieces. The caller may pass its only reference to `df`: the frame is dropped here at once,
+    the label column once cleaned, and the text column once the kept texts are taken."""
     check_columns(df, split, args.text_column, args.label_column)
     refuse_repeated(df, (args.text_column, args.label_column), split_source(args, split))
     for column in (args.text_column, args.label_column):
@@ -689,14 +689,12 @@ def clean_split(
     del df
     rows = len(texts)
     counts = {"rows_read": rows}
-    empty_text = np.concatenate(
-        [np.zeros(0, dtype=bool)]
-        + [
-            empty(stripped_text(texts.iloc[i : i + CLEAN_CHUNK_ROWS]))
-            for i in range(0, rows, CLEAN_CHUNK_ROWS)
-        ]
-    )
+    pieces = [
+        empty(stripped_text(texts.iloc[i : i + CLEAN_CHUNK_ROWS])) for i in range(0, rows, CLEAN_CHUNK_ROWS)
+    ]
+    empty_text = np.concatenate(pieces) if pieces else np.zeros(0, dtype=bool)
     label = stripped_text(labels)
+    del labels  # the text column alone lives on, until the kept texts are taken
     empty_label = empty(label)
     counts["dropped_empty_text"] = int(empty_text.sum())
     counts["dropped_missing_label"] = int((empty_label & ~empty_text).sum())
@@ -720,7 +718,7 @@ def clean_split(
             )
         out = out[~outside]
     text = kept_texts(texts, out["row_id"].to_numpy()).astype(str)
-    del texts, labels
+    del texts
     out.insert(0, "text", text.array)
     del text
     out["norm"] = normalised(out["text"]).array
@@ -779,10 +777,10 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
     pool = clean["train"]
     if pool.empty:
         counts = log["train"]
-        empty = counts["rows_read"] and counts["dropped_empty_text"] == counts["rows_read"]
+        no_text = counts["rows_read"] and counts["dropped_empty_text"] == counts["rows_read"]
         raise DataError(
             f"No training rows left after cleaning: {counts}"
-            + (f". {empty_text_column(args, 'train', counts['rows_read'])}" if empty else "")
+            + (f". {empty_text_column(args, 'train', counts['rows_read'])}" if no_text else "")
         )
 
     # Leakage guard: a narrative that is also in an evaluation split leaves the training pool, and a
@@ -893,6 +891,11 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
         raise DataError(
             f"{path} (--split_indices): '{TEXTS_KEY}' must map each split to {{row id: text digest}}, got "
             f"{str(digests)[:60]} (remove the key to use the ids unchecked)"
+        )
+    if digests is not None and set(digests) - set(wanted):  # a misspelt split's ids would go unchecked
+        raise DataError(
+            f"{path} (--split_indices): '{TEXTS_KEY}' names {sorted(set(digests) - set(wanted))}, which have no ids "
+            f"(splits with ids: {sorted(wanted)})"
         )
     if "validation" not in wanted and "validation" not in clean:
         raise DataError(

@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--max_grid_scorings",
         type=int,
-        default=MAX_GRID_SCORINGS,
+        default=None,
         help=f"the largest --weights search to run, in validation scorings (grid points x taus tried; "
         f"{MAX_GRID_SCORINGS:,}: a minute or two); a larger grid is refused before it starts",
     )
@@ -582,6 +582,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("an ensemble needs at least two runs")
     if args.n_resamples < MIN_RESAMPLES:
         parser.error(RESAMPLES_ERROR.format(args.n_resamples))
+    if args.max_grid_scorings is not None and args.weights != "search":
+        parser.error("--max_grid_scorings caps --weights search; add --weights search, or drop it")
+    args.max_grid_scorings = MAX_GRID_SCORINGS if args.max_grid_scorings is None else args.max_grid_scorings
     if args.max_grid_scorings < 1:
         parser.error(f"--max_grid_scorings must be >= 1, got {args.max_grid_scorings}")
     if args.weight_step is not None and args.weights != "search":
