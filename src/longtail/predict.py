@@ -241,6 +241,18 @@ def score_texts(args, folder: Path, texts: list[str], calibrated: bool = True) -
     """Class probabilities of `texts` from a run folder of any kind. calibrated: softmax(logits / T) with the
     run's temperature.json; otherwise T = 1, the probabilities the run saved in predictions_<split>.npz (what an
     ensemble mixed). An ensemble's output is its calibrated mix either way."""
+    # longtail.score scores several runs on one file: a run that is also an ensemble's member is scored once
+    cache = getattr(args, "scores_cache", None)
+    key = (Path(folder).resolve(), calibrated)
+    if cache is not None and key in cache:
+        return cache[key]
+    scores = _score_texts(args, folder, texts, calibrated)
+    if cache is not None:
+        cache[key] = scores
+    return scores
+
+
+def _score_texts(args, folder: Path, texts: list[str], calibrated: bool) -> Scores:
     kind = run_kind(folder)
     if kind != "transformers":
         asked = [f"--{k}" for k in ("max_length", "long_text", "onnx_file") if getattr(args, k) is not None]

@@ -40,6 +40,8 @@ RUN_FILES = (
     "temperature.json",
     "comparison.md",
     "reliability_comparison.png",
+    "score.md",  # longtail.score's
+    "score.json",
     SELECTION_HEAD,  # a stale one would give LP-FT a head from another run
 )
 
@@ -77,8 +79,8 @@ MODEL_FILES = (
 )
 # Folders a run writes inside its output_dir: the merged adapter (served in place of a new adapter), ONNX
 # exports, LP-FT's head warm-up, Trainer checkpoints (an old one would be "the newest" to a later
-# --resume_from_checkpoint true). Distill's `vanilla/` stays: it may be this run's --vanilla_run.
-RUN_DIRS = ("merged", "onnx", "head_warmup", "checkpoint-*")
+# --resume_from_checkpoint true), longtail.score's runs scored on a new file. Distill's `vanilla/` stays: it may be this run's --vanilla_run.
+RUN_DIRS = ("merged", "onnx", "head_warmup", "checkpoint-*", "scored")
 
 
 class OutputDirError(UsageError):
@@ -112,7 +114,15 @@ def input_paths(*arg_groups) -> dict[str, str]:
 
 
 # Files only our tools write: a folder with none of them that holds model files holds someone else's model
-RUN_MARKERS = ("run_config.json", "ensemble.json", "compare.json", "parity.json", "labels.json", "report.md")
+RUN_MARKERS = (
+    "run_config.json",
+    "ensemble.json",
+    "compare.json",
+    "score.json",
+    "parity.json",
+    "labels.json",
+    "report.md",
+)
 
 
 def previous_run(path: Path) -> tuple[list[Path], list[Path]]:

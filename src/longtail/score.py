@@ -1,0 +1,453 @@
+"""Score finished runs on a new labelled file, side by side: the same rows for every run, read the way the runs
+read their data, with paired-bootstrap deltas against a reference and the run validation picks.
+
+    python -m longtail.score outputs/probe outputs/lpft outputs/ensemble outputs/tfidf \
+        --data new_complaints.csv --reference outputs/tfidf --output_dir outputs/scored_new
+
+For complaints no run has seen, after the runs were trained and chosen: `predict` labels texts but scores nothing,
+and retraining with --test_file reruns everything. The file is read once with the runs' own data options
+(`run_config.json`: text and label columns, label merge map, taxonomy), as a recipe reads a test file, and
+three kinds of rows are left out and counted: rows without a text or a label (or with a label outside the
+taxonomy), rows whose label the runs were not trained on, and rows whose text a run trained on or was
+selected on (its `splits.json` text digests; `--keep_seen_rows` keeps them). Each run scores the rest with
+`longtail.predict`'s code, as the run reads text (its max_length, windows, members), and `longtail.compare`
+puts them side by side.
+
+Writes to --output_dir: `scored/<run>/predictions_test.npz` for each run, beside copies of the run's
+`predictions_validation.npz`, `labels.json` and `temperature.json` (so the folder reads as a run: `compare` can
+be run on it again), `score.md` (what was read and left out, the comparison, each run's scoring time) and
+`score.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from longtail.cli import UsageError, usage_exit
+from longtail.compare import CompareError, check_distinct, compare_runs, run_labels, to_markdown
+from longtail.metrics import BOOTSTRAP_RESAMPLES
+
+logger = logging.getLogger("longtail.score")
+
+# The data options a run's true labels depend on, as run_config.json records them ("data")
+LABEL_OPTIONS = ("label_column", "label_merge_map", "label_taxonomy")
+SCORED_DIR = "scored"  # under --output_dir: one folder per run, readable by `compare`
+COPIED = ("predictions_validation.npz", "labels.json", "temperature.json")  # what `compare` reads beside test
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="finished run folders (any kind `predict` serves; each once)")
+    parser.add_argument(
+        "--data", required=True, help="labelled .csv, .json, .jsonl or .parquet (or compressed)"
+    )
+    parser.add_argument(
+        "--reference", default=None, help="the run the others are compared with (default: the first run)"
+    )
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--overwrite_output_dir", action="store_true")
+    for name in ("text_column", *LABEL_OPTIONS):
+        parser.add_argument(
+            f"--{name}", default=None, help="default: as the runs were trained (run_config.json)"
+        )
+    parser.add_argument(
+        "--keep_seen_rows",
+        action="store_true",
+        help="score rows whose text a run trained or was selected on too (counted either way)",
+    )
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n_resamples", type=int, default=BOOTSTRAP_RESAMPLES)
+    parser.add_argument("--no_progress", action="store_true")
+    args = parser.parse_args(argv)
+    from longtail.compare import MIN_RESAMPLES, RESAMPLES_ERROR
+
+    if args.n_resamples < MIN_RESAMPLES:
+        parser.error(RESAMPLES_ERROR.format(args.n_resamples))
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def leaf_runs(folder: Path) -> list[Path]:
+    """The trained runs behind a run folder: an ensemble's members (nested ensembles followed), else the folder."""
+    from longtail.ensemble import ensemble_members
+
+    members = ensemble_members(folder)
+    if not members:
+        return [folder]
+    return [leaf for m in members if m != folder for leaf in leaf_runs(m)]
+
+
+def run_file(folder: Path, name: str) -> Path | None:
+    """A run's file in its folder, or in the parent for a folder inside a run (an adapter's `merged/`, an ONNX
+    export: where `predict` finds run_config.json too)."""
+    return next((p for p in (folder / name, folder.parent / name) if p.is_file()), None)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path} is not readable JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(record, dict):
+        raise UsageError(f"{path} holds a {type(record).__name__}, not an object")
+    return record
+
+
+def recorded_data_options(folder: Path) -> dict | None:
+    """The `data` options a trained run recorded in run_config.json (None without one)."""
+    path = run_file(folder, "run_config.json")
+    return read_json(path).get("data") if path else None
+
+
+def data_options(run_dirs: list[Path], given: dict) -> tuple[dict, str]:
+    """Text column, label column, merge map and taxonomy to read the file with, and where they came from: each
+    given option, else the one value every trained run recorded. Runs that recorded different values are an error
+    naming them (their true labels differ: no comparison on one set of rows); runs that recorded none take the
+    recipes' defaults."""
+    from longtail.data import DataArguments
+
+    leaves = list(dict.fromkeys(leaf for d in run_dirs for leaf in leaf_runs(d)))
+    recorded = {leaf: recorded_data_options(leaf) for leaf in leaves}
+    known = {leaf: opts for leaf, opts in recorded.items() if opts is not None}
+    options, sources = {}, []
+    defaults = DataArguments()
+    for name in ("text_column", *LABEL_OPTIONS):
+        if given.get(name) is not None:
+            options[name] = given[name]
+            continue
+        # a key the run did not record (an older run_config.json) is not a value: null is one (no taxonomy)
+        values = {leaf: opts[name] for leaf, opts in known.items() if name in opts}
+        distinct = list(dict.fromkeys(values.values()))
+        if len(distinct) > 1:
+            shown = "; ".join(
+                f"{v!r}: {', '.join(str(leaf) for leaf, w in values.items() if w == v)}" for v in distinct
+            )
+            raise UsageError(
+                f"the runs were trained with different --{name} ({shown}), so their true labels "
+                f"{'(texts) ' if name == 'text_column' else ''}would differ: score runs trained on the same data "
+                f"options, or pass --{name} to read the file one way for all"
+            )
+        options[name] = distinct[0] if distinct else getattr(defaults, name)
+    if known:
+        sources.append(f"as the runs were trained ({len(known)} run_config.json)")
+    if len(known) < len(leaves):
+        sources.append(f"the recipes' defaults for {len(leaves) - len(known)} runs without run_config.json")
+    if any(given.get(n) is not None for n in options):
+        sources.insert(0, "given: " + ", ".join(f"--{n}" for n in options if given.get(n) is not None))
+    return options, "; ".join(sources)
+
+
+def label_names_of(folder: Path) -> list[str] | None:
+    """A run's label list without loading its model: an ensemble's ensemble.json, a run's labels.json, or the
+    model's config.json (None when none of them says)."""
+    ensemble = folder / "ensemble.json"
+    if ensemble.is_file():
+        names = (read_json(ensemble).get("serving") or {}).get("label_names")
+        return list(names) if names else None
+    for name in ("labels.json", "config.json"):
+        path = run_file(folder, name)
+        if path:
+            id2label = read_json(path).get("id2label")
+            if isinstance(id2label, dict) and id2label:
+                try:
+                    return [id2label[str(i)] for i in range(len(id2label))]
+                except KeyError:
+                    return None
+    return None
+
+
+def check_label_lists(runs: dict[str, list[str] | None]) -> list[str] | None:
+    """The runs' common label list (None if no run says before scoring); a UsageError when two differ."""
+    known = {run: names for run, names in runs.items() if names is not None}
+    if not known:
+        return None
+    (first, names), *others = known.items()
+    for run, other in others:
+        if other != names:
+            missing, extra = sorted(set(names) - set(other)), sorted(set(other) - set(names))
+            raise CompareError(
+                f"{run} and {first} have different label lists ({len(other)} vs {len(names)} classes; missing: "
+                f"{missing[:5]}; extra: {extra[:5]}"
+                f"{'; same labels in another order' if not missing and not extra else ''}): runs trained on "
+                "different data options cannot score one set of rows. Score them separately."
+            )
+    return names
+
+
+def seen_digests(run_dirs: list[Path]) -> tuple[dict[str, set], list[Path]]:
+    """{split: digests of the texts any trained run behind these folders read in that split} from their
+    splits.json, and the runs that recorded none (older runs, folders not written by the recipes)."""
+    from longtail.data import TEXTS_KEY
+
+    found: dict[str, set] = {"train": set(), "validation": set(), "test": set()}
+    unchecked = []
+    for leaf in dict.fromkeys(leaf for d in run_dirs for leaf in leaf_runs(d)):
+        path = run_file(leaf, "splits.json")
+        digests = read_json(path).get(TEXTS_KEY) if path else None
+        if not isinstance(digests, dict):
+            unchecked.append(leaf)
+            continue
+        for split, by_id in digests.items():
+            if isinstance(by_id, dict) and split in found:
+                found[split].update(by_id.values())
+    return found, unchecked
+
+
+def read_rows(path: str, options: dict, label_names: list[str] | None, keep_seen: bool, run_dirs) -> dict:
+    """The file's rows to score, cleaned as a recipe cleans its test split, and the counts of what was left out."""
+    from longtail.data import (
+        DataArguments,
+        DataError,
+        clean_split,
+        load_merge_map,
+        load_taxonomy,
+        read_table,
+        spelling_hint,
+        text_digest,
+    )
+
+    args = DataArguments(test_file=path, **options)
+    merge_map = load_merge_map(args.label_merge_map)
+    taxonomy_list = load_taxonomy(args.label_taxonomy)
+    taxonomy = set(taxonomy_list) if taxonomy_list is not None else None
+    log: dict = {}
+    raw = read_table(path, columns=[args.text_column, args.label_column])
+    rows = clean_split(raw, "test", args, merge_map, taxonomy, log)
+    del raw
+    counts = dict(log["test"])
+    counts.pop("rows_kept", None)
+    if label_names is not None:
+        unseen = ~rows["label"].isin(set(label_names))
+        counts["excluded_unseen_labels"] = int(unseen.sum())
+        if unseen.any():
+            missed = sorted(rows.loc[unseen, "label"].unique())
+            hint = spelling_hint(missed, label_names)
+            logger.warning(
+                "%s: %d rows (%d labels) the runs were not trained on are left out: %s%s",
+                path,
+                unseen.sum(),
+                len(missed),
+                missed[:10],
+                f". {hint}" if hint else "",
+            )
+            counts["unseen_label_hint"] = hint or None
+        rows = rows[~unseen]
+    seen, unchecked = seen_digests(run_dirs)
+    digests = rows["text"].map(text_digest)
+    for split in ("train", "validation", "test"):
+        counts[f"in_run_{split}"] = int(digests.isin(seen[split]).sum())
+    read_before = digests.isin(seen["train"] | seen["validation"])
+    counts["excluded_seen"] = 0 if keep_seen else int(read_before.sum())
+    if read_before.any():
+        logger.warning(
+            "%s: %d rows have a text a run trained or was selected on (train %d, validation %d)%s",
+            path,
+            read_before.sum(),
+            counts["in_run_train"],
+            counts["in_run_validation"],
+            ": scored anyway (--keep_seen_rows)" if keep_seen else ": left out (--keep_seen_rows keeps them)",
+        )
+        if not keep_seen:
+            rows = rows[~read_before]
+    if unchecked:
+        logger.warning(
+            "%d runs record no text digests (splits.json), so rows they trained on cannot be told: %s",
+            len(unchecked),
+            ", ".join(map(str, unchecked[:5])),
+        )
+    counts["rows_scored"] = len(rows)
+    if rows.empty:
+        dropped = {k: v for k, v in counts.items() if v and k != "rows_scored"}
+        raise DataError(
+            f"{path}: no row left to score ({dropped}). Check --text_column / --label_column and the labels"
+            + (f". {counts['unseen_label_hint']}" if counts.get("unseen_label_hint") else "")
+        )
+    return {
+        "rows": rows.reset_index(drop=True),
+        "counts": counts,
+        "unchecked_runs": [str(d) for d in unchecked],
+    }
+
+
+def write_scored_run(folder: Path, run: Path, row_ids, y_true, probs, label_names, info: dict) -> None:
+    """`folder` as `compare` reads a run: its predictions on the new rows, and the run's own validation
+    predictions, labels.json and temperature.json beside them."""
+    from longtail.report import SplitResult, save_predictions
+    from longtail.runs import write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_predictions(
+        folder, SplitResult("test", y_true, probs, pd.Series(dtype=str), row_ids=row_ids), label_names
+    )
+    for name in COPIED:
+        if (run / name).is_file():
+            shutil.copyfile(run / name, folder / name)
+    write_json(folder / "scored.json", {"run": str(run.resolve()), **info})
+
+
+def data_section(path: str, options: dict, source: str, counts: dict, timings: dict) -> str:
+    """score.md's first part: how the file was read, what was left out and why, and each run's scoring time."""
+    left_out = [
+        ("no text", counts.get("dropped_empty_text", 0)),
+        ("no label", counts.get("dropped_missing_label", 0)),
+        ("a label outside the taxonomy", counts.get("dropped_outside_taxonomy", 0)),
+        ("a label the runs were not trained on", counts.get("excluded_unseen_labels", 0)),
+        ("a text a run trained or was selected on", counts.get("excluded_seen", 0)),
+    ]
+    seen = {s: counts[f"in_run_{s}"] for s in ("train", "validation", "test")}
+    kept_seen = not counts["excluded_seen"] and (seen["train"] or seen["validation"])
+    notes = [
+        f"Labels merged by the merge map: {counts['labels_merged']:,}" if counts.get("labels_merged") else "",
+        f"Labels read in the merge map's or taxonomy's spelling: {counts['labels_respelled']:,}"
+        if counts.get("labels_respelled")
+        else "",
+    ]
+    return "\n".join(
+        [
+            f"# Scored on {path}",
+            "",
+            f"Read with text column `{options['text_column']}`, label column `{options['label_column']}`, merge "
+            f"map `{options['label_merge_map'] or 'none'}`, taxonomy `{options['label_taxonomy'] or 'none'}` ({source}).",
+            "",
+            f"{counts['rows_read']:,} rows read, **{counts['rows_scored']:,} scored**. Left out: "
+            + (", ".join(f"{n:,} with {what}" for what, n in left_out if n) or "none")
+            + "."
+            + "".join(f" {note}." for note in notes if note),
+            "",
+            f"Texts also in a run's own splits (their splits.json digests): train {seen['train']:,}, validation "
+            f"{seen['validation']:,}, test {seen['test']:,}"
+            + (" (the train and validation ones scored: --keep_seen_rows)" if kept_seen else "")
+            + ".",
+            "",
+            "Scoring time (wall clock; an ensemble's is that of its mix and of members not scored as runs here): "
+            + ", ".join(f"{run} {seconds:.2f} s" for run, seconds in timings.items())
+            + ".",
+            "",
+        ]
+    )
+
+
+def score_runs(args) -> dict:
+    """Read the file once, score it with every run, compare them; returns score.json's content."""
+    from longtail.calibration import load_temperature
+    from longtail.predict import describe, score_texts
+    from longtail.runs import prepare_output_dir, replace_previous_run
+
+    runs = list(args.runs)
+    reference = args.reference or runs[0]
+    check_distinct(runs)
+    if Path(reference).resolve() not in {Path(r).resolve() for r in runs}:
+        runs.append(reference)
+    for run in runs:
+        if not Path(run).is_dir():
+            raise UsageError(
+                f"{run}: no such run folder" + (" (it is a file)" if Path(run).is_file() else "")
+            )
+    folders = [Path(r) for r in runs]
+    reads = [("the run", r) for r in runs] + [("--data", args.data)]
+    out = prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
+    label_names = check_label_lists({r: label_names_of(Path(r)) for r in runs})
+    given = {n: getattr(args, n) for n in ("text_column", *LABEL_OPTIONS)}
+    options, source = data_options(folders, given)
+    data = read_rows(args.data, options, label_names, args.keep_seen_rows, folders)
+    rows = data["rows"]
+    texts = rows["text"].tolist()
+    serving = argparse.Namespace(
+        max_length=None,
+        long_text=None,
+        onnx_file=None,
+        backend="auto",
+        batch_size=args.batch_size,
+        device=args.device,
+        no_progress=args.no_progress,
+        scores_cache={},  # each run once: an ensemble reuses the scores of members scored as runs here
+    )
+    scored, timings, infos = {}, {}, {}
+    # a label from the root ("/a" beside "/b/a") would make an absolute path under scored/
+    labels = [label.lstrip("/") for label in run_labels(runs)]
+    # ensembles last, so that members given as runs too are scored once (an ensemble's time is then its mix's
+    # and that of the members not given)
+    for run, label in sorted(zip(folders, labels), key=lambda pair: (pair[0] / "ensemble.json").is_file()):
+        start = time.perf_counter()
+        scores = score_texts(serving, run, texts, calibrated=False)  # as the run saved its test predictions
+        timings[label] = time.perf_counter() - start
+        info = dict(scores.info)
+        if (
+            "members" not in info
+        ):  # scored at T = 1, as the run saved them; served (and compared) at its own T
+            info["temperature"] = load_temperature(run)
+        if label_names is None:
+            label_names = scores.label_names
+        check_label_lists({str(runs[0]): label_names, str(run): scores.label_names})
+        unseen = ~rows["label"].isin(set(label_names))
+        if unseen.any():  # no run said its labels before scoring: the first one scored says
+            raise CompareError(
+                f"{int(unseen.sum())} rows carry labels {run} was not trained on "
+                f"({sorted(rows.loc[unseen, 'label'].unique())[:5]}): give runs with a labels.json"
+            )
+        y_true = rows["label"].map({n: i for i, n in enumerate(label_names)}).to_numpy(dtype=np.int64)
+        infos[label] = {"seconds": round(timings[label], 3), "how": describe(info), **info}
+        scored[label] = (y_true, scores.probs)
+        logger.info("%s: %d rows scored in %.1f s (%s)", run, len(texts), timings[label], describe(info))
+    timings = {label: timings[label] for label in labels}  # in the order given
+    replace_previous_run(out, args.overwrite_output_dir)  # the previous results go only now, this one ready
+    for run, label in zip(folders, labels):
+        y_true, probs = scored[label]
+        write_scored_run(
+            out / SCORED_DIR / label, run, rows["row_id"].to_numpy(), y_true, probs, label_names, infos[label]
+        )
+    scored_dirs = [out / SCORED_DIR / label for label in labels]
+    ref_dir = scored_dirs[[f.resolve() for f in folders].index(Path(reference).resolve())]
+    result = compare_runs([d for d in scored_dirs if d != ref_dir], ref_dir, "test", args.n_resamples)
+    for row in result["runs"]:  # named by the run folder, not the scored copy
+        row["dir"] = str(folders[scored_dirs.index(Path(row["dir"]))])
+    counts = data["counts"]
+    markdown = data_section(args.data, options, source, counts, timings) + "\n" + to_markdown(result)
+    return {
+        "data": str(args.data),
+        "options": options,
+        "options_from": source,
+        "counts": counts,
+        "unchecked_runs": data["unchecked_runs"],
+        "runs": {label: {"dir": str(run), **infos[label]} for run, label in zip(folders, labels)},
+        "compare": result,
+        "markdown": markdown,
+        "output_dir": str(out),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logger.setLevel(logging.INFO)
+    logging.getLogger("longtail.data").setLevel(logging.INFO)
+    args = parse_args(argv)
+    try:  # a mistake in the runs, the file or the options is one line, not a traceback
+        result = score_runs(args)
+    except (ValueError, FileNotFoundError) as err:  # UsageError, DataError, CompareError included
+        raise usage_exit(str(err)) from None
+    from longtail.provenance import environment
+    from longtail.runs import command_line, write_json
+
+    out = Path(result.pop("output_dir"))
+    markdown = result.pop("markdown")
+    result["command"] = command_line("-m", ["longtail.score", *(sys.argv[1:] if argv is None else argv)])
+    result["environment"] = environment()
+    (out / "score.md").write_text(markdown, "utf-8")
+    write_json(out / "score.json", result)
+    print(markdown)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,259 @@
+"""`python -m longtail.score`: finished runs scored on a new labelled file, side by side."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import refused
+from test_recipes import REPO, load_recipe, synthetic_files
+
+from longtail import score
+from longtail.compare import compare_runs
+from longtail.report import load_predictions
+
+TEXT, LABEL = "Consumer complaint narrative", "Issue"
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_modernbert, tmp_path_factory):
+    """A TF-IDF run, a probe run (whole texts in windows) and their ensemble, on the synthetic CSVs."""
+    import functools
+
+    import torch
+
+    import longtail.report as report
+    from longtail.ensemble import main as ensemble_main
+
+    tmp = tmp_path_factory.mktemp("score")
+    train, test = synthetic_files(tmp)
+    common = ["--train_file", train, "--test_file", test, "--text_column", TEXT, "--label_taxonomy", "none"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(report, "score_split", functools.partial(report.score_split, n_resamples=100))
+            load_recipe("baseline_tfidf").main(
+                ["--config", str(REPO / "recipes/configs/baseline_tfidf.yaml"), *common,
+                 "--output_dir", str(tmp / "tfidf"), "--do_predict", "--grid_C", "1.0"]
+            )  # fmt: skip
+            load_recipe("probe_encoder").main(
+                ["--config", str(REPO / "recipes/configs/probe_encoder.yaml"), *common,
+                 "--model_name_or_path", tiny_modernbert, "--output_dir", str(tmp / "probe"), "--do_predict",
+                 "--max_length", "16", "--embedding_cache_dir", str(tmp / "cache"), "--grid_C", "0.1", "10"]
+            )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    ensemble_main(
+        [
+            str(tmp / "probe"),
+            str(tmp / "tfidf"),
+            "--output_dir",
+            str(tmp / "ensemble"),
+            "--n_resamples",
+            "100",
+        ]
+    )
+    return {"tmp": tmp, "train": train, "test": test, **{k: tmp / k for k in ("tfidf", "probe", "ensemble")}}
+
+
+def score_args(runs, data, out, *extra):
+    return [str(runs["probe"]), str(runs["ensemble"]), str(runs["tfidf"]), "--reference", str(runs["tfidf"]),
+            "--data", str(data), "--output_dir", str(out), "--n_resamples", "100", "--no_progress", *extra]  # fmt: skip
+
+
+def test_scoring_the_runs_own_test_file_gives_their_test_predictions_and_comparison(
+    runs, tmp_path, monkeypatch
+):
+    import longtail.predict
+
+    passes = []
+    real = longtail.predict._score_texts
+
+    def counted(args, folder, *rest):
+        passes.append(Path(folder).name)
+        return real(args, folder, *rest)
+
+    monkeypatch.setattr(longtail.predict, "_score_texts", counted)
+    out = tmp_path / "scored"
+    result = score.main(score_args(runs, runs["test"], out))
+    # every run scored once: the ensemble's members were scored as runs, and the ensemble mixed those scores
+    assert sorted(passes) == ["ensemble", "probe", "tfidf"]
+    names = ("probe", "ensemble", "tfidf")
+    for name in names:
+        own = load_predictions(runs[name] / "predictions_test.npz")
+        new = load_predictions(out / "scored" / name / "predictions_test.npz")
+        np.testing.assert_array_equal(new["row_id"], own["row_id"])  # the same rows, in the same order
+        np.testing.assert_array_equal(new["y_true"], own["y_true"])
+        np.testing.assert_array_equal(new["label_names"], own["label_names"])
+        np.testing.assert_allclose(new["probs"], own["probs"], atol=2e-5)
+        # beside them what compare reads of the run: its validation predictions, labels and temperature
+        for copied in ("predictions_validation.npz", "labels.json", "temperature.json"):
+            assert (out / "scored" / name / copied).is_file() == (runs[name] / copied).is_file()
+        assert json.loads((out / "scored" / name / "scored.json").read_text())["run"] == str(
+            runs[name].resolve()
+        )
+    # the comparison is compare's on the runs themselves, row for row
+    own = compare_runs([runs["probe"], runs["ensemble"]], runs["tfidf"], n_resamples=100)
+    new = result["compare"]
+    assert [r["run"] for r in new["runs"]] == ["tfidf", "probe", "ensemble"]
+    assert [r["dir"] for r in new["runs"]] == [str(runs[n]) for n in ("tfidf", "probe", "ensemble")]
+    for a, b in zip(own["runs"], new["runs"]):
+        for key in (
+            "accuracy",
+            "macro_f1",
+            "zero_f1_classes",
+            "macro_f1_ci_low",
+            "ece_served",
+            "val_macro_f1",
+        ):
+            assert b[key] == pytest.approx(a[key], abs=1e-6), key
+        if not a["reference"]:
+            assert b["delta_macro_f1"] == a["delta_macro_f1"]
+    assert new["validation_pick"]["run"] == own["validation_pick"]["run"]
+    counts = result["counts"]
+    n = new["num_rows"]
+    assert (
+        counts["rows_scored"] == n == len(load_predictions(runs["tfidf"] / "predictions_test.npz")["row_id"])
+    )
+    assert counts["in_run_test"] == n and counts["in_run_train"] == counts["in_run_validation"] == 0
+    assert counts["excluded_seen"] == 0
+    text = (out / "score.md").read_text()
+    assert f"**{n:,} scored**" in text and "# Comparison on test" in text
+    assert json.loads((out / "score.json").read_text())["counts"] == counts
+    # the scored folders are runs to compare: compare on them gives the same table
+    again = compare_runs(
+        [out / "scored" / "probe", out / "scored" / "ensemble"], out / "scored" / "tfidf", n_resamples=100
+    )
+    assert [r["macro_f1"] for r in again["runs"]] == [r["macro_f1"] for r in new["runs"]]
+
+
+def splits_of(run: Path) -> dict:
+    return json.loads((run / "splits.json").read_text())
+
+
+def test_rows_without_text_or_label_unseen_labels_and_texts_a_run_read_are_left_out_and_counted(
+    runs, tmp_path
+):
+    from longtail.data import load_merge_map
+
+    train, test = pd.read_csv(runs["train"]), pd.read_csv(runs["test"])
+    ids = splits_of(runs["tfidf"])
+    names = json.loads((runs["tfidf"] / "labels.json").read_text())["id2label"].values()
+    old, new = next((o, n) for o, n in load_merge_map("cfpb_2017").items() if n in names)
+    rows = [
+        *test.iloc[ids["test"][:5]][[TEXT, LABEL]].values.tolist(),  # 0-4: scored
+        *train.iloc[ids["train"][:3]][[TEXT, LABEL]].values.tolist(),  # 5-7: the runs trained on them
+        *train.iloc[ids["validation"][:2]][[TEXT, LABEL]].values.tolist(),  # 8-9: chose on them
+        ["a complaint about something no run has heard of", "Not a label any run knows"],  # 10
+        ["   ", test.iloc[ids["test"][5]][LABEL]],  # 11: no text
+        ["my report lists a loan I never took", None],  # 12: no label
+        ["someone pulled my credit report without any reason", old],  # 13: an old wording, merged
+    ]
+    data = tmp_path / "new.csv"
+    pd.DataFrame(rows, columns=[TEXT, LABEL]).assign(Product="x").to_csv(data, index=False)
+    result = score.main(score_args(runs, data, tmp_path / "out"))
+    counts = result["counts"]
+    old_wordings = sum(
+        label in load_merge_map("cfpb_2017") for _, label in rows[:10]
+    )  # the synthetic set has some
+    assert {k: counts[k] for k in ("rows_read", "dropped_empty_text", "dropped_missing_label", "labels_merged",
+                                   "excluded_unseen_labels", "in_run_train", "in_run_validation", "in_run_test",
+                                   "excluded_seen", "rows_scored")} == {
+        "rows_read": 14, "dropped_empty_text": 1, "dropped_missing_label": 1, "labels_merged": 1 + old_wordings,
+        "excluded_unseen_labels": 1, "in_run_train": 3, "in_run_validation": 2, "in_run_test": 5,
+        "excluded_seen": 5, "rows_scored": 6,
+    }  # fmt: skip
+    pred = load_predictions(tmp_path / "out" / "scored" / "probe" / "predictions_test.npz")
+    np.testing.assert_array_equal(pred["row_id"], [0, 1, 2, 3, 4, 13])  # positions in the new file
+    label_names = list(pred["label_names"])
+    assert pred["y_true"][-1] == label_names.index(new)
+    # the five test rows score as the run scored them
+    own = load_predictions(runs["probe"] / "predictions_test.npz")
+    where = [int(np.flatnonzero(own["row_id"] == i)[0]) for i in ids["test"][:5]]
+    np.testing.assert_allclose(pred["probs"][:5], own["probs"][where], atol=2e-5)
+    text = (tmp_path / "out" / "score.md").read_text()
+    assert (
+        "14 rows read, **6 scored**. Left out: 1 with no text, 1 with no label, 1 with a label the runs were not "
+        "trained on, 5 with a text a run trained or was selected on. "
+        f"Labels merged by the merge map: {1 + old_wordings}." in text
+    )
+    kept = score.main(score_args(runs, data, tmp_path / "kept", "--keep_seen_rows"))
+    assert kept["counts"]["rows_scored"] == 11 and kept["counts"]["excluded_seen"] == 0
+    np.testing.assert_array_equal(
+        load_predictions(tmp_path / "kept" / "scored" / "tfidf" / "predictions_test.npz")["row_id"],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13],
+    )
+    assert (
+        "(the train and validation ones scored: --keep_seen_rows)"
+        in (tmp_path / "kept" / "score.md").read_text()
+    )
+
+
+def copy_run(run: Path, to: Path, edit: str, change) -> Path:
+    shutil.copytree(run, to)
+    path = to / edit
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+    return to
+
+
+def test_mistakes_are_one_line_before_any_run_scores(runs, tmp_path, capsys, monkeypatch):
+    import longtail.predict
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored before the check")
+
+    monkeypatch.setattr(longtail.predict, "score_texts", no_scoring)
+    probe, tfidf, test = str(runs["probe"]), str(runs["tfidf"]), runs["test"]
+
+    def args(*run_dirs, data=test, out=tmp_path / "out"):
+        return [*map(str, run_dirs), "--data", str(data), "--output_dir", str(out)]
+
+    other = copy_run(runs["tfidf"], tmp_path / "taxonomy", "run_config.json",
+                     lambda r: r["data"].update(label_taxonomy="cfpb_issue_113"))  # fmt: skip
+    line = refused(score.main, args(probe, other), capsys)
+    assert (
+        "trained with different --label_taxonomy" in line
+        and str(other) in line
+        and "pass --label_taxonomy" in line
+    )
+    fewer = copy_run(runs["tfidf"], tmp_path / "fewer", "labels.json",
+                     lambda r: r["id2label"].pop(str(len(r["id2label"]) - 1)))  # fmt: skip
+    assert "different label lists" in refused(score.main, args(probe, fewer), capsys)
+    assert "Data file not found" in refused(score.main, args(probe, data=tmp_path / "nope.csv"), capsys)
+    assert "no such run folder" in refused(score.main, args(probe, tmp_path / "nope"), capsys)
+    no_label = tmp_path / "no_label.csv"
+    pd.read_csv(test).rename(columns={LABEL: "issue"}).to_csv(no_label, index=False)
+    line = refused(score.main, args(probe, tfidf, data=no_label), capsys)
+    assert "Issue" in line and "'issue'" in line  # the column, and the one meant
+    unseen = tmp_path / "unseen.csv"
+    pd.DataFrame({TEXT: ["a text"], LABEL: ["No such issue"]}).to_csv(unseen, index=False)
+    assert "no row left to score" in refused(score.main, args(probe, data=unseen), capsys)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    assert "exists and is not empty" in refused(score.main, args(probe, out=tmp_path / "full"), capsys)
+    # the output folder may not be a run being scored, even when asked to overwrite
+    line = refused(score.main, [*args(probe, tfidf, out=runs["tfidf"]), "--overwrite_output_dir"], capsys)
+    assert "would clear first" in line
+    assert (runs["tfidf"] / "model.joblib").is_file()
+
+
+def test_a_rerun_replaces_the_previous_scores_only_when_asked(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    score.main([str(runs["tfidf"]), "--data", str(runs["test"]), "--output_dir", str(out), "--no_progress"])
+    assert (out / "scored" / "tfidf" / "predictions_test.npz").is_file()
+    line = refused(
+        score.main, [str(runs["probe"]), "--data", str(runs["test"]), "--output_dir", str(out)], capsys
+    )
+    assert "--overwrite_output_dir" in line and (out / "scored" / "tfidf").is_dir()
+    score.main([str(runs["probe"]), "--data", str(runs["test"]), "--output_dir", str(out), "--no_progress",
+                "--overwrite_output_dir"])  # fmt: skip
+    assert sorted(p.name for p in (out / "scored").iterdir()) == ["probe"]  # the old run's scores went
+    result = json.loads((out / "score.json").read_text())
+    assert result["compare"]["reference"] == "probe"  # one run: its own reference
