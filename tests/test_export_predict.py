@@ -849,6 +849,25 @@ def test_predict_suggests_a_text_column_written_another_way(tmp_path, capsys):
     )
 
 
+def test_predict_names_a_missing_text_column_from_the_header_alone(tmp_path, capsys):
+    """A --text_column the input lacks, or none of the guessed names: the error lists the header's columns, with
+    the hint, and the rows (here not UTF-8, or too many fields) are not read for it (the whole file was)."""
+    from longtail.predict import main
+
+    src = tmp_path / "in.csv"
+    argv = ["--model_dir", "m", "--output", str(tmp_path / "o.csv"), "--input", str(src)]
+    src.write_bytes(b"Issue,Consumer complaint narrative\nFees,caf\xe9 latte was cold\nFees,I paid, twice\n")
+    assert refused(main, [*argv, "--text_column", "consumer complaint narrative"], capsys) == (
+        f"predict.py: error: {src} has no column 'consumer complaint narrative'; columns: ['Issue', "
+        "'Consumer complaint narrative']. Did you mean 'Consumer complaint narrative'?"
+    )
+    src.write_bytes(b"issue,consumer_complaint_narrative\nFees,caf\xe9 latte was cold\n")
+    assert refused(main, argv, capsys) == (
+        f"predict.py: error: {src}: no text column found; pass --text_column (columns: ['issue', "
+        "'consumer_complaint_narrative']). Did you mean 'consumer_complaint_narrative'?"
+    )
+
+
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 

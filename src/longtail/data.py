@@ -63,7 +63,8 @@ COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
 CSV_CHUNK_ROWS = 50_000
 # Rows per piece when `clean_split` reads whether texts are empty and normalises them.
 CLEAN_CHUNK_ROWS = 50_000
-# The columns to keep: names, or a function of the names the file has giving them (None or a missing name: all).
+# The columns to keep: names, or a function of the names the file has giving them (None: all; a name the file
+# lacks: none of its rows, `read_table`).
 Columns = Iterable[str] | Callable[[list[str]], Iterable[str] | None] | None
 
 
@@ -170,8 +171,11 @@ def read_table(path: str | Path, columns: Columns = None) -> pd.DataFrame:
 
     columns: the names the caller reads (or a function of the file's column names giving them): a .csv or .parquet
     keeps only those columns (CFPB's export has 18, a recipe reads 2), with the rows a whole read gives, and
-    `attrs["file_columns"]` names every column a whole read holds. When one of them is not in the file, the file is
-    read whole, so that the caller's error lists its columns as before; a .json or .jsonl is always read whole."""
+    `attrs["file_columns"]` names every column a whole read holds. When one of them is not in the file, no row is
+    read: the frame is empty, with every column a whole read names (from the .csv's header or the .parquet's
+    schema), so that the caller's error lists them as before, and `attrs["missing_columns"]` names those it lacks
+    (a .csv whose header is one name split by ';' or tabs is read whole, for the parse error that names the
+    separator). A .json or .jsonl is always read whole."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Data file not found: {path}")
@@ -230,7 +234,12 @@ def refuse_repeated(frame: pd.DataFrame, columns, where) -> None:
 
 
 def csv_header(path: Path) -> list[str]:
-    with open_data(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
+    """A .csv's header as written. Read after the file's columns were (by pandas, as UTF-8): the bytes decoded
+    past the header (a block at a time) are not checked here, for a file whose rows are not read."""
+    with (
+        open_data(path) as raw,
+        io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as f,
+    ):
         return next(csv.reader(f), [])
 
 
@@ -322,11 +331,29 @@ def _read_table(path: Path, columns: Columns = None) -> pd.DataFrame:
         ) from None
 
 
+def wanted_columns(columns: Columns, names: list) -> set:
+    """The names `columns` asks for of a file with these column names (empty: all). One name may be a string."""
+    wanted = columns(list(names)) if callable(columns) else columns
+    return {wanted} if isinstance(wanted, str) else set(wanted or ())  # "text": that column, not t, e, x
+
+
+def missing_columns(columns: Columns, names: list) -> list:
+    """The names `columns` asks for that a file with these column names does not have, sorted."""
+    return sorted(wanted_columns(columns, names) - set(names), key=str)
+
+
+def header_only(frame: pd.DataFrame, missing: list) -> pd.DataFrame:
+    """A whole read's columns without its rows, for a file that lacks columns the caller reads: its error lists
+    the columns (and the names they may have meant) without the file's rows being read."""
+    frame.attrs["missing_columns"] = missing
+    return frame
+
+
 def kept_columns(columns: Columns, names: list) -> list | None:
     """The file's columns to keep, in the file's order; None to keep them all (`columns` None or empty, or naming a
-    column the file does not have). One name may be given as a string."""
-    wanted = columns(list(names)) if callable(columns) else columns
-    wanted = {wanted} if isinstance(wanted, str) else set(wanted or ())  # "text": that column, not t, e, x
+    column the file does not have: `read_frame` reads none of its rows then, but for a .csv split by ';' or tabs).
+    One name may be given as a string."""
+    wanted = wanted_columns(columns, names)
     if not wanted:
         return None
     # a repeated name: pandas tells a .csv's repeats apart (`t`, `t.1`), a parquet's may stay alike
@@ -345,6 +372,13 @@ def read_frame(raw, suffix: str, columns: Columns = None) -> pd.DataFrame:
         )
         if columns is None:
             return pd.read_csv(raw, **options)
+        # the header alone first, as a whole read names its columns (a repeat as `t.1`, a blank one `Unnamed: N`):
+        # a column asked for that it lacks is the caller's error, and the rows (gigabytes) are not read for it
+        header = pd.read_csv(raw, nrows=0, **options)
+        missing = missing_columns(columns, list(header.columns))
+        if missing and not split_otherwise(header.columns):
+            return header_only(header, missing)
+        raw.seek(0)
         # in pieces, each parsed whole and cut to the columns kept, not with pandas' `usecols`: it skips the check
         # that a row has no more fields than the header (an unquoted comma in a text: the row's later fields were
         # read shifted, without a word, where this is "Expected 2 fields in line 3, saw 3")
@@ -365,7 +399,10 @@ def read_frame(raw, suffix: str, columns: Columns = None) -> pd.DataFrame:
         import pyarrow.parquet as pq
 
         # the columns a whole read gives (an index pandas saved is not one), from the schema alone
-        names = list(pq.read_schema(raw).empty_table().to_pandas().columns)
+        empty = pq.read_schema(raw).empty_table().to_pandas()
+        names = list(empty.columns)
+        if missing := missing_columns(columns, names):  # no data page is read for the caller's column error
+            return header_only(empty, missing)
         raw.seek(0)
         keep = kept_columns(columns, names)
         frame = pd.read_parquet(raw, columns=keep)
@@ -381,6 +418,12 @@ def read_frame(raw, suffix: str, columns: Columns = None) -> pd.DataFrame:
         return pd.read_json(io.StringIO(text), dtype=False)
     except ValueError:
         return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+
+
+def split_otherwise(columns) -> bool:
+    """A .csv header read as one name holding ';' or tabs: likely split by them, a file whose whole read may fail
+    to parse, with `separator_hint`'s note, or read as one column (`check_columns` names it)."""
+    return len(columns) == 1 and any(sep in str(columns[0]) for sep in (";", "\t"))
 
 
 def separator_hint(path: Path) -> str:
@@ -524,7 +567,7 @@ def check_columns(df: pd.DataFrame, split: str, text_column: str, label_column: 
     if not missing:
         return
     hint = column_hint(missing, df.columns)
-    if len(df.columns) == 1 and any(sep in str(df.columns[0]) for sep in (";", "\t")):
+    if split_otherwise(df.columns):
         hint += " The file was read as one column: is it ';'- or tab-separated? Save it comma-separated."
     raise DataError(
         f"Column(s) {missing} not found in the {split} data. Columns that exist: {list(df.columns)}.{hint} "
