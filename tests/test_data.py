@@ -1050,6 +1050,48 @@ def test_a_users_file_with_a_source_column_of_objects_keeps_its_columns(tmp_path
     assert list(read_table(api).columns) == list(hits[0]["_source"])
 
 
+def test_a_json_file_keyed_by_row_id_is_read_one_row_per_key(tmp_path, caplog):
+    """pandas' `to_json(orient="index")`, `{"0": {"Issue": ..., ...}, "1": {...}}`, was read sideways, by pandas'
+    default orient: columns '0', '1', ... (the column error listed them) and one row per field. It is read one row
+    per key, logged; keys that are not numbers are told by the columns the run reads. pandas' default orient
+    ("columns"), a list of records and JSON Lines read as before, unlogged."""
+    df = export_shaped()
+    expected = df.to_dict("list")
+    options = dict(EXPORT_OPTIONS, min_class_count=1)
+    path = tmp_path / "by_row.json"
+    path.write_text(df.to_json(orient="index"), "utf-8")
+    with caplog.at_level(logging.INFO, logger="longtail.data"):
+        table = read_table(path)
+    assert list(table.columns) == list(df.columns) and table.to_dict("list") == expected
+    assert f"{path}: read as records keyed by row id" in caplog.text
+    data = prepare_data(DataArguments(train_file=str(path), **options))
+    before = prepare_data(DataArguments(**options), raw={"train": df})
+    assert data.log == before.log and split_ids(data) == split_ids(before)
+    ids = tmp_path / "by_id.json"  # keyed by complaint ids that are not numbers
+    ids.write_text(df.set_axis([f"CFPB-{i}" for i in range(4)]).to_json(orient="index"), "utf-8")
+    table = read_table(ids, columns=["Issue", "Consumer complaint narrative"])
+    assert table[["Issue", "Consumer complaint narrative"]].to_dict("list") == {
+        k: expected[k] for k in ("Issue", "Consumer complaint narrative")
+    }
+    caplog.clear()
+    for name, text in (
+        ("columns.json", df.to_json()),  # pandas' default orient: {"Issue": {"0": ...}, ...}
+        ("records.json", df.to_json(orient="records")),
+        ("lines.json", df.to_json(orient="records", lines=True)),
+        ("lines.jsonl", df.to_json(orient="records", lines=True)),
+        ("ids.json", df.set_axis([f"CFPB-{i}" for i in range(4)]).to_json()),
+    ):
+        (tmp_path / name).write_text(text, "utf-8")
+        with caplog.at_level(logging.INFO, logger="longtail.data"):
+            table = read_table(tmp_path / name, columns=["Issue"])
+        assert list(table.columns) == list(df.columns) and table.to_dict("list") == expected, name
+    assert "keyed by row id" not in caplog.text
+    # numbers as field names and as row ids: ambiguous, read as pandas reads it
+    numbers = tmp_path / "numbers.json"
+    numbers.write_text(json.dumps({"0": {"0": "a", "1": "b"}, "1": {"0": "c", "1": "d"}}), "utf-8")
+    assert read_table(numbers).to_dict("list") == {0: ["a", "b"], 1: ["c", "d"]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Reproducible splits and caps
 # ---------------------------------------------------------------------------------------------

@@ -868,6 +868,17 @@ def test_predict_names_a_missing_text_column_from_the_header_alone(tmp_path, cap
     )
 
 
+def test_predict_reads_a_json_input_keyed_by_row_id(tmp_path):
+    """pandas' `to_json(orient="index")` was read sideways (columns '0', '1'): "no text column found"."""
+    import longtail.predict as predict
+
+    src = tmp_path / "in.json"
+    texts = ["charged twice", "late fee"]
+    src.write_text(pd.DataFrame({"Issue": ["Fees", "Fees"], "narrative": texts}).to_json(orient="index"))
+    df, column = predict.read_texts(str(src), None)
+    assert column == "narrative" and df[column].tolist() == texts
+
+
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 

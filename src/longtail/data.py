@@ -180,6 +180,13 @@ def read_table(path: str | Path, columns: Columns = None) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"Data file not found: {path}")
     frame = _read_table(path, columns)
+    if frame.attrs.pop("keyed_by_row", False):
+        logger.info(
+            "%s: read as records keyed by row id (pandas' to_json(orient='index')): %d rows, columns %s",
+            path,
+            len(frame),
+            [str(c) for c in frame.columns],
+        )
     if data_format(path)[0] in (".json", ".jsonl"):
         frame = api_records(frame, path)
     # a .csv's header as written: pandas renames a repeated `t` to `t.1`, and the first `t` was read silently.
@@ -415,9 +422,37 @@ def read_frame(raw, suffix: str, columns: Columns = None) -> pd.DataFrame:
     if suffix == ".jsonl":
         return pd.read_json(io.StringIO(text), lines=True, dtype=False)
     try:
-        return pd.read_json(io.StringIO(text), dtype=False)
+        frame = pd.read_json(io.StringIO(text), dtype=False)
     except ValueError:
         return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    if keyed_by_row(frame, columns):
+        # `{"0": {"Issue": ..., "text": ...}, "1": {...}}`: one row per key, as pandas reads orient="index"
+        frame = pd.read_json(io.StringIO(text), orient="index", dtype=False)
+        frame.attrs["keyed_by_row"] = True  # logged by read_table, which knows the file
+    return frame
+
+
+# a row id as pandas' to_json(orient="index") writes a default or numeric index: "0", "17", "-1"
+ROW_KEY = re.compile(r"-?\d+")
+
+
+def keyed_by_row(frame: pd.DataFrame, columns: Columns = None) -> bool:
+    """Whether a .json object read with pandas' default orient ("columns") is sideways: a file keyed by row id
+    (pandas' to_json(orient="index"): `{"0": {"Issue": ..., "text": ...}, ...}`) reads as columns "0", "1", ...
+    with the field names as its index. Told by the names the caller reads (`columns`: in the index, not among the
+    columns), else by the shape: every column a row id, not every index label one. Every value must be a scalar
+    (the API's search JSON holds lists and objects); a file whose columns hold what the caller reads is as read."""
+    if frame.empty or isinstance(frame.index, pd.RangeIndex):  # a list of records reads with a RangeIndex
+        return False
+    keys, fields = [str(c) for c in frame.columns], [str(i) for i in frame.index]
+    if columns is not None and (wanted := wanted_columns(columns, keys)) and wanted <= set(keys):
+        return False
+    sideways = columns is not None and (wanted := wanted_columns(columns, fields)) and wanted <= set(fields)
+    if not sideways and not (
+        all(ROW_KEY.fullmatch(k) for k in keys) and not all(ROW_KEY.fullmatch(f) for f in fields)
+    ):
+        return False
+    return all(pd.api.types.is_scalar(v) for column in frame.columns for v in frame[column])
 
 
 def split_otherwise(columns) -> bool:
