@@ -859,11 +859,13 @@ def test_a_parquet_file_is_read_for_the_columns_a_run_reads(tmp_path):
     assert part.attrs["file_columns"] == list(df.columns)
     raw = load_raw_splits(DataArguments(train_file=str(path), text_column=kept[1]))
     assert list(raw["train"].columns) == kept
-    # a function of the file's columns picks them; None, or a name the file lacks, reads it whole
+    # a function of the file's columns picks them; None reads it whole, a name the file lacks none of its rows
     assert list(read_table(path, columns=lambda names: [names[-1]]).columns) == ["Complaint ID"]
-    for columns in (lambda names: None, ["Issue", "Consumer Complaint"]):
-        pd.testing.assert_frame_equal(read_table(path, columns=columns), whole)
-        assert "file_columns" not in read_table(path, columns=columns).attrs
+    pd.testing.assert_frame_equal(read_table(path, columns=lambda names: None), whole)
+    assert "file_columns" not in read_table(path, columns=lambda names: None).attrs
+    header = read_table(path, columns=["Issue", "Consumer Complaint"])
+    assert list(header.columns) == list(whole.columns) and header.empty
+    assert header.attrs["missing_columns"] == ["Consumer Complaint"]
 
 
 def test_reading_some_columns_keeps_the_errors_and_readings_of_a_whole_read(tmp_path, monkeypatch, caplog):
@@ -909,6 +911,65 @@ def test_reading_some_columns_keeps_the_errors_and_readings_of_a_whole_read(tmp_
         DataError, match=r"more than one column named \['t'\].*\(columns: \['t', 'l', 't'\]\)"
     ):
         prepare_data(args(train_file=str(path), text_column="t", label_column="l"))
+
+
+MISTYPED = (
+    "Column(s) ['Consumer Complaint'] not found in the train data. Columns that exist: ['Date received', 'Product', "
+    "'Issue', 'Consumer complaint narrative']. Did you mean 'Consumer complaint narrative'? Set --text_column / "
+    "--label_column."
+)
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.csv.gz", "train.csv.zip", "train.csv.xz"])
+def test_a_column_the_csv_lacks_is_named_from_its_header_without_reading_its_rows(tmp_path, name):
+    """A mistyped column was found after reading the whole file (all 18 columns of a 3 GB export: minutes and
+    gigabytes) so that the error could list every column. Only the header is read now: rows after it that do not
+    parse (bytes that are not UTF-8, a row with too many fields) are never reached, and the error, hints and all,
+    is the one a whole read of a good file gives. With every column there, the rows are read and still refused."""
+    bad_rows = (
+        b'"2017-05-01","Credit reporting","Fees","caf\xe9 latte"\r\n2017-05-02,Fees,I paid, twice,x\r\n'
+    )
+    path = tmp_path / name
+    if name == "train.csv":
+        path.write_bytes(export_bytes() + bad_rows)
+    else:
+        write_compressed(path, export_bytes() + bad_rows, member="train.csv")
+    with pytest.raises(DataError) as info:
+        prepare_data(DataArguments(train_file=str(path), text_column="Consumer Complaint"))
+    assert str(info.value) == MISTYPED
+    good = tmp_path / "good.csv"
+    good.write_bytes(export_bytes())
+    with pytest.raises(DataError) as info:
+        prepare_data(DataArguments(train_file=str(good), text_column="Consumer Complaint"))
+    assert str(info.value) == MISTYPED  # as a whole read lists them
+    header = read_table(path, columns=lambda names: ["Consumer Complaint", "Issue"])
+    assert header.empty and list(header.columns) == list(read_table(good).columns)
+    assert header.attrs["missing_columns"] == ["Consumer Complaint"] and "file_columns" not in header.attrs
+    with pytest.raises(DataError, match=r"not valid UTF-8|Could not parse"):
+        prepare_data(DataArguments(train_file=str(path), text_column="Consumer complaint narrative"))
+
+
+def test_a_column_the_parquet_file_lacks_is_named_from_its_schema_without_reading_its_data(
+    tmp_path, monkeypatch
+):
+    """As for a .csv: the schema names the columns, and no column's data is read for the error (it was the whole
+    file, every column)."""
+    path = tmp_path / "export.parquet"
+    export_shaped().to_parquet(path)
+    whole = read_table(path)
+
+    def read_parquet(*args, **kwargs):
+        raise AssertionError(f"data read: read_parquet(columns={kwargs.get('columns')})")
+
+    monkeypatch.setattr(pd, "read_parquet", read_parquet)
+    with pytest.raises(DataError) as info:
+        prepare_data(DataArguments(train_file=str(path), text_column="Consumer Complaint"))
+    assert str(info.value) == MISTYPED
+    header = read_table(path, columns=["Issue", "Consumer Complaint"])
+    assert header.empty and list(header.columns) == list(whole.columns)
+    assert header.attrs["missing_columns"] == ["Consumer Complaint"]
+    with pytest.raises(AssertionError, match="data read"):  # every column there: its data is read
+        read_table(path, columns=["Issue"])
 
 
 def api_hits(n: int = 6) -> list[dict]:
@@ -987,6 +1048,48 @@ def test_a_users_file_with_a_source_column_of_objects_keeps_its_columns(tmp_path
     api = tmp_path / f"api{suffix}"
     api.write_text(json.dumps(hits) if suffix == ".json" else "\n".join(json.dumps(h) for h in hits), "utf-8")
     assert list(read_table(api).columns) == list(hits[0]["_source"])
+
+
+def test_a_json_file_keyed_by_row_id_is_read_one_row_per_key(tmp_path, caplog):
+    """pandas' `to_json(orient="index")`, `{"0": {"Issue": ..., ...}, "1": {...}}`, was read sideways, by pandas'
+    default orient: columns '0', '1', ... (the column error listed them) and one row per field. It is read one row
+    per key, logged; keys that are not numbers are told by the columns the run reads. pandas' default orient
+    ("columns"), a list of records and JSON Lines read as before, unlogged."""
+    df = export_shaped()
+    expected = df.to_dict("list")
+    options = dict(EXPORT_OPTIONS, min_class_count=1)
+    path = tmp_path / "by_row.json"
+    path.write_text(df.to_json(orient="index"), "utf-8")
+    with caplog.at_level(logging.INFO, logger="longtail.data"):
+        table = read_table(path)
+    assert list(table.columns) == list(df.columns) and table.to_dict("list") == expected
+    assert f"{path}: read as records keyed by row id" in caplog.text
+    data = prepare_data(DataArguments(train_file=str(path), **options))
+    before = prepare_data(DataArguments(**options), raw={"train": df})
+    assert data.log == before.log and split_ids(data) == split_ids(before)
+    ids = tmp_path / "by_id.json"  # keyed by complaint ids that are not numbers
+    ids.write_text(df.set_axis([f"CFPB-{i}" for i in range(4)]).to_json(orient="index"), "utf-8")
+    table = read_table(ids, columns=["Issue", "Consumer complaint narrative"])
+    assert table[["Issue", "Consumer complaint narrative"]].to_dict("list") == {
+        k: expected[k] for k in ("Issue", "Consumer complaint narrative")
+    }
+    caplog.clear()
+    for name, text in (
+        ("columns.json", df.to_json()),  # pandas' default orient: {"Issue": {"0": ...}, ...}
+        ("records.json", df.to_json(orient="records")),
+        ("lines.json", df.to_json(orient="records", lines=True)),
+        ("lines.jsonl", df.to_json(orient="records", lines=True)),
+        ("ids.json", df.set_axis([f"CFPB-{i}" for i in range(4)]).to_json()),
+    ):
+        (tmp_path / name).write_text(text, "utf-8")
+        with caplog.at_level(logging.INFO, logger="longtail.data"):
+            table = read_table(tmp_path / name, columns=["Issue"])
+        assert list(table.columns) == list(df.columns) and table.to_dict("list") == expected, name
+    assert "keyed by row id" not in caplog.text
+    # numbers as field names and as row ids: ambiguous, read as pandas reads it
+    numbers = tmp_path / "numbers.json"
+    numbers.write_text(json.dumps({"0": {"0": "a", "1": "b"}, "1": {"0": "c", "1": "d"}}), "utf-8")
+    assert read_table(numbers).to_dict("list") == {0: ["a", "b"], 1: ["c", "d"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1445,4 +1548,4 @@ def test_kept_columns_of_one_name_none_or_an_empty_selection():
     assert kept_columns(["label", "text"], names) == ["text", "label"]  # in the file's order
     assert kept_columns(None, names) is None and kept_columns([], names) is None
     assert kept_columns(lambda have: [], names) is None
-    assert kept_columns(["text", "missing"], names) is None  # read whole: the column error lists every column
+    assert kept_columns(["text", "missing"], names) is None  # (read_frame reads the header alone for it)

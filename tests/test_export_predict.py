@@ -849,6 +849,36 @@ def test_predict_suggests_a_text_column_written_another_way(tmp_path, capsys):
     )
 
 
+def test_predict_names_a_missing_text_column_from_the_header_alone(tmp_path, capsys):
+    """A --text_column the input lacks, or none of the guessed names: the error lists the header's columns, with
+    the hint, and the rows (here not UTF-8, or too many fields) are not read for it (the whole file was)."""
+    from longtail.predict import main
+
+    src = tmp_path / "in.csv"
+    argv = ["--model_dir", "m", "--output", str(tmp_path / "o.csv"), "--input", str(src)]
+    src.write_bytes(b"Issue,Consumer complaint narrative\nFees,caf\xe9 latte was cold\nFees,I paid, twice\n")
+    assert refused(main, [*argv, "--text_column", "consumer complaint narrative"], capsys) == (
+        f"predict.py: error: {src} has no column 'consumer complaint narrative'; columns: ['Issue', "
+        "'Consumer complaint narrative']. Did you mean 'Consumer complaint narrative'?"
+    )
+    src.write_bytes(b"issue,consumer_complaint_narrative\nFees,caf\xe9 latte was cold\n")
+    assert refused(main, argv, capsys) == (
+        f"predict.py: error: {src}: no text column found; pass --text_column (columns: ['issue', "
+        "'consumer_complaint_narrative']). Did you mean 'consumer_complaint_narrative'?"
+    )
+
+
+def test_predict_reads_a_json_input_keyed_by_row_id(tmp_path):
+    """pandas' `to_json(orient="index")` was read sideways (columns '0', '1'): "no text column found"."""
+    import longtail.predict as predict
+
+    src = tmp_path / "in.json"
+    texts = ["charged twice", "late fee"]
+    src.write_text(pd.DataFrame({"Issue": ["Fees", "Fees"], "narrative": texts}).to_json(orient="index"))
+    df, column = predict.read_texts(str(src), None)
+    assert column == "narrative" and df[column].tolist() == texts
+
+
 def test_predict_input_mistakes_are_one_line_errors(tiny_classifier, tmp_path, caplog):
     from longtail.predict import main
 

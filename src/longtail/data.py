@@ -63,7 +63,8 @@ COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
 CSV_CHUNK_ROWS = 50_000
 # Rows per piece when `clean_split` reads whether texts are empty and normalises them.
 CLEAN_CHUNK_ROWS = 50_000
-# The columns to keep: names, or a function of the names the file has giving them (None or a missing name: all).
+# The columns to keep: names, or a function of the names the file has giving them (None: all; a name the file
+# lacks: none of its rows, `read_table`).
 Columns = Iterable[str] | Callable[[list[str]], Iterable[str] | None] | None
 
 
@@ -170,12 +171,22 @@ def read_table(path: str | Path, columns: Columns = None) -> pd.DataFrame:
 
     columns: the names the caller reads (or a function of the file's column names giving them): a .csv or .parquet
     keeps only those columns (CFPB's export has 18, a recipe reads 2), with the rows a whole read gives, and
-    `attrs["file_columns"]` names every column a whole read holds. When one of them is not in the file, the file is
-    read whole, so that the caller's error lists its columns as before; a .json or .jsonl is always read whole."""
+    `attrs["file_columns"]` names every column a whole read holds. When one of them is not in the file, no row is
+    read: the frame is empty, with every column a whole read names (from the .csv's header or the .parquet's
+    schema), so that the caller's error lists them as before, and `attrs["missing_columns"]` names those it lacks
+    (a .csv whose header is one name split by ';' or tabs is read whole, for the parse error that names the
+    separator). A .json or .jsonl is always read whole."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Data file not found: {path}")
     frame = _read_table(path, columns)
+    if frame.attrs.pop("keyed_by_row", False):
+        logger.info(
+            "%s: read as records keyed by row id (pandas' to_json(orient='index')): %d rows, columns %s",
+            path,
+            len(frame),
+            [str(c) for c in frame.columns],
+        )
     if data_format(path)[0] in (".json", ".jsonl"):
         frame = api_records(frame, path)
     # a .csv's header as written: pandas renames a repeated `t` to `t.1`, and the first `t` was read silently.
@@ -230,7 +241,12 @@ def refuse_repeated(frame: pd.DataFrame, columns, where) -> None:
 
 
 def csv_header(path: Path) -> list[str]:
-    with open_data(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
+    """A .csv's header as written. Read after the file's columns were (by pandas, as UTF-8): the bytes decoded
+    past the header (a block at a time) are not checked here, for a file whose rows are not read."""
+    with (
+        open_data(path) as raw,
+        io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as f,
+    ):
         return next(csv.reader(f), [])
 
 
@@ -322,11 +338,29 @@ def _read_table(path: Path, columns: Columns = None) -> pd.DataFrame:
         ) from None
 
 
+def wanted_columns(columns: Columns, names: list) -> set:
+    """The names `columns` asks for of a file with these column names (empty: all). One name may be a string."""
+    wanted = columns(list(names)) if callable(columns) else columns
+    return {wanted} if isinstance(wanted, str) else set(wanted or ())  # "text": that column, not t, e, x
+
+
+def missing_columns(columns: Columns, names: list) -> list:
+    """The names `columns` asks for that a file with these column names does not have, sorted."""
+    return sorted(wanted_columns(columns, names) - set(names), key=str)
+
+
+def header_only(frame: pd.DataFrame, missing: list) -> pd.DataFrame:
+    """A whole read's columns without its rows, for a file that lacks columns the caller reads: its error lists
+    the columns (and the names they may have meant) without the file's rows being read."""
+    frame.attrs["missing_columns"] = missing
+    return frame
+
+
 def kept_columns(columns: Columns, names: list) -> list | None:
     """The file's columns to keep, in the file's order; None to keep them all (`columns` None or empty, or naming a
-    column the file does not have). One name may be given as a string."""
-    wanted = columns(list(names)) if callable(columns) else columns
-    wanted = {wanted} if isinstance(wanted, str) else set(wanted or ())  # "text": that column, not t, e, x
+    column the file does not have: `read_frame` reads none of its rows then, but for a .csv split by ';' or tabs).
+    One name may be given as a string."""
+    wanted = wanted_columns(columns, names)
     if not wanted:
         return None
     # a repeated name: pandas tells a .csv's repeats apart (`t`, `t.1`), a parquet's may stay alike
@@ -345,6 +379,13 @@ def read_frame(raw, suffix: str, columns: Columns = None) -> pd.DataFrame:
         )
         if columns is None:
             return pd.read_csv(raw, **options)
+        # the header alone first, as a whole read names its columns (a repeat as `t.1`, a blank one `Unnamed: N`):
+        # a column asked for that it lacks is the caller's error, and the rows (gigabytes) are not read for it
+        header = pd.read_csv(raw, nrows=0, **options)
+        missing = missing_columns(columns, list(header.columns))
+        if missing and not split_otherwise(header.columns):
+            return header_only(header, missing)
+        raw.seek(0)
         # in pieces, each parsed whole and cut to the columns kept, not with pandas' `usecols`: it skips the check
         # that a row has no more fields than the header (an unquoted comma in a text: the row's later fields were
         # read shifted, without a word, where this is "Expected 2 fields in line 3, saw 3")
@@ -365,7 +406,10 @@ def read_frame(raw, suffix: str, columns: Columns = None) -> pd.DataFrame:
         import pyarrow.parquet as pq
 
         # the columns a whole read gives (an index pandas saved is not one), from the schema alone
-        names = list(pq.read_schema(raw).empty_table().to_pandas().columns)
+        empty = pq.read_schema(raw).empty_table().to_pandas()
+        names = list(empty.columns)
+        if missing := missing_columns(columns, names):  # no data page is read for the caller's column error
+            return header_only(empty, missing)
         raw.seek(0)
         keep = kept_columns(columns, names)
         frame = pd.read_parquet(raw, columns=keep)
@@ -378,9 +422,43 @@ def read_frame(raw, suffix: str, columns: Columns = None) -> pd.DataFrame:
     if suffix == ".jsonl":
         return pd.read_json(io.StringIO(text), lines=True, dtype=False)
     try:
-        return pd.read_json(io.StringIO(text), dtype=False)
+        frame = pd.read_json(io.StringIO(text), dtype=False)
     except ValueError:
         return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    if keyed_by_row(frame, columns):
+        # `{"0": {"Issue": ..., "text": ...}, "1": {...}}`: one row per key, as pandas reads orient="index"
+        frame = pd.read_json(io.StringIO(text), orient="index", dtype=False)
+        frame.attrs["keyed_by_row"] = True  # logged by read_table, which knows the file
+    return frame
+
+
+# a row id as pandas' to_json(orient="index") writes a default or numeric index: "0", "17", "-1"
+ROW_KEY = re.compile(r"-?\d+")
+
+
+def keyed_by_row(frame: pd.DataFrame, columns: Columns = None) -> bool:
+    """Whether a .json object read with pandas' default orient ("columns") is sideways: a file keyed by row id
+    (pandas' to_json(orient="index"): `{"0": {"Issue": ..., "text": ...}, ...}`) reads as columns "0", "1", ...
+    with the field names as its index. Told by the names the caller reads (`columns`: in the index, not among the
+    columns), else by the shape: every column a row id, not every index label one. Every value must be a scalar
+    (the API's search JSON holds lists and objects); a file whose columns hold what the caller reads is as read."""
+    if frame.empty or isinstance(frame.index, pd.RangeIndex):  # a list of records reads with a RangeIndex
+        return False
+    keys, fields = [str(c) for c in frame.columns], [str(i) for i in frame.index]
+    if columns is not None and (wanted := wanted_columns(columns, keys)) and wanted <= set(keys):
+        return False
+    sideways = columns is not None and (wanted := wanted_columns(columns, fields)) and wanted <= set(fields)
+    if not sideways and not (
+        all(ROW_KEY.fullmatch(k) for k in keys) and not all(ROW_KEY.fullmatch(f) for f in fields)
+    ):
+        return False
+    return all(pd.api.types.is_scalar(v) for column in frame.columns for v in frame[column])
+
+
+def split_otherwise(columns) -> bool:
+    """A .csv header read as one name holding ';' or tabs: likely split by them, a file whose whole read may fail
+    to parse, with `separator_hint`'s note, or read as one column (`check_columns` names it)."""
+    return len(columns) == 1 and any(sep in str(columns[0]) for sep in (";", "\t"))
 
 
 def separator_hint(path: Path) -> str:
@@ -524,7 +602,7 @@ def check_columns(df: pd.DataFrame, split: str, text_column: str, label_column: 
     if not missing:
         return
     hint = column_hint(missing, df.columns)
-    if len(df.columns) == 1 and any(sep in str(df.columns[0]) for sep in (";", "\t")):
+    if split_otherwise(df.columns):
         hint += " The file was read as one column: is it ';'- or tab-separated? Save it comma-separated."
     raise DataError(
         f"Column(s) {missing} not found in the {split} data. Columns that exist: {list(df.columns)}.{hint} "

@@ -149,11 +149,12 @@ def _cuda() -> bool:
 def read_texts(path: str, text_column: str | None) -> tuple[pd.DataFrame, str]:
     from longtail.data import nested_values_error, read_table, refuse_repeated, similar_columns
 
-    def text_only(names: list[str]) -> list[str] | None:
-        """The one column scored (the output holds `row` and the predictions, none of the input's columns); the
-        file is read whole when it has none of the guesses, or not --text_column, for the errors below to list."""
+    def text_only(names: list[str]) -> list[str]:
+        """The one column scored (the output holds `row` and the predictions, none of the input's columns). A file
+        with none of the guesses, or not --text_column, is read for its columns alone (a .csv's header, a
+        .parquet's schema), which the errors below list."""
         found = text_column or next((c for c in TEXT_COLUMN_GUESSES if c in names), None)
-        return [found] if found else None
+        return [found] if found else list(TEXT_COLUMN_GUESSES)
 
     df = read_table(path, columns=text_only)
     if text_column is None:
