@@ -349,8 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Build the frozen encoder ------------------------------------------------------------
     tokenizer = load_tokenizer(model_args)
     # the length against the body's position table, read from its config before the weights load (minutes for a
-    # large model); RoBERTa-style positions start after the config's own pad id, which the body is built with (the
-    # tokenizer's, set on the loaded body below, does not move them)
+    # large model); RoBERTa-style positions start after the config's own pad id, which the body is built with
     config = frozen_body_config(model_args.model_name_or_path, model_args.trust_remote_code)
     check_max_length(
         config,
@@ -361,7 +360,11 @@ def main(argv: list[str] | None = None) -> dict:
     encoder = load_frozen_body(model_args.model_name_or_path, model_args.trust_remote_code)
     if encoder.config.model_type == "modernbert" and not torch.cuda.is_available():
         encoder.config.reference_compile = False  # its auto-compile breaks on CPU when triton is installed
-    encoder.config.pad_token_id = tokenizer.pad_token_id
+    # the body keeps its config's pad id: a RoBERTa-style body counts its positions from it, and the saved probe's
+    # body is built from this config (the tokenizer's id there served it with other positions than it embedded
+    # with); padding is masked by the attention mask, and the probe's own config names the tokenizer's id
+    if encoder.config.pad_token_id is None:  # a decoder's: nothing counts from it
+        encoder.config.pad_token_id = tokenizer.pad_token_id
     encoder.requires_grad_(False)
     if torch.cuda.is_available():
         encoder.cuda()
@@ -471,6 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
         data.label_names,
         normalize=args.normalize,
         feature_layers=layers,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model.save_pretrained(output_dir)  # safetensors
     if refit_args.refit_with_validation:  # LP-FT starts from this one, so its validation stays held out

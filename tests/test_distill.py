@@ -356,6 +356,64 @@ def test_teacher_cache_key_of_a_hub_id_follows_its_commit(
         assert teacher_fingerprint(str(lora), base) == at_old, base
 
 
+def test_teacher_cache_key_of_a_lora_teachers_hub_base_follows_the_commit_that_loads(
+    tiny_qwen2, tmp_path, monkeypatch, one_torch_thread
+):
+    """A LoRA teacher's Hub base was keyed by the commit the Hub cache last downloaded: nothing resolved it before
+    the key, so on a cache hit a base updated on the Hub reused the old base's logits. On a Hub cache faked in
+    tmp_path, an online resolve faked where Transformers downloads (the Hub's main moves to a new commit with other
+    weights): the next pass scores again, with the new base, and the one after reuses that."""
+    import huggingface_hub.constants
+    import transformers.utils.hub
+    from test_probe import fake_hub_download
+    from transformers import AutoModelForSequenceClassification
+
+    from longtail.adapters import AdapterArguments, add_lora
+    from longtail.distill import load_teacher, teacher_forward
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(hub))
+    old, new = "a" * 40, "b" * 40
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    base_old = save_teacher(tiny_qwen2, tmp_path / "base_old", data.label_names)
+    updated = AutoModelForSequenceClassification.from_pretrained(base_old)
+    with torch.no_grad():  # the base updated on the Hub: other body weights
+        updated.get_input_embeddings().weight.mul_(-1.5)
+    updated.save_pretrained(tmp_path / "base_new")
+    fake_hub_download(hub, "org/base", base_old, old)
+    lora = add_lora(AutoModelForSequenceClassification.from_pretrained("org/base"), AdapterArguments())
+    run = tmp_path / "lora_run"
+    lora.save_pretrained(run)
+    lora.get_base_model().config.save_pretrained(run)
+    transformers.AutoTokenizer.from_pretrained(base_old).save_pretrained(run)
+    assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/base"
+
+    args = DistillArguments(teacher_model_name_or_path=str(run), teacher_batch_size=64)
+    first, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info["cache_status"] == "computed"
+    assert teacher_logits(args, data, tmp_path / "out", max_length=32)[1]["cache_status"] == "reused"
+
+    real_download = transformers.utils.hub.hf_hub_download
+
+    def hub_moved_on(repo_id, filename, **kw):  # online, resolving main finds the new commit and downloads it
+        if repo_id == "org/base" and (hub / "models--org--base" / "refs" / "main").read_text() == old:
+            fake_hub_download(hub, "org/base", str(tmp_path / "base_new"), new)
+        return real_download(repo_id, filename, **kw)
+
+    monkeypatch.setattr(transformers.utils.hub, "hf_hub_download", hub_moved_on)
+    again, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info["cache_status"] == "computed"
+    assert (hub / "models--org--base" / "refs" / "main").read_text() == new
+    texts = data.splits["validation"]["text"].tolist()[:8]
+    on_new = teacher_forward(*load_teacher(str(run), str(tmp_path / "base_new"))[:2], texts, 32, 4)
+    np.testing.assert_allclose(again["validation"][:8], on_new, atol=1e-5)
+    # the old base's logits are not the ones served
+    assert np.abs(again["validation"] - first["validation"]).max() > 1e-3
+    assert teacher_logits(args, data, tmp_path / "out", max_length=32)[1]["cache_status"] == "reused"
+
+
 def test_precomputed_logits_file_and_run_folder(tmp_path, caplog):
     from longtail.report import SplitResult, save_predictions
 

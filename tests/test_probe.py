@@ -1681,6 +1681,61 @@ def test_probe_recipe_on_a_decoder_body(fixture, layers, request, tmp_path, fast
     np.testing.assert_allclose(rows["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
 
 
+def test_probe_on_a_roberta_body_whose_tokenizer_pads_with_another_id_is_served_as_it_embedded(
+    tmp_path, fast_bootstrap, one_torch_thread
+):
+    """A RoBERTa-style body numbers its positions from its config's pad id (+ 1), which the body's embeddings are
+    built with; here the tokenizer pads with another id ([PAD] 0; the config's is [MASK], 4). The recipe set the
+    tokenizer's id on the body's config before saving, so the served probe, built from that config, numbered its
+    positions from 0 while the embedding had counted from 4: `predict` on the folder, in padded batches, scored
+    otherwise than the run scored test. Now the saved body keeps the config's id (the probe's own config names the
+    tokenizer's, what it is padded with; padding is masked by the attention mask either way), and `predict`
+    returns the run's own test predictions."""
+    import pandas as pd
+    from conftest import corpus, save_seeded, train_wordpiece
+    from transformers import RobertaConfig, RobertaModel
+
+    from longtail.calibration import load_temperature
+    from longtail.data import DataArguments, prepare_data
+    from longtail.predict import main as predict
+    from longtail.probe import ProbeForSequenceClassification
+    from longtail.report import load_predictions
+
+    tokenizer = train_wordpiece(corpus())
+    pad = tokenizer.mask_token_id  # never produced by tokenizing a text
+    assert tokenizer.pad_token_id == 0 and pad == 4
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=64 + pad + 1, pad_token_id=pad, type_vocab_size=1,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+    )  # fmt: skip
+    body = str(save_seeded(RobertaModel, config, tokenizer, tmp_path / "roberta"))
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "probe"
+    load_recipe("probe_encoder").main(probe_args(body, train, test, out, tmp_path / "cache"))
+    data = prepare_data(
+        DataArguments(train_file=train, test_file=test, text_column="Consumer complaint narrative",
+                      label_taxonomy="none")
+    )  # fmt: skip
+    texts = data.splits["test"]["text"].tolist()[:12]
+    assert len({len(t.split()) for t in texts}) > 3  # batches of 5 are padded
+    src, dst = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    predict(["--model_dir", str(out), "--input", str(src), "--output", str(dst), "--top_k", "1",
+             "--max_length", "64", "--batch_size", "5", "--no_progress", "--device", "cpu"])  # fmt: skip
+    saved = load_predictions(out / "predictions_test.npz")["probs"][:12]
+    calibrated = np.exp(np.log(saved) / load_temperature(out))
+    calibrated /= calibrated.sum(1, keepdims=True)
+    rows = pd.read_json(dst, lines=True)
+    np.testing.assert_allclose(rows["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
+    assert rows["label"].tolist() == [data.label_names[i] for i in saved.argmax(1)]
+    saved_config = json.loads((out / "config.json").read_text())
+    assert saved_config["encoder_config"]["pad_token_id"] == pad  # what its positions count from
+    assert saved_config["pad_token_id"] == tokenizer.pad_token_id  # what it is padded with
+    probe = ProbeForSequenceClassification.from_pretrained(out)
+    assert probe.encoder.embeddings.padding_idx == pad
+
+
 def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, tmp_path, fast_bootstrap):
     """`predict` on a TF-IDF run folder and on an ensemble folder (probe + TF-IDF) reads the raw test CSV (empty
     narratives included) and returns, row for row, the probabilities the runs saved for their test split:

@@ -268,8 +268,8 @@ def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
     local Hub cache holds as its main (`probe.hub_commit`, offline: by its id alone, a teacher updated on the Hub
     reused the old one's logits; `teacher_config` has just resolved it, so that is the commit it loads). A LoRA
     teacher's base counts too: a local folder by its files (by its name alone, a retrained base reused a stale
-    cache), a Hub id with its commit (the one last downloaded: nothing resolves the base before the key, so a base
-    updated on the Hub counts once something downloads it: `huggingface-cli download`, another run loading it)."""
+    cache), a Hub id with the commit the cache holds as its main (`resolve_hub_base` has just resolved it, as
+    `teacher_config` the teacher: the last one downloaded, with no resolve, reused logits of a base since updated)."""
     from longtail.probe import hub_commit
 
     path = Path(teacher)
@@ -282,19 +282,38 @@ def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-    base = base_model
-    if base is None and (path / "adapter_config.json").is_file():
-        try:
-            base = json.loads((path / "adapter_config.json").read_text("utf-8")).get(
-                "base_model_name_or_path"
-            )
-        except (OSError, ValueError):  # a damaged adapter: its load reports it
-            base = None
+    base = base_model or adapter_base(path)
     if base and Path(base).is_dir() and Path(base).resolve() != path.resolve():
         return _digest(h.hexdigest(), "local base", teacher_fingerprint(base))
     if base and not Path(base).is_dir():  # a Hub id: the commit of it the cache holds
         return _digest(h.hexdigest(), base_model, "hub base", base, hub_commit(base))
     return _digest(h.hexdigest(), base_model)
+
+
+def adapter_base(path: Path) -> str | None:
+    """The base model an adapter folder's adapter_config.json names; None for no adapter (or a damaged one: its
+    load reports it)."""
+    if not (path / "adapter_config.json").is_file():
+        return None
+    try:
+        return json.loads((path / "adapter_config.json").read_text("utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_hub_base(teacher: str, base_model: str | None = None) -> None:
+    """A LoRA teacher's base named by a Hub id, resolved as `teacher_config` resolves a Hub teacher (its config
+    loaded: online, the Hub's current main, downloaded into the cache; offline, the cache's main), so the commit
+    `teacher_fingerprint` keys it with is the one loading it reads. A base neither cached nor on the Hub: the
+    error loading it gives, before any weights load."""
+    from longtail.adapters import ensure_base_available
+
+    path = Path(teacher)
+    if not path.is_dir() or not (path / "adapter_config.json").is_file():
+        return  # a whole model: no base to load it on
+    base = base_model or adapter_base(path)
+    if base and not Path(base).is_dir():
+        ensure_base_available(base, teacher)
 
 
 def data_fingerprint(data: PreparedData, splits: Sequence[str] = DISTILL_SPLITS) -> str:
@@ -656,6 +675,7 @@ def teacher_logits(
     check_max_length(
         config, max_length, teacher, " for the teacher (--teacher_max_length sets its own)", option
     )
+    resolve_hub_base(teacher, args.teacher_base_model)  # before the key: its commit is the one that loads
     fingerprint = _digest(
         teacher_fingerprint(teacher, args.teacher_base_model),
         data_fingerprint(data),

@@ -206,9 +206,11 @@ class ProbeForSequenceClassification(PreTrainedModel):
         label_names: list[str],
         normalize: bool = False,
         feature_layers=LAST,
+        pad_token_id: int | None = None,
     ) -> ProbeForSequenceClassification:
         """Wrap a loaded body and a fitted linear head (weight: (num_labels, hidden * len(feature_layers)),
-        bias: (num_labels,))."""
+        bias: (num_labels,)). `pad_token_id`: the tokenizer's, what the probe is padded with (default: the body's);
+        the body keeps its config's, which RoBERTa-style positions count from."""
         config = ProbeConfig(
             encoder_config=encoder.config,
             pooling=pooling,
@@ -218,7 +220,7 @@ class ProbeForSequenceClassification(PreTrainedModel):
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
             problem_type="single_label_classification",
-            pad_token_id=encoder.config.pad_token_id,
+            pad_token_id=encoder.config.pad_token_id if pad_token_id is None else pad_token_id,
         )
         model = cls(config)
         model.encoder.load_state_dict(encoder.state_dict())
