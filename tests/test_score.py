@@ -257,3 +257,17 @@ def test_a_rerun_replaces_the_previous_scores_only_when_asked(runs, tmp_path, ca
     assert sorted(p.name for p in (out / "scored").iterdir()) == ["probe"]  # the old run's scores went
     result = json.loads((out / "score.json").read_text())
     assert result["compare"]["reference"] == "probe"  # one run: its own reference
+
+
+def test_runs_trained_with_no_taxonomy_spelt_none_or_left_unset_read_the_file_alike(runs, tmp_path):
+    """`--label_taxonomy none` (recorded "none") and a config without one (recorded null) are the same option: the
+    runs were refused as trained with different taxonomies."""
+    unset = copy_run(runs["tfidf"], tmp_path / "unset", "run_config.json",
+                     lambda r: r["data"].update(label_taxonomy=None, label_merge_map="cfpb_2017"))  # fmt: skip
+    spelt = copy_run(runs["tfidf"], tmp_path / "spelt", "run_config.json",
+                     lambda r: r["data"].update(label_taxonomy="", label_merge_map="cfpb_2017"))  # fmt: skip
+    result = score.main([str(runs["tfidf"]), str(unset), str(spelt), "--data", str(runs["test"]),
+                         "--output_dir", str(tmp_path / "out"), "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert result["options"]["label_taxonomy"] is None
+    own = load_predictions(runs["tfidf"] / "predictions_test.npz")
+    assert result["counts"]["rows_scored"] == len(own["row_id"])

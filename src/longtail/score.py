@@ -110,6 +110,20 @@ def recorded_data_options(folder: Path) -> dict | None:
     return read_json(path).get("data") if path else None
 
 
+def none_as_null(name: str, value):
+    """A recorded merge map or taxonomy of none ("none", "None", "null", "") as null: runs trained with
+    `--label_taxonomy none` and runs whose config left it unset read labels the same way."""
+    from longtail.data import NONE_VALUES
+
+    if (
+        name in ("label_merge_map", "label_taxonomy")
+        and isinstance(value, (str, type(None)))
+        and value in NONE_VALUES
+    ):
+        return None
+    return value
+
+
 def data_options(run_dirs: list[Path], given: dict) -> tuple[dict, str]:
     """Text column, label column, merge map and taxonomy to read the file with, and where they came from: each
     given option, else the one value every trained run recorded. Runs that recorded different values are an error
@@ -126,8 +140,9 @@ def data_options(run_dirs: list[Path], given: dict) -> tuple[dict, str]:
         if given.get(name) is not None:
             options[name] = given[name]
             continue
-        # a key the run did not record (an older run_config.json) is not a value: null is one (no taxonomy)
-        values = {leaf: opts[name] for leaf, opts in known.items() if name in opts}
+        # a key the run did not record (an older run_config.json) is not a value: null is one (no taxonomy), and
+        # "none", "" and null are one value (no merge map, no taxonomy), as the recipes read them
+        values = {leaf: none_as_null(name, opts[name]) for leaf, opts in known.items() if name in opts}
         distinct = list(dict.fromkeys(values.values()))
         if len(distinct) > 1:
             shown = "; ".join(
