@@ -271,3 +271,35 @@ def test_runs_trained_with_no_taxonomy_spelt_none_or_left_unset_read_the_file_al
     assert result["options"]["label_taxonomy"] is None
     own = load_predictions(runs["tfidf"] / "predictions_test.npz")
     assert result["counts"]["rows_scored"] == len(own["row_id"])
+
+
+def test_an_onnx_export_is_scored_without_the_rows_its_run_trained_on(runs, tmp_path):
+    """An export's variant folder (`<run>/onnx/fp32`) holds copies of labels.json and run_config.json but not
+    splits.json: the rows its run trained and chose on were scored as new ones, with only a warning."""
+    import torch
+
+    from longtail.export import ExportArguments, export_onnx
+
+    probe = shutil.copytree(runs["probe"], tmp_path / "probe")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_onnx(ExportArguments(model_dir=str(probe), optimize=False, quantize=False, parity_rows=8))
+    finally:
+        torch.set_num_threads(threads)
+    ids = splits_of(probe)
+    train, test = pd.read_csv(runs["train"]), pd.read_csv(runs["test"])
+    data = tmp_path / "new.csv"
+    pd.concat([train.iloc[ids["train"][:4] + ids["validation"][:2]], test.iloc[ids["test"][:6]]]).to_csv(
+        data, index=False
+    )
+    result = score.main([str(probe / "onnx" / "fp32"), "--data", str(data), "--output_dir", str(tmp_path / "out"),
+                         "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    counts = result["counts"]
+    assert (counts["in_run_train"], counts["in_run_validation"], counts["excluded_seen"]) == (4, 2, 6)
+    assert counts["rows_scored"] == 6 and result["unchecked_runs"] == []
+    # the six test rows score as the run scored them
+    own = load_predictions(probe / "predictions_test.npz")
+    new = load_predictions(tmp_path / "out" / "scored" / "fp32" / "predictions_test.npz")
+    where = [int(np.flatnonzero(own["row_id"] == i)[0]) for i in ids["test"][:6]]
+    np.testing.assert_allclose(new["probs"], own["probs"][where], atol=2e-5)
