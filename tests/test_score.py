@@ -303,3 +303,21 @@ def test_an_onnx_export_is_scored_without_the_rows_its_run_trained_on(runs, tmp_
     new = load_predictions(tmp_path / "out" / "scored" / "fp32" / "predictions_test.npz")
     where = [int(np.flatnonzero(own["row_id"] == i)[0]) for i in ids["test"][:6]]
     np.testing.assert_allclose(new["probs"], own["probs"][where], atol=2e-5)
+
+
+def test_overwrite_replaces_an_earlier_score_never_another_runs_files(runs, tmp_path, capsys):
+    """--output_dir another run's folder (not one scored) with --overwrite_output_dir deleted that run's model,
+    labels and predictions (every file a recipe writes), and a README.md kept beside earlier scores."""
+    other = shutil.copytree(runs["tfidf"], tmp_path / "other_run")
+    before = sorted(p.name for p in other.iterdir())
+    argv = [str(runs["tfidf"]), "--data", str(runs["test"]), "--no_progress", "--overwrite_output_dir",
+            "--n_resamples", "100"]  # fmt: skip
+    line = refused(score.main, [*argv, "--output_dir", str(other)], capsys)
+    assert "not an earlier score's" in line and "model.joblib" in line and "another --output_dir" in line
+    assert sorted(p.name for p in other.iterdir()) == before
+    out = tmp_path / "out"
+    score.main([*argv, "--output_dir", str(out)])
+    score.main([*argv, "--output_dir", str(out)])  # an earlier score alone is replaced
+    (out / "README.md").write_text("my notes on these scores")
+    assert "README.md" in refused(score.main, [*argv, "--output_dir", str(out)], capsys)
+    assert (out / "README.md").is_file() and (out / "scored" / "tfidf" / "predictions_test.npz").is_file()

@@ -41,6 +41,7 @@ logger = logging.getLogger("longtail.score")
 # The data options a run's true labels depend on, as run_config.json records them ("data")
 LABEL_OPTIONS = ("label_column", "label_merge_map", "label_taxonomy")
 SCORED_DIR = "scored"  # under --output_dir: one folder per run, readable by `compare`
+SCORE_FILES = ("score.md", "score.json")  # what a rerun with --overwrite_output_dir replaces, with SCORED_DIR
 COPIED = ("predictions_validation.npz", "labels.json", "temperature.json")  # what `compare` reads beside test
 
 
@@ -366,6 +367,25 @@ def data_section(path: str, options: dict, source: str, counts: dict, timings: d
     )
 
 
+def check_only_scores(out: Path, overwrite: bool) -> None:
+    """An OutputDirError when --overwrite_output_dir would delete more than an earlier score's files: a run's
+    (another run's folder named as --output_dir lost its model, labels and predictions), a comparison's, a README."""
+    from longtail.runs import OutputDirError, previous_run
+
+    if not overwrite or not out.is_dir():
+        return
+    files, folders = previous_run(out)
+    others = [f.name for f in files if f.name not in SCORE_FILES] + [
+        f"{d.name}/" for d in folders if d.name != SCORED_DIR
+    ]
+    if others:
+        raise OutputDirError(
+            f"output_dir '{out}' holds files that are not an earlier score's ({', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}: a run's?), which --overwrite_output_dir would delete: it replaces "
+            f"only {', '.join(SCORE_FILES)} and {SCORED_DIR}/. Choose another --output_dir."
+        )
+
+
 def score_runs(args) -> dict:
     """Read the file once, score it with every run, compare them; returns score.json's content."""
     from longtail.calibration import load_temperature
@@ -385,6 +405,7 @@ def score_runs(args) -> dict:
     folders = [Path(r) for r in runs]
     reads = [("the run", r) for r in runs] + [("--data", args.data)]
     out = prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
+    check_only_scores(out, args.overwrite_output_dir)
     label_names = check_label_lists({r: label_names_of(Path(r)) for r in runs})
     given = {n: getattr(args, n) for n in ("text_column", *LABEL_OPTIONS)}
     options, source = data_options(folders, given)
