@@ -321,3 +321,25 @@ def test_overwrite_replaces_an_earlier_score_never_another_runs_files(runs, tmp_
     (out / "README.md").write_text("my notes on these scores")
     assert "README.md" in refused(score.main, [*argv, "--output_dir", str(out)], capsys)
     assert (out / "README.md").is_file() and (out / "scored" / "tfidf" / "predictions_test.npz").is_file()
+
+
+def test_rows_a_run_started_from_trained_on_are_left_out_too(runs, tmp_path):
+    """A run whose model started from another run's (LP-FT `--head_init_from` a probe, `--model_name_or_path` a
+    finished run, distill's teacher) holds what that run trained on: its rows were scored as new ones."""
+    from longtail.data import TEXTS_KEY, text_digest
+
+    ids = splits_of(runs["tfidf"])
+    test = pd.read_csv(runs["test"])
+    texts = test.iloc[ids["test"][:5]][TEXT].str.strip()
+
+    def other_split(record):  # the earlier run trained on five of these rows (another split of the data)
+        record[TEXTS_KEY]["train"] = {str(1000 + i): text_digest(t) for i, t in enumerate(texts)}
+
+    earlier = copy_run(runs["tfidf"], tmp_path / "earlier", "splits.json", other_split)
+    later = copy_run(runs["tfidf"], tmp_path / "later", "run_config.json",
+                     lambda r: r.update(model={"model_name_or_path": str(earlier)}))  # fmt: skip
+    result = score.main([str(later), "--data", str(runs["test"]), "--output_dir", str(tmp_path / "out"),
+                         "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert result["counts"]["in_run_train"] == 5 and result["counts"]["excluded_seen"] == 5
+    kept = load_predictions(tmp_path / "out" / "scored" / "later" / "predictions_test.npz")["row_id"]
+    assert not set(ids["test"][:5]) & set(kept.tolist())

@@ -214,14 +214,42 @@ def check_label_lists(runs: dict[str, list[str] | None]) -> list[str] | None:
     return names
 
 
+# run_config.json options through which a run's model starts from another run's: its weights hold what that run
+# trained on (LP-FT from a probe, a classifier run fine-tuned again, distill's teacher)
+START_OPTIONS = ("model_name_or_path", "head_init_from", "teacher_model_name_or_path")
+
+
+def started_from(run: Path) -> list[Path]:
+    """The runs of the recipes a trained run's model started from (its run_config.json's START_OPTIONS naming a
+    folder with a run_config.json or splits.json), followed back; a Hub id or a base model's folder is none."""
+    chain: list[Path] = []
+    todo = [run]
+    while todo:
+        path = run_file(todo.pop(), "run_config.json")
+        config = read_json(path) if path else {}
+        for section in config.values():
+            for option in START_OPTIONS:
+                value = section.get(option) if isinstance(section, dict) else None
+                if not isinstance(value, str) or not value or not Path(value).is_dir():
+                    continue
+                folder = Path(value).resolve()
+                is_run = run_file(folder, "run_config.json") or run_file(folder, "splits.json")
+                if is_run and folder != run.resolve() and folder not in chain:
+                    chain.append(folder)
+                    todo.append(folder)
+    return chain
+
+
 def seen_digests(run_dirs: list[Path]) -> tuple[dict[str, set], list[Path]]:
     """{split: digests of the texts any trained run behind these folders read in that split} from their
-    splits.json, and the runs that recorded none (older runs, folders not written by the recipes)."""
+    splits.json (and those of the runs their models started from: `started_from`), and the runs that recorded none
+    (older runs, folders not written by the recipes)."""
     from longtail.data import TEXTS_KEY
 
     found: dict[str, set] = {"train": set(), "validation": set(), "test": set()}
     unchecked = []
-    for leaf in dict.fromkeys(leaf for d in run_dirs for leaf in leaf_runs(d)):
+    leaves = list(dict.fromkeys(leaf for d in run_dirs for leaf in leaf_runs(d)))
+    for leaf in dict.fromkeys(run for trained in leaves for run in (trained, *started_from(trained))):
         path = run_file(leaf, "splits.json")
         digests = read_json(path).get(TEXTS_KEY) if path else None
         if not isinstance(digests, dict):
