@@ -343,3 +343,37 @@ def test_rows_a_run_started_from_trained_on_are_left_out_too(runs, tmp_path):
     assert result["counts"]["in_run_train"] == 5 and result["counts"]["excluded_seen"] == 5
     kept = load_predictions(tmp_path / "out" / "scored" / "later" / "predictions_test.npz")["row_id"]
     assert not set(ids["test"][:5]) & set(kept.tolist())
+
+
+def test_a_file_with_nothing_to_score_says_why_and_score_md_names_labels_spelt_another_way(
+    runs, tmp_path, capsys
+):
+    """ "No row left to score" said to check the columns whatever the cause: a file of headers alone, a file whose
+    every row a run trained on (--keep_seen_rows is the way), a model whose labels are not the file's (a folder saved
+    without label names: LABEL_0, ...). Labels the runs know in another case were left out with a hint in the log
+    alone: score.md counted them as labels the runs were not trained on."""
+    tfidf, train, test = runs["tfidf"], pd.read_csv(runs["train"]), pd.read_csv(runs["test"])
+
+    def args(data, run=tfidf, out="out"):
+        return [str(run), "--data", str(data), "--output_dir", str(tmp_path / out), "--n_resamples", "100",
+                "--no_progress"]  # fmt: skip
+
+    headers = tmp_path / "headers.csv"
+    test.iloc[:0].to_csv(headers, index=False)
+    assert refused(score.main, args(headers), capsys).endswith("the file has no rows")
+    seen = tmp_path / "seen.csv"
+    train.iloc[splits_of(tfidf)["train"][:20]].to_csv(seen, index=False)
+    assert "--keep_seen_rows scores them anyway" in refused(score.main, args(seen), capsys)
+    unnamed = copy_run(tfidf, tmp_path / "unnamed", "labels.json",
+                       lambda r: r.update(id2label={k: f"LABEL_{k}" for k in r["id2label"]}))  # fmt: skip
+    n = len(json.loads((unnamed / "labels.json").read_text())["id2label"])
+    assert f"the runs know {n} labels ('LABEL_0', 'LABEL_1', 'LABEL_2', ...)" in refused(
+        score.main, args(runs["test"], unnamed), capsys
+    )
+    lower = tmp_path / "lower.csv"
+    test.assign(**{LABEL: test[LABEL].str.lower()}).to_csv(lower, index=False)
+    result = score.main(args(lower, out="lower"))
+    assert (
+        result["counts"]["unseen_label_hint"]
+        and "match a training label written differently" in (tmp_path / "lower" / "score.md").read_text()
+    )

@@ -326,8 +326,22 @@ def read_rows(path: str, options: dict, label_names: list[str] | None, keep_seen
     counts["rows_scored"] = len(rows)
     if rows.empty:
         dropped = {k: v for k, v in counts.items() if v and k != "rows_scored"}
+        if not counts["rows_read"]:
+            why = "the file has no rows"
+        elif counts["excluded_seen"]:  # every row left had a text a run read
+            why = (
+                "every row with a text and a known label has a text a run trained or was selected on: "
+                "--keep_seen_rows scores them anyway (their scores are optimistic)"
+            )
+        elif counts.get("excluded_unseen_labels") and label_names is not None:
+            why = (
+                f"the runs know {len(label_names)} labels ({', '.join(map(repr, label_names[:3]))}"
+                f"{', ...' if len(label_names) > 3 else ''}): check --label_column and the labels"
+            )
+        else:
+            why = "check --text_column / --label_column and the labels"
         raise DataError(
-            f"{path}: no row left to score ({dropped}). Check --text_column / --label_column and the labels"
+            f"{path}: no row left to score ({dropped}): {why}"
             + (f". {counts['unseen_label_hint']}" if counts.get("unseen_label_hint") else "")
         )
     return {
@@ -368,6 +382,10 @@ def data_section(path: str, options: dict, source: str, counts: dict, timings: d
         f"Labels merged by the merge map: {counts['labels_merged']:,}" if counts.get("labels_merged") else "",
         f"Labels read in the merge map's or taxonomy's spelling: {counts['labels_respelled']:,}"
         if counts.get("labels_respelled")
+        else "",
+        # labels the runs know written another way (case, spacing): left out, and the log's hint said so
+        f"Labels the runs were not trained on: {counts['unseen_label_hint'].rstrip('.')}"
+        if counts.get("unseen_label_hint")
         else "",
     ]
     return "\n".join(
