@@ -377,3 +377,30 @@ def test_a_file_with_nothing_to_score_says_why_and_score_md_names_labels_spelt_a
         result["counts"]["unseen_label_hint"]
         and "match a training label written differently" in (tmp_path / "lower" / "score.md").read_text()
     )
+
+
+def test_an_ensemble_inside_another_is_scored_before_it_whatever_the_order_given(runs, tmp_path, monkeypatch):
+    """Given before the ensemble inside it, an outer ensemble scored the inner one's members as its own (its time
+    theirs), and the inner one was then timed as a look-up of its cached scores."""
+    import longtail.predict
+    from longtail.ensemble import main as ensemble_main
+
+    other = shutil.copytree(runs["tfidf"], tmp_path / "other")
+    outer = tmp_path / "outer"
+    ensemble_main([str(runs["ensemble"]), str(other), "--output_dir", str(outer), "--n_resamples", "100"])
+    passes = []
+    real = longtail.predict._score_texts
+
+    def counted(args, folder, *rest):
+        passes.append(Path(folder).name)
+        return real(args, folder, *rest)
+
+    monkeypatch.setattr(longtail.predict, "_score_texts", counted)
+    result = score.main([str(outer), str(runs["ensemble"]), "--data", str(runs["test"]), "--output_dir",
+                         str(tmp_path / "out"), "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert sorted(passes) == ["ensemble", "other", "outer", "probe", "tfidf"]  # each once
+    assert passes.index("ensemble") < passes.index("outer")
+    own = load_predictions(outer / "predictions_test.npz")
+    new = load_predictions(tmp_path / "out" / "scored" / "outer" / "predictions_test.npz")
+    np.testing.assert_allclose(new["probs"], own["probs"], atol=2e-5)
+    assert list(result["runs"]) == ["outer", "ensemble"]

@@ -89,6 +89,16 @@ def leaf_runs(folder: Path) -> list[Path]:
     return [leaf for m in members if m != folder for leaf in leaf_runs(m)]
 
 
+def ensemble_depth(folder: Path) -> int:
+    """0 for a run, 1 for an ensemble of runs, 2 for one with an ensemble among its members, ..."""
+    from longtail.ensemble import ensemble_members
+
+    members = [m for m in ensemble_members(folder) if m != Path(folder).resolve()]
+    if not (Path(folder) / "ensemble.json").is_file():
+        return 0
+    return 1 + max((ensemble_depth(m) for m in members), default=0)
+
+
 def run_file(folder: Path, name: str) -> Path | None:
     """A run's file in its folder, or in the parent for a folder inside a run (an adapter's `merged/`: where
     `predict` finds run_config.json too), or, for an ONNX export's variant (`<run>/onnx/fp32`), in the run it was
@@ -471,9 +481,10 @@ def score_runs(args) -> dict:
     scored, timings, infos = {}, {}, {}
     # a label from the root ("/a" beside "/b/a") would make an absolute path under scored/
     labels = [label.lstrip("/") for label in run_labels(runs)]
-    # ensembles last, so that members given as runs too are scored once (an ensemble's time is then its mix's
-    # and that of the members not given)
-    for run, label in sorted(zip(folders, labels), key=lambda pair: (pair[0] / "ensemble.json").is_file()):
+    # ensembles last, inner ones first, so that members given as runs too are scored once (an ensemble's time is
+    # then its mix's and that of the members not given; an ensemble given before one inside it took that one's
+    # time, and the inner one was timed as a look-up)
+    for run, label in sorted(zip(folders, labels), key=lambda pair: ensemble_depth(pair[0])):
         start = time.perf_counter()
         scores = score_texts(serving, run, texts, calibrated=False)  # as the run saved its test predictions
         timings[label] = time.perf_counter() - start
