@@ -404,3 +404,15 @@ def test_an_ensemble_inside_another_is_scored_before_it_whatever_the_order_given
     new = load_predictions(tmp_path / "out" / "scored" / "outer" / "predictions_test.npz")
     np.testing.assert_allclose(new["probs"], own["probs"], atol=2e-5)
     assert list(result["runs"]) == ["outer", "ensemble"]
+
+
+def test_a_taxonomy_file_the_runs_recorded_that_is_not_here_names_where_it_came_from(runs, tmp_path, capsys):
+    """A merge map or taxonomy file recorded relative to where the runs were trained was refused as "neither a
+    built-in nor a file", though no option named it."""
+    moved = copy_run(runs["tfidf"], tmp_path / "moved", "run_config.json",
+                     lambda r: r["data"].update(label_taxonomy="configs/my_taxonomy.txt"))  # fmt: skip
+    line = refused(
+        score.main, [str(moved), "--data", str(runs["test"]), "--output_dir", str(tmp_path / "out")], capsys
+    )
+    assert "'configs/my_taxonomy.txt'" in line and "the runs were trained with" in line and str(moved) in line
+    assert "pass --label_taxonomy" in line

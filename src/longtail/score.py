@@ -153,7 +153,7 @@ def data_options(run_dirs: list[Path], given: dict) -> tuple[dict, str]:
     given option, else the one value every trained run recorded. Runs that recorded different values are an error
     naming them (their true labels differ: no comparison on one set of rows); runs that recorded none take the
     recipes' defaults."""
-    from longtail.data import DataArguments
+    from longtail.data import DataArguments, DataError, load_merge_map, load_taxonomy
 
     leaves = list(dict.fromkeys(leaf for d in run_dirs for leaf in leaf_runs(d)))
     recorded = {leaf: recorded_data_options(leaf) for leaf in leaves}
@@ -178,6 +178,15 @@ def data_options(run_dirs: list[Path], given: dict) -> tuple[dict, str]:
                 f"options, or pass --{name} to read the file one way for all"
             )
         options[name] = distinct[0] if distinct else getattr(defaults, name)
+        loader = {"label_merge_map": load_merge_map, "label_taxonomy": load_taxonomy}.get(name)
+        if distinct and loader:  # a file named relative to where the runs ran, or gone since
+            try:
+                loader(options[name])
+            except DataError as err:
+                raise DataError(
+                    f"{err} It is the --{name} the runs were trained with (run_config.json of "
+                    f"{', '.join(map(str, list(values)[:3]))}): pass --{name} to name the file from here (or none)"
+                ) from None
     if known:
         sources.append(f"as the runs were trained ({len(known)} run_config.json)")
     if len(known) < len(leaves):
