@@ -228,6 +228,17 @@ def test_mistakes_are_one_line_before_any_run_scores(runs, tmp_path, capsys, mon
     assert "different label lists" in refused(score.main, args(probe, fewer), capsys)
     assert "Data file not found" in refused(score.main, args(probe, data=tmp_path / "nope.csv"), capsys)
     assert "no such run folder" in refused(score.main, args(probe, tmp_path / "nope"), capsys)
+    # a folder no run kind serves, an export's top folder, an ensemble with a member gone: before the file is read
+    (tmp_path / "empty").mkdir()
+    assert "empty is not a finished run" in refused(score.main, args(probe, tmp_path / "empty"), capsys)
+    (tmp_path / "with_export" / "onnx" / "fp32").mkdir(parents=True)
+    (tmp_path / "with_export" / "onnx" / "fp32" / "model.onnx").write_bytes(b"")
+    line = refused(score.main, args(probe, tmp_path / "with_export" / "onnx"), capsys)
+    assert "an ONNX export; pass one of its variants" in line and "onnx/{fp32}" in line
+    gone = copy_run(runs["ensemble"], tmp_path / "gone", "ensemble.json",
+                    lambda r: r["serving"].update(members=[probe, str(tmp_path / "deleted")]))  # fmt: skip
+    line = refused(score.main, args(gone), capsys)
+    assert f"ensemble member {tmp_path / 'deleted'}" in line and "is not a folder" in line
     no_label = tmp_path / "no_label.csv"
     pd.read_csv(test).rename(columns={LABEL: "issue"}).to_csv(no_label, index=False)
     line = refused(score.main, args(probe, tfidf, data=no_label), capsys)

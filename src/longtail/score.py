@@ -432,6 +432,38 @@ def data_section(path: str, options: dict, source: str, counts: dict, timings: d
     )
 
 
+def check_servable(folder: Path) -> None:
+    """A UsageError for a folder no run kind serves (an empty folder, a typo, an export's top folder), before the
+    file is read: the file was read first with the recipes' defaults, and the error named a column."""
+    from longtail.inference import is_adapter_dir, onnx_files
+    from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE
+
+    if (folder / ENSEMBLE_FILE).is_file():  # its members too, before any run scores (a pass can take minutes)
+        from longtail.ensemble import ensemble_members
+
+        for member in ensemble_members(folder):
+            if not member.is_dir():
+                raise UsageError(
+                    f"ensemble member {member} (listed in {folder / ENSEMBLE_FILE}) is not a folder"
+                )
+            if member != folder.resolve():
+                check_servable(member)
+        return
+    if any((folder / name).is_file() for name in (SKLEARN_FILE, "config.json")):
+        return
+    if is_adapter_dir(folder):
+        return
+    variants = sorted(d.name for d in folder.iterdir() if d.is_dir() and onnx_files(d))
+    raise UsageError(
+        f"{folder} is not a finished run (no config.json, {SKLEARN_FILE}, {ENSEMBLE_FILE} or adapter)"
+        + (
+            f": an ONNX export; pass one of its variants, {folder}/{{{','.join(variants)}}}"
+            if variants
+            else ""
+        )
+    )
+
+
 def check_only_scores(out: Path, overwrite: bool) -> None:
     """An OutputDirError when --overwrite_output_dir would delete more than an earlier score's files: a run's
     (another run's folder named as --output_dir lost its model, labels and predictions), a comparison's, a README."""
@@ -467,6 +499,7 @@ def score_runs(args) -> dict:
             raise UsageError(
                 f"{run}: no such run folder" + (" (it is a file)" if Path(run).is_file() else "")
             )
+        check_servable(Path(run))
     folders = [Path(r) for r in runs]
     reads = [("the run", r) for r in runs] + [("--data", args.data)]
     out = prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
