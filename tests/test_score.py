@@ -427,3 +427,15 @@ def test_a_taxonomy_file_the_runs_recorded_that_is_not_here_names_where_it_came_
     )
     assert "'configs/my_taxonomy.txt'" in line and "the runs were trained with" in line and str(moved) in line
     assert "pass --label_taxonomy" in line
+
+
+def test_score_md_says_when_a_run_records_no_text_digests(runs, tmp_path):
+    """A run without splits.json (an older run, a folder not written by the recipes): the rows it trained on cannot
+    be left out, which only the log said; score.md read as if every run had been checked."""
+    bare = shutil.copytree(runs["tfidf"], tmp_path / "bare")
+    (bare / "splits.json").unlink()
+    result = score.main([str(bare), "--data", str(runs["test"]), "--output_dir", str(tmp_path / "out"),
+                         "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert result["unchecked_runs"] == [str(bare)]
+    text = (tmp_path / "out" / "score.md").read_text()
+    assert f"**1 runs record no text digests** (no splits.json: {bare})" in text and "scored as new" in text

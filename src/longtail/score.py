@@ -386,7 +386,9 @@ def write_scored_run(folder: Path, run: Path, row_ids, y_true, probs, label_name
     write_json(folder / "scored.json", {"run": str(run.resolve()), **info})
 
 
-def data_section(path: str, options: dict, source: str, counts: dict, timings: dict) -> str:
+def data_section(
+    path: str, options: dict, source: str, counts: dict, timings: dict, unchecked: list[str] = ()
+) -> str:
     """score.md's first part: how the file was read, what was left out and why, and each run's scoring time."""
     left_out = [
         ("no text", counts.get("dropped_empty_text", 0)),
@@ -422,7 +424,14 @@ def data_section(path: str, options: dict, source: str, counts: dict, timings: d
             f"Texts also in a run's own splits (their splits.json digests): train {seen['train']:,}, validation "
             f"{seen['validation']:,}, test {seen['test']:,}"
             + (" (the train and validation ones scored: --keep_seen_rows)" if kept_seen else "")
-            + ".",
+            + "."
+            + (
+                f" **{len(unchecked)} runs record no text digests** (no splits.json: {', '.join(unchecked[:5])}"
+                f"{', ...' if len(unchecked) > 5 else ''}): rows they trained or were selected on cannot be told, "
+                "and are scored as new."
+                if unchecked
+                else ""
+            ),
             "",
             "Scoring time (wall clock; an ensemble's is that of its mix and of members not scored as runs here): "
             + ", ".join(f"{run} {seconds:.2f} s" for run, seconds in timings.items())
@@ -561,7 +570,11 @@ def score_runs(args) -> dict:
     for row in result["runs"]:  # named by the run folder, not the scored copy
         row["dir"] = str(folders[scored_dirs.index(Path(row["dir"]))])
     counts = data["counts"]
-    markdown = data_section(args.data, options, source, counts, timings) + "\n" + to_markdown(result)
+    markdown = (
+        data_section(args.data, options, source, counts, timings, data["unchecked_runs"])
+        + "\n"
+        + to_markdown(result)
+    )
     return {
         "data": str(args.data),
         "options": options,
