@@ -115,6 +115,7 @@ def test_scoring_the_runs_own_test_file_gives_their_test_predictions_and_compari
         if not a["reference"]:
             assert b["delta_macro_f1"] == a["delta_macro_f1"]
     assert new["validation_pick"]["run"] == own["validation_pick"]["run"]
+    assert new["validation_pick"]["dir"] == own["validation_pick"]["dir"]  # the run's folder, as each row's
     counts = result["counts"]
     n = new["num_rows"]
     assert (

@@ -567,7 +567,8 @@ def score_runs(args) -> dict:
     scored_dirs = [out / SCORED_DIR / label for label in labels]
     ref_dir = scored_dirs[[f.resolve() for f in folders].index(Path(reference).resolve())]
     result = compare_runs([d for d in scored_dirs if d != ref_dir], ref_dir, "test", args.n_resamples)
-    for row in result["runs"]:  # named by the run folder, not the scored copy
+    pick = result.get("validation_pick") or {}
+    for row in [*result["runs"], *([pick] if pick.get("dir") else [])]:  # the run folder, not the scored copy
         row["dir"] = str(folders[scored_dirs.index(Path(row["dir"]))])
     counts = data["counts"]
     markdown = (
