@@ -115,6 +115,7 @@ def test_scoring_the_runs_own_test_file_gives_their_test_predictions_and_compari
         if not a["reference"]:
             assert b["delta_macro_f1"] == a["delta_macro_f1"]
     assert new["validation_pick"]["run"] == own["validation_pick"]["run"]
+    assert new["validation_pick"]["dir"] == own["validation_pick"]["dir"]  # the run's folder, as each row's
     counts = result["counts"]
     n = new["num_rows"]
     assert (
@@ -228,6 +229,17 @@ def test_mistakes_are_one_line_before_any_run_scores(runs, tmp_path, capsys, mon
     assert "different label lists" in refused(score.main, args(probe, fewer), capsys)
     assert "Data file not found" in refused(score.main, args(probe, data=tmp_path / "nope.csv"), capsys)
     assert "no such run folder" in refused(score.main, args(probe, tmp_path / "nope"), capsys)
+    # a folder no run kind serves, an export's top folder, an ensemble with a member gone: before the file is read
+    (tmp_path / "empty").mkdir()
+    assert "empty is not a finished run" in refused(score.main, args(probe, tmp_path / "empty"), capsys)
+    (tmp_path / "with_export" / "onnx" / "fp32").mkdir(parents=True)
+    (tmp_path / "with_export" / "onnx" / "fp32" / "model.onnx").write_bytes(b"")
+    line = refused(score.main, args(probe, tmp_path / "with_export" / "onnx"), capsys)
+    assert "an ONNX export; pass one of its variants" in line and "onnx/{fp32}" in line
+    gone = copy_run(runs["ensemble"], tmp_path / "gone", "ensemble.json",
+                    lambda r: r["serving"].update(members=[probe, str(tmp_path / "deleted")]))  # fmt: skip
+    line = refused(score.main, args(gone), capsys)
+    assert f"ensemble member {tmp_path / 'deleted'}" in line and "is not a folder" in line
     no_label = tmp_path / "no_label.csv"
     pd.read_csv(test).rename(columns={LABEL: "issue"}).to_csv(no_label, index=False)
     line = refused(score.main, args(probe, tfidf, data=no_label), capsys)
@@ -257,3 +269,174 @@ def test_a_rerun_replaces_the_previous_scores_only_when_asked(runs, tmp_path, ca
     assert sorted(p.name for p in (out / "scored").iterdir()) == ["probe"]  # the old run's scores went
     result = json.loads((out / "score.json").read_text())
     assert result["compare"]["reference"] == "probe"  # one run: its own reference
+
+
+def test_runs_trained_with_no_taxonomy_spelt_none_or_left_unset_read_the_file_alike(runs, tmp_path):
+    """`--label_taxonomy none` (recorded "none") and a config without one (recorded null) are the same option: the
+    runs were refused as trained with different taxonomies."""
+    unset = copy_run(runs["tfidf"], tmp_path / "unset", "run_config.json",
+                     lambda r: r["data"].update(label_taxonomy=None, label_merge_map="cfpb_2017"))  # fmt: skip
+    spelt = copy_run(runs["tfidf"], tmp_path / "spelt", "run_config.json",
+                     lambda r: r["data"].update(label_taxonomy="", label_merge_map="cfpb_2017"))  # fmt: skip
+    result = score.main([str(runs["tfidf"]), str(unset), str(spelt), "--data", str(runs["test"]),
+                         "--output_dir", str(tmp_path / "out"), "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert result["options"]["label_taxonomy"] is None
+    own = load_predictions(runs["tfidf"] / "predictions_test.npz")
+    assert result["counts"]["rows_scored"] == len(own["row_id"])
+
+
+def test_an_onnx_export_is_scored_without_the_rows_its_run_trained_on(runs, tmp_path):
+    """An export's variant folder (`<run>/onnx/fp32`) holds copies of labels.json and run_config.json but not
+    splits.json: the rows its run trained and chose on were scored as new ones, with only a warning."""
+    import torch
+
+    from longtail.export import ExportArguments, export_onnx
+
+    probe = shutil.copytree(runs["probe"], tmp_path / "probe")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        export_onnx(ExportArguments(model_dir=str(probe), optimize=False, quantize=False, parity_rows=8))
+    finally:
+        torch.set_num_threads(threads)
+    ids = splits_of(probe)
+    train, test = pd.read_csv(runs["train"]), pd.read_csv(runs["test"])
+    data = tmp_path / "new.csv"
+    pd.concat([train.iloc[ids["train"][:4] + ids["validation"][:2]], test.iloc[ids["test"][:6]]]).to_csv(
+        data, index=False
+    )
+    result = score.main([str(probe / "onnx" / "fp32"), "--data", str(data), "--output_dir", str(tmp_path / "out"),
+                         "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    counts = result["counts"]
+    assert (counts["in_run_train"], counts["in_run_validation"], counts["excluded_seen"]) == (4, 2, 6)
+    assert counts["rows_scored"] == 6 and result["unchecked_runs"] == []
+    # the six test rows score as the run scored them
+    own = load_predictions(probe / "predictions_test.npz")
+    new = load_predictions(tmp_path / "out" / "scored" / "fp32" / "predictions_test.npz")
+    where = [int(np.flatnonzero(own["row_id"] == i)[0]) for i in ids["test"][:6]]
+    np.testing.assert_allclose(new["probs"], own["probs"][where], atol=2e-5)
+
+
+def test_overwrite_replaces_an_earlier_score_never_another_runs_files(runs, tmp_path, capsys):
+    """--output_dir another run's folder (not one scored) with --overwrite_output_dir deleted that run's model,
+    labels and predictions (every file a recipe writes), and a README.md kept beside earlier scores."""
+    other = shutil.copytree(runs["tfidf"], tmp_path / "other_run")
+    before = sorted(p.name for p in other.iterdir())
+    argv = [str(runs["tfidf"]), "--data", str(runs["test"]), "--no_progress", "--overwrite_output_dir",
+            "--n_resamples", "100"]  # fmt: skip
+    line = refused(score.main, [*argv, "--output_dir", str(other)], capsys)
+    assert "not an earlier score's" in line and "model.joblib" in line and "another --output_dir" in line
+    assert sorted(p.name for p in other.iterdir()) == before
+    out = tmp_path / "out"
+    score.main([*argv, "--output_dir", str(out)])
+    score.main([*argv, "--output_dir", str(out)])  # an earlier score alone is replaced
+    (out / "README.md").write_text("my notes on these scores")
+    assert "README.md" in refused(score.main, [*argv, "--output_dir", str(out)], capsys)
+    assert (out / "README.md").is_file() and (out / "scored" / "tfidf" / "predictions_test.npz").is_file()
+
+
+def test_rows_a_run_started_from_trained_on_are_left_out_too(runs, tmp_path):
+    """A run whose model started from another run's (LP-FT `--head_init_from` a probe, `--model_name_or_path` a
+    finished run, distill's teacher) holds what that run trained on: its rows were scored as new ones."""
+    from longtail.data import TEXTS_KEY, text_digest
+
+    ids = splits_of(runs["tfidf"])
+    test = pd.read_csv(runs["test"])
+    texts = test.iloc[ids["test"][:5]][TEXT].str.strip()
+
+    def other_split(record):  # the earlier run trained on five of these rows (another split of the data)
+        record[TEXTS_KEY]["train"] = {str(1000 + i): text_digest(t) for i, t in enumerate(texts)}
+
+    earlier = copy_run(runs["tfidf"], tmp_path / "earlier", "splits.json", other_split)
+    later = copy_run(runs["tfidf"], tmp_path / "later", "run_config.json",
+                     lambda r: r.update(model={"model_name_or_path": str(earlier)}))  # fmt: skip
+    result = score.main([str(later), "--data", str(runs["test"]), "--output_dir", str(tmp_path / "out"),
+                         "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert result["counts"]["in_run_train"] == 5 and result["counts"]["excluded_seen"] == 5
+    kept = load_predictions(tmp_path / "out" / "scored" / "later" / "predictions_test.npz")["row_id"]
+    assert not set(ids["test"][:5]) & set(kept.tolist())
+
+
+def test_a_file_with_nothing_to_score_says_why_and_score_md_names_labels_spelt_another_way(
+    runs, tmp_path, capsys
+):
+    """ "No row left to score" said to check the columns whatever the cause: a file of headers alone, a file whose
+    every row a run trained on (--keep_seen_rows is the way), a model whose labels are not the file's (a folder saved
+    without label names: LABEL_0, ...). Labels the runs know in another case were left out with a hint in the log
+    alone: score.md counted them as labels the runs were not trained on."""
+    tfidf, train, test = runs["tfidf"], pd.read_csv(runs["train"]), pd.read_csv(runs["test"])
+
+    def args(data, run=tfidf, out="out"):
+        return [str(run), "--data", str(data), "--output_dir", str(tmp_path / out), "--n_resamples", "100",
+                "--no_progress"]  # fmt: skip
+
+    headers = tmp_path / "headers.csv"
+    test.iloc[:0].to_csv(headers, index=False)
+    assert refused(score.main, args(headers), capsys).endswith("the file has no rows")
+    seen = tmp_path / "seen.csv"
+    train.iloc[splits_of(tfidf)["train"][:20]].to_csv(seen, index=False)
+    assert "--keep_seen_rows scores them anyway" in refused(score.main, args(seen), capsys)
+    unnamed = copy_run(tfidf, tmp_path / "unnamed", "labels.json",
+                       lambda r: r.update(id2label={k: f"LABEL_{k}" for k in r["id2label"]}))  # fmt: skip
+    n = len(json.loads((unnamed / "labels.json").read_text())["id2label"])
+    assert f"the runs know {n} labels ('LABEL_0', 'LABEL_1', 'LABEL_2', ...)" in refused(
+        score.main, args(runs["test"], unnamed), capsys
+    )
+    lower = tmp_path / "lower.csv"
+    test.assign(**{LABEL: test[LABEL].str.lower()}).to_csv(lower, index=False)
+    result = score.main(args(lower, out="lower"))
+    assert (
+        result["counts"]["unseen_label_hint"]
+        and "match a training label written differently" in (tmp_path / "lower" / "score.md").read_text()
+    )
+
+
+def test_an_ensemble_inside_another_is_scored_before_it_whatever_the_order_given(runs, tmp_path, monkeypatch):
+    """Given before the ensemble inside it, an outer ensemble scored the inner one's members as its own (its time
+    theirs), and the inner one was then timed as a look-up of its cached scores."""
+    import longtail.predict
+    from longtail.ensemble import main as ensemble_main
+
+    other = shutil.copytree(runs["tfidf"], tmp_path / "other")
+    outer = tmp_path / "outer"
+    ensemble_main([str(runs["ensemble"]), str(other), "--output_dir", str(outer), "--n_resamples", "100"])
+    passes = []
+    real = longtail.predict._score_texts
+
+    def counted(args, folder, *rest):
+        passes.append(Path(folder).name)
+        return real(args, folder, *rest)
+
+    monkeypatch.setattr(longtail.predict, "_score_texts", counted)
+    result = score.main([str(outer), str(runs["ensemble"]), "--data", str(runs["test"]), "--output_dir",
+                         str(tmp_path / "out"), "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert sorted(passes) == ["ensemble", "other", "outer", "probe", "tfidf"]  # each once
+    assert passes.index("ensemble") < passes.index("outer")
+    own = load_predictions(outer / "predictions_test.npz")
+    new = load_predictions(tmp_path / "out" / "scored" / "outer" / "predictions_test.npz")
+    np.testing.assert_allclose(new["probs"], own["probs"], atol=2e-5)
+    assert list(result["runs"]) == ["outer", "ensemble"]
+
+
+def test_a_taxonomy_file_the_runs_recorded_that_is_not_here_names_where_it_came_from(runs, tmp_path, capsys):
+    """A merge map or taxonomy file recorded relative to where the runs were trained was refused as "neither a
+    built-in nor a file", though no option named it."""
+    moved = copy_run(runs["tfidf"], tmp_path / "moved", "run_config.json",
+                     lambda r: r["data"].update(label_taxonomy="configs/my_taxonomy.txt"))  # fmt: skip
+    line = refused(
+        score.main, [str(moved), "--data", str(runs["test"]), "--output_dir", str(tmp_path / "out")], capsys
+    )
+    assert "'configs/my_taxonomy.txt'" in line and "the runs were trained with" in line and str(moved) in line
+    assert "pass --label_taxonomy" in line
+
+
+def test_score_md_says_when_a_run_records_no_text_digests(runs, tmp_path):
+    """A run without splits.json (an older run, a folder not written by the recipes): the rows it trained on cannot
+    be left out, which only the log said; score.md read as if every run had been checked."""
+    bare = shutil.copytree(runs["tfidf"], tmp_path / "bare")
+    (bare / "splits.json").unlink()
+    result = score.main([str(bare), "--data", str(runs["test"]), "--output_dir", str(tmp_path / "out"),
+                         "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert result["unchecked_runs"] == [str(bare)]
+    text = (tmp_path / "out" / "score.md").read_text()
+    assert f"**1 runs record no text digests** (no splits.json: {bare})" in text and "scored as new" in text

@@ -41,6 +41,7 @@ logger = logging.getLogger("longtail.score")
 # The data options a run's true labels depend on, as run_config.json records them ("data")
 LABEL_OPTIONS = ("label_column", "label_merge_map", "label_taxonomy")
 SCORED_DIR = "scored"  # under --output_dir: one folder per run, readable by `compare`
+SCORE_FILES = ("score.md", "score.json")  # what a rerun with --overwrite_output_dir replaces, with SCORED_DIR
 COPIED = ("predictions_validation.npz", "labels.json", "temperature.json")  # what `compare` reads beside test
 
 
@@ -88,10 +89,33 @@ def leaf_runs(folder: Path) -> list[Path]:
     return [leaf for m in members if m != folder for leaf in leaf_runs(m)]
 
 
+def ensemble_depth(folder: Path) -> int:
+    """0 for a run, 1 for an ensemble of runs, 2 for one with an ensemble among its members, ..."""
+    from longtail.ensemble import ensemble_members
+
+    members = [m for m in ensemble_members(folder) if m != Path(folder).resolve()]
+    if not (Path(folder) / "ensemble.json").is_file():
+        return 0
+    return 1 + max((ensemble_depth(m) for m in members), default=0)
+
+
 def run_file(folder: Path, name: str) -> Path | None:
-    """A run's file in its folder, or in the parent for a folder inside a run (an adapter's `merged/`, an ONNX
-    export: where `predict` finds run_config.json too)."""
-    return next((p for p in (folder / name, folder.parent / name) if p.is_file()), None)
+    """A run's file in its folder, or in the parent for a folder inside a run (an adapter's `merged/`: where
+    `predict` finds run_config.json too), or, for an ONNX export's variant (`<run>/onnx/fp32`), in the run it was
+    exported from: its parity.json's `model_dir` (and that folder's parent, for an adapter's `merged/`), else the
+    export's default place, two folders up. An export copies labels.json and run_config.json, not splits.json:
+    without it the rows the run trained on were scored as new ones."""
+    candidates = [folder, folder.parent]
+    parity = folder.parent / "parity.json"
+    if parity.is_file() and any(folder.glob("*.onnx")):
+        try:
+            source = json.loads(parity.read_text("utf-8")).get("model_dir")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        if isinstance(source, str) and source:
+            candidates += [Path(source), Path(source).parent]
+        candidates.append(folder.parent.parent)
+    return next((d / name for d in candidates if (d / name).is_file()), None)
 
 
 def read_json(path: Path) -> dict:
@@ -110,12 +134,26 @@ def recorded_data_options(folder: Path) -> dict | None:
     return read_json(path).get("data") if path else None
 
 
+def none_as_null(name: str, value):
+    """A recorded merge map or taxonomy of none ("none", "None", "null", "") as null: runs trained with
+    `--label_taxonomy none` and runs whose config left it unset read labels the same way."""
+    from longtail.data import NONE_VALUES
+
+    if (
+        name in ("label_merge_map", "label_taxonomy")
+        and isinstance(value, (str, type(None)))
+        and value in NONE_VALUES
+    ):
+        return None
+    return value
+
+
 def data_options(run_dirs: list[Path], given: dict) -> tuple[dict, str]:
     """Text column, label column, merge map and taxonomy to read the file with, and where they came from: each
     given option, else the one value every trained run recorded. Runs that recorded different values are an error
     naming them (their true labels differ: no comparison on one set of rows); runs that recorded none take the
     recipes' defaults."""
-    from longtail.data import DataArguments
+    from longtail.data import DataArguments, DataError, load_merge_map, load_taxonomy
 
     leaves = list(dict.fromkeys(leaf for d in run_dirs for leaf in leaf_runs(d)))
     recorded = {leaf: recorded_data_options(leaf) for leaf in leaves}
@@ -126,8 +164,9 @@ def data_options(run_dirs: list[Path], given: dict) -> tuple[dict, str]:
         if given.get(name) is not None:
             options[name] = given[name]
             continue
-        # a key the run did not record (an older run_config.json) is not a value: null is one (no taxonomy)
-        values = {leaf: opts[name] for leaf, opts in known.items() if name in opts}
+        # a key the run did not record (an older run_config.json) is not a value: null is one (no taxonomy), and
+        # "none", "" and null are one value (no merge map, no taxonomy), as the recipes read them
+        values = {leaf: none_as_null(name, opts[name]) for leaf, opts in known.items() if name in opts}
         distinct = list(dict.fromkeys(values.values()))
         if len(distinct) > 1:
             shown = "; ".join(
@@ -139,6 +178,15 @@ def data_options(run_dirs: list[Path], given: dict) -> tuple[dict, str]:
                 f"options, or pass --{name} to read the file one way for all"
             )
         options[name] = distinct[0] if distinct else getattr(defaults, name)
+        loader = {"label_merge_map": load_merge_map, "label_taxonomy": load_taxonomy}.get(name)
+        if distinct and loader:  # a file named relative to where the runs ran, or gone since
+            try:
+                loader(options[name])
+            except DataError as err:
+                raise DataError(
+                    f"{err} It is the --{name} the runs were trained with (run_config.json of "
+                    f"{', '.join(map(str, list(values)[:3]))}): pass --{name} to name the file from here (or none)"
+                ) from None
     if known:
         sources.append(f"as the runs were trained ({len(known)} run_config.json)")
     if len(known) < len(leaves):
@@ -185,14 +233,42 @@ def check_label_lists(runs: dict[str, list[str] | None]) -> list[str] | None:
     return names
 
 
+# run_config.json options through which a run's model starts from another run's: its weights hold what that run
+# trained on (LP-FT from a probe, a classifier run fine-tuned again, distill's teacher)
+START_OPTIONS = ("model_name_or_path", "head_init_from", "teacher_model_name_or_path")
+
+
+def started_from(run: Path) -> list[Path]:
+    """The runs of the recipes a trained run's model started from (its run_config.json's START_OPTIONS naming a
+    folder with a run_config.json or splits.json), followed back; a Hub id or a base model's folder is none."""
+    chain: list[Path] = []
+    todo = [run]
+    while todo:
+        path = run_file(todo.pop(), "run_config.json")
+        config = read_json(path) if path else {}
+        for section in config.values():
+            for option in START_OPTIONS:
+                value = section.get(option) if isinstance(section, dict) else None
+                if not isinstance(value, str) or not value or not Path(value).is_dir():
+                    continue
+                folder = Path(value).resolve()
+                is_run = run_file(folder, "run_config.json") or run_file(folder, "splits.json")
+                if is_run and folder != run.resolve() and folder not in chain:
+                    chain.append(folder)
+                    todo.append(folder)
+    return chain
+
+
 def seen_digests(run_dirs: list[Path]) -> tuple[dict[str, set], list[Path]]:
     """{split: digests of the texts any trained run behind these folders read in that split} from their
-    splits.json, and the runs that recorded none (older runs, folders not written by the recipes)."""
+    splits.json (and those of the runs their models started from: `started_from`), and the runs that recorded none
+    (older runs, folders not written by the recipes)."""
     from longtail.data import TEXTS_KEY
 
     found: dict[str, set] = {"train": set(), "validation": set(), "test": set()}
     unchecked = []
-    for leaf in dict.fromkeys(leaf for d in run_dirs for leaf in leaf_runs(d)):
+    leaves = list(dict.fromkeys(leaf for d in run_dirs for leaf in leaf_runs(d)))
+    for leaf in dict.fromkeys(run for trained in leaves for run in (trained, *started_from(trained))):
         path = run_file(leaf, "splits.json")
         digests = read_json(path).get(TEXTS_KEY) if path else None
         if not isinstance(digests, dict):
@@ -269,8 +345,22 @@ def read_rows(path: str, options: dict, label_names: list[str] | None, keep_seen
     counts["rows_scored"] = len(rows)
     if rows.empty:
         dropped = {k: v for k, v in counts.items() if v and k != "rows_scored"}
+        if not counts["rows_read"]:
+            why = "the file has no rows"
+        elif counts["excluded_seen"]:  # every row left had a text a run read
+            why = (
+                "every row with a text and a known label has a text a run trained or was selected on: "
+                "--keep_seen_rows scores them anyway (their scores are optimistic)"
+            )
+        elif counts.get("excluded_unseen_labels") and label_names is not None:
+            why = (
+                f"the runs know {len(label_names)} labels ({', '.join(map(repr, label_names[:3]))}"
+                f"{', ...' if len(label_names) > 3 else ''}): check --label_column and the labels"
+            )
+        else:
+            why = "check --text_column / --label_column and the labels"
         raise DataError(
-            f"{path}: no row left to score ({dropped}). Check --text_column / --label_column and the labels"
+            f"{path}: no row left to score ({dropped}): {why}"
             + (f". {counts['unseen_label_hint']}" if counts.get("unseen_label_hint") else "")
         )
     return {
@@ -296,7 +386,9 @@ def write_scored_run(folder: Path, run: Path, row_ids, y_true, probs, label_name
     write_json(folder / "scored.json", {"run": str(run.resolve()), **info})
 
 
-def data_section(path: str, options: dict, source: str, counts: dict, timings: dict) -> str:
+def data_section(
+    path: str, options: dict, source: str, counts: dict, timings: dict, unchecked: list[str] = ()
+) -> str:
     """score.md's first part: how the file was read, what was left out and why, and each run's scoring time."""
     left_out = [
         ("no text", counts.get("dropped_empty_text", 0)),
@@ -311,6 +403,10 @@ def data_section(path: str, options: dict, source: str, counts: dict, timings: d
         f"Labels merged by the merge map: {counts['labels_merged']:,}" if counts.get("labels_merged") else "",
         f"Labels read in the merge map's or taxonomy's spelling: {counts['labels_respelled']:,}"
         if counts.get("labels_respelled")
+        else "",
+        # labels the runs know written another way (case, spacing): left out, and the log's hint said so
+        f"Labels the runs were not trained on: {counts['unseen_label_hint'].rstrip('.')}"
+        if counts.get("unseen_label_hint")
         else "",
     ]
     return "\n".join(
@@ -328,7 +424,14 @@ def data_section(path: str, options: dict, source: str, counts: dict, timings: d
             f"Texts also in a run's own splits (their splits.json digests): train {seen['train']:,}, validation "
             f"{seen['validation']:,}, test {seen['test']:,}"
             + (" (the train and validation ones scored: --keep_seen_rows)" if kept_seen else "")
-            + ".",
+            + "."
+            + (
+                f" **{len(unchecked)} runs record no text digests** (no splits.json: {', '.join(unchecked[:5])}"
+                f"{', ...' if len(unchecked) > 5 else ''}): rows they trained or were selected on cannot be told, "
+                "and are scored as new."
+                if unchecked
+                else ""
+            ),
             "",
             "Scoring time (wall clock; an ensemble's is that of its mix and of members not scored as runs here): "
             + ", ".join(f"{run} {seconds:.2f} s" for run, seconds in timings.items())
@@ -336,6 +439,57 @@ def data_section(path: str, options: dict, source: str, counts: dict, timings: d
             "",
         ]
     )
+
+
+def check_servable(folder: Path) -> None:
+    """A UsageError for a folder no run kind serves (an empty folder, a typo, an export's top folder), before the
+    file is read: the file was read first with the recipes' defaults, and the error named a column."""
+    from longtail.inference import is_adapter_dir, onnx_files
+    from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE
+
+    if (folder / ENSEMBLE_FILE).is_file():  # its members too, before any run scores (a pass can take minutes)
+        from longtail.ensemble import ensemble_members
+
+        for member in ensemble_members(folder):
+            if not member.is_dir():
+                raise UsageError(
+                    f"ensemble member {member} (listed in {folder / ENSEMBLE_FILE}) is not a folder"
+                )
+            if member != folder.resolve():
+                check_servable(member)
+        return
+    if any((folder / name).is_file() for name in (SKLEARN_FILE, "config.json")):
+        return
+    if is_adapter_dir(folder):
+        return
+    variants = sorted(d.name for d in folder.iterdir() if d.is_dir() and onnx_files(d))
+    raise UsageError(
+        f"{folder} is not a finished run (no config.json, {SKLEARN_FILE}, {ENSEMBLE_FILE} or adapter)"
+        + (
+            f": an ONNX export; pass one of its variants, {folder}/{{{','.join(variants)}}}"
+            if variants
+            else ""
+        )
+    )
+
+
+def check_only_scores(out: Path, overwrite: bool) -> None:
+    """An OutputDirError when --overwrite_output_dir would delete more than an earlier score's files: a run's
+    (another run's folder named as --output_dir lost its model, labels and predictions), a comparison's, a README."""
+    from longtail.runs import OutputDirError, previous_run
+
+    if not overwrite or not out.is_dir():
+        return
+    files, folders = previous_run(out)
+    others = [f.name for f in files if f.name not in SCORE_FILES] + [
+        f"{d.name}/" for d in folders if d.name != SCORED_DIR
+    ]
+    if others:
+        raise OutputDirError(
+            f"output_dir '{out}' holds files that are not an earlier score's ({', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}: a run's?), which --overwrite_output_dir would delete: it replaces "
+            f"only {', '.join(SCORE_FILES)} and {SCORED_DIR}/. Choose another --output_dir."
+        )
 
 
 def score_runs(args) -> dict:
@@ -354,9 +508,11 @@ def score_runs(args) -> dict:
             raise UsageError(
                 f"{run}: no such run folder" + (" (it is a file)" if Path(run).is_file() else "")
             )
+        check_servable(Path(run))
     folders = [Path(r) for r in runs]
     reads = [("the run", r) for r in runs] + [("--data", args.data)]
     out = prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
+    check_only_scores(out, args.overwrite_output_dir)
     label_names = check_label_lists({r: label_names_of(Path(r)) for r in runs})
     given = {n: getattr(args, n) for n in ("text_column", *LABEL_OPTIONS)}
     options, source = data_options(folders, given)
@@ -376,9 +532,10 @@ def score_runs(args) -> dict:
     scored, timings, infos = {}, {}, {}
     # a label from the root ("/a" beside "/b/a") would make an absolute path under scored/
     labels = [label.lstrip("/") for label in run_labels(runs)]
-    # ensembles last, so that members given as runs too are scored once (an ensemble's time is then its mix's
-    # and that of the members not given)
-    for run, label in sorted(zip(folders, labels), key=lambda pair: (pair[0] / "ensemble.json").is_file()):
+    # ensembles last, inner ones first, so that members given as runs too are scored once (an ensemble's time is
+    # then its mix's and that of the members not given; an ensemble given before one inside it took that one's
+    # time, and the inner one was timed as a look-up)
+    for run, label in sorted(zip(folders, labels), key=lambda pair: ensemble_depth(pair[0])):
         start = time.perf_counter()
         scores = score_texts(serving, run, texts, calibrated=False)  # as the run saved its test predictions
         timings[label] = time.perf_counter() - start
@@ -410,10 +567,15 @@ def score_runs(args) -> dict:
     scored_dirs = [out / SCORED_DIR / label for label in labels]
     ref_dir = scored_dirs[[f.resolve() for f in folders].index(Path(reference).resolve())]
     result = compare_runs([d for d in scored_dirs if d != ref_dir], ref_dir, "test", args.n_resamples)
-    for row in result["runs"]:  # named by the run folder, not the scored copy
+    pick = result.get("validation_pick") or {}
+    for row in [*result["runs"], *([pick] if pick.get("dir") else [])]:  # the run folder, not the scored copy
         row["dir"] = str(folders[scored_dirs.index(Path(row["dir"]))])
     counts = data["counts"]
-    markdown = data_section(args.data, options, source, counts, timings) + "\n" + to_markdown(result)
+    markdown = (
+        data_section(args.data, options, source, counts, timings, data["unchecked_runs"])
+        + "\n"
+        + to_markdown(result)
+    )
     return {
         "data": str(args.data),
         "options": options,
