@@ -308,15 +308,11 @@ def test_teacher_cache_key_of_a_hub_id_follows_its_commit(
     Hub cache faked in tmp_path: the same commit reuses the cache, a new commit (a new `main` in the Hub cache, here
     with the same files) scores again. A LoRA teacher's Hub base, named by its adapter or by --teacher_base_model,
     is keyed with its commit too: two commits, two keys; the same commit, the same key."""
-    import huggingface_hub.constants
-    import transformers.utils.hub
-    from test_probe import fake_hub_download
+    from test_probe import fake_hub_cache, fake_hub_download
 
     from longtail.distill import teacher_fingerprint
 
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(hub))
+    hub = fake_hub_cache(monkeypatch, tmp_path)
     old, new = "a" * 40, "b" * 40
     train, test = synthetic_files(tmp_path)
     data = _data(train, test)
@@ -363,17 +359,14 @@ def test_teacher_cache_key_of_a_lora_teachers_hub_base_follows_the_commit_that_l
     the key, so on a cache hit a base updated on the Hub reused the old base's logits. On a Hub cache faked in
     tmp_path, an online resolve faked where Transformers downloads (the Hub's main moves to a new commit with other
     weights): the next pass scores again, with the new base, and the one after reuses that."""
-    import huggingface_hub.constants
     import transformers.utils.hub
-    from test_probe import fake_hub_download
+    from test_probe import fake_hub_cache, fake_hub_download
     from transformers import AutoModelForSequenceClassification
 
     from longtail.adapters import AdapterArguments, add_lora
     from longtail.distill import load_teacher, teacher_forward
 
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(hub))
+    hub = fake_hub_cache(monkeypatch, tmp_path)
     old, new = "a" * 40, "b" * 40
     train, test = synthetic_files(tmp_path)
     data = _data(train, test)

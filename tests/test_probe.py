@@ -312,20 +312,27 @@ def fake_hub_download(hub: Path, repo_id: str, source: str, commit: str) -> None
     (repo / "refs" / "main").write_text(commit)
 
 
+def fake_hub_cache(monkeypatch, tmp_path: Path) -> Path:
+    """An empty Hub cache in tmp_path, where huggingface_hub and Transformers look (offline, as in every test)."""
+    import huggingface_hub.constants
+    import transformers.utils.hub
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(hub))
+    return hub
+
+
 def test_embedding_cache_key_follows_the_hub_commit(tiny_modernbert, tmp_path, monkeypatch, one_torch_thread):
     """A Hub id is keyed with the commit it was loaded at (the key had the id alone, so a model updated on the Hub
     was served its old weights' features). Offline, on a Hub cache faked in tmp_path: the commit the key reads is
     the one Transformers loaded; a second run at that commit reuses the features, the model updated (a new commit
     in the cache) embeds again."""
-    import huggingface_hub.constants
-    import transformers.utils.hub
 
     from longtail.probe import cached_embeddings, load_frozen_body
     from longtail.training import ModelArguments, load_tokenizer
 
-    hub = tmp_path / "hub"
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(hub))
+    hub = fake_hub_cache(monkeypatch, tmp_path)
     old, new = "a" * 40, "b" * 40
     fake_hub_download(hub, "org/tiny", tiny_modernbert, old)
     tokenizer = load_tokenizer(ModelArguments(model_name_or_path="org/tiny"))
@@ -1641,12 +1648,6 @@ def test_probe_recipe_on_a_decoder_body(fixture, layers, request, tmp_path, fast
     learned positions would move under left padding, a padded text scoring otherwise than alone): `auto` pools the
     last non-pad token, the chosen hidden states are recorded, and `predict` on the folder, in padded batches,
     returns the run's own test predictions."""
-    import pandas as pd
-
-    from longtail.calibration import load_temperature
-    from longtail.data import DataArguments, prepare_data
-    from longtail.predict import main as predict
-    from longtail.report import load_predictions
 
     train, test = synthetic_files(tmp_path)
     out = tmp_path / "probe"
@@ -1663,6 +1664,21 @@ def test_probe_recipe_on_a_decoder_body(fixture, layers, request, tmp_path, fast
     shipped = json.loads((Path(request.getfixturevalue(fixture)) / "tokenizer_config.json").read_text())
     assert shipped["padding_side"] == ("right" if fixture == "tiny_qwen2" else "left")
     assert json.loads((out / "tokenizer_config.json").read_text())["padding_side"] == "right"
+    assert_served_in_padded_batches_as_test(out, train, test, tmp_path)
+
+
+def assert_served_in_padded_batches_as_test(
+    out: Path, train: str, test: str, tmp_path: Path, *extra: str
+) -> None:
+    """`predict` on a probe run folder, in padded batches of 5, returns the labels and calibrated confidences the
+    run saved for its first 12 test rows."""
+    import pandas as pd
+
+    from longtail.calibration import load_temperature
+    from longtail.data import DataArguments, prepare_data
+    from longtail.predict import main as predict
+    from longtail.report import load_predictions
+
     data = prepare_data(
         DataArguments(train_file=train, test_file=test, text_column="Consumer complaint narrative",
                       label_taxonomy="none")
@@ -1672,13 +1688,13 @@ def test_probe_recipe_on_a_decoder_body(fixture, layers, request, tmp_path, fast
     src, dst = tmp_path / "in.csv", tmp_path / "out.jsonl"
     pd.DataFrame({"text": texts}).to_csv(src, index=False)
     predict(["--model_dir", str(out), "--input", str(src), "--output", str(dst), "--top_k", "1",
-             "--batch_size", "5", "--no_progress", "--device", "cpu"])  # fmt: skip
+             "--batch_size", "5", "--no_progress", "--device", "cpu", *extra])  # fmt: skip
     saved = load_predictions(out / "predictions_test.npz")["probs"][:12]
     calibrated = np.exp(np.log(saved) / load_temperature(out))
     calibrated /= calibrated.sum(1, keepdims=True)
     rows = pd.read_json(dst, lines=True)
-    assert rows["label"].tolist() == [data.label_names[i] for i in saved.argmax(1)]
     np.testing.assert_allclose(rows["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
+    assert rows["label"].tolist() == [data.label_names[i] for i in saved.argmax(1)]
 
 
 def test_probe_on_a_roberta_body_whose_tokenizer_pads_with_another_id_is_served_as_it_embedded(
@@ -1691,15 +1707,10 @@ def test_probe_on_a_roberta_body_whose_tokenizer_pads_with_another_id_is_served_
     otherwise than the run scored test. Now the saved body keeps the config's id (the probe's own config names the
     tokenizer's, what it is padded with; padding is masked by the attention mask either way), and `predict`
     returns the run's own test predictions."""
-    import pandas as pd
     from conftest import corpus, save_seeded, train_wordpiece
     from transformers import RobertaConfig, RobertaModel
 
-    from longtail.calibration import load_temperature
-    from longtail.data import DataArguments, prepare_data
-    from longtail.predict import main as predict
     from longtail.probe import ProbeForSequenceClassification
-    from longtail.report import load_predictions
 
     tokenizer = train_wordpiece(corpus())
     pad = tokenizer.mask_token_id  # never produced by tokenizing a text
@@ -1713,22 +1724,7 @@ def test_probe_on_a_roberta_body_whose_tokenizer_pads_with_another_id_is_served_
     train, test = synthetic_files(tmp_path)
     out = tmp_path / "probe"
     load_recipe("probe_encoder").main(probe_args(body, train, test, out, tmp_path / "cache"))
-    data = prepare_data(
-        DataArguments(train_file=train, test_file=test, text_column="Consumer complaint narrative",
-                      label_taxonomy="none")
-    )  # fmt: skip
-    texts = data.splits["test"]["text"].tolist()[:12]
-    assert len({len(t.split()) for t in texts}) > 3  # batches of 5 are padded
-    src, dst = tmp_path / "in.csv", tmp_path / "out.jsonl"
-    pd.DataFrame({"text": texts}).to_csv(src, index=False)
-    predict(["--model_dir", str(out), "--input", str(src), "--output", str(dst), "--top_k", "1",
-             "--max_length", "64", "--batch_size", "5", "--no_progress", "--device", "cpu"])  # fmt: skip
-    saved = load_predictions(out / "predictions_test.npz")["probs"][:12]
-    calibrated = np.exp(np.log(saved) / load_temperature(out))
-    calibrated /= calibrated.sum(1, keepdims=True)
-    rows = pd.read_json(dst, lines=True)
-    np.testing.assert_allclose(rows["confidence"].to_numpy(), calibrated.max(1), atol=1e-4)
-    assert rows["label"].tolist() == [data.label_names[i] for i in saved.argmax(1)]
+    assert_served_in_padded_batches_as_test(out, train, test, tmp_path, "--max_length", "64")
     saved_config = json.loads((out / "config.json").read_text())
     assert saved_config["encoder_config"]["pad_token_id"] == pad  # what its positions count from
     assert saved_config["pad_token_id"] == tokenizer.pad_token_id  # what it is padded with

@@ -61,14 +61,8 @@ def runs(tiny_modernbert, tmp_path_factory):
     return {"tmp": tmp, "train": train, "test": test, **{k: tmp / k for k in ("tfidf", "probe", "ensemble")}}
 
 
-def score_args(runs, data, out, *extra):
-    return [str(runs["probe"]), str(runs["ensemble"]), str(runs["tfidf"]), "--reference", str(runs["tfidf"]),
-            "--data", str(data), "--output_dir", str(out), "--n_resamples", "100", "--no_progress", *extra]  # fmt: skip
-
-
-def test_scoring_the_runs_own_test_file_gives_their_test_predictions_and_comparison(
-    runs, tmp_path, monkeypatch
-):
+def count_passes(monkeypatch) -> list[str]:
+    """The names of the run folders `predict` scores from now on, one entry per pass (appended as they go)."""
     import longtail.predict
 
     passes = []
@@ -79,6 +73,19 @@ def test_scoring_the_runs_own_test_file_gives_their_test_predictions_and_compari
         return real(args, folder, *rest)
 
     monkeypatch.setattr(longtail.predict, "_score_texts", counted)
+    return passes
+
+
+def score_args(runs, data, out, *extra):
+    return [str(runs["probe"]), str(runs["ensemble"]), str(runs["tfidf"]), "--reference", str(runs["tfidf"]),
+            "--data", str(data), "--output_dir", str(out), "--n_resamples", "100", "--no_progress", *extra]  # fmt: skip
+
+
+def test_scoring_the_runs_own_test_file_gives_their_test_predictions_and_comparison(
+    runs, tmp_path, monkeypatch
+):
+
+    passes = count_passes(monkeypatch)
     out = tmp_path / "scored"
     result = score.main(score_args(runs, runs["test"], out))
     # every run scored once: the ensemble's members were scored as runs, and the ensemble mixed those scores
@@ -394,20 +401,12 @@ def test_a_file_with_nothing_to_score_says_why_and_score_md_names_labels_spelt_a
 def test_an_ensemble_inside_another_is_scored_before_it_whatever_the_order_given(runs, tmp_path, monkeypatch):
     """Given before the ensemble inside it, an outer ensemble scored the inner one's members as its own (its time
     theirs), and the inner one was then timed as a look-up of its cached scores."""
-    import longtail.predict
     from longtail.ensemble import main as ensemble_main
 
     other = shutil.copytree(runs["tfidf"], tmp_path / "other")
     outer = tmp_path / "outer"
     ensemble_main([str(runs["ensemble"]), str(other), "--output_dir", str(outer), "--n_resamples", "100"])
-    passes = []
-    real = longtail.predict._score_texts
-
-    def counted(args, folder, *rest):
-        passes.append(Path(folder).name)
-        return real(args, folder, *rest)
-
-    monkeypatch.setattr(longtail.predict, "_score_texts", counted)
+    passes = count_passes(monkeypatch)
     result = score.main([str(outer), str(runs["ensemble"]), "--data", str(runs["test"]), "--output_dir",
                          str(tmp_path / "out"), "--n_resamples", "100", "--no_progress"])  # fmt: skip
     assert sorted(passes) == ["ensemble", "other", "outer", "probe", "tfidf"]  # each once
