@@ -131,7 +131,11 @@ def test_scoring_the_runs_own_test_file_gives_their_test_predictions_and_compari
     assert counts["in_run_test"] == n and counts["in_run_train"] == counts["in_run_validation"] == 0
     assert counts["excluded_seen"] == 0
     text = (out / "score.md").read_text()
-    assert f"**{n:,} scored**" in text and "# Comparison on test" in text
+    assert (
+        f"**{n:,} scored**" in text
+        and "# Comparison on the scored file" in text
+        and "on the scored file. Each validation" in text
+    )
     assert json.loads((out / "score.json").read_text())["counts"] == counts
     # the scored folders are runs to compare: compare on them gives the same table
     again = compare_runs(
@@ -439,3 +443,20 @@ def test_score_md_says_when_a_run_records_no_text_digests(runs, tmp_path):
     assert result["unchecked_runs"] == [str(bare)]
     text = (tmp_path / "out" / "score.md").read_text()
     assert f"**1 runs record no text digests** (no splits.json: {bare})" in text and "scored as new" in text
+
+
+def test_a_run_not_scored_is_never_the_output_folder(runs, tmp_path, capsys):
+    """--overwrite_output_dir replaces earlier scores, never a run: a run folder given as --output_dir by mistake
+    (not one of the runs scored) was deleted whole, its model and predictions replaced by score.md."""
+    probe = tmp_path / "probe"
+    shutil.copytree(runs["probe"], probe)
+    before = sorted(p.name for p in probe.iterdir())
+    args = [str(runs["tfidf"]), "--data", str(runs["test"]), "--output_dir", str(probe), "--no_progress"]
+    line = refused(score.main, [*args, "--overwrite_output_dir"], capsys)
+    assert "not an earlier score's" in line and "Choose another --output_dir" in line
+    assert sorted(p.name for p in probe.iterdir()) == before and (probe / "model.safetensors").is_file()
+    ensemble = tmp_path / "ensemble"  # an ensemble's folder (no model files of its own) too
+    shutil.copytree(runs["ensemble"], ensemble)
+    args[args.index(str(probe))] = str(ensemble)
+    assert "not an earlier score's" in refused(score.main, [*args, "--overwrite_output_dir"], capsys)
+    assert (ensemble / "ensemble.json").is_file()

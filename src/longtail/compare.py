@@ -328,12 +328,16 @@ def bootstrap_note(settings: dict | None) -> str:
     return f" Bootstrap: {settings['n_resamples']:,} resamples, seed {settings['seed']}."
 
 
-def to_markdown(result: dict) -> str:
+def to_markdown(result: dict, rows_name: str | None = None) -> str:
+    """compare.md; `rows_name` names the rows scored where the split's name would mislead (`longtail.score`'s new
+    file is scored as a run's test split)."""
+    rows_name = rows_name or result["split"]
+
     def f(x):
         return "—" if x is None or np.isnan(x) else f"{x:.3f}"  # NaN: e.g. no tail class in these rows
 
     lines = [
-        f"# Comparison on {result['split']} ({result['num_rows']:,} rows, reference: {result['reference']})",
+        f"# Comparison on {rows_name} ({result['num_rows']:,} rows, reference: {result['reference']})",
         "",
         "Every run scored the same rows with the same labels. CIs: 95% percentile bootstrap over rows. "
         "Deltas vs the reference: paired bootstrap (both systems on the same resampled rows); p = share of "
@@ -352,7 +356,7 @@ def to_markdown(result: dict) -> str:
         lines += [
             f"**Chosen on validation**: {pick['run']}, the best validation macro-F1 ({pick['val_macro_f1']:.3f} on "
             f"the same {pick['validation_rows']:,} validation rows for every run), which scores "
-            f"**{pick['test_macro_f1']:.3f}** on {result['split']}. Each validation score is that of the run's own "
+            f"**{pick['test_macro_f1']:.3f}** on {rows_name}. Each validation score is that of the run's own "
             "selection (grid, checkpoint, tau), so all are a little optimistic; the test column is not.",
             "",
         ]

@@ -188,9 +188,9 @@ def data_options(run_dirs: list[Path], given: dict) -> tuple[dict, str]:
                     f"{', '.join(map(str, list(values)[:3]))}): pass --{name} to name the file from here (or none)"
                 ) from None
     if known:
-        sources.append(f"as the runs were trained ({len(known)} run_config.json)")
+        sources.append(f"as {len(known)} trained runs recorded them in run_config.json")
     if len(known) < len(leaves):
-        sources.append(f"the recipes' defaults for {len(leaves) - len(known)} runs without run_config.json")
+        sources.append(f"the recipes' defaults for {len(leaves) - len(known)} trained runs without one")
     if any(given.get(n) is not None for n in options):
         sources.insert(0, "given: " + ", ".join(f"--{n}" for n in options if given.get(n) is not None))
     return options, "; ".join(sources)
@@ -574,7 +574,7 @@ def score_runs(args) -> dict:
     markdown = (
         data_section(args.data, options, source, counts, timings, data["unchecked_runs"])
         + "\n"
-        + to_markdown(result)
+        + to_markdown(result, rows_name="the scored file")
     )
     return {
         "data": str(args.data),
