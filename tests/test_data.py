@@ -69,6 +69,42 @@ def test_builtin_merge_map_folds_old_wordings():
     assert data.log["train"]["labels_merged"] == 3
 
 
+INVESTIGATION_2025 = "Problem with a company's investigation into an existing problem"
+INVESTIGATION = "Problem with a credit reporting company's investigation into an existing problem"
+
+
+def test_the_2025_merge_map_folds_cfpbs_2025_wording_into_the_taxonomy_too():
+    """CFPB reworded the credit-reporting investigation issue in March 2025; the course's 2017 map predates it, so
+    its rows were dropped as outside the 113-issue taxonomy. `cfpb_2025` is the 2017 pairs and that one."""
+    old, new = load_merge_map("cfpb_2017"), load_merge_map("cfpb_2025")
+    assert new == {**old, INVESTIGATION_2025: INVESTIGATION} and len(new) == 36
+    assert set(new.values()) <= set(load_taxonomy("cfpb_issue_113"))
+    df = pd.DataFrame(
+        {
+            "text": [f"text {i}" for i in range(8)],
+            "label": [INVESTIGATION_2025] * 3 + [INVESTIGATION, OLD] * 2 + [NEW],
+        }
+    )
+    kept = prepare_data(args(label_merge_map="cfpb_2025", label_taxonomy="cfpb_issue_113"), raw={"train": df})
+    assert kept.log["train"]["labels_merged"] == 5 and kept.log["train"]["dropped_outside_taxonomy"] == 0
+    assert (kept.splits["train"]["label"] == INVESTIGATION).sum() + (
+        kept.splits["validation"]["label"] == INVESTIGATION
+    ).sum() == 5
+    before = prepare_data(
+        args(label_merge_map="cfpb_2017", label_taxonomy="cfpb_issue_113"), raw={"train": df}
+    )
+    assert before.log["train"]["dropped_outside_taxonomy"] == 3 and before.log["train"]["labels_merged"] == 2
+
+
+@needs_shared
+def test_the_2025_wording_is_the_real_samples_commonest_label_outside_the_taxonomy():
+    rows = pd.read_csv(CFPB_CSV, usecols=["Issue", "Consumer complaint narrative"]).dropna()
+    merged = rows["Issue"].replace(load_merge_map("cfpb_2017"))
+    outside = merged[~merged.isin(set(load_taxonomy("cfpb_issue_113")))].value_counts()
+    assert outside.index[0] == INVESTIGATION_2025 and outside.iloc[0] == 152
+    assert not rows["Issue"].replace(load_merge_map("cfpb_2025")).eq(INVESTIGATION_2025).any()
+
+
 def test_merge_map_none_keeps_old_wordings():
     df = pd.DataFrame({"text": [f"text {i}" for i in range(6)], "label": [OLD] * 3 + [NEW] * 3})
     data = prepare_data(args(label_merge_map="none"), raw={"train": df})

@@ -42,7 +42,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "determined-ai/consumer_complaints_medium"
 SYNTHETIC_DATASET = "synthetic"
-BUILTIN_MERGE_MAPS = {"cfpb_2017": "cfpb_issue_merge_2017.csv"}
+# built-in merge maps: their resource files, read in order (a later pair wins)
+BUILTIN_MERGE_MAPS = {
+    "cfpb_2017": ("cfpb_issue_merge_2017.csv",),
+    "cfpb_2025": ("cfpb_issue_merge_2017.csv", "cfpb_issue_merge_2025.csv"),
+}
 BUILTIN_TAXONOMIES = {"cfpb_issue_113": "cfpb_issue_taxonomy.txt"}
 NONE_VALUES = {None, "", "none", "None", "null"}
 # Other names the same column goes by in CFPB sources (the Hub set, the CSV export, the API's JSON), offered as hints
@@ -543,8 +547,12 @@ def load_merge_map(spec: str | None) -> dict[str, str]:
     if spec in NONE_VALUES:
         return {}
     if spec in BUILTIN_MERGE_MAPS:
-        text = resources.files("longtail.resources").joinpath(BUILTIN_MERGE_MAPS[spec]).read_text("utf-8")
-        return _parse_merge_csv(text, spec)
+        mapping = {}
+        for name in BUILTIN_MERGE_MAPS[spec]:
+            mapping |= _parse_merge_csv(
+                resources.files("longtail.resources").joinpath(name).read_text("utf-8"), spec
+            )
+        return mapping
     path = Path(spec)
     if not path.is_file():
         raise DataError(
