@@ -200,6 +200,58 @@ def test_a_refused_rerun_with_overwrite_keeps_the_previous_comparison_and_ensemb
     assert {d: {p.name: p.read_bytes() for p in d.iterdir()} for d in (cmp, ens)} == before
 
 
+def folder_bytes(folder: Path) -> dict:
+    """Every file under `folder` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_an_earlier_comparison_or_ensemble_never_another_runs_files(
+    tmp_path, capsys, monkeypatch
+):
+    """`--output_dir outputs/probe` (a finished run not among those given) with --overwrite_output_dir deleted the
+    run's model, labels, config, report and predictions: every file any of our tools writes. Only the tool's own
+    earlier output is replaced; anything else an overwrite would remove is refused in one line, before any work."""
+    import longtail.compare
+    import longtail.ensemble
+    from longtail.compare import COMPARE_FILES
+    from longtail.ensemble import ENSEMBLE_FILES
+
+    y = {"train": [0, 1, 2, 0, 1, 2], "validation": Y["validation"], "test": Y["test"]}
+    a = make_run(tmp_path / "a", {s: [0, 1, 2, 0, 1, 1] if s != "test" else [0] * 8 for s in y}, y)
+    b = make_run(tmp_path / "b", {s: [0, 1, 1, 0, 1, 2] if s != "test" else [1] * 8 for s in y}, y)
+    probe = Path(make_run(tmp_path / "probe", {s: y[s] for s in y}, y))  # a finished run, not compared
+    for name in ("model.joblib", "labels.json", "splits.json", "run_config.json", "report.md", "README.md"):
+        (probe / name).write_bytes(f"the probe's {name}".encode())
+    (probe / "checkpoint-10").mkdir()
+    (probe / "checkpoint-10" / "model.safetensors").write_bytes(b"weights")
+    before = folder_bytes(probe)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the output folder was checked")
+
+    cmp, ens = tmp_path / "cmp", tmp_path / "ens"
+    tools = (
+        (longtail.compare, "compare_runs", [a, "--reference", b], cmp, "comparison", COMPARE_FILES),
+        (longtail.ensemble, "build_ensemble", [a, b], ens, "ensemble", ENSEMBLE_FILES),
+    )
+    for module, work, runs, out, what, own in tools:
+        with monkeypatch.context() as patch:
+            patch.setattr(module, work, no_work)
+            argv = [*runs, "--output_dir", str(probe), "--overwrite_output_dir", "--n_resamples", "20"]
+            line = refused(module.main, argv, capsys)
+        assert f"output_dir '{probe}' holds files that are not an earlier {what}'s (" in line
+        assert "model.joblib" in line and "Choose another --output_dir" in line
+        assert folder_bytes(probe) == before
+        # an earlier output of the tool's own is replaced; what it writes is all it replaces
+        module.main([*runs, "--output_dir", str(out), "--n_resamples", "20"])
+        module.main([*runs, "--output_dir", str(out), "--overwrite_output_dir", "--n_resamples", "20"])
+        assert sorted(p.name for p in out.iterdir()) == sorted(own)
+        (out / "README.md").write_text("my notes")  # notes kept beside it are not the tool's to delete
+        kept = folder_bytes(out)
+        line = refused(module.main, [*runs, "--output_dir", str(out), "--overwrite_output_dir"], capsys)
+        assert "(README.md: a run's?)" in line and folder_bytes(out) == kept
+
+
 def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):
     from longtail.compare import CompareError, compare_runs
 

@@ -41,6 +41,8 @@ class CompareError(UsageError):
 # scipy's bootstrap runs with 1 resample, but warns computing its standard error (ddof=1) and the CI is a point
 MIN_RESAMPLES = 2
 RESAMPLES_ERROR = "--n_resamples must be >= 2 (a bootstrap CI needs at least two resamples), got {}"
+# What --output_dir holds after a comparison: all that --overwrite_output_dir replaces there (never a run's files)
+COMPARE_FILES = ("compare.md", "compare.json")
 
 
 def run_labels(run_dirs) -> list[str]:
@@ -406,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.n_resamples < MIN_RESAMPLES:
         parser.error(RESAMPLES_ERROR.format(args.n_resamples))
-    from longtail.runs import prepare_output_dir, write_json
+    from longtail.runs import prepare_output_dir, refuse_foreign_outputs, write_json
 
     try:  # the output folder is checked before minutes of bootstrap, not after
         check_distinct(args.runs)
@@ -417,6 +419,8 @@ def main(argv: list[str] | None = None) -> dict:
             if args.output_dir
             else None
         )
+        if out is not None:  # nor another run's folder: an overwrite replaces an earlier comparison only
+            refuse_foreign_outputs(out, args.overwrite_output_dir, COMPARE_FILES, what="comparison")
         result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
     except UsageError as err:  # CompareError, OutputDirError, a malformed temperature.json
         raise usage_exit(str(err)) from None

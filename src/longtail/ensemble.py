@@ -97,6 +97,15 @@ def grid_size(k: int, step: float) -> int:
 # word. A finer grid only fits validation noise better (README: equal weights did as well on unseen rows).
 MAX_GRID_SCORINGS = 25_000
 COARSER_STEPS = (0.01, 0.02, 0.025, 0.05, 0.1, 0.125, 0.2, 0.25, 0.5)  # what the refusal may suggest
+# What `write_outputs` writes (predictions_train.npz and _test when there are some): all that
+# --overwrite_output_dir replaces in --output_dir, an earlier ensemble (never a run's files)
+ENSEMBLE_FILES = (
+    "ensemble.json",
+    "report.md",
+    "predictions_validation.npz",
+    "predictions_test.npz",
+    "predictions_train.npz",
+)
 
 
 def check_grid_size(run_dirs, step: float, num_taus: int, cap: int = MAX_GRID_SCORINGS) -> None:
@@ -593,7 +602,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.weight_step = 0.1 if args.weight_step is None else args.weight_step
     if not 0 < args.weight_step <= 0.5 or abs(round(1 / args.weight_step) * args.weight_step - 1) > 1e-9:
         parser.error(f"--weight_step must divide 1 (0.05, 0.1, 0.25, ...), got {args.weight_step}")
-    from longtail.runs import prepare_output_dir
+    from longtail.runs import prepare_output_dir, refuse_foreign_outputs
 
     try:  # the output folder is checked before the work, not after
         check_distinct(args.runs)
@@ -605,6 +614,8 @@ def main(argv: list[str] | None = None) -> dict:
             inputs=[("the member", d) for d in args.runs],
             clear=False,
         )
+        # nor another run's folder: an overwrite replaces an earlier ensemble only
+        refuse_foreign_outputs(out, args.overwrite_output_dir, ENSEMBLE_FILES, what="ensemble")
         result = build_ensemble(
             args.runs,
             args.weight_step,

@@ -171,6 +171,31 @@ def prepare_output_dir(
     return replace_previous_run(path, overwrite, resuming) if clear else path
 
 
+def refuse_foreign_outputs(
+    output_dir: str | Path, overwrite: bool, own_files, own_dirs=(), what: str = "result"
+) -> None:
+    """For tools that write results about runs (score, compare, ensemble), beside prepare_output_dir(...,
+    clear=False): with --overwrite_output_dir, an OutputDirError when the folder holds anything an overwrite would
+    delete (`previous_run`) other than the tool's own `own_files` and `own_dirs`: a run folder given as --output_dir
+    by mistake lost its model, labels and predictions; a README.md kept beside earlier results went too. The
+    recipes replace a whole previous run in their folder and do not call this."""
+    path = Path(output_dir)
+    if not overwrite or not path.is_dir():
+        return
+    files, folders = previous_run(path)
+    others = [f.name for f in files if f.name not in own_files] + [
+        f"{d.name}/" for d in folders if d.name not in own_dirs
+    ]
+    if others:
+        own = [*own_files, *(f"{d}/" for d in own_dirs)]
+        own = " and ".join(filter(None, [", ".join(own[:-1]), own[-1]]))  # "a, b and c"
+        raise OutputDirError(
+            f"output_dir '{path}' holds files that are not an earlier {what}'s ({', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}: a run's?), which --overwrite_output_dir would delete: it "
+            f"replaces only {own}. Choose another --output_dir."
+        )
+
+
 def replace_previous_run(output_dir: str | Path, overwrite: bool, resuming: bool = False) -> Path:
     """The second half of prepare_output_dir(..., clear=False), with the same arguments: remove the previous run's
     result and model files and run folders (only when overwriting, never for a run resumed in the folder), then

@@ -473,30 +473,11 @@ def check_servable(folder: Path) -> None:
     )
 
 
-def check_only_scores(out: Path, overwrite: bool) -> None:
-    """An OutputDirError when --overwrite_output_dir would delete more than an earlier score's files: a run's
-    (another run's folder named as --output_dir lost its model, labels and predictions), a comparison's, a README."""
-    from longtail.runs import OutputDirError, previous_run
-
-    if not overwrite or not out.is_dir():
-        return
-    files, folders = previous_run(out)
-    others = [f.name for f in files if f.name not in SCORE_FILES] + [
-        f"{d.name}/" for d in folders if d.name != SCORED_DIR
-    ]
-    if others:
-        raise OutputDirError(
-            f"output_dir '{out}' holds files that are not an earlier score's ({', '.join(others[:5])}"
-            f"{', ...' if len(others) > 5 else ''}: a run's?), which --overwrite_output_dir would delete: it replaces "
-            f"only {', '.join(SCORE_FILES)} and {SCORED_DIR}/. Choose another --output_dir."
-        )
-
-
 def score_runs(args) -> dict:
     """Read the file once, score it with every run, compare them; returns score.json's content."""
     from longtail.calibration import load_temperature
     from longtail.predict import describe, score_texts
-    from longtail.runs import prepare_output_dir, replace_previous_run
+    from longtail.runs import prepare_output_dir, refuse_foreign_outputs, replace_previous_run
 
     runs = list(args.runs)
     reference = args.reference or runs[0]
@@ -512,7 +493,8 @@ def score_runs(args) -> dict:
     folders = [Path(r) for r in runs]
     reads = [("the run", r) for r in runs] + [("--data", args.data)]
     out = prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
-    check_only_scores(out, args.overwrite_output_dir)
+    # never another run's files, nor a README kept beside earlier scores: only an earlier score is replaced
+    refuse_foreign_outputs(out, args.overwrite_output_dir, SCORE_FILES, (SCORED_DIR,), what="score")
     label_names = check_label_lists({r: label_names_of(Path(r)) for r in runs})
     given = {n: getattr(args, n) for n in ("text_column", *LABEL_OPTIONS)}
     options, source = data_options(folders, given)
