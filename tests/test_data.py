@@ -1159,9 +1159,10 @@ def test_split_indices_refuse_ids_that_name_other_texts(tmp_path):
     path.write_text(json.dumps(full), "utf-8")
     written = json.loads(path.read_text())
     assert set(written["text_digests"]) == {"train", "validation", "test"}
-    for split, df in first.splits.items():  # the first 8 hex digits of each id's text's SHA-256, by id
+    for split, df in first.splits.items():  # 16 hex digits of the SHA-256 of each id's normalised text
         expected = {
-            str(i): hashlib.sha256(t.encode()).hexdigest()[:8] for i, t in zip(df["row_id"], df["text"])
+            str(i): hashlib.sha256(normalise_text(t).encode()).hexdigest()[:16]
+            for i, t in zip(df["row_id"], df["text"])
         }
         assert written["text_digests"][split] == expected
     assert split_ids(prepare_data(args(split_indices=str(path)), raw=raw)) == full
@@ -1204,6 +1205,45 @@ def test_split_indices_refuse_ids_that_name_other_texts(tmp_path):
     path.write_text(json.dumps(misspelt), "utf-8")
     with pytest.raises(DataError, match=r"'text_digests' names \['validaton'\], which have no ids"):
         prepare_data(args(split_indices=str(path)), raw=raw)
+
+
+def test_split_indices_read_digests_of_normalised_texts_and_the_older_ones_of_stripped_texts(tmp_path):
+    """splits.json digests were 8 hex digits of the stripped text: a text changed only in case or spacing (a file
+    re-saved with CRLF inside narratives) was refused as another text, though the recipes' leak guard counts it as
+    the same. They are now 16 hex digits of the normalised text; files written before (8 digits of the stripped
+    text) are still checked, each digest by its length."""
+    raw = {"train": stratified_source(), "test": frame({"a": 3, "b": 3}, prefix="test ")}
+    first = prepare_data(args(split_seed=1), raw=raw)
+    new = split_ids(first)
+    assert {len(d) for by_id in new["text_digests"].values() for d in by_id.values()} == {16}
+    old = {k: v for k, v in new.items() if k != "text_digests"}
+    old["text_digests"] = {  # as written before: 8 hex digits of the stripped text
+        s: {str(i): hashlib.sha256(t.encode()).hexdigest()[:8] for i, t in zip(df["row_id"], df["text"])}
+        for s, df in first.splits.items()
+    }
+    path = tmp_path / "splits.json"
+    for written in (new, old):  # either form reproduces the split on the same data
+        path.write_text(json.dumps(written), "utf-8")
+        assert split_ids(prepare_data(args(split_indices=str(path)), raw=raw)) == new
+
+    row = first.splits["train"]["row_id"].iloc[3]
+    text = raw["train"].loc[row, "text"]
+    respaced = raw["train"].copy()  # the same text to the recipes: another case, CRLF and doubled spaces
+    respaced.loc[row, "text"] = "  " + text.upper().replace(" ", "\r\n  ", 1).replace(" ", "  ") + " "
+    reworded = raw["train"].copy()  # another text
+    reworded.loc[row, "text"] = text + " and more"
+    path.write_text(json.dumps(new), "utf-8")
+    again = prepare_data(args(split_indices=str(path)), raw={**raw, "train": respaced})
+    assert again.splits["train"]["row_id"].tolist() == first.splits["train"]["row_id"].tolist()
+    assert split_ids(again) == new
+    with pytest.raises(
+        DataError, match=rf"1 of its {len(new['train'])} train ids name other texts .*\[{row}\]"
+    ):
+        prepare_data(args(split_indices=str(path)), raw={**raw, "train": reworded})
+    path.write_text(json.dumps(old), "utf-8")  # an older file's digest is of the exact stripped text
+    for changed in (respaced, reworded):
+        with pytest.raises(DataError, match=rf"1 of its {len(new['train'])} train ids name other texts"):
+            prepare_data(args(split_indices=str(path)), raw={**raw, "train": changed})
 
 
 def test_split_indices_of_the_synthetic_set_under_another_split_seed_are_refused(tmp_path):

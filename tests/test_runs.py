@@ -219,10 +219,10 @@ def test_write_run_files_names_counts_by_class_id(tmp_path):
     assert labels["tiers"] == {"a": "head", "b": "head", "c": "head"}
     assert labels["data_log"] == {"num_classes": 3}
     splits = json.loads((tmp_path / "splits.json").read_text())
-    # the digest of each id's text, by id: what --split_indices checks the ids still name
+    # the digest of each id's normalised text, by id: what --split_indices checks the ids still name
     assert splits.pop("text_digests") == {
-        "train": {i: hashlib.sha256(t.encode()).hexdigest()[:8] for i, t in zip("024", "yzx")},
-        "validation": {i: hashlib.sha256(t.encode()).hexdigest()[:8] for i, t in zip("13", "vu")},
+        "train": {i: hashlib.sha256(t.encode()).hexdigest()[:16] for i, t in zip("024", "yzx")},
+        "validation": {i: hashlib.sha256(t.encode()).hexdigest()[:16] for i, t in zip("13", "vu")},
     }
     assert splits == {"train": [0, 2, 4], "validation": [1, 3]}
     config = json.loads((tmp_path / "run_config.json").read_text())

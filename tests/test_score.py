@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -366,6 +367,64 @@ def test_rows_a_run_started_from_trained_on_are_left_out_too(runs, tmp_path):
     assert result["counts"]["in_run_train"] == 5 and result["counts"]["excluded_seen"] == 5
     kept = load_predictions(tmp_path / "out" / "scored" / "later" / "predictions_test.npz")["row_id"]
     assert not set(ids["test"][:5]) & set(kept.tolist())
+
+
+def test_a_text_a_run_read_saved_again_in_another_case_or_spacing_is_left_out_and_older_digests_still_work(
+    runs, tmp_path
+):
+    """The digests were of the exact stripped text, though the recipes' leak guard ignores case and spacing: a file
+    re-saved by Excel (CRLF inside narratives) had its seen rows scored as new, silently. They are now of the
+    normalised text (16 hex digits); a run written before (8 hex digits of the stripped text) is still read."""
+    from longtail.data import TEXTS_KEY
+
+    ids = splits_of(runs["tfidf"])
+    train, test = pd.read_csv(runs["train"]), pd.read_csv(runs["test"])
+
+    def resaved(text, how):
+        text = text.strip()
+        return {
+            "crlf": text.replace(" ", "\r\n", 2),
+            "spaces": text.replace(" ", "  "),
+            "case": text.upper(),
+        }[how]
+
+    hows = ["crlf", "spaces", "case"]
+    trained = train.iloc[ids["train"][:3]][[TEXT, LABEL]].values.tolist()
+    chosen = train.iloc[ids["validation"][:2]][[TEXT, LABEL]].values.tolist()
+    rows = [
+        *test.iloc[ids["test"][:3]][[TEXT, LABEL]].values.tolist(),  # 0-2: scored
+        *[[resaved(t, how), label] for (t, label), how in zip(trained, hows)],  # 3-5: the run trained on them
+        *[[resaved(t, how), label] for (t, label), how in zip(chosen, hows)],  # 6-7: it chose on them
+        *trained,  # 8-10: as the run read them
+    ]
+    data = tmp_path / "resaved.csv"
+    pd.DataFrame(rows, columns=[TEXT, LABEL]).to_csv(data, index=False)
+
+    def scored(run, out):
+        result = score.main([str(run), "--data", str(data), "--output_dir", str(tmp_path / out),
+                             "--n_resamples", "100", "--no_progress"])  # fmt: skip
+        kept = load_predictions(tmp_path / out / "scored" / run.name / "predictions_test.npz")["row_id"]
+        return result["counts"], kept.tolist()
+
+    counts, kept = scored(runs["tfidf"], "new")
+    assert {k: counts[k] for k in ("in_run_train", "in_run_validation", "excluded_seen", "rows_scored")} == {
+        "in_run_train": 6, "in_run_validation": 2, "excluded_seen": 8, "rows_scored": 3,
+    }  # fmt: skip
+    assert kept == [0, 1, 2]
+
+    def old_digests(record):  # as splits.json was written before: 8 hex digits of the stripped text
+        record[TEXTS_KEY] = {
+            split: {
+                str(i): hashlib.sha256(str(source[TEXT].iloc[i]).strip().encode()).hexdigest()[:8]
+                for i in record[split]
+            }
+            for split, source in (("train", train), ("validation", train), ("test", test))
+        }
+
+    older = copy_run(runs["tfidf"], tmp_path / "older", "splits.json", old_digests)
+    counts, kept = scored(older, "old")  # the exact texts are still told; the re-saved ones cannot be
+    assert (counts["in_run_train"], counts["in_run_validation"], counts["excluded_seen"]) == (3, 0, 3)
+    assert kept == [0, 1, 2, 3, 4, 5, 6, 7]
 
 
 def test_a_file_with_nothing_to_score_says_why_and_score_md_names_labels_spelt_another_way(

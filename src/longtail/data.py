@@ -1002,10 +1002,12 @@ def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str,
             )
         if digests and split in digests:  # ids without a digest (added by hand) are taken unchecked
             recorded = digests[split]
+            # a digest of 16 hex digits is of the normalised text (case and spacing ignored, as the leak guard
+            # does), one of 8 of the stripped text (files written before): `digest_matches`
             other = [
                 i
-                for i, t in zip(picked["row_id"], picked["text"])
-                if str(i) in recorded and text_digest(t) != recorded[str(i)]
+                for i, t, n in zip(picked["row_id"], picked["text"], picked["norm"])
+                if str(i) in recorded and not digest_matches(recorded[str(i)], t, n)
             ]
             if other:
                 raise DataError(
@@ -1083,25 +1085,61 @@ def require_test_split(data: PreparedData, do_predict: bool) -> None:
         )
 
 
-# splits.json's key for the digests of the texts each split's ids name: --split_indices checks them
+# splits.json's key for the digests of the texts each split's ids name: --split_indices checks them, and
+# `longtail.score` leaves out new rows whose text a run trained or was selected on
 TEXTS_KEY = "text_digests"
+DIGEST_HEX = 16  # written now: the first 16 hex digits (64 bits) of the SHA-256 of `normalise_text(text)`
+LEGACY_DIGEST_HEX = 8  # written before: the first 8 hex digits (32 bits) of the SHA-256 of the stripped text
+
+
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def norm_digest(norm: str) -> str:
+    """`text_digest` of a text already normalised (`normalise_text`, the `norm` column)."""
+    return _sha256_hex(norm)[:DIGEST_HEX]
 
 
 def text_digest(text) -> str:
-    """The first 8 hex digits of a text's SHA-256: enough to tell another text under the same row id."""
-    return hashlib.sha256(str(text).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    """The first 16 hex digits of the SHA-256 of a text's `normalise_text` (case and runs of whitespace ignored, as
+    the recipes' leak guard tells texts apart): the digest splits.json records now. Texts that differ only in case
+    or spacing (a file re-saved with CRLF inside narratives) share it; 64 bits, so two other texts share one with
+    odds of about 1 in 10^19, against 1 in 4 * 10^9 for the 8 digits written before (`legacy_text_digest`)."""
+    return norm_digest(normalise_text(str(text)))
+
+
+def legacy_text_digest(text) -> str:
+    """The digest splits.json recorded before `text_digest`: the first 8 hex digits of the SHA-256 of the text as
+    cleaning kept it (stripped), so case and spacing counted. Still read: a recorded digest's length tells it."""
+    return _sha256_hex(str(text))[:LEGACY_DIGEST_HEX]
+
+
+def digest_matches(recorded: str, text, norm: str | None = None) -> bool:
+    """Whether a digest splits.json recorded names this text: one of DIGEST_HEX digits is compared with
+    `text_digest` (of `norm`, the text's `normalise_text`, when given), any other with `legacy_text_digest` (a
+    file written before: 8 digits of the stripped text)."""
+    if len(recorded) == DIGEST_HEX:
+        return recorded == (norm_digest(norm) if norm is not None else text_digest(text))
+    return recorded == legacy_text_digest(text)
 
 
 def split_ids(data: PreparedData) -> dict:
     """Row ids per split, for `splits.json` (feed back with --split_indices), and under `text_digests` a digest of
     the text each id names ({split: {id: digest}}): ids are positions in the data files, so the same ids on a
     re-downloaded export (rows added or reordered), another file or another synthetic --split_seed name other
-    texts."""
+    texts. Each digest is `text_digest`: 16 hex digits of the SHA-256 of the normalised text (files written before
+    hold 8 hex digits of the stripped text, `legacy_text_digest`; readers tell the two by length, so the file
+    keeps its keys and older code reads it)."""
     rows = {s: df.sort_values("row_id", kind="stable") for s, df in data.splits.items()}
     ids = {s: [int(i) for i in df["row_id"]] for s, df in rows.items()}
     # keyed by id (JSON keys are text), so ids removed or added by hand keep the others checked
     digests = {
-        s: {str(int(i)): text_digest(t) for i, t in zip(df["row_id"], df["text"])} for s, df in rows.items()
+        s: {
+            str(int(i)): norm_digest(n)
+            for i, n in zip(df["row_id"], df["norm"] if "norm" in df else normalised(df["text"].astype(str)))
+        }
+        for s, df in rows.items()
     }
     return ids | {TEXTS_KEY: digests}
 

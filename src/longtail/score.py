@@ -262,7 +262,9 @@ def started_from(run: Path) -> list[Path]:
 def seen_digests(run_dirs: list[Path]) -> tuple[dict[str, set], list[Path]]:
     """{split: digests of the texts any trained run behind these folders read in that split} from their
     splits.json (and those of the runs their models started from: `started_from`), and the runs that recorded none
-    (older runs, folders not written by the recipes)."""
+    (older runs, folders not written by the recipes). A set may hold both forms: 16 hex digits of the normalised
+    text (`data.text_digest`) and, from runs written before them, 8 of the stripped text (`legacy_text_digest`);
+    `read_rows` tests each row against both."""
     from longtail.data import TEXTS_KEY
 
     found: dict[str, set] = {"train": set(), "validation": set(), "test": set()}
@@ -283,14 +285,16 @@ def seen_digests(run_dirs: list[Path]) -> tuple[dict[str, set], list[Path]]:
 def read_rows(path: str, options: dict, label_names: list[str] | None, keep_seen: bool, run_dirs) -> dict:
     """The file's rows to score, cleaned as a recipe cleans its test split, and the counts of what was left out."""
     from longtail.data import (
+        DIGEST_HEX,
         DataArguments,
         DataError,
         clean_split,
+        legacy_text_digest,
         load_merge_map,
         load_taxonomy,
+        norm_digest,
         read_table,
         spelling_hint,
-        text_digest,
     )
 
     args = DataArguments(test_file=path, **options)
@@ -320,10 +324,20 @@ def read_rows(path: str, options: dict, label_names: list[str] | None, keep_seen
             counts["unseen_label_hint"] = hint or None
         rows = rows[~unseen]
     seen, unchecked = seen_digests(run_dirs)
-    digests = rows["text"].map(text_digest)
+    # a text is seen when its normalised text's digest is a run's (case and spacing ignored, as the recipes' leak
+    # guard does: a file re-saved with CRLF inside narratives), or, for runs written before those digests, its
+    # stripped text's 8-digit one; the two lengths never meet, so one set holds both
+    digests = rows["norm"].map(norm_digest)
+    old_form = any(isinstance(d, str) and len(d) != DIGEST_HEX for found in seen.values() for d in found)
+    legacy = rows["text"].map(legacy_text_digest) if old_form else None
+
+    def in_runs(found: set) -> pd.Series:
+        hit = digests.isin(found)
+        return hit | legacy.isin(found) if legacy is not None else hit
+
     for split in ("train", "validation", "test"):
-        counts[f"in_run_{split}"] = int(digests.isin(seen[split]).sum())
-    read_before = digests.isin(seen["train"] | seen["validation"])
+        counts[f"in_run_{split}"] = int(in_runs(seen[split]).sum())
+    read_before = in_runs(seen["train"] | seen["validation"])
     counts["excluded_seen"] = 0 if keep_seen else int(read_before.sum())
     if read_before.any():
         logger.warning(
