@@ -519,3 +519,25 @@ def test_a_run_not_scored_is_never_the_output_folder(runs, tmp_path, capsys):
     args[args.index(str(probe))] = str(ensemble)
     assert "not an earlier score's" in refused(score.main, [*args, "--overwrite_output_dir"], capsys)
     assert (ensemble / "ensemble.json").is_file()
+
+
+def test_a_run_given_by_itself_and_as_an_ensembles_member_counts_once(runs, tmp_path, monkeypatch):
+    """An ensemble records its members by absolute path; a member given too, spelt relative (as `make cfpb-score`
+    gives them), was counted twice: score.md read "as 4 trained runs recorded them" for 2 runs, and a member
+    without splits.json was named twice among the runs that record no text digests."""
+    from longtail.ensemble import main as ensemble_main
+
+    bare = shutil.copytree(runs["tfidf"], tmp_path / "bare")
+    (bare / "splits.json").unlink()
+    ensemble_main(
+        [str(runs["probe"]), str(bare), "--output_dir", str(tmp_path / "ens"), "--n_resamples", "100"]
+    )
+    monkeypatch.chdir(tmp_path)
+    result = score.main(["bare", "ens", str(runs["probe"]), "--data", str(runs["test"]), "--output_dir", "out",
+                         "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert result["unchecked_runs"] == ["bare"]
+    assert result["options_from"] == "as 2 trained runs recorded them in run_config.json"
+    assert (
+        "**1 runs record no text digests** (no splits.json: bare)"
+        in (tmp_path / "out" / "score.md").read_text()
+    )

@@ -89,6 +89,15 @@ def leaf_runs(folder: Path) -> list[Path]:
     return [leaf for m in members if m != folder for leaf in leaf_runs(m)]
 
 
+def distinct_runs(folders) -> list[Path]:
+    """Each run folder once, as first spelt: an ensemble records its members by absolute path, and a member given
+    too, spelt relative, was counted (and named) twice."""
+    distinct: dict[Path, Path] = {}
+    for folder in folders:
+        distinct.setdefault(Path(folder).resolve(), Path(folder))
+    return list(distinct.values())
+
+
 def ensemble_depth(folder: Path) -> int:
     """0 for a run, 1 for an ensemble of runs, 2 for one with an ensemble among its members, ..."""
     from longtail.ensemble import ensemble_members
@@ -155,7 +164,7 @@ def data_options(run_dirs: list[Path], given: dict) -> tuple[dict, str]:
     recipes' defaults."""
     from longtail.data import DataArguments, DataError, load_merge_map, load_taxonomy
 
-    leaves = list(dict.fromkeys(leaf for d in run_dirs for leaf in leaf_runs(d)))
+    leaves = distinct_runs(leaf for d in run_dirs for leaf in leaf_runs(d))
     recorded = {leaf: recorded_data_options(leaf) for leaf in leaves}
     known = {leaf: opts for leaf, opts in recorded.items() if opts is not None}
     options, sources = {}, []
@@ -269,8 +278,8 @@ def seen_digests(run_dirs: list[Path]) -> tuple[dict[str, set], list[Path]]:
 
     found: dict[str, set] = {"train": set(), "validation": set(), "test": set()}
     unchecked = []
-    leaves = list(dict.fromkeys(leaf for d in run_dirs for leaf in leaf_runs(d)))
-    for leaf in dict.fromkeys(run for trained in leaves for run in (trained, *started_from(trained))):
+    leaves = distinct_runs(leaf for d in run_dirs for leaf in leaf_runs(d))
+    for leaf in distinct_runs(run for trained in leaves for run in (trained, *started_from(trained))):
         path = run_file(leaf, "splits.json")
         digests = read_json(path).get(TEXTS_KEY) if path else None
         if not isinstance(digests, dict):
