@@ -369,6 +369,57 @@ def test_rows_a_run_started_from_trained_on_are_left_out_too(runs, tmp_path):
     assert not set(ids["test"][:5]) & set(kept.tolist())
 
 
+def test_a_distilled_runs_teacher_logits_run_counts_and_a_start_that_is_not_here_is_named(
+    runs, tmp_path, caplog
+):
+    """Distill's `--teacher_logits` may name a run folder (its saved predictions): the student learnt from what that
+    run trained on, whose rows were scored as new. A start recorded as a path that is not here (relative to where
+    the run was trained) is named in a warning: its rows cannot be told."""
+    from longtail.data import TEXTS_KEY, text_digest
+
+    ids = splits_of(runs["tfidf"])
+    texts = pd.read_csv(runs["test"]).iloc[ids["test"][:4]][TEXT].str.strip()
+
+    def taught_on(record):  # the teacher trained on four of these rows (another split of the data)
+        record[TEXTS_KEY]["train"] = {str(2000 + i): text_digest(t) for i, t in enumerate(texts)}
+
+    teacher = copy_run(runs["tfidf"], tmp_path / "teacher", "splits.json", taught_on)
+    student = copy_run(runs["tfidf"], tmp_path / "student", "run_config.json",
+                       lambda r: r.update(distill={"teacher_logits": str(teacher)}))  # fmt: skip
+    args = ["--data", str(runs["test"]), "--n_resamples", "100", "--no_progress"]
+    result = score.main([str(student), *args, "--output_dir", str(tmp_path / "out")])
+    assert result["counts"]["in_run_train"] == 4 and result["counts"]["excluded_seen"] == 4
+    gone = copy_run(runs["tfidf"], tmp_path / "gone", "run_config.json",
+                    lambda r: r.update(lpft={"head_init_from": "outputs/elsewhere/probe"}))  # fmt: skip
+    with caplog.at_level("WARNING", logger="longtail.score"):
+        score.main([str(gone), *args, "--output_dir", str(tmp_path / "out2")])
+    assert "records --head_init_from outputs/elsewhere/probe, which is not here" in caplog.text
+
+
+def test_an_ensemble_without_serving_or_a_run_config_without_data_options_is_one_line_first(
+    runs, tmp_path, capsys, monkeypatch
+):
+    import longtail.predict
+
+    monkeypatch.setattr(
+        longtail.predict, "score_texts", lambda *a, **k: pytest.fail("scored before the check")
+    )
+    old = copy_run(runs["ensemble"], tmp_path / "old", "ensemble.json", lambda r: r.pop("serving"))
+    listed = copy_run(runs["ensemble"], tmp_path / "listed", "ensemble.json", lambda r: r.update(serving=[1]))
+    odd = copy_run(runs["tfidf"], tmp_path / "odd", "run_config.json", lambda r: r.update(data=["Issue"]))
+    for run, expected in ((old, "has no 'serving' entry: rerun"), (listed, "(it holds a list)"),
+                          (odd, "its 'data' entry is a list")):  # fmt: skip
+        args = [
+            str(runs["tfidf"]),
+            str(run),
+            "--data",
+            str(runs["test"]),
+            "--output_dir",
+            str(tmp_path / "out" / run.name),
+        ]
+        assert expected in refused(score.main, args, capsys)
+
+
 def test_a_text_a_run_read_saved_again_in_another_case_or_spacing_is_left_out_and_older_digests_still_work(
     runs, tmp_path
 ):

@@ -1129,8 +1129,8 @@ def split_ids(data: PreparedData) -> dict:
     the text each id names ({split: {id: digest}}): ids are positions in the data files, so the same ids on a
     re-downloaded export (rows added or reordered), another file or another synthetic --split_seed name other
     texts. Each digest is `text_digest`: 16 hex digits of the SHA-256 of the normalised text (files written before
-    hold 8 hex digits of the stripped text, `legacy_text_digest`; readers tell the two by length, so the file
-    keeps its keys and older code reads it)."""
+    hold 8 hex digits of the stripped text, `legacy_text_digest`; this code tells the two by length. Code from
+    before 16-digit digests refuses a file with them: it reads every id as naming another text)."""
     rows = {s: df.sort_values("row_id", kind="stable") for s, df in data.splits.items()}
     ids = {s: [int(i) for i in df["row_id"]] for s, df in rows.items()}
     # keyed by id (JSON keys are text), so ids removed or added by hand keep the others checked

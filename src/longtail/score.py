@@ -140,7 +140,10 @@ def read_json(path: Path) -> dict:
 def recorded_data_options(folder: Path) -> dict | None:
     """The `data` options a trained run recorded in run_config.json (None without one)."""
     path = run_file(folder, "run_config.json")
-    return read_json(path).get("data") if path else None
+    data = read_json(path).get("data") if path else None
+    if data is not None and not isinstance(data, dict):  # else the recipes' defaults, and a column error
+        raise UsageError(f"{path}: its 'data' entry is a {type(data).__name__}, not the run's data options")
+    return data
 
 
 def none_as_null(name: str, value):
@@ -244,7 +247,10 @@ def check_label_lists(runs: dict[str, list[str] | None]) -> list[str] | None:
 
 # run_config.json options through which a run's model starts from another run's: its weights hold what that run
 # trained on (LP-FT from a probe, a classifier run fine-tuned again, distill's teacher)
-START_OPTIONS = ("model_name_or_path", "head_init_from", "teacher_model_name_or_path")
+START_OPTIONS = ("model_name_or_path", "head_init_from", "teacher_model_name_or_path", "teacher_logits")
+# of those, the ones only a local path fills (the others may name a Hub id, which no local check can tell from a
+# folder that is not here)
+LOCAL_START_OPTIONS = ("head_init_from", "teacher_logits")
 
 
 def started_from(run: Path) -> list[Path]:
@@ -258,6 +264,19 @@ def started_from(run: Path) -> list[Path]:
         for section in config.values():
             for option in START_OPTIONS:
                 value = section.get(option) if isinstance(section, dict) else None
+                if (
+                    isinstance(value, str)
+                    and value
+                    and option in LOCAL_START_OPTIONS
+                    and not Path(value).exists()
+                ):
+                    logger.warning(
+                        "%s records --%s %s, which is not here (a path relative to where it was trained?): the rows "
+                        "that run trained on cannot be told, and are scored as new if in the file",
+                        path,
+                        option,
+                        value,
+                    )
                 if not isinstance(value, str) or not value or not Path(value).is_dir():
                     continue
                 folder = Path(value).resolve()
@@ -472,6 +491,14 @@ def check_servable(folder: Path) -> None:
 
     if (folder / ENSEMBLE_FILE).is_file():  # its members too, before any run scores (a pass can take minutes)
         from longtail.ensemble import ensemble_members
+
+        serving = read_json(folder / ENSEMBLE_FILE).get("serving")
+        if not isinstance(serving, dict):  # predict refuses it only when its turn comes (or with a traceback)
+            raise UsageError(
+                f"{folder / ENSEMBLE_FILE} has no 'serving' entry"
+                + (f" (it holds a {type(serving).__name__})" if serving is not None else "")
+                + ": rerun `python -m longtail.ensemble` on the same member runs (seconds) to score it"
+            )
 
         for member in ensemble_members(folder):
             if not member.is_dir():
