@@ -327,6 +327,20 @@ def test_an_onnx_export_is_scored_without_the_rows_its_run_trained_on(runs, tmp_
     new = load_predictions(tmp_path / "out" / "scored" / "fp32" / "predictions_test.npz")
     where = [int(np.flatnonzero(own["row_id"] == i)[0]) for i in ids["test"][:6]]
     np.testing.assert_allclose(new["probs"], own["probs"][where], atol=2e-5)
+    # beside another run, validation picks between them: the export's validation predictions are its run's (it was
+    # never scored on validation; no run was picked, for any of them, when one had none)
+    both = score.main([str(probe / "onnx" / "fp32"), str(runs["tfidf"]), "--data", str(data), "--output_dir",
+                       str(tmp_path / "both"), "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    copied = tmp_path / "both" / "scored" / "fp32" / "predictions_validation.npz"
+    assert copied.read_bytes() == (probe / "predictions_validation.npz").read_bytes()
+    assert both["compare"]["validation_pick"]["run"] in ("fp32", "tfidf")
+    assert both["runs"]["fp32"]["copied_from_source_run"] == {
+        "predictions_validation.npz": str(probe.resolve())
+    }
+    assert (
+        "Validation predictions: fp32's are probe's, the run it serves"
+        in (tmp_path / "both" / "score.md").read_text()
+    )
 
 
 def test_overwrite_replaces_an_earlier_score_never_another_runs_files(runs, tmp_path, capsys):

@@ -108,6 +108,23 @@ def ensemble_depth(folder: Path) -> int:
     return 1 + max((ensemble_depth(m) for m in members), default=0)
 
 
+def source_run(folder: Path) -> Path | None:
+    """The run a serving form of it was made from: an ONNX export's variant (`<run>/onnx/fp32`: its parity.json's
+    `model_dir`, else two folders up) or an adapter run's `merged/` (its parent); None for any other folder."""
+    parity = folder.parent / "parity.json"
+    if parity.is_file() and any(folder.glob("*.onnx")):
+        try:
+            source = json.loads(parity.read_text("utf-8")).get("model_dir")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        if isinstance(source, str) and source and Path(source).is_dir():
+            return Path(source)
+        return folder.parent.parent
+    if folder.name == "merged" and (folder.parent / "adapter_config.json").is_file():
+        return folder.parent
+    return None
+
+
 def run_file(folder: Path, name: str) -> Path | None:
     """A run's file in its folder, or in the parent for a folder inside a run (an adapter's `merged/`: where
     `predict` finds run_config.json too), or, for an ONNX export's variant (`<run>/onnx/fp32`), in the run it was
@@ -422,9 +439,15 @@ def write_scored_run(folder: Path, run: Path, row_ids, y_true, probs, label_name
     save_predictions(
         folder, SplitResult("test", y_true, probs, pd.Series(dtype=str), row_ids=row_ids), label_names
     )
+    source = source_run(run)
     for name in COPIED:
         if (run / name).is_file():
             shutil.copyfile(run / name, folder / name)
+        elif source is not None and (source / name).is_file():
+            # an export or a merged adapter is its run served another way, and was never scored on validation: its
+            # run's validation predictions let `compare` name the run validation picks (exports pass a parity gate)
+            shutil.copyfile(source / name, folder / name)
+            info.setdefault("copied_from_source_run", {})[name] = str(source.resolve())
     write_json(folder / "scored.json", {"run": str(run.resolve()), **info})
 
 
@@ -603,8 +626,19 @@ def score_runs(args) -> dict:
     for row in [*result["runs"], *([pick] if pick.get("dir") else [])]:  # the run folder, not the scored copy
         row["dir"] = str(folders[scored_dirs.index(Path(row["dir"]))])
     counts = data["counts"]
+    borrowed = [
+        f"{label}'s are {Path(info['copied_from_source_run']['predictions_validation.npz']).name}'s, the run it serves"
+        for label, info in infos.items()
+        if "predictions_validation.npz" in info.get("copied_from_source_run", {})
+    ]
     markdown = (
         data_section(args.data, options, source, counts, timings, data["unchecked_runs"])
+        + (
+            "Validation predictions: " + "; ".join(borrowed) + " (an ONNX export or a merged adapter is not "
+            "scored on validation itself).\n\n"
+            if borrowed
+            else ""
+        )
         + "\n"
         + to_markdown(result, rows_name="the scored file")
     )
