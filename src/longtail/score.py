@@ -445,7 +445,8 @@ def write_scored_run(folder: Path, run: Path, row_ids, y_true, probs, label_name
             shutil.copyfile(run / name, folder / name)
         elif source is not None and (source / name).is_file():
             # an export or a merged adapter is its run served another way, and was never scored on validation: its
-            # run's validation predictions let `compare` name the run validation picks (exports pass a parity gate)
+            # run's validation predictions let `compare` name the run validation picks (how close an export is to its
+            # run: its parity.json)
             shutil.copyfile(source / name, folder / name)
             info.setdefault("copied_from_source_run", {})[name] = str(source.resolve())
     write_json(folder / "scored.json", {"run": str(run.resolve()), **info})
