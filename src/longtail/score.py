@@ -128,19 +128,13 @@ def source_run(folder: Path) -> Path | None:
 def run_file(folder: Path, name: str) -> Path | None:
     """A run's file in its folder, or in the parent for a folder inside a run (an adapter's `merged/`: where
     `predict` finds run_config.json too), or, for an ONNX export's variant (`<run>/onnx/fp32`), in the run it was
-    exported from: its parity.json's `model_dir` (and that folder's parent, for an adapter's `merged/`), else the
-    export's default place, two folders up. An export copies labels.json and run_config.json, not splits.json:
-    without it the rows the run trained on were scored as new ones."""
+    exported from (`source_run`, and that folder's parent, for an adapter's `merged/`), else the export's default
+    place, two folders up. An export copies labels.json and run_config.json, not splits.json: without it the rows
+    the run trained on were scored as new ones."""
     candidates = [folder, folder.parent]
-    parity = folder.parent / "parity.json"
-    if parity.is_file() and any(folder.glob("*.onnx")):
-        try:
-            source = json.loads(parity.read_text("utf-8")).get("model_dir")
-        except (OSError, ValueError, AttributeError):
-            source = None
-        if isinstance(source, str) and source:
-            candidates += [Path(source), Path(source).parent]
-        candidates.append(folder.parent.parent)
+    source = source_run(folder)
+    if source is not None and source != folder.parent:  # an export (a merged adapter's run is its parent)
+        candidates += [source, source.parent, folder.parent.parent]
     return next((d / name for d in candidates if (d / name).is_file()), None)
 
 
