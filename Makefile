@@ -62,12 +62,14 @@ compare:
 # Finished runs scored on a new labelled file (complaints none of them saw), side by side against a reference
 # (default: the first run), read with the runs' own data options:
 #   make score RUNS="outputs/probe outputs/lpft outputs/tfidf" DATA=new_complaints.csv REFERENCE=outputs/tfidf
-# Replaces the previous scores in $(SCORE_OUT) (never a scored run: that is refused).
+# SCORE_ARGS passes more options (e.g. the API's JSON: SCORE_ARGS="--text_column complaint_what_happened
+# --label_column issue"). Replaces the previous scores in $(SCORE_OUT) (never a run: that is refused).
 SCORE_OUT ?= outputs/scored
+SCORE_ARGS ?=
 score:
 	@test -f "$(DATA)" || { echo "score: pass DATA=<labelled .csv/.json/.jsonl/.parquet file>"; exit 2; }
 	$(OFFLINE) $(PYTHON) -m longtail.score $(RUNS) $(if $(REFERENCE),--reference $(REFERENCE)) --data "$(DATA)" \
-		--output_dir $(SCORE_OUT) --overwrite_output_dir
+		--output_dir $(SCORE_OUT) --overwrite_output_dir $(SCORE_ARGS)
 
 # Average the temperature-scaled probabilities of finished runs, weights chosen on validation:
 #   make ensemble RUNS="outputs/probe_encoder outputs/baseline_tfidf"
@@ -143,12 +145,12 @@ cfpb-study: install demo-assets
 		$(STUDY_OUT)/ensemble --reference $(STUDY_OUT)/tfidf --output_dir $(STUDY_OUT)/compare --overwrite_output_dir
 
 # The study's runs (make cfpb-study) scored on complaints they have not seen, against TF-IDF, into $(STUDY_OUT)/scored:
-#   make cfpb-score DATA=new_complaints.csv
+#   make cfpb-score DATA=new_complaints.csv   (SCORE_ARGS as for `make score`)
 cfpb-score:
 	@test -f "$(DATA)" || { echo "cfpb-score: pass DATA=<labelled CFPB export, e.g. a later complaints.csv>"; exit 2; }
 	$(OFFLINE) $(PYTHON) -m longtail.score $(STUDY_OUT)/probe $(STUDY_OUT)/lpft $(STUDY_OUT)/ensemble \
 		$(STUDY_OUT)/tfidf --reference $(STUDY_OUT)/tfidf --data "$(DATA)" --output_dir $(STUDY_OUT)/scored \
-		--overwrite_output_dir
+		--overwrite_output_dir $(SCORE_ARGS)
 
 lint:
 	ruff check . && ruff format --check .
