@@ -611,6 +611,8 @@ def test_unsupported_extension_and_missing_file(tmp_path):
         prepare_data(args(train_file=str(path)))
     with pytest.raises(DataError, match="Data file not found"):
         read_table(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match="is a folder, not a data file"):  # it said "not found"
+        prepare_data(args(train_file=str(tmp_path)))
 
 
 def test_a_text_column_empty_in_every_row_is_named(tmp_path, caplog):

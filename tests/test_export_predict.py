@@ -828,6 +828,12 @@ def test_predict_names_a_missing_input_file(tmp_path, capsys):
             main(["--model_dir", "m", "--input", str(tmp_path / name), "--output", str(tmp_path / "o.csv")])
         assert info.value.code == 2
         assert capsys.readouterr().err.strip().endswith(f"error: --input {tmp_path / name}: no such file")
+    # a folder (it was "no such file" of a folder that is there), named or not like a data file
+    for folder in (tmp_path / "texts", tmp_path / "texts.csv"):
+        folder.mkdir()
+        with pytest.raises(SystemExit) as info:
+            main(["--model_dir", "m", "--input", str(folder), "--output", str(tmp_path / "o.csv")])
+        assert info.value.code == 2 and "is a folder, not a data file" in capsys.readouterr().err
 
 
 def test_predict_suggests_a_text_column_written_another_way(tmp_path, capsys):

@@ -217,6 +217,8 @@ def copy_run(run: Path, to: Path, edit: str, change) -> Path:
 
 
 def test_mistakes_are_one_line_before_any_run_scores(runs, tmp_path, capsys, monkeypatch):
+    import torch
+
     import longtail.predict
 
     def no_scoring(*args, **kwargs):
@@ -240,6 +242,9 @@ def test_mistakes_are_one_line_before_any_run_scores(runs, tmp_path, capsys, mon
                      lambda r: r["id2label"].pop(str(len(r["id2label"]) - 1)))  # fmt: skip
     assert "different label lists" in refused(score.main, args(probe, fewer), capsys)
     assert "Data file not found" in refused(score.main, args(probe, data=tmp_path / "nope.csv"), capsys)
+    # a device this machine lacks, before the file is read (it was refused only when a model's turn came)
+    if not torch.cuda.is_available():
+        assert "CUDA is not available here" in refused(score.main, [*args(probe), "--device", "cuda"], capsys)
     assert "no such run folder" in refused(score.main, args(probe, tmp_path / "nope"), capsys)
     # a folder no run kind serves, an export's top folder, an ensemble with a member gone: before the file is read
     (tmp_path / "empty").mkdir()

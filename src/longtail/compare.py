@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.n_resamples < MIN_RESAMPLES:
         parser.error(RESAMPLES_ERROR.format(args.n_resamples))
-    from longtail.runs import prepare_output_dir, refuse_foreign_outputs, write_json
+    from longtail.runs import prepare_output_dir, refuse_foreign_outputs
 
     try:  # the output folder is checked before minutes of bootstrap, not after
         check_distinct(args.runs)
@@ -426,18 +426,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise usage_exit(str(err)) from None
     markdown = to_markdown(result)
     if out is not None:  # an overwrite clears the previous comparison only now, when this one is ready
-        from longtail.provenance import environment
-        from longtail.runs import command_line, replace_previous_run
+        from longtail.runs import replace_previous_run, write_report
 
         replace_previous_run(out, args.overwrite_output_dir)
-
-        result["command"] = command_line(
-            "-m", ["longtail.compare", *(sys.argv[1:] if argv is None else argv)]
-        )
-        result["environment"] = environment()
-        (out / "compare.md").unlink(missing_ok=True)
-        (out / "compare.md").write_text(markdown, "utf-8")
-        write_json(out / "compare.json", result)
+        write_report(out, "compare", markdown, result, argv)
     print(markdown)
     return result
 

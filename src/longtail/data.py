@@ -181,6 +181,10 @@ def read_table(path: str | Path, columns: Columns = None) -> pd.DataFrame:
     (a .csv whose header is one name split by ';' or tabs is read whole, for the parse error that names the
     separator). A .json or .jsonl is always read whole."""
     path = Path(path)
+    if path.is_dir():  # "not found" sent the user looking for a file that is there
+        raise DataError(
+            f"{path} is a folder, not a data file: pass the .csv, .json, .jsonl or .parquet file in it"
+        )
     if not path.is_file():
         raise DataError(f"Data file not found: {path}")
     frame = _read_table(path, columns)

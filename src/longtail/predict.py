@@ -118,6 +118,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     except DataError as err:  # a .zip of several files
         p.error(str(err))
     if input_format not in (".csv", ".json", ".jsonl"):  # .json: a list of objects, e.g. the CFPB API's
+        if Path(args.input).is_dir():
+            p.error(
+                f"--input {args.input} is a folder, not a data file: pass the .csv, .json or .jsonl file in it"
+            )
         if not Path(args.input).is_file():  # a missing complaints.zip has no format to read from inside it
             p.error(f"--input {args.input}: no such file")
         p.error(

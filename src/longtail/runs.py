@@ -230,6 +230,18 @@ def command_line(script: str, argv: list[str] | None) -> str:
     return redact_secrets(" ".join(["python", shlex.quote(script), *map(shlex.quote, args)]))
 
 
+def write_report(out: Path, tool: str, markdown: str, result: dict, argv: list[str] | None) -> None:
+    """`<tool>.md` and `<tool>.json` of a tool that reports on runs (`longtail.compare`, `longtail.score`), the JSON
+    with the exact command and the environment, as a run's run_config.json records them."""
+    from longtail.provenance import environment
+
+    result["command"] = command_line("-m", [f"longtail.{tool}", *(sys.argv[1:] if argv is None else argv)])
+    result["environment"] = environment()
+    (out / f"{tool}.md").unlink(missing_ok=True)
+    (out / f"{tool}.md").write_text(markdown, "utf-8")
+    write_json(out / f"{tool}.json", result)
+
+
 def write_json(path: str | Path, obj) -> Path:
     """Valid JSON (NaN -> null), secrets scrubbed."""
     path = Path(path)

@@ -544,9 +544,12 @@ def check_servable(folder: Path) -> None:
 def score_runs(args) -> dict:
     """Read the file once, score it with every run, compare them; returns score.json's content."""
     from longtail.calibration import load_temperature
+    from longtail.inference import torch_device_problem
     from longtail.predict import describe, score_texts
     from longtail.runs import prepare_output_dir, refuse_foreign_outputs, replace_previous_run
 
+    if problem := torch_device_problem(args.device):  # before the file is read and the first run scores
+        raise UsageError(problem)
     runs = list(args.runs)
     reference = args.reference or runs[0]
     check_distinct(runs)
@@ -590,9 +593,8 @@ def score_runs(args) -> dict:
         scores = score_texts(serving, run, texts, calibrated=False)  # as the run saved its test predictions
         timings[label] = time.perf_counter() - start
         info = dict(scores.info)
-        if (
-            "members" not in info
-        ):  # scored at T = 1, as the run saved them; served (and compared) at its own T
+        # scored at T = 1, as the run saved them; served (and compared) at its own T
+        if "members" not in info:
             info["temperature"] = load_temperature(run)
         if label_names is None:
             label_names = scores.label_names
@@ -659,15 +661,11 @@ def main(argv: list[str] | None = None) -> dict:
         result = score_runs(args)
     except (ValueError, FileNotFoundError) as err:  # UsageError, DataError, CompareError included
         raise usage_exit(str(err)) from None
-    from longtail.provenance import environment
-    from longtail.runs import command_line, write_json
+    from longtail.runs import write_report
 
     out = Path(result.pop("output_dir"))
     markdown = result.pop("markdown")
-    result["command"] = command_line("-m", ["longtail.score", *(sys.argv[1:] if argv is None else argv)])
-    result["environment"] = environment()
-    (out / "score.md").write_text(markdown, "utf-8")
-    write_json(out / "score.json", result)
+    write_report(out, "score", markdown, result, argv)
     print(markdown)
     return result
 
