@@ -407,6 +407,59 @@ def test_teacher_cache_key_of_a_lora_teachers_hub_base_follows_the_commit_that_l
     assert teacher_logits(args, data, tmp_path / "out", max_length=32)[1]["cache_status"] == "reused"
 
 
+def test_teacher_cache_key_of_a_hub_adapter_repo_follows_its_bases_commit(
+    tiny_qwen2, tmp_path, monkeypatch, one_torch_thread
+):
+    """A LoRA run pushed to the Hub, as a teacher: Transformers loads it on the base its adapter_config.json names.
+    It was keyed by the adapter's commit alone, so a base updated on the Hub reused the old base's logits. On a Hub
+    cache faked in tmp_path: the Hub adapter scores as its run folder does; the base's main moved to other weights,
+    it scores again, with them, and the next pass reuses that. --teacher_base_model, which its load ignored, is
+    refused for a Hub id."""
+    from dataclasses import replace
+
+    import transformers
+    from test_probe import fake_hub_cache, fake_hub_download
+    from transformers import AutoModelForSequenceClassification
+
+    from longtail.adapters import AdapterArguments, add_lora
+    from longtail.distill import teacher_fingerprint
+
+    hub = fake_hub_cache(monkeypatch, tmp_path)
+    old, new = "a" * 40, "b" * 40
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    base_old = save_teacher(tiny_qwen2, tmp_path / "base_old", data.label_names)
+    updated = AutoModelForSequenceClassification.from_pretrained(base_old)
+    with torch.no_grad():  # the base updated on the Hub: other body weights
+        updated.get_input_embeddings().weight.mul_(-1.5)
+    updated.save_pretrained(tmp_path / "base_new")
+    fake_hub_download(hub, "org/base", base_old, old)
+    lora = add_lora(AutoModelForSequenceClassification.from_pretrained("org/base"), AdapterArguments())
+    run = tmp_path / "lora_run"
+    lora.save_pretrained(run)
+    lora.get_base_model().config.save_pretrained(run)
+    transformers.AutoTokenizer.from_pretrained(base_old).save_pretrained(run)
+    # the run, pushed (at a commit of its own: Transformers passes the adapter's commit on to the base's files)
+    fake_hub_download(hub, "org/lora", str(run), "c" * 40)
+
+    args = DistillArguments(teacher_model_name_or_path="org/lora", teacher_batch_size=64)
+    first, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info["cache_status"] == "computed"
+    local = teacher_logits(replace(args, teacher_model_name_or_path=str(run)), data, tmp_path / "o2", 32)[0]
+    np.testing.assert_allclose(first["validation"], local["validation"], atol=1e-6)
+    key = teacher_fingerprint("org/lora")
+    fake_hub_download(hub, "org/base", str(tmp_path / "base_new"), new)  # only the base moved on
+    assert teacher_fingerprint("org/lora") != key
+    again, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info["cache_status"] == "computed"
+    assert np.abs(again["validation"] - first["validation"]).max() > 1e-3  # the new base's logits
+    assert teacher_logits(args, data, tmp_path / "out", max_length=32)[1]["cache_status"] == "reused"
+    (hub / "models--org--base" / "refs" / "main").write_text(old)
+    assert teacher_fingerprint("org/lora") == key
+    with pytest.raises(UsageError, match="is a Hub id, loaded as its repo says"):
+        teacher_logits(replace(args, teacher_base_model=base_old), data, tmp_path / "o3", 32)
+
+
 def test_precomputed_logits_file_and_run_folder(tmp_path, caplog):
     from longtail.report import SplitResult, save_predictions
 

@@ -267,36 +267,48 @@ def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
     """Hash of the files that decide the teacher's outputs (a local folder), or of its Hub id and the commit the
     local Hub cache holds as its main (`probe.hub_commit`, offline: by its id alone, a teacher updated on the Hub
     reused the old one's logits; `teacher_config` has just resolved it, so that is the commit it loads). A LoRA
-    teacher's base counts too: a local folder by its files (by its name alone, a retrained base reused a stale
+    teacher's base counts too, named by --teacher_base_model or by its adapter_config.json (a run folder's, or a Hub
+    adapter repo's, which Transformers loads on that base: keyed by the adapter's commit alone, a base since
+    updated reused the old logits): a local folder by its files (by its name alone, a retrained base reused a stale
     cache), a Hub id with the commit the cache holds as its main (`resolve_hub_base` has just resolved it, as
     `teacher_config` the teacher: the last one downloaded, with no resolve, reused logits of a base since updated)."""
     from longtail.probe import hub_commit
 
     path = Path(teacher)
+    base = base_model or adapter_base(teacher)
     if not path.is_dir():
-        return _digest("hub", teacher, hub_commit(teacher), base_model)
-    h = hashlib.sha256()
-    files = sorted({f for pattern in TEACHER_FILE_PATTERNS for f in path.glob(pattern) if f.is_file()})
-    for f in files:
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    base = base_model or adapter_base(path)
+        own = ("hub", teacher, hub_commit(teacher))
+        if not base:  # a whole model: the key it always had
+            return _digest(*own, base_model)
+        own = _digest(*own)
+    else:
+        h = hashlib.sha256()
+        files = sorted({f for pattern in TEACHER_FILE_PATTERNS for f in path.glob(pattern) if f.is_file()})
+        for f in files:
+            h.update(f.name.encode())
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        own = h.hexdigest()
     if base and Path(base).is_dir() and Path(base).resolve() != path.resolve():
-        return _digest(h.hexdigest(), "local base", teacher_fingerprint(base))
+        return _digest(own, "local base", teacher_fingerprint(base))
     if base and not Path(base).is_dir():  # a Hub id: the commit of it the cache holds
-        return _digest(h.hexdigest(), base_model, "hub base", base, hub_commit(base))
-    return _digest(h.hexdigest(), base_model)
+        return _digest(own, base_model, "hub base", base, hub_commit(base))
+    return _digest(own, base_model)
 
 
-def adapter_base(path: Path) -> str | None:
-    """The base model an adapter folder's adapter_config.json names; None for no adapter (or a damaged one: its
-    load reports it)."""
-    if not (path / "adapter_config.json").is_file():
-        return None
+def adapter_base(teacher: str | Path) -> str | None:
+    """The base model an adapter's adapter_config.json names, for a run folder or a Hub adapter repo (its file as
+    Transformers finds it when loading the repo: online, the Hub's main, downloaded into the cache; offline, the
+    cache's); None for no adapter (or a damaged one: its load reports it)."""
+    from transformers.utils import find_adapter_config_file
+
+    path = Path(teacher)
     try:
-        return json.loads((path / "adapter_config.json").read_text("utf-8")).get("base_model_name_or_path")
+        file = path / "adapter_config.json" if path.is_dir() else find_adapter_config_file(str(teacher))
+        if file is None or not Path(file).is_file():
+            return None
+        return json.loads(Path(file).read_text("utf-8")).get("base_model_name_or_path")
     except (OSError, ValueError):
         return None
 
@@ -308,10 +320,7 @@ def resolve_hub_base(teacher: str, base_model: str | None = None) -> None:
     error loading it gives, before any weights load."""
     from longtail.adapters import ensure_base_available
 
-    path = Path(teacher)
-    if not path.is_dir() or not (path / "adapter_config.json").is_file():
-        return  # a whole model: no base to load it on
-    base = base_model or adapter_base(path)
+    base = base_model or adapter_base(teacher)  # None for a whole model: no base to load it on
     if base and not Path(base).is_dir():
         ensure_base_available(base, teacher)
 
@@ -656,11 +665,14 @@ def teacher_logits(
     from longtail.runs import public_model_name
 
     teacher = args.teacher_model_name_or_path
-    if (
-        args.teacher_base_model
-        and Path(teacher).is_dir()
-        and not (Path(teacher) / "adapter_config.json").is_file()
-    ):
+    if args.teacher_base_model and not Path(teacher).is_dir():
+        # Transformers loads a Hub adapter repo on the base its adapter_config.json names: the option was ignored
+        raise UsageError(
+            f"--teacher_base_model {args.teacher_base_model}: the teacher {teacher} is a Hub id, loaded as its "
+            "repo says (an adapter repo on the base its adapter_config.json names); the option applies to a local "
+            "LoRA run folder: drop it, or download the repo and pass its folder"
+        )
+    if args.teacher_base_model and not (Path(teacher) / "adapter_config.json").is_file():
         # only an adapter is loaded on a base: a whole model's teacher ignored it, unsaid
         raise UsageError(
             f"--teacher_base_model {args.teacher_base_model}: the teacher {teacher} is a whole model, not a LoRA "
