@@ -451,7 +451,7 @@ def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch)
         assert not (tmp_path / "out").exists(), argv
     # an older ensemble.json, with no serving entry: its members as written (relative), resolved from here; an
     # ensemble that lists itself, and two that list each other (folders overwritten into their own member lists):
-    # each followed once, and the run named inside the ensemble that lists it
+    # the cycle is named (no tool can serve them: predict recursed on them without end)
     for name, members in {
         "old_ab": ["a", "b"],
         "loop": [str(tmp_path / "loop"), str(resolved["a"])],
@@ -461,17 +461,20 @@ def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch)
         (tmp_path / name).mkdir()
         record = {"members": members} if name == "old_ab" else {"serving": {"members": members}}
         (tmp_path / name / "ensemble.json").write_text(json.dumps(record))
+    cycle = (
+        "each folder's ensemble.json lists the next as a member (edited by hand, or a folder replaced afterwards), "
+        "so no tool can serve or score it; rebuild the ensemble from its runs with python -m longtail.ensemble"
+    )
     for argv, message in (
         (
             ["old_ab", "b"],
             f"{resolved['b']} is given (as b) and is also a member of the ensemble old_ab{end}",
         ),
-        (["loop", "a"], f"{resolved['a']} is given (as a) and is also a member of the ensemble loop{end}"),
+        (["loop", "a"], f"ensembles in a cycle, {tmp_path / 'loop'} -> {tmp_path / 'loop'}: {cycle}"),
         (
             ["x1", "b"],
-            f"{resolved['b']} is given (as b) and is also a member of the ensemble "
-            f"{(tmp_path / 'x2').resolve()} (inside x1){end}",
-        ),  # fmt: skip
+            f"ensembles in a cycle, {tmp_path / 'x1'} -> {tmp_path / 'x2'} -> {tmp_path / 'x1'}: {cycle}",
+        ),
         # given as its resolved path: named once, with no "(as ...)"
         (
             ["ab", str(resolved["a"])],
@@ -491,6 +494,81 @@ def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch)
     # no run shared: an ensemble of two ensembles, and of an ensemble and another run, are built
     assert main(["ab", "cd", "--output_dir", "ab_cd", *quick])["members"] == ["ab", "cd"]
     assert main(["ab_c", "d", "--output_dir", "ab_c_d", *quick])["members"] == ["ab_c", "d"]
+
+
+def test_ensembles_in_a_cycle_are_one_line_in_ensemble_predict_and_score(tmp_path, capsys, monkeypatch):
+    """An ensemble.json whose members lead back to itself (edited by hand, or a folder replaced afterwards): predict
+    and score recursed without end (RecursionError), and ensemble built a new ensemble over it that nothing could
+    serve. Each is one line naming the folders of the cycle in order, before the input is read or any run scores;
+    the walks behind score (its runs' leaves, its nesting order) say the same. An ensemble written into a folder
+    inside one of its members would make such a cycle: refused too, the folder left as it was."""
+    import longtail.predict
+    import longtail.score
+    from longtail.ensemble import main as ensemble
+    from longtail.predict import main as predict
+    from longtail.score import ensemble_depth, leaf_runs
+    from longtail.score import main as score
+
+    y = {"validation": [0, 1, 2, 0, 1, 2], "test": Y["test"]}
+    preds = {
+        "a": [0, 1, 2, 0, 1, 1],
+        "b": [0, 1, 1, 0, 1, 2],
+        "c": [0, 0, 2, 0, 1, 2],
+        "d": [0, 1, 2, 2, 1, 2],
+    }
+    for name, pred in preds.items():
+        make_run(tmp_path / name, {"validation": pred, "test": [0] * 8}, y)
+    monkeypatch.chdir(tmp_path)
+    quick = ["--n_resamples", "20"]
+    ensemble(["a", "b", "--output_dir", "ab", *quick])
+    ensemble(["ab", "c", "--output_dir", "ab_c", *quick])
+    ab, ab_c = (tmp_path / "ab").resolve(), (tmp_path / "ab_c").resolve()
+    before = folder_bytes(ab)
+    # ab_c lists ab: an ensemble of it written over ab would list ab_c, which lists ab
+    run_as(monkeypatch, "ensemble.py")
+    line = refused(ensemble, ["ab_c", "d", "--output_dir", "ab", "--overwrite_output_dir", *quick], capsys)
+    assert line == (
+        f"ensemble.py: error: --output_dir ab is a member of the ensemble {ab_c}: an ensemble written there would "
+        f"be in a cycle, {ab} -> {ab_c} -> {ab}. Choose another --output_dir"
+    )
+    assert folder_bytes(ab) == before
+    record = json.loads((ab / "ensemble.json").read_text())
+    record["serving"]["members"] = [str(ab_c), str((tmp_path / "b").resolve())]  # by hand: ab -> ab_c -> ab
+    (ab / "ensemble.json").write_text(json.dumps(record))
+    (tmp_path / "z").mkdir()  # an ensemble outside the cycle that leads into it
+    (tmp_path / "z" / "ensemble.json").write_text(json.dumps({"serving": {"members": ["ab_c", "d"]}}))
+    cycle = (
+        f"ensembles in a cycle, {ab_c} -> {ab} -> {ab_c}: each folder's ensemble.json lists the next as a member "
+        "(edited by hand, or a folder replaced afterwards), so no tool can serve or score it"
+    )
+    rebuild = "; rebuild the ensemble from its runs with python -m longtail.ensemble"
+    (tmp_path / "in.csv").write_text("text,Issue\nlate fee,a\n")
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the input was read or a run scored before the cycle was found")
+
+    for module, name in ((longtail.predict, "read_texts"), (longtail.predict, "score_texts"),
+                         (longtail.score, "read_rows")):  # fmt: skip
+        monkeypatch.setattr(module, name, not_yet)
+    for tool, script, argv in (
+        (ensemble, "ensemble.py", ["ab_c", "d", "--output_dir", "out", *quick]),
+        (predict, "predict.py", ["--model_dir", "ab_c", "--input", "in.csv", "--output", "out.csv"]),
+        (score, "score.py", ["ab_c", "--data", "in.csv", "--text_column", "text", "--output_dir", "out"]),
+    ):
+        run_as(monkeypatch, script)
+        assert refused(tool, argv, capsys) == f"{script}: error: {cycle}{rebuild}"
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.csv").exists()
+    assert f"{cycle} (reached from z){rebuild}" in refused(
+        score, ["z", "--data", "in.csv", "--output_dir", "out"], capsys
+    )
+    for walk in (leaf_runs, ensemble_depth):
+        with pytest.raises(ValueError, match=r"ensembles in a cycle, .*ab_c -> .*ab -> .*ab_c: "):
+            walk(Path("ab_c"))
+    # the walks on ensembles without a cycle: ab_c's runs, and how deep it nests
+    record["serving"]["members"] = [str((tmp_path / n).resolve()) for n in "ab"]
+    (ab / "ensemble.json").write_text(json.dumps(record))
+    assert [p.name for p in leaf_runs(Path("ab_c"))] == ["a", "b", "c"] and ensemble_depth(Path("ab_c")) == 2
+    assert leaf_runs(Path("a")) == [Path("a")] and ensemble_depth(Path("a")) == 0
 
 
 def refused_in_one_line(monkeypatch, capsys, tool: str, argv: list, out) -> str:
