@@ -252,6 +252,68 @@ def test_overwrite_replaces_an_earlier_comparison_or_ensemble_never_another_runs
         assert "(README.md: a run's?)" in line and folder_bytes(out) == kept
 
 
+def test_overwrite_replaces_only_a_folder_holding_the_tools_own_record(tmp_path, capsys, monkeypatch):
+    """A folder of predictions_*.npz and a report.md (hand-made predictions, as these tests make runs) with no
+    ensemble.json read as an earlier ensemble with --overwrite_output_dir, and was replaced. A folder is an earlier
+    ensemble's, comparison's or score's only with the record the tool always writes (ensemble.json, compare.json,
+    score.json): anything else holding files is refused in one line naming the folder and what it holds, before
+    any work. An earlier ensemble is still replaced, one written before `serving` existed too."""
+    import longtail.compare
+    import longtail.ensemble
+    import longtail.score
+
+    both = {"validation": Y["validation"], "test": Y["test"]}
+    a = make_run(tmp_path / "a", both, both)
+    b = make_run(tmp_path / "b", {s: [1] * len(y) for s, y in both.items()}, both)
+    preds = Path(make_run(tmp_path / "preds", both, both))
+    (preds / "report.md").write_text("# my predictions")
+    fake = tmp_path / "fake_run"  # a folder score takes for a run: it is refused before any model loads
+    fake.mkdir()
+    (fake / "model.joblib").write_bytes(b"")
+    notes, scored = tmp_path / "notes", tmp_path / "scored_only"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "notes.txt").write_text("mine")
+    (scored / "scored" / "x").mkdir(parents=True)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the output folder was checked")
+
+    for module, work in ((longtail.ensemble, "build_ensemble"), (longtail.compare, "compare_runs"),
+                         (longtail.score, "read_rows")):  # fmt: skip
+        monkeypatch.setattr(module, work, no_work)
+    quick = ["--overwrite_output_dir", "--n_resamples", "20"]
+    for tool, runs, out, held in (
+        ("ensemble", [a, b], preds, "predictions_test.npz, predictions_validation.npz, report.md"),
+        ("ensemble", [a, b], notes, "notes.txt, sub/"),
+        ("compare", [a, "--reference", b], notes, "notes.txt, sub/"),
+        ("score", [str(fake), "--data", a], notes, "notes.txt, sub/"),
+        ("score", [str(fake), "--data", a], scored, "scored/"),  # score's own folder, without score.json
+    ):
+        what, marker = {"ensemble": ("ensemble", "ensemble.json"), "compare": ("comparison", "compare.json"),
+                        "score": ("score", "score.json")}[tool]  # fmt: skip
+        before = folder_bytes(out)
+        run_as(monkeypatch, f"{tool}.py")
+        line = refused(getattr(longtail, tool).main, [*runs, "--output_dir", str(out), *quick], capsys)
+        assert line == (
+            f"{tool}.py: error: output_dir '{out}' holds {held} but no {marker}, so it is not an earlier {what}'s, "
+            "which is all --overwrite_output_dir replaces. Choose another --output_dir (or, if it is a "
+            f"{what} stopped before it wrote {marker}, delete the folder yourself)."
+        ), (tool, out)
+        assert folder_bytes(out) == before and (out / "sub").is_dir() == (out == notes)
+    # a run's predictions, or score's scored/, were refused already in compare (and score): another tool's files
+    for out, held in ((preds, "(predictions_test.npz"), (scored, "(scored/: a run's?)")):
+        line = refused(longtail.compare.main, [a, "--reference", b, "--output_dir", str(out), *quick], capsys)
+        assert f"not an earlier comparison's {held}" in line
+    monkeypatch.undo()
+    ens = tmp_path / "ens"
+    longtail.ensemble.main([a, b, "--output_dir", str(ens), "--n_resamples", "20"])
+    record = json.loads((ens / "ensemble.json").read_text())
+    del record["serving"]  # as an ensemble wrote it before serving existed
+    (ens / "ensemble.json").write_text(json.dumps(record))
+    longtail.ensemble.main([a, b, "--output_dir", str(ens), *quick])
+    assert "serving" in json.loads((ens / "ensemble.json").read_text())
+
+
 def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):
     from longtail.compare import CompareError, compare_runs
 

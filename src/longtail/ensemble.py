@@ -645,7 +645,9 @@ def main(argv: list[str] | None = None) -> dict:
             clear=False,
         )
         # nor another run's folder: an overwrite replaces an earlier ensemble only
-        refuse_foreign_outputs(out, args.overwrite_output_dir, ENSEMBLE_FILES, what="ensemble")
+        refuse_foreign_outputs(
+            out, args.overwrite_output_dir, ENSEMBLE_FILES, what="ensemble", marker="ensemble.json"
+        )
         result = build_ensemble(
             args.runs,
             args.weight_step,
