@@ -252,6 +252,68 @@ def test_overwrite_replaces_an_earlier_comparison_or_ensemble_never_another_runs
         assert "(README.md: a run's?)" in line and folder_bytes(out) == kept
 
 
+def test_overwrite_replaces_only_a_folder_holding_the_tools_own_record(tmp_path, capsys, monkeypatch):
+    """A folder of predictions_*.npz and a report.md (hand-made predictions, as these tests make runs) with no
+    ensemble.json read as an earlier ensemble with --overwrite_output_dir, and was replaced. A folder is an earlier
+    ensemble's, comparison's or score's only with the record the tool always writes (ensemble.json, compare.json,
+    score.json): anything else holding files is refused in one line naming the folder and what it holds, before
+    any work. An earlier ensemble is still replaced, one written before `serving` existed too."""
+    import longtail.compare
+    import longtail.ensemble
+    import longtail.score
+
+    both = {"validation": Y["validation"], "test": Y["test"]}
+    a = make_run(tmp_path / "a", both, both)
+    b = make_run(tmp_path / "b", {s: [1] * len(y) for s, y in both.items()}, both)
+    preds = Path(make_run(tmp_path / "preds", both, both))
+    (preds / "report.md").write_text("# my predictions")
+    fake = tmp_path / "fake_run"  # a folder score takes for a run: it is refused before any model loads
+    fake.mkdir()
+    (fake / "model.joblib").write_bytes(b"")
+    notes, scored = tmp_path / "notes", tmp_path / "scored_only"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "notes.txt").write_text("mine")
+    (scored / "scored" / "x").mkdir(parents=True)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the output folder was checked")
+
+    for module, work in ((longtail.ensemble, "build_ensemble"), (longtail.compare, "compare_runs"),
+                         (longtail.score, "read_rows")):  # fmt: skip
+        monkeypatch.setattr(module, work, no_work)
+    quick = ["--overwrite_output_dir", "--n_resamples", "20"]
+    for tool, runs, out, held in (
+        ("ensemble", [a, b], preds, "predictions_test.npz, predictions_validation.npz, report.md"),
+        ("ensemble", [a, b], notes, "notes.txt, sub/"),
+        ("compare", [a, "--reference", b], notes, "notes.txt, sub/"),
+        ("score", [str(fake), "--data", a], notes, "notes.txt, sub/"),
+        ("score", [str(fake), "--data", a], scored, "scored/"),  # score's own folder, without score.json
+    ):
+        what, marker = {"ensemble": ("ensemble", "ensemble.json"), "compare": ("comparison", "compare.json"),
+                        "score": ("score", "score.json")}[tool]  # fmt: skip
+        before = folder_bytes(out)
+        run_as(monkeypatch, f"{tool}.py")
+        line = refused(getattr(longtail, tool).main, [*runs, "--output_dir", str(out), *quick], capsys)
+        assert line == (
+            f"{tool}.py: error: output_dir '{out}' holds {held} but no {marker}, so it is not an earlier {what}'s, "
+            "which is all --overwrite_output_dir replaces. Choose another --output_dir (or, if it is a "
+            f"{what} stopped before it wrote {marker}, delete the folder yourself)."
+        ), (tool, out)
+        assert folder_bytes(out) == before and (out / "sub").is_dir() == (out == notes)
+    # a run's predictions, or score's scored/, were refused already in compare (and score): another tool's files
+    for out, held in ((preds, "(predictions_test.npz"), (scored, "(scored/: a run's?)")):
+        line = refused(longtail.compare.main, [a, "--reference", b, "--output_dir", str(out), *quick], capsys)
+        assert f"not an earlier comparison's {held}" in line
+    monkeypatch.undo()
+    ens = tmp_path / "ens"
+    longtail.ensemble.main([a, b, "--output_dir", str(ens), "--n_resamples", "20"])
+    record = json.loads((ens / "ensemble.json").read_text())
+    del record["serving"]  # as an ensemble wrote it before serving existed
+    (ens / "ensemble.json").write_text(json.dumps(record))
+    longtail.ensemble.main([a, b, "--output_dir", str(ens), *quick])
+    assert "serving" in json.loads((ens / "ensemble.json").read_text())
+
+
 def test_compare_aligns_rows_by_id_and_refuses_mismatches(tmp_path):
     from longtail.compare import CompareError, compare_runs
 
@@ -451,7 +513,7 @@ def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch)
         assert not (tmp_path / "out").exists(), argv
     # an older ensemble.json, with no serving entry: its members as written (relative), resolved from here; an
     # ensemble that lists itself, and two that list each other (folders overwritten into their own member lists):
-    # each followed once, and the run named inside the ensemble that lists it
+    # the cycle is named (no tool can serve them: predict recursed on them without end)
     for name, members in {
         "old_ab": ["a", "b"],
         "loop": [str(tmp_path / "loop"), str(resolved["a"])],
@@ -461,17 +523,20 @@ def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch)
         (tmp_path / name).mkdir()
         record = {"members": members} if name == "old_ab" else {"serving": {"members": members}}
         (tmp_path / name / "ensemble.json").write_text(json.dumps(record))
+    cycle = (
+        "each folder's ensemble.json lists the next as a member (edited by hand, or a folder replaced afterwards), "
+        "so no tool can serve or score it; rebuild the ensemble from its runs with python -m longtail.ensemble"
+    )
     for argv, message in (
         (
             ["old_ab", "b"],
             f"{resolved['b']} is given (as b) and is also a member of the ensemble old_ab{end}",
         ),
-        (["loop", "a"], f"{resolved['a']} is given (as a) and is also a member of the ensemble loop{end}"),
+        (["loop", "a"], f"ensembles in a cycle, {tmp_path / 'loop'} -> {tmp_path / 'loop'}: {cycle}"),
         (
             ["x1", "b"],
-            f"{resolved['b']} is given (as b) and is also a member of the ensemble "
-            f"{(tmp_path / 'x2').resolve()} (inside x1){end}",
-        ),  # fmt: skip
+            f"ensembles in a cycle, {tmp_path / 'x1'} -> {tmp_path / 'x2'} -> {tmp_path / 'x1'}: {cycle}",
+        ),
         # given as its resolved path: named once, with no "(as ...)"
         (
             ["ab", str(resolved["a"])],
@@ -491,6 +556,81 @@ def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch)
     # no run shared: an ensemble of two ensembles, and of an ensemble and another run, are built
     assert main(["ab", "cd", "--output_dir", "ab_cd", *quick])["members"] == ["ab", "cd"]
     assert main(["ab_c", "d", "--output_dir", "ab_c_d", *quick])["members"] == ["ab_c", "d"]
+
+
+def test_ensembles_in_a_cycle_are_one_line_in_ensemble_predict_and_score(tmp_path, capsys, monkeypatch):
+    """An ensemble.json whose members lead back to itself (edited by hand, or a folder replaced afterwards): predict
+    and score recursed without end (RecursionError), and ensemble built a new ensemble over it that nothing could
+    serve. Each is one line naming the folders of the cycle in order, before the input is read or any run scores;
+    the walks behind score (its runs' leaves, its nesting order) say the same. An ensemble written into a folder
+    inside one of its members would make such a cycle: refused too, the folder left as it was."""
+    import longtail.predict
+    import longtail.score
+    from longtail.ensemble import main as ensemble
+    from longtail.predict import main as predict
+    from longtail.score import ensemble_depth, leaf_runs
+    from longtail.score import main as score
+
+    y = {"validation": [0, 1, 2, 0, 1, 2], "test": Y["test"]}
+    preds = {
+        "a": [0, 1, 2, 0, 1, 1],
+        "b": [0, 1, 1, 0, 1, 2],
+        "c": [0, 0, 2, 0, 1, 2],
+        "d": [0, 1, 2, 2, 1, 2],
+    }
+    for name, pred in preds.items():
+        make_run(tmp_path / name, {"validation": pred, "test": [0] * 8}, y)
+    monkeypatch.chdir(tmp_path)
+    quick = ["--n_resamples", "20"]
+    ensemble(["a", "b", "--output_dir", "ab", *quick])
+    ensemble(["ab", "c", "--output_dir", "ab_c", *quick])
+    ab, ab_c = (tmp_path / "ab").resolve(), (tmp_path / "ab_c").resolve()
+    before = folder_bytes(ab)
+    # ab_c lists ab: an ensemble of it written over ab would list ab_c, which lists ab
+    run_as(monkeypatch, "ensemble.py")
+    line = refused(ensemble, ["ab_c", "d", "--output_dir", "ab", "--overwrite_output_dir", *quick], capsys)
+    assert line == (
+        f"ensemble.py: error: --output_dir ab is a member of the ensemble {ab_c}: an ensemble written there would "
+        f"be in a cycle, {ab} -> {ab_c} -> {ab}. Choose another --output_dir"
+    )
+    assert folder_bytes(ab) == before
+    record = json.loads((ab / "ensemble.json").read_text())
+    record["serving"]["members"] = [str(ab_c), str((tmp_path / "b").resolve())]  # by hand: ab -> ab_c -> ab
+    (ab / "ensemble.json").write_text(json.dumps(record))
+    (tmp_path / "z").mkdir()  # an ensemble outside the cycle that leads into it
+    (tmp_path / "z" / "ensemble.json").write_text(json.dumps({"serving": {"members": ["ab_c", "d"]}}))
+    cycle = (
+        f"ensembles in a cycle, {ab_c} -> {ab} -> {ab_c}: each folder's ensemble.json lists the next as a member "
+        "(edited by hand, or a folder replaced afterwards), so no tool can serve or score it"
+    )
+    rebuild = "; rebuild the ensemble from its runs with python -m longtail.ensemble"
+    (tmp_path / "in.csv").write_text("text,Issue\nlate fee,a\n")
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the input was read or a run scored before the cycle was found")
+
+    for module, name in ((longtail.predict, "read_texts"), (longtail.predict, "score_texts"),
+                         (longtail.score, "read_rows")):  # fmt: skip
+        monkeypatch.setattr(module, name, not_yet)
+    for tool, script, argv in (
+        (ensemble, "ensemble.py", ["ab_c", "d", "--output_dir", "out", *quick]),
+        (predict, "predict.py", ["--model_dir", "ab_c", "--input", "in.csv", "--output", "out.csv"]),
+        (score, "score.py", ["ab_c", "--data", "in.csv", "--text_column", "text", "--output_dir", "out"]),
+    ):
+        run_as(monkeypatch, script)
+        assert refused(tool, argv, capsys) == f"{script}: error: {cycle}{rebuild}"
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.csv").exists()
+    assert f"{cycle} (reached from z){rebuild}" in refused(
+        score, ["z", "--data", "in.csv", "--output_dir", "out"], capsys
+    )
+    for walk in (leaf_runs, ensemble_depth):
+        with pytest.raises(ValueError, match=r"ensembles in a cycle, .*ab_c -> .*ab -> .*ab_c: "):
+            walk(Path("ab_c"))
+    # the walks on ensembles without a cycle: ab_c's runs, and how deep it nests
+    record["serving"]["members"] = [str((tmp_path / n).resolve()) for n in "ab"]
+    (ab / "ensemble.json").write_text(json.dumps(record))
+    assert [p.name for p in leaf_runs(Path("ab_c"))] == ["a", "b", "c"] and ensemble_depth(Path("ab_c")) == 2
+    assert leaf_runs(Path("a")) == [Path("a")] and ensemble_depth(Path("a")) == 0
 
 
 def refused_in_one_line(monkeypatch, capsys, tool: str, argv: list, out) -> str:

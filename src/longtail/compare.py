@@ -420,7 +420,9 @@ def main(argv: list[str] | None = None) -> dict:
             else None
         )
         if out is not None:  # nor another run's folder: an overwrite replaces an earlier comparison only
-            refuse_foreign_outputs(out, args.overwrite_output_dir, COMPARE_FILES, what="comparison")
+            refuse_foreign_outputs(
+                out, args.overwrite_output_dir, COMPARE_FILES, what="comparison", marker="compare.json"
+            )
         result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
     except UsageError as err:  # CompareError, OutputDirError, a malformed temperature.json
         raise usage_exit(str(err)) from None

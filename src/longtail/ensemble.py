@@ -266,25 +266,47 @@ def ensemble_members(run_dir) -> list[Path]:
         return []
 
 
+def member_walk(folder) -> list[tuple[Path, tuple[Path, ...]]]:
+    """Every folder `folder` leads to through ensemble.json member lists (`ensemble_members`), resolved, each with
+    the ensembles on the way (outermost first), depth first from `folder` itself (with ()). The one walk over
+    members of predict, score and ensemble: members that lead back to an ensemble on the way (an ensemble.json
+    edited by hand, or a folder replaced afterwards) are one CompareError naming the cycle, where each tool
+    recursed without end. Every way down is walked, as before: ensembles built here share no run
+    (`check_no_run_twice`), so that is each folder once."""
+    start = Path(folder).resolve()
+    walk: list[tuple[Path, tuple[Path, ...]]] = []
+
+    def visit(node: Path, chain: tuple[Path, ...]) -> None:
+        if node in chain:
+            loop = " -> ".join(map(str, [*chain[chain.index(node) :], node]))
+            raise CompareError(
+                f"ensembles in a cycle, {loop}: each folder's ensemble.json lists the next as a member (edited by "
+                "hand, or a folder replaced afterwards), so no tool can serve or score it"
+                + ("" if node == start else f" (reached from {folder})")
+                + "; rebuild the ensemble from its runs with python -m longtail.ensemble"
+            )
+        walk.append((node, chain))
+        for member in ensemble_members(node):
+            visit(member, (*chain, node))
+
+    visit(start, ())
+    return walk
+
+
 def check_no_run_twice(run_dirs) -> None:
     """A CompareError when one run would count twice: given itself and inside a given ensemble (an ensemble of
     ensembles; nested ones are followed), or inside two given ensembles. Compared as resolved paths; the same
     folder given twice is `check_distinct`'s. The mix weighed such a run twice, silently: --weights search is the
-    way to weigh a member more."""
+    way to weigh a member more. Ensembles in a cycle are `member_walk`'s CompareError."""
     reached: dict[Path, dict[str, list[Path]]] = {}  # run -> {given folder: the ensembles down to the run}
-
-    def visit(folder: Path, given: str, chain: list[Path]) -> None:
-        reached.setdefault(folder, {}).setdefault(given, chain)
-        for member in ensemble_members(folder):
-            if member != folder and member not in chain:  # a folder overwritten into its own member list
-                visit(member, given, [*chain, folder])
+    for d in run_dirs:
+        for folder, chain in member_walk(d):
+            reached.setdefault(folder, {}).setdefault(str(d), list(chain))
 
     def ensemble(given: str, chain: list[Path]) -> str:
         """The ensemble that lists the run: as given, or the inner one inside the given one."""
         return given if len(chain) == 1 else f"{chain[-1]} (inside {given})"
 
-    for d in run_dirs:
-        visit(Path(d).resolve(), str(d), [])
     for run, via in reached.items():
         if len(via) < 2:
             continue
@@ -606,7 +628,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:  # the output folder is checked before the work, not after
         check_distinct(args.runs)
-        check_no_run_twice(args.runs)  # an ensemble of ensembles that share a run
+        check_no_run_twice(args.runs)  # an ensemble of ensembles that share a run, ensembles in a cycle
+        # --output_dir an ensemble inside a member: the new one would be its own member (predict recursed on it)
+        for folder, chain in (step for d in args.runs for step in member_walk(d)):
+            if chain and folder == Path(args.output_dir).resolve():
+                raise CompareError(
+                    f"--output_dir {args.output_dir} is a member of the ensemble {chain[-1]}: an ensemble written "
+                    f"there would be in a cycle, {' -> '.join(map(str, [folder, *chain, folder]))}. Choose "
+                    "another --output_dir"
+                )
         # never clear a member (--output_dir one of them, as `make ensemble ENSEMBLE_OUT=...` could say)
         out = prepare_output_dir(
             args.output_dir,
@@ -615,7 +645,9 @@ def main(argv: list[str] | None = None) -> dict:
             clear=False,
         )
         # nor another run's folder: an overwrite replaces an earlier ensemble only
-        refuse_foreign_outputs(out, args.overwrite_output_dir, ENSEMBLE_FILES, what="ensemble")
+        refuse_foreign_outputs(
+            out, args.overwrite_output_dir, ENSEMBLE_FILES, what="ensemble", marker="ensemble.json"
+        )
         result = build_ensemble(
             args.runs,
             args.weight_step,

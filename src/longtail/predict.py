@@ -327,22 +327,40 @@ def sklearn_scores(folder: Path, texts: list[str], calibrated: bool) -> Scores:
     return Scores(probs, label_names, {"backend": "scikit-learn", "temperature": temperature})
 
 
-def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
-    from longtail.ensemble import apply_mix
-
+def serving_entry(folder: Path) -> dict:
+    """An ensemble folder's ensemble.json `serving` entry: what `apply_mix` needs."""
     try:
         record = json.loads((folder / ENSEMBLE_FILE).read_text("utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{folder / ENSEMBLE_FILE} is not valid JSON ({err})") from None
-    spec = record.get("serving")
-    if spec is None:
+    if record.get("serving") is None:
         raise ValueError(
             f"{folder / ENSEMBLE_FILE} predates serving (no 'serving' entry): rerun `python -m longtail.ensemble` "
             "on the same member runs (seconds) to serve it"
         )
-    for member in map(Path, spec["members"]):  # all checked before any is scored (a pass can take minutes)
-        if not member.is_dir():
-            raise ValueError(f"ensemble member {member} (listed in {folder / ENSEMBLE_FILE}) is not a folder")
+    return record["serving"]
+
+
+def check_members(folder: Path) -> None:
+    """Every folder an ensemble leads to (nested ensembles' members too) is a folder, every ensemble among them
+    serves, and none leads back to an ensemble on the way (`ensemble.member_walk`): checked before the input is
+    read and any member scores (a pass can take minutes). A run passes."""
+    from longtail.ensemble import member_walk
+
+    for member, chain in member_walk(folder):
+        if chain and not member.is_dir():
+            raise ValueError(
+                f"ensemble member {member} (listed in {chain[-1] / ENSEMBLE_FILE}) is not a folder"
+            )
+        if run_kind(member) == "ensemble":
+            serving_entry(member)
+
+
+def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
+    from longtail.ensemble import apply_mix
+
+    spec = serving_entry(folder)
+    check_members(folder)
     member_probs, members = [], []
     for member, temperature in zip(map(Path, spec["members"]), spec["temperatures"], strict=True):
         scores = score_texts(args, member, texts, calibrated=False)
@@ -429,6 +447,7 @@ def main(argv: list[str] | None = None) -> dict:
     if Path(args.output).exists() and not args.overwrite:
         raise usage_exit(f"{args.output} exists; pass --overwrite to replace it")
     try:  # a user's mistake (input file, column, model folder, window length) is one line, not a traceback
+        check_members(Path(args.model_dir))  # before the input is read
         df, text_column = read_texts(args.input, args.text_column)
         out, summary = predict_frame(args, df, text_column)
     except (ValueError, FileNotFoundError) as err:  # DataError included; a missing folder or adapter base

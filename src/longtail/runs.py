@@ -172,12 +172,14 @@ def prepare_output_dir(
 
 
 def refuse_foreign_outputs(
-    output_dir: str | Path, overwrite: bool, own_files, own_dirs=(), what: str = "result"
+    output_dir: str | Path, overwrite: bool, own_files, own_dirs=(), what: str = "result", marker: str = ""
 ) -> None:
     """For tools that write results about runs (score, compare, ensemble), beside prepare_output_dir(...,
     clear=False): with --overwrite_output_dir, an OutputDirError when the folder holds anything an overwrite would
     delete (`previous_run`) other than the tool's own `own_files` and `own_dirs`: a run folder given as --output_dir
-    by mistake lost its model, labels and predictions; a README.md kept beside earlier results went too. The
+    by mistake lost its model, labels and predictions; a README.md kept beside earlier results went too. And when
+    it holds anything at all but not the tool's `marker` (what it always writes: ensemble.json, compare.json,
+    score.json): a folder of hand-made predictions_*.npz and a report.md read as an earlier ensemble, and went. The
     recipes replace a whole previous run in their folder and do not call this."""
     path = Path(output_dir)
     if not overwrite or not path.is_dir():
@@ -193,6 +195,13 @@ def refuse_foreign_outputs(
             f"output_dir '{path}' holds files that are not an earlier {what}'s ({', '.join(others[:5])}"
             f"{', ...' if len(others) > 5 else ''}: a run's?), which --overwrite_output_dir would delete: it "
             f"replaces only {own}. Choose another --output_dir."
+        )
+    held = sorted(p.name + "/" * p.is_dir() for p in path.iterdir())
+    if marker and held and marker not in held:
+        raise OutputDirError(
+            f"output_dir '{path}' holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''} but no {marker}, "
+            f"so it is not an earlier {what}'s, which is all --overwrite_output_dir replaces. Choose another "
+            f"--output_dir (or, if it is a {what} stopped before it wrote {marker}, delete the folder yourself)."
         )
 
 

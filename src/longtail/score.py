@@ -81,12 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def leaf_runs(folder: Path) -> list[Path]:
     """The trained runs behind a run folder: an ensemble's members (nested ensembles followed), else the folder."""
-    from longtail.ensemble import ensemble_members
+    from longtail.ensemble import ensemble_members, member_walk
 
-    members = ensemble_members(folder)
-    if not members:
-        return [folder]
-    return [leaf for m in members if m != folder for leaf in leaf_runs(m)]
+    walk = member_walk(folder)
+    return [folder] if len(walk) == 1 else [f for f, _ in walk if not ensemble_members(f)]
 
 
 def distinct_runs(folders) -> list[Path]:
@@ -100,12 +98,9 @@ def distinct_runs(folders) -> list[Path]:
 
 def ensemble_depth(folder: Path) -> int:
     """0 for a run, 1 for an ensemble of runs, 2 for one with an ensemble among its members, ..."""
-    from longtail.ensemble import ensemble_members
+    from longtail.ensemble import member_walk
 
-    members = [m for m in ensemble_members(folder) if m != Path(folder).resolve()]
-    if not (Path(folder) / "ensemble.json").is_file():
-        return 0
-    return 1 + max((ensemble_depth(m) for m in members), default=0)
+    return max(len(chain) + (f / "ensemble.json").is_file() for f, chain in member_walk(folder))
 
 
 def source_run(folder: Path) -> Path | None:
@@ -502,14 +497,26 @@ def data_section(
 
 
 def check_servable(folder: Path) -> None:
-    """A UsageError for a folder no run kind serves (an empty folder, a typo, an export's top folder), before the
+    """A UsageError for a folder no run kind serves (an empty folder, a typo, an export's top folder), or an
+    ensemble whose members (nested ones too) are gone, do not serve or lead back to it (`member_walk`), before the
     file is read: the file was read first with the recipes' defaults, and the error named a column."""
+    from longtail.ensemble import member_walk
+    from longtail.predict import ENSEMBLE_FILE
+
+    for member, chain in member_walk(folder):  # all of them before any run scores (a pass can take minutes)
+        if chain and not member.is_dir():
+            raise UsageError(
+                f"ensemble member {member} (listed in {chain[-1] / ENSEMBLE_FILE}) is not a folder"
+            )
+        check_kind(member if chain else folder)
+
+
+def check_kind(folder: Path) -> None:
+    """`check_servable` for one folder, its members left to the walk."""
     from longtail.inference import is_adapter_dir, onnx_files
     from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE
 
-    if (folder / ENSEMBLE_FILE).is_file():  # its members too, before any run scores (a pass can take minutes)
-        from longtail.ensemble import ensemble_members
-
+    if (folder / ENSEMBLE_FILE).is_file():
         serving = read_json(folder / ENSEMBLE_FILE).get("serving")
         if not isinstance(serving, dict):  # predict refuses it only when its turn comes (or with a traceback)
             raise UsageError(
@@ -517,14 +524,6 @@ def check_servable(folder: Path) -> None:
                 + (f" (it holds a {type(serving).__name__})" if serving is not None else "")
                 + ": rerun `python -m longtail.ensemble` on the same member runs (seconds) to score it"
             )
-
-        for member in ensemble_members(folder):
-            if not member.is_dir():
-                raise UsageError(
-                    f"ensemble member {member} (listed in {folder / ENSEMBLE_FILE}) is not a folder"
-                )
-            if member != folder.resolve():
-                check_servable(member)
         return
     if any((folder / name).is_file() for name in (SKLEARN_FILE, "config.json")):
         return
@@ -565,7 +564,9 @@ def score_runs(args) -> dict:
     reads = [("the run", r) for r in runs] + [("--data", args.data)]
     out = prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
     # never another run's files, nor a README kept beside earlier scores: only an earlier score is replaced
-    refuse_foreign_outputs(out, args.overwrite_output_dir, SCORE_FILES, (SCORED_DIR,), what="score")
+    refuse_foreign_outputs(
+        out, args.overwrite_output_dir, SCORE_FILES, (SCORED_DIR,), what="score", marker="score.json"
+    )
     label_names = check_label_lists({r: label_names_of(Path(r)) for r in runs})
     given = {n: getattr(args, n) for n in ("text_column", *LABEL_OPTIONS)}
     options, source = data_options(folders, given)
