@@ -296,8 +296,9 @@ def test_overwrite_replaces_only_a_folder_holding_the_tools_own_record(tmp_path,
         line = refused(getattr(longtail, tool).main, [*runs, "--output_dir", str(out), *quick], capsys)
         assert line == (
             f"{tool}.py: error: output_dir '{out}' holds {held} but no {marker}, so it is not an earlier {what}'s, "
-            "which is all --overwrite_output_dir replaces. Choose another --output_dir (or, if it is a "
-            f"{what} stopped before it wrote {marker}, delete the folder yourself)."
+            "which is all --overwrite_output_dir replaces. Choose another --output_dir (or, if it is "
+            f"{'an' if tool == 'ensemble' else 'a'} {what} stopped before it wrote {marker}, delete the folder "
+            "yourself)."
         ), (tool, out)
         assert folder_bytes(out) == before and (out / "sub").is_dir() == (out == notes)
     # a run's predictions, or score's scored/, were refused already in compare (and score): another tool's files
@@ -305,8 +306,12 @@ def test_overwrite_replaces_only_a_folder_holding_the_tools_own_record(tmp_path,
         line = refused(longtail.compare.main, [a, "--reference", b, "--output_dir", str(out), *quick], capsys)
         assert f"not an earlier comparison's {held}" in line
     monkeypatch.undo()
-    ens = tmp_path / "ens"
-    longtail.ensemble.main([a, b, "--output_dir", str(ens), "--n_resamples", "20"])
+    ens = tmp_path / "ens"  # a folder holding only a file manager's hidden file is no one's results
+    ens.mkdir()
+    (ens / ".DS_Store").write_bytes(b"\0")
+    longtail.ensemble.main([a, b, "--output_dir", str(ens), *quick])
+    assert (ens / "ensemble.json").is_file()
+    longtail.ensemble.main([a, b, "--output_dir", str(ens), "--n_resamples", "20", "--overwrite_output_dir"])
     record = json.loads((ens / "ensemble.json").read_text())
     del record["serving"]  # as an ensemble wrote it before serving existed
     (ens / "ensemble.json").write_text(json.dumps(record))

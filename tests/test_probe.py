@@ -1817,6 +1817,10 @@ def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, t
     (ens / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises(SystemExit, match="predates serving .* rerun `python -m longtail.ensemble`"):
         predict(["--model_dir", str(ens), *base])
+    for edited in ([1, 2], {"serving": ["a"]}):  # a traceback (AttributeError, TypeError) before
+        (ens / "ensemble.json").write_text(json.dumps(edited))
+        with pytest.raises(SystemExit, match="has no 'serving' object: rerun `python -m longtail.ensemble`"):
+            predict(["--model_dir", str(ens), *base])
 
 
 def test_probe_exports_to_onnx_and_predict_serves_the_export(probe_run, tmp_path):

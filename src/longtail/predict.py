@@ -333,12 +333,15 @@ def serving_entry(folder: Path) -> dict:
         record = json.loads((folder / ENSEMBLE_FILE).read_text("utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{folder / ENSEMBLE_FILE} is not valid JSON ({err})") from None
-    if record.get("serving") is None:
+    serving = record.get("serving") if isinstance(record, dict) else None
+    if not isinstance(serving, dict):  # absent (an ensemble from before serving) or edited by hand
+        older = isinstance(record, dict) and serving is None
+        what = "predates serving (no 'serving' entry)" if older else "has no 'serving' object"
         raise ValueError(
-            f"{folder / ENSEMBLE_FILE} predates serving (no 'serving' entry): rerun `python -m longtail.ensemble` "
-            "on the same member runs (seconds) to serve it"
+            f"{folder / ENSEMBLE_FILE} {what}: rerun `python -m longtail.ensemble` on the same member runs "
+            "(seconds) to serve it"
         )
-    return record["serving"]
+    return serving
 
 
 def check_members(folder: Path) -> None:

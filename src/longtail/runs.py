@@ -196,12 +196,14 @@ def refuse_foreign_outputs(
             f"{', ...' if len(others) > 5 else ''}: a run's?), which --overwrite_output_dir would delete: it "
             f"replaces only {own}. Choose another --output_dir."
         )
-    held = sorted(p.name + "/" * p.is_dir() for p in path.iterdir())
+    # a file manager's hidden files (.DS_Store) are no one's results
+    held = sorted(p.name + "/" * p.is_dir() for p in path.iterdir() if not p.name.startswith("."))
     if marker and held and marker not in held:
         raise OutputDirError(
             f"output_dir '{path}' holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''} but no {marker}, "
             f"so it is not an earlier {what}'s, which is all --overwrite_output_dir replaces. Choose another "
-            f"--output_dir (or, if it is a {what} stopped before it wrote {marker}, delete the folder yourself)."
+            f"--output_dir (or, if it is {'an' if what[0] in 'aeiou' else 'a'} {what} stopped before it wrote "
+            f"{marker}, delete the folder yourself)."
         )
 
 
