@@ -1130,6 +1130,37 @@ def test_a_json_file_keyed_by_row_id_is_read_one_row_per_key(tmp_path, caplog):
     assert read_table(numbers).to_dict("list") == {0: ["a", "b"], 1: ["c", "d"]}
 
 
+def test_a_json_file_is_read_one_row_per_key_only_when_its_keys_are_row_ids(tmp_path):
+    """Negative row ids are row ids; a list of records asked for a column named like a row number, and a table in
+    pandas' default orient whose columns are (or include) numbers under complaint ids, are read as pandas reads
+    them. A file keyed by row id with a field holding lists (CFPB's tags) was read sideways though the run named
+    its other fields: the column error listed '0', '1', ..."""
+    df = export_shaped()
+    expected = df.to_dict("list")
+    negative = tmp_path / "negative.json"
+    negative.write_text(df.set_axis([-2, -1, 0, 1]).to_json(orient="index"), "utf-8")
+    assert read_table(negative).to_dict("list") == expected
+    records = tmp_path / "records.json"
+    records.write_text(df.to_json(orient="records"), "utf-8")
+    assert read_table(records, columns=["1"]).to_dict("list") == expected  # (the column error names '1')
+    ids = [f"CFPB-{i}" for i in range(4)]
+    numbered = pd.DataFrame({"0": df["Consumer complaint narrative"], "1": df["Issue"]}).set_axis(ids)
+    for name, table, columns in (
+        ("numbered.json", numbered, ["0", "1"]),
+        ("mixed.json", df.assign(**{"2017": "x"}).set_axis(ids), None),
+    ):
+        path = tmp_path / name
+        path.write_text(table.to_json(), "utf-8")  # pandas' default orient: {column: {complaint id: value}}
+        pd.testing.assert_frame_equal(read_table(path, columns=columns), pd.read_json(path, dtype=False))
+    tags = tmp_path / "tags.json"
+    tagged = df.assign(Tags=[["Servicemember"], None, [], ["Older American", "Servicemember"]])
+    tags.write_text(tagged.to_json(orient="index"), "utf-8")
+    options = dict(EXPORT_OPTIONS, min_class_count=1)
+    data = prepare_data(DataArguments(train_file=str(tags), **options))
+    before = prepare_data(DataArguments(**options), raw={"train": df})
+    assert data.log == before.log and split_ids(data) == split_ids(before)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reproducible splits and caps
 # ---------------------------------------------------------------------------------------------
