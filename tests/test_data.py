@@ -1133,8 +1133,9 @@ def test_a_json_file_keyed_by_row_id_is_read_one_row_per_key(tmp_path, caplog):
 def test_a_json_file_is_read_one_row_per_key_only_when_its_keys_are_row_ids(tmp_path):
     """Negative row ids are row ids; a list of records asked for a column named like a row number, and a table in
     pandas' default orient whose columns are (or include) numbers under complaint ids, are read as pandas reads
-    them. A file keyed by row id with a field holding lists (CFPB's tags) was read sideways though the run named
-    its other fields: the column error listed '0', '1', ..."""
+    them. A file keyed by row id with a field holding lists (CFPB's tags) was read sideways: the column error listed
+    '0', '1', ... though the run named its other fields, and a whole read (`longtail.holdout`) gave one row per
+    field."""
     df = export_shaped()
     expected = df.to_dict("list")
     negative = tmp_path / "negative.json"
@@ -1155,6 +1156,8 @@ def test_a_json_file_is_read_one_row_per_key_only_when_its_keys_are_row_ids(tmp_
     tags = tmp_path / "tags.json"
     tagged = df.assign(Tags=[["Servicemember"], None, [], ["Older American", "Servicemember"]])
     tags.write_text(tagged.to_json(orient="index"), "utf-8")
+    whole = read_table(tags)  # as longtail.holdout reads it
+    assert list(whole.columns) == list(tagged.columns) and whole[list(df.columns)].to_dict("list") == expected
     options = dict(EXPORT_OPTIONS, min_class_count=1)
     data = prepare_data(DataArguments(train_file=str(tags), **options))
     before = prepare_data(DataArguments(**options), raw={"train": df})
