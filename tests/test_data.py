@@ -14,6 +14,7 @@ from conftest import CFPB_CSV, needs_shared
 from longtail.data import (
     DataArguments,
     DataError,
+    legacy_text_digest,
     load_merge_map,
     load_raw_splits,
     load_taxonomy,
@@ -24,6 +25,7 @@ from longtail.data import (
     require_usable_splits,
     slice_masks,
     split_ids,
+    text_digest,
 )
 
 OLD, NEW = "Incorrect information on credit report", "Incorrect information on your report"
@@ -1227,6 +1229,10 @@ def test_split_indices_refuse_ids_that_name_other_texts(tmp_path):
     assert prepare_data(args(split_indices=str(path)), raw=raw).splits["train"]["row_id"].tolist() == sorted(
         full["train"][1:]
     )  # (the added id names no row here: a warning)
+    undigested = json.loads(json.dumps(full))  # an id whose digest was removed by hand: taken as it is
+    del undigested["text_digests"]["train"][str(full["train"][0])]
+    path.write_text(json.dumps(undigested), "utf-8")
+    assert split_ids(prepare_data(args(split_indices=str(path)), raw=raw)) == full
 
     ids_only = {k: v for k, v in full.items() if k != "text_digests"}
     path.write_text(json.dumps(ids_only), "utf-8")
@@ -1280,6 +1286,10 @@ def test_split_indices_read_digests_of_normalised_texts_and_the_older_ones_of_st
     for changed in (respaced, reworded):
         with pytest.raises(DataError, match=rf"1 of its {len(new['train'])} train ids name other texts"):
             prepare_data(args(split_indices=str(path)), raw={**raw, "train": changed})
+    # each form exactly, on a text in mixed case and spacing (this data's texts are lower case)
+    text = "My Report  lists\r\nA LOAN"
+    assert text_digest(text) == hashlib.sha256(b"my report lists a loan").hexdigest()[:16]
+    assert legacy_text_digest(text) == hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def test_split_indices_of_the_synthetic_set_under_another_split_seed_are_refused(tmp_path):
