@@ -14,6 +14,7 @@ from conftest import CFPB_CSV, needs_shared
 from longtail.data import (
     DataArguments,
     DataError,
+    legacy_text_digest,
     load_merge_map,
     load_raw_splits,
     load_taxonomy,
@@ -24,6 +25,7 @@ from longtail.data import (
     require_usable_splits,
     slice_masks,
     split_ids,
+    text_digest,
 )
 
 OLD, NEW = "Incorrect information on credit report", "Incorrect information on your report"
@@ -1130,6 +1132,40 @@ def test_a_json_file_keyed_by_row_id_is_read_one_row_per_key(tmp_path, caplog):
     assert read_table(numbers).to_dict("list") == {0: ["a", "b"], 1: ["c", "d"]}
 
 
+def test_a_json_file_is_read_one_row_per_key_only_when_its_keys_are_row_ids(tmp_path):
+    """Negative row ids are row ids; a list of records asked for a column named like a row number, and a table in
+    pandas' default orient whose columns are (or include) numbers under complaint ids, are read as pandas reads
+    them. A file keyed by row id with a field holding lists (CFPB's tags) was read sideways: the column error listed
+    '0', '1', ... though the run named its other fields, and a whole read (`longtail.holdout`) gave one row per
+    field."""
+    df = export_shaped()
+    expected = df.to_dict("list")
+    negative = tmp_path / "negative.json"
+    negative.write_text(df.set_axis([-2, -1, 0, 1]).to_json(orient="index"), "utf-8")
+    assert read_table(negative).to_dict("list") == expected
+    records = tmp_path / "records.json"
+    records.write_text(df.to_json(orient="records"), "utf-8")
+    assert read_table(records, columns=["1"]).to_dict("list") == expected  # (the column error names '1')
+    ids = [f"CFPB-{i}" for i in range(4)]
+    numbered = pd.DataFrame({"0": df["Consumer complaint narrative"], "1": df["Issue"]}).set_axis(ids)
+    for name, table, columns in (
+        ("numbered.json", numbered, ["0", "1"]),
+        ("mixed.json", df.assign(**{"2017": "x"}).set_axis(ids), None),
+    ):
+        path = tmp_path / name
+        path.write_text(table.to_json(), "utf-8")  # pandas' default orient: {column: {complaint id: value}}
+        pd.testing.assert_frame_equal(read_table(path, columns=columns), pd.read_json(path, dtype=False))
+    tags = tmp_path / "tags.json"
+    tagged = df.assign(Tags=[["Servicemember"], None, [], ["Older American", "Servicemember"]])
+    tags.write_text(tagged.to_json(orient="index"), "utf-8")
+    whole = read_table(tags)  # as longtail.holdout reads it
+    assert list(whole.columns) == list(tagged.columns) and whole[list(df.columns)].to_dict("list") == expected
+    options = dict(EXPORT_OPTIONS, min_class_count=1)
+    data = prepare_data(DataArguments(train_file=str(tags), **options))
+    before = prepare_data(DataArguments(**options), raw={"train": df})
+    assert data.log == before.log and split_ids(data) == split_ids(before)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reproducible splits and caps
 # ---------------------------------------------------------------------------------------------
@@ -1193,6 +1229,10 @@ def test_split_indices_refuse_ids_that_name_other_texts(tmp_path):
     assert prepare_data(args(split_indices=str(path)), raw=raw).splits["train"]["row_id"].tolist() == sorted(
         full["train"][1:]
     )  # (the added id names no row here: a warning)
+    undigested = json.loads(json.dumps(full))  # an id whose digest was removed by hand: taken as it is
+    del undigested["text_digests"]["train"][str(full["train"][0])]
+    path.write_text(json.dumps(undigested), "utf-8")
+    assert split_ids(prepare_data(args(split_indices=str(path)), raw=raw)) == full
 
     ids_only = {k: v for k, v in full.items() if k != "text_digests"}
     path.write_text(json.dumps(ids_only), "utf-8")
@@ -1246,6 +1286,10 @@ def test_split_indices_read_digests_of_normalised_texts_and_the_older_ones_of_st
     for changed in (respaced, reworded):
         with pytest.raises(DataError, match=rf"1 of its {len(new['train'])} train ids name other texts"):
             prepare_data(args(split_indices=str(path)), raw={**raw, "train": changed})
+    # each form exactly, on a text in mixed case and spacing (this data's texts are lower case)
+    text = "My Report  lists\r\nA LOAN"
+    assert text_digest(text) == hashlib.sha256(b"my report lists a loan").hexdigest()[:16]
+    assert legacy_text_digest(text) == hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def test_split_indices_of_the_synthetic_set_under_another_split_seed_are_refused(tmp_path):

@@ -332,3 +332,58 @@ def test_run_info_counts_the_global_batch_and_says_what_chose_the_checkpoint():
     # the epochs trained, where early stopping or --max_steps ended the run before --num_train_epochs
     assert info(True, True, epoch=2.0, patience=1)["epochs"] == "2 of 3 (early stopping, patience 1)"
     assert info(True, True, epoch=0.24, max_steps=4)["epochs"] == "0.24 (--max_steps 4)"
+
+
+def test_refuse_foreign_outputs_names_what_an_overwrite_would_delete_beside_the_tools_own(tmp_path):
+    """score, compare and ensemble with --overwrite_output_dir replace only their own earlier output: anything else
+    an overwrite removes is named (the first five), with what the tool replaces; without --overwrite_output_dir, or
+    for a folder not there, nothing is checked (prepare_output_dir refuses a non-empty folder)."""
+    from longtail.runs import refuse_foreign_outputs
+
+    own = (("score.md", "score.json"), ("scored",))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "score.md").write_text("earlier")
+    (out / "scored").mkdir()
+    refuse_foreign_outputs(out, True, *own, what="score")  # its own earlier output alone
+    refuse_foreign_outputs(tmp_path / "missing", True, *own, what="score")
+    for name in ("README.md", "labels.json", "model.joblib", "report.md", "splits.json"):
+        (out / name).write_text("a run's")
+    refuse_foreign_outputs(out, False, *own, what="score")
+    message = (
+        f"output_dir '{out}' holds files that are not an earlier score's (README.md, labels.json, model.joblib, "
+        "report.md, splits.json{}: a run's?), which --overwrite_output_dir would delete: it replaces only score.md, "
+        "score.json and scored/. Choose another --output_dir."
+    )
+    with pytest.raises(OutputDirError) as info:
+        refuse_foreign_outputs(out, True, *own, what="score")
+    assert str(info.value) == message.format("")
+    (out / "checkpoint-5").mkdir()  # a sixth: named after the files, so left out
+    with pytest.raises(OutputDirError) as info:
+        refuse_foreign_outputs(out, True, *own, what="score")
+    assert str(info.value) == message.format(", ...")
+    with pytest.raises(OutputDirError, match=r"it replaces only ensemble\.json\. Choose"):
+        refuse_foreign_outputs(out, True, ("ensemble.json",), what="ensemble")
+
+
+def test_write_report_records_the_command_and_replaces_a_linked_report(tmp_path):
+    """`<tool>.md` and `<tool>.json`: the JSON with the exact command (the tool's module, the arguments given,
+    shell-quoted) and the environment; a `<tool>.md` hard-linked to another file (a folder copied with `cp -al`)
+    is replaced, the other file left as it was."""
+    import json
+    import os
+
+    import numpy as np
+
+    from longtail.runs import write_report
+
+    notes = tmp_path / "notes.md"
+    notes.write_text("mine")
+    os.link(notes, tmp_path / "score.md")
+    result = {"counts": {"rows_read": 3}}
+    write_report(tmp_path, "score", "# Scored", result, ["runs/a", "--data", "new file.csv"])
+    assert notes.read_text() == "mine" and (tmp_path / "score.md").read_text() == "# Scored"
+    record = json.loads((tmp_path / "score.json").read_text())
+    assert record["command"] == "python -m longtail.score runs/a --data 'new file.csv'"
+    assert record["counts"] == {"rows_read": 3}
+    assert record["environment"]["versions"]["numpy"] == np.__version__

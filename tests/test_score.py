@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -137,7 +138,17 @@ def test_scoring_the_runs_own_test_file_gives_their_test_predictions_and_compari
         and "# Comparison on the scored file" in text
         and "on the scored file. Each validation" in text
     )
+    assert "--keep_seen_rows" not in text  # no row a run trained or chose on: none kept
     assert json.loads((out / "score.json").read_text())["counts"] == counts
+    # each run's info records the temperature it is served at: a run's own, an ensemble's that of its mix (not that
+    # of a temperature.json it does not have: 1)
+    served = {
+        "tfidf": json.loads((runs["tfidf"] / "temperature.json").read_text())["temperature"],
+        "ensemble": json.loads((runs["ensemble"] / "ensemble.json").read_text())["serving"][
+            "mix_temperature"
+        ],
+    }
+    assert {name: result["runs"][name]["temperature"] for name in served} == served
     # the scored folders are runs to compare: compare on them gives the same table
     again = compare_runs(
         [out / "scored" / "probe", out / "scored" / "ensemble"], out / "scored" / "tfidf", n_resamples=100
@@ -216,6 +227,15 @@ def copy_run(run: Path, to: Path, edit: str, change) -> Path:
     return to
 
 
+def reversed_labels(run: Path, to: Path) -> Path:
+    """A copy of `run` whose labels.json names its labels in the other order."""
+
+    def reverse(record):
+        record["id2label"] = dict(zip(record["id2label"], reversed(record["id2label"].values())))
+
+    return copy_run(run, to, "labels.json", reverse)
+
+
 def test_mistakes_are_one_line_before_any_run_scores(runs, tmp_path, capsys, monkeypatch):
     import torch
 
@@ -241,6 +261,8 @@ def test_mistakes_are_one_line_before_any_run_scores(runs, tmp_path, capsys, mon
     fewer = copy_run(runs["tfidf"], tmp_path / "fewer", "labels.json",
                      lambda r: r["id2label"].pop(str(len(r["id2label"]) - 1)))  # fmt: skip
     assert "different label lists" in refused(score.main, args(probe, fewer), capsys)
+    line = refused(score.main, args(probe, reversed_labels(runs["tfidf"], tmp_path / "reordered")), capsys)
+    assert "different label lists" in line and "same labels in another order" in line
     assert "Data file not found" in refused(score.main, args(probe, data=tmp_path / "nope.csv"), capsys)
     # a device this machine lacks, before the file is read (it was refused only when a model's turn came)
     if not torch.cuda.is_available():
@@ -257,6 +279,9 @@ def test_mistakes_are_one_line_before_any_run_scores(runs, tmp_path, capsys, mon
                     lambda r: r["serving"].update(members=[probe, str(tmp_path / "deleted")]))  # fmt: skip
     line = refused(score.main, args(gone), capsys)
     assert f"ensemble member {tmp_path / 'deleted'}" in line and "is not a folder" in line
+    hollow = copy_run(runs["ensemble"], tmp_path / "hollow", "ensemble.json",
+                      lambda r: r["serving"].update(members=[probe, str(tmp_path / "empty")]))  # fmt: skip
+    assert "empty is not a finished run" in refused(score.main, args(hollow), capsys)  # its members too
     no_label = tmp_path / "no_label.csv"
     pd.read_csv(test).rename(columns={LABEL: "issue"}).to_csv(no_label, index=False)
     line = refused(score.main, args(probe, tfidf, data=no_label), capsys)
@@ -302,6 +327,51 @@ def test_runs_trained_with_no_taxonomy_spelt_none_or_left_unset_read_the_file_al
     assert result["counts"]["rows_scored"] == len(own["row_id"])
 
 
+def test_an_option_given_reads_the_file_for_every_run_and_a_run_without_options_takes_the_defaults(
+    runs, tmp_path
+):
+    """--label_taxonomy given reads the file one way for runs trained with different ones (refused without it); a
+    run without run_config.json takes the recipes' defaults for the options not given; a key an older
+    run_config.json lacks is no value, not null against the runs that recorded one."""
+    tfidf = runs["tfidf"]
+    n = len(load_predictions(tfidf / "predictions_test.npz")["row_id"])
+
+    def scored(*argv, out):
+        return score.main([*map(str, argv), "--data", str(runs["test"]), "--output_dir", str(tmp_path / out),
+                           "--n_resamples", "100", "--no_progress"])  # fmt: skip
+
+    other = copy_run(tfidf, tmp_path / "taxonomy", "run_config.json",
+                     lambda r: r["data"].update(label_taxonomy="cfpb_issue_113"))  # fmt: skip
+    result = scored(tfidf, other, "--label_taxonomy", "none", out="given")
+    assert result["options"]["label_taxonomy"] == "none" and result["counts"]["rows_scored"] == n
+    assert (
+        result["options_from"]
+        == "given: --label_taxonomy; as 2 trained runs recorded them in run_config.json"
+    )
+    bare = shutil.copytree(tfidf, tmp_path / "no_config")
+    (bare / "run_config.json").unlink()
+    result = scored(bare, "--text_column", TEXT, out="defaults")
+    assert result["options"] == {"text_column": TEXT, "label_column": "Issue", "label_merge_map": "cfpb_2017",
+                                 "label_taxonomy": None}  # fmt: skip
+    assert (
+        result["options_from"] == "given: --text_column; the recipes' defaults for 1 trained runs without one"
+    )
+    assert result["counts"]["rows_scored"] == n
+    older = copy_run(tfidf, tmp_path / "older", "run_config.json", lambda r: r["data"].pop("label_merge_map"))
+    result = scored(tfidf, older, out="older_out")
+    assert result["options"]["label_merge_map"] == "cfpb_2017" and result["counts"]["rows_scored"] == n
+
+
+def seen_and_new(runs, run: Path, path: Path) -> dict:
+    """Writes `path`: four rows `run` trained on, two it chose on, then six of its test rows; returns its splits."""
+    ids = splits_of(run)
+    train, test = pd.read_csv(runs["train"]), pd.read_csv(runs["test"])
+    pd.concat([train.iloc[ids["train"][:4] + ids["validation"][:2]], test.iloc[ids["test"][:6]]]).to_csv(
+        path, index=False
+    )
+    return ids
+
+
 def test_an_onnx_export_is_scored_without_the_rows_its_run_trained_on(runs, tmp_path):
     """An export's variant folder (`<run>/onnx/fp32`) holds copies of labels.json and run_config.json but not
     splits.json: the rows its run trained and chose on were scored as new ones, with only a warning."""
@@ -316,12 +386,8 @@ def test_an_onnx_export_is_scored_without_the_rows_its_run_trained_on(runs, tmp_
         export_onnx(ExportArguments(model_dir=str(probe), optimize=False, quantize=False, parity_rows=8))
     finally:
         torch.set_num_threads(threads)
-    ids = splits_of(probe)
-    train, test = pd.read_csv(runs["train"]), pd.read_csv(runs["test"])
     data = tmp_path / "new.csv"
-    pd.concat([train.iloc[ids["train"][:4] + ids["validation"][:2]], test.iloc[ids["test"][:6]]]).to_csv(
-        data, index=False
-    )
+    ids = seen_and_new(runs, probe, data)
     result = score.main([str(probe / "onnx" / "fp32"), "--data", str(data), "--output_dir", str(tmp_path / "out"),
                          "--n_resamples", "100", "--no_progress"])  # fmt: skip
     counts = result["counts"]
@@ -346,6 +412,58 @@ def test_an_onnx_export_is_scored_without_the_rows_its_run_trained_on(runs, tmp_
         "Validation predictions: fp32's are probe's, the run it serves"
         in (tmp_path / "both" / "score.md").read_text()
     )
+    # an export whose parity.json has no model_dir (written before it) is its run's, two folders up; one written
+    # elsewhere (export --output_dir) finds its run through model_dir
+    args = ["--data", str(data), "--n_resamples", "100", "--no_progress"]
+    parity = probe / "onnx" / "parity.json"
+    record = json.loads(parity.read_text())
+    parity.write_text(json.dumps({k: v for k, v in record.items() if k != "model_dir"}))
+    for variant, out in (
+        (probe / "onnx" / "fp32", "older"),
+        (tmp_path / "exports" / "onnx" / "fp32", "elsewhere"),
+    ):
+        if out == "elsewhere":
+            parity.write_text(json.dumps(record))
+            (tmp_path / "exports").mkdir()
+            shutil.move(probe / "onnx", tmp_path / "exports" / "onnx")
+        result = score.main([str(variant), *args, "--output_dir", str(tmp_path / out)])
+        assert (result["counts"]["excluded_seen"], result["unchecked_runs"]) == (6, []), out
+        copied = result["runs"]["fp32"]["copied_from_source_run"]
+        assert copied["predictions_validation.npz"] == str(probe.resolve()), out
+
+
+def test_a_merged_adapter_is_scored_as_the_run_it_serves(runs, tmp_path):
+    """An adapter run's `merged/` holds the merged model and its tokenizer alone, the run's files (splits.json,
+    labels.json, validation predictions, temperature.json) its parent's: the rows the run trained and chose on are
+    left out, and validation picks among runs by the run's validation predictions."""
+    run = tmp_path / "adapter"
+    merged = shutil.copytree(runs["probe"], run / "merged")
+    model = (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    )
+    for path in merged.iterdir():
+        if path.name not in model:
+            shutil.move(path, run / path.name)
+    (run / "adapter_config.json").write_text("{}")
+    data = tmp_path / "new.csv"
+    ids = seen_and_new(runs, run, data)
+    result = score.main([str(merged), "--data", str(data), "--output_dir", str(tmp_path / "out"), "--n_resamples",
+                         "100", "--no_progress"])  # fmt: skip
+    counts = result["counts"]
+    assert (counts["in_run_train"], counts["in_run_validation"], counts["excluded_seen"]) == (4, 2, 6)
+    assert counts["rows_scored"] == 6 and result["unchecked_runs"] == []
+    assert result["runs"]["merged"]["copied_from_source_run"] == {
+        name: str(run.resolve()) for name in score.COPIED
+    }
+    own = load_predictions(run / "predictions_test.npz")
+    new = load_predictions(tmp_path / "out" / "scored" / "merged" / "predictions_test.npz")
+    where = [int(np.flatnonzero(own["row_id"] == i)[0]) for i in ids["test"][:6]]
+    np.testing.assert_allclose(new["probs"], own["probs"][where], atol=2e-5)
+    assert "merged's are adapter's, the run it serves" in (tmp_path / "out" / "score.md").read_text()
 
 
 def test_overwrite_replaces_an_earlier_score_never_another_runs_files(runs, tmp_path, capsys):
@@ -377,6 +495,7 @@ def test_rows_a_run_started_from_trained_on_are_left_out_too(runs, tmp_path):
 
     def other_split(record):  # the earlier run trained on five of these rows (another split of the data)
         record[TEXTS_KEY]["train"] = {str(1000 + i): text_digest(t) for i, t in enumerate(texts)}
+        record[TEXTS_KEY]["heldout"] = {"0": "0123456789abcdef"}  # a split the recipes do not write: not read
 
     earlier = copy_run(runs["tfidf"], tmp_path / "earlier", "splits.json", other_split)
     later = copy_run(runs["tfidf"], tmp_path / "later", "run_config.json",
@@ -386,6 +505,12 @@ def test_rows_a_run_started_from_trained_on_are_left_out_too(runs, tmp_path):
     assert result["counts"]["in_run_train"] == 5 and result["counts"]["excluded_seen"] == 5
     kept = load_predictions(tmp_path / "out" / "scored" / "later" / "predictions_test.npz")["row_id"]
     assert not set(ids["test"][:5]) & set(kept.tolist())
+    # a run started from that one (LP-FT from a fine-tuned run) holds what the earlier run trained on too
+    latest = copy_run(runs["tfidf"], tmp_path / "latest", "run_config.json",
+                      lambda r: r.update(lpft={"head_init_from": str(later)}))  # fmt: skip
+    result = score.main([str(latest), "--data", str(runs["test"]), "--output_dir", str(tmp_path / "out2"),
+                         "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert result["counts"]["in_run_train"] == 5 and result["counts"]["excluded_seen"] == 5
 
 
 def test_a_distilled_runs_teacher_logits_run_counts_and_a_start_that_is_not_here_is_named(
@@ -413,6 +538,12 @@ def test_a_distilled_runs_teacher_logits_run_counts_and_a_start_that_is_not_here
     with caplog.at_level("WARNING", logger="longtail.score"):
         score.main([str(gone), *args, "--output_dir", str(tmp_path / "out2")])
     assert "records --head_init_from outputs/elsewhere/probe, which is not here" in caplog.text
+    hub = copy_run(runs["tfidf"], tmp_path / "hub", "run_config.json",
+                   lambda r: r.update(model={"model_name_or_path": "answerdotai/ModernBERT-base"}))  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="longtail.score"):
+        score.main([str(hub), *args, "--output_dir", str(tmp_path / "out3")])
+    assert "which is not here" not in caplog.text  # a Hub id: no local path to tell it from
 
 
 def test_an_ensemble_without_serving_or_a_run_config_without_data_options_is_one_line_first(
@@ -548,6 +679,8 @@ def test_an_ensemble_inside_another_is_scored_before_it_whatever_the_order_given
     new = load_predictions(tmp_path / "out" / "scored" / "outer" / "predictions_test.npz")
     np.testing.assert_allclose(new["probs"], own["probs"], atol=2e-5)
     assert list(result["runs"]) == ["outer", "ensemble"]
+    text = (tmp_path / "out" / "score.md").read_text()
+    assert re.search(r"Scoring time \([^)]*\): outer [\d.]+ s, ensemble [\d.]+ s\.", text)  # as given
 
 
 def test_a_taxonomy_file_the_runs_recorded_that_is_not_here_names_where_it_came_from(runs, tmp_path, capsys):
@@ -610,4 +743,51 @@ def test_a_run_given_by_itself_and_as_an_ensembles_member_counts_once(runs, tmp_
     assert (
         "**1 runs record no text digests** (no splits.json: bare)"
         in (tmp_path / "out" / "score.md").read_text()
+    )
+
+
+def known_rows(runs, path: Path) -> Path:
+    """Writes `path`: the test file's rows with a text and a label the runs were trained on."""
+    test = pd.read_csv(runs["test"]).dropna(subset=[TEXT, LABEL])
+    names = json.loads((runs["tfidf"] / "labels.json").read_text())["id2label"].values()
+    test[test[LABEL].isin(set(names))].to_csv(path, index=False)
+    return path
+
+
+def test_a_reference_not_among_the_runs_is_scored_too(runs, tmp_path):
+    data = known_rows(runs, tmp_path / "known.csv")
+    result = score.main([str(runs["probe"]), "--reference", str(runs["tfidf"]), "--data", str(data),
+                         "--output_dir", str(tmp_path / "out"), "--n_resamples", "100", "--no_progress"])  # fmt: skip
+    assert list(result["runs"]) == ["probe", "tfidf"] and result["compare"]["reference"] == "tfidf"
+    assert [r["run"] for r in result["compare"]["runs"]] == ["tfidf", "probe"]
+    assert "Left out: none." in (tmp_path / "out" / "score.md").read_text()
+
+
+def test_runs_that_say_their_labels_only_once_scored_are_checked_then(runs, tmp_path, capsys, monkeypatch):
+    """Runs none of whose files names their labels before scoring (ensemble.json, labels.json, config.json): their
+    label lists are compared, and rows with labels they were not trained on refused, once they have scored."""
+    monkeypatch.setattr(score, "label_names_of", lambda folder: None)
+    args = ["--data", str(known_rows(runs, tmp_path / "known.csv")), "--n_resamples", "100", "--no_progress"]
+    reordered = reversed_labels(runs["tfidf"], tmp_path / "reordered")
+    line = refused(score.main, [str(runs["tfidf"]), str(reordered), *args, "--output_dir", str(tmp_path / "a")],
+                   capsys)  # fmt: skip
+    assert "different label lists" in line and "same labels in another order" in line
+    unseen = tmp_path / "unseen.csv"
+    known = pd.read_csv(tmp_path / "known.csv")
+    known.assign(**{LABEL: [*["No such issue"] * 3, *known[LABEL][3:]]}).to_csv(unseen, index=False)
+    args[1] = str(unseen)
+    line = refused(score.main, [str(runs["tfidf"]), *args, "--output_dir", str(tmp_path / "b")], capsys)
+    assert f"3 rows carry labels {runs['tfidf']} was not trained on (['No such issue'])" in line
+
+
+def test_a_batch_size_below_one_or_too_few_resamples_are_refused_as_the_options_are_read(capsys):
+    from longtail.compare import MIN_RESAMPLES, RESAMPLES_ERROR
+
+    argv = ["run", "--data", "new.csv", "--output_dir", "out"]
+    assert refused(score.main, [*argv, "--batch_size", "0"], capsys).endswith(
+        "--batch_size must be >= 1, got 0"
+    )
+    few = MIN_RESAMPLES - 1
+    assert refused(score.main, [*argv, "--n_resamples", str(few)], capsys).endswith(
+        RESAMPLES_ERROR.format(few)
     )

@@ -448,19 +448,18 @@ def keyed_by_row(frame: pd.DataFrame, columns: Columns = None) -> bool:
     """Whether a .json object read with pandas' default orient ("columns") is sideways: a file keyed by row id
     (pandas' to_json(orient="index"): `{"0": {"Issue": ..., "text": ...}, ...}`) reads as columns "0", "1", ...
     with the field names as its index. Told by the names the caller reads (`columns`: in the index, not among the
-    columns), else by the shape: every column a row id, not every index label one. Every value must be a scalar
-    (the API's search JSON holds lists and objects); a file whose columns hold what the caller reads is as read."""
+    columns), else by the shape: every column a row id, not every index label one (the API's search JSON, its keys
+    `took`, `hits`, ..., is neither); a file whose columns hold what the caller reads is as read. What the fields
+    hold does not count: a field of lists (CFPB's tags) kept such a file sideways, the recipes' column error
+    listing "0", "1", ... and `longtail.holdout` splitting its fields instead of its rows."""
     if frame.empty or isinstance(frame.index, pd.RangeIndex):  # a list of records reads with a RangeIndex
         return False
     keys, fields = [str(c) for c in frame.columns], [str(i) for i in frame.index]
     if columns is not None and (wanted := wanted_columns(columns, keys)) and wanted <= set(keys):
         return False
-    sideways = columns is not None and (wanted := wanted_columns(columns, fields)) and wanted <= set(fields)
-    if not sideways and not (
-        all(ROW_KEY.fullmatch(k) for k in keys) and not all(ROW_KEY.fullmatch(f) for f in fields)
-    ):
-        return False
-    return all(pd.api.types.is_scalar(v) for column in frame.columns for v in frame[column])
+    if columns is not None and (wanted := wanted_columns(columns, fields)) and wanted <= set(fields):
+        return True
+    return all(ROW_KEY.fullmatch(k) for k in keys) and not all(ROW_KEY.fullmatch(f) for f in fields)
 
 
 def split_otherwise(columns) -> bool:
