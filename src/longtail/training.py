@@ -282,7 +282,7 @@ def start_run(
 
     from longtail.checkpoints import resolve_resume
     from longtail.distributed import check_distributed
-    from longtail.runs import prepare_output_dir, take_hub_token
+    from longtail.runs import check_hub_push, prepare_output_dir, take_hub_token
 
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
@@ -292,6 +292,8 @@ def start_run(
     training_args = apply_precision(training_args, mixed_precision)
     training_args.push_to_hub = False
     take_hub_token(training_args)  # a pickled copy of the arguments (training_args.bin) once carried it
+    if push:
+        check_hub_push()  # offline or no token: refused now, not after training
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per epoch
     check_distributed(training_args)
