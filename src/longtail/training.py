@@ -74,8 +74,17 @@ def apply_precision(training_args: TrainingArguments, choice: str) -> TrainingAr
     precision = auto_precision() if choice == "auto" else choice
     if precision == "no":
         return training_args
+    try:
+        resolved = dataclasses.replace(training_args, fp16=precision == "fp16", bf16=precision == "bf16")
+    except (
+        ValueError
+    ) as err:  # Transformers' refusal (bf16 on a machine without it): after the options were parsed
+        raise UsageError(
+            f"--mixed_precision {choice}: {' '.join(str(err).split())} (auto, the default, picks what this machine "
+            "supports)"
+        ) from None
     logger.info("Mixed precision: %s", precision)
-    return dataclasses.replace(training_args, fp16=precision == "fp16", bf16=precision == "bf16")
+    return resolved
 
 
 def load_tokenizer(model_args: ModelArguments):
