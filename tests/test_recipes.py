@@ -628,3 +628,27 @@ def test_hub_dataset_path(monkeypatch):
     assert seen["name"] == "determined-ai/consumer_complaints_medium"
     assert set(data.splits) == {"train", "validation", "test"}
     assert data.log["validation_from_train"]["fraction"] == 0.1
+
+
+def test_baseline_names_the_setting_options_its_mode_does_not_read(tmp_path, capsys):
+    """`--grid_C 3 10` without `--select_on_validation true` (its default is false: the course baseline) fitted C=1
+    alone, and `--C 10` under baseline_tfidf.yaml (which selects) was replaced by the grid's choice, both without a
+    word. The options the chosen mode does not read are now named in a warning; the run is as before."""
+    recipe = load_recipe("baseline_tfidf")
+    args = recipe.BaselineArguments
+    assert recipe.unread_options(args()) == []
+    assert recipe.unread_options(args(grid_C=[3.0, 10.0], grid_sublinear_tf="true")) == [
+        "--grid_C 3.0 10.0", "--grid_sublinear_tf true"]  # fmt: skip
+    assert recipe.unread_options(args(select_on_validation=True)) == []
+    assert recipe.unread_options(
+        args(select_on_validation=True, C=10.0, class_weight="balanced", sublinear_tf=True)
+    ) == ["--C 10.0", "--class_weight balanced", "--sublinear_tf True"]
+    train, test = synthetic_files(tmp_path)
+    argv = ["--train_file", train, "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
+            "--max_train_samples", "200", "--output_dir", str(tmp_path / "out"), "--grid_C", "3", "10"]  # fmt: skip
+    recipe.main(argv)  # the recipe logs to stderr (its own basicConfig)
+    assert (
+        "Not read without --select_on_validation true (the fixed --C, --class_weight, --sublinear_tf are fitted): "
+        "--grid_C 3.0 10.0" in capsys.readouterr().err
+    )
+    assert [r["C"] for r in json.loads((tmp_path / "out" / "run_config.json").read_text())["grid"]] == [1.0]
