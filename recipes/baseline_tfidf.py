@@ -139,6 +139,22 @@ class BaselineArguments:
 
 
 PARSER_TYPES = (DataArguments, BaselineArguments, RefitArguments)
+# the options each mode reads: the grid with --select_on_validation true, the one fixed setting without
+GRID_OPTIONS = ("grid_C", "grid_class_weight", "grid_sublinear_tf")
+FIXED_OPTIONS = ("C", "class_weight", "sublinear_tf")
+
+
+def unread_options(args: BaselineArguments) -> list[str]:
+    """The setting options given other than their defaults that this mode does not read (`--grid_C 3 10` without
+    --select_on_validation fitted C=1 alone; `--C 10` with it was replaced by the grid's choice; both silently)."""
+    defaults = BaselineArguments()
+    names = FIXED_OPTIONS if args.select_on_validation else GRID_OPTIONS
+    shown = {
+        name: " ".join(map(str, value)) if isinstance(value, list) else str(value)
+        for name in names
+        if (value := getattr(args, name)) != getattr(defaults, name)
+    }
+    return [f"--{name} {value}" for name, value in shown.items()]
 
 
 def build_vectorizer(args: BaselineArguments, sublinear: bool):
@@ -245,6 +261,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     command = command_line("recipes/baseline_tfidf.py", argv)
     started = time.time()
+    if unread := unread_options(args):
+        logger.warning(
+            "Not read %s: %s",
+            "with --select_on_validation true (the grid chooses C, class weighting and sublinear tf)"
+            if args.select_on_validation
+            else "without --select_on_validation true (the fixed --C, --class_weight, --sublinear_tf are fitted)",
+            ", ".join(unread),
+        )
 
     # ---- Load data ---------------------------------------------------------------------------
     data = prepare_data(data_args)

@@ -69,6 +69,15 @@ PARSER_TYPES = (DataArguments, ModelArguments, DistillArguments, LossArguments, 
 
 def vanilla_probs(run_dir: str, data) -> np.ndarray:
     """Validation probabilities of a finished run of the plain student, in the order of our rows."""
+    # the teacher's TF-IDF or ensemble folder given here by mistake matches the student's labels and rows, and
+    # comparison.md then named it 'vanilla' (the student trained with the hard loss alone)
+    for name, what in (("model.joblib", "a TF-IDF run"), ("ensemble.json", "an ensemble")):
+        if (Path(run_dir) / name).is_file():
+            raise DataError(
+                f"--vanilla_run {run_dir} is {what} ({name}), not a run of this student: pass a run of the same "
+                "student with the hard loss alone (e.g. an earlier distill run's vanilla/), or leave --vanilla_run "
+                "out to train one"
+            )
     path = Path(run_dir) / "predictions_validation.npz"
     if not path.is_file():
         raise DataError(f"--vanilla_run {run_dir} has no predictions_validation.npz")

@@ -100,6 +100,7 @@ def install_hooks() -> None:
     import huggingface_hub
 
     huggingface_hub.HfApi = FakeHfApi
+    huggingface_hub.whoami = lambda token=None: {"name": "me"}  # --push_to_hub's check, on every rank
     longtail.report.write_run_outputs = recorded("write_run_outputs", longtail.report.write_run_outputs)
     longtail.runs.write_run_files = recorded("write_run_files", longtail.runs.write_run_files)
     longtail.report.score_split = functools.partial(longtail.report.score_split, n_resamples=100)

@@ -562,3 +562,34 @@ def test_yaml_values_of_the_wrong_type_and_nan_are_one_line_usage_errors(tmp_pat
     config.write_text("cap: '7'\nfloor: 1\n")
     (options,) = parse(["--config", str(config)])
     assert (options.cap, options.floor) == (7, 1)
+
+
+@pytest.mark.parametrize("recipe", ["baseline_tfidf", "probe_encoder", "full_ft_encoder"])
+def test_a_seed_outside_what_numpy_takes_is_refused_while_the_options_are_parsed(recipe, tmp_path, capsys):
+    """--seed -1 was numpy's "Seed must be between 0 and 2**32 - 1" traceback (Trainer's set_seed) or scikit-learn's
+    InvalidParameterError once the features were built (TF-IDF), and --split_seed -1 numpy's "expected non-negative
+    integer" from the data split; each is now one line naming the option, before any data is read."""
+    from test_recipes import load_recipe
+
+    module = load_recipe(recipe)
+    config = {"baseline_tfidf": "baseline_tfidf_demo", "probe_encoder": "probe_encoder_demo"}.get(
+        recipe, recipe
+    )
+    base = ["--config", str(REPO / f"recipes/configs/{config}.yaml"), "--output_dir", str(tmp_path / "out")]
+    for option, value in (("--seed", "-1"), ("--split_seed", "-1"), ("--seed", str(2**32))):
+        assert refused(module.main, [*base, option, value], capsys).endswith(
+            f"error: {option} must be a whole number from 0 to 4294967295 (2**32 - 1), got {value}"
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_holdout_refuses_a_negative_seed(tmp_path, capsys):
+    """`python -m longtail.holdout --seed -1` was numpy's ValueError traceback, after the file was read."""
+    from longtail.holdout import main
+
+    (tmp_path / "all.csv").write_text("text,label\na,x\nb,y\nc,x\n", "utf-8")
+    argv = [str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "d"), "--seed", "-1"]
+    assert refused(main, argv, capsys).endswith(
+        "error: --seed must be a whole number from 0 to 4294967295 (2**32 - 1), got -1"
+    )
+    assert not (tmp_path / "d").exists()

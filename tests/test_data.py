@@ -617,6 +617,37 @@ def test_unsupported_extension_and_missing_file(tmp_path):
         prepare_data(args(train_file=str(tmp_path)))
 
 
+def test_a_hub_data_set_that_cannot_be_loaded_is_one_line_naming_the_option(monkeypatch):
+    """`--dataset_name` that `datasets` cannot load: offline and not cached (the YAMLs' default, as the README's
+    first commands run it here), a repo id the Hub does not have, or a local file misspelt into a name that is no
+    data file (`complaints.cvs`). Each was a traceback from inside `datasets` (ConnectionError,
+    DatasetNotFoundError); now a DataError naming the option and the ways to give local data."""
+    import datasets
+
+    with pytest.raises(DataError) as err:  # the real call: HF_DATASETS_OFFLINE=1 in the tests (conftest)
+        prepare_data(DataArguments(dataset_name="longtail-tests/no-such-data-set"))
+    message = str(err.value)
+    assert message.startswith(
+        "--dataset_name longtail-tests/no-such-data-set could not be loaded from the Hugging Face Hub ("
+    ), message
+    assert message.endswith(
+        "): a local .csv/.json/.jsonl/.parquet file goes in --train_file (or --dataset_name <file>), and "
+        "--dataset_name synthetic is the built-in demo set"
+    )
+    assert "\n" not in message
+    for raised in (ConnectionError("Couldn't reach 'x' on the Hub (OfflineModeIsEnabled)"),
+                   datasets.exceptions.DatasetNotFoundError("Dataset 'complaints.cvs' doesn't exist on the Hub"),
+                   ValueError("BuilderConfig 'bogus' not found. Available: ['default']")):  # fmt: skip
+
+        def fail(name, config_name=None, raised=raised):
+            raise raised
+
+        monkeypatch.setattr(datasets, "load_dataset", fail)
+        with pytest.raises(DataError, match="could not be loaded from the Hugging Face Hub") as err:
+            prepare_data(DataArguments(dataset_name="complaints.cvs"))
+        assert str(raised) in str(err.value)
+
+
 def test_a_text_column_empty_in_every_row_is_named(tmp_path, caplog):
     """A CFPB export whose rows all lack a narrative (complaints before March 2015, an export filtered on another
     field): the error and a warning name the column and the file (it was only the counts, 'dropped_empty_text')."""

@@ -1197,3 +1197,22 @@ def test_teacher_pass_options_with_precomputed_logits_are_named_as_unused(monkey
         "--teacher_logits are precomputed: ['--teacher_base_model base', '--teacher_max_length 64', "
         "'--teacher_batch_size 8', '--teacher_cache c.parquet'] not used" in caplog.text
     )
+
+
+@pytest.mark.parametrize("kind", ["model.joblib", "ensemble.json"])
+def test_a_vanilla_run_that_is_no_run_of_the_student_is_refused(kind, tiny_bert, tmp_path):
+    """--vanilla_run a TF-IDF run or an ensemble (e.g. the teacher's folder, passed to the wrong option): its labels
+    and rows are the student's, so it was taken, and comparison.md set the distilled student against TF-IDF under the
+    name 'vanilla' (the same student trained with the hard loss alone), silently. Refused before the teacher's pass."""
+    train, test = synthetic_files(tmp_path)
+    vanilla = tmp_path / "teacher_run"
+    vanilla.mkdir()
+    (vanilla / kind).write_text("{}")
+    argv = distill_args(tiny_bert, str(tmp_path / "no_teacher"), train, test, tmp_path / "run")
+    what = "a TF-IDF run (model.joblib)" if kind == "model.joblib" else "an ensemble (ensemble.json)"
+    with pytest.raises(DataError) as err:
+        load_recipe("distill").main([*argv, "--vanilla_run", str(vanilla)])
+    assert str(err.value) == (
+        f"--vanilla_run {vanilla} is {what}, not a run of this student: pass a run of the same student with the "
+        "hard loss alone (e.g. an earlier distill run's vanilla/), or leave --vanilla_run out to train one"
+    )

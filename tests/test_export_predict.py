@@ -1382,3 +1382,16 @@ def test_parity_is_read_at_the_length_predict_serves(tiny_classifier, tmp_path, 
     )
     assert export_onnx(ExportArguments(model_dir=str(run), max_length=40, **quick))["max_length"] == 40
     assert seen[:3] == [512, 24, 40]
+
+
+def test_predict_help_shows_its_examples_as_shell_commands(capsys):
+    """`--help` prints the module docstring's examples; one of them is continued with a backslash, which a plain
+    docstring read as a line continuation, so help showed `texts.jsonl         --output ...` on one line."""
+    from longtail.predict import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "onnx/optimized --input texts.jsonl" in line)
+    assert lines[at].endswith("--input texts.jsonl \\")
+    assert lines[at + 1].strip() == "--output preds.jsonl --top_k 3 --min_confidence 0.6"

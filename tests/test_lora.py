@@ -401,6 +401,7 @@ def test_lora_decoder_end_to_end(tiny_qwen2, tmp_path, monkeypatch, fast_bootstr
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHubApi)
+    monkeypatch.setattr(huggingface_hub, "whoami", lambda token=None: {"name": "me"})  # --push_to_hub's check
     FakeHubApi.uploads = []
     recipe = load_recipe("lora_decoder")
     seen = spy_on_trainer(recipe, monkeypatch)

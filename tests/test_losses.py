@@ -213,6 +213,21 @@ def test_loss_arguments_unknown_weighting_and_bad_smoothing():
         ValueError, match="posthoc_logit_adjustment must be auto, none or a number, got 'nan'"
     ):
         LossArguments(posthoc_logit_adjustment="nan")  # float() takes it: NaN logits, a report of them
+
+
+def test_loss_arguments_refuse_a_negative_or_non_finite_focal_gamma():
+    """--focal_gamma -1 was taken and trained: (1 - p_t)^gamma then weights the rows the model already gets right
+    most (the opposite of focusing), and a row it is sure of, p_t = 1, gives 0^-1 * 0 = NaN loss. Refused while the
+    options are parsed, as a negative tau is; 0 is plain CE and stays allowed."""
+    confident = long_tail_loss(
+        torch.tensor([[30.0, -30.0]]), torch.tensor([0]), loss="focal", focal_gamma=-1.0
+    )
+    assert math.isnan(confident.item())  # what the option let through
+    for gamma in (-1.0, -0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=rf"^--focal_gamma must be a finite number >= 0, got {gamma}"):
+            LossArguments(loss="focal", focal_gamma=gamma)
+    assert LossArguments(loss="focal", focal_gamma=0.0).focal_gamma == 0.0
+    assert LossArguments(loss="focal", focal_gamma=5.0).focal_gamma == 5.0
     assert LossArguments(posthoc_logit_adjustment="0.5").posthoc_logit_adjustment == "0.5"
 
 

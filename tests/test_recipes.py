@@ -520,6 +520,7 @@ def test_push_to_hub_once_without_leaking_the_token(
             calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "whoami", lambda token=None: calls.append(("whoami", token)))
     token = "hf_" + "S3cr3t" * 6
     train, test = synthetic_files(tmp_path)
     out = tmp_path / "pushed"
@@ -544,15 +545,58 @@ def test_push_to_hub_once_without_leaking_the_token(
             token,
         )
     )
-    assert [c[0] for c in calls] == ["init", "create_repo", "upload_folder"]
-    assert calls[0][1] == token and calls[1][1] == "me/cfpb-test"
-    assert {"README.md", "model.safetensors", "report.md", "eval_results.json"} <= set(calls[2][2])
+    assert [c[0] for c in calls] == [
+        "whoami",
+        "init",
+        "create_repo",
+        "upload_folder",
+    ]  # checked before training
+    assert calls[0][1] == token and calls[1][1] == token and calls[2][1] == "me/cfpb-test"
+    assert {"README.md", "model.safetensors", "report.md", "eval_results.json"} <= set(calls[3][2])
     for path in out.rglob("*"):  # every file, training_args.bin (a pickle of the arguments, pushed) included
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
     captured = capsys.readouterr()
     assert token not in captured.out + captured.err + caplog.text
     assert "<redacted>" in (out / "README.md").read_text()  # the command is shown, the token is not
+
+
+def test_push_to_hub_that_cannot_succeed_is_refused_before_training(tiny_modernbert, tmp_path, monkeypatch):
+    """--push_to_hub offline, or with no token (no --hub_token, HF_TOKEN or stored login), or a token the Hub
+    refuses: the run trained, wrote its results and then ended in huggingface_hub's traceback at the push
+    (Trainer, which the recipes keep from pushing every checkpoint, would have failed at its start creating the
+    repo). Now one line before the data is read; the token is never printed."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalTokenNotFoundError
+
+    from longtail.cli import UsageError
+
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "pushed"
+    token = "hf_" + "S3cr3t" * 6
+    argv = encoder_args(tiny_modernbert, train, test, out, "--push_to_hub", "--hub_model_id", "me/cfpb-test")
+    recipe = load_recipe("full_ft_encoder")
+    monkeypatch.setattr(recipe, "prepare_data", lambda *a: pytest.fail("the data was read"))
+    with pytest.raises(UsageError) as err:  # the real whoami: HF_HUB_OFFLINE=1 in the tests (conftest)
+        recipe.main([*argv, "--hub_token", token])
+    assert str(err.value).startswith(
+        "--push_to_hub: the Hugging Face Hub cannot be reached as a user here (Cannot reach "
+    ), str(err.value)
+    assert str(err.value).endswith(
+        "): pass --hub_token, set HF_TOKEN or log in (`hf auth login`), and unset HF_HUB_OFFLINE; or drop "
+        "--push_to_hub and push the run folder later"
+    )
+    assert token not in str(err.value)
+
+    def no_login(token=None):
+        raise LocalTokenNotFoundError("Token is required (`token=True`), but no token found.")
+
+    monkeypatch.setattr(huggingface_hub, "whoami", no_login)
+    with pytest.raises(
+        UsageError, match=r"as a user here \(Token is required .* but no token found\.\): pass"
+    ):
+        recipe.main(argv)
+    assert not out.exists()
 
 
 def test_hub_dataset_path(monkeypatch):
@@ -584,3 +628,27 @@ def test_hub_dataset_path(monkeypatch):
     assert seen["name"] == "determined-ai/consumer_complaints_medium"
     assert set(data.splits) == {"train", "validation", "test"}
     assert data.log["validation_from_train"]["fraction"] == 0.1
+
+
+def test_baseline_names_the_setting_options_its_mode_does_not_read(tmp_path, capsys):
+    """`--grid_C 3 10` without `--select_on_validation true` (its default is false: the course baseline) fitted C=1
+    alone, and `--C 10` under baseline_tfidf.yaml (which selects) was replaced by the grid's choice, both without a
+    word. The options the chosen mode does not read are now named in a warning; the run is as before."""
+    recipe = load_recipe("baseline_tfidf")
+    args = recipe.BaselineArguments
+    assert recipe.unread_options(args()) == []
+    assert recipe.unread_options(args(grid_C=[3.0, 10.0], grid_sublinear_tf="true")) == [
+        "--grid_C 3.0 10.0", "--grid_sublinear_tf true"]  # fmt: skip
+    assert recipe.unread_options(args(select_on_validation=True)) == []
+    assert recipe.unread_options(
+        args(select_on_validation=True, C=10.0, class_weight="balanced", sublinear_tf=True)
+    ) == ["--C 10.0", "--class_weight balanced", "--sublinear_tf True"]
+    train, test = synthetic_files(tmp_path)
+    argv = ["--train_file", train, "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
+            "--max_train_samples", "200", "--output_dir", str(tmp_path / "out"), "--grid_C", "3", "10"]  # fmt: skip
+    recipe.main(argv)  # the recipe logs to stderr (its own basicConfig)
+    assert (
+        "Not read without --select_on_validation true (the fixed --C, --class_weight, --sublinear_tf are fitted): "
+        "--grid_C 3.0 10.0" in capsys.readouterr().err
+    )
+    assert [r["C"] for r in json.loads((tmp_path / "out" / "run_config.json").read_text())["grid"]] == [1.0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import REPO
 
 from longtail.data import DataArguments, DataError, prepare_data, require_test_split
 from longtail.runs import OutputDirError, command_line, prepare_output_dir, public_model_name, write_json
@@ -282,6 +283,32 @@ def test_precision_auto_resolves_by_hardware_and_an_explicit_flag_wins(tmp_path,
     assert (fp16.bf16, fp16.fp16) == (False, True)
     explicit = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], bf16=True)
     assert apply_precision(explicit, "fp16") is explicit and (explicit.bf16, explicit.fp16) == (True, False)
+
+
+def test_a_mixed_precision_the_machine_lacks_is_one_line_naming_the_option(tiny_modernbert, tmp_path, capsys):
+    """--mixed_precision bf16 on a machine without bf16 (a CPU run without --use_cpu): Transformers refuses it while
+    the precision is applied, which came after the options were parsed, so it was a ValueError traceback ("Your
+    setup doesn't support bf16/gpu"), where `--bf16 true` was already one line. Now a UsageError naming the option,
+    before any data is read."""
+    import torch
+    from test_recipes import load_recipe
+
+    from longtail.cli import UsageError, run
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: bf16 may be supported")
+    recipe = load_recipe("full_ft_encoder")
+    argv = ["--config", str(REPO / "recipes/configs/full_ft_encoder_demo.yaml"), "--model_name_or_path",
+            tiny_modernbert, "--mixed_precision", "bf16", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(UsageError) as err:
+        recipe.main(argv)
+    assert str(err.value).startswith("--mixed_precision bf16: Your setup doesn't support bf16/gpu.")
+    assert str(err.value).endswith("(auto, the default, picks what this machine supports)")
+    with pytest.raises(SystemExit) as exit_info:
+        run(recipe.main, argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_early_stopping_callback_only_when_asked():

@@ -454,6 +454,55 @@ def test_early_stopping_without_evaluations_is_refused_while_the_options_are_par
     assert [a.early_stopping_patience for a in parsed if hasattr(a, "early_stopping_patience")] == [2]
 
 
+@pytest.mark.parametrize("recipe", ["full_ft_encoder", "lora_decoder", "distill"])
+def test_metric_for_best_model_is_checked_while_the_options_are_parsed(recipe, tmp_path, capsys):
+    """A misspelt --metric_for_best_model (f1) was Transformers' KeyError traceback at the first evaluation, an
+    epoch into training; a lower-is-better one (loss, nll) under the YAMLs' `greater_is_better: true` kept the
+    checkpoint with the *worst* value, silently. Both are refused while the options are parsed; with the
+    direction given, the metric is taken (with or without Trainer's `eval_` prefix)."""
+    from test_recipes import load_recipe
+
+    from longtail.distributed import parse_recipe_args
+
+    config = {
+        "full_ft_encoder": "full_ft_encoder_demo",
+        "lora_decoder": "lora_decoder",
+        "distill": "distill_demo",
+    }
+    types = load_recipe(recipe).PARSER_TYPES
+    base = [
+        "--config",
+        str(REPO / f"recipes/configs/{config[recipe]}.yaml"),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    for extra, message in (
+        (["--metric_for_best_model", "f1"],
+         "--metric_for_best_model f1 is not a validation metric the run computes: choose one of accuracy, "
+         "macro_f1, weighted_f1, macro_f1_head, macro_f1_mid, macro_f1_tail (higher is better) or loss, nll, ece, "
+         "zero_f1_classes (lower is better)"),
+        (["--metric_for_best_model", "eval_num_examples"], "--metric_for_best_model eval_num_examples is not"),
+        (["--metric_for_best_model", "nll"],
+         "--metric_for_best_model nll is better when lower, but --greater_is_better is true (as the recipe YAMLs set "
+         "it, for macro_f1): the run would keep the checkpoint with the worst nll. Pass --greater_is_better false"),
+        (["--metric_for_best_model", "eval_loss"], "--metric_for_best_model eval_loss is better when lower"),
+        (["--greater_is_better", "false"],
+         "--metric_for_best_model macro_f1 is better when higher, but --greater_is_better is false"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            parse_recipe_args(types, [*base, *extra])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    for extra, metric in (
+        (["--metric_for_best_model", "nll", "--greater_is_better", "false"], "nll"),
+        (["--metric_for_best_model", "eval_macro_f1_tail"], "eval_macro_f1_tail"),
+        (["--metric_for_best_model", "zero_f1_classes", "--greater_is_better", "false"], "zero_f1_classes"),
+        ([], "macro_f1"),
+    ):
+        parsed = parse_recipe_args(types, [*base, *extra])
+        assert [a.metric_for_best_model for a in parsed if hasattr(a, "metric_for_best_model")] == [metric]
+
+
 def test_end_training_waits_leaves_the_group_then_frees_every_trainers_wrapper(monkeypatch):
     """The order end_training's docstring gives, on fakes: wait for every process, leave the group (the first
     trainer's accelerator), free each trainer's DDP wrapper (None for a run without a refit is skipped), collect

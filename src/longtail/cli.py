@@ -168,7 +168,24 @@ def parse_config(parser, argv: list[str] | None):
         raise UsageError(message) from err
     if nan := not_a_number(parsed):
         parser.error(f"{', '.join(nan)}: not a finite number (nan or inf)")
+    for args in parsed:
+        for name in SEED_OPTIONS:
+            if (problem := seed_problem(name, getattr(args, name, None))) is not None:
+                parser.error(problem)
     return parsed
+
+
+# seeds numpy reads (np.random.seed, scikit-learn's random_state, default_rng): 0 .. 2**32 - 1. A negative one was
+# numpy's or scikit-learn's traceback (Trainer's set_seed; the TF-IDF fit, after the features; the data split).
+SEED_OPTIONS = ("seed", "split_seed")
+MAX_SEED = 2**32 - 1
+
+
+def seed_problem(name: str, value) -> str | None:
+    """Why `--<name> <value>` cannot seed numpy, or None (also None for an unset or non-integer value)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_SEED:
+        return f"--{name} must be a whole number from 0 to {MAX_SEED} (2**32 - 1), got {value}"
+    return None
 
 
 # options a library reads null for: Trainer clips no gradient when max_grad_norm is None

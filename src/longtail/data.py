@@ -516,7 +516,16 @@ def load_raw_splits(args: DataArguments) -> dict[str, pd.DataFrame]:
 def load_hub_splits(name: str, config_name: str | None) -> dict[str, pd.DataFrame]:
     import datasets
 
-    ds = datasets.load_dataset(name, config_name)
+    try:
+        ds = datasets.load_dataset(name, config_name)
+    # OSError: offline and not cached (ConnectionError), not on the Hub (DatasetNotFoundError); ValueError: a name
+    # that cannot be a repo id, a configuration the data set lacks. Each was a traceback from inside `datasets`.
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"--dataset_name {name} could not be loaded from the Hugging Face Hub ({' '.join(str(err).split())}): "
+            "a local .csv/.json/.jsonl/.parquet file goes in --train_file (or --dataset_name <file>), and "
+            "--dataset_name synthetic is the built-in demo set"
+        ) from err
     aliases = {"valid": "validation", "val": "validation", "dev": "validation", "eval": "validation"}
     return {aliases.get(split, split): ds[split].to_pandas() for split in ds}
 

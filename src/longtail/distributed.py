@@ -33,7 +33,9 @@ def parse_recipe_args(parser_types, argv: list[str] | None):
     parsed = parse_config(parser, argv)
     for args in parsed:
         if isinstance(args, TrainingArguments):
-            problem = schedule_problem(args) or early_stopping_problem(parsed, args)
+            problem = (
+                schedule_problem(args) or early_stopping_problem(parsed, args) or best_metric_problem(args)
+            )
             if problem:
                 parser.error(problem)
     return parsed
@@ -54,6 +56,32 @@ def early_stopping_problem(parsed, args) -> str | None:
             f"--early_stopping_patience {patience} counts evaluations of --metric_for_best_model: set "
             f"--eval_strategy steps or epoch (got {args.eval_strategy.value}) and --metric_for_best_model "
             f"(got {args.metric_for_best_model})"
+        )
+    return None
+
+
+def best_metric_problem(args) -> str | None:
+    """A --metric_for_best_model the evaluations do not compute (Transformers' KeyError at the first evaluation, an
+    epoch into training), or one whose better direction --greater_is_better contradicts: the YAMLs set it true for
+    macro_f1, and `--metric_for_best_model nll` alone kept the checkpoint with the worst NLL, silently."""
+    from longtail.metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
+
+    metric = args.metric_for_best_model
+    if metric is None:
+        return None
+    name = metric.removeprefix("eval_")  # Trainer reads both spellings
+    if name not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
+        return (
+            f"--metric_for_best_model {metric} is not a validation metric the run computes: choose one of "
+            f"{', '.join(HIGHER_IS_BETTER)} (higher is better) or {', '.join(LOWER_IS_BETTER)} (lower is better)"
+        )
+    higher = name in HIGHER_IS_BETTER
+    if args.greater_is_better is not None and bool(args.greater_is_better) != higher:
+        given = "true (as the recipe YAMLs set it, for macro_f1)" if args.greater_is_better else "false"
+        return (
+            f"--metric_for_best_model {metric} is better when {'higher' if higher else 'lower'}, but "
+            f"--greater_is_better is {given}: the run would keep the checkpoint with the worst {name}. Pass "
+            f"--greater_is_better {str(higher).lower()}"
         )
     return None
 

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from longtail.cli import usage_exit
+from longtail.cli import seed_problem, usage_exit
 from longtail.data import DataError, read_table
 
 OUTPUT_FILES = ("train.csv", "heldout.csv", "holdout.json")
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if not 0 < args.fraction < 1:
         parser.error(f"--fraction must be in (0, 1), got {args.fraction}")
+    if (problem := seed_problem("seed", args.seed)) is not None:
+        parser.error(problem)
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         parser.error(f"--output_dir {out} is a file, not a folder")

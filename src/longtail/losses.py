@@ -59,6 +59,13 @@ class LossArguments:
             raise ValueError("--loss weighted_ce needs --class_weighting inverse or sqrt_inverse")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        # a negative gamma weights the rows the model already gets right most, and one it is sure of (p_t = 1)
+        # gives 0^gamma * 0 = NaN loss; it was taken and trained
+        if not 0.0 <= self.focal_gamma < float("inf"):
+            raise ValueError(
+                f"--focal_gamma must be a finite number >= 0, got {self.focal_gamma} (0 is plain CE; the focal "
+                "loss's usual value is 2)"
+            )
         parse_tau_option(self.posthoc_logit_adjustment)  # now, not after training
         # a negative tau trains the raw logits towards the head classes; NaN passed every check to a NaN loss
         # (other losses do not read it: still refused, but a large one is not warned about)

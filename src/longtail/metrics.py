@@ -284,6 +284,12 @@ def slice_metrics(
     return out
 
 
+# What `trainer_compute_metrics` (and Trainer's own eval_loss) give an evaluation that can choose a checkpoint
+# (`--metric_for_best_model`), by the direction that is better; the rest (counts) choose nothing
+HIGHER_IS_BETTER = ("accuracy", "macro_f1", "weighted_f1", "macro_f1_head", "macro_f1_mid", "macro_f1_tail")
+LOWER_IS_BETTER = ("loss", "nll", "ece", "zero_f1_classes")
+
+
 def trainer_compute_metrics(tiers: Mapping[int, str]) -> Callable:
     """`compute_metrics` for Trainer: cheap metrics every evaluation (no bootstrap), keyed for
     `metric_for_best_model: macro_f1`."""

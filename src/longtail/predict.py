@@ -2,7 +2,7 @@
 LoRA, probe) or its ONNX export, a TF-IDF run (`model.joblib`) or an ensemble folder (`ensemble.json`).
 
     python -m longtail.predict --model_dir outputs/demo/full_ft_encoder --input texts.csv --output preds.csv
-    python -m longtail.predict --model_dir outputs/demo/full_ft_encoder/onnx/optimized --input texts.jsonl \
+    python -m longtail.predict --model_dir outputs/demo/full_ft_encoder/onnx/optimized --input texts.jsonl \\
         --output preds.jsonl --top_k 3 --min_confidence 0.6
     python -m longtail.predict --model_dir outputs/ensemble --input new_complaints.csv --output preds.csv
 

@@ -287,6 +287,26 @@ def take_hub_token(training_args) -> None:
     _hub_token, training_args.hub_token = training_args.hub_token, None  # None: not the last run's
 
 
+def check_hub_push() -> None:
+    """Before anything is read or trained: can this process push to the Hub as a user (--hub_token, HF_TOKEN or a
+    stored login; not HF_HUB_OFFLINE)? A push that cannot succeed failed only at the end, after the whole run
+    (Trainer, kept from pushing every checkpoint, would have failed at its start creating the repo). Read-only,
+    so every process of a launch asks (a refusal on the main process alone left the others in a barrier)."""
+    import huggingface_hub
+
+    try:
+        huggingface_hub.whoami(token=_hub_token)
+    except (
+        OSError
+    ) as err:  # offline (OfflineModeIsEnabled), no token (LocalTokenNotFoundError), 401 (HTTPError)
+        reason = redact_secrets(" ".join(str(err).split()))
+        raise UsageError(
+            f"--push_to_hub: the Hugging Face Hub cannot be reached as a user here ({reason}): pass --hub_token, "
+            "set HF_TOKEN or log in (`hf auth login`), and unset HF_HUB_OFFLINE; or drop --push_to_hub and push "
+            "the run folder later"
+        ) from None
+
+
 def push_folder(
     output_dir: str | Path, repo_id: str | None, token: str | None = None, private: bool | None = None
 ):

@@ -74,8 +74,17 @@ def apply_precision(training_args: TrainingArguments, choice: str) -> TrainingAr
     precision = auto_precision() if choice == "auto" else choice
     if precision == "no":
         return training_args
+    try:
+        resolved = dataclasses.replace(training_args, fp16=precision == "fp16", bf16=precision == "bf16")
+    except (
+        ValueError
+    ) as err:  # Transformers' refusal (bf16 on a machine without it): after the options were parsed
+        raise UsageError(
+            f"--mixed_precision {choice}: {' '.join(str(err).split())} (auto, the default, picks what this machine "
+            "supports)"
+        ) from None
     logger.info("Mixed precision: %s", precision)
-    return dataclasses.replace(training_args, fp16=precision == "fp16", bf16=precision == "bf16")
+    return resolved
 
 
 def load_tokenizer(model_args: ModelArguments):
@@ -282,7 +291,7 @@ def start_run(
 
     from longtail.checkpoints import resolve_resume
     from longtail.distributed import check_distributed
-    from longtail.runs import prepare_output_dir, take_hub_token
+    from longtail.runs import check_hub_push, prepare_output_dir, take_hub_token
 
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True
@@ -292,6 +301,8 @@ def start_run(
     training_args = apply_precision(training_args, mixed_precision)
     training_args.push_to_hub = False
     take_hub_token(training_args)  # a pickled copy of the arguments (training_args.bin) once carried it
+    if push:
+        check_hub_push()  # offline or no token: refused now, not after training
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per epoch
     check_distributed(training_args)
