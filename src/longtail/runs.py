@@ -296,9 +296,8 @@ def check_hub_push() -> None:
 
     try:
         huggingface_hub.whoami(token=_hub_token)
-    except (
-        OSError
-    ) as err:  # offline (OfflineModeIsEnabled), no token (LocalTokenNotFoundError), 401 (HTTPError)
+    # offline (OfflineModeIsEnabled), no token (LocalTokenNotFoundError), a refused token (401, HTTPError)
+    except OSError as err:
         reason = redact_secrets(" ".join(str(err).split()))
         raise UsageError(
             f"--push_to_hub: the Hugging Face Hub cannot be reached as a user here ({reason}): pass --hub_token, "
