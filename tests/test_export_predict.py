@@ -250,6 +250,84 @@ def test_parity_numbers_and_int8_gate_boundaries_on_set_logits(tiny_classifier, 
     assert record["variants"]["int8"]["reason"] == "argmax agreement 0.778 < 0.78"
 
 
+def test_int8_gate_reads_labels_with_the_runs_merge_map_and_taxonomy(tiny_classifier, tmp_path, monkeypatch):
+    """A run trained with a merge map (the course's 2017 map: old CFPB wordings to new ones) and a taxonomy: the
+    gate reads --parity_file's labels as the run read its data (`score`'s reader, its run_config.json's options).
+    The old wordings were read raw, unknown to the model, and left out of the macro-F1: an int8 that got one of
+    them wrong passed a gate that saw none of it. The rows left out are counted, by why, in parity.json."""
+    import shutil
+
+    import longtail.export as export
+    from longtail.export import ExportArguments, export_onnx
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_classifier, run)
+    names = [json.loads((run / "config.json").read_text())["id2label"][str(i)] for i in range(4)]
+    merge = tmp_path / "merge.json"
+    merge.write_text(json.dumps({"Old wording A": names[0], "Old wording B": names[1]}))
+    taxonomy = tmp_path / "taxonomy.txt"
+    taxonomy.write_text("\n".join([*names, "In the taxonomy, not the model"]))
+    data = {"text_column": "text", "label_column": "label", "label_merge_map": str(merge),
+            "label_taxonomy": str(taxonomy), "max_length": 32}  # fmt: skip
+    (run / "run_config.json").write_text(json.dumps({"data": data}))
+    labels = [
+        "Old wording A",
+        "Old wording B",
+        names[2],
+        names[3],
+        None,
+        "Outside",
+        "In the taxonomy, not the model",
+    ]
+    src = tmp_path / "parity.csv"
+    pd.DataFrame({"text": [f"complaint {i} about a fee" for i in range(7)], "label": labels}).to_csv(
+        src, index=False
+    )
+    reference = 3.0 * np.eye(len(names))[[0, 1, 2, 3, 0, 0, 0]]
+    int8 = reference.copy()
+    int8[0] = 3.0 * np.eye(len(names))[1]  # the old wording's row, now wrong
+    logits = {"model.onnx": reference, "model_quantized.onnx": int8}
+    monkeypatch.setattr(
+        export, "run_batches", lambda backend, *_: logits[getattr(backend, "file_name", "model.onnx")]
+    )
+
+    def export_with(out, **options):
+        return export_onnx(ExportArguments(model_dir=str(run), output_dir=str(tmp_path / out), parity_file=str(src),
+                                           text_column="text", label_column="label", optimize=False,
+                                           min_int8_agreement=0.5, **options))  # fmt: skip
+
+    record = export_with("onnx")
+    assert record["parity_labels"] == {
+        "label_column": "label", "label_merge_map": str(merge), "label_taxonomy": str(taxonomy),
+        "read_as": "given: --text_column, --label_column; as 1 trained runs recorded them in run_config.json",
+        "rows_scored": 4,
+        "left_out": {"no label": 1, "a label outside the taxonomy": 1, "a label the runs were not trained on": 1},
+        "labels_merged": 2,
+    }  # fmt: skip
+    int8_entry = record["variants"]["int8"]
+    assert int8_entry["pytorch_macro_f1"] == 1.0 and int8_entry["macro_f1"] < 0.8
+    assert int8_entry["status"] == "rejected" and int8_entry["reason"].startswith("macro-F1 drop")
+    assert (
+        json.loads((tmp_path / "onnx" / "parity.json").read_text())["parity_labels"]
+        == record["parity_labels"]
+    )
+    # an option given reads over the run's: without the merge map the old wordings are labels the model lacks
+    record = export_with("raw", quantize=False, label_merge_map="none")
+    assert record["parity_labels"]["rows_scored"] == 2 and record["parity_labels"]["left_out"] == {
+        "no label": 1, "a label outside the taxonomy": 3, "a label the runs were not trained on": 1
+    }  # fmt: skip
+    # a merge map the run recorded and that is gone is one line naming the option that names it from here
+    merge.unlink()
+    with pytest.raises(
+        ValueError, match=r"merge.json.*It is the --label_merge_map the runs were trained with"
+    ):
+        export_with("gone", quantize=False)
+    with pytest.raises(
+        ValueError, match="--label_taxonomy read the labels of --label_column, and none was given"
+    ):
+        ExportArguments(model_dir=str(run), label_taxonomy="none")
+
+
 def test_cuda_requested_but_ort_on_cpu_fails_clearly(tiny_classifier, exported, tmp_path):
     import onnxruntime as ort
 

@@ -77,6 +77,19 @@ class ExportArguments:
     label_column: str | None = field(
         default=None, metadata={"help": "Label column of --parity_file: gates int8 on macro-F1 too."}
     )
+    label_merge_map: str | None = field(
+        default=None,
+        metadata={
+            "help": "Merge map the labels of --label_column are read with (default: the run's, from its "
+            "run_config.json; none without one)."
+        },
+    )
+    label_taxonomy: str | None = field(
+        default=None,
+        metadata={
+            "help": "Taxonomy of the labels of --label_column (default: the run's, as --label_merge_map)."
+        },
+    )
     parity_rows: int = field(default=64, metadata={"help": "Rows of the parity sample."})
     max_length: int | None = field(
         default=None,
@@ -113,6 +126,12 @@ class ExportArguments:
             raise ValueError(
                 f"--label_column {self.label_column} names a column of --parity_file, and none was given: "
                 "pass the labelled --parity_file, or drop --label_column (the default sample has no labels)"
+            )
+        unread = [f"--{n}" for n in ("label_merge_map", "label_taxonomy") if getattr(self, n) is not None]
+        if unread and not self.label_column:
+            raise ValueError(
+                f"{' and '.join(unread)} read the labels of --label_column, and none was given: pass "
+                "--parity_file and --label_column for the macro-F1 gate, or drop them"
             )
         kind = run_kind(Path(self.model_dir))
         if kind == "sklearn":
@@ -202,49 +221,85 @@ def export_fp32(model, target: Path, device: str) -> None:
     model.config.save_pretrained(target)
 
 
-def parity_texts(args: ExportArguments) -> tuple[list[str], np.ndarray | None, list[str] | None]:
-    """(texts, labels or None, label names or None) of the parity sample."""
-    if args.parity_file:
-        from longtail.data import read_table, refuse_repeated
+def label_options(args: ExportArguments) -> tuple[dict, str]:
+    """The data options the parity file's labels are read with, and where they came from: as `longtail.score`
+    reads a file for a run (`score.data_options`: the merge map and taxonomy the run recorded in run_config.json,
+    each given option over the run's). A model folder that records none (not a recipe's run) reads its labels
+    as written, with no merge map or taxonomy unless given."""
+    from longtail.score import data_options, recorded_data_options
 
-        df = read_table(args.parity_file)
-        missing = [c for c in (args.text_column, args.label_column) if c and c not in df.columns]
-        if missing:
-            raise UsageError(f"{args.parity_file} has no column {missing}; columns: {list(df.columns)}")
-        refuse_repeated(df, (args.text_column, args.label_column), args.parity_file)
-        df = df[df[args.text_column].fillna("").astype(str).str.strip() != ""].head(args.parity_rows)
-        if df.empty:
-            raise UsageError(
-                f"{args.parity_file}: no row has a non-empty '{args.text_column}' for the parity check"
-            )
-        labels = df[args.label_column].astype(str).tolist() if args.label_column else None
-        return df[args.text_column].astype(str).tolist(), labels, None
-    from longtail.synthetic import make_synthetic_complaints
-
-    df = make_synthetic_complaints(args.parity_rows * 2, seed=11)
-    texts = [t for t in df["Consumer complaint narrative"].fillna("") if t.strip()][: args.parity_rows]
-    return texts, None, None
+    given = {
+        "text_column": args.text_column,
+        "label_column": args.label_column,
+        "label_merge_map": args.label_merge_map,
+        "label_taxonomy": args.label_taxonomy,
+    }
+    if recorded_data_options(Path(args.model_dir)) is None:
+        options = {**given, **{n: given[n] or "none" for n in ("label_merge_map", "label_taxonomy")}}
+        return options, f"{args.model_dir} records no data options (run_config.json): as given, else none"
+    return data_options([Path(args.model_dir)], given)
 
 
-def parity_sample(args: ExportArguments, label2id: dict) -> tuple[list[str], tuple | None]:
-    """(texts, (scored rows, label ids) or None) of the parity sample. Rows whose label the model does not know
-    are not scored (logged); none known is an error, the macro-F1 gate asked for could not be applied."""
-    texts, names, _ = parity_texts(args)
-    if names is None:
-        return texts, None
-    known = [i for i, name in enumerate(names) if name in label2id]
-    if not known:
+def parity_sample(args: ExportArguments, label2id: dict) -> tuple[list[str], tuple | None, dict | None]:
+    """(texts, (scored rows, label ids) or None, how the labels were read or None) of the parity sample: the first
+    --parity_rows rows of --parity_file with a text, else synthetic complaints. With --label_column the sample's
+    labels are read as the run read its data (`label_options`, and `score.labelled_rows`: its merge map and
+    taxonomy, a recipe's test-split cleaning); rows without a label, outside the taxonomy or with a label the model
+    does not know are not scored in the macro-F1 gate, and are counted; none scored is an error, the gate asked
+    for could not be applied."""
+    if not args.parity_file:
+        from longtail.synthetic import make_synthetic_complaints
+
+        df = make_synthetic_complaints(args.parity_rows * 2, seed=11)
+        texts = [t for t in df["Consumer complaint narrative"].fillna("") if t.strip()][: args.parity_rows]
+        return texts, None, None
+    from longtail.data import read_table, refuse_repeated
+    from longtail.score import LEFT_OUT, labelled_rows
+
+    df = read_table(args.parity_file)
+    missing = [c for c in (args.text_column, args.label_column) if c and c not in df.columns]
+    if missing:
+        raise UsageError(f"{args.parity_file} has no column {missing}; columns: {list(df.columns)}")
+    refuse_repeated(df, (args.text_column, args.label_column), args.parity_file)
+    df = df[df[args.text_column].fillna("").astype(str).str.strip() != ""].head(args.parity_rows)
+    if df.empty:
+        raise UsageError(
+            f"{args.parity_file}: no row has a non-empty '{args.text_column}' for the parity check"
+        )
+    texts = df[args.text_column].astype(str).tolist()
+    if not args.label_column:
+        return texts, None, None
+    options, source = label_options(args)
+    written = sorted(set(df[args.label_column].dropna().astype(str).str.strip()) - {""})
+    rows, counts = labelled_rows(df.reset_index(drop=True), args.parity_file, options, list(label2id))
+    left_out = {what: counts[key] for key, what in LEFT_OUT if counts.get(key)}
+    read_as = (
+        f"merge map {options['label_merge_map'] or 'none'}, taxonomy {options['label_taxonomy'] or 'none'} "
+        f"({source})"
+    )
+    if rows.empty:
         raise UsageError(
             f"{args.parity_file}: no value of --label_column '{args.label_column}' is a label the model knows, so "
-            f"the int8 macro-F1 gate cannot be scored (file: {sorted(set(names))[:5]}; model: {sorted(label2id)[:5]}). "
+            f"the int8 macro-F1 gate cannot be scored (file: {written[:5]}; model: {sorted(label2id)[:5]}; "
+            f"read with {read_as}; left out of {len(df)} rows: {left_out}). "
             "Pass the column of the labels the model was trained on, or drop --label_column."
         )
-    if len(known) < len(names):
+    if left_out:
         logger.warning(
-            "Parity sample: %d rows with labels the model does not know are not scored",
-            len(names) - len(known),
+            "Parity sample: %d of %d rows are left out of the int8 macro-F1 gate (%s), labels read with %s",
+            len(df) - len(rows),
+            len(df),
+            ", ".join(f"{n} with {what}" for what, n in left_out.items()),
+            read_as,
         )
-    return texts, (np.array(known), np.array([label2id[names[i]] for i in known]))
+    record = {
+        **{name: options[name] for name in ("label_column", "label_merge_map", "label_taxonomy")},
+        "read_as": source,
+        "rows_scored": len(rows),
+        "left_out": left_out,  # of the parity rows, by why: {} when every one is scored
+        "labels_merged": counts.get("labels_merged", 0),
+    }
+    return texts, (rows["row_id"].to_numpy(), rows["label"].map(label2id).to_numpy()), record
 
 
 def compare(reference: np.ndarray, logits: np.ndarray) -> dict:
@@ -274,7 +329,8 @@ def export_onnx(args: ExportArguments) -> dict:
     ort_provider(args.device)  # CUDA asked but ORT would run on CPU: fail before any work
     model, tokenizer, resolved = load_model_dir(args.model_dir, merge_adapter=args.merge_adapter)
     check_exportable(model)
-    texts, labels = parity_sample(args, model.config.label2id)  # a bad parity file fails before any output
+    # a bad parity file fails before any output
+    texts, labels, label_record = parity_sample(args, model.config.label2id)
     out = Path(args.output_dir or Path(args.model_dir) / "onnx")
     if out.resolve() in (Path(args.model_dir).resolve(), Path(resolved).resolve()):
         # its overwrite would clear the variants' folders beside the model, and a run's files are not ours here
@@ -318,6 +374,8 @@ def export_onnx(args: ExportArguments) -> dict:
             "max_macro_f1_drop": args.max_int8_macro_f1_drop if labels is not None else None,
             "on": args.min_int8_agreement > 0 or labels is not None,
         },
+        # how the gate's labels were read (the run's merge map and taxonomy) and the parity rows it left out, by why
+        "parity_labels": label_record,
         "device": args.device,
         "cpu": cpu_features(),
         "variants": {},

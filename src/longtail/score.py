@@ -42,6 +42,14 @@ logger = logging.getLogger("longtail.score")
 LABEL_OPTIONS = ("label_column", "label_merge_map", "label_taxonomy")
 SCORED_DIR = "scored"  # under --output_dir: one folder per run, readable by `compare`
 SCORE_FILES = ("score.md", "score.json")  # what a rerun with --overwrite_output_dir replaces, with SCORED_DIR
+# the counts of rows left out (`read_rows`), and why, as score.md (and the export's parity.json) words them
+LEFT_OUT = (
+    ("dropped_empty_text", "no text"),
+    ("dropped_missing_label", "no label"),
+    ("dropped_outside_taxonomy", "a label outside the taxonomy"),
+    ("excluded_unseen_labels", "a label the runs were not trained on"),
+    ("excluded_seen", "a text a run trained or was selected on"),
+)
 COPIED = ("predictions_validation.npz", "labels.json", "temperature.json")  # what `compare` reads beside test
 
 
@@ -316,27 +324,20 @@ def seen_digests(run_dirs: list[Path]) -> tuple[dict[str, set], list[Path]]:
     return found, unchecked
 
 
-def read_rows(path: str, options: dict, label_names: list[str] | None, keep_seen: bool, run_dirs) -> dict:
-    """The file's rows to score, cleaned as a recipe cleans its test split, and the counts of what was left out."""
-    from longtail.data import (
-        DIGEST_HEX,
-        DataArguments,
-        DataError,
-        clean_split,
-        legacy_text_digest,
-        load_merge_map,
-        load_taxonomy,
-        norm_digest,
-        read_table,
-        spelling_hint,
-    )
+def labelled_rows(
+    raw: pd.DataFrame, path: str, options: dict, label_names: list[str] | None
+) -> tuple[pd.DataFrame, dict]:
+    """The rows of `raw` (read from `path`) with a text and a label, read with `options` (`data_options`: the
+    runs' merge map and taxonomy) as a recipe cleans its test split, less those whose label is not among
+    `label_names`; and the counts of what was left out and why. `row_id`: each row's position in `raw`.
+    `longtail.export` reads its labelled parity sample with it."""
+    from longtail.data import DataArguments, clean_split, load_merge_map, load_taxonomy, spelling_hint
 
     args = DataArguments(test_file=path, **options)
     merge_map = load_merge_map(args.label_merge_map)
     taxonomy_list = load_taxonomy(args.label_taxonomy)
     taxonomy = set(taxonomy_list) if taxonomy_list is not None else None
     log: dict = {}
-    raw = read_table(path, columns=[args.text_column, args.label_column])
     rows = clean_split(raw, "test", args, merge_map, taxonomy, log)
     del raw
     counts = dict(log["test"])
@@ -357,6 +358,15 @@ def read_rows(path: str, options: dict, label_names: list[str] | None, keep_seen
             )
             counts["unseen_label_hint"] = hint or None
         rows = rows[~unseen]
+    return rows, counts
+
+
+def read_rows(path: str, options: dict, label_names: list[str] | None, keep_seen: bool, run_dirs) -> dict:
+    """The file's rows to score, cleaned as a recipe cleans its test split, and the counts of what was left out."""
+    from longtail.data import DIGEST_HEX, DataError, legacy_text_digest, norm_digest, read_table
+
+    columns = [options["text_column"], options["label_column"]]  # as data_options gives them: all four set
+    rows, counts = labelled_rows(read_table(path, columns=columns), path, options, label_names)
     seen, unchecked = seen_digests(run_dirs)
     # a text is seen when its normalised text's digest is a run's (case and spacing ignored, as the recipes' leak
     # guard does: a file re-saved with CRLF inside narratives), or, for runs written before those digests, its
@@ -445,13 +455,7 @@ def data_section(
     path: str, options: dict, source: str, counts: dict, timings: dict, unchecked: list[str] = ()
 ) -> str:
     """score.md's first part: how the file was read, what was left out and why, and each run's scoring time."""
-    left_out = [
-        ("no text", counts.get("dropped_empty_text", 0)),
-        ("no label", counts.get("dropped_missing_label", 0)),
-        ("a label outside the taxonomy", counts.get("dropped_outside_taxonomy", 0)),
-        ("a label the runs were not trained on", counts.get("excluded_unseen_labels", 0)),
-        ("a text a run trained or was selected on", counts.get("excluded_seen", 0)),
-    ]
+    left_out = [(what, counts.get(key, 0)) for key, what in LEFT_OUT]
     seen = {s: counts[f"in_run_{s}"] for s in ("train", "validation", "test")}
     kept_seen = not counts["excluded_seen"] and (seen["train"] or seen["validation"])
     notes = [
