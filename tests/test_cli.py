@@ -91,6 +91,13 @@ def test_model_options_that_name_nothing_loadable_are_usage_errors(tiny_modernbe
 
     (tmp_path / "weights.bin").write_text("x")
     (tmp_path / "empty").mkdir()
+    runs = {
+        "model.joblib": "a scikit-learn TF-IDF run (model.joblib)",
+        "ensemble.json": "an ensemble (ensemble.json)",
+    }
+    for name in runs:  # a TF-IDF run, an ensemble: named as predict names them
+        (tmp_path / name.split(".")[0]).mkdir()
+        (tmp_path / name.split(".")[0] / name).write_text("{}")
     offline = "is neither a local folder nor available in the Hugging Face cache, and the Hub is offline (HF_HUB_OFFLINE)"
     no_tokenizer = f"has no {' or '.join(TOKENIZER_FILES)}: not a model folder"
     cases = {
@@ -99,6 +106,11 @@ def test_model_options_that_name_nothing_loadable_are_usage_errors(tiny_modernbe
         str(tmp_path / "weights.bin"): "is a file: pass a model folder or a Hugging Face Hub repo id",
         str(tmp_path / "empty"): no_tokenizer,
     }
+    for name, what in runs.items():
+        cases[str(tmp_path / name.split(".")[0])] = (
+            f"is {what}, not a Transformers model: pass a model folder or a Hugging Face Hub repo id (such a run "
+            "serves with python -m longtail.predict, and teaches through distill.py --teacher_logits)"
+        )
     for name, expected in cases.items():
         with pytest.raises(UsageError) as info:
             load_tokenizer(ModelArguments(model_name_or_path=name))

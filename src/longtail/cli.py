@@ -79,6 +79,15 @@ def model_source_error(option: str, name: str, err: Exception | None, needs=("co
     if path.is_file():
         return UsageError(f"{option} {name} is a file: pass a model folder or a Hugging Face Hub repo id")
     if path.is_dir() and not any((path / f).is_file() for f in needs):
+        from longtail.predict import not_transformers
+
+        # a run of the recipes that holds no Transformers model: named for what it is, as predict and distill do
+        if kind := not_transformers(path):
+            return UsageError(
+                f"{option} {name} is {kind}, not a Transformers model: pass a model folder or a Hugging Face Hub "
+                "repo id (such a run serves with python -m longtail.predict, and teaches through distill.py "
+                "--teacher_logits)"
+            )
         what = "not a model folder"
         if list(path.glob("pytorch_model*.bin")):  # pickles can run code when loaded: never read
             what = "its weights are only a pickle (pytorch_model.bin), which is never loaded; save them as safetensors"
