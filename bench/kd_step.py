@@ -222,8 +222,10 @@ def main(argv=None) -> int:
     md = [
         "# KD step vs CE step (same student, cached teacher logits)",
         "",
-        f"Student {report['model']}, batch {args.batch_size} x {args.seq_len} tokens, {args.num_labels} labels; "
-        f"{args.rounds} alternating rounds after {args.warmup} warm-up steps of each kind.",
+        f"Student {report['model']}, batch {args.batch_size} x {args.seq_len} "
+        f"token{'s' if args.seq_len != 1 else ''}, "
+        f"{args.num_labels} labels; {args.rounds} alternating round{'s' if args.rounds != 1 else ''} after "
+        f"{args.warmup} warm-up step{'s' if args.warmup != 1 else ''} of each kind.",
         "",
         "| step | median (s) | min (s) | max (s) |",
         "|---|---|---|---|",

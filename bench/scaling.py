@@ -330,7 +330,8 @@ def markdown(report: dict) -> str:
         "# Scaling: classification latency vs parameters (random weights, real tokenizers)",
         "",
         f"Machine: {report['machine_text']}. Measured fp32 GEMM peak {report['gemm']['gflops']:.1f} GFLOP/s. "
-        f"Median of {report['repeats']} timed forward passes after {report['warmup']} warm-up, real CFPB texts "
+        f"Median of {report['repeats']} timed forward pass{'es' if report['repeats'] != 1 else ''} after "
+        f"{report['warmup']} warm-up, real CFPB texts "
         "cut to the exact length (no padding). Shares are against the GEMM peak measured right before each model.",
         "",
         "| model | family | params (M) | non-embedding (M) | batch x length | ms/sequence | GFLOP/s | share of GEMM peak |",

@@ -443,6 +443,7 @@ def test_scaling_onnx_section_picks_the_fastest_variant_that_was_not_rejected(sc
         "ONNX on m at batch 4 x 16: pytorch 0.40 s, onnx_fp32 0.50 s, onnx_optimized 0.25 s; best ONNX "
         "(onnx_optimized) = 1.00x PyTorch's speed (target >= 1.0: met)." in scaling.markdown(report)
     )
+    assert "Median of 1 timed forward pass after 0 warm-up, real CFPB texts" in scaling.markdown(report)
 
 
 # ------------------------------------------------------------------------------------------------ kd_step
@@ -525,7 +526,9 @@ def test_kd_step_ratio_of_medians_on_a_fixed_clock(kd_step, tmp_path, monkeypatc
         and "| KD (T=2, alpha=0.5) | 2.7500 | 2.0000 | 5.0000 |" in md
     )
     assert "**KD / CE = 1.100** (target <= 1.1: met)." in md
-    assert "Student minilm, batch 4 x 8 tokens, 113 labels; 3 alternating rounds after 1 warm-up steps" in md
+    assert (
+        "Student minilm, batch 4 x 8 tokens, 113 labels; 3 alternating rounds after 1 warm-up step of" in md
+    )
 
 
 # ------------------------------------------------------------------------------------------- train_memory
