@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -254,10 +255,11 @@ def test_overwrite_replaces_an_earlier_comparison_or_ensemble_never_another_runs
 
 def test_overwrite_replaces_only_a_folder_holding_the_tools_own_record(tmp_path, capsys, monkeypatch):
     """A folder of predictions_*.npz and a report.md (hand-made predictions, as these tests make runs) with no
-    ensemble.json read as an earlier ensemble with --overwrite_output_dir, and was replaced. A folder is an earlier
-    ensemble's, comparison's or score's only with the record the tool always writes (ensemble.json, compare.json,
-    score.json): anything else holding files is refused in one line naming the folder and what it holds, before
-    any work. An earlier ensemble is still replaced, one written before `serving` existed too."""
+    ensemble.json read as an earlier ensemble with --overwrite_output_dir, and was replaced. What an overwrite
+    deletes is an earlier ensemble's, comparison's or score's only beside the record the tool always writes
+    (ensemble.json, compare.json, score.json): without it, one line naming the folder and what it holds, before any
+    work. Files of the user's own, which an overwrite leaves, are written beside, as before. An earlier ensemble is
+    still replaced, one written before `serving` existed too."""
     import longtail.compare
     import longtail.ensemble
     import longtail.score
@@ -284,28 +286,36 @@ def test_overwrite_replaces_only_a_folder_holding_the_tools_own_record(tmp_path,
     quick = ["--overwrite_output_dir", "--n_resamples", "20"]
     for tool, runs, out, held in (
         ("ensemble", [a, b], preds, "predictions_test.npz, predictions_validation.npz, report.md"),
-        ("ensemble", [a, b], notes, "notes.txt, sub/"),
-        ("compare", [a, "--reference", b], notes, "notes.txt, sub/"),
-        ("score", [str(fake), "--data", a], notes, "notes.txt, sub/"),
         ("score", [str(fake), "--data", a], scored, "scored/"),  # score's own folder, without score.json
     ):
-        what, marker = {"ensemble": ("ensemble", "ensemble.json"), "compare": ("comparison", "compare.json"),
-                        "score": ("score", "score.json")}[tool]  # fmt: skip
+        what, marker = {"ensemble": ("ensemble", "ensemble.json"), "score": ("score", "score.json")}[tool]
         before = folder_bytes(out)
         run_as(monkeypatch, f"{tool}.py")
         line = refused(getattr(longtail, tool).main, [*runs, "--output_dir", str(out), *quick], capsys)
+        them, they = ("them", "they are") if out == preds else ("it", "it is")
         assert line == (
-            f"{tool}.py: error: output_dir '{out}' holds {held} but no {marker}, so it is not an earlier {what}'s, "
-            "which is all --overwrite_output_dir replaces. Choose another --output_dir (or, if it is "
-            f"{'an' if tool == 'ensemble' else 'a'} {what} stopped before it wrote {marker}, delete the folder "
+            f"{tool}.py: error: output_dir '{out}' holds {held} but no {marker}, so {they} not an earlier "
+            f"{what}'s, which is all --overwrite_output_dir replaces. Choose another --output_dir (or, if "
+            f"{'an' if tool == 'ensemble' else 'a'} {what} stopped before it wrote {marker}, delete {them} "
             "yourself)."
         ), (tool, out)
-        assert folder_bytes(out) == before and (out / "sub").is_dir() == (out == notes)
+        assert folder_bytes(out) == before
     # a run's predictions, or score's scored/, were refused already in compare (and score): another tool's files
     for out, held in ((preds, "(predictions_test.npz"), (scored, "(scored/: a run's?)")):
         line = refused(longtail.compare.main, [a, "--reference", b, "--output_dir", str(out), *quick], capsys)
         assert f"not an earlier comparison's {held}" in line
     monkeypatch.undo()
+    # files of the user's own, which an overwrite leaves (a data file beside the score), are no reason to refuse
+    for tool, runs, record in (
+        ("ensemble", [a, b], "ensemble.json"),
+        ("compare", [a, "--reference", b], "compare.json"),
+    ):
+        out = tmp_path / f"notes_{tool}"
+        shutil.copytree(notes, out)
+        getattr(longtail, tool).main([*runs, "--output_dir", str(out), *quick])
+        assert (
+            (out / "notes.txt").read_text() == "mine" and (out / "sub").is_dir() and (out / record).is_file()
+        )
     ens = tmp_path / "ens"  # a folder holding only a file manager's hidden file is no one's results
     ens.mkdir()
     (ens / ".DS_Store").write_bytes(b"\0")

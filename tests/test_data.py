@@ -646,6 +646,11 @@ def test_a_hub_data_set_that_cannot_be_loaded_is_one_line_naming_the_option(monk
         with pytest.raises(DataError, match="could not be loaded from the Hugging Face Hub") as err:
             prepare_data(DataArguments(dataset_name="complaints.cvs"))
         assert str(raised) in str(err.value)
+    with pytest.raises(DataError) as err:  # the configuration may be the mistyped one: it is named too
+        prepare_data(DataArguments(dataset_name="org/complaints", dataset_config_name="bogus"))
+    assert str(err.value).startswith(
+        "--dataset_name org/complaints --dataset_config_name bogus could not be loaded"
+    )
 
 
 def test_a_text_column_empty_in_every_row_is_named(tmp_path, caplog):

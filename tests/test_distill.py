@@ -458,6 +458,10 @@ def test_teacher_cache_key_of_a_hub_adapter_repo_follows_its_bases_commit(
     assert teacher_fingerprint("org/lora") == key
     with pytest.raises(UsageError, match="is a Hub id, loaded as its repo says"):
         teacher_logits(replace(args, teacher_base_model=base_old), data, tmp_path / "o3", 32)
+    typo = replace(args, teacher_model_name_or_path=str(tmp_path / "lora_rnu"), teacher_base_model=base_old)
+    with pytest.raises(Exception, match="neither a local folder nor available") as err:  # not "a Hub id"
+        teacher_logits(typo, data, tmp_path / "o3", 32)
+    assert "Hub id" not in str(err.value)
 
 
 def test_precomputed_logits_file_and_run_folder(tmp_path, caplog):

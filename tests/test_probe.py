@@ -1815,11 +1815,13 @@ def test_predict_serves_tfidf_and_ensemble_runs_as_they_scored_test(probe_run, t
         predict(["--model_dir", str(ens), *base])
     del spec["serving"]
     (ens / "ensemble.json").write_text(json.dumps(spec))
-    with pytest.raises(SystemExit, match="predates serving .* rerun `python -m longtail.ensemble`"):
+    with pytest.raises(
+        SystemExit, match=r"no 'serving' entry \(it predates serving\): rerun `python -m longtail"
+    ):
         predict(["--model_dir", str(ens), *base])
     for edited in ([1, 2], {"serving": ["a"]}):  # a traceback (AttributeError, TypeError) before
         (ens / "ensemble.json").write_text(json.dumps(edited))
-        with pytest.raises(SystemExit, match="has no 'serving' object: rerun `python -m longtail.ensemble`"):
+        with pytest.raises(SystemExit, match=r"has no 'serving' entry \(it holds a list\): rerun `python -m"):
             predict(["--model_dir", str(ens), *base])
 
 

@@ -567,7 +567,8 @@ def test_push_to_hub_that_cannot_succeed_is_refused_before_training(tiny_modernb
     (Trainer, which the recipes keep from pushing every checkpoint, would have failed at its start creating the
     repo). Now one line before the data is read; the token is never printed."""
     import huggingface_hub
-    from huggingface_hub.errors import LocalTokenNotFoundError
+    import requests
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
     from longtail.cli import UsageError
 
@@ -597,6 +598,23 @@ def test_push_to_hub_that_cannot_succeed_is_refused_before_training(tiny_modernb
     ):
         recipe.main(argv)
     assert not out.exists()
+
+    class DataRead(Exception):
+        pass
+
+    def unsure(status):  # whoami's strict rate limit (429), or the Hub down: nothing said of the token
+        def whoami(token=None):
+            response = requests.Response()
+            response.status_code = status
+            raise HfHubHTTPError(f"{status} Client Error: rate limit for /whoami-v2", response=response)
+
+        return whoami
+
+    monkeypatch.setattr(recipe, "prepare_data", lambda *a: (_ for _ in ()).throw(DataRead()))
+    for status in (429, 503):
+        monkeypatch.setattr(huggingface_hub, "whoami", unsure(status))
+        with pytest.raises(DataRead):  # a warning, and on to the data
+            recipe.main([*argv, "--hub_token", token])
 
 
 def test_hub_dataset_path(monkeypatch):

@@ -391,6 +391,22 @@ def test_refuse_foreign_outputs_names_what_an_overwrite_would_delete_beside_the_
     assert str(info.value) == message.format(", ...")
     with pytest.raises(OutputDirError, match=r"it replaces only ensemble\.json\. Choose"):
         refuse_foreign_outputs(out, True, ("ensemble.json",), what="ensemble")
+    # the marker: score.md alone is no earlier score's; a data file beside it (an overwrite leaves it) counts not
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "new_complaints.csv").write_text("text,label\n")
+    (mine / ".DS_Store").write_bytes(b"")
+    refuse_foreign_outputs(mine, True, *own, what="score", marker="score.json")
+    (mine / "score.md").write_text("hand-made")
+    with pytest.raises(OutputDirError) as info:
+        refuse_foreign_outputs(mine, True, *own, what="score", marker="score.json")
+    assert str(info.value) == (
+        f"output_dir '{mine}' holds score.md but no score.json, so it is not an earlier score's, which is all "
+        "--overwrite_output_dir replaces. Choose another --output_dir (or, if a score stopped before it wrote "
+        "score.json, delete it yourself)."
+    )
+    (mine / "score.json").write_text("{}")
+    refuse_foreign_outputs(mine, True, *own, what="score", marker="score.json")
 
 
 def test_write_report_records_the_command_and_replaces_a_linked_report(tmp_path):

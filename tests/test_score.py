@@ -557,7 +557,7 @@ def test_an_ensemble_without_serving_or_a_run_config_without_data_options_is_one
     old = copy_run(runs["ensemble"], tmp_path / "old", "ensemble.json", lambda r: r.pop("serving"))
     listed = copy_run(runs["ensemble"], tmp_path / "listed", "ensemble.json", lambda r: r.update(serving=[1]))
     odd = copy_run(runs["tfidf"], tmp_path / "odd", "run_config.json", lambda r: r.update(data=["Issue"]))
-    for run, expected in ((old, "has no 'serving' entry: rerun"), (listed, "(it holds a list)"),
+    for run, expected in ((old, "has no 'serving' entry (it predates serving): rerun"), (listed, "(it holds a list)"),
                           (odd, "its 'data' entry is a list")):  # fmt: skip
         args = [
             str(runs["tfidf"]),

@@ -521,8 +521,10 @@ def load_hub_splits(name: str, config_name: str | None) -> dict[str, pd.DataFram
     # OSError: offline and not cached (ConnectionError), not on the Hub (DatasetNotFoundError); ValueError: a name
     # that cannot be a repo id, a configuration the data set lacks. Each was a traceback from inside `datasets`.
     except (OSError, ValueError) as err:
+        config = f" --dataset_config_name {config_name}" if config_name else ""  # perhaps the one mistyped
         raise DataError(
-            f"--dataset_name {name} could not be loaded from the Hugging Face Hub ({' '.join(str(err).split())}): "
+            f"--dataset_name {name}{config} could not be loaded from the Hugging Face Hub "
+            f"({' '.join(str(err).split())}): "
             "a local .csv/.json/.jsonl/.parquet file goes in --train_file (or --dataset_name <file>), and "
             "--dataset_name synthetic is the built-in demo set"
         ) from err

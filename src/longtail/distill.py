@@ -665,14 +665,11 @@ def teacher_logits(
     from longtail.runs import public_model_name
 
     teacher = args.teacher_model_name_or_path
-    if args.teacher_base_model and not Path(teacher).is_dir():
-        # Transformers loads a Hub adapter repo on the base its adapter_config.json names: the option was ignored
-        raise UsageError(
-            f"--teacher_base_model {args.teacher_base_model}: the teacher {teacher} is a Hub id, loaded as its "
-            "repo says (an adapter repo on the base its adapter_config.json names); the option applies to a local "
-            "LoRA run folder: drop it, or download the repo and pass its folder"
-        )
-    if args.teacher_base_model and not (Path(teacher) / "adapter_config.json").is_file():
+    if (
+        args.teacher_base_model
+        and Path(teacher).is_dir()
+        and not (Path(teacher) / "adapter_config.json").is_file()
+    ):
         # only an adapter is loaded on a base: a whole model's teacher ignored it, unsaid
         raise UsageError(
             f"--teacher_base_model {args.teacher_base_model}: the teacher {teacher} is a whole model, not a LoRA "
@@ -680,7 +677,14 @@ def teacher_logits(
         )
     max_length = args.teacher_max_length or max_length
     # check the label maps and the length from the config before loading any weights
-    config = teacher_config(teacher)
+    config = teacher_config(teacher)  # first: a path not there is named as such, not as a Hub id
+    if args.teacher_base_model and not Path(teacher).is_dir():
+        # Transformers loads a Hub adapter repo on the base its adapter_config.json names: the option was ignored
+        raise UsageError(
+            f"--teacher_base_model {args.teacher_base_model}: the teacher {teacher} is a Hub id, loaded as its "
+            "repo says (an adapter repo on the base its adapter_config.json names); the option applies to a local "
+            "LoRA run folder: drop it, or download the repo and pass its folder"
+        )
     cols = label_columns(config_labels(config), data.label_names, teacher, args.teacher_drop_extra_labels)
     option = "--teacher_max_length" if args.teacher_max_length else "--max_length"
     warn_if_read_otherwise(teacher, max_length)

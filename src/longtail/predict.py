@@ -333,13 +333,14 @@ def serving_entry(folder: Path) -> dict:
         record = json.loads((folder / ENSEMBLE_FILE).read_text("utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{folder / ENSEMBLE_FILE} is not valid JSON ({err})") from None
-    serving = record.get("serving") if isinstance(record, dict) else None
-    if not isinstance(serving, dict):  # absent (an ensemble from before serving) or edited by hand
-        older = isinstance(record, dict) and serving is None
-        what = "predates serving (no 'serving' entry)" if older else "has no 'serving' object"
+    serving = record.get("serving") if isinstance(record, dict) else record
+    if not isinstance(record, dict) or not isinstance(
+        serving, dict
+    ):  # an older ensemble's, or edited by hand
+        why = "it predates serving" if serving is None else f"it holds a {type(serving).__name__}"
         raise ValueError(
-            f"{folder / ENSEMBLE_FILE} {what}: rerun `python -m longtail.ensemble` on the same member runs "
-            "(seconds) to serve it"
+            f"{folder / ENSEMBLE_FILE} has no 'serving' entry ({why}): rerun `python -m longtail.ensemble` on the "
+            "same member runs (seconds) to serve and score it"
         )
     return serving
 

@@ -178,9 +178,10 @@ def refuse_foreign_outputs(
     clear=False): with --overwrite_output_dir, an OutputDirError when the folder holds anything an overwrite would
     delete (`previous_run`) other than the tool's own `own_files` and `own_dirs`: a run folder given as --output_dir
     by mistake lost its model, labels and predictions; a README.md kept beside earlier results went too. And when
-    it holds anything at all but not the tool's `marker` (what it always writes: ensemble.json, compare.json,
-    score.json): a folder of hand-made predictions_*.npz and a report.md read as an earlier ensemble, and went. The
-    recipes replace a whole previous run in their folder and do not call this."""
+    what it would delete, all of the tool's kinds, comes without the tool's `marker` (what it always writes:
+    ensemble.json, compare.json, score.json): a folder of hand-made predictions_*.npz and a report.md read as an
+    earlier ensemble, and went. Files of the user's own, which an overwrite leaves (a data file beside the score),
+    are no reason to refuse. The recipes replace a whole previous run in their folder and do not call this."""
     path = Path(output_dir)
     if not overwrite or not path.is_dir():
         return
@@ -196,14 +197,14 @@ def refuse_foreign_outputs(
             f"{', ...' if len(others) > 5 else ''}: a run's?), which --overwrite_output_dir would delete: it "
             f"replaces only {own}. Choose another --output_dir."
         )
-    # a file manager's hidden files (.DS_Store) are no one's results
-    held = sorted(p.name + "/" * p.is_dir() for p in path.iterdir() if not p.name.startswith("."))
-    if marker and held and marker not in held:
+    doomed = sorted(f.name for f in files) + sorted(f"{d.name}/" for d in folders)  # all the tool's own now
+    if marker and doomed and not (path / marker).is_file():
         raise OutputDirError(
-            f"output_dir '{path}' holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''} but no {marker}, "
-            f"so it is not an earlier {what}'s, which is all --overwrite_output_dir replaces. Choose another "
-            f"--output_dir (or, if it is {'an' if what[0] in 'aeiou' else 'a'} {what} stopped before it wrote "
-            f"{marker}, delete the folder yourself)."
+            f"output_dir '{path}' holds {', '.join(doomed[:5])}{', ...' if len(doomed) > 5 else ''} but no "
+            f"{marker}, so {'they are' if len(doomed) > 1 else 'it is'} not an earlier {what}'s, which is all "
+            "--overwrite_output_dir replaces. Choose "
+            f"another --output_dir (or, if {'an' if what[0] in 'aeiou' else 'a'} {what} stopped before it wrote "
+            f"{marker}, delete {'them' if len(doomed) > 1 else 'it'} yourself)."
         )
 
 
@@ -299,6 +300,14 @@ def check_hub_push() -> None:
     # offline (OfflineModeIsEnabled), no token (LocalTokenNotFoundError), a refused token (401, HTTPError)
     except OSError as err:
         reason = redact_secrets(" ".join(str(err).split()))
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if (
+            status == 429 or (status or 0) >= 500
+        ):  # whoami's strict rate limit, or the Hub down: not the token
+            logger.warning(
+                "--push_to_hub: the Hub did not say who this is (%s); the push is tried at the end", reason
+            )
+            return
         raise UsageError(
             f"--push_to_hub: the Hugging Face Hub cannot be reached as a user here ({reason}): pass --hub_token, "
             "set HF_TOKEN or log in (`hf auth login`), and unset HF_HUB_OFFLINE; or drop --push_to_hub and push "

@@ -502,46 +502,31 @@ def data_section(
 
 def check_servable(folder: Path) -> None:
     """A UsageError for a folder no run kind serves (an empty folder, a typo, an export's top folder), or an
-    ensemble whose members (nested ones too) are gone, do not serve or lead back to it (`member_walk`), before the
-    file is read: the file was read first with the recipes' defaults, and the error named a column."""
+    ensemble whose members (nested ones too) are gone, do not serve or lead back to it (`predict.check_members`),
+    before the file is read: the file was read first with the recipes' defaults, and the error named a column."""
     from longtail.ensemble import member_walk
-    from longtail.predict import ENSEMBLE_FILE
-
-    for member, chain in member_walk(folder):  # all of them before any run scores (a pass can take minutes)
-        if chain and not member.is_dir():
-            raise UsageError(
-                f"ensemble member {member} (listed in {chain[-1] / ENSEMBLE_FILE}) is not a folder"
-            )
-        check_kind(member if chain else folder)
-
-
-def check_kind(folder: Path) -> None:
-    """`check_servable` for one folder, its members left to the walk."""
     from longtail.inference import is_adapter_dir, onnx_files
-    from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE
+    from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, check_members
 
-    if (folder / ENSEMBLE_FILE).is_file():
-        serving = read_json(folder / ENSEMBLE_FILE).get("serving")
-        if not isinstance(serving, dict):  # predict refuses it only when its turn comes (or with a traceback)
-            raise UsageError(
-                f"{folder / ENSEMBLE_FILE} has no 'serving' entry"
-                + (f" (it holds a {type(serving).__name__})" if serving is not None else "")
-                + ": rerun `python -m longtail.ensemble` on the same member runs (seconds) to score it"
+    try:  # all of them before any run scores (a pass can take minutes)
+        check_members(folder)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    for member, chain in member_walk(folder):
+        member = member if chain else folder  # the folder as given, in the message
+        if any((member / name).is_file() for name in (ENSEMBLE_FILE, SKLEARN_FILE, "config.json")):
+            continue
+        if is_adapter_dir(member):
+            continue
+        variants = sorted(d.name for d in member.iterdir() if d.is_dir() and onnx_files(d))
+        raise UsageError(
+            f"{member} is not a finished run (no config.json, {SKLEARN_FILE}, {ENSEMBLE_FILE} or adapter)"
+            + (
+                f": an ONNX export; pass one of its variants, {member}/{{{','.join(variants)}}}"
+                if variants
+                else ""
             )
-        return
-    if any((folder / name).is_file() for name in (SKLEARN_FILE, "config.json")):
-        return
-    if is_adapter_dir(folder):
-        return
-    variants = sorted(d.name for d in folder.iterdir() if d.is_dir() and onnx_files(d))
-    raise UsageError(
-        f"{folder} is not a finished run (no config.json, {SKLEARN_FILE}, {ENSEMBLE_FILE} or adapter)"
-        + (
-            f": an ONNX export; pass one of its variants, {folder}/{{{','.join(variants)}}}"
-            if variants
-            else ""
         )
-    )
 
 
 def score_runs(args) -> dict:

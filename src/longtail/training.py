@@ -76,9 +76,8 @@ def apply_precision(training_args: TrainingArguments, choice: str) -> TrainingAr
         return training_args
     try:
         resolved = dataclasses.replace(training_args, fp16=precision == "fp16", bf16=precision == "bf16")
-    except (
-        ValueError
-    ) as err:  # Transformers' refusal (bf16 on a machine without it): after the options were parsed
+    # Transformers' refusal (bf16 on a machine without it): after the options were parsed
+    except ValueError as err:
         raise UsageError(
             f"--mixed_precision {choice}: {' '.join(str(err).split())} (auto, the default, picks what this machine "
             "supports)"
