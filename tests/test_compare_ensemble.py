@@ -482,12 +482,8 @@ def test_repeated_runs_and_too_few_resamples_are_one_line_errors(tmp_path, capsy
     assert [r["run"] for r in rows] == ["a", "b"]
 
 
-def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch):
-    """An ensemble of ensembles counted a run twice, silently: given itself and inside a given ensemble (its
-    ensemble.json's members, nested ones followed), or inside two given ensembles. One line naming the run and the
-    ensemble, before any output, however the paths are spelt; ensembles that share no run still mix."""
-    from longtail.ensemble import main
-
+def four_runs(tmp_path) -> list[str]:
+    """Runs a, b, c, d in tmp_path, each right on another 5 of 6 validation rows."""
     y = {"validation": [0, 1, 2, 0, 1, 2], "test": Y["test"]}
     preds = {
         "a": [0, 1, 2, 0, 1, 1],
@@ -495,7 +491,16 @@ def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch)
         "c": [0, 0, 2, 0, 1, 2],
         "d": [0, 1, 2, 2, 1, 2],
     }
-    a, b, c, d = (make_run(tmp_path / n, {"validation": p, "test": [0] * 8}, y) for n, p in preds.items())
+    return [make_run(tmp_path / n, {"validation": p, "test": [0] * 8}, y) for n, p in preds.items()]
+
+
+def test_a_run_inside_a_given_ensemble_is_refused(tmp_path, capsys, monkeypatch):
+    """An ensemble of ensembles counted a run twice, silently: given itself and inside a given ensemble (its
+    ensemble.json's members, nested ones followed), or inside two given ensembles. One line naming the run and the
+    ensemble, before any output, however the paths are spelt; ensembles that share no run still mix."""
+    from longtail.ensemble import main
+
+    a, b, c, d = four_runs(tmp_path)
     monkeypatch.chdir(tmp_path)
     quick = ["--n_resamples", "20"]
     main(["a", "b", "--output_dir", "ab", *quick])  # members recorded as given: relative paths
@@ -586,15 +591,7 @@ def test_ensembles_in_a_cycle_are_one_line_in_ensemble_predict_and_score(tmp_pat
     from longtail.score import ensemble_depth, leaf_runs
     from longtail.score import main as score
 
-    y = {"validation": [0, 1, 2, 0, 1, 2], "test": Y["test"]}
-    preds = {
-        "a": [0, 1, 2, 0, 1, 1],
-        "b": [0, 1, 1, 0, 1, 2],
-        "c": [0, 0, 2, 0, 1, 2],
-        "d": [0, 1, 2, 2, 1, 2],
-    }
-    for name, pred in preds.items():
-        make_run(tmp_path / name, {"validation": pred, "test": [0] * 8}, y)
+    four_runs(tmp_path)
     monkeypatch.chdir(tmp_path)
     quick = ["--n_resamples", "20"]
     ensemble(["a", "b", "--output_dir", "ab", *quick])

@@ -352,6 +352,33 @@ def test_teacher_cache_key_of_a_hub_id_follows_its_commit(
         assert teacher_fingerprint(str(lora), base) == at_old, base
 
 
+def lora_on_a_hub_base(tiny_qwen2, tmp_path, monkeypatch):
+    """(Hub cache, data, base folder, LoRA run folder): on a Hub cache faked in tmp_path, a tiny Qwen2 classifier as
+    commit "a" * 40 of Hub model org/base, a LoRA run on it (adapter, head, config, tokenizer), and in
+    tmp_path/base_new the base as updated on the Hub (other body weights), not yet downloaded."""
+    import transformers
+    from test_probe import fake_hub_cache, fake_hub_download
+    from transformers import AutoModelForSequenceClassification
+
+    from longtail.adapters import AdapterArguments, add_lora
+
+    hub = fake_hub_cache(monkeypatch, tmp_path)
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    base_old = save_teacher(tiny_qwen2, tmp_path / "base_old", data.label_names)
+    updated = AutoModelForSequenceClassification.from_pretrained(base_old)
+    with torch.no_grad():
+        updated.get_input_embeddings().weight.mul_(-1.5)
+    updated.save_pretrained(tmp_path / "base_new")
+    fake_hub_download(hub, "org/base", base_old, "a" * 40)
+    lora = add_lora(AutoModelForSequenceClassification.from_pretrained("org/base"), AdapterArguments())
+    run = tmp_path / "lora_run"
+    lora.save_pretrained(run)
+    lora.get_base_model().config.save_pretrained(run)
+    transformers.AutoTokenizer.from_pretrained(base_old).save_pretrained(run)
+    return hub, data, base_old, run
+
+
 def test_teacher_cache_key_of_a_lora_teachers_hub_base_follows_the_commit_that_loads(
     tiny_qwen2, tmp_path, monkeypatch, one_torch_thread
 ):
@@ -360,27 +387,12 @@ def test_teacher_cache_key_of_a_lora_teachers_hub_base_follows_the_commit_that_l
     tmp_path, an online resolve faked where Transformers downloads (the Hub's main moves to a new commit with other
     weights): the next pass scores again, with the new base, and the one after reuses that."""
     import transformers.utils.hub
-    from test_probe import fake_hub_cache, fake_hub_download
-    from transformers import AutoModelForSequenceClassification
+    from test_probe import fake_hub_download
 
-    from longtail.adapters import AdapterArguments, add_lora
     from longtail.distill import load_teacher, teacher_forward
 
-    hub = fake_hub_cache(monkeypatch, tmp_path)
+    hub, data, base_old, run = lora_on_a_hub_base(tiny_qwen2, tmp_path, monkeypatch)
     old, new = "a" * 40, "b" * 40
-    train, test = synthetic_files(tmp_path)
-    data = _data(train, test)
-    base_old = save_teacher(tiny_qwen2, tmp_path / "base_old", data.label_names)
-    updated = AutoModelForSequenceClassification.from_pretrained(base_old)
-    with torch.no_grad():  # the base updated on the Hub: other body weights
-        updated.get_input_embeddings().weight.mul_(-1.5)
-    updated.save_pretrained(tmp_path / "base_new")
-    fake_hub_download(hub, "org/base", base_old, old)
-    lora = add_lora(AutoModelForSequenceClassification.from_pretrained("org/base"), AdapterArguments())
-    run = tmp_path / "lora_run"
-    lora.save_pretrained(run)
-    lora.get_base_model().config.save_pretrained(run)
-    transformers.AutoTokenizer.from_pretrained(base_old).save_pretrained(run)
     assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/base"
 
     args = DistillArguments(teacher_model_name_or_path=str(run), teacher_batch_size=64)
@@ -417,28 +429,12 @@ def test_teacher_cache_key_of_a_hub_adapter_repo_follows_its_bases_commit(
     refused for a Hub id."""
     from dataclasses import replace
 
-    import transformers
-    from test_probe import fake_hub_cache, fake_hub_download
-    from transformers import AutoModelForSequenceClassification
+    from test_probe import fake_hub_download
 
-    from longtail.adapters import AdapterArguments, add_lora
     from longtail.distill import teacher_fingerprint
 
-    hub = fake_hub_cache(monkeypatch, tmp_path)
+    hub, data, base_old, run = lora_on_a_hub_base(tiny_qwen2, tmp_path, monkeypatch)
     old, new = "a" * 40, "b" * 40
-    train, test = synthetic_files(tmp_path)
-    data = _data(train, test)
-    base_old = save_teacher(tiny_qwen2, tmp_path / "base_old", data.label_names)
-    updated = AutoModelForSequenceClassification.from_pretrained(base_old)
-    with torch.no_grad():  # the base updated on the Hub: other body weights
-        updated.get_input_embeddings().weight.mul_(-1.5)
-    updated.save_pretrained(tmp_path / "base_new")
-    fake_hub_download(hub, "org/base", base_old, old)
-    lora = add_lora(AutoModelForSequenceClassification.from_pretrained("org/base"), AdapterArguments())
-    run = tmp_path / "lora_run"
-    lora.save_pretrained(run)
-    lora.get_base_model().config.save_pretrained(run)
-    transformers.AutoTokenizer.from_pretrained(base_old).save_pretrained(run)
     # the run, pushed (at a commit of its own: Transformers passes the adapter's commit on to the base's files)
     fake_hub_download(hub, "org/lora", str(run), "c" * 40)
 
