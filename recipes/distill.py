@@ -46,6 +46,7 @@ from longtail.inference import check_max_length
 from longtail.losses import LossArguments
 from longtail.metrics import softmax
 from longtail.posthoc import adjust_on_validation
+from longtail.predict import not_transformers
 from longtail.report import SplitResult, plot_reliability, save_predictions, summary_text
 from longtail.runs import command_line, input_paths
 from longtail.training import (
@@ -71,22 +72,19 @@ def vanilla_probs(run_dir: str, data) -> np.ndarray:
     """Validation probabilities of a finished run of the plain student, in the order of our rows."""
     # the teacher's TF-IDF or ensemble folder given here by mistake matches the student's labels and rows, and
     # comparison.md then named it 'vanilla' (the student trained with the hard loss alone)
-    for name, what in (("model.joblib", "a TF-IDF run"), ("ensemble.json", "an ensemble")):
-        if (Path(run_dir) / name).is_file():
-            raise DataError(
-                f"--vanilla_run {run_dir} is {what} ({name}), not a run of this student: pass a run of the same "
-                "student with the hard loss alone (e.g. an earlier distill run's vanilla/), or leave --vanilla_run "
-                "out to train one"
-            )
+    if what := not_transformers(Path(run_dir)):
+        raise DataError(
+            f"--vanilla_run {run_dir} is {what}, not a run of this student: pass a run of the same student with "
+            "the hard loss alone (e.g. an earlier distill run's vanilla/), or leave --vanilla_run out to train one"
+        )
     path = Path(run_dir) / "predictions_validation.npz"
     if not path.is_file():
         raise DataError(f"--vanilla_run {run_dir} has no predictions_validation.npz")
     pred = read_run_predictions(path)
     names = np.asarray([str(x) for x in pred["label_names"]])
     theirs, ours = set(names.tolist()), set(map(str, data.label_names))
-    if (
-        theirs != ours
-    ):  # label_columns' error would call it the teacher and suggest --teacher_drop_extra_labels
+    # label_columns' error would call it the teacher and suggest --teacher_drop_extra_labels
+    if theirs != ours:
         raise DataError(
             f"--vanilla_run {run_dir} has other labels than this run's student ({len(theirs)} against "
             f"{len(ours)}; only its: {sorted(theirs - ours)[:5]}, only ours: {sorted(ours - theirs)[:5]}): "

@@ -1209,7 +1209,11 @@ def test_a_vanilla_run_that_is_no_run_of_the_student_is_refused(kind, tiny_bert,
     vanilla.mkdir()
     (vanilla / kind).write_text("{}")
     argv = distill_args(tiny_bert, str(tmp_path / "no_teacher"), train, test, tmp_path / "run")
-    what = "a TF-IDF run (model.joblib)" if kind == "model.joblib" else "an ensemble (ensemble.json)"
+    what = (
+        "a scikit-learn TF-IDF run (model.joblib)"
+        if kind == "model.joblib"
+        else "an ensemble (ensemble.json)"
+    )
     with pytest.raises(DataError) as err:
         load_recipe("distill").main([*argv, "--vanilla_run", str(vanilla)])
     assert str(err.value) == (

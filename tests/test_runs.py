@@ -430,3 +430,16 @@ def test_write_report_records_the_command_and_replaces_a_linked_report(tmp_path)
     assert record["command"] == "python -m longtail.score runs/a --data 'new file.csv'"
     assert record["counts"] == {"rows_read": 3}
     assert record["environment"]["versions"]["numpy"] == np.__version__
+
+
+def test_a_folder_holding_only_hidden_files_is_empty_to_a_run(tmp_path):
+    """A folder a file manager has been in (.DS_Store) was 'not empty': a run into it needed
+    --overwrite_output_dir. Hidden files are no run's; a visible file still is a reason to ask."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".DS_Store").write_bytes(b"")
+    assert prepare_output_dir(out, overwrite=False) == out
+    assert (out / ".DS_Store").is_file()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="exists and is not empty"):
+        prepare_output_dir(out, overwrite=False)

@@ -143,7 +143,8 @@ def prepare_output_dir(
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"output_dir '{path}' is a file, not a folder: choose another --output_dir.")
-    if path.is_dir() and any(path.iterdir()) and not resuming:
+    # a file manager's hidden files (.DS_Store) alone leave a folder empty: nothing in it is a run's
+    if path.is_dir() and any(not p.name.startswith(".") for p in path.iterdir()) and not resuming:
         if not overwrite:
             raise OutputDirError(
                 f"output_dir '{path}' exists and is not empty. Pass --overwrite_output_dir to replace its results, "
