@@ -791,3 +791,26 @@ def test_a_batch_size_below_one_or_too_few_resamples_are_refused_as_the_options_
     assert refused(score.main, [*argv, "--n_resamples", str(few)], capsys).endswith(
         RESAMPLES_ERROR.format(few)
     )
+
+
+def test_a_merge_map_or_taxonomy_given_that_is_no_file_fails_before_the_data_file_is_read(
+    tmp_path, monkeypatch
+):
+    """read_rows loads --label_merge_map and --label_taxonomy first: a typo in one was an error only after the whole
+    --data file (the CFPB export is gigabytes) was read, once the reader was split out for the export."""
+    import longtail.data
+
+    def never(*_, **__):
+        raise AssertionError("the data file was read before the options were checked")
+
+    monkeypatch.setattr(longtail.data, "read_table", never)
+    columns = {"text_column": "text", "label_column": "label"}
+    for name in ("label_merge_map", "label_taxonomy"):
+        options = {
+            **columns,
+            "label_merge_map": None,
+            "label_taxonomy": None,
+            name: str(tmp_path / "typo.csv"),
+        }
+        with pytest.raises(longtail.data.DataError, match="typo.csv"):
+            score.read_rows(str(tmp_path / "data.csv"), options, None, False, [])

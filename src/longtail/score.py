@@ -363,8 +363,20 @@ def labelled_rows(
 
 def read_rows(path: str, options: dict, label_names: list[str] | None, keep_seen: bool, run_dirs) -> dict:
     """The file's rows to score, cleaned as a recipe cleans its test split, and the counts of what was left out."""
-    from longtail.data import DIGEST_HEX, DataError, legacy_text_digest, norm_digest, read_table
+    from longtail.data import (
+        DIGEST_HEX,
+        DataError,
+        legacy_text_digest,
+        load_merge_map,
+        load_taxonomy,
+        norm_digest,
+        read_table,
+    )
 
+    # a merge map or taxonomy given that is no file fails before the file (gigabytes) is read; labelled_rows loads
+    # them again, in an instant
+    load_merge_map(options["label_merge_map"])
+    load_taxonomy(options["label_taxonomy"])
     columns = [options["text_column"], options["label_column"]]  # as data_options gives them: all four set
     rows, counts = labelled_rows(read_table(path, columns=columns), path, options, label_names)
     seen, unchecked = seen_digests(run_dirs)
