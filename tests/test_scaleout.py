@@ -483,7 +483,7 @@ def test_metric_for_best_model_is_checked_while_the_options_are_parsed(recipe, t
          "zero_f1_classes (lower is better)"),
         (["--metric_for_best_model", "eval_num_examples"], "--metric_for_best_model eval_num_examples is not"),
         (["--metric_for_best_model", "nll"],
-         "--metric_for_best_model nll is better when lower, but --greater_is_better is true (the recipe YAMLs' "
+         "--metric_for_best_model nll is better when lower, but --greater_is_better is true (the YAMLs' "
          "setting, or Transformers' default): the run would keep the checkpoint with the worst nll. Pass "
          "--greater_is_better false"),
         (["--metric_for_best_model", "eval_loss"], "--metric_for_best_model eval_loss is better when lower"),

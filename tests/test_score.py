@@ -796,8 +796,9 @@ def test_a_batch_size_below_one_or_too_few_resamples_are_refused_as_the_options_
 def test_a_merge_map_or_taxonomy_given_that_is_no_file_fails_before_the_data_file_is_read(
     tmp_path, monkeypatch
 ):
-    """read_rows loads --label_merge_map and --label_taxonomy first: a typo in one was an error only after the whole
-    --data file (the CFPB export is gigabytes) was read, once the reader was split out for the export."""
+    """labelled_rows loads --label_merge_map and --label_taxonomy before it reads the file: a typo in one was an
+    error only after the whole --data file (the CFPB export is gigabytes) was read, once the reader was split out
+    for the export."""
     import longtail.data
 
     def never(*_, **__):

@@ -78,11 +78,7 @@ def best_metric_problem(args) -> str | None:
     higher = name in HIGHER_IS_BETTER
     if args.greater_is_better is not None and bool(args.greater_is_better) != higher:
         # true: the YAMLs' (for macro_f1), or Transformers' default for a name not ending in "loss"
-        given = (
-            "true (the recipe YAMLs' setting, or Transformers' default)"
-            if args.greater_is_better
-            else "false"
-        )
+        given = "true (the YAMLs' setting, or Transformers' default)" if args.greater_is_better else "false"
         return (
             f"--metric_for_best_model {metric} is better when {'higher' if higher else 'lower'}, but "
             f"--greater_is_better is {given}: the run would keep the checkpoint with the worst {name}. Pass "

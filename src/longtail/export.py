@@ -271,7 +271,7 @@ def parity_sample(args: ExportArguments, label2id: dict) -> tuple[list[str], tup
         return texts, None, None
     options, source = label_options(args)
     written = sorted(set(df[args.label_column].dropna().astype(str).str.strip()) - {""})
-    rows, counts = labelled_rows(df.reset_index(drop=True), args.parity_file, options, list(label2id))
+    rows, counts = labelled_rows(lambda: df.reset_index(drop=True), args.parity_file, options, list(label2id))
     left_out = {what: counts[key] for key, what in LEFT_OUT if counts.get(key)}
     read_as = (
         f"merge map {options['label_merge_map'] or 'none'}, taxonomy {options['label_taxonomy'] or 'none'} "

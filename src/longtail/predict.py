@@ -333,10 +333,9 @@ def serving_entry(folder: Path) -> dict:
         record = json.loads((folder / ENSEMBLE_FILE).read_text("utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{folder / ENSEMBLE_FILE} is not valid JSON ({err})") from None
+    # none: an older ensemble's; a file or entry that is no object: edited by hand
     serving = record.get("serving") if isinstance(record, dict) else record
-    if not isinstance(record, dict) or not isinstance(
-        serving, dict
-    ):  # an older ensemble's, or edited by hand
+    if not isinstance(serving, dict):
         why = "it predates serving" if serving is None else f"it holds a {type(serving).__name__}"
         raise ValueError(
             f"{folder / ENSEMBLE_FILE} has no 'serving' entry ({why}): rerun `python -m longtail.ensemble` on the "

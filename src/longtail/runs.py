@@ -302,9 +302,8 @@ def check_hub_push() -> None:
     except OSError as err:
         reason = redact_secrets(" ".join(str(err).split()))
         status = getattr(getattr(err, "response", None), "status_code", None)
-        if (
-            status == 429 or (status or 0) >= 500
-        ):  # whoami's strict rate limit, or the Hub down: not the token
+        # whoami's strict rate limit, or the Hub down: nothing said of the token
+        if status == 429 or (status or 0) >= 500:
             logger.warning(
                 "--push_to_hub: the Hub did not say who this is (%s); the push is tried at the end", reason
             )

@@ -27,6 +27,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -325,11 +326,12 @@ def seen_digests(run_dirs: list[Path]) -> tuple[dict[str, set], list[Path]]:
 
 
 def labelled_rows(
-    raw: pd.DataFrame, path: str, options: dict, label_names: list[str] | None
+    read: Callable[[], pd.DataFrame], path: str, options: dict, label_names: list[str] | None
 ) -> tuple[pd.DataFrame, dict]:
-    """The rows of `raw` (read from `path`) with a text and a label, read with `options` (`data_options`: the
-    runs' merge map and taxonomy) as a recipe cleans its test split, less those whose label is not among
-    `label_names`; and the counts of what was left out and why. `row_id`: each row's position in `raw`.
+    """The rows `read()` gives (the table in `path`) with a text and a label, read with `options` (`data_options`:
+    the runs' merge map and taxonomy) as a recipe cleans its test split, less those whose label is not among
+    `label_names`; and the counts of what was left out and why. `row_id`: each row's position in the table. The
+    merge map and taxonomy load first: one named that is no file fails before the file (gigabytes) is read.
     `longtail.export` reads its labelled parity sample with it."""
     from longtail.data import DataArguments, clean_split, load_merge_map, load_taxonomy, spelling_hint
 
@@ -338,6 +340,7 @@ def labelled_rows(
     taxonomy_list = load_taxonomy(args.label_taxonomy)
     taxonomy = set(taxonomy_list) if taxonomy_list is not None else None
     log: dict = {}
+    raw = read()
     rows = clean_split(raw, "test", args, merge_map, taxonomy, log)
     del raw
     counts = dict(log["test"])
@@ -363,22 +366,10 @@ def labelled_rows(
 
 def read_rows(path: str, options: dict, label_names: list[str] | None, keep_seen: bool, run_dirs) -> dict:
     """The file's rows to score, cleaned as a recipe cleans its test split, and the counts of what was left out."""
-    from longtail.data import (
-        DIGEST_HEX,
-        DataError,
-        legacy_text_digest,
-        load_merge_map,
-        load_taxonomy,
-        norm_digest,
-        read_table,
-    )
+    from longtail.data import DIGEST_HEX, DataError, legacy_text_digest, norm_digest, read_table
 
-    # a merge map or taxonomy given that is no file fails before the file (gigabytes) is read; labelled_rows loads
-    # them again, in an instant
-    load_merge_map(options["label_merge_map"])
-    load_taxonomy(options["label_taxonomy"])
     columns = [options["text_column"], options["label_column"]]  # as data_options gives them: all four set
-    rows, counts = labelled_rows(read_table(path, columns=columns), path, options, label_names)
+    rows, counts = labelled_rows(lambda: read_table(path, columns=columns), path, options, label_names)
     seen, unchecked = seen_digests(run_dirs)
     # a text is seen when its normalised text's digest is a run's (case and spacing ignored, as the recipes' leak
     # guard does: a file re-saved with CRLF inside narratives), or, for runs written before those digests, its
