@@ -328,6 +328,35 @@ def test_int8_gate_reads_labels_with_the_runs_merge_map_and_taxonomy(tiny_classi
         ExportArguments(model_dir=str(run), label_taxonomy="none")
 
 
+def test_parity_labels_of_a_folder_recording_no_data_options_are_null_not_none(tmp_path):
+    """A model folder that records no data options (no run_config.json: not a recipe's run) reads its parity labels
+    with no merge map or taxonomy unless given. parity.json wrote "none" for both, which reads as `--label_merge_map
+    none` given (a value the options take): now null, and `read_as` says the folder records none. A value given is
+    recorded as given."""
+    from longtail.export import ExportArguments, parity_sample
+
+    model = tmp_path / "model"
+    model.mkdir()
+    src = tmp_path / "parity.csv"
+    pd.DataFrame({"text": ["a fee", "a debt", "a loan"], "label": ["A", "B", "C"]}).to_csv(src, index=False)
+
+    def record(**options):
+        args = ExportArguments(model_dir=str(model), parity_file=str(src), text_column="text",
+                               label_column="label", **options)  # fmt: skip
+        return parity_sample(args, {"A": 0, "B": 1})[2]
+
+    read_as = (
+        f"{model} records no data options (run_config.json): merge map and taxonomy only as given "
+        "(null: not given, none applied)"
+    )
+    assert record() == {
+        "label_column": "label", "label_merge_map": None, "label_taxonomy": None, "read_as": read_as,
+        "rows_scored": 2, "left_out": {"a label the runs were not trained on": 1}, "labels_merged": 0,
+    }  # fmt: skip
+    given = record(label_merge_map="none", label_taxonomy="none")
+    assert (given["label_merge_map"], given["label_taxonomy"], given["read_as"]) == ("none", "none", read_as)
+
+
 def test_cuda_requested_but_ort_on_cpu_fails_clearly(tiny_classifier, exported, tmp_path):
     import onnxruntime as ort
 

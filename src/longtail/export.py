@@ -235,8 +235,11 @@ def label_options(args: ExportArguments) -> tuple[dict, str]:
         "label_taxonomy": args.label_taxonomy,
     }
     if recorded_data_options(Path(args.model_dir)) is None:
-        options = {**given, **{n: given[n] or "none" for n in ("label_merge_map", "label_taxonomy")}}
-        return options, f"{args.model_dir} records no data options (run_config.json): as given, else none"
+        # null where not given, not "none": that reads as `--label_merge_map none` given, and nothing was
+        return given, (
+            f"{args.model_dir} records no data options (run_config.json): merge map and taxonomy only as given "
+            "(null: not given, none applied)"
+        )
     return data_options([Path(args.model_dir)], given)
 
 
