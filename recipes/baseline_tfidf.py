@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -25,7 +26,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from trl import TrlParser
 
 from longtail.calibration import temperature_note
-from longtail.cli import parse_config, run
+from longtail.cli import config_path, parse_config, run, typed_options
 from longtail.crossfit import (
     FOLDS_HELP,
     check_class_counts,
@@ -144,17 +145,25 @@ GRID_OPTIONS = ("grid_C", "grid_class_weight", "grid_sublinear_tf")
 FIXED_OPTIONS = ("C", "class_weight", "sublinear_tf")
 
 
-def unread_options(args: BaselineArguments) -> list[str]:
+def unread_options(
+    args: BaselineArguments, typed: set[str] | None = None, config: str | None = None
+) -> list[str]:
     """The setting options given other than their defaults that this mode does not read (`--grid_C 3 10` without
-    --select_on_validation fitted C=1 alone; `--C 10` with it was replaced by the grid's choice; both silently)."""
+    --select_on_validation fitted C=1 alone; `--C 10` with it was replaced by the grid's choice; both silently).
+    Those the command line set (`typed`; None: all) are named as typed; those the `config` file set, as its, and
+    only when the mode is the config's too: a mode typed (`--select_on_validation false` under baseline_tfidf.yaml)
+    leaves the config's other mode unread by choice (its grid was named as if typed)."""
     defaults = BaselineArguments()
-    names = FIXED_OPTIONS if args.select_on_validation else GRID_OPTIONS
-    shown = {
-        name: " ".join(map(str, value)) if isinstance(value, list) else str(value)
-        for name in names
-        if (value := getattr(args, name)) != getattr(defaults, name)
-    }
-    return [f"--{name} {value}" for name, value in shown.items()]
+    unread = []
+    for name in FIXED_OPTIONS if args.select_on_validation else GRID_OPTIONS:
+        if (value := getattr(args, name)) == getattr(defaults, name):
+            continue
+        shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+        if typed is None or name in typed:
+            unread.append(f"--{name} {shown}")
+        elif "select_on_validation" not in typed:
+            unread.append(f"{name} {shown} (from {config})")
+    return unread
 
 
 def build_vectorizer(args: BaselineArguments, sublinear: bool):
@@ -261,7 +270,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     command = command_line("recipes/baseline_tfidf.py", argv)
     started = time.time()
-    if unread := unread_options(args):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if unread := unread_options(args, typed_options(parser, argv), config_path(argv)):
         logger.warning(
             "Not read %s: %s",
             "with --select_on_validation true (the grid chooses C, class weighting and sublinear tf)"

@@ -670,3 +670,41 @@ def test_baseline_names_the_setting_options_its_mode_does_not_read(tmp_path, cap
         "--grid_C 3.0 10.0" in capsys.readouterr().err
     )
     assert [r["C"] for r in json.loads((tmp_path / "out" / "run_config.json").read_text())["grid"]] == [1.0]
+
+
+def test_baseline_names_a_config_files_unread_options_as_its_and_not_when_the_mode_is_typed(tmp_path, capsys):
+    """A YAML with a grid (baseline_tfidf.yaml's) and `--select_on_validation false` typed: the warning named the
+    YAML's `--grid_C 3.0 10.0` as if typed, though the mode typed leaves the config's grid unread by choice. Now
+    options the command line sets are named as typed, in any form argparse takes; one the config sets, as the
+    config's, and only when the mode is the config's too."""
+    from trl import TrlParser
+
+    from longtail.cli import config_path, parse_config, typed_options
+
+    recipe = load_recipe("baseline_tfidf")
+    config = tmp_path / "grid.yaml"
+    config.write_text("select_on_validation: true\ngrid_C: [3.0, 10.0]\ngrid_class_weight: [balanced]\n")
+
+    def unread(*argv):
+        parser = TrlParser(recipe.PARSER_TYPES)
+        args = parse_config(parser, list(argv))[1]
+        return recipe.unread_options(args, typed_options(parser, list(argv)), config_path(list(argv)))
+
+    assert unread("--config", str(config), "--select_on_validation", "false") == []
+    assert unread("--config", str(config), "--select_on_validation=false", "--grid-C", "3", "10") == [
+        "--grid_C 3.0 10.0"]  # fmt: skip
+    assert unread("--config", str(config), "--select_on_val", "true", "--C", "3") == ["--C 3.0"]
+    # the config's mode (the default: no grid) and a grid in the config
+    config.write_text("grid_C: [3.0, 10.0]\nC: 3.0\n")
+    assert unread("--config", str(config)) == [f"grid_C 3.0 10.0 (from {config})"]
+    assert unread("--config", str(config), "--C", "1") == [f"grid_C 3.0 10.0 (from {config})"]
+    assert unread("--select_on_validation", "true", "--C", "2", "--class_weight", "balanced") == [
+        "--C 2.0", "--class_weight balanced"]  # fmt: skip
+
+    config.write_text("select_on_validation: true\ngrid_C: [3.0, 10.0]\ngrid_class_weight: [balanced]\n")
+    train, test = synthetic_files(tmp_path)
+    recipe.main(["--config", str(config), "--select_on_validation", "false", "--train_file", train,
+                 "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
+                 "--max_train_samples", "200", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    assert "Not read" not in capsys.readouterr().err
+    assert [r["C"] for r in json.loads((tmp_path / "out" / "run_config.json").read_text())["grid"]] == [1.0]

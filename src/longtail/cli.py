@@ -134,6 +134,19 @@ def config_path(argv: list[str]) -> str | None:
     return argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
 
 
+def typed_options(parser, argv: list[str]) -> set[str]:
+    """The options (dests) the command line itself sets, in any form argparse takes (`--grid-C`, `--C=3`, an
+    abbreviation), as against those the `--config` YAML set: argparse fills in only what its namespace lacks."""
+    import argparse
+
+    if config_path(argv) is not None:  # trl's option, not the parser's
+        at = argv.index("--config")
+        argv = argv[:at] + argv[at + 2 :]
+    unset = object()
+    parsed, _ = parser.parse_known_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
+    return {dest for dest, value in vars(parsed).items() if value is not unset}
+
+
 def parse_config(parser, argv: list[str] | None):
     """`parser.parse_args_and_config(argv)`; mistakes in the options exit with `parser.error` (status 2)."""
     import yaml
