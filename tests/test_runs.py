@@ -125,6 +125,22 @@ def test_overwrite_never_deletes_a_model_that_is_not_one_of_our_runs(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_comparisons_report_is_a_result_not_a_model_file(tmp_path):
+    """compare.md was listed among model files (`MODEL_FILES`): a folder holding only it (a comparison stopped
+    between compare.md and compare.json, which `write_report` writes in that order) was refused by an overwrite as
+    "model files ... but no run of these recipes", and a downloaded model's refusal named it as one of its model
+    files. It is a result, as score.md is: an overwrite replaces it, and the refusal names the model's files only."""
+    (tmp_path / "compare.md").write_text("old")
+    prepare_output_dir(tmp_path, overwrite=True)
+    assert list(tmp_path.iterdir()) == []
+    for name in ("config.json", "compare.md"):
+        (tmp_path / name).write_text("theirs")
+    with pytest.raises(
+        OutputDirError, match=r"holds model files \(config.json\) but no run of these recipes"
+    ):
+        prepare_output_dir(tmp_path, overwrite=True)
+
+
 def test_overwrite_never_clears_a_folder_holding_what_the_new_run_reads(tmp_path):
     """A file inside a folder the overwrite removes (an ONNX export, a checkpoint's weights) is read too."""
     (tmp_path / "report.md").write_text("old")

@@ -42,6 +42,8 @@ RUN_FILES = (
     "reliability_comparison.png",
     "score.md",  # longtail.score's
     "score.json",
+    "compare.md",  # longtail.compare's: a report, not a model (one alone read as someone else's model files)
+    "compare.json",
     SELECTION_HEAD,  # a stale one would give LP-FT a head from another run
 )
 
@@ -74,8 +76,6 @@ MODEL_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
     "chat_template.jinja",
-    "compare.md",
-    "compare.json",
 )
 # Folders a run writes inside its output_dir: the merged adapter (served in place of a new adapter), ONNX
 # exports, LP-FT's head warm-up, Trainer checkpoints (an old one would be "the newest" to a later
