@@ -301,6 +301,29 @@ def test_teacher_logits_cache_reuse_and_invalidation(tiny_qwen2, tmp_path, one_t
         teacher_logits(DistillArguments(teacher_model_name_or_path=other), data, tmp_path / "o2", 32)
 
 
+def test_a_teacher_pass_reads_the_adapter_config_once(tiny_qwen2, tmp_path, monkeypatch, one_torch_thread):
+    """`adapter_base` (a Hub adapter's adapter_config.json: a Hub request online) ran twice a pass, for the base's
+    resolve and again for the cache key. A counting fake: once a pass, computed or reused, a whole model included
+    (None is an answer, not "not read"); the key is the one `teacher_fingerprint` gives alone (caches stay valid)."""
+    import longtail.distill as distill
+    from longtail.distill import _digest, data_fingerprint, read_logits_table, teacher_fingerprint
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    teacher = save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names)
+    args = DistillArguments(teacher_model_name_or_path=teacher, teacher_batch_size=64)
+    real, calls = distill.adapter_base, []
+    monkeypatch.setattr(distill, "adapter_base", lambda t: calls.append(str(t)) or real(t))
+    for status in ("computed", "reused"):
+        calls.clear()
+        assert teacher_logits(args, data, tmp_path / "out", max_length=32)[1]["cache_status"] == status
+        assert calls == [teacher]
+    key = _digest(
+        teacher_fingerprint(teacher), data_fingerprint(data), 32, list(range(len(data.label_names)))
+    )
+    assert read_logits_table(tmp_path / "out" / "teacher_logits.parquet")[0]["fingerprint"] == key
+
+
 def test_teacher_cache_key_of_a_hub_id_follows_its_commit(
     tiny_qwen2, tmp_path, monkeypatch, one_torch_thread
 ):
@@ -1110,7 +1133,7 @@ def test_a_base_model_for_a_whole_model_teacher_is_refused(tiny_qwen2, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def test_lora_teacher_run_folder(tiny_qwen2, tmp_path, one_torch_thread):
+def test_lora_teacher_run_folder(tiny_qwen2, tmp_path, monkeypatch, one_torch_thread):
     """A LoRA run folder (adapter + head + config.json with the labels) serves as the teacher: its logits are
     those of the adapter on its base, and its label map is checked like a full model's."""
     from transformers import AutoModelForSequenceClassification
@@ -1140,10 +1163,15 @@ def test_lora_teacher_run_folder(tiny_qwen2, tmp_path, one_torch_thread):
     np.testing.assert_allclose(teacher_forward(model, tok, texts, 32, 4), expected, atol=1e-5)
     plain = teacher_forward(*load_teacher(base)[:2], texts, 32, 4)
     assert np.abs(plain - expected).max() > 1e-3  # the adapter was applied
+    import longtail.distill as distill
+
+    real, calls = distill.adapter_base, []
+    monkeypatch.setattr(distill, "adapter_base", lambda t: calls.append(str(t)) or real(t))
     logits, info = teacher_logits(
         DistillArguments(teacher_model_name_or_path=str(run)), data, tmp_path / "o", 32
     )
     np.testing.assert_allclose(logits["validation"][:8], expected, atol=1e-5)
+    assert calls == [str(run), base]  # the adapter's once, then its base's own key (a whole model: None)
 
 
 def test_the_students_length_is_checked_before_the_teachers_pass(tiny_bert, tmp_path):

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 
 import numpy as np
 import torch
@@ -263,7 +264,9 @@ def _digest(*parts) -> str:
     return h.hexdigest()
 
 
-def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
+def teacher_fingerprint(
+    teacher: str, base_model: str | None = None, base: str | None | EllipsisType = ...
+) -> str:
     """Hash of the files that decide the teacher's outputs (a local folder), or of its Hub id and the commit the
     local Hub cache holds as its main (`probe.hub_commit`, offline: by its id alone, a teacher updated on the Hub
     reused the old one's logits; `teacher_config` has just resolved it, so that is the commit it loads). A LoRA
@@ -271,11 +274,14 @@ def teacher_fingerprint(teacher: str, base_model: str | None = None) -> str:
     adapter repo's, which Transformers loads on that base: keyed by the adapter's commit alone, a base since
     updated reused the old logits): a local folder by its files (by its name alone, a retrained base reused a stale
     cache), a Hub id with the commit the cache holds as its main (`resolve_hub_base` has just resolved it, as
-    `teacher_config` the teacher: the last one downloaded, with no resolve, reused logits of a base since updated)."""
+    `teacher_config` the teacher: the last one downloaded, with no resolve, reused logits of a base since updated).
+    `base`: the base `resolve_hub_base` returned (None: a whole model), so a pass reads adapter_config.json once
+    (a Hub adapter's is a Hub request online); left out, it is read here."""
     from longtail.probe import hub_commit
 
     path = Path(teacher)
-    base = base_model or adapter_base(teacher)
+    if base is ...:
+        base = base_model or adapter_base(teacher)
     if not path.is_dir():
         own = ("hub", teacher, hub_commit(teacher))
         if not base:  # a whole model: the key it always had
@@ -313,16 +319,17 @@ def adapter_base(teacher: str | Path) -> str | None:
         return None
 
 
-def resolve_hub_base(teacher: str, base_model: str | None = None) -> None:
+def resolve_hub_base(teacher: str, base_model: str | None = None) -> str | None:
     """A LoRA teacher's base named by a Hub id, resolved as `teacher_config` resolves a Hub teacher (its config
     loaded: online, the Hub's current main, downloaded into the cache; offline, the cache's main), so the commit
     `teacher_fingerprint` keys it with is the one loading it reads. A base neither cached nor on the Hub: the
-    error loading it gives, before any weights load."""
+    error loading it gives, before any weights load. Returns the base (for `teacher_fingerprint`)."""
     from longtail.adapters import ensure_base_available
 
     base = base_model or adapter_base(teacher)  # None for a whole model: no base to load it on
     if base and not Path(base).is_dir():
         ensure_base_available(base, teacher)
+    return base
 
 
 def data_fingerprint(data: PreparedData, splits: Sequence[str] = DISTILL_SPLITS) -> str:
@@ -691,9 +698,10 @@ def teacher_logits(
     check_max_length(
         config, max_length, teacher, " for the teacher (--teacher_max_length sets its own)", option
     )
-    resolve_hub_base(teacher, args.teacher_base_model)  # before the key: its commit is the one that loads
+    # before the key: its commit is the one that loads
+    base = resolve_hub_base(teacher, args.teacher_base_model)
     fingerprint = _digest(
-        teacher_fingerprint(teacher, args.teacher_base_model),
+        teacher_fingerprint(teacher, args.teacher_base_model, base),
         data_fingerprint(data),
         max_length,
         cols.tolist(),
