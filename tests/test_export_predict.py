@@ -346,8 +346,8 @@ def test_parity_labels_of_a_folder_recording_no_data_options_are_null_not_none(t
         return parity_sample(args, {"A": 0, "B": 1})[2]
 
     read_as = (
-        f"{model} records no data options (run_config.json): merge map and taxonomy only as given "
-        "(null: not given, none applied)"
+        f"{model} records no data options (run_config.json): a merge map and taxonomy only "
+        "as given, none otherwise"
     )
     assert record() == {
         "label_column": "label", "label_merge_map": None, "label_taxonomy": None, "read_as": read_as,

@@ -237,8 +237,8 @@ def label_options(args: ExportArguments) -> tuple[dict, str]:
     if recorded_data_options(Path(args.model_dir)) is None:
         # null where not given, not "none": that reads as `--label_merge_map none` given, and nothing was
         return given, (
-            f"{args.model_dir} records no data options (run_config.json): merge map and taxonomy only as given "
-            "(null: not given, none applied)"
+            f"{args.model_dir} records no data options (run_config.json): a merge map and taxonomy only "
+            "as given, none otherwise"
         )
     return data_options([Path(args.model_dir)], given)
 
