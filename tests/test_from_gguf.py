@@ -1,0 +1,206 @@
+"""`python -m longtail.from_gguf`: a GGUF file written here from a tiny Llama (as llama.cpp's converter writes
+one: q/k rows permuted, a byte-level BPE vocabulary with its merges) comes back as that model, weight for weight,
+with the tokenizer the file describes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from conftest import decoder_args, refused
+from test_recipes import load_recipe, synthetic_files
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from longtail import from_gguf
+from longtail.cli import UsageError
+
+TEXT = "My credit report shows a loan I never took."
+LAYER_PARTS = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}  # fmt: skip
+TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+
+
+def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf.py reorders q and k rows for its rotary layout; Transformers undoes it."""
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def write_gguf(model_dir: str, path, add_bos: bool, arch: str = "llama"):
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    c = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_theta)
+    vocab = tok.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in tok.all_special_tokens else 1 for t in tokens])  # 3: control
+    w.add_token_merges([" ".join(m) for m in json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]])
+    w.add_bos_token_id(tok.bos_token_id)
+    w.add_eos_token_id(tok.eos_token_id)
+    w.add_pad_token_id(tok.eos_token_id)
+    w.add_add_bos_token(add_bos)
+    for name, tensor in model.state_dict().items():
+        array = tensor.numpy().astype(np.float32)
+        if name == "lm_head.weight":
+            w.add_tensor("output.weight", array)
+        elif name in TOP:
+            w.add_tensor(TOP[name], array)
+        else:
+            layer, part = name.split(".")[2], ".".join(name.split(".")[3:-1])
+            if part in ("self_attn.q_proj", "self_attn.k_proj"):
+                heads = c.num_attention_heads if "q_proj" in part else c.num_key_value_heads
+                array = llama_cpp_permute(array, heads)
+            w.add_tensor(f"blk.{layer}.{LAYER_PARTS[part]}.weight", array)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_llama, tmp_path_factory):
+    return write_gguf(tiny_llama, tmp_path_factory.mktemp("gguf") / "tiny-llama.F32.gguf", add_bos=True)
+
+
+def test_a_gguf_file_becomes_the_model_it_was_written_from(tiny_llama, tiny_gguf, tmp_path, capsys):
+    out = tmp_path / "converted"
+    record = from_gguf.main([str(tiny_gguf), "--output_dir", str(out)])
+    original, converted = (
+        AutoModelForCausalLM.from_pretrained(tiny_llama),
+        AutoModelForCausalLM.from_pretrained(out),
+    )
+    want, got = original.state_dict(), converted.state_dict()
+    assert sorted(got) == sorted(want)
+    for name in want:  # q and k un-permuted, every tensor exact (float32 in, float32 out)
+        assert torch.equal(got[name], want[name]), name
+
+    tok, theirs = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(tiny_llama)
+    assert tok(TEXT).input_ids == theirs(TEXT).input_ids  # the file says add a bos; so did the original
+    # Transformers 4.57 reads the file's eos as its bos, and leaves out the pad token it names
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<s>", "</s>", "</s>")
+    eos = theirs.eos_token_id
+    assert record["tokenizer_fixes"] == [
+        f"eos_token '<s>' -> '</s>' (id {eos})",
+        f"pad_token None -> '</s>' (id {eos})",
+    ]
+    assert AutoConfig.from_pretrained(out).pad_token_id == eos
+    assert record["tensor_types"] == {"F32": len(want)}
+    assert record["parameters"] == sum(p.numel() for p in original.parameters())
+    assert record["sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+    assert record["max_abs_logit_diff_after_save"] == 0.0
+    assert json.loads((out / from_gguf.RECORD).read_text()) == record
+    card = (out / "README.md").read_text()
+    assert f"F32 × {len(want)}" in card and "- eos_token '<s>' -> '</s>'" in card
+    assert f"-> {out} (float32)" in capsys.readouterr().out
+
+
+def test_the_files_add_bos_token_false_is_kept(tiny_llama, tmp_path):
+    source = write_gguf(tiny_llama, tmp_path / "nobos.gguf", add_bos=False)
+    record = from_gguf.main([str(source), "--output_dir", str(tmp_path / "out")])
+    assert "add_bos_token -> False" in record["tokenizer_fixes"]
+    with_bos = AutoTokenizer.from_pretrained(tiny_llama)(TEXT).input_ids
+    assert AutoTokenizer.from_pretrained(tmp_path / "out")(TEXT).input_ids == with_bos[1:]
+
+
+def test_a_converted_folder_trains_with_lora_and_a_gguf_file_is_pointed_to_the_converter(
+    tiny_gguf, tmp_path, fast_bootstrap
+):
+    out = tmp_path / "converted"
+    from_gguf.main([str(tiny_gguf), "--output_dir", str(out)])
+    train, test = synthetic_files(tmp_path)
+    recipe = load_recipe("lora_decoder")
+    extra = (
+        "--max_steps",
+        "3",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+    )
+    metrics = recipe.main(decoder_args("lora_decoder", str(out), train, test, tmp_path / "run", *extra))
+    assert (
+        metrics["test"]["num_examples"]
+        == json.loads((tmp_path / "run" / "test_results.json").read_text())["num_examples"]
+    )
+    with pytest.raises(UsageError) as err:
+        recipe.main(decoder_args("lora_decoder", str(tiny_gguf), train, test, tmp_path / "r2"))
+    assert str(err.value) == (
+        f"--model_name_or_path {tiny_gguf} is a GGUF file: convert it once to a model folder with python -m "
+        f"longtail.from_gguf {tiny_gguf} --output_dir <folder>, and pass that folder"
+    )
+
+
+def test_an_overwrite_replaces_only_an_earlier_conversion(tiny_gguf, tmp_path, capsys):
+    out = tmp_path / "converted"
+    from_gguf.main([str(tiny_gguf), "--output_dir", str(out)])
+    stale = out / "model-00001-of-00002.safetensors"  # an earlier, sharded conversion's
+    stale.write_text("x")
+    mine = out / "notes.txt"
+    mine.write_text("mine")
+    line = refused(from_gguf.main, [str(tiny_gguf), "--output_dir", str(out)], capsys)
+    assert line.endswith(
+        f"--output_dir {out} is not empty; pass --overwrite to replace an earlier conversion"
+    )
+    from_gguf.main([str(tiny_gguf), "--output_dir", str(out), "--overwrite"])
+    assert not stale.exists() and mine.read_text() == "mine" and (out / "model.safetensors").is_file()
+
+    other = tmp_path / "someone_elses"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    line = refused(from_gguf.main, [str(tiny_gguf), "--output_dir", str(other), "--overwrite"], capsys)
+    assert line.endswith(
+        f"--output_dir {other} holds config.json but no gguf_source.json: it is not an earlier conversion, which "
+        "is all --overwrite replaces. Choose another --output_dir (or, if a conversion stopped before it wrote "
+        "gguf_source.json, delete the folder yourself)."
+    )
+    assert (other / "config.json").read_text() == "{}"
+
+
+def test_bad_inputs_are_one_line(tiny_llama, tiny_gguf, tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "out")
+    assert refused(from_gguf.main, [str(tmp_path / "no.gguf"), "--output_dir", out], capsys).endswith(
+        f"{tmp_path / 'no.gguf'} is not a file"
+    )
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04not a gguf")
+    assert refused(from_gguf.main, [str(fake), "--output_dir", out], capsys).endswith(
+        f"{fake} is not a GGUF file (it does not start with the GGUF magic)"
+    )
+    line = refused(from_gguf.main, [str(tiny_gguf), "--output_dir", str(tiny_gguf.parent)], capsys)
+    assert line.endswith(
+        f"--output_dir {tiny_gguf.parent} is the folder of the GGUF file itself: choose another --output_dir"
+    )
+    # an architecture Transformers cannot read from GGUF: its own words, after ours, in one line
+    odd = write_gguf(tiny_llama, tmp_path / "odd.gguf", add_bos=True, arch="llama9")
+    line = refused(from_gguf.main, [str(odd), "--output_dir", out], capsys)
+    assert f" error: {odd} (architecture 'llama9') cannot be loaded by Transformers: " in line
+    assert "llama9" in line.split("Transformers: ", 1)[1]
+    assert not (tmp_path / "out" / "config.json").exists()
+
+    monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # not installed
+    assert refused(from_gguf.main, [str(tiny_gguf), "--output_dir", out], capsys).endswith(
+        'reading a GGUF file needs the gguf package: pip install gguf==0.19.0 (the tested version; or pip install -e ".[gguf]")'
+    )
