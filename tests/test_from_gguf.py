@@ -130,16 +130,7 @@ def test_a_converted_folder_trains_with_lora_and_a_gguf_file_is_pointed_to_the_c
     from_gguf.main([str(tiny_gguf), "--output_dir", str(out)])
     train, test = synthetic_files(tmp_path)
     recipe = load_recipe("lora_decoder")
-    extra = (
-        "--max_steps",
-        "3",
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "false",
-    )
+    extra = ("--max_steps", "3", "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false")  # fmt: skip
     metrics = recipe.main(decoder_args("lora_decoder", str(out), train, test, tmp_path / "run", *extra))
     assert (
         metrics["test"]["num_examples"]
