@@ -36,11 +36,12 @@ def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
-def write_gguf(model_dir: str, path, add_bos: bool, arch: str = "llama"):
+def write_gguf(model_dir: str, path, add_bos: bool, arch: str | None = None):
+    """Llama's q/k rows permuted as llama.cpp does; Qwen2's biases as they are, its tied output left out."""
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     c = model.config
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), arch or c.model_type)
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(c.num_hidden_layers)
@@ -62,15 +63,16 @@ def write_gguf(model_dir: str, path, add_bos: bool, arch: str = "llama"):
     for name, tensor in model.state_dict().items():
         array = tensor.numpy().astype(np.float32)
         if name == "lm_head.weight":
-            w.add_tensor("output.weight", array)
+            if not c.tie_word_embeddings:
+                w.add_tensor("output.weight", array)
         elif name in TOP:
             w.add_tensor(TOP[name], array)
         else:
-            layer, part = name.split(".")[2], ".".join(name.split(".")[3:-1])
-            if part in ("self_attn.q_proj", "self_attn.k_proj"):
+            layer, part, kind = name.split(".")[2], ".".join(name.split(".")[3:-1]), name.split(".")[-1]
+            if c.model_type == "llama" and part in ("self_attn.q_proj", "self_attn.k_proj"):
                 heads = c.num_attention_heads if "q_proj" in part else c.num_key_value_heads
                 array = llama_cpp_permute(array, heads)
-            w.add_tensor(f"blk.{layer}.{LAYER_PARTS[part]}.weight", array)
+            w.add_tensor(f"blk.{layer}.{LAYER_PARTS[part]}.{kind}", array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -113,6 +115,20 @@ def test_a_gguf_file_becomes_the_model_it_was_written_from(tiny_llama, tiny_gguf
     card = (out / "README.md").read_text()
     assert f"F32 × {len(want)}" in card and "- eos_token '<s>' -> '</s>'" in card
     assert f"-> {out} (float32)" in capsys.readouterr().out
+
+
+def test_a_qwen2_gguf_file_becomes_its_model(tiny_qwen2, tmp_path):
+    source = write_gguf(tiny_qwen2, tmp_path / "qwen2.gguf", add_bos=False)
+    record = from_gguf.main([str(source), "--output_dir", str(tmp_path / "out")])
+    want = AutoModelForCausalLM.from_pretrained(tiny_qwen2).state_dict()
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
+    assert sorted(got) == sorted(want)
+    assert all(torch.equal(got[name], want[name]) for name in want)  # biases, tied output included
+    tok, theirs = AutoTokenizer.from_pretrained(tmp_path / "out"), AutoTokenizer.from_pretrained(tiny_qwen2)
+    assert tok(TEXT).input_ids == theirs(TEXT).input_ids
+    assert (tok.eos_token, tok.pad_token) == ("<|endoftext|>", "<|endoftext|>")
+    # Qwen2's GGUF tokenizer keeps the file's eos and pad; the bos the file names (the original's, = eos) is set
+    assert record["tokenizer_fixes"] == ["bos_token None -> '<|endoftext|>' (id 0)"]
 
 
 def test_the_files_add_bos_token_false_is_kept(tiny_llama, tmp_path):
