@@ -155,9 +155,10 @@ def check_folders(parser: argparse.ArgumentParser, args) -> None:
         )
     from longtail.benchmark import earlier_results
 
-    # onnx/ without results.json: a run that stopped after its export (or a folder not ours); the export
-    # replaces it as it would a finished run's results, so both need --overwrite
-    if problem := earlier_results(out, ("results.json", "onnx"), args.overwrite):
+    # every file the run writes (results.md and the plots too: a folder holding only those, someone's notes or
+    # a report copied out, was overwritten), and onnx/ without results.json (a run that stopped after its
+    # export, or a folder not ours): each is replaced, so each needs --overwrite
+    if problem := earlier_results(out, ("results.json", "results.md", *PLOTS, "onnx"), args.overwrite):
         parser.error(problem)
 
 

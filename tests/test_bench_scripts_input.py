@@ -233,6 +233,9 @@ def test_scaling_too_few_long_texts_names_both_remedies(scaling, monkeypatch):
         ("train_memory", "train_memory.md", []),
         ("scaling", "scaling.png", ["--mfu_model", "tiny", "--onnx_model", ""]),
         ("inference", "results.json", []),  # its onnx/ without results: test_bench_inference_input
+        # its other outputs alone (a results.md of someone's, a plot) were overwritten or deleted without asking
+        ("inference", "results.md", []),
+        ("inference", "pareto_memory.png", []),
     ],
 )
 def test_each_script_keeps_earlier_results_unless_overwrite(script, earlier, extra, capsys, tmp_path):
