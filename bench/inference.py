@@ -48,7 +48,7 @@ RECOMMEND_WITHIN = 0.005  # macro-F1 (0.5 point) of PyTorch fp32
 # ... and argmax agreement with it, the export's int8 gate: on a few hundred rows macro-F1 alone can tie by
 # chance while a third of the predictions changed
 RECOMMEND_MIN_AGREEMENT = 0.97
-# above this, a variant's timed repeats ((max - min) / median) or the GEMM peak remeasured before each variant
+# above this, a variant's timed repeats ((max - min) / median) or the GEMM peak remeasured with each variant
 # ((max - min) / max) moved too much for speed ratios of that size to mean anything: results.md says so
 UNSTABLE_SPREAD = 0.10
 MIB = 1024**2
@@ -322,8 +322,6 @@ def measure_variant(variant: str, spec: dict) -> tuple[dict, np.ndarray]:
     def full_pass():
         holder["logits"] = run_batches(backend, batches, len(texts), num_labels)
 
-    # on a shared machine the peak drifts: measure it right before this variant, compare with that
-    peak = gemm_peak_gflops(spec["gemm_size"], spec["repeats"], device)["gflops"]
     t32 = timed(full_pass, repeats=spec["repeats"], warmup=spec["warmup"], device=device)
     per_row = []
     for batch in singles:
@@ -331,6 +329,10 @@ def measure_variant(variant: str, spec: dict) -> tuple[dict, np.ndarray]:
             lambda b=batch: backend.logits(b), repeats=spec["repeats"], warmup=spec["warmup"], device=device
         )
         per_row.append(t["median_s"])
+    memory = peak_memory_bytes(device)
+    # on a shared machine the peak drifts: measure it with this variant (right after its timings), compare with
+    # that; after the memory is read, as its buffers (3 x 16 MiB at 2048) are the bench's, not the model's
+    peak = gemm_peak_gflops(spec["gemm_size"], spec["repeats"], device)["gflops"]
     n = len(texts)
     result = {
         "variant": variant,
@@ -344,7 +346,7 @@ def measure_variant(variant: str, spec: dict) -> tuple[dict, np.ndarray]:
         "padded_to_real_tokens": batches.padding_ratio,
         "real_tokens": batches.real_tokens,
         "size_bytes": size,
-        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_bytes": memory,
         "baseline_rss_bytes": base_rss,
         "memory_kind": "CUDA max allocated" if device.startswith("cuda") else "process peak RSS",
         "threads": torch.get_num_threads(),
@@ -491,7 +493,8 @@ def markdown(report: dict) -> str:
         f"{report['warmup']} warm-up (spread: (max - min) / median of those passes); tokenisation outside the "
         "timed region. Measured fp32 GEMM peak: "
         f"{report['gemm']['gflops']:.1f} GFLOP/s ({report['gemm']['size']}^3, {report['gemm']['threads']} threads); "
-        "each variant's share is against the GEMM peak measured again right before it (a shared machine drifts).",
+        "each variant's share is against the GEMM peak measured again right after its timings (a shared machine "
+        "drifts), once its peak memory was read.",
         "",
         "| " + " | ".join(h.replace("(b32)", f"(b{bs})") for _, h, _ in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
@@ -589,7 +592,7 @@ def verdicts(results: list[dict], batch_size: int = 32) -> str:
 
 def stability(results: list[dict], session_gflops: float) -> dict:
     """How much the machine moved during the run: the widest spread of a variant's timed batch passes and the
-    drift of the GEMM peak remeasured before each variant (with the session's); a warning above UNSTABLE_SPREAD."""
+    drift of the GEMM peak remeasured with each variant (with the session's); a warning above UNSTABLE_SPREAD."""
     spreads = {r["variant"]: r["batch32_spread"] for r in results}
     peaks = [session_gflops, *(r["gemm_gflops_at_run"] for r in results)]
     drift = (max(peaks) - min(peaks)) / max(peaks) if max(peaks) > 0 else 0.0
@@ -609,7 +612,7 @@ def stability(results: list[dict], session_gflops: float) -> dict:
         out["warning"] = (
             f"**Warning: the machine was unstable during this run** (threshold {UNSTABLE_SPREAD:.0%}): the timed "
             f"batch passes of {worst} spread {spreads[worst]:.0%} of their median, and the GEMM peak measured "
-            f"before each variant moved between {min(peaks):.1f} and {max(peaks):.1f} GFLOP/s ({drift:.0%}). "
+            f"with each variant moved between {min(peaks):.1f} and {max(peaks):.1f} GFLOP/s ({drift:.0%}). "
             f"Speed-ups, latencies and shares of the GEMM peak that differ by less than about {noise:.0%} are "
             "within noise, and so may be the recommended pick: rerun on a quiet machine before quoting them."
         )
