@@ -182,11 +182,16 @@ def check_max_length(parser: argparse.ArgumentParser, args, config) -> None:
 
 
 def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
-    """(texts, label ids, log) of the evaluation rows; every drop is counted."""
-    import pandas as pd
+    """(texts, label ids, log) of the evaluation rows; every drop is counted. --data's labels are read as the run
+    read its data (the merge map and taxonomy its run_config.json records), as `score` and the export's parity
+    sample read them: raw, the old CFPB wordings of a run trained with a merge map were dropped as labels the
+    model never saw (a tenth of the dev export), so the bench scored other rows than `score` would."""
+    from types import SimpleNamespace
 
     from longtail.cli import usage_exit
     from longtail.data import DataArguments, prepare_data, read_table, refuse_repeated
+    from longtail.export import label_options
+    from longtail.score import labelled_rows
 
     log: dict = {}
     if args.data:
@@ -199,10 +204,19 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
             raise usage_exit(f"{args.data} has no column {missing}; columns: {list(df.columns)}")
         try:
             refuse_repeated(df, (args.text_column, args.label_column), f"--data {args.data}")
-        except ValueError as error:
+            given = SimpleNamespace(model_dir=args.model_dir, text_column=args.text_column,
+                                    label_column=args.label_column, label_merge_map=None, label_taxonomy=None)  # fmt: skip
+            options, source = label_options(given)
+            df, counts = labelled_rows(lambda: df, args.data, options, None)  # unknown labels: counted below
+        except ValueError as error:  # a merge map the run recorded that is not here, a nested value
             raise usage_exit(str(error)) from None
-        df = pd.DataFrame({"text": df[args.text_column], "label": df[args.label_column]})
-        log["source"] = Path(args.data).name
+        log.update(
+            source=Path(args.data).name,
+            labels_read_with=f"merge map {options['label_merge_map'] or 'none'}, taxonomy {options['label_taxonomy'] or 'none'}: {source}",
+            labels_merged=counts["labels_merged"],
+        )
+        dropped = {k: v for k, v in counts.items() if k.startswith("dropped_")}
+        rows = counts["rows_read"]
     else:
         config = Path(args.model_dir) / "run_config.json"
         if not config.is_file():
@@ -213,21 +227,20 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
         split = "test" if "test" in data.splits else "validation"
         df = data.splits[split][["text", "label"]]
         log["source"] = f"the run's {split} split ({data_args.get('dataset_name')})"
+        dropped, rows = {"dropped_empty_text": 0}, len(df)
     empty = ~df["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))
     unknown = ~empty & ~df["label"].astype(str).isin(label2id)
-    log.update(rows=len(df), dropped_empty_text=int(empty.sum()), dropped_unknown_label=int(unknown.sum()))
-    if empty.any() or unknown.any():
-        logger.warning(
-            "Evaluation rows: %d without text and %d with a label the model never saw are not scored",
-            int(empty.sum()),
-            int(unknown.sum()),
-        )
+    dropped["dropped_empty_text"] += int(empty.sum())
+    log.update(rows=rows, **dropped, dropped_unknown_label=int(unknown.sum()))
+    left_out = {k: v for k, v in log.items() if k.startswith("dropped_") and v}
+    if left_out:
+        logger.warning("Evaluation rows not scored: %s", left_out)
     df = df[~empty & ~unknown]
     if df.empty:
         raise usage_exit(
-            f"no row left to score in {log['source']}: {log['rows']} rows, "
-            f"{log['dropped_empty_text']} without text, {log['dropped_unknown_label']} with a label the model "
-            f"never saw (its labels: {', '.join(sorted(label2id)[:5])}{' ...' if len(label2id) > 5 else ''})"
+            f"no row left to score in {log['source']}: {log['rows']} rows, {log['dropped_empty_text']} without text, "
+            f"{log['dropped_unknown_label']} with a label the model never saw (left out: {left_out}; its labels: "
+            f"{', '.join(sorted(label2id)[:5])}{' ...' if len(label2id) > 5 else ''})"
         )
     if len(df) > args.max_rows:
         df = df.sample(args.max_rows, random_state=0)
@@ -481,12 +494,17 @@ def windows_note(model_dir, tokenizer, texts, max_length: int) -> str | None:
 
 
 def markdown(report: dict) -> str:
-    bs = report.get("batch_size", 32)
+    bs, rows = report.get("batch_size", 32), report["rows"]
+    labels = (
+        f" (labels read with {rows['labels_read_with']}; {rows['labels_merged']} merged)"
+        if "labels_merged" in rows
+        else ""
+    )
     lines = [
         f"# Inference benchmark: {report['model']}",
         "",
         f"Machine: {report['machine_text']}.",
-        f"Rows: {report['rows']['scored']} from {report['rows']['source']}, max_length {report['max_length']}, "
+        f"Rows: {rows['scored']} from {rows['source']}{labels}, max_length {report['max_length']}, "
         f"batch {bs} sorted by length with dynamic padding (padded/real tokens "
         f"{report['padded_to_real_tokens']:.2f}); median of {report['repeats']} timed "
         f"pass{'es' if report['repeats'] != 1 else ''} after "

@@ -97,16 +97,51 @@ def test_inference_evaluation_rows_count_each_drop_once(inference, tmp_path):
     pd.DataFrame(
         {"text": ["", "late fee", " ", "fraud", "closed"], "issue": ["A", "Z", "Z", "A", "B"]}
     ).to_csv(data, index=False)
-    args = SimpleNamespace(data=str(data), text_column="text", label_column="issue", max_rows=2)
+    args = SimpleNamespace(
+        data=str(data), text_column="text", label_column="issue", max_rows=2, model_dir=str(tmp_path)
+    )
     texts, labels, log = inference.evaluation_rows(args, {"A": 0, "B": 1})
     assert texts == ["fraud", "closed"] and labels.tolist() == [0, 1]
     assert log == {
         "source": "rows.csv",
+        "labels_read_with": f"merge map none, taxonomy none: {tmp_path} records no data options (run_config.json): "
+        "as given, else none",
+        "labels_merged": 0,
         "rows": 5,
         "dropped_empty_text": 2,
+        "dropped_missing_label": 0,
         "dropped_unknown_label": 1,
         "scored": 2,
     }
+
+
+def test_inference_data_labels_are_read_with_the_runs_merge_map(inference, tmp_path):
+    """A run trained with a merge map knows its old wordings by their new label: --data's rows were read raw, so
+    "Old A" (2 rows) counted as a label the model never saw and was not scored, where `score` and the export's
+    parity sample (both through score.labelled_rows) score it as A. 5 rows: 2 "Old A", 1 "A", 1 "B", 1 "Z"."""
+    merge = tmp_path / "merge.json"
+    merge.write_text(json.dumps({"Old A": "A"}), "utf-8")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_config.json").write_text(json.dumps({"data": {"label_merge_map": str(merge)}}), "utf-8")
+    data = tmp_path / "rows.csv"
+    texts = ["late fee", "fraud", "closed", "stolen card", "escrow"]
+    pd.DataFrame({"text": texts, "issue": ["Old A", "A", "B", "Old A", "Z"]}).to_csv(data, index=False)
+    args = SimpleNamespace(
+        data=str(data), text_column="text", label_column="issue", max_rows=10, model_dir=str(run)
+    )
+    scored, labels, log = inference.evaluation_rows(args, {"A": 0, "B": 1})
+    assert sorted(zip(scored, labels.tolist())) == [
+        ("closed", 1),
+        ("fraud", 0),
+        ("late fee", 0),
+        ("stolen card", 0),
+    ]
+    assert (log["labels_merged"], log["dropped_unknown_label"], log["scored"]) == (2, 1, 4)
+    assert log["labels_read_with"] == (
+        f"merge map {merge}, taxonomy none: given: --text_column, --label_column; as 1 trained runs recorded them "
+        "in run_config.json"
+    )
     texts, labels, log = inference.evaluation_rows(
         SimpleNamespace(**{**vars(args), "max_rows": 1}), {"A": 0, "B": 1}
     )
