@@ -121,6 +121,14 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         args.not_run.setdefault("mfu", "not run: --mfu_batch_size 0")
     if not dirs and not (Path(args.shared_dir) / "models").is_dir():
         return  # main() skips: nothing measured, nothing written
+    # a base folder missing from the shared one was a traceback when its model's turn came, after the others'
+    # minutes of timing, with nothing written
+    for name in [] if dirs else args.names:
+        folder = Path(args.shared_dir) / "models" / MODELS[name][1]
+        if not (folder / "config.json").is_file():
+            p.error(
+                f"--models {name} is built from {folder}, which has no config.json: leave it out of --models"
+            )
     out = Path(args.output_dir)
     from longtail.benchmark import earlier_results
 

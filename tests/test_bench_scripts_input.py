@@ -198,6 +198,22 @@ def test_scaling_refuses_bad_input(scaling, capsys, tmp_path, argv, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_scaling_refuses_a_model_whose_base_folder_is_missing(scaling, capsys, tmp_path):
+    """A shared folder with ModernBERT-base but no Qwen2.5-0.5B: the encoders were timed, then Qwen's config
+    failed to load (an OSError traceback) and nothing was written; now one line before any work."""
+    (tmp_path / "models" / "ModernBERT-base").mkdir(parents=True)
+    (tmp_path / "models" / "ModernBERT-base" / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    argv = ["--shared_dir", str(tmp_path), "--mfu_model", "", "--onnx_model", "", "--output_dir", str(out)]
+    line = refused(scaling.main, [*argv, "--models", "ettin-17m", "qwen2.5-0.5b"], capsys)
+    assert line.endswith(
+        f"--models qwen2.5-0.5b is built from {tmp_path / 'models' / 'Qwen2.5-0.5B'}, which has no config.json: "
+        "leave it out of --models"
+    )
+    assert not out.exists()
+    assert scaling.parse_args([*argv, "--models", "ettin-17m"]).names == ["ettin-17m"]
+
+
 def test_scaling_report_says_which_default_sections_were_not_run(scaling):
     args = scaling.parse_args(["--models", "ettin-17m", "--shared_dir", "/nonexistent"])
     assert set(args.not_run) == {"mfu", "onnx"}
