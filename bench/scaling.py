@@ -7,8 +7,8 @@ Every model is the published architecture with RANDOM weights (speed does not de
 ModernBERT family from <shared>/models/ModernBERT-base's config with the sizes of the published members
 (Ettin 17M/32M/68M, ModernBERT-base, ModernBERT-large), the Qwen2.5 family from
 <shared>/models/Qwen2.5-0.5B's config (0.5B, 1.5B, 3B), each with a 113-label classification head. Inputs
-are real CFPB complaints tokenised by the family's real tokenizer, cut to exactly `seq_len` tokens (no
-padding). It tests two claims: at equal parameter count an encoder and a decoder classify at about the same
+are real CFPB complaints (synthetic ones without <shared>/data/cfpb: the report says which) tokenised by the
+family's real tokenizer, cut to exactly `seq_len` tokens (no padding). It tests two claims: at equal parameter count an encoder and a decoder classify at about the same
 speed, and the decoder/encoder cost ratio follows the non-embedding parameter ratio. It also reports each
 model's achieved FLOP/s as a share of the measured fp32 GEMM peak, and (--onnx_model) whether ONNX Runtime
 matches PyTorch on ModernBERT-base at batch 32 x 128 (when --mfu_model / --onnx_model keep their default,
@@ -179,7 +179,9 @@ def real_inputs(tokenizer, texts: list[str], batch_size: int, seq_len: int):
     return Batch(np.arange(batch_size), {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)})
 
 
-def texts_for(shared: Path) -> list[str]:
+def texts_for(shared: Path) -> tuple[list[str], str]:
+    """400 real CFPB narratives from the shared folder, else synthetic complaints; and which, for the report (it
+    said "real CFPB texts" whichever it timed)."""
     csv = shared / "data" / "cfpb" / "complaints_dev.csv"
     if csv.is_file():
         import pandas as pd
@@ -187,13 +189,14 @@ def texts_for(shared: Path) -> list[str]:
         col = pd.read_csv(csv, usecols=["Consumer complaint narrative"], dtype=str)[
             "Consumer complaint narrative"
         ]
-        return col.dropna().sample(400, random_state=0).tolist()
+        return col.dropna().sample(400, random_state=0).tolist(), f"real CFPB texts ({csv.name})"
     from longtail.synthetic import make_synthetic_complaints
 
-    return [
+    texts = [
         " ".join([t] * 20)
         for t in make_synthetic_complaints(200, seed=1)["Consumer complaint narrative"].dropna()
     ]
+    return texts, f"synthetic complaints ({csv} is absent)"
 
 
 def measure(model, batch, device, repeats, warmup) -> float:
@@ -260,7 +263,7 @@ def main(argv=None) -> dict:
     machine = machine_description()
     gemm = gemm_peak_gflops(args.gemm_size, max(args.repeats, 5), device)
     logger.info("fp32 GEMM peak: %.1f GFLOP/s", gemm["gflops"])
-    texts = texts_for(shared)
+    texts, source = texts_for(shared)
     names = args.names
     rows, mfu, onnx = [], None, None
     for name in names:
@@ -297,8 +300,8 @@ def main(argv=None) -> dict:
         del model
     claims = test_claims(rows)
     report = {"machine": machine, "machine_text": describe_machine(machine), "device": device, "gemm": gemm,
-              "repeats": args.repeats, "warmup": args.warmup, "results": rows, "claims": claims, "mfu": mfu, "onnx": onnx,
-              "not_run": args.not_run}  # fmt: skip
+              "repeats": args.repeats, "warmup": args.warmup, "texts": source, "results": rows, "claims": claims,
+              "mfu": mfu, "onnx": onnx, "not_run": args.not_run}  # fmt: skip
     write_json(out / "scaling.json", report)
     (out / "scaling.md").write_text(markdown(report), "utf-8")
     plot(report, out / "scaling.png")
@@ -339,7 +342,7 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {report['machine_text']}. Measured fp32 GEMM peak {report['gemm']['gflops']:.1f} GFLOP/s. "
         f"Median of {report['repeats']} timed forward pass{'es' if report['repeats'] != 1 else ''} after "
-        f"{report['warmup']} warm-up, real CFPB texts "
+        f"{report['warmup']} warm-up, {report['texts']} "
         "cut to the exact length (no padding). Shares are against the GEMM peak measured right before each model.",
         "",
         "| model | family | params (M) | non-embedding (M) | batch x length | ms/sequence | GFLOP/s | share of GEMM peak |",

@@ -509,12 +509,27 @@ def test_scaling_onnx_section_picks_the_fastest_variant_that_was_not_rejected(sc
                     "onnx_optimized_max_abs_logit_diff": 2e-6, "best_onnx": "onnx_optimized",
                     "best_onnx_vs_pytorch": 1.6}  # fmt: skip
     report = {"machine_text": "m", "gemm": {"gflops": 1.0}, "repeats": 1, "warmup": 0, "results": [], "claims": {},
-              "mfu": None, "onnx": {**onnx, "best_onnx_vs_pytorch": 1.0}}  # fmt: skip
+              "mfu": None, "onnx": {**onnx, "best_onnx_vs_pytorch": 1.0}, "texts": "real CFPB texts (c.csv)"}  # fmt: skip
     assert (
         "ONNX on m at batch 4 x 16: pytorch 0.40 s, onnx_fp32 0.50 s, onnx_optimized 0.25 s; best ONNX "
         "(onnx_optimized) = 1.00x PyTorch's speed (target >= 1.0: met)." in scaling.markdown(report)
     )
-    assert "Median of 1 timed forward pass after 0 warm-up, real CFPB texts" in scaling.markdown(report)
+    assert "Median of 1 timed forward pass after 0 warm-up, real CFPB texts (c.csv) cut" in scaling.markdown(
+        report
+    )
+
+
+def test_scaling_says_when_its_texts_are_synthetic(scaling, tmp_path):
+    """Without <shared>/data/cfpb the study times synthetic complaints; scaling.md said "real CFPB texts"."""
+    texts, source = scaling.texts_for(tmp_path)
+    assert (
+        len(texts) > 8
+        and source == f"synthetic complaints ({tmp_path}/data/cfpb/complaints_dev.csv is absent)"
+    )
+    report = {"machine_text": "m", "gemm": {"gflops": 1.0}, "repeats": 1, "warmup": 0, "results": [], "claims": {},
+              "mfu": None, "onnx": None, "texts": source}  # fmt: skip
+    md = scaling.markdown(report)
+    assert f"warm-up, {source} cut to the exact length" in md and "real CFPB" not in md
 
 
 # ------------------------------------------------------------------------------------------------ kd_step

@@ -218,7 +218,7 @@ def test_scaling_report_says_which_default_sections_were_not_run(scaling):
     args = scaling.parse_args(["--models", "ettin-17m", "--shared_dir", "/nonexistent"])
     assert set(args.not_run) == {"mfu", "onnx"}
     report = {"machine_text": "m", "gemm": {"gflops": 1.0}, "repeats": 1, "warmup": 0, "results": [],
-              "claims": {}, "mfu": None, "onnx": None, "not_run": args.not_run}  # fmt: skip
+              "claims": {}, "mfu": None, "onnx": None, "not_run": args.not_run, "texts": "t"}  # fmt: skip
     md = scaling.markdown(report)
     assert (
         "ONNX vs PyTorch: not run: --onnx_model defaults to modernbert-base, which is not among the models run "
