@@ -151,10 +151,14 @@ def build(args):
 
 
 def timed_step(trainer, model, batch, optimizer) -> float:
+    from longtail.benchmark import sync
+
     start = time.perf_counter()
     trainer.training_step(model, batch)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    # on a GPU the Trainer moved the model there: without a sync the clock read the kernels' launch, not the step
+    sync(str(trainer.args.device))
     return time.perf_counter() - start
 
 

@@ -617,6 +617,33 @@ def test_kd_step_ratio_of_medians_on_a_fixed_clock(kd_step, tmp_path, monkeypatc
     )
 
 
+def test_kd_step_waits_for_the_gpu_before_it_stops_the_clock(kd_step, monkeypatch):
+    """On a GPU (the Trainer moves the model to args.device) a step's kernels run after their launch: the step
+    returns in 0.1 s on the fake clock, its kernels finish 2 s later, at the sync the step now ends with; without
+    it the step measured 0.1 s, the launch alone. On CPU there is nothing to wait for."""
+    import torch
+
+    clock = [0.0]
+    synced = []
+
+    def synchronize():
+        synced.append(clock[0])
+        clock[0] += 2.0
+
+    class Trainer:
+        def __init__(self, device):
+            self.args = SimpleNamespace(device=torch.device(device))
+
+        def training_step(self, model, batch):
+            clock[0] += 0.1
+
+    optimizer = SimpleNamespace(step=lambda: None, zero_grad=lambda set_to_none: None)
+    monkeypatch.setattr(kd_step.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    assert kd_step.timed_step(Trainer("cuda"), None, {}, optimizer) == pytest.approx(2.1) and synced == [0.1]
+    assert kd_step.timed_step(Trainer("cpu"), None, {}, optimizer) == pytest.approx(0.1) and len(synced) == 1
+
+
 # ------------------------------------------------------------------------------------------- train_memory
 
 TRAIN_MEMORY_AT_LEAST = {"batch_size": 1, "seq_len": 1, "num_labels": 2, "steps": 1, "repeats": 1, "timeout": 1,
