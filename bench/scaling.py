@@ -52,6 +52,9 @@ DEFAULT_MODELS = [
 # the model of the MFU and ONNX sections unless --mfu_model / --onnx_model say otherwise
 SECTION_DEFAULT = "modernbert-base"
 OUTPUTS = ("scaling.json", "scaling.md", "scaling.png")
+# as bench/inference.py: a GEMM reference that moved more than this within the run makes shares of the peak (and
+# latency ratios) that differ by less than its drift noise
+UNSTABLE_DRIFT = 0.10
 
 
 def parse_args(argv=None):
@@ -302,6 +305,7 @@ def main(argv=None) -> dict:
     report = {"machine": machine, "machine_text": describe_machine(machine), "device": device, "gemm": gemm,
               "repeats": args.repeats, "warmup": args.warmup, "texts": source, "results": rows, "claims": claims,
               "mfu": mfu, "onnx": onnx, "not_run": args.not_run}  # fmt: skip
+    report["stability"] = stability(report)
     write_json(out / "scaling.json", report)
     (out / "scaling.md").write_text(markdown(report), "utf-8")
     plot(report, out / "scaling.png")
@@ -336,6 +340,16 @@ def test_claims(rows: list[dict]) -> dict:
     return out
 
 
+def stability(report: dict) -> dict:
+    """How far the GEMM peak (the session's, and the one measured before each model and the MFU batch) moved in
+    the run: scaling.md gave each share against its own peak and never said that the references disagreed."""
+    peaks = [report["gemm"]["gflops"], *(r["gemm_gflops_at_run"] for r in report["results"])]
+    peaks += [report["mfu"]["gemm_gflops_at_run"]] if report.get("mfu") else []
+    drift = (max(peaks) - min(peaks)) / max(peaks) if max(peaks) > 0 else 0.0
+    return {"gemm_gflops_min": min(peaks), "gemm_gflops_max": max(peaks), "measured": len(peaks),
+            "gemm_drift": drift, "threshold": UNSTABLE_DRIFT, "unstable": drift > UNSTABLE_DRIFT}  # fmt: skip
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# Scaling: classification latency vs parameters (random weights, real tokenizers)",
@@ -353,6 +367,19 @@ def markdown(report: dict) -> str:
             f"| {r['model']} | {r['family']} | {r['parameters'] / 1e6:.1f} | {r['non_embedding_parameters'] / 1e6:.1f} | "
             f"{r['batch']} x {r['seq_len']} | {r['ms_per_sequence']:.1f} | {r['gflops_per_s']:.1f} | {r['gemm_peak_share']:.0%} |"
         )
+    if stable := report.get("stability"):
+        lines += [
+            "",
+            f"The GEMM peak, measured {stable['measured']} times in this run, moved between "
+            f"{stable['gemm_gflops_min']:.1f} and {stable['gemm_gflops_max']:.1f} GFLOP/s ({stable['gemm_drift']:.0%})"
+            + (
+                f". **Warning: the machine was unstable during this run** (threshold {stable['threshold']:.0%}): "
+                f"shares of the GEMM peak and latency ratios that differ by less than about {stable['gemm_drift']:.0%} "
+                "are within noise; rerun on a quiet machine before quoting them."
+                if stable["unstable"]
+                else "."
+            ),
+        ]
     for p in report["claims"].get("pairs", []):
         lines += [
             "",

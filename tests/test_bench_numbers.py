@@ -450,6 +450,23 @@ def test_scaling_numbers_on_a_fixed_clock(scaling, tiny_modernbert, tmp_path, mo
     md = (tmp_path / "scaling.md").read_text("utf-8")
     assert "| tiny | encoder |" in md and "| 2 x 16 | 250.0 | 4.0 | 40% |" in md
     assert "tiny at batch 4 x 16: 5.0 GFLOP/s = 80% of the GEMM peak (target >= 80%: met)." in md
+    # the three references disagree by (100 - 6.25) / 100: scaling.md said nothing of it
+    assert report["stability"]["gemm_drift"] == 0.9375 and report["stability"]["unstable"] is True
+    assert (
+        "The GEMM peak, measured 3 times in this run, moved between 6.2 and 100.0 GFLOP/s (94%). **Warning: the "
+        "machine was unstable during this run** (threshold 10%): shares of the GEMM peak and latency ratios that "
+        "differ by less than about 94% are within noise" in md
+    )
+
+
+def test_scaling_drift_at_the_threshold_is_no_warning(scaling):
+    """Peaks of 100 (the session) and 90 (the model): a drift of exactly 10 % is stable; 89.9 is not."""
+
+    def report(peak):
+        return {"gemm": {"gflops": 100.0}, "results": [{"gemm_gflops_at_run": peak}], "mfu": None}
+
+    assert scaling.stability(report(90.0))["unstable"] is False
+    assert scaling.stability(report(89.9))["unstable"] is True
 
 
 def test_scaling_onnx_batch_defaults_to_the_mfu_batch(scaling, tiny_modernbert, tmp_path, monkeypatch):
