@@ -133,12 +133,24 @@ def check_folders(parser: argparse.ArgumentParser, args) -> None:
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():
         parser.error(f"--model_dir {model_dir}: folder not found")
+    from longtail.inference import onnx_files
     from longtail.predict import not_transformers
 
     if what := not_transformers(model_dir):
         parser.error(
             f"--model_dir {model_dir} is {what}: it has no PyTorch/ONNX variants to benchmark; "
             "pass a Transformers classifier folder"
+        )
+    # an export (a variant, or onnx/ with one per folder) has no PyTorch weights: it failed to load, and for onnx/
+    # the advice read "pass one of its variants", which failed in turn
+    exported = [
+        *onnx_files(model_dir),
+        *(f for d in model_dir.iterdir() if d.is_dir() for f in onnx_files(d)),
+    ]
+    if exported and not any(model_dir.glob("*.safetensors")):
+        parser.error(
+            f"--model_dir {model_dir} is an ONNX export ({exported[0].relative_to(model_dir)}): the bench times the "
+            "PyTorch model and exports its ONNX variants from it; pass the run folder it was exported from"
         )
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():

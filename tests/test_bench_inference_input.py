@@ -97,6 +97,23 @@ def test_tfidf_and_ensemble_folders_are_refused(bench, eval_csv, tmp_path, capsy
     )
 
 
+@pytest.mark.parametrize("given", ["onnx", "onnx/fp32"])
+def test_an_onnx_export_as_model_dir_names_the_run_folder(bench, eval_csv, tmp_path, capsys, given):
+    """An export's variant failed to load ("no file named model.safetensors"), and its onnx/ folder was answered
+    "pass one of its variants" (predict's advice), which then failed too."""
+    (tmp_path / "run" / "onnx" / "fp32").mkdir(parents=True)
+    for name in ("onnx/fp32/config.json", "onnx/fp32/model.onnx", "onnx/parity.json"):
+        (tmp_path / "run" / name).write_text("{}", "utf-8")
+    folder = tmp_path / "run" / given
+    line = refused(bench.main, argv(folder, eval_csv, tmp_path / "out"), capsys)
+    inside = "model.onnx" if given == "onnx/fp32" else "fp32/model.onnx"
+    assert line.endswith(
+        f"--model_dir {folder} is an ONNX export ({inside}): the bench times the PyTorch model and exports its "
+        "ONNX variants from it; pass the run folder it was exported from"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_data_and_file_as_output_dir(bench, run_dir, eval_csv, tmp_path, capsys):
     missing = tmp_path / "missing.csv"
     assert f"--data {missing}: file not found" in refused(
