@@ -542,8 +542,9 @@ def markdown(report: dict) -> str:
     if pad:
         lines += [
             "",
-            f"## Padding at max_length {pad['max_length']} ({pad['rows']} real texts from {pad['source']}, "
-            f"mean length {pad['real_length_mean']:.0f} tokens, {pad['truncated_share']:.0%} truncated)",
+            f"## Padding at max_length {pad['max_length']} (PyTorch fp32, batch {pad['batch_size']}; {pad['rows']} real "
+            f"texts from {pad['source']}, mean length {pad['real_length_mean']:.0f} tokens, {pad['truncated_share']:.0%} "
+            "truncated)",
             "",
             "| batching | padded/real tokens | s per pass | rows/s |",
             "|---|---|---|---|",
