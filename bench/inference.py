@@ -40,6 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "outputs" / "demo" / "full_ft_encoder"
 CFPB = REPO.parent / "shared" / "data" / "cfpb" / "complaints_dev.csv"
+CFPB_TEXT = "Consumer complaint narrative"  # the export's text column (--padding_data's default file)
 TORCH_VARIANTS = ("pytorch_fp32", "pytorch_fp16", "pytorch_bf16", "bnb_int8", "bnb_int4")
 ONNX_VARIANTS = {"onnx_fp32": "fp32", "onnx_optimized": "optimized", "onnx_int8": "int8"}
 VARIANTS = (*TORCH_VARIANTS, *ONNX_VARIANTS)
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", default=str(DEFAULT_MODEL), help="trained classifier folder")
     p.add_argument("--data", default=None, help="labelled .csv/.jsonl (default: the run's own test split)")
-    p.add_argument("--text_column", default="Consumer complaint narrative")
+    p.add_argument("--text_column", default=CFPB_TEXT)
     p.add_argument("--label_column", default="Issue")
     p.add_argument("--output_dir", default=str(REPO / "bench_results" / "inference"))
     p.add_argument("--overwrite", action="store_true", help="replace the results (and onnx/) in --output_dir")
@@ -410,25 +411,33 @@ def run_variant(variant: str, spec: dict, workdir: Path, in_process: bool) -> tu
 
 
 def padding_study(args, model, tokenizer, device: str) -> dict | None:
+    """The study on --padding_data ('' = None); {"skipped": why} when it cannot run, which results.md says (a
+    study skipped was a log line only, its section silently absent)."""
     from longtail.benchmark import timed
     from longtail.data import read_table
     from longtail.inference import TorchBackend, encode_batches
 
-    path = Path(args.padding_data) if args.padding_data else None
-    if path is None or not path.is_file():
+    def skipped(why: str) -> dict:
+        logger.warning("Padding study skipped: %s", why)
+        return {"skipped": why}
+
+    if not args.padding_data:
         return None
+    path = Path(args.padding_data)
+    if not path.is_file():
+        return skipped(f"{path} not found")
     df = read_table(path)
-    if args.text_column not in df.columns:
-        logger.warning("Padding study skipped: %s has no column %r", path, args.text_column)
-        return None
-    if args.text_column in df.attrs.get("repeated_columns", []):
-        logger.warning("Padding study skipped: %s has more than one column named %r", path, args.text_column)
-        return None
-    texts = df[args.text_column].dropna().astype(str)
+    # --text_column names --data's column; the default file is a CFPB export: `make bench DATA=x TEXT_COLUMN=text`
+    # looked for "text" in it and skipped the study
+    column = next((c for c in (args.text_column, CFPB_TEXT) if c in df.columns), None)
+    if column is None:
+        return skipped(f"{path} has no column {args.text_column!r}")
+    if column in df.attrs.get("repeated_columns", []):
+        return skipped(f"{path} has more than one column named {column!r}")
+    texts = df[column].dropna().astype(str)
     texts = texts[texts.str.strip() != ""]
     if texts.empty:
-        logger.warning("Padding study skipped: %s has no text in column %r", path, args.text_column)
-        return None
+        return skipped(f"{path} has no text in column {column!r}")
     if len(texts) < args.padding_rows:
         logger.warning("Padding study: %s has %d texts, fewer than --padding_rows %d: using them all",
                        path, len(texts), args.padding_rows)  # fmt: skip
@@ -437,7 +446,13 @@ def padding_study(args, model, tokenizer, device: str) -> dict | None:
         args.padding_max_length, tokenizer.model_max_length, model.config.max_position_embeddings
     )
     backend = TorchBackend(model, device)
-    out = {"source": path.name, "rows": len(texts), "max_length": max_length, "batch_size": args.batch_size}
+    out = {
+        "source": path.name,
+        "column": column,
+        "rows": len(texts),
+        "max_length": max_length,
+        "batch_size": args.batch_size,
+    }
     settings = {
         "fixed_max_length": dict(sort_by_length=False, pad_to_max_length=True),
         "dynamic_unsorted": dict(sort_by_length=False),
@@ -539,7 +554,9 @@ def markdown(report: dict) -> str:
     if report.get("windows_note"):
         lines += ["", report["windows_note"]]
     pad = report.get("padding")
-    if pad:
+    if pad and pad.get("skipped"):
+        lines += ["", f"Padding study not run: {pad['skipped']}."]
+    elif pad:
         lines += [
             "",
             f"## Padding at max_length {pad['max_length']} (PyTorch fp32, batch {pad['batch_size']}; {pad['rows']} real "
@@ -697,7 +714,7 @@ def main(argv=None) -> dict:
     else:
         tiers = assign_tiers(dict(zip(*np.unique(labels, return_counts=True), strict=True)))
     params_ne = non_embedding_parameters(model)
-    padding = padding_study(args, model, tokenizer, device) if args.padding_data else None
+    padding = padding_study(args, model, tokenizer, device)
     config = model.config
     del model
 

@@ -387,6 +387,33 @@ def test_inference_padding_study_on_a_fixed_clock(inference, bert_dir, tokenizer
     assert "Sorted dynamic padding vs fixed max_length: 1.50x throughput (target >= 1.5x: met)." in md
 
 
+def test_inference_padding_study_reads_the_cfpb_column_and_says_when_skipped(
+    inference, bert_dir, tokenizer, tmp_path, monkeypatch
+):
+    """`make bench DATA=x TEXT_COLUMN=text`: --text_column names --data's column, which the CFPB export (the
+    default --padding_data) lacks, so the study was skipped with a log line and no word in results.md. It reads
+    the export's narrative column then; a study that cannot run is a line in results.md."""
+    import longtail.benchmark as benchmark
+    from longtail.inference import load_model_dir
+
+    monkeypatch.setattr(benchmark, "timed", lambda fn, repeats, warmup, device: {"median_s": 1.0})
+    export = tmp_path / "complaints.csv"
+    pd.DataFrame({"Consumer complaint narrative": ["late fee", "fraud on my card"]}).to_csv(
+        export, index=False
+    )
+    model, _, _ = load_model_dir(bert_dir)
+    args = inference.parse_args(["--padding_data", str(export), "--text_column", "text", "--batch_size", "2"])
+    pad = inference.padding_study(args, model, tokenizer, "cpu")
+    assert pad["rows"] == 2 and pad["column"] == "Consumer complaint narrative"
+    args = inference.parse_args(["--padding_data", str(tmp_path / "absent.csv")])
+    pad = inference.padding_study(args, model, tokenizer, "cpu")
+    assert pad == {"skipped": f"{tmp_path / 'absent.csv'} not found"}
+    report = {"model": "m", "machine_text": "m", "rows": {"scored": 1, "source": "s"}, "max_length": 40,
+              "padded_to_real_tokens": 1.0, "repeats": 1, "warmup": 0, "gemm": {"gflops": 1.0, "size": 8, "threads": 1},
+              "results": [], "skipped": {}, "recommendation": "", "padding": pad}  # fmt: skip
+    assert f"Padding study not run: {tmp_path / 'absent.csv'} not found." in inference.markdown(report)
+
+
 # ------------------------------------------------------------------------------------------------ scaling
 
 SCALING_AT_LEAST = {"batch_size": 1, "seq_len": 1, "repeats": 1, "warmup": 0, "num_labels": 2, "gemm_size": 1,
