@@ -548,6 +548,17 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join(fmt(row.get(k), f) for k, _, f in COLUMNS) + " |")
     if report["skipped"]:
         lines += ["", "Not run here: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
+    # what the memory column holds: on CPU a process's RSS, mostly Python, torch and ORT for a small model (it
+    # said "peak memory MiB" only, as if it were the model's)
+    if measured := [r for r in report["results"] if r.get("peak_memory_mib") is not None]:
+        kind, base = measured[0]["memory_kind"], [r["baseline_rss_bytes"] / MIB for r in measured]
+        lines += [
+            "",
+            f"Peak memory: the peak RSS of each variant's own process, the interpreter and libraries included "
+            f"({min(base):.0f}-{max(base):.0f} MiB of it before the model loaded)."
+            if kind == "process peak RSS"
+            else f"Peak memory: {kind} in each variant's own process, reset before the model loaded.",
+        ]
     lines += ["", report["recommendation"]]
     if report.get("stability", {}).get("warning"):
         lines += ["", report["stability"]["warning"]]

@@ -268,7 +268,7 @@ def test_inference_report_numbers_from_known_measurements(
     measured = {
         "pytorch_fp32": {"ms_per_example_b32": 10.0, "batch32_pass_s": 0.2, "batch32_runs_s": [0.2, 0.19, 0.25],
                          "gemm_gflops_at_run": 50.0, "peak_memory_bytes": 3 * MIB, "size_bytes": 2 * MIB,
-                         "padded_to_real_tokens": 1.25},
+                         "padded_to_real_tokens": 1.25, "memory_kind": "process peak RSS", "baseline_rss_bytes": MIB},
         "pytorch_bf16": {"ms_per_example_b32": 4.0, "batch32_pass_s": 0.08, "batch32_runs_s": [0.08, 0.08, 0.08],
                          "gemm_gflops_at_run": 40.0, "peak_memory_bytes": None, "size_bytes": MIB,
                          "padded_to_real_tokens": 1.5},
@@ -317,6 +317,29 @@ def test_inference_report_numbers_from_known_measurements(
     md = (out / "results.md").read_text("utf-8")
     assert "| pytorch_bf16 | 4.00 | – | 0% | – | – | 2.50x | 125% | – | 1.0 |" in md
     assert json.loads((out / "results.json").read_text("utf-8"))["results"][1]["speedup_vs_fp32"] == 2.5
+
+
+def test_inference_memory_column_says_what_it_holds(inference):
+    """On CPU each variant's peak RSS holds the interpreter and libraries (220-230 MiB of the demo's ~600): results.md
+    said "peak memory MiB" only. On a GPU it is CUDA max allocated; in one process (--in_process) none is given."""
+
+    def report(*rows):
+        return {"model": "m", "machine_text": "m", "rows": {"scored": 1, "source": "s"}, "max_length": 8,
+                "padded_to_real_tokens": 1.0, "repeats": 1, "warmup": 0, "gemm": {"gflops": 1.0, "size": 8, "threads": 1},
+                "results": list(rows), "skipped": {}, "recommendation": ""}  # fmt: skip
+
+    cpu = [{"variant": v, "peak_memory_mib": 600.0, "memory_kind": "process peak RSS", "baseline_rss_bytes": b * MIB}
+           for v, b in (("pytorch_fp32", 221), ("onnx_int8", 230))]  # fmt: skip
+    assert (
+        "Peak memory: the peak RSS of each variant's own process, the interpreter and libraries included "
+        "(221-230 MiB of it before the model loaded)." in inference.markdown(report(*cpu))
+    )
+    gpu = {**cpu[0], "memory_kind": "CUDA max allocated"}
+    assert (
+        "Peak memory: CUDA max allocated in each variant's own process, reset before the model loaded."
+        in (inference.markdown(report(gpu)))
+    )
+    assert "Peak memory" not in inference.markdown(report({**cpu[0], "peak_memory_mib": None}))
 
 
 def test_inference_a_variant_better_than_fp32_is_no_quality_loss(inference):
