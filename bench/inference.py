@@ -702,6 +702,9 @@ def main(argv=None) -> dict:
 
     out = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # the load average before the bench adds its own (loading the model, reading --data: a large export takes
+    # minutes), as kd_step takes it
+    machine = machine_description()
     # the model and the rows first: a folder or data problem is one line, before any timing or output folder
     try:
         model, tokenizer, resolved = load_model_dir(args.model_dir, device=device)
@@ -714,7 +717,6 @@ def main(argv=None) -> dict:
     serving = serving_defaults(args.model_dir)
     args.max_length = args.max_length or (serving["max_length"] if serving["source"] != "default" else 128)
     out.mkdir(parents=True, exist_ok=True)
-    machine = machine_description()
     gemm = gemm_peak_gflops(args.gemm_size, max(args.repeats, 5), device)
     logger.info("fp32 GEMM peak: %.1f GFLOP/s", gemm["gflops"])
     temperature = load_temperature(args.model_dir)

@@ -114,6 +114,29 @@ def test_an_onnx_export_as_model_dir_names_the_run_folder(bench, eval_csv, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_the_load_average_is_taken_before_the_bench_adds_its_own(
+    bench, run_dir, eval_csv, tmp_path, monkeypatch
+):
+    """The machine (its load average) was described after the model loaded and --data was read (minutes for a
+    large export), so "load average" counted the bench's own work."""
+    import longtail.inference
+
+    order = []
+
+    class Loaded(Exception):
+        pass
+
+    def load_model_dir(*a, **k):
+        order.append("load")
+        raise Loaded
+
+    monkeypatch.setattr(longtail.inference, "machine_description", lambda: order.append("machine") or {})
+    monkeypatch.setattr(longtail.inference, "load_model_dir", load_model_dir)
+    with pytest.raises(Loaded):
+        bench.main(argv(run_dir, eval_csv, tmp_path / "out"))
+    assert order == ["machine", "load"]
+
+
 def test_missing_data_and_file_as_output_dir(bench, run_dir, eval_csv, tmp_path, capsys):
     missing = tmp_path / "missing.csv"
     assert f"--data {missing}: file not found" in refused(
