@@ -681,6 +681,12 @@ def test_kd_step_ratio_of_medians_on_a_fixed_clock(kd_step, tmp_path, monkeypatc
         and "| KD (T=2, alpha=0.5) | 2.7500 | 2.0000 | 5.0000 |" in md
     )
     assert "**KD / CE = 1.100** (target <= 1.1: met)." in md
+    # CE's steps spread (4.0 - 1.0) / 2.5 = 120 %, KD's (5.0 - 2.0) / 2.75: the verdict said nothing of it
+    assert report["spread"] == 1.2 and report["unstable"] is True
+    assert (
+        "**Warning: the machine was unstable during this run** (threshold 10%): the timed steps spread up to 120% "
+        "of their median" in md
+    )
     assert (
         "Student minilm, batch 4 x 8 tokens, 113 labels; 3 alternating rounds after 1 warm-up step of" in md
     )
