@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 TARGET = 1.1
-# as bench/inference.py: steps whose times spread more than this ((max - min) / median) make a KD / CE ratio that
-# close to 1 noise
+# as bench/inference.py: step times that spread more than this ((max - min) / median) leave the KD / CE ratio
+# uncertain by as much, and the verdict with it
 UNSTABLE_SPREAD = 0.10
 DEFAULT_NUM_LABELS = 113
 OUTPUTS = ("kd_step.json", "kd_step.md")
