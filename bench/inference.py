@@ -40,6 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "outputs" / "demo" / "full_ft_encoder"
 CFPB = REPO.parent / "shared" / "data" / "cfpb" / "complaints_dev.csv"
+CFPB_TEXT = "Consumer complaint narrative"  # the export's text column (--padding_data's default file)
 TORCH_VARIANTS = ("pytorch_fp32", "pytorch_fp16", "pytorch_bf16", "bnb_int8", "bnb_int4")
 ONNX_VARIANTS = {"onnx_fp32": "fp32", "onnx_optimized": "optimized", "onnx_int8": "int8"}
 VARIANTS = (*TORCH_VARIANTS, *ONNX_VARIANTS)
@@ -48,7 +49,7 @@ RECOMMEND_WITHIN = 0.005  # macro-F1 (0.5 point) of PyTorch fp32
 # ... and argmax agreement with it, the export's int8 gate: on a few hundred rows macro-F1 alone can tie by
 # chance while a third of the predictions changed
 RECOMMEND_MIN_AGREEMENT = 0.97
-# above this, a variant's timed repeats ((max - min) / median) or the GEMM peak remeasured before each variant
+# above this, a variant's timed repeats ((max - min) / median) or the GEMM peak remeasured with each variant
 # ((max - min) / max) moved too much for speed ratios of that size to mean anything: results.md says so
 UNSTABLE_SPREAD = 0.10
 MIB = 1024**2
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", default=str(DEFAULT_MODEL), help="trained classifier folder")
     p.add_argument("--data", default=None, help="labelled .csv/.jsonl (default: the run's own test split)")
-    p.add_argument("--text_column", default="Consumer complaint narrative")
+    p.add_argument("--text_column", default=CFPB_TEXT)
     p.add_argument("--label_column", default="Issue")
     p.add_argument("--output_dir", default=str(REPO / "bench_results" / "inference"))
     p.add_argument("--overwrite", action="store_true", help="replace the results (and onnx/) in --output_dir")
@@ -133,12 +134,24 @@ def check_folders(parser: argparse.ArgumentParser, args) -> None:
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():
         parser.error(f"--model_dir {model_dir}: folder not found")
+    from longtail.inference import onnx_files
     from longtail.predict import not_transformers
 
     if what := not_transformers(model_dir):
         parser.error(
             f"--model_dir {model_dir} is {what}: it has no PyTorch/ONNX variants to benchmark; "
             "pass a Transformers classifier folder"
+        )
+    # an export (a variant, or onnx/ with one per folder) has no PyTorch weights: it failed to load, and for onnx/
+    # the advice read "pass one of its variants", which failed in turn
+    exported = [
+        *onnx_files(model_dir),
+        *(f for d in model_dir.iterdir() if d.is_dir() for f in onnx_files(d)),
+    ]
+    if exported and not any(model_dir.glob("*.safetensors")):
+        parser.error(
+            f"--model_dir {model_dir} is an ONNX export ({exported[0].relative_to(model_dir)}): the bench times the "
+            "PyTorch model and exports its ONNX variants from it; pass the run folder it was exported from"
         )
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
@@ -155,9 +168,10 @@ def check_folders(parser: argparse.ArgumentParser, args) -> None:
         )
     from longtail.benchmark import earlier_results
 
-    # onnx/ without results.json: a run that stopped after its export (or a folder not ours); the export
-    # replaces it as it would a finished run's results, so both need --overwrite
-    if problem := earlier_results(out, ("results.json", "onnx"), args.overwrite):
+    # every file the run writes (results.md and the plots too: a folder holding only those, someone's notes or
+    # a report copied out, was overwritten), and onnx/ without results.json (a run that stopped after its
+    # export, or a folder not ours): each is replaced, so each needs --overwrite
+    if problem := earlier_results(out, ("results.json", "results.md", *PLOTS, "onnx"), args.overwrite):
         parser.error(problem)
 
 
@@ -181,11 +195,16 @@ def check_max_length(parser: argparse.ArgumentParser, args, config) -> None:
 
 
 def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
-    """(texts, label ids, log) of the evaluation rows; every drop is counted."""
-    import pandas as pd
+    """(texts, label ids, log) of the evaluation rows; every drop is counted. --data's labels are read as the run
+    read its data (the merge map and taxonomy its run_config.json records), as `score` and the export's parity
+    sample read them: raw, the old CFPB wordings of a run trained with a merge map were dropped as labels the
+    model never saw (a tenth of the dev export), so the bench scored other rows than `score` would."""
+    from types import SimpleNamespace
 
     from longtail.cli import usage_exit
     from longtail.data import DataArguments, prepare_data, read_table, refuse_repeated
+    from longtail.export import label_options
+    from longtail.score import labelled_rows
 
     log: dict = {}
     if args.data:
@@ -198,10 +217,19 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
             raise usage_exit(f"{args.data} has no column {missing}; columns: {list(df.columns)}")
         try:
             refuse_repeated(df, (args.text_column, args.label_column), f"--data {args.data}")
-        except ValueError as error:
+            given = SimpleNamespace(model_dir=args.model_dir, text_column=args.text_column,
+                                    label_column=args.label_column, label_merge_map=None, label_taxonomy=None)  # fmt: skip
+            options, source = label_options(given)
+            df, counts = labelled_rows(lambda: df, args.data, options, None)  # unknown labels: counted below
+        except ValueError as error:  # a merge map the run recorded that is not here, a nested value
             raise usage_exit(str(error)) from None
-        df = pd.DataFrame({"text": df[args.text_column], "label": df[args.label_column]})
-        log["source"] = Path(args.data).name
+        log.update(
+            source=Path(args.data).name,
+            labels_read_with=f"merge map {options['label_merge_map'] or 'none'}, taxonomy {options['label_taxonomy'] or 'none'}: {source}",
+            labels_merged=counts["labels_merged"],
+        )
+        dropped = {k: v for k, v in counts.items() if k.startswith("dropped_")}
+        rows = counts["rows_read"]
     else:
         config = Path(args.model_dir) / "run_config.json"
         if not config.is_file():
@@ -212,21 +240,20 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
         split = "test" if "test" in data.splits else "validation"
         df = data.splits[split][["text", "label"]]
         log["source"] = f"the run's {split} split ({data_args.get('dataset_name')})"
+        dropped, rows = {"dropped_empty_text": 0}, len(df)
     empty = ~df["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))
     unknown = ~empty & ~df["label"].astype(str).isin(label2id)
-    log.update(rows=len(df), dropped_empty_text=int(empty.sum()), dropped_unknown_label=int(unknown.sum()))
-    if empty.any() or unknown.any():
-        logger.warning(
-            "Evaluation rows: %d without text and %d with a label the model never saw are not scored",
-            int(empty.sum()),
-            int(unknown.sum()),
-        )
+    dropped["dropped_empty_text"] += int(empty.sum())
+    log.update(rows=rows, **dropped, dropped_unknown_label=int(unknown.sum()))
+    left_out = {k: v for k, v in log.items() if k.startswith("dropped_") and v}
+    if left_out:
+        logger.warning("Evaluation rows not scored: %s", left_out)
     df = df[~empty & ~unknown]
     if df.empty:
         raise usage_exit(
-            f"no row left to score in {log['source']}: {log['rows']} rows, "
-            f"{log['dropped_empty_text']} without text, {log['dropped_unknown_label']} with a label the model "
-            f"never saw (its labels: {', '.join(sorted(label2id)[:5])}{' ...' if len(label2id) > 5 else ''})"
+            f"no row left to score in {log['source']}: {log['rows']} rows, {log['dropped_empty_text']} without text, "
+            f"{log['dropped_unknown_label']} with a label the model never saw (left out: {left_out}; its labels: "
+            f"{', '.join(sorted(label2id)[:5])}{' ...' if len(label2id) > 5 else ''})"
         )
     if len(df) > args.max_rows:
         df = df.sample(args.max_rows, random_state=0)
@@ -321,8 +348,6 @@ def measure_variant(variant: str, spec: dict) -> tuple[dict, np.ndarray]:
     def full_pass():
         holder["logits"] = run_batches(backend, batches, len(texts), num_labels)
 
-    # on a shared machine the peak drifts: measure it right before this variant, compare with that
-    peak = gemm_peak_gflops(spec["gemm_size"], spec["repeats"], device)["gflops"]
     t32 = timed(full_pass, repeats=spec["repeats"], warmup=spec["warmup"], device=device)
     per_row = []
     for batch in singles:
@@ -330,6 +355,10 @@ def measure_variant(variant: str, spec: dict) -> tuple[dict, np.ndarray]:
             lambda b=batch: backend.logits(b), repeats=spec["repeats"], warmup=spec["warmup"], device=device
         )
         per_row.append(t["median_s"])
+    memory = peak_memory_bytes(device)
+    # on a shared machine the peak drifts: measure it with this variant (right after its timings), compare with
+    # that; after the memory is read, as its buffers (3 x 16 MiB at 2048) are the bench's, not the model's
+    peak = gemm_peak_gflops(spec["gemm_size"], spec["repeats"], device)["gflops"]
     n = len(texts)
     result = {
         "variant": variant,
@@ -343,7 +372,7 @@ def measure_variant(variant: str, spec: dict) -> tuple[dict, np.ndarray]:
         "padded_to_real_tokens": batches.padding_ratio,
         "real_tokens": batches.real_tokens,
         "size_bytes": size,
-        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_bytes": memory,
         "baseline_rss_bytes": base_rss,
         "memory_kind": "CUDA max allocated" if device.startswith("cuda") else "process peak RSS",
         "threads": torch.get_num_threads(),
@@ -382,25 +411,33 @@ def run_variant(variant: str, spec: dict, workdir: Path, in_process: bool) -> tu
 
 
 def padding_study(args, model, tokenizer, device: str) -> dict | None:
+    """The study on --padding_data ('' = None); {"skipped": why} when it cannot run, which results.md says (a
+    study skipped was a log line only, its section silently absent)."""
     from longtail.benchmark import timed
     from longtail.data import read_table
     from longtail.inference import TorchBackend, encode_batches
 
-    path = Path(args.padding_data) if args.padding_data else None
-    if path is None or not path.is_file():
+    def skipped(why: str) -> dict:
+        logger.warning("Padding study skipped: %s", why)
+        return {"skipped": why}
+
+    if not args.padding_data:
         return None
+    path = Path(args.padding_data)
+    if not path.is_file():
+        return skipped(f"{path} not found")
     df = read_table(path)
-    if args.text_column not in df.columns:
-        logger.warning("Padding study skipped: %s has no column %r", path, args.text_column)
-        return None
-    if args.text_column in df.attrs.get("repeated_columns", []):
-        logger.warning("Padding study skipped: %s has more than one column named %r", path, args.text_column)
-        return None
-    texts = df[args.text_column].dropna().astype(str)
+    # --text_column names --data's column; the default file is a CFPB export: `make bench DATA=x TEXT_COLUMN=text`
+    # looked for "text" in it and skipped the study
+    column = next((c for c in (args.text_column, CFPB_TEXT) if c in df.columns), None)
+    if column is None:
+        return skipped(f"{path} has no column {args.text_column!r}")
+    if column in df.attrs.get("repeated_columns", []):
+        return skipped(f"{path} has more than one column named {column!r}")
+    texts = df[column].dropna().astype(str)
     texts = texts[texts.str.strip() != ""]
     if texts.empty:
-        logger.warning("Padding study skipped: %s has no text in column %r", path, args.text_column)
-        return None
+        return skipped(f"{path} has no text in column {column!r}")
     if len(texts) < args.padding_rows:
         logger.warning("Padding study: %s has %d texts, fewer than --padding_rows %d: using them all",
                        path, len(texts), args.padding_rows)  # fmt: skip
@@ -409,7 +446,13 @@ def padding_study(args, model, tokenizer, device: str) -> dict | None:
         args.padding_max_length, tokenizer.model_max_length, model.config.max_position_embeddings
     )
     backend = TorchBackend(model, device)
-    out = {"source": path.name, "rows": len(texts), "max_length": max_length, "batch_size": args.batch_size}
+    out = {
+        "source": path.name,
+        "column": column,
+        "rows": len(texts),
+        "max_length": max_length,
+        "batch_size": args.batch_size,
+    }
     settings = {
         "fixed_max_length": dict(sort_by_length=False, pad_to_max_length=True),
         "dynamic_unsorted": dict(sort_by_length=False),
@@ -478,19 +521,25 @@ def windows_note(model_dir, tokenizer, texts, max_length: int) -> str | None:
 
 
 def markdown(report: dict) -> str:
-    bs = report.get("batch_size", 32)
+    bs, rows = report.get("batch_size", 32), report["rows"]
+    labels = (
+        f" (labels read with {rows['labels_read_with']}; {rows['labels_merged']} merged)"
+        if "labels_merged" in rows
+        else ""
+    )
     lines = [
         f"# Inference benchmark: {report['model']}",
         "",
         f"Machine: {report['machine_text']}.",
-        f"Rows: {report['rows']['scored']} from {report['rows']['source']}, max_length {report['max_length']}, "
+        f"Rows: {rows['scored']} from {rows['source']}{labels}, max_length {report['max_length']}, "
         f"batch {bs} sorted by length with dynamic padding (padded/real tokens "
         f"{report['padded_to_real_tokens']:.2f}); median of {report['repeats']} timed "
         f"pass{'es' if report['repeats'] != 1 else ''} after "
         f"{report['warmup']} warm-up (spread: (max - min) / median of those passes); tokenisation outside the "
         "timed region. Measured fp32 GEMM peak: "
         f"{report['gemm']['gflops']:.1f} GFLOP/s ({report['gemm']['size']}^3, {report['gemm']['threads']} threads); "
-        "each variant's share is against the GEMM peak measured again right before it (a shared machine drifts).",
+        "each variant's share is against the GEMM peak measured again right after its timings (a shared machine "
+        "drifts), once its peak memory was read.",
         "",
         "| " + " | ".join(h.replace("(b32)", f"(b{bs})") for _, h, _ in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
@@ -499,17 +548,31 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join(fmt(row.get(k), f) for k, _, f in COLUMNS) + " |")
     if report["skipped"]:
         lines += ["", "Not run here: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
+    # what the memory column holds: on CPU a process's RSS, mostly Python, torch and ORT for a small model (it
+    # said "peak memory MiB" only, as if it were the model's)
+    if measured := [r for r in report["results"] if r.get("peak_memory_mib") is not None]:
+        kind, base = measured[0]["memory_kind"], [r["baseline_rss_bytes"] / MIB for r in measured]
+        lines += [
+            "",
+            f"Peak memory: the peak RSS of each variant's own process, the interpreter and libraries included "
+            f"({min(base):.0f}-{max(base):.0f} MiB of it before the model loaded)."
+            if kind == "process peak RSS"
+            else f"Peak memory: {kind} in each variant's own process, reset before the model loaded.",
+        ]
     lines += ["", report["recommendation"]]
     if report.get("stability", {}).get("warning"):
         lines += ["", report["stability"]["warning"]]
     if report.get("windows_note"):
         lines += ["", report["windows_note"]]
     pad = report.get("padding")
-    if pad:
+    if pad and pad.get("skipped"):
+        lines += ["", f"Padding study not run: {pad['skipped']}."]
+    elif pad:
         lines += [
             "",
-            f"## Padding at max_length {pad['max_length']} ({pad['rows']} real texts from {pad['source']}, "
-            f"mean length {pad['real_length_mean']:.0f} tokens, {pad['truncated_share']:.0%} truncated)",
+            f"## Padding at max_length {pad['max_length']} (PyTorch fp32, batch {pad['batch_size']}; {pad['rows']} real "
+            f"texts from {pad['source']}, mean length {pad['real_length_mean']:.0f} tokens, {pad['truncated_share']:.0%} "
+            "truncated)",
             "",
             "| batching | padded/real tokens | s per pass | rows/s |",
             "|---|---|---|---|",
@@ -588,7 +651,7 @@ def verdicts(results: list[dict], batch_size: int = 32) -> str:
 
 def stability(results: list[dict], session_gflops: float) -> dict:
     """How much the machine moved during the run: the widest spread of a variant's timed batch passes and the
-    drift of the GEMM peak remeasured before each variant (with the session's); a warning above UNSTABLE_SPREAD."""
+    drift of the GEMM peak remeasured with each variant (with the session's); a warning above UNSTABLE_SPREAD."""
     spreads = {r["variant"]: r["batch32_spread"] for r in results}
     peaks = [session_gflops, *(r["gemm_gflops_at_run"] for r in results)]
     drift = (max(peaks) - min(peaks)) / max(peaks) if max(peaks) > 0 else 0.0
@@ -608,7 +671,7 @@ def stability(results: list[dict], session_gflops: float) -> dict:
         out["warning"] = (
             f"**Warning: the machine was unstable during this run** (threshold {UNSTABLE_SPREAD:.0%}): the timed "
             f"batch passes of {worst} spread {spreads[worst]:.0%} of their median, and the GEMM peak measured "
-            f"before each variant moved between {min(peaks):.1f} and {max(peaks):.1f} GFLOP/s ({drift:.0%}). "
+            f"with each variant moved between {min(peaks):.1f} and {max(peaks):.1f} GFLOP/s ({drift:.0%}). "
             f"Speed-ups, latencies and shares of the GEMM peak that differ by less than about {noise:.0%} are "
             "within noise, and so may be the recommended pick: rerun on a quiet machine before quoting them."
         )
@@ -639,6 +702,9 @@ def main(argv=None) -> dict:
 
     out = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # the load average before the bench adds its own (loading the model, reading --data: a large export takes
+    # minutes), as kd_step takes it
+    machine = machine_description()
     # the model and the rows first: a folder or data problem is one line, before any timing or output folder
     try:
         model, tokenizer, resolved = load_model_dir(args.model_dir, device=device)
@@ -651,7 +717,6 @@ def main(argv=None) -> dict:
     serving = serving_defaults(args.model_dir)
     args.max_length = args.max_length or (serving["max_length"] if serving["source"] != "default" else 128)
     out.mkdir(parents=True, exist_ok=True)
-    machine = machine_description()
     gemm = gemm_peak_gflops(args.gemm_size, max(args.repeats, 5), device)
     logger.info("fp32 GEMM peak: %.1f GFLOP/s", gemm["gflops"])
     temperature = load_temperature(args.model_dir)
@@ -662,7 +727,7 @@ def main(argv=None) -> dict:
     else:
         tiers = assign_tiers(dict(zip(*np.unique(labels, return_counts=True), strict=True)))
     params_ne = non_embedding_parameters(model)
-    padding = padding_study(args, model, tokenizer, device) if args.padding_data else None
+    padding = padding_study(args, model, tokenizer, device)
     config = model.config
     del model
 

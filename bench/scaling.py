@@ -7,8 +7,8 @@ Every model is the published architecture with RANDOM weights (speed does not de
 ModernBERT family from <shared>/models/ModernBERT-base's config with the sizes of the published members
 (Ettin 17M/32M/68M, ModernBERT-base, ModernBERT-large), the Qwen2.5 family from
 <shared>/models/Qwen2.5-0.5B's config (0.5B, 1.5B, 3B), each with a 113-label classification head. Inputs
-are real CFPB complaints tokenised by the family's real tokenizer, cut to exactly `seq_len` tokens (no
-padding). It tests two claims: at equal parameter count an encoder and a decoder classify at about the same
+are real CFPB complaints (synthetic ones without <shared>/data/cfpb: the report says which) tokenised by the
+family's real tokenizer, cut to exactly `seq_len` tokens (no padding). It tests two claims: at equal parameter count an encoder and a decoder classify at about the same
 speed, and the decoder/encoder cost ratio follows the non-embedding parameter ratio. It also reports each
 model's achieved FLOP/s as a share of the measured fp32 GEMM peak, and (--onnx_model) whether ONNX Runtime
 matches PyTorch on ModernBERT-base at batch 32 x 128 (when --mfu_model / --onnx_model keep their default,
@@ -52,6 +52,9 @@ DEFAULT_MODELS = [
 # the model of the MFU and ONNX sections unless --mfu_model / --onnx_model say otherwise
 SECTION_DEFAULT = "modernbert-base"
 OUTPUTS = ("scaling.json", "scaling.md", "scaling.png")
+# as bench/inference.py: a GEMM reference that moved more than this within the run makes shares of the peak (and
+# latency ratios) that differ by less than its drift noise
+UNSTABLE_DRIFT = 0.10
 
 
 def parse_args(argv=None):
@@ -121,6 +124,14 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         args.not_run.setdefault("mfu", "not run: --mfu_batch_size 0")
     if not dirs and not (Path(args.shared_dir) / "models").is_dir():
         return  # main() skips: nothing measured, nothing written
+    # a base folder missing from the shared one was a traceback when its model's turn came, after the others'
+    # minutes of timing, with nothing written
+    for name in [] if dirs else args.names:
+        folder = Path(args.shared_dir) / "models" / MODELS[name][1]
+        if not (folder / "config.json").is_file():
+            p.error(
+                f"--models {name} is built from {folder}, which has no config.json: leave it out of --models"
+            )
     out = Path(args.output_dir)
     from longtail.benchmark import earlier_results
 
@@ -171,7 +182,9 @@ def real_inputs(tokenizer, texts: list[str], batch_size: int, seq_len: int):
     return Batch(np.arange(batch_size), {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)})
 
 
-def texts_for(shared: Path) -> list[str]:
+def texts_for(shared: Path) -> tuple[list[str], str]:
+    """400 real CFPB narratives from the shared folder, else synthetic complaints; and which, for the report (it
+    said "real CFPB texts" whichever it timed)."""
     csv = shared / "data" / "cfpb" / "complaints_dev.csv"
     if csv.is_file():
         import pandas as pd
@@ -179,13 +192,14 @@ def texts_for(shared: Path) -> list[str]:
         col = pd.read_csv(csv, usecols=["Consumer complaint narrative"], dtype=str)[
             "Consumer complaint narrative"
         ]
-        return col.dropna().sample(400, random_state=0).tolist()
+        return col.dropna().sample(400, random_state=0).tolist(), f"real CFPB texts ({csv.name})"
     from longtail.synthetic import make_synthetic_complaints
 
-    return [
+    texts = [
         " ".join([t] * 20)
         for t in make_synthetic_complaints(200, seed=1)["Consumer complaint narrative"].dropna()
     ]
+    return texts, f"synthetic complaints ({csv} is absent)"
 
 
 def measure(model, batch, device, repeats, warmup) -> float:
@@ -252,7 +266,7 @@ def main(argv=None) -> dict:
     machine = machine_description()
     gemm = gemm_peak_gflops(args.gemm_size, max(args.repeats, 5), device)
     logger.info("fp32 GEMM peak: %.1f GFLOP/s", gemm["gflops"])
-    texts = texts_for(shared)
+    texts, source = texts_for(shared)
     names = args.names
     rows, mfu, onnx = [], None, None
     for name in names:
@@ -289,8 +303,9 @@ def main(argv=None) -> dict:
         del model
     claims = test_claims(rows)
     report = {"machine": machine, "machine_text": describe_machine(machine), "device": device, "gemm": gemm,
-              "repeats": args.repeats, "warmup": args.warmup, "results": rows, "claims": claims, "mfu": mfu, "onnx": onnx,
-              "not_run": args.not_run}  # fmt: skip
+              "repeats": args.repeats, "warmup": args.warmup, "texts": source, "results": rows, "claims": claims,
+              "mfu": mfu, "onnx": onnx, "not_run": args.not_run}  # fmt: skip
+    report["stability"] = stability(report)
     write_json(out / "scaling.json", report)
     (out / "scaling.md").write_text(markdown(report), "utf-8")
     plot(report, out / "scaling.png")
@@ -325,13 +340,23 @@ def test_claims(rows: list[dict]) -> dict:
     return out
 
 
+def stability(report: dict) -> dict:
+    """How far the GEMM peak (the session's, and the one measured before each model and the MFU batch) moved in
+    the run: scaling.md gave each share against its own peak and never said that the references disagreed."""
+    peaks = [report["gemm"]["gflops"], *(r["gemm_gflops_at_run"] for r in report["results"])]
+    peaks += [report["mfu"]["gemm_gflops_at_run"]] if report.get("mfu") else []
+    drift = (max(peaks) - min(peaks)) / max(peaks) if max(peaks) > 0 else 0.0
+    return {"gemm_gflops_min": min(peaks), "gemm_gflops_max": max(peaks), "measured": len(peaks),
+            "gemm_drift": drift, "threshold": UNSTABLE_DRIFT, "unstable": drift > UNSTABLE_DRIFT}  # fmt: skip
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# Scaling: classification latency vs parameters (random weights, real tokenizers)",
         "",
         f"Machine: {report['machine_text']}. Measured fp32 GEMM peak {report['gemm']['gflops']:.1f} GFLOP/s. "
         f"Median of {report['repeats']} timed forward pass{'es' if report['repeats'] != 1 else ''} after "
-        f"{report['warmup']} warm-up, real CFPB texts "
+        f"{report['warmup']} warm-up, {report['texts']} "
         "cut to the exact length (no padding). Shares are against the GEMM peak measured right before each model.",
         "",
         "| model | family | params (M) | non-embedding (M) | batch x length | ms/sequence | GFLOP/s | share of GEMM peak |",
@@ -342,6 +367,19 @@ def markdown(report: dict) -> str:
             f"| {r['model']} | {r['family']} | {r['parameters'] / 1e6:.1f} | {r['non_embedding_parameters'] / 1e6:.1f} | "
             f"{r['batch']} x {r['seq_len']} | {r['ms_per_sequence']:.1f} | {r['gflops_per_s']:.1f} | {r['gemm_peak_share']:.0%} |"
         )
+    if stable := report.get("stability"):
+        lines += [
+            "",
+            f"The GEMM peak, measured {stable['measured']} times in this run, moved between "
+            f"{stable['gemm_gflops_min']:.1f} and {stable['gemm_gflops_max']:.1f} GFLOP/s ({stable['gemm_drift']:.0%})"
+            + (
+                f". **Warning: the machine was unstable during this run** (threshold {stable['threshold']:.0%}): "
+                f"shares of the GEMM peak and latency ratios that differ by less than about {stable['gemm_drift']:.0%} "
+                "are within noise; rerun on a quiet machine before quoting them."
+                if stable["unstable"]
+                else "."
+            ),
+        ]
     for p in report["claims"].get("pairs", []):
         lines += [
             "",

@@ -14,7 +14,7 @@ loads the model the way its recipe does (`longtail.training` / `longtail.adapter
 - qlora    4-bit NF4 base, double quantisation, gradient checkpointing, LoRA + fp32 head (qlora_decoder.py)
 
 The optimizer is the one Trainer builds by default (AdamW, torch fused). Memory: on CPU the process's peak
-resident set size (ru_maxrss over the whole process; also "baseline", the process before loading the model,
+resident set size (VmHWM over the whole process; also "baseline", the process before loading the model,
 "load", the peak while loading, and "step", the peak of the training step alone: memory freed by the load is
 handed back with malloc_trim and the high-water mark reset through /proc/self/clear_refs first); on GPU
 torch.cuda.max_memory_allocated (load, and step after a reset). Writes bench_results/train_memory.{md,json}
@@ -116,7 +116,13 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
 
 
 def _rss_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """This process's own resident high-water mark (VmHWM, what clear_refs resets). Not ru_maxrss: across fork +
+    exec it keeps the parent's peak, so a worker read its driver's (or pytest's) peak when that was larger."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return next(int(x.split()[1]) * 1024 for x in status.splitlines() if x.startswith("VmHWM:"))
 
 
 def _current_rss_bytes() -> int:
@@ -251,7 +257,7 @@ def run_variant(
         "variant": variant,
         "description": DESCRIPTIONS[variant],
         "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores)",
-        "measure": "torch.cuda.max_memory_allocated" if cuda else "peak RSS (ru_maxrss)",
+        "measure": "torch.cuda.max_memory_allocated" if cuda else "peak RSS (VmHWM)",
         "trainable_params": trainable,
         "total_params": total,
         "trainable_share_pct": round(100 * trainable / total, 4),

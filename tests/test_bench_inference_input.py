@@ -97,6 +97,46 @@ def test_tfidf_and_ensemble_folders_are_refused(bench, eval_csv, tmp_path, capsy
     )
 
 
+@pytest.mark.parametrize("given", ["onnx", "onnx/fp32"])
+def test_an_onnx_export_as_model_dir_names_the_run_folder(bench, eval_csv, tmp_path, capsys, given):
+    """An export's variant failed to load ("no file named model.safetensors"), and its onnx/ folder was answered
+    "pass one of its variants" (predict's advice), which then failed too."""
+    (tmp_path / "run" / "onnx" / "fp32").mkdir(parents=True)
+    for name in ("onnx/fp32/config.json", "onnx/fp32/model.onnx", "onnx/parity.json"):
+        (tmp_path / "run" / name).write_text("{}", "utf-8")
+    folder = tmp_path / "run" / given
+    line = refused(bench.main, argv(folder, eval_csv, tmp_path / "out"), capsys)
+    inside = "model.onnx" if given == "onnx/fp32" else "fp32/model.onnx"
+    assert line.endswith(
+        f"--model_dir {folder} is an ONNX export ({inside}): the bench times the PyTorch model and exports its "
+        "ONNX variants from it; pass the run folder it was exported from"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_load_average_is_taken_before_the_bench_adds_its_own(
+    bench, run_dir, eval_csv, tmp_path, monkeypatch
+):
+    """The machine (its load average) was described after the model loaded and --data was read (minutes for a
+    large export), so "load average" counted the bench's own work."""
+    import longtail.inference
+
+    order = []
+
+    class Loaded(Exception):
+        pass
+
+    def load_model_dir(*a, **k):
+        order.append("load")
+        raise Loaded
+
+    monkeypatch.setattr(longtail.inference, "machine_description", lambda: order.append("machine") or {})
+    monkeypatch.setattr(longtail.inference, "load_model_dir", load_model_dir)
+    with pytest.raises(Loaded):
+        bench.main(argv(run_dir, eval_csv, tmp_path / "out"))
+    assert order == ["machine", "load"]
+
+
 def test_missing_data_and_file_as_output_dir(bench, run_dir, eval_csv, tmp_path, capsys):
     missing = tmp_path / "missing.csv"
     assert f"--data {missing}: file not found" in refused(

@@ -117,3 +117,16 @@ def test_a_step_peak_not_measured_reads_as_a_dash(train_memory):
     assert "- QLoRA / LoRA with gradient checkpointing: 0.5x process peak; — step only" in md
     assert "- LoRA / full fine-tuning: **0.5x** process peak; — step only; 0.467x above baseline." in md
     assert "| 2.00 | — | **4.00** |" in md and "None" not in md
+
+
+def test_a_workers_peak_is_its_own_not_its_parents(train_memory):
+    """ru_maxrss carries the parent's peak across fork + exec: a worker started by a process that once held
+    256 MiB more read at least that as its own load and step peaks. The worker's high-water mark is its own."""
+    held = bytearray(256 * 1024**2)
+    held[::4096] = b"\1" * len(held[::4096])  # resident, page by page
+    code = f"import sys; sys.path.insert(0, {str(REPO / 'bench')!r}); import train_memory; print(train_memory._rss_peak_bytes())"
+    child = int(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    del held
+    assert child < 128 * 1024**2  # a bare interpreter (this one's peak is above 256 MiB)

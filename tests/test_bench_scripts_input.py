@@ -198,11 +198,27 @@ def test_scaling_refuses_bad_input(scaling, capsys, tmp_path, argv, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_scaling_refuses_a_model_whose_base_folder_is_missing(scaling, capsys, tmp_path):
+    """A shared folder with ModernBERT-base but no Qwen2.5-0.5B: the encoders were timed, then Qwen's config
+    failed to load (an OSError traceback) and nothing was written; now one line before any work."""
+    (tmp_path / "models" / "ModernBERT-base").mkdir(parents=True)
+    (tmp_path / "models" / "ModernBERT-base" / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    argv = ["--shared_dir", str(tmp_path), "--mfu_model", "", "--onnx_model", "", "--output_dir", str(out)]
+    line = refused(scaling.main, [*argv, "--models", "ettin-17m", "qwen2.5-0.5b"], capsys)
+    assert line.endswith(
+        f"--models qwen2.5-0.5b is built from {tmp_path / 'models' / 'Qwen2.5-0.5B'}, which has no config.json: "
+        "leave it out of --models"
+    )
+    assert not out.exists()
+    assert scaling.parse_args([*argv, "--models", "ettin-17m"]).names == ["ettin-17m"]
+
+
 def test_scaling_report_says_which_default_sections_were_not_run(scaling):
     args = scaling.parse_args(["--models", "ettin-17m", "--shared_dir", "/nonexistent"])
     assert set(args.not_run) == {"mfu", "onnx"}
     report = {"machine_text": "m", "gemm": {"gflops": 1.0}, "repeats": 1, "warmup": 0, "results": [],
-              "claims": {}, "mfu": None, "onnx": None, "not_run": args.not_run}  # fmt: skip
+              "claims": {}, "mfu": None, "onnx": None, "not_run": args.not_run, "texts": "t"}  # fmt: skip
     md = scaling.markdown(report)
     assert (
         "ONNX vs PyTorch: not run: --onnx_model defaults to modernbert-base, which is not among the models run "
@@ -233,6 +249,9 @@ def test_scaling_too_few_long_texts_names_both_remedies(scaling, monkeypatch):
         ("train_memory", "train_memory.md", []),
         ("scaling", "scaling.png", ["--mfu_model", "tiny", "--onnx_model", ""]),
         ("inference", "results.json", []),  # its onnx/ without results: test_bench_inference_input
+        # its other outputs alone (a results.md of someone's, a plot) were overwritten or deleted without asking
+        ("inference", "results.md", []),
+        ("inference", "pareto_memory.png", []),
     ],
 )
 def test_each_script_keeps_earlier_results_unless_overwrite(script, earlier, extra, capsys, tmp_path):

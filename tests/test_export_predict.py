@@ -1196,7 +1196,9 @@ def test_bench_smoke(tiny_classifier, eval_csv, tmp_path, one_torch_thread, caps
     with pytest.raises(SystemExit) as exc:  # a usage error (exit 2), as in the other bench scripts
         bench.main(argv)
     assert (
-        exc.value.code == 2 and f"{out} holds earlier results (results.json, onnx)" in capsys.readouterr().err
+        exc.value.code == 2
+        and f"{out} holds earlier results (results.json, results.md, pareto_latency.png, onnx)"
+        in capsys.readouterr().err
     )
 
 
