@@ -113,7 +113,11 @@ def test_adjust_on_validation_folds_the_chosen_tau_and_saves_the_model():
 
     no_bias = StandIn(torch.nn.Linear(2, 2, bias=False))
     tau, section = adjust_on_validation(no_bias, data, {"validation": "val-rows"}, "auto")
-    assert tau == 0.0 and no_bias.saved == 0 and "The head has no bias" in section
+    assert tau == 0.0 and no_bias.saved == 0
+    assert (
+        "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in the "
+        "test scores below it.** `--loss logit_adjusted` trains the shift in instead, with no bias needed."
+    ) in section.splitlines()
     untouched = StandIn(torch.nn.Linear(2, 2))
     assert adjust_on_validation(untouched, data, {"validation": "val-rows"}, "none") == (0.0, None)
     assert untouched.predicted == 0

@@ -102,7 +102,10 @@ def fold_into_head(model: torch.nn.Module, log_prior: np.ndarray, tau: float) ->
     head = classification_head(model, len(log_prior))
     if head is None or head.bias is None:
         logger.warning(
-            "The classification head has no bias: post-hoc logit adjustment (tau=%s) not folded in", tau
+            "The classification head has no bias (a decoder's `score`): the post-hoc logit adjustment validation "
+            "chose (tau=%s) cannot be folded in, so the saved model and its test scores are unshifted; "
+            "--loss logit_adjusted trains the shift in instead (no bias needed)",
+            tau,
         )
         return False
     if head.bias.numel() != len(log_prior):  # FSDP / DeepSpeed ZeRO-3 leave each process a shard of it
@@ -123,7 +126,10 @@ def grid_section(rows: list[dict], tau: float, folded: bool) -> str:
         "",
         "Logits shifted by -tau * log(class prior) (Menon et al. 2021); tau chosen by validation macro-F1 "
         "(so validation scores after the shift are slightly optimistic; test is not used).",
-        "" if folded else "**The head has no bias, so the chosen shift is not in the saved model.**",
+        ""
+        if folded
+        else "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in "
+        "the test scores below it.** `--loss logit_adjusted` trains the shift in instead, with no bias needed.",
         "",
         "| tau | validation macro-F1 | validation accuracy |",
         "|---|---|---|",
