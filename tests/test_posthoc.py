@@ -118,6 +118,13 @@ def test_adjust_on_validation_folds_the_chosen_tau_and_saves_the_model():
         "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in the "
         "test scores below it.** `--loss logit_adjusted` trains the shift in instead, with no bias needed."
     ) in section.splitlines()
+    # a run that trains with the logit-adjusted loss already is not told to
+    no_bias.loss_args = SimpleNamespace(loss="logit_adjusted")
+    tau, section = adjust_on_validation(no_bias, data, {"validation": "val-rows"}, "auto")
+    assert (
+        "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in the "
+        "test scores below it.**"
+    ) in section.splitlines()
     untouched = StandIn(torch.nn.Linear(2, 2))
     assert adjust_on_validation(untouched, data, {"validation": "val-rows"}, "none") == (0.0, None)
     assert untouched.predicted == 0

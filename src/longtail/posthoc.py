@@ -95,17 +95,18 @@ def classification_head(model: torch.nn.Module, num_labels: int) -> torch.nn.Lin
     return heads[-1] if heads else None
 
 
-def fold_into_head(model: torch.nn.Module, log_prior: np.ndarray, tau: float) -> bool:
-    """Subtract tau * log_prior from the head's bias in place. False when the head has no bias."""
+def fold_into_head(model: torch.nn.Module, log_prior: np.ndarray, tau: float, hint: bool = True) -> bool:
+    """Subtract tau * log_prior from the head's bias in place. False when the head has no bias (`hint`: then name
+    the logit-adjusted loss, whose shift is trained in and needs no bias; not to a run that trains with it)."""
     if tau == 0:
         return True
     head = classification_head(model, len(log_prior))
     if head is None or head.bias is None:
         logger.warning(
             "The classification head has no bias (a decoder's `score`): the post-hoc logit adjustment validation "
-            "chose (tau=%s) cannot be folded in, so the saved model and its test scores are unshifted; "
-            "--loss logit_adjusted trains the shift in instead (no bias needed)",
+            "chose (tau=%s) cannot be folded in, so the saved model and its test scores are unshifted%s",
             tau,
+            "; --loss logit_adjusted trains the shift in instead, with no bias needed" if hint else "",
         )
         return False
     if head.bias.numel() != len(log_prior):  # FSDP / DeepSpeed ZeRO-3 leave each process a shard of it
@@ -120,7 +121,7 @@ def fold_into_head(model: torch.nn.Module, log_prior: np.ndarray, tau: float) ->
     return True
 
 
-def grid_section(rows: list[dict], tau: float, folded: bool) -> str:
+def grid_section(rows: list[dict], tau: float, folded: bool, hint: bool = True) -> str:
     lines = [
         "## Post-hoc logit adjustment",
         "",
@@ -129,7 +130,8 @@ def grid_section(rows: list[dict], tau: float, folded: bool) -> str:
         ""
         if folded
         else "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in "
-        "the test scores below it.** `--loss logit_adjusted` trains the shift in instead, with no bias needed.",
+        "the test scores below it.**"
+        + (" `--loss logit_adjusted` trains the shift in instead, with no bias needed." if hint else ""),
         "",
         "| tau | validation macro-F1 | validation accuracy |",
         "|---|---|---|",
@@ -153,8 +155,10 @@ def adjust_on_validation(trainer, data, datasets: dict, option: str) -> tuple[fl
     log_prior = log_prior_array(data.train_counts, len(data.label_names))
     y_val = data.splits["validation"]["label_id"].to_numpy()
     tau, rows = select_tau(np.asarray(logits, dtype=np.float64), y_val, log_prior, grid)
-    folded = fold_into_head(trainer.model, log_prior, tau)
+    loss_args = getattr(trainer, "loss_args", None)
+    hint = getattr(loss_args, "loss", None) != "logit_adjusted"
+    folded = fold_into_head(trainer.model, log_prior, tau, hint)
     logger.info("Post-hoc logit adjustment: tau=%s chosen on validation macro-F1 (%s)", tau, rows)
     if folded and tau != 0:
         trainer.save_model()  # the served model carries the shift
-    return (tau if folded else 0.0), grid_section(rows, tau, folded)
+    return (tau if folded else 0.0), grid_section(rows, tau, folded, hint)
