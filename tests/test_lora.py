@@ -123,8 +123,12 @@ def test_text_scores_the_same_alone_and_in_a_padded_batch(kind, side, request):
         assert check_padding(m, tokenizer) == side
 
 
-def test_padding_side_that_disagrees_with_pooling_is_switched_or_refused(tiny_qwen2, caplog):
+def test_padding_side_that_disagrees_with_pooling_is_switched_or_refused(tiny_qwen2, caplog, tmp_path):
+    from transformers import AutoTokenizer
+
     model, tokenizer = tiny_classifier(tiny_qwen2)
+    # as SmolLM2's folder, which names no side: a reload pads on its class's default side
+    del tokenizer.init_kwargs["padding_side"]
 
     class Pooling(torch.nn.Module):
         """A head that pools by position instead of finding the last non-pad token."""
@@ -147,6 +151,9 @@ def test_padding_side_that_disagrees_with_pooling_is_switched_or_refused(tiny_qw
     with caplog.at_level(logging.WARNING, logger="longtail.training"):
         assert check_padding(last_position, tokenizer) == "left"
     assert tokenizer.padding_side == "left" and "switching the tokenizer to left padding" in caplog.text
+    tokenizer(TEXTS)  # the recipe tokenises its splits unpadded, clearing the backend's padding
+    tokenizer.save_pretrained(tmp_path)  # the run saves it so: it is served padding on the side that works
+    assert AutoTokenizer.from_pretrained(tmp_path).padding_side == "left"
 
     mean_of_all = Pooling(model, lambda x, mask: x.mean(1))  # counts pads on either side
     with pytest.raises(ValueError, match="alone and inside a padded batch, with left and with right padding"):

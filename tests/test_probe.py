@@ -1667,6 +1667,32 @@ def test_probe_recipe_on_a_decoder_body(fixture, layers, request, tmp_path, fast
     assert_served_in_padded_batches_as_test(out, train, test, tmp_path)
 
 
+def test_probe_saves_right_padding_for_a_tokenizer_whose_folder_names_no_side(
+    tiny_gpt2, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """SmolLM2's tokenizer folder names no padding side: its class, LlamaTokenizerFast, pads left by default, and
+    `save_pretrained` writes only the options a tokenizer was loaded with, so the recipe's right padding was not
+    saved and the folder was served padding on the left. Here on GPT-2's learned positions, where that moves the
+    scores: `predict` in padded batches returns the run's test predictions only with the side saved."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    body = tmp_path / "body"
+    shutil.copytree(tiny_gpt2, body)
+    config_path = body / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    del config["padding_side"]
+    config.update(tokenizer_class="LlamaTokenizerFast", add_bos_token=False, add_eos_token=False)
+    config_path.write_text(json.dumps(config))
+    assert AutoTokenizer.from_pretrained(body).padding_side == "left"
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "probe"
+    load_recipe("probe_encoder").main(probe_args(str(body), train, test, out, tmp_path / "cache"))
+    assert AutoTokenizer.from_pretrained(out).padding_side == "right"
+    assert_served_in_padded_batches_as_test(out, train, test, tmp_path)
+
+
 def assert_served_in_padded_batches_as_test(
     out: Path, train: str, test: str, tmp_path: Path, *extra: str
 ) -> None:
