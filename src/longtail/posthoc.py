@@ -117,13 +117,16 @@ def fold_into_head(model: torch.nn.Module, log_prior: np.ndarray, tau: float) ->
     return True
 
 
+NOT_FOLDED = "**The head has no bias, so the chosen shift is not in the saved model.**"
+
+
 def grid_section(rows: list[dict], tau: float, folded: bool) -> str:
     lines = [
         "## Post-hoc logit adjustment",
         "",
         "Logits shifted by -tau * log(class prior) (Menon et al. 2021); tau chosen by validation macro-F1 "
         "(so validation scores after the shift are slightly optimistic; test is not used).",
-        "" if folded else "**The head has no bias, so the chosen shift is not in the saved model.**",
+        "" if folded else NOT_FOLDED,
         "",
         "| tau | validation macro-F1 | validation accuracy |",
         "|---|---|---|",
