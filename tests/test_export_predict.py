@@ -689,6 +689,25 @@ def test_export_of_an_adapter_runs_merged_folder_carries_the_runs_run_config(tin
     assert serving_defaults(merged / "onnx" / "fp32")["max_length"] == 32
 
 
+def test_serving_a_qlora_run_warns_that_its_merged_model_is_full_precision(tiny_classifier, tmp_path, caplog):
+    """`predict` (and export, score, an ensemble member) on a QLoRA run folder serves merged/, the adapter in the
+    full-precision base, not the 4-bit model its predictions came from (SmolLM2: 15 of 48 test labels changed):
+    it now says so; a LoRA run (no quantization in run_config.json) does not."""
+    from longtail.inference import resolve_model_dir
+
+    run = save_lora_run(tiny_classifier, tmp_path / "qlora", 1.0)
+    record = {"data": {"max_length": 32}, "quantization": {"bnb_4bit_quant_type": "nf4"}}
+    (run / "run_config.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+        resolve_model_dir(run)
+    assert "is a 4-bit (QLoRA) run: its adapter is served merged into the full-precision base" in caplog.text
+    caplog.clear()
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
+    with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+        assert resolve_model_dir(run) == run / "merged"
+    assert "4-bit" not in caplog.text
+
+
 def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_classifier, tmp_path):
     """An adapter run folder without merged/ is merged on the fly into <run>/merged, which has no
     temperature.json: the run folder's temperature still calibrates the probabilities."""
