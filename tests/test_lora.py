@@ -363,6 +363,39 @@ def test_adapter_whose_base_model_is_not_available(tmp_path):
         load_adapter_classifier(tmp_path)
 
 
+def test_reloading_an_adapter_does_not_call_its_trained_head_untrained(tiny_qwen2, tmp_path, caplog):
+    """The base has no head, which the adapter holds: Transformers' "newly initialized: ['score.weight'] ... You
+    should probably TRAIN this model" met every reload of a trained run (predict, merge, a distillation teacher; seen
+    on SmolLM2). It is gone; a base missing a weight outside the head is still named."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model, tokenizer = tiny_classifier(tiny_qwen2)
+    run = tmp_path / "run"
+    lora = add_lora(model, AdapterArguments())
+    lora.save_pretrained(run)
+    model.config.save_pretrained(run)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("transformers.modeling_utils").addHandler(handler)
+    try:
+        reloaded = load_adapter_classifier(run)
+        assert not [m for m in seen if "newly initialized" in m]
+        torch.testing.assert_close(logits(reloaded, tokenizer), logits(lora.eval(), tokenizer))
+        base = tmp_path / "base"  # the same base without its final norm
+        shutil.copytree(tiny_qwen2, base)
+        weights = load_file(str(base / "model.safetensors"))
+        del weights["model.norm.weight"]
+        save_file(weights, str(base / "model.safetensors"), metadata={"format": "pt"})
+        with caplog.at_level(logging.WARNING, logger="longtail.adapters"):
+            load_adapter_classifier(run, str(base))
+    finally:
+        logging.getLogger("transformers.modeling_utils").removeHandler(handler)
+    assert f"{base} holds no weights for ['model.norm.weight']: initialised at random" in caplog.text
+
+
 def test_push_merged_implies_merge_adapter():
     assert AdapterArguments(push_merged=True).merge_adapter is True
     assert AdapterArguments().merge_adapter is False
