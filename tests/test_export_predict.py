@@ -698,9 +698,11 @@ def test_serving_a_qlora_run_warns_that_its_merged_model_is_full_precision(tiny_
     run = save_lora_run(tiny_classifier, tmp_path / "qlora", 1.0)
     record = {"data": {"max_length": 32}, "quantization": {"bnb_4bit_quant_type": "nf4"}}
     (run / "run_config.json").write_text(json.dumps(record))
-    with caplog.at_level(logging.WARNING, logger="longtail.inference"):
-        resolve_model_dir(run)
-    assert "is a 4-bit (QLoRA) run: its adapter is served merged into the full-precision base" in caplog.text
+    for given in (run, run / "merged"):  # the run folder, or its merged/ given itself
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+            assert resolve_model_dir(given) == run / "merged"
+        assert "is a 4-bit (QLoRA) run: its adapter is served merged into the full-precision" in caplog.text
     caplog.clear()
     (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
     with caplog.at_level(logging.WARNING, logger="longtail.inference"):

@@ -75,6 +75,8 @@ def resolve_model_dir(
                 else ""
             )
             raise MissingInputError(f"{path} has no config.json: not a trained classifier folder{hint}")
+        if is_adapter_dir(path.parent):  # a QLoRA run's merged/, given itself
+            warn_if_quantized_run(path.parent)
         return path
     merged = path / "merged"
     warn_if_quantized_run(path)
