@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         info = run_info("full_ft_encoder", trainer, train_result, model_args, data_args, loss_args, started)
         info["selection"] = selection_note(
-            info["selection"], lpft_args, tau, tau_section is not None, len(data.splits["validation"]), alpha
+            info["selection"], lpft_args, tau, tau_section, len(data.splits["validation"]), alpha
         )
         if refit_args.refit_with_validation:
             info["selection"] += f"; {refit_note(data)}"

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         info = run_info("lora_decoder", trainer, train_result, model_args, data_args, loss_args, started)
         info["selection"] = selection_note(
-            info["selection"], lpft_args, tau, tau_section is not None, len(data.splits["validation"])
+            info["selection"], lpft_args, tau, tau_section, len(data.splits["validation"])
         )
         if refit_args.refit_with_validation:
             info["selection"] += f"; {refit_note(data)}"

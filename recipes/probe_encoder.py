@@ -70,7 +70,7 @@ from longtail.runs import (
     source_description,
     write_run_files,
 )
-from longtail.training import ModelArguments, load_tokenizer
+from longtail.training import ModelArguments, load_tokenizer, set_padding_side
 
 logger = logging.getLogger("probe_encoder")
 WEIGHTINGS = ("none", "balanced", "sqrt_inverse")
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
             },
             str(output_dir / SELECTION_HEAD),
         )
-    tokenizer.padding_side = "right"  # every pooling is exact with right padding
+    set_padding_side(tokenizer, "right")  # every pooling is exact with right padding
     # the same tokenizer.json whether the features were embedded now or read from the cache
     settle_tokenizer(tokenizer, data_args.max_length)
     tokenizer.save_pretrained(output_dir)

@@ -671,6 +671,45 @@ def test_export_of_an_adapter_run_carries_the_runs_temperature_and_run_config(ti
         )
 
 
+def test_export_of_an_adapter_runs_merged_folder_carries_the_runs_run_config(tiny_classifier, tmp_path):
+    """`--model_dir <run>/merged` (the recipe's merged model, temperature.json copied in): run_config.json sits in the
+    run folder above it, and the export's folders lacked it, so `predict` on the export read 512 tokens where the run
+    and the export's own parity check read 32 (a SmolLM2 LoRA run at 48: 18 of 48 labels kept)."""
+    from longtail.adapters import merge_adapter
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import serving_defaults
+
+    run = save_lora_run(tiny_classifier, tmp_path / "lora", 3.0)
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
+    merged = merge_adapter(run, base_model=tiny_classifier)
+    record = export_onnx(
+        ExportArguments(model_dir=str(merged), optimize=False, quantize=False, parity_rows=4)
+    )
+    assert record["max_length"] == 32
+    assert serving_defaults(merged / "onnx" / "fp32")["max_length"] == 32
+
+
+def test_serving_a_qlora_run_warns_that_its_merged_model_is_full_precision(tiny_classifier, tmp_path, caplog):
+    """`predict` (and export, score, an ensemble member) on a QLoRA run folder serves merged/, the adapter in the
+    full-precision base, not the 4-bit model its predictions came from (SmolLM2: 15 of 48 test labels changed):
+    it now says so; a LoRA run (no quantization in run_config.json) does not."""
+    from longtail.inference import resolve_model_dir
+
+    run = save_lora_run(tiny_classifier, tmp_path / "qlora", 1.0)
+    record = {"data": {"max_length": 32}, "quantization": {"bnb_4bit_quant_type": "nf4"}}
+    (run / "run_config.json").write_text(json.dumps(record))
+    for given in (run, run / "merged"):  # the run folder, or its merged/ given itself
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+            assert resolve_model_dir(given) == run / "merged"
+        assert "is a 4-bit (QLoRA) run: its adapter is served merged into the full-precision" in caplog.text
+    caplog.clear()
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
+    with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+        assert resolve_model_dir(run) == run / "merged"
+    assert "4-bit" not in caplog.text
+
+
 def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_classifier, tmp_path):
     """An adapter run folder without merged/ is merged on the fly into <run>/merged, which has no
     temperature.json: the run folder's temperature still calibrates the probabilities."""

@@ -123,8 +123,12 @@ def test_text_scores_the_same_alone_and_in_a_padded_batch(kind, side, request):
         assert check_padding(m, tokenizer) == side
 
 
-def test_padding_side_that_disagrees_with_pooling_is_switched_or_refused(tiny_qwen2, caplog):
+def test_padding_side_that_disagrees_with_pooling_is_switched_or_refused(tiny_qwen2, caplog, tmp_path):
+    from transformers import AutoTokenizer
+
     model, tokenizer = tiny_classifier(tiny_qwen2)
+    # as SmolLM2's folder, which names no side: a reload pads on its class's default side
+    del tokenizer.init_kwargs["padding_side"]
 
     class Pooling(torch.nn.Module):
         """A head that pools by position instead of finding the last non-pad token."""
@@ -147,6 +151,9 @@ def test_padding_side_that_disagrees_with_pooling_is_switched_or_refused(tiny_qw
     with caplog.at_level(logging.WARNING, logger="longtail.training"):
         assert check_padding(last_position, tokenizer) == "left"
     assert tokenizer.padding_side == "left" and "switching the tokenizer to left padding" in caplog.text
+    tokenizer(TEXTS)  # the recipe tokenises its splits unpadded, clearing the backend's padding
+    tokenizer.save_pretrained(tmp_path)  # the run saves it so: it is served padding on the side that works
+    assert AutoTokenizer.from_pretrained(tmp_path).padding_side == "left"
 
     mean_of_all = Pooling(model, lambda x, mask: x.mean(1))  # counts pads on either side
     with pytest.raises(ValueError, match="alone and inside a padded batch, with left and with right padding"):
@@ -354,6 +361,39 @@ def test_adapter_whose_base_model_is_not_available(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": None}))
     with pytest.raises(ValueError, match="names no base model"):  # not a FileNotFoundError on "None"
         load_adapter_classifier(tmp_path)
+
+
+def test_reloading_an_adapter_does_not_call_its_trained_head_untrained(tiny_qwen2, tmp_path, caplog):
+    """The base has no head, which the adapter holds: Transformers' "newly initialized: ['score.weight'] ... You
+    should probably TRAIN this model" met every reload of a trained run (predict, merge, a distillation teacher; seen
+    on SmolLM2). It is gone; a base missing a weight outside the head is still named."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model, tokenizer = tiny_classifier(tiny_qwen2)
+    run = tmp_path / "run"
+    lora = add_lora(model, AdapterArguments())
+    lora.save_pretrained(run)
+    model.config.save_pretrained(run)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("transformers.modeling_utils").addHandler(handler)
+    try:
+        reloaded = load_adapter_classifier(run)
+        assert not [m for m in seen if "newly initialized" in m]
+        torch.testing.assert_close(logits(reloaded, tokenizer), logits(lora.eval(), tokenizer))
+        base = tmp_path / "base"  # the same base without its final norm
+        shutil.copytree(tiny_qwen2, base)
+        weights = load_file(str(base / "model.safetensors"))
+        del weights["model.norm.weight"]
+        save_file(weights, str(base / "model.safetensors"), metadata={"format": "pt"})
+        with caplog.at_level(logging.WARNING, logger="longtail.adapters"):
+            load_adapter_classifier(run, str(base))
+    finally:
+        logging.getLogger("transformers.modeling_utils").removeHandler(handler)
+    assert f"{base} holds no weights for ['model.norm.weight']: initialised at random" in caplog.text
 
 
 def test_push_merged_implies_merge_adapter():

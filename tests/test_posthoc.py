@@ -125,6 +125,15 @@ def test_adjust_on_validation_folds_the_chosen_tau_and_saves_the_model():
         "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in the "
         "test scores below it.**"
     ) in section.splitlines()
+    # the report's selection line: tau 0 is what a bias-less head (SmolLM2's, Qwen's `score`) serves, not the best
+    # (0.5 was); it read "post-hoc tau 0.0: best validation macro-F1" beside the grid marking 0.5 chosen
+    from longtail.lpft import LPFTArguments, selection_note
+
+    note = selection_note("checkpoint: best", LPFTArguments(), tau, section, 30)
+    assert "post-hoc tau: chosen on validation, not applied (the head has no bias)" in note
+    assert "best validation macro-F1" not in note
+    note = selection_note("checkpoint: best", LPFTArguments(), 0.5, "(folded)", 30)
+    assert "; post-hoc tau 0.5: best validation macro-F1;" in note
     untouched = StandIn(torch.nn.Linear(2, 2))
     assert adjust_on_validation(untouched, data, {"validation": "val-rows"}, "none") == (0.0, None)
     assert untouched.predicted == 0

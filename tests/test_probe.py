@@ -983,7 +983,7 @@ def test_selection_note_names_everything_validation_chose():
 
     lpft = LPFTArguments(head_init_from="/runs/probe_a", head_warmup_epochs=2, layer_lr_decay=0.8)
     note = selection_note(
-        "best checkpoint by validation macro-F1; test scored once at the end", lpft, 0.5, True, 30, 0.75
+        "best checkpoint by validation macro-F1; test scored once at the end", lpft, 0.5, "grid", 30, 0.75
     )
     assert note == (
         "best checkpoint by validation macro-F1; head: the probe's (probe_a; its settings chosen on validation); "
@@ -992,7 +992,7 @@ def test_selection_note_names_everything_validation_chose():
         "temperature: fitted on half of validation, kept only if it lowers NLL on the other half "
         "(temperature.json, see Temperature scaling); test scored once at the end"
     )
-    bare = selection_note("last epoch", LPFTArguments(), 0.5, False, 5)
+    bare = selection_note("last epoch", LPFTArguments(), 0.5, None, 5)
     assert bare == "last epoch; temperature: none fitted (5 validation rows, 20 needed)"
 
 
@@ -1664,6 +1664,32 @@ def test_probe_recipe_on_a_decoder_body(fixture, layers, request, tmp_path, fast
     shipped = json.loads((Path(request.getfixturevalue(fixture)) / "tokenizer_config.json").read_text())
     assert shipped["padding_side"] == ("right" if fixture == "tiny_qwen2" else "left")
     assert json.loads((out / "tokenizer_config.json").read_text())["padding_side"] == "right"
+    assert_served_in_padded_batches_as_test(out, train, test, tmp_path)
+
+
+def test_probe_saves_right_padding_for_a_tokenizer_whose_folder_names_no_side(
+    tiny_gpt2, tmp_path, fast_bootstrap, one_torch_thread
+):
+    """SmolLM2's tokenizer folder names no padding side: its class, LlamaTokenizerFast, pads left by default, and
+    `save_pretrained` writes only the options a tokenizer was loaded with, so the recipe's right padding was not
+    saved and the folder was served padding on the left. Here on GPT-2's learned positions, where that moves the
+    scores: `predict` in padded batches returns the run's test predictions only with the side saved."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    body = tmp_path / "body"
+    shutil.copytree(tiny_gpt2, body)
+    config_path = body / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    del config["padding_side"]
+    config.update(tokenizer_class="LlamaTokenizerFast", add_bos_token=False, add_eos_token=False)
+    config_path.write_text(json.dumps(config))
+    assert AutoTokenizer.from_pretrained(body).padding_side == "left"
+    train, test = synthetic_files(tmp_path)
+    out = tmp_path / "probe"
+    load_recipe("probe_encoder").main(probe_args(str(body), train, test, out, tmp_path / "cache"))
+    assert AutoTokenizer.from_pretrained(out).padding_side == "right"
     assert_served_in_padded_batches_as_test(out, train, test, tmp_path)
 
 

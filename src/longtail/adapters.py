@@ -453,6 +453,11 @@ def ensure_base_available(base: str, adapter_dir: str | Path) -> None:
         ) from e
 
 
+class _DropNewlyInitialized(logging.Filter):
+    def filter(self, record) -> bool:
+        return "newly initialized: " not in record.getMessage()
+
+
 def load_adapter_classifier(adapter_dir: str | Path, base_model: str | None = None, **from_pretrained_kwargs):
     """A fresh base classifier (labels and pad token id from the run folder's config.json) with the saved
     adapter and head loaded onto it, in eval mode. Pass `quantization_config` to reload a QLoRA run in 4-bit."""
@@ -468,9 +473,21 @@ def load_adapter_classifier(adapter_dir: str | Path, base_model: str | None = No
             f"{adapter_dir} has no config.json: the label maps are missing (see save_adapter)"
         )
     config = AutoConfig.from_pretrained(adapter_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, config=config, use_safetensors=True, **from_pretrained_kwargs
-    )
+    # the base has no trained head, which the adapter holds: Transformers' "newly initialized: ['score.weight'] ...
+    # You should probably TRAIN this model" met every reload of a trained run (predict, merge, a teacher); a
+    # weight missing outside the head is still warned about, below
+    drop = _DropNewlyInitialized()
+    loading_logger = logging.getLogger("transformers.modeling_utils")
+    loading_logger.addFilter(drop)
+    try:
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            base, config=config, use_safetensors=True, output_loading_info=True, **from_pretrained_kwargs
+        )
+    finally:
+        loading_logger.removeFilter(drop)
+    heads = head_modules(model)
+    if missing := [k for k in loading["missing_keys"] if not _in_head(k, heads)]:
+        logger.warning("%s holds no weights for %s: initialised at random", base, missing)
     # a 4-bit reload scores as the run did (the CPU repack would round its block scales to bf16)
     keep_4bit_training_layout(model)
     return PeftModel.from_pretrained(model, str(adapter_dir)).eval()

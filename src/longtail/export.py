@@ -27,6 +27,7 @@ from longtail.inference import (
     TorchBackend,
     cpu_features,
     encode_batches,
+    is_adapter_dir,
     load_model_dir,
     onnx_files,
     run_batches,
@@ -314,8 +315,8 @@ def compare(reference: np.ndarray, logits: np.ndarray) -> dict:
 
 def _copy_extras(folders: tuple[Path, ...], tokenizer, target: Path) -> None:
     """The tokenizer and each of EXTRA_FILES from the first of `folders` that has it: the resolved model folder,
-    then the given one (an adapter run keeps temperature.json and run_config.json beside the adapter, not in the
-    merged/ folder a merge at export time writes)."""
+    then the given one, then the adapter run above a given merged/ (an adapter run keeps temperature.json and
+    run_config.json beside the adapter, not in the merged/ folder a merge at export time writes)."""
     tokenizer.save_pretrained(target)
     for name in EXTRA_FILES:
         source = next((folder / name for folder in folders if (folder / name).is_file()), None)
@@ -385,7 +386,9 @@ def export_onnx(args: ExportArguments) -> dict:
     }
 
     # ---- fp32 ----------------------------------------------------------------------------------
-    extras = (Path(resolved), Path(args.model_dir))
+    # an adapter run's merged/ given itself: its run_config.json (the length predict serves) sits in the run above
+    given = Path(args.model_dir)
+    extras = (Path(resolved), given, *([given.parent] if is_adapter_dir(given.parent) else []))
     fp32 = work / "fp32"
     export_fp32(model, fp32, args.device)
     _copy_extras(extras, tokenizer, fp32)

@@ -27,6 +27,7 @@ import torch
 
 from longtail.calibration import temperature_note
 from longtail.cli import UsageError
+from longtail.posthoc import NOT_FOLDED
 from longtail.refit import SELECTION_HEAD
 
 logger = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def selection_note(
     selection: str,
     lpft_args: LPFTArguments,
     tau: float | None,
-    tau_selected: bool,
+    tau_section: str | None,
     validation_rows: int,
     wise_alpha: float | None = None,
 ) -> str:
@@ -226,7 +227,10 @@ def selection_note(
         parts.append(f"layer-wise lr decay {lpft_args.layer_lr_decay:g}: fixed")
     if wise_alpha is not None:
         parts.append(f"WiSE-FT alpha {wise_alpha:g}: best validation macro-F1")
-    if tau_selected:
+    # a bias-less head (Qwen/Llama `score`) serves tau 0, which was not the best: the line said it was
+    if tau_section and NOT_FOLDED in tau_section:
+        parts.append("post-hoc tau: chosen on validation, not applied (the head has no bias)")
+    elif tau_section:
         parts.append(f"post-hoc tau {tau}: best validation macro-F1")
     parts.append(temperature_note(validation_rows))
     return "; ".join(parts) + (test if test in selection else "")

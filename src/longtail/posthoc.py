@@ -121,6 +121,12 @@ def fold_into_head(model: torch.nn.Module, log_prior: np.ndarray, tau: float, hi
     return True
 
 
+NOT_FOLDED = (
+    "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in the test "
+    "scores below it.**"
+)
+
+
 def grid_section(rows: list[dict], tau: float, folded: bool, hint: bool = True) -> str:
     lines = [
         "## Post-hoc logit adjustment",
@@ -129,8 +135,7 @@ def grid_section(rows: list[dict], tau: float, folded: bool, hint: bool = True) 
         "(so validation scores after the shift are slightly optimistic; test is not used).",
         ""
         if folded
-        else "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in "
-        "the test scores below it.**"
+        else NOT_FOLDED
         + (" `--loss logit_adjusted` trains the shift in instead, with no bias needed." if hint else ""),
         "",
         "| tau | validation macro-F1 | validation accuracy |",

@@ -472,6 +472,12 @@ PADDING_PROBE = (
 )
 
 
+def set_padding_side(tokenizer, side: str) -> None:
+    """Pad on `side`, and save it so: `save_pretrained` writes only the options the tokenizer was loaded with, so a
+    side set on one whose folder names none (SmolLM2's LlamaTokenizerFast) came back as its class's default (left)."""
+    tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = side
+
+
 def padding_side_works(model, tokenizer, side: str) -> bool:
     """Does the model score PADDING_PROBE[0] the same alone and inside a batch padded on `side`?"""
     saved_side, was_training = tokenizer.padding_side, model.training
@@ -525,7 +531,7 @@ def check_padding(model, tokenizer) -> str:
             side,
             other,
         )
-        tokenizer.padding_side = other
+        set_padding_side(tokenizer, other)
         return other
     raise UsageError(
         f"{type(model).__name__} scores a text differently alone and inside a padded batch, with left and with "
