@@ -105,7 +105,7 @@ def test_inference_evaluation_rows_count_each_drop_once(inference, tmp_path):
     assert log == {
         "source": "rows.csv",
         "labels_read_with": f"merge map none, taxonomy none: {tmp_path} records no data options (run_config.json): "
-        "as given, else none",
+        "a merge map and taxonomy only as given, none otherwise",
         "labels_merged": 0,
         "rows": 5,
         "dropped_empty_text": 2,
