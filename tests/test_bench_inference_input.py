@@ -114,12 +114,13 @@ def test_an_onnx_export_as_model_dir_names_the_run_folder(bench, eval_csv, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_a_run_folder_holding_its_onnx_export_is_benchmarked(bench, run_dir, eval_csv, tmp_path):
-    """`make export` writes the run's onnx/ (a variant per folder) beside its weights: the run folder is what the
-    bench takes, sharded weights (a large model's) included."""
+def test_a_model_folder_holding_onnx_files_is_benchmarked(bench, run_dir, eval_csv, tmp_path):
+    """A model folder with its ONNX files beside its weights (`make export`'s onnx/<variant>/, or onnx/model.onnx as
+    many Hub repos ship it) is a model the bench takes, sharded weights (a large model's) included."""
     run = shutil.copytree(run_dir, tmp_path / "run")
     (run / "onnx" / "fp32").mkdir(parents=True)
-    (run / "onnx" / "fp32" / "model.onnx").write_text("{}", "utf-8")
+    for name in ("onnx/fp32/model.onnx", "onnx/model.onnx"):
+        (run / name).write_text("{}", "utf-8")
     check = ["--model_dir", str(run), "--data", str(eval_csv), "--output_dir", str(tmp_path / "out")]
     assert bench.parse_args(check, check_paths=True).model_dir == str(run)
     (run / "model.safetensors").rename(run / "model-00001-of-00001.safetensors")
