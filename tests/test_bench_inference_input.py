@@ -114,6 +114,19 @@ def test_an_onnx_export_as_model_dir_names_the_run_folder(bench, eval_csv, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_folder_holding_onnx_files_is_benchmarked(bench, run_dir, eval_csv, tmp_path):
+    """A model folder with its ONNX files beside its weights (`make export`'s onnx/<variant>/, or onnx/model.onnx as
+    many Hub repos ship it) is a model the bench takes, sharded weights (a large model's) included."""
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    (run / "onnx" / "fp32").mkdir(parents=True)
+    for name in ("onnx/fp32/model.onnx", "onnx/model.onnx"):
+        (run / name).write_text("{}", "utf-8")
+    check = ["--model_dir", str(run), "--data", str(eval_csv), "--output_dir", str(tmp_path / "out")]
+    assert bench.parse_args(check, check_paths=True).model_dir == str(run)
+    (run / "model.safetensors").rename(run / "model-00001-of-00001.safetensors")
+    assert bench.parse_args(check, check_paths=True).model_dir == str(run)
+
+
 def test_the_load_average_is_taken_before_the_bench_adds_its_own(
     bench, run_dir, eval_csv, tmp_path, monkeypatch
 ):
@@ -180,8 +193,11 @@ def test_no_row_left_to_score(bench, run_dir, eval_csv, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(
         SystemExit, match=r"^inference.py: error: no row left to score in unseen.csv: 6 rows, 0 without"
-    ):
+    ) as info:
         bench.main(argv(run_dir, unseen, out))
+    assert "(left out: {'dropped_unknown_label': 6}; its labels: " in str(
+        info.value
+    )  # the counts that are not 0
     assert not out.exists()
 
 

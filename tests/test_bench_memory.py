@@ -130,3 +130,20 @@ def test_a_workers_peak_is_its_own_not_its_parents(train_memory):
     )
     del held
     assert child < 128 * 1024**2  # a bare interpreter (this one's peak is above 256 MiB)
+
+
+def test_the_peak_read_is_vmhwm_in_bytes_else_ru_maxrss(train_memory, monkeypatch):
+    """/proc/self/status gives kB (KiB): VmHWM 2048 kB is 2 MiB, not the current VmRSS. Without /proc, ru_maxrss
+    (KiB on Linux) is the fallback."""
+    from types import SimpleNamespace
+
+    status = "VmPeak:\t  9000 kB\nVmRSS:\t   100 kB\nVmHWM:\t  2048 kB\n"
+    monkeypatch.setattr(train_memory, "Path", lambda path: SimpleNamespace(read_text=lambda: status))
+    assert train_memory._rss_peak_bytes() == 2 * 1024**2
+
+    def no_proc():
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(train_memory, "Path", lambda path: SimpleNamespace(read_text=no_proc))
+    monkeypatch.setattr(train_memory.resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3072))
+    assert train_memory._rss_peak_bytes() == 3 * 1024**2

@@ -203,6 +203,7 @@ def test_scaling_refuses_a_model_whose_base_folder_is_missing(scaling, capsys, t
     failed to load (an OSError traceback) and nothing was written; now one line before any work."""
     (tmp_path / "models" / "ModernBERT-base").mkdir(parents=True)
     (tmp_path / "models" / "ModernBERT-base" / "config.json").write_text("{}")
+    (tmp_path / "models" / "Qwen2.5-0.5B").mkdir()  # a folder, but no model in it
     out = tmp_path / "out"
     argv = ["--shared_dir", str(tmp_path), "--mfu_model", "", "--onnx_model", "", "--output_dir", str(out)]
     line = refused(scaling.main, [*argv, "--models", "ettin-17m", "qwen2.5-0.5b"], capsys)

@@ -447,6 +447,39 @@ def test_reading_model_turns_each_load_failure_into_one_line(tmp_path):
             raise OSError("not in the cache")
 
 
+def test_a_gguf_file_in_any_case_is_pointed_to_the_converter_and_a_folder_named_gguf_is_not(tmp_path):
+    """llama.cpp's files are .gguf, but a download or a copy may say .GGUF; a folder that happens to be named
+    x.gguf is a folder, with a folder's message."""
+    from longtail.cli import model_source_error
+
+    upper = tmp_path / "m.Q8_0.GGUF"
+    upper.write_bytes(b"GGUF")
+    assert str(model_source_error("--model_name_or_path", str(upper), None)) == (
+        f"--model_name_or_path {upper} is a GGUF file: convert it once to a model folder with python -m "
+        f"longtail.from_gguf {upper} --output_dir <folder>, and pass that folder"
+    )
+    folder = tmp_path / "model.gguf"
+    folder.mkdir()
+    assert str(model_source_error("--model_name_or_path", str(folder), None)) == (
+        f"--model_name_or_path {folder} has no config.json: not a model folder"
+    )
+
+
+def test_typed_options_leave_out_the_config_file(tmp_path):
+    """`--config x.yaml` is trl's option, not the parser's: left in, argparse takes `--config` as an abbreviation
+    of the one option it starts (here --config_name), which would read as typed."""
+    import argparse
+
+    from longtail.cli import typed_options
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config_name")
+    parser.add_argument("--C", type=float, default=1.0)
+    assert typed_options(parser, ["--config", "x.yaml", "--C", "3"]) == {"C"}
+    # a value equal to the default, typed, is typed all the same
+    assert typed_options(parser, ["--config_name", "x", "--C=1"]) == {"config_name", "C"}
+
+
 def test_config_files_that_cannot_be_read_and_single_dash_leftovers(tmp_path, capsys):
     """The whole line for a folder given as --config (the OS's reason), a file that is not UTF-8 text, and an
     unknown single-dash leftover (no `--name` to list: the leftovers as TRL gives them)."""

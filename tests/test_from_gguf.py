@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import gguf
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from conftest import decoder_args, refused
 from test_recipes import load_recipe, synthetic_files
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from longtail import from_gguf
 from longtail.cli import UsageError
@@ -36,8 +37,9 @@ def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
-def write_gguf(model_dir: str, path, add_bos: bool, arch: str | None = None):
-    """Llama's q/k rows permuted as llama.cpp does; Qwen2's biases as they are, its tied output left out."""
+def write_gguf(model_dir: str, path, add_bos: bool, arch: str | None = None, pad: bool = True):
+    """Llama's q/k rows permuted as llama.cpp does; Qwen2's biases as they are, its tied output left out; `pad`:
+    the eos as padding_token_id (a file may name none)."""
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     c = model.config
@@ -58,7 +60,8 @@ def write_gguf(model_dir: str, path, add_bos: bool, arch: str | None = None):
     w.add_token_merges([" ".join(m) for m in json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]])
     w.add_bos_token_id(tok.bos_token_id)
     w.add_eos_token_id(tok.eos_token_id)
-    w.add_pad_token_id(tok.eos_token_id)
+    if pad:
+        w.add_pad_token_id(tok.eos_token_id)
     w.add_add_bos_token(add_bos)
     for name, tensor in model.state_dict().items():
         array = tensor.numpy().astype(np.float32)
@@ -110,9 +113,13 @@ def test_a_gguf_file_becomes_the_model_it_was_written_from(tiny_llama, tiny_gguf
     assert record["tensor_types"] == {"F32": len(want)}
     assert record["parameters"] == sum(p.numel() for p in original.parameters())
     assert record["sha256"] == hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
+    size = tiny_gguf.stat().st_size
+    assert (record["bytes"], record["architecture"], record["name"]) == (size, "llama", None)
     assert record["max_abs_logit_diff_after_save"] == 0.0
     assert json.loads((out / from_gguf.RECORD).read_text()) == record
     card = (out / "README.md").read_text()
+    # the file has no general.name: the card is headed by its stem
+    assert card.startswith("# tiny-llama.F32 (converted from GGUF)\n")
     assert f"F32 × {len(want)}" in card and "- eos_token '<s>' -> '</s>'" in card
     assert f"-> {out} (float32)" in capsys.readouterr().out
 
@@ -129,6 +136,12 @@ def test_a_qwen2_gguf_file_becomes_its_model(tiny_qwen2, tmp_path):
     assert (tok.eos_token, tok.pad_token) == ("<|endoftext|>", "<|endoftext|>")
     # Qwen2's GGUF tokenizer keeps the file's eos and pad; the bos the file names (the original's, = eos) is set
     assert record["tokenizer_fixes"] == ["bos_token None -> '<|endoftext|>' (id 0)"]
+    # a file naming no pad: Qwen2's tokenizer pads with <|endoftext|> all the same, and the config must say so
+    # (Transformers reads the config's pad_token_id from the file alone: None)
+    source = write_gguf(tiny_qwen2, tmp_path / "nopad.gguf", add_bos=False, pad=False)
+    from_gguf.main([str(source), "--output_dir", str(tmp_path / "nopad")])
+    assert AutoTokenizer.from_pretrained(tmp_path / "nopad").pad_token_id == 0
+    assert AutoConfig.from_pretrained(tmp_path / "nopad").pad_token_id == 0
 
 
 def test_the_files_add_bos_token_false_is_kept(tiny_llama, tmp_path):
@@ -165,6 +178,8 @@ def test_an_overwrite_replaces_only_an_earlier_conversion(tiny_gguf, tmp_path, c
     from_gguf.main([str(tiny_gguf), "--output_dir", str(out)])
     stale = out / "model-00001-of-00002.safetensors"  # an earlier, sharded conversion's
     stale.write_text("x")
+    # and a sentencepiece file of an earlier one (save_pretrained replaces stale shards itself, not this)
+    (out / "tokenizer.model").write_text("x")
     mine = out / "notes.txt"
     mine.write_text("mine")
     line = refused(from_gguf.main, [str(tiny_gguf), "--output_dir", str(out)], capsys)
@@ -173,22 +188,38 @@ def test_an_overwrite_replaces_only_an_earlier_conversion(tiny_gguf, tmp_path, c
     )
     from_gguf.main([str(tiny_gguf), "--output_dir", str(out), "--overwrite"])
     assert not stale.exists() and mine.read_text() == "mine" and (out / "model.safetensors").is_file()
+    assert not (out / "tokenizer.model").exists()
+
+    # a conversion that stops while saving leaves no record of the one it replaced (whose files are gone)
+    def fails(*args, **kwargs):
+        raise OSError("disk full")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PreTrainedModel, "save_pretrained", fails)
+        with pytest.raises(OSError, match="disk full"):
+            from_gguf.main([str(tiny_gguf), "--output_dir", str(out), "--overwrite"])
+    assert not (out / from_gguf.RECORD).exists()
 
     other = tmp_path / "someone_elses"
     other.mkdir()
     (other / "config.json").write_text("{}")
+    (other / "README.md").write_text("theirs")  # a card is no record of a conversion
     line = refused(from_gguf.main, [str(tiny_gguf), "--output_dir", str(other), "--overwrite"], capsys)
     assert line.endswith(
-        f"--output_dir {other} holds config.json but no gguf_source.json: it is not an earlier conversion, which "
-        "is all --overwrite replaces. Choose another --output_dir (or, if a conversion stopped before it wrote "
-        "gguf_source.json, delete the folder yourself)."
+        f"--output_dir {other} holds README.md, config.json but no gguf_source.json: it is not an earlier "
+        "conversion, which is all --overwrite replaces. Choose another --output_dir (or, if a conversion stopped "
+        "before it wrote gguf_source.json, delete the folder yourself)."
     )
-    assert (other / "config.json").read_text() == "{}"
+    assert (other / "config.json").read_text() == "{}" and (other / "README.md").read_text() == "theirs"
 
 
 def test_bad_inputs_are_one_line(tiny_llama, tiny_gguf, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "out")
     assert refused(from_gguf.main, [str(tmp_path / "no.gguf"), "--output_dir", out], capsys).endswith(
+        f"{tmp_path / 'no.gguf'} is not a file"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~ is the user's folder, as a shell would expand it
+    assert refused(from_gguf.main, ["~/no.gguf", "--output_dir", out], capsys).endswith(
         f"{tmp_path / 'no.gguf'} is not a file"
     )
     fake = tmp_path / "model.gguf"
@@ -208,6 +239,73 @@ def test_bad_inputs_are_one_line(tiny_llama, tiny_gguf, tmp_path, capsys, monkey
     assert not (tmp_path / "out" / "config.json").exists()
 
     monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # not installed
-    assert refused(from_gguf.main, [str(tiny_gguf), "--output_dir", out], capsys).endswith(
+    fresh = tmp_path / "fresh"
+    assert refused(from_gguf.main, [str(tiny_gguf), "--output_dir", str(fresh)], capsys).endswith(
         'reading a GGUF file needs the gguf package: pip install gguf==0.19.0 (the tested version; or pip install -e ".[gguf]")'
     )
+    assert not fresh.exists()  # refused before the output folder is made
+
+
+def test_fix_tokenizer_skips_an_id_outside_the_vocabulary_and_sets_add_eos(tiny_gguf):
+    """An id past the vocabulary names no token (convert_ids_to_tokens gives None): nothing is set from it. A
+    file's add_eos_token is set as its add_bos_token is."""
+    tok = AutoTokenizer.from_pretrained(tiny_gguf.parent, gguf_file=tiny_gguf.name)
+    eos, ids = tok.eos_token, tok(TEXT).input_ids
+    meta = {"special_ids": {"eos": len(tok)}, "add_bos_token": None, "add_eos_token": True}
+    assert from_gguf.fix_tokenizer(tok, meta) == ["add_eos_token -> True"]
+    assert tok.eos_token == eos and tok(TEXT).input_ids == [*ids, tok.eos_token_id]
+
+
+def test_the_output_dir_checks(tmp_path):
+    source = tmp_path / "models" / "m.gguf"  # only its folder is compared
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(UsageError, match=f"^--output_dir {re.escape(str(afile))} is a file, not a folder$"):
+        from_gguf.check_output_dir(afile, source, overwrite=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".DS_Store").write_text("")  # a file manager's hidden file: the folder is empty all the same
+    from_gguf.check_output_dir(out, source, overwrite=False)
+    for name in "abcde":
+        (out / name).write_text("")
+    with pytest.raises(UsageError, match=f"^--output_dir {re.escape(str(out))} holds a, b, c, d, e but no "):
+        from_gguf.check_output_dir(out, source, overwrite=True)
+    (out / "f").write_text("")  # more than five: the first five, and an ellipsis
+    with pytest.raises(
+        UsageError, match=f"^--output_dir {re.escape(str(out))} holds a, b, c, d, e, ... but no "
+    ):
+        from_gguf.check_output_dir(out, source, overwrite=True)
+
+
+def test_a_card_with_no_tokenizer_fix_says_so():
+    record = {"name": "m", "source": "/x/m.gguf", "sha256": "0" * 64, "tensor_types": {"Q8_0": 2},
+              "tokenizer_fixes": []}  # fmt: skip
+    assert from_gguf.card(record).endswith("`tokenizer.ggml.*` values:\n- none needed\n")
+
+
+def test_a_saved_folder_that_scores_otherwise_is_refused_and_a_small_difference_recorded(
+    tiny_gguf, tmp_path, monkeypatch
+):
+    """The saved folder is read back and scored on SAMPLE: logits moved (here by a hook on the reloaded model) by
+    more than 1e-5 are an error; by less, the record says by how much."""
+    import transformers
+
+    real, shift = transformers.AutoModelForCausalLM.from_pretrained, [1e-3]
+
+    def shifted(module, inputs, output):
+        output.logits.add_(shift[0])
+
+    def from_pretrained(*args, **kwargs):
+        model = real(*args, **kwargs)
+        if "gguf_file" not in kwargs:  # the saved folder, read back
+            model.register_forward_hook(shifted)
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    with pytest.raises(
+        RuntimeError, match="^the saved folder's logits differ from the GGUF model's by 0.001$"
+    ):
+        from_gguf.main([str(tiny_gguf), "--output_dir", str(tmp_path / "a")])
+    shift[0] = 2.0**-20
+    record = from_gguf.main([str(tiny_gguf), "--output_dir", str(tmp_path / "b")])
+    assert record["max_abs_logit_diff_after_save"] == pytest.approx(2.0**-20, rel=0.05)

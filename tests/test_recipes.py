@@ -672,7 +672,9 @@ def test_baseline_names_the_setting_options_its_mode_does_not_read(tmp_path, cap
     assert [r["C"] for r in json.loads((tmp_path / "out" / "run_config.json").read_text())["grid"]] == [1.0]
 
 
-def test_baseline_names_a_config_files_unread_options_as_its_and_not_when_the_mode_is_typed(tmp_path, capsys):
+def test_baseline_names_a_config_files_unread_options_as_its_and_not_when_the_mode_is_typed(
+    tmp_path, capsys, monkeypatch
+):
     """A YAML with a grid (baseline_tfidf.yaml's) and `--select_on_validation false` typed: the warning named the
     YAML's `--grid_C 3.0 10.0` as if typed, though the mode typed leaves the config's grid unread by choice. Now
     options the command line sets are named as typed, in any form argparse takes; one the config sets, as the
@@ -703,8 +705,11 @@ def test_baseline_names_a_config_files_unread_options_as_its_and_not_when_the_mo
 
     config.write_text("select_on_validation: true\ngrid_C: [3.0, 10.0]\ngrid_class_weight: [balanced]\n")
     train, test = synthetic_files(tmp_path)
-    recipe.main(["--config", str(config), "--select_on_validation", "false", "--train_file", train,
-                 "--text_column", "Consumer complaint narrative", "--label_taxonomy", "none",
-                 "--max_train_samples", "200", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    # as the command line runs it (main() reads sys.argv; the options it typed are read from there too)
+    monkeypatch.setattr(sys, "argv", ["recipes/baseline_tfidf.py", "--config", str(config), "--select_on_validation",
+                                      "false", "--train_file", train, "--text_column", "Consumer complaint narrative",
+                                      "--label_taxonomy", "none", "--max_train_samples", "200", "--output_dir",
+                                      str(tmp_path / "out")])  # fmt: skip
+    recipe.main()
     assert "Not read" not in capsys.readouterr().err
     assert [r["C"] for r in json.loads((tmp_path / "out" / "run_config.json").read_text())["grid"]] == [1.0]
