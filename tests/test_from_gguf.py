@@ -183,33 +183,33 @@ def test_an_overwrite_replaces_only_an_earlier_conversion(tiny_gguf, tmp_path, c
     mine = out / "notes.txt"
     mine.write_text("mine")
     line = refused(from_gguf.main, [str(tiny_gguf), "--output_dir", str(out)], capsys)
-    assert line.endswith(
-        f"--output_dir {out} is not empty; pass --overwrite to replace an earlier conversion"
-    )
+    assert line.endswith(f"--output_dir {out} holds an earlier conversion; pass --overwrite to replace it")
     from_gguf.main([str(tiny_gguf), "--output_dir", str(out), "--overwrite"])
     assert not stale.exists() and mine.read_text() == "mine" and (out / "model.safetensors").is_file()
     assert not (out / "tokenizer.model").exists()
 
-    # a conversion that stops while saving leaves no record of the one it replaced (whose files are gone)
+    # a conversion that stops while saving (it saves beside the folder) leaves the earlier one whole
     def fails(*args, **kwargs):
         raise OSError("disk full")
 
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(PreTrainedModel, "save_pretrained", fails)
         with pytest.raises(OSError, match="disk full"):
             from_gguf.main([str(tiny_gguf), "--output_dir", str(out), "--overwrite"])
-    assert not (out / from_gguf.RECORD).exists()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
     other = tmp_path / "someone_elses"
     other.mkdir()
     (other / "config.json").write_text("{}")
     (other / "README.md").write_text("theirs")  # a card is no record of a conversion
-    line = refused(from_gguf.main, [str(tiny_gguf), "--output_dir", str(other), "--overwrite"], capsys)
-    assert line.endswith(
-        f"--output_dir {other} holds README.md, config.json but no gguf_source.json: it is not an earlier "
-        "conversion, which is all --overwrite replaces. Choose another --output_dir (or, if a conversion stopped "
-        "before it wrote gguf_source.json, delete the folder yourself)."
-    )
+    for overwrite in (["--overwrite"], []):  # the true reason first, with or without --overwrite
+        line = refused(from_gguf.main, [str(tiny_gguf), "--output_dir", str(other), *overwrite], capsys)
+        assert line.endswith(
+            f"--output_dir {other} holds README.md, config.json but no gguf_source.json: it is not a finished "
+            "conversion, which is all --overwrite replaces. Choose another --output_dir (or, if a conversion "
+            "stopped there, delete the folder yourself)."
+        )
     assert (other / "config.json").read_text() == "{}" and (other / "README.md").read_text() == "theirs"
 
 
@@ -247,12 +247,15 @@ def test_bad_inputs_are_one_line(tiny_llama, tiny_gguf, tmp_path, capsys, monkey
 
 
 def test_fix_tokenizer_skips_an_id_outside_the_vocabulary_and_sets_add_eos(tiny_gguf):
-    """An id past the vocabulary names no token (convert_ids_to_tokens gives None): nothing is set from it. A
-    file's add_eos_token is set as its add_bos_token is."""
+    """An id past the vocabulary names no token (convert_ids_to_tokens gives None): nothing is set from it, and
+    the record says so. A file's add_eos_token is set as its add_bos_token is."""
     tok = AutoTokenizer.from_pretrained(tiny_gguf.parent, gguf_file=tiny_gguf.name)
     eos, ids = tok.eos_token, tok(TEXT).input_ids
     meta = {"special_ids": {"eos": len(tok)}, "add_bos_token": None, "add_eos_token": True}
-    assert from_gguf.fix_tokenizer(tok, meta) == ["add_eos_token -> True"]
+    assert from_gguf.fix_tokenizer(tok, meta) == [
+        f"eos id {len(tok)} outside the vocabulary ({len(tok)}): kept {eos!r}",
+        "add_eos_token -> True",
+    ]
     assert tok.eos_token == eos and tok(TEXT).input_ids == [*ids, tok.eos_token_id]
 
 

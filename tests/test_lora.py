@@ -393,7 +393,22 @@ def test_reloading_an_adapter_does_not_call_its_trained_head_untrained(tiny_qwen
             load_adapter_classifier(run, str(base))
     finally:
         logging.getLogger("transformers.modeling_utils").removeHandler(handler)
-    assert f"{base} holds no weights for ['model.norm.weight']: initialised at random" in caplog.text
+    assert (
+        f"{base} holds no weights for ['model.norm.weight'], nor does the adapter: initialised at random"
+        in caplog.text
+    )
+    # an adapter saved without its head (no modules_to_save: a third-party LoRA) leaves the head random: said
+    bare = tmp_path / "bare"
+    lora.peft_config["default"].modules_to_save = None
+    lora.save_pretrained(bare)
+    model.config.save_pretrained(bare)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longtail.adapters"):
+        load_adapter_classifier(bare)
+    assert (
+        f"{tiny_qwen2} holds no weights for ['score.weight'], nor does the adapter: initialised at random"
+        in (caplog.text)
+    )
 
 
 def test_push_merged_implies_merge_adapter():

@@ -116,14 +116,14 @@ def test_adjust_on_validation_folds_the_chosen_tau_and_saves_the_model():
     assert tau == 0.0 and no_bias.saved == 0
     assert (
         "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in the "
-        "test scores below it.** `--loss logit_adjusted` trains the shift in instead, with no bias needed."
+        "test scores reported.** `--loss logit_adjusted` trains the shift in instead, with no bias needed."
     ) in section.splitlines()
     # a run that trains with the logit-adjusted loss already is not told to
     no_bias.loss_args = SimpleNamespace(loss="logit_adjusted")
     tau, section = adjust_on_validation(no_bias, data, {"validation": "val-rows"}, "auto")
     assert (
         "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in the "
-        "test scores below it.**"
+        "test scores reported.**"
     ) in section.splitlines()
     # the report's selection line: tau 0 is what a bias-less head (SmolLM2's, Qwen's `score`) serves, not the best
     # (0.5 was); it read "post-hoc tau 0.0: best validation macro-F1" beside the grid marking 0.5 chosen

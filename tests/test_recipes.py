@@ -696,6 +696,10 @@ def test_baseline_names_a_config_files_unread_options_as_its_and_not_when_the_mo
     assert unread("--config", str(config), "--select_on_validation=false", "--grid-C", "3", "10") == [
         "--grid_C 3.0 10.0"]  # fmt: skip
     assert unread("--config", str(config), "--select_on_val", "true", "--C", "3") == ["--C 3.0"]
+    # the mode typed as the config has it: the config's own unread setting is still named
+    config.write_text("select_on_validation: true\nC: 5.0\n")
+    assert unread("--config", str(config), "--select_on_validation", "true") == [f"C 5.0 (from {config})"]
+    config.write_text("select_on_validation: true\ngrid_C: [3.0, 10.0]\ngrid_class_weight: [balanced]\n")
     # the config's mode (the default: no grid) and a grid in the config
     config.write_text("grid_C: [3.0, 10.0]\nC: 3.0\n")
     assert unread("--config", str(config)) == [f"grid_C 3.0 10.0 (from {config})"]

@@ -485,9 +485,17 @@ def load_adapter_classifier(adapter_dir: str | Path, base_model: str | None = No
         )
     finally:
         loading_logger.removeFilter(drop)
-    heads = head_modules(model)
-    if missing := [k for k in loading["missing_keys"] if not _in_head(k, heads)]:
-        logger.warning("%s holds no weights for %s: initialised at random", base, missing)
+    # only a head the adapter saves (modules_to_save) comes back trained: a third-party adapter without it (a
+    # teacher, say) leaves the head random, which the dropped message was the only sign of
+    saved = (
+        json.loads((Path(adapter_dir) / "adapter_config.json").read_text("utf-8")).get("modules_to_save")
+        or []
+    )
+    held = [h for h in head_modules(model) if h in saved]
+    if missing := [k for k in loading["missing_keys"] if not _in_head(k, held)]:
+        logger.warning(
+            "%s holds no weights for %s, nor does the adapter: initialised at random", base, missing
+        )
     # a 4-bit reload scores as the run did (the CPU repack would round its block scales to bf16)
     keep_4bit_training_layout(model)
     return PeftModel.from_pretrained(model, str(adapter_dir)).eval()

@@ -21,12 +21,16 @@ import argparse
 import hashlib
 import json
 import logging
+import os
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
 
 from longtail.cli import MissingDependencyError, UsageError, usage_exit
 from longtail.runs import replace_previous_run
+
+logger = logging.getLogger(__name__)
 
 RECORD = "gguf_source.json"  # always written: marks the folder as a conversion that --overwrite may replace
 SAMPLE = "I was charged twice for the same mortgage payment and the bank will not refund it."
@@ -66,10 +70,16 @@ def fix_tokenizer(tokenizer, meta: dict) -> list[str]:
     """Set the special tokens and bos/eos adding from the file's entries; returns what was changed."""
     changed = []
     for kind, token_id in meta["special_ids"].items():
-        if token_id is None or not 0 <= token_id < len(tokenizer):
+        if token_id is None:
+            continue
+        before = getattr(tokenizer, f"{kind}_token")
+        if not 0 <= token_id < len(tokenizer):  # a damaged file: said, not skipped silently
+            changed.append(f"{kind} id {token_id} outside the vocabulary ({len(tokenizer)}): kept {before!r}")
+            logger.warning(
+                "%s: the file's %s id %d is outside the vocabulary; kept %r", RECORD, kind, token_id, before
+            )
             continue
         token = tokenizer.convert_ids_to_tokens(token_id)
-        before = getattr(tokenizer, f"{kind}_token")
         if before != token:
             setattr(tokenizer, f"{kind}_token", token)
             changed.append(f"{kind}_token {before!r} -> {token!r} (id {token_id})")
@@ -101,16 +111,15 @@ def check_output_dir(out: Path, source: Path, overwrite: bool) -> None:
     held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
     if not held:
         return
-    if not overwrite:
-        raise UsageError(
-            f"--output_dir {out} is not empty; pass --overwrite to replace an earlier conversion"
-        )
     if not (out / RECORD).is_file():
+        # the record is moved in last: a folder without it is someone else's or a conversion that stopped
         raise UsageError(
             f"--output_dir {out} holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''} but no {RECORD}: "
-            "it is not an earlier conversion, which is all --overwrite replaces. Choose another --output_dir (or, "
-            f"if a conversion stopped before it wrote {RECORD}, delete the folder yourself)."
+            "it is not a finished conversion, which is all --overwrite replaces. Choose another --output_dir (or, "
+            "if a conversion stopped there, delete the folder yourself)."
         )
+    if not overwrite:
+        raise UsageError(f"--output_dir {out} holds an earlier conversion; pass --overwrite to replace it")
 
 
 def convert(source: Path, out: Path) -> dict:
@@ -131,18 +140,23 @@ def convert(source: Path, out: Path) -> dict:
     changed = fix_tokenizer(tokenizer, meta)
     if tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    replace_previous_run(
-        out, overwrite=True
-    )  # an earlier conversion's files (a sharded model, say), once loaded
-    (out / RECORD).unlink(missing_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-    # the saved folder must score as the GGUF model did (it is what every recipe will read)
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    # written beside the folder, then moved in, the record last: an interrupted run leaves no folder that reads
+    # as a finished conversion
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
     ids = tokenizer(SAMPLE, return_tensors="pt")
     with torch.no_grad():
-        diff = (model(**ids).logits - reloaded(**ids).logits).abs().max().item()
+        reference = model(**ids).logits
+    parameters = sum(p.numel() for p in model.parameters())
+    del model  # one float32 copy at a time
+    # the saved folder must score as the GGUF model did (it is what every recipe will read)
+    with torch.no_grad():
+        diff = (
+            AutoModelForCausalLM.from_pretrained(staging, dtype=torch.float32)(**ids).logits - reference
+        ).abs()
+    diff = diff.max().item()
     if diff > 1e-5:
         raise RuntimeError(f"the saved folder's logits differ from the GGUF model's by {diff:.3g}")
     record = {
@@ -153,13 +167,18 @@ def convert(source: Path, out: Path) -> dict:
         "name": meta["name"],
         "tensor_types": meta["tensor_types"],
         "dtype": "float32 (dequantised)",
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": parameters,
         "tokenizer_fixes": changed,
         "max_abs_logit_diff_after_save": diff,
         "versions": {"transformers": __import__("transformers").__version__, "gguf": gguf_version()},
     }
-    (out / RECORD).write_text(json.dumps(record, indent=2) + "\n", "utf-8")
-    (out / "README.md").write_text(card(record), "utf-8")
+    (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n", "utf-8")
+    (staging / "README.md").write_text(card(record), "utf-8")
+    (out / RECORD).unlink(missing_ok=True)
+    replace_previous_run(out, overwrite=True)  # an earlier conversion's files (a sharded model, say)
+    for item in sorted(staging.iterdir(), key=lambda p: p.name == RECORD):
+        os.replace(item, out / item.name)
+    staging.rmdir()
     return record
 
 

@@ -123,7 +123,7 @@ def fold_into_head(model: torch.nn.Module, log_prior: np.ndarray, tau: float, hi
 
 NOT_FOLDED = (
     "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in the test "
-    "scores below it.**"
+    "scores reported.**"
 )
 
 
