@@ -199,12 +199,9 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
     read its data (the merge map and taxonomy its run_config.json records), as `score` and the export's parity
     sample read them: raw, the old CFPB wordings of a run trained with a merge map were dropped as labels the
     model never saw (a tenth of the dev export), so the bench scored other rows than `score` would."""
-    from types import SimpleNamespace
-
     from longtail.cli import usage_exit
     from longtail.data import DataArguments, prepare_data, read_table, refuse_repeated
-    from longtail.export import label_options
-    from longtail.score import labelled_rows
+    from longtail.score import data_options, labelled_rows, recorded_data_options
 
     log: dict = {}
     if args.data:
@@ -217,15 +214,24 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
             raise usage_exit(f"{args.data} has no column {missing}; columns: {list(df.columns)}")
         try:
             refuse_repeated(df, (args.text_column, args.label_column), f"--data {args.data}")
-            given = SimpleNamespace(model_dir=args.model_dir, text_column=args.text_column,
-                                    label_column=args.label_column, label_merge_map=None, label_taxonomy=None)  # fmt: skip
-            options, source = label_options(given)
+            # the bench has no --label_merge_map / --label_taxonomy: the run's recorded ones, else none
+            given = {"text_column": args.text_column, "label_column": args.label_column,
+                     "label_merge_map": None, "label_taxonomy": None}  # fmt: skip
+            if recorded_data_options(Path(args.model_dir)) is None:
+                options = given
+                read_with = "no merge map or taxonomy: the run records no data options (run_config.json), labels read as written"
+            else:
+                options, source = data_options([Path(args.model_dir)], given)
+                read_with = (
+                    f"merge map {options['label_merge_map'] or 'none'}, "
+                    f"taxonomy {options['label_taxonomy'] or 'none'}: {source}"
+                )
             df, counts = labelled_rows(lambda: df, args.data, options, None)  # unknown labels: counted below
         except ValueError as error:  # a merge map the run recorded that is not here, a nested value
             raise usage_exit(str(error)) from None
         log.update(
             source=Path(args.data).name,
-            labels_read_with=f"merge map {options['label_merge_map'] or 'none'}, taxonomy {options['label_taxonomy'] or 'none'}: {source}",
+            labels_read_with=read_with,
             labels_merged=counts["labels_merged"],
         )
         dropped = {k: v for k, v in counts.items() if k.startswith("dropped_")}

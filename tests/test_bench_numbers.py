@@ -104,8 +104,8 @@ def test_inference_evaluation_rows_count_each_drop_once(inference, tmp_path):
     assert texts == ["fraud", "closed"] and labels.tolist() == [0, 1]
     assert log == {
         "source": "rows.csv",
-        "labels_read_with": f"merge map none, taxonomy none: {tmp_path} records no data options (run_config.json): "
-        "a merge map and taxonomy only as given, none otherwise",
+        "labels_read_with": "no merge map or taxonomy: the run records no data options (run_config.json), labels read "
+        "as written",
         "labels_merged": 0,
         "rows": 5,
         "dropped_empty_text": 2,
@@ -113,6 +113,17 @@ def test_inference_evaluation_rows_count_each_drop_once(inference, tmp_path):
         "dropped_unknown_label": 1,
         "scored": 2,
     }
+    # results.md words it itself: the bench has no --label_merge_map / --label_taxonomy to give (it read "merge map
+    # none, taxonomy none: <dir> records no data options (run_config.json): a merge map and taxonomy only as given")
+    report = {"model": "m", "machine_text": "m", "rows": log, "max_length": 8, "padded_to_real_tokens": 1.0,
+              "repeats": 1, "warmup": 0, "gemm": {"gflops": 1.0, "size": 8, "threads": 1}, "results": [],
+              "skipped": {}, "recommendation": ""}  # fmt: skip
+    md = inference.markdown(report)
+    assert (
+        "Rows: 2 from rows.csv (labels read with no merge map or taxonomy: the run records no data options "
+        "(run_config.json), labels read as written; 0 merged), max_length 8," in md
+    )
+    assert str(tmp_path) not in md and "as given" not in md
 
 
 def test_inference_evaluation_rows_of_the_runs_own_split(inference, tmp_path):
