@@ -430,20 +430,23 @@ def padding_study(args, model, tokenizer, device: str) -> dict | None:
     if not args.padding_data:
         return None
     path = Path(args.padding_data)
+    # results.md names the file, never this machine's absolute path to it
     if not path.is_file():
-        return skipped(f"{path} not found")
+        if path == CFPB:
+            return skipped("the default --padding_data (../shared/data/cfpb/complaints_dev.csv) is absent")
+        return skipped(f"--padding_data {path.name} not found")
     df = read_table(path)
     # --text_column names --data's column; the default file is a CFPB export: `make bench DATA=x TEXT_COLUMN=text`
     # looked for "text" in it and skipped the study
     column = next((c for c in (args.text_column, CFPB_TEXT) if c in df.columns), None)
     if column is None:
-        return skipped(f"{path} has no column {args.text_column!r}")
+        return skipped(f"{path.name} has no column {args.text_column!r}")
     if column in df.attrs.get("repeated_columns", []):
-        return skipped(f"{path} has more than one column named {column!r}")
+        return skipped(f"{path.name} has more than one column named {column!r}")
     texts = df[column].dropna().astype(str)
     texts = texts[texts.str.strip() != ""]
     if texts.empty:
-        return skipped(f"{path} has no text in column {column!r}")
+        return skipped(f"{path.name} has no text in column {column!r}")
     if len(texts) < args.padding_rows:
         logger.warning("Padding study: %s has %d texts, fewer than --padding_rows %d: using them all",
                        path, len(texts), args.padding_rows)  # fmt: skip

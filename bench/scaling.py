@@ -199,7 +199,8 @@ def texts_for(shared: Path) -> tuple[list[str], str]:
         " ".join([t] * 20)
         for t in make_synthetic_complaints(200, seed=1)["Consumer complaint narrative"].dropna()
     ]
-    return texts, f"synthetic complaints ({csv} is absent)"
+    # named from --shared_dir, not by this machine's absolute path (the report is shared)
+    return texts, f"synthetic complaints (--shared_dir has no data/cfpb/{csv.name})"
 
 
 def measure(model, batch, device, repeats, warmup) -> float:

@@ -471,11 +471,20 @@ def test_inference_padding_study_reads_the_cfpb_column_and_says_when_skipped(
     assert pad["rows"] == 2 and pad["column"] == "Consumer complaint narrative"
     args = inference.parse_args(["--padding_data", str(tmp_path / "absent.csv")])
     pad = inference.padding_study(args, model, tokenizer, "cpu")
-    assert pad == {"skipped": f"{tmp_path / 'absent.csv'} not found"}
+    assert pad == {"skipped": "--padding_data absent.csv not found"}
     report = {"model": "m", "machine_text": "m", "rows": {"scored": 1, "source": "s"}, "max_length": 40,
               "padded_to_real_tokens": 1.0, "repeats": 1, "warmup": 0, "gemm": {"gflops": 1.0, "size": 8, "threads": 1},
               "results": [], "skipped": {}, "recommendation": "", "padding": pad}  # fmt: skip
-    assert f"Padding study not run: {tmp_path / 'absent.csv'} not found." in inference.markdown(report)
+    assert "Padding study not run: --padding_data absent.csv not found." in inference.markdown(report)
+    # the default file absent (any machine without ../shared): said without this machine's absolute path to it
+    monkeypatch.setattr(inference, "CFPB", tmp_path / "shared" / "data" / "cfpb" / "complaints_dev.csv")
+    pad = inference.padding_study(inference.parse_args([]), model, tokenizer, "cpu")
+    md = inference.markdown({**report, "padding": pad})
+    assert (
+        "Padding study not run: the default --padding_data (../shared/data/cfpb/complaints_dev.csv) is absent."
+        in md
+    )
+    assert str(tmp_path) not in md
     # --text_column wins where the file has both; the export's column is the fallback only
     both = tmp_path / "both.csv"
     pd.DataFrame(
@@ -489,8 +498,8 @@ def test_inference_padding_study_reads_the_cfpb_column_and_says_when_skipped(
     neither = tmp_path / "neither.csv"
     neither.write_text("body\nlate fee\n", "utf-8")
     for path, why in (
-        (twice, f"{twice} has more than one column named 'Consumer complaint narrative'"),
-        (neither, f"{neither} has no column 'text'"),
+        (twice, "twice.csv has more than one column named 'Consumer complaint narrative'"),
+        (neither, "neither.csv has no column 'text'"),
     ):
         args = inference.parse_args(["--padding_data", str(path), "--text_column", "text"])
         assert inference.padding_study(args, None, None, "cpu") == {"skipped": why}
@@ -547,7 +556,7 @@ def test_scaling_numbers_on_a_fixed_clock(scaling, tiny_modernbert, tmp_path, mo
     report = scaling.main(["--model_dirs", f"tiny={tiny_modernbert}", "--batch_size", "2", "--seq_len", "16",
                            "--mfu_model", "tiny", "--mfu_batch_size", "4", "--onnx_model", "",
                            "--shared_dir", str(tmp_path / "shared"), "--output_dir", str(tmp_path)])  # fmt: skip
-    texts = f"synthetic complaints ({tmp_path}/shared/data/cfpb/complaints_dev.csv is absent)"
+    texts = "synthetic complaints (--shared_dir has no data/cfpb/complaints_dev.csv)"
     assert report["texts"] == texts
     [row] = report["results"]
     assert (
@@ -658,13 +667,13 @@ def test_scaling_says_when_its_texts_are_synthetic(scaling, tmp_path):
     """Without <shared>/data/cfpb the study times synthetic complaints; scaling.md said "real CFPB texts"."""
     texts, source = scaling.texts_for(tmp_path)
     assert (
-        len(texts) > 8
-        and source == f"synthetic complaints ({tmp_path}/data/cfpb/complaints_dev.csv is absent)"
+        len(texts) > 8 and source == "synthetic complaints (--shared_dir has no data/cfpb/complaints_dev.csv)"
     )
     report = {"machine_text": "m", "gemm": {"gflops": 1.0}, "repeats": 1, "warmup": 0, "results": [], "claims": {},
               "mfu": None, "onnx": None, "texts": source}  # fmt: skip
     md = scaling.markdown(report)
     assert f"warm-up, {source} cut to the exact length" in md and "real CFPB" not in md
+    assert str(tmp_path) not in md  # named from --shared_dir, not by this machine's absolute path
     # with the export there: 400 of its narratives (all of them here), named as real
     narratives = [f"complaint number {i}" for i in range(400)]
     (tmp_path / "data" / "cfpb").mkdir(parents=True)
