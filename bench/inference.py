@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from longtail.benchmark import UNSTABLE, gemm_drift
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "outputs" / "demo" / "full_ft_encoder"
 CFPB = REPO.parent / "shared" / "data" / "cfpb" / "complaints_dev.csv"
@@ -49,9 +51,10 @@ RECOMMEND_WITHIN = 0.005  # macro-F1 (0.5 point) of PyTorch fp32
 # ... and argmax agreement with it, the export's int8 gate: on a few hundred rows macro-F1 alone can tie by
 # chance while a third of the predictions changed
 RECOMMEND_MIN_AGREEMENT = 0.97
-# above this, a variant's timed repeats ((max - min) / median) or the GEMM peak remeasured with each variant
-# ((max - min) / max) moved too much for speed ratios of that size to mean anything: results.md says so
-UNSTABLE_SPREAD = 0.10
+# above this (longtail.benchmark.UNSTABLE), a variant's timed repeats ((max - min) / median) or the GEMM peak
+# remeasured with each variant (gemm_drift) moved too much for speed ratios of that size to mean anything: results.md
+# says so
+UNSTABLE_SPREAD = UNSTABLE
 MIB = 1024**2
 PLOTS = ("pareto_latency.png", "pareto_memory.png")
 logger = logging.getLogger("bench.inference")
@@ -663,7 +666,7 @@ def stability(results: list[dict], session_gflops: float) -> dict:
     drift of the GEMM peak remeasured with each variant (with the session's); a warning above UNSTABLE_SPREAD."""
     spreads = {r["variant"]: r["batch32_spread"] for r in results}
     peaks = [session_gflops, *(r["gemm_gflops_at_run"] for r in results)]
-    drift = (max(peaks) - min(peaks)) / max(peaks) if max(peaks) > 0 else 0.0
+    drift = gemm_drift(peaks)
     worst = max(spreads, key=spreads.get) if spreads else None
     out = {
         "threshold": UNSTABLE_SPREAD,

@@ -1032,3 +1032,15 @@ def test_train_memory_worker_measures_on_a_fixed_clock(
     assert (result["peak_bytes"], result["step_peak_bytes"]) == (5 * GIB, 3 * GIB)
     assert result["variant"] == "lora" and not result["gradient_checkpointing"]
     assert 0 < result["trainable_params"] < result["total_params"]
+
+
+def test_bench_scripts_share_one_instability_threshold_and_drift(inference, scaling, kd_step):
+    """The 10 % threshold and the GEMM-drift formula live once, in longtail.benchmark (three copies before)."""
+    import longtail.benchmark as benchmark
+
+    assert (
+        inference.UNSTABLE_SPREAD is scaling.UNSTABLE_DRIFT is kd_step.UNSTABLE_SPREAD is benchmark.UNSTABLE
+    )
+    assert benchmark.UNSTABLE == 0.10
+    # (max - min) / max, the session's peak among them; 0 where no peak is above 0
+    assert benchmark.gemm_drift([100.0, 75.0, 90.0]) == 0.25 and benchmark.gemm_drift(iter([0.0, 0.0])) == 0.0
