@@ -1014,10 +1014,12 @@ def test_train_memory_worker_measures_on_a_fixed_clock(
     """The worker itself (LoRA on the tiny Qwen2, 2 steps) with its clock and memory readings replaced: loading
     from t=0 to 1.5 s, the steps from 10 to 14 s: 2.0 s per step; peak RSS 5 GiB while loading, 3 GiB in the
     steps: the process peak is the larger, 5, and the step peak 3."""
+    import longtail.benchmark as benchmark
+
     clock = iter([0.0, 1.5, 10.0, 14.0])
     monkeypatch.setattr(train_memory, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     peaks = iter([5 * GIB, 3 * GIB])
-    monkeypatch.setattr(train_memory, "_rss_peak_bytes", lambda: next(peaks))
+    monkeypatch.setattr(benchmark, "peak_memory_bytes", lambda device: next(peaks))
     current = iter([GIB, 2 * GIB])
     monkeypatch.setattr(train_memory, "_current_rss_bytes", lambda: next(current))
     monkeypatch.setattr(train_memory, "_release_free_memory", lambda: None)
