@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from longtail.benchmark import UNSTABLE, gemm_drift
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "outputs" / "demo" / "full_ft_encoder"
 CFPB = REPO.parent / "shared" / "data" / "cfpb" / "complaints_dev.csv"
@@ -49,9 +51,10 @@ RECOMMEND_WITHIN = 0.005  # macro-F1 (0.5 point) of PyTorch fp32
 # ... and argmax agreement with it, the export's int8 gate: on a few hundred rows macro-F1 alone can tie by
 # chance while a third of the predictions changed
 RECOMMEND_MIN_AGREEMENT = 0.97
-# above this, a variant's timed repeats ((max - min) / median) or the GEMM peak remeasured with each variant
-# ((max - min) / max) moved too much for speed ratios of that size to mean anything: results.md says so
-UNSTABLE_SPREAD = 0.10
+# above this (longtail.benchmark.UNSTABLE), a variant's timed repeats ((max - min) / median) or the GEMM peak
+# remeasured with each variant (gemm_drift) moved too much for speed ratios of that size to mean anything: results.md
+# says so
+UNSTABLE_SPREAD = UNSTABLE
 MIB = 1024**2
 PLOTS = ("pareto_latency.png", "pareto_memory.png")
 logger = logging.getLogger("bench.inference")
@@ -199,12 +202,9 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
     read its data (the merge map and taxonomy its run_config.json records), as `score` and the export's parity
     sample read them: raw, the old CFPB wordings of a run trained with a merge map were dropped as labels the
     model never saw (a tenth of the dev export), so the bench scored other rows than `score` would."""
-    from types import SimpleNamespace
-
     from longtail.cli import usage_exit
     from longtail.data import DataArguments, prepare_data, read_table, refuse_repeated
-    from longtail.export import label_options
-    from longtail.score import labelled_rows
+    from longtail.score import data_options, labelled_rows, recorded_data_options
 
     log: dict = {}
     if args.data:
@@ -217,15 +217,24 @@ def evaluation_rows(args, label2id: dict) -> tuple[list[str], np.ndarray, dict]:
             raise usage_exit(f"{args.data} has no column {missing}; columns: {list(df.columns)}")
         try:
             refuse_repeated(df, (args.text_column, args.label_column), f"--data {args.data}")
-            given = SimpleNamespace(model_dir=args.model_dir, text_column=args.text_column,
-                                    label_column=args.label_column, label_merge_map=None, label_taxonomy=None)  # fmt: skip
-            options, source = label_options(given)
+            # the bench has no --label_merge_map / --label_taxonomy: the run's recorded ones, else none
+            given = {"text_column": args.text_column, "label_column": args.label_column,
+                     "label_merge_map": None, "label_taxonomy": None}  # fmt: skip
+            if recorded_data_options(Path(args.model_dir)) is None:
+                options = given
+                read_with = "no merge map or taxonomy: the run records no data options (run_config.json), labels read as written"
+            else:
+                options, source = data_options([Path(args.model_dir)], given)
+                read_with = (
+                    f"merge map {options['label_merge_map'] or 'none'}, "
+                    f"taxonomy {options['label_taxonomy'] or 'none'}: {source}"
+                )
             df, counts = labelled_rows(lambda: df, args.data, options, None)  # unknown labels: counted below
         except ValueError as error:  # a merge map the run recorded that is not here, a nested value
             raise usage_exit(str(error)) from None
         log.update(
             source=Path(args.data).name,
-            labels_read_with=f"merge map {options['label_merge_map'] or 'none'}, taxonomy {options['label_taxonomy'] or 'none'}: {source}",
+            labels_read_with=read_with,
             labels_merged=counts["labels_merged"],
         )
         dropped = {k: v for k, v in counts.items() if k.startswith("dropped_")}
@@ -424,20 +433,23 @@ def padding_study(args, model, tokenizer, device: str) -> dict | None:
     if not args.padding_data:
         return None
     path = Path(args.padding_data)
+    # results.md names the file, never this machine's absolute path to it
     if not path.is_file():
-        return skipped(f"{path} not found")
+        if path == CFPB:
+            return skipped("the default --padding_data (../shared/data/cfpb/complaints_dev.csv) is absent")
+        return skipped(f"--padding_data {path.name} not found")
     df = read_table(path)
     # --text_column names --data's column; the default file is a CFPB export: `make bench DATA=x TEXT_COLUMN=text`
     # looked for "text" in it and skipped the study
     column = next((c for c in (args.text_column, CFPB_TEXT) if c in df.columns), None)
     if column is None:
-        return skipped(f"{path} has no column {args.text_column!r}")
+        return skipped(f"{path.name} has no column {args.text_column!r}")
     if column in df.attrs.get("repeated_columns", []):
-        return skipped(f"{path} has more than one column named {column!r}")
+        return skipped(f"{path.name} has more than one column named {column!r}")
     texts = df[column].dropna().astype(str)
     texts = texts[texts.str.strip() != ""]
     if texts.empty:
-        return skipped(f"{path} has no text in column {column!r}")
+        return skipped(f"{path.name} has no text in column {column!r}")
     if len(texts) < args.padding_rows:
         logger.warning("Padding study: %s has %d texts, fewer than --padding_rows %d: using them all",
                        path, len(texts), args.padding_rows)  # fmt: skip
@@ -654,7 +666,7 @@ def stability(results: list[dict], session_gflops: float) -> dict:
     drift of the GEMM peak remeasured with each variant (with the session's); a warning above UNSTABLE_SPREAD."""
     spreads = {r["variant"]: r["batch32_spread"] for r in results}
     peaks = [session_gflops, *(r["gemm_gflops_at_run"] for r in results)]
-    drift = (max(peaks) - min(peaks)) / max(peaks) if max(peaks) > 0 else 0.0
+    drift = gemm_drift(peaks)
     worst = max(spreads, key=spreads.get) if spreads else None
     out = {
         "threshold": UNSTABLE_SPREAD,

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from longtail.benchmark import UNSTABLE, gemm_drift
+
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench.scaling")
 
@@ -52,9 +54,9 @@ DEFAULT_MODELS = [
 # the model of the MFU and ONNX sections unless --mfu_model / --onnx_model say otherwise
 SECTION_DEFAULT = "modernbert-base"
 OUTPUTS = ("scaling.json", "scaling.md", "scaling.png")
-# as bench/inference.py: a GEMM reference that moved more than this within the run makes shares of the peak (and
-# latency ratios) that differ by less than its drift noise
-UNSTABLE_DRIFT = 0.10
+# as bench/inference.py (longtail.benchmark.UNSTABLE): a GEMM reference that moved more than this within the run
+# makes shares of the peak (and latency ratios) that differ by less than its drift noise
+UNSTABLE_DRIFT = UNSTABLE
 
 
 def parse_args(argv=None):
@@ -199,7 +201,8 @@ def texts_for(shared: Path) -> tuple[list[str], str]:
         " ".join([t] * 20)
         for t in make_synthetic_complaints(200, seed=1)["Consumer complaint narrative"].dropna()
     ]
-    return texts, f"synthetic complaints ({csv} is absent)"
+    # named from --shared_dir, not by this machine's absolute path (the report is shared)
+    return texts, f"synthetic complaints (--shared_dir has no data/cfpb/{csv.name})"
 
 
 def measure(model, batch, device, repeats, warmup) -> float:
@@ -345,7 +348,7 @@ def stability(report: dict) -> dict:
     the run: scaling.md gave each share against its own peak and never said that the references disagreed."""
     peaks = [report["gemm"]["gflops"], *(r["gemm_gflops_at_run"] for r in report["results"])]
     peaks += [report["mfu"]["gemm_gflops_at_run"]] if report.get("mfu") else []
-    drift = (max(peaks) - min(peaks)) / max(peaks) if max(peaks) > 0 else 0.0
+    drift = gemm_drift(peaks)
     return {"gemm_gflops_min": min(peaks), "gemm_gflops_max": max(peaks), "measured": len(peaks),
             "gemm_drift": drift, "threshold": UNSTABLE_DRIFT, "unstable": drift > UNSTABLE_DRIFT}  # fmt: skip
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -115,16 +114,6 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _rss_peak_bytes() -> int:
-    """This process's own resident high-water mark (VmHWM, what clear_refs resets). Not ru_maxrss: across fork +
-    exec it keeps the parent's peak, so a worker read its driver's (or pytest's) peak when that was larger."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return next(int(x.split()[1]) * 1024 for x in status.splitlines() if x.startswith("VmHWM:"))
-
-
 def _current_rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -185,6 +174,7 @@ def run_variant(
         load_quantized_classifier,
         trainable_parameters,
     )
+    from longtail.benchmark import peak_memory_bytes
     from longtail.losses import long_tail_loss
     from longtail.training import ModelArguments, auto_precision, load_classifier, load_tokenizer
 
@@ -233,7 +223,9 @@ def run_variant(
         enabled=cuda and precision != "no",
     )
 
-    load_peak = torch.cuda.max_memory_allocated() if cuda else _rss_peak_bytes()
+    # CUDA max allocated, else this process's own resident high-water mark (VmHWM, what clear_refs resets; not
+    # ru_maxrss, which across fork + exec keeps the parent's peak: a worker read its driver's or pytest's)
+    load_peak = peak_memory_bytes(device)
     reset = True
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -252,7 +244,7 @@ def run_variant(
     if cuda:
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - started) / steps
-    step_peak = torch.cuda.max_memory_allocated() if cuda else _rss_peak_bytes()
+    step_peak = peak_memory_bytes(device)
     return {
         "variant": variant,
         "description": DESCRIPTIONS[variant],

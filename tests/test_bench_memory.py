@@ -124,7 +124,8 @@ def test_a_workers_peak_is_its_own_not_its_parents(train_memory):
     256 MiB more read at least that as its own load and step peaks. The worker's high-water mark is its own."""
     held = bytearray(256 * 1024**2)
     held[::4096] = b"\1" * len(held[::4096])  # resident, page by page
-    code = f"import sys; sys.path.insert(0, {str(REPO / 'bench')!r}); import train_memory; print(train_memory._rss_peak_bytes())"
+    # the worker's CPU peak read (run_variant): longtail.benchmark.peak_memory_bytes
+    code = "from longtail.benchmark import peak_memory_bytes; print(peak_memory_bytes('cpu'))"
     child = int(
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )
@@ -132,18 +133,19 @@ def test_a_workers_peak_is_its_own_not_its_parents(train_memory):
     assert child < 128 * 1024**2  # a bare interpreter (this one's peak is above 256 MiB)
 
 
-def test_the_peak_read_is_vmhwm_in_bytes_else_ru_maxrss(train_memory, monkeypatch):
-    """/proc/self/status gives kB (KiB): VmHWM 2048 kB is 2 MiB, not the current VmRSS. Without /proc, ru_maxrss
-    (KiB on Linux) is the fallback."""
+def test_the_peak_read_is_vmhwm_in_bytes_else_ru_maxrss(monkeypatch):
+    """The worker's CPU peak (longtail.benchmark.peak_memory_bytes): /proc/self/status gives kB (KiB): VmHWM
+    2048 kB is 2 MiB, not the current VmRSS. Without /proc, ru_maxrss (KiB on Linux) is the fallback."""
     from types import SimpleNamespace
 
+    import longtail.benchmark as benchmark
+
     status = "VmPeak:\t  9000 kB\nVmRSS:\t   100 kB\nVmHWM:\t  2048 kB\n"
-    monkeypatch.setattr(train_memory, "Path", lambda path: SimpleNamespace(read_text=lambda: status))
-    assert train_memory._rss_peak_bytes() == 2 * 1024**2
-
-    def no_proc():
-        raise OSError("no /proc here")
-
-    monkeypatch.setattr(train_memory, "Path", lambda path: SimpleNamespace(read_text=no_proc))
-    monkeypatch.setattr(train_memory.resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3072))
-    assert train_memory._rss_peak_bytes() == 3 * 1024**2
+    monkeypatch.setattr(
+        benchmark, "Path", lambda path: SimpleNamespace(is_file=lambda: True, read_text=lambda: status)
+    )
+    assert benchmark.peak_memory_bytes("cpu") == 2 * 1024**2
+    monkeypatch.setattr(benchmark, "Path", lambda path: SimpleNamespace(is_file=lambda: False))
+    monkeypatch.setattr(benchmark.resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3072))
+    monkeypatch.setattr(benchmark.sys, "platform", "linux")
+    assert benchmark.peak_memory_bytes("cpu") == 3 * 1024**2

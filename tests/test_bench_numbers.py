@@ -104,8 +104,8 @@ def test_inference_evaluation_rows_count_each_drop_once(inference, tmp_path):
     assert texts == ["fraud", "closed"] and labels.tolist() == [0, 1]
     assert log == {
         "source": "rows.csv",
-        "labels_read_with": f"merge map none, taxonomy none: {tmp_path} records no data options (run_config.json): "
-        "a merge map and taxonomy only as given, none otherwise",
+        "labels_read_with": "no merge map or taxonomy: the run records no data options (run_config.json), labels read "
+        "as written",
         "labels_merged": 0,
         "rows": 5,
         "dropped_empty_text": 2,
@@ -113,6 +113,17 @@ def test_inference_evaluation_rows_count_each_drop_once(inference, tmp_path):
         "dropped_unknown_label": 1,
         "scored": 2,
     }
+    # results.md words it itself: the bench has no --label_merge_map / --label_taxonomy to give (it read "merge map
+    # none, taxonomy none: <dir> records no data options (run_config.json): a merge map and taxonomy only as given")
+    report = {"model": "m", "machine_text": "m", "rows": log, "max_length": 8, "padded_to_real_tokens": 1.0,
+              "repeats": 1, "warmup": 0, "gemm": {"gflops": 1.0, "size": 8, "threads": 1}, "results": [],
+              "skipped": {}, "recommendation": ""}  # fmt: skip
+    md = inference.markdown(report)
+    assert (
+        "Rows: 2 from rows.csv (labels read with no merge map or taxonomy: the run records no data options "
+        "(run_config.json), labels read as written; 0 merged), max_length 8," in md
+    )
+    assert str(tmp_path) not in md and "as given" not in md
 
 
 def test_inference_evaluation_rows_of_the_runs_own_split(inference, tmp_path):
@@ -460,11 +471,20 @@ def test_inference_padding_study_reads_the_cfpb_column_and_says_when_skipped(
     assert pad["rows"] == 2 and pad["column"] == "Consumer complaint narrative"
     args = inference.parse_args(["--padding_data", str(tmp_path / "absent.csv")])
     pad = inference.padding_study(args, model, tokenizer, "cpu")
-    assert pad == {"skipped": f"{tmp_path / 'absent.csv'} not found"}
+    assert pad == {"skipped": "--padding_data absent.csv not found"}
     report = {"model": "m", "machine_text": "m", "rows": {"scored": 1, "source": "s"}, "max_length": 40,
               "padded_to_real_tokens": 1.0, "repeats": 1, "warmup": 0, "gemm": {"gflops": 1.0, "size": 8, "threads": 1},
               "results": [], "skipped": {}, "recommendation": "", "padding": pad}  # fmt: skip
-    assert f"Padding study not run: {tmp_path / 'absent.csv'} not found." in inference.markdown(report)
+    assert "Padding study not run: --padding_data absent.csv not found." in inference.markdown(report)
+    # the default file absent (any machine without ../shared): said without this machine's absolute path to it
+    monkeypatch.setattr(inference, "CFPB", tmp_path / "shared" / "data" / "cfpb" / "complaints_dev.csv")
+    pad = inference.padding_study(inference.parse_args([]), model, tokenizer, "cpu")
+    md = inference.markdown({**report, "padding": pad})
+    assert (
+        "Padding study not run: the default --padding_data (../shared/data/cfpb/complaints_dev.csv) is absent."
+        in md
+    )
+    assert str(tmp_path) not in md
     # --text_column wins where the file has both; the export's column is the fallback only
     both = tmp_path / "both.csv"
     pd.DataFrame(
@@ -478,8 +498,8 @@ def test_inference_padding_study_reads_the_cfpb_column_and_says_when_skipped(
     neither = tmp_path / "neither.csv"
     neither.write_text("body\nlate fee\n", "utf-8")
     for path, why in (
-        (twice, f"{twice} has more than one column named 'Consumer complaint narrative'"),
-        (neither, f"{neither} has no column 'text'"),
+        (twice, "twice.csv has more than one column named 'Consumer complaint narrative'"),
+        (neither, "neither.csv has no column 'text'"),
     ):
         args = inference.parse_args(["--padding_data", str(path), "--text_column", "text"])
         assert inference.padding_study(args, None, None, "cpu") == {"skipped": why}
@@ -536,7 +556,7 @@ def test_scaling_numbers_on_a_fixed_clock(scaling, tiny_modernbert, tmp_path, mo
     report = scaling.main(["--model_dirs", f"tiny={tiny_modernbert}", "--batch_size", "2", "--seq_len", "16",
                            "--mfu_model", "tiny", "--mfu_batch_size", "4", "--onnx_model", "",
                            "--shared_dir", str(tmp_path / "shared"), "--output_dir", str(tmp_path)])  # fmt: skip
-    texts = f"synthetic complaints ({tmp_path}/shared/data/cfpb/complaints_dev.csv is absent)"
+    texts = "synthetic complaints (--shared_dir has no data/cfpb/complaints_dev.csv)"
     assert report["texts"] == texts
     [row] = report["results"]
     assert (
@@ -647,13 +667,13 @@ def test_scaling_says_when_its_texts_are_synthetic(scaling, tmp_path):
     """Without <shared>/data/cfpb the study times synthetic complaints; scaling.md said "real CFPB texts"."""
     texts, source = scaling.texts_for(tmp_path)
     assert (
-        len(texts) > 8
-        and source == f"synthetic complaints ({tmp_path}/data/cfpb/complaints_dev.csv is absent)"
+        len(texts) > 8 and source == "synthetic complaints (--shared_dir has no data/cfpb/complaints_dev.csv)"
     )
     report = {"machine_text": "m", "gemm": {"gflops": 1.0}, "repeats": 1, "warmup": 0, "results": [], "claims": {},
               "mfu": None, "onnx": None, "texts": source}  # fmt: skip
     md = scaling.markdown(report)
     assert f"warm-up, {source} cut to the exact length" in md and "real CFPB" not in md
+    assert str(tmp_path) not in md  # named from --shared_dir, not by this machine's absolute path
     # with the export there: 400 of its narratives (all of them here), named as real
     narratives = [f"complaint number {i}" for i in range(400)]
     (tmp_path / "data" / "cfpb").mkdir(parents=True)
@@ -994,10 +1014,12 @@ def test_train_memory_worker_measures_on_a_fixed_clock(
     """The worker itself (LoRA on the tiny Qwen2, 2 steps) with its clock and memory readings replaced: loading
     from t=0 to 1.5 s, the steps from 10 to 14 s: 2.0 s per step; peak RSS 5 GiB while loading, 3 GiB in the
     steps: the process peak is the larger, 5, and the step peak 3."""
+    import longtail.benchmark as benchmark
+
     clock = iter([0.0, 1.5, 10.0, 14.0])
     monkeypatch.setattr(train_memory, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     peaks = iter([5 * GIB, 3 * GIB])
-    monkeypatch.setattr(train_memory, "_rss_peak_bytes", lambda: next(peaks))
+    monkeypatch.setattr(benchmark, "peak_memory_bytes", lambda device: next(peaks))
     current = iter([GIB, 2 * GIB])
     monkeypatch.setattr(train_memory, "_current_rss_bytes", lambda: next(current))
     monkeypatch.setattr(train_memory, "_release_free_memory", lambda: None)
@@ -1012,3 +1034,15 @@ def test_train_memory_worker_measures_on_a_fixed_clock(
     assert (result["peak_bytes"], result["step_peak_bytes"]) == (5 * GIB, 3 * GIB)
     assert result["variant"] == "lora" and not result["gradient_checkpointing"]
     assert 0 < result["trainable_params"] < result["total_params"]
+
+
+def test_bench_scripts_share_one_instability_threshold_and_drift(inference, scaling, kd_step):
+    """The 10 % threshold and the GEMM-drift formula live once, in longtail.benchmark (three copies before)."""
+    import longtail.benchmark as benchmark
+
+    assert (
+        inference.UNSTABLE_SPREAD is scaling.UNSTABLE_DRIFT is kd_step.UNSTABLE_SPREAD is benchmark.UNSTABLE
+    )
+    assert benchmark.UNSTABLE == 0.10
+    # (max - min) / max, the session's peak among them; 0 where no peak is above 0
+    assert benchmark.gemm_drift([100.0, 75.0, 90.0]) == 0.25 and benchmark.gemm_drift(iter([0.0, 0.0])) == 0.0

@@ -6,7 +6,11 @@
 - `forward_flops`: model FLOPs of a forward pass, 2 x non-embedding parameters x real tokens plus attention
   (QK^T and AV: 4 x layers x hidden x length^2 per sequence), so padding counts as waste, not work;
 - `peak_memory_bytes`: process peak RSS on CPU (VmHWM), CUDA max allocated on GPU;
-- `earlier_results`: the refusal of a rerun into a folder holding a benchmark's earlier results.
+- `earlier_results`: the refusal of a rerun into a folder holding a benchmark's earlier results;
+- `UNSTABLE`, `gemm_drift`: the bench reports' one instability threshold, and how far a GEMM peak measured again
+  within a run moved.
+
+torch is imported where used: the bench scripts read `UNSTABLE` when they load.
 """
 
 from __future__ import annotations
@@ -14,14 +18,29 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+# above this, a measure repeated within one run moved too much for differences of that size to mean anything (the
+# bench reports warn): timed repeats ((max - min) / median) or the GEMM peak measured again (`gemm_drift`)
+UNSTABLE = 0.10
+
+
+def gemm_drift(peaks: Iterable[float]) -> float:
+    """(max - min) / max of the GEMM peaks (GFLOP/s) measured within one run; 0 where none is above 0."""
+    peaks = list(peaks)
+    return (max(peaks) - min(peaks)) / max(peaks) if max(peaks) > 0 else 0.0
 
 
 def sync(device: str = "cpu") -> None:
+    import torch
+
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -40,8 +59,11 @@ def timed(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: s
     return {"median_s": float(np.median(runs)), "min_s": min(runs), "max_s": max(runs), "runs_s": runs}
 
 
-def gemm_peak_gflops(size: int = 2048, repeats: int = 5, device: str = "cpu", dtype=torch.float32) -> dict:
+def gemm_peak_gflops(size: int = 2048, repeats: int = 5, device: str = "cpu", dtype=None) -> dict:
     """fp32 (or `dtype`) GEMM throughput of an n x n x n matmul: 2 n^3 FLOPs per call, median of `repeats`."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
@@ -58,6 +80,8 @@ def gemm_peak_gflops(size: int = 2048, repeats: int = 5, device: str = "cpu", dt
 
 def non_embedding_parameters(model: torch.nn.Module) -> int:
     """Parameters outside the embedding tables (a lookup costs no FLOPs)."""
+    import torch
+
     embedding = sum(
         p.numel()
         for m in model.modules()
@@ -76,6 +100,8 @@ def forward_flops(non_embedding_params: int, config, lengths) -> float:
 
 
 def reset_peak_memory(device: str = "cpu") -> None:
+    import torch
+
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
@@ -83,6 +109,8 @@ def reset_peak_memory(device: str = "cpu") -> None:
 def peak_memory_bytes(device: str = "cpu") -> int:
     """CUDA max allocated since the last reset on GPU; the process's peak RSS on CPU."""
     if str(device).startswith("cuda"):
+        import torch
+
         return int(torch.cuda.max_memory_allocated())
     # VmHWM is this process's own high-water mark; ru_maxrss can carry the parent's peak across fork + exec
     status = Path("/proc/self/status")
