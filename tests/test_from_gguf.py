@@ -14,7 +14,12 @@ import pytest
 import torch
 from conftest import decoder_args, refused
 from test_recipes import load_recipe, synthetic_files
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from longtail import from_gguf
 from longtail.cli import UsageError
@@ -194,10 +199,15 @@ def test_an_overwrite_replaces_only_an_earlier_conversion(tiny_gguf, tmp_path, c
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(PreTrainedModel, "save_pretrained", fails)
+        patch.setattr(
+            PreTrainedTokenizerBase, "save_pretrained", fails
+        )  # the model's weights are written by then
         with pytest.raises(OSError, match="disk full"):
             from_gguf.main([str(tiny_gguf), "--output_dir", str(out), "--overwrite"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [
+        p.name for p in out.parent.iterdir() if p.name.startswith(".")
+    ] == []  # no half-written folder beside
 
     other = tmp_path / "someone_elses"
     other.mkdir()

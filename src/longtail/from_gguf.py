@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 
 from longtail.cli import MissingDependencyError, UsageError, usage_exit
@@ -141,22 +142,38 @@ def convert(source: Path, out: Path) -> dict:
     if tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     # written beside the folder, then moved in, the record last: an interrupted run leaves no folder that reads
-    # as a finished conversion
+    # as a finished conversion (and a failed one leaves nothing beside it)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    ids = tokenizer(SAMPLE, return_tensors="pt")
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        ids = tokenizer(SAMPLE, return_tensors="pt")
+        with torch.no_grad():
+            reference = model(**ids).logits
+        parameters = sum(p.numel() for p in model.parameters())
+        del model  # one float32 copy at a time: the saved one is loaded next
+        record = checked_record(staging, ids, reference, source, meta, changed, parameters)
+        (out / RECORD).unlink(missing_ok=True)
+        replace_previous_run(out, overwrite=True)  # an earlier conversion's files (a sharded model, say)
+        for item in sorted(staging.iterdir(), key=lambda p: p.name == RECORD):
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+def checked_record(
+    folder: Path, ids, reference, source: Path, meta: dict, changed: list[str], parameters: int
+):
+    """The saved folder must score as the GGUF model did (it is what every recipe will read); then its record and
+    card, written there."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     with torch.no_grad():
-        reference = model(**ids).logits
-    parameters = sum(p.numel() for p in model.parameters())
-    del model  # one float32 copy at a time
-    # the saved folder must score as the GGUF model did (it is what every recipe will read)
-    with torch.no_grad():
-        diff = (
-            AutoModelForCausalLM.from_pretrained(staging, dtype=torch.float32)(**ids).logits - reference
-        ).abs()
-    diff = diff.max().item()
+        saved = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)(**ids).logits
+    diff = (saved - reference).abs().max().item()
     if diff > 1e-5:
         raise RuntimeError(f"the saved folder's logits differ from the GGUF model's by {diff:.3g}")
     record = {
@@ -170,22 +187,11 @@ def convert(source: Path, out: Path) -> dict:
         "parameters": parameters,
         "tokenizer_fixes": changed,
         "max_abs_logit_diff_after_save": diff,
-        "versions": {"transformers": __import__("transformers").__version__, "gguf": gguf_version()},
+        "versions": {name: version(name) for name in ("transformers", "gguf")},
     }
-    (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n", "utf-8")
-    (staging / "README.md").write_text(card(record), "utf-8")
-    (out / RECORD).unlink(missing_ok=True)
-    replace_previous_run(out, overwrite=True)  # an earlier conversion's files (a sharded model, say)
-    for item in sorted(staging.iterdir(), key=lambda p: p.name == RECORD):
-        os.replace(item, out / item.name)
-    staging.rmdir()
+    (folder / RECORD).write_text(json.dumps(record, indent=2) + "\n", "utf-8")
+    (folder / "README.md").write_text(card(record), "utf-8")
     return record
-
-
-def gguf_version() -> str:
-    from importlib.metadata import version
-
-    return version("gguf")
 
 
 def card(record: dict) -> str:
