@@ -237,6 +237,13 @@ def test_bad_inputs_are_one_line(tiny_llama, tiny_gguf, tmp_path, capsys, monkey
     assert refused(from_gguf.main, [str(fake), "--output_dir", out], capsys).endswith(
         f"{fake} is not a GGUF file (it does not start with the GGUF magic)"
     )
+    for cut in (4 + 4 + 7, 5000):  # a download cut short: in the header, in the metadata
+        short = tmp_path / f"short{cut}.gguf"
+        short.write_bytes(tiny_gguf.read_bytes()[:cut])
+        assert (
+            f"error: {short} starts as a GGUF file but cannot be read as one (cut short or damaged?): "
+            in refused(from_gguf.main, [str(short), "--output_dir", out], capsys)
+        )
     line = refused(from_gguf.main, [str(tiny_gguf), "--output_dir", str(tiny_gguf.parent)], capsys)
     assert line.endswith(
         f"--output_dir {tiny_gguf.parent} is the folder of the GGUF file itself: choose another --output_dir"

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import sys
 from collections import Counter
 from importlib.metadata import version
@@ -51,7 +52,15 @@ def require_gguf():
 
 def file_metadata(path: Path) -> dict:
     """The file's architecture, tokenizer entries and tensor types, read with gguf's own reader."""
-    reader = require_gguf().GGUFReader(path)
+    gguf = require_gguf()
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, struct.error) as err:
+        # a download cut short or a damaged file: numpy's words from deep inside the reader said nothing of that
+        raise UsageError(
+            f"{path} starts as a GGUF file but cannot be read as one (cut short or damaged?): "
+            f"{' '.join(str(err).split()) or type(err).__name__}"
+        ) from err
 
     def value(key):
         field = reader.fields.get(key)
