@@ -51,10 +51,6 @@ RECOMMEND_WITHIN = 0.005  # macro-F1 (0.5 point) of PyTorch fp32
 # ... and argmax agreement with it, the export's int8 gate: on a few hundred rows macro-F1 alone can tie by
 # chance while a third of the predictions changed
 RECOMMEND_MIN_AGREEMENT = 0.97
-# above this (longtail.benchmark.UNSTABLE), a variant's timed repeats ((max - min) / median) or the GEMM peak
-# remeasured with each variant (gemm_drift) moved too much for speed ratios of that size to mean anything: results.md
-# says so
-UNSTABLE_SPREAD = UNSTABLE
 MIB = 1024**2
 PLOTS = ("pareto_latency.png", "pareto_memory.png")
 logger = logging.getLogger("bench.inference")
@@ -663,25 +659,25 @@ def verdicts(results: list[dict], batch_size: int = 32) -> str:
 
 def stability(results: list[dict], session_gflops: float) -> dict:
     """How much the machine moved during the run: the widest spread of a variant's timed batch passes and the
-    drift of the GEMM peak remeasured with each variant (with the session's); a warning above UNSTABLE_SPREAD."""
+    drift of the GEMM peak remeasured with each variant (with the session's); a warning above UNSTABLE."""
     spreads = {r["variant"]: r["batch32_spread"] for r in results}
     peaks = [session_gflops, *(r["gemm_gflops_at_run"] for r in results)]
     drift = gemm_drift(peaks)
     worst = max(spreads, key=spreads.get) if spreads else None
     out = {
-        "threshold": UNSTABLE_SPREAD,
+        "threshold": UNSTABLE,
         "max_batch32_spread": spreads[worst] if worst else None,
         "max_spread_variant": worst,
         "gemm_gflops_min": min(peaks),
         "gemm_gflops_max": max(peaks),
         "gemm_drift": drift,
     }
-    out["unstable"] = bool((worst and spreads[worst] > UNSTABLE_SPREAD) or drift > UNSTABLE_SPREAD)
+    out["unstable"] = bool((worst and spreads[worst] > UNSTABLE) or drift > UNSTABLE)
     out["warning"] = None
     if out["unstable"]:
         noise = max(spreads[worst] if worst else 0.0, drift)
         out["warning"] = (
-            f"**Warning: the machine was unstable during this run** (threshold {UNSTABLE_SPREAD:.0%}): the timed "
+            f"**Warning: the machine was unstable during this run** (threshold {UNSTABLE:.0%}): the timed "
             f"batch passes of {worst} spread {spreads[worst]:.0%} of their median, and the GEMM peak measured "
             f"with each variant moved between {min(peaks):.1f} and {max(peaks):.1f} GFLOP/s ({drift:.0%}). "
             f"Speed-ups, latencies and shares of the GEMM peak that differ by less than about {noise:.0%} are "

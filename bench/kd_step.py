@@ -30,9 +30,6 @@ sys.path.insert(0, str(REPO / "src"))
 from longtail.benchmark import UNSTABLE  # noqa: E402 (src/ on the path first)
 
 TARGET = 1.1
-# as bench/inference.py (longtail.benchmark.UNSTABLE): step times that spread more than this ((max - min) / median)
-# leave the KD / CE ratio uncertain by as much, and the verdict with it
-UNSTABLE_SPREAD = UNSTABLE
 DEFAULT_NUM_LABELS = 113
 OUTPUTS = ("kd_step.json", "kd_step.md")
 
@@ -225,7 +222,7 @@ def main(argv=None) -> int:
         "target": TARGET,
         "meets_target": ratio <= TARGET,
         "spread": spread,
-        "unstable": spread > UNSTABLE_SPREAD,
+        "unstable": spread > UNSTABLE,
         "environment": env,
     }
     out = Path(args.output_dir)
@@ -254,12 +251,12 @@ def main(argv=None) -> int:
         # the verdict alone read as settled on a machine whose step times moved more than the margin to the target
         *(
             [
-                f"**Warning: the machine was unstable during this run** (threshold {UNSTABLE_SPREAD:.0%}): the timed "
+                f"**Warning: the machine was unstable during this run** (threshold {UNSTABLE:.0%}): the timed "
                 f"steps spread up to {spread:.0%} of their median, so KD / CE is uncertain by about as much; rerun on "
                 "a quiet machine (or with more --rounds) before quoting it.",
                 "",
             ]
-            if spread > UNSTABLE_SPREAD
+            if spread > UNSTABLE
             else []
         ),
         "Environment: " + ", ".join(f"{k} {v}" for k, v in report["environment"].items()),

@@ -54,9 +54,6 @@ DEFAULT_MODELS = [
 # the model of the MFU and ONNX sections unless --mfu_model / --onnx_model say otherwise
 SECTION_DEFAULT = "modernbert-base"
 OUTPUTS = ("scaling.json", "scaling.md", "scaling.png")
-# as bench/inference.py (longtail.benchmark.UNSTABLE): a GEMM reference that moved more than this within the run
-# makes shares of the peak (and latency ratios) that differ by less than its drift noise
-UNSTABLE_DRIFT = UNSTABLE
 
 
 def parse_args(argv=None):
@@ -350,7 +347,7 @@ def stability(report: dict) -> dict:
     peaks += [report["mfu"]["gemm_gflops_at_run"]] if report.get("mfu") else []
     drift = gemm_drift(peaks)
     return {"gemm_gflops_min": min(peaks), "gemm_gflops_max": max(peaks), "measured": len(peaks),
-            "gemm_drift": drift, "threshold": UNSTABLE_DRIFT, "unstable": drift > UNSTABLE_DRIFT}  # fmt: skip
+            "gemm_drift": drift, "threshold": UNSTABLE, "unstable": drift > UNSTABLE}  # fmt: skip
 
 
 def markdown(report: dict) -> str:

@@ -293,7 +293,7 @@ def test_max_length_above_the_models_positions(bench, run_dir, eval_csv, tmp_pat
 
 
 def test_unstable_machine_is_flagged_in_the_report(bench):
-    """A variant whose timed repeats spread beyond UNSTABLE_SPREAD, or a GEMM peak that drifted across variants
+    """A variant whose timed repeats spread beyond UNSTABLE, or a GEMM peak that drifted across variants
     (as measured on a shared VM: passes of 2.0-10.0 s, peaks 176 -> 73 GFLOP/s), puts a warning in results.md;
     a steady run has none."""
 

@@ -1040,9 +1040,7 @@ def test_bench_scripts_share_one_instability_threshold_and_drift(inference, scal
     """The 10 % threshold and the GEMM-drift formula live once, in longtail.benchmark (three copies before)."""
     import longtail.benchmark as benchmark
 
-    assert (
-        inference.UNSTABLE_SPREAD is scaling.UNSTABLE_DRIFT is kd_step.UNSTABLE_SPREAD is benchmark.UNSTABLE
-    )
+    assert inference.UNSTABLE is scaling.UNSTABLE is kd_step.UNSTABLE is benchmark.UNSTABLE
     assert benchmark.UNSTABLE == 0.10
     # (max - min) / max, the session's peak among them; 0 where no peak is above 0
     assert benchmark.gemm_drift([100.0, 75.0, 90.0]) == 0.25 and benchmark.gemm_drift(iter([0.0, 0.0])) == 0.0
