@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", train_result.metrics)
-    tau, tau_section = adjust_on_validation(trainer, data, kd_datasets, loss_args.posthoc_logit_adjustment)
+    tau, tau_section, _ = adjust_on_validation(trainer, data, kd_datasets, loss_args.posthoc_logit_adjustment)
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
     results = evaluate_splits(trainer, data, kd_datasets, training_args.do_predict)

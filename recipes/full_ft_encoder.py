@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
         alpha, rows = choose_alpha(trainer, datasets, y_val, start, wise_args.grid())
         sections.append(report_section(rows, alpha))
         wise_finish(training_args.output_dir, trainer.is_world_process_zero())
-    tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
+    tau, tau_section, tau_applied = adjust_on_validation(
+        trainer, data, datasets, loss_args.posthoc_logit_adjustment
+    )
     sections += [tau_section] if tau_section else []
 
     # ---- Optionally train the chosen run again on train + validation (2x cost) -----------------
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         info = run_info("full_ft_encoder", trainer, train_result, model_args, data_args, loss_args, started)
         info["selection"] = selection_note(
-            info["selection"], lpft_args, tau, tau_section, len(data.splits["validation"]), alpha
+            info["selection"], lpft_args, tau, tau_applied, len(data.splits["validation"]), alpha
         )
         if refit_args.refit_with_validation:
             info["selection"] += f"; {refit_note(data)}"

@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_result, _ = lpft_train(trainer, lpft_args, training_args.resume_from_checkpoint)
     save_adapter(trainer)  # adapter + head + config.json (labels, pad token id) + tokenizer
     # post-hoc logit adjustment, chosen on validation (folded only into a head with a bias)
-    tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
+    tau, tau_section, tau_applied = adjust_on_validation(
+        trainer, data, datasets, loss_args.posthoc_logit_adjustment
+    )
     trainer.save_metrics("train", train_result.metrics)
 
     # ---- Optionally train the chosen run again on train + validation (2x cost) -----------------
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         info = run_info("lora_decoder", trainer, train_result, model_args, data_args, loss_args, started)
         info["selection"] = selection_note(
-            info["selection"], lpft_args, tau, tau_section, len(data.splits["validation"])
+            info["selection"], lpft_args, tau, tau_applied, len(data.splits["validation"])
         )
         if refit_args.refit_with_validation:
             info["selection"] += f"; {refit_note(data)}"

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     save_adapter(trainer)  # adapter + fp32 head + config.json (labels, pad token id) + tokenizer
     # post-hoc logit adjustment, chosen on validation (folded only into a head with a bias)
-    tau, tau_section = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
+    tau, tau_section, _ = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
     trainer.save_metrics("train", train_result.metrics)
 
     # ---- Optionally train the chosen run again on train + validation (2x cost) -----------------

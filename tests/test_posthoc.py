@@ -103,8 +103,8 @@ def test_adjust_on_validation_folds_the_chosen_tau_and_saves_the_model():
     trainer = StandIn(torch.nn.Linear(2, 2))
     with torch.no_grad():
         trainer.model.bias.zero_()
-    tau, section = adjust_on_validation(trainer, data, {"validation": "val-rows"}, "auto")
-    assert tau == 0.5 and trainer.saved == 1
+    tau, section, applied = adjust_on_validation(trainer, data, {"validation": "val-rows"}, "auto")
+    assert tau == 0.5 and applied is True and trainer.saved == 1
     torch.testing.assert_close(
         trainer.model.bias, torch.tensor([-0.5 * np.log(0.9), -0.5 * np.log(0.1)], dtype=torch.float32)
     )
@@ -112,15 +112,16 @@ def test_adjust_on_validation_folds_the_chosen_tau_and_saves_the_model():
     assert "| 0.0 | 0.3333 | 0.5000 |" in section
 
     no_bias = StandIn(torch.nn.Linear(2, 2, bias=False))
-    tau, section = adjust_on_validation(no_bias, data, {"validation": "val-rows"}, "auto")
-    assert tau == 0.0 and no_bias.saved == 0
+    tau, section, applied = adjust_on_validation(no_bias, data, {"validation": "val-rows"}, "auto")
+    assert tau == 0.0 and applied is False and no_bias.saved == 0
     assert (
         "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in the "
         "test scores reported.** `--loss logit_adjusted` trains the shift in instead, with no bias needed."
     ) in section.splitlines()
     # a run that trains with the logit-adjusted loss already is not told to
     no_bias.loss_args = SimpleNamespace(loss="logit_adjusted")
-    tau, section = adjust_on_validation(no_bias, data, {"validation": "val-rows"}, "auto")
+    tau, section, applied = adjust_on_validation(no_bias, data, {"validation": "val-rows"}, "auto")
+    assert applied is False
     assert (
         "**The head has no bias (a decoder's `score`), so the chosen shift is not in the saved model, nor in the "
         "test scores reported.**"
@@ -129,14 +130,30 @@ def test_adjust_on_validation_folds_the_chosen_tau_and_saves_the_model():
     # (0.5 was); it read "post-hoc tau 0.0: best validation macro-F1" beside the grid marking 0.5 chosen
     from longtail.lpft import LPFTArguments, selection_note
 
-    note = selection_note("checkpoint: best", LPFTArguments(), tau, section, 30)
+    note = selection_note("checkpoint: best", LPFTArguments(), tau, applied, 30)
     assert "post-hoc tau: chosen on validation, not applied (the head has no bias)" in note
     assert "best validation macro-F1" not in note
-    note = selection_note("checkpoint: best", LPFTArguments(), 0.5, "(folded)", 30)
+    note = selection_note("checkpoint: best", LPFTArguments(), 0.5, True, 30)
     assert "; post-hoc tau 0.5: best validation macro-F1;" in note
     untouched = StandIn(torch.nn.Linear(2, 2))
-    assert adjust_on_validation(untouched, data, {"validation": "val-rows"}, "none") == (0.0, None)
+    assert adjust_on_validation(untouched, data, {"validation": "val-rows"}, "none") == (0.0, None, None)
     assert untouched.predicted == 0
+
+
+def test_selection_note_reads_whether_tau_was_applied_not_the_sections_wording():
+    """The selection line's post-hoc part follows adjust_on_validation's `applied` (it looked for the "no bias"
+    sentence in the report section's text, so a reworded section, or none passed, said nothing): False names a
+    tau chosen but not in the model, True the tau served (0 too: the best was no shift), None no tau at all."""
+    from longtail.lpft import LPFTArguments, selection_note
+
+    temperature = "temperature: none fitted (5 validation rows, 20 needed)"
+    assert selection_note("last epoch", LPFTArguments(), 0.0, False, 5) == (
+        f"last epoch; post-hoc tau: chosen on validation, not applied (the head has no bias); {temperature}"
+    )
+    assert selection_note("last epoch", LPFTArguments(), 0.0, True, 5) == (
+        f"last epoch; post-hoc tau 0.0: best validation macro-F1; {temperature}"
+    )
+    assert selection_note("last epoch", LPFTArguments(), 0.0, None, 5) == f"last epoch; {temperature}"
 
 
 @pytest.fixture

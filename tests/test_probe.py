@@ -983,7 +983,7 @@ def test_selection_note_names_everything_validation_chose():
 
     lpft = LPFTArguments(head_init_from="/runs/probe_a", head_warmup_epochs=2, layer_lr_decay=0.8)
     note = selection_note(
-        "best checkpoint by validation macro-F1; test scored once at the end", lpft, 0.5, "grid", 30, 0.75
+        "best checkpoint by validation macro-F1; test scored once at the end", lpft, 0.5, True, 30, 0.75
     )
     assert note == (
         "best checkpoint by validation macro-F1; head: the probe's (probe_a; its settings chosen on validation); "

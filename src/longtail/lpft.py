@@ -27,7 +27,6 @@ import torch
 
 from longtail.calibration import temperature_note
 from longtail.cli import UsageError
-from longtail.posthoc import NOT_FOLDED
 from longtail.refit import SELECTION_HEAD
 
 logger = logging.getLogger(__name__)
@@ -210,11 +209,13 @@ def selection_note(
     selection: str,
     lpft_args: LPFTArguments,
     tau: float | None,
-    tau_section: str | None,
+    tau_applied: bool | None,
     validation_rows: int,
     wise_alpha: float | None = None,
 ) -> str:
-    """run_info's selection line with what else chose what: the head (LP-FT), the post-hoc tau, temperature."""
+    """run_info's selection line with what else chose what: the head (LP-FT), the post-hoc tau, temperature.
+    `tau_applied`: `posthoc.adjust_on_validation`'s `applied` (None: no tau chosen, False: chosen, not in the
+    model)."""
     test = "; test scored once at the end"
     parts = [selection.replace(test, "")]
     if lpft_args.head_init_from:
@@ -228,9 +229,9 @@ def selection_note(
     if wise_alpha is not None:
         parts.append(f"WiSE-FT alpha {wise_alpha:g}: best validation macro-F1")
     # a bias-less head (Qwen/Llama `score`) serves tau 0, which was not the best: the line said it was
-    if tau_section and NOT_FOLDED in tau_section:
+    if tau_applied is False:
         parts.append("post-hoc tau: chosen on validation, not applied (the head has no bias)")
-    elif tau_section:
+    elif tau_applied:
         parts.append(f"post-hoc tau {tau}: best validation macro-F1")
     parts.append(temperature_note(validation_rows))
     return "; ".join(parts) + (test if test in selection else "")

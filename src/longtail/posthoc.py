@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -147,14 +148,25 @@ def grid_section(rows: list[dict], tau: float, folded: bool, hint: bool = True) 
     return "\n".join(lines)
 
 
-def adjust_on_validation(trainer, data, datasets: dict, option: str) -> tuple[float, str | None]:
+class Adjustment(NamedTuple):
+    """What `adjust_on_validation` did, for the report and the selection line: the tau the saved model carries,
+    the report section (None when the option is 'none'), and whether the chosen tau is in the model (`applied`:
+    False for a bias-less head, None when no tau was chosen). The selection line read "not applied" off the
+    section's wording."""
+
+    tau: float
+    section: str | None
+    applied: bool | None
+
+
+def adjust_on_validation(trainer, data, datasets: dict, option: str) -> Adjustment:
     """Choose tau on the validation logits, fold it into the trained model's head, re-save the model.
 
-    Returns (tau, report section); (0.0, None) when the option is 'none'.
+    Returns (tau, report section, applied); (0.0, None, None) when the option is 'none'.
     """
     grid = parse_tau_option(option)
     if grid == (0.0,):
-        return 0.0, None
+        return Adjustment(0.0, None, None)
     output = trainer.predict(datasets["validation"], metric_key_prefix="posthoc")
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     log_prior = log_prior_array(data.train_counts, len(data.label_names))
@@ -166,4 +178,4 @@ def adjust_on_validation(trainer, data, datasets: dict, option: str) -> tuple[fl
     logger.info("Post-hoc logit adjustment: tau=%s chosen on validation macro-F1 (%s)", tau, rows)
     if folded and tau != 0:
         trainer.save_model()  # the served model carries the shift
-    return (tau if folded else 0.0), grid_section(rows, tau, folded, hint)
+    return Adjustment(tau if folded else 0.0, grid_section(rows, tau, folded, hint), folded)
