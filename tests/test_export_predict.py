@@ -710,6 +710,38 @@ def test_serving_a_qlora_run_warns_that_its_merged_model_is_full_precision(tiny_
     assert "4-bit" not in caplog.text
 
 
+def test_only_an_adapter_runs_merged_folder_is_served_as_the_run(tiny_classifier, tmp_path, caplog):
+    """The run above merged/ is `runs.adapter_run_above`: `<run>/merged` in a folder with adapter_config.json.
+    `predict` and the export took any model folder inside an adapter run for its merged model, where `score` took
+    merged/ only: a classifier kept inside a QLoRA run (a copy of another model here) was warned about as the run's
+    4-bit model, and its export got the run's run_config.json (its length, and its quantization: the export would
+    warn too)."""
+    import shutil
+
+    from longtail.adapters import merge_adapter
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import resolve_model_dir
+
+    run = save_lora_run(tiny_classifier, tmp_path / "qlora", 1.0)
+    record = {"data": {"max_length": 32}, "quantization": {"bnb_4bit_quant_type": "nf4"}}
+    (run / "run_config.json").write_text(json.dumps(record))
+    merged = merge_adapter(run, base_model=tiny_classifier)
+    other = Path(shutil.copytree(tiny_classifier, run / "other"))
+    with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+        assert resolve_model_dir(other) == other
+    assert "4-bit" not in caplog.text
+    export_onnx(ExportArguments(model_dir=str(other), optimize=False, quantize=False, parity_rows=4))
+    assert (other / "onnx" / "fp32" / "model.onnx").is_file()
+    assert not (other / "onnx" / "fp32" / "run_config.json").exists()
+
+    from longtail.runs import adapter_run_above, source_run
+
+    (tmp_path / "plain" / "merged").mkdir(parents=True)  # named merged/, in no adapter run
+    assert adapter_run_above(merged) == run and source_run(merged) == run
+    for folder in (other, run, tmp_path / "plain" / "merged"):
+        assert adapter_run_above(folder) is None and source_run(folder) is None
+
+
 def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_classifier, tmp_path):
     """An adapter run folder without merged/ is merged on the fly into <run>/merged, which has no
     temperature.json: the run folder's temperature still calibrates the probabilities."""

@@ -27,7 +27,6 @@ from longtail.inference import (
     TorchBackend,
     cpu_features,
     encode_batches,
-    is_adapter_dir,
     load_model_dir,
     onnx_files,
     run_batches,
@@ -328,7 +327,7 @@ def export_onnx(args: ExportArguments) -> dict:
     """Export, optimise, quantise, check parity; returns the parity record (also written to parity.json)."""
     from longtail.inference import ort_provider
     from longtail.metrics import macro_f1
-    from longtail.runs import write_json
+    from longtail.runs import adapter_run_above, write_json
 
     ort_provider(args.device)  # CUDA asked but ORT would run on CPU: fail before any work
     model, tokenizer, resolved = load_model_dir(args.model_dir, merge_adapter=args.merge_adapter)
@@ -388,7 +387,8 @@ def export_onnx(args: ExportArguments) -> dict:
     # ---- fp32 ----------------------------------------------------------------------------------
     # an adapter run's merged/ given itself: its run_config.json (the length predict serves) sits in the run above
     given = Path(args.model_dir)
-    extras = (Path(resolved), given, *([given.parent] if is_adapter_dir(given.parent) else []))
+    run_above = adapter_run_above(given)
+    extras = (Path(resolved), given, *([run_above] if run_above is not None else []))
     fp32 = work / "fp32"
     export_fp32(model, fp32, args.device)
     _copy_extras(extras, tokenizer, fp32)

@@ -75,8 +75,10 @@ def resolve_model_dir(
                 else ""
             )
             raise MissingInputError(f"{path} has no config.json: not a trained classifier folder{hint}")
-        if is_adapter_dir(path.parent):  # a QLoRA run's merged/, given itself
-            warn_if_quantized_run(path.parent)
+        from longtail.runs import adapter_run_above
+
+        if (run := adapter_run_above(path)) is not None:  # a QLoRA run's merged/, given itself
+            warn_if_quantized_run(run)
         return path
     merged = path / "merged"
     warn_if_quantized_run(path)

@@ -36,6 +36,7 @@ import pandas as pd
 from longtail.cli import UsageError, usage_exit
 from longtail.compare import CompareError, check_distinct, compare_runs, run_labels, to_markdown
 from longtail.metrics import BOOTSTRAP_RESAMPLES
+from longtail.runs import source_run
 
 logger = logging.getLogger("longtail.score")
 
@@ -110,23 +111,6 @@ def ensemble_depth(folder: Path) -> int:
     from longtail.ensemble import member_walk
 
     return max(len(chain) + (f / "ensemble.json").is_file() for f, chain in member_walk(folder))
-
-
-def source_run(folder: Path) -> Path | None:
-    """The run a serving form of it was made from: an ONNX export's variant (`<run>/onnx/fp32`: its parity.json's
-    `model_dir`, else two folders up) or an adapter run's `merged/` (its parent); None for any other folder."""
-    parity = folder.parent / "parity.json"
-    if parity.is_file() and any(folder.glob("*.onnx")):
-        try:
-            source = json.loads(parity.read_text("utf-8")).get("model_dir")
-        except (OSError, ValueError, AttributeError):
-            source = None
-        if isinstance(source, str) and source and Path(source).is_dir():
-            return Path(source)
-        return folder.parent.parent
-    if folder.name == "merged" and (folder.parent / "adapter_config.json").is_file():
-        return folder.parent
-    return None
 
 
 def run_file(folder: Path, name: str) -> Path | None:
