@@ -742,6 +742,41 @@ def test_only_an_adapter_runs_merged_folder_is_served_as_the_run(tiny_classifier
         assert adapter_run_above(folder) is None and source_run(folder) is None
 
 
+def test_serving_an_onnx_export_of_a_qlora_run_warns_as_the_run_does(tiny_classifier, tmp_path, caplog):
+    """An ONNX export of a QLoRA run, or of its merged/, holds the adapter merged into the full-precision base
+    too: `predict` on it (and `score`, an ensemble member: the same loading) warns as on the run; it said nothing.
+    The export's copy of the run's run_config.json says so, or for an export without one, the run it was made
+    from (parity.json's `model_dir`, and the run above a merged/). A LoRA run's export does not warn."""
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.predict import main
+
+    run = save_lora_run(tiny_classifier, tmp_path / "qlora", 1.0)
+    record = {"data": {"max_length": 32}, "quantization": {"bnb_4bit_quant_type": "nf4"}}
+    (run / "run_config.json").write_text(json.dumps(record))
+    export_onnx(ExportArguments(model_dir=str(run), optimize=False, quantize=False, parity_rows=4))
+    export_onnx(ExportArguments(model_dir=str(run / "merged"), optimize=False, quantize=False, parity_rows=4))
+    src = tmp_path / "in.csv"
+    src.write_text("text\nlate fee charged twice\n", "utf-8")
+
+    def served(variant: Path, name: str) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+            main(["--model_dir", str(variant), "--input", str(src), "--output", str(tmp_path / f"{name}.csv"),
+                  "--no_progress", "--device", "cpu"])  # fmt: skip
+        return caplog.text
+
+    of_run, of_merged = run / "onnx" / "fp32", run / "merged" / "onnx" / "fp32"
+    for variant, name in ((of_run, "run"), (of_merged, "merged")):
+        assert (
+            f"{variant} is an ONNX export of a 4-bit (QLoRA) run (its run_config.json): it serves the adapter "
+            "merged into the full-precision base"
+        ) in served(variant, name)
+    (of_merged / "run_config.json").unlink()  # as merged/'s exports were written before they copied it
+    assert f"{of_merged} is an ONNX export of a 4-bit (QLoRA) run ({run}):" in served(of_merged, "older")
+    (of_run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))  # a LoRA run's
+    assert "4-bit" not in served(of_run, "lora")
+
+
 def test_predict_on_an_unmerged_adapter_run_uses_the_runs_temperature(tiny_classifier, tmp_path):
     """An adapter run folder without merged/ is merged on the fly into <run>/merged, which has no
     temperature.json: the run folder's temperature still calibrates the probabilities."""

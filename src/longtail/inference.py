@@ -99,16 +99,39 @@ def resolve_model_dir(
 def warn_if_quantized_run(run: Path) -> None:
     """A QLoRA run is served through its adapter merged into the full-precision base, not the 4-bit model its
     predictions and reports came from (SmolLM2-135M: 15 of 48 test labels changed); it said nothing."""
-    try:
-        quantized = "quantization" in json.loads((run / "run_config.json").read_text("utf-8"))
-    except (OSError, ValueError, TypeError):
-        return
-    if quantized:
+    if records_quantization(run):
         logger.warning(
             "%s is a 4-bit (QLoRA) run: its adapter is served merged into the full-precision base, whose scores "
             "differ from the 4-bit model's in the run's predictions and report",
             run,
         )
+
+
+def warn_if_quantized_export(variant: Path) -> None:
+    """`warn_if_quantized_run` for an ONNX export's variant folder (`<run>/onnx/fp32`) of a QLoRA run or of its
+    `merged/`: the export holds that merged full-precision model too, and served without a word. The run_config.json
+    the export copied from the run says so; an export without one (before `merged/`'s exports copied it) is judged
+    by the run it was made from (`runs.source_run`, and the adapter run above a `merged/`)."""
+    from longtail.runs import adapter_run_above, source_run
+
+    record = variant
+    if not (variant / "run_config.json").is_file() and (source := source_run(variant)) is not None:
+        record = adapter_run_above(source) or source
+    if records_quantization(record):
+        logger.warning(
+            "%s is an ONNX export of a 4-bit (QLoRA) run (%s): it serves the adapter merged into the full-precision "
+            "base, whose scores differ from the 4-bit model's in the run's predictions and report",
+            variant,
+            record if record != variant else "its run_config.json",
+        )
+
+
+def records_quantization(run: Path) -> bool:
+    """Whether the run_config.json in `run` records a 4-bit base (QLoRA's `quantization` section)."""
+    try:
+        return "quantization" in json.loads((run / "run_config.json").read_text("utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _is_modernbert(path: Path) -> bool:
