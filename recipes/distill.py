@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
         logits, teacher_info = teacher_logits(distill_args, data, out, data_args.max_length)
         # an overwrite clears only now (it keeps the teacher's cache)
         replace_previous_results(training_args, resume_vanilla)
-    teacher_info["fit"] = teacher_fit(logits, data)  # warns when the teacher was fit on the student's rows
+    # warns when the teacher was fit on the student's rows
+    teacher_info["fit"] = teacher_fit(logits, data, teacher_info.get("seen"))
 
     # ---- Build the student (its own tokenizer) -----------------------------------------------
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)

@@ -301,6 +301,52 @@ def test_teacher_logits_cache_reuse_and_invalidation(tiny_qwen2, tmp_path, one_t
         teacher_logits(DistillArguments(teacher_model_name_or_path=other), data, tmp_path / "o2", 32)
 
 
+def test_the_students_rows_a_teacher_run_trained_on_are_counted(
+    tiny_qwen2, tmp_path, one_torch_thread, caplog
+):
+    """A teacher run refit on train + validation (the probe and TF-IDF YAMLs' default) has trained on the student's
+    validation rows too, so the train-vs-validation gap cannot show it: the study's probe scored 0.374 on 293
+    validation rows it was refit on (0.26 on unseen ones) and the reports said nothing. Counted by text from its
+    splits.json (its ids here name other rows), per split, with the refit read from run_config.json."""
+    from longtail.data import TEXTS_KEY, norm_digest, normalised
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    teacher = Path(save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names))
+    n_train, n_val = len(data.splits["train"]), len(data.splits["validation"])
+    digests = {
+        s: normalised(data.splits[s]["text"]).map(norm_digest).tolist() for s in ("train", "validation")
+    }
+    once = [d for d in digests["train"] if digests["train"].count(d) == 1][:100]  # 100 rows, each text once
+    by_id = {"train": once, "validation": digests["validation"]}
+    (teacher / "splits.json").write_text(
+        json.dumps({TEXTS_KEY: {s: {str(10**6 + i): d for i, d in enumerate(v)} for s, v in by_id.items()}})
+    )
+    args = DistillArguments(teacher_model_name_or_path=str(teacher), teacher_batch_size=64)
+    seen = {}
+    for refit in (False, True):
+        (teacher / "run_config.json").write_text(json.dumps({"refit": {"refit_with_validation": refit}}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.distill"):
+            logits, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+            fit = teacher_fit(logits, data, info["seen"])
+        seen[refit] = info["seen"]
+        assert (
+            "validation scores here, and its row in comparison.md, are in-sample too" in caplog.text
+        ) is refit
+    assert seen[False] == {"refit": False, "train": [100, n_train], "validation": [0, n_val]}
+    assert seen[True] == {"refit": True, "train": [100, n_train], "validation": [n_val, n_val]}
+    assert fit_text(fit).endswith(
+        f"; its run trained on 100 of these {n_train} train rows and {n_val} of these {n_val} validation rows "
+        "(refit on train + validation)"
+    )
+    (teacher / "splits.json").unlink()  # not a run of these recipes (a downloaded model): nothing to count
+    _, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info["seen"] is None and "its run trained on" not in fit_text(
+        teacher_fit(logits, data, info["seen"])
+    )
+
+
 def test_a_teacher_pass_reads_the_adapter_config_once(tiny_qwen2, tmp_path, monkeypatch, one_torch_thread):
     """`adapter_base` (a Hub adapter's adapter_config.json: a Hub request online) ran twice a pass, for the base's
     resolve and again for the cache key. A counting fake: once a pass, computed or reused, a whole model included
@@ -1150,6 +1196,7 @@ def test_teacher_max_length_and_cache_path_are_the_teachers_own(tiny_qwen2, tmp_
         "teacher": "teacher",
         "teacher_max_length": 8,
         "cache": str(cache),
+        "seen": None,  # a model folder without splits.json: the rows it trained on cannot be told
         "cache_status": "computed",
     }
     assert cache.is_file() and not (tmp_path / "out" / "teacher_logits.parquet").exists()
