@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import transformers
 from transformers import TrainingArguments
 
 from longtail.calibration import compare_arms
+from longtail.checkpoints import TRUE, checkpoint_problem, checkpoints, resolve_resume
 from longtail.cli import run
 from longtail.data import DataArguments, DataError, prepare_data, require_usable_splits
 from longtail.distill import (
@@ -59,12 +61,15 @@ from longtail.training import (
     long_tail_trainer,
     predict_probs,
     replace_previous_results,
+    resuming_in_place,
     run_info,
     start_run,
     tokenize_splits,
 )
 
 logger = logging.getLogger("distill")
+VANILLA_DIR = "vanilla"
+VANILLA_PREDICTIONS = "predictions_validation.npz"  # written once the vanilla arm has finished
 PARSER_TYPES = (DataArguments, ModelArguments, DistillArguments, LossArguments, TrainingArguments)
 
 
@@ -100,14 +105,71 @@ def vanilla_probs(run_dir: str, data) -> np.ndarray:
     return probs[:, cols]
 
 
-def train_vanilla(training_args, data, datasets, model_args, loss_args) -> np.ndarray:
+def resume_in_vanilla(resume, output_dir) -> bool:
+    """--resume_from_checkpoint true where the distilled arm left no complete checkpoint but the vanilla arm, trained
+    first, left a checkpoint or its finished predictions in vanilla/: a run stopped before the distilled arm's first
+    checkpoint. Such a folder was refused as another run's (not empty, nothing to resume), and the rerun asked for
+    with --overwrite_output_dir trained the vanilla arm again whole."""
+    if resume is None or str(resume).strip().lower() not in TRUE:
+        return False
+    out = Path(output_dir)
+    if any(checkpoint_problem(c) is None for c in checkpoints(out)):
+        return False  # the distilled arm resumes in place, as in every recipe
+    folder = out / VANILLA_DIR
+    return (folder / VANILLA_PREDICTIONS).is_file() or any(
+        checkpoint_problem(c) is None for c in checkpoints(folder)
+    )
+
+
+def vanilla_arm(
+    training_args, data, datasets, model_args, loss_args, resuming: bool
+) -> tuple[np.ndarray, str]:
+    """The vanilla arm trained in this run: (validation probabilities, where they come from). A resumed run reads
+    the arm it finished before the interruption, or resumes it from its newest complete checkpoint (it trained
+    again whole on every resume, as long as the distilled arm's own training)."""
+    folder = Path(training_args.output_dir) / VANILLA_DIR
+    if resuming and (folder / VANILLA_PREDICTIONS).is_file():
+        logger.info(
+            "Resuming: the vanilla arm finished before; its validation predictions are read from %s", folder
+        )
+        return vanilla_probs(str(folder), data), "trained in this run before it was resumed, `vanilla/`"
+    checkpoint = resolve_resume("true", folder) if resuming else None
+    probs = train_vanilla(training_args, data, datasets, model_args, loss_args, checkpoint)
+    return probs, "trained in this run, `vanilla/`"
+
+
+def clear_vanilla(folder: Path) -> None:
+    """An earlier run's vanilla arm (vanilla/ outlives --overwrite_output_dir: it may be the run's --vanilla_run), before
+    a new one trains there: a resume takes its predictions for this arm finished, and its checkpoints past the new
+    arm's last one for the newest to resume from."""
+    predictions = folder / VANILLA_PREDICTIONS
+    stale = [*checkpoints(folder), *([predictions] if predictions.is_file() else [])]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if stale:
+        logger.info(
+            "Vanilla arm: removed %s of an earlier run in %s", ", ".join(p.name for p in stale), folder
+        )
+
+
+def train_vanilla(training_args, data, datasets, model_args, loss_args, checkpoint=None) -> np.ndarray:
     """The same student, seed and schedule with the hard loss alone; returns its validation probabilities."""
-    args = dataclasses.replace(training_args, output_dir=str(Path(training_args.output_dir) / "vanilla"))
+    args = dataclasses.replace(training_args, output_dir=str(Path(training_args.output_dir) / VANILLA_DIR))
     transformers.set_seed(args.seed)
     tokenizer = load_tokenizer(model_args)
     model = load_classifier(model_args, data.label_names, tokenizer)
     trainer = long_tail_trainer(model, args, data, datasets, tokenizer, loss_args, model_args)
-    trainer.train()
+    if checkpoint is None and trainer.is_world_process_zero():
+        clear_vanilla(Path(args.output_dir))
+    logger.info(
+        "Vanilla arm (the hard loss alone) into %s%s",
+        args.output_dir,
+        f", from {checkpoint}" if checkpoint else "",
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
     val = data.splits["validation"]
@@ -151,7 +213,18 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Parse config ------------------------------------------------------------------------
     data_args, model_args, distill_args, loss_args, training_args = parse_recipe_args(PARSER_TYPES, argv)
     inputs = input_paths(data_args, model_args, distill_args)  # none may be cleared by an overwrite
-    training_args, push = start_run(training_args, model_args.mixed_precision, inputs)
+    # a run stopped before the distilled arm's first checkpoint resumes its vanilla arm (trained first)
+    resume_vanilla = (
+        distill_args.train_vanilla
+        and not distill_args.vanilla_run
+        and resume_in_vanilla(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
+    if resume_vanilla:
+        training_args.resume_from_checkpoint = None  # the distilled arm starts from scratch
+    training_args, push = start_run(training_args, model_args.mixed_precision, inputs, resume_vanilla)
+    if resume_vanilla:
+        logger.info("Resuming: no checkpoint of the distilled arm yet; the vanilla arm resumes in vanilla/")
+    resuming = resume_vanilla or resuming_in_place(training_args)
     command = command_line("recipes/distill.py", argv)
     started = time.time()
     out = Path(training_args.output_dir)
@@ -167,8 +240,10 @@ def main(argv: list[str] | None = None) -> dict:
         student = classifier_config(model_args, data.label_names, tokenizer)
         check_max_length(student, data_args.max_length, model_args.model_name_or_path)
         logits, teacher_info = teacher_logits(distill_args, data, out, data_args.max_length)
-        replace_previous_results(training_args)  # an overwrite clears only now (it keeps the teacher's cache)
-    teacher_info["fit"] = teacher_fit(logits, data)  # warns when the teacher was fit on the student's rows
+        # an overwrite clears only now (it keeps the teacher's cache)
+        replace_previous_results(training_args, resume_vanilla)
+    # warns when the teacher was fit on the student's rows
+    teacher_info["fit"] = teacher_fit(logits, data, teacher_info.get("seen"))
 
     # ---- Build the student (its own tokenizer) -----------------------------------------------
     datasets = tokenize_splits(data, tokenizer, data_args.max_length, training_args)
@@ -178,8 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     if distill_args.vanilla_run:
         vanilla_source = "from --vanilla_run"
     elif distill_args.train_vanilla:
-        vanilla = train_vanilla(training_args, data, datasets, model_args, loss_args)
-        vanilla_source = "trained in this run, `vanilla/`"
+        vanilla, vanilla_source = vanilla_arm(training_args, data, datasets, model_args, loss_args, resuming)
     else:
         vanilla, vanilla_source = None, None
 

@@ -301,6 +301,52 @@ def test_teacher_logits_cache_reuse_and_invalidation(tiny_qwen2, tmp_path, one_t
         teacher_logits(DistillArguments(teacher_model_name_or_path=other), data, tmp_path / "o2", 32)
 
 
+def test_the_students_rows_a_teacher_run_trained_on_are_counted(
+    tiny_qwen2, tmp_path, one_torch_thread, caplog
+):
+    """A teacher run refit on train + validation (the probe and TF-IDF YAMLs' default) has trained on the student's
+    validation rows too, so the train-vs-validation gap cannot show it: the study's probe scored 0.374 on 293
+    validation rows it was refit on (0.26 on unseen ones) and the reports said nothing. Counted by text from its
+    splits.json (its ids here name other rows), per split, with the refit read from run_config.json."""
+    from longtail.data import TEXTS_KEY, norm_digest, normalised
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    teacher = Path(save_teacher(tiny_qwen2, tmp_path / "teacher", data.label_names))
+    n_train, n_val = len(data.splits["train"]), len(data.splits["validation"])
+    digests = {
+        s: normalised(data.splits[s]["text"]).map(norm_digest).tolist() for s in ("train", "validation")
+    }
+    once = [d for d in digests["train"] if digests["train"].count(d) == 1][:100]  # 100 rows, each text once
+    by_id = {"train": once, "validation": digests["validation"]}
+    (teacher / "splits.json").write_text(
+        json.dumps({TEXTS_KEY: {s: {str(10**6 + i): d for i, d in enumerate(v)} for s, v in by_id.items()}})
+    )
+    args = DistillArguments(teacher_model_name_or_path=str(teacher), teacher_batch_size=64)
+    seen = {}
+    for refit in (False, True):
+        (teacher / "run_config.json").write_text(json.dumps({"refit": {"refit_with_validation": refit}}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.distill"):
+            logits, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+            fit = teacher_fit(logits, data, info["seen"])
+        seen[refit] = info["seen"]
+        assert (
+            "validation scores here, and its row in comparison.md, are in-sample too" in caplog.text
+        ) is refit
+    assert seen[False] == {"refit": False, "train": [100, n_train], "validation": [0, n_val]}
+    assert seen[True] == {"refit": True, "train": [100, n_train], "validation": [n_val, n_val]}
+    assert fit_text(fit).endswith(
+        f"; its run trained on 100 of these {n_train} train rows and {n_val} of these {n_val} validation rows "
+        "(refit on train + validation)"
+    )
+    (teacher / "splits.json").unlink()  # not a run of these recipes (a downloaded model): nothing to count
+    _, info = teacher_logits(args, data, tmp_path / "out", max_length=32)
+    assert info["seen"] is None and "its run trained on" not in fit_text(
+        teacher_fit(logits, data, info["seen"])
+    )
+
+
 def test_a_teacher_pass_reads_the_adapter_config_once(tiny_qwen2, tmp_path, monkeypatch, one_torch_thread):
     """`adapter_base` (a Hub adapter's adapter_config.json: a Hub request online) ran twice a pass, for the base's
     resolve and again for the cache key. A counting fake: once a pass, computed or reused, a whole model included
@@ -1034,6 +1080,81 @@ def test_distill_recipe_end_to_end(
     assert again["comparison"]["vanilla"] == pytest.approx(metrics["comparison"]["vanilla"], rel=1e-6)
 
 
+class Stopped(Exception):
+    """Stands for a kill right after a checkpoint was written."""
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_its_vanilla_arm(
+    tiny_modernbert, tmp_path, one_torch_thread, fast_bootstrap, monkeypatch
+):
+    """--resume_from_checkpoint true after a stop in the vanilla arm (trained first) found no checkpoint of the
+    distilled arm: the folder was refused as another run's, and a rerun with --overwrite_output_dir trained the
+    vanilla arm again whole, as did every resume after a stop in the distilled arm. Here the run stops in each arm
+    in turn and resumes: the vanilla arm from its own checkpoint, then read back once finished; the results are
+    the uninterrupted run's."""
+    from transformers import TrainerCallback
+
+    train, test = synthetic_files(tmp_path)
+    data = _data(train, test)
+    rng = np.random.default_rng(0)
+    logits = {
+        s: 3 * rng.normal(size=(len(data.splits[s]), len(data.label_names))) for s in ("train", "validation")
+    }
+    teacher = write_logits_file(tmp_path / "teacher.parquet", logits, data, {})
+    recipe = load_recipe("distill")
+    real_trainer, real_vanilla = recipe.long_tail_trainer, recipe.train_vanilla
+    vanilla_runs = []  # the checkpoint each vanilla training starts from
+
+    def spy(*args, **kwargs):
+        vanilla_runs.append(args[-1] if len(args) > 5 else kwargs.get("checkpoint"))
+        return real_vanilla(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_vanilla", spy)
+
+    def stop_in(arm, step):
+        class Stop(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == step:
+                    raise Stopped(f"{arm} arm at step {step}")
+
+        def make(*args, **kwargs):
+            trainer = real_trainer(*args, **kwargs)
+            if ("trainer_class" in kwargs) == (arm == "distilled"):
+                trainer.add_callback(Stop())
+            return trainer
+
+        monkeypatch.setattr(recipe, "long_tail_trainer", make if arm else real_trainer)
+
+    def argv(out, *extra):
+        return distill_args(
+            tiny_modernbert, "none", train, test, out, "--teacher_logits", str(teacher),
+            "--num_train_epochs", "1", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "5",
+            "--save_total_limit", "5", "--load_best_model_at_end", "false", *extra,
+        )  # fmt: skip
+
+    out = tmp_path / "run"
+    full = recipe.main(argv(out))  # uninterrupted; its vanilla/ stays through the overwrite below
+    assert vanilla_runs == [None] and (out / "vanilla/checkpoint-15").is_dir()
+    stop_in("vanilla", 10)
+    with pytest.raises(Stopped):
+        recipe.main(argv(out, "--overwrite_output_dir"))
+    # the earlier run's finished arm is gone: a resume would have read it (or resumed its checkpoint-15) as this one's
+    assert sorted(p.name for p in (out / "vanilla").glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-5"]
+    assert not (out / "vanilla/predictions_validation.npz").exists()
+    stop_in("distilled", 5)
+    with pytest.raises(Stopped):
+        recipe.main(argv(out, "--resume_from_checkpoint", "true"))
+    assert vanilla_runs == [None, None, str(out / "vanilla/checkpoint-10")]
+    assert (out / "vanilla/predictions_validation.npz").is_file()
+    stop_in(None, 0)
+    resumed = recipe.main(argv(out, "--resume_from_checkpoint", "true"))
+    assert len(vanilla_runs) == 3  # the finished vanilla arm is read back, not trained again
+    assert resumed["comparison"]["vanilla"] == pytest.approx(full["comparison"]["vanilla"], rel=1e-6)
+    assert resumed["comparison"]["distilled"] == pytest.approx(full["comparison"]["distilled"], rel=1e-6)
+    assert "trained in this run before it was resumed, `vanilla/`" in (out / "comparison.md").read_text()
+
+
 def test_kd_step_bench_smoke(tiny_modernbert, tmp_path, one_torch_thread):
     """bench/kd_step.py runs and writes its ratio (a smoke test: the timing itself is not asserted)."""
     import importlib.util
@@ -1075,6 +1196,7 @@ def test_teacher_max_length_and_cache_path_are_the_teachers_own(tiny_qwen2, tmp_
         "teacher": "teacher",
         "teacher_max_length": 8,
         "cache": str(cache),
+        "seen": None,  # a model folder without splits.json: the rows it trained on cannot be told
         "cache_status": "computed",
     }
     assert cache.is_file() and not (tmp_path / "out" / "teacher_logits.parquet").exists()

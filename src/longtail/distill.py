@@ -707,7 +707,12 @@ def teacher_logits(
         cols.tolist(),
     )
     cache = Path(args.teacher_cache or Path(output_dir) / CACHE_FILE)
-    info = {"teacher": public_model_name(teacher), "teacher_max_length": max_length, "cache": str(cache)}
+    info = {
+        "teacher": public_model_name(teacher),
+        "teacher_max_length": max_length,
+        "cache": str(cache),
+        "seen": teacher_seen(teacher, data),  # a run folder: the student's rows it trained on
+    }
     if cache.is_file():
         meta, by_split = read_logits_table(cache)
         if meta.get("fingerprint") == fingerprint:
@@ -733,7 +738,41 @@ def teacher_logits(
     return logits, {**info, "cache_status": "computed"}
 
 
-def teacher_fit(logits: dict[str, np.ndarray], data: PreparedData) -> dict:
+def teacher_seen(teacher: str, data: PreparedData) -> dict | None:
+    """How many of the student's train and validation rows a teacher run folder trained on, by text: the rows its
+    splits.json (and those of the runs its model started from, `score.started_from`) records for train, and for
+    validation too where run_config.json records --refit_with_validation (the saved model was refit on train +
+    validation). None where it cannot be told (a Hub id, a folder without splits.json). A refit teacher's validation
+    scores on the student's rows are in-sample as well, which the train-vs-validation gap cannot show (the study's
+    probe: 0.374 on 293 validation rows it was refit on, against 0.26 on unseen ones)."""
+    from longtail.data import TEXTS_KEY, legacy_text_digest, norm_digest, normalised
+    from longtail.score import read_json, run_file, started_from
+
+    path = Path(teacher)
+    if not path.is_dir() or run_file(path, "splits.json") is None:
+        return None
+    trained, refit = set(), False
+    for run in (path, *started_from(path)):
+        splits = run_file(run, "splits.json")
+        digests = read_json(splits).get(TEXTS_KEY) if splits else None
+        if not isinstance(digests, dict):
+            continue
+        config = run_file(run, "run_config.json")
+        refit_args = read_json(config).get("refit") if config else None
+        refit_here = isinstance(refit_args, dict) and bool(refit_args.get("refit_with_validation"))
+        refit = refit or refit_here
+        for split in ("train", "validation") if refit_here else ("train",):
+            trained.update((digests.get(split) or {}).values())
+    seen = {"refit": refit}
+    for split in DISTILL_SPLITS:
+        df = data.splits[split]
+        norms = df["norm"] if "norm" in df else normalised(df["text"].astype(str))
+        hit = norms.map(norm_digest).isin(trained) | df["text"].map(legacy_text_digest).isin(trained)
+        seen[split] = [int(hit.sum()), len(df)]
+    return seen
+
+
+def teacher_fit(logits: dict[str, np.ndarray], data: PreparedData, seen: dict | None = None) -> dict:
     """The teacher's arg-max scored on the student's train and validation rows (macro-F1, accuracy), logged. A
     teacher far surer of the training rows than of validation was fit on them (a fine-tuned run, or in-sample
     predictions), so its soft targets there sit closer to the labels than on unseen text: a warning, with the way out."""
@@ -742,6 +781,15 @@ def teacher_fit(logits: dict[str, np.ndarray], data: PreparedData) -> dict:
         y, pred = data.splits[split]["label_id"].to_numpy(), logits[split].argmax(axis=1)
         scores[split] = {"macro_f1": macro_f1(y, pred), "accuracy": accuracy(y, pred)}
     scores["in_sample"] = scores["train"]["macro_f1"] - scores["validation"]["macro_f1"] > IN_SAMPLE_GAP
+    if seen is not None:
+        scores["seen"] = seen
+        if seen["validation"][0]:
+            logger.warning(
+                "The teacher trained on %d of the student's %d validation rows (its run %s): its validation scores "
+                "here, and its row in comparison.md, are in-sample too",
+                *seen["validation"],
+                "was refit on train + validation" if seen["refit"] else "trained on them",
+            )
     (logger.warning if scores["in_sample"] else logger.info)(
         "Teacher on the student's rows: %s%s",
         fit_text(scores),
@@ -756,9 +804,14 @@ def teacher_fit(logits: dict[str, np.ndarray], data: PreparedData) -> dict:
 
 
 def fit_text(scores: dict) -> str:
-    return "train macro-F1 {:.3f} (accuracy {:.3f}), validation {:.3f} ({:.3f})".format(
+    text = "train macro-F1 {:.3f} (accuracy {:.3f}), validation {:.3f} ({:.3f})".format(
         scores["train"]["macro_f1"],
         scores["train"]["accuracy"],
         scores["validation"]["macro_f1"],
         scores["validation"]["accuracy"],
     )
+    if seen := scores.get("seen"):  # a teacher run folder: the rows it trained on, counted by text
+        text += "; its run trained on {} of these {} train rows and {} of these {} validation rows{}".format(
+            *seen["train"], *seen["validation"], " (refit on train + validation)" if seen["refit"] else ""
+        )
+    return text

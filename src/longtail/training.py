@@ -279,12 +279,16 @@ def predict_probs(trainer, dataset) -> np.ndarray:
 
 
 def start_run(
-    training_args: TrainingArguments, mixed_precision: str, inputs: dict[str, str] | None = None
+    training_args: TrainingArguments,
+    mixed_precision: str,
+    inputs: dict[str, str] | None = None,
+    resuming: bool = False,
 ) -> tuple[TrainingArguments, bool]:
     """Logging, hardware precision, the output-folder guard and the seed; returns (args, push).
 
     The Hub push is taken out of the Trainer's hands (it would push every checkpoint): recipes push
-    once at the end when `push` is true.
+    once at the end when `push` is true. `resuming`: the recipe resumes its run in output_dir although no
+    checkpoint of the main training is there yet (distill's vanilla arm, trained first).
     """
     import transformers
 
@@ -316,7 +320,7 @@ def start_run(
     prepare_output_dir(
         training_args.output_dir,
         training_args.overwrite_output_dir,
-        resuming_in_place(training_args),
+        resuming or resuming_in_place(training_args),
         inputs,
         clear=False,
     )
@@ -331,7 +335,7 @@ def resuming_in_place(training_args: TrainingArguments) -> bool:
     return resume is not None and Path(resume).resolve().parent == Path(training_args.output_dir).resolve()
 
 
-def replace_previous_results(training_args: TrainingArguments) -> None:
+def replace_previous_results(training_args: TrainingArguments, resuming: bool = False) -> None:
     """With --overwrite_output_dir, the previous run's results go only now, after the data and the model passed
     their checks: a run refused for a mistake (a column name, --max_length) leaves them in place. Main process
     first, so that the others never see a half-cleared folder."""
@@ -340,7 +344,9 @@ def replace_previous_results(training_args: TrainingArguments) -> None:
     with training_args.main_process_first(local=False, desc="output folder"):
         if training_args.process_index == 0:
             replace_previous_run(
-                training_args.output_dir, training_args.overwrite_output_dir, resuming_in_place(training_args)
+                training_args.output_dir,
+                training_args.overwrite_output_dir,
+                resuming or resuming_in_place(training_args),
             )
 
 
