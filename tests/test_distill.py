@@ -153,8 +153,9 @@ def test_distill_arguments_are_checked():
     for bad in (dict(teacher_logits="x", teacher_model_name_or_path="y"), dict(teacher_logits="none")):
         with pytest.raises(ValueError, match="Pass exactly one of"):
             DistillArguments(**bad)
-    for temperature in (0.0, -1.0):
-        with pytest.raises(ValueError, match="--kd_temperature must be > 0"):
+    # inf passed a "> 0" check and gave a NaN KD term; nan fails any comparison
+    for temperature in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="--kd_temperature must be a finite number > 0"):
             DistillArguments(teacher_logits="x", kd_temperature=temperature)
     for alpha in (-0.1, 1.01):
         with pytest.raises(ValueError, match=r"--kd_alpha must be in \[0, 1\]"):

@@ -110,8 +110,8 @@ class DistillArguments:
                 setattr(self, name, None)
         if bool(self.teacher_model_name_or_path) == bool(self.teacher_logits):
             raise ValueError("Pass exactly one of --teacher_model_name_or_path and --teacher_logits")
-        if not self.kd_temperature > 0:
-            raise ValueError(f"--kd_temperature must be > 0, got {self.kd_temperature}")
+        if not 0 < self.kd_temperature < float("inf"):  # inf passed "> 0" and made the KD term NaN
+            raise ValueError(f"--kd_temperature must be a finite number > 0, got {self.kd_temperature}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"--kd_alpha must be in [0, 1], got {self.kd_alpha}")
         # a batch size below 1 scored no row (all-zero logits: a uniform teacher, cached); a teacher_max_length
