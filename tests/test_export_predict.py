@@ -689,6 +689,45 @@ def test_export_of_an_adapter_runs_merged_folder_carries_the_runs_run_config(tin
     assert serving_defaults(merged / "onnx" / "fp32")["max_length"] == 32
 
 
+def test_a_merged_folder_given_as_dot_a_relative_path_or_a_link_is_served_as_the_run(
+    tiny_classifier, tmp_path, monkeypatch, caplog
+):
+    """`--model_dir .` from inside a QLoRA run's merged/ (or `..` from a folder in it, or a link to it): the run
+    above was looked for by the name as given, and `Path(".").name` is "" (its parent, itself): `predict` said
+    nothing of the 4-bit run and read 512 tokens where the run read 32, and the export's parity check and its copy
+    of the run's run_config.json did the same. Spelt `qlora/merged`, it was found: the same now for every spelling."""
+    from longtail.adapters import merge_adapter
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import serving_defaults
+    from longtail.predict import main
+
+    run = save_lora_run(tiny_classifier, tmp_path / "qlora", 3.0)
+    record = {"data": {"max_length": 32}, "quantization": {"bnb_4bit_quant_type": "nf4"}}
+    (run / "run_config.json").write_text(json.dumps(record))
+    merged = merge_adapter(run, base_model=tiny_classifier)
+    (merged / "notes").mkdir()
+    (tmp_path / "served").symlink_to(merged, target_is_directory=True)
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_text("text\nlate fee charged twice\n", "utf-8")
+    for where, given in (
+        (merged, "."),
+        (merged / "notes", ".."),
+        (tmp_path, "served"),
+        (tmp_path, "qlora/merged"),
+    ):
+        monkeypatch.chdir(where)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+            summary = main(["--model_dir", given, "--input", str(src), "--output", str(out), "--overwrite",
+                            "--no_progress", "--device", "cpu"])  # fmt: skip
+        assert summary["max_length"] == 32, given
+        assert f"{run} is a 4-bit (QLoRA) run: its adapter is served merged" in caplog.text, given
+    monkeypatch.chdir(merged)
+    record = export_onnx(ExportArguments(model_dir=".", optimize=False, quantize=False, parity_rows=4))
+    assert record["max_length"] == 32
+    assert serving_defaults(merged / "onnx" / "fp32")["max_length"] == 32
+
+
 def test_serving_a_qlora_run_warns_that_its_merged_model_is_full_precision(tiny_classifier, tmp_path, caplog):
     """`predict` (and export, score, an ensemble member) on a QLoRA run folder serves merged/, the adapter in the
     full-precision base, not the 4-bit model its predictions came from (SmolLM2: 15 of 48 test labels changed):

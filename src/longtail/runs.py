@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -83,16 +84,25 @@ MODEL_FILES = (
 RUN_DIRS = ("merged", "onnx", "head_warmup", "checkpoint-*", "scored")
 
 
+def spellings(folder: str | Path) -> tuple[Path, ...]:
+    """`folder` as an absolute path, first as given (`..` folded), then with its links resolved, for the checks
+    that read a folder's name or parent: `--model_dir .` (or `..`) from inside a run's merged/ has no name
+    (`Path(".").name` is "") and its own folder for parent, and a link to merged/ has another name. Both, as a
+    merged/ that is itself a link resolves elsewhere."""
+    given = Path(os.path.abspath(folder))
+    return tuple(dict.fromkeys((given, Path(folder).resolve())))
+
+
 def adapter_run_above(folder: str | Path) -> Path | None:
     """The LoRA/QLoRA run whose merged model `folder` is: `<run>/merged` (the name every merge here writes:
     the recipes' --merge_adapter, `adapters.merge_adapter`'s default, `predict` merging an adapter run) with
     adapter_config.json in the run above it, which keeps the run's files (run_config.json, temperature.json,
     labels, predictions, reports). None for any other folder: a checkpoint or another model kept inside an adapter
     run is not the model the run reported on (export copied the run's temperature and run_config.json into its
-    export, and `predict` gave it the run's QLoRA warning)."""
-    folder = Path(folder)
-    if folder.name == "merged" and (folder.parent / "adapter_config.json").is_file():
-        return folder.parent
+    export, and `predict` gave it the run's QLoRA warning). The run comes back as an absolute path."""
+    for path in spellings(folder):
+        if path.name == "merged" and (path.parent / "adapter_config.json").is_file():
+            return path.parent
     return None
 
 
@@ -100,15 +110,16 @@ def source_run(folder: Path) -> Path | None:
     """The run a serving form of it was made from: an ONNX export's variant (`<run>/onnx/fp32`: its parity.json's
     `model_dir`, else two folders up) or an adapter run's `merged/` (`adapter_run_above`); None for any other
     folder."""
-    parity = folder.parent / "parity.json"
-    if parity.is_file() and any(folder.glob("*.onnx")):
-        try:
-            source = json.loads(parity.read_text("utf-8")).get("model_dir")
-        except (OSError, ValueError, AttributeError):
-            source = None
-        if isinstance(source, str) and source and Path(source).is_dir():
-            return Path(source)
-        return folder.parent.parent
+    for path in spellings(folder):
+        parity = path.parent / "parity.json"
+        if parity.is_file() and any(path.glob("*.onnx")):
+            try:
+                source = json.loads(parity.read_text("utf-8")).get("model_dir")
+            except (OSError, ValueError, AttributeError):
+                source = None
+            if isinstance(source, str) and source and Path(source).is_dir():
+                return Path(source)
+            return path.parent.parent
     return adapter_run_above(folder)
 
 
