@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -82,6 +83,7 @@ MODEL_FILES = (
 # exports, LP-FT's head warm-up, Trainer checkpoints (an old one would be "the newest" to a later
 # --resume_from_checkpoint true), longtail.score's runs scored on a new file. Distill's `vanilla/` stays: it may be this run's --vanilla_run.
 RUN_DIRS = ("merged", "onnx", "head_warmup", "checkpoint-*", "scored")
+CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")  # Trainer's `checkpoint-<global step>`
 
 
 def spellings(folder: str | Path) -> tuple[Path, ...]:
@@ -102,6 +104,16 @@ def adapter_run_above(folder: str | Path) -> Path | None:
     export, and `predict` gave it the run's QLoRA warning). The run comes back as an absolute path."""
     for path in spellings(folder):
         if path.name == "merged" and (path.parent / "adapter_config.json").is_file():
+            return path.parent
+    return None
+
+
+def checkpoint_run_above(folder: str | Path) -> Path | None:
+    """The run whose Trainer checkpoint `folder` is: `<run>/checkpoint-N` with the run's run_config.json above it
+    (its data options: the length the run read texts at, its labels). None for any other folder. Only the run's
+    record applies to a checkpoint, not its temperature.json: that was fitted on the run's final model."""
+    for path in spellings(folder):
+        if CHECKPOINT_NAME.match(path.name) and (path.parent / "run_config.json").is_file():
             return path.parent
     return None
 
