@@ -33,7 +33,7 @@ from longtail.data import DataArguments, prepare_data
 from longtail.distributed import end_training, parse_recipe_args
 from longtail.inference import check_max_length
 from longtail.losses import LossArguments
-from longtail.lpft import LPFTArguments
+from longtail.lpft import LPFTArguments, selection_note
 from longtail.posthoc import adjust_on_validation
 from longtail.refit import RefitArguments, refit_note
 from longtail.refit_ft import refit_adapter
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     training_args, push = start_run(peft_training_args(training_args), model_args.mixed_precision, inputs)
     command = command_line("recipes/qlora_decoder.py", argv)
     started = time.time()
+    lpft_args = LPFTArguments()  # no LP-FT in this recipe: no probe head, head warm-up or layer-wise decay
 
     # ---- Load data ---------------------------------------------------------------------------
     with training_args.main_process_first(desc="data"):
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     save_adapter(trainer)  # adapter + fp32 head + config.json (labels, pad token id) + tokenizer
     # post-hoc logit adjustment, chosen on validation (folded only into a head with a bias)
-    tau, tau_section, _ = adjust_on_validation(trainer, data, datasets, loss_args.posthoc_logit_adjustment)
+    tau, tau_section, tau_applied = adjust_on_validation(
+        trainer, data, datasets, loss_args.posthoc_logit_adjustment
+    )
     trainer.save_metrics("train", train_result.metrics)
 
     # ---- Optionally train the chosen run again on train + validation (2x cost) -----------------
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             adapter_args,
             data,
             datasets,
-            LPFTArguments(),  # no head warm-up in this recipe
+            lpft_args,
             tau,
             train_result.metrics,
         )
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- Save, report, merge, push (main process only) ---------------------------------------
     if trainer.is_world_process_zero():
         info = run_info("qlora_decoder", trainer, train_result, model_args, data_args, loss_args, started)
+        info["selection"] = selection_note(
+            info["selection"], lpft_args, tau, tau_applied, len(data.splits["validation"])
+        )
         if refit_args.refit_with_validation:
             info["selection"] += f"; {refit_note(data)}"
         paths = finish_adapter_run(

@@ -689,6 +689,83 @@ def test_export_of_an_adapter_runs_merged_folder_carries_the_runs_run_config(tin
     assert serving_defaults(merged / "onnx" / "fp32")["max_length"] == 32
 
 
+def test_a_merged_folder_given_as_dot_a_relative_path_or_a_link_is_served_as_the_run(
+    tiny_classifier, tmp_path, monkeypatch, caplog
+):
+    """`--model_dir .` from inside a QLoRA run's merged/ (or `..` from a folder in it, or a link to it): the run
+    above was looked for by the name as given, and `Path(".").name` is "" (its parent, itself): `predict` said
+    nothing of the 4-bit run and read 512 tokens where the run read 32, and the export's parity check and its copy
+    of the run's run_config.json did the same. Spelt `qlora/merged`, it was found: the same now for every spelling."""
+    from longtail.adapters import merge_adapter
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import serving_defaults
+    from longtail.predict import main
+
+    run = save_lora_run(tiny_classifier, tmp_path / "qlora", 3.0)
+    record = {"data": {"max_length": 32}, "quantization": {"bnb_4bit_quant_type": "nf4"}}
+    (run / "run_config.json").write_text(json.dumps(record))
+    merged = merge_adapter(run, base_model=tiny_classifier)
+    (merged / "notes").mkdir()
+    (tmp_path / "served").symlink_to(merged, target_is_directory=True)
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_text("text\nlate fee charged twice\n", "utf-8")
+    for where, given in (
+        (merged, "."),
+        (merged / "notes", ".."),
+        (tmp_path, "served"),
+        (tmp_path, "qlora/merged"),
+    ):
+        monkeypatch.chdir(where)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+            summary = main(["--model_dir", given, "--input", str(src), "--output", str(out), "--overwrite",
+                            "--no_progress", "--device", "cpu"])  # fmt: skip
+        assert summary["max_length"] == 32, given
+        assert f"{run} is a 4-bit (QLoRA) run: its adapter is served merged" in caplog.text, given
+    monkeypatch.chdir(merged)
+    record = export_onnx(ExportArguments(model_dir=".", optimize=False, quantize=False, parity_rows=4))
+    assert record["max_length"] == 32
+    assert serving_defaults(merged / "onnx" / "fp32")["max_length"] == 32
+
+
+def test_export_of_a_runs_checkpoint_carries_the_runs_run_config(tiny_classifier, tmp_path, caplog):
+    """`--model_dir <run>/checkpoint-N` of a full fine-tuning run: the parity check read the length from the run's
+    run_config.json above the checkpoint (32), but the export did not carry it, so `predict` on the export read 512
+    tokens. It carries the run's run_config.json and labels.json now, as an export of the run folder does; not the
+    run's temperature.json, fitted on the run's final model (`predict` on the checkpoint itself serves T = 1), and
+    the log says so."""
+    import shutil
+
+    from longtail.calibration import save_temperature
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.predict import main
+
+    run = tmp_path / "full_ft"
+    checkpoint = Path(shutil.copytree(tiny_classifier, run / "checkpoint-6"))
+    (checkpoint / "temperature.json").unlink()  # a Trainer checkpoint has none
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
+    (run / "labels.json").write_text(json.dumps({"id2label": {"0": "fees"}, "train_counts": {"fees": 7}}))
+    save_temperature(run, 3.0)
+    with caplog.at_level(logging.INFO, logger="longtail.export"):
+        record = export_onnx(ExportArguments(model_dir=str(checkpoint), parity_rows=4, min_int8_agreement=0))
+    assert record["max_length"] == 32
+    src = tmp_path / "in.csv"
+    src.write_text("text\nlate fee charged twice\n", "utf-8")
+    for folder, name in ((checkpoint / "onnx" / "fp32", "export"), (checkpoint, "checkpoint")):
+        summary = main(["--model_dir", str(folder), "--input", str(src), "--output", str(tmp_path / f"{name}.csv"),
+                        "--no_progress", "--device", "cpu"])  # fmt: skip
+        assert (summary["max_length"], summary["temperature"]) == (32, 1.0), name
+    assert (
+        f"{checkpoint} is a checkpoint of {run}: its export carries the run's run_config.json and labels.json, not "
+        "its temperature.json, fitted on the run's final model (predict serves the checkpoint at T = 1 too)"
+    ) in caplog.text
+    assert sorted(record["variants"]) == ["fp32", "int8", "optimized"]  # int8 ungated: kept
+    for variant in record["variants"]:
+        for name in ("run_config.json", "labels.json"):
+            assert (checkpoint / "onnx" / variant / name).read_bytes() == (run / name).read_bytes(), variant
+        assert not (checkpoint / "onnx" / variant / "temperature.json").exists()
+
+
 def test_serving_a_qlora_run_warns_that_its_merged_model_is_full_precision(tiny_classifier, tmp_path, caplog):
     """`predict` (and export, score, an ensemble member) on a QLoRA run folder serves merged/, the adapter in the
     full-precision base, not the 4-bit model its predictions came from (SmolLM2: 15 of 48 test labels changed):

@@ -147,9 +147,16 @@ def test_qlora_decoder_end_to_end(tiny_qwen2, tmp_path, monkeypatch, fast_bootst
     assert head and all(t.dtype == torch.float32 for t in head.values())
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["pad_token_id"] == config["eos_token_id"]
+    report = (out / "report.md").read_text()
+    assert "4-bit NF4, double quantisation, compute float32; head in float32" in report
+    # the selection line the other Trainer recipes write (`lpft.selection_note`): it lacked the post-hoc tau
+    # (chosen, not applied: Qwen2's `score` has no bias) and the temperature
+    best = trainer.state.best_model_checkpoint.rsplit("/", 1)[-1]
     assert (
-        "4-bit NF4, double quantisation, compute float32; head in float32" in (out / "report.md").read_text()
-    )
+        f"| **selection** | checkpoint: best validation macro_f1 ({best}); post-hoc tau: chosen on validation, not "
+        "applied (the head has no bias); temperature: fitted on half of validation, kept only if it lowers NLL on "
+        "the other half (temperature.json, see Temperature scaling); test scored once at the end |"
+    ) in report
 
     # reload in 4-bit onto a fresh base: identical logits
     tokenizer = AutoTokenizer.from_pretrained(out)

@@ -459,3 +459,57 @@ def test_a_folder_holding_only_hidden_files_is_empty_to_a_run(tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(OutputDirError, match="exists and is not empty"):
         prepare_output_dir(out, overwrite=False)
+
+
+def test_the_run_above_a_model_folder_is_found_however_its_path_is_spelt(tmp_path, monkeypatch):
+    """`adapter_run_above` and `serving_defaults` read a folder's name and parent: `.` or `..` from inside an
+    adapter run's merged/, or a link to it, found no run (`Path(".").name` is ""); a merged/ that is itself a link
+    elsewhere is still its run's; an export's variant given as `.` finds its parity.json one folder up.
+    `checkpoint_run_above`: only `<run>/checkpoint-N` with the run's run_config.json."""
+    import json
+    from pathlib import Path
+
+    from longtail.inference import serving_defaults
+    from longtail.runs import adapter_run_above, checkpoint_run_above, source_run
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    (run / "merged" / "notes").mkdir(parents=True)
+    other.mkdir()
+    for folder, length in ((run, 48), (other, 40)):
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "run_config.json").write_text(json.dumps({"data": {"max_length": length}}))
+    (tmp_path / "link").symlink_to(run / "merged", target_is_directory=True)
+    (tmp_path / "store" / "model").mkdir(parents=True)
+    (other / "merged").symlink_to(tmp_path / "store" / "model", target_is_directory=True)
+    spelt = (
+        (run / "merged", "."),
+        (run / "merged" / "notes", ".."),
+        (tmp_path, "link"),
+        (tmp_path, "run/merged"),
+    )
+    for where, given in spelt:
+        monkeypatch.chdir(where)
+        assert adapter_run_above(given) == run, given
+        assert serving_defaults(given)["max_length"] == 48, given
+    monkeypatch.chdir(tmp_path)
+    assert adapter_run_above("other/merged") == other and serving_defaults("other/merged")["max_length"] == 40
+    assert adapter_run_above("store/model") is None and serving_defaults("store/model")["max_length"] == 512
+
+    for name in ("checkpoint-6", "checkpoint-best", "head_warmup"):
+        (run / name).mkdir()
+    (other / "checkpoint-6").mkdir()
+    (other / "run_config.json").unlink()
+    monkeypatch.chdir(run / "checkpoint-6")
+    assert checkpoint_run_above(".") == run
+    assert (
+        checkpoint_run_above(run / "checkpoint-best") is None
+        and checkpoint_run_above(run / "head_warmup") is None
+    )
+    assert checkpoint_run_above(other / "checkpoint-6") is None  # no run record above it
+
+    # an export's variant given as `.`: its parity.json, one folder up, names the run it was made from
+    (run / "onnx" / "fp32").mkdir(parents=True)
+    (run / "onnx" / "fp32" / "model.onnx").write_bytes(b"")
+    (run / "onnx" / "parity.json").write_text(json.dumps({"model_dir": str(run / "merged")}))
+    monkeypatch.chdir(run / "onnx" / "fp32")
+    assert source_run(Path(".")) == run / "merged"

@@ -432,7 +432,20 @@ def test_an_onnx_export_is_scored_without_the_rows_its_run_trained_on(runs, tmp_
         assert copied["predictions_validation.npz"] == str(probe.resolve()), out
 
 
-def test_a_merged_adapter_is_scored_as_the_run_it_serves(runs, tmp_path):
+def test_a_runs_files_are_looked_for_where_the_absolute_path_says(tmp_path, monkeypatch):
+    """`score.run_file` for a merged/ given as `.`: the folder, the run above it; never the folder above the run
+    (read as an export's source run and its parent, a splits.json there was taken for the run's)."""
+    run = tmp_path / "adapter"
+    (run / "merged").mkdir(parents=True)
+    (run / "adapter_config.json").write_text("{}")
+    (run / "labels.json").write_text("{}")
+    (tmp_path / "splits.json").write_text("{}")  # not the run's
+    monkeypatch.chdir(run / "merged")
+    assert score.run_file(Path("."), "labels.json") == run / "labels.json"
+    assert score.run_file(Path("."), "splits.json") is None
+
+
+def test_a_merged_adapter_is_scored_as_the_run_it_serves(runs, tmp_path, monkeypatch):
     """An adapter run's `merged/` holds the merged model and its tokenizer alone, the run's files (splits.json,
     labels.json, validation predictions, temperature.json) its parent's: the rows the run trained and chose on are
     left out, and validation picks among runs by the run's validation predictions."""
@@ -464,6 +477,18 @@ def test_a_merged_adapter_is_scored_as_the_run_it_serves(runs, tmp_path):
     where = [int(np.flatnonzero(own["row_id"] == i)[0]) for i in ids["test"][:6]]
     np.testing.assert_allclose(new["probs"], own["probs"][where], atol=2e-5)
     assert "merged's are adapter's, the run it serves" in (tmp_path / "out" / "score.md").read_text()
+    # given as `.` from inside merged/: the run's files were looked for in `.` alone (its parent, itself)
+    monkeypatch.chdir(merged)
+    result = score.main([".", "--data", str(data), "--output_dir", str(tmp_path / "dot"), "--n_resamples", "100",
+                         "--no_progress"])  # fmt: skip
+    assert (result["counts"]["excluded_seen"], result["counts"]["rows_scored"], result["unchecked_runs"]) == (
+        6,
+        6,
+        [],
+    )
+    assert result["runs"]["merged"]["copied_from_source_run"] == {
+        name: str(run.resolve()) for name in score.COPIED
+    }
 
 
 def test_overwrite_replaces_an_earlier_score_never_another_runs_files(runs, tmp_path, capsys):

@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("fp32", "optimized", "int8")
 # run_config.json tells `predict` how the run read its texts (max_length, long_text)
 EXTRA_FILES = ("temperature.json", "labels.json", "run_config.json")
+# what a run's checkpoint-N shares with the run (its data, how it read texts), and so its export carries: the
+# parity check read the run's length from there. Not its temperature, fitted on the run's final model.
+RUN_RECORD = ("labels.json", "run_config.json")
 
 
 class ExportError(UsageError, RuntimeError):
@@ -312,13 +315,15 @@ def compare(reference: np.ndarray, logits: np.ndarray) -> dict:
     }
 
 
-def _copy_extras(folders: tuple[Path, ...], tokenizer, target: Path) -> None:
+def _copy_extras(folders: tuple[Path, ...], tokenizer, target: Path, run_record: Path | None = None) -> None:
     """The tokenizer and each of EXTRA_FILES from the first of `folders` that has it: the resolved model folder,
     then the given one, then the adapter run above a given merged/ (an adapter run keeps temperature.json and
-    run_config.json beside the adapter, not in the merged/ folder a merge at export time writes)."""
+    run_config.json beside the adapter, not in the merged/ folder a merge at export time writes). `run_record`,
+    the run above a given checkpoint-N, gives its RUN_RECORD files only, last."""
     tokenizer.save_pretrained(target)
     for name in EXTRA_FILES:
-        source = next((folder / name for folder in folders if (folder / name).is_file()), None)
+        where = (*folders, run_record) if run_record is not None and name in RUN_RECORD else folders
+        source = next((folder / name for folder in where if (folder / name).is_file()), None)
         if source is not None:
             shutil.copy2(source, target / name)
 
@@ -327,7 +332,7 @@ def export_onnx(args: ExportArguments) -> dict:
     """Export, optimise, quantise, check parity; returns the parity record (also written to parity.json)."""
     from longtail.inference import ort_provider
     from longtail.metrics import macro_f1
-    from longtail.runs import adapter_run_above, write_json
+    from longtail.runs import adapter_run_above, checkpoint_run_above, write_json
 
     ort_provider(args.device)  # CUDA asked but ORT would run on CPU: fail before any work
     model, tokenizer, resolved = load_model_dir(args.model_dir, merge_adapter=args.merge_adapter)
@@ -389,9 +394,18 @@ def export_onnx(args: ExportArguments) -> dict:
     given = Path(args.model_dir)
     run_above = adapter_run_above(given)
     extras = (Path(resolved), given, *([run_above] if run_above is not None else []))
+    # a checkpoint's: the run above it, whose run_config.json gave the parity check its length
+    run_record = checkpoint_run_above(given)
+    if run_record is not None and (run_record / "temperature.json").is_file():
+        logger.info(
+            "%s is a checkpoint of %s: its export carries the run's run_config.json and labels.json, not its "
+            "temperature.json, fitted on the run's final model (predict serves the checkpoint at T = 1 too)",
+            given,
+            run_record,
+        )
     fp32 = work / "fp32"
     export_fp32(model, fp32, args.device)
-    _copy_extras(extras, tokenizer, fp32)
+    _copy_extras(extras, tokenizer, fp32, run_record)
     variants = {"fp32": fp32}
 
     # ---- ORT graph optimisation (where the architecture is supported) ----------------------------
@@ -405,7 +419,7 @@ def export_onnx(args: ExportArguments) -> dict:
                 OptimizationConfig(optimization_level=2, optimize_for_gpu=args.device != "cpu"),
                 work / "optimized",
             )
-            _copy_extras(extras, tokenizer, work / "optimized")
+            _copy_extras(extras, tokenizer, work / "optimized", run_record)
             variants["optimized"] = work / "optimized"
         except (NotImplementedError, KeyError, ValueError) as e:
             reason = f"not supported for {model.config.model_type}: {str(e).splitlines()[0][:200]}"
@@ -419,7 +433,7 @@ def export_onnx(args: ExportArguments) -> dict:
 
         isa, qconfig = quantization_config()
         ORTQuantizer.from_pretrained(fp32, file_name="model.onnx").quantize(qconfig, work / "int8")
-        _copy_extras(extras, tokenizer, work / "int8")
+        _copy_extras(extras, tokenizer, work / "int8", run_record)
         variants["int8"] = work / "int8"
         record["int8_config"] = isa
 

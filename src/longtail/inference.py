@@ -422,11 +422,16 @@ SERVING_FALLBACK = {"max_length": 512, "long_text": "truncate"}
 
 def serving_defaults(model_dir: str | Path) -> dict:
     """How the run read its texts: `max_length` (data options) and `long_text` (probe runs), from the
-    `run_config.json` in the folder (copied into ONNX exports) or its parent (an adapter's `merged/`).
-    Serving the way the model was trained is the default; a folder without a record gets 512 / truncate."""
+    `run_config.json` in the folder (copied into ONNX exports) or its parent (an adapter's `merged/`, a run's
+    `checkpoint-N`), however the folder is spelt (`runs.spellings`). Serving the way the model was trained is the
+    default; a folder without a record gets 512 / truncate."""
+    from longtail.runs import spellings
+
     out = dict(SERVING_FALLBACK, source="default")
-    folder = Path(model_dir)
-    for candidate in (folder / "run_config.json", folder.parent / "run_config.json"):
+    # absolute, as given and with links resolved: `.` from inside merged/ has itself for parent
+    folders = spellings(model_dir)
+    candidates = [f / "run_config.json" for f in folders] + [f.parent / "run_config.json" for f in folders]
+    for candidate in candidates:
         if candidate.is_file():
             config = json.loads(candidate.read_text("utf-8"))
             out["max_length"] = config.get("data", {}).get("max_length") or out["max_length"]

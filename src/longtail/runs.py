@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shlex
 import shutil
 import sys
@@ -81,6 +83,16 @@ MODEL_FILES = (
 # exports, LP-FT's head warm-up, Trainer checkpoints (an old one would be "the newest" to a later
 # --resume_from_checkpoint true), longtail.score's runs scored on a new file. Distill's `vanilla/` stays: it may be this run's --vanilla_run.
 RUN_DIRS = ("merged", "onnx", "head_warmup", "checkpoint-*", "scored")
+CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")  # Trainer's `checkpoint-<global step>`
+
+
+def spellings(folder: str | Path) -> tuple[Path, ...]:
+    """`folder` as an absolute path, first as given (`..` folded), then with its links resolved, for the checks
+    that read a folder's name or parent: `--model_dir .` (or `..`) from inside a run's merged/ has no name
+    (`Path(".").name` is "") and its own folder for parent, and a link to merged/ has another name. Both, as a
+    merged/ that is itself a link resolves elsewhere."""
+    given = Path(os.path.abspath(folder))
+    return tuple(dict.fromkeys((given, Path(folder).resolve())))
 
 
 def adapter_run_above(folder: str | Path) -> Path | None:
@@ -89,10 +101,20 @@ def adapter_run_above(folder: str | Path) -> Path | None:
     adapter_config.json in the run above it, which keeps the run's files (run_config.json, temperature.json,
     labels, predictions, reports). None for any other folder: a checkpoint or another model kept inside an adapter
     run is not the model the run reported on (export copied the run's temperature and run_config.json into its
-    export, and `predict` gave it the run's QLoRA warning)."""
-    folder = Path(folder)
-    if folder.name == "merged" and (folder.parent / "adapter_config.json").is_file():
-        return folder.parent
+    export, and `predict` gave it the run's QLoRA warning). The run comes back as an absolute path."""
+    for path in spellings(folder):
+        if path.name == "merged" and (path.parent / "adapter_config.json").is_file():
+            return path.parent
+    return None
+
+
+def checkpoint_run_above(folder: str | Path) -> Path | None:
+    """The run whose Trainer checkpoint `folder` is: `<run>/checkpoint-N` with the run's run_config.json above it
+    (its data options: the length the run read texts at, its labels). None for any other folder. Only the run's
+    record applies to a checkpoint, not its temperature.json: that was fitted on the run's final model."""
+    for path in spellings(folder):
+        if CHECKPOINT_NAME.match(path.name) and (path.parent / "run_config.json").is_file():
+            return path.parent
     return None
 
 
@@ -100,15 +122,16 @@ def source_run(folder: Path) -> Path | None:
     """The run a serving form of it was made from: an ONNX export's variant (`<run>/onnx/fp32`: its parity.json's
     `model_dir`, else two folders up) or an adapter run's `merged/` (`adapter_run_above`); None for any other
     folder."""
-    parity = folder.parent / "parity.json"
-    if parity.is_file() and any(folder.glob("*.onnx")):
-        try:
-            source = json.loads(parity.read_text("utf-8")).get("model_dir")
-        except (OSError, ValueError, AttributeError):
-            source = None
-        if isinstance(source, str) and source and Path(source).is_dir():
-            return Path(source)
-        return folder.parent.parent
+    for path in spellings(folder):
+        parity = path.parent / "parity.json"
+        if parity.is_file() and any(path.glob("*.onnx")):
+            try:
+                source = json.loads(parity.read_text("utf-8")).get("model_dir")
+            except (OSError, ValueError, AttributeError):
+                source = None
+            if isinstance(source, str) and source and Path(source).is_dir():
+                return Path(source)
+            return path.parent.parent
     return adapter_run_above(folder)
 
 

@@ -36,7 +36,7 @@ import pandas as pd
 from longtail.cli import UsageError, usage_exit
 from longtail.compare import CompareError, check_distinct, compare_runs, run_labels, to_markdown
 from longtail.metrics import BOOTSTRAP_RESAMPLES
-from longtail.runs import source_run
+from longtail.runs import source_run, spellings
 
 logger = logging.getLogger("longtail.score")
 
@@ -119,6 +119,7 @@ def run_file(folder: Path, name: str) -> Path | None:
     exported from (`source_run`, and that folder's parent, for an adapter's `merged/`), else the export's default
     place, two folders up. An export copies labels.json and run_config.json, not splits.json: without it the rows
     the run trained on were scored as new ones."""
+    folder = spellings(folder)[0]  # absolute: `.` given from inside merged/ has itself for parent
     candidates = [folder, folder.parent]
     source = source_run(folder)
     if source is not None and source != folder.parent:  # an export (a merged adapter's run is its parent)
