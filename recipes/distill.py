@@ -46,6 +46,7 @@ from longtail.distill import (
 from longtail.distributed import end_training, parse_recipe_args
 from longtail.inference import check_max_length
 from longtail.losses import LossArguments
+from longtail.lpft import LPFTArguments, selection_note
 from longtail.metrics import softmax
 from longtail.posthoc import adjust_on_validation
 from longtail.predict import not_transformers
@@ -276,7 +277,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", train_result.metrics)
-    tau, tau_section, _ = adjust_on_validation(trainer, data, kd_datasets, loss_args.posthoc_logit_adjustment)
+    tau, tau_section, tau_applied = adjust_on_validation(
+        trainer, data, kd_datasets, loss_args.posthoc_logit_adjustment
+    )
 
     # ---- Evaluate (validation always; test only when asked, once, at the end) ----------------
     results = evaluate_splits(trainer, data, kd_datasets, training_args.do_predict)
@@ -310,6 +313,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "## Distillation comparison\n\nSee `comparison.md` and `reliability_comparison.png`.\n"
             )
         info = run_info("distill", trainer, train_result, model_args, data_args, loss_args, started)
+        # the same line as the other Trainer recipes (no LP-FT here); the teacher, alpha and T are fixed
+        info["selection"] = selection_note(
+            info["selection"], LPFTArguments(), tau, tau_applied, len(data.splits["validation"])
+        )
         info.update(
             {
                 "teacher": teacher_info["teacher"],

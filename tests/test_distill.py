@@ -1050,6 +1050,13 @@ def test_distill_recipe_end_to_end(
     report = (out / "report.md").read_text()
     assert "## Temperature scaling" in report and "Confidence gating" in report
     assert "alpha=0.7, T=4.0" in report
+    # the selection line the other Trainer recipes write (`lpft.selection_note`): it lacked the temperature
+    assert re.search(
+        r"\| \*\*selection\*\* \| checkpoint: best validation macro_f1 \(checkpoint-\d+\); temperature: fitted on half "
+        r"of validation, kept only if it lowers NLL on the other half \(temperature.json, see Temperature scaling\); "
+        r"test scored once at the end \|",
+        report,
+    )
     fit = metrics["teacher"]["fit"]  # the teacher's own scores on the student's rows, in both reports
     assert f"Teacher's arg-max on the student's rows: {fit_text(fit)}" in comparison
     assert fit_text(fit) in report and fit["train"]["accuracy"] == pytest.approx(
