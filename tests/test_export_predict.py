@@ -780,6 +780,13 @@ def test_serving_a_qlora_run_warns_that_its_merged_model_is_full_precision(tiny_
         with caplog.at_level(logging.WARNING, logger="longtail.inference"):
             assert resolve_model_dir(given) == run / "merged"
         assert "is a 4-bit (QLoRA) run: its adapter is served merged into the full-precision" in caplog.text
+    # an adapter checkpoint of the run (no run_config.json of its own) is merged into the same full-precision base:
+    # it said nothing; its run's record above it says 4-bit
+    checkpoint = save_lora_run(tiny_classifier, run / "checkpoint-4", 1.0)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+        assert resolve_model_dir(checkpoint) == checkpoint / "merged"
+    assert f"{run} is a 4-bit (QLoRA) run: its adapter is served merged into the full-precision" in caplog.text
     caplog.clear()
     (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
     with caplog.at_level(logging.WARNING, logger="longtail.inference"):

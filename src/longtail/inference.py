@@ -81,7 +81,10 @@ def resolve_model_dir(
             warn_if_quantized_run(run)
         return path
     merged = path / "merged"
-    warn_if_quantized_run(path)
+    from longtail.runs import checkpoint_run_above
+
+    # a QLoRA run's adapter checkpoint-N: the run's record (above it) says the base was 4-bit
+    warn_if_quantized_run(checkpoint_run_above(path) or path)
     if (merged / "config.json").is_file():
         logger.info("%s is an adapter run: using its merged model %s", path, merged)
         return merged
