@@ -766,6 +766,20 @@ def test_probe_rejects_bad_options(tiny_modernbert, tiny_bert, tmp_path, capsys)
     assert not (tmp_path / "refused").exists()  # refused before the output folder is made
 
 
+def test_probe_grid_options_empty_or_repeated_are_refused_before_any_embedding():
+    """`grid_class_weight: []` in a YAML passed every check and stopped the run once every split was embedded
+    (AttributeError: 'NoneType' object has no attribute 'classes_'); a repeated C or weighting was fit twice and
+    listed twice in the report's grid. Both are one-line errors when the options are read."""
+    recipe = load_recipe("probe_encoder")
+    with pytest.raises(ValueError, match=r"grid_class_weight needs at least one of \('none', 'balanced'"):
+        recipe.ProbeArguments(grid_class_weight=[])
+    with pytest.raises(ValueError, match=r"grid_C lists 0.1 more than once: \[0.1, 1.0, 0.1\]"):
+        recipe.ProbeArguments(grid_C=[0.1, 1.0, 0.1])
+    with pytest.raises(ValueError, match=r"grid_class_weight lists none more than once: \['none', 'none'\]"):
+        recipe.ProbeArguments(grid_class_weight=["none", "none"])
+    assert recipe.ProbeArguments(grid_C=[0.1, 1.0], grid_class_weight=["balanced"]).grid_C == [0.1, 1.0]
+
+
 def imbalanced_blobs(seed: int = 0):
     """Three 2-D classes: 300 / 300 / 12 training rows, the rare one overlapping class 0; a balanced validation."""
     rng = np.random.default_rng(seed)
