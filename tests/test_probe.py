@@ -2207,6 +2207,46 @@ def test_embedding_cache_of_the_wrong_shape_or_damaged_is_embedded_again(
     assert cached_embeddings(*args)[2] is True  # and served again once whole
 
 
+def test_embedding_cache_whose_values_are_damaged_is_embedded_again(
+    tiny_modernbert, tmp_path, one_torch_thread, caplog
+):
+    """A cache file of the right shape whose values are not finite floats (a damaged copy: its header whole, its data
+    not) is embedded again with a warning, as a file of the wrong shape is; NaN rows were served, and the head's fit
+    stopped with scikit-learn's "Input X contains NaN" traceback. A file cut short inside its data is unreadable."""
+    from transformers import AutoModel
+
+    from longtail.probe import cached_embeddings
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    encoder = AutoModel.from_pretrained(tiny_modernbert)
+    args = (tmp_path, tiny_modernbert, encoder, tokenizer, TEXTS, 32, "mean")
+    first, key, _ = cached_embeddings(*args)
+    path = tmp_path / f"{key}.npy"
+    nan_row, inf_rows = first.copy(), first.copy()
+    nan_row[1, 0] = np.nan
+    inf_rows[0, 3], inf_rows[2, :] = np.inf, -np.inf
+    whole = path.read_bytes()
+    for content, problem in (
+        (nan_row, "not finite in 1 row(s)"),
+        (inf_rows, "not finite in 2 row(s)"),
+        (np.zeros(first.shape, np.int64), "of dtype int64, not floating point"),
+        (whole[: len(whole) - 8], "unreadable ("),  # the header whole, the last values cut off
+    ):
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            np.save(path, content)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.probe"):
+            features, again, reused = cached_embeddings(*args)
+        assert (again, reused) == (key, False)
+        np.testing.assert_array_equal(features, first)
+        np.testing.assert_array_equal(np.load(path), first)  # replaced
+        assert f"Cached embeddings {path} are {problem}" in caplog.text and "embedding again" in caplog.text
+    assert cached_embeddings(*args)[2] is True
+
+
 def test_a_probe_run_is_a_teacher_in_a_fresh_python(probe_run, tmp_path):
     """distill's --teacher_model_name_or_path reads a probe (or LP-FT) run: in a process that has not imported
     longtail.probe (the distill recipe does not), its config was "model type `longtail_probe` but Transformers does

@@ -412,8 +412,8 @@ def cached_embeddings(
 ):
     """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model (and `tokenizer_name`, when it is
     another; a Hub id at the same commit), texts, max_length, pooling, long_text, normalize, layers and the torch and
-    transformers versions match and the file holds a row of the encoder's width per text (else, with a warning,
-    embedded again and replaced). Returns (features, fingerprint, reused)."""
+    transformers versions match and the file holds a row of the encoder's width per text, finite floats (else, with a
+    warning, embedded again and replaced). Returns (features, fingerprint, reused)."""
     fingerprint = embedding_fingerprint(
         model_name_or_path, texts, max_length, pooling, long_text, normalize, layers, tokenizer_name
     )
@@ -423,6 +423,11 @@ def cached_embeddings(
         try:
             features = np.load(path, allow_pickle=False)
             problem = None if features.shape == expected else f"shape {features.shape}, not {expected}"
+            # the header can be whole and the values not (a damaged copy): scikit-learn's NaN traceback otherwise
+            if problem is None and features.dtype.kind != "f":
+                problem = f"of dtype {features.dtype}, not floating point"
+            elif problem is None and not np.isfinite(features).all():
+                problem = f"not finite in {int((~np.isfinite(features)).any(axis=1).sum())} row(s)"
         except (OSError, ValueError, EOFError) as err:  # cut short or not a .npy: numpy's own error
             problem = f"unreadable ({' '.join(str(err).split())})"
         if problem is None:
