@@ -604,6 +604,36 @@ def test_predict_frame_top_k_ties_route_boundary_and_stripped_texts(monkeypatch)
         parse_args(["--model_dir", "m", "--input", "i.csv", "--output", "o.csv", "--min_confidence", "1.01"])
 
 
+def test_predict_frame_with_many_label_columns_warns_nothing(monkeypatch):
+    """--top_k 60 on a 60-class run (every class's probability, as one may want for an audit): the frame was built
+    column by column, and pandas warned "DataFrame is highly fragmented" (PerformanceWarning) once per column past
+    the 100th, 31 times for a 63-class run at --top_k 63. The values and the column order are as before."""
+    import warnings
+
+    import longtail.predict as predict
+    from longtail.predict import Scores, parse_args
+
+    names = [f"c{i}" for i in range(60)]
+    probs = np.full((2, 60), 0.5 / 59)
+    probs[0, 7], probs[1, 59] = 0.5, 0.5  # then the rest tie, in class order
+
+    monkeypatch.setattr(
+        predict, "score_texts", lambda *a, **k: Scores(probs, names, {"backend": "fake", "temperature": 1.0})
+    )
+    args = parse_args(["--model_dir", "m", "--input", "i.csv", "--output", "o.csv", "--top_k", "60",
+                       "--min_confidence", "0.5"])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, _ = predict.predict_frame(args, pd.DataFrame({"text": ["fee", " ", "card"]}), "text")
+    pairs = [c for j in range(1, 61) for c in (f"label_{j}", f"prob_{j}")]
+    assert list(out.columns) == ["row", "label", "confidence", *pairs, "route", "error"]
+    assert out["label"].tolist() == ["c7", None, "c59"] and out["route"].tolist() == ["auto", "review", "auto"]
+    assert out.loc[0, "label_2"] == "c0" and out.loc[2, "label_60"] == "c58"
+    assert out["error"].tolist() == ["", "empty or missing text", ""]
+    np.testing.assert_array_equal(out["prob_60"], [0.5 / 59, np.nan, 0.5 / 59])
+    np.testing.assert_array_equal(out["row"], [0, 1, 2])
+
+
 def test_sklearn_run_scores_an_unseen_class_zero_and_calibrates_its_probabilities(tmp_path):
     """A TF-IDF pipeline that never saw class 1: its columns go to classes 0 and 2 and class 1 gets 0; the
     folder's temperature gives softmax(log p / T), i.e. p ** (1 / T) renormalised."""

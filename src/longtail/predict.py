@@ -394,25 +394,28 @@ def predict_frame(args, df: pd.DataFrame, text_column: str) -> tuple[pd.DataFram
     if k < args.top_k:
         logger.info("--top_k %d: the model has %d classes, so %d label columns", args.top_k, k, k)
 
-    out = pd.DataFrame({"row": np.arange(len(df))})
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    label = pd.Series([None] * len(df), dtype=object)
-    confidence = pd.Series([np.nan] * len(df))
-    label.iloc[good] = [label_names[int(i)] for i in top[:, 0]]
-    confidence.iloc[good] = probs[np.arange(len(good)), top[:, 0]]
-    out["label"], out["confidence"] = label, confidence
+
+    def column(values, missing, dtype=None) -> pd.Series:  # `values` for the scored rows, `missing` for the rest
+        series = pd.Series([missing] * len(df), dtype=dtype)
+        series.iloc[good] = values
+        return series
+
+    # every column built first, the frame made once: inserted one by one, a --top_k of 50 or more flooded stderr
+    # with pandas' "DataFrame is highly fragmented" PerformanceWarning
+    labels = [column([label_names[int(i)] for i in top[:, j]], None, object) for j in range(k)]
+    top_probs = [column(probs[np.arange(len(good)), top[:, j]], np.nan, float) for j in range(k)]
+    columns = {"row": np.arange(len(df)), "label": labels[0], "confidence": top_probs[0]}
     for j in range(k):
-        lab = pd.Series([None] * len(df), dtype=object)
-        prob = pd.Series([np.nan] * len(df))
-        lab.iloc[good] = [label_names[int(i)] for i in top[:, j]]
-        prob.iloc[good] = probs[np.arange(len(good)), top[:, j]]
-        out[f"label_{j + 1}"], out[f"prob_{j + 1}"] = lab, prob
+        columns[f"label_{j + 1}"], columns[f"prob_{j + 1}"] = labels[j], top_probs[j]
     if args.min_confidence is not None:
-        out["route"] = np.where(out["confidence"] >= args.min_confidence, "auto", "review")
-        out.loc[bad, "route"] = "review"
-    error = pd.Series([""] * len(df), dtype=object)
-    error.iloc[bad] = "empty or missing text"
-    out["error"] = error
+        route = np.where(top_probs[0] >= args.min_confidence, "auto", "review")
+        route[bad] = "review"
+        columns["route"] = route
+    error = np.full(len(df), "", dtype=object)
+    error[bad] = "empty or missing text"
+    columns["error"] = error
+    out = pd.DataFrame(columns)
     summary = {
         "rows": len(df),
         "predicted": len(good),
