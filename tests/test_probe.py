@@ -2247,6 +2247,50 @@ def test_embedding_cache_whose_values_are_damaged_is_embedded_again(
     assert cached_embeddings(*args)[2] is True
 
 
+def test_two_runs_writing_one_cache_entry_at_once_both_finish(tmp_path, monkeypatch):
+    """Two probe runs that embed the same split at the same time (two grids started together on one cache) both
+    write its cache entry: each through a temporary file of its own, so both renames succeed and the entry is
+    whole. They shared one temporary name, and the second rename found the file gone (FileNotFoundError, after
+    the embedding). Here two threads both write before either renames; no temporary file is left."""
+    import pathlib
+    import threading
+    from types import SimpleNamespace
+
+    import longtail.probe as probe
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    features = np.arange(len(TEXTS) * 4, dtype=np.float32).reshape(len(TEXTS), 4)
+    monkeypatch.setattr(probe, "embed_texts", lambda *a, **k: features.copy())
+    both_written, rename = threading.Barrier(2, timeout=30), pathlib.Path.replace
+
+    def replace_once_both_wrote(self, target):
+        both_written.wait()
+        return rename(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "replace", replace_once_both_wrote)
+    encoder = SimpleNamespace(config=SimpleNamespace(hidden_size=4))
+    cache, results, errors = tmp_path / "cache", [], []
+
+    def one_run():
+        try:
+            results.append(probe.cached_embeddings(cache, str(folder), encoder, None, TEXTS, 32, "mean"))
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=one_run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and [r[2] for r in results] == [False, False]
+    key = results[0][1]
+    assert sorted(p.name for p in cache.iterdir()) == [f"{key}.npy"]
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.load(cache / f"{key}.npy"), features)
+
+
 def test_a_probe_run_is_a_teacher_in_a_fresh_python(probe_run, tmp_path):
     """distill's --teacher_model_name_or_path reads a probe (or LP-FT) run: in a process that has not imported
     longtail.probe (the distill recipe does not), its config was "model type `longtail_probe` but Transformers does

@@ -21,6 +21,8 @@ import hashlib
 import inspect
 import json
 import logging
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -447,9 +449,15 @@ def cached_embeddings(
         **kw,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, features)
-    tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
+    # written under a name of this call's own, then renamed (atomic): an interrupted run leaves no half-written
+    # cache, and two runs embedding the same split at once (two grids started together) do not share one temporary
+    # file, whose rename the second run then found gone (FileNotFoundError once its split was embedded)
+    tmp = path.with_name(f"{fingerprint}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy")
+    try:
+        np.save(tmp, features)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no temporary file behind
     return features, fingerprint, False
 
 
