@@ -971,6 +971,31 @@ def test_predict_reads_only_the_text_column_of_a_csv_input(tmp_path, monkeypatch
     assert pd.read_csv(out)["row"].tolist() == [0, 1, 2, 3]
 
 
+def test_predict_refuses_a_folder_that_is_no_run_before_reading_the_input(tmp_path, monkeypatch, capsys):
+    """--model_dir a folder holding no run (a comparison's, a data folder, the parent of the runs): one line naming
+    the three kinds of run predict serves, given before the input is read (it came once the whole input had been
+    read, and named the Transformers classifier alone)."""
+    import longtail.predict as predict
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the input was read")
+
+    monkeypatch.setattr(predict, "read_texts", no_reading)
+    src = tmp_path / "in.csv"
+    src.write_text("text\ncharged twice\n")
+    compare = tmp_path / "compare"
+    compare.mkdir()
+    (compare / "compare.md").write_text("# runs side by side\n")
+    (compare / "probe").mkdir()  # a subfolder with no .onnx file: not an export's variant
+    with pytest.raises(SystemExit) as exit_:
+        predict.main(["--model_dir", str(compare), "--input", str(src), "--output", str(tmp_path / "o.csv")])
+    assert exit_.value.code == 2 and not (tmp_path / "o.csv").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"error: {compare} has no config.json: not a trained classifier folder, nor a TF-IDF run (model.joblib) "
+        "or an ensemble (ensemble.json), the other runs predict serves"
+    )
+
+
 def test_predict_reads_the_cfpb_api_json(tmp_path, monkeypatch):
     """The API's JSON Lines (each complaint's fields in a hit's `_source`) is read as the complaints, and its
     narrative field, `complaint_what_happened`, is found without --text_column (it was "no text column found;

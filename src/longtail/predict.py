@@ -38,6 +38,7 @@ from longtail.inference import (
     TorchBackend,
     check_max_length,
     encode_batches,
+    is_adapter_dir,
     load_model_dir,
     load_tokenizer_dir,
     onnx_files,
@@ -359,6 +360,20 @@ def check_members(folder: Path) -> None:
             serving_entry(member)
 
 
+def check_model_dir(folder: Path) -> None:
+    """A --model_dir with none of the files of a run predict serves (a data or comparison folder, a run's parent
+    folder) is refused before the input is read, saying what it looks for: it was found only once the whole input
+    had been read, and the error named the Transformers classifier alone."""
+    if not folder.is_dir() or run_kind(folder) != "transformers" or is_adapter_dir(folder):
+        return  # a missing folder, another run or an adapter: their own errors, when scored
+    if (folder / "config.json").is_file() or any(d.is_dir() and onnx_files(d) for d in folder.iterdir()):
+        return  # a classifier, or an export's top folder (whose error names its variants)
+    raise ValueError(
+        f"{folder} has no config.json: not a trained classifier folder, nor a TF-IDF run ({SKLEARN_FILE}) or an "
+        f"ensemble ({ENSEMBLE_FILE}), the other runs predict serves"
+    )
+
+
 def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
     from longtail.ensemble import apply_mix
 
@@ -453,7 +468,8 @@ def main(argv: list[str] | None = None) -> dict:
     if Path(args.output).exists() and not args.overwrite:
         raise usage_exit(f"{args.output} exists; pass --overwrite to replace it")
     try:  # a user's mistake (input file, column, model folder, window length) is one line, not a traceback
-        check_members(Path(args.model_dir))  # before the input is read
+        check_model_dir(Path(args.model_dir))  # before the input is read
+        check_members(Path(args.model_dir))
         df, text_column = read_texts(args.input, args.text_column)
         out, summary = predict_frame(args, df, text_column)
     except (ValueError, FileNotFoundError) as err:  # DataError included; a missing folder or adapter base
