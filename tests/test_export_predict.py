@@ -627,7 +627,8 @@ def test_predict_frame_with_many_label_columns_warns_nothing(monkeypatch):
         out, _ = predict.predict_frame(args, pd.DataFrame({"text": ["fee", " ", "card"]}), "text")
     pairs = [c for j in range(1, 61) for c in (f"label_{j}", f"prob_{j}")]
     assert list(out.columns) == ["row", "label", "confidence", *pairs, "route", "error"]
-    assert out["label"].tolist() == ["c7", None, "c59"] and out["route"].tolist() == ["auto", "review", "auto"]
+    assert out["label"].tolist() == ["c7", None, "c59"]
+    assert out["route"].tolist() == ["auto", "review", "auto"]
     assert out.loc[0, "label_2"] == "c0" and out.loc[2, "label_60"] == "c58"
     assert out["error"].tolist() == ["", "empty or missing text", ""]
     np.testing.assert_array_equal(out["prob_60"], [0.5 / 59, np.nan, 0.5 / 59])
@@ -990,7 +991,8 @@ def test_predict_refuses_a_folder_that_is_no_run_before_reading_the_input(tmp_pa
     with pytest.raises(SystemExit) as exit_:
         predict.main(["--model_dir", str(compare), "--input", str(src), "--output", str(tmp_path / "o.csv")])
     assert exit_.value.code == 2 and not (tmp_path / "o.csv").exists()
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith(
         f"error: {compare} has no config.json: not a trained classifier folder, nor a TF-IDF run (model.joblib) "
         "or an ensemble (ensemble.json), the other runs predict serves"
     )

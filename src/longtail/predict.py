@@ -411,7 +411,8 @@ def predict_frame(args, df: pd.DataFrame, text_column: str) -> tuple[pd.DataFram
 
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
 
-    def column(values, missing, dtype=None) -> pd.Series:  # `values` for the scored rows, `missing` for the rest
+    def column(values, missing, dtype=None) -> pd.Series:
+        """`values` at the scored rows, `missing` at the others."""
         series = pd.Series([missing] * len(df), dtype=dtype)
         series.iloc[good] = values
         return series
