@@ -2063,17 +2063,20 @@ def test_lpft_starts_from_the_train_only_head_of_a_refit_probe(probe_run, tiny_m
     torch.testing.assert_close(plain.classifier.weight.data, saved["classifier.weight"])
 
 
-def test_embedding_cache_signature_hashes_exactly_the_first_mib_of_weight_files(tmp_path):
+def test_embedding_cache_signature_hashes_the_whole_weight_files(tmp_path):
     """The signature covers .safetensors, .json, .bin and .gguf files (not a folder named like one, nor other
-    files), each with its size and the SHA-256 of exactly its first MiB: bytes past 1 KiB count, past 1 MiB not."""
+    files), each with its size and the SHA-256 of the whole file: a byte past the first MiB counts. It hashed the
+    first MiB alone, which in a body's safetensors is its embeddings (all-MiniLM-L6-v2: the embeddings' LayerNorm,
+    position table and the start of the word table), so a body retrained above them in the same folder kept its
+    key and was served its old features."""
     import hashlib
 
-    from longtail.probe import model_signature
+    from longtail.probe import embedding_fingerprint, model_signature
 
     folder = tmp_path / "model"
     folder.mkdir()
     mib = 1 << 20
-    weights = bytearray(b"\x00" * (mib + 10))
+    weights = bytearray(b"\x00" * (2 * mib + 10))
     weights[5000] = 1  # inside the first MiB, past its first KiB
     (folder / "model.safetensors").write_bytes(bytes(weights))
     (folder / "pytorch_model.bin").write_bytes(b"bin")
@@ -2082,10 +2085,17 @@ def test_embedding_cache_signature_hashes_exactly_the_first_mib_of_weight_files(
     (folder / "sub.json").mkdir()
     files = model_signature(str(folder))["files"]
     assert files == {
-        "model.safetensors": [mib + 10, hashlib.sha256(bytes(weights[:mib])).hexdigest()],
+        "model.safetensors": [2 * mib + 10, hashlib.sha256(bytes(weights)).hexdigest()],
         "pytorch_model.bin": [3, hashlib.sha256(b"bin").hexdigest()],
         "model.gguf": [4, hashlib.sha256(b"gguf").hexdigest()],
     }
+    key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
+    # an upper layer retrained: the same size, the first MiB unchanged
+    for position in (mib + 1, 2 * mib + 9):
+        weights[position] = 7
+        (folder / "model.safetensors").write_bytes(bytes(weights))
+        assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
+        key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
 
 
 def test_embedding_cache_with_the_wrong_number_of_rows_is_recomputed(
