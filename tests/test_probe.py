@@ -2098,6 +2098,34 @@ def test_embedding_cache_signature_hashes_the_whole_weight_files(tmp_path):
         key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
 
 
+def test_embedding_cache_signature_covers_the_tokenizer_vocabularies(tmp_path):
+    """A local folder's vocab.txt, merges.txt and SentencePiece .model files are in its signature: without a
+    tokenizer.json, its tokenizer is built from them (all-MiniLM-L6-v2's folder without tokenizer.json, `card` and
+    `charged` swapped in vocab.txt: other token ids, the same key, the old features served). Other .txt files are
+    not; a folder without them has the signature it had."""
+    import hashlib
+
+    from longtail.probe import embedding_fingerprint, model_signature
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
+    (folder / "notes.txt").write_text("not a vocabulary")
+    assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") == key
+    files = {"vocab.txt": "[PAD]\ncard\ncharged\n", "merges.txt": "c a\n", "spiece.model": "sp"}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+        assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
+        key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
+    assert model_signature(str(folder))["files"] == {
+        "config.json": [8, hashlib.sha256(b'{"a": 1}').hexdigest()],
+        **{name: [len(text), hashlib.sha256(text.encode()).hexdigest()] for name, text in files.items()},
+    }
+    (folder / "vocab.txt").write_text("[PAD]\ncharged\ncard\n")  # two tokens swapped: other ids
+    assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
+
+
 def test_embedding_cache_with_the_wrong_number_of_rows_is_recomputed(
     tiny_modernbert, tmp_path, one_torch_thread
 ):

@@ -347,6 +347,9 @@ def hub_commit(repo_id: str) -> str | None:
     return None
 
 
+TOKENIZER_VOCABULARIES = ("vocab.txt", "merges.txt")  # WordPiece's; BPE's merges (its vocab.json is a .json)
+
+
 def model_signature(name_or_path: str) -> dict:
     """What identifies a checkpoint: its Hub id and the commit it was loaded at (`hub_commit`: a model updated on
     the Hub is another model), or for a local folder its config and weight files (name, size, SHA-256 of the whole
@@ -360,7 +363,10 @@ def model_signature(name_or_path: str) -> dict:
         return {"model": name_or_path} | ({"commit": commit} if commit else {})
     files = {}
     for f in sorted(path.glob("*")):
-        if f.suffix in {".safetensors", ".json", ".bin", ".gguf"} and f.is_file():
+        # the vocabularies too (SentencePiece's: tokenizer.model, spiece.model, ...): a folder without tokenizer.json
+        # builds its tokenizer from them, and an edited vocab.txt (other token ids, other features) kept the key
+        vocabulary = f.name in TOKENIZER_VOCABULARIES or f.suffix == ".model"
+        if (f.suffix in {".safetensors", ".json", ".bin", ".gguf"} or vocabulary) and f.is_file():
             digest = hashlib.sha256()
             with f.open("rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
