@@ -825,6 +825,25 @@ def test_predict_mistakes_end_with_status_2_like_the_other_tools(tmp_path, capsy
     assert not (tmp_path / "o.csv").exists() and src.read_text() == "text\nI was charged twice.\n"
 
 
+def test_predict_output_under_a_file_is_refused_before_scoring(tmp_path, monkeypatch, capsys):
+    """--output whose folder is a file (`--output in.csv/preds.csv`, or deeper under it): one line before any row
+    is scored (it was a FileExistsError / NotADirectoryError traceback once every row had been scored)."""
+    from longtail.predict import main
+
+    seen = scores_evenly(monkeypatch)
+    src = tmp_path / "in.csv"
+    src.write_text("text\nI was charged twice.\n")
+    for output in (src / "preds.csv", src / "sub" / "preds.jsonl"):
+        argv = ["--model_dir", "m", "--input", str(src), "--output", str(output)]
+        assert (
+            refused(main, argv, capsys)
+            == f"predict.py: error: --output {output}: {src} is a file, not a folder"
+        )
+    assert seen == [] and src.read_text() == "text\nI was charged twice.\n"
+    main(["--model_dir", "m", "--input", str(src), "--output", str(tmp_path / "new" / "preds.csv")])
+    assert seen == [["I was charged twice."]] and (tmp_path / "new" / "preds.csv").is_file()  # a folder made
+
+
 def test_predict_ensemble_with_a_moved_member_fails_before_scoring_any(tmp_path, monkeypatch):
     """Every member folder is checked before the first is scored: a moved second member once cost a whole pass
     of the first (minutes for a windowed probe on a large file) before the one-line error."""

@@ -140,6 +140,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--output {args.output} is the --input file: choose another --output")
     if Path(args.output).is_dir():
         p.error(f"--output {args.output} is a folder: name a .csv or .jsonl file")
+    blocker = next((d for d in output.parents if d.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # a FileExistsError traceback once every row was scored
+        p.error(f"--output {args.output}: {blocker} is a file, not a folder")
     if problem := torch_device_problem(args.device, here=False):  # whether it is here: by backend, later
         p.error(problem)
     return args
