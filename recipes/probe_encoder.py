@@ -149,8 +149,14 @@ class ProbeArguments:
         bad = sorted({w for w in self.grid_class_weight if w not in WEIGHTINGS})
         if bad:
             raise ValueError(f"grid_class_weight values must be in {WEIGHTINGS}, got {bad}")
+        if not self.grid_class_weight:  # a YAML `[]`: no setting to fit, an AttributeError once embedded
+            raise ValueError(f"grid_class_weight needs at least one of {WEIGHTINGS}, got []")
         if not self.grid_C or any(c <= 0 for c in self.grid_C):
             raise ValueError(f"grid_C must be positive numbers, got {self.grid_C}")
+        for name in ("grid_C", "grid_class_weight"):  # a repeat was fit and listed in the report twice
+            values = getattr(self, name)
+            if repeated := sorted({v for v in values if values.count(v) > 1}, key=str):
+                raise ValueError(f"{name} lists {', '.join(map(str, repeated))} more than once: {values}")
         parse_tau_option(self.posthoc_logit_adjustment)  # a clear error now, not after the embedding
         check_solver_options(self.tol, self.max_iter)
         check_folds(self.predict_train_folds)

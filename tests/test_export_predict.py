@@ -604,6 +604,37 @@ def test_predict_frame_top_k_ties_route_boundary_and_stripped_texts(monkeypatch)
         parse_args(["--model_dir", "m", "--input", "i.csv", "--output", "o.csv", "--min_confidence", "1.01"])
 
 
+def test_predict_frame_with_many_label_columns_warns_nothing(monkeypatch):
+    """--top_k 60 on a 60-class run (every class's probability, as one may want for an audit): the frame was built
+    column by column, and pandas warned "DataFrame is highly fragmented" (PerformanceWarning) once per column past
+    the 100th, 31 times for a 63-class run at --top_k 63. The values and the column order are as before."""
+    import warnings
+
+    import longtail.predict as predict
+    from longtail.predict import Scores, parse_args
+
+    names = [f"c{i}" for i in range(60)]
+    probs = np.full((2, 60), 0.5 / 59)
+    probs[0, 7], probs[1, 59] = 0.5, 0.5  # then the rest tie, in class order
+
+    monkeypatch.setattr(
+        predict, "score_texts", lambda *a, **k: Scores(probs, names, {"backend": "fake", "temperature": 1.0})
+    )
+    args = parse_args(["--model_dir", "m", "--input", "i.csv", "--output", "o.csv", "--top_k", "60",
+                       "--min_confidence", "0.5"])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, _ = predict.predict_frame(args, pd.DataFrame({"text": ["fee", " ", "card"]}), "text")
+    pairs = [c for j in range(1, 61) for c in (f"label_{j}", f"prob_{j}")]
+    assert list(out.columns) == ["row", "label", "confidence", *pairs, "route", "error"]
+    assert out["label"].tolist() == ["c7", None, "c59"]
+    assert out["route"].tolist() == ["auto", "review", "auto"]
+    assert out.loc[0, "label_2"] == "c0" and out.loc[2, "label_60"] == "c58"
+    assert out["error"].tolist() == ["", "empty or missing text", ""]
+    np.testing.assert_array_equal(out["prob_60"], [0.5 / 59, np.nan, 0.5 / 59])
+    np.testing.assert_array_equal(out["row"], [0, 1, 2])
+
+
 def test_sklearn_run_scores_an_unseen_class_zero_and_calibrates_its_probabilities(tmp_path):
     """A TF-IDF pipeline that never saw class 1: its columns go to classes 0 and 2 and class 1 gets 0; the
     folder's temperature gives softmax(log p / T), i.e. p ** (1 / T) renormalised."""
@@ -945,6 +976,25 @@ def test_predict_mistakes_end_with_status_2_like_the_other_tools(tmp_path, capsy
     assert not (tmp_path / "o.csv").exists() and src.read_text() == "text\nI was charged twice.\n"
 
 
+def test_predict_output_under_a_file_is_refused_before_scoring(tmp_path, monkeypatch, capsys):
+    """--output whose folder is a file (`--output in.csv/preds.csv`, or deeper under it): one line before any row
+    is scored (it was a FileExistsError / NotADirectoryError traceback once every row had been scored)."""
+    from longtail.predict import main
+
+    seen = scores_evenly(monkeypatch)
+    src = tmp_path / "in.csv"
+    src.write_text("text\nI was charged twice.\n")
+    for output in (src / "preds.csv", src / "sub" / "preds.jsonl"):
+        argv = ["--model_dir", "m", "--input", str(src), "--output", str(output)]
+        assert (
+            refused(main, argv, capsys)
+            == f"predict.py: error: --output {output}: {src} is a file, not a folder"
+        )
+    assert seen == [] and src.read_text() == "text\nI was charged twice.\n"
+    main(["--model_dir", "m", "--input", str(src), "--output", str(tmp_path / "new" / "preds.csv")])
+    assert seen == [["I was charged twice."]] and (tmp_path / "new" / "preds.csv").is_file()  # a folder made
+
+
 def test_predict_ensemble_with_a_moved_member_fails_before_scoring_any(tmp_path, monkeypatch):
     """Every member folder is checked before the first is scored: a moved second member once cost a whole pass
     of the first (minutes for a windowed probe on a large file) before the one-line error."""
@@ -1090,6 +1140,32 @@ def test_predict_reads_only_the_text_column_of_a_csv_input(tmp_path, monkeypatch
     summary = predict.main(["--model_dir", "m", "--input", str(src), "--output", str(out)])
     assert seen == [["charged twice", "late fee, again"]] and summary["bad_row_numbers"] == [1, 2]
     assert pd.read_csv(out)["row"].tolist() == [0, 1, 2, 3]
+
+
+def test_predict_refuses_a_folder_that_is_no_run_before_reading_the_input(tmp_path, monkeypatch, capsys):
+    """--model_dir a folder holding no run (a comparison's, a data folder, the parent of the runs): one line naming
+    the three kinds of run predict serves, given before the input is read (it came once the whole input had been
+    read, and named the Transformers classifier alone)."""
+    import longtail.predict as predict
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the input was read")
+
+    monkeypatch.setattr(predict, "read_texts", no_reading)
+    src = tmp_path / "in.csv"
+    src.write_text("text\ncharged twice\n")
+    compare = tmp_path / "compare"
+    compare.mkdir()
+    (compare / "compare.md").write_text("# runs side by side\n")
+    (compare / "probe").mkdir()  # a subfolder with no .onnx file: not an export's variant
+    with pytest.raises(SystemExit) as exit_:
+        predict.main(["--model_dir", str(compare), "--input", str(src), "--output", str(tmp_path / "o.csv")])
+    assert exit_.value.code == 2 and not (tmp_path / "o.csv").exists()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith(
+        f"error: {compare} has no config.json: not a trained classifier folder, nor a TF-IDF run (model.joblib) "
+        "or an ensemble (ensemble.json), the other runs predict serves"
+    )
 
 
 def test_predict_reads_the_cfpb_api_json(tmp_path, monkeypatch):

@@ -766,6 +766,20 @@ def test_probe_rejects_bad_options(tiny_modernbert, tiny_bert, tmp_path, capsys)
     assert not (tmp_path / "refused").exists()  # refused before the output folder is made
 
 
+def test_probe_grid_options_empty_or_repeated_are_refused_before_any_embedding():
+    """`grid_class_weight: []` in a YAML passed every check and stopped the run once every split was embedded
+    (AttributeError: 'NoneType' object has no attribute 'classes_'); a repeated C or weighting was fit twice and
+    listed twice in the report's grid. Both are one-line errors when the options are read."""
+    recipe = load_recipe("probe_encoder")
+    with pytest.raises(ValueError, match=r"grid_class_weight needs at least one of \('none', 'balanced'"):
+        recipe.ProbeArguments(grid_class_weight=[])
+    with pytest.raises(ValueError, match=r"grid_C lists 0.1 more than once: \[0.1, 1.0, 0.1\]"):
+        recipe.ProbeArguments(grid_C=[0.1, 1.0, 0.1])
+    with pytest.raises(ValueError, match=r"grid_class_weight lists none more than once: \['none', 'none'\]"):
+        recipe.ProbeArguments(grid_class_weight=["none", "none"])
+    assert recipe.ProbeArguments(grid_C=[0.1, 1.0], grid_class_weight=["balanced"]).grid_C == [0.1, 1.0]
+
+
 def imbalanced_blobs(seed: int = 0):
     """Three 2-D classes: 300 / 300 / 12 training rows, the rare one overlapping class 0; a balanced validation."""
     rng = np.random.default_rng(seed)
@@ -2049,17 +2063,20 @@ def test_lpft_starts_from_the_train_only_head_of_a_refit_probe(probe_run, tiny_m
     torch.testing.assert_close(plain.classifier.weight.data, saved["classifier.weight"])
 
 
-def test_embedding_cache_signature_hashes_exactly_the_first_mib_of_weight_files(tmp_path):
+def test_embedding_cache_signature_hashes_the_whole_weight_files(tmp_path):
     """The signature covers .safetensors, .json, .bin and .gguf files (not a folder named like one, nor other
-    files), each with its size and the SHA-256 of exactly its first MiB: bytes past 1 KiB count, past 1 MiB not."""
+    files), each with its size and the SHA-256 of the whole file: a byte past the first MiB counts. It hashed the
+    first MiB alone, which in a body's safetensors is its embeddings (all-MiniLM-L6-v2: the embeddings' LayerNorm,
+    position table and the start of the word table), so a body retrained above them in the same folder kept its
+    key and was served its old features."""
     import hashlib
 
-    from longtail.probe import model_signature
+    from longtail.probe import embedding_fingerprint, model_signature
 
     folder = tmp_path / "model"
     folder.mkdir()
     mib = 1 << 20
-    weights = bytearray(b"\x00" * (mib + 10))
+    weights = bytearray(b"\x00" * (2 * mib + 10))
     weights[5000] = 1  # inside the first MiB, past its first KiB
     (folder / "model.safetensors").write_bytes(bytes(weights))
     (folder / "pytorch_model.bin").write_bytes(b"bin")
@@ -2068,10 +2085,45 @@ def test_embedding_cache_signature_hashes_exactly_the_first_mib_of_weight_files(
     (folder / "sub.json").mkdir()
     files = model_signature(str(folder))["files"]
     assert files == {
-        "model.safetensors": [mib + 10, hashlib.sha256(bytes(weights[:mib])).hexdigest()],
+        "model.safetensors": [2 * mib + 10, hashlib.sha256(bytes(weights)).hexdigest()],
         "pytorch_model.bin": [3, hashlib.sha256(b"bin").hexdigest()],
         "model.gguf": [4, hashlib.sha256(b"gguf").hexdigest()],
     }
+    key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
+    # an upper layer retrained: the same size, the first MiB unchanged
+    for position in (mib + 1, 2 * mib + 9):
+        weights[position] = 7
+        (folder / "model.safetensors").write_bytes(bytes(weights))
+        assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
+        key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
+
+
+def test_embedding_cache_signature_covers_the_tokenizer_vocabularies(tmp_path):
+    """A local folder's vocab.txt, merges.txt and SentencePiece .model files are in its signature: without a
+    tokenizer.json, its tokenizer is built from them (all-MiniLM-L6-v2's folder without tokenizer.json, `card` and
+    `charged` swapped in vocab.txt: other token ids, the same key, the old features served). Other .txt files are
+    not; a folder without them has the signature it had."""
+    import hashlib
+
+    from longtail.probe import embedding_fingerprint, model_signature
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
+    (folder / "notes.txt").write_text("not a vocabulary")
+    assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") == key
+    files = {"vocab.txt": "[PAD]\ncard\ncharged\n", "merges.txt": "c a\n", "spiece.model": "sp"}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+        assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
+        key = embedding_fingerprint(str(folder), TEXTS, 32, "mean")
+    assert model_signature(str(folder))["files"] == {
+        "config.json": [8, hashlib.sha256(b'{"a": 1}').hexdigest()],
+        **{name: [len(text), hashlib.sha256(text.encode()).hexdigest()] for name, text in files.items()},
+    }
+    (folder / "vocab.txt").write_text("[PAD]\ncharged\ncard\n")  # two tokens swapped: other ids
+    assert embedding_fingerprint(str(folder), TEXTS, 32, "mean") != key
 
 
 def test_embedding_cache_with_the_wrong_number_of_rows_is_recomputed(
@@ -2191,6 +2243,90 @@ def test_embedding_cache_of_the_wrong_shape_or_damaged_is_embedded_again(
         np.testing.assert_array_equal(np.load(path), first)  # replaced
         assert f"Cached embeddings {path} are {problem}" in caplog.text and "embedding again" in caplog.text
     assert cached_embeddings(*args)[2] is True  # and served again once whole
+
+
+def test_embedding_cache_whose_values_are_damaged_is_embedded_again(
+    tiny_modernbert, tmp_path, one_torch_thread, caplog
+):
+    """A cache file of the right shape whose values are not finite floats (a damaged copy: its header whole, its data
+    not) is embedded again with a warning, as a file of the wrong shape is; NaN rows were served, and the head's fit
+    stopped with scikit-learn's "Input X contains NaN" traceback. A file cut short inside its data is unreadable."""
+    from transformers import AutoModel
+
+    from longtail.probe import cached_embeddings
+    from longtail.training import ModelArguments, load_tokenizer
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=tiny_modernbert))
+    encoder = AutoModel.from_pretrained(tiny_modernbert)
+    args = (tmp_path, tiny_modernbert, encoder, tokenizer, TEXTS, 32, "mean")
+    first, key, _ = cached_embeddings(*args)
+    path = tmp_path / f"{key}.npy"
+    nan_row, inf_rows = first.copy(), first.copy()
+    nan_row[1, 0] = np.nan
+    inf_rows[0, 3], inf_rows[2, :] = np.inf, -np.inf
+    whole = path.read_bytes()
+    for content, problem in (
+        (nan_row, "not finite in 1 row(s)"),
+        (inf_rows, "not finite in 2 row(s)"),
+        (np.zeros(first.shape, np.int64), "of dtype int64, not floating point"),
+        (whole[: len(whole) - 8], "unreadable ("),  # the header whole, the last values cut off
+    ):
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            np.save(path, content)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.probe"):
+            features, again, reused = cached_embeddings(*args)
+        assert (again, reused) == (key, False)
+        np.testing.assert_array_equal(features, first)
+        np.testing.assert_array_equal(np.load(path), first)  # replaced
+        assert f"Cached embeddings {path} are {problem}" in caplog.text and "embedding again" in caplog.text
+    assert cached_embeddings(*args)[2] is True
+
+
+def test_two_runs_writing_one_cache_entry_at_once_both_finish(tmp_path, monkeypatch):
+    """Two probe runs that embed the same split at the same time (two grids started together on one cache) both
+    write its cache entry: each through a temporary file of its own, so both renames succeed and the entry is
+    whole. They shared one temporary name, and the second rename found the file gone (FileNotFoundError, after
+    the embedding). Here two threads both write before either renames; no temporary file is left."""
+    import pathlib
+    import threading
+    from types import SimpleNamespace
+
+    import longtail.probe as probe
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    features = np.arange(len(TEXTS) * 4, dtype=np.float32).reshape(len(TEXTS), 4)
+    monkeypatch.setattr(probe, "embed_texts", lambda *a, **k: features.copy())
+    both_written, rename = threading.Barrier(2, timeout=30), pathlib.Path.replace
+
+    def replace_once_both_wrote(self, target):
+        both_written.wait()
+        return rename(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "replace", replace_once_both_wrote)
+    encoder = SimpleNamespace(config=SimpleNamespace(hidden_size=4))
+    cache, results, errors = tmp_path / "cache", [], []
+
+    def one_run():
+        try:
+            results.append(probe.cached_embeddings(cache, str(folder), encoder, None, TEXTS, 32, "mean"))
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=one_run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and [r[2] for r in results] == [False, False]
+    key = results[0][1]
+    assert sorted(p.name for p in cache.iterdir()) == [f"{key}.npy"]
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.load(cache / f"{key}.npy"), features)
 
 
 def test_a_probe_run_is_a_teacher_in_a_fresh_python(probe_run, tmp_path):

@@ -38,6 +38,7 @@ from longtail.inference import (
     TorchBackend,
     check_max_length,
     encode_batches,
+    is_adapter_dir,
     load_model_dir,
     load_tokenizer_dir,
     onnx_files,
@@ -140,6 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--output {args.output} is the --input file: choose another --output")
     if Path(args.output).is_dir():
         p.error(f"--output {args.output} is a folder: name a .csv or .jsonl file")
+    blocker = next((d for d in output.parents if d.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # a FileExistsError traceback once every row was scored
+        p.error(f"--output {args.output}: {blocker} is a file, not a folder")
     if problem := torch_device_problem(args.device, here=False):  # whether it is here: by backend, later
         p.error(problem)
     return args
@@ -361,6 +365,20 @@ def check_members(folder: Path) -> None:
             serving_entry(member)
 
 
+def check_model_dir(folder: Path) -> None:
+    """A --model_dir with none of the files of a run predict serves (a data or comparison folder, a run's parent
+    folder) is refused before the input is read, saying what it looks for: it was found only once the whole input
+    had been read, and the error named the Transformers classifier alone."""
+    if not folder.is_dir() or run_kind(folder) != "transformers" or is_adapter_dir(folder):
+        return  # a missing folder, another run or an adapter: their own errors, when scored
+    if (folder / "config.json").is_file() or any(d.is_dir() and onnx_files(d) for d in folder.iterdir()):
+        return  # a classifier, or an export's top folder (whose error names its variants)
+    raise ValueError(
+        f"{folder} has no config.json: not a trained classifier folder, nor a TF-IDF run ({SKLEARN_FILE}) or an "
+        f"ensemble ({ENSEMBLE_FILE}), the other runs predict serves"
+    )
+
+
 def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
     from longtail.ensemble import apply_mix
 
@@ -396,25 +414,29 @@ def predict_frame(args, df: pd.DataFrame, text_column: str) -> tuple[pd.DataFram
     if k < args.top_k:
         logger.info("--top_k %d: the model has %d classes, so %d label columns", args.top_k, k, k)
 
-    out = pd.DataFrame({"row": np.arange(len(df))})
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    label = pd.Series([None] * len(df), dtype=object)
-    confidence = pd.Series([np.nan] * len(df))
-    label.iloc[good] = [label_names[int(i)] for i in top[:, 0]]
-    confidence.iloc[good] = probs[np.arange(len(good)), top[:, 0]]
-    out["label"], out["confidence"] = label, confidence
+
+    def column(values, missing, dtype=None) -> pd.Series:
+        """`values` at the scored rows, `missing` at the others."""
+        series = pd.Series([missing] * len(df), dtype=dtype)
+        series.iloc[good] = values
+        return series
+
+    # every column built first, the frame made once: inserted one by one, a --top_k of 50 or more flooded stderr
+    # with pandas' "DataFrame is highly fragmented" PerformanceWarning
+    labels = [column([label_names[int(i)] for i in top[:, j]], None, object) for j in range(k)]
+    top_probs = [column(probs[np.arange(len(good)), top[:, j]], np.nan, float) for j in range(k)]
+    columns = {"row": np.arange(len(df)), "label": labels[0], "confidence": top_probs[0]}
     for j in range(k):
-        lab = pd.Series([None] * len(df), dtype=object)
-        prob = pd.Series([np.nan] * len(df))
-        lab.iloc[good] = [label_names[int(i)] for i in top[:, j]]
-        prob.iloc[good] = probs[np.arange(len(good)), top[:, j]]
-        out[f"label_{j + 1}"], out[f"prob_{j + 1}"] = lab, prob
+        columns[f"label_{j + 1}"], columns[f"prob_{j + 1}"] = labels[j], top_probs[j]
     if args.min_confidence is not None:
-        out["route"] = np.where(out["confidence"] >= args.min_confidence, "auto", "review")
-        out.loc[bad, "route"] = "review"
-    error = pd.Series([""] * len(df), dtype=object)
-    error.iloc[bad] = "empty or missing text"
-    out["error"] = error
+        route = np.where(top_probs[0] >= args.min_confidence, "auto", "review")
+        route[bad] = "review"
+        columns["route"] = route
+    error = np.full(len(df), "", dtype=object)
+    error[bad] = "empty or missing text"
+    columns["error"] = error
+    out = pd.DataFrame(columns)
     summary = {
         "rows": len(df),
         "predicted": len(good),
@@ -452,7 +474,8 @@ def main(argv: list[str] | None = None) -> dict:
     if Path(args.output).exists() and not args.overwrite:
         raise usage_exit(f"{args.output} exists; pass --overwrite to replace it")
     try:  # a user's mistake (input file, column, model folder, window length) is one line, not a traceback
-        check_members(Path(args.model_dir))  # before the input is read
+        check_model_dir(Path(args.model_dir))  # before the input is read
+        check_members(Path(args.model_dir))
         df, text_column = read_texts(args.input, args.text_column)
         out, summary = predict_frame(args, df, text_column)
     except (ValueError, FileNotFoundError) as err:  # DataError included; a missing folder or adapter base

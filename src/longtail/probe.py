@@ -21,6 +21,8 @@ import hashlib
 import inspect
 import json
 import logging
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -345,20 +347,31 @@ def hub_commit(repo_id: str) -> str | None:
     return None
 
 
+TOKENIZER_VOCABULARIES = ("vocab.txt", "merges.txt")  # WordPiece's; BPE's merges (its vocab.json is a .json)
+
+
 def model_signature(name_or_path: str) -> dict:
     """What identifies a checkpoint: its Hub id and the commit it was loaded at (`hub_commit`: a model updated on
-    the Hub is another model), or for a local folder its config and weight files (name, size, content hash of the
-    first MiB), so a retrained model in the same folder is not mistaken."""
+    the Hub is another model), or for a local folder its config and weight files (name, size, SHA-256 of the whole
+    file), so a retrained model in the same folder is not mistaken. The hash covered the first MiB alone, which in a
+    body's safetensors is its embeddings: a body retrained above them kept its key and was served the old features.
+    A file of at most 1 MiB has the signature it had. Hashing reads the weights once per split (0.1 s for
+    all-MiniLM-L6-v2's 90 MB), as distill's teacher cache does."""
     path = Path(name_or_path)
     if not path.is_dir():
         commit = hub_commit(name_or_path)
         return {"model": name_or_path} | ({"commit": commit} if commit else {})
     files = {}
     for f in sorted(path.glob("*")):
-        if f.suffix in {".safetensors", ".json", ".bin", ".gguf"} and f.is_file():
+        # the vocabularies too (SentencePiece's: tokenizer.model, spiece.model, ...): a folder without tokenizer.json
+        # builds its tokenizer from them, and an edited vocab.txt (other token ids, other features) kept the key
+        vocabulary = f.name in TOKENIZER_VOCABULARIES or f.suffix == ".model"
+        if (f.suffix in {".safetensors", ".json", ".bin", ".gguf"} or vocabulary) and f.is_file():
+            digest = hashlib.sha256()
             with f.open("rb") as fh:
-                head = hashlib.sha256(fh.read(1 << 20)).hexdigest()
-            files[f.name] = [f.stat().st_size, head]
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            files[f.name] = [f.stat().st_size, digest.hexdigest()]
     return {"model": str(path.resolve()), "files": files}
 
 
@@ -412,8 +425,8 @@ def cached_embeddings(
 ):
     """embed_texts, reusing `<cache_dir>/<fingerprint>.npy` when the model (and `tokenizer_name`, when it is
     another; a Hub id at the same commit), texts, max_length, pooling, long_text, normalize, layers and the torch and
-    transformers versions match and the file holds a row of the encoder's width per text (else, with a warning,
-    embedded again and replaced). Returns (features, fingerprint, reused)."""
+    transformers versions match and the file holds a row of the encoder's width per text, finite floats (else, with a
+    warning, embedded again and replaced). Returns (features, fingerprint, reused)."""
     fingerprint = embedding_fingerprint(
         model_name_or_path, texts, max_length, pooling, long_text, normalize, layers, tokenizer_name
     )
@@ -423,6 +436,11 @@ def cached_embeddings(
         try:
             features = np.load(path, allow_pickle=False)
             problem = None if features.shape == expected else f"shape {features.shape}, not {expected}"
+            # the header can be whole and the values not (a damaged copy): scikit-learn's NaN traceback otherwise
+            if problem is None and features.dtype.kind != "f":
+                problem = f"of dtype {features.dtype}, not floating point"
+            elif problem is None and not np.isfinite(features).all():
+                problem = f"not finite in {int((~np.isfinite(features)).any(axis=1).sum())} row(s)"
         except (OSError, ValueError, EOFError) as err:  # cut short or not a .npy: numpy's own error
             problem = f"unreadable ({' '.join(str(err).split())})"
         if problem is None:
@@ -442,9 +460,15 @@ def cached_embeddings(
         **kw,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, features)
-    tmp.replace(path)  # atomic: an interrupted run leaves no half-written cache
+    # written under a name of this call's own, then renamed (atomic): an interrupted run leaves no half-written
+    # cache, and two runs embedding the same split at once (two grids started together) do not share one temporary
+    # file, whose rename the second run then found gone (FileNotFoundError once its split was embedded)
+    tmp = path.with_name(f"{fingerprint}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy")
+    try:
+        np.save(tmp, features)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no temporary file behind
     return features, fingerprint, False
 
 
