@@ -604,6 +604,32 @@ def test_non_utf8_csv_is_a_clear_error(tmp_path):
     assert "latin1.csv" in str(err.value)
 
 
+def test_a_cp1252_or_utf16_file_is_named_where_it_breaks_with_the_iconv_that_fixes_it(tmp_path):
+    """A Windows export's curly quote (0x92) deep in the file was "at byte 1" (pandas counts from its block) and
+    `iconv -f latin1` was suggested, which reads 0x92 as an invisible control character; UTF-16 (Excel's "Unicode
+    Text") got the same latin1 advice."""
+    rows = "".join(f"complaint number {i} about my card,a\n" for i in range(20_000))
+    text = "text,label\n" + rows + "I\u2019m charged twice,b\n"
+    cp1252 = tmp_path / "export.csv"
+    cp1252.write_bytes(text.encode("cp1252"))
+    offset = len(("text,label\n" + rows + "I").encode())
+    with pytest.raises(DataError) as err:
+        prepare_data(args(train_file=str(cp1252)))
+    assert str(err.value) == (
+        f"{cp1252} is not valid UTF-8 (byte 0x92 at line 20,002, offset {offset:,}). Re-save it as UTF-8, "
+        "e.g. `iconv -f cp1252 -t utf-8 export.csv > fixed.csv`."
+    )
+    assert offset > 700_000
+    utf16 = tmp_path / "unicode.csv"
+    utf16.write_bytes(text.encode("utf-16"))
+    with pytest.raises(DataError) as err:
+        prepare_data(args(train_file=str(utf16)))
+    assert str(err.value) == (
+        f"{utf16} is not valid UTF-8 (it is UTF-16, by its byte-order mark). Re-save it as UTF-8, "
+        "e.g. `iconv -f utf-16 -t utf-8 unicode.csv > fixed.csv`."
+    )
+
+
 def test_unsupported_extension_and_missing_file(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("text,label\nx,a\n", "utf-8")

@@ -16,6 +16,7 @@ The pipeline, in order (each step logs what it drops):
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import difflib
 import gzip
@@ -326,12 +327,8 @@ def _read_table(path: Path, columns: Columns = None) -> pd.DataFrame:
     try:
         with open_data(path) as raw:
             return read_frame(raw, suffix, columns)
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"{path} is not valid UTF-8 ({err.reason} at byte {err.start}"
-            f"{' of the decompressed data' if compression else ''}). {'Decompress it and r' if compression else 'R'}"
-            f"e-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {Path(inner).name} > fixed{suffix}`."
-        ) from None
+    except UnicodeDecodeError:
+        raise DataError(not_utf8_message(path, inner, suffix, compression)) from None
     except (pd.errors.ParserError, ValueError) as err:
         raise DataError(
             f"Could not parse {path} as {suffix[1:]}: {str(err).strip()}{separator_hint(path)}"
@@ -344,6 +341,49 @@ def _read_table(path: Path, columns: Columns = None) -> pd.DataFrame:
             f"Could not decompress {path} ({compression}: {err}): check the download, or decompress it yourself "
             f"and pass the {suffix} file"
         ) from None
+
+
+# A UTF-16 file starts with one of these byte-order marks (Excel's "Unicode Text", PowerShell's `>` redirection).
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def first_non_utf8(path: Path, block: int = 1 << 20) -> tuple[int, int, bytes]:
+    """The first bytes of a data file (decompressed) that are not UTF-8: their offset, their line (1-based) and the
+    bytes. pandas' UnicodeDecodeError counts from the start of the block it was decoding, not of the file (a
+    cp1252 quote at byte 942,822 of a file was "at byte 1"). (-1, 0, b"") when every byte decodes."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 0
+    with open_data(path) as raw:
+        while chunk := raw.read(block):
+            pending = decoder.getstate()[0]  # the start of a character cut by the previous block
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                data = pending + chunk
+                start = offset - len(pending) + err.start
+                return start, lines + data[: err.start].count(b"\n") + 1, data[err.start : err.end]
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+    return -1, 0, b""
+
+
+def not_utf8_message(path: Path, inner: str, suffix: str, compression: str | None) -> str:
+    """The one line for a data file that is not UTF-8: where its first such bytes are, and the `iconv` command
+    that re-saves it. Bytes 0x80-0x9F (curly quotes, dashes: Windows text) are cp1252, which latin-1 reads as
+    invisible control characters; latin-1's printable letters read alike in cp1252, so cp1252 is suggested."""
+    with open_data(path) as raw:
+        head = raw.read(2)
+    where = " of the decompressed data" if compression else ""
+    if head in UTF16_BOMS:
+        found, source = "it is UTF-16, by its byte-order mark", "utf-16"
+    else:
+        start, line, bad = first_non_utf8(path)
+        found = f"byte {' '.join(f'0x{b:02X}' for b in bad)} at line {line:,}, offset {start:,}{where}"
+        source = "cp1252"
+    return (
+        f"{path} is not valid UTF-8 ({found}). {'Decompress it and r' if compression else 'R'}e-save it as UTF-8, "
+        f"e.g. `iconv -f {source} -t utf-8 {Path(inner).name} > fixed{suffix}`."
+    )
 
 
 def wanted_columns(columns: Columns, names: list) -> set:
