@@ -371,10 +371,15 @@ def test_train_rows_duplicating_test_texts_are_dropped_and_counted(caplog):
             "label": ["a", "b"],
         }
     )
-    with caplog.at_level(logging.INFO, logger="longtail.data"):
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
         data = prepare_data(args(validation_split_fraction=0.2), raw={"train": train, "test": test})
     assert data.log["dropped_train_duplicates_of_eval"] == 6  # three copies of each of 2 narratives
-    assert any("Dropped 6 training rows" in r.getMessage() for r in caplog.records)
+    # a warning naming the split, the share and the leakage (an INFO line "... in validation/test" once)
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Dropped")] == [
+        f"Dropped 6 of {len(train)} training rows ({600 / len(train):.1f}%) whose text also appears in test (case "
+        "and spacing ignored): train/test leakage, kept out of training so that no score is of a text trained on; "
+        "more than a few repeated complaints means the test data was drawn from the training data"
+    ]
     assert len(data.splits["test"]) == 2
     test_norms = norms(data.splits["test"])
     assert not norms(data.splits["train"]) & test_norms
@@ -399,12 +404,15 @@ def test_validation_rows_duplicating_test_are_dropped(caplog):
     train = frame({"a": 6, "b": 6})
     validation = frame({"a": 2, "b": 2}, prefix="val ")
     test = pd.DataFrame({"text": ["VAL a complaint   number 1", "fresh b text"], "label": ["a", "b"]})
-    with caplog.at_level(logging.INFO, logger="longtail.data"):
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
         data = prepare_data(args(), raw={"train": train, "validation": validation, "test": test})
     assert data.log["dropped_validation_duplicates_of_test"] == 1
     assert len(data.splits["validation"]) == 3
     assert not norms(data.splits["validation"]) & norms(data.splits["test"])
-    assert "1 validation rows whose text also appears in test" in caplog.text
+    assert (
+        "Dropped 1 of 4 validation rows (25.0%) whose text also appears in test (case and spacing ignored): "
+        "validation/test leakage" in caplog.text
+    )
 
 
 # ---------------------------------------------------------------------------------------------

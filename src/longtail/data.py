@@ -925,17 +925,31 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
 
     # Leakage guard: a narrative that is also in an evaluation split leaves the training pool, and a
     # validation narrative that is also in test leaves validation (test is the final measure).
+    # A warning, not a note: files that share rows (a test file cut from the training file) are a mistake in the
+    # data, which the scores would not show; a holdout split of the real sample shares none.
     if "validation" in clean and "test" in clean:
         overlap = clean["validation"]["norm"].isin(set(clean["test"]["norm"]))
         log["dropped_validation_duplicates_of_test"] = int(overlap.sum())
         if overlap.any():
-            logger.info("Dropped %d validation rows whose text also appears in test", overlap.sum())
+            logger.warning(
+                "Dropped %s whose text also appears in test (case and spacing ignored): validation/test leakage",
+                share(overlap.sum(), len(overlap), "validation"),
+            )
         clean["validation"] = clean["validation"][~overlap]
-    eval_norms = set().union(*(set(clean[s]["norm"]) for s in ("validation", "test") if s in clean))
-    leaked = pool["norm"].isin(eval_norms)
+    eval_norms = {s: set(clean[s]["norm"]) for s in ("validation", "test") if s in clean}
+    leaked = pool["norm"].isin(set().union(*eval_norms.values()))
     log["dropped_train_duplicates_of_eval"] = int(leaked.sum())
     if leaked.any():
-        logger.info("Dropped %d training rows whose text also appears in validation/test", leaked.sum())
+        into = [s for s, norms in eval_norms.items() if pool.loc[leaked, "norm"].isin(norms).any()]
+        logger.warning(
+            "Dropped %s whose text also appears in %s (case and spacing ignored): train/%s leakage, kept out of "
+            "training so that no score is of a text trained on; more than a few repeated complaints means the %s "
+            "data was drawn from the training data",
+            share(leaked.sum(), len(leaked), "training"),
+            " and ".join(into),
+            "/".join(into),
+            " and ".join(into),
+        )
     pool = pool[~leaked]
 
     counts = pool["label"].value_counts()
@@ -997,6 +1011,11 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
     log["num_classes"] = len(label_names)
     logger.info("Final rows per split: %s; %d classes", log["rows"], len(label_names))
     return PreparedData(splits=splits, label_names=label_names, train_counts=train_counts, log=log)
+
+
+def share(part: int, whole: int, rows: str) -> str:
+    """`300 of 1,600 training rows (18.8%)`."""
+    return f"{part:,} of {whole:,} {rows} rows ({100 * part / whole:.1f}%)"
 
 
 def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str, pd.DataFrame]:
