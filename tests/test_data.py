@@ -550,6 +550,29 @@ def test_unseen_evaluation_labels_are_excluded_and_counted(caplog, split):
     )
 
 
+def test_training_labels_in_two_spellings_are_named_as_split_classes(caplog):
+    """Two exports joined, one upper-cased: each spelling was a class of its own, its rows split, silently."""
+    train = pd.DataFrame(
+        {
+            "text": [f"complaint {i}" for i in range(9)],
+            "label": ["Fees", "Fees", "FEES", "Late  fee", "late fee", "late fee", "Other", "Other", "Other"],
+        }
+    )
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        data = prepare_data(args(), raw={"train": train})
+    assert data.log["labels_split_by_spelling"] == 2
+    assert data.label_names == ["FEES", "Fees", "Late  fee", "Other", "late fee"]  # named, not merged
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("train:")] == [
+        "train: 2 labels are written in more than one case or spacing, each spelling a class of its own: "
+        "'FEES' (1 rows) vs 'Fees' (2 rows); 'Late  fee' (1 rows) vs 'late fee' (2 rows): write each label one "
+        "way (a --label_taxonomy's spellings are read as its)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        one_way = prepare_data(args(), raw={"train": frame({"a": 3, "b": 3})})
+    assert one_way.log["labels_split_by_spelling"] == 0 and not caplog.records
+
+
 def test_labels_written_differently_in_training_are_named(tmp_path, caplog):
     """A numeric label column with a gap is written by pandas as floats ('3.0') in one file and ints ('3') in
     another; every evaluation row was then 'never seen in training', with nothing saying why."""

@@ -952,6 +952,7 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
         )
     pool = pool[~leaked]
 
+    warn_split_spellings(pool["label"], log)
     counts = pool["label"].value_counts()
     rare = sorted(counts[counts < args.min_class_count].index)
     log["dropped_rare_classes"] = {label: int(counts[label]) for label in rare}
@@ -1011,6 +1012,29 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
     log["num_classes"] = len(label_names)
     logger.info("Final rows per split: %s; %d classes", log["rows"], len(label_names))
     return PreparedData(splits=splits, label_names=label_names, train_counts=train_counts, log=log)
+
+
+def warn_split_spellings(labels: pd.Series, log: dict) -> None:
+    """A warning when training labels differ only in case or spacing ('Opening an account', 'OPENING AN ACCOUNT':
+    two exports joined): each spelling is a class of its own, its rows split between them, without a word. They
+    are not merged (labels are never rewritten silently; a taxonomy or merge map's spellings are read as theirs)."""
+    counts = labels.value_counts()
+    groups: dict[str, list[str]] = {}
+    for label in sorted(counts.index):
+        groups.setdefault(label_key(label), []).append(label)
+    split = [found for found in groups.values() if len(found) > 1]
+    log["labels_split_by_spelling"] = len(split)
+    if split:
+        examples = "; ".join(
+            " vs ".join(f"{label!r} ({counts[label]:,} rows)" for label in found) for found in split[:3]
+        )
+        logger.warning(
+            "train: %d labels are written in more than one case or spacing, each spelling a class of its own: "
+            "%s%s: write each label one way (a --label_taxonomy's spellings are read as its)",
+            len(split),
+            examples,
+            "; ..." if len(split) > 3 else "",
+        )
 
 
 def share(part: int, whole: int, rows: str) -> str:
