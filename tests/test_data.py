@@ -744,6 +744,29 @@ def test_no_training_rows_left_is_an_error():
         prepare_data(args(), raw={"train": df})
 
 
+def test_a_file_with_only_a_header_or_nothing_is_named(tmp_path, caplog):
+    """A header-only file was "No training rows left after cleaning: {'rows_read': 0, ...}" (no file named), an
+    empty .jsonl "Column(s) [...] not found ... Columns that exist: []"."""
+    header = tmp_path / "header.csv"
+    header.write_text("text,label\n", "utf-8")
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"t {i},{'ab'[i % 2]}\n" for i in range(8)))
+    with pytest.raises(DataError) as err:
+        prepare_data(args(train_file=str(header)))
+    assert str(err.value) == f"the train data ({header}) has no data rows, only a header: nothing to train on"
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        data = prepare_data(
+            args(train_file=str(tmp_path / "train.csv"), test_file=str(header), validation_split_fraction=0.25)
+        )
+    assert f"the test data ({header}) has no data rows, only a header" in caplog.text
+    with pytest.raises(DataError, match=r"^The test split has no rows left to score: its file has no data rows, "):
+        require_usable_splits(data, do_predict=True)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", "utf-8")
+    with pytest.raises(DataError) as err:
+        prepare_data(args(train_file=str(empty)))
+    assert str(err.value) == f"the train data ({empty}) is empty: no rows and no columns"
+
+
 def test_splits_with_nothing_to_learn_or_score_are_refused_before_any_model():
     """Each case used to reach a library: sklearn's "at least 2 classes" or "empty vocabulary", torch's
     "num_samples=0", or an AxisError scoring an empty split after training; one class even 'scored' 1.0."""

@@ -820,6 +820,8 @@ def clean_split(
     only for the rows kept (a CFPB export has no narrative in most rows, and no label in some); whether a text
     is empty is read in pieces. The caller may pass its only reference to `df`: the frame is dropped here at once,
     the label column once cleaned, and the text column once the kept texts are taken."""
+    if not len(df.columns) and not len(df):  # "Columns that exist: []" of an empty .jsonl / .json
+        raise DataError(f"{split_source(args, split)} is empty: no rows and no columns")
     check_columns(df, split, args.text_column, args.label_column)
     refuse_repeated(df, (args.text_column, args.label_column), split_source(args, split))
     for column in (args.text_column, args.label_column):
@@ -840,6 +842,8 @@ def clean_split(
     counts["dropped_missing_label"] = int((empty_label & ~empty_text).sum())
     if rows and empty_text.all():
         logger.warning("%s", empty_text_column(args, split, rows))
+    if not rows:
+        logger.warning("%s has no data rows, only a header", split_source(args, split))
     keep = ~empty_text & ~empty_label
     out = pd.DataFrame({"label": label[keep].astype(str), "row_id": np.flatnonzero(keep)})
     del label
@@ -918,6 +922,8 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
     if pool.empty:
         counts = log["train"]
         no_text = counts["rows_read"] and counts["dropped_empty_text"] == counts["rows_read"]
+        if not counts["rows_read"]:  # the counts, all 0, said nothing of the file
+            raise DataError(f"{split_source(args, 'train')} has no data rows, only a header: nothing to train on")
         raise DataError(
             f"No training rows left after cleaning: {counts}"
             + (f". {empty_text_column(args, 'train', counts['rows_read'])}" if no_text else "")
@@ -1165,9 +1171,11 @@ def require_usable_splits(data: PreparedData, do_predict: bool) -> None:
     for s in ("validation", "test") if do_predict else ("validation",):  # test is read only to be scored
         if s in data.splits and data.splits[s].empty:
             unseen = log.get(f"{s}_excluded_unseen_labels", 0)
+            read = log.get(s, {}).get("rows_read")
             raise DataError(
                 f"The {s} split has no rows left to score"
                 + (f": all {unseen} of its rows carry labels never seen in training" if unseen else "")
+                + (": its file has no data rows, only a header" if read == 0 else "")
                 + (f". {hint}" if (hint := log.get(f"{s}_unseen_label_hint")) else "")
                 + f" ({dropped}). Check --label_column and the {s} data"
                 + (", or --validation_split_fraction" if s == "validation" else "")
