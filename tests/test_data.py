@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -672,6 +673,20 @@ def test_unsupported_extension_and_missing_file(tmp_path):
         read_table(tmp_path / "missing.csv")
     with pytest.raises(DataError, match="is a folder, not a data file"):  # it said "not found"
         prepare_data(args(train_file=str(tmp_path)))
+
+
+def test_a_spreadsheet_or_tsv_given_as_data_says_how_to_save_it(tmp_path):
+    for name, advice in (
+        ("complaints.xlsx", "Save the sheet as CSV UTF-8 (comma-delimited)."),
+        ("complaints.tsv", "Save it comma-separated as a .csv."),
+    ):
+        (tmp_path / name).write_bytes(b"PK\x03\x04")
+        with pytest.raises(DataError) as err:
+            prepare_data(args(train_file=str(tmp_path / name)))
+        assert str(err.value) == (
+            f"Unsupported data file type '{Path(name).suffix}' for {tmp_path / name}: use .csv, .json, .jsonl or "
+            f".parquet (a .csv, .json or .jsonl may be compressed: .gz, .bz2, .xz, .zip). {advice}"
+        )
 
 
 def test_a_hub_data_set_that_cannot_be_loaded_is_one_line_naming_the_option(monkeypatch):

@@ -59,6 +59,11 @@ COLUMN_HINTS = {
 }
 SPLITS = ("train", "validation", "test")
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+# What to do with the files a data file is most often mistaken for: a spreadsheet, a tab-separated export.
+SAVE_AS = {
+    **dict.fromkeys((".xlsx", ".xls", ".xlsm", ".ods"), " Save the sheet as CSV UTF-8 (comma-delimited)."),
+    **dict.fromkeys((".tsv", ".tab"), " Save it comma-separated as a .csv."),
+}
 # A data file compressed whole, as CFPB's download is (complaints.csv.zip): read through, by its last suffix.
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
 # Rows per piece when a .csv is read for some of its columns (`read_table(columns=...)`): each piece is parsed with
@@ -318,7 +323,7 @@ def _read_table(path: Path, columns: Columns = None) -> pd.DataFrame:
             shown = f"'{''.join(path.suffixes[-2:]).lower() if compression else suffix}'"
         raise DataError(
             f"Unsupported data file type {shown} for {path}: use .csv, .json, .jsonl or .parquet (a .csv, .json "
-            f"or .jsonl may be compressed: {', '.join(COMPRESSIONS)})."
+            f"or .jsonl may be compressed: {', '.join(COMPRESSIONS)}).{SAVE_AS.get(suffix, '')}"
         )
     if suffix == ".parquet" and compression:  # parquet compresses inside; pyarrow would seek through a stream
         raise DataError(
