@@ -15,6 +15,7 @@ from conftest import CFPB_CSV, needs_shared
 from longtail.data import (
     DataArguments,
     DataError,
+    first_non_utf8,
     legacy_text_digest,
     load_merge_map,
     load_raw_splits,
@@ -652,6 +653,10 @@ def test_a_cp1252_or_utf16_file_is_named_where_it_breaks_with_the_iconv_that_fix
         "e.g. `iconv -f cp1252 -t utf-8 export.csv > fixed.csv`."
     )
     assert offset > 700_000
+    # across blocks of any size: a character cut between two blocks is no error, one cut by the file's end is
+    assert first_non_utf8(cp1252, block=7) == (offset, 20_002, b"\x92")
+    (tmp_path / "utf8.csv").write_bytes(text.encode("utf-8") + b"caf\xc3")
+    assert first_non_utf8(tmp_path / "utf8.csv", block=5) == (len(text.encode("utf-8")) + 3, 20_003, b"\xc3")
     utf16 = tmp_path / "unicode.csv"
     utf16.write_bytes(text.encode("utf-16"))
     with pytest.raises(DataError) as err:

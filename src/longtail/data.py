@@ -369,7 +369,8 @@ def first_non_utf8(path: Path, block: int = 1 << 20) -> tuple[int, int, bytes]:
                 return start, lines + data[: err.start].count(b"\n") + 1, data[err.start : err.end]
             lines += chunk.count(b"\n")
             offset += len(chunk)
-    return -1, 0, b""
+    pending = decoder.getstate()[0]  # a character the file's end cuts short
+    return (offset - len(pending), lines + 1, pending) if pending else (-1, 0, b"")
 
 
 def not_utf8_message(path: Path, inner: str, suffix: str, compression: str | None) -> str:
@@ -384,6 +385,7 @@ def not_utf8_message(path: Path, inner: str, suffix: str, compression: str | Non
     else:
         start, line, bad = first_non_utf8(path)
         found = f"byte {' '.join(f'0x{b:02X}' for b in bad)} at line {line:,}, offset {start:,}{where}"
+        found = found if start >= 0 else "its bytes do not decode"  # not found again: never seen, but one line
         source = "cp1252"
     return (
         f"{path} is not valid UTF-8 ({found}). {'Decompress it and r' if compression else 'R'}e-save it as UTF-8, "
