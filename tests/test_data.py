@@ -775,10 +775,14 @@ def test_a_file_with_only_a_header_or_nothing_is_named(tmp_path, caplog):
     assert str(err.value) == f"the train data ({header}) has no data rows, only a header: nothing to train on"
     with caplog.at_level(logging.WARNING, logger="longtail.data"):
         data = prepare_data(
-            args(train_file=str(tmp_path / "train.csv"), test_file=str(header), validation_split_fraction=0.25)
+            args(
+                train_file=str(tmp_path / "train.csv"), test_file=str(header), validation_split_fraction=0.25
+            )
         )
     assert f"the test data ({header}) has no data rows, only a header" in caplog.text
-    with pytest.raises(DataError, match=r"^The test split has no rows left to score: its file has no data rows, "):
+    with pytest.raises(
+        DataError, match=r"^The test split has no rows left to score: its file has no data rows, "
+    ):
         require_usable_splits(data, do_predict=True)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("", "utf-8")

@@ -63,10 +63,14 @@ def test_an_existing_split_is_not_replaced_unless_asked(tmp_path, capsys):
     )
 
 
-def test_an_overwrite_that_changes_the_split_warns_that_earlier_runs_saw_the_new_held_out_rows(tmp_path, capsys):
+def test_an_overwrite_that_changes_the_split_warns_that_earlier_runs_saw_the_new_held_out_rows(
+    tmp_path, capsys
+):
     """--overwrite with another seed replaced heldout.csv without a word, while runs trained on the earlier
     train.csv hold most of its rows; the same seed (what `make cfpb-study` reruns) rewrites the same files."""
-    rows = pd.DataFrame({"text": [f"complaint {i}" for i in range(40)], "Issue": [f"issue {i % 3}" for i in range(40)]})
+    rows = pd.DataFrame(
+        {"text": [f"complaint {i}" for i in range(40)], "Issue": [f"issue {i % 3}" for i in range(40)]}
+    )
     rows.to_csv(tmp_path / "all.csv", index=False)  # rows all different: a row is compared whole
     out = tmp_path / "d"
     main([str(tmp_path / "all.csv"), "--output_dir", str(out)])
@@ -87,8 +91,21 @@ def test_an_overwrite_that_changes_the_split_warns_that_earlier_runs_saw_the_new
     # a larger fraction of the same seed: the new held-out rows that were held out before are no concern
     wider = set(index.sample(frac=0.3, random_state=8).index)
     assert (len(wider), len(wider - after)) == (12, 6)
-    main([str(tmp_path / "all.csv"), "--output_dir", str(out), "--seed", "8", "--fraction", "0.3", "--overwrite"])
-    assert capsys.readouterr().err.startswith("holdout: warning: 6 of the 12 new held-out rows are in the train.csv")
+    main(
+        [
+            str(tmp_path / "all.csv"),
+            "--output_dir",
+            str(out),
+            "--seed",
+            "8",
+            "--fraction",
+            "0.3",
+            "--overwrite",
+        ]
+    )
+    assert capsys.readouterr().err.startswith(
+        "holdout: warning: 6 of the 12 new held-out rows are in the train.csv"
+    )
 
 
 def test_a_zipped_or_gzipped_export_is_split_as_the_plain_file(tmp_path, capsys):

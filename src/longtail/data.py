@@ -385,7 +385,8 @@ def not_utf8_message(path: Path, inner: str, suffix: str, compression: str | Non
     else:
         start, line, bad = first_non_utf8(path)
         found = f"byte {' '.join(f'0x{b:02X}' for b in bad)} at line {line:,}, offset {start:,}{where}"
-        found = found if start >= 0 else "its bytes do not decode"  # not found again: never seen, but one line
+        if start < 0:  # pandas' error without a bad byte found: never seen, but still one line
+            found = "its bytes do not decode"
         source = "cp1252"
     return (
         f"{path} is not valid UTF-8 ({found}). {'Decompress it and r' if compression else 'R'}e-save it as UTF-8, "
@@ -930,7 +931,9 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
         counts = log["train"]
         no_text = counts["rows_read"] and counts["dropped_empty_text"] == counts["rows_read"]
         if not counts["rows_read"]:  # the counts, all 0, said nothing of the file
-            raise DataError(f"{split_source(args, 'train')} has no data rows, only a header: nothing to train on")
+            raise DataError(
+                f"{split_source(args, 'train')} has no data rows, only a header: nothing to train on"
+            )
         raise DataError(
             f"No training rows left after cleaning: {counts}"
             + (f". {empty_text_column(args, 'train', counts['rows_read'])}" if no_text else "")
