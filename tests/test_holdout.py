@@ -64,7 +64,7 @@ def test_an_existing_split_is_not_replaced_unless_asked(tmp_path, capsys):
 
 
 def test_an_overwrite_that_changes_the_split_warns_that_earlier_runs_saw_the_new_held_out_rows(
-    tmp_path, capsys
+    tmp_path, capsys, monkeypatch
 ):
     """--overwrite with another seed replaced heldout.csv without a word, while runs trained on the earlier
     train.csv hold most of its rows; the same seed (what `make cfpb-study` reruns) rewrites the same files."""
@@ -76,9 +76,13 @@ def test_an_overwrite_that_changes_the_split_warns_that_earlier_runs_saw_the_new
     main([str(tmp_path / "all.csv"), "--output_dir", str(out)])
     first = {name: (out / name).read_bytes() for name in ("train.csv", "heldout.csv")}
     capsys.readouterr()
+    read = []
+    read_csv = pd.read_csv
+    monkeypatch.setattr(pd, "read_csv", lambda f, *a, **k: read.append(str(f)) or read_csv(f, *a, **k))
     main([str(tmp_path / "all.csv"), "--output_dir", str(out), "--overwrite"])
     assert capsys.readouterr().err == ""
     assert {name: (out / name).read_bytes() for name in first} == first
+    assert str(out / "train.csv") not in read  # the same held-out file: the earlier train.csv is not read
     # 40 rows, 6 held out; none of seed 8's six is among seed 7's, so the earlier train.csv holds all six
     index = pd.RangeIndex(40).to_frame()
     before, after = (set(index.sample(frac=0.15, random_state=s).index) for s in (7, 8))
