@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from conftest import CFPB_CSV, needs_shared
 from longtail.data import (
     DataArguments,
     DataError,
+    first_non_utf8,
     legacy_text_digest,
     load_merge_map,
     load_raw_splits,
@@ -371,10 +373,15 @@ def test_train_rows_duplicating_test_texts_are_dropped_and_counted(caplog):
             "label": ["a", "b"],
         }
     )
-    with caplog.at_level(logging.INFO, logger="longtail.data"):
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
         data = prepare_data(args(validation_split_fraction=0.2), raw={"train": train, "test": test})
     assert data.log["dropped_train_duplicates_of_eval"] == 6  # three copies of each of 2 narratives
-    assert any("Dropped 6 training rows" in r.getMessage() for r in caplog.records)
+    # a warning naming the split, the share and the leakage (an INFO line "... in validation/test" once)
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Dropped")] == [
+        f"Dropped 6 of {len(train)} training rows ({600 / len(train):.1f}%) whose text also appears in test (case "
+        "and spacing ignored): train/test leakage, kept out of training so that no score is of a text trained on; "
+        "more than a few repeated complaints means the test data was drawn from the training data"
+    ]
     assert len(data.splits["test"]) == 2
     test_norms = norms(data.splits["test"])
     assert not norms(data.splits["train"]) & test_norms
@@ -399,12 +406,15 @@ def test_validation_rows_duplicating_test_are_dropped(caplog):
     train = frame({"a": 6, "b": 6})
     validation = frame({"a": 2, "b": 2}, prefix="val ")
     test = pd.DataFrame({"text": ["VAL a complaint   number 1", "fresh b text"], "label": ["a", "b"]})
-    with caplog.at_level(logging.INFO, logger="longtail.data"):
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
         data = prepare_data(args(), raw={"train": train, "validation": validation, "test": test})
     assert data.log["dropped_validation_duplicates_of_test"] == 1
     assert len(data.splits["validation"]) == 3
     assert not norms(data.splits["validation"]) & norms(data.splits["test"])
-    assert "1 validation rows whose text also appears in test" in caplog.text
+    assert (
+        "Dropped 1 of 4 validation rows (25.0%) whose text also appears in test (case and spacing ignored): "
+        "validation/test leakage" in caplog.text
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,6 +552,29 @@ def test_unseen_evaluation_labels_are_excluded_and_counted(caplog, split):
     )
 
 
+def test_training_labels_in_two_spellings_are_named_as_split_classes(caplog):
+    """Two exports joined, one upper-cased: each spelling was a class of its own, its rows split, silently."""
+    train = pd.DataFrame(
+        {
+            "text": [f"complaint {i}" for i in range(9)],
+            "label": ["Fees", "Fees", "FEES", "Late  fee", "late fee", "late fee", "Other", "Other", "Other"],
+        }
+    )
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        data = prepare_data(args(), raw={"train": train})
+    assert data.log["labels_split_by_spelling"] == 2
+    assert data.label_names == ["FEES", "Fees", "Late  fee", "Other", "late fee"]  # named, not merged
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("train:")] == [
+        "train: 2 labels are written in more than one case or spacing, each spelling a class of its own: "
+        "'FEES' (1 rows) vs 'Fees' (2 rows); 'Late  fee' (1 rows) vs 'late fee' (2 rows): write each label one "
+        "way (a --label_taxonomy's spellings are read as its)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        one_way = prepare_data(args(), raw={"train": frame({"a": 3, "b": 3})})
+    assert one_way.log["labels_split_by_spelling"] == 0 and not caplog.records
+
+
 def test_labels_written_differently_in_training_are_named(tmp_path, caplog):
     """A numeric label column with a gap is written by pandas as floats ('3.0') in one file and ints ('3') in
     another; every evaluation row was then 'never seen in training', with nothing saying why."""
@@ -604,6 +637,36 @@ def test_non_utf8_csv_is_a_clear_error(tmp_path):
     assert "latin1.csv" in str(err.value)
 
 
+def test_a_cp1252_or_utf16_file_is_named_where_it_breaks_with_the_iconv_that_fixes_it(tmp_path):
+    """A Windows export's curly quote (0x92) deep in the file was "at byte 1" (pandas counts from its block) and
+    `iconv -f latin1` was suggested, which reads 0x92 as an invisible control character; UTF-16 (Excel's "Unicode
+    Text") got the same latin1 advice."""
+    rows = "".join(f"complaint number {i} about my card,a\n" for i in range(20_000))
+    text = "text,label\n" + rows + "I\u2019m charged twice,b\n"
+    cp1252 = tmp_path / "export.csv"
+    cp1252.write_bytes(text.encode("cp1252"))
+    offset = len(("text,label\n" + rows + "I").encode())
+    with pytest.raises(DataError) as err:
+        prepare_data(args(train_file=str(cp1252)))
+    assert str(err.value) == (
+        f"{cp1252} is not valid UTF-8 (byte 0x92 at line 20,002, offset {offset:,}). Re-save it as UTF-8, "
+        "e.g. `iconv -f cp1252 -t utf-8 export.csv > fixed.csv`."
+    )
+    assert offset > 700_000
+    # across blocks of any size: a character cut between two blocks is no error, one cut by the file's end is
+    assert first_non_utf8(cp1252, block=7) == (offset, 20_002, b"\x92")
+    (tmp_path / "utf8.csv").write_bytes(text.encode("utf-8") + b"caf\xc3")
+    assert first_non_utf8(tmp_path / "utf8.csv", block=5) == (len(text.encode("utf-8")) + 3, 20_003, b"\xc3")
+    utf16 = tmp_path / "unicode.csv"
+    utf16.write_bytes(text.encode("utf-16"))
+    with pytest.raises(DataError) as err:
+        prepare_data(args(train_file=str(utf16)))
+    assert str(err.value) == (
+        f"{utf16} is not valid UTF-8 (it is UTF-16, by its byte-order mark). Re-save it as UTF-8, "
+        "e.g. `iconv -f utf-16 -t utf-8 unicode.csv > fixed.csv`."
+    )
+
+
 def test_unsupported_extension_and_missing_file(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("text,label\nx,a\n", "utf-8")
@@ -615,6 +678,20 @@ def test_unsupported_extension_and_missing_file(tmp_path):
         read_table(tmp_path / "missing.csv")
     with pytest.raises(DataError, match="is a folder, not a data file"):  # it said "not found"
         prepare_data(args(train_file=str(tmp_path)))
+
+
+def test_a_spreadsheet_or_tsv_given_as_data_says_how_to_save_it(tmp_path):
+    for name, advice in (
+        ("complaints.xlsx", "Save the sheet as CSV UTF-8 (comma-delimited)."),
+        ("complaints.tsv", "Save it comma-separated as a .csv."),
+    ):
+        (tmp_path / name).write_bytes(b"PK\x03\x04")
+        with pytest.raises(DataError) as err:
+            prepare_data(args(train_file=str(tmp_path / name)))
+        assert str(err.value) == (
+            f"Unsupported data file type '{Path(name).suffix}' for {tmp_path / name}: use .csv, .json, .jsonl or "
+            f".parquet (a .csv, .json or .jsonl may be compressed: .gz, .bz2, .xz, .zip). {advice}"
+        )
 
 
 def test_a_hub_data_set_that_cannot_be_loaded_is_one_line_naming_the_option(monkeypatch):
@@ -685,6 +762,33 @@ def test_no_training_rows_left_is_an_error():
     df = pd.DataFrame({"text": ["", None], "label": ["a", "b"]})
     with pytest.raises(DataError, match="No training rows left after cleaning"):
         prepare_data(args(), raw={"train": df})
+
+
+def test_a_file_with_only_a_header_or_nothing_is_named(tmp_path, caplog):
+    """A header-only file was "No training rows left after cleaning: {'rows_read': 0, ...}" (no file named), an
+    empty .jsonl "Column(s) [...] not found ... Columns that exist: []"."""
+    header = tmp_path / "header.csv"
+    header.write_text("text,label\n", "utf-8")
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"t {i},{'ab'[i % 2]}\n" for i in range(8)))
+    with pytest.raises(DataError) as err:
+        prepare_data(args(train_file=str(header)))
+    assert str(err.value) == f"the train data ({header}) has no data rows, only a header: nothing to train on"
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        data = prepare_data(
+            args(
+                train_file=str(tmp_path / "train.csv"), test_file=str(header), validation_split_fraction=0.25
+            )
+        )
+    assert f"the test data ({header}) has no data rows, only a header" in caplog.text
+    with pytest.raises(
+        DataError, match=r"^The test split has no rows left to score: its file has no data rows, "
+    ):
+        require_usable_splits(data, do_predict=True)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", "utf-8")
+    with pytest.raises(DataError) as err:
+        prepare_data(args(train_file=str(empty)))
+    assert str(err.value) == f"the train data ({empty}) is empty: no rows and no columns"
 
 
 def test_splits_with_nothing_to_learn_or_score_are_refused_before_any_model():

@@ -63,6 +63,55 @@ def test_an_existing_split_is_not_replaced_unless_asked(tmp_path, capsys):
     )
 
 
+def test_an_overwrite_that_changes_the_split_warns_that_earlier_runs_saw_the_new_held_out_rows(
+    tmp_path, capsys, monkeypatch
+):
+    """--overwrite with another seed replaced heldout.csv without a word, while runs trained on the earlier
+    train.csv hold most of its rows; the same seed (what `make cfpb-study` reruns) rewrites the same files."""
+    rows = pd.DataFrame(
+        {"text": [f"complaint {i}" for i in range(40)], "Issue": [f"issue {i % 3}" for i in range(40)]}
+    )
+    rows.to_csv(tmp_path / "all.csv", index=False)  # rows all different: a row is compared whole
+    out = tmp_path / "d"
+    main([str(tmp_path / "all.csv"), "--output_dir", str(out)])
+    first = {name: (out / name).read_bytes() for name in ("train.csv", "heldout.csv")}
+    capsys.readouterr()
+    read = []
+    read_csv = pd.read_csv
+    monkeypatch.setattr(pd, "read_csv", lambda f, *a, **k: read.append(str(f)) or read_csv(f, *a, **k))
+    main([str(tmp_path / "all.csv"), "--output_dir", str(out), "--overwrite"])
+    assert capsys.readouterr().err == ""
+    assert {name: (out / name).read_bytes() for name in first} == first
+    assert str(out / "train.csv") not in read  # the same held-out file: the earlier train.csv is not read
+    # 40 rows, 6 held out; none of seed 8's six is among seed 7's, so the earlier train.csv holds all six
+    index = pd.RangeIndex(40).to_frame()
+    before, after = (set(index.sample(frac=0.15, random_state=s).index) for s in (7, 8))
+    assert len(after - before) == 6
+    main([str(tmp_path / "all.csv"), "--output_dir", str(out), "--seed", "8", "--overwrite"])
+    assert capsys.readouterr().err == (
+        "holdout: warning: 6 of the 6 new held-out rows are in the train.csv this replaces: runs trained on it "
+        "would be scored on rows they trained on; retrain them on the new train.csv\n"
+    )
+    # a larger fraction of the same seed: the new held-out rows that were held out before are no concern
+    wider = set(index.sample(frac=0.3, random_state=8).index)
+    assert (len(wider), len(wider - after)) == (12, 6)
+    main(
+        [
+            str(tmp_path / "all.csv"),
+            "--output_dir",
+            str(out),
+            "--seed",
+            "8",
+            "--fraction",
+            "0.3",
+            "--overwrite",
+        ]
+    )
+    assert capsys.readouterr().err.startswith(
+        "holdout: warning: 6 of the 12 new held-out rows are in the train.csv"
+    )
+
+
 def test_a_zipped_or_gzipped_export_is_split_as_the_plain_file(tmp_path, capsys):
     """CFPB's download (complaints.csv.zip) and a .csv.gz are split as the file inside, byte-order mark and CRLF
     ends read through (they were "Unsupported data file type '.zip'")."""

@@ -314,3 +314,11 @@ def test_data_summary_names_each_splits_drops_merges_and_respellings():
         "3; labels respelled: 7)",
         "- test: read 10, kept 10 (dropped: none; old label wordings merged: 0)",
     ]
+    # validation rows that repeat a test text, and training labels split by spelling: lines only when any
+    assert _data_summary({"dropped_validation_duplicates_of_test": 0, "labels_split_by_spelling": 0}) == [
+        "- (no data log recorded)"
+    ]
+    assert _data_summary({"dropped_validation_duplicates_of_test": 12, "labels_split_by_spelling": 2}) == [
+        "- validation rows dropped as duplicates of test text: 12",
+        "- training labels written in more than one case or spacing (each spelling a class of its own): 2",
+    ]

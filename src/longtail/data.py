@@ -16,6 +16,7 @@ The pipeline, in order (each step logs what it drops):
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import difflib
 import gzip
@@ -58,6 +59,11 @@ COLUMN_HINTS = {
 }
 SPLITS = ("train", "validation", "test")
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+# What to do with the files a data file is most often mistaken for: a spreadsheet, a tab-separated export.
+SAVE_AS = {
+    **dict.fromkeys((".xlsx", ".xls", ".xlsm", ".ods"), " Save the sheet as CSV UTF-8 (comma-delimited)."),
+    **dict.fromkeys((".tsv", ".tab"), " Save it comma-separated as a .csv."),
+}
 # A data file compressed whole, as CFPB's download is (complaints.csv.zip): read through, by its last suffix.
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
 # Rows per piece when a .csv is read for some of its columns (`read_table(columns=...)`): each piece is parsed with
@@ -317,7 +323,7 @@ def _read_table(path: Path, columns: Columns = None) -> pd.DataFrame:
             shown = f"'{''.join(path.suffixes[-2:]).lower() if compression else suffix}'"
         raise DataError(
             f"Unsupported data file type {shown} for {path}: use .csv, .json, .jsonl or .parquet (a .csv, .json "
-            f"or .jsonl may be compressed: {', '.join(COMPRESSIONS)})."
+            f"or .jsonl may be compressed: {', '.join(COMPRESSIONS)}).{SAVE_AS.get(suffix, '')}"
         )
     if suffix == ".parquet" and compression:  # parquet compresses inside; pyarrow would seek through a stream
         raise DataError(
@@ -326,12 +332,8 @@ def _read_table(path: Path, columns: Columns = None) -> pd.DataFrame:
     try:
         with open_data(path) as raw:
             return read_frame(raw, suffix, columns)
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"{path} is not valid UTF-8 ({err.reason} at byte {err.start}"
-            f"{' of the decompressed data' if compression else ''}). {'Decompress it and r' if compression else 'R'}"
-            f"e-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {Path(inner).name} > fixed{suffix}`."
-        ) from None
+    except UnicodeDecodeError:
+        raise DataError(not_utf8_message(path, inner, suffix, compression)) from None
     except (pd.errors.ParserError, ValueError) as err:
         raise DataError(
             f"Could not parse {path} as {suffix[1:]}: {str(err).strip()}{separator_hint(path)}"
@@ -344,6 +346,52 @@ def _read_table(path: Path, columns: Columns = None) -> pd.DataFrame:
             f"Could not decompress {path} ({compression}: {err}): check the download, or decompress it yourself "
             f"and pass the {suffix} file"
         ) from None
+
+
+# A UTF-16 file starts with one of these byte-order marks (Excel's "Unicode Text", PowerShell's `>` redirection).
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def first_non_utf8(path: Path, block: int = 1 << 20) -> tuple[int, int, bytes]:
+    """The first bytes of a data file (decompressed) that are not UTF-8: their offset, their line (1-based) and the
+    bytes. pandas' UnicodeDecodeError counts from the start of the block it was decoding, not of the file (a
+    cp1252 quote at byte 942,822 of a file was "at byte 1"). (-1, 0, b"") when every byte decodes."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 0
+    with open_data(path) as raw:
+        while chunk := raw.read(block):
+            pending = decoder.getstate()[0]  # the start of a character cut by the previous block
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                data = pending + chunk
+                start = offset - len(pending) + err.start
+                return start, lines + data[: err.start].count(b"\n") + 1, data[err.start : err.end]
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+    pending = decoder.getstate()[0]  # a character the file's end cuts short
+    return (offset - len(pending), lines + 1, pending) if pending else (-1, 0, b"")
+
+
+def not_utf8_message(path: Path, inner: str, suffix: str, compression: str | None) -> str:
+    """The one line for a data file that is not UTF-8: where its first such bytes are, and the `iconv` command
+    that re-saves it. Bytes 0x80-0x9F (curly quotes, dashes: Windows text) are cp1252, which latin-1 reads as
+    invisible control characters; latin-1's printable letters read alike in cp1252, so cp1252 is suggested."""
+    with open_data(path) as raw:
+        head = raw.read(2)
+    where = " of the decompressed data" if compression else ""
+    if head in UTF16_BOMS:
+        found, source = "it is UTF-16, by its byte-order mark", "utf-16"
+    else:
+        start, line, bad = first_non_utf8(path)
+        found = f"byte {' '.join(f'0x{b:02X}' for b in bad)} at line {line:,}, offset {start:,}{where}"
+        if start < 0:  # pandas' error without a bad byte found: never seen, but still one line
+            found = "its bytes do not decode"
+        source = "cp1252"
+    return (
+        f"{path} is not valid UTF-8 ({found}). {'Decompress it and r' if compression else 'R'}e-save it as UTF-8, "
+        f"e.g. `iconv -f {source} -t utf-8 {Path(inner).name} > fixed{suffix}`."
+    )
 
 
 def wanted_columns(columns: Columns, names: list) -> set:
@@ -780,6 +828,8 @@ def clean_split(
     only for the rows kept (a CFPB export has no narrative in most rows, and no label in some); whether a text
     is empty is read in pieces. The caller may pass its only reference to `df`: the frame is dropped here at once,
     the label column once cleaned, and the text column once the kept texts are taken."""
+    if not len(df.columns) and not len(df):  # "Columns that exist: []" of an empty .jsonl / .json
+        raise DataError(f"{split_source(args, split)} is empty: no rows and no columns")
     check_columns(df, split, args.text_column, args.label_column)
     refuse_repeated(df, (args.text_column, args.label_column), split_source(args, split))
     for column in (args.text_column, args.label_column):
@@ -800,6 +850,8 @@ def clean_split(
     counts["dropped_missing_label"] = int((empty_label & ~empty_text).sum())
     if rows and empty_text.all():
         logger.warning("%s", empty_text_column(args, split, rows))
+    if not rows:
+        logger.warning("%s has no data rows, only a header", split_source(args, split))
     keep = ~empty_text & ~empty_label
     out = pd.DataFrame({"label": label[keep].astype(str), "row_id": np.flatnonzero(keep)})
     del label
@@ -878,6 +930,10 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
     if pool.empty:
         counts = log["train"]
         no_text = counts["rows_read"] and counts["dropped_empty_text"] == counts["rows_read"]
+        if not counts["rows_read"]:  # the counts, all 0, said nothing of the file
+            raise DataError(
+                f"{split_source(args, 'train')} has no data rows, only a header: nothing to train on"
+            )
         raise DataError(
             f"No training rows left after cleaning: {counts}"
             + (f". {empty_text_column(args, 'train', counts['rows_read'])}" if no_text else "")
@@ -885,19 +941,34 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
 
     # Leakage guard: a narrative that is also in an evaluation split leaves the training pool, and a
     # validation narrative that is also in test leaves validation (test is the final measure).
+    # A warning, not a note: files that share rows (a test file cut from the training file) are a mistake in the
+    # data, which the scores would not show; a holdout split of the real sample shares none.
     if "validation" in clean and "test" in clean:
         overlap = clean["validation"]["norm"].isin(set(clean["test"]["norm"]))
         log["dropped_validation_duplicates_of_test"] = int(overlap.sum())
         if overlap.any():
-            logger.info("Dropped %d validation rows whose text also appears in test", overlap.sum())
+            logger.warning(
+                "Dropped %s whose text also appears in test (case and spacing ignored): validation/test leakage",
+                share(overlap.sum(), len(overlap), "validation"),
+            )
         clean["validation"] = clean["validation"][~overlap]
-    eval_norms = set().union(*(set(clean[s]["norm"]) for s in ("validation", "test") if s in clean))
-    leaked = pool["norm"].isin(eval_norms)
+    eval_norms = {s: set(clean[s]["norm"]) for s in ("validation", "test") if s in clean}
+    leaked = pool["norm"].isin(set().union(*eval_norms.values()))
     log["dropped_train_duplicates_of_eval"] = int(leaked.sum())
     if leaked.any():
-        logger.info("Dropped %d training rows whose text also appears in validation/test", leaked.sum())
+        into = [s for s, norms in eval_norms.items() if pool.loc[leaked, "norm"].isin(norms).any()]
+        logger.warning(
+            "Dropped %s whose text also appears in %s (case and spacing ignored): train/%s leakage, kept out of "
+            "training so that no score is of a text trained on; more than a few repeated complaints means the %s "
+            "data was drawn from the training data",
+            share(leaked.sum(), len(leaked), "training"),
+            " and ".join(into),
+            "/".join(into),
+            " and ".join(into),
+        )
     pool = pool[~leaked]
 
+    warn_split_spellings(pool["label"], log)
     counts = pool["label"].value_counts()
     rare = sorted(counts[counts < args.min_class_count].index)
     log["dropped_rare_classes"] = {label: int(counts[label]) for label in rare}
@@ -957,6 +1028,34 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
     log["num_classes"] = len(label_names)
     logger.info("Final rows per split: %s; %d classes", log["rows"], len(label_names))
     return PreparedData(splits=splits, label_names=label_names, train_counts=train_counts, log=log)
+
+
+def warn_split_spellings(labels: pd.Series, log: dict) -> None:
+    """A warning when training labels differ only in case or spacing ('Opening an account', 'OPENING AN ACCOUNT':
+    two exports joined): each spelling is a class of its own, its rows split between them, without a word. They
+    are not merged (labels are never rewritten silently; a taxonomy or merge map's spellings are read as theirs)."""
+    counts = labels.value_counts()
+    groups: dict[str, list[str]] = {}
+    for label in sorted(counts.index):
+        groups.setdefault(label_key(label), []).append(label)
+    split = [found for found in groups.values() if len(found) > 1]
+    log["labels_split_by_spelling"] = len(split)
+    if split:
+        examples = "; ".join(
+            " vs ".join(f"{label!r} ({counts[label]:,} rows)" for label in found) for found in split[:3]
+        )
+        logger.warning(
+            "train: %d labels are written in more than one case or spacing, each spelling a class of its own: "
+            "%s%s: write each label one way (a --label_taxonomy's spellings are read as its)",
+            len(split),
+            examples,
+            "; ..." if len(split) > 3 else "",
+        )
+
+
+def share(part: int, whole: int, rows: str) -> str:
+    """`300 of 1,600 training rows (18.8%)`."""
+    return f"{part:,} of {whole:,} {rows} rows ({100 * part / whole:.1f}%)"
 
 
 def apply_split_indices(path: str, pool: pd.DataFrame, clean: dict) -> dict[str, pd.DataFrame]:
@@ -1082,9 +1181,11 @@ def require_usable_splits(data: PreparedData, do_predict: bool) -> None:
     for s in ("validation", "test") if do_predict else ("validation",):  # test is read only to be scored
         if s in data.splits and data.splits[s].empty:
             unseen = log.get(f"{s}_excluded_unseen_labels", 0)
+            read = log.get(s, {}).get("rows_read")
             raise DataError(
                 f"The {s} split has no rows left to score"
                 + (f": all {unseen} of its rows carry labels never seen in training" if unseen else "")
+                + (": its file has no data rows, only a header" if read == 0 else "")
                 + (f". {hint}" if (hint := log.get(f"{s}_unseen_label_hint")) else "")
                 + f" ({dropped}). Check --label_column and the {s} data"
                 + (", or --validation_split_fraction" if s == "validation" else "")

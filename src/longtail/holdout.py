@@ -14,9 +14,12 @@ the recipes will drop (no narrative, label outside the taxonomy) are dropped and
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 from longtail.cli import seed_problem, usage_exit
 from longtail.data import DataError, read_table
@@ -44,6 +47,24 @@ def run_contents(folder: Path) -> list[str]:
     found |= {f.name for f in folder.glob("*.onnx") if f.is_file()}
     found |= {d.name + "/" for d in folders}
     return sorted(found)
+
+
+def rows_seen_before(out: Path, heldout: pd.DataFrame) -> int | None:
+    """How many of the new held-out rows the earlier split's train.csv in `out` holds, each row compared whole, as
+    the CSV holds it (None: there is no earlier train.csv, or it has other columns: another file's split)."""
+    earlier = out / "train.csv"
+    if not earlier.is_file():
+        return None
+    text = heldout.to_csv(index=False)  # as heldout.csv will hold it
+    if (out / "heldout.csv").is_file() and (out / "heldout.csv").read_bytes() == text.encode("utf-8"):
+        return 0  # the same split again (`make cfpb-study`): the earlier train.csv, maybe GBs, is not read
+    options = dict(dtype=str, keep_default_na=False)
+    previous = pd.read_csv(earlier, **options)
+    new = pd.read_csv(io.StringIO(text), **options)
+    if list(previous.columns) != list(new.columns):
+        return None
+    seen = set(pd.util.hash_pandas_object(previous, index=False))
+    return int(pd.util.hash_pandas_object(new, index=False).isin(seen).sum())
 
 
 def split_holdout(path: str, fraction: float, seed: int):
@@ -92,6 +113,15 @@ def main(argv: list[str] | None = None) -> dict:
         train, heldout = split_holdout(args.data_file, args.fraction, args.seed)
     except DataError as err:
         raise usage_exit(str(err)) from None
+    # --overwrite with another seed, fraction or source: runs trained on the earlier train.csv hold rows of the
+    # new held-out file, and would be scored on them without a word (the split's reason for being)
+    seen = rows_seen_before(out, heldout) if existing else None
+    if seen:
+        print(
+            f"holdout: warning: {seen} of the {len(heldout)} new held-out rows are in the train.csv this replaces: "
+            "runs trained on it would be scored on rows they trained on; retrain them on the new train.csv",
+            file=sys.stderr,
+        )
     out.mkdir(parents=True, exist_ok=True)
     train.to_csv(out / "train.csv", index=False)
     heldout.to_csv(out / "heldout.csv", index=False)

@@ -384,6 +384,15 @@ def _data_summary(log: Mapping) -> list[str]:
         lines.append(
             f"- training rows dropped as duplicates of validation/test text: {log['dropped_train_duplicates_of_eval']:,}"
         )
+    if log.get("dropped_validation_duplicates_of_test"):  # shown only when there were any, as below
+        lines.append(
+            f"- validation rows dropped as duplicates of test text: {log['dropped_validation_duplicates_of_test']:,}"
+        )
+    if log.get("labels_split_by_spelling"):
+        lines.append(
+            "- training labels written in more than one case or spacing (each spelling a class of its own): "
+            f"{log['labels_split_by_spelling']:,}"
+        )
     rare = log.get("dropped_rare_classes")
     if rare is not None:
         names = ", ".join(list(rare)[:10]) + (", …" if len(rare) > 10 else "")
