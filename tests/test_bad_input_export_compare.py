@@ -109,6 +109,38 @@ def test_export_parity_file_without_known_labels_fails_before_exporting(
     df.assign(**{"Consumer complaint narrative": " "}).to_csv(empty, index=False)
     with pytest.raises(ValueError, match="empty.csv: no row has a non-empty 'Consumer complaint narrative'"):
         export.main([*args, str(empty)])
+    # a text column named twice: pandas read the second as `.1`, and the first was the parity sample, silently
+    text = "Consumer complaint narrative"
+    twice = tmp_path / "twice.csv"
+    df[[text, "Issue"]].assign(again=df[text]).rename(columns={"again": text}).to_csv(twice, index=False)
+    with pytest.raises(ValueError) as info:
+        export.main([*args, str(twice), "--label_column", "Issue"])
+    assert str(info.value) == (
+        f"{twice} has more than one column named ['{text}']: rename or drop the repeated columns "
+        f"(columns: ['{text}', 'Issue', '{text}'])"
+    )
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_of_a_base_model_names_the_missing_head(tiny_classifier, tmp_path):  # noqa: F811
+    """A folder whose classification head was not saved (a base model): its head would be random and its labels
+    LABEL_i, so the export refuses it, naming the missing weights, before anything is exported."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    export = load_recipe("export_onnx")
+    base = tmp_path / "base"
+    shutil.copytree(tiny_classifier, base)
+    weights = load_file(str(base / "model.safetensors"))
+    head = sorted(k for k in weights if k.startswith(("classifier.", "score.")))
+    save_file({k: v for k, v in weights.items() if k not in head}, str(base / "model.safetensors"))
+    with pytest.raises(ValueError) as info:
+        export.main(["--model_dir", str(base), "--output_dir", str(tmp_path / "x")])
+    assert str(info.value) == (
+        f"{base} has no saved weights for {', '.join(head[:4])}{' ...' if len(head) > 4 else ''}: a base model or "
+        "a partial save, not a trained classifier. Pass a run folder of the recipes."
+    )
     assert not (tmp_path / "x").exists()
 
 

@@ -182,6 +182,13 @@ def test_data_mistakes_end_with_status_2(bench, run_dir, eval_csv, tmp_path, cap
     assert line.startswith(f"inference.py: error: --data {broken}: ")
     line = refused(bench.main, argv(run_dir, eval_csv, out, "--text_column", "body"), capsys)
     assert line.startswith(f"inference.py: error: {eval_csv} has no column ['body']; columns: ")
+    # a label column named twice (pandas read the second as `Issue.1`, and the first was scored silently)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("text,Issue,Issue\nlate fee,a,b\n", "utf-8")
+    assert refused(bench.main, argv(run_dir, twice, out, "--text_column", "text"), capsys) == (
+        f"inference.py: error: --data {twice} has more than one column named ['Issue']: rename or drop the "
+        "repeated columns (columns: ['text', 'Issue', 'Issue'])"
+    )
     assert not out.exists()
 
 

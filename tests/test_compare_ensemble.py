@@ -1311,7 +1311,10 @@ def test_ensemble_logit_adjustment_chosen_on_validation(tmp_path, capsys):
     )
     with pytest.raises(SystemExit) as exit_info:
         main([*bare, "--output_dir", str(tmp_path / "bare2"), "--posthoc_logit_adjustment", "0.5"])
-    assert exit_info.value.code == 2 and "--posthoc_logit_adjustment none" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"error: no training counts in any member's labels.json ({bare[0]}, {bare[1]}), so no class prior for the "
+        "post-hoc logit adjustment; pass --posthoc_logit_adjustment none"
+    )  # one line naming the members (the README's Bad input table)
     with pytest.raises(SystemExit):
         main([*bare, "--output_dir", str(tmp_path / "bare3"), "--posthoc_logit_adjustment", "lots"])
     # nan (or inf) parsed as a number: every mixed logit NaN, all predicted as the first class, and the ensemble

@@ -619,6 +619,18 @@ def test_labels_written_differently_in_training_are_named(tmp_path, caplog):
             "text;label\nfirst;a\nsecond;b\n",
             r"\['text;label'\]\. The file was read as one column: is it ';'- or tab",
         ),
+        # tab-separated, as the README's Bad input table says too: a parse failure names the tab, and a file
+        # that parses reads as one column
+        (
+            "text\tlabel\nfirst\ta\nI paid, twice, a fee\tb\n",
+            r"^Could not parse .*semi\.csv as csv: .*Expected 1 fields in line 3, saw 3 \(its header is split by "
+            r"tab, not commas: save it comma-separated\)$",
+        ),
+        (
+            "text\tlabel\nfirst\ta\nsecond\tb\n",
+            r"^Column\(s\) \['text', 'label'\] not found in the train data\. Columns that exist: \['text\\tlabel'\]\. "
+            r"The file was read as one column: is it ';'- or tab-separated\? Save it comma-separated\.",
+        ),
     ],
 )
 def test_a_semicolon_separated_csv_is_named(tmp_path, content, match):
@@ -632,9 +644,13 @@ def test_a_semicolon_separated_csv_is_named(tmp_path, content, match):
 def test_non_utf8_csv_is_a_clear_error(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes(b"text,label\ncaf\xe9 latte was cold,a\n")
-    with pytest.raises(DataError, match="not valid UTF-8") as err:
+    with pytest.raises(DataError) as err:
         prepare_data(args(train_file=str(path)))
-    assert "latin1.csv" in str(err.value)
+    # the file named, and the `iconv` command the README's Bad input table promises
+    assert str(err.value) == (
+        f"{path} is not valid UTF-8 (invalid continuation byte at byte 3). Re-save it as UTF-8, e.g. "
+        "`iconv -f latin1 -t utf-8 latin1.csv > fixed.csv`."
+    )
 
 
 def test_a_cp1252_or_utf16_file_is_named_where_it_breaks_with_the_iconv_that_fixes_it(tmp_path):

@@ -817,7 +817,9 @@ def test_serving_a_qlora_run_warns_that_its_merged_model_is_full_precision(tiny_
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="longtail.inference"):
         assert resolve_model_dir(checkpoint) == checkpoint / "merged"
-    assert f"{run} is a 4-bit (QLoRA) run: its adapter is served merged into the full-precision" in caplog.text
+    assert (
+        f"{run} is a 4-bit (QLoRA) run: its adapter is served merged into the full-precision" in caplog.text
+    )
     caplog.clear()
     (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
     with caplog.at_level(logging.WARNING, logger="longtail.inference"):

@@ -141,6 +141,15 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "missing.csv"), "--output_dir", str(tmp_path / "d")])
     assert exc.value.code == 2 and "Data file not found" in capsys.readouterr().err
+    # a folder given as the input file: named as a folder (it said "Data file not found" of a folder that is there)
+    (tmp_path / "a_folder").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "a_folder"), "--output_dir", str(tmp_path / "d")])
+    assert exc.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"error: {tmp_path / 'a_folder'} is a folder, not a data file: pass the .csv, .json, .jsonl or .parquet "
+        "file in it"
+    )
+    assert not (tmp_path / "d").exists()
     write_source(tmp_path / "all.csv", n=3)
     with pytest.raises(SystemExit):
         main([str(tmp_path / "all.csv"), "--output_dir", str(tmp_path / "d"), "--fraction", "1.5"])

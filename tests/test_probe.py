@@ -145,8 +145,12 @@ def test_frozen_body_of_a_checkpoint_a_classifier_and_a_probe_run(tiny_modernber
     prober.save_pretrained(tmp_path / "lpft")
     assert_body(probe.load_frozen_body(str(tmp_path / "lpft")), classifier.model)
     (tmp_path / "ft" / "adapter_config.json").write_text("{}")
-    with pytest.raises(ValueError, match="LoRA/QLoRA adapter run.*merged"):
+    with pytest.raises(ValueError) as info:
         probe.load_frozen_body(str(tmp_path / "ft"))
+    assert str(info.value) == (  # the README's Bad input table: the error names the run's merged/ folder
+        f"{tmp_path / 'ft'} is a LoRA/QLoRA adapter run (adapter_config.json): pass its merged model instead "
+        f"({tmp_path / 'ft' / 'merged'}, written by --merge_adapter true or longtail.adapters.merge_adapter)"
+    )
 
 
 def test_pooling_ignores_padding_on_either_side():
@@ -726,8 +730,9 @@ def test_probe_rejects_bad_options(tiny_modernbert, tiny_bert, tmp_path, capsys)
         recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--pooling", "max"))
     with pytest.raises(ValueError, match=f"max_length 65 exceeds the 64 positions of {tiny_bert}"):
         recipe.main(probe_args(tiny_bert, train, test, tmp_path / "o", tmp_path, "--max_length", "65"))
-    with pytest.raises(ValueError, match="long_text.*windows"):
+    with pytest.raises(ValueError) as info:  # the allowed values named
         recipe.main(probe_args(tiny_modernbert, train, test, tmp_path / "o", tmp_path, "--long_text", "all"))
+    assert str(info.value) == "--long_text must be one of ('truncate', 'windows'), got 'all'"
     # the tiny body has 2 layers: hidden states 0..2, or -3..-1; -1 and 2 are the same one
     with pytest.raises(ValueError, match="feature_layers needs at least one"):  # e.g. `feature_layers: []`
         recipe.ProbeArguments(feature_layers=[])

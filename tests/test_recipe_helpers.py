@@ -193,6 +193,8 @@ def test_baseline_character_block_has_its_own_vocabulary_cap():
         ({"C": 0.0}, r"C and grid_C must be positive numbers, got C=0.0"),
         ({"grid_C": [1.0, 0.0]}, r"grid_C=\[1.0, 0.0\]"),
         ({"char_ngram_max": -1}, r"char_ngram_max must be 0 \(off\) or at least 2, got -1"),
+        # 1: character unigrams alone, the README's first case
+        ({"char_ngram_max": 1}, r"char_ngram_max must be 0 \(off\) or at least 2, got 1"),
         ({"class_weight": "balnced"}, r"class weighting must be 'none' or 'balanced', got \['balnced'\]"),
         # scikit-learn's tracebacks once the data was read: ngram_range=(1, 0), max_features=0
         ({"ngram_max": 0}, r"^ngram_max 0: must be at least 1$"),

@@ -27,6 +27,16 @@ REQUIRED_KEYS = {
     "num_examples",
     "num_classes",
 }
+# what the README's Outputs table lists for eval_results.json / test_results.json beyond REQUIRED_KEYS
+README_RESULT_KEYS = {
+    "temperature",
+    "ece_served",
+    "nll_served",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "classes_scored",
+    "slices",
+}
 RUN_FILES = [
     "per_class.csv",
     "report.md",
@@ -189,6 +199,19 @@ def test_full_ft_encoder_end_to_end(tiny_modernbert, tmp_path, one_torch_thread)
         results = json.loads((out / f"{split}_results.json").read_text())
         assert REQUIRED_KEYS <= results.keys()
         assert results["macro_f1_ci_low"] <= results["macro_f1"] <= results["macro_f1_ci_high"]
+        # the rest of what the README's Outputs table says these files hold
+        assert README_RESULT_KEYS <= results.keys(), README_RESULT_KEYS - results.keys()
+        assert results["accuracy_ci_low"] <= results["accuracy"] <= results["accuracy_ci_high"]
+    # the Outputs table's other files of a Trainer run with --do_predict: the test predictions (their four keys)
+    # and Trainer's own train_results.json / all_results.json with the mean training loss
+    from longtail.report import load_predictions
+
+    for split in ("validation", "test"):
+        saved = load_predictions(out / f"predictions_{split}.npz")
+        assert set(saved) == {"row_id", "y_true", "probs", "label_names"}, split
+        assert len(saved["row_id"]) == metrics[split]["num_examples"], split
+    for name in ("train_results.json", "all_results.json"):
+        assert "train_loss" in json.loads((out / name).read_text()), name
     assert (
         metrics["test"]["num_examples"] == json.loads((out / "test_results.json").read_text())["num_examples"]
     )

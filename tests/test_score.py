@@ -264,6 +264,12 @@ def test_mistakes_are_one_line_before_any_run_scores(runs, tmp_path, capsys, mon
     line = refused(score.main, args(probe, reversed_labels(runs["tfidf"], tmp_path / "reordered")), capsys)
     assert "different label lists" in line and "same labels in another order" in line
     assert "Data file not found" in refused(score.main, args(probe, data=tmp_path / "nope.csv"), capsys)
+    # a folder given as --data: named as a folder (it said "Data file not found" of a folder that is there)
+    (tmp_path / "data_folder").mkdir()
+    assert refused(score.main, args(probe, data=tmp_path / "data_folder"), capsys).endswith(
+        f"{tmp_path / 'data_folder'} is a folder, not a data file: pass the .csv, .json, .jsonl or .parquet file "
+        "in it"
+    )
     # a device this machine lacks, before the file is read (it was refused only when a model's turn came)
     if not torch.cuda.is_available():
         assert "CUDA is not available here" in refused(score.main, [*args(probe), "--device", "cuda"], capsys)
