@@ -648,8 +648,8 @@ def test_non_utf8_csv_is_a_clear_error(tmp_path):
         prepare_data(args(train_file=str(path)))
     # the file named, and the `iconv` command the README's Bad input table promises
     assert str(err.value) == (
-        f"{path} is not valid UTF-8 (invalid continuation byte at byte 3). Re-save it as UTF-8, e.g. "
-        "`iconv -f latin1 -t utf-8 latin1.csv > fixed.csv`."
+        f"{path} is not valid UTF-8 (byte 0xE9 at line 2, offset 14). Re-save it as UTF-8, e.g. "
+        "`iconv -f cp1252 -t utf-8 latin1.csv > fixed.csv`."
     )
 
 
