@@ -995,6 +995,39 @@ def test_predict_output_under_a_file_is_refused_before_scoring(tmp_path, monkeyp
     assert seen == [["I was charged twice."]] and (tmp_path / "new" / "preds.csv").is_file()  # a folder made
 
 
+def test_predict_overwrite_replaces_the_output_only_once_it_is_written_whole(tmp_path, monkeypatch):
+    """--overwrite writes beside the earlier output and renames the new file in once complete: a write that fails
+    midway (a full disk, a Ctrl-C) left the earlier file cut short; now it keeps its bytes and no temporary file
+    is left behind."""
+    from longtail.predict import main
+
+    seen = scores_evenly(monkeypatch)
+    src = tmp_path / "in.csv"
+    src.write_text("text\nI was charged twice.\nlate fee\n")
+    for name in ("preds.csv", "preds.jsonl"):
+        out = tmp_path / name
+        out.write_bytes(b"earlier predictions\n")
+        method = "to_csv" if name.endswith(".csv") else "to_json"
+        real = getattr(pd.DataFrame, method)
+
+        def half_then_fail(df, path, *args, **kwargs):
+            Path(path).write_text("row,label\n0,a\n")  # part of the rows, then the disk is full
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(pd.DataFrame, method, half_then_fail)
+        argv = ["--model_dir", "m", "--input", str(src), "--output", str(out), "--overwrite"]
+        with pytest.raises(OSError, match="No space left on device"):
+            main(argv)
+        assert out.read_bytes() == b"earlier predictions\n"
+        assert {p.name for p in tmp_path.iterdir()} == {"in.csv", "preds.csv", name}  # no temporary file
+        monkeypatch.setattr(pd.DataFrame, method, real)
+        main(argv)  # a whole write replaces it
+        frame = pd.read_csv(out) if name.endswith(".csv") else pd.read_json(out, lines=True)
+        assert frame["row"].tolist() == [0, 1] and frame["label"].tolist() == ["a", "a"]
+    assert len(seen) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "preds.csv", "preds.jsonl"]
+
+
 def test_predict_ensemble_with_a_moved_member_fails_before_scoring_any(tmp_path, monkeypatch):
     """Every member folder is checked before the first is scored: a moved second member once cost a whole pass
     of the first (minutes for a windowed probe on a large file) before the one-line error."""

@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -461,10 +463,20 @@ def describe(info: dict) -> str:
 
 
 def write_frame(df: pd.DataFrame, path: str) -> None:
-    if Path(path).suffix.lower() == ".csv":
-        df.to_csv(path, index=False)
-    else:
-        df.to_json(path, orient="records", lines=True, force_ascii=False)
+    """Write `df` to `path` in full, then rename it into place: an interrupted or failed write (a full disk, a
+    Ctrl-C) leaves an earlier file at `path` as it was (--overwrite once lost it) and no temporary file."""
+    path = Path(path)
+    # beside `path` (a rename within one file system), under a name of this call's own, with its suffix: pandas
+    # infers the format and compression from it
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        if path.suffix.lower() == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
