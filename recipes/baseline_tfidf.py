@@ -37,6 +37,7 @@ from longtail.crossfit import (
 )
 from longtail.data import DataArguments, prepare_data, require_usable_splits
 from longtail.grid import (
+    check_grid,
     check_solver_options,
     fit_settings,
     solver_iterations,
@@ -56,6 +57,7 @@ from longtail.runs import (
 )
 
 logger = logging.getLogger("baseline_tfidf")
+WEIGHTINGS = ("none", "balanced")  # LogisticRegression's class_weight (none: None)
 SUBLINEAR = {"both": [False, True], "true": [True], "false": [False]}
 
 
@@ -129,15 +131,17 @@ class BaselineArguments:
         }
         if small:
             raise ValueError(f"{', '.join(f'{k} {v}' for k, v in small.items())}: must be at least 1")
-        if self.C <= 0 or not self.grid_C or any(c <= 0 for c in self.grid_C):  # before any vectorising
-            raise ValueError(f"C and grid_C must be positive numbers, got C={self.C}, grid_C={self.grid_C}")
+        # before any vectorising; the grid as the probe's: an empty grid_class_weight fit nothing ("max() arg is
+        # an empty sequence" once every tf setting was vectorised), and a repeat was fit and reported twice
+        if not self.C > 0:
+            raise ValueError(f"C must be a positive number, got {self.C}")
+        if self.class_weight not in WEIGHTINGS:
+            raise ValueError(f"class_weight must be one of {WEIGHTINGS}, got '{self.class_weight}'")
+        check_grid(self.grid_C, self.grid_class_weight, WEIGHTINGS)
         check_solver_options(self.tol, self.max_iter)
         check_folds(self.predict_train_folds)
         if self.n_jobs == 0:  # fail at parse time, not after the vectoriser has run
             raise ValueError("n_jobs must be a number of processes (1, 2, ...) or -1 for one per core, got 0")
-        bad = {w for w in [self.class_weight, *self.grid_class_weight] if w not in ("none", "balanced")}
-        if bad:
-            raise ValueError(f"class weighting must be 'none' or 'balanced', got {sorted(bad)}")
 
 
 PARSER_TYPES = (DataArguments, BaselineArguments, RefitArguments)

@@ -39,6 +39,7 @@ from longtail.crossfit import (
 )
 from longtail.data import DataArguments, prepare_data, require_usable_splits
 from longtail.grid import (
+    check_grid,
     check_solver_options,
     fit_settings,
     solver_iterations,
@@ -146,17 +147,7 @@ class ProbeArguments:
             raise ValueError(f"--long_text must be one of {LONG_TEXT}, got '{self.long_text}'")
         if self.pooling not in ("auto", *POOLINGS):
             raise ValueError(f"--pooling must be auto or one of {POOLINGS}, got '{self.pooling}'")
-        bad = sorted({w for w in self.grid_class_weight if w not in WEIGHTINGS})
-        if bad:
-            raise ValueError(f"grid_class_weight values must be in {WEIGHTINGS}, got {bad}")
-        if not self.grid_class_weight:  # a YAML `[]`: no setting to fit, an AttributeError once embedded
-            raise ValueError(f"grid_class_weight needs at least one of {WEIGHTINGS}, got []")
-        if not self.grid_C or any(c <= 0 for c in self.grid_C):
-            raise ValueError(f"grid_C must be positive numbers, got {self.grid_C}")
-        for name in ("grid_C", "grid_class_weight"):  # a repeat was fit and listed in the report twice
-            values = getattr(self, name)
-            if repeated := sorted({v for v in values if values.count(v) > 1}, key=str):
-                raise ValueError(f"{name} lists {', '.join(map(str, repeated))} more than once: {values}")
+        check_grid(self.grid_C, self.grid_class_weight, WEIGHTINGS)  # empty, repeated, unknown, C <= 0
         parse_tau_option(self.posthoc_logit_adjustment)  # a clear error now, not after the embedding
         check_solver_options(self.tol, self.max_iter)
         check_folds(self.predict_train_folds)

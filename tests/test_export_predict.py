@@ -664,6 +664,49 @@ def test_sklearn_run_scores_an_unseen_class_zero_and_calibrates_its_probabilitie
     np.testing.assert_allclose(sklearn_scores(tmp_path, texts, calibrated=False).probs, raw.probs, rtol=1e-12)
 
 
+def test_predict_refuses_an_explicit_device_on_a_tfidf_run(tiny_classifier, tmp_path, monkeypatch, capsys):
+    """--device cuda (or mps) on a TF-IDF run, or an ensemble of TF-IDF runs alone, is a one-line error before the
+    input is read, as --max_length is (it was ignored: scikit-learn runs on the CPU). --device cpu and the default
+    (cuda on a GPU machine) serve it; an ensemble with a Transformers member uses the device for that member."""
+    import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    import longtail.predict as predict
+
+    run = tmp_path / "tfidf"
+    run.mkdir()
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression())
+    joblib.dump(
+        pipeline.fit(["late fee", "fee charged", "stolen card", "card lost"], [0, 0, 1, 1]),
+        run / "model.joblib",
+    )
+    (run / "labels.json").write_text(json.dumps({"id2label": {"0": "fees", "1": "cards"}}))
+    tfidf_only, mixed = tmp_path / "ens", tmp_path / "mixed"
+    for folder, members in ((tfidf_only, [run]), (mixed, [run, tiny_classifier])):
+        folder.mkdir()
+        (folder / "ensemble.json").write_text(json.dumps({"serving": {"members": list(map(str, members))}}))
+    missing = tmp_path / "never-read.csv"  # refused before the input is read
+    for folder, what in ((run, "a scikit-learn run (TF-IDF)"),
+                         (tfidf_only, "an ensemble of scikit-learn runs (TF-IDF) alone")):  # fmt: skip
+        for device in ("cuda", "cuda:1", "mps"):
+            argv = ["--model_dir", str(folder), "--input", str(missing), "--output", str(tmp_path / "o.csv")]
+            assert refused(predict.main, [*argv, "--device", device], capsys) == (
+                f"predict.py: error: --device {device} sets where a Transformers model runs; {folder} is {what}, "
+                "which runs on the CPU"
+            )
+    assert predict.device_problem(mixed, "cuda") is None and predict.device_problem(run, "cpu") is None
+    src = tmp_path / "in.csv"
+    src.write_text("text\na late fee\nmy card\n")
+    monkeypatch.setattr(predict, "_cuda", lambda: True)  # a GPU machine: the default device is cuda
+    for i, extra in enumerate(([], ["--device", "cpu"])):
+        out = tmp_path / f"o{i}.csv"
+        summary = predict.main(["--model_dir", str(run), "--input", str(src), "--output", str(out), *extra])
+        assert summary["predicted"] == 2 and pd.read_csv(out)["label"].tolist() == ["fees", "cards"]
+    assert not (tmp_path / "o.csv").exists()
+
+
 def save_lora_run(base_dir: str, run: Path, temperature: float) -> Path:
     """An unmerged LoRA run folder over `base_dir` (adapter, label config, tokenizer, temperature.json), as
     save_adapter leaves it. LoRA's B starts at zero: the merged model is the base classifier."""
@@ -995,6 +1038,39 @@ def test_predict_output_under_a_file_is_refused_before_scoring(tmp_path, monkeyp
     assert seen == [] and src.read_text() == "text\nI was charged twice.\n"
     main(["--model_dir", "m", "--input", str(src), "--output", str(tmp_path / "new" / "preds.csv")])
     assert seen == [["I was charged twice."]] and (tmp_path / "new" / "preds.csv").is_file()  # a folder made
+
+
+def test_predict_overwrite_replaces_the_output_only_once_it_is_written_whole(tmp_path, monkeypatch):
+    """--overwrite writes beside the earlier output and renames the new file in once complete: a write that fails
+    midway (a full disk, a Ctrl-C) left the earlier file cut short; now it keeps its bytes and no temporary file
+    is left behind."""
+    from longtail.predict import main
+
+    seen = scores_evenly(monkeypatch)
+    src = tmp_path / "in.csv"
+    src.write_text("text\nI was charged twice.\nlate fee\n")
+    for name in ("preds.csv", "preds.jsonl"):
+        out = tmp_path / name
+        out.write_bytes(b"earlier predictions\n")
+        method = "to_csv" if name.endswith(".csv") else "to_json"
+        real = getattr(pd.DataFrame, method)
+
+        def half_then_fail(df, path, *args, **kwargs):
+            Path(path).write_text("row,label\n0,a\n")  # part of the rows, then the disk is full
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(pd.DataFrame, method, half_then_fail)
+        argv = ["--model_dir", "m", "--input", str(src), "--output", str(out), "--overwrite"]
+        with pytest.raises(OSError, match="No space left on device"):
+            main(argv)
+        assert out.read_bytes() == b"earlier predictions\n"
+        assert {p.name for p in tmp_path.iterdir()} == {"in.csv", "preds.csv", name}  # no temporary file
+        monkeypatch.setattr(pd.DataFrame, method, real)
+        main(argv)  # a whole write replaces it
+        frame = pd.read_csv(out) if name.endswith(".csv") else pd.read_json(out, lines=True)
+        assert frame["row"].tolist() == [0, 1] and frame["label"].tolist() == ["a", "a"]
+    assert len(seen) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "preds.csv", "preds.jsonl"]
 
 
 def test_predict_ensemble_with_a_moved_member_fails_before_scoring_any(tmp_path, monkeypatch):

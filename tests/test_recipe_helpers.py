@@ -190,12 +190,30 @@ def test_baseline_character_block_has_its_own_vocabulary_cap():
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"C": 0.0}, r"C and grid_C must be positive numbers, got C=0.0"),
-        ({"grid_C": [1.0, 0.0]}, r"grid_C=\[1.0, 0.0\]"),
+        ({"C": 0.0}, r"^C must be a positive number, got 0.0$"),
+        ({"grid_C": [1.0, 0.0]}, r"^grid_C must be positive numbers, got \[1.0, 0.0\]$"),
         ({"char_ngram_max": -1}, r"char_ngram_max must be 0 \(off\) or at least 2, got -1"),
         # 1: character unigrams alone, the README's first case
         ({"char_ngram_max": 1}, r"char_ngram_max must be 0 \(off\) or at least 2, got 1"),
-        ({"class_weight": "balnced"}, r"class weighting must be 'none' or 'balanced', got \['balnced'\]"),
+        ({"class_weight": "balnced"}, r"^class_weight must be one of \('none', 'balanced'\), got 'balnced'$"),
+        # the probe's grid check (longtail.grid.check_grid): an empty weighting list fit nothing ("max() arg is an
+        # empty sequence" once every tf setting was vectorised); a repeat was fit and reported twice; the
+        # probe's sqrt_inverse is not LogisticRegression's
+        (
+            {"grid_class_weight": []},
+            r"^grid_class_weight needs at least one of \('none', 'balanced'\), got \[\]$",
+        ),
+        ({"grid_C": [3.0, 10.0, 3.0]}, r"^grid_C lists 3.0 more than once: \[3.0, 10.0, 3.0\]$"),
+        (
+            {"grid_class_weight": ["balanced", "none", "balanced"]},
+            r"^grid_class_weight lists balanced more than once: \['balanced', 'none', 'balanced'\]$",
+        ),
+        (
+            {"grid_class_weight": ["none", "sqrt_inverse"]},
+            r"^grid_class_weight values must be in \('none', 'balanced'\), got \['sqrt_inverse'\]$",
+        ),
+        ({"grid_C": []}, r"^grid_C must be positive numbers, got \[\]$"),
+        ({"grid_C": [float("nan")]}, r"^grid_C must be positive numbers, got \[nan\]$"),  # from Python
         # scikit-learn's tracebacks once the data was read: ngram_range=(1, 0), max_features=0
         ({"ngram_max": 0}, r"^ngram_max 0: must be at least 1$"),
         (
@@ -208,6 +226,32 @@ def test_baseline_arguments_refuse_values_at_the_boundary(options, message):
     recipe = load_recipe("baseline_tfidf")
     with pytest.raises(ValueError, match=message):
         recipe.BaselineArguments(**options)
+    # the same values a step inside the boundary are taken (one C, one weighting, every distinct value once)
+    kept = recipe.BaselineArguments(C=1e-6, grid_C=[1e-6, 3.0], grid_class_weight=["balanced", "none"])
+    assert kept.grid_C == [1e-6, 3.0] and kept.grid_class_weight == ["balanced", "none"]
+
+
+def test_baseline_empty_grid_class_weight_in_a_yaml_is_refused_before_the_data_is_read(tmp_path):
+    """`grid_class_weight: []` in the YAML: a usage error when the options are read (it got through every check
+    and the run stopped on "max() arg is an empty sequence" once every tf setting was vectorised)."""
+    from longtail.cli import UsageError
+
+    recipe = load_recipe("baseline_tfidf")
+    config = tmp_path / "grid.yaml"
+    config.write_text("select_on_validation: true\ngrid_class_weight: []\n")
+    argv = [
+        "--config",
+        str(config),
+        "--train_file",
+        str(tmp_path / "never-read.csv"),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    with pytest.raises(
+        UsageError, match=r"^grid_class_weight needs at least one of \('none', 'balanced'\), got \[\]$"
+    ):
+        recipe.main(argv)
+    assert not (tmp_path / "o").exists()
 
 
 def test_baseline_grid_sublinear_tf_from_a_yaml_bool():

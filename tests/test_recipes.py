@@ -442,9 +442,7 @@ def test_baseline_grid_in_parallel_equals_serial(tmp_path):
         recipe.BaselineArguments(tol=-1e-3)
     with pytest.raises(ValueError, match=r"got tol=0.0001, max_iter=0"):  # zero iterations: an unfit model
         recipe.BaselineArguments(max_iter=0)
-    with pytest.raises(
-        ValueError, match=r"C and grid_C must be positive numbers, got C=1.0, grid_C=\[3.0, 0.0\]"
-    ):
+    with pytest.raises(ValueError, match=r"^grid_C must be positive numbers, got \[3.0, 0.0\]$"):
         recipe.BaselineArguments(grid_C=[3.0, 0.0])
 
 

@@ -41,6 +41,23 @@ def check_solver_options(tol: float, max_iter: int) -> None:
         raise ValueError(f"--tol must be >= 0 and --max_iter >= 1, got tol={tol}, max_iter={max_iter}")
 
 
+def check_grid(grid_C: list[float], grid_class_weight: list[str], weightings: tuple[str, ...]) -> None:
+    """The C x class-weighting grid of the probe and the TF-IDF baseline, checked when the options are read: a
+    weighting outside `weightings`, an empty weighting list (a YAML `[]`: no setting to fit, an AttributeError
+    once every split was vectorised or embedded), a C that is not positive (`not c > 0` also catches a NaN given
+    from Python), and a value listed twice (it was fit twice and listed twice in the report's grid)."""
+    bad = sorted({w for w in grid_class_weight if w not in weightings})
+    if bad:
+        raise ValueError(f"grid_class_weight values must be in {weightings}, got {bad}")
+    if not grid_class_weight:
+        raise ValueError(f"grid_class_weight needs at least one of {weightings}, got []")
+    if not grid_C or any(not c > 0 for c in grid_C):
+        raise ValueError(f"grid_C must be positive numbers, got {grid_C}")
+    for name, values in (("grid_C", grid_C), ("grid_class_weight", grid_class_weight)):
+        if repeated := sorted({v for v in values if values.count(v) > 1}, key=str):
+            raise ValueError(f"{name} lists {', '.join(map(str, repeated))} more than once: {values}")
+
+
 def solver_iterations(estimator) -> int:
     """Iterations the fitted model's solver ran (a Pipeline: its last step's; the most over sub-problems)."""
     if hasattr(estimator, "steps"):

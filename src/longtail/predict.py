@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--onnx_file", default=None, help="which .onnx file of the folder (default: the only/first one)"
     )
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="where a Transformers model runs: cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)",
+    )
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument(
         "--max_length",
@@ -144,6 +150,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     blocker = next((d for d in output.parents if d.exists()), None)
     if blocker is not None and not blocker.is_dir():  # a FileExistsError traceback once every row was scored
         p.error(f"--output {args.output}: {blocker} is a file, not a folder")
+    # None until here: a TF-IDF run refuses a device asked for, not the default (`device_problem`)
+    args.device_given = args.device is not None
+    if args.device is None:
+        args.device = "cuda" if _cuda() else "cpu"
     if problem := torch_device_problem(args.device, here=False):  # whether it is here: by backend, later
         p.error(problem)
     return args
@@ -379,6 +389,27 @@ def check_model_dir(folder: Path) -> None:
     )
 
 
+def device_problem(folder: Path, device: str) -> str | None:
+    """Why an explicit --device other than cpu does not fit `folder`: a TF-IDF run, or an ensemble of TF-IDF runs
+    alone, runs on the CPU (scikit-learn), and the device was ignored without a word. None when some Transformers
+    model is served (an ensemble's other members run there)."""
+    if device == "cpu" or not folder.is_dir():
+        return None
+    from longtail.ensemble import member_walk
+
+    kinds = {run_kind(member) for member, _ in member_walk(folder)} - {"ensemble"}
+    if kinds != {"sklearn"}:
+        return None
+    what = (
+        "a scikit-learn run (TF-IDF)"
+        if run_kind(folder) == "sklearn"
+        else "an ensemble of scikit-learn runs (TF-IDF) alone"
+    )
+    return (
+        f"--device {device} sets where a Transformers model runs; {folder} is {what}, which runs on the CPU"
+    )
+
+
 def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:
     from longtail.ensemble import apply_mix
 
@@ -461,10 +492,20 @@ def describe(info: dict) -> str:
 
 
 def write_frame(df: pd.DataFrame, path: str) -> None:
-    if Path(path).suffix.lower() == ".csv":
-        df.to_csv(path, index=False)
-    else:
-        df.to_json(path, orient="records", lines=True, force_ascii=False)
+    """Write `df` to `path` in full, then rename it into place: an interrupted or failed write (a full disk, a
+    Ctrl-C) leaves an earlier file at `path` as it was (--overwrite once lost it) and no temporary file."""
+    path = Path(path)
+    # beside `path` (a rename within one file system), under a name of this call's own, with its suffix: pandas
+    # infers the format and compression from it
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        if path.suffix.lower() == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -476,6 +517,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:  # a user's mistake (input file, column, model folder, window length) is one line, not a traceback
         check_model_dir(Path(args.model_dir))  # before the input is read
         check_members(Path(args.model_dir))
+        if args.device_given and (problem := device_problem(Path(args.model_dir), args.device)):
+            raise ValueError(problem)
         df, text_column = read_texts(args.input, args.text_column)
         out, summary = predict_frame(args, df, text_column)
     except (ValueError, FileNotFoundError) as err:  # DataError included; a missing folder or adapter base
