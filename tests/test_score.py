@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import refused
+from conftest import refused, run_as
 from test_recipes import REPO, load_recipe, synthetic_files
 
 from longtail import score
@@ -846,3 +846,48 @@ def test_a_merge_map_or_taxonomy_given_that_is_no_file_fails_before_the_data_fil
         }
         with pytest.raises(longtail.data.DataError, match="typo.csv"):
             score.read_rows(str(tmp_path / "data.csv"), options, None, False, [])
+
+
+def test_an_explicit_device_no_run_uses_is_refused_before_the_file_is_read(runs, tmp_path, capsys, monkeypatch):
+    """--device cuda (or mps) when every run scored is a TF-IDF run, or an ensemble of TF-IDF runs alone, is one line
+    before the file is read, as `predict` refuses it (scikit-learn runs on the CPU: on a GPU machine it was ignored
+    without a word); with a Transformers run among them the device serves that one. A GPU machine is faked, so the
+    check does not depend on this one's."""
+    import torch
+
+    import longtail.predict
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored before the check")
+
+    run_as(monkeypatch, "score.py")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(longtail.predict, "score_texts", no_scoring)
+    tfidf, other = runs["tfidf"], shutil.copytree(runs["tfidf"], tmp_path / "tfidf2")
+    alone = tmp_path / "tfidf_ensemble"  # an ensemble of TF-IDF runs alone
+    alone.mkdir()
+    (alone / "ensemble.json").write_text(json.dumps({"serving": {"members": [str(tfidf), str(other)]}}))
+    never = tmp_path / "never-read.csv"
+    for given, what in (
+        ([tfidf], f"{tfidf} is a scikit-learn run (TF-IDF), which runs on the CPU"),
+        ([alone], f"{alone} is an ensemble of scikit-learn runs (TF-IDF) alone, which runs on the CPU"),
+        ([tfidf, alone], f"every run given ({tfidf}, {alone}) is a scikit-learn run (TF-IDF) or an ensemble of "
+                         "them, which run on the CPU"),
+    ):  # fmt: skip
+        for device in ("cuda", "cuda:1", "mps"):
+            argv = [*map(str, given), "--data", str(never), "--output_dir", str(tmp_path / "out"), "--device", device]
+            assert refused(score.main, argv, capsys) == (
+                f"score.py: error: --device {device} sets where a Transformers model runs; {what}"
+            )
+    assert not (tmp_path / "out").exists()
+    # a Transformers run among them: the device is the one it runs on (scoring starts: the guard above stops it)
+    argv = [str(tfidf), str(runs["probe"]), "--data", str(runs["test"]), "--output_dir", str(tmp_path / "mixed")]
+    with pytest.raises(AssertionError, match="scored before the check"):
+        score.main([*argv, "--device", "cuda", "--no_progress"])
+    # the default device and --device cpu score TF-IDF runs alone
+    monkeypatch.undo()
+    for i, extra in enumerate(([], ["--device", "cpu"])):
+        result = score.main([str(tfidf), "--data", str(runs["test"]), "--output_dir", str(tmp_path / f"cpu{i}"),
+                             "--n_resamples", "100", "--no_progress", *extra])  # fmt: skip
+        assert list(result["runs"]) == ["tfidf"] and result["runs"]["tfidf"]["backend"] == "scikit-learn"

@@ -389,25 +389,30 @@ def check_model_dir(folder: Path) -> None:
     )
 
 
-def device_problem(folder: Path, device: str) -> str | None:
-    """Why an explicit --device other than cpu does not fit `folder`: a TF-IDF run, or an ensemble of TF-IDF runs
-    alone, runs on the CPU (scikit-learn), and the device was ignored without a word. None when some Transformers
-    model is served (an ensemble's other members run there)."""
-    if device == "cpu" or not folder.is_dir():
+def device_problem(folders, device: str) -> str | None:
+    """Why an explicit --device other than cpu does not fit the run folder(s) served (`predict`'s one, `score`'s
+    several): a TF-IDF run, or an ensemble of TF-IDF runs alone, runs on the CPU (scikit-learn), and the device was
+    ignored without a word. None when some Transformers model is served (an ensemble's or another run's)."""
+    folders = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
+    if device == "cpu" or not folders or not all(f.is_dir() for f in folders):
         return None
     from longtail.ensemble import member_walk
 
-    kinds = {run_kind(member) for member, _ in member_walk(folder)} - {"ensemble"}
+    kinds = {run_kind(member) for folder in folders for member, _ in member_walk(folder)} - {"ensemble"}
     if kinds != {"sklearn"}:
         return None
+    if len(folders) > 1:
+        return (
+            f"--device {device} sets where a Transformers model runs; every run given "
+            f"({', '.join(map(str, folders))}) is a scikit-learn run (TF-IDF) or an ensemble of them, which run on "
+            "the CPU"
+        )
     what = (
         "a scikit-learn run (TF-IDF)"
-        if run_kind(folder) == "sklearn"
+        if run_kind(folders[0]) == "sklearn"
         else "an ensemble of scikit-learn runs (TF-IDF) alone"
     )
-    return (
-        f"--device {device} sets where a Transformers model runs; {folder} is {what}, which runs on the CPU"
-    )
+    return f"--device {device} sets where a Transformers model runs; {folders[0]} is {what}, which runs on the CPU"
 
 
 def ensemble_scores(args, folder: Path, texts: list[str]) -> Scores:

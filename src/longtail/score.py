@@ -76,7 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="score rows whose text a run trained or was selected on too (counted either way)",
     )
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the Transformers models run: cpu, cuda, cuda:N or mps (TF-IDF runs always run on the CPU)",
+    )
     parser.add_argument("--n_resamples", type=int, default=BOOTSTRAP_RESAMPLES)
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
@@ -521,10 +525,10 @@ def score_runs(args) -> dict:
     """Read the file once, score it with every run, compare them; returns score.json's content."""
     from longtail.calibration import load_temperature
     from longtail.inference import torch_device_problem
-    from longtail.predict import describe, score_texts
+    from longtail.predict import describe, device_problem, score_texts
     from longtail.runs import prepare_output_dir, refuse_foreign_outputs, replace_previous_run
 
-    if problem := torch_device_problem(args.device):  # before the file is read and the first run scores
+    if problem := torch_device_problem(args.device, here=False):  # the spelling; whether it is here: below
         raise UsageError(problem)
     runs = list(args.runs)
     reference = args.reference or runs[0]
@@ -538,6 +542,10 @@ def score_runs(args) -> dict:
             )
         check_servable(Path(run))
     folders = [Path(r) for r in runs]
+    # before the file is read and the first run scores: a device no run uses (TF-IDF runs alone: it was ignored
+    # without a word, as `predict` once did), then one this machine lacks
+    if problem := device_problem(folders, args.device) or torch_device_problem(args.device):
+        raise UsageError(problem)
     reads = [("the run", r) for r in runs] + [("--data", args.data)]
     out = prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
     # never another run's files, nor a README kept beside earlier scores: only an earlier score is replaced
