@@ -174,6 +174,31 @@ def test_an_output_folder_that_is_one_of_the_runs_is_refused_before_anything_goe
         assert sorted(p.name for p in (tmp_path / "b").iterdir()) == before
 
 
+def test_an_output_folder_inside_a_run_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """--output_dir a folder inside a run (a member, the reference, a run compared; however spelt, however deep) was
+    written without a word: results about several runs filed in one of them, kept by a rerun of that run beside a
+    model they no longer describe. One line now, nothing written; beside the runs is fine."""
+    both = {"validation": Y["validation"], "test": Y["test"]}
+    a, b = (make_run(tmp_path / n, dict(both), both) for n in "ab")
+    before = {n: sorted(p.name for p in (tmp_path / n).iterdir()) for n in "ab"}
+    monkeypatch.chdir(tmp_path)
+    for tool, argv, out, what in (
+        ("ensemble", [a, b], tmp_path / "b" / "ens", f"the member {b}"),
+        ("compare", [a, "--reference", b], tmp_path / "b" / "cmp", f"--reference {b}"),
+        ("compare", [b, "--reference", a], tmp_path / "b" / "x" / "y", f"the run {b}"),
+        ("compare", ["b", "--reference", a], "./b/../b/cmp", "the run b"),
+    ):
+        assert refused_in_one_line(monkeypatch, capsys, tool, argv, out) == (
+            f"{tool}.py: error: --output_dir {out} is inside {what}: write it beside the runs, not in one of their "
+            "folders (a rerun of that run would keep it among results it no longer describes)"
+        )
+    assert {n: sorted(p.name for p in (tmp_path / n).iterdir()) for n in "ab"} == before
+    from longtail.compare import main as compare
+
+    compare([a, "--reference", b, "--output_dir", str(tmp_path / "cmp"), "--n_resamples", "20"])
+    assert (tmp_path / "cmp" / "compare.json").is_file()
+
+
 def test_a_refused_rerun_with_overwrite_keeps_the_previous_comparison_and_ensemble(tmp_path, capsys):
     """Runs that do not share their rows are refused after the output folder's check: with --overwrite_output_dir
     the previous compare.json / ensemble.json were removed first, and nothing replaced them."""

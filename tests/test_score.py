@@ -891,3 +891,21 @@ def test_an_explicit_device_no_run_uses_is_refused_before_the_file_is_read(runs,
         result = score.main([str(tfidf), "--data", str(runs["test"]), "--output_dir", str(tmp_path / f"cpu{i}"),
                              "--n_resamples", "100", "--no_progress", *extra])  # fmt: skip
         assert list(result["runs"]) == ["tfidf"] and result["runs"]["tfidf"]["backend"] == "scikit-learn"
+
+
+def test_an_output_folder_inside_a_run_is_refused_before_the_file_is_read(runs, tmp_path, capsys, monkeypatch):
+    """--output_dir inside one of the runs scored (or the reference) was written without a word, score.md and
+    scored/ filed among that run's files; one line now, before the file is read, nothing written."""
+    run = shutil.copytree(runs["tfidf"], tmp_path / "tfidf")
+    before = sorted(p.name for p in run.iterdir())
+    run_as(monkeypatch, "score.py")
+    for argv, out, what in (
+        ([str(run)], run / "new_scores", "the run"),
+        ([str(runs["probe"]), "--reference", str(run)], run / "a" / "b", "the run"),
+    ):
+        line = refused(score.main, [*argv, "--data", str(tmp_path / "never-read.csv"), "--output_dir", str(out)], capsys)
+        assert line == (
+            f"score.py: error: --output_dir {out} is inside {what} {run}: write it beside the runs, not in one of "
+            "their folders (a rerun of that run would keep it among results it no longer describes)"
+        )
+    assert sorted(p.name for p in run.iterdir()) == before

@@ -408,12 +408,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.n_resamples < MIN_RESAMPLES:
         parser.error(RESAMPLES_ERROR.format(args.n_resamples))
-    from longtail.runs import prepare_output_dir, refuse_foreign_outputs
+    from longtail.runs import prepare_output_dir, refuse_foreign_outputs, refuse_output_inside
 
     try:  # the output folder is checked before minutes of bootstrap, not after
         check_distinct(args.runs)
         # never clear a run being compared (--output_dir one of them, as `make compare COMPARE_OUT=...` could say)
         reads = [("the run", d) for d in args.runs] + [("--reference", args.reference)]
+        if args.output_dir:  # nor write inside one
+            refuse_output_inside(args.output_dir, reads)
         out = (
             prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
             if args.output_dir

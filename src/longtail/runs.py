@@ -224,6 +224,21 @@ def prepare_output_dir(
     return replace_previous_run(path, overwrite, resuming) if clear else path
 
 
+def refuse_output_inside(output_dir: str | Path, reads) -> None:
+    """For the tools that write results about runs (compare, score, ensemble): an OutputDirError for an
+    --output_dir inside a run folder they read (`reads`: (what, path) pairs). It was written there without a word:
+    results about several runs filed in one of them go wherever that folder is copied or served from, and a rerun
+    of that run with --overwrite_output_dir keeps them (folders not its own) beside a model they no longer describe
+    (an ensemble there then mixes the new run at the old one's temperature)."""
+    outs = spellings(output_dir)
+    for what, folder in reads:
+        if Path(folder).is_dir() and any(f in o.parents for o in outs for f in spellings(folder)):
+            raise OutputDirError(
+                f"--output_dir {output_dir} is inside {what} {folder}: write it beside the runs, not in one of "
+                "their folders (a rerun of that run would keep it among results it no longer describes)"
+            )
+
+
 def refuse_foreign_outputs(
     output_dir: str | Path, overwrite: bool, own_files, own_dirs=(), what: str = "result", marker: str = ""
 ) -> None:
