@@ -848,7 +848,9 @@ def test_a_merge_map_or_taxonomy_given_that_is_no_file_fails_before_the_data_fil
             score.read_rows(str(tmp_path / "data.csv"), options, None, False, [])
 
 
-def test_an_explicit_device_no_run_uses_is_refused_before_the_file_is_read(runs, tmp_path, capsys, monkeypatch):
+def test_an_explicit_device_no_run_uses_is_refused_before_the_file_is_read(
+    runs, tmp_path, capsys, monkeypatch
+):
     """--device cuda (or mps) when every run scored is a TF-IDF run, or an ensemble of TF-IDF runs alone, is one line
     before the file is read, as `predict` refuses it (scikit-learn runs on the CPU: on a GPU machine it was ignored
     without a word); with a Transformers run among them the device serves that one. A GPU machine is faked, so the
@@ -876,13 +878,28 @@ def test_an_explicit_device_no_run_uses_is_refused_before_the_file_is_read(runs,
                          "them, which run on the CPU"),
     ):  # fmt: skip
         for device in ("cuda", "cuda:1", "mps"):
-            argv = [*map(str, given), "--data", str(never), "--output_dir", str(tmp_path / "out"), "--device", device]
+            argv = [
+                *map(str, given),
+                "--data",
+                str(never),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--device",
+                device,
+            ]
             assert refused(score.main, argv, capsys) == (
                 f"score.py: error: --device {device} sets where a Transformers model runs; {what}"
             )
     assert not (tmp_path / "out").exists()
     # a Transformers run among them: the device is the one it runs on (scoring starts: the guard above stops it)
-    argv = [str(tfidf), str(runs["probe"]), "--data", str(runs["test"]), "--output_dir", str(tmp_path / "mixed")]
+    argv = [
+        str(tfidf),
+        str(runs["probe"]),
+        "--data",
+        str(runs["test"]),
+        "--output_dir",
+        str(tmp_path / "mixed"),
+    ]
     with pytest.raises(AssertionError, match="scored before the check"):
         score.main([*argv, "--device", "cuda", "--no_progress"])
     # the default device and --device cpu score TF-IDF runs alone
@@ -893,7 +910,9 @@ def test_an_explicit_device_no_run_uses_is_refused_before_the_file_is_read(runs,
         assert list(result["runs"]) == ["tfidf"] and result["runs"]["tfidf"]["backend"] == "scikit-learn"
 
 
-def test_an_output_folder_inside_a_run_is_refused_before_the_file_is_read(runs, tmp_path, capsys, monkeypatch):
+def test_an_output_folder_inside_a_run_is_refused_before_the_file_is_read(
+    runs, tmp_path, capsys, monkeypatch
+):
     """--output_dir inside one of the runs scored (or the reference) was written without a word, score.md and
     scored/ filed among that run's files; one line now, before the file is read, nothing written."""
     run = shutil.copytree(runs["tfidf"], tmp_path / "tfidf")
@@ -903,7 +922,9 @@ def test_an_output_folder_inside_a_run_is_refused_before_the_file_is_read(runs, 
         ([str(run)], run / "new_scores", "the run"),
         ([str(runs["probe"]), "--reference", str(run)], run / "a" / "b", "the run"),
     ):
-        line = refused(score.main, [*argv, "--data", str(tmp_path / "never-read.csv"), "--output_dir", str(out)], capsys)
+        line = refused(
+            score.main, [*argv, "--data", str(tmp_path / "never-read.csv"), "--output_dir", str(out)], capsys
+        )
         assert line == (
             f"score.py: error: --output_dir {out} is inside {what} {run}: write it beside the runs, not in one of "
             "their folders (a rerun of that run would keep it among results it no longer describes)"
