@@ -685,6 +685,18 @@ def refused_in_one_line(monkeypatch, capsys, tool: str, argv: list, out) -> str:
     return err.strip().splitlines()[-1]
 
 
+def test_an_ensemble_member_without_validation_predictions_is_told_what_to_do(tmp_path, capsys, monkeypatch):
+    """A member with no predictions_validation.npz (a run stopped early, a folder of test predictions alone): the
+    line named the file and ended there, with a stray space; it now says why the file is needed and what to do."""
+    a = make_run(tmp_path / "a", {"validation": Y["validation"], "test": Y["test"]}, Y)
+    b = make_run(tmp_path / "b", {"test": Y["test"]}, Y)
+    assert refused_in_one_line(monkeypatch, capsys, "ensemble", [a, b], tmp_path / "ens") == (
+        f"ensemble.py: error: {b}: no predictions_validation.npz (found: ['predictions_test.npz']). Every finished "
+        "run of these recipes has it (an ensemble is chosen on it, and compare's validation pick reads it): pass a "
+        "finished run, or rerun this one."
+    )
+
+
 def test_a_malformed_predictions_file_is_one_line_in_compare_and_ensemble(tmp_path, capsys, monkeypatch):
     """A predictions file these tools did not write as `save_predictions` does: each was a traceback (numpy's
     "pickled data" for a truncated file, a KeyError, an IndexError, a broadcast error, scikit-learn's "empty input")

@@ -163,13 +163,17 @@ def read_run(run_dir, split: str) -> dict:
     if not path.is_file():
         have = sorted(p.name for p in Path(run_dir).glob("predictions_*.npz"))
         # an ensemble has no --do_predict: it scores test unless built with --no_test
-        rerun = (
-            "Rerun python -m longtail.ensemble on its members without --no_test to score the test split."
+        rerun = {
+            "test": "Rerun python -m longtail.ensemble on its members without --no_test to score the test split."
             if (Path(run_dir) / "ensemble.json").is_file()
-            else "Rerun it with --do_predict to score the test split."
-        )
+            else "Rerun it with --do_predict to score the test split.",
+            # every run of these recipes writes it: a folder without it stopped early or is no run of theirs (an
+            # ensemble's temperatures and tau are chosen on it; it said nothing of what to do)
+            "validation": "Every finished run of these recipes has it (an ensemble is chosen on it, and "
+            "compare's validation pick reads it): pass a finished run, or rerun this one.",
+        }.get(split)
         raise CompareError(
-            f"{run_dir}: no {path.name} (found: {have or 'nothing'}). " + rerun * (split == "test")
+            f"{run_dir}: no {path.name} (found: {have or 'nothing'})." + f" {rerun}" * bool(rerun)
         )
     pred = read_predictions(path)
     order = np.argsort(pred["row_id"], kind="stable")  # align runs by row id, whatever their order
