@@ -153,6 +153,43 @@ def test_overwrite_never_clears_a_folder_holding_what_the_new_run_reads(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "onnx", "report.md"]
 
 
+def test_without_overwrite_the_refusals_an_overwrite_would_meet_come_first(tmp_path):
+    """Without --overwrite_output_dir a folder the overwrite would refuse was told "Pass --overwrite_output_dir to
+    replace its results", and the user who did was then refused: the run's own input read from it, a downloaded
+    model's folder, a tool's `also_refuse`. Each is said first now; the plain non-empty folder still asks for it."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("theirs")
+    (model / "model.safetensors").write_text("theirs")
+    for overwrite in (False, True):
+        with pytest.raises(OutputDirError) as info:
+            prepare_output_dir(model, overwrite, inputs={"--model_name_or_path": str(model)})
+        assert str(info.value) == (
+            f"--model_name_or_path {model} is read from {model}, which --overwrite_output_dir would clear first: "
+            "write this run to another --output_dir."
+        )
+        with pytest.raises(OutputDirError, match=r"^output_dir '.*' holds model files \(config.json, "):
+            prepare_output_dir(model, overwrite)
+    seen = []
+
+    def refuse(path):
+        seen.append(path)
+        raise OutputDirError("not ours")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.md").write_text("a run's")
+    for overwrite in (False, True):
+        with pytest.raises(OutputDirError, match="^not ours$"):
+            prepare_output_dir(run, overwrite, clear=False, also_refuse=refuse)
+    assert seen == [run, run]
+    with pytest.raises(OutputDirError, match="exists and is not empty. Pass --overwrite_output_dir"):
+        prepare_output_dir(run, False, also_refuse=seen.append)
+    assert prepare_output_dir(run, True, also_refuse=seen.append) == run and seen[-2:] == [run, run]
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.safetensors"]
+    assert list(run.iterdir()) == []  # the overwrite cleared the run's report once nothing refused
+
+
 def test_overwrite_logs_what_it_removed(tmp_path, caplog):
     import logging
 
@@ -379,8 +416,9 @@ def test_run_info_counts_the_global_batch_and_says_what_chose_the_checkpoint():
 
 def test_refuse_foreign_outputs_names_what_an_overwrite_would_delete_beside_the_tools_own(tmp_path):
     """score, compare and ensemble with --overwrite_output_dir replace only their own earlier output: anything else
-    an overwrite removes is named (the first five), with what the tool replaces; without --overwrite_output_dir, or
-    for a folder not there, nothing is checked (prepare_output_dir refuses a non-empty folder)."""
+    an overwrite removes is named (the first five), with what the tool replaces, with or without
+    --overwrite_output_dir (without it, prepare_output_dir's "Pass --overwrite_output_dir" pointed to this refusal);
+    a folder not there is not checked."""
     from longtail.runs import refuse_foreign_outputs
 
     own = (("score.md", "score.json"), ("scored",))
@@ -388,41 +426,40 @@ def test_refuse_foreign_outputs_names_what_an_overwrite_would_delete_beside_the_
     out.mkdir()
     (out / "score.md").write_text("earlier")
     (out / "scored").mkdir()
-    refuse_foreign_outputs(out, True, *own, what="score")  # its own earlier output alone
-    refuse_foreign_outputs(tmp_path / "missing", True, *own, what="score")
+    refuse_foreign_outputs(out, *own, what="score")  # its own earlier output alone
+    refuse_foreign_outputs(tmp_path / "missing", *own, what="score")
     for name in ("README.md", "labels.json", "model.joblib", "report.md", "splits.json"):
         (out / name).write_text("a run's")
-    refuse_foreign_outputs(out, False, *own, what="score")
     message = (
         f"output_dir '{out}' holds files that are not an earlier score's (README.md, labels.json, model.joblib, "
         "report.md, splits.json{}: a run's?), which --overwrite_output_dir would delete: it replaces only score.md, "
         "score.json and scored/. Choose another --output_dir."
     )
     with pytest.raises(OutputDirError) as info:
-        refuse_foreign_outputs(out, True, *own, what="score")
+        refuse_foreign_outputs(out, *own, what="score")
     assert str(info.value) == message.format("")
     (out / "checkpoint-5").mkdir()  # a sixth: named after the files, so left out
     with pytest.raises(OutputDirError) as info:
-        refuse_foreign_outputs(out, True, *own, what="score")
+        refuse_foreign_outputs(out, *own, what="score")
     assert str(info.value) == message.format(", ...")
     with pytest.raises(OutputDirError, match=r"it replaces only ensemble\.json\. Choose"):
-        refuse_foreign_outputs(out, True, ("ensemble.json",), what="ensemble")
+        refuse_foreign_outputs(out, ("ensemble.json",), what="ensemble")
     # the marker: score.md alone is no earlier score's; a data file beside it (an overwrite leaves it) counts not
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "new_complaints.csv").write_text("text,label\n")
     (mine / ".DS_Store").write_bytes(b"")
-    refuse_foreign_outputs(mine, True, *own, what="score", marker="score.json")
+    refuse_foreign_outputs(mine, *own, what="score", marker="score.json")
     (mine / "score.md").write_text("hand-made")
     with pytest.raises(OutputDirError) as info:
-        refuse_foreign_outputs(mine, True, *own, what="score", marker="score.json")
+        refuse_foreign_outputs(mine, *own, what="score", marker="score.json")
     assert str(info.value) == (
         f"output_dir '{mine}' holds score.md but no score.json, so it is not an earlier score's, which is all "
         "--overwrite_output_dir replaces. Choose another --output_dir (or, if a score stopped before it wrote "
         "score.json, delete it yourself)."
     )
     (mine / "score.json").write_text("{}")
-    refuse_foreign_outputs(mine, True, *own, what="score", marker="score.json")
+    refuse_foreign_outputs(mine, *own, what="score", marker="score.json")
 
 
 def test_write_report_records_the_command_and_replaces_a_linked_report(tmp_path):

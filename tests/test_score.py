@@ -298,6 +298,10 @@ def test_mistakes_are_one_line_before_any_run_scores(runs, tmp_path, capsys, mon
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x.txt").write_text("x")
     assert "exists and is not empty" in refused(score.main, args(probe, out=tmp_path / "full"), capsys)
+    # a run's folder (here one not scored) is refused as such: "Pass --overwrite_output_dir" sent the user on to
+    # this refusal
+    line = refused(score.main, args(probe, out=runs["tfidf"]), capsys)
+    assert "holds files that are not an earlier score's" in line and "Pass --overwrite" not in line
     # the output folder may not be a run being scored, even when asked to overwrite
     line = refused(score.main, [*args(probe, tfidf, out=runs["tfidf"]), "--overwrite_output_dir"], capsys)
     assert "would clear first" in line

@@ -418,16 +418,19 @@ def main(argv: list[str] | None = None) -> dict:
         check_distinct(args.runs)
         # never clear a run being compared (--output_dir one of them, as `make compare COMPARE_OUT=...` could say)
         reads = [("the run", d) for d in args.runs] + [("--reference", args.reference)]
-        if args.output_dir:  # nor write inside one
+        out = None
+        if (
+            args.output_dir
+        ):  # nor write inside one, nor in another run's folder: it replaces a comparison only
             refuse_output_inside(args.output_dir, reads)
-        out = (
-            prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
-            if args.output_dir
-            else None
-        )
-        if out is not None:  # nor another run's folder: an overwrite replaces an earlier comparison only
-            refuse_foreign_outputs(
-                out, args.overwrite_output_dir, COMPARE_FILES, what="comparison", marker="compare.json"
+            out = prepare_output_dir(
+                args.output_dir,
+                args.overwrite_output_dir,
+                inputs=reads,
+                clear=False,
+                also_refuse=lambda p: refuse_foreign_outputs(
+                    p, COMPARE_FILES, what="comparison", marker="compare.json"
+                ),
             )
         result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
     except UsageError as err:  # CompareError, OutputDirError, a malformed temperature.json

@@ -640,15 +640,15 @@ def main(argv: list[str] | None = None) -> dict:
         # never clear a member (--output_dir one of them, as `make ensemble ENSEMBLE_OUT=...` could say), nor
         # write inside one
         refuse_output_inside(args.output_dir, [("the member", d) for d in args.runs])
+        # nor another run's folder: an overwrite replaces an earlier ensemble only
         out = prepare_output_dir(
             args.output_dir,
             args.overwrite_output_dir,
             inputs=[("the member", d) for d in args.runs],
             clear=False,
-        )
-        # nor another run's folder: an overwrite replaces an earlier ensemble only
-        refuse_foreign_outputs(
-            out, args.overwrite_output_dir, ENSEMBLE_FILES, what="ensemble", marker="ensemble.json"
+            also_refuse=lambda p: refuse_foreign_outputs(
+                p, ENSEMBLE_FILES, what="ensemble", marker="ensemble.json"
+            ),
         )
         result = build_ensemble(
             args.runs,

@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from longtail.cli import UsageError
@@ -185,10 +186,17 @@ def previous_run(path: Path) -> tuple[list[Path], list[Path]]:
 
 
 def prepare_output_dir(
-    output_dir: str | Path, overwrite: bool, resuming: bool = False, inputs=None, clear: bool = True
+    output_dir: str | Path,
+    overwrite: bool,
+    resuming: bool = False,
+    inputs=None,
+    clear: bool = True,
+    also_refuse: Callable[[Path], None] | None = None,
 ) -> Path:
     """Refuse to write into a non-empty folder unless asked; when overwriting, clear the previous run's files,
     unless the new run reads one of them (`inputs`: {option: path}, or (what, path) pairs), refused instead.
+    Every refusal an overwrite would meet comes first, asked or not (`also_refuse(path)`: the caller's own, e.g.
+    `refuse_foreign_outputs`): "Pass --overwrite_output_dir" sent a user on to one of them.
 
     With clear=False only the checks run: the caller clears with `replace_previous_run` once its own inputs
     (data, model, options) are checked, so a run refused for a mistake leaves the previous results in place."""
@@ -197,21 +205,7 @@ def prepare_output_dir(
         raise OutputDirError(f"output_dir '{path}' is a file, not a folder: choose another --output_dir.")
     # a file manager's hidden files (.DS_Store) alone leave a folder empty: nothing in it is a run's
     if path.is_dir() and any(not p.name.startswith(".") for p in path.iterdir()) and not resuming:
-        if not overwrite:
-            raise OutputDirError(
-                f"output_dir '{path}' exists and is not empty. Pass --overwrite_output_dir to replace its results, "
-                "or choose another --output_dir."
-            )
         files, folders = previous_run(path)
-        models = [f.name for f in files if f.name not in RUN_FILES]
-        if models and not any((path / m).is_file() for m in RUN_MARKERS):
-            # e.g. --output_dir a downloaded model's folder: overwriting our results must not delete its weights
-            raise OutputDirError(
-                f"output_dir '{path}' holds model files ({', '.join(sorted(models)[:4])}) but no run of these "
-                "recipes (no run_config.json or report.md): --overwrite_output_dir only replaces our own runs. "
-                "Choose another --output_dir (or, if it is a run of ours stopped before it wrote its results, "
-                "delete the folder yourself)."
-            )
         doomed = [p.resolve() for p in files + folders]
         for option, value in inputs.items() if isinstance(inputs, dict) else inputs or ():
             read = Path(value).resolve()
@@ -221,6 +215,22 @@ def prepare_output_dir(
                     f"{option} {value} is read from {path}, which --overwrite_output_dir would clear first: "
                     "write this run to another --output_dir."
                 )
+        models = [f.name for f in files if f.name not in RUN_FILES]
+        if models and not any((path / m).is_file() for m in RUN_MARKERS):
+            # e.g. --output_dir a downloaded model's folder: overwriting our results must not delete its weights
+            raise OutputDirError(
+                f"output_dir '{path}' holds model files ({', '.join(sorted(models)[:4])}) but no run of these "
+                "recipes (no run_config.json or report.md): --overwrite_output_dir only replaces our own runs. "
+                "Choose another --output_dir (or, if it is a run of ours stopped before it wrote its results, "
+                "delete the folder yourself)."
+            )
+        if also_refuse is not None:
+            also_refuse(path)
+        if not overwrite:
+            raise OutputDirError(
+                f"output_dir '{path}' exists and is not empty. Pass --overwrite_output_dir to replace its results, "
+                "or choose another --output_dir."
+            )
     return replace_previous_run(path, overwrite, resuming) if clear else path
 
 
@@ -240,10 +250,10 @@ def refuse_output_inside(output_dir: str | Path, reads) -> None:
 
 
 def refuse_foreign_outputs(
-    output_dir: str | Path, overwrite: bool, own_files, own_dirs=(), what: str = "result", marker: str = ""
+    output_dir: str | Path, own_files, own_dirs=(), what: str = "result", marker: str = ""
 ) -> None:
-    """For tools that write results about runs (score, compare, ensemble), beside prepare_output_dir(...,
-    clear=False): with --overwrite_output_dir, an OutputDirError when the folder holds anything an overwrite would
+    """For tools that write results about runs (score, compare, ensemble), as prepare_output_dir's `also_refuse`
+    (with or without --overwrite_output_dir): an OutputDirError when the folder holds anything an overwrite would
     delete (`previous_run`) other than the tool's own `own_files` and `own_dirs`: a run folder given as --output_dir
     by mistake lost its model, labels and predictions; a README.md kept beside earlier results went too. And when
     what it would delete, all of the tool's kinds, comes without the tool's `marker` (what it always writes:
@@ -251,7 +261,7 @@ def refuse_foreign_outputs(
     earlier ensemble, and went. Files of the user's own, which an overwrite leaves (a data file beside the score),
     are no reason to refuse. The recipes replace a whole previous run in their folder and do not call this."""
     path = Path(output_dir)
-    if not overwrite or not path.is_dir():
+    if not path.is_dir():
         return
     files, folders = previous_run(path)
     others = [f.name for f in files if f.name not in own_files] + [

@@ -553,10 +553,15 @@ def score_runs(args) -> dict:
         raise UsageError(problem)
     refuse_output_inside(args.output_dir, [("the run", r) for r in runs])  # results never filed inside a run
     reads = [("the run", r) for r in runs] + [("--data", args.data)]
-    out = prepare_output_dir(args.output_dir, args.overwrite_output_dir, inputs=reads, clear=False)
     # never another run's files, nor a README kept beside earlier scores: only an earlier score is replaced
-    refuse_foreign_outputs(
-        out, args.overwrite_output_dir, SCORE_FILES, (SCORED_DIR,), what="score", marker="score.json"
+    out = prepare_output_dir(
+        args.output_dir,
+        args.overwrite_output_dir,
+        inputs=reads,
+        clear=False,
+        also_refuse=lambda p: refuse_foreign_outputs(
+            p, SCORE_FILES, (SCORED_DIR,), what="score", marker="score.json"
+        ),
     )
     label_names = check_label_lists({r: label_names_of(Path(r)) for r in runs})
     given = {n: getattr(args, n) for n in ("text_column", *LABEL_OPTIONS)}
