@@ -1827,3 +1827,121 @@ def test_kept_columns_of_one_name_none_or_an_empty_selection():
     assert kept_columns(None, names) is None and kept_columns([], names) is None
     assert kept_columns(lambda have: [], names) is None
     assert kept_columns(["text", "missing"], names) is None  # (read_frame reads the header alone for it)
+
+
+def test_a_non_utf8_file_is_located_at_its_first_byte_in_any_of_its_forms(tmp_path):
+    """The bad bytes as the decoder reports them (two for a character cut short by the next one), a bad first
+    byte (offset 0, still a byte, not "its bytes do not decode"), and a big-endian UTF-16 file by its mark."""
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes(b"text,label\ncaf\xe2\x80 ok,a\n")  # a 3-byte character missing its last byte
+    first = tmp_path / "first.csv"
+    first.write_bytes(b"\x92text,label\nok,a\n")
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"\xfe\xff" + "text,label\nI\u2019m charged,a\n".encode("utf-16-be"))
+    for path, found, source in (
+        (cut, "byte 0xE2 0x80 at line 2, offset 14", "cp1252"),
+        (first, "byte 0x92 at line 1, offset 0", "cp1252"),
+        (big, "it is UTF-16, by its byte-order mark", "utf-16"),
+    ):
+        with pytest.raises(DataError) as err:
+            prepare_data(args(train_file=str(path)))
+        assert str(err.value) == (
+            f"{path} is not valid UTF-8 ({found}). Re-save it as UTF-8, e.g. "
+            f"`iconv -f {source} -t utf-8 {path.name} > fixed.csv`."
+        )
+
+
+def test_every_spreadsheet_and_tab_separated_suffix_says_how_to_save_it(tmp_path):
+    sheet, tabs = "Save the sheet as CSV UTF-8 (comma-delimited).", "Save it comma-separated as a .csv."
+    for name, advice in (
+        ("a.xls", sheet),
+        ("a.xlsm", sheet),
+        ("a.ods", sheet),
+        ("a.XLSX", sheet),
+        ("a.tab", tabs),
+        ("a.txt", ""),
+    ):
+        (tmp_path / name).write_bytes(b"PK\x03\x04")
+        with pytest.raises(DataError) as err:
+            prepare_data(args(train_file=str(tmp_path / name)))
+        assert str(err.value).endswith(f".gz, .bz2, .xz, .zip).{' ' + advice if advice else ''}"), name
+
+
+def test_a_jsonl_of_empty_objects_has_rows_and_is_named_by_its_missing_columns(tmp_path):
+    """Only a file with no rows and no columns is "empty"; lines of `{}` are rows without the columns asked for."""
+    path = tmp_path / "objects.jsonl"
+    path.write_text("{}\n{}\n", "utf-8")
+    with pytest.raises(DataError, match=r"^Column\(s\) \['text', 'label'\] not found in the train data"):
+        prepare_data(args(train_file=str(path)))
+
+
+def test_training_rows_repeating_validation_and_test_texts_name_both_splits(caplog):
+    train = frame({"a": 600, "b": 600})  # 1,200 rows: the counts are written with thousands separators
+    validation = pd.DataFrame(
+        {"text": ["A complaint  number 1", "fresh a", "fresh b"], "label": ["a", "a", "b"]}
+    )
+    test = pd.DataFrame({"text": ["b COMPLAINT number 2", "fresh test"], "label": ["b", "a"]})
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        data = prepare_data(args(), raw={"train": train, "validation": validation, "test": test})
+    assert data.log["dropped_train_duplicates_of_eval"] == 2
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Dropped")] == [
+        "Dropped 2 of 1,200 training rows (0.2%) whose text also appears in validation and test (case and spacing "
+        "ignored): train/validation/test leakage, kept out of training so that no score is of a text trained on; "
+        "more than a few repeated complaints means the validation and test data was drawn from the training data"
+    ]
+    # a validation file none of whose texts is in training: only the split that shares them is named
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        prepare_data(args(), raw={"train": train, "validation": validation[1:], "test": test})
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Dropped")] == [
+        "Dropped 1 of 1,200 training rows (0.1%) whose text also appears in test (case and spacing ignored): "
+        "train/test leakage, kept out of training so that no score is of a text trained on; more than a few "
+        "repeated complaints means the test data was drawn from the training data"
+    ]
+
+
+def test_more_than_three_labels_split_by_spelling_name_three_and_count_all(caplog):
+    labels = ["a", "A", "b", "B", "c", "C", "d", "D"]
+    train = pd.DataFrame({"text": [f"complaint {i}" for i in range(8)], "label": labels})
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        data = prepare_data(args(), raw={"train": train})
+    assert data.log["labels_split_by_spelling"] == 4
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("train:")] == [
+        "train: 4 labels are written in more than one case or spacing, each spelling a class of its own: "
+        "'A' (1 rows) vs 'a' (1 rows); 'B' (1 rows) vs 'b' (1 rows); 'C' (1 rows) vs 'c' (1 rows); ...: write "
+        "each label one way (a --label_taxonomy's spellings are read as its)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longtail.data"):
+        prepare_data(args(), raw={"train": train[:6]})
+    assert caplog.records[0].getMessage().startswith("train: 3 labels") and "; ...:" not in caplog.text
+
+
+def test_first_non_utf8_is_the_same_byte_whatever_the_block_size():
+    """A character cut between two blocks, with the bad byte in the second: its offset counts the bytes of the
+    previous block the decoder held back, at every block size."""
+    import tempfile
+
+    content = (
+        b"ab\ncd\xe2\x80\x99ef\n\x92g\n"  # a curly quote in UTF-8, then a cp1252 one at offset 11 of line 3
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "mixed.csv"
+        path.write_bytes(content)
+        for block in range(1, len(content) + 2):
+            assert first_non_utf8(path, block=block) == (11, 3, b"\x92"), block
+        path.write_bytes(b"ab\ncd\xe2\x80x\n")  # a character cut short by the next one: both its bytes
+        for block in range(1, 12):
+            assert first_non_utf8(path, block=block) == (5, 2, b"\xe2\x80"), block
+
+
+def test_an_empty_validation_split_cut_from_training_is_not_said_to_be_a_header_only_file():
+    """The "only a header" reason is for a split read from a file of no rows; a validation split cut from the
+    training file has no file, and 1% of 6 rows is none."""
+    data = prepare_data(args(validation_split_fraction=0.01), raw={"train": frame({"a": 3, "b": 3})})
+    assert len(data.splits["validation"]) == 0 and "validation" not in data.log
+    with pytest.raises(DataError) as err:
+        require_usable_splits(data, do_predict=False)
+    assert str(err.value).startswith(
+        "The validation split has no rows left to score ("
+    ) and "header" not in str(err.value)

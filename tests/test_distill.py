@@ -1378,3 +1378,113 @@ def test_a_vanilla_run_that_is_no_run_of_the_student_is_refused(kind, tiny_bert,
         f"--vanilla_run {vanilla} is {what}, not a run of this student: pass a run of the same student with the "
         "hard loss alone (e.g. an earlier distill run's vanilla/), or leave --vanilla_run out to train one"
     )
+
+
+def test_teacher_seen_follows_the_runs_its_model_started_from_each_with_its_own_refit(tmp_path):
+    """`teacher_seen` counts by text the student's rows that a teacher run, and the runs its model started from,
+    trained on: each run's validation rows only where that run was refit on them (the last run of the chain, not
+    refit, does not undo the teacher's refit), a run of the chain without splits.json passed over, and the 8-digit
+    digests of runs written before the normalised ones."""
+    import hashlib
+
+    from longtail.data import PreparedData
+    from longtail.distill import teacher_seen
+
+    def digest(text):  # 16 hex digits of the SHA-256 of the text, lower-cased, spaces folded
+        return hashlib.sha256(" ".join(text.split()).lower().encode()).hexdigest()[:16]
+
+    def run(folder, config, texts=None):
+        folder.mkdir()
+        (folder / "run_config.json").write_text(json.dumps(config))
+        if texts is not None:
+            (folder / "splits.json").write_text(
+                json.dumps(
+                    {"text_digests": {s: {str(i): d for i, d in enumerate(v)} for s, v in texts.items()}}
+                )
+            )
+        return folder
+
+    base = run(
+        tmp_path / "base",
+        {"refit": {"refit_with_validation": False}},
+        {"train": [digest("a fee charged")], "validation": [digest("second val")]},
+    )
+    middle = run(tmp_path / "middle", {"model": {"model_name_or_path": str(base)}})  # no splits.json
+    legacy = hashlib.sha256(b"Card  Lost").hexdigest()[
+        :8
+    ]  # an older run's digest: the text as kept, 8 digits
+    teacher = run(
+        tmp_path / "teacher",
+        {"model": {"model_name_or_path": str(middle)}, "refit": {"refit_with_validation": True}},
+        {"train": [digest("Late  FEE"), legacy], "validation": [digest("first val")]},
+    )
+    splits = {
+        "train": pd.DataFrame({"text": ["A fee   charged", "late fee", "Card  Lost", "unseen"]}),
+        "validation": pd.DataFrame({"text": ["First val", "second val", "other"]}),
+    }
+    data = PreparedData(splits=splits, label_names=["x"], train_counts={0: 4})
+    # train: 'A fee charged' (base), 'late fee' (teacher), 'Card  Lost' (legacy digest); validation: 'First val'
+    # (the refit teacher's), not 'second val' (base's validation, base not refit)
+    assert teacher_seen(str(teacher), data) == {"refit": True, "train": [3, 4], "validation": [1, 3]}
+
+
+def test_teacher_fit_warns_of_validation_rows_a_teacher_trained_on_without_a_refit(caplog):
+    """A teacher run whose training split held student validation rows (another split of the data, no refit) has
+    them in-sample too: warned, with "trained on them", as a refit teacher is with its refit."""
+    from longtail.data import PreparedData
+    from longtail.distill import teacher_fit
+
+    y = {"train": [0, 1, 0, 1], "validation": [0, 1, 1, 0, 1]}
+    splits = {s: pd.DataFrame({"label_id": v}) for s, v in y.items()}
+    data = PreparedData(splits=splits, label_names=["a", "b"], train_counts={0: 2, 1: 2})
+    logits = {s: np.eye(2)[v] for s, v in y.items()}
+    for seen, expected in (
+        ({"refit": False, "train": [1, 4], "validation": [2, 5]}, "its run trained on them"),
+        ({"refit": True, "train": [4, 4], "validation": [5, 5]}, "its run was refit on train + validation"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.distill"):
+            teacher_fit(logits, data, seen)
+        n, total = seen["validation"]
+        assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("The teacher")] == [
+            f"The teacher trained on {n} of the student's {total} validation rows ({expected}): its validation "
+            "scores here, and its row in comparison.md, are in-sample too"
+        ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longtail.distill"):
+        teacher_fit(logits, data, {"refit": False, "train": [4, 4], "validation": [0, 5]})
+    assert not [r for r in caplog.records if r.getMessage().startswith("The teacher")]
+
+
+def test_resume_in_vanilla_only_where_the_distilled_arm_left_no_complete_checkpoint(tmp_path):
+    """--resume_from_checkpoint true resumes in vanilla/ only when the distilled arm has no complete checkpoint to
+    resume from (a complete one: it resumes in place, the vanilla arm read back), and vanilla/ holds the arm's
+    predictions or a complete checkpoint of its own; a path, false or none never does."""
+    from safetensors.torch import save_file
+
+    recipe = load_recipe("distill")
+
+    def checkpoint(folder, complete=True):
+        folder.mkdir(parents=True)
+        save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))
+        if complete:
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": 5}))
+
+    out = tmp_path / "run"
+    checkpoint(out / "vanilla" / "checkpoint-3", complete=False)  # cut short by the stop
+    assert recipe.resume_in_vanilla("true", out) is False
+    checkpoint(out / "vanilla" / "checkpoint-2")
+    assert [recipe.resume_in_vanilla(r, out) for r in ("true", "Last", None, "false", str(out / "x"))] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    checkpoint(
+        out / "checkpoint-5", complete=False
+    )  # the distilled arm's, incomplete: still the vanilla arm's
+    assert recipe.resume_in_vanilla("true", out) is True
+    checkpoint(out / "checkpoint-10")
+    (out / "vanilla" / "predictions_validation.npz").write_bytes(b"")
+    assert recipe.resume_in_vanilla("true", out) is False

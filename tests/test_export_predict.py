@@ -1848,3 +1848,74 @@ def test_predict_help_shows_its_examples_as_shell_commands(capsys):
     at = next(i for i, line in enumerate(lines) if "onnx/optimized --input texts.jsonl" in line)
     assert lines[at].endswith("--input texts.jsonl \\")
     assert lines[at + 1].strip() == "--output preds.jsonl --top_k 3 --min_confidence 0.6"
+
+
+def test_export_of_a_checkpoint_keeps_its_own_run_config_and_says_nothing_of_a_temperature_the_run_lacks(
+    tiny_classifier, tmp_path, caplog
+):
+    """The run above a checkpoint gives what the checkpoint lacks, last: a run_config.json of the checkpoint's own
+    (the length its parity check read) is the one its export carries. A run without temperature.json has none to
+    leave out, and the log does not say it does."""
+    import shutil
+
+    from longtail.export import ExportArguments, export_onnx
+
+    run = tmp_path / "full_ft"
+    checkpoint = Path(shutil.copytree(tiny_classifier, run / "checkpoint-6"))
+    (checkpoint / "temperature.json").unlink()
+    (checkpoint / "run_config.json").write_text(json.dumps({"data": {"max_length": 24}}))
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 32}}))
+    (run / "labels.json").write_text(json.dumps({"id2label": {"0": "fees"}, "train_counts": {"fees": 7}}))
+    with caplog.at_level(logging.INFO, logger="longtail.export"):
+        record = export_onnx(ExportArguments(model_dir=str(checkpoint), parity_rows=4, min_int8_agreement=0))
+    assert record["max_length"] == 24
+    fp32 = checkpoint / "onnx" / "fp32"
+    assert (fp32 / "run_config.json").read_bytes() == (checkpoint / "run_config.json").read_bytes()
+    assert (fp32 / "labels.json").read_bytes() == (run / "labels.json").read_bytes()
+    assert not (fp32 / "temperature.json").exists()
+    assert "is a checkpoint of" not in caplog.text
+
+
+def test_a_run_records_quantization_by_its_run_configs_section_alone(tmp_path):
+    """QLoRA's `quantization` section, not the word anywhere in the file (a model or folder named for it), and a
+    run_config.json cut short or missing records none (no traceback)."""
+    from longtail.inference import records_quantization
+
+    for name, content, expected in (
+        ("qlora", json.dumps({"quantization": {"load_in_4bit": True}}), True),
+        ("named", json.dumps({"model": {"model_name_or_path": "runs/quantization-study/lora"}}), False),
+        ("cut", '{"quantization": {"load_in_4bit": tr', False),
+        ("missing", None, False),
+    ):
+        (tmp_path / name).mkdir()
+        if content is not None:
+            (tmp_path / name / "run_config.json").write_text(content)
+        assert records_quantization(tmp_path / name) is expected, name
+
+
+def test_predict_main_names_an_exports_top_folder_by_its_variants_and_lets_other_runs_through(
+    tmp_path, monkeypatch, capsys
+):
+    """`check_model_dir` refuses only a folder that is no run at all: an export's top folder (`<run>/onnx`) gets
+    its own error naming the variants, not "nor a TF-IDF run"; a TF-IDF run or an ensemble, with no config.json,
+    is not refused before the input is read."""
+    import longtail.predict as predict
+
+    src = tmp_path / "in.csv"
+    src.write_text("text\ncharged twice\n")
+    onnx = tmp_path / "onnx"
+    (onnx / "fp32").mkdir(parents=True)
+    (onnx / "fp32" / "model.onnx").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_:
+        predict.main(["--model_dir", str(onnx), "--input", str(src), "--output", str(tmp_path / "o.csv")])
+    assert exit_.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith(
+        f"error: {onnx} has no config.json: not a trained classifier folder: an ONNX export; pass one of its "
+        f"variants, {onnx}/{{fp32}}"
+    )
+    for name in (predict.SKLEARN_FILE, predict.ENSEMBLE_FILE):
+        run = tmp_path / name.split(".")[0]
+        run.mkdir()
+        (run / name).write_text("{}")
+        predict.check_model_dir(run)  # not refused here: scored (or refused) as that kind of run

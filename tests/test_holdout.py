@@ -281,3 +281,19 @@ def test_real_cfpb_holdout_gives_the_readme_study_rows(tmp_path):
     sizes = {split: len(frame) for split, frame in data.splits.items()}
     assert sizes == {"train": 6046, "validation": 679, "test": 1180}
     assert len(data.label_names) == 63
+
+
+def test_an_overwrite_without_an_earlier_train_csv_or_of_other_columns_warns_nothing(tmp_path, capsys):
+    """--overwrite where only a held-out file of another split is left (no train.csv to compare with), or where the
+    earlier train.csv holds the same rows under other column names (another file's split): no warning, no
+    traceback."""
+    write_source(tmp_path / "all.csv")
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "heldout.csv").write_text("text,label\nan older held-out row,x\n")
+    main([str(tmp_path / "all.csv"), "--output_dir", str(out), "--overwrite"])
+    assert capsys.readouterr().err == ""
+    train = pd.read_csv(out / "train.csv", dtype=str, keep_default_na=False)
+    train.set_axis([f"{c}_renamed" for c in train.columns], axis=1).to_csv(out / "train.csv", index=False)
+    main([str(tmp_path / "all.csv"), "--output_dir", str(out), "--seed", "8", "--overwrite"])
+    assert capsys.readouterr().err == ""

@@ -236,3 +236,36 @@ def test_a_negative_tau_stops_a_recipe_with_one_line(tmp_path, capsys, monkeypat
         line = refused(lambda a: run(recipe.main, a), argv, capsys)
         assert line.startswith(f"full_ft_encoder.py: error: {option} {message}"), line
     assert not out.exists()
+
+
+def test_adjust_on_validation_applies_a_chosen_tau_of_zero_to_any_head():
+    """The best shift is none: tau 0 is what the model serves, with a bias or without one (nothing to fold), so it
+    is applied (the selection line says "post-hoc tau 0.0: best validation macro-F1", not "not applied"), and the
+    model is not saved again."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    # argmax of the logits is right on all 8 rows; any tau > 0 lifts class 1 (prior 0.1) over the first four
+    logits = np.array([[0.2, 0.0]] * 4 + [[0.0, 2.0]] * 4)
+    data = SimpleNamespace(
+        train_counts={0: 9, 1: 1},
+        label_names=["a", "b"],
+        splits={"validation": pd.DataFrame({"label_id": [0] * 4 + [1] * 4})},
+    )
+
+    class StandIn:
+        def __init__(self, model):
+            self.model, self.saved = model, 0
+
+        def predict(self, dataset, metric_key_prefix):
+            return SimpleNamespace(predictions=logits)
+
+        def save_model(self):
+            self.saved += 1
+
+    for bias in (True, False):
+        trainer = StandIn(torch.nn.Linear(2, 2, bias=bias))
+        tau, section, applied = adjust_on_validation(trainer, data, {"validation": "val-rows"}, "auto")
+        assert (tau, applied, trainer.saved) == (0.0, True, 0), bias
+        assert "| 0.0 | 1.0000 **(chosen)** | 1.0000 |" in section

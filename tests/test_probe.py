@@ -2366,3 +2366,57 @@ def test_a_probe_run_is_a_teacher_in_a_fresh_python(probe_run, tmp_path):
     np.testing.assert_allclose(
         np.array(json.loads(done.stdout.strip().splitlines()[-1])), expected, atol=1e-5
     )
+
+
+def test_probe_grid_options_repeated_twice_name_each_repeat_in_order():
+    recipe = load_recipe("probe_encoder")
+    with pytest.raises(
+        ValueError, match=r"^grid_C lists 0\.1, 1\.0 more than once: \[1\.0, 0\.1, 1\.0, 0\.1\]$"
+    ):
+        recipe.ProbeArguments(grid_C=[1.0, 0.1, 1.0, 0.1])
+    with pytest.raises(ValueError, match=r"^grid_class_weight lists balanced, none more than once: "):
+        recipe.ProbeArguments(grid_class_weight=["none", "balanced", "none", "balanced"])
+
+
+def test_embedding_cache_of_the_wrong_shape_is_named_by_its_shape_whatever_it_holds(
+    tmp_path, monkeypatch, caplog
+):
+    """A file of the wrong shape is named by its shape, NaN or text in it (text has no `isfinite`), and replaced;
+    a write that fails leaves neither the entry nor its temporary file."""
+    from types import SimpleNamespace
+
+    import longtail.probe as probe
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    features = np.arange(len(TEXTS) * 4, dtype=np.float32).reshape(len(TEXTS), 4)
+    monkeypatch.setattr(probe, "embed_texts", lambda *a, **k: features.copy())
+    encoder = SimpleNamespace(config=SimpleNamespace(hidden_size=4))
+    cache = tmp_path / "cache"
+    args = (cache, str(folder), encoder, None, TEXTS, 32, "mean")
+    _, key, _ = probe.cached_embeddings(*args)
+    path = cache / f"{key}.npy"
+    for content, shape in (
+        (np.full((len(TEXTS) - 1, 4), np.nan, np.float32), f"({len(TEXTS) - 1}, 4)"),
+        (np.array(["a", "b"]), "(2,)"),
+    ):
+        np.save(path, content)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.probe"):
+            out, _, reused = probe.cached_embeddings(*args)
+        assert (
+            reused is False
+            and f"Cached embeddings {path} are shape {shape}, not ({len(TEXTS)}, 4)" in caplog.text
+        )
+        np.testing.assert_array_equal(np.load(path), features)
+
+    def full_disk(file, array, **kwargs):
+        Path(file).write_bytes(b"\x93NUMPY half")
+        raise OSError(28, "No space left on device")
+
+    path.unlink()
+    monkeypatch.setattr(probe.np, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        probe.cached_embeddings(*args)
+    assert list(cache.iterdir()) == []

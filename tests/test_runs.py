@@ -550,3 +550,31 @@ def test_the_run_above_a_model_folder_is_found_however_its_path_is_spelt(tmp_pat
     (run / "onnx" / "parity.json").write_text(json.dumps({"model_dir": str(run / "merged")}))
     monkeypatch.chdir(run / "onnx" / "fp32")
     assert source_run(Path(".")) == run / "merged"
+
+
+def test_checkpoint_and_source_runs_only_for_their_exact_folders(tmp_path):
+    """`checkpoint_run_above` takes Trainer's `checkpoint-<step>` alone (not `checkpoint-6-old`, a copy kept aside);
+    `source_run` reads parity.json only for a folder holding a .onnx (a variant), and a `model_dir` there that is no
+    longer a folder gives the export's default place, two folders up."""
+    import json
+
+    from longtail.runs import checkpoint_run_above, source_run
+
+    run = tmp_path / "run"
+    for name in ("checkpoint-6", "checkpoint-6-old", "checkpoint-60"):
+        (run / name).mkdir(parents=True)
+    (run / "run_config.json").write_text("{}")
+    assert [checkpoint_run_above(run / n) for n in ("checkpoint-6", "checkpoint-6-old", "checkpoint-60")] == [
+        run,
+        None,
+        run,
+    ]
+    onnx = run / "onnx"
+    (onnx / "fp32").mkdir(parents=True)
+    (onnx / "fp32" / "model.onnx").write_bytes(b"")
+    (onnx / "notes").mkdir()
+    (onnx / "parity.json").write_text(json.dumps({"model_dir": str(tmp_path / "moved")}))
+    assert source_run(onnx / "fp32") == run  # the recorded folder is gone: two folders up
+    assert source_run(onnx / "notes") is None  # no .onnx: not a variant
+    (tmp_path / "moved").mkdir()
+    assert source_run(onnx / "fp32") == tmp_path / "moved"
