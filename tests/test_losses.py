@@ -146,6 +146,20 @@ def test_logit_adjusted_exact(batch):
     assert got != pytest.approx(sum(hand_ce()) / 4, rel=1e-3)
 
 
+def test_logit_adjusted_with_class_weights_is_a_weighted_mean_of_the_shifted_ce(batch):
+    """--class_weighting also weights the logit-adjusted loss (the README said only ce, weighted_ce and focal)."""
+    prior, tau, weights = [0.25, 0.5, 0.25], 1.0, [2.0, 0.5, 0.5]
+    shifted = [[z + tau * math.log(p) for z, p in zip(row, prior)] for row in LOGITS]
+    w = [weights[y] for y in LABELS]  # 2, 0.5, 0.5, 2
+    expected = sum(wi * ce for wi, ce in zip(w, hand_ce(shifted))) / sum(w)
+    lp = torch.tensor([math.log(p) for p in prior])
+    got = long_tail_loss(
+        *batch, loss="logit_adjusted", weights=torch.tensor(weights), log_prior=lp, tau=tau
+    ).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert got != pytest.approx(sum(hand_ce(shifted)) / 4, rel=1e-3)
+
+
 def test_logit_adjusted_tau_zero_equals_ce(batch):
     lp = torch.tensor([math.log(0.25), math.log(0.5), math.log(0.25)])
     torch.testing.assert_close(
