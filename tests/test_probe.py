@@ -444,6 +444,14 @@ def test_probe_run_config_checks_the_labels_and_their_order(tmp_path):
         probe_run_config(tmp_path, ["b", "a"])
     with pytest.raises(ValueError, match=r"missing from the probe: \['c'\]"):
         probe_run_config(tmp_path, ["a", "b", "c"])
+    # a run capped by --max_train_samples loses classes: only the list that holds something, and the cap named
+    with pytest.raises(ValueError) as err:
+        probe_run_config(tmp_path, ["a"])
+    assert str(err.value) == (
+        f"--head_init_from {tmp_path}: the probe's labels differ from this run's (2 vs 1; only in the probe: ['b']). "
+        "Train both on the same data options, row caps such as --max_train_samples included (--split_indices with "
+        "the probe's splits.json reproduces its split)."
+    )
 
 
 def test_settle_tokenizer_leaves_truncation_at_max_length_and_no_padding(tiny_modernbert):
