@@ -1648,6 +1648,21 @@ def test_max_samples_cap_rows():
     assert sum(data.train_counts.values()) == 30
     uncapped = prepare_data(args(max_train_samples=10_000), raw=raw)
     assert len(uncapped.splits["train"]) == 156 and len(uncapped.splits["test"]) == 20
+    # the sample is said in the data log and the report's Data section (only the command line said it): 139 + 34 is
+    # the 173 rows of the pool the 156 uncapped training rows come from at a 0.1 split; a cap
+    # that keeps every row is none
+    assert data.log["capped_rows"] == {
+        "train": {"kept": 30, "of": 139},
+        "validation": {"kept": 7, "of": 34},
+        "test": {"kept": 4, "of": 20},
+    }
+    from longtail.report import _data_summary
+
+    assert (
+        "- rows capped (--max_train_samples / --max_eval_samples / --max_predict_samples, a seeded sample): "
+        "train 30 of 139, validation 7 of 34, test 4 of 20"
+    ) in _data_summary(data.log)
+    assert "capped_rows" not in uncapped.log
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1052,7 +1052,7 @@ def test_distill_recipe_end_to_end(
     assert "alpha=0.7, T=4.0" in report
     # the selection line the other Trainer recipes write (`lpft.selection_note`): it lacked the temperature
     assert re.search(
-        r"\| \*\*selection\*\* \| checkpoint: best validation macro_f1 \(checkpoint-\d+\); temperature: fitted on half "
+        r"\| \*\*selection\*\* \| checkpoint: best validation macro_f1 \(checkpoint-\d+, epoch [\d.]+\); temperature: fitted on half "
         r"of validation, kept only if it lowers NLL on the other half \(temperature.json, see Temperature scaling\); "
         r"test scored once at the end \|",
         report,

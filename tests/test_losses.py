@@ -146,6 +146,20 @@ def test_logit_adjusted_exact(batch):
     assert got != pytest.approx(sum(hand_ce()) / 4, rel=1e-3)
 
 
+def test_logit_adjusted_with_class_weights_is_a_weighted_mean_of_the_shifted_ce(batch):
+    """--class_weighting also weights the logit-adjusted loss (the README said only ce, weighted_ce and focal)."""
+    prior, tau, weights = [0.25, 0.5, 0.25], 1.0, [2.0, 0.5, 0.5]
+    shifted = [[z + tau * math.log(p) for z, p in zip(row, prior)] for row in LOGITS]
+    w = [weights[y] for y in LABELS]  # 2, 0.5, 0.5, 2
+    expected = sum(wi * ce for wi, ce in zip(w, hand_ce(shifted))) / sum(w)
+    lp = torch.tensor([math.log(p) for p in prior])
+    got = long_tail_loss(
+        *batch, loss="logit_adjusted", weights=torch.tensor(weights), log_prior=lp, tau=tau
+    ).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert got != pytest.approx(sum(hand_ce(shifted)) / 4, rel=1e-3)
+
+
 def test_logit_adjusted_tau_zero_equals_ce(batch):
     lp = torch.tensor([math.log(0.25), math.log(0.5), math.log(0.25)])
     torch.testing.assert_close(
@@ -374,3 +388,38 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
         torch.testing.assert_close(p_accum, p_full, rtol=1e-5, atol=1e-6, msg=name)
     # the step really moved the weights (otherwise the comparison above proves nothing)
     assert not torch.allclose(full.model.classifier.weight, base.classifier.weight)
+
+
+def test_group_by_length_groups_training_rows_only_predictions_keep_the_rows_order(tiny_bert, tmp_path):
+    """--group_by_length: Transformers also groups evaluation and prediction rows by length (a random order), and
+    `predict` returned them in that order, which the recipes paired with the split's rows: every validation and test
+    prediction, alpha, tau and temperature was scored against another row's label. Rows here grow longer, so any
+    length grouping reorders them."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, TrainingArguments
+
+    from longtail.training import padding_collator
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, num_labels=3)  # fmt: skip
+    model = BertForSequenceClassification(config)
+    texts = [" ".join(["complaint"] * n) for n in range(1, 25)]
+    rows = Dataset.from_dict({**tokenizer(texts), "labels": [i % 3 for i in range(24)]})
+
+    def predict(group_by_length: bool):
+        args = TrainingArguments(output_dir=str(tmp_path / str(group_by_length)), per_device_eval_batch_size=4,
+                                 group_by_length=group_by_length, report_to=[], use_cpu=True)  # fmt: skip
+        trainer = LongTailTrainer(model=model, args=args, processing_class=tokenizer,
+                                  data_collator=padding_collator(tokenizer), loss_args=LossArguments(),
+                                  train_counts={0: 8, 1: 8, 2: 8})  # fmt: skip
+        assert trainer._get_train_sampler(rows).__class__.__name__ == (
+            "LengthGroupedSampler" if group_by_length else "RandomSampler"
+        )  # training rows are still grouped
+        torch.manual_seed(1)
+        return trainer.predict(rows)
+
+    plain, grouped = predict(False), predict(True)
+    assert grouped.label_ids.tolist() == list(rows["labels"])  # the rows' own order
+    np.testing.assert_allclose(grouped.predictions, plain.predictions, rtol=0, atol=1e-6)

@@ -15,6 +15,7 @@ import torch
 from conftest import REPO, needs_shared, quick_start, run_quick_start
 from test_recipes import REQUIRED_KEYS, RUN_FILES, encoder_args, load_recipe, synthetic_files
 
+from longtail.cli import UsageError
 from longtail.probe import REGISTER_LINE
 
 TEXTS = [
@@ -443,6 +444,14 @@ def test_probe_run_config_checks_the_labels_and_their_order(tmp_path):
         probe_run_config(tmp_path, ["b", "a"])
     with pytest.raises(ValueError, match=r"missing from the probe: \['c'\]"):
         probe_run_config(tmp_path, ["a", "b", "c"])
+    # a run capped by --max_train_samples loses classes: only the list that holds something, and the cap named
+    with pytest.raises(ValueError) as err:
+        probe_run_config(tmp_path, ["a"])
+    assert str(err.value) == (
+        f"--head_init_from {tmp_path}: the probe's labels differ from this run's (2 vs 1; only in the probe: ['b']). "
+        "Train both on the same data options, row caps such as --max_train_samples included (--split_indices with "
+        "the probe's splits.json reproduces its split)."
+    )
 
 
 def test_settle_tokenizer_leaves_truncation_at_max_length_and_no_padding(tiny_modernbert):
@@ -1574,6 +1583,38 @@ def test_head_init_from_rejects_other_labels(probe_run, tiny_modernbert, tmp_pat
                 tiny_modernbert,
             ]
         )
+
+
+def test_head_init_from_rejects_another_body_or_tokenizer(
+    probe_run, tiny_modernbert, tiny_bert, tiny_qwen2, tmp_path
+):
+    """LP-FT fine-tunes the probe's body but tokenises with --model_name_or_path's (or --tokenizer_name's)
+    tokenizer: another body (tiny BERT, same vocabulary) was fine-tuned as ModernBERT with a warning, another
+    tokenizer (byte BPE) fed the body ids it never saw. Both are one line, before any output is written."""
+    recipe = load_recipe("full_ft_encoder")
+    probe = str(probe_run["out"])
+
+    def refused(model, *extra):
+        out = tmp_path / f"x{len(list(tmp_path.iterdir()))}"
+        args = encoder_args(
+            model, probe_run["train"], probe_run["test"], out, "--head_init_from", probe, *extra
+        )
+        with pytest.raises(UsageError) as err:
+            recipe.main(args)
+        assert not out.exists()
+        return str(err.value)
+
+    message = refused(tiny_bert)
+    assert (
+        f"--head_init_from {probe} was fit on another body than --model_name_or_path {tiny_bert}" in message
+    )
+    assert "model_type modernbert vs bert" in message
+    assert f"('{tiny_modernbert}')" in message
+    message = refused(tiny_modernbert, "--tokenizer_name", tiny_qwen2)
+    assert message == (
+        f"--head_init_from {probe} embedded its texts with another tokenizer than --tokenizer_name {tiny_qwen2}'s "
+        f"(other token ids): pass the probe's ({probe})"
+    )
 
 
 def test_head_warmup_with_lora_on_a_decoder_probe(tiny_qwen2, tmp_path, one_torch_thread):

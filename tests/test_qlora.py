@@ -152,6 +152,7 @@ def test_qlora_decoder_end_to_end(tiny_qwen2, tmp_path, monkeypatch, fast_bootst
     # the selection line the other Trainer recipes write (`lpft.selection_note`): it lacked the post-hoc tau
     # (chosen, not applied: Qwen2's `score` has no bias) and the temperature
     best = trainer.state.best_model_checkpoint.rsplit("/", 1)[-1]
+    best += f", epoch {trainer.state.epoch:g}"  # one epoch: the only checkpoint
     assert (
         f"| **selection** | checkpoint: best validation macro_f1 ({best}); post-hoc tau: chosen on validation, not "
         "applied (the head has no bias); temperature: fitted on half of validation, kept only if it lowers NLL on "

@@ -384,7 +384,14 @@ def test_run_info_counts_the_global_batch_and_says_what_chose_the_checkpoint():
         args = SimpleNamespace(learning_rate=2e-5, num_train_epochs=3, per_device_train_batch_size=8, world_size=2,
                                seed=7, metric_for_best_model="macro_f1", load_best_model_at_end=load_best,
                                do_predict=do_predict, max_steps=max_steps)  # fmt: skip
-        trainer = SimpleNamespace(args=args, state=SimpleNamespace(best_model_checkpoint=best, epoch=epoch))
+        log = [
+            {"eval_macro_f1": 0.2, "epoch": 1.0, "step": 10},
+            {"eval_macro_f1": 0.3, "epoch": 2.0, "step": 20},
+            {"eval_macro_f1": 0.25, "epoch": 3.0, "step": 30},
+            {"train_loss": 0.1, "epoch": 3.0, "step": 30},
+        ]
+        trainer = SimpleNamespace(args=args, state=SimpleNamespace(best_model_checkpoint=best, epoch=epoch,
+                                                                   log_history=log))  # fmt: skip
         return run_info(
             "full_ft_encoder", trainer, SimpleNamespace(metrics={"train_runtime": 12.34}),
             SimpleNamespace(model_name_or_path="org/model", early_stopping_patience=patience),
@@ -404,8 +411,15 @@ def test_run_info_counts_the_global_batch_and_says_what_chose_the_checkpoint():
         "max_length": 64,
         "seed": 7,
         "train_runtime_s": 12.3,
-        "selection": "checkpoint: best validation macro_f1 (checkpoint-30); test scored once at the end",
+        "selection": "checkpoint: best validation macro_f1 (checkpoint-30, epoch 3); test scored once at the end",
     }
+    # the epoch of the evaluation logged at the checkpoint's step (the step alone did not say which epoch was kept)
+    assert info(True, False, best="out/checkpoint-20")["selection"] == (
+        "checkpoint: best validation macro_f1 (checkpoint-20, epoch 2)"
+    )
+    assert info(True, False, best="out/checkpoint-7")["selection"] == (
+        "checkpoint: best validation macro_f1 (checkpoint-7)"
+    )  # no evaluation logged at that step: the name alone
     last = "checkpoint: last epoch (no model selection)"
     assert info(False, False)["selection"] == last  # a best checkpoint was tracked but not loaded
     assert info(True, False, best=None)["selection"] == last

@@ -443,6 +443,11 @@ def test_early_stopping_without_evaluations_is_refused_while_the_options_are_par
          "--early_stopping_patience 2 counts evaluations of --metric_for_best_model: set --eval_strategy steps or "
          "epoch (got no) and --metric_for_best_model (got macro_f1)"),
         (["--early_stopping_patience", "0"], "--early_stopping_patience must be >= 1"),
+        # Transformers only warned, and the saved and scored model was the last, 2 evaluations past the best
+        (["--load_best_model_at_end", "false"],
+         "--early_stopping_patience 2 stops 2 evaluation(s) past the best one: without --load_best_model_at_end true "
+         "the run would save and score that last model, not the best. Pass --load_best_model_at_end true (with "
+         "--save_strategy as --eval_strategy)"),
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:
             parse_recipe_args(types, [*base, "--early_stopping_patience", "2", *extra])

@@ -1000,6 +1000,16 @@ def prepare_data(args: DataArguments, raw: dict[str, pd.DataFrame] | None = None
         "validation": args.max_eval_samples,
         "test": args.max_predict_samples,
     }
+    # a seeded sample of each capped split, said in the log and the report: only the command line said it, beside
+    # "kept 6,782" training rows for a run trained on 600
+    capped = {s: (caps[s], len(df)) for s, df in splits.items() if caps[s] is not None and len(df) > caps[s]}
+    if capped:
+        log["capped_rows"] = {s: {"kept": n, "of": total} for s, (n, total) in capped.items()}
+        logger.info(
+            "Row caps (a seeded sample, --split_seed %d): %s",
+            args.split_seed,
+            ", ".join(f"{s} {n} of {total}" for s, (n, total) in capped.items()),
+        )
     splits = {s: cap(df, caps[s], args.split_seed) for s, df in splits.items()}
 
     label_names = sorted(splits["train"]["label"].unique())

@@ -43,7 +43,7 @@ def parse_recipe_args(parser_types, argv: list[str] | None):
 
 def early_stopping_problem(parsed, args) -> str | None:
     """--early_stopping_patience without evaluations to count (Transformers' AssertionError once training began),
-    or below 1 (0 turned it off unsaid)."""
+    below 1 (0 turned it off unsaid), or without --load_best_model_at_end (the model past the best was kept)."""
     patience = next(
         (a.early_stopping_patience for a in parsed if hasattr(a, "early_stopping_patience")), None
     )
@@ -56,6 +56,13 @@ def early_stopping_problem(parsed, args) -> str | None:
             f"--early_stopping_patience {patience} counts evaluations of --metric_for_best_model: set "
             f"--eval_strategy steps or epoch (got {args.eval_strategy.value}) and --metric_for_best_model "
             f"(got {args.metric_for_best_model})"
+        )
+    if not args.load_best_model_at_end:
+        # Transformers only warns: the run stops `patience` evaluations past the best one and kept that last model
+        return (
+            f"--early_stopping_patience {patience} stops {patience} evaluation(s) past the best one: without "
+            "--load_best_model_at_end true the run would save and score that last model, not the best. Pass "
+            "--load_best_model_at_end true (with --save_strategy as --eval_strategy)"
         )
     return None
 

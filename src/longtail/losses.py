@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import SequentialSampler
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, has_length
 
 from longtail.checkpoints import RecordLabels, RecordTrainLoss, fit_problem, label_names_of
 from longtail.cli import UsageError
@@ -165,6 +166,21 @@ class LongTailTrainer(Trainer):
             if checkpoint and "parameter group" in str(err):
                 raise resume_error(checkpoint, self.layer_lr_decay) from err
             raise
+
+    def _get_eval_sampler(self, eval_dataset):
+        # `--group_by_length` is for training batches. Transformers (PR #33514) also groups evaluation and
+        # prediction rows by length, in an unseeded random order, and `predict` returns its rows in that order:
+        # every caller pairing them with the split's rows (validation and test predictions, WiSE-FT's alpha, the
+        # post-hoc tau, the temperature) scored each row's prediction against another row's label.
+        if (
+            self.args.group_by_length
+            and not self.args.use_legacy_prediction_loop
+            and has_length(eval_dataset)
+        ):
+            return (
+                SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+            )  # Trainer's own choice
+        return super()._get_eval_sampler(eval_dataset)
 
     def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
         # the loss since the last log, for a checkpoint saved in this call

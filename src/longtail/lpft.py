@@ -74,8 +74,49 @@ def model_config(model_args, lpft_args: LPFTArguments, label_names: list[str], t
 
     probe_run_config(lpft_args.head_init_from, label_names)
     config = ProbeConfig.from_pretrained(lpft_args.head_init_from)
+    check_probe_body(lpft_args.head_init_from, config.encoder_config, model_args, tokenizer)
     config.pad_token_id = tokenizer.pad_token_id  # as load_model sets it
     return config
+
+
+# what tells two bodies apart without reading weights (a fine-tuned variant of one body shares them all)
+BODY_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
+
+
+def check_probe_body(probe_dir, probe_body, model_args, tokenizer) -> None:
+    """Refuse a --head_init_from probe fit on another body or tokenizer than this run names.
+
+    LP-FT fine-tunes the probe's own body, but the texts are tokenised by --model_name_or_path's (or
+    --tokenizer_name's) tokenizer: another vocabulary fed the body ids it never saw (silently, or an index error
+    mid-training), and another architecture was fine-tuned under this run's model name with only a warning."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from longtail.cli import reading_model
+    from longtail.probe import MODEL_TYPE
+    from longtail.training import PADDING_PROBE
+
+    source = model_args.model_name_or_path
+    with reading_model("--model_name_or_path", source):
+        named = AutoConfig.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+    if named.model_type == MODEL_TYPE:  # a probe-architecture folder (a probe, an LP-FT run): its body
+        named = named.encoder_config
+    ours, theirs = ({f: getattr(c, f, None) for f in BODY_FIELDS} for c in (named, probe_body))
+    if ours != theirs:
+        differ = ", ".join(f"{f} {theirs[f]} vs {ours[f]}" for f in BODY_FIELDS if ours[f] != theirs[f])
+        raise UsageError(
+            f"--head_init_from {probe_dir} was fit on another body than --model_name_or_path {source} ({differ}): "
+            f"pass the body the probe embedded with ('{getattr(probe_body, '_name_or_path', '?')}')"
+        )
+    with reading_model("--head_init_from", str(probe_dir), needs=("tokenizer_config.json",)):
+        saved = AutoTokenizer.from_pretrained(str(probe_dir))
+    # the same vocabulary and the same ids for a cased, punctuated sentence (lower-casing, special tokens)
+    text = PADDING_PROBE[1]
+    if saved.get_vocab() != tokenizer.get_vocab() or saved(text)["input_ids"] != tokenizer(text)["input_ids"]:
+        option = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+        raise UsageError(
+            f"--head_init_from {probe_dir} embedded its texts with another tokenizer than {option} "
+            f"{model_args.tokenizer_name or source}'s (other token ids): pass the probe's ({probe_dir})"
+        )
 
 
 def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tokenizer, train_only_head=True):

@@ -508,11 +508,15 @@ def probe_run_config(run_dir, label_names: list[str]) -> dict:
     if probe_labels != list(label_names):
         missing = sorted(set(label_names) - set(probe_labels))
         extra = sorted(set(probe_labels) - set(label_names))
+        # only the lists that hold something ("missing from the probe: []" beside a capped run's 10 lost classes)
+        parts = [f"{len(probe_labels)} vs {len(label_names)}"]
+        parts += [f"missing from the probe: {missing[:5]}"] * bool(missing)
+        parts += [f"only in the probe: {extra[:5]}"] * bool(extra)
+        parts += ["same labels in another order"] * (not missing and not extra)
         raise UsageError(
-            f"--head_init_from {run_dir}: the probe's labels differ from this run's ({len(probe_labels)} vs "
-            f"{len(label_names)}; missing from the probe: {missing[:5]}; only in the probe: {extra[:5]}"
-            f"{'; same labels in another order' if not missing and not extra else ''}). Train both on the same "
-            "data options (--split_indices with the probe's splits.json reproduces its split)."
+            f"--head_init_from {run_dir}: the probe's labels differ from this run's ({'; '.join(parts)}). Train both "
+            "on the same data options, row caps such as --max_train_samples included (--split_indices with the "
+            "probe's splits.json reproduces its split)."
         )
     return config
 

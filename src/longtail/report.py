@@ -393,6 +393,15 @@ def _data_summary(log: Mapping) -> list[str]:
             "- training labels written in more than one case or spacing (each spelling a class of its own): "
             f"{log['labels_split_by_spelling']:,}"
         )
+    if log.get("capped_rows"):  # --max_train_samples and its twins: a seeded sample, after the drops above
+        lines.append(
+            "- rows capped (--max_train_samples / --max_eval_samples / --max_predict_samples, a seeded sample): "
+            + ", ".join(
+                f"{s} {log['capped_rows'][s]['kept']:,} of {log['capped_rows'][s]['of']:,}"
+                for s in ("train", "validation", "test")
+                if s in log["capped_rows"]
+            )
+        )
     rare = log.get("dropped_rare_classes")
     if rare is not None:
         names = ", ".join(list(rare)[:10]) + (", …" if len(rare) > 10 else "")

@@ -441,6 +441,19 @@ def epochs_trained(trainer, model_args) -> float | str:
     return args.num_train_epochs
 
 
+def checkpoint_name(state, checkpoint: str) -> str:
+    """`checkpoint-N, epoch E`: the report named the step alone, which does not say which epoch validation chose
+    (the epoch is read from the evaluation logged at that step; the name alone where none was logged)."""
+    name = checkpoint.rstrip("/").rsplit("/", 1)[-1]
+    step = name.rsplit("-", 1)[-1]
+    epochs = [
+        e["epoch"]
+        for e in getattr(state, "log_history", None) or []
+        if str(e.get("step")) == step and "epoch" in e
+    ]
+    return f"{name}, epoch {round(float(epochs[-1]), 2):g}" if epochs else name
+
+
 def run_info(recipe: str, trainer, train_result, model_args, data_args, loss_args, started: float) -> dict:
     """The 'Run' table of the report and model card: model, loss, schedule, runtime, what chose what."""
     import time
@@ -462,7 +475,7 @@ def run_info(recipe: str, trainer, train_result, model_args, data_args, loss_arg
         "train_runtime_s": round(train_result.metrics.get("train_runtime", 0.0), 1),
         "total_runtime_s": round(time.time() - started, 1),
         "selection": (
-            f"checkpoint: best validation {args.metric_for_best_model} ({best.rsplit('/', 1)[-1]})"
+            f"checkpoint: best validation {args.metric_for_best_model} ({checkpoint_name(trainer.state, best)})"
             if best and args.load_best_model_at_end
             else "checkpoint: last epoch (no model selection)"
         )
