@@ -83,6 +83,32 @@ def test_depths_follow_registration_and_a_model_without_layers_is_refused():
             LPFTArguments(layer_lr_decay=bad)
 
 
+def test_lpft_warm_up_options_are_checked(caplog):
+    """nan / inf passed the "< 0" and "<= 0" checks; a warm-up learning rate without a warm-up went unused unsaid."""
+    import logging
+
+    from longtail.lpft import LPFTArguments
+
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(
+            ValueError, match=rf"^--head_warmup_epochs must be a finite number >= 0, got {bad}$"
+        ):
+            LPFTArguments(head_warmup_epochs=bad)
+    for bad in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(
+            ValueError, match=rf"^--head_warmup_learning_rate must be a finite number > 0, got {bad}$"
+        ):
+            LPFTArguments(head_warmup_learning_rate=bad)
+    with caplog.at_level(logging.WARNING, logger="longtail.lpft"):
+        LPFTArguments(head_warmup_epochs=1, head_warmup_learning_rate=5e-3)
+        LPFTArguments()
+        assert caplog.text == ""
+        LPFTArguments(head_warmup_learning_rate=5e-3)
+    assert caplog.messages == [
+        "--head_warmup_learning_rate 0.005 is not used: there is no head-only warm-up (--head_warmup_epochs 0)"
+    ]
+
+
 def bare_trainer(model_dir: str, out, **overrides):
     """A LongTailTrainer with the decay on 8 rows in one batch: AdamW at a constant 1e-3, no weight decay."""
     from datasets import Dataset

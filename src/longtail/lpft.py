@@ -54,10 +54,21 @@ class LPFTArguments:
     )
 
     def __post_init__(self):
-        if self.head_warmup_epochs < 0:
-            raise ValueError(f"--head_warmup_epochs must be >= 0, got {self.head_warmup_epochs}")
-        if self.head_warmup_learning_rate <= 0:
-            raise ValueError(f"--head_warmup_learning_rate must be > 0, got {self.head_warmup_learning_rate}")
+        if not 0 <= self.head_warmup_epochs < float("inf"):  # nan and inf passed "< 0"
+            raise ValueError(
+                f"--head_warmup_epochs must be a finite number >= 0, got {self.head_warmup_epochs}"
+            )
+        if not 0 < self.head_warmup_learning_rate < float("inf"):
+            raise ValueError(
+                f"--head_warmup_learning_rate must be a finite number > 0, got {self.head_warmup_learning_rate}"
+            )
+        default = type(self).__dataclass_fields__["head_warmup_learning_rate"].default
+        if not self.head_warmup_epochs and self.head_warmup_learning_rate != default:
+            # it went unused without a word
+            logger.warning(
+                "--head_warmup_learning_rate %g is not used: there is no head-only warm-up (--head_warmup_epochs 0)",
+                self.head_warmup_learning_rate,
+            )
         if not 0 < self.layer_lr_decay <= 1:
             raise ValueError(f"--layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
 
