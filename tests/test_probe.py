@@ -2277,18 +2277,26 @@ def test_embedding_cache_of_the_wrong_shape_or_damaged_is_embedded_again(
         (np.zeros((len(TEXTS) - 1, width), np.float32), f"shape ({len(TEXTS) - 1}, {width}), not"),
         (b"\x93NUMPY cut short", "unreadable ("),
     ):
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            np.save(path, content)
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="longtail.probe"):
-            features, again, reused = cached_embeddings(*args)
-        assert (again, reused) == (key, False)
-        np.testing.assert_array_equal(features, first)
-        np.testing.assert_array_equal(np.load(path), first)  # replaced
-        assert f"Cached embeddings {path} are {problem}" in caplog.text and "embedding again" in caplog.text
+        assert_embedded_again(path, content, problem, args, first, key, caplog)
     assert cached_embeddings(*args)[2] is True  # and served again once whole
+
+
+def assert_embedded_again(path, content, problem, args, first, key, caplog):
+    """The cache file at `path` replaced by `content` (an array saved, or raw bytes) is embedded again, with the
+    warning naming `problem`, and written back whole."""
+    from longtail.probe import cached_embeddings
+
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longtail.probe"):
+        features, again, reused = cached_embeddings(*args)
+    assert (again, reused) == (key, False)
+    np.testing.assert_array_equal(features, first)
+    np.testing.assert_array_equal(np.load(path), first)  # replaced
+    assert f"Cached embeddings {path} are {problem}" in caplog.text and "embedding again" in caplog.text
 
 
 def test_embedding_cache_whose_values_are_damaged_is_embedded_again(
@@ -2317,17 +2325,7 @@ def test_embedding_cache_whose_values_are_damaged_is_embedded_again(
         (np.zeros(first.shape, np.int64), "of dtype int64, not floating point"),
         (whole[: len(whole) - 8], "unreadable ("),  # the header whole, the last values cut off
     ):
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            np.save(path, content)
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="longtail.probe"):
-            features, again, reused = cached_embeddings(*args)
-        assert (again, reused) == (key, False)
-        np.testing.assert_array_equal(features, first)
-        np.testing.assert_array_equal(np.load(path), first)  # replaced
-        assert f"Cached embeddings {path} are {problem}" in caplog.text and "embedding again" in caplog.text
+        assert_embedded_again(path, content, problem, args, first, key, caplog)
     assert cached_embeddings(*args)[2] is True
 
 

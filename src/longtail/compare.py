@@ -412,26 +412,26 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.n_resamples < MIN_RESAMPLES:
         parser.error(RESAMPLES_ERROR.format(args.n_resamples))
-    from longtail.runs import prepare_output_dir, refuse_foreign_outputs, refuse_output_inside
+    from longtail.runs import prepare_results_dir
 
     try:  # the output folder is checked before minutes of bootstrap, not after
         check_distinct(args.runs)
         # never clear a run being compared (--output_dir one of them, as `make compare COMPARE_OUT=...` could say)
         reads = [("the run", d) for d in args.runs] + [("--reference", args.reference)]
-        out = None
-        if (
-            args.output_dir
-        ):  # nor write inside one, nor in another run's folder: it replaces a comparison only
-            refuse_output_inside(args.output_dir, reads)
-            out = prepare_output_dir(
+        # nor write inside one, nor in another run's folder: it replaces an earlier comparison only
+        out = (
+            prepare_results_dir(
                 args.output_dir,
                 args.overwrite_output_dir,
-                inputs=reads,
-                clear=False,
-                also_refuse=lambda p: refuse_foreign_outputs(
-                    p, COMPARE_FILES, what="comparison", marker="compare.json"
-                ),
+                reads,
+                COMPARE_FILES,
+                (),
+                "comparison",
+                "compare.json",
             )
+            if args.output_dir
+            else None
+        )
         result = compare_runs(args.runs, args.reference, args.split, args.n_resamples)
     except UsageError as err:  # CompareError, OutputDirError, a malformed temperature.json
         raise usage_exit(str(err)) from None

@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.weight_step = 0.1 if args.weight_step is None else args.weight_step
     if not 0 < args.weight_step <= 0.5 or abs(round(1 / args.weight_step) * args.weight_step - 1) > 1e-9:
         parser.error(f"--weight_step must divide 1 (0.05, 0.1, 0.25, ...), got {args.weight_step}")
-    from longtail.runs import prepare_output_dir, refuse_foreign_outputs, refuse_output_inside
+    from longtail.runs import prepare_results_dir
 
     try:  # the output folder is checked before the work, not after
         check_distinct(args.runs)
@@ -638,17 +638,16 @@ def main(argv: list[str] | None = None) -> dict:
                     "another --output_dir"
                 )
         # never clear a member (--output_dir one of them, as `make ensemble ENSEMBLE_OUT=...` could say), nor
-        # write inside one
-        refuse_output_inside(args.output_dir, [("the member", d) for d in args.runs])
-        # nor another run's folder: an overwrite replaces an earlier ensemble only
-        out = prepare_output_dir(
+        # write inside one, nor in another run's folder: an overwrite replaces an earlier ensemble only
+        members = [("the member", d) for d in args.runs]
+        out = prepare_results_dir(
             args.output_dir,
             args.overwrite_output_dir,
-            inputs=[("the member", d) for d in args.runs],
-            clear=False,
-            also_refuse=lambda p: refuse_foreign_outputs(
-                p, ENSEMBLE_FILES, what="ensemble", marker="ensemble.json"
-            ),
+            members,
+            ENSEMBLE_FILES,
+            (),
+            "ensemble",
+            "ensemble.json",
         )
         result = build_ensemble(
             args.runs,

@@ -234,6 +234,29 @@ def prepare_output_dir(
     return replace_previous_run(path, overwrite, resuming) if clear else path
 
 
+def prepare_results_dir(
+    output_dir: str | Path,
+    overwrite: bool,
+    reads,
+    own_files,
+    own_dirs=(),
+    what: str = "result",
+    marker: str = "",
+) -> Path:
+    """The output folder of a tool that writes results about runs (compare, score, ensemble), checked and not yet
+    cleared (`replace_previous_run` clears it once the results are ready): never inside a folder it reads (`reads`:
+    (what, path) pairs), never one of them, never another run's folder (`refuse_foreign_outputs` with the tool's
+    `own_files`, `own_dirs`, `what` and `marker`)."""
+    refuse_output_inside(output_dir, reads)
+    return prepare_output_dir(
+        output_dir,
+        overwrite,
+        inputs=reads,
+        clear=False,
+        also_refuse=lambda path: refuse_foreign_outputs(path, own_files, own_dirs, what, marker),
+    )
+
+
 def refuse_output_inside(output_dir: str | Path, reads) -> None:
     """For the tools that write results about runs (compare, score, ensemble): an OutputDirError for an
     --output_dir inside a run folder they read (`reads`: (what, path) pairs). It was written there without a word:

@@ -526,12 +526,7 @@ def score_runs(args) -> dict:
     from longtail.calibration import load_temperature
     from longtail.inference import torch_device_problem
     from longtail.predict import describe, device_problem, score_texts
-    from longtail.runs import (
-        prepare_output_dir,
-        refuse_foreign_outputs,
-        refuse_output_inside,
-        replace_previous_run,
-    )
+    from longtail.runs import prepare_results_dir, replace_previous_run
 
     if problem := torch_device_problem(args.device, here=False):  # the spelling; whether it is here: below
         raise UsageError(problem)
@@ -551,17 +546,11 @@ def score_runs(args) -> dict:
     # without a word, as `predict` once did), then one this machine lacks
     if problem := device_problem(folders, args.device) or torch_device_problem(args.device):
         raise UsageError(problem)
-    refuse_output_inside(args.output_dir, [("the run", r) for r in runs])  # results never filed inside a run
+    # results never filed inside a run, nor in another run's files or beside a README kept with earlier scores:
+    # only an earlier score is replaced
     reads = [("the run", r) for r in runs] + [("--data", args.data)]
-    # never another run's files, nor a README kept beside earlier scores: only an earlier score is replaced
-    out = prepare_output_dir(
-        args.output_dir,
-        args.overwrite_output_dir,
-        inputs=reads,
-        clear=False,
-        also_refuse=lambda p: refuse_foreign_outputs(
-            p, SCORE_FILES, (SCORED_DIR,), what="score", marker="score.json"
-        ),
+    out = prepare_results_dir(
+        args.output_dir, args.overwrite_output_dir, reads, SCORE_FILES, (SCORED_DIR,), "score", "score.json"
     )
     label_names = check_label_lists({r: label_names_of(Path(r)) for r in runs})
     given = {n: getattr(args, n) for n in ("text_column", *LABEL_OPTIONS)}
