@@ -1919,3 +1919,22 @@ def test_predict_main_names_an_exports_top_folder_by_its_variants_and_lets_other
         run.mkdir()
         (run / name).write_text("{}")
         predict.check_model_dir(run)  # not refused here: scored (or refused) as that kind of run
+
+
+def test_an_onnx_export_given_to_the_export_is_refused_naming_its_run(tiny_classifier, exported, tmp_path):
+    """`export_onnx.py --model_dir <run>/onnx/fp32` was a traceback from Transformers (no model.safetensors), and
+    `--model_dir <run>/onnx` told the user to pass a variant, which failed so: both now name the run to export."""
+    from longtail.export import ExportArguments
+
+    out = exported[0]
+    run = Path(json.loads((out / "parity.json").read_text())["model_dir"])
+    assert run == Path(tiny_classifier).resolve()
+    for folder in (out / "fp32", out / "int8", out):
+        with pytest.raises(ValueError) as err:
+            ExportArguments(model_dir=str(folder), output_dir=str(tmp_path / "x"))
+        assert str(err.value) == (
+            f"{folder} is an ONNX export (.onnx models, no PyTorch weights), which cannot be exported again: "
+            f"export the run it was made from ({run})"
+        )
+    assert not (tmp_path / "x").exists()
+    ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / "x"))  # the run itself still parses

@@ -148,6 +148,28 @@ class ExportArguments:
                 f"export its member runs (listed in {ENSEMBLE_FILE}) instead, or serve it with "
                 f"python -m longtail.predict --model_dir {self.model_dir}"
             )
+        if problem := onnx_export_problem(Path(self.model_dir)):
+            raise ValueError(problem)
+
+
+def onnx_export_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be exported because it is an ONNX export already (a variant `<run>/onnx/fp32`, or the
+    export's top folder `<run>/onnx`), naming the run to export instead; None otherwise. A variant was a traceback
+    from Transformers (no model.safetensors), and the top folder's error told the user to pass a variant."""
+    from longtail.runs import source_run
+
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+        return None
+    if onnx_files(folder):
+        variant = folder
+    else:
+        variants = [d for d in sorted(folder.iterdir()) if d.is_dir() and onnx_files(d)]
+        if not variants or (folder / "config.json").is_file():
+            return None
+        variant = variants[0]
+    source = source_run(variant)
+    run = f"export the run it was made from ({source})" if source else "export the run it was made from"
+    return f"{folder} is an ONNX export (.onnx models, no PyTorch weights), which cannot be exported again: {run}"
 
 
 def quantization_config(features: dict | None = None):
