@@ -1938,3 +1938,52 @@ def test_an_onnx_export_given_to_the_export_is_refused_naming_its_run(tiny_class
         )
     assert not (tmp_path / "x").exists()
     ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / "x"))  # the run itself still parses
+
+
+def test_predict_warns_when_serving_a_variant_its_parity_check_did_not_pass(
+    tiny_classifier, tmp_path, caplog
+):
+    """An int8 kept with the gate off (`ungated`, as the bench exports), or a variant whose parity.json says it
+    drifted, was served without a word (the CFPB study's ungated LP-FT int8: 1 of the run's labels in 50). The
+    warning gives the status and numbers parity.json records; an `ok` variant, or a folder that is no export, says
+    nothing."""
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.predict import main
+
+    out = tmp_path / "export"
+    export_onnx(
+        ExportArguments(
+            model_dir=tiny_classifier,
+            output_dir=str(out),
+            optimize=False,
+            parity_rows=4,
+            min_int8_agreement=0,
+        )
+    )
+    src = tmp_path / "in.csv"
+    src.write_text("text\nlate fee charged twice\n", "utf-8")
+
+    def served(variant: Path) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+            main(["--model_dir", str(variant), "--input", str(src), "--output", str(tmp_path / "out.csv"),
+                  "--no_progress", "--device", "cpu", "--overwrite"])  # fmt: skip
+        return caplog.text
+
+    parity = json.loads((out / "parity.json").read_text())
+    int8 = parity["variants"]["int8"]
+    assert int8["status"] == "ungated"
+    assert (
+        f"{out / 'int8'} did not pass the export's parity check (parity.json: status 'ungated', argmax agreement "
+        f"{int8['argmax_agreement']:.3f} with PyTorch and max |dlogit| {int8['max_abs_logit_diff']:.3g} on 4 rows; "
+        "int8 gate off (min_int8_agreement 0, no labelled rows)): its predictions may differ from the run's"
+    ) in served(out / "int8")
+    assert "parity check" not in served(out / "fp32")
+    parity["variants"]["fp32"].update(status="drift", argmax_agreement=0.75, max_abs_logit_diff=0.5)
+    (out / "parity.json").write_text(json.dumps(parity))
+    assert (
+        f"{out / 'fp32'} did not pass the export's parity check (parity.json: status 'drift', argmax agreement "
+        "0.750 with PyTorch and max |dlogit| 0.5 on 4 rows): its predictions may differ from the run's"
+    ) in served(out / "fp32")
+    (out / "parity.json").unlink()
+    assert "parity check" not in served(out / "int8")

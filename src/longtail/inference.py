@@ -129,6 +129,35 @@ def warn_if_quantized_export(variant: Path) -> None:
         )
 
 
+def warn_if_unvetted_export(variant: Path, file_name: str) -> None:
+    """An export's variant that its parity check did not pass as `ok` (an int8 kept with the gate off, `ungated`, as
+    the inference bench exports; an optimised model that drifted; a failed export kept for inspection): `predict`
+    served it without a word, though its parity.json said so (an ungated int8 LP-FT export of the CFPB study agreed
+    with PyTorch on 0 of 64 rows, and predict gave it 1 of the run's labels in 50)."""
+    try:
+        record = json.loads((variant / ".." / "parity.json").read_text("utf-8"))
+        entry = record["variants"][variant.resolve().name]
+        status, agreement, diff = (
+            entry["status"],
+            float(entry["argmax_agreement"]),
+            float(entry["max_abs_logit_diff"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not an export's variant (or one from before parity.json): nothing recorded to go by
+    if status == "ok" or Path(entry.get("file") or file_name).name != file_name:
+        return
+    logger.warning(
+        "%s did not pass the export's parity check (parity.json: status '%s', argmax agreement %.3f with "
+        "PyTorch and max |dlogit| %.3g on %s rows%s): its predictions may differ from the run's",
+        variant,
+        status,
+        agreement,
+        diff,
+        record.get("parity_rows"),
+        f"; {entry['reason']}" if entry.get("reason") else "",
+    )
+
+
 def records_quantization(run: Path) -> bool:
     """Whether the run_config.json in `run` records a 4-bit base (QLoRA's `quantization` section)."""
     try:
