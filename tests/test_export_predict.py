@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -1987,3 +1988,72 @@ def test_predict_warns_when_serving_a_variant_its_parity_check_did_not_pass(
     ) in served(out / "fp32")
     (out / "parity.json").unlink()
     assert "parity check" not in served(out / "int8")
+
+
+def test_compute_nodes_run_off_the_requested_provider_are_refused(tiny_classifier, tmp_path, monkeypatch):
+    """A CUDA session puts every node CUDA has no kernel for on CPU, and its provider list still starts with
+    CUDA (the course's int8 on GPU ran on CPU, unseen by check_session_provider). Off CPU the first batch is
+    profiled and compute nodes run elsewhere are refused; the export rejects such an int8 and records where each
+    kept variant's nodes ran. No GPU here: a real CPU profile, judged as if CUDA had been asked for."""
+    from longtail import inference
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import OrtBackend, check_node_placement, encode_batches
+
+    # profile as off CPU (the provider ORT gets is still the CPU one, the only one here)
+    monkeypatch.setitem(inference.PROVIDERS, "cpu", "NotTheCPUProvider")
+    monkeypatch.setattr(inference, "ort_provider", lambda device: "CPUExecutionProvider")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    as_cuda = []
+
+    def int8_only(op: str) -> bool:
+        return "Integer" in op or "Quantize" in op
+
+    def judged_as_cuda(placement, requested):
+        # as on a GPU: every op ran on CUDA but the dynamic int8 ones, which CUDA has no kernel for
+        as_cuda.append(placement)
+        on_gpu: dict = {}
+        for op, n in placement["CPUExecutionProvider"].items():
+            provider = "CPUExecutionProvider" if int8_only(op) else "CUDAExecutionProvider"
+            on_gpu.setdefault(provider, {})[op] = n
+        check_node_placement(on_gpu, "CUDAExecutionProvider")
+
+    monkeypatch.setattr(inference, "check_node_placement", judged_as_cuda)
+    out = tmp_path / "x"
+    record = export_onnx(
+        ExportArguments(model_dir=tiny_classifier, output_dir=str(out), optimize=False, parity_rows=4)
+    )
+    fp32, int8 = record["variants"]["fp32"], record["variants"]["int8"]
+    assert list(fp32["node_placement"]) == ["CPUExecutionProvider"]  # tiny fp32 BERT: no node is a quantizer
+    assert fp32["node_placement"]["CPUExecutionProvider"]["Gemm"] == 1  # the classifier head
+    assert fp32["status"] == "ok" and as_cuda[0] == fp32["node_placement"]
+    int8_ops = as_cuda[1]["CPUExecutionProvider"]
+    assert {op: int8_ops[op] for op in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")} == {
+        "DynamicQuantizeLinear": 6, "DynamicQuantizeMatMul": 12, "MatMulIntegerToFloat": 6,
+    }  # fmt: skip
+    assert int8 == {
+        "file": None,
+        "status": "rejected",
+        "reason": "ONNX Runtime was asked for CUDAExecutionProvider but ran compute nodes elsewhere "
+        "(DynamicQuantizeLinear x6 on CPUExecutionProvider, DynamicQuantizeMatMul x12 on CPUExecutionProvider, "
+        "MatMulIntegerToFloat x6 on CPUExecutionProvider): CUDAExecutionProvider has no kernel for them (a dynamic "
+        "int8 model is built for CPU). Serve the fp32 or optimized variant on this device, or this one with "
+        "--device cpu.",
+    }
+    assert sorted(p.name for p in out.iterdir()) == ["fp32", "parity.json"]
+    assert json.loads((out / "parity.json").read_text())["variants"]["int8"] == int8
+    assert list((tmp_path / "tmp").iterdir()) == []  # every profile removed once read
+    # the backend profiles its first batch only, and on CPU (the real PROVIDERS) not at all
+    from transformers import AutoTokenizer
+
+    backend = OrtBackend(out / "fp32", device="cuda")
+    batches = encode_batches(
+        AutoTokenizer.from_pretrained(out / "fp32"), ["late fee", "a double charge"], 1, 16
+    )
+    for batch in batches:
+        backend.logits(batch)
+    assert len(as_cuda) == 3 and as_cuda[2] == fp32["node_placement"]
+    monkeypatch.undo()
+    backend = OrtBackend(out / "fp32")
+    backend.logits(next(iter(batches)))
+    assert backend.placement is None and len(as_cuda) == 3
