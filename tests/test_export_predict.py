@@ -2057,3 +2057,52 @@ def test_compute_nodes_run_off_the_requested_provider_are_refused(tiny_classifie
     backend = OrtBackend(out / "fp32")
     backend.logits(next(iter(batches)))
     assert backend.placement is None and len(as_cuda) == 3
+
+
+def test_parity_of_a_run_read_in_windows_is_judged_on_whole_texts_as_predict_serves(
+    tiny_classifier, tmp_path, monkeypatch
+):
+    """A probe trained with --long_text windows is served by `predict` on whole texts (its windows' logits
+    averaged); the parity check (and int8 gate) truncated each text at max_length, judging only the first window,
+    and parity.json said nothing of it. Now its reference logits are predict's own (its probabilities at the
+    run's T = 2), and parity.json records `long_text` and the windows read."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    import longtail.export as export
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.predict import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_classifier, run)
+    (run / "run_config.json").write_text(
+        json.dumps({"data": {"max_length": 8}, "probe": {"long_text": "windows"}})
+    )
+    seen = {}
+    cut, judge = export.text_windows, export.compare
+    monkeypatch.setattr(
+        export, "text_windows", lambda tok, texts, n: seen.setdefault("texts", texts) and cut(tok, texts, n)
+    )
+    monkeypatch.setattr(export, "compare", lambda ref, logits: seen.setdefault("reference", ref) is None or judge(ref, logits))  # fmt: skip
+    record = export_onnx(ExportArguments(model_dir=str(run), optimize=False, quantize=False, parity_rows=4))
+    saved = json.loads((run / "onnx" / "parity.json").read_text())
+    windows = sum(len(cut(AutoTokenizer.from_pretrained(run), [t], 8).input_ids) for t in seen["texts"])
+    assert (record["long_text"], record["parity_windows"], record["max_length"]) == ("windows", windows, 8)
+    assert (saved["long_text"], saved["parity_windows"]) == ("windows", windows) and windows > 4 * 3
+    assert record["variants"]["fp32"]["status"] == "ok"
+    pd.DataFrame({"text": seen["texts"]}).to_csv(tmp_path / "in.csv", index=False)
+    main(["--model_dir", str(run), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"),
+          "--text_column", "text", "--top_k", "1", "--no_progress", "--device", "cpu"])  # fmt: skip
+    served = pd.read_csv(tmp_path / "out.csv")
+    z = seen["reference"] / 2.0
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    names = json.loads((run / "config.json").read_text())["id2label"]
+    assert served["label"].tolist() == [names[str(i)] for i in probs.argmax(1)]
+    np.testing.assert_allclose(served["confidence"], probs.max(1), atol=1e-6)
+    # a run that reads truncated texts records so
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 8}}))
+    quick = {"optimize": False, "quantize": False, "parity_rows": 4, "overwrite_output_dir": True}
+    record = export_onnx(ExportArguments(model_dir=str(run), **quick))
+    assert (record["long_text"], record["parity_windows"]) == ("truncate", None)

@@ -32,6 +32,7 @@ from longtail.inference import (
     onnx_files,
     run_batches,
     serving_defaults,
+    text_windows,
     torch_device_problem,
 )
 from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
@@ -387,10 +388,17 @@ def export_onnx(args: ExportArguments) -> dict:
 
     # the parity and int8 gate judge the inputs predict will serve: the run's own length (a fixed 128 judged a
     # run served at 56 on longer texts than it ever reads)
-    max_length = args.max_length or serving_defaults(args.model_dir)["max_length"]
-    batches = encode_batches(tokenizer, texts, 16, max_length)
+    serving = serving_defaults(args.model_dir)
+    max_length = args.max_length or serving["max_length"]
+    # and read whole, as predict serves a probe trained with --long_text windows: the mean of its windows' logits
+    # (truncated, the parity and int8 gate judged only each text's first window, which predict never serves alone)
+    windows = text_windows(tokenizer, texts, max_length) if serving["long_text"] == "windows" else None
+    if windows is not None:
+        batches, inputs, per_row = windows.batches(tokenizer, 16), len(windows.input_ids), windows.per_row
+    else:
+        batches, inputs, per_row = encode_batches(tokenizer, texts, 16, max_length), len(texts), np.asarray
     num_labels = model.config.num_labels
-    reference = run_batches(TorchBackend(model), batches, len(texts), num_labels)
+    reference = per_row(run_batches(TorchBackend(model), batches, inputs, num_labels))
 
     record: dict = {
         "model_dir": str(resolved),
@@ -398,6 +406,10 @@ def export_onnx(args: ExportArguments) -> dict:
         "parity_rows": len(texts),
         "parity_source": args.parity_file or "synthetic complaints",
         "max_length": max_length,  # what the parity sample was truncated at: by default, what predict serves at
+        "long_text": serving[
+            "long_text"
+        ],  # truncate, or windows (whole texts, window logits averaged, as predict)
+        "parity_windows": inputs if windows is not None else None,
         "atol": args.atol,
         # the int8 gate as applied: argmax agreement floor, macro-F1 drop (only with labelled parity rows)
         "int8_gate": {
@@ -464,7 +476,7 @@ def export_onnx(args: ExportArguments) -> dict:
     for name, path in variants.items():
         backend = OrtBackend(path, device=args.device)
         try:
-            logits = run_batches(backend, batches, len(texts), num_labels)
+            logits = per_row(run_batches(backend, batches, inputs, num_labels))
         except ExecutionProviderError as e:
             if name != "int8":
                 raise
