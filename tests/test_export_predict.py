@@ -2106,3 +2106,31 @@ def test_parity_of_a_run_read_in_windows_is_judged_on_whole_texts_as_predict_ser
     quick = {"optimize": False, "quantize": False, "parity_rows": 4, "overwrite_output_dir": True}
     record = export_onnx(ExportArguments(model_dir=str(run), **quick))
     assert (record["long_text"], record["parity_windows"]) == ("truncate", None)
+
+
+def test_an_overwrite_that_drops_an_earlier_variant_says_so(tiny_classifier, tmp_path, caplog):
+    """A run exported twice with different options: the second export replaces the first's variants, and one it
+    does not write (int8 with --quantize false, or rejected this time) was removed without a word, parity.json
+    silent about it. A variant both exports write is replaced without a warning."""
+    from longtail.export import ExportArguments, export_onnx
+
+    out = tmp_path / "x"
+    quick = {"model_dir": tiny_classifier, "output_dir": str(out), "optimize": False, "parity_rows": 4}
+    export_onnx(ExportArguments(**quick, min_int8_agreement=0))
+    assert sorted(p.name for p in out.iterdir()) == ["fp32", "int8", "parity.json"]
+    with caplog.at_level(logging.WARNING, logger="longtail.export"):
+        export_onnx(ExportArguments(**quick, quantize=False, overwrite_output_dir=True))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{out.resolve()}: the earlier export's int8 variant is removed: this export has none (--quantize false)"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["fp32", "parity.json"]
+    export_onnx(ExportArguments(**quick, min_int8_agreement=0, overwrite_output_dir=True))
+    caplog.clear()
+    args = ExportArguments(**quick, overwrite_output_dir=True)
+    args.min_int8_agreement = 1.01  # never met: rejected this time
+    with caplog.at_level(logging.WARNING, logger="longtail.export"):
+        export_onnx(args)
+    assert [r.getMessage() for r in caplog.records][-1] == (
+        f"{out.resolve()}: the earlier export's int8 variant is removed: this export's is rejected"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["fp32", "parity.json"]

@@ -549,6 +549,11 @@ def export_onnx(args: ExportArguments) -> dict:
         )
     out.mkdir(parents=True, exist_ok=True)
     for name in VARIANTS:  # an earlier export's variant that this one did not keep (int8 rejected) goes too
+        if (out / name).is_dir() and not (work / name).is_dir():  # said: it went without a word
+            option = {"optimized": "--optimize", "int8": "--quantize"}.get(name)
+            entry = record["variants"].get(name)
+            why = f"this export's is {entry['status']}" if entry else f"this export has none ({option} false)"
+            logger.warning("%s: the earlier export's %s variant is removed: %s", out, name, why)
         shutil.rmtree(out / name, ignore_errors=True)
     for item in work.iterdir():
         item.replace(out / item.name)
