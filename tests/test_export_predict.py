@@ -2115,12 +2115,17 @@ def test_an_overwrite_that_drops_an_earlier_variant_says_so(tiny_classifier, tmp
     from longtail.export import ExportArguments, export_onnx
 
     out = tmp_path / "x"
+
+    def warnings() -> list[str]:  # (a recipe's main() run earlier leaves longtail's loggers at INFO)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
     quick = {"model_dir": tiny_classifier, "output_dir": str(out), "optimize": False, "parity_rows": 4}
     export_onnx(ExportArguments(**quick, min_int8_agreement=0))
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "int8", "parity.json"]
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="longtail.export"):
         export_onnx(ExportArguments(**quick, quantize=False, overwrite_output_dir=True))
-    assert [r.getMessage() for r in caplog.records] == [
+    assert warnings() == [
         f"{out.resolve()}: the earlier export's int8 variant is removed: this export has none (--quantize false)"
     ]
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "parity.json"]
@@ -2130,7 +2135,25 @@ def test_an_overwrite_that_drops_an_earlier_variant_says_so(tiny_classifier, tmp
     args.min_int8_agreement = 1.01  # never met: rejected this time
     with caplog.at_level(logging.WARNING, logger="longtail.export"):
         export_onnx(args)
-    assert [r.getMessage() for r in caplog.records][-1] == (
+    assert warnings()[-1] == (
         f"{out.resolve()}: the earlier export's int8 variant is removed: this export's is rejected"
     )
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "parity.json"]
+
+
+def test_a_session_that_fails_to_start_leaves_no_profile_folder(exported, tmp_path, monkeypatch):
+    """Off CPU the backend makes a folder for its first batch's profile; a session refused at start (ORT on CPU
+    though CUDA was asked) has no batch to profile, and its empty folder was left in the temp dir."""
+    from longtail import inference
+
+    monkeypatch.setitem(inference.PROVIDERS, "cpu", "NotTheCPUProvider")
+    monkeypatch.setattr(inference, "ort_provider", lambda device: "CPUExecutionProvider")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def refused(session, requested):
+        raise ExecutionProviderError("refusing to fall back")
+
+    monkeypatch.setattr(inference, "check_session_provider", refused)
+    with pytest.raises(ExecutionProviderError, match="refusing to fall back"):
+        inference.OrtBackend(exported[0] / "fp32", device="cuda")
+    assert list(tmp_path.iterdir()) == []

@@ -480,10 +480,15 @@ class OrtBackend:
             self._profile_dir = Path(tempfile.mkdtemp(prefix="longtail-ort-profile-"))
             options.enable_profiling = True
             options.profile_file_prefix = str(self._profile_dir / "ort")
-        self.model = ORTModelForSequenceClassification.from_pretrained(
-            onnx_dir, file_name=file_name, provider=provider, session_options=options
-        )
-        check_session_provider(self.model.model, provider)
+        try:
+            self.model = ORTModelForSequenceClassification.from_pretrained(
+                onnx_dir, file_name=file_name, provider=provider, session_options=options
+            )
+            check_session_provider(self.model.model, provider)
+        except BaseException:  # no session to profile: its folder would be left behind
+            if self._profile_dir is not None:
+                shutil.rmtree(self._profile_dir, ignore_errors=True)
+            raise
         self.input_names = tuple(i.name for i in self.model.model.get_inputs())
         self.device, self.file_name, self.provider = device, file_name, provider
         self.config = self.model.config
