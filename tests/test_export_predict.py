@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -1919,3 +1920,240 @@ def test_predict_main_names_an_exports_top_folder_by_its_variants_and_lets_other
         run.mkdir()
         (run / name).write_text("{}")
         predict.check_model_dir(run)  # not refused here: scored (or refused) as that kind of run
+
+
+def test_an_onnx_export_given_to_the_export_is_refused_naming_its_run(tiny_classifier, exported, tmp_path):
+    """`export_onnx.py --model_dir <run>/onnx/fp32` was a traceback from Transformers (no model.safetensors), and
+    `--model_dir <run>/onnx` told the user to pass a variant, which failed so: both now name the run to export."""
+    from longtail.export import ExportArguments
+
+    out = exported[0]
+    run = Path(json.loads((out / "parity.json").read_text())["model_dir"])
+    assert run == Path(tiny_classifier).resolve()
+    for folder in (out / "fp32", out / "int8", out):
+        with pytest.raises(ValueError) as err:
+            ExportArguments(model_dir=str(folder), output_dir=str(tmp_path / "x"))
+        assert str(err.value) == (
+            f"{folder} is an ONNX export (.onnx models, no PyTorch weights), which cannot be exported again: "
+            f"export the run it was made from ({run})"
+        )
+    assert not (tmp_path / "x").exists()
+    ExportArguments(model_dir=tiny_classifier, output_dir=str(tmp_path / "x"))  # the run itself still parses
+
+
+def test_predict_warns_when_serving_a_variant_its_parity_check_did_not_pass(
+    tiny_classifier, tmp_path, caplog
+):
+    """An int8 kept with the gate off (`ungated`, as the bench exports), or a variant whose parity.json says it
+    drifted, was served without a word (the CFPB study's ungated LP-FT int8: 1 of the run's labels in 50). The
+    warning gives the status and numbers parity.json records; an `ok` variant, or a folder that is no export, says
+    nothing."""
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.predict import main
+
+    out = tmp_path / "export"
+    export_onnx(
+        ExportArguments(
+            model_dir=tiny_classifier,
+            output_dir=str(out),
+            optimize=False,
+            parity_rows=4,
+            min_int8_agreement=0,
+        )
+    )
+    src = tmp_path / "in.csv"
+    src.write_text("text\nlate fee charged twice\n", "utf-8")
+
+    def served(variant: Path) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+            main(["--model_dir", str(variant), "--input", str(src), "--output", str(tmp_path / "out.csv"),
+                  "--no_progress", "--device", "cpu", "--overwrite"])  # fmt: skip
+        return caplog.text
+
+    parity = json.loads((out / "parity.json").read_text())
+    int8 = parity["variants"]["int8"]
+    assert int8["status"] == "ungated"
+    assert (
+        f"{out / 'int8'} did not pass the export's parity check (parity.json: status 'ungated', argmax agreement "
+        f"{int8['argmax_agreement']:.3f} with PyTorch and max |dlogit| {int8['max_abs_logit_diff']:.3g} on 4 rows; "
+        "int8 gate off (min_int8_agreement 0, no labelled rows)): its predictions may differ from the run's"
+    ) in served(out / "int8")
+    assert "parity check" not in served(out / "fp32")
+    parity["variants"]["fp32"].update(status="drift", argmax_agreement=0.75, max_abs_logit_diff=0.5)
+    (out / "parity.json").write_text(json.dumps(parity))
+    assert (
+        f"{out / 'fp32'} did not pass the export's parity check (parity.json: status 'drift', argmax agreement "
+        "0.750 with PyTorch and max |dlogit| 0.5 on 4 rows): its predictions may differ from the run's"
+    ) in served(out / "fp32")
+    (out / "parity.json").unlink()
+    assert "parity check" not in served(out / "int8")
+
+
+def test_compute_nodes_run_off_the_requested_provider_are_refused(tiny_classifier, tmp_path, monkeypatch):
+    """A CUDA session puts every node CUDA has no kernel for on CPU, and its provider list still starts with
+    CUDA (the course's int8 on GPU ran on CPU, unseen by check_session_provider). Off CPU the first batch is
+    profiled and compute nodes run elsewhere are refused; the export rejects such an int8 and records where each
+    kept variant's nodes ran. No GPU here: a real CPU profile, judged as if CUDA had been asked for."""
+    from longtail import inference
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.inference import OrtBackend, check_node_placement, encode_batches
+
+    # profile as off CPU (the provider ORT gets is still the CPU one, the only one here)
+    monkeypatch.setitem(inference.PROVIDERS, "cpu", "NotTheCPUProvider")
+    monkeypatch.setattr(inference, "ort_provider", lambda device: "CPUExecutionProvider")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    as_cuda = []
+
+    def int8_only(op: str) -> bool:
+        return "Integer" in op or "Quantize" in op
+
+    def judged_as_cuda(placement, requested):
+        # as on a GPU: every op ran on CUDA but the dynamic int8 ones, which CUDA has no kernel for
+        as_cuda.append(placement)
+        on_gpu: dict = {}
+        for op, n in placement["CPUExecutionProvider"].items():
+            provider = "CPUExecutionProvider" if int8_only(op) else "CUDAExecutionProvider"
+            on_gpu.setdefault(provider, {})[op] = n
+        check_node_placement(on_gpu, "CUDAExecutionProvider")
+
+    monkeypatch.setattr(inference, "check_node_placement", judged_as_cuda)
+    out = tmp_path / "x"
+    record = export_onnx(
+        ExportArguments(model_dir=tiny_classifier, output_dir=str(out), optimize=False, parity_rows=4)
+    )
+    fp32, int8 = record["variants"]["fp32"], record["variants"]["int8"]
+    assert list(fp32["node_placement"]) == ["CPUExecutionProvider"]  # tiny fp32 BERT: no node is a quantizer
+    assert fp32["node_placement"]["CPUExecutionProvider"]["Gemm"] == 1  # the classifier head
+    assert fp32["status"] == "ok" and as_cuda[0] == fp32["node_placement"]
+    int8_ops = as_cuda[1]["CPUExecutionProvider"]
+    assert {op: int8_ops[op] for op in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")} == {
+        "DynamicQuantizeLinear": 6, "DynamicQuantizeMatMul": 12, "MatMulIntegerToFloat": 6,
+    }  # fmt: skip
+    assert int8 == {
+        "file": None,
+        "status": "rejected",
+        "reason": "ONNX Runtime was asked for CUDAExecutionProvider but ran compute nodes elsewhere "
+        "(DynamicQuantizeLinear x6 on CPUExecutionProvider, DynamicQuantizeMatMul x12 on CPUExecutionProvider, "
+        "MatMulIntegerToFloat x6 on CPUExecutionProvider): CUDAExecutionProvider has no kernel for them (a dynamic "
+        "int8 model is built for CPU). Serve the fp32 or optimized variant on this device, or this one with "
+        "--device cpu.",
+    }
+    assert sorted(p.name for p in out.iterdir()) == ["fp32", "parity.json"]
+    assert json.loads((out / "parity.json").read_text())["variants"]["int8"] == int8
+    assert list((tmp_path / "tmp").iterdir()) == []  # every profile removed once read
+    # the backend profiles its first batch only, and on CPU (the real PROVIDERS) not at all
+    from transformers import AutoTokenizer
+
+    backend = OrtBackend(out / "fp32", device="cuda")
+    batches = encode_batches(
+        AutoTokenizer.from_pretrained(out / "fp32"), ["late fee", "a double charge"], 1, 16
+    )
+    for batch in batches:
+        backend.logits(batch)
+    assert len(as_cuda) == 3 and as_cuda[2] == fp32["node_placement"]
+    monkeypatch.undo()
+    backend = OrtBackend(out / "fp32")
+    backend.logits(next(iter(batches)))
+    assert backend.placement is None and len(as_cuda) == 3
+
+
+def test_parity_of_a_run_read_in_windows_is_judged_on_whole_texts_as_predict_serves(
+    tiny_classifier, tmp_path, monkeypatch
+):
+    """A probe trained with --long_text windows is served by `predict` on whole texts (its windows' logits
+    averaged); the parity check (and int8 gate) truncated each text at max_length, judging only the first window,
+    and parity.json said nothing of it. Now its reference logits are predict's own (its probabilities at the
+    run's T = 2), and parity.json records `long_text` and the windows read."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    import longtail.export as export
+    from longtail.export import ExportArguments, export_onnx
+    from longtail.predict import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_classifier, run)
+    (run / "run_config.json").write_text(
+        json.dumps({"data": {"max_length": 8}, "probe": {"long_text": "windows"}})
+    )
+    seen = {}
+    cut, judge = export.text_windows, export.compare
+    monkeypatch.setattr(
+        export, "text_windows", lambda tok, texts, n: seen.setdefault("texts", texts) and cut(tok, texts, n)
+    )
+    monkeypatch.setattr(export, "compare", lambda ref, logits: seen.setdefault("reference", ref) is None or judge(ref, logits))  # fmt: skip
+    record = export_onnx(ExportArguments(model_dir=str(run), optimize=False, quantize=False, parity_rows=4))
+    saved = json.loads((run / "onnx" / "parity.json").read_text())
+    windows = sum(len(cut(AutoTokenizer.from_pretrained(run), [t], 8).input_ids) for t in seen["texts"])
+    assert (record["long_text"], record["parity_windows"], record["max_length"]) == ("windows", windows, 8)
+    assert (saved["long_text"], saved["parity_windows"]) == ("windows", windows) and windows > 4 * 3
+    assert record["variants"]["fp32"]["status"] == "ok"
+    pd.DataFrame({"text": seen["texts"]}).to_csv(tmp_path / "in.csv", index=False)
+    main(["--model_dir", str(run), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"),
+          "--text_column", "text", "--top_k", "1", "--no_progress", "--device", "cpu"])  # fmt: skip
+    served = pd.read_csv(tmp_path / "out.csv")
+    z = seen["reference"] / 2.0
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    names = json.loads((run / "config.json").read_text())["id2label"]
+    assert served["label"].tolist() == [names[str(i)] for i in probs.argmax(1)]
+    np.testing.assert_allclose(served["confidence"], probs.max(1), atol=1e-6)
+    # a run that reads truncated texts records so
+    (run / "run_config.json").write_text(json.dumps({"data": {"max_length": 8}}))
+    quick = {"optimize": False, "quantize": False, "parity_rows": 4, "overwrite_output_dir": True}
+    record = export_onnx(ExportArguments(model_dir=str(run), **quick))
+    assert (record["long_text"], record["parity_windows"]) == ("truncate", None)
+
+
+def test_an_overwrite_that_drops_an_earlier_variant_says_so(tiny_classifier, tmp_path, caplog):
+    """A run exported twice with different options: the second export replaces the first's variants, and one it
+    does not write (int8 with --quantize false, or rejected this time) was removed without a word, parity.json
+    silent about it. A variant both exports write is replaced without a warning."""
+    from longtail.export import ExportArguments, export_onnx
+
+    out = tmp_path / "x"
+
+    def warnings() -> list[str]:  # (a recipe's main() run earlier leaves longtail's loggers at INFO)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    quick = {"model_dir": tiny_classifier, "output_dir": str(out), "optimize": False, "parity_rows": 4}
+    export_onnx(ExportArguments(**quick, min_int8_agreement=0))
+    assert sorted(p.name for p in out.iterdir()) == ["fp32", "int8", "parity.json"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longtail.export"):
+        export_onnx(ExportArguments(**quick, quantize=False, overwrite_output_dir=True))
+    assert warnings() == [
+        f"{out.resolve()}: the earlier export's int8 variant is removed: this export has none (--quantize false)"
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["fp32", "parity.json"]
+    export_onnx(ExportArguments(**quick, min_int8_agreement=0, overwrite_output_dir=True))
+    caplog.clear()
+    args = ExportArguments(**quick, overwrite_output_dir=True)
+    args.min_int8_agreement = 1.01  # never met: rejected this time
+    with caplog.at_level(logging.WARNING, logger="longtail.export"):
+        export_onnx(args)
+    assert warnings()[-1] == (
+        f"{out.resolve()}: the earlier export's int8 variant is removed: this export's is rejected"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["fp32", "parity.json"]
+
+
+def test_a_session_that_fails_to_start_leaves_no_profile_folder(exported, tmp_path, monkeypatch):
+    """Off CPU the backend makes a folder for its first batch's profile; a session refused at start (ORT on CPU
+    though CUDA was asked) has no batch to profile, and its empty folder was left in the temp dir."""
+    from longtail import inference
+
+    monkeypatch.setitem(inference.PROVIDERS, "cpu", "NotTheCPUProvider")
+    monkeypatch.setattr(inference, "ort_provider", lambda device: "CPUExecutionProvider")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def refused(session, requested):
+        raise ExecutionProviderError("refusing to fall back")
+
+    monkeypatch.setattr(inference, "check_session_provider", refused)
+    with pytest.raises(ExecutionProviderError, match="refusing to fall back"):
+        inference.OrtBackend(exported[0] / "fp32", device="cuda")
+    assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,7 @@ import numpy as np
 
 from longtail.cli import UsageError
 from longtail.inference import (
+    ExecutionProviderError,
     OrtBackend,
     TorchBackend,
     cpu_features,
@@ -31,6 +32,7 @@ from longtail.inference import (
     onnx_files,
     run_batches,
     serving_defaults,
+    text_windows,
     torch_device_problem,
 )
 from longtail.predict import ENSEMBLE_FILE, SKLEARN_FILE, run_kind
@@ -148,6 +150,28 @@ class ExportArguments:
                 f"export its member runs (listed in {ENSEMBLE_FILE}) instead, or serve it with "
                 f"python -m longtail.predict --model_dir {self.model_dir}"
             )
+        if problem := onnx_export_problem(Path(self.model_dir)):
+            raise ValueError(problem)
+
+
+def onnx_export_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be exported because it is an ONNX export already (a variant `<run>/onnx/fp32`, or the
+    export's top folder `<run>/onnx`), naming the run to export instead; None otherwise. A variant was a traceback
+    from Transformers (no model.safetensors), and the top folder's error told the user to pass a variant."""
+    from longtail.runs import source_run
+
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+        return None
+    if onnx_files(folder):
+        variant = folder
+    else:
+        variants = [d for d in sorted(folder.iterdir()) if d.is_dir() and onnx_files(d)]
+        if not variants or (folder / "config.json").is_file():
+            return None
+        variant = variants[0]
+    source = source_run(variant)
+    run = f"export the run it was made from ({source})" if source else "export the run it was made from"
+    return f"{folder} is an ONNX export (.onnx models, no PyTorch weights), which cannot be exported again: {run}"
 
 
 def quantization_config(features: dict | None = None):
@@ -364,10 +388,17 @@ def export_onnx(args: ExportArguments) -> dict:
 
     # the parity and int8 gate judge the inputs predict will serve: the run's own length (a fixed 128 judged a
     # run served at 56 on longer texts than it ever reads)
-    max_length = args.max_length or serving_defaults(args.model_dir)["max_length"]
-    batches = encode_batches(tokenizer, texts, 16, max_length)
+    serving = serving_defaults(args.model_dir)
+    max_length = args.max_length or serving["max_length"]
+    # and read whole, as predict serves a probe trained with --long_text windows: the mean of its windows' logits
+    # (truncated, the parity and int8 gate judged only each text's first window, which predict never serves alone)
+    windows = text_windows(tokenizer, texts, max_length) if serving["long_text"] == "windows" else None
+    if windows is not None:
+        batches, inputs, per_row = windows.batches(tokenizer, 16), len(windows.input_ids), windows.per_row
+    else:
+        batches, inputs, per_row = encode_batches(tokenizer, texts, 16, max_length), len(texts), np.asarray
     num_labels = model.config.num_labels
-    reference = run_batches(TorchBackend(model), batches, len(texts), num_labels)
+    reference = per_row(run_batches(TorchBackend(model), batches, inputs, num_labels))
 
     record: dict = {
         "model_dir": str(resolved),
@@ -375,6 +406,10 @@ def export_onnx(args: ExportArguments) -> dict:
         "parity_rows": len(texts),
         "parity_source": args.parity_file or "synthetic complaints",
         "max_length": max_length,  # what the parity sample was truncated at: by default, what predict serves at
+        "long_text": serving[
+            "long_text"
+        ],  # truncate, or windows (whole texts, window logits averaged, as predict)
+        "parity_windows": inputs if windows is not None else None,
         "atol": args.atol,
         # the int8 gate as applied: argmax agreement floor, macro-F1 drop (only with labelled parity rows)
         "int8_gate": {
@@ -440,13 +475,24 @@ def export_onnx(args: ExportArguments) -> dict:
     # ---- parity --------------------------------------------------------------------------------
     for name, path in variants.items():
         backend = OrtBackend(path, device=args.device)
-        logits = run_batches(backend, batches, len(texts), num_labels)
+        try:
+            logits = per_row(run_batches(backend, batches, inputs, num_labels))
+        except ExecutionProviderError as e:
+            if name != "int8":
+                raise
+            # a dynamic int8 model on CUDA runs its matmuls on CPU (check_node_placement): not a GPU model
+            record["variants"][name] = {"file": None, "status": "rejected", "reason": str(e)}
+            shutil.rmtree(path)
+            logger.warning("int8 model rejected and removed: %s", e)
+            continue
         entry = {
             "file": backend.file_name,  # under the folder it ends in, set below
             "size_bytes": sum(f.stat().st_size for f in onnx_files(path)),
             **compare(reference, logits),
             "status": "ok",
         }
+        if backend.placement is not None:  # off CPU: where its nodes ran, by provider and op
+            entry["node_placement"] = backend.placement
         if labels is not None:
             rows, y = labels
             entry["macro_f1"] = macro_f1(y, logits[rows].argmax(1))
@@ -503,6 +549,11 @@ def export_onnx(args: ExportArguments) -> dict:
         )
     out.mkdir(parents=True, exist_ok=True)
     for name in VARIANTS:  # an earlier export's variant that this one did not keep (int8 rejected) goes too
+        if (out / name).is_dir() and not (work / name).is_dir():  # said: it went without a word
+            option = {"optimized": "--optimize", "int8": "--quantize"}.get(name)
+            entry = record["variants"].get(name)
+            why = f"this export's is {entry['status']}" if entry else f"this export has none ({option} false)"
+            logger.warning("%s: the earlier export's %s variant is removed: %s", out, name, why)
         shutil.rmtree(out / name, ignore_errors=True)
     for item in work.iterdir():
         item.replace(out / item.name)

@@ -21,6 +21,8 @@ import json
 import logging
 import platform
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +129,35 @@ def warn_if_quantized_export(variant: Path) -> None:
             variant,
             record if record != variant else "its run_config.json",
         )
+
+
+def warn_if_unvetted_export(variant: Path, file_name: str) -> None:
+    """An export's variant that its parity check did not pass as `ok` (an int8 kept with the gate off, `ungated`, as
+    the inference bench exports; an optimised model that drifted; a failed export kept for inspection): `predict`
+    served it without a word, though its parity.json said so (an ungated int8 LP-FT export of the CFPB study agreed
+    with PyTorch on 0 of 64 rows, and predict gave it 1 of the run's labels in 50)."""
+    try:
+        record = json.loads((variant / ".." / "parity.json").read_text("utf-8"))
+        entry = record["variants"][variant.resolve().name]
+        status, agreement, diff = (
+            entry["status"],
+            float(entry["argmax_agreement"]),
+            float(entry["max_abs_logit_diff"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not an export's variant (or one from before parity.json): nothing recorded to go by
+    if status == "ok" or Path(entry.get("file") or file_name).name != file_name:
+        return
+    logger.warning(
+        "%s did not pass the export's parity check (parity.json: status '%s', argmax agreement %.3f with "
+        "PyTorch and max |dlogit| %.3g on %s rows%s): its predictions may differ from the run's",
+        variant,
+        status,
+        agreement,
+        diff,
+        record.get("parity_rows"),
+        f"; {entry['reason']}" if entry.get("reason") else "",
+    )
 
 
 def records_quantization(run: Path) -> bool:
@@ -387,6 +418,44 @@ def check_session_provider(session, requested: str) -> None:
         )
 
 
+# the ops that carry a classifier's compute: a shape op ORT puts on CPU beside a CUDA graph is by design, these are not
+COMPUTE_OPS = re.compile(r"MatMul|Gemm|Attention|Conv|QuantizeLinear")
+
+
+def node_placement(events: list) -> dict:
+    """{provider: {op type: nodes run}} from an ORT profile (`SessionOptions.enable_profiling`): where each node of
+    the graph actually ran, which the session's provider list does not say."""
+    placement: dict = {}
+    for event in events:
+        args = event.get("args") or {}
+        if (
+            event.get("cat") == "Node"
+            and str(event.get("name", "")).endswith("_kernel_time")
+            and "provider" in args
+        ):
+            ops = placement.setdefault(args["provider"], {})
+            ops[args["op_name"]] = ops.get(args["op_name"], 0) + 1
+    return placement
+
+
+def check_node_placement(placement: dict, requested: str) -> None:
+    """A session on CUDA puts each node without a CUDA kernel on CPU, without a word (a dynamic int8 model's
+    MatMulInteger / DynamicQuantizeLinear: the course's int8 on GPU ran on CPU): refuse compute ops run elsewhere."""
+    elsewhere = {
+        f"{op} x{n} on {provider}"
+        for provider, ops in placement.items()
+        if provider != requested
+        for op, n in ops.items()
+        if COMPUTE_OPS.search(op)
+    }
+    if elsewhere:
+        raise ExecutionProviderError(
+            f"ONNX Runtime was asked for {requested} but ran compute nodes elsewhere ({', '.join(sorted(elsewhere))}): "
+            f"{requested} has no kernel for them (a dynamic int8 model is built for CPU). Serve the fp32 or optimized "
+            "variant on this device, or this one with --device cpu."
+        )
+
+
 class OrtBackend:
     name = "onnxruntime"
 
@@ -404,19 +473,39 @@ class OrtBackend:
         provider = ort_provider(device)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.model = ORTModelForSequenceClassification.from_pretrained(
-            onnx_dir, file_name=file_name, provider=provider, session_options=options
-        )
-        check_session_provider(self.model.model, provider)
+        # off CPU, the first run is profiled to see where each node ran (check_node_placement); then profiling stops
+        self.placement: dict | None = None
+        self._profile_dir = None
+        if provider != PROVIDERS["cpu"]:
+            self._profile_dir = Path(tempfile.mkdtemp(prefix="longtail-ort-profile-"))
+            options.enable_profiling = True
+            options.profile_file_prefix = str(self._profile_dir / "ort")
+        try:
+            self.model = ORTModelForSequenceClassification.from_pretrained(
+                onnx_dir, file_name=file_name, provider=provider, session_options=options
+            )
+            check_session_provider(self.model.model, provider)
+        except BaseException:  # no session to profile: its folder would be left behind
+            if self._profile_dir is not None:
+                shutil.rmtree(self._profile_dir, ignore_errors=True)
+            raise
         self.input_names = tuple(i.name for i in self.model.model.get_inputs())
-        self.device, self.file_name = device, file_name
+        self.device, self.file_name, self.provider = device, file_name, provider
         self.config = self.model.config
 
     def logits(self, batch: Batch) -> np.ndarray:
         inputs = {k: v for k, v in batch.inputs.items() if k in self.input_names}
         if "token_type_ids" in self.input_names and "token_type_ids" not in inputs:
             inputs["token_type_ids"] = np.zeros_like(batch.inputs["input_ids"])
-        return np.asarray(self.model(**inputs).logits, dtype=np.float32)
+        logits = np.asarray(self.model(**inputs).logits, dtype=np.float32)
+        if self._profile_dir is not None and self.placement is None:
+            try:
+                profile = Path(self.model.model.end_profiling())
+                self.placement = node_placement(json.loads(profile.read_text("utf-8")))
+            finally:
+                shutil.rmtree(self._profile_dir, ignore_errors=True)
+            check_node_placement(self.placement, self.provider)
+        return logits
 
 
 LONG_TEXT = ("truncate", "windows")

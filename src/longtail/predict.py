@@ -48,6 +48,7 @@ from longtail.inference import (
     text_windows,
     torch_device_problem,
     warn_if_quantized_export,
+    warn_if_unvetted_export,
 )
 from longtail.metrics import softmax
 
@@ -222,6 +223,7 @@ def load_backend(args, folder: Path):
     if use_onnx:
         backend = OrtBackend(folder, file_name=args.onnx_file, device=args.device)
         warn_if_quantized_export(folder)  # a Transformers folder warns in load_model_dir
+        warn_if_unvetted_export(folder, backend.file_name)
         return backend, load_tokenizer_dir(folder), backend.config.id2label, load_temperature(folder)
     if problem := torch_device_problem(args.device):  # (ONNX Runtime checks its own provider)
         raise UsageError(problem)
