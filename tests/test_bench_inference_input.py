@@ -280,6 +280,22 @@ def test_an_earlier_runs_onnx_folder_without_results_needs_overwrite(
     assert export_args.output_dir == str(out / "onnx") and export_args.overwrite_output_dir
 
 
+def test_an_onnx_variant_the_export_rejects_is_reported_not_loaded(
+    bench, run_dir, eval_csv, tmp_path, monkeypatch, one_torch_thread
+):
+    """On CUDA the export rejects (and removes) a dynamic int8 whose matmuls ran on CPU, even with the bench's
+    gate off: the bench read only "skipped", went on to load the removed folder and stopped; it is a row not run."""
+    import longtail.export
+
+    why = "ONNX Runtime was asked for CUDAExecutionProvider but ran compute nodes elsewhere (MatMulInteger x2 on CPU)"
+    record = {"variants": {"fp32": {"status": "skipped", "reason": "not asked"},
+                           "int8": {"file": None, "status": "rejected", "reason": why}}}  # fmt: skip
+    monkeypatch.setattr(longtail.export, "export_onnx", lambda export_args: record)
+    report = bench.main(argv(run_dir, eval_csv, tmp_path / "out", "onnx_int8"))
+    assert [r["variant"] for r in report["results"]] == ["pytorch_fp32"]
+    assert report["skipped"] == {"onnx_int8": f"rejected by the export: {why}"}
+
+
 def test_max_length_above_the_models_positions(bench, run_dir, eval_csv, tmp_path, capsys):
     """The tiny model has 128 positions: --max_length 129 once ran on, then every variant failed on the rows
     past 128 tokens ("no variant was measured", after the timing), or it passed silently had no row been that long."""
