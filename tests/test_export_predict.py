@@ -1990,7 +1990,9 @@ def test_predict_warns_when_serving_a_variant_its_parity_check_did_not_pass(
     assert "parity check" not in served(out / "int8")
 
 
-def test_compute_nodes_run_off_the_requested_provider_are_refused(tiny_classifier, tmp_path, monkeypatch):
+def test_compute_nodes_run_off_the_requested_provider_are_refused(
+    tiny_classifier, tmp_path, monkeypatch, caplog
+):
     """A CUDA session puts every node CUDA has no kernel for on CPU, and its provider list still starts with
     CUDA (the course's int8 on GPU ran on CPU, unseen by check_session_provider). Off CPU the first batch is
     profiled and compute nodes run elsewhere are refused; the export rejects such an int8 and records where each
@@ -2013,7 +2015,7 @@ def test_compute_nodes_run_off_the_requested_provider_are_refused(tiny_classifie
         # as on a GPU: every op ran on CUDA but the dynamic int8 ones, which CUDA has no kernel for
         as_cuda.append(placement)
         on_gpu: dict = {}
-        for op, n in placement["CPUExecutionProvider"].items():
+        for op, n in placement.get("CPUExecutionProvider", {}).items():
             provider = "CPUExecutionProvider" if int8_only(op) else "CUDAExecutionProvider"
             on_gpu.setdefault(provider, {})[op] = n
         check_node_placement(on_gpu, "CUDAExecutionProvider")
@@ -2039,6 +2041,7 @@ def test_compute_nodes_run_off_the_requested_provider_are_refused(tiny_classifie
         "MatMulIntegerToFloat x6 on CPUExecutionProvider): CUDAExecutionProvider has no kernel for them (a dynamic "
         "int8 model is built for CPU). Serve the fp32 or optimized variant on this device, or this one with "
         "--device cpu.",
+        "node_placement": as_cuda[1],  # where its nodes ran: the reason, recorded (it was left out)
     }
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "parity.json"]
     assert json.loads((out / "parity.json").read_text())["variants"]["int8"] == int8
@@ -2053,10 +2056,28 @@ def test_compute_nodes_run_off_the_requested_provider_are_refused(tiny_classifie
     for batch in batches:
         backend.logits(batch)
     assert len(as_cuda) == 3 and as_cuda[2] == fp32["node_placement"]
+    # a backend that never scores (an all-empty input) left its profile folder behind; one whose profile cannot
+    # be read says so and serves (a bare JSON error stopped predict, and a second call read '')
+    import gc
+
+    unused = OrtBackend(out / "fp32", device="cuda")
+    assert len(list((tmp_path / "tmp").iterdir())) == 1
+    del unused
+    gc.collect()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    unread = OrtBackend(out / "fp32", device="cuda")
+    monkeypatch.setattr(unread.model.model, "end_profiling", lambda: str(tmp_path / "no_such_profile.json"))
+    with caplog.at_level(logging.WARNING, logger="longtail.inference"):
+        unread.logits(next(iter(batches)))
+        unread.logits(next(iter(batches)))
+    assert (
+        unread.placement == {} and caplog.text.count("Where ONNX Runtime ran each node was not checked") == 1
+    )
+    assert list((tmp_path / "tmp").iterdir()) == []
     monkeypatch.undo()
     backend = OrtBackend(out / "fp32")
     backend.logits(next(iter(batches)))
-    assert backend.placement is None and len(as_cuda) == 3
+    assert backend.placement is None and len(as_cuda) == 4  # the unread profile judged as {}
 
 
 def test_parity_of_a_run_read_in_windows_is_judged_on_whole_texts_as_predict_serves(

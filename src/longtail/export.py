@@ -481,7 +481,12 @@ def export_onnx(args: ExportArguments) -> dict:
             if name != "int8":
                 raise
             # a dynamic int8 model on CUDA runs its matmuls on CPU (check_node_placement): not a GPU model
-            record["variants"][name] = {"file": None, "status": "rejected", "reason": str(e)}
+            record["variants"][name] = {
+                "file": None,
+                "status": "rejected",
+                "reason": str(e),
+                "node_placement": backend.placement,  # where its nodes ran: the reason
+            }
             shutil.rmtree(path)
             logger.warning("int8 model rejected and removed: %s", e)
             continue

@@ -23,6 +23,7 @@ import platform
 import re
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -489,6 +490,10 @@ class OrtBackend:
             if self._profile_dir is not None:
                 shutil.rmtree(self._profile_dir, ignore_errors=True)
             raise
+        if (
+            self._profile_dir is not None
+        ):  # a backend that never scores (an all-empty input) leaves none behind
+            weakref.finalize(self, shutil.rmtree, self._profile_dir, True)
         self.input_names = tuple(i.name for i in self.model.model.get_inputs())
         self.device, self.file_name, self.provider = device, file_name, provider
         self.config = self.model.config
@@ -502,6 +507,13 @@ class OrtBackend:
             try:
                 profile = Path(self.model.model.end_profiling())
                 self.placement = node_placement(json.loads(profile.read_text("utf-8")))
+            except (
+                OSError,
+                ValueError,
+                RuntimeError,
+            ) as err:  # a profile not written or not read: not a model fault
+                self.placement = {}
+                logger.warning("Where ONNX Runtime ran each node was not checked (its profile: %s)", err)
             finally:
                 shutil.rmtree(self._profile_dir, ignore_errors=True)
             check_node_placement(self.placement, self.provider)
