@@ -1485,6 +1485,14 @@ def test_resume_in_vanilla_only_where_the_distilled_arm_left_no_complete_checkpo
         out / "checkpoint-5", complete=False
     )  # the distilled arm's, incomplete: still the vanilla arm's
     assert recipe.resume_in_vanilla("true", out) is True
+    # a finished run saved without checkpoints (--save_strategy no) is no run to resume: it skipped every output
+    # folder check and retrained over the finished results
+    finished = tmp_path / "finished"
+    (finished / "vanilla").mkdir(parents=True)
+    (finished / "vanilla" / "predictions_validation.npz").write_bytes(b"")
+    assert recipe.resume_in_vanilla("true", finished) is True
+    (finished / "report.md").write_text("# Distillation")
+    assert recipe.resume_in_vanilla("true", finished) is False
     checkpoint(out / "checkpoint-10")
     (out / "vanilla" / "predictions_validation.npz").write_bytes(b"")
     assert recipe.resume_in_vanilla("true", out) is False
