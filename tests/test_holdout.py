@@ -297,3 +297,16 @@ def test_an_overwrite_without_an_earlier_train_csv_or_of_other_columns_warns_not
     train.set_axis([f"{c}_renamed" for c in train.columns], axis=1).to_csv(out / "train.csv", index=False)
     main([str(tmp_path / "all.csv"), "--output_dir", str(out), "--seed", "8", "--overwrite"])
     assert capsys.readouterr().err == ""
+
+
+def test_an_earlier_train_csv_that_cannot_be_read_is_no_earlier_split(tmp_path):
+    """rows_seen_before only warns: an empty or damaged earlier train.csv (EmptyDataError, a byte that is not
+    UTF-8) made an --overwrite stop in pandas' traceback; it is no earlier split to count against."""
+    from longtail.holdout import rows_seen_before
+
+    heldout = pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"]})
+    for content in (b"", b"text,label\ncaf\xe9,x\n"):
+        (tmp_path / "train.csv").write_bytes(content)
+        assert rows_seen_before(tmp_path, heldout) is None
+    (tmp_path / "train.csv").write_text("text,label\na,x\nc,z\n", "utf-8")
+    assert rows_seen_before(tmp_path, heldout) == 1

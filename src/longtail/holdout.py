@@ -59,7 +59,10 @@ def rows_seen_before(out: Path, heldout: pd.DataFrame) -> int | None:
     if (out / "heldout.csv").is_file() and (out / "heldout.csv").read_bytes() == text.encode("utf-8"):
         return 0  # the same split again (`make cfpb-study`): the earlier train.csv, maybe GBs, is not read
     options = dict(dtype=str, keep_default_na=False)
-    previous = pd.read_csv(earlier, **options)
+    try:  # only to warn: an empty or damaged earlier file is no earlier split, not a traceback
+        previous = pd.read_csv(earlier, **options)
+    except (ValueError, OSError, pd.errors.ParserError):
+        return None
     new = pd.read_csv(io.StringIO(text), **options)
     if list(previous.columns) != list(new.columns):
         return None

@@ -119,7 +119,7 @@ def check_probe_body(probe_dir, probe_body, model_args, tokenizer) -> None:
             f"pass the body the probe embedded with ('{getattr(probe_body, '_name_or_path', '?')}')"
         )
     with reading_model("--head_init_from", str(probe_dir), needs=("tokenizer_config.json",)):
-        saved = AutoTokenizer.from_pretrained(str(probe_dir))
+        saved = AutoTokenizer.from_pretrained(str(probe_dir), trust_remote_code=model_args.trust_remote_code)
     # the same vocabulary and the same ids for a cased, punctuated sentence (lower-casing, special tokens)
     text = PADDING_PROBE[1]
     if saved.get_vocab() != tokenizer.get_vocab() or saved(text)["input_ids"] != tokenizer(text)["input_ids"]:
@@ -143,14 +143,8 @@ def load_model(model_args, lpft_args: LPFTArguments, label_names: list[str], tok
 
     probe_run_config(lpft_args.head_init_from, label_names)  # checks folder, model type and labels first
     model = ProbeForSequenceClassification.from_pretrained(lpft_args.head_init_from, use_safetensors=True)
-    probe_body = getattr(model.config.encoder_config, "_name_or_path", "")
-    if Path(str(probe_body)).name != Path(model_args.model_name_or_path).name:
-        logger.warning(
-            "--head_init_from %s was fit on '%s'; fine-tuning that body (not --model_name_or_path %s)",
-            lpft_args.head_init_from,
-            probe_body,
-            model_args.model_name_or_path,
-        )
+    # the body is the probe's own; `check_probe_body` (through model_config) refused another body or tokenizer, so
+    # a name that differs (a local copy, a Hub cache path) is the same model and is not warned about
     model.config.pad_token_id = tokenizer.pad_token_id
     selection_head = Path(lpft_args.head_init_from) / SELECTION_HEAD
     # the probe was refit on train + validation: start from its train-only head (a refit of this run does not)
