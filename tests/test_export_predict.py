@@ -2039,8 +2039,8 @@ def test_compute_nodes_run_off_the_requested_provider_are_refused(
         "reason": "ONNX Runtime was asked for CUDAExecutionProvider but ran compute nodes elsewhere "
         "(DynamicQuantizeLinear x6 on CPUExecutionProvider, DynamicQuantizeMatMul x12 on CPUExecutionProvider, "
         "MatMulIntegerToFloat x6 on CPUExecutionProvider): CUDAExecutionProvider has no kernel for them (a dynamic "
-        "int8 model is built for CPU). Serve the fp32 or optimized variant on this device, or this one with "
-        "--device cpu.",
+        "int8 model is built for CPU). Serve this model with --device cpu, or on this device a variant whose nodes "
+        "run there (an int8 one's fp32).",
         "node_placement": as_cuda[1],  # where its nodes ran: the reason, recorded (it was left out)
     }
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "parity.json"]

@@ -452,8 +452,8 @@ def check_node_placement(placement: dict, requested: str) -> None:
     if elsewhere:
         raise ExecutionProviderError(
             f"ONNX Runtime was asked for {requested} but ran compute nodes elsewhere ({', '.join(sorted(elsewhere))}): "
-            f"{requested} has no kernel for them (a dynamic int8 model is built for CPU). Serve the fp32 or optimized "
-            "variant on this device, or this one with --device cpu."
+            f"{requested} has no kernel for them (a dynamic int8 model is built for CPU). Serve this model with "
+            "--device cpu, or on this device a variant whose nodes run there (an int8 one's fp32)."
         )
 
 
