@@ -116,9 +116,8 @@ def resume_in_vanilla(resume, output_dir) -> bool:
     out = Path(output_dir)
     if any(checkpoint_problem(c) is None for c in checkpoints(out)):
         return False  # the distilled arm resumes in place, as in every recipe
-    if (
-        out / "report.md"
-    ).is_file():  # a finished run (without checkpoints): nothing to resume, not retrained over
+    # a finished run (saved without checkpoints): nothing to resume, and not to be retrained over
+    if (out / "report.md").is_file():
         return False
     folder = out / VANILLA_DIR
     return (folder / VANILLA_PREDICTIONS).is_file() or any(
@@ -247,16 +246,15 @@ def main(argv: list[str] | None = None) -> dict:
         logits, teacher_info = teacher_logits(distill_args, data, out, data_args.max_length)
         # an overwrite clears only now (it keeps the teacher's cache)
         replace_previous_results(training_args, resume_vanilla)
+        # an earlier vanilla arm goes with the results: a resume would read it as this run's
+        overwriting = training_args.overwrite_output_dir and not resuming
         if (
-            training_args.overwrite_output_dir
-            and not resuming
+            overwriting
             and vanilla is None
             and distill_args.train_vanilla
+            and training_args.process_index == 0
         ):
-            if (
-                training_args.process_index == 0
-            ):  # with the results: a resume would read them as this run's arm
-                clear_vanilla(out / VANILLA_DIR)
+            clear_vanilla(out / VANILLA_DIR)
     # warns when the teacher was fit on the student's rows
     teacher_info["fit"] = teacher_fit(logits, data, teacher_info.get("seen"))
 

@@ -490,9 +490,8 @@ class OrtBackend:
             if self._profile_dir is not None:
                 shutil.rmtree(self._profile_dir, ignore_errors=True)
             raise
-        if (
-            self._profile_dir is not None
-        ):  # a backend that never scores (an all-empty input) leaves none behind
+        # a backend that never scores (an all-empty input) leaves no profile folder behind either
+        if self._profile_dir is not None:
             weakref.finalize(self, shutil.rmtree, self._profile_dir, True)
         self.input_names = tuple(i.name for i in self.model.model.get_inputs())
         self.device, self.file_name, self.provider = device, file_name, provider
@@ -507,11 +506,8 @@ class OrtBackend:
             try:
                 profile = Path(self.model.model.end_profiling())
                 self.placement = node_placement(json.loads(profile.read_text("utf-8")))
-            except (
-                OSError,
-                ValueError,
-                RuntimeError,
-            ) as err:  # a profile not written or not read: not a model fault
+            # a profile not written or not read is no fault of the model's
+            except (OSError, ValueError, RuntimeError) as err:
                 self.placement = {}
                 logger.warning("Where ONNX Runtime ran each node was not checked (its profile: %s)", err)
             finally:
