@@ -377,7 +377,7 @@ def test_train_rows_duplicating_test_texts_are_dropped_and_counted(caplog):
         data = prepare_data(args(validation_split_fraction=0.2), raw={"train": train, "test": test})
     assert data.log["dropped_train_duplicates_of_eval"] == 6  # three copies of each of 2 narratives
     # a warning naming the split, the share and the leakage (an INFO line "... in validation/test" once)
-    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Dropped")] == [
+    assert messages(caplog, "Dropped") == [
         f"Dropped 6 of {len(train)} training rows ({600 / len(train):.1f}%) whose text also appears in test (case "
         "and spacing ignored): train/test leakage, kept out of training so that no score is of a text trained on; "
         "more than a few repeated complaints means the test data was drawn from the training data"
@@ -564,9 +564,9 @@ def test_training_labels_in_two_spellings_are_named_as_split_classes(caplog):
         data = prepare_data(args(), raw={"train": train})
     assert data.log["labels_split_by_spelling"] == 2
     assert data.label_names == ["FEES", "Fees", "Late  fee", "Other", "late fee"]  # named, not merged
-    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("train:")] == [
+    assert messages(caplog, "train:") == [
         "train: 2 labels are written in more than one case or spacing, each spelling a class of its own: "
-        "'FEES' (1 rows) vs 'Fees' (2 rows); 'Late  fee' (1 rows) vs 'late fee' (2 rows): write each label one "
+        "'FEES' (1 row) vs 'Fees' (2 rows); 'Late  fee' (1 row) vs 'late fee' (2 rows): write each label one "
         "way (a --label_taxonomy's spellings are read as its)"
     ]
     caplog.clear()
@@ -1890,6 +1890,11 @@ def test_a_jsonl_of_empty_objects_has_rows_and_is_named_by_its_missing_columns(t
         prepare_data(args(train_file=str(path)))
 
 
+def messages(caplog, prefix: str) -> list[str]:
+    """The messages logged under `caplog` that start with `prefix`."""
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
 def test_training_rows_repeating_validation_and_test_texts_name_both_splits(caplog):
     train = frame({"a": 600, "b": 600})  # 1,200 rows: the counts are written with thousands separators
     validation = pd.DataFrame(
@@ -1899,7 +1904,7 @@ def test_training_rows_repeating_validation_and_test_texts_name_both_splits(capl
     with caplog.at_level(logging.WARNING, logger="longtail.data"):
         data = prepare_data(args(), raw={"train": train, "validation": validation, "test": test})
     assert data.log["dropped_train_duplicates_of_eval"] == 2
-    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Dropped")] == [
+    assert messages(caplog, "Dropped") == [
         "Dropped 2 of 1,200 training rows (0.2%) whose text also appears in validation and test (case and spacing "
         "ignored): train/validation/test leakage, kept out of training so that no score is of a text trained on; "
         "more than a few repeated complaints means the validation and test data was drawn from the training data"
@@ -1908,7 +1913,7 @@ def test_training_rows_repeating_validation_and_test_texts_name_both_splits(capl
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="longtail.data"):
         prepare_data(args(), raw={"train": train, "validation": validation[1:], "test": test})
-    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Dropped")] == [
+    assert messages(caplog, "Dropped") == [
         "Dropped 1 of 1,200 training rows (0.1%) whose text also appears in test (case and spacing ignored): "
         "train/test leakage, kept out of training so that no score is of a text trained on; more than a few "
         "repeated complaints means the test data was drawn from the training data"
@@ -1921,9 +1926,9 @@ def test_more_than_three_labels_split_by_spelling_name_three_and_count_all(caplo
     with caplog.at_level(logging.WARNING, logger="longtail.data"):
         data = prepare_data(args(), raw={"train": train})
     assert data.log["labels_split_by_spelling"] == 4
-    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("train:")] == [
+    assert messages(caplog, "train:") == [
         "train: 4 labels are written in more than one case or spacing, each spelling a class of its own: "
-        "'A' (1 rows) vs 'a' (1 rows); 'B' (1 rows) vs 'b' (1 rows); 'C' (1 rows) vs 'c' (1 rows); ...: write "
+        "'A' (1 row) vs 'a' (1 row); 'B' (1 row) vs 'b' (1 row); 'C' (1 row) vs 'c' (1 row); ...: write "
         "each label one way (a --label_taxonomy's spellings are read as its)"
     ]
     caplog.clear()

@@ -1052,7 +1052,10 @@ def warn_split_spellings(labels: pd.Series, log: dict) -> None:
     log["labels_split_by_spelling"] = len(split)
     if split:
         examples = "; ".join(
-            " vs ".join(f"{label!r} ({counts[label]:,} rows)" for label in found) for found in split[:3]
+            " vs ".join(
+                f"{label!r} ({counts[label]:,} row{'s' if counts[label] != 1 else ''})" for label in found
+            )
+            for found in split[:3]
         )
         logger.warning(
             "train: %d labels are written in more than one case or spacing, each spelling a class of its own: "
